@@ -1,0 +1,1 @@
+"""The shipped run configurations (TOML); a package so that they install with smp."""

@@ -1,0 +1,8 @@
+"""The simulated machine's hardware: physical memory, the kernel MMU, the swap device, the
+clock, the bus (the wire protocol and the CPU's side of it) and the CPU run loop.
+
+Nothing here knows the kernel or the tooling (DESIGN.md: ``hw`` is the ground floor).
+Each device offers the small sys161-style protocol: construction (init), ``fetch``/``store``
+style accessors, ``statistics()`` (a frozen record for monitoring), ``dumpstate()`` (text for
+panics) and ``cleanup()``.
+"""

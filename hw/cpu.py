@@ -1,0 +1,367 @@
+"""One simulated CPU: its run loop, interrupts, thread stacks and per-CPU counters.
+
+Each CPU is its own OS process. It runs one simulated thread at a time; a thread is a
+greenlet (DESIGN.md decision 4), so kernel code that blocks is a plain call that switches
+to another greenlet underneath, the way ``cpu_switch`` swaps kernel stacks. This module is
+the hardware half: it knows stacks, the clock, the bus and interrupts, and nothing of the
+kernel. The kernel installs its interrupt vectors (``on_clock``, ``on_ipi``, ``on_grant``)
+and a ``describe`` hook for crash dumps, and decides *which* thread runs; this module only
+performs the switch.
+
+Interrupts. Clock ticks and the asynchronous events that the server sends (IPIs, lock
+grants) are delivered at *interrupt points*: while the CPU idles, while a thread computes
+(:meth:`Cpu.work`), and when a thread leaves its last critical section
+(:meth:`Cpu.critical_exit`, as FreeBSD re-enables interrupts). Inside a critical section
+(any spin mutex held) they wait, exactly like interrupts masked on i386. Halts and panics
+from the server are noticed in every wait, even a spin.
+
+Where the time goes. Every tick is charged to what the CPU was doing when it came due:
+``user`` (a thread in :meth:`work` in user mode), ``sys`` (kernel code, including stalls on
+the bus), ``intr`` (an interrupt handler), ``spin`` (waiting for a spin mutex) or
+``idle``. These are the per-CPU ``cp_time`` counters.
+
+Thread exit. A greenlet cannot switch away and die at once, so a dying thread raises
+:class:`ThreadExit` naming its successor; the trampoline makes the successor its parent
+and returns, which resumes the successor and frees the dead stack.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import traceback
+from typing import Any, Callable
+
+import greenlet
+
+from hw.bus import Bus, BusError, ServerGone
+from hw.clock import Clock
+from hw.protocol import Event, Op
+
+MODES = ("user", "nice", "sys", "intr", "idle", "spin")
+
+
+class ThreadExit(BaseException):
+    """Raised by a dying thread's last switch; carries the context that runs next."""
+
+    def __init__(self, successor: "Context") -> None:
+        super().__init__()
+        self.successor = successor
+
+
+class _Halted(BaseException):
+    """Unwinds nothing: used only to leave a greenlet that is never resumed."""
+
+
+@dataclasses.dataclass
+class Counters:
+    """Per-CPU counters, kept locally and reported (never polled over the bus)."""
+    ticks: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(MODES, 0))
+    ctxsw_vol: int = 0
+    ctxsw_invol: int = 0
+    lock_acquires: int = 0
+    lock_contested: int = 0
+    mem_ops: int = 0
+    ipis_sent: int = 0
+    ipis_received: int = 0
+    interrupts: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["ctxsw"] = self.ctxsw_vol + self.ctxsw_invol
+        return d
+
+
+class Context:
+    """A simulated thread's stack and what the CPU keeps for it across switches."""
+
+    __slots__ = ("tid", "name", "glet", "critnest", "kdata", "__weakref__")
+
+    def __init__(self, tid: int, name: str, glet: greenlet.greenlet) -> None:
+        self.tid = tid
+        self.name = name
+        self.glet = glet
+        self.critnest = 0                # spin locks held / critical sections
+        self.kdata: Any = None           # the kernel's per-thread handle (struct thread)
+
+    def stack(self) -> list[str]:
+        frame = self.glet.gr_frame
+        if frame is None:
+            return []
+        return [line.rstrip("\n") for line in traceback.format_stack(frame)]
+
+
+class Cpu:
+    """The hardware of one CPU process."""
+
+    def __init__(self, cpu_id: int, bus: Bus, clock: Clock) -> None:
+        self.id = cpu_id
+        self.bus = bus
+        self.clock = clock
+        self.counters = Counters()
+        self.main = greenlet.getcurrent()
+        self.cur: Context | None = None
+        self.mode = "sys"
+        self.in_intr = False
+        self.halted: str | None = None
+        self.panicked = False
+        self.contexts: dict[int, Context] = {}
+        self.final_extra: dict[str, Any] = {}
+        # interrupt vectors and hooks, installed by the kernel's machine-dependent layer
+        self.on_clock: Callable[[], None] = lambda: None
+        self.on_ipi: Callable[[int, str, Any], None] = lambda src, kind, args: None
+        self.on_grant: Callable[[int, int], None] = lambda tid, lock: None
+        self.describe: Callable[[Context], dict[str, Any]] = lambda ctx: {}
+        self.final_report: Callable[[], dict[str, Any]] = lambda: {}
+
+    # -- the bus, on behalf of the running thread --------------------------------------
+    @property
+    def tid(self) -> int:
+        return self.cur.tid if self.cur is not None else 0
+
+    def call(self, op: int, site: str, *args: Any) -> Any:
+        """A request that waits for its value; a refusal is a fatal trap."""
+        try:
+            value = self.bus.call(op, self.tid, site, *args)
+        except BusError as e:
+            self.panic(f"fatal trap: {e}", site=site)
+        except ServerGone as e:
+            self._server_gone(str(e))
+        self._absorb()
+        return value
+
+    def post(self, op: int, site: str, *args: Any) -> None:
+        self.bus.post(op, self.tid, site, *args)
+
+    # -- contexts and switching --------------------------------------------------------
+    def new_context(self, tid: int, name: str, fn: Callable[[], None]) -> Context:
+        ctx: Context
+
+        def trampoline(*_: Any) -> None:
+            try:
+                fn()
+            except ThreadExit as e:
+                ctx.glet.parent = e.successor.glet
+                self.contexts.pop(ctx.tid, None)
+                return
+            except (_Halted, greenlet.GreenletExit):
+                return
+            except BaseException as e:  # noqa: BLE001 - a kernel bug is a panic
+                if self.halted:
+                    return
+                self.panic(f"fatal trap: unhandled {type(e).__name__}: {e}",
+                           stack=traceback.format_exc().splitlines())
+            if not self.halted:
+                self.panic(f"thread {name} returned from its start function")
+
+        ctx = Context(tid, name, greenlet.greenlet(trampoline, parent=self.main))
+        self.contexts[tid] = ctx
+        return ctx
+
+    def switch_to(self, ctx: Context, voluntary: bool = True) -> None:
+        """Stop running the current context and resume ``ctx`` (cpu_switch)."""
+        if voluntary:
+            self.counters.ctxsw_vol += 1
+        else:
+            self.counters.ctxsw_invol += 1
+        prev = self.cur
+        self.cur = ctx
+        ctx.glet.switch()
+        self.cur = prev
+        self._check_halt()
+
+    def exit_to(self, ctx: Context) -> None:
+        """The current thread dies and ``ctx`` runs next. Never returns."""
+        self.counters.ctxsw_vol += 1
+        self.cur = ctx
+        raise ThreadExit(ctx)
+
+    # -- interrupts --------------------------------------------------------------------
+    def critical_enter(self) -> None:
+        assert self.cur is not None
+        self.cur.critnest += 1
+
+    def critical_exit(self) -> None:
+        assert self.cur is not None
+        self.cur.critnest -= 1
+        if self.cur.critnest == 0:
+            self.intr_point()
+
+    @property
+    def interrupts_enabled(self) -> bool:
+        return not self.in_intr and (self.cur is None or self.cur.critnest == 0)
+
+    def _absorb(self) -> None:
+        """Act at once on the events that cannot wait: start, halt, panic."""
+        ev = self.bus.events
+        if not ev:
+            return
+        keep = []
+        while ev:
+            msg = ev.popleft()
+            kind = msg[1]
+            if kind == Event.START:
+                self.clock.start(msg[2])
+            elif kind == Event.HALT:
+                self.halted = self.halted or f"halt: {msg[2]}"
+            elif kind == Event.PANIC:
+                self.halted = self.halted or f"panic on cpu {msg[2]}: {msg[3]}"
+            else:
+                keep.append(msg)
+        ev.extend(keep)
+
+    def _charge(self) -> int:
+        n = self.clock.due()
+        if n:
+            self.clock.take(n)
+            self.counters.ticks[self.mode] += n
+        return n
+
+    def intr_point(self) -> None:
+        """Take the ticks and events that are due, if interrupts are enabled."""
+        n = self._charge()
+        self._absorb()
+        self._check_halt()
+        if not self.interrupts_enabled:
+            self._pending_ticks = getattr(self, "_pending_ticks", 0) + n
+            return
+        n += getattr(self, "_pending_ticks", 0)
+        self._pending_ticks = 0
+        if not n and not self.bus.events:
+            return
+        saved, self.mode, self.in_intr = self.mode, "intr", True
+        try:
+            for _ in range(n):
+                self.counters.interrupts += 1
+                self.on_clock()
+            while self.bus.events:
+                msg = self.bus.events.popleft()
+                self.counters.interrupts += 1
+                if msg[1] == Event.GRANT:
+                    self.on_grant(msg[2], msg[3])
+                elif msg[1] == Event.IPI:
+                    self.counters.ipis_received += 1
+                    self.on_ipi(msg[2], msg[3], msg[4])
+        finally:
+            self.mode, self.in_intr = saved, False
+        self._check_halt()
+
+    def _wait(self, until: float) -> None:
+        """Sleep on the bus until host time ``until``, the next tick, or an event."""
+        now = time.monotonic()
+        limit = until
+        if self.clock.started:
+            limit = min(limit, self.clock.next_tick_host())
+        try:
+            self.bus.poll_events(max(limit - now, 0.0))
+        except ServerGone as e:
+            self._server_gone(str(e))
+        self._absorb()
+
+    def work(self, sim_us: float, mode: str = "sys") -> None:
+        """The current thread computes for ``sim_us`` simulated microseconds in ``mode``
+        ('user', 'nice' or 'sys'); interrupts are taken meanwhile if enabled."""
+        saved, self.mode = self.mode, mode
+        try:
+            if not self.clock.started:
+                return
+            deadline = self.clock.host_deadline(sim_us / 1e6)
+            while True:
+                self.intr_point()
+                if time.monotonic() >= deadline:
+                    break
+                self._wait(deadline)
+        finally:
+            self.mode = saved
+
+    def idle_wait(self) -> None:
+        """Nothing to run: wait for the next tick or an event, then take them."""
+        saved, self.mode = self.mode, "idle"
+        try:
+            if not self.bus.events:
+                deadline = time.monotonic() + 0.25
+                self._wait(deadline)
+            self.intr_point()
+        finally:
+            self.mode = saved
+
+    def spin_wait(self, tid: int, lock: int) -> None:
+        """Spin until the server grants ``lock`` to ``tid`` (interrupts stay masked)."""
+        saved, self.mode = self.mode, "spin"
+        try:
+            while True:
+                for msg in self.bus.events:
+                    if msg[1] == Event.GRANT and msg[2] == tid and msg[3] == lock:
+                        self.bus.events.remove(msg)
+                        return
+                self._charge()
+                self._check_halt()
+                self._wait(time.monotonic() + 0.25)
+        finally:
+            self.mode = saved
+
+    def ipi(self, cpu: int, kind: str, args: Any, site: str) -> None:
+        self.counters.ipis_sent += 1
+        self.post(Op.IPI, site, cpu, kind, args)
+
+    # -- stopping ----------------------------------------------------------------------
+    def _check_halt(self) -> None:
+        if self.halted and greenlet.getcurrent() is not self.main:
+            self.main.switch()
+            raise _Halted()                       # not reached: main never comes back
+
+    def _server_gone(self, why: str) -> None:
+        os.write(2, f"cpu{self.id}: the machine server is gone ({why}); stopping\n".encode())
+        os._exit(3)
+
+    def panic(self, message: str, stack: list[str] | None = None, site: str = "") -> None:
+        """Stop the machine: report to the server, then stop this CPU. Never returns."""
+        if not self.panicked:
+            self.panicked = True
+            if stack is None:
+                stack = [line.rstrip("\n") for line in traceback.format_stack()[:-1]]
+            cur = self.cur
+            report = {"message": message, "cpu": self.id, "site": site,
+                      "tid": cur.tid if cur else 0, "thread": cur.name if cur else "",
+                      "stack": stack, "sim_time": round(self.clock.now(), 6),
+                      "source": "cpu"}
+            try:
+                self.bus.post(Op.REPORT, self.tid, site, "panic", report)
+            except Exception:  # noqa: BLE001 - the bus may be the thing that failed
+                pass
+        self.halted = self.halted or f"panic: {message}"
+        self._check_halt()
+        raise _Halted()
+
+    def run(self, boot: Context) -> dict[str, Any]:
+        """Run the machine from ``boot`` until a halt; returns the final report."""
+        self.cur = boot
+        try:
+            boot.glet.switch()
+        except ServerGone as e:
+            self._server_gone(str(e))
+        self.cur = None
+        return self.finish()
+
+    def finish(self) -> dict[str, Any]:
+        self._charge()
+        threads = []
+        for ctx in list(self.contexts.values()):
+            info = {"tid": ctx.tid, "name": ctx.name, "stack": ctx.stack()[-12:]}
+            try:
+                info.update(self.describe(ctx))
+            except Exception as e:  # noqa: BLE001
+                info["describe_error"] = str(e)
+            threads.append(info)
+        report = {"id": self.id, "pid": os.getpid(), "halt": self.halted,
+                  **self.counters.as_dict(),
+                  "clock": dataclasses.asdict(self.clock.statistics()),
+                  "bus": {"calls": self.bus.calls, "posts": self.bus.posts,
+                          "wait_s": round(self.bus.wait_s, 4)},
+                  "threads": threads}
+        try:
+            report["kernel"] = self.final_report()
+        except Exception as e:  # noqa: BLE001
+            report["kernel"] = {"error": str(e)}
+        return report

@@ -1,0 +1,146 @@
+"""The machine's one wire protocol: what travels between a CPU and the server.
+
+PORT: STYLE.md puts the protocol in ``smp/protocol.py``; DESIGN.md puts "the one versioned
+wire protocol and the CPU's side of it" in ``hw/``, and ``hw/`` may import nothing above
+it. The CPU side needs the protocol, so it lives here and ``smp`` imports it.
+
+Transport: every CPU (and the launcher) owns one DEALER socket connected to the server's
+ROUTER. The routing identity names the peer: ``cpu3``, ``launcher``. Each message is ONE
+ZeroMQ frame holding a msgpack array (a DEALER adds no empty delimiter, so the server sees
+``[identity, payload]``)::
+
+    peer -> server   [op, seq, tid, site, arg...]
+    server -> peer   [Op.REPLY, seq, status, value]      answer to a request with seq != 0
+                     [Op.EVENT, event, arg...]           asynchronous: grants, IPIs, start, halt
+
+``op`` is an :class:`Op`; ``seq`` is 0 for a posted request (no reply: releases, stores,
+wakeups of Decision 10) and the peer's own increasing number for one that waits. ``tid``
+is the simulated thread on whose behalf the request is made (0: the CPU itself), ``site``
+the kernel source line (``"vm/vm_glue.py:412"``) that made it. ``status`` is :data:`OK`
+or :data:`ERR`, in which case ``value`` is the error text.
+
+Versioning: the first message of every peer is ``HELLO`` carrying :data:`VERSION`; a
+server refuses any other version with an error reply and ignores the peer until it says
+hello correctly. Each peer's channel is FIFO, so posted requests are applied in program
+order, which keeps the machine sequentially consistent.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import msgpack
+
+VERSION = b"SMP1"
+
+OK = 0
+ERR = 1
+
+
+class Op(enum.IntEnum):
+    """Request kinds (peer -> server) and the two reply kinds (server -> peer)."""
+
+    # session
+    HELLO = 1          # (version, role, cpu, pid)              -> start info
+    BYE = 2            # (reason)                               posted
+    REPORT = 3         # (kind, payload)                        posted: stats, panic, final counters
+    # physical memory and the kernel MMU
+    PLOAD = 10         # (paddr, len)                           -> bytes
+    PSTORE = 11        # (paddr, bytes)                         posted
+    KLOAD = 12         # (kva, len)                             -> bytes, trap if unmapped
+    KSTORE = 13        # (kva, bytes)                           posted, trap if unmapped
+    KENTER = 14        # (kva, [frame...])                      posted: pmap_qenter
+    KREMOVE = 15       # (kva, npages)                          posted: pmap_qremove
+    PCOPY = 16         # (src_frame, dst_frame)                 posted
+    PZERO = 17         # (frame)                                posted
+    PSUM = 18          # (frame)                                -> crc32
+    SWAPOUT = 19       # (frame, block)                         -> crc32 of the page written
+    SWAPIN = 20        # (block, frame)                         -> crc32 of the page read
+    # typed kernel objects
+    DEFTYPE = 30       # (type, [[field, lockkey, default]...]) posted
+    NEW = 31           # (type, {field: value})                 -> handle
+    FREE = 32          # (handle)                               posted
+    LOAD = 33          # (handle, field)                        -> value
+    LOADN = 34         # (handle, [field...])                   -> [value...]
+    STORE = 35         # (handle, field, value)                 posted
+    STOREN = 36        # (handle, {field: value})               posted
+    ADD = 37           # (handle, field, delta)                 -> new value (atomic)
+    CAS = 38           # (handle, field, old, new)              -> bool (atomic)
+    SETBITS = 39       # (handle, field, bits)                  posted (atomic_set_int)
+    CLRBITS = 40       # (handle, field, bits)                  posted (atomic_clear_int)
+    SYMBOL = 41        # (name, handle)                         posted: name a global object
+    LOOKUP = 42        # (name)                                 -> handle (0 if unknown)
+    # lists: the kernel's TAILQ/LIST heads, kept in server memory
+    LIST_INSERT_HEAD = 50   # (list, elem)                      posted
+    LIST_INSERT_TAIL = 51   # (list, elem)                      posted
+    LIST_REMOVE = 52        # (list, elem)                      posted
+    LIST_FIRST = 53         # (list)                            -> elem or 0
+    LIST_NEXT = 54          # (list, elem)                      -> elem or 0
+    LIST_ITEMS = 55         # (list)                            -> [elem...]
+    LIST_LEN = 56           # (list)                            -> int
+    # locks
+    LOCK_INIT = 60     # (lock, class, name, flags)            posted; lock is a handle from NEW
+    LOCK_DESTROY = 61  # (lock)                                 posted
+    ACQUIRE = 62       # (lock, mode, try)                      -> GRANTED | QUEUED | BUSY
+    RELEASE = 63       # (lock, mode)                           posted
+    HANDOFF = 64       # (lock, to_tid)                         posted: spin lock passes to a thread
+    SLEEP = 65         # (chan, interlock)                      posted: queue and drop interlock
+    WAKEUP = 66        # (chan, one)                            -> [tid...] taken off the channel
+    UNSLEEP = 67       # (chan)                                 -> bool: was still asleep
+    IPI = 68           # (cpu, kind, args)                      posted: routed to that CPU
+    # control (the launcher)
+    CTL_START = 80     # (t0)                                   -> None
+    CTL_HALT = 81      # (reason)                               -> None
+    CTL_REPORT = 82    # ()                                     -> server report
+    CTL_DUMP = 83      # ()                                     -> server state text
+    # server -> peer
+    REPLY = 100
+    EVENT = 101
+
+
+class Event(enum.IntEnum):
+    """Asynchronous server -> CPU messages."""
+
+    START = 1          # (t0_monotonic, duration_wall)
+    GRANT = 2          # (tid, lock)        a queued acquire was granted
+    IPI = 3            # (from_cpu, kind, args)
+    HALT = 4           # (reason)           stop running threads, send final report, exit
+    PANIC = 5          # (cpu, message)     another CPU panicked: stop and dump
+
+
+# ACQUIRE answers
+GRANTED = 0
+QUEUED = 1
+BUSY = 2
+
+# lock classes, as FreeBSD's lock_class_* (server-side semantics)
+LC_SPIN = "spin mutex"
+LC_SLEEP = "sleep mutex"
+LC_SX = "sx"
+LC_LOCKMGR = "lockmgr"
+
+# lock flags (the subset of MTX_* / LO_* the server checks)
+LF_RECURSE = 0x1
+LF_DUPOK = 0x2
+LF_NOWITNESS = 0x4
+
+# acquire modes
+EXCL = 0
+SHARED = 1
+
+_packer = msgpack.Packer(use_bin_type=True)
+
+
+def pack(msg: list[Any] | tuple[Any, ...]) -> bytes:
+    """Encode one message."""
+    return _packer.pack(msg)
+
+
+def unpack(frame: bytes) -> Any:
+    """Decode one message; raises ValueError (or a msgpack error) on garbage."""
+    return msgpack.unpackb(frame, raw=False, strict_map_key=False, use_list=True)
+
+
+class ProtocolError(Exception):
+    """A message that does not follow this protocol."""

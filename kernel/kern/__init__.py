@@ -1,0 +1,1 @@
+"""Kernel core: locks, sleep/wakeup, clock, scheduling, threads, boot (FreeBSD sys/kern)."""

@@ -1,0 +1,207 @@
+"""Boot: from a bare CPU to a running kernel, after FreeBSD ``kern/init_main.c`` and the SMP
+start-up of ``i386/mp_machdep.c``.
+
+The boot CPU (cpu 0, the BSP) declares the kernel's structures to the server, then runs
+every SYSINIT in order (``mi_startup``): the global locks, proc0 and thread0, vm_glue's
+``vm_init_limits`` ... up to ``SI_SUB_SMP``, which releases the other CPUs (the APs) with an
+IPI, and finally ``SI_SUB_RUN_SCHEDULER``, the swapper, which never returns. The boot stack
+*is* thread0 (proc0's thread, the swapper), as in FreeBSD.
+
+An AP waits for the BSP's IPI, finds the kernel's globals through the server's symbol
+table, and runs the per-CPU SYSINITs for itself (its idle thread, its kernel threads). Its
+boot stack then becomes its idle thread.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hw.protocol import Op
+from kernel import param
+from kernel.kern import kern_globals, kern_idle
+from kernel.kern.kern_kthread import kthread_create
+from kernel.kern.kern_mutex import (MTX_DEF, MTX_RECURSE, MTX_SPIN, lock_granted, mtx_init)
+from kernel.kern.kern_switch import RunQueue, ipi_setrunqueue
+from kernel.kern.kern_sx import sx_init
+from kernel.kern.kern_synch import tsleep
+from kernel.kern.kern_thread import LocalThread, thread_exit, thread_new
+from kernel.kern.kern_timeout import CalloutWheel
+from kernel.kern.kern_clock import hardclock
+from kernel.machine import cpu as md
+from kernel.sys.kernel import SI_ORDER, SI_SUB, SYSINIT, sysinits
+from kernel.sys.kstruct import TAILQ_INSERT_TAIL, register_all
+from kernel.sys.param import PRI_MAX, PVM
+from kernel.sys.proc import P, PRS, PS, TDS, struct_ksegrp, struct_proc, struct_thread
+
+
+# -- SI_SUB_LOCK: the global locks ----------------------------------------------------------
+def mutexinit(_: Any) -> None:
+    from kernel.kern.kern_globals import struct_kernel
+    g = struct_kernel.new()
+    kern_globals.set_globals(g)
+    md.bus_post(Op.SYMBOL, "kernel", g.handle)
+    mtx_init(g.Giant, "Giant", None, MTX_DEF | MTX_RECURSE)
+    mtx_init(g.sched_lock, "sched lock", None, MTX_SPIN | MTX_RECURSE)
+    sx_init(g.allproc_lock, "allproc")
+    sx_init(g.proctree_lock, "proctree")
+
+
+SYSINIT("mutexinit", SI_SUB.SI_SUB_LOCK, SI_ORDER.SI_ORDER_FIRST, mutexinit)
+
+
+# -- SI_SUB_INTRINSIC: proc0 and thread0 ---------------------------------------------------
+def proc0_init(_: Any) -> None:
+    """proc0 is the swapper; the boot stack becomes its thread (thread0)."""
+    G = kern_globals.G
+    p = struct_proc.new(p_flag=int(P.P_SYSTEM), p_sflag=int(PS.PS_INMEM),
+                        p_state=int(PRS.PRS_NORMAL), p_comm="swapper", p_pid=0,
+                        p_oncpu=md.pcpu.cpuid, p_numthreads=1, p_numksegrps=1)
+    mtx_init(p.p_mtx, "process lock", None, MTX_DEF)
+    kg = struct_ksegrp.new(kg_proc=p)
+    td = struct_thread.new(td_proc=p, td_ksegrp=kg, td_oncpu=md.pcpu.cpuid,
+                           td_name="swapper", td_priority=PVM, td_base_pri=PVM,
+                           td_state=int(TDS.TDS_RUNNING))
+    TAILQ_INSERT_TAIL(p.p_ksegrps, kg)
+    TAILQ_INSERT_TAIL(p.p_threads, td)
+    TAILQ_INSERT_TAIL(kg.kg_threads, td)
+    G.update(proc0=p, thread0=td)
+    md.bus_post(Op.LIST_INSERT_HEAD, G.allproc, p.handle)
+    G.nprocs = 1
+    _adopt_boot_stack(td, "swapper", PVM, p)
+
+
+SYSINIT("proc0", SI_SUB.SI_SUB_INTRINSIC, SI_ORDER.SI_ORDER_FIRST, proc0_init)
+
+
+def _adopt_boot_stack(td: Any, name: str, pri: int, p: Any) -> LocalThread:
+    """The running boot stack becomes the thread ``td``."""
+    hw = md.pcpu.hw
+    ctx = hw.cur
+    assert ctx is not None
+    lt = LocalThread(td, name, pri)
+    lt.ctx, lt.proc = ctx, p
+    hw.contexts.pop(ctx.tid, None)
+    ctx.tid, ctx.name, ctx.kdata = lt.tid, name, lt
+    hw.contexts[lt.tid] = ctx
+    md.pcpu.threads[lt.tid] = lt
+    return lt
+
+
+# -- SI_SUB_SCHED_IDLE (per CPU): the idle thread -------------------------------------------
+def idle_setup(_: Any) -> None:
+    pc = md.pcpu
+    if pc.idlethread is None:
+        pc.idlethread = kthread_create(kern_idle.idle_proc, f"idle: cpu{pc.cpuid}",
+                                       PRI_MAX, run=False)
+    # an AP makes its idle thread before it takes any lock (ap_boot)
+
+
+SYSINIT("idle_setup", SI_SUB.SI_SUB_SCHED_IDLE, SI_ORDER.SI_ORDER_FIRST, idle_setup,
+        percpu=True)
+
+
+# -- SI_SUB_KTHREAD_IDLE: schedcpu, once a simulated second ---------------------------------
+def schedcpu_thread() -> None:
+    from kernel.kern.kern_synch import schedcpu
+    G = kern_globals.G
+    while True:
+        tsleep(G.addr("ticks"), PVM, "schedcpu", param.hz)
+        schedcpu()
+
+
+def schedcpu_setup(_: Any) -> None:
+    kthread_create(schedcpu_thread, "schedcpu", PVM)
+
+
+SYSINIT("schedcpu", SI_SUB.SI_SUB_KTHREAD_IDLE, SI_ORDER.SI_ORDER_FIRST, schedcpu_setup)
+
+
+# -- SI_SUB_SMP: start the application processors -------------------------------------------
+def release_aps(_: Any) -> None:
+    for cpu in range(1, md.pcpu.ncpus):
+        md.ipi(cpu, "ap_start", [])
+
+
+SYSINIT("release_aps", SI_SUB.SI_SUB_SMP, SI_ORDER.SI_ORDER_FIRST, release_aps)
+
+
+# -- interrupt vectors ----------------------------------------------------------------------
+def _ipi(src: int, kind: str, args: Any) -> None:
+    if kind == "setrunqueue":
+        ipi_setrunqueue(args)
+    elif kind == "ap_start":
+        md.pcpu.ap_started = True
+    else:
+        md.panic(f"unknown IPI {kind!r} from cpu {src}")
+
+
+def _describe(ctx: Any) -> dict[str, Any]:
+    lt = ctx.kdata
+    if lt is None:
+        return {"state": "boot"}
+    return {"runnable": lt.on_runq, "blocked_on": lt.blocked_on,
+            "locks_owned": sorted(lt.owned), "critnest": ctx.critnest}
+
+
+def _machine_setup(hw: Any, config: dict[str, Any]) -> None:
+    param.configure(config)
+    pc = md.attach(hw, param.ncpus, config)
+    pc.runq = RunQueue()
+    pc.callouts = CalloutWheel()
+    hw.on_clock = hardclock
+    hw.on_ipi = _ipi
+    hw.on_grant = lock_granted
+    hw.describe = _describe
+    hw.final_report = lambda: dict(sorted(pc.stats.items()))
+
+
+def _run_sysinits(percpu_only: bool) -> None:
+    for si in sysinits(None if not percpu_only else True):
+        si.func(si.udata)
+
+
+def bsp_boot() -> None:
+    """cpu 0: mi_startup. Never returns (the last SYSINIT is the swapper)."""
+    register_all()
+    _run_sysinits(percpu_only=False)
+    # PORT: vm_glue's scheduler() is the last SYSINIT and never returns; until it is
+    # registered, thread0 does what it does when there is nothing to swap in.
+    G = kern_globals.G
+    while True:
+        tsleep(G.proc0.chan, PVM, "sched", param.MAXSLP * param.hz // 2)
+
+
+def ap_boot() -> None:
+    """An AP: wait for the BSP, make this CPU's idle thread, run the per-CPU SYSINITs on
+    the boot stack, then let the boot stack die into the idle thread."""
+    pc = md.pcpu
+    while not pc.ap_started:
+        pc.hw.idle_wait()
+    kern_globals.set_globals(struct_kernel_at(md.bus_call(Op.LOOKUP, "kernel")))
+    G = kern_globals.G
+    p0 = G.proc0
+    # The idle thread exists before the boot stack takes any lock, so that a contended
+    # lock during start-up has somewhere to switch to.
+    pc.idlethread = thread_new(p0, None, f"idle: cpu{pc.cpuid}", PRI_MAX, kern_idle.idle_proc)
+    td = struct_thread.new(td_proc=p0, td_oncpu=pc.cpuid, td_name=f"boot: cpu{pc.cpuid}",
+                           td_priority=PVM, td_base_pri=PVM, td_state=int(TDS.TDS_RUNNING))
+    _adopt_boot_stack(td, f"boot: cpu{pc.cpuid}", PVM, p0)
+    _run_sysinits(percpu_only=True)
+    md.atomic_add(G.handle, "booted_cpus", 1)
+    thread_exit()
+
+
+def struct_kernel_at(h: int) -> Any:
+    from kernel.kern.kern_globals import struct_kernel
+    g = struct_kernel.at(h)
+    if g is None:
+        md.panic("ap_boot: the BSP published no kernel globals")
+    return g
+
+
+def boot(hw: Any, config: dict[str, Any]) -> Any:
+    """Prepare this CPU and return the boot context for ``hw.run``."""
+    import kernel.userland  # noqa: F401  - user land declares its SYSINITs on import
+    _machine_setup(hw, config)
+    fn = bsp_boot if hw.id == 0 else ap_boot
+    return hw.new_context(0, "boot", fn)

@@ -1,0 +1,62 @@
+"""Kernel threads, after FreeBSD ``kern/kern_kthread.c``.
+
+``kthread_create`` makes a process with one thread that runs a kernel function, marked
+``P_SYSTEM | P_KTHREAD`` (never swapped out). The thread is pinned to the CPU that creates it.
+
+PORT: FreeBSD 5.0 built kernel threads with ``fork1(&thread0, RFMEM|RFFDG|RFPROC|
+RFSTOPPED)``. Until the kernel's fork exists they are assembled here from the same parts in
+an order that is safe by construction: the process is fully initialised (lock, ksegrp,
+thread, ``PRS_NORMAL``) before it is linked onto ``allproc``, so no walker of allproc ever
+sees it half-made. (fork1's own ``PRS_NEW`` window is the subject of a race guard in
+vm_glue; it belongs to fork, not here.)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from kernel.kern import kern_globals
+from kernel.kern.kern_mutex import MTX_DEF, MTX_DUPOK, mtx_init, mtx_lock_spin, mtx_unlock_spin
+from kernel.kern.kern_switch import setrunqueue
+from kernel.kern.kern_sx import sx_xlock, sx_xunlock
+from kernel.kern.kern_thread import LocalThread, thread_new
+from kernel.machine import cpu as md
+from kernel.sys.kstruct import LIST_INSERT_HEAD, TAILQ_INSERT_TAIL
+from kernel.sys.param import PWAIT
+from kernel.sys.proc import P, PRS, PS, struct_ksegrp, struct_proc
+
+
+def proc_link(p: Any) -> int:
+    """Give ``p`` a pid and put it on allproc (allproc_lock exclusive)."""
+    G = kern_globals.G
+    sx_xlock(G.allproc_lock)
+    pid = G.lastpid + 1
+    G.lastpid = pid
+    p.p_pid = pid
+    LIST_INSERT_HEAD(G.allproc, p)
+    G.nprocs += 1
+    sx_xunlock(G.allproc_lock)
+    return pid
+
+
+def kthread_create(func: Callable[[], None], name: str, pri: int = PWAIT,
+                   run: bool = True) -> LocalThread:
+    """A new kernel process on this CPU running ``func``; queued to run unless ``run`` is
+    False (RFSTOPPED)."""
+    G = kern_globals.G
+    p = struct_proc.new(p_flag=int(P.P_SYSTEM | P.P_KTHREAD), p_sflag=int(PS.PS_INMEM),
+                        p_state=int(PRS.PRS_NORMAL), p_comm=name, p_oncpu=md.pcpu.cpuid,
+                        p_numthreads=1, p_numksegrps=1, p_pptr=G.proc0)
+    mtx_init(p.p_mtx, "process lock", None, MTX_DEF | MTX_DUPOK)
+    kg = struct_ksegrp.new(kg_proc=p)
+    TAILQ_INSERT_TAIL(p.p_ksegrps, kg)
+    lt = thread_new(p, kg, name, pri, func)
+    lt.proc = p
+    TAILQ_INSERT_TAIL(p.p_threads, lt.td)
+    TAILQ_INSERT_TAIL(kg.kg_threads, lt.td)
+    proc_link(p)
+    if run:
+        mtx_lock_spin(G.sched_lock)
+        setrunqueue(lt.td)
+        mtx_unlock_spin(G.sched_lock)
+    return lt

@@ -1,0 +1,184 @@
+"""Mutexes: spin (``sched_lock``) and sleep (Giant, proc locks), after FreeBSD ``kern/kern_mutex.c``.
+
+Ownership is decided by the server's lock table; this module is what a *thread* does
+around that: a spin mutex enters a critical section (interrupts masked) and spins until
+the server grants it; a contended sleep mutex blocks the thread (``TDI_LOCK``) and lets the
+CPU run something else until the server's ``GRANT`` event comes back.
+
+Each thread also keeps, locally, which locks it holds and how deep (``LocalThread.owned``).
+Only the owner changes that, so the record is exact, and ``mtx_owned``/``mtx_assert`` read
+it without a round trip, as ``m->mtx_lock == curthread`` reads the lock word.
+
+PORT: FreeBSD 5.0 blocked on a contended mutex with priority propagation; the server
+grants in FIFO order and there is no propagation. The granted thread clears its own
+``TDI_LOCK`` when it runs again (the C releaser did it for the waiter under sched_lock);
+until then other CPUs see it as blocked on the lock, which every reader of those fields
+treats the same as "on a run queue": not safe to swap out.
+"""
+
+from __future__ import annotations
+
+from hw.protocol import EXCL, LC_SLEEP, LC_SPIN, LF_DUPOK, LF_NOWITNESS, LF_RECURSE, Op, QUEUED
+from kernel.machine import cpu as md
+
+# mtx_init() options (sys/mutex.h)
+MTX_DEF = 0x00000000
+MTX_SPIN = 0x00000001
+MTX_RECURSE = 0x00000004
+MTX_NOWITNESS = 0x00000008
+MTX_QUIET = 0x00000040
+MTX_DUPOK = 0x00000020
+
+# mtx_assert() what (sys/mutex.h)
+MA_OWNED = 0x01
+MA_NOTOWNED = 0x02
+MA_RECURSED = 0x04
+MA_NOTRECURSED = 0x08
+
+
+def _flags(opts: int) -> int:
+    f = 0
+    if opts & MTX_RECURSE:
+        f |= LF_RECURSE
+    if opts & MTX_DUPOK:
+        f |= LF_DUPOK
+    if opts & MTX_NOWITNESS:
+        f |= LF_NOWITNESS
+    return f
+
+
+def mtx_init(m: int, name: str, type_: str | None, opts: int) -> None:
+    """Initialise the mutex at address ``m`` (an embedded ``struct mtx``)."""
+    md.bus_post(Op.LOCK_INIT, m, LC_SPIN if opts & MTX_SPIN else LC_SLEEP, name,
+                _flags(opts))
+
+
+def mtx_destroy(m: int) -> None:
+    md.bus_post(Op.LOCK_DESTROY, m)
+
+
+def _curlocal():  # type: ignore[no-untyped-def]
+    return md.curctx().kdata
+
+
+def mtx_lock(m: int) -> None:
+    """Acquire sleep mutex ``m``; may block (never call with a spin mutex held)."""
+    hw = md.pcpu.hw
+    lt = _curlocal()
+    hw.counters.lock_acquires += 1
+    if hw.call(Op.ACQUIRE, md.site(), m, EXCL, 0) == QUEUED:
+        hw.counters.lock_contested += 1
+        _lock_block(lt, m, "mutex")
+    lt.owned[m] = lt.owned.get(m, 0) + 1
+
+
+def mtx_trylock(m: int) -> bool:
+    hw = md.pcpu.hw
+    lt = _curlocal()
+    hw.counters.lock_acquires += 1
+    if hw.call(Op.ACQUIRE, md.site(), m, EXCL, 1) != 0:
+        return False
+    lt.owned[m] = lt.owned.get(m, 0) + 1
+    return True
+
+
+def mtx_unlock(m: int) -> None:
+    lt = _curlocal()
+    _disown(lt, m)
+    md.pcpu.hw.post(Op.RELEASE, md.site(), m, EXCL)
+
+
+def mtx_lock_spin(m: int) -> None:
+    """Acquire spin mutex ``m``: enter a critical section, then spin until granted."""
+    hw = md.pcpu.hw
+    lt = _curlocal()
+    hw.critical_enter()
+    hw.counters.lock_acquires += 1
+    if hw.call(Op.ACQUIRE, md.site(), m, EXCL, 0) == QUEUED:
+        hw.counters.lock_contested += 1
+        hw.spin_wait(lt.tid, m)
+    lt.owned[m] = lt.owned.get(m, 0) + 1
+
+
+def mtx_unlock_spin(m: int) -> None:
+    hw = md.pcpu.hw
+    lt = _curlocal()
+    _disown(lt, m)
+    hw.post(Op.RELEASE, md.site(), m, EXCL)
+    hw.critical_exit()
+
+
+def _disown(lt, m: int) -> None:  # type: ignore[no-untyped-def]
+    n = lt.owned.get(m, 0)
+    if n == 0:
+        md.panic(f"unlock of lock {m:#x} not owned by thread {lt.name}")
+    if n == 1:
+        del lt.owned[m]
+    else:
+        lt.owned[m] = n - 1
+
+
+def mtx_owned(m: int) -> bool:
+    return _curlocal().owned.get(m, 0) > 0
+
+
+def mtx_recursed(m: int) -> bool:
+    return _curlocal().owned.get(m, 0) > 1
+
+
+def mtx_assert(m: int, what: int, name: str = "") -> None:
+    """Panic unless the current thread's hold on ``m`` is as ``what`` says (INVARIANTS)."""
+    n = _curlocal().owned.get(m, 0)
+    label = name or f"mutex {m:#x}"
+    if what & MA_OWNED:
+        if n == 0:
+            md.panic(f"mutex {label} not owned at {md.site()}")
+        if what & MA_RECURSED and n < 2:
+            md.panic(f"mutex {label} not recursed at {md.site()}")
+        if what & MA_NOTRECURSED and n > 1:
+            md.panic(f"mutex {label} recursed at {md.site()}")
+    elif what & MA_NOTOWNED and n:
+        md.panic(f"mutex {label} owned at {md.site()}")
+
+
+def KASSERT(cond: object, msg: str) -> None:
+    """Always on (DESIGN.md decision 9): a false ``cond`` panics with ``msg``."""
+    if not cond:
+        md.panic(msg)
+
+
+# -- blocking: what a thread does while the server queues it on a lock ----------------------
+def _lock_block(lt, lock: int, kind: str) -> None:  # type: ignore[no-untyped-def]
+    """Block the current thread until the server grants it ``lock`` (5.0's
+    ``_mtx_lock_sleep`` turnstile loop, and the condition-variable wait of sx)."""
+    from kernel.kern import kern_synch
+    from kernel.kern.kern_globals import G
+    from kernel.sys.proc import TDI, TDS, TD_SET_INHIB
+
+    sched_lock = G.sched_lock
+    mtx_lock_spin(sched_lock)
+    td = lt.td
+    inhibitor = TDI.TDI_LOCK if kind == "mutex" else TDI.TDI_SLEEPING
+    td.update(td_blocked=lock, td_lockname=kind)
+    TD_SET_INHIB(td, inhibitor)
+    lt.blocked_on = lock
+    if lock not in lt.granted:
+        kern_synch.mi_switch(voluntary=True)
+    lt.granted.discard(lock)
+    lt.blocked_on = 0
+    inhib = td.td_inhibitors & ~int(inhibitor)
+    td.update(td_blocked=0, td_inhibitors=inhib,
+              td_state=int(TDS.TDS_RUNNING) if inhib == 0 else int(TDS.TDS_INHIBITED))
+    mtx_unlock_spin(sched_lock)
+
+
+def lock_granted(tid: int, lock: int) -> None:
+    """The GRANT interrupt: ``lock`` is now owned by local thread ``tid``."""
+    from kernel.kern import kern_switch
+    lt = md.pcpu.threads.get(tid)
+    if lt is None:
+        md.panic(f"lock {lock:#x} granted to thread {tid}, which is not on cpu "
+                 f"{md.pcpu.cpuid}")
+    lt.granted.add(lock)
+    if lt.blocked_on == lock:
+        kern_switch.runq_add(lt)

@@ -1,0 +1,106 @@
+"""Shared/exclusive locks (``allproc_lock``, ``proctree_lock``), after FreeBSD ``kern/kern_sx.c``.
+
+The 2002 sx lock was a mutex and two condition variables: readers wait only while a writer
+holds the lock (no writer preference) and a waiting thread *sleeps* on a condition
+variable, so it shows ``TDI_SLEEPING``, not ``TDI_LOCK``. Not recursive; the server panics on
+a recursion and on mixing shared and exclusive holds ("share->excl"). May be held across a
+sleep.
+"""
+
+from __future__ import annotations
+
+from hw.protocol import EXCL, LC_SX, SHARED, Op, QUEUED
+from kernel.kern.kern_mutex import _curlocal, _lock_block
+from kernel.machine import cpu as md
+
+SX_LOCKED = 0x01
+SX_SLOCKED = 0x02
+SX_XLOCKED = 0x04
+SX_UNLOCKED = 0x08
+
+
+def sx_init(sx: int, description: str) -> None:
+    md.bus_post(Op.LOCK_INIT, sx, LC_SX, description, 0)
+
+
+def sx_destroy(sx: int) -> None:
+    md.bus_post(Op.LOCK_DESTROY, sx)
+
+
+def _sx_lock(sx: int, mode: int) -> None:
+    hw = md.pcpu.hw
+    lt = _curlocal()
+    hw.counters.lock_acquires += 1
+    if hw.call(Op.ACQUIRE, md.site(), sx, mode, 0) == QUEUED:
+        hw.counters.lock_contested += 1
+        _lock_block(lt, sx, "sx")
+    key = (sx, mode)
+    lt.owned_sx[key] = lt.owned_sx.get(key, 0) + 1
+
+
+def _sx_try(sx: int, mode: int) -> bool:
+    hw = md.pcpu.hw
+    lt = _curlocal()
+    hw.counters.lock_acquires += 1
+    if hw.call(Op.ACQUIRE, md.site(), sx, mode, 1) != 0:
+        return False
+    key = (sx, mode)
+    lt.owned_sx[key] = lt.owned_sx.get(key, 0) + 1
+    return True
+
+
+def _sx_unlock(sx: int, mode: int) -> None:
+    lt = _curlocal()
+    key = (sx, mode)
+    n = lt.owned_sx.get(key, 0)
+    if n == 0:
+        md.panic(f"sx {sx:#x}: unlock of a lock not held "
+                 f"{'shared' if mode == SHARED else 'exclusive'}")
+    if n == 1:
+        del lt.owned_sx[key]
+    else:
+        lt.owned_sx[key] = n - 1
+    md.pcpu.hw.post(Op.RELEASE, md.site(), sx, mode)
+
+
+def sx_slock(sx: int) -> None:
+    _sx_lock(sx, SHARED)
+
+
+def sx_xlock(sx: int) -> None:
+    _sx_lock(sx, EXCL)
+
+
+def sx_try_slock(sx: int) -> bool:
+    return _sx_try(sx, SHARED)
+
+
+def sx_try_xlock(sx: int) -> bool:
+    return _sx_try(sx, EXCL)
+
+
+def sx_sunlock(sx: int) -> None:
+    _sx_unlock(sx, SHARED)
+
+
+def sx_xunlock(sx: int) -> None:
+    _sx_unlock(sx, EXCL)
+
+
+def sx_assert(sx: int, what: int) -> None:
+    lt = _curlocal()
+    shared = lt.owned_sx.get((sx, SHARED), 0)
+    excl = lt.owned_sx.get((sx, EXCL), 0)
+    if what & SX_XLOCKED and not excl:
+        md.panic(f"sx {sx:#x} not exclusively locked at {md.site()}")
+    if what & SX_SLOCKED and not shared:
+        md.panic(f"sx {sx:#x} not share locked at {md.site()}")
+    if what & SX_LOCKED and not (shared or excl):
+        md.panic(f"sx {sx:#x} not locked at {md.site()}")
+    if what & SX_UNLOCKED and (shared or excl):
+        md.panic(f"sx {sx:#x} locked at {md.site()}")
+
+
+__all__ = ["sx_init", "sx_destroy", "sx_slock", "sx_xlock", "sx_try_slock", "sx_try_xlock",
+           "sx_sunlock", "sx_xunlock", "sx_assert", "SX_LOCKED", "SX_SLOCKED",
+           "SX_XLOCKED", "SX_UNLOCKED"]

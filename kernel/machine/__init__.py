@@ -1,0 +1,1 @@
+"""Machine-dependent layer: the kernel's only door to the hardware (FreeBSD's MD split)."""

@@ -1,0 +1,1 @@
+"""Kernel structures and flags (FreeBSD sys/sys)."""

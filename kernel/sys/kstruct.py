@@ -1,0 +1,195 @@
+"""Typed kernel structures that live in server memory, read and written like C structs.
+
+A structure is declared once with :class:`KStruct`: each field's name (FreeBSD's, prefix
+and all), its kind, the lock key that protects it (the letters of ``sys/proc.h``: ``(c)``
+the proc lock, ``(j)`` sched_lock, ``(d)`` allproc_lock, ``(m)`` Giant, ...) and its
+default. The kernel registers every declaration with the server at boot (``DEFTYPE``);
+the server never imports this module.
+
+A :class:`KObj` is a pointer to such a record. Reading a field is one load from the server
+and writing one is one posted store, so ported code reads as the C does::
+
+    if (p.p_sflag & PS_INMEM) == 0:        # if ((p->p_sflag & PS_INMEM) == 0)
+        p.p_lock += 1                      # ++p->p_lock  (a load, then a store)
+
+Pointer fields come back as :class:`KObj` (or ``None`` for NULL). Embedded locks and list
+heads come back as their *address* without any load, as ``&p->p_mtx`` costs nothing in C:
+``mtx_lock(p.p_mtx)``. :meth:`KObj.addr` gives the address of any field, for sleep
+channels such as ``&p->p_sflag``.
+
+Nothing is cached: every access goes to the server, every time (DESIGN.md decision 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterator
+
+from hw.protocol import Op
+from kernel.machine import cpu as md
+
+FIELD_BITS = 8          # an address is (handle << FIELD_BITS) | field index
+EMBEDDED = ("mtx", "sx", "lockmgr", "list")
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    name: str
+    kind: str             # "int", "str", "any", "ptr:<struct>", or one of EMBEDDED
+    lock: str             # lock key letter(s), "" for none
+    default: Any
+    index: int
+
+    @property
+    def target(self) -> str | None:
+        return self.kind[4:] if self.kind.startswith("ptr:") else None
+
+
+def F(name: str, kind: str = "int", lock: str = "", default: Any = None) -> tuple[Any, ...]:
+    """One field of a :class:`KStruct` declaration."""
+    if default is None and kind == "int":
+        default = 0
+    if default is None and kind.startswith("ptr:"):
+        default = 0
+    return (name, kind, lock, default)
+
+
+class KStruct:
+    """The declaration of one kernel structure."""
+
+    registry: dict[str, "KStruct"] = {}
+
+    def __init__(self, name: str, fields: list[tuple[Any, ...]], doc: str = "") -> None:
+        self.name = name
+        self.doc = doc
+        self.fields: dict[str, Field] = {}
+        for i, (fname, kind, lock, default) in enumerate(fields):
+            if fname in self.fields:
+                raise ValueError(f"struct {name}: field {fname} declared twice")
+            self.fields[fname] = Field(fname, kind, lock, default, i)
+        if len(self.fields) > 1 << FIELD_BITS:
+            raise ValueError(f"struct {name}: too many fields")
+        KStruct.registry[name] = self
+
+    def wire_decl(self) -> list[list[Any]]:
+        return [[f.name, f.kind, f.lock, f.default] for f in self.fields.values()]
+
+    def new(self, **init: Any) -> "KObj":
+        """Allocate one record in server memory (fields at their defaults)."""
+        values = {k: _raw(v) for k, v in init.items()}
+        for k in values:
+            if k not in self.fields:
+                raise AttributeError(f"struct {self.name} has no field {k}")
+        return KObj(md.bus_call(Op.NEW, self.name, values), self)
+
+    def at(self, handle: int) -> "KObj | None":
+        return KObj(handle, self) if handle else None
+
+
+def register_all() -> None:
+    """Declare every structure to the server (once, at boot, from the BSP)."""
+    for st in KStruct.registry.values():
+        md.bus_post(Op.DEFTYPE, st.name, st.wire_decl())
+
+
+def _raw(v: Any) -> Any:
+    if isinstance(v, KObj):
+        return v.handle
+    if v is None:
+        return 0
+    return v
+
+
+class KObj:
+    """A pointer to a kernel structure in server memory."""
+
+    __slots__ = ("handle", "struct")
+
+    def __init__(self, handle: int, struct: KStruct) -> None:
+        object.__setattr__(self, "handle", handle)
+        object.__setattr__(self, "struct", struct)
+
+    def __getattr__(self, name: str) -> Any:
+        f = self.struct.fields.get(name)
+        if f is None:
+            raise AttributeError(f"struct {self.struct.name} has no field {name}")
+        if f.kind in EMBEDDED:
+            return (self.handle << FIELD_BITS) | f.index
+        v = md.load(self.handle, name)
+        target = f.target
+        if target is not None:
+            return KObj(v, KStruct.registry[target]) if v else None
+        return v
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        f = self.struct.fields.get(name)
+        if f is None or f.kind in EMBEDDED:
+            raise AttributeError(f"struct {self.struct.name}: cannot store {name}")
+        md.store(self.handle, name, _raw(value))
+
+    def load(self, *names: str) -> list[Any]:
+        """Several plain fields in one request (no pointer wrapping)."""
+        return md.loadn(self.handle, list(names))
+
+    def update(self, **values: Any) -> None:
+        """Several stores in one posted request."""
+        md.storen(self.handle, {k: _raw(v) for k, v in values.items()})
+
+    def addr(self, name: str) -> int:
+        """``&obj->name``: the field's address (a sleep channel, a lock, a list head)."""
+        return (self.handle << FIELD_BITS) | self.struct.fields[name].index
+
+    @property
+    def chan(self) -> int:
+        """``obj`` itself used as a sleep channel (``wakeup(&proc0)``)."""
+        return self.handle << FIELD_BITS
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, KObj) and other.handle == self.handle
+
+    def __hash__(self) -> int:
+        return self.handle
+
+    def __repr__(self) -> str:
+        return f"<struct {self.struct.name} #{self.handle}>"
+
+    def free(self) -> None:
+        md.bus_post(Op.FREE, self.handle)
+
+
+# -- lists: FreeBSD's queue(3) macros over server-side list heads ----------------------------
+def TAILQ_INSERT_TAIL(head: int, elm: KObj) -> None:
+    md.bus_post(Op.LIST_INSERT_TAIL, head, elm.handle)
+
+
+def TAILQ_INSERT_HEAD(head: int, elm: KObj) -> None:
+    md.bus_post(Op.LIST_INSERT_HEAD, head, elm.handle)
+
+
+def TAILQ_REMOVE(head: int, elm: KObj) -> None:
+    md.bus_post(Op.LIST_REMOVE, head, elm.handle)
+
+
+def TAILQ_FIRST(head: int, struct: KStruct) -> KObj | None:
+    return struct.at(md.bus_call(Op.LIST_FIRST, head))
+
+
+def TAILQ_NEXT(head: int, elm: KObj) -> KObj | None:
+    return elm.struct.at(md.bus_call(Op.LIST_NEXT, head, elm.handle))
+
+
+def TAILQ_FOREACH(head: int, struct: KStruct) -> Iterator[KObj]:
+    """Walk a list one ``next`` load at a time, as the C macro does; the caller holds the
+    list's lock, exactly as in C."""
+    elm = TAILQ_FIRST(head, struct)
+    while elm is not None:
+        yield elm
+        elm = TAILQ_NEXT(head, elm)
+
+
+# LIST_* (singly linked in FreeBSD) share the implementation; the names stay for the reader.
+LIST_INSERT_HEAD = TAILQ_INSERT_HEAD
+LIST_REMOVE = TAILQ_REMOVE
+LIST_FIRST = TAILQ_FIRST
+LIST_NEXT = TAILQ_NEXT
+LIST_FOREACH = TAILQ_FOREACH

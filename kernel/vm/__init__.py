@@ -1,0 +1,1 @@
+"""The virtual memory system (FreeBSD sys/vm)."""

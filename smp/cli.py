@@ -1,0 +1,133 @@
+"""The ``smp`` command line.
+
+    smp run [CONFIG] [--set SECTION.KEY=VALUE ...] [--run-dir DIR]
+    smp report RUN_DIR [--format text|json]
+    smp config [CONFIG] [--set ...] [--schema]
+
+Exit statuses: 0 success; 1 the machine failed (panic, invariant, dead process); 2 bad
+usage or a bad config (nothing was started); 128+N stopped by signal N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Sequence
+
+from smp import __version__
+from smp.config import ConfigError, load_config, schema_markdown
+
+EPILOG = """\
+examples:
+  smp run                                  the default 4-CPU machine (configs/default.toml)
+  smp run configs/8cpu.toml --set run.seed=7
+  smp run --set machine.cpus=2 --set run.duration=5
+  smp report runs/20261126-101500-s1       the summary of a finished run again
+  smp config --schema                      every config key, its type, default and meaning
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="smp", description="A multiprocess SMP machine simulator: every simulated CPU "
+        "is an OS process, running a port of FreeBSD's vm_glue.c against one server that "
+        "holds shared memory and the locks.", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--version", action="version", version=f"smp {__version__}")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run", help="boot a machine from a config, run it, print a per-CPU summary",
+        description="Boot the machine a TOML config describes (default: the packaged "
+        "configs/default.toml), run it for run.duration simulated seconds, stop it "
+        "cleanly and write the run directory: config.toml (resolved, with seed and "
+        "version), report.json, log.txt, and crash.txt after a panic. Ctrl-C stops the "
+        "run within seconds and still writes a partial report.",
+        epilog="exit status: 0 ok; 1 panic, failed invariant or dead process; 2 bad config "
+        "or usage; 130/143 interrupted by SIGINT/SIGTERM",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _config_args(run)
+    run.add_argument("--run-dir", metavar="DIR",
+                     help="write the results into DIR (default: a new directory under "
+                     "run.dir, named after the time and seed)")
+    run.add_argument("--json", action="store_true",
+                     help="print report.json instead of the summary table")
+
+    rep = sub.add_parser("report", help="print the summary of a finished run again",
+                         description="Read RUN_DIR/report.json and print its summary.")
+    rep.add_argument("run_dir", metavar="RUN_DIR")
+    rep.add_argument("--format", choices=("text", "json"), default="text",
+                     help="text: the summary table (default); json: report.json as is")
+
+    conf = sub.add_parser("config", help="check a config and print it resolved, or the schema",
+                          description="Load and validate CONFIG with its --set overrides "
+                          "and print the resolved TOML, or print the schema of every key.")
+    _config_args(conf)
+    conf.add_argument("--schema", action="store_true",
+                      help="print every config key as a Markdown table and exit")
+    return ap
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", metavar="CONFIG",
+                   help="TOML config file (default: the packaged configs/default.toml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="SECTION.KEY=VALUE",
+                   help="override one config key, e.g. --set machine.cpus=8 (repeatable)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = _parser()
+    args = ap.parse_args(argv)
+    if args.command is None:
+        ap.print_help()
+        return 2
+    if args.command == "report":
+        return _report(args)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"smp: {e}", file=sys.stderr)
+        return 2
+    if args.command == "config":
+        print(schema_markdown() if args.schema else cfg.to_toml(), end="")
+        return 0
+    from smp.launcher import LaunchError, run_machine
+    from smp.report import summary_table
+    try:
+        result = run_machine(cfg, args.run_dir)
+    except LaunchError as e:
+        print(f"smp: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result.report, indent=1))
+    else:
+        print(summary_table(result.report))
+        print(f"run directory: {result.run_dir}")
+    return result.exit_status
+
+
+def _report(args: argparse.Namespace) -> int:
+    from smp.report import summary_table
+    path = os.path.join(args.run_dir, "report.json")
+    try:
+        with open(path) as f:
+            report = json.load(f)
+    except FileNotFoundError:
+        print(f"smp: {path}: no such file (is {args.run_dir} a run directory?)",
+              file=sys.stderr)
+        return 2
+    except json.JSONDecodeError as e:
+        print(f"smp: {path}: not valid JSON: {e}", file=sys.stderr)
+        return 2
+    if args.format == "json":
+        print(json.dumps(report, indent=1))
+    else:
+        print(summary_table(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

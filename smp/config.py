@@ -1,0 +1,499 @@
+"""Run configuration: every parameter declared once, every config file checked strictly.
+
+A run is described by a TOML file (``configs/default.toml`` and its siblings) plus
+``--set section.name=value`` overrides from the command line. This module is the one
+place that knows what may appear in either.
+
+Lineage
+-------
+* gem5 declares each parameter once in code, with a type, a default and help text
+  (``Param.Bool(False, "...")``), and dumps the resolved tree beside the results so that
+  runs can be diffed. We keep the declaration (:class:`Param`, :data:`PARAMS`) and the
+  dump (:meth:`Config.to_toml`), but a config is data, not code: it can be checked
+  without running it.
+* sys161 reads ``slot device k=v`` lines, accepts ``-C`` overrides of them, and dies on
+  an unknown option. We keep the strictness: an unknown section or key, a wrong type,
+  an unknown size unit or a value out of range stops the run with one line that names
+  the file, the key and what is allowed (:class:`ConfigError`).
+* FreeBSD tunables keep their sysctl names and descriptions (``vm.swap_idle_threshold1``,
+  "Guaranteed swapped in time for a process").
+
+Rules
+-----
+* A parameter that a file leaves out takes its declared default, so a file need only
+  say what differs. ``configs/default.toml`` spells every default out for readers; a
+  test keeps it equal to the declarations here.
+* Values are resolved at load: sizes become int bytes, floats are floats, lists become
+  tuples. Code reading a :class:`Config` never sees ``"16M"``.
+* A :class:`Config` is immutable; :meth:`Config.with_values` returns a new, revalidated
+  one (for example a stress campaign varying ``run.seed``).
+* The declarations are checked at import: every default must pass its own type and
+  range, so PARAMS (and the table schema_markdown() makes of it) cannot claim what the
+  code does not accept.
+
+Not checked here: rules that need knowledge owned elsewhere, such as memory being a whole
+number of pages (``kernel/param.py``) or fail point names existing (the fail point
+registry, ``smp failpoints``).
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import math
+import os
+import pathlib
+import re
+import tomllib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from importlib.resources.abc import Traversable
+from types import MappingProxyType
+from typing import Any, Literal
+
+ParamType = Literal["int", "float", "bool", "str", "size", "list[str]"]
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+# "16M", "16MB", "16MiB", "16m", "4096", "4096B": units are binary whatever the spelling.
+_SIZE_RE = re.compile(r"(\d+)\s*(?:([kmg])(?:ib|b)?|b)?", re.IGNORECASE)
+_SIZE_UNITS = {None: 1, "k": KiB, "m": MiB, "g": GiB}
+
+
+def parse_size(value: object) -> int | None:
+    """Return *value* (int bytes, or a string with an optional K/M/G suffix) in bytes,
+    or None if it is not a size. Range is not checked here."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        m = _SIZE_RE.fullmatch(value.strip())
+        if m:
+            unit = m.group(2).lower() if m.group(2) else None
+            return int(m.group(1)) * _SIZE_UNITS[unit]
+    return None
+
+
+def format_size(nbytes: int) -> str:
+    """The shortest exact K/M/G spelling of *nbytes* ("16M"), or plain bytes."""
+    for suffix, unit in (("G", GiB), ("M", MiB), ("K", KiB)):
+        if nbytes and nbytes % unit == 0:
+            return f"{nbytes // unit}{suffix}"
+    return str(nbytes)
+
+
+@dataclass(frozen=True)
+class Param:
+    """One configuration parameter: its key ("section.name"), type, default, unit and
+    one-line description, plus the range (*min*, *max*) or *choices* it allows."""
+
+    key: str
+    type: ParamType
+    default: Any
+    unit: str
+    desc: str
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def section(self) -> str:
+        return self.key.partition(".")[0]
+
+    @property
+    def name(self) -> str:
+        return self.key.partition(".")[2]
+
+    def coerce(self, value: object) -> Any:
+        """Return *value* resolved to this parameter's Python type (size: int bytes,
+        float: float, list[str]: tuple). Raise ValueError("must be ..., got ...")."""
+        resolved: Any = None
+        if isinstance(value, bool):  # TOML true/false, never a number
+            resolved = value if self.type == "bool" else None
+        elif self.type == "int" and isinstance(value, int):
+            resolved = value
+        elif self.type == "float" and isinstance(value, (int, float)):
+            resolved = float(value)
+        elif self.type == "size":
+            resolved = parse_size(value)
+        elif self.type == "str" and isinstance(value, str):
+            resolved = value if self.choices is None or value in self.choices else None
+        elif self.type == "list[str]" and isinstance(value, (list, tuple)):
+            resolved = tuple(value) if all(isinstance(x, str) for x in value) else None
+        lo, hi = self.min, self.max  # compared so that NaN is out of every range
+        if resolved is None or (lo is not None and hi is not None and not lo <= resolved <= hi):
+            raise ValueError(f"must be {self._allowed_phrase()}, got {_show(value)}")
+        return resolved
+
+    def _range(self) -> str:
+        """"1 to 64", "1M to 4G", or "" for a parameter without a range."""
+        if self.min is None or self.max is None:
+            return ""
+        if self.type == "size":
+            return f"{format_size(int(self.min))} to {format_size(int(self.max))}"
+        return f"{_number(self.min)} to {_number(self.max)}"
+
+    def _allowed_phrase(self) -> str:
+        unit = f" ({self.unit})" if self.unit else ""
+        span = f" from {self._range()}" if self._range() else ""
+        if self.type == "int":
+            return f"an integer{span}{unit}"
+        if self.type == "float":
+            return f"a number{span}{unit}"
+        if self.type == "size":
+            return f'a size{span} (bytes, or a string such as "16M")'
+        if self.type == "bool":
+            return "true or false"
+        if self.type == "str" and self.choices:
+            return "one of " + ", ".join(_toml_value(c) for c in self.choices)
+        return "a list of strings" if self.type == "list[str]" else "a string"
+
+    def allowed(self) -> str:
+        """What the parameter accepts, in a few words (for tables and help)."""
+        if self.choices:
+            return ", ".join(self.choices)
+        return self._range() or {"bool": "true, false", "str": "any string"}.get(
+            self.type, "list of strings")
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+PARAMS: tuple[Param, ...] = (
+    Param("machine.cpus", "int", 4, "", "number of simulated CPUs (one OS process each)",
+          min=1, max=64),
+    Param("machine.memory", "size", "16M", "bytes", "simulated physical memory",
+          min=1 * MiB, max=4 * GiB),
+    Param("machine.swap", "size", "32M", "bytes", "size of the simulated swap device",
+          min=0, max=16 * GiB),
+    Param("machine.hz", "int", 100, "Hz", "hardclock ticks per simulated second",
+          min=10, max=1000),
+    Param("machine.speed", "float", 1.0, "sim s / wall s",
+          "simulated seconds that pass per wall-clock second", min=0.01, max=100),
+    Param("machine.transport", "str", "ipc", "",
+          "how CPUs reach the server: ipc in a private 0700 directory, or tcp on 127.0.0.1",
+          choices=("ipc", "tcp")),
+    Param("run.duration", "float", 20.0, "sim s", "simulated seconds to run",
+          min=0.1, max=86400),
+    Param("run.seed", "int", 1, "", "the one seed that all of the run's randomness derives from",
+          min=0, max=2**63 - 1),
+    Param("run.dir", "str", "runs", "", "where run directories are created (`<dir>/<id>/`)"),
+    Param("run.stats_interval", "float", 0.5, "wall s", "interval of the stats time series",
+          min=0.05, max=60),
+    Param("run.halt_timeout", "float", 5.0, "wall s",
+          "how long to wait for the machine's processes to stop before killing them",
+          min=0.5, max=60),
+    Param("workload.kthreads", "int", 3, "", "lock-exercising kernel threads per CPU",
+          min=0, max=64),
+    Param("workload.objects", "int", 8, "",
+          "shared objects, each with its own sleep mutex, that the kthreads contend on",
+          min=1, max=4096),
+    Param("workload.hold_us", "int", 50, "sim us",
+          "simulated time a kthread works while holding an object's lock",
+          min=0, max=1_000_000),
+    Param("workload.think_us", "int", 200, "sim us",
+          "simulated time a kthread works between lock operations", min=0, max=1_000_000),
+    Param("workload.sleep_prob", "float", 0.1, "",
+          "probability that a kthread sleeps on a channel after a round "
+          "(woken by another CPU's kthread)", min=0, max=1),
+    Param("vm.swap_idle_threshold1", "int", 2, "sim s",
+          "guaranteed swapped-in time for a process (sysctl)", min=0, max=1_000_000),
+    Param("vm.swap_idle_threshold2", "int", 10, "sim s",
+          "time a process can sleep before it is swapped out when idle swapping is on "
+          "(sysctl)", min=0, max=1_000_000),
+    Param("vm.swap_enabled", "bool", True, "",
+          "allow the pageout daemon to request swapouts (sysctl)"),
+    Param("vm.swap_idle_enabled", "bool", False, "",
+          "also swap out processes idle longer than swap_idle_threshold2 (sysctl)"),
+    Param("debug.fail_points", "list[str]", [], "",
+          "race guards of the seed to switch off (names from `smp failpoints`)"),
+)
+
+PARAM_BY_KEY: dict[str, Param] = {p.key: p for p in PARAMS}
+
+# Section -> its parameter names, in declaration order (the order error messages list).
+_SECTIONS: dict[str, tuple[str, ...]] = {}
+for _p in PARAMS:
+    _SECTIONS[_p.section] = _SECTIONS.get(_p.section, ()) + (_p.name,)
+
+
+def _check_declarations() -> dict[str, Any]:
+    """Check PARAMS against itself and return every key's resolved default."""
+    if len(PARAM_BY_KEY) != len(PARAMS):
+        raise RuntimeError("smp.config: a parameter is declared twice")
+    defaults: dict[str, Any] = {}
+    for p in PARAMS:
+        ranged = p.type in ("int", "float", "size")
+        if (not re.fullmatch(r"[a-z]+\.[a-z0-9_]+", p.key) or not p.desc or "\n" in p.desc
+                or ranged != (p.min is not None and p.max is not None)
+                or (p.choices is not None and p.type != "str")):
+            raise RuntimeError(f"smp.config: bad declaration of {p.key!r}")
+        try:
+            defaults[p.key] = p.coerce(p.default)
+        except ValueError as e:
+            raise RuntimeError(f"smp.config: default of {p.key} {e}") from None
+    return defaults
+
+
+_DEFAULTS: Mapping[str, Any] = MappingProxyType(_check_declarations())
+
+
+class ConfigError(Exception):
+    """A config that cannot be used. *file* is where it came from (a path, or "--set"
+    for a command-line override); *key* is the parameter, if one is to blame; *message*
+    is the text after the file name, naming the key itself. ``str(e)`` is one line."""
+
+    def __init__(self, file: str, key: str | None, message: str) -> None:
+        super().__init__(file, key, message)
+        self.file = file
+        self.key = key
+        self.message = " ".join(message.splitlines())
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.message}"
+
+
+def _unknown_key(key: str) -> str:
+    section, dot, _ = key.partition(".")
+    if dot and section in _SECTIONS:
+        return f'unknown key "{key}" (allowed in [{section}]: {", ".join(_SECTIONS[section])})'
+    return f'unknown key "{key}" (keys are section.name; sections: {", ".join(_SECTIONS)})'
+
+
+def _resolve(items: Mapping[str, object], origin: str) -> dict[str, Any]:
+    """Resolve dotted keys to checked values; the first bad one raises ConfigError."""
+    out: dict[str, Any] = {}
+    for key, value in items.items():
+        param = PARAM_BY_KEY.get(key)
+        if param is None:
+            raise ConfigError(origin, key, _unknown_key(key))
+        try:
+            out[key] = param.coerce(value)
+        except ValueError as e:
+            raise ConfigError(origin, key, f"{key}: {e}") from None
+    return out
+
+
+def _flatten(doc: Mapping[str, object], origin: str) -> dict[str, object]:
+    """Turn a parsed TOML document into dotted keys, rejecting anything undeclared."""
+    out: dict[str, object] = {}
+    for section, table in doc.items():
+        if section not in _SECTIONS:
+            what = (f"unknown section [{section}]" if isinstance(table, dict)
+                    else f'unknown key "{section}" at top level')
+            raise ConfigError(origin, section, f"{what} (sections: {', '.join(_SECTIONS)})")
+        if not isinstance(table, dict):
+            raise ConfigError(origin, section,
+                              f"{section}: must be a table [{section}], got {_show(table)}")
+        for name, value in table.items():
+            out[f"{section}.{name}"] = value
+    return out
+
+
+class Config:
+    """A resolved, validated, immutable configuration: ``cfg["machine.cpus"]``.
+
+    Built by :func:`load_config` or :meth:`with_values`. Every declared key has a value
+    (its default if the file left it out); an undeclared key is a programming error and
+    raises KeyError. Two Configs are equal when their values are, whatever their source.
+    """
+
+    __slots__ = ("_source", "_values")
+    _values: Mapping[str, Any]
+    _source: str
+
+    def __init__(self, values: Mapping[str, Any], source: str) -> None:
+        if values.keys() != PARAM_BY_KEY.keys():
+            raise ValueError("Config needs exactly the declared keys; use load_config")
+        object.__setattr__(self, "_values", MappingProxyType({k: values[k] for k in PARAM_BY_KEY}))
+        object.__setattr__(self, "_source", source)
+
+    @property
+    def source(self) -> str:
+        """Where the config came from: a path (the packaged default's, for None)."""
+        return self._source
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("Config is immutable; use with_values()")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError("Config is immutable")
+
+    def __getitem__(self, key: str) -> Any:
+        try:
+            return self._values[key]
+        except KeyError:
+            raise KeyError(f"no config parameter {key!r}") from None
+
+    def get(self, key: str) -> Any:
+        """Same as ``cfg[key]``: no default, since every declared key has a value."""
+        return self[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._values
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Config) and self._values == other._values
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._values.items()))
+
+    def __repr__(self) -> str:
+        return f"Config(source={self.source!r}, {dict(self._values)!r})"
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        """``{section: {name: value}}`` with sorted keys; lists are fresh lists."""
+        tree: dict[str, dict[str, Any]] = {}
+        for key in sorted(self._values):
+            section, _, name = key.partition(".")
+            value = self._values[key]
+            tree.setdefault(section, {})[name] = list(value) if isinstance(value, tuple) else value
+        return tree
+
+    def with_values(self, mapping: Mapping[str, object], origin: str = "with_values") -> Config:
+        """A new Config with the dotted keys of *mapping* replaced, checked as a file's
+        values are (sizes may be "32M"); errors name *origin*. The source is kept."""
+        return Config({**self._values, **_resolve(mapping, origin)}, self.source)
+
+    def to_toml(self, extra: Mapping[str, Mapping[str, object]] | None = None) -> str:
+        """The resolved config as TOML: every parameter, sections and keys sorted, sizes
+        in bytes, units as comments. *extra* adds keys such as ``{"run": {"version": v}}``;
+        an extra key that is also a parameter raises ValueError. With extras the text is
+        a record, not a loadable config: load_config rejects the undeclared keys."""
+        tree: dict[str, dict[str, Any]] = self.as_dict()
+        for section, table in (extra or {}).items():
+            dest = tree.setdefault(section, {})
+            for name, value in table.items():
+                if name in dest:
+                    raise ValueError(f"to_toml: extra {section}.{name} would replace a parameter")
+                dest[name] = value
+        lines = [
+            "# Resolved smp configuration: every parameter, defaults included, sorted.",
+            f"# source: {_toml_string(self.source)}",
+        ]
+        for section in sorted(tree):
+            lines += ["", f"[{_toml_key(section)}]"]
+            for name in sorted(tree[section]):
+                value = tree[section][name]
+                line = f"{_toml_key(name)} = {_toml_value(value)}"
+                param = PARAM_BY_KEY.get(f"{section}.{name}")
+                if param is not None and param.type == "size":
+                    line += f"  # bytes ({format_size(value)})"
+                elif param is not None and param.unit:
+                    line += f"  # {param.unit}"
+                lines.append(line)
+        return "\n".join(lines) + "\n"
+
+
+def default_config_path() -> Traversable:
+    """The packaged default config, ``configs/default.toml``."""
+    return importlib.resources.files("configs") / "default.toml"
+
+
+def _parse_override(text: str) -> tuple[str, object]:
+    """Split one "section.name=value" override; the value is a TOML value if it parses
+    as one, else the bare string (so ``machine.memory=32M`` and ``machine.transport=tcp``
+    work unquoted)."""
+    key, eq, raw = text.partition("=")
+    key = key.strip()
+    if not eq or not key:
+        raise ConfigError("--set", key or None,
+                          f"{_toml_string(text)}: expected section.name=value")
+    try:
+        doc = tomllib.loads("v = " + raw)
+        value: object = doc["v"] if doc.keys() == {"v"} else raw.strip()
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key, value
+
+
+def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = ()) -> Config:
+    """Load and check the config at *path* (None: the packaged default), then apply
+    *overrides* ("section.name=value", later ones winning). Raise ConfigError."""
+    if isinstance(overrides, str):
+        raise TypeError("load_config: overrides must be a sequence of strings, not a string")
+    ref: Traversable = default_config_path() if path is None else pathlib.Path(path)
+    source = str(ref) if path is None else os.fspath(path)
+    try:
+        data = ref.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(source, None, "no such config file") from None
+    except IsADirectoryError:
+        raise ConfigError(source, None, "is a directory, not a config file") from None
+    except OSError as e:
+        raise ConfigError(source, None, f"cannot read: {e.strerror}") from None
+    try:
+        doc = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(source, None, f"not valid TOML: not UTF-8 (byte {e.start})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(source, None, f"not valid TOML: {e}") from None
+    cfg = Config({**_DEFAULTS, **_resolve(_flatten(doc, source), source)}, source)
+    if overrides:
+        cfg = cfg.with_values(dict(_parse_override(o) for o in overrides), origin="--set")
+    return cfg
+
+
+def schema_markdown() -> str:
+    """A Markdown table of every parameter, generated from PARAMS."""
+    rows = ["| key | type | default | unit | allowed | description |",
+            "|---|---|---|---|---|---|"]
+    for p in PARAMS:
+        cells = [f"`{p.key}`", p.type, f"`{_toml_value(p.default)}`", p.unit, p.allowed(), p.desc]
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+# A tiny TOML emitter: enough for ints, floats, bools, strings and lists of them.
+
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n",
+            "\f": "\\f", "\r": "\\r"}
+
+
+def _toml_string(s: str) -> str:
+    out = []
+    for ch in s:
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def _toml_key(k: str) -> str:
+    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else _toml_string(k)
+
+
+def _toml_value(v: object) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return repr(v)
+    if isinstance(v, str):
+        return _toml_string(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} as TOML")
+
+
+def _show(value: object) -> str:
+    """A value as the user would have written it, for error messages."""
+    if isinstance(value, dict):
+        return "a table"
+    try:
+        text = _toml_value(value)
+    except TypeError:
+        text = str(value)  # TOML dates and times
+    return text if len(text) <= 60 else text[:57] + "..."

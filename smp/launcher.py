@@ -1,0 +1,275 @@
+"""The launcher: turns a config into a running machine, watches it, stops it, reports.
+
+``run_machine`` forks the server and one process per CPU (``multiprocess``, fork start:
+TRANSPORT.md measured it 8x faster than spawn), connects to the server as ``launcher``,
+starts the machine, and then waits, event-driven, on one poller for whichever comes first:
+
+* the run's end (its simulated duration, converted to host time);
+* a ``PANIC`` event from the server;
+* a CPU or the server exiting (each process's sentinel fd is in the poller);
+* SIGINT or SIGTERM (a wakeup fd is in the poller).
+
+Then it halts the machine (every CPU sends its final report to the server), fetches the
+server's report, writes the run directory and reaps every process: a process that does
+not stop within ``run.halt_timeout`` is killed. Every child also has a parent-death signal,
+so none outlives a launcher that is itself killed.
+
+Exit statuses: 0 a clean run; 1 a panic, a failed invariant or a dead process; 2 a usage
+or config error (raised before anything starts); 128+N when stopped by signal N.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from typing import Any, Callable
+
+import multiprocess
+import zmq
+
+from hw.protocol import ERR, VERSION, Event, Op, pack, unpack
+from smp import __version__
+from smp.config import Config
+from smp.machine import cpu_main
+from smp.proc_util import describe_exit
+from smp.report import build_report, write_run_dir
+from smp.server import server_main
+
+LIVENESS_S = 10.0
+
+
+class LaunchError(Exception):
+    """The machine could not be started (the message says why)."""
+
+
+@dataclasses.dataclass
+class RunResult:
+    exit_status: int
+    run_dir: str
+    report: dict[str, Any]
+
+
+class _Control:
+    """The launcher's DEALER connection to the server."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.ctx: zmq.Context[Any] = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.IDENTITY, b"launcher")
+        self.sock.connect(endpoint)
+        self.seq = 0
+        self.events: list[list[Any]] = []
+
+    def call(self, op: int, *args: Any, timeout: float) -> Any:
+        self.seq += 1
+        self.sock.send(pack([op, self.seq, 0, "launcher", *args]))
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.sock.poll(int(left * 1000)):
+                raise TimeoutError(f"the server did not answer {Op(op).name} "
+                                   f"within {timeout:.1f} s")
+            msg = unpack(self.sock.recv())
+            if msg[0] == Op.REPLY and msg[1] == self.seq:
+                if msg[2] == ERR:
+                    raise LaunchError(f"server refused {Op(op).name}: {msg[3]}")
+                return msg[3]
+            if msg[0] == Op.EVENT:
+                self.events.append(msg)
+
+    def drain_events(self) -> list[list[Any]]:
+        while True:
+            try:
+                msg = unpack(self.sock.recv(zmq.NOBLOCK))
+            except zmq.Again:
+                break
+            if msg[0] == Op.EVENT:
+                self.events.append(msg)
+        out, self.events = self.events, []
+        return out
+
+    def close(self) -> None:
+        try:
+            self.sock.send(pack([Op.BYE, 0, 0, "launcher", "done"]))
+        except zmq.ZMQError:
+            pass
+        self.sock.close(100)
+        self.ctx.term()
+
+
+def _endpoint(cfg: Config) -> tuple[str, str | None]:
+    if cfg["machine.transport"] == "tcp":
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        return f"tcp://127.0.0.1:{port}", None
+    d = tempfile.mkdtemp(prefix="smp-")
+    os.chmod(d, 0o700)
+    return f"ipc://{d}/bus", d
+
+
+def new_run_dir(base: str, seed: int) -> str:
+    os.makedirs(base, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1000):
+        name = f"{stamp}-s{seed}" + (f"-{n}" if n else "")
+        path = os.path.join(base, name)
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            continue
+    raise LaunchError(f"cannot create a run directory under {base}")
+
+
+def run_machine(cfg: Config, run_dir: str | None = None,
+                log: Callable[[str], None] | None = None) -> RunResult:
+    """Boot, run and stop one machine; write its run directory. Never leaves a process."""
+    say = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    ncpus = int(cfg["machine.cpus"])
+    seed = int(cfg["run.seed"])
+    rdir = run_dir or new_run_dir(str(cfg["run.dir"]), seed)
+    os.makedirs(rdir, exist_ok=True)
+    with open(os.path.join(rdir, "config.toml"), "w") as f:
+        f.write(f"# smp {__version__}: resolved config of this run (seed {seed})\n"
+                f"# rerun: smp run {os.path.join(rdir, 'config.toml')}\n")
+        f.write(cfg.to_toml())
+    logf = open(os.path.join(rdir, "log.txt"), "w")
+
+    def note(line: str) -> None:
+        logf.write(f"{time.strftime('%H:%M:%S')} {line}\n")
+        logf.flush()
+        say(line)
+
+    endpoint, ipc_dir = _endpoint(cfg)
+    flat = {k: cfg[k] for k in cfg}
+    mp = multiprocess.get_context("fork")
+    server = mp.Process(target=server_main, name="smp-server",
+                        args=(endpoint, ncpus, int(cfg["machine.memory"]),
+                              int(cfg["machine.swap"])))
+    cpus: list[Any] = []
+    ctl: _Control | None = None
+    stop_signal: list[int] = []
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    old_handlers = {}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop_signal.append(signum)
+
+    t_wall0 = time.monotonic()
+    server_report: dict[str, Any] = {}
+    reason = "end of run"
+    problems: list[str] = []
+    t0: float | None = None
+    t_end: float | None = None
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old_handlers[sig] = signal.signal(sig, on_signal)
+        old_fd = signal.set_wakeup_fd(wake_w)
+        server.start()
+        for i in range(ncpus):
+            p = mp.Process(target=cpu_main, name=f"smp-cpu{i}",
+                           args=(i, endpoint, flat, LIVENESS_S))
+            p.start()
+            cpus.append(p)
+        note(f"machine: {ncpus} CPUs, {cfg['machine.memory'] // 1024 // 1024} MiB, "
+             f"server pid {server.pid}, cpu pids "
+             f"{', '.join(str(p.pid) for p in cpus)}; run dir {rdir}")
+        ctl = _Control(endpoint)
+        ctl.call(Op.HELLO, VERSION, "launcher", -1, os.getpid(), timeout=LIVENESS_S)
+        t0 = ctl.call(Op.CTL_START, timeout=LIVENESS_S + 5 * ncpus)
+        duration = float(cfg["run.duration"])
+        speed = float(cfg["machine.speed"])
+        deadline = time.monotonic() + duration / speed
+        poller = zmq.Poller()
+        poller.register(ctl.sock, zmq.POLLIN)
+        poller.register(wake_r, zmq.POLLIN)
+        sentinels = {server.sentinel: ("server", server)}
+        for i, p in enumerate(cpus):
+            sentinels[p.sentinel] = (f"cpu{i}", p)
+        for fd in sentinels:
+            poller.register(fd, zmq.POLLIN)
+        dead: list[int] = []
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            ready = dict(poller.poll(int(min(left, 1.0) * 1000)))
+            if wake_r in ready:
+                os.read(wake_r, 512)
+            if stop_signal:
+                reason = f"stopped by {signal.Signals(stop_signal[0]).name}"
+                break
+            gone = [fd for fd in sentinels if fd in ready]
+            if gone:
+                for fd in gone:
+                    name, p = sentinels[fd]
+                    p.join(0.1)
+                    problems.append(f"{name} (pid {p.pid}) died: {describe_exit(p.exitcode)}")
+                    if name.startswith("cpu"):
+                        dead.append(int(name[3:]))
+                reason = problems[0]
+                break
+            events = ctl.drain_events() if ctl.sock in ready else []
+            panics = [e for e in events if e[1] == Event.PANIC]
+            if panics:
+                reason = f"panic on cpu {panics[0][2]}: {panics[0][3]}"
+                break
+        t_end = time.monotonic()
+        note(f"stopping: {reason}")
+        server_alive = server.is_alive()
+        if server_alive:
+            try:
+                ctl.call(Op.CTL_HALT, reason, dead, timeout=float(cfg["run.halt_timeout"]))
+            except TimeoutError as e:
+                problems.append(f"halt: {e}")
+            try:
+                server_report = ctl.call(Op.CTL_REPORT, timeout=LIVENESS_S)
+            except (TimeoutError, LaunchError) as e:
+                problems.append(f"report: {e}")
+        signal.set_wakeup_fd(old_fd)
+    finally:
+        if ctl is not None:
+            ctl.close()
+        _reap([*cpus, server], float(cfg["run.halt_timeout"]), problems)
+        for sig, h in old_handlers.items():
+            signal.signal(sig, h)
+        os.close(wake_r)
+        os.close(wake_w)
+        if ipc_dir:
+            shutil.rmtree(ipc_dir, ignore_errors=True)
+    wall = time.monotonic() - t_wall0
+    sim = ((t_end or time.monotonic()) - t0) * float(cfg["machine.speed"]) if t0 else 0.0
+    report = build_report(cfg, server_report, reason=reason, problems=problems,
+                          wall_s=wall, sim_s=sim, interrupted=bool(stop_signal),
+                          version=__version__)
+    write_run_dir(rdir, report)
+    note(f"run {'ok' if report['ok'] else 'FAILED'}: {rdir}")
+    logf.close()
+    if stop_signal:
+        status = 128 + stop_signal[0]
+    else:
+        status = 0 if report["ok"] else 1
+    return RunResult(status, rdir, report)
+
+
+def _reap(procs: list[Any], timeout: float, problems: list[str]) -> None:
+    """Join every process; kill what does not stop in time."""
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        if p._popen is None:           # never started
+            continue
+        p.join(max(deadline - time.monotonic(), 0.05))
+    for p in procs:
+        if p._popen is not None and p.is_alive():
+            problems.append(f"{p.name} (pid {p.pid}) did not stop in {timeout:.1f} s; killed")
+            p.kill()
+            p.join(2.0)

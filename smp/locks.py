@@ -1,0 +1,408 @@
+"""The lock table and the sleep channels: the machine's synchronisation, served in one place.
+
+DESIGN.md decision 3. The server applies every lock operation of every CPU in one order,
+so the table below is the truth about who holds what. The kernel's lock code
+(``kernel/kern/kern_mutex.py`` and friends) decides what a *thread* does while it waits
+(spin with interrupts off, or block and let the CPU run something else); this module only
+decides who owns a lock and when a waiter is granted it.
+
+Semantics, after FreeBSD 5.0:
+
+* ``spin mutex`` and ``sleep mutex``: one exclusive owner, a thread; recursion only with
+  ``LF_RECURSE``. A release with waiters hands the lock to the first waiter (FIFO) and sends
+  its CPU a ``GRANT`` event, so the lock is never free in between.
+* ``sx``: shared or exclusive, not recursive. Readers wait only while a writer holds the
+  lock (no writer preference, as the 2002 sx built from two condition variables).
+  Releasing a write lock grants every waiting reader at once; if there are none, the
+  first writer.
+* ``lockmgr``: as sx, with try-acquire used by ``vm_map_trylock``.
+* Sleep channels: ``SLEEP`` queues a thread on a channel *and* drops its interlock in one
+  step; ``WAKEUP`` takes every sleeper (or the first) off the channel and returns them to
+  the waker, whose kernel code makes them runnable. Both must be done holding the sched
+  lock, as in ``kern_synch.c``, so no wakeup is lost.
+
+Checked here, each an error that panics the machine: an unknown or uninitialised lock,
+unlock by a non-owner, recursion on a non-recursive lock, a blocking sleep lock taken with
+a spin mutex held ("blockable sleep lock"), sleeping with a spin mutex other than the
+sched lock held, a hand-off of a recursed spin lock.
+
+Statistics follow LOCK_PROFILING: per lock name (all proc locks together, as WITNESS
+names them) and per (name, acquisition site).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import time
+from typing import Any, Hashable
+
+from hw.protocol import (BUSY, EXCL, GRANTED, LC_LOCKMGR, LC_SLEEP, LC_SPIN, LC_SX,
+                         LF_RECURSE, QUEUED, SHARED)
+
+SCHED_LOCK_NAME = "sched lock"
+CLASSES = (LC_SPIN, LC_SLEEP, LC_SX, LC_LOCKMGR)
+
+
+class LockError(Exception):
+    """A lock operation that would be a kernel panic on real hardware."""
+
+
+def _now_us() -> float:
+    return time.monotonic_ns() / 1000.0
+
+
+@dataclasses.dataclass
+class Waiter:
+    tid: int
+    cpu: int
+    mode: int
+    since_us: float
+    site: str
+
+
+@dataclasses.dataclass
+class Lock:
+    handle: int
+    cls: str
+    name: str
+    flags: int
+    owner: int = 0                   # exclusive owner tid
+    recurse: int = 0
+    shared: dict[int, int] = dataclasses.field(default_factory=dict)
+    waiters: collections.deque[Waiter] = dataclasses.field(default_factory=collections.deque)
+    since_us: float = 0.0
+    site: str = ""
+
+
+@dataclasses.dataclass
+class SiteProfile:
+    """One row of LOCK_PROFILING: a lock name acquired at one site."""
+    max_hold_us: float = 0.0
+    wait_max_us: float = 0.0
+    total_hold_us: float = 0.0
+    wait_total_us: float = 0.0
+    count: int = 0
+    cnt_hold: int = 0       # times someone had to wait while this site held the lock
+    cnt_lock: int = 0       # times this site had to wait for the lock
+
+
+@dataclasses.dataclass
+class NameStats:
+    acquires: int = 0
+    contested: int = 0
+    cpus_seen: set[int] = dataclasses.field(default_factory=set)
+    max_hold_us: float = 0.0
+    wait_us_total: float = 0.0
+
+
+@dataclasses.dataclass
+class ThreadLocks:
+    """What the lock table knows of one simulated thread."""
+    cpu: int
+    held: list[tuple[int, int, str]] = dataclasses.field(default_factory=list)  # (lock, mode, site)
+    waiting: tuple[int, int, str] | None = None
+    sleeping: Hashable | None = None
+
+
+Grant = tuple[int, int, int]          # (cpu, tid, lock) to notify
+
+
+class LockTable:
+    """Every lock and sleep channel of one machine."""
+
+    def __init__(self) -> None:
+        self.locks: dict[int, Lock] = {}
+        self.threads: dict[int, ThreadLocks] = {}
+        self.channels: dict[Hashable, collections.deque[tuple[int, int]]] = {}
+        self.by_name: dict[str, NameStats] = collections.defaultdict(NameStats)
+        self.profile: dict[tuple[str, str], SiteProfile] = collections.defaultdict(SiteProfile)
+        self.sleeps = self.wakeups = self.woken = 0
+
+    # -- bookkeeping -----------------------------------------------------------------
+    def thread(self, tid: int, cpu: int) -> ThreadLocks:
+        t = self.threads.get(tid)
+        if t is None:
+            t = self.threads[tid] = ThreadLocks(cpu)
+        return t
+
+    def lock(self, h: int) -> Lock:
+        lk = self.locks.get(h)
+        if lk is None:
+            raise LockError(f"lock {h} is not initialized (no mtx_init/sx_init/lockinit)")
+        return lk
+
+    def init(self, h: int, cls: str, name: str, flags: int) -> None:
+        if cls not in CLASSES:
+            raise LockError(f"lock_init: unknown lock class {cls!r}")
+        old = self.locks.get(h)
+        if old is not None and (old.owner or old.shared or old.waiters):
+            raise LockError(f"lock_init: {old.cls} {old.name} re-initialized while in use")
+        self.locks[h] = Lock(h, cls, name, flags)
+
+    def destroy(self, h: int) -> None:
+        lk = self.lock(h)
+        if lk.owner or lk.shared or lk.waiters:
+            raise LockError(f"lock_destroy: {lk.cls} {lk.name} destroyed while in use")
+        del self.locks[h]
+
+    def _held_spin(self, t: ThreadLocks) -> list[Lock]:
+        return [self.locks[h] for h, _, _ in t.held
+                if h in self.locks and self.locks[h].cls == LC_SPIN]
+
+    def _take(self, lk: Lock, tid: int, t: ThreadLocks, mode: int, site: str,
+              waited_us: float) -> None:
+        now = _now_us()
+        if mode == EXCL:
+            lk.owner = tid
+            lk.recurse = 0
+        else:
+            lk.shared[tid] = lk.shared.get(tid, 0) + 1
+        lk.since_us = now
+        lk.site = site
+        t.held.append((lk.handle, mode, site))
+        st = self.by_name[lk.name]
+        st.acquires += 1
+        st.cpus_seen.add(t.cpu)
+        prof = self.profile[(lk.name, site)]
+        prof.count += 1
+        if waited_us > 0:
+            st.contested += 1
+            st.wait_us_total += waited_us
+            prof.cnt_lock += 1
+            prof.wait_total_us += waited_us
+            prof.wait_max_us = max(prof.wait_max_us, waited_us)
+
+    def _drop(self, lk: Lock, tid: int, t: ThreadLocks, mode: int) -> None:
+        for i in range(len(t.held) - 1, -1, -1):
+            if t.held[i][0] == lk.handle and t.held[i][1] == mode:
+                site = t.held.pop(i)[2]
+                break
+        else:
+            site = lk.site
+        hold = _now_us() - lk.since_us
+        st = self.by_name[lk.name]
+        st.max_hold_us = max(st.max_hold_us, hold)
+        prof = self.profile[(lk.name, site)]
+        prof.total_hold_us += hold
+        prof.max_hold_us = max(prof.max_hold_us, hold)
+        if lk.waiters:
+            prof.cnt_hold += 1
+
+    # -- acquire, release, hand-off --------------------------------------------------
+    def acquire(self, tid: int, cpu: int, site: str, h: int, mode: int,
+                trylock: bool) -> int:
+        """GRANTED, QUEUED (a GRANT event follows later) or BUSY (trylock failed)."""
+        lk = self.lock(h)
+        t = self.thread(tid, cpu)
+        if mode not in (EXCL, SHARED) or (mode == SHARED and lk.cls in (LC_SPIN, LC_SLEEP)):
+            raise LockError(f"acquire: bad mode {mode} for {lk.cls} {lk.name}")
+        if lk.cls != LC_SPIN and not trylock:
+            spins = self._held_spin(t)
+            if spins:
+                raise LockError(f"blockable sleep lock ({lk.cls}) {lk.name} @ {site} "
+                                f"with spin mutex {spins[0].name} held")
+        if mode == EXCL and lk.owner == tid:
+            if lk.flags & LF_RECURSE:
+                lk.recurse += 1
+                self.by_name[lk.name].acquires += 1
+                return GRANTED
+            if trylock and lk.cls in (LC_SLEEP, LC_SPIN):
+                return BUSY
+            raise LockError(f"{lk.name}: recursed on non-recursive {lk.cls} @ {site} "
+                            f"(first acquired @ {lk.site})")
+        if tid in lk.shared:
+            if mode == EXCL:
+                raise LockError(f"{lk.name}: {lk.cls} exclusive acquire by a thread that "
+                                f"holds it shared (share->excl) @ {site}")
+            if lk.cls == LC_LOCKMGR:
+                raise LockError(f"{lk.name}: lockmgr shared recursion @ {site}")
+        if mode == SHARED and lk.owner == tid:
+            raise LockError(f"{lk.name}: {lk.cls} shared acquire by its exclusive owner "
+                            f"(excl->share) @ {site}")
+        if mode == EXCL:
+            free = lk.owner == 0 and not lk.shared and not lk.waiters
+        else:
+            free = lk.owner == 0            # readers wait only while a writer holds it
+        if free:
+            self._take(lk, tid, t, mode, site, 0.0)
+            return GRANTED
+        if trylock:
+            return BUSY
+        lk.waiters.append(Waiter(tid, cpu, mode, _now_us(), site))
+        t.waiting = (h, mode, site)
+        return QUEUED
+
+    def release(self, tid: int, cpu: int, site: str, h: int, mode: int) -> list[Grant]:
+        lk = self.lock(h)
+        t = self.thread(tid, cpu)
+        if mode == EXCL:
+            if lk.owner != tid:
+                who = f"thread {lk.owner}" if lk.owner else "nobody"
+                raise LockError(f"{lk.cls} {lk.name}: unlock of a lock not owned "
+                                f"@ {site} (owned by {who})")
+            if lk.recurse:
+                lk.recurse -= 1
+                return []
+            self._drop(lk, tid, t, EXCL)
+            lk.owner = 0
+        else:
+            n = lk.shared.get(tid, 0)
+            if n == 0:
+                raise LockError(f"{lk.cls} {lk.name}: shared unlock of a lock not held "
+                                f"shared @ {site}")
+            self._drop(lk, tid, t, SHARED)
+            if n == 1:
+                del lk.shared[tid]
+            else:
+                lk.shared[tid] = n - 1
+        return self._grant_waiters(lk)
+
+    def _grant_waiters(self, lk: Lock) -> list[Grant]:
+        if lk.owner or not lk.waiters:
+            return []
+        grants: list[Grant] = []
+        now = _now_us()
+        if lk.cls in (LC_SX, LC_LOCKMGR) and not lk.shared and \
+                any(w.mode == SHARED for w in lk.waiters):
+            keep: collections.deque[Waiter] = collections.deque()
+            for w in lk.waiters:
+                if w.mode == SHARED:
+                    self._grant(lk, w, now, grants)
+                else:
+                    keep.append(w)
+            lk.waiters = keep
+        elif lk.cls in (LC_SX, LC_LOCKMGR) and lk.shared:
+            pass                                   # readers still in; writers wait
+        else:
+            self._grant(lk, lk.waiters.popleft(), now, grants)
+        return grants
+
+    def _grant(self, lk: Lock, w: Waiter, now: float, grants: list[Grant]) -> None:
+        t = self.thread(w.tid, w.cpu)
+        t.waiting = None
+        self._take(lk, w.tid, t, w.mode, w.site, max(now - w.since_us, 0.001))
+        grants.append((w.cpu, w.tid, lk.handle))
+
+    def handoff(self, tid: int, cpu: int, h: int, to_tid: int) -> None:
+        """A context switch passes a held spin lock to the next thread (mi_switch)."""
+        lk = self.lock(h)
+        if lk.cls != LC_SPIN or lk.owner != tid:
+            raise LockError(f"handoff of {lk.cls} {lk.name} by thread {tid}, "
+                            f"which does not own it")
+        if lk.recurse:
+            raise LockError(f"mi_switch: {lk.name} recursed ({lk.recurse}) at switch")
+        t = self.thread(tid, cpu)
+        for i in range(len(t.held) - 1, -1, -1):
+            if t.held[i][0] == h:
+                entry = t.held.pop(i)
+                break
+        else:
+            raise LockError(f"handoff: {lk.name} not on thread {tid}'s held list")
+        lk.owner = to_tid
+        self.thread(to_tid, cpu).held.append(entry)
+
+    # -- sleep channels ----------------------------------------------------------------
+    def _require_sched_lock(self, what: str, tid: int, t: ThreadLocks, site: str) -> None:
+        for h, _, _ in t.held:
+            if h in self.locks and self.locks[h].name == SCHED_LOCK_NAME:
+                return
+        raise LockError(f"{what} @ {site} without the {SCHED_LOCK_NAME} held")
+
+    def sleep(self, tid: int, cpu: int, site: str, chan: Hashable,
+              interlock: int) -> list[Grant]:
+        t = self.thread(tid, cpu)
+        self._require_sched_lock("msleep", tid, t, site)
+        for lk in self._held_spin(t):
+            if lk.name != SCHED_LOCK_NAME:
+                raise LockError(f"sleeping with spin mutex {lk.name} held @ {site}")
+        if t.sleeping is not None:
+            raise LockError(f"thread {tid} sleeps on {chan!r} while asleep on {t.sleeping!r}")
+        grants: list[Grant] = []
+        if interlock:
+            grants = self.release(tid, cpu, site, interlock, EXCL)
+        self.channels.setdefault(chan, collections.deque()).append((tid, cpu))
+        t.sleeping = chan
+        self.sleeps += 1
+        return grants
+
+    def wakeup(self, tid: int, cpu: int, site: str, chan: Hashable, one: bool) -> list[int]:
+        self._require_sched_lock("wakeup", tid, self.thread(tid, cpu), site)
+        q = self.channels.get(chan)
+        self.wakeups += 1
+        if not q:
+            return []
+        taken = [q.popleft()] if one else list(q)
+        if not one or not q:
+            del self.channels[chan]
+        for sleeper, scpu in taken:
+            self.thread(sleeper, scpu).sleeping = None
+        self.woken += len(taken)
+        return [s for s, _ in taken]
+
+    def unsleep(self, tid: int, cpu: int, chan: Hashable) -> bool:
+        """Take ``tid`` off ``chan`` (a timed-out sleep); False if a wakeup got there first."""
+        q = self.channels.get(chan)
+        if not q:
+            return False
+        for i, (sleeper, _) in enumerate(q):
+            if sleeper == tid:
+                del q[i]
+                if not q:
+                    del self.channels[chan]
+                self.thread(tid, cpu).sleeping = None
+                return True
+        return False
+
+    # -- reports -----------------------------------------------------------------------
+    def held_by(self, tid: int) -> list[dict[str, Any]]:
+        t = self.threads.get(tid)
+        if t is None:
+            return []
+        return [{"lock": self.locks[h].name if h in self.locks else f"#{h}",
+                 "mode": "shared" if m == SHARED else "excl", "site": s}
+                for h, m, s in t.held]
+
+    def waiting_for(self, tid: int) -> dict[str, Any] | None:
+        t = self.threads.get(tid)
+        if t is None or t.waiting is None:
+            return None
+        h, m, s = t.waiting
+        return {"lock": self.locks[h].name if h in self.locks else f"#{h}",
+                "mode": "shared" if m == SHARED else "excl", "site": s}
+
+    def lock_report(self) -> list[dict[str, Any]]:
+        rows = []
+        for name, st in sorted(self.by_name.items()):
+            rows.append({"name": name, "acquires": st.acquires, "contested": st.contested,
+                         "cpus_seen": sorted(st.cpus_seen),
+                         "max_hold_us": round(st.max_hold_us, 1),
+                         "wait_us_total": round(st.wait_us_total, 1)})
+        return rows
+
+    def profile_report(self) -> list[dict[str, Any]]:
+        """LOCK_PROFILING's table, most contended first."""
+        rows = []
+        for (name, site), p in self.profile.items():
+            rows.append({"name": name, "site": site, "max": round(p.max_hold_us, 1),
+                         "wait_max": round(p.wait_max_us, 1),
+                         "total": round(p.total_hold_us, 1),
+                         "wait_total": round(p.wait_total_us, 1), "count": p.count,
+                         "avg": round(p.total_hold_us / p.count, 2) if p.count else 0.0,
+                         "wait_avg": round(p.wait_total_us / p.count, 2) if p.count else 0.0,
+                         "cnt_hold": p.cnt_hold, "cnt_lock": p.cnt_lock})
+        rows.sort(key=lambda r: (-r["wait_total"], -r["count"]))
+        return rows
+
+    def dumpstate(self) -> str:
+        lines = [f"locks: {len(self.locks)} initialized, {self.sleeps} sleeps, "
+                 f"{self.wakeups} wakeups ({self.woken} threads woken)"]
+        for lk in self.locks.values():
+            if lk.owner or lk.shared or lk.waiters:
+                owner = f"owner thread {lk.owner} @ {lk.site}" if lk.owner else \
+                    f"shared by {sorted(lk.shared)}"
+                waiters = ", ".join(f"{w.tid}@{w.site}" for w in lk.waiters)
+                lines.append(f"  {lk.cls} {lk.name}: {owner}; waiters [{waiters}]")
+        for chan, q in self.channels.items():
+            lines.append(f"  channel {chan!r}: sleepers {[tid for tid, _ in q]}")
+        return "\n".join(lines)

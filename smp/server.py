@@ -1,0 +1,394 @@
+"""The machine server: one process, one thread, one ZeroMQ ROUTER loop.
+
+It owns everything the CPUs share (DESIGN.md decision 1): physical memory and the kernel
+MMU (``hw.physmem``), the swap device, kernel memory (``smp.objects``), the lock table and
+the sleep channels (``smp.locks``), and the delivery of IPIs and grants between CPUs.
+Because it applies every peer's requests one at a time, it is the machine's linearisation
+point: the order in which it handles requests *is* the order in which they happened.
+
+Loop: wait for the socket to become readable (bounded by ``POLL_MS`` so that the server
+notices a dead launcher), then drain every queued message before sleeping again; more
+CPUs means more messages per wake-up and less cost per message (TRANSPORT.md).
+
+Errors: a request that waits for a reply and fails gets an ``ERR`` reply naming the problem
+(the CPU's kernel then panics, as on a fatal trap). A *posted* request that fails cannot be
+answered, so it panics the machine here (DESIGN.md decision 10). A message that is not
+this protocol at all is counted and dropped; the server goes on serving everyone else.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from typing import Any, Callable
+
+import zmq
+
+from hw.physmem import Fault, PhysMem, SwapDevice
+from hw.protocol import ERR, OK, VERSION, Event, Op, ProtocolError, pack, unpack
+from smp.locks import LockError, LockTable
+from smp.objects import LOCK_KINDS, ObjectError, ObjectStore
+
+POLL_MS = 200
+
+_KERNEL_ERRORS = (ObjectError, LockError, Fault)
+
+
+class Peer:
+    __slots__ = ("ident", "role", "cpu", "pid", "final", "gone", "requests")
+
+    def __init__(self, ident: bytes, role: str, cpu: int, pid: int) -> None:
+        self.ident = ident
+        self.role = role
+        self.cpu = cpu
+        self.pid = pid
+        self.final: dict[str, Any] | None = None
+        self.gone = False
+        self.requests = 0
+
+
+class Server:
+    """The shared half of one simulated machine."""
+
+    def __init__(self, endpoint: str, ncpus: int, memory: int, swap: int) -> None:
+        self.endpoint = endpoint
+        self.ncpus = ncpus
+        self.mem = PhysMem(memory)
+        self.swap = SwapDevice(swap)
+        self.kmem = ObjectStore()
+        self.locks = LockTable()
+        self.peers: dict[bytes, Peer] = {}
+        self.cpus: dict[int, Peer] = {}
+        self.launcher: Peer | None = None
+        self.started_at: float | None = None
+        self.panic: dict[str, Any] | None = None
+        self.halting: str | None = None
+        self.dead: set[int] = set()
+        self.pending_start: list[tuple[bytes, int]] = []
+        self.pending_halt: list[tuple[bytes, int]] = []
+        self.bad_messages = 0
+        self.errors = 0
+        self.unroutable = 0
+        self.messages = 0
+        self.running = True
+        self.ctx: zmq.Context[Any] | None = None
+        self.sock: zmq.Socket[Any] | None = None
+        self.handlers: dict[int, Callable[[Peer, int, str, list[Any]], Any]] = {
+            Op.PLOAD: lambda p, t, s, a: self.mem.fetch(a[0], a[1]),
+            Op.PSTORE: lambda p, t, s, a: self.mem.store(a[0], a[1]),
+            Op.KLOAD: lambda p, t, s, a: self.mem.kfetch(a[0], a[1]),
+            Op.KSTORE: lambda p, t, s, a: self.mem.kstore(a[0], a[1]),
+            Op.KENTER: lambda p, t, s, a: self.mem.kenter(a[0], a[1]),
+            Op.KREMOVE: lambda p, t, s, a: self.mem.kremove(a[0], a[1]),
+            Op.PCOPY: lambda p, t, s, a: self.mem.copy_frame(a[0], a[1]),
+            Op.PZERO: lambda p, t, s, a: self.mem.zero_frame(a[0]),
+            Op.PSUM: lambda p, t, s, a: self.mem.checksum(a[0]),
+            Op.SWAPOUT: lambda p, t, s, a: self.swap.write(self.mem, a[0], a[1]),
+            Op.SWAPIN: lambda p, t, s, a: self.swap.read(self.mem, a[0], a[1]),
+            Op.DEFTYPE: lambda p, t, s, a: self.kmem.deftype(a[0], a[1]),
+            Op.NEW: lambda p, t, s, a: self.kmem.new(a[0], a[1]),
+            Op.FREE: self._free,
+            Op.LOAD: lambda p, t, s, a: self.kmem.load(a[0], a[1]),
+            Op.LOADN: lambda p, t, s, a: self.kmem.loadn(a[0], a[1]),
+            Op.STORE: lambda p, t, s, a: self.kmem.store(a[0], a[1], a[2]),
+            Op.STOREN: lambda p, t, s, a: self.kmem.storen(a[0], a[1]),
+            Op.ADD: lambda p, t, s, a: self.kmem.add(a[0], a[1], a[2]),
+            Op.CAS: lambda p, t, s, a: self.kmem.cas(a[0], a[1], a[2], a[3]),
+            Op.SETBITS: lambda p, t, s, a: self.kmem.setbits(a[0], a[1], a[2]),
+            Op.CLRBITS: lambda p, t, s, a: self.kmem.clrbits(a[0], a[1], a[2]),
+            Op.SYMBOL: lambda p, t, s, a: self.kmem.symbol(a[0], a[1]),
+            Op.LOOKUP: lambda p, t, s, a: self.kmem.lookup(a[0]),
+            Op.LIST_INSERT_HEAD: lambda p, t, s, a: self.kmem.listhead(a[0]).insert_head(a[1]),
+            Op.LIST_INSERT_TAIL: lambda p, t, s, a: self.kmem.listhead(a[0]).insert_tail(a[1]),
+            Op.LIST_REMOVE: lambda p, t, s, a: self.kmem.listhead(a[0]).remove(a[1]),
+            Op.LIST_FIRST: lambda p, t, s, a: self.kmem.listhead(a[0]).head,
+            Op.LIST_NEXT: lambda p, t, s, a: self.kmem.listhead(a[0]).after(a[1]),
+            Op.LIST_ITEMS: lambda p, t, s, a: self.kmem.listhead(a[0]).items(),
+            Op.LIST_LEN: lambda p, t, s, a: len(self.kmem.listhead(a[0]).next),
+            Op.LOCK_INIT: self._lock_init,
+            Op.LOCK_DESTROY: lambda p, t, s, a: self.locks.destroy(a[0]),
+            Op.ACQUIRE: self._acquire,
+            Op.RELEASE: self._release,
+            Op.HANDOFF: lambda p, t, s, a: self.locks.handoff(t, p.cpu, a[0], a[1]),
+            Op.SLEEP: self._sleep,
+            Op.WAKEUP: lambda p, t, s, a: self.locks.wakeup(t, p.cpu, s, _chan(a[0]), a[1]),
+            Op.UNSLEEP: lambda p, t, s, a: self.locks.unsleep(t, p.cpu, _chan(a[0])),
+            Op.IPI: self._ipi,
+            Op.REPORT: self._report,
+        }
+
+    # -- transport ---------------------------------------------------------------------
+    def _send(self, ident: bytes, msg: list[Any]) -> None:
+        assert self.sock is not None
+        try:
+            self.sock.send_multipart([ident, pack(msg)], flags=zmq.NOBLOCK)
+        except zmq.ZMQError:
+            self.unroutable += 1           # peer gone (ROUTER_MANDATORY) or queue full
+
+    def _reply(self, ident: bytes, seq: int, status: int, value: Any) -> None:
+        if seq:
+            self._send(ident, [Op.REPLY, seq, status, value])
+
+    def _event_cpu(self, cpu: int, event: Event, *args: Any) -> None:
+        peer = self.cpus.get(cpu)
+        if peer is not None and not peer.gone:
+            self._send(peer.ident, [Op.EVENT, event, *args])
+
+    def _event_launcher(self, event: Event, *args: Any) -> None:
+        if self.launcher is not None:
+            self._send(self.launcher.ident, [Op.EVENT, event, *args])
+
+    # -- lock operations that notify other CPUs ------------------------------------------
+    def _send_grants(self, grants: list[tuple[int, int, int]]) -> None:
+        for cpu, tid, lock in grants:
+            self._event_cpu(cpu, Event.GRANT, tid, lock)
+
+    def _lock_init(self, p: Peer, tid: int, site: str, a: list[Any]) -> None:
+        h, f, kind = self.kmem.resolve(a[0])
+        if kind not in LOCK_KINDS:
+            raise ObjectError(f"lock_init: {self.kmem.describe(a[0])} is not a lock field")
+        self.locks.init(a[0], a[1], a[2], a[3])
+
+    def _free(self, p: Peer, tid: int, site: str, a: list[Any]) -> None:
+        for addr in self.kmem.free(a[0]):
+            if addr in self.locks.locks:
+                self.locks.destroy(addr)
+
+    def _acquire(self, p: Peer, tid: int, site: str, a: list[Any]) -> int:
+        return self.locks.acquire(tid, p.cpu, site, a[0], a[1], bool(a[2]))
+
+    def _release(self, p: Peer, tid: int, site: str, a: list[Any]) -> None:
+        self._send_grants(self.locks.release(tid, p.cpu, site, a[0], a[1]))
+
+    def _sleep(self, p: Peer, tid: int, site: str, a: list[Any]) -> None:
+        self._send_grants(self.locks.sleep(tid, p.cpu, site, _chan(a[0]), a[1]))
+
+    def _ipi(self, p: Peer, tid: int, site: str, a: list[Any]) -> None:
+        target, kind, args = a[0], a[1], a[2]
+        if target not in self.cpus:
+            raise ObjectError(f"IPI to cpu {target}, which does not exist")
+        self._event_cpu(target, Event.IPI, p.cpu, kind, args)
+
+    def _report(self, p: Peer, tid: int, site: str, a: list[Any]) -> None:
+        kind, payload = a[0], a[1]
+        if kind == "panic":
+            self.panic_machine(payload)
+        elif kind == "final":
+            p.final = payload
+            self._check_halted()
+        else:
+            raise ProtocolError(f"unknown report kind {kind!r}")
+
+    # -- panics and halts ----------------------------------------------------------------
+    def panic_machine(self, report: dict[str, Any]) -> None:
+        """The first panic stops the machine: every CPU is told, then the launcher."""
+        if self.panic is not None:
+            return
+        self.panic = report
+        for cpu in self.cpus:
+            if cpu != report.get("cpu"):
+                self._event_cpu(cpu, Event.PANIC, report.get("cpu", -1),
+                                report.get("message", ""))
+        self._event_launcher(Event.PANIC, report.get("cpu", -1), report.get("message", ""))
+
+    def _posted_error(self, peer: Peer, tid: int, site: str, op: int, err: Exception) -> None:
+        self.panic_machine({
+            "message": str(err), "cpu": peer.cpu, "tid": tid, "site": site,
+            "source": "server", "op": _opname(op),
+            "stack": [f"{site}: posted {_opname(op)} failed in the server"],
+        })
+
+    def _halt(self, reason: str, dead: list[int]) -> None:
+        self.halting = self.halting or reason
+        self.dead.update(dead)
+        for cpu in self.cpus:
+            if cpu not in self.dead:
+                self._event_cpu(cpu, Event.HALT, reason)
+
+    def _check_halted(self) -> None:
+        if not self.pending_halt:
+            return
+        waiting = [c for c, p in self.cpus.items() if p.final is None and c not in self.dead]
+        if waiting:
+            return
+        for ident, seq in self.pending_halt:
+            self._reply(ident, seq, OK, None)
+        self.pending_halt.clear()
+
+    def _check_started(self) -> None:
+        if len(self.cpus) < self.ncpus or not self.pending_start:
+            return
+        t0 = time.monotonic()
+        self.started_at = t0
+        for cpu in self.cpus:
+            self._event_cpu(cpu, Event.START, t0)
+        for ident, seq in self.pending_start:
+            self._reply(ident, seq, OK, t0)
+        self.pending_start.clear()
+
+    # -- session and control -----------------------------------------------------------
+    def _hello(self, ident: bytes, seq: int, args: list[Any]) -> None:
+        if len(args) < 4 or args[0] != VERSION:
+            got = args[0] if args else None
+            raise ProtocolError(f"protocol version {got!r} not supported "
+                                f"(this server speaks {VERSION!r})")
+        _, role, cpu, pid = args[:4]
+        if role == "cpu":
+            if not isinstance(cpu, int) or not 0 <= cpu < self.ncpus:
+                raise ProtocolError(f"cpu id {cpu!r} out of range 0..{self.ncpus - 1}")
+            if cpu in self.cpus:
+                raise ProtocolError(f"cpu {cpu} said hello twice")
+            peer = Peer(ident, role, cpu, int(pid))
+            self.cpus[cpu] = peer
+        elif role == "launcher":
+            peer = Peer(ident, role, -1, int(pid))
+            self.launcher = peer
+        else:
+            raise ProtocolError(f"unknown role {role!r}")
+        self.peers[ident] = peer
+        self._reply(ident, seq, OK, {"ncpus": self.ncpus, "npages": self.mem.npages,
+                                     "swap_blocks": self.swap.nblocks})
+        if self.started_at is not None and role == "cpu":
+            self._event_cpu(cpu, Event.START, self.started_at)
+        self._check_started()
+
+    def _control(self, peer: Peer, op: int, seq: int, args: list[Any]) -> None:
+        if op == Op.CTL_START:
+            self.pending_start.append((peer.ident, seq))
+            self._check_started()
+        elif op == Op.CTL_HALT:
+            self.pending_halt.append((peer.ident, seq))
+            self._halt(str(args[0]), list(args[1]) if len(args) > 1 else [])
+            self._check_halted()
+        elif op == Op.CTL_REPORT:
+            self._reply(peer.ident, seq, OK, self.report())
+        elif op == Op.CTL_DUMP:
+            self._reply(peer.ident, seq, OK, self.dumpstate())
+
+    def handle(self, ident: bytes, frame: bytes) -> None:
+        self.messages += 1
+        try:
+            msg = unpack(frame)
+            if not isinstance(msg, list) or len(msg) < 4:
+                raise ProtocolError("a request is [op, seq, tid, site, args...]")
+            op, seq, tid, site = msg[0], msg[1], msg[2], msg[3]
+            if not isinstance(seq, int) or not isinstance(op, int):
+                raise ProtocolError("op and seq must be integers")
+        except Exception as e:  # noqa: BLE001 - anything a peer sends must not kill us
+            self.bad_messages += 1
+            self._send(ident, [Op.REPLY, 0, ERR, f"malformed message: {e}"])
+            return
+        args = msg[4:]
+        peer = self.peers.get(ident)
+        try:
+            if op == Op.HELLO:
+                self._hello(ident, seq, args)
+                return
+            if peer is None:
+                raise ProtocolError("say HELLO first")
+            peer.requests += 1
+            if op == Op.BYE:
+                peer.gone = True
+                if peer.role == "launcher":
+                    self.running = False
+                return
+            if Op.CTL_START <= op <= Op.CTL_DUMP:
+                if peer.role != "launcher":
+                    raise ProtocolError("control requests are the launcher's")
+                self._control(peer, op, seq, args)
+                return
+            handler = self.handlers.get(op)
+            if handler is None:
+                raise ProtocolError(f"unknown operation {op}")
+            value = handler(peer, tid, site, args)
+            self._reply(ident, seq, OK, value)
+        except _KERNEL_ERRORS as e:
+            self.errors += 1
+            if seq or peer is None:
+                self._reply(ident, seq, ERR, str(e))
+            else:
+                self._posted_error(peer, tid, site, op, e)
+        except (ProtocolError, IndexError, TypeError, ValueError, KeyError,
+                OverflowError, AttributeError) as e:
+            self.bad_messages += 1
+            self._send(ident, [Op.REPLY, seq, ERR, f"bad {_opname(op)} request: {e}"])
+
+    # -- the loop ----------------------------------------------------------------------
+    def serve(self) -> None:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.sock.setsockopt(zmq.RCVHWM, 0)
+        self.sock.setsockopt(zmq.SNDHWM, 0)
+        self.sock.bind(self.endpoint)
+        ppid = os.getppid()
+        try:
+            while self.running:
+                if not self.sock.poll(POLL_MS):
+                    if os.getppid() != ppid:      # the launcher is gone: so are we
+                        break
+                    continue
+                while True:
+                    try:
+                        ident, *rest = self.sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    if len(rest) != 1:
+                        self.bad_messages += 1
+                        continue
+                    self.handle(ident, rest[0])
+        finally:
+            self.sock.close(0)
+            self.ctx.term()
+
+    # -- the device protocol -----------------------------------------------------------
+    def report(self) -> dict[str, Any]:
+        return {
+            "locks": self.locks.lock_report(),
+            "lock_profile": self.locks.profile_report()[:50],
+            "memory": vars(self.mem.statistics()),
+            "swap": self.swap.statistics(),
+            "kmem": vars(self.kmem.statistics()),
+            "objects_by_type": self.kmem.count_by_type(),
+            "field_sums": self.kmem.field_sums(),
+            "symbols": self.kmem.symbol_values(),
+            "server": {"messages": self.messages, "bad_messages": self.bad_messages,
+                       "errors": self.errors, "unroutable": self.unroutable},
+            "cpus": {c: p.final for c, p in sorted(self.cpus.items())},
+            "cpu_pids": {c: p.pid for c, p in sorted(self.cpus.items())},
+            "panic": self.panic,
+            "halt_reason": self.halting,
+            "thread_locks": {tid: {"held": self.locks.held_by(tid),
+                                   "waiting": self.locks.waiting_for(tid)}
+                             for tid in self.locks.threads},
+        }
+
+    def dumpstate(self) -> str:
+        return "\n".join([self.mem.dumpstate(), self.swap.dumpstate(),
+                          self.kmem.dumpstate(), self.locks.dumpstate()])
+
+
+def _chan(c: Any) -> Any:
+    return tuple(c) if isinstance(c, list) else c
+
+
+def _opname(op: Any) -> str:
+    try:
+        return Op(op).name
+    except ValueError:
+        return f"op {op!r}"
+
+
+def server_main(endpoint: str, ncpus: int, memory: int, swap: int) -> None:
+    """Entry point of the server process (started by the launcher)."""
+    from smp.proc_util import die_with_parent
+    die_with_parent()
+    try:
+        Server(endpoint, ncpus, memory, swap).serve()
+    except KeyboardInterrupt:
+        pass
+    except Exception:  # noqa: BLE001
+        traceback.print_exc()
+        raise
