@@ -28,7 +28,7 @@ import socket
 import sys
 import tempfile
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import multiprocess
 import zmq
@@ -130,8 +130,13 @@ def new_run_dir(base: str, seed: int) -> str:
 
 
 def run_machine(cfg: Config, run_dir: str | None = None,
-                log: Callable[[str], None] | None = None) -> RunResult:
-    """Boot, run and stop one machine; write its run directory. Never leaves a process."""
+                log: Callable[[str], None] | None = None,
+                sysinits: Sequence[Any] = ()) -> RunResult:
+    """Boot, run and stop one machine; write its run directory. Never leaves a process.
+
+    ``sysinits`` are extra ``kernel.sys.kernel.SysInit`` items declared in every CPU
+    process before it boots (tests use them to run their own kernel code); the CPUs are
+    forked, so they may be closures."""
     say = log or (lambda s: print(s, file=sys.stderr, flush=True))
     ncpus = int(cfg["machine.cpus"])
     seed = int(cfg["run.seed"])
@@ -177,7 +182,7 @@ def run_machine(cfg: Config, run_dir: str | None = None,
         server.start()
         for i in range(ncpus):
             p = mp.Process(target=cpu_main, name=f"smp-cpu{i}",
-                           args=(i, endpoint, flat, LIVENESS_S))
+                           args=(i, endpoint, flat, LIVENESS_S, tuple(sysinits)))
             p.start()
             cpus.append(p)
         note(f"machine: {ncpus} CPUs, {cfg['machine.memory'] // 1024 // 1024} MiB, "
@@ -222,6 +227,10 @@ def run_machine(cfg: Config, run_dir: str | None = None,
             panics = [e for e in events if e[1] == Event.PANIC]
             if panics:
                 reason = f"panic on cpu {panics[0][2]}: {panics[0][3]}"
+                break
+            halts = [e for e in events if e[1] == Event.HALT]
+            if halts:
+                reason = f"shutdown: {halts[0][2]}"
                 break
         t_end = time.monotonic()
         note(f"stopping: {reason}")

@@ -24,8 +24,13 @@ from smp.proc_util import die_with_parent
 START_TIMEOUT = 60.0
 
 
-def cpu_main(cpu_id: int, endpoint: str, config: dict[str, Any], liveness: float) -> None:
+def cpu_main(cpu_id: int, endpoint: str, config: dict[str, Any], liveness: float,
+             sysinits: tuple[Any, ...] = ()) -> None:
     die_with_parent()
+    if sysinits:
+        from kernel.sys.kernel import SYSINIT
+        for si in sysinits:
+            SYSINIT(si.name, si.subsystem, si.order, si.func, si.udata, si.percpu)
     code = 0
     bus = None
     try:

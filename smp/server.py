@@ -177,6 +177,10 @@ class Server:
         elif kind == "final":
             p.final = payload
             self._check_halted()
+        elif kind == "halt":                      # the kernel asks to stop (shutdown)
+            if self.halting is None:
+                self._halt(f"halted by cpu {p.cpu}: {payload}", [])
+                self._event_launcher(Event.HALT, str(payload))
         else:
             raise ProtocolError(f"unknown report kind {kind!r}")
 

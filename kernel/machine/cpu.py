@@ -153,6 +153,13 @@ def ipi(cpu: int, kind: str, args: Any) -> None:
     pcpu.hw.ipi(cpu, kind, args, site())
 
 
+def shutdown(why: str) -> None:
+    """Ask the machine to stop now, cleanly (reboot(2) without the reboot): every CPU
+    halts and the run ends as if its duration had passed."""
+    hw = pcpu.hw
+    hw.post(Op.REPORT, site(), "halt", why)
+
+
 def panic(message: str) -> None:
     """FreeBSD's panic(9): stop every CPU and write the crash report. Never returns."""
     pcpu.hw.panic(f"panic: {message}", site=site())
