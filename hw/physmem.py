@@ -104,6 +104,10 @@ class PhysMem:
                         f"fault virtual address = {kva:#x} (not mapped)")
         return frame * PAGE_SIZE + off
 
+    def probe(self, kva: int) -> int:
+        """The frame behind ``kva``, or -1: a translation that cannot trap (pmap_kextract)."""
+        return self.kpt.get(kva >> PAGE_SHIFT, -1)
+
     def kfetch(self, kva: int, length: int) -> bytes:
         return self.fetch(self.translate(kva, length), length)
 
@@ -152,6 +156,12 @@ class SwapDevice:
         mem.frame_view(frame)[:] = src
         self.reads += 1
         return zlib.crc32(src)
+
+    def copy(self, src: int, dst: int) -> int:
+        data = self._block(src)
+        self._block(dst)[:] = data
+        self.writes += 1
+        return zlib.crc32(data)
 
     def statistics(self) -> dict[str, int]:
         return {"blocks": self.nblocks, "reads": self.reads, "writes": self.writes}

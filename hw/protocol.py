@@ -57,9 +57,12 @@ class Op(enum.IntEnum):
     PSUM = 18          # (frame)                                -> crc32
     SWAPOUT = 19       # (frame, block)                         -> crc32 of the page written
     SWAPIN = 20        # (block, frame)                         -> crc32 of the page read
+    KPROBE = 21        # (kva)                                  -> frame, or -1 if unmapped
+    SWAPCOPY = 22      # (src_block, dst_block)                 -> crc32 of the page copied
     # typed kernel objects
-    DEFTYPE = 30       # (type, [[field, lockkey, default]...]) posted
+    DEFTYPE = 30       # (type, [[field, kind, lockkey, default]...]) posted
     NEW = 31           # (type, {field: value})                 -> handle
+    NEWN = 43          # (type, count, {field: value})          -> [handle...]
     FREE = 32          # (handle)                               posted
     LOAD = 33          # (handle, field)                        -> value
     LOADN = 34         # (handle, [field...])                   -> [value...]
@@ -79,6 +82,10 @@ class Op(enum.IntEnum):
     LIST_NEXT = 54          # (list, elem)                      -> elem or 0
     LIST_ITEMS = 55         # (list)                            -> [elem...]
     LIST_LEN = 56           # (list)                            -> int
+    # maps: the kernel's hash tables (vm_page_buckets), key -> handle, in server memory
+    MAP_GET = 57            # (map, key)                        -> value or 0
+    MAP_SET = 58            # (map, key, value)                 posted
+    MAP_DEL = 59            # (map, key)                        posted
     # locks
     LOCK_INIT = 60     # (lock, class, name, flags)            posted; lock is a handle from NEW
     LOCK_DESTROY = 61  # (lock)                                 posted

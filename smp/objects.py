@@ -123,6 +123,7 @@ class ObjectStore:
         self.objs: dict[int, dict[str, Any]] = {}
         self.otype: dict[int, str] = {}
         self.lists: dict[int, _List] = {}
+        self.maps: dict[int, dict[Any, int]] = {}
         self.symbols: dict[str, int] = {}
         self.next_handle = 1
         self.freed = 0
@@ -166,6 +167,8 @@ class ObjectStore:
             kind = decl.fields[f][0]
             if kind == "list":
                 self.lists.pop(field_addr(h, i), None)
+            elif kind == "map":
+                self.maps.pop(field_addr(h, i), None)
             elif kind in LOCK_KINDS:
                 locks.append(field_addr(h, i))
         return locks
@@ -275,6 +278,22 @@ class ObjectStore:
                 raise ObjectError(f"{self.otype[h]}#{h}.{f} is not a list head")
             lst = self.lists[addr] = _List()
         return lst
+
+    # -- maps -------------------------------------------------------------------------
+    def maphead(self, addr: int) -> dict[Any, int]:
+        m = self.maps.get(addr)
+        if m is None:
+            h, f, kind = self.resolve(addr)
+            if kind != "map":
+                raise ObjectError(f"{self.otype[h]}#{h}.{f} is not a map")
+            m = self.maps[addr] = {}
+        return m
+
+    def map_del(self, addr: int, key: Any) -> None:
+        try:
+            del self.maphead(addr)[key]
+        except KeyError:
+            raise ObjectError(f"map {self.describe(addr)}: no key {key!r}") from None
 
     # -- the device protocol -----------------------------------------------------------
     def statistics(self) -> ObjectStatistics:

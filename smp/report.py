@@ -52,6 +52,7 @@ def build_report(cfg: Config, server: dict[str, Any], *, reason: str, problems: 
     pids = _int_keys(server.get("cpu_pids") or {})
     cpus = []
     kernel: dict[str, int] = {}
+    violations: list[str] = []
     for cpu in range(int(cfg["machine.cpus"])):
         f = finals.get(cpu) or {}
         row = {"id": cpu, "pid": f.get("pid", pids.get(cpu)),
@@ -67,8 +68,9 @@ def build_report(cfg: Config, server: dict[str, Any], *, reason: str, problems: 
         for k, v in (f.get("kernel") or {}).items():
             if isinstance(v, int):
                 kernel[k] = kernel.get(k, 0) + v
-    invariants = check_invariants(server, kernel) if server else []
-    kernel["invariant_violations"] = len(invariants)
+        violations.extend(f"cpu{cpu}: {v}" for v in (f.get("kernel") or {}).get("violations", []))
+    invariants = violations + (check_invariants(server, kernel) if server else [])
+    kernel["invariant_violations"] = max(len(invariants), kernel.get("invariant_violations", 0))
     panic = server.get("panic")
     missing = [c["id"] for c in cpus if not c["reported"]]
     if server and missing and not panic:

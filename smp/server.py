@@ -86,8 +86,11 @@ class Server:
             Op.PSUM: lambda p, t, s, a: self.mem.checksum(a[0]),
             Op.SWAPOUT: lambda p, t, s, a: self.swap.write(self.mem, a[0], a[1]),
             Op.SWAPIN: lambda p, t, s, a: self.swap.read(self.mem, a[0], a[1]),
+            Op.SWAPCOPY: lambda p, t, s, a: self.swap.copy(a[0], a[1]),
+            Op.KPROBE: lambda p, t, s, a: self.mem.probe(a[0]),
             Op.DEFTYPE: lambda p, t, s, a: self.kmem.deftype(a[0], a[1]),
             Op.NEW: lambda p, t, s, a: self.kmem.new(a[0], a[1]),
+            Op.NEWN: lambda p, t, s, a: [self.kmem.new(a[0], a[2]) for _ in range(a[1])],
             Op.FREE: self._free,
             Op.LOAD: lambda p, t, s, a: self.kmem.load(a[0], a[1]),
             Op.LOADN: lambda p, t, s, a: self.kmem.loadn(a[0], a[1]),
@@ -106,6 +109,9 @@ class Server:
             Op.LIST_NEXT: lambda p, t, s, a: self.kmem.listhead(a[0]).after(a[1]),
             Op.LIST_ITEMS: lambda p, t, s, a: self.kmem.listhead(a[0]).items(),
             Op.LIST_LEN: lambda p, t, s, a: len(self.kmem.listhead(a[0]).next),
+            Op.MAP_GET: lambda p, t, s, a: self.kmem.maphead(a[0]).get(a[1], 0),
+            Op.MAP_SET: lambda p, t, s, a: self.kmem.maphead(a[0]).__setitem__(a[1], a[2]),
+            Op.MAP_DEL: lambda p, t, s, a: self.kmem.map_del(a[0], a[1]),
             Op.LOCK_INIT: self._lock_init,
             Op.LOCK_DESTROY: lambda p, t, s, a: self.locks.destroy(a[0]),
             Op.ACQUIRE: self._acquire,
@@ -191,7 +197,9 @@ class Server:
             return
         self.panic = report
         for cpu in self.cpus:
-            if cpu != report.get("cpu"):
+            # a CPU that panicked itself knows; one whose posted request failed here
+            # does not, and is told like the others
+            if cpu != report.get("cpu") or report.get("source") == "server":
                 self._event_cpu(cpu, Event.PANIC, report.get("cpu", -1),
                                 report.get("message", ""))
         self._event_launcher(Event.PANIC, report.get("cpu", -1), report.get("message", ""))
@@ -316,7 +324,11 @@ class Server:
         except (ProtocolError, IndexError, TypeError, ValueError, KeyError,
                 OverflowError, AttributeError) as e:
             self.bad_messages += 1
-            self._send(ident, [Op.REPLY, seq, ERR, f"bad {_opname(op)} request: {e}"])
+            if seq == 0 and peer is not None and peer.role == "cpu" and op != Op.HELLO:
+                self._posted_error(peer, tid, site, op, ProtocolError(
+                    f"malformed posted {_opname(op)}: {e}"))
+            else:
+                self._send(ident, [Op.REPLY, seq, ERR, f"bad {_opname(op)} request: {e}"])
 
     # -- the loop ----------------------------------------------------------------------
     def serve(self) -> None:

@@ -154,7 +154,7 @@ def test_unknown_section(write: Write) -> None:
     path = write("[machin]\ncpus = 4\n")
     e = error_of(path)
     assert e.key == "machin"
-    assert str(e) == f"{path}: unknown section [machin] (sections: machine, run, workload, vm, debug)"
+    assert str(e) == f"{path}: unknown section [machin] (sections: machine, run, workload, user, vm, debug)"
 
 
 def test_top_level_key_and_non_table_section(write: Write) -> None:
@@ -333,7 +333,7 @@ def test_with_values_returns_a_new_checked_config() -> None:
 
 def test_as_dict_is_nested_and_sorted() -> None:
     tree = load_config(CONFIGS / "8cpu.toml").as_dict()
-    assert list(tree) == sorted(tree) == ["debug", "machine", "run", "vm", "workload"]
+    assert list(tree) == sorted(tree) == ["debug", "machine", "run", "user", "vm", "workload"]
     for table in tree.values():
         assert list(table) == sorted(table)
     assert tree["machine"]["cpus"] == 8
@@ -407,7 +407,7 @@ def test_declarations_are_checked_at_import(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_declarations() -> None:
-    assert len(PARAM_BY_KEY) == len(PARAMS) == 21
+    assert len(PARAM_BY_KEY) == len(PARAMS) == 31
     assert PARAM_BY_KEY["vm.swap_idle_threshold1"].section == "vm"
     assert PARAM_BY_KEY["vm.swap_idle_threshold1"].name == "swap_idle_threshold1"
     for p in PARAMS:

@@ -152,7 +152,8 @@ def _machine_setup(hw: Any, config: dict[str, Any]) -> None:
     hw.on_ipi = _ipi
     hw.on_grant = lock_granted
     hw.describe = _describe
-    hw.final_report = lambda: dict(sorted(pc.stats.items()))
+    hw.final_report = lambda: {**dict(sorted(pc.stats.items())),
+                               "violations": pc.violations}
 
 
 def _run_sysinits(percpu_only: bool) -> None:

@@ -52,7 +52,7 @@ def lockmgr(lkp: int, flags: int) -> int:
     st = hw.call(Op.ACQUIRE, md.site(), lkp, mode, 1 if flags & LK_NOWAIT else 0)
     if st == QUEUED:
         hw.counters.lock_contested += 1
-        _lock_block(lt, lkp, "lockmgr")
+        _lock_block(lt, lkp, "lockmgr", mode)
     elif st != 0:
         return EBUSY
     key = (lkp, mode)

@@ -148,9 +148,40 @@ def KASSERT(cond: object, msg: str) -> None:
 
 
 # -- blocking: what a thread does while the server queues it on a lock ----------------------
-def _lock_block(lt, lock: int, kind: str) -> None:  # type: ignore[no-untyped-def]
+def _lock_block(lt, lock: int, kind: str, mode: int = EXCL) -> None:  # type: ignore[no-untyped-def]
     """Block the current thread until the server grants it ``lock`` (5.0's
-    ``_mtx_lock_sleep`` turnstile loop, and the condition-variable wait of sx)."""
+    ``_mtx_lock_sleep`` turnstile loop, and the condition-variable wait of sx/lockmgr).
+
+    A thread blocked on a mutex keeps Giant, as on a turnstile. One that waits for an sx
+    or lockmgr lock *sleeps* (cv_wait, msleep), so it drops Giant and must take it back
+    before it may use the lock. The server hands the lock over at release, so a woken
+    thread already owns it; if Giant is then busy, taking Giant while holding the lock
+    would invert the order Giant -> lock that FreeBSD's waiter keeps (it takes Giant
+    first, then looks at the lock). So it gives the lock back, takes Giant, and asks for
+    the lock again, as the C waiter would find it taken and sleep again.
+    """
+    from kernel.kern import kern_synch
+    from kernel.kern.kern_globals import G
+    giant = G.Giant
+    if kind == "mutex" or lock == giant:
+        _wait_grant(lt, lock, kind)
+        return
+    hw = md.pcpu.hw
+    depth = kern_synch.DROP_GIANT(lt)
+    while True:
+        _wait_grant(lt, lock, kind)
+        if depth == 0 or mtx_trylock(giant):
+            break
+        hw.post(Op.RELEASE, md.site(), lock, mode)      # step back, Giant first
+        mtx_lock(giant)
+        if hw.call(Op.ACQUIRE, md.site(), lock, mode, 0) != QUEUED:
+            break
+        mtx_unlock(giant)
+    for _ in range(max(depth - 1, 0)):
+        mtx_lock(giant)                                  # recursion: never blocks
+
+
+def _wait_grant(lt, lock: int, kind: str) -> None:  # type: ignore[no-untyped-def]
     from kernel.kern import kern_synch
     from kernel.kern.kern_globals import G
     from kernel.sys.proc import TDI, TDS, TD_SET_INHIB
@@ -182,3 +213,9 @@ def lock_granted(tid: int, lock: int) -> None:
     lt.granted.add(lock)
     if lt.blocked_on == lock:
         kern_switch.runq_add(lt)
+
+
+def GIANT_REQUIRED() -> None:
+    """``mtx_assert(&Giant, MA_OWNED)``."""
+    from kernel.kern.kern_globals import G
+    mtx_assert(G.Giant, MA_OWNED, "Giant")

@@ -33,7 +33,7 @@ def _sx_lock(sx: int, mode: int) -> None:
     hw.counters.lock_acquires += 1
     if hw.call(Op.ACQUIRE, md.site(), sx, mode, 0) == QUEUED:
         hw.counters.lock_contested += 1
-        _lock_block(lt, sx, "sx")
+        _lock_block(lt, sx, "sx", mode)
     key = (sx, mode)
     lt.owned_sx[key] = lt.owned_sx.get(key, 0) + 1
 

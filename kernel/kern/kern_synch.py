@@ -26,6 +26,7 @@ from kernel.kern.kern_switch import choosethread, setrunqueue
 from kernel.kern.kern_thread import curlocal
 from kernel.kern.kern_timeout import Callout
 from kernel.machine import cpu as md
+from kernel.machine.pmap import cpu_switch_check
 from kernel.sys.kstruct import TAILQ_FOREACH
 from kernel.sys.param import EINTR, EWOULDBLOCK, PDROP, PRIMASK
 from kernel.sys.proc import (PRS, PS, TDF, TDS, TD_CLR_SLEEPING, TD_SET_SLEEPING,
@@ -155,6 +156,7 @@ def mi_switch(voluntary: bool = True) -> None:
     nxt.need_resched = False
     nxt.td.update(td_state=int(TDS.TDS_RUNNING), td_didrun=1)
     md.pcpu.hw.post(Op.HANDOFF, md.site(), sl, nxt.tid)
+    cpu_switch_check(nxt)
     md.pcpu.hw.switch_to(nxt.ctx, voluntary)
 
 

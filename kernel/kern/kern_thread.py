@@ -26,7 +26,7 @@ class LocalThread:
 
     __slots__ = ("td", "tid", "name", "ctx", "owned", "owned_sx", "granted", "blocked_on",
                  "on_runq", "pri", "need_resched", "giant_saved", "sleep_callout", "proc",
-                 "local")
+                 "local", "kstack")
 
     def __init__(self, td: Any, name: str, pri: int) -> None:
         self.td = td
@@ -44,6 +44,7 @@ class LocalThread:
         self.sleep_callout: Any = None
         self.proc: Any = None
         self.local: dict[str, Any] = {}                    # the thread's own variables
+        self.kstack = 0                                    # td_kstack (never changes)
 
     def __repr__(self) -> str:
         return f"<thread {self.name} tid {self.tid}>"
@@ -95,22 +96,28 @@ def fork_exit(fn: Callable[[], None]) -> None:
     thread_exit()
 
 
-def thread_exit() -> None:
-    """The current thread stops for good: its successor runs on its CPU. Called without
-    sched_lock; never returns."""
+def thread_exit(sched_locked: bool = False) -> None:
+    """The current thread stops for good: its successor runs on its CPU (cpu_throw).
+    Called with sched_lock held if ``sched_locked``, else without; never returns."""
+    from hw.protocol import Op
     from kernel.kern.kern_mutex import mtx_lock_spin
     from kernel.kern.kern_switch import choosethread
+    from kernel.machine.pmap import cpu_switch_check
     lt = curlocal()
-    mtx_lock_spin(kern_globals.G.sched_lock)
+    sl = kern_globals.G.sched_lock
+    if not sched_locked:
+        mtx_lock_spin(sl)
+    if lt.owned != {sl: 1} or lt.owned_sx:
+        md.pcpu.note_violation(f"thread_exit: thread {lt.name} exits holding locks "
+                               f"{sorted(lt.owned)} {sorted(lt.owned_sx)}")
     lt.td.update(td_state=int(TDS.TDS_INACTIVE))
     nxt = choosethread()
-    sl = kern_globals.G.sched_lock
     del lt.owned[sl]
     nxt.owned[sl] = 1
     md.pcpu.threads.pop(lt.tid, None)
-    nxt.td.update(td_state=int(TDS.TDS_RUNNING), td_oncpu=md.pcpu.cpuid)
-    from hw.protocol import Op
+    nxt.td.update(td_state=int(TDS.TDS_RUNNING), td_didrun=1)
     md.pcpu.hw.post(Op.HANDOFF, md.site(), sl, nxt.tid)
+    cpu_switch_check(nxt)
     md.pcpu.hw.exit_to(nxt.ctx)
 
 

@@ -67,9 +67,17 @@ class PCpu:
         self.threads: dict[int, Any] = {} # this CPU's threads by tid (LocalThread)
         self.ap_started = False
         self.stats: dict[str, int] = {}   # kernel event counters reported at the end
+        self.violations: list[str] = []
+        self.console: list[str] = []
 
     def count(self, name: str, n: int = 1) -> None:
         self.stats[name] = self.stats.get(name, 0) + n
+
+    def note_violation(self, what: str) -> None:
+        """A broken invariant: counted, kept for the report, and the run fails."""
+        self.count("invariant_violations")
+        if len(self.violations) < 100:
+            self.violations.append(what)
 
 
 pcpu: PCpu = None  # type: ignore[assignment]   # set once by attach() in each CPU process
@@ -153,6 +161,13 @@ def ipi(cpu: int, kind: str, args: Any) -> None:
     pcpu.hw.ipi(cpu, kind, args, site())
 
 
+def printf(msg: str) -> None:
+    """The kernel's console: kept per CPU and printed in the run's report."""
+    pcpu.count("printf")
+    if len(pcpu.console) < 200:
+        pcpu.console.append(msg.rstrip("\n"))
+
+
 def shutdown(why: str) -> None:
     """Ask the machine to stop now, cleanly (reboot(2) without the reboot): every CPU
     halts and the run ends as if its duration had passed."""
@@ -163,3 +178,37 @@ def shutdown(why: str) -> None:
 def panic(message: str) -> None:
     """FreeBSD's panic(9): stop every CPU and write the crash report. Never returns."""
     pcpu.hw.panic(f"panic: {message}", site=site())
+
+
+# -- kernel virtual memory: loads and stores through the MMU (a fatal trap if unmapped) ----
+def kread(kva: int, length: int) -> bytes:
+    hw = pcpu.hw
+    hw.counters.mem_ops += 1
+    return hw.call(Op.KLOAD, site(), kva, length)  # type: ignore[no-any-return]
+
+
+def kwrite(kva: int, data: bytes) -> None:
+    hw = pcpu.hw
+    hw.counters.mem_ops += 1
+    hw.post(Op.KSTORE, site(), kva, data)
+
+
+def kread_u64(kva: int) -> int:
+    return int.from_bytes(kread(kva, 8), "little")
+
+
+def kwrite_u64(kva: int, value: int) -> None:
+    kwrite(kva, (value & (2**64 - 1)).to_bytes(8, "little"))
+
+
+def kbzero(kva: int, length: int) -> None:
+    kwrite(kva, bytes(length))
+
+
+def kbcopy(src: int, dst: int, length: int) -> None:
+    kwrite(dst, kread(src, length))
+
+
+def kextract(kva: int) -> int:
+    """The frame mapped at ``kva``, or -1 (pmap_kextract, which cannot trap)."""
+    return bus_call(Op.KPROBE, kva)  # type: ignore[no-any-return]

@@ -29,7 +29,7 @@ from hw.protocol import Op
 from kernel.machine import cpu as md
 
 FIELD_BITS = 8          # an address is (handle << FIELD_BITS) | field index
-EMBEDDED = ("mtx", "sx", "lockmgr", "list")
+EMBEDDED = ("mtx", "sx", "lockmgr", "list", "map")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,6 +185,24 @@ def TAILQ_FOREACH(head: int, struct: KStruct) -> Iterator[KObj]:
     while elm is not None:
         yield elm
         elm = TAILQ_NEXT(head, elm)
+
+
+def TAILQ_ITEMS(head: int, struct: KStruct) -> list[KObj]:
+    """The whole list in one request (the caller holds the list's lock; equivalent to a
+    walk that nothing can change under it)."""
+    return [KObj(h, struct) for h in md.bus_call(Op.LIST_ITEMS, head)]
+
+
+def HASH_LOOKUP(table: int, key: Any, struct: KStruct) -> KObj | None:
+    return struct.at(md.bus_call(Op.MAP_GET, table, key))
+
+
+def HASH_INSERT(table: int, key: Any, elm: KObj) -> None:
+    md.bus_post(Op.MAP_SET, table, key, elm.handle)
+
+
+def HASH_REMOVE(table: int, key: Any) -> None:
+    md.bus_post(Op.MAP_DEL, table, key)
 
 
 # LIST_* (singly linked in FreeBSD) share the implementation; the names stay for the reader.

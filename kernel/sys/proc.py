@@ -138,7 +138,16 @@ struct_proc = KStruct("proc", [
     F("p_nice", "int", "j"),
     F("p_xstat", "int", "c"),
     F("p_oncpu", "int", "j", -1),           # PORT: the CPU its threads are pinned to
+    F("p_stats", "int", "b"),               # kva of the U-area's pstats
+    F("p_sigacts", "int", "b"),             # kva of the sigacts (0: NULL)
+    F("p_procsig", "ptr:procsig", "b"),
+    F("p_limit", "ptr:plimit", "m"),
 ], doc="a process")
+
+struct_procsig = KStruct("procsig", [
+    F("ps_refcnt", "int", "m", 1),
+    F("ps_flag", "int", "m"),
+], doc="signal state shared by rfork(RFSIGSHARE)")
 
 struct_ksegrp = KStruct("ksegrp", [
     F("kg_proc", "ptr:proc", "b"),

@@ -1,0 +1,130 @@
+"""fork: a new process from an old one, after FreeBSD 5.0 ``kern/kern_fork.c`` (``fork1``) and
+the i386 ``cpu_fork``/``cpu_wait`` of ``vm_machdep.c``.
+
+The order of ``fork1`` is the 2002 one, because a race guard of vm_glue depends on it: the
+child is linked onto ``allproc`` (and the pid hash) in state ``PRS_NEW`` *first*, and only
+then is it initialised: ``p_startzero..p_endzero`` zeroed (``p_vmspace``, ``p_lock``...),
+``p_mtx`` initialised, ``p_sflag = PS_INMEM``, its thread made, ``vm_forkproc`` giving it an
+address space. ``PRS_NORMAL`` comes last, under sched_lock. A walker of allproc that does
+not skip PRS_NEW processes (``swapout_procs`` without its first guard) meets a process with
+no address space, or a recycled proc with a destroyed mutex and a stale ``p_vmspace``.
+
+The child's thread is pinned to the parent's CPU; its function is the child half of the
+user program that forked (``fork`` returning 0).
+
+PORT: no file descriptors, credentials, signals beyond ``p_sigacts``/``p_procsig``, process
+groups or sessions; the pid is the next number (no pid hash).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from kernel.kern import kern_globals
+from kernel.kern.kern_mutex import (MTX_DEF, MTX_DUPOK, mtx_init, mtx_lock, mtx_lock_spin,
+                                    mtx_unlock, mtx_unlock_spin)
+from kernel.kern.kern_proc import PROC_LOCK, PROC_UNLOCK, proc_zalloc
+from kernel.kern.kern_switch import setrunqueue
+from kernel.kern.kern_sx import sx_xlock, sx_xunlock
+from kernel.kern.kern_thread import thread_attach
+from kernel.machine import cpu as md
+from kernel.machine.pmap import pmap_new_thread
+from kernel.sys.kstruct import LIST_INSERT_HEAD, TAILQ_INSERT_TAIL
+from kernel.sys.param import PUSER
+from kernel.sys.proc import (PRS, PS, TDS, struct_ksegrp, struct_procsig, struct_thread)
+from kernel.sys.user import KI_CHECK, KI_PID, ki_check
+from kernel.vm.vm import RFMEM, RFPROC, RFSTOPPED
+
+
+def cpu_fork(td1: Any, p2: Any, td2: Any, flags: int) -> None:
+    """i386: copy the pcb to the child's kernel stack and make it ready to return to user
+    mode. Without RFPROC there is no child: nothing to do."""
+    if (flags & RFPROC) == 0:
+        return
+    md.kwrite_u64(td2.td_kstack, td2.handle)          # the child's pcb
+
+
+def cpu_wait(p: Any) -> None:
+    """i386: nothing (the kernel stack goes with the thread)."""
+
+
+def shmfork(p1: Any, p2: Any) -> None:
+    """No System V shared memory here: vm_shm is never set."""
+
+
+def fork1(td: Any, flags: int, child_main: Callable[[], None], name: str) -> tuple[int, Any]:
+    """Create a child of ``td``'s process that runs ``child_main``. Returns (0, p2) or
+    (errno, None). Called without Giant; takes it around vm_forkproc."""
+    from kernel.vm.vm_glue import vm_forkproc
+    G = kern_globals.G
+    p1 = td.td_proc
+
+    if (flags & RFPROC) == 0:
+        # rfork without a new process: only the caller's resources change.
+        mtx_lock(G.Giant)
+        vm_forkproc(td, None, None, flags)
+        mtx_unlock(G.Giant)
+        md.pcpu.count("rforks_noproc")
+        return 0, None
+
+    p2 = proc_zalloc()
+
+    # Link onto allproc first, in creation (PRS_NEW), as the 2002 fork1 did.
+    sx_xlock(G.allproc_lock)
+    pid = G.lastpid + 1
+    G.lastpid = pid
+    p2.update(p_state=int(PRS.PRS_NEW), p_pid=pid)
+    LIST_INSERT_HEAD(G.allproc, p2)
+    G.nprocs += 1
+    sx_xunlock(G.allproc_lock)
+
+    # bzero(&p2->p_startzero, ...): what the zone left behind is cleared only now.
+    p2.update(p_vmspace=None, p_lock=0, p_flag=0, p_swtime=0, p_numthreads=1,
+              p_numksegrps=1, p_sigacts=0, p_stats=0, p_xstat=0, p_nice=0,
+              p_comm=name, p_oncpu=md.pcpu.cpuid)
+    mtx_init(p2.p_mtx, "process lock", None, MTX_DEF | MTX_DUPOK)
+    mtx_lock_spin(G.sched_lock)
+    p2.p_sflag = int(PS.PS_INMEM)
+    mtx_unlock_spin(G.sched_lock)
+    p2.update(p_procsig=struct_procsig.new(ps_refcnt=1), p_limit=p1.p_limit,
+              p_pptr=p1)
+
+    kg1 = td.td_ksegrp
+    kg2 = struct_ksegrp.new(kg_proc=p2, kg_nice=kg1.kg_nice if kg1 is not None else 0)
+    TAILQ_INSERT_TAIL(p2.p_ksegrps, kg2)
+    td2 = struct_thread.new(td_proc=p2, td_ksegrp=kg2, td_oncpu=md.pcpu.cpuid,
+                            td_name=name, td_priority=PUSER, td_base_pri=PUSER,
+                            td_state=int(TDS.TDS_INACTIVE))
+    pmap_new_thread(td2)                                   # thread_init
+    TAILQ_INSERT_TAIL(p2.p_threads, td2)
+    TAILQ_INSERT_TAIL(kg2.kg_threads, td2)
+
+    sx_xlock(G.proctree_lock)
+    PROC_LOCK(p1)
+    LIST_INSERT_HEAD(p1.p_children, p2)
+    PROC_UNLOCK(p1)
+    sx_xunlock(G.proctree_lock)
+
+    mtx_lock(G.Giant)
+    vm_forkproc(td, p2, td2, flags)
+    mtx_unlock(G.Giant)
+    # PORT: what ps reads in the U-area (kinfo_proc), written where fork1 filled p2.
+    up = p2.p_uarea
+    md.kwrite_u64(up + KI_PID, pid)
+    md.kwrite_u64(up + KI_CHECK, ki_check(pid))
+
+    lt2 = thread_attach(td2, name, PUSER, child_main)
+    lt2.proc = p2
+    lt2.kstack = td2.td_kstack
+    md.pcpu.count("forks")
+    if flags & RFMEM:
+        md.pcpu.count("forks_rfmem")
+
+    # Set the child runnable; the last step, as in fork1.
+    mtx_lock_spin(G.sched_lock)
+    p2.p_state = int(PRS.PRS_NORMAL)
+    td2.td_state = int(TDS.TDS_CAN_RUN)
+    if (flags & RFSTOPPED) == 0:
+        setrunqueue(td2)
+    mtx_unlock_spin(G.sched_lock)
+    return 0, p2

@@ -1,0 +1,198 @@
+"""Processes: the proc lock, holds, iteration over processes and threads, the proc zone,
+after FreeBSD 5.0 ``sys/proc.h`` macros and ``kern/kern_proc.c``.
+
+The proc zone: FreeBSD allocates ``struct proc`` from a UMA zone marked NOFREE, so a
+reaped process's memory is reused by a later fork *with its old contents*, and
+``proc_init`` (which calls ``vm_proc_new``) runs only when the zone makes a new one. That
+is what makes fork's PRS_NEW window dangerous: a walker of allproc can find a recycled
+proc whose ``p_vmspace`` still points at somebody's freed vmspace and whose ``p_mtx`` has
+been destroyed. The port keeps that: reaped procs go to a free list and are handed out
+again unchanged.
+
+PORT: the zone keeps at most ``PROC_ZONE_CACHE`` free procs; one more is really freed
+(``proc_fini`` -> ``vm_proc_dispose``), which FreeBSD's NOFREE zone never did ("XXX ...
+this should never be called", vm_glue.c), so that vm_proc_dispose runs at all.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from hw.protocol import Op
+from kernel.kern import kern_globals
+from kernel.kern.kern_mutex import (MA_OWNED, mtx_assert, mtx_lock, mtx_lock_spin, mtx_unlock,
+                                    mtx_unlock_spin)
+from kernel.machine import cpu as md
+from kernel.sys.kstruct import (F, KObj, KStruct, TAILQ_FIRST, TAILQ_FOREACH,
+                                TAILQ_INSERT_TAIL, TAILQ_REMOVE)
+from kernel.sys.proc import struct_ksegrp, struct_proc, struct_thread
+
+PROC_ZONE_CACHE = 16
+
+struct_proc_zone = KStruct("proc_zone", [
+    F("pz_free", "list", "z"),              # (z) pz_mtx
+    F("pz_nfree", "int", "z"),
+    F("pz_mtx", "mtx"),
+    F("pz_created", "int", "z"),
+    F("pz_destroyed", "int", "z"),
+], doc="the UMA zone of struct proc")
+
+
+# -- the proc lock (sys/proc.h) ------------------------------------------------------------
+def PROC_LOCK(p: KObj) -> None:
+    mtx_lock(p.p_mtx)
+
+
+def PROC_UNLOCK(p: KObj) -> None:
+    mtx_unlock(p.p_mtx)
+
+
+def PROC_LOCK_ASSERT(p: KObj, what: int) -> None:
+    mtx_assert(p.p_mtx, what, "process lock")
+
+
+# -- holds: keep a process in memory --------------------------------------------------------
+def _PHOLD(p: KObj) -> None:
+    """Hold ``p`` in memory: the first hold swaps it in (proc lock held, and Giant, which
+    faultin requires)."""
+    from kernel.vm.vm_glue import faultin
+    PROC_LOCK_ASSERT(p, MA_OWNED)
+    n = p.p_lock
+    p.p_lock = n + 1
+    if n == 0:
+        G = kern_globals.G
+        mtx_lock_spin(G.sched_lock)
+        faultin(p)
+        mtx_unlock_spin(G.sched_lock)
+
+
+def PHOLD(p: KObj) -> None:
+    PROC_LOCK(p)
+    _PHOLD(p)
+    PROC_UNLOCK(p)
+
+
+def _PRELE(p: KObj) -> None:
+    from kernel.kern.kern_synch import wakeup
+    from kernel.sys.proc import P
+    PROC_LOCK_ASSERT(p, MA_OWNED)
+    n = p.p_lock - 1
+    p.p_lock = n
+    if n == 0 and p.p_flag & P.P_WEXIT:
+        wakeup(p.addr("p_lock"))
+
+
+def PRELE(p: KObj) -> None:
+    PROC_LOCK(p)
+    _PRELE(p)
+    PROC_UNLOCK(p)
+
+
+# -- iteration ------------------------------------------------------------------------------
+def FOREACH_PROC_IN_SYSTEM() -> Iterator[KObj]:
+    """Walk allproc (the caller holds allproc_lock)."""
+    return TAILQ_FOREACH(kern_globals.G.allproc, struct_proc)
+
+
+def FOREACH_THREAD_IN_PROC(p: KObj) -> Iterator[KObj]:
+    return TAILQ_FOREACH(p.p_threads, struct_thread)
+
+
+def FOREACH_KSEGRP_IN_PROC(p: KObj) -> Iterator[KObj]:
+    return TAILQ_FOREACH(p.p_ksegrps, struct_ksegrp)
+
+
+def FOREACH_THREAD_IN_GROUP(kg: KObj) -> Iterator[KObj]:
+    return TAILQ_FOREACH(kg.kg_threads, struct_thread)
+
+
+def FIRST_THREAD_IN_PROC(p: KObj) -> KObj | None:
+    return TAILQ_FIRST(p.p_threads, struct_thread)
+
+
+def pfind(pid: int) -> KObj | None:
+    """The process ``pid``, returned locked, or None (takes allproc shared)."""
+    from kernel.kern.kern_sx import sx_slock, sx_sunlock
+    G = kern_globals.G
+    sx_slock(G.allproc_lock)
+    found = None
+    for p in FOREACH_PROC_IN_SYSTEM():
+        if p.p_pid == pid:
+            PROC_LOCK(p)
+            found = p
+            break
+    sx_sunlock(G.allproc_lock)
+    return found
+
+
+# -- the proc zone ---------------------------------------------------------------------------
+_zone: KObj | None = None
+
+
+def proc_zone() -> KObj:
+    global _zone
+    if _zone is None:
+        _zone = struct_proc_zone.at(md.bus_call(Op.LOOKUP, "proc_zone"))
+    assert _zone is not None
+    return _zone
+
+
+def procinit_zone(_: Any) -> None:
+    from kernel.kern.kern_mutex import MTX_DEF, mtx_init
+    global _zone
+    _zone = struct_proc_zone.new()
+    mtx_init(_zone.pz_mtx, "proc zone", None, MTX_DEF)
+    md.bus_post(Op.SYMBOL, "proc_zone", _zone.handle)
+
+
+def proc_zalloc() -> KObj:
+    """A struct proc: a recycled one as it was left, or a new one (proc_init: U-area)."""
+    from kernel.vm.vm_glue import vm_proc_new
+    z = proc_zone()
+    mtx_lock(z.pz_mtx)
+    p = TAILQ_FIRST(z.pz_free, struct_proc)
+    if p is not None:
+        TAILQ_REMOVE(z.pz_free, p)
+        z.pz_nfree -= 1
+    mtx_unlock(z.pz_mtx)
+    if p is not None:
+        md.pcpu.count("procs_recycled")
+        return p
+    p = struct_proc.new()
+    vm_proc_new(p)                          # proc_init
+    z = proc_zone()
+    mtx_lock(z.pz_mtx)
+    z.pz_created += 1
+    mtx_unlock(z.pz_mtx)
+    return p
+
+
+def proc_zfree(p: KObj) -> None:
+    """Give a reaped proc back to the zone (its contents stay as they are)."""
+    from kernel.vm.vm_glue import vm_proc_dispose
+    z = proc_zone()
+    mtx_lock(z.pz_mtx)
+    if z.pz_nfree < PROC_ZONE_CACHE:
+        TAILQ_INSERT_TAIL(z.pz_free, p)
+        z.pz_nfree += 1
+        mtx_unlock(z.pz_mtx)
+        return
+    z.pz_destroyed += 1
+    mtx_unlock(z.pz_mtx)
+    vm_proc_dispose(p)                      # proc_fini
+    md.pcpu.count("procs_disposed")
+    p.free()
+
+
+__all__ = ["PROC_LOCK", "PROC_UNLOCK", "PROC_LOCK_ASSERT", "PHOLD", "PRELE", "_PHOLD",
+           "_PRELE", "FOREACH_PROC_IN_SYSTEM", "FOREACH_THREAD_IN_PROC",
+           "FOREACH_KSEGRP_IN_PROC", "FOREACH_THREAD_IN_GROUP", "FIRST_THREAD_IN_PROC",
+           "pfind", "proc_zalloc", "proc_zfree", "mtx_unlock_spin"]
+
+
+def _register() -> None:
+    from kernel.sys.kernel import SI_ORDER, SI_SUB, SYSINIT
+    SYSINIT("procinit", SI_SUB.SI_SUB_INTRINSIC, SI_ORDER.SI_ORDER_THIRD, procinit_zone)
+
+
+_register()

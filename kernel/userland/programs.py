@@ -1,0 +1,180 @@
+"""The synthetic user programs and each CPU's init, which together drive every path of
+vm_glue in a default run.
+
+Each CPU starts one ``init`` process (forked from proc0 by the CPU's boot thread). init
+keeps ``user.procs_per_cpu`` children running, choosing each new child's program by the
+``user.*`` weights with a random source derived from the run's seed, and reaps them with
+wait(2) as they exit. The programs:
+
+* **forker**: forks children that compute briefly and exit, and waits for each
+  (fork1 -> vm_forkproc, exit1, wait1 -> vm_waitproc); sometimes with RFMEM.
+* **sleeper**: touches a little memory, then sleeps for ``user.sleep_s`` at a time: long
+  enough to age past ``vm.swap_idle_threshold1`` and be swapped out; its wakeup makes it
+  runnable while swapped out (setrunnable -> PS_SWAPINREQ -> the swapper's faultin), and it
+  checks that its memory came back intact.
+* **hog**: maps ``user.hog_pages`` pages, writes them all, reads them back checking every
+  page, a few times over: memory pressure, paging to swap, VM_WAIT, swapout_procs.
+* **sharer**: rfork(RFPROC|RFMEM) a child sharing its vmspace; the child then
+  rfork(RFFDG) without RFPROC, which unshares the vmspace (vmspace_unshare).
+* **debugger**: PHOLDs other processes and reads their U-area, as ps and procfs do (the
+  hold swaps a swapped-out process in: faultin from _PHOLD, and the PS_SWAPPINGIN wait
+  when the swapper is at it too).
+* **syscaller**: useracc on good and bad buffers, physio-style vslock/vsunlock, kernacc.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Callable
+
+from kernel import param
+from kernel.kern.kern_thread import curlocal
+from kernel.machine import cpu as md
+from kernel.sys.kernel import SI_ORDER, SI_SUB, SYSINIT
+from kernel.userland import libc
+from kernel.vm.vm import RFFDG, RFMEM, RFPROC, VM_PROT_READ, VM_PROT_WRITE
+
+PAGE = param.PAGE_SIZE
+PROGRAMS = ("forker", "sleeper", "hog", "sharer", "debugger", "syscaller")
+
+
+def _cfg(key: str) -> Any:
+    return md.pcpu.config[key]
+
+
+def _rng() -> random.Random:
+    """This process's random source: derived from the run's seed and its pid."""
+    return random.Random((int(_cfg("run.seed")) * 7919 + libc.getpid() * 104729) & (2**63 - 1))
+
+
+def _ticks(seconds: float) -> int:
+    return max(int(seconds * param.hz), 1)
+
+
+def prog_forker() -> None:
+    rng = _rng()
+    for i in range(rng.randint(2, 4)):
+        flags = RFFDG | RFPROC | (RFMEM if rng.random() < 0.3 else 0)
+        libc.fork(lambda: _child_exit(rng.randint(1, 5)), "forkee", flags)
+        libc.compute(_cfg("user.compute_us"))
+        libc.wait()
+    libc.exit(0)
+
+
+def _child_exit(code: int) -> None:
+    libc.compute(_cfg("user.compute_us") / 2)
+    libc.exit(code)
+
+
+def prog_sleeper() -> None:
+    rng = _rng()
+    npages = rng.randint(2, 8)
+    base = libc.mmap_anon(npages)
+    gen = 1
+    for i in range(npages):
+        libc.touch(base + i * PAGE, True, gen)
+    for _ in range(rng.randint(1, 3)):
+        libc.sleep_ticks(_ticks(float(_cfg("user.sleep_s")) * rng.uniform(0.75, 1.5)))
+        for i in range(npages):
+            libc.touch(base + i * PAGE, False, gen)
+        gen += 1
+        for i in range(npages):
+            libc.touch(base + i * PAGE, True, gen)
+        libc.compute(_cfg("user.compute_us"))
+    libc.exit(0)
+
+
+def prog_hog() -> None:
+    rng = _rng()
+    npages = max(1, int(int(_cfg("user.hog_pages")) * rng.uniform(0.5, 1.0)))
+    base = libc.mmap_anon(npages)
+    for gen in range(1, rng.randint(2, 3) + 1):
+        for i in range(npages):
+            libc.touch(base + i * PAGE, True, gen)
+            if i % 64 == 63:
+                libc.compute(_cfg("user.compute_us") / 4)
+        for i in range(npages):
+            libc.touch(base + i * PAGE, False, gen)
+        libc.sleep_ticks(_ticks(0.2))
+    libc.munmap(base, npages)
+    libc.exit(0)
+
+
+def prog_sharer() -> None:
+    base = libc.mmap_anon(2)
+    libc.touch(base, True, 1)
+
+    def child() -> None:
+        libc.touch(base, False, 1, owner_pid=parent)     # the shared page, as written
+        libc.fork(lambda: None, "unshare", RFFDG)        # no RFPROC: unshare the vmspace
+        libc.touch(base, False, 1, owner_pid=parent)     # now a private copy
+        libc.compute(_cfg("user.compute_us"))
+        libc.exit(0)
+
+    parent = libc.getpid()
+    libc.fork(child, "sharee", RFFDG | RFPROC | RFMEM)
+    libc.wait()
+    libc.exit(0)
+
+
+def prog_debugger() -> None:
+    rng = _rng()
+    me = libc.getpid()
+    for _ in range(rng.randint(3, 8)):
+        pids = [p for p in libc.list_pids() if p != me]
+        if pids:
+            libc.peek_uarea(rng.choice(pids))
+        libc.sleep_ticks(_ticks(rng.uniform(0.1, 0.5)))
+    libc.exit(0)
+
+
+def prog_syscaller() -> None:
+    rng = _rng()
+    npages = rng.randint(1, 4)
+    base = libc.mmap_anon(npages)
+    for _ in range(rng.randint(2, 5)):
+        if not libc.sys_useracc(base, npages * PAGE, VM_PROT_READ | VM_PROT_WRITE):
+            md.pcpu.note_violation("useracc refused a buffer the program mapped")
+        if libc.sys_useracc(0xBFBFF000, 2 * PAGE, VM_PROT_READ):
+            md.pcpu.note_violation("useracc allowed a buffer beyond the user map")
+        libc.sys_physio(base, npages * PAGE)
+        libc.compute(_cfg("user.compute_us"))
+    libc.exit(0)
+
+
+_MAINS: dict[str, Callable[[], None]] = {
+    "forker": prog_forker, "sleeper": prog_sleeper, "hog": prog_hog,
+    "sharer": prog_sharer, "debugger": prog_debugger, "syscaller": prog_syscaller,
+}
+
+
+def prog_init() -> None:
+    """Keep the configured number of children running; reap them as they exit."""
+    rng = random.Random((int(_cfg("run.seed")) * 31337 + md.pcpu.cpuid * 65537) & (2**63 - 1))
+    weights = [int(_cfg(f"user.{name}")) for name in PROGRAMS]
+    want = int(_cfg("user.procs_per_cpu"))
+    running = 0
+    lt = curlocal()
+    lt.local["init"] = True
+    while True:
+        while running < want and sum(weights) > 0:
+            name = rng.choices(PROGRAMS, weights)[0]
+            libc.fork(_MAINS[name], name)
+            md.pcpu.count(f"programs_{name}")
+            running += 1
+            libc.compute(_cfg("user.compute_us") / 2)
+        err, _, _ = libc.wait()
+        if err:
+            libc.sleep_ticks(_ticks(0.5))        # no children (all weights 0)
+        else:
+            running -= 1
+
+
+def init_start(_: Any) -> None:
+    """Every CPU: fork this CPU's init from proc0 (the boot thread's process)."""
+    if int(_cfg("user.procs_per_cpu")) == 0:
+        return
+    libc.fork(prog_init, f"init{md.pcpu.cpuid}")
+
+
+SYSINIT("init", SI_SUB.SI_SUB_KTHREAD_INIT, SI_ORDER.SI_ORDER_ANY, init_start, percpu=True)

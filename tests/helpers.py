@@ -1,0 +1,246 @@
+"""Shared helpers of the machine tests: starting machines, watching processes, and the
+kernel-side plumbing that tests run inside the simulated CPUs.
+
+Two halves:
+
+* host side (the pytest process): :func:`run` boots a machine with the real server and CPU
+  processes and returns its ``RunResult``; :func:`cli_env`, :func:`wait_for` and
+  :func:`survivors` help the tests that drive ``python -m smp.cli`` as a subprocess.
+* kernel side (runs in the forked CPU processes, called from SYSINITs and kernel threads):
+  :func:`bsp_init`, :func:`on_each_cpu`, :func:`lookup`, :func:`wait_until`,
+  :func:`result` and :func:`finish`. A test publishes its shared object from the BSP, starts
+  kernel threads on every CPU, lets a coordinator on cpu 0 wait for them, and hands its
+  findings back through kernel counters (``md.pcpu.count``, summed into
+  ``report["kernel"]``) before it ends the run with ``md.shutdown``.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+import time
+from typing import Any, Callable, Iterable, Sequence
+
+import psutil
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+# Every process started through cli_env() carries this token in its environment, and so
+# do the processes those fork, so an orphan re-parented to init can still be found.
+TOKEN_VAR = "SMP_TEST_TOKEN"
+TOKEN = f"smp-test-{os.getpid()}-{time.time_ns()}"
+
+
+# -- host side ------------------------------------------------------------------------------
+def config(overrides: Sequence[str] = ()) -> Any:
+    from smp.config import load_config
+    return load_config(None, list(overrides))
+
+
+def run(cfg_overrides: Sequence[str] = (), sysinits: Sequence[Any] = (),
+        tmp_path: pathlib.Path | str | None = None,
+        log: Callable[[str], None] | None = None) -> Any:
+    """Boot, run and stop a machine (``smp.launcher.run_machine``); returns its RunResult.
+
+    The run directory is ``tmp_path/run``; the launcher's log lines go to ``log`` (default:
+    dropped, they are in ``run/log.txt`` anyway)."""
+    from smp.launcher import run_machine
+    if tmp_path is None:
+        raise ValueError("run() needs tmp_path for its run directory")
+    cfg = config(cfg_overrides)
+    rdir = pathlib.Path(tmp_path) / "run"
+    return run_machine(cfg, run_dir=str(rdir), log=log or (lambda line: None),
+                       sysinits=tuple(sysinits))
+
+
+def describe(result: Any) -> str:
+    """A one-paragraph account of a run, for assertion messages."""
+    r = result.report
+    panic = (r.get("panic") or {}).get("message")
+    return (f"exit {result.exit_status}, ok {r.get('ok')}, reason {r.get('reason')!r}, "
+            f"panic {panic!r}, problems {r.get('problems')}, invariants "
+            f"{r.get('invariants')}, kernel {r.get('kernel')}")
+
+
+def cli_env() -> dict[str, str]:
+    """The environment for ``python -m smp.cli`` run from another directory."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"]
+                                     if env.get("PYTHONPATH") else "")
+    env[TOKEN_VAR] = TOKEN
+    env.pop("PYTHONSTARTUP", None)
+    return env
+
+
+def cli_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "smp.cli", *args]
+
+
+def wait_for(cond: Callable[[], Any], timeout: float, what: str,
+             interval: float = 0.02) -> Any:
+    """Poll ``cond`` until it returns something true; fail after ``timeout`` wall s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def tagged_processes() -> list[psutil.Process]:
+    """Live processes of this user whose environment carries this session's token."""
+    me = os.getpid()
+    out = []
+    for p in psutil.process_iter(["pid", "uids"]):
+        try:
+            if p.pid == me or p.info["uids"] is None or p.info["uids"].real != os.getuid():
+                continue
+            if p.environ().get(TOKEN_VAR) == TOKEN and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return out
+
+
+def survivors(extra_pids: Iterable[int] = ()) -> list[psutil.Process]:
+    """Every process that a test may have left behind: children (recursive) of this
+    process, tagged processes (see TOKEN), and the given pids if still alive."""
+    found: dict[int, psutil.Process] = {}
+    try:
+        for p in psutil.Process().children(recursive=True):
+            found[p.pid] = p
+    except psutil.NoSuchProcess:
+        pass
+    for p in tagged_processes():
+        found[p.pid] = p
+    for pid in extra_pids:
+        try:
+            p = psutil.Process(pid)
+            if p.status() != psutil.STATUS_ZOMBIE:
+                found[pid] = p
+        except psutil.NoSuchProcess:
+            pass
+    alive = []
+    for p in found.values():
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                alive.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+def read_text(path: pathlib.Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+# -- kernel side (runs in the CPU processes) --------------------------------------------------
+def sysinit(name: str, func: Callable[[Any], None], *, percpu: bool,
+            order: str = "SI_ORDER_THIRD", udata: Any = None) -> Any:
+    from kernel.sys.kernel import SI_ORDER, SI_SUB, SysInit
+    return SysInit(name, SI_SUB.SI_SUB_KTHREAD_INIT, SI_ORDER[order], func, udata, percpu)
+
+
+def bsp_init(symbol: str, make: Callable[[], Any]) -> Any:
+    """A BSP-only SYSINIT (before the APs are released) that makes the test's shared
+    object with ``make()`` and publishes it under ``symbol``."""
+    def init(_: Any) -> None:
+        from hw.protocol import Op
+        from kernel.machine import cpu as md
+        obj = make()
+        md.bus_post(Op.SYMBOL, symbol, obj.handle)
+    return sysinit(f"test-init-{symbol}", init, percpu=False, order="SI_ORDER_FIRST")
+
+
+def on_each_cpu(name: str, start: Callable[[int], None]) -> Any:
+    """A per-CPU SYSINIT that calls ``start(cpuid)`` on every CPU at boot (it typically
+    creates kernel threads, pinned to that CPU, with ``kthread_create``)."""
+    def init(_: Any) -> None:
+        from kernel.machine import cpu as md
+        start(md.pcpu.cpuid)
+    return sysinit(f"test-start-{name}", init, percpu=True, order="SI_ORDER_THIRD")
+
+
+def lookup(symbol: str, struct: Any) -> Any:
+    from hw.protocol import Op
+    from kernel.machine import cpu as md
+    obj = struct.at(md.bus_call(Op.LOOKUP, symbol))
+    if obj is None:
+        md.panic(f"test: symbol {symbol} not published")
+    return obj
+
+
+def kthread(fn: Callable[[], None], name: str) -> Any:
+    from kernel.kern.kern_kthread import kthread_create
+    return kthread_create(fn, name)
+
+
+def wait_until(cond: Callable[[], Any], what: str, max_ticks: int = 1000,
+               step_us: float = 500) -> None:
+    """In a kernel thread: compute a little and give the CPU to this CPU's other threads,
+    again and again, until ``cond()`` holds; panic after ``max_ticks`` ticks.
+
+    Deliberately built on nothing but ``cpu_work`` and a forced ``maybe_yield``, not on timed
+    sleeps or wakeups, so that the waits of the tests do not depend on what they test."""
+    from kernel.kern.kern_synch import maybe_yield
+    from kernel.kern.kern_thread import curlocal
+    from kernel.machine import cpu as md
+    start = md.pcpu.ticks
+    while not cond():
+        if md.pcpu.ticks - start > max_ticks:
+            md.panic(f"test: timed out waiting for {what}")
+        md.cpu_work(step_us)
+        curlocal().need_resched = True
+        maybe_yield()
+
+
+def spin_until(cond: Callable[[], Any], what: str, max_us: float = 5_000_000,
+               step_us: float = 200) -> None:
+    """In a kernel thread: compute (without sleeping) until ``cond()`` holds."""
+    from kernel.machine import cpu as md
+    spent = 0.0
+    while not cond():
+        if spent > max_us:
+            md.panic(f"test: timed out spinning for {what}")
+        md.cpu_work(step_us)
+        spent += step_us
+
+
+def result(name: str, value: int = 1) -> None:
+    """Hand a number back to the test: ``report["kernel"][name]`` (summed over CPUs)."""
+    from kernel.machine import cpu as md
+    md.pcpu.count(name, int(value))
+
+
+def finish(why: str = "test done") -> None:
+    """End the run now, cleanly (the report's reason becomes ``shutdown: <why>``)."""
+    from kernel.machine import cpu as md
+    md.shutdown(why)
+
+
+def expect_shutdown(res: Any) -> dict[str, int]:
+    """Assert that the run ended by the test's own shutdown, cleanly; return the kernel
+    counters."""
+    r = res.report
+    assert str(r["reason"]).startswith("shutdown:"), describe(res)
+    assert res.exit_status == 0 and r["ok"], describe(res)
+    assert r["panic"] is None, describe(res)
+    return dict(r["kernel"])
+
+
+def expect_panic(res: Any, *words: str) -> str:
+    """Assert that the run ended in a panic whose message has every one of ``words``;
+    return the message."""
+    r = res.report
+    assert res.exit_status == 1, describe(res)
+    assert r["ok"] is False and r["panic"] is not None, describe(res)
+    msg = str(r["panic"]["message"])
+    for w in words:
+        assert w in msg, f"{w!r} not in panic message {msg!r}"
+    assert pathlib.Path(res.run_dir, "crash.txt").is_file()
+    return msg
