@@ -238,7 +238,7 @@ class Cpu:
             while self.bus.events:
                 msg = self.bus.events.popleft()
                 self.counters.interrupts += 1
-                if msg[1] == Event.GRANT:
+                if msg[1] in (Event.GRANT, Event.WAKE):
                     self.on_grant(msg[2], msg[3])
                 elif msg[1] == Event.IPI:
                     self.counters.ipis_received += 1

@@ -72,8 +72,10 @@ class Op(enum.IntEnum):
     CAS = 38           # (handle, field, old, new)              -> bool (atomic)
     SETBITS = 39       # (handle, field, bits)                  posted (atomic_set_int)
     CLRBITS = 40       # (handle, field, bits)                  posted (atomic_clear_int)
+    ADDP = 44          # (handle, field, delta)                 posted add (no value wanted)
     SYMBOL = 41        # (name, handle)                         posted: name a global object
     LOOKUP = 42        # (name)                                 -> handle (0 if unknown)
+    COUNT = 45         # (type, [[field, op, value]...])        -> objects matching (op: eq, clear)
     # lists: the kernel's TAILQ/LIST heads, kept in server memory
     LIST_INSERT_HEAD = 50   # (list, elem)                      posted
     LIST_INSERT_TAIL = 51   # (list, elem)                      posted
@@ -82,6 +84,7 @@ class Op(enum.IntEnum):
     LIST_NEXT = 54          # (list, elem)                      -> elem or 0
     LIST_ITEMS = 55         # (list)                            -> [elem...]
     LIST_LEN = 56           # (list)                            -> int
+    LIST_SEARCH = 49        # (list, lo, hi, value)             -> first elem with lo <= value < hi, or 0
     # maps: the kernel's hash tables (vm_page_buckets), key -> handle, in server memory
     MAP_GET = 57            # (map, key)                        -> value or 0
     MAP_SET = 58            # (map, key, value)                 posted
@@ -94,13 +97,14 @@ class Op(enum.IntEnum):
     HANDOFF = 64       # (lock, to_tid)                         posted: spin lock passes to a thread
     SLEEP = 65         # (chan, interlock)                      posted: queue and drop interlock
     WAKEUP = 66        # (chan, one)                            -> [tid...] taken off the channel
-    UNSLEEP = 67       # (chan)                                 -> bool: was still asleep
+    UNSLEEP = 67       # (chan, tid)                            -> bool: tid was still asleep
     IPI = 68           # (cpu, kind, args)                      posted: routed to that CPU
     # control (the launcher)
     CTL_START = 80     # (t0)                                   -> None
     CTL_HALT = 81      # (reason)                               -> None
     CTL_REPORT = 82    # ()                                     -> server report
     CTL_DUMP = 83      # ()                                     -> server state text
+    CTL_FINAL = 84     # ()                                     -> None: final-check IPI to all
     # server -> peer
     REPLY = 100
     EVENT = 101
@@ -114,6 +118,8 @@ class Event(enum.IntEnum):
     IPI = 3            # (from_cpu, kind, args)
     HALT = 4           # (reason)           stop running threads, send final report, exit
     PANIC = 5          # (cpu, message)     another CPU panicked: stop and dump
+    CHECKED = 6        # (ncpus)            (to the launcher) every CPU ran its final check
+    WAKE = 7           # (tid, lock)        a sleep lock was released: try again
 
 
 # ACQUIRE answers

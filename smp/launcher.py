@@ -233,6 +233,9 @@ def run_machine(cfg: Config, run_dir: str | None = None,
                 reason = f"shutdown: {halts[0][2]}"
                 break
         t_end = time.monotonic()
+        if reason == "end of run" and server.is_alive():
+            reason = _final_check(ctl, poller, sentinels, float(cfg["run.halt_timeout"]),
+                                  problems) or reason
         note(f"stopping: {reason}")
         server_alive = server.is_alive()
         if server_alive:
@@ -268,6 +271,31 @@ def run_machine(cfg: Config, run_dir: str | None = None,
     else:
         status = 0 if report["ok"] else 1
     return RunResult(status, rdir, report)
+
+
+def _final_check(ctl: _Control, poller: Any, sentinels: dict[int, Any], timeout: float,
+                 problems: list[str]) -> str | None:
+    """Ask every CPU to check the machine's invariants once more, and wait for all of
+    them (or a panic, a death, the timeout). Returns a new stop reason, if any."""
+    ctl.call(Op.CTL_FINAL, timeout=LIVENESS_S)
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            problems.append(f"the final invariant check did not finish within {timeout:.1f} s")
+            return None
+        ready = dict(poller.poll(int(left * 1000)))
+        for fd, (name, p) in sentinels.items():
+            if fd in ready:
+                p.join(0.1)
+                msg = f"{name} (pid {p.pid}) died: {describe_exit(p.exitcode)}"
+                problems.append(msg)
+                return msg
+        for e in ctl.drain_events() if ctl.sock in ready else []:
+            if e[1] == Event.PANIC:
+                return f"panic on cpu {e[2]}: {e[3]}"
+            if e[1] == Event.CHECKED:
+                return None
 
 
 def _reap(procs: list[Any], timeout: float, problems: list[str]) -> None:

@@ -8,13 +8,17 @@ decides who owns a lock and when a waiter is granted it.
 
 Semantics, after FreeBSD 5.0:
 
-* ``spin mutex`` and ``sleep mutex``: one exclusive owner, a thread; recursion only with
-  ``LF_RECURSE``. A release with waiters hands the lock to the first waiter (FIFO) and sends
-  its CPU a ``GRANT`` event, so the lock is never free in between.
+* ``spin mutex``: one exclusive owner, a thread; recursion only with ``LF_RECURSE``. A
+  release with spinners hands the lock to the first of them (FIFO) and sends its CPU a
+  ``GRANT`` event: a spinner is running, so the hand-off costs nothing.
+* ``sleep mutex``: as a spin mutex, but a release with sleepers *frees* the lock and wakes
+  the first sleeper (a ``WAKE`` event), which then tries again, and may find that a
+  running thread took the lock first. This is 5.0's ``MTX_CONTESTED`` protocol; handing the
+  lock to a thread that is not running would build convoys the real kernel did not have.
 * ``sx``: shared or exclusive, not recursive. Readers wait only while a writer holds the
-  lock (no writer preference, as the 2002 sx built from two condition variables).
-  Releasing a write lock grants every waiting reader at once; if there are none, the
-  first writer.
+  lock (no writer preference, as the 2002 sx built from two condition variables). A
+  release that leaves the lock free wakes every waiting reader, or if there are none the
+  first writer, as the condition variables did; they try again.
 * ``lockmgr``: as sx, with try-acquire used by ``vm_map_trylock``.
 * Sleep channels: ``SLEEP`` queues a thread on a channel *and* drops its interlock in one
   step; ``WAKEUP`` takes every sleeper (or the first) off the channel and returns them to
@@ -103,9 +107,10 @@ class ThreadLocks:
     held: list[tuple[int, int, str]] = dataclasses.field(default_factory=list)  # (lock, mode, site)
     waiting: tuple[int, int, str] | None = None
     sleeping: Hashable | None = None
+    wait_since: dict[int, float] = dataclasses.field(default_factory=dict)  # lock -> us
 
 
-Grant = tuple[int, int, int]          # (cpu, tid, lock) to notify
+Grant = tuple[int, int, int, bool]    # (cpu, tid, lock, owned): owned = GRANT, else WAKE
 
 
 class LockTable:
@@ -221,15 +226,19 @@ class LockTable:
             raise LockError(f"{lk.name}: {lk.cls} shared acquire by its exclusive owner "
                             f"(excl->share) @ {site}")
         if mode == EXCL:
-            free = lk.owner == 0 and not lk.shared and not lk.waiters
+            free = lk.owner == 0 and not lk.shared      # a sleep lock may be barged
         else:
             free = lk.owner == 0            # readers wait only while a writer holds it
         if free:
-            self._take(lk, tid, t, mode, site, 0.0)
+            since = t.wait_since.pop(h, None)
+            self._take(lk, tid, t, mode, site,
+                       max(_now_us() - since, 0.001) if since is not None else 0.0)
             return GRANTED
         if trylock:
             return BUSY
-        lk.waiters.append(Waiter(tid, cpu, mode, _now_us(), site))
+        now = _now_us()
+        t.wait_since.setdefault(h, now)
+        lk.waiters.append(Waiter(tid, cpu, mode, now, site))
         t.waiting = (h, mode, site)
         return QUEUED
 
@@ -262,27 +271,25 @@ class LockTable:
         if lk.owner or not lk.waiters:
             return []
         grants: list[Grant] = []
-        now = _now_us()
-        if lk.cls in (LC_SX, LC_LOCKMGR) and not lk.shared and \
-                any(w.mode == SHARED for w in lk.waiters):
-            keep: collections.deque[Waiter] = collections.deque()
-            for w in lk.waiters:
-                if w.mode == SHARED:
-                    self._grant(lk, w, now, grants)
-                else:
-                    keep.append(w)
-            lk.waiters = keep
-        elif lk.cls in (LC_SX, LC_LOCKMGR) and lk.shared:
-            pass                                   # readers still in; writers wait
+        if lk.cls == LC_SPIN:
+            w = lk.waiters.popleft()
+            t = self.thread(w.tid, w.cpu)
+            t.waiting = None
+            since = t.wait_since.pop(lk.handle, w.since_us)
+            self._take(lk, w.tid, t, w.mode, w.site, max(_now_us() - since, 0.001))
+            grants.append((w.cpu, w.tid, lk.handle, True))
+            return grants
+        if lk.shared:
+            return []                                   # readers still in; writers wait
+        if lk.cls == LC_SLEEP or not any(w.mode == SHARED for w in lk.waiters):
+            woken = [lk.waiters.popleft()]
         else:
-            self._grant(lk, lk.waiters.popleft(), now, grants)
+            woken = [w for w in lk.waiters if w.mode == SHARED]
+            lk.waiters = collections.deque(w for w in lk.waiters if w.mode != SHARED)
+        for w in woken:
+            self.thread(w.tid, w.cpu).waiting = None
+            grants.append((w.cpu, w.tid, lk.handle, False))
         return grants
-
-    def _grant(self, lk: Lock, w: Waiter, now: float, grants: list[Grant]) -> None:
-        t = self.thread(w.tid, w.cpu)
-        t.waiting = None
-        self._take(lk, w.tid, t, w.mode, w.site, max(now - w.since_us, 0.001))
-        grants.append((w.cpu, w.tid, lk.handle))
 
     def handoff(self, tid: int, cpu: int, h: int, to_tid: int) -> None:
         """A context switch passes a held spin lock to the next thread (mi_switch)."""

@@ -279,6 +279,21 @@ class ObjectStore:
             lst = self.lists[addr] = _List()
         return lst
 
+    def list_search(self, addr: int, lo: str, hi: str, value: Any) -> int:
+        """The first element whose ``lo`` field <= ``value`` < its ``hi`` field: a walk of
+        a sorted list (vm_map_lookup_entry) done where the list is, as one access."""
+        lst = self.listhead(addr)
+        h = lst.head
+        while h:
+            obj = self._obj(h)
+            self.loads += 2
+            if obj[lo] <= value < obj[hi]:
+                return h
+            if obj[lo] > value:
+                return 0
+            h = lst.next[h]
+        return 0
+
     # -- maps -------------------------------------------------------------------------
     def maphead(self, addr: int) -> dict[Any, int]:
         m = self.maps.get(addr)
@@ -307,6 +322,25 @@ class ObjectStore:
             t = self.otype[h]
             out[t] = out.get(t, 0) + 1
         return dict(sorted(out.items()))
+
+    def count(self, tname: str, conds: list[list[Any]]) -> int:
+        """How many live objects of ``tname`` match every condition: ``[field, "eq", v]``
+        (field == v) or ``[field, "clear", bits]`` (field & bits == 0). For the kernel's
+        invariant checker, which holds the locks that make the answer consistent."""
+        if tname not in self.types:
+            raise ObjectError(f"count: unknown type {tname!r}")
+        n = 0
+        for h, obj in self.objs.items():
+            if self.otype[h] != tname:
+                continue
+            for f, op, v in conds:
+                x = obj[f]
+                if (op == "eq" and x != v) or (op == "clear" and x & v):
+                    break
+            else:
+                n += 1
+        self.loads += n
+        return n
 
     def field_sums(self) -> dict[str, dict[str, int]]:
         """For each type, the sum of each integer field over its live objects (for

@@ -24,6 +24,13 @@ from typing import Any
 from smp.config import Config
 
 
+# The kernel counters every report carries (zero when nothing happened), in this order.
+KERNEL_COUNTERS = ("forks", "forks_rfmem", "exits", "waits", "swapouts", "swapins",
+                   "faultins_swapper", "faultins_phold", "swapin_waits", "vm_waits",
+                   "pages_swapped_out", "pages_swapped_in", "checksum_errors", "kernacc",
+                   "useracc", "vslock", "invariant_violations")
+
+
 def _int_keys(d: dict[Any, Any]) -> dict[int, Any]:
     return {int(k): v for k, v in d.items()}
 
@@ -51,8 +58,9 @@ def build_report(cfg: Config, server: dict[str, Any], *, reason: str, problems: 
     finals = _int_keys(server.get("cpus") or {})
     pids = _int_keys(server.get("cpu_pids") or {})
     cpus = []
-    kernel: dict[str, int] = {}
+    kernel: dict[str, int] = dict.fromkeys(KERNEL_COUNTERS, 0)
     violations: list[str] = []
+    findings: list[dict[str, Any]] = []
     for cpu in range(int(cfg["machine.cpus"])):
         f = finals.get(cpu) or {}
         row = {"id": cpu, "pid": f.get("pid", pids.get(cpu)),
@@ -69,6 +77,7 @@ def build_report(cfg: Config, server: dict[str, Any], *, reason: str, problems: 
             if isinstance(v, int):
                 kernel[k] = kernel.get(k, 0) + v
         violations.extend(f"cpu{cpu}: {v}" for v in (f.get("kernel") or {}).get("violations", []))
+        findings.extend({**x, "cpu": cpu} for x in (f.get("kernel") or {}).get("findings", []))
     invariants = violations + (check_invariants(server, kernel) if server else [])
     kernel["invariant_violations"] = max(len(invariants), kernel.get("invariant_violations", 0))
     panic = server.get("panic")
@@ -85,8 +94,10 @@ def build_report(cfg: Config, server: dict[str, Any], *, reason: str, problems: 
         "cpus": cpus,
         "locks": server.get("locks", []),
         "lock_profile": server.get("lock_profile", []),
-        "kernel": dict(sorted(kernel.items())),
+        "kernel": {**{k: kernel[k] for k in KERNEL_COUNTERS},
+                   **{k: v for k, v in sorted(kernel.items()) if k not in KERNEL_COUNTERS}},
         "invariants": invariants,
+        "findings": findings,
         "problems": problems,
         "panic": _panic_summary(panic, server) if panic else None,
         "server": {**server.get("server", {}), "memory": server.get("memory", {}),

@@ -65,6 +65,7 @@ class Server:
         self.panic: dict[str, Any] | None = None
         self.halting: str | None = None
         self.dead: set[int] = set()
+        self.checked: set[int] = set()
         self.pending_start: list[tuple[bytes, int]] = []
         self.pending_halt: list[tuple[bytes, int]] = []
         self.bad_messages = 0
@@ -97,11 +98,13 @@ class Server:
             Op.STORE: lambda p, t, s, a: self.kmem.store(a[0], a[1], a[2]),
             Op.STOREN: lambda p, t, s, a: self.kmem.storen(a[0], a[1]),
             Op.ADD: lambda p, t, s, a: self.kmem.add(a[0], a[1], a[2]),
+            Op.ADDP: lambda p, t, s, a: self.kmem.add(a[0], a[1], a[2]),
             Op.CAS: lambda p, t, s, a: self.kmem.cas(a[0], a[1], a[2], a[3]),
             Op.SETBITS: lambda p, t, s, a: self.kmem.setbits(a[0], a[1], a[2]),
             Op.CLRBITS: lambda p, t, s, a: self.kmem.clrbits(a[0], a[1], a[2]),
             Op.SYMBOL: lambda p, t, s, a: self.kmem.symbol(a[0], a[1]),
             Op.LOOKUP: lambda p, t, s, a: self.kmem.lookup(a[0]),
+            Op.COUNT: lambda p, t, s, a: self.kmem.count(a[0], a[1]),
             Op.LIST_INSERT_HEAD: lambda p, t, s, a: self.kmem.listhead(a[0]).insert_head(a[1]),
             Op.LIST_INSERT_TAIL: lambda p, t, s, a: self.kmem.listhead(a[0]).insert_tail(a[1]),
             Op.LIST_REMOVE: lambda p, t, s, a: self.kmem.listhead(a[0]).remove(a[1]),
@@ -109,6 +112,7 @@ class Server:
             Op.LIST_NEXT: lambda p, t, s, a: self.kmem.listhead(a[0]).after(a[1]),
             Op.LIST_ITEMS: lambda p, t, s, a: self.kmem.listhead(a[0]).items(),
             Op.LIST_LEN: lambda p, t, s, a: len(self.kmem.listhead(a[0]).next),
+            Op.LIST_SEARCH: lambda p, t, s, a: self.kmem.list_search(a[0], a[1], a[2], a[3]),
             Op.MAP_GET: lambda p, t, s, a: self.kmem.maphead(a[0]).get(a[1], 0),
             Op.MAP_SET: lambda p, t, s, a: self.kmem.maphead(a[0]).__setitem__(a[1], a[2]),
             Op.MAP_DEL: lambda p, t, s, a: self.kmem.map_del(a[0], a[1]),
@@ -119,7 +123,7 @@ class Server:
             Op.HANDOFF: lambda p, t, s, a: self.locks.handoff(t, p.cpu, a[0], a[1]),
             Op.SLEEP: self._sleep,
             Op.WAKEUP: lambda p, t, s, a: self.locks.wakeup(t, p.cpu, s, _chan(a[0]), a[1]),
-            Op.UNSLEEP: lambda p, t, s, a: self.locks.unsleep(t, p.cpu, _chan(a[0])),
+            Op.UNSLEEP: lambda p, t, s, a: self.locks.unsleep(a[1], p.cpu, _chan(a[0])),
             Op.IPI: self._ipi,
             Op.REPORT: self._report,
         }
@@ -146,9 +150,9 @@ class Server:
             self._send(self.launcher.ident, [Op.EVENT, event, *args])
 
     # -- lock operations that notify other CPUs ------------------------------------------
-    def _send_grants(self, grants: list[tuple[int, int, int]]) -> None:
-        for cpu, tid, lock in grants:
-            self._event_cpu(cpu, Event.GRANT, tid, lock)
+    def _send_grants(self, grants: list[tuple[int, int, int, bool]]) -> None:
+        for cpu, tid, lock, owned in grants:
+            self._event_cpu(cpu, Event.GRANT if owned else Event.WAKE, tid, lock)
 
     def _lock_init(self, p: Peer, tid: int, site: str, a: list[Any]) -> None:
         h, f, kind = self.kmem.resolve(a[0])
@@ -183,6 +187,10 @@ class Server:
         elif kind == "final":
             p.final = payload
             self._check_halted()
+        elif kind == "checked":                   # a CPU ran its final invariant check
+            self.checked.add(p.cpu)
+            if len(self.checked) >= len(self.cpus):
+                self._event_launcher(Event.CHECKED, len(self.checked))
         elif kind == "halt":                      # the kernel asks to stop (shutdown)
             if self.halting is None:
                 self._halt(f"halted by cpu {p.cpu}: {payload}", [])
@@ -277,6 +285,11 @@ class Server:
             self._reply(peer.ident, seq, OK, self.report())
         elif op == Op.CTL_DUMP:
             self._reply(peer.ident, seq, OK, self.dumpstate())
+        elif op == Op.CTL_FINAL:
+            self.checked.clear()
+            for cpu in self.cpus:
+                self._event_cpu(cpu, Event.IPI, -1, "final_check", [])
+            self._reply(peer.ident, seq, OK, None)
 
     def handle(self, ident: bytes, frame: bytes) -> None:
         self.messages += 1
@@ -305,7 +318,7 @@ class Server:
                 if peer.role == "launcher":
                     self.running = False
                 return
-            if Op.CTL_START <= op <= Op.CTL_DUMP:
+            if Op.CTL_START <= op <= Op.CTL_FINAL:
                 if peer.role != "launcher":
                     raise ProtocolError("control requests are the launcher's")
                 self._control(peer, op, seq, args)

@@ -66,8 +66,17 @@ def proc0_init(_: Any) -> None:
     TAILQ_INSERT_TAIL(kg.kg_threads, td)
     G.update(proc0=p, thread0=td)
     md.bus_post(Op.LIST_INSERT_HEAD, G.allproc, p.handle)
+    md.bus_post(Op.MAP_SET, G.pidhashtbl, 0, p.handle)
     G.nprocs = 1
     _adopt_boot_stack(td, "swapper", PVM, p)
+    # proc0's U-area, address space and limits (FreeBSD's proc0uarea, vmspace0, limit0)
+    from kernel.sys.user import U_SIGACTS, U_STATS, plimit_new
+    from kernel.vm.vm_glue import vm_proc_new
+    from kernel.vm.vm_map import vmspace_alloc
+    vm_proc_new(p)
+    up = p.p_uarea
+    p.update(p_vmspace=vmspace_alloc(), p_limit=plimit_new(), p_stats=up + U_STATS,
+             p_sigacts=up + U_SIGACTS)
 
 
 SYSINIT("proc0", SI_SUB.SI_SUB_INTRINSIC, SI_ORDER.SI_ORDER_FIRST, proc0_init)
@@ -85,6 +94,23 @@ def _adopt_boot_stack(td: Any, name: str, pri: int, p: Any) -> LocalThread:
     hw.contexts[lt.tid] = ctx
     md.pcpu.threads[lt.tid] = lt
     return lt
+
+
+# -- SI_SUB_VM_CONF (per CPU): find the VM's globals, take the config's tunables -------------
+def machine_attach(_: Any) -> None:
+    from kernel.kern import kern_fail
+    from kernel.vm import swap_pager, vm_glue, vm_kern, vm_page, vm_pageout
+    cfg = md.pcpu.config
+    vm_page.vm_attach()
+    vm_kern.kmem_attach()
+    swap_pager.swap_attach()
+    vm_glue.sysctl_init(cfg)
+    vm_pageout.vm_pageout_sysctl(cfg)
+    kern_fail.configure(list(cfg["debug.fail_points"]))
+
+
+SYSINIT("machine_attach", SI_SUB.SI_SUB_VM_CONF, SI_ORDER.SI_ORDER_SECOND, machine_attach,
+        percpu=True)
 
 
 # -- SI_SUB_SCHED_IDLE (per CPU): the idle thread -------------------------------------------
@@ -131,6 +157,9 @@ def _ipi(src: int, kind: str, args: Any) -> None:
         ipi_setrunqueue(args)
     elif kind == "ap_start":
         md.pcpu.ap_started = True
+    elif kind == "final_check":
+        from kernel.kern.subr_invariants import request_final_check
+        request_final_check()
     else:
         md.panic(f"unknown IPI {kind!r} from cpu {src}")
 
@@ -153,7 +182,8 @@ def _machine_setup(hw: Any, config: dict[str, Any]) -> None:
     hw.on_grant = lock_granted
     hw.describe = _describe
     hw.final_report = lambda: {**dict(sorted(pc.stats.items())),
-                               "violations": pc.violations}
+                               "violations": pc.violations, "findings": pc.findings,
+                               "console": pc.console}
 
 
 def _run_sysinits(percpu_only: bool) -> None:
@@ -165,11 +195,7 @@ def bsp_boot() -> None:
     """cpu 0: mi_startup. Never returns (the last SYSINIT is the swapper)."""
     register_all()
     _run_sysinits(percpu_only=False)
-    # PORT: vm_glue's scheduler() is the last SYSINIT and never returns; until it is
-    # registered, thread0 does what it does when there is nothing to swap in.
-    G = kern_globals.G
-    while True:
-        tsleep(G.proc0.chan, PVM, "sched", param.MAXSLP * param.hz // 2)
+    md.panic("mi_startup: the last SYSINIT (the swapper) returned")
 
 
 def ap_boot() -> None:
@@ -202,7 +228,11 @@ def struct_kernel_at(h: int) -> Any:
 
 def boot(hw: Any, config: dict[str, Any]) -> Any:
     """Prepare this CPU and return the boot context for ``hw.run``."""
-    import kernel.userland  # noqa: F401  - user land declares its SYSINITs on import
+    # every subsystem declares its SYSINITs when imported
+    import kernel.kern.subr_invariants  # noqa: F401
+    import kernel.userland  # noqa: F401
+    import kernel.vm.vm_glue  # noqa: F401
+    import kernel.vm.vm_pageout  # noqa: F401
     _machine_setup(hw, config)
     fn = bsp_boot if hw.id == 0 else ap_boot
     return hw.new_context(0, "boot", fn)

@@ -27,13 +27,15 @@ from kernel.kern.kern_synch import msleep, tsleep, wakeup
 from kernel.kern.kern_sx import sx_xlock, sx_xunlock
 from kernel.kern.kern_thread import curthread, thread_exit
 from kernel.machine import cpu as md
-from kernel.sys.kstruct import (LIST_FIRST, LIST_FOREACH, LIST_INSERT_HEAD, LIST_REMOVE)
+from kernel.sys.kstruct import (HASH_REMOVE, LIST_FIRST, LIST_FOREACH, LIST_INSERT_HEAD,
+                                LIST_REMOVE)
 from kernel.sys.param import ECHILD, PWAIT
 from kernel.sys.proc import P, PRS, struct_proc
 
 
 def exit1(rv: int) -> None:
-    """The current process exits with status ``rv``. Never returns."""
+    """The current process exits with status ``rv`` (called with Giant, which the
+    process gives up with its last switch). Never returns."""
     G = kern_globals.G
     td = curthread()
     p = td.td_proc
@@ -47,9 +49,10 @@ def exit1(rv: int) -> None:
     # Wait for any processes that have a hold on our vmspace to
     # release their reference.
     #
+    # PORT: the 2002 _PRELE wakes nobody, so the wait rechecks once a tick.
     PROC_LOCK(p)
     while p.p_lock > 0:
-        msleep(p.addr("p_lock"), p.p_mtx, PWAIT, "exithold", 0)
+        msleep(p.addr("p_lock"), p.p_mtx, PWAIT, "exithold", 1)
     PROC_UNLOCK(p)
 
     #
@@ -60,7 +63,6 @@ def exit1(rv: int) -> None:
     # Can't free the entire vmspace as the kernel stack
     # may be mapped within that space also.
     #
-    mtx_lock(G.Giant)
     vm = p.p_vmspace
     vm.vm_exitingcnt += 1
     refcnt = vm.vm_refcnt - 1
@@ -71,11 +73,11 @@ def exit1(rv: int) -> None:
         vm_map_lock(m)
         vm_map_delete(m, m.min_offset, m.max_offset)
         vm_map_unlock(m)
-    mtx_unlock(G.Giant)
 
     sx_xlock(G.allproc_lock)
     LIST_REMOVE(G.allproc, p)
     LIST_INSERT_HEAD(G.zombproc, p)
+    HASH_REMOVE(G.pidhashtbl, p.p_pid)
     sx_xunlock(G.allproc_lock)
 
     sx_xlock(G.proctree_lock)
@@ -95,6 +97,7 @@ def exit1(rv: int) -> None:
     sx_xunlock(G.proctree_lock)
     md.pcpu.count("exits")
 
+    mtx_unlock(G.Giant)
     # The last steps are done holding sched_lock, which cpu_throw hands to the next thread.
     mtx_lock_spin(G.sched_lock)
     p.p_state = int(PRS.PRS_ZOMBIE)
@@ -105,7 +108,8 @@ def exit1(rv: int) -> None:
 
 
 def wait1(pid: int = -1) -> tuple[int, int, int]:
-    """Reap a zombie child (``pid`` or any): (0, pid, status), or (ECHILD, 0, 0)."""
+    """Reap a zombie child (``pid`` or any): (0, pid, status), or (ECHILD, 0, 0).
+    Called with Giant (dropped while it sleeps)."""
     from kernel.machine.pmap import pmap_dispose_thread
     from kernel.vm.vm_glue import vm_waitproc
     G = kern_globals.G
@@ -129,7 +133,6 @@ def wait1(pid: int = -1) -> tuple[int, int, int]:
             LIST_REMOVE(G.zombproc, p)
             G.nprocs -= 1
             sx_xunlock(G.allproc_lock)
-            mtx_lock(G.Giant)
             vm_waitproc(p)
             for td in list(FOREACH_THREAD_IN_PROC(p)):          # thread_reap
                 pmap_dispose_thread(td)
@@ -145,7 +148,6 @@ def wait1(pid: int = -1) -> tuple[int, int, int]:
             p.p_procsig = None
             if ps is not None:
                 ps.free()
-            mtx_unlock(G.Giant)
             mtx_destroy(p.p_mtx)
             proc_zfree(p)
             md.pcpu.count("waits")

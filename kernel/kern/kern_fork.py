@@ -21,15 +21,15 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from kernel.kern import kern_globals
-from kernel.kern.kern_mutex import (MTX_DEF, MTX_DUPOK, mtx_init, mtx_lock, mtx_lock_spin,
-                                    mtx_unlock, mtx_unlock_spin)
+from kernel.kern.kern_mutex import (GIANT_REQUIRED, MTX_DEF, MTX_DUPOK, mtx_init,
+                                    mtx_lock_spin, mtx_unlock_spin)
 from kernel.kern.kern_proc import PROC_LOCK, PROC_UNLOCK, proc_zalloc
 from kernel.kern.kern_switch import setrunqueue
 from kernel.kern.kern_sx import sx_xlock, sx_xunlock
 from kernel.kern.kern_thread import thread_attach
 from kernel.machine import cpu as md
 from kernel.machine.pmap import pmap_new_thread
-from kernel.sys.kstruct import LIST_INSERT_HEAD, TAILQ_INSERT_TAIL
+from kernel.sys.kstruct import HASH_INSERT, LIST_INSERT_HEAD, TAILQ_INSERT_TAIL
 from kernel.sys.param import PUSER
 from kernel.sys.proc import (PRS, PS, TDS, struct_ksegrp, struct_procsig, struct_thread)
 from kernel.sys.user import KI_CHECK, KI_PID, ki_check
@@ -54,16 +54,15 @@ def shmfork(p1: Any, p2: Any) -> None:
 
 def fork1(td: Any, flags: int, child_main: Callable[[], None], name: str) -> tuple[int, Any]:
     """Create a child of ``td``'s process that runs ``child_main``. Returns (0, p2) or
-    (errno, None). Called without Giant; takes it around vm_forkproc."""
+    (errno, None). Called with Giant (fork is not MPSAFE in 2002)."""
     from kernel.vm.vm_glue import vm_forkproc
     G = kern_globals.G
+    GIANT_REQUIRED()
     p1 = td.td_proc
 
     if (flags & RFPROC) == 0:
         # rfork without a new process: only the caller's resources change.
-        mtx_lock(G.Giant)
         vm_forkproc(td, None, None, flags)
-        mtx_unlock(G.Giant)
         md.pcpu.count("rforks_noproc")
         return 0, None
 
@@ -75,6 +74,7 @@ def fork1(td: Any, flags: int, child_main: Callable[[], None], name: str) -> tup
     G.lastpid = pid
     p2.update(p_state=int(PRS.PRS_NEW), p_pid=pid)
     LIST_INSERT_HEAD(G.allproc, p2)
+    HASH_INSERT(G.pidhashtbl, pid, p2)
     G.nprocs += 1
     sx_xunlock(G.allproc_lock)
 
@@ -105,9 +105,7 @@ def fork1(td: Any, flags: int, child_main: Callable[[], None], name: str) -> tup
     PROC_UNLOCK(p1)
     sx_xunlock(G.proctree_lock)
 
-    mtx_lock(G.Giant)
     vm_forkproc(td, p2, td2, flags)
-    mtx_unlock(G.Giant)
     # PORT: what ps reads in the U-area (kinfo_proc), written where fork1 filled p2.
     up = p2.p_uarea
     md.kwrite_u64(up + KI_PID, pid)

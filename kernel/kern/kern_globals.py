@@ -20,6 +20,7 @@ struct_kernel = KStruct("kernel", [
     F("proctree_lock", "sx"),
     F("allproc", "list", "d"),          # every process (FOREACH_PROC_IN_SYSTEM)
     F("zombproc", "list", "d"),
+    F("pidhashtbl", "map", "d"),        # pid -> proc (PIDHASH)
     F("nprocs", "int", "d"),
     F("lastpid", "int", "d"),
     F("proc0", "ptr:proc", "b"),

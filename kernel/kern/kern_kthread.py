@@ -21,7 +21,7 @@ from kernel.kern.kern_switch import setrunqueue
 from kernel.kern.kern_sx import sx_xlock, sx_xunlock
 from kernel.kern.kern_thread import LocalThread, thread_new
 from kernel.machine import cpu as md
-from kernel.sys.kstruct import LIST_INSERT_HEAD, TAILQ_INSERT_TAIL
+from kernel.sys.kstruct import HASH_INSERT, LIST_INSERT_HEAD, TAILQ_INSERT_TAIL
 from kernel.sys.param import PWAIT
 from kernel.sys.proc import P, PRS, PS, struct_ksegrp, struct_proc
 
@@ -34,6 +34,7 @@ def proc_link(p: Any) -> int:
     G.lastpid = pid
     p.p_pid = pid
     LIST_INSERT_HEAD(G.allproc, p)
+    HASH_INSERT(G.pidhashtbl, pid, p)
     G.nprocs += 1
     sx_xunlock(G.allproc_lock)
     return pid

@@ -49,10 +49,11 @@ def lockmgr(lkp: int, flags: int) -> int:
         return 0
     mode = SHARED if op == LK_SHARED else EXCL
     hw.counters.lock_acquires += 1
-    st = hw.call(Op.ACQUIRE, md.site(), lkp, mode, 1 if flags & LK_NOWAIT else 0)
+    site = md.site()
+    st = hw.call(Op.ACQUIRE, site, lkp, mode, 1 if flags & LK_NOWAIT else 0)
     if st == QUEUED:
         hw.counters.lock_contested += 1
-        _lock_block(lt, lkp, "lockmgr", mode)
+        _lock_block(lt, lkp, "lockmgr", mode, site)
     elif st != 0:
         return EBUSY
     key = (lkp, mode)

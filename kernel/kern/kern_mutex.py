@@ -66,9 +66,10 @@ def mtx_lock(m: int) -> None:
     hw = md.pcpu.hw
     lt = _curlocal()
     hw.counters.lock_acquires += 1
-    if hw.call(Op.ACQUIRE, md.site(), m, EXCL, 0) == QUEUED:
+    site = md.site()
+    if hw.call(Op.ACQUIRE, site, m, EXCL, 0) == QUEUED:
         hw.counters.lock_contested += 1
-        _lock_block(lt, m, "mutex")
+        _lock_block(lt, m, "mutex", EXCL, site)
     lt.owned[m] = lt.owned.get(m, 0) + 1
 
 
@@ -148,40 +149,30 @@ def KASSERT(cond: object, msg: str) -> None:
 
 
 # -- blocking: what a thread does while the server queues it on a lock ----------------------
-def _lock_block(lt, lock: int, kind: str, mode: int = EXCL) -> None:  # type: ignore[no-untyped-def]
-    """Block the current thread until the server grants it ``lock`` (5.0's
-    ``_mtx_lock_sleep`` turnstile loop, and the condition-variable wait of sx/lockmgr).
+def _lock_block(lt, lock: int, kind: str, mode: int, site: str) -> None:  # type: ignore[no-untyped-def]
+    """The server queued the current thread on ``lock``: sleep until it wakes us, try
+    again, until the lock is ours (5.0's ``_mtx_lock_sleep`` loop on a contested mutex;
+    the condition-variable waits of sx and lockmgr).
 
-    A thread blocked on a mutex keeps Giant, as on a turnstile. One that waits for an sx
-    or lockmgr lock *sleeps* (cv_wait, msleep), so it drops Giant and must take it back
-    before it may use the lock. The server hands the lock over at release, so a woken
-    thread already owns it; if Giant is then busy, taking Giant while holding the lock
-    would invert the order Giant -> lock that FreeBSD's waiter keeps (it takes Giant
-    first, then looks at the lock). So it gives the lock back, takes Giant, and asks for
-    the lock again, as the C waiter would find it taken and sleep again.
+    A thread blocked on a mutex keeps Giant, as on a turnstile. One that waits for an sx or
+    lockmgr lock *sleeps* (cv_wait, msleep), so it drops Giant while it waits and takes it
+    back before it tries again, as those sleeps do.
     """
     from kernel.kern import kern_synch
     from kernel.kern.kern_globals import G
-    giant = G.Giant
-    if kind == "mutex" or lock == giant:
-        _wait_grant(lt, lock, kind)
-        return
     hw = md.pcpu.hw
-    depth = kern_synch.DROP_GIANT(lt)
+    giant = 0
+    if kind != "mutex" and lock != G.Giant:
+        giant = kern_synch.DROP_GIANT(lt)
     while True:
-        _wait_grant(lt, lock, kind)
-        if depth == 0 or mtx_trylock(giant):
-            break
-        hw.post(Op.RELEASE, md.site(), lock, mode)      # step back, Giant first
-        mtx_lock(giant)
-        if hw.call(Op.ACQUIRE, md.site(), lock, mode, 0) != QUEUED:
-            break
-        mtx_unlock(giant)
-    for _ in range(max(depth - 1, 0)):
-        mtx_lock(giant)                                  # recursion: never blocks
+        _wait_wakeup(lt, lock, kind)
+        kern_synch.PICKUP_GIANT(giant)
+        if hw.call(Op.ACQUIRE, site, lock, mode, 0) != QUEUED:
+            return
+        giant = kern_synch.DROP_GIANT(lt) if giant else 0
 
 
-def _wait_grant(lt, lock: int, kind: str) -> None:  # type: ignore[no-untyped-def]
+def _wait_wakeup(lt, lock: int, kind: str) -> None:  # type: ignore[no-untyped-def]
     from kernel.kern import kern_synch
     from kernel.kern.kern_globals import G
     from kernel.sys.proc import TDI, TDS, TD_SET_INHIB
@@ -204,7 +195,7 @@ def _wait_grant(lt, lock: int, kind: str) -> None:  # type: ignore[no-untyped-de
 
 
 def lock_granted(tid: int, lock: int) -> None:
-    """The GRANT interrupt: ``lock`` is now owned by local thread ``tid``."""
+    """The WAKE (and GRANT) interrupt: local thread ``tid`` may have ``lock`` now."""
     from kernel.kern import kern_switch
     lt = md.pcpu.threads.get(tid)
     if lt is None:

@@ -23,9 +23,9 @@ from kernel.kern import kern_globals
 from kernel.kern.kern_mutex import (MA_OWNED, mtx_assert, mtx_lock, mtx_lock_spin, mtx_unlock,
                                     mtx_unlock_spin)
 from kernel.machine import cpu as md
-from kernel.sys.kstruct import (F, KObj, KStruct, TAILQ_FIRST, TAILQ_FOREACH,
+from kernel.sys.kstruct import (F, HASH_LOOKUP, KObj, KStruct, TAILQ_FIRST, TAILQ_FOREACH,
                                 TAILQ_INSERT_TAIL, TAILQ_REMOVE)
-from kernel.sys.proc import struct_ksegrp, struct_proc, struct_thread
+from kernel.sys.proc import PS, struct_ksegrp, struct_proc, struct_thread
 
 PROC_ZONE_CACHE = 16
 
@@ -53,17 +53,36 @@ def PROC_LOCK_ASSERT(p: KObj, what: int) -> None:
 
 # -- holds: keep a process in memory --------------------------------------------------------
 def _PHOLD(p: KObj) -> None:
-    """Hold ``p`` in memory: the first hold swaps it in (proc lock held, and Giant, which
-    faultin requires)."""
+    """Hold ``p`` in memory (proc lock held, and Giant, which faultin requires).
+
+    Two versions, chosen by ``kern.phold``:
+
+    * ``first_hold``, the 2002 ``sys/proc.h``: ``if ((p)->p_lock++ == 0) faultin(p)``.
+      faultin itself raises ``p_lock`` before it sets PS_SWAPPINGIN, so a hold taken
+      while another thread swaps the process in skips faultin and returns with the
+      process not yet in memory, and faultin's PS_SWAPPINGIN wait can never be reached
+      (finding F1, FINDINGS.md).
+    * ``not_inmem``, as FreeBSD later wrote it: ``p_lock++; if (!(p_sflag & PS_INMEM))
+      faultin(p)``, which is what makes the seed's PS_SWAPPINGIN wait do its job.
+    """
     from kernel.vm.vm_glue import faultin
     PROC_LOCK_ASSERT(p, MA_OWNED)
+    G = kern_globals.G
     n = p.p_lock
     p.p_lock = n + 1
-    if n == 0:
-        G = kern_globals.G
+    if md.pcpu.config["kern.phold"] == "first_hold":
+        if n != 0:
+            return
         mtx_lock_spin(G.sched_lock)
-        faultin(p)
-        mtx_unlock_spin(G.sched_lock)
+    else:
+        mtx_lock_spin(G.sched_lock)
+        if p.p_sflag & PS.PS_INMEM:
+            mtx_unlock_spin(G.sched_lock)
+            return
+    if (p.p_sflag & PS.PS_INMEM) == 0:
+        md.pcpu.count("faultins_phold")                      # PORT: count
+    faultin(p)
+    mtx_unlock_spin(G.sched_lock)
 
 
 def PHOLD(p: KObj) -> None:
@@ -73,13 +92,9 @@ def PHOLD(p: KObj) -> None:
 
 
 def _PRELE(p: KObj) -> None:
-    from kernel.kern.kern_synch import wakeup
-    from kernel.sys.proc import P
+    """2002: ``(--(p)->p_lock)``, and nothing else (exit1 polls for holds to go)."""
     PROC_LOCK_ASSERT(p, MA_OWNED)
-    n = p.p_lock - 1
-    p.p_lock = n
-    if n == 0 and p.p_flag & P.P_WEXIT:
-        wakeup(p.addr("p_lock"))
+    p.p_lock -= 1
 
 
 def PRELE(p: KObj) -> None:
@@ -115,14 +130,13 @@ def pfind(pid: int) -> KObj | None:
     from kernel.kern.kern_sx import sx_slock, sx_sunlock
     G = kern_globals.G
     sx_slock(G.allproc_lock)
-    found = None
-    for p in FOREACH_PROC_IN_SYSTEM():
-        if p.p_pid == pid:
-            PROC_LOCK(p)
-            found = p
-            break
+    p = HASH_LOOKUP(G.pidhashtbl, pid, struct_proc)     # LIST_FOREACH(p, PIDHASH(pid), ..)
+    if p is not None and p.p_pid == pid:
+        PROC_LOCK(p)
+    else:
+        p = None
     sx_sunlock(G.allproc_lock)
-    return found
+    return p
 
 
 # -- the proc zone ---------------------------------------------------------------------------

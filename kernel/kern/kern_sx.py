@@ -31,9 +31,10 @@ def _sx_lock(sx: int, mode: int) -> None:
     hw = md.pcpu.hw
     lt = _curlocal()
     hw.counters.lock_acquires += 1
-    if hw.call(Op.ACQUIRE, md.site(), sx, mode, 0) == QUEUED:
+    site = md.site()
+    if hw.call(Op.ACQUIRE, site, sx, mode, 0) == QUEUED:
         hw.counters.lock_contested += 1
-        _lock_block(lt, sx, "sx", mode)
+        _lock_block(lt, sx, "sx", mode, site)
     key = (sx, mode)
     lt.owned_sx[key] = lt.owned_sx.get(key, 0) + 1
 

@@ -203,6 +203,7 @@ def schedcpu() -> None:
     sched_lock for each process."""
     from kernel.kern.kern_sx import sx_slock, sx_sunlock
     G = _G()
+    md.pcpu.count("schedcpu_runs")
     sx_slock(G.allproc_lock)
     for p in TAILQ_FOREACH(G.allproc, struct_proc):
         mtx_lock_spin(G.sched_lock)

@@ -69,9 +69,17 @@ class PCpu:
         self.stats: dict[str, int] = {}   # kernel event counters reported at the end
         self.violations: list[str] = []
         self.console: list[str] = []
+        self.findings: list[dict[str, str]] = []
 
     def count(self, name: str, n: int = 1) -> None:
         self.stats[name] = self.stats.get(name, 0) + n
+
+    def note_finding(self, ident: str, what: str) -> None:
+        """A known bug of the 2002 code showed itself (FINDINGS.md): counted and kept for
+        the report; it does not fail the run."""
+        self.count(f"finding_{ident}")
+        if len(self.findings) < 100:
+            self.findings.append({"id": ident, "summary": what})
 
     def note_violation(self, what: str) -> None:
         """A broken invariant: counted, kept for the report, and the run fails."""
@@ -124,6 +132,14 @@ def atomic_add(h: int, field: str, delta: int) -> int:
     hw = pcpu.hw
     hw.counters.mem_ops += 1
     return hw.call(Op.ADD, site(), h, field, delta)  # type: ignore[no-any-return]
+
+
+def add_posted(h: int, field: str, delta: int) -> None:
+    """``x += delta`` where nobody waits for the result: one posted request. Used where
+    the C increments a field under its lock; the lock still orders the accesses."""
+    hw = pcpu.hw
+    hw.counters.mem_ops += 1
+    hw.post(Op.ADDP, site(), h, field, delta)
 
 
 def atomic_set(h: int, field: str, bits: int) -> None:

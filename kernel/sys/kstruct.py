@@ -39,19 +39,24 @@ class Field:
     lock: str             # lock key letter(s), "" for none
     default: Any
     index: int
+    const: bool = False   # set once at creation, never changed: a CPU may remember it
 
     @property
     def target(self) -> str | None:
         return self.kind[4:] if self.kind.startswith("ptr:") else None
 
 
-def F(name: str, kind: str = "int", lock: str = "", default: Any = None) -> tuple[Any, ...]:
-    """One field of a :class:`KStruct` declaration."""
+def F(name: str, kind: str = "int", lock: str = "", default: Any = None,
+      const: bool = False) -> tuple[Any, ...]:
+    """One field of a :class:`KStruct` declaration. ``const`` marks a field written once,
+    at creation, and never again (a page's frame number): a CPU may keep what it read,
+    as a C compiler may keep a value it knows cannot change. Handles are never reused,
+    so the remembered value can never belong to another object."""
     if default is None and kind == "int":
         default = 0
     if default is None and kind.startswith("ptr:"):
         default = 0
-    return (name, kind, lock, default)
+    return (name, kind, lock, default, const)
 
 
 class KStruct:
@@ -63,10 +68,10 @@ class KStruct:
         self.name = name
         self.doc = doc
         self.fields: dict[str, Field] = {}
-        for i, (fname, kind, lock, default) in enumerate(fields):
+        for i, (fname, kind, lock, default, const) in enumerate(fields):
             if fname in self.fields:
                 raise ValueError(f"struct {name}: field {fname} declared twice")
-            self.fields[fname] = Field(fname, kind, lock, default, i)
+            self.fields[fname] = Field(fname, kind, lock, default, i, const)
         if len(self.fields) > 1 << FIELD_BITS:
             raise ValueError(f"struct {name}: too many fields")
         KStruct.registry[name] = self
@@ -100,6 +105,10 @@ def _raw(v: Any) -> Any:
     return v
 
 
+_MISSING = object()
+_const_cache: dict[tuple[int, str], Any] = {}
+
+
 class KObj:
     """A pointer to a kernel structure in server memory."""
 
@@ -115,7 +124,13 @@ class KObj:
             raise AttributeError(f"struct {self.struct.name} has no field {name}")
         if f.kind in EMBEDDED:
             return (self.handle << FIELD_BITS) | f.index
-        v = md.load(self.handle, name)
+        if f.const:
+            key = (self.handle, name)
+            v = _const_cache.get(key, _MISSING)
+            if v is _MISSING:
+                v = _const_cache[key] = md.load(self.handle, name)
+        else:
+            v = md.load(self.handle, name)
         target = f.target
         if target is not None:
             return KObj(v, KStruct.registry[target]) if v else None
@@ -134,6 +149,11 @@ class KObj:
     def update(self, **values: Any) -> None:
         """Several stores in one posted request."""
         md.storen(self.handle, {k: _raw(v) for k, v in values.items()})
+
+    def inc(self, name: str, delta: int = 1) -> None:
+        """``obj->name += delta`` under the field's lock, with nobody waiting for the
+        result: one posted request instead of a load and a store."""
+        md.add_posted(self.handle, name, delta)
 
     def addr(self, name: str) -> int:
         """``&obj->name``: the field's address (a sleep channel, a lock, a list head)."""

@@ -17,13 +17,13 @@ from kernel import param
 from kernel.kern import kern_globals
 from kernel.kern.kern_exit import exit1, wait1
 from kernel.kern.kern_fork import fork1
-from kernel.kern.kern_mutex import mtx_lock, mtx_unlock
+from kernel.kern.kern_mutex import mtx_lock, mtx_lock_spin, mtx_unlock, mtx_unlock_spin
 from kernel.kern.kern_proc import PROC_UNLOCK, _PHOLD, PRELE, pfind
 from kernel.kern.kern_synch import maybe_yield, tsleep
 from kernel.kern.kern_thread import curlocal, curproc, curthread
 from kernel.machine import cpu as md
 from kernel.sys.param import ESRCH, PWAIT
-from kernel.sys.proc import P
+from kernel.sys.proc import P, PS
 from kernel.sys.user import KI_CHECK, KI_PID, ki_check
 from kernel.vm.vm import (KERN_SUCCESS, OBJT_DEFAULT, RFFDG, RFPROC, VM_PROT_READ,
                           VM_PROT_WRITE)
@@ -47,18 +47,26 @@ def getpid() -> int:
 
 
 def fork(child_main: Callable[[], None], name: str, flags: int = RFFDG | RFPROC) -> int:
+    """fork/rfork: not MPSAFE in 2002, so the whole call runs under Giant."""
+    G = kern_globals.G
+    mtx_lock(G.Giant)
     err, p2 = fork1(curthread(), flags, child_main, name)
-    if err:
-        return -err
-    return p2.p_pid if p2 is not None else 0
+    pid = p2.p_pid if p2 is not None else 0
+    mtx_unlock(G.Giant)
+    return -err if err else pid
 
 
 def exit(code: int) -> None:  # noqa: A001 - the syscall's name
+    mtx_lock(kern_globals.G.Giant)
     exit1(code)
 
 
 def wait() -> tuple[int, int, int]:
-    return wait1(-1)
+    G = kern_globals.G
+    mtx_lock(G.Giant)
+    r = wait1(-1)
+    mtx_unlock(G.Giant)
+    return r
 
 
 def sleep_ticks(ticks: int, wmesg: str = "nanslp") -> int:
@@ -145,11 +153,18 @@ def peek_uarea(pid: int) -> int:
         PROC_UNLOCK(p)
         mtx_unlock(G.Giant)
         return -ESRCH
-    md.pcpu.count("faultins_phold_calls")
+    md.pcpu.count("phold_calls")
     _PHOLD(p)
+    mtx_lock_spin(G.sched_lock)
+    inmem = p.p_sflag & PS.PS_INMEM
+    mtx_unlock_spin(G.sched_lock)
     PROC_UNLOCK(p)
     up = p.p_uarea
-    if kernacc(up, PAGE, VM_PROT_READ):
+    if not inmem:
+        # PHOLD promised the U-area in memory and did not keep it: finding F1.
+        md.pcpu.note_finding("F1", f"PHOLD of pid {pid} returned while the process was "
+                             f"still being swapped in (PS_INMEM clear)")
+    elif kernacc(up, PAGE, VM_PROT_READ):
         ki_pid = md.kread_u64(up + KI_PID)
         if ki_pid != pid or md.kread_u64(up + KI_CHECK) != ki_check(pid):
             md.pcpu.note_violation(f"U-area of pid {pid} reads pid {ki_pid}: lost or "
@@ -162,17 +177,23 @@ def peek_uarea(pid: int) -> int:
     return 0
 
 
-def list_pids() -> list[int]:
-    """The pids on allproc (what ps walks)."""
+def list_procs() -> list[tuple[int, int]]:
+    """(pid, p_sflag) of every process on allproc: what ps and top walk (top shows a
+    swapped-out process that wants to run as "<RUN>")."""
     from kernel.kern.kern_proc import FOREACH_PROC_IN_SYSTEM
     from kernel.kern.kern_sx import sx_slock, sx_sunlock
     G = kern_globals.G
+    out = []
     sx_slock(G.allproc_lock)
-    pids = [p.p_pid for p in FOREACH_PROC_IN_SYSTEM()]
+    for p in FOREACH_PROC_IN_SYSTEM():
+        mtx_lock_spin(G.sched_lock)
+        pid, sflag = p.load("p_pid", "p_sflag")
+        mtx_unlock_spin(G.sched_lock)
+        out.append((pid, sflag))
     sx_sunlock(G.allproc_lock)
-    return pids
+    return out
 
 
 __all__ = ["compute", "getpid", "fork", "exit", "wait", "sleep_ticks", "mmap_anon",
-           "munmap", "touch", "sys_useracc", "sys_physio", "peek_uarea", "list_pids",
+           "munmap", "touch", "sys_useracc", "sys_physio", "peek_uarea", "list_procs",
            "Any"]

@@ -30,6 +30,7 @@ from typing import Any, Callable
 from kernel import param
 from kernel.kern.kern_thread import curlocal
 from kernel.machine import cpu as md
+from kernel.sys.proc import PS
 from kernel.sys.kernel import SI_ORDER, SI_SUB, SYSINIT
 from kernel.userland import libc
 from kernel.vm.vm import RFFDG, RFMEM, RFPROC, VM_PROT_READ, VM_PROT_WRITE
@@ -118,13 +119,17 @@ def prog_sharer() -> None:
 
 
 def prog_debugger() -> None:
+    """A debugger attaching to processes: first the swapped-out ones that want to run
+    (top's "<RUN>"), then other swapped-out ones, oldest first. Each attach holds the
+    process in memory (PHOLD) and reads its U-area."""
     rng = _rng()
     me = libc.getpid()
-    for _ in range(rng.randint(3, 8)):
-        pids = [p for p in libc.list_pids() if p != me]
-        if pids:
-            libc.peek_uarea(rng.choice(pids))
-        libc.sleep_ticks(_ticks(rng.uniform(0.1, 0.5)))
+    for _ in range(rng.randint(2, 5)):
+        procs = sorted((not sflag & PS.PS_SWAPINREQ, bool(sflag & PS.PS_INMEM), pid)
+                       for pid, sflag in libc.list_procs() if pid != me)
+        for _req, _inmem, pid in procs[:4]:
+            libc.peek_uarea(pid)
+        libc.sleep_ticks(_ticks(rng.uniform(0.2, 0.8)))
     libc.exit(0)
 
 

@@ -18,7 +18,9 @@ from typing import Any
 
 from hw.protocol import Op
 from kernel import param
+from kernel.kern.kern_synch import tsleep
 from kernel.machine import cpu as md
+from kernel.sys.param import PSWP
 from kernel.sys.kernel import SI_ORDER, SI_SUB, SYSINIT
 from kernel.sys.kstruct import (F, HASH_INSERT, HASH_LOOKUP, HASH_REMOVE, KObj, KStruct,
                                 TAILQ_FIRST, TAILQ_INSERT_TAIL, TAILQ_REMOVE)
@@ -117,6 +119,11 @@ def swap_pager_getpage(obj: KObj, m: KObj) -> int:
         return VM_PAGER_FAIL
     blk, want = sb.load("sb_block", "sb_crc")
     got = md.bus_call(Op.SWAPIN, blk, m.phys_addr)
+    # The disk takes its time: the reader sleeps until the transfer is done ("swread"),
+    # giving up Giant meanwhile, as swap_pager_getpages did.
+    latency = int(md.pcpu.config["machine.swap_latency_us"]) * param.hz // 1_000_000
+    if int(md.pcpu.config["machine.swap_latency_us"]) > 0:
+        tsleep(m.addr("busy"), PSWP, "swread", max(latency, 1))
     if got != want:
         md.pcpu.count("checksum_errors")
         md.pcpu.note_violation(f"swap: object {obj.handle} page {m.pindex} came back from "

@@ -17,6 +17,7 @@ from typing import Any
 from hw.protocol import Op
 from kernel.machine import cpu as md
 from kernel.sys.kstruct import KObj
+from kernel.vm.vm_object import struct_vm_object
 from kernel.vm.swap_pager import swap_pager_copy, swap_pager_haspage, vm_pager_get_pages
 from kernel.vm.vm import (KERN_FAILURE, KERN_INVALID_ADDRESS, KERN_PROTECTION_FAILURE,
                           KERN_SUCCESS, VM_ALLOC_NORMAL, VM_PAGE_BITS_ALL, VM_PAGER_OK,
@@ -37,11 +38,11 @@ def vm_fault_page(map_: KObj, vaddr: int, fault_type: int, wire: bool = False,
         if entry is None:
             vm_map_unlock_read(map_)
             return KERN_INVALID_ADDRESS, None
-        start, prot, offset = entry.load("start", "protection", "offset")
+        start, prot, offset, objh = entry.load("start", "protection", "offset", "object")
         if (prot & fault_type) != fault_type:
             vm_map_unlock_read(map_)
             return KERN_PROTECTION_FAILURE, None
-        obj = entry.object
+        obj = struct_vm_object.at(objh)
         pindex = offset + atop(trunc_page(vaddr) - start)
         m = vm_page_lookup(obj, pindex)
         if m is not None:
@@ -51,7 +52,7 @@ def vm_fault_page(map_: KObj, vaddr: int, fault_type: int, wire: bool = False,
                 from kernel.vm.vm_page import vm_page_sleep_busy
                 vm_page_sleep_busy(m, True, "vmpfw")
                 continue
-            vm_page_busy(m)
+            m.flags = flags | PG_BUSY                       # vm_page_busy(m)
         else:
             m = vm_page_alloc(obj, pindex, VM_ALLOC_NORMAL)
             if m is None:
@@ -74,7 +75,7 @@ def vm_fault_page(map_: KObj, vaddr: int, fault_type: int, wire: bool = False,
         else:
             vm_page_activate(m)
         if hold:
-            vm_page_hold(m)
+            m.inc("hold_count", 1)                          # vm_page_hold(m)
         vm_page_unlock_queues()
         if fault_type & VM_PROT_WRITE:
             vm_page_dirty(m)
@@ -146,9 +147,8 @@ def vm_object_copy_pages(src: KObj, dst: KObj) -> None:
 
 def vm_page_release(m: KObj) -> None:
     """The end of a user access: drop the hold taken by vm_fault_page."""
-    from kernel.vm.vm_page import vm_page_unhold
     vm_page_lock_queues()
-    vm_page_unhold(m)
+    m.inc("hold_count", -1)                                 # vm_page_unhold(m)
     vm_page_unlock_queues()
 
 

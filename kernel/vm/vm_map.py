@@ -117,20 +117,11 @@ def _entry_list(map_: KObj) -> list[int]:
 
 def vm_map_lookup_entry(map_: KObj, address: int) -> KObj | None:
     """The entry containing ``address`` (map locked).
-    PORT: a binary search over the sorted entry list, one load per probe, where FreeBSD
-    walked from a hint; the answer is the same."""
-    items = _entry_list(map_)
-    lo, hi = 0, len(items) - 1
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        start, end = md.loadn(items[mid], ["start", "end"])
-        if address < start:
-            hi = mid - 1
-        elif address >= end:
-            lo = mid + 1
-        else:
-            return struct_vm_map_entry.at(items[mid])
-    return None
+    PORT: the walk of the sorted entry list is one request (LIST_SEARCH) where FreeBSD
+    walked from a hint; the map lock makes the two the same."""
+    from hw.protocol import Op
+    return struct_vm_map_entry.at(md.bus_call(Op.LIST_SEARCH, map_.entries, "start", "end",
+                                              address))
 
 
 def vm_map_check_protection(map_: KObj, start: int, end: int, protection: int) -> int:

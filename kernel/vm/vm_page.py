@@ -44,7 +44,7 @@ from kernel.vm.vm import (PG_BUSY, PG_WANTED, PG_ZERO, PQ_ACTIVE, PQ_CACHE, PQ_F
 struct_vm_page = KStruct("vm_page", [
     F("object", "ptr:vm_object", "m"),
     F("pindex", "int", "m"),
-    F("phys_addr", "int", ""),              # the frame number (never changes)
+    F("phys_addr", "int", "", const=True),  # the frame number (never changes)
     F("queue", "int", "q", PQ_NONE),
     F("flags", "int", "m"),
     F("wire_count", "int", "q"),
@@ -186,7 +186,7 @@ def vm_pageq_remove(m: KObj) -> None:
         md.panic(f"vm_pageq_remove: page {m.handle} is on the free queue")
     head, counter = _QUEUE[q]
     TAILQ_REMOVE(cnt.addr(head), m)
-    md.atomic_add(cnt.handle, counter, -1)
+    cnt.inc(counter, -1)
     m.queue = PQ_NONE
 
 
@@ -194,32 +194,38 @@ def vm_pageq_enqueue(m: KObj, q: int) -> None:
     head, counter = _QUEUE[q]
     m.queue = q
     TAILQ_INSERT_TAIL(cnt.addr(head), m)
-    md.atomic_add(cnt.handle, counter, 1)
+    cnt.inc(counter, 1)
+
+
+def _vm_page_requeue(m: KObj, q: int) -> None:
+    cur, wire = m.load("queue", "wire_count")
+    if cur != q:
+        if cur != PQ_NONE:
+            if cur == PQ_FREE:
+                md.panic(f"vm_pageq_remove: page {m.handle} is on the free queue")
+            head, counter = _QUEUE[cur]
+            TAILQ_REMOVE(cnt.addr(head), m)
+            cnt.inc(counter, -1)
+            m.queue = PQ_NONE
+        if wire == 0:
+            vm_pageq_enqueue(m, q)
 
 
 def vm_page_activate(m: KObj) -> None:
-    if m.queue != PQ_ACTIVE:
-        vm_pageq_remove(m)
-        if m.wire_count == 0:
-            vm_pageq_enqueue(m, PQ_ACTIVE)
+    _vm_page_requeue(m, PQ_ACTIVE)
 
 
 def vm_page_deactivate(m: KObj) -> None:
-    if m.queue != PQ_INACTIVE:
-        vm_pageq_remove(m)
-        if m.wire_count == 0:
-            vm_pageq_enqueue(m, PQ_INACTIVE)
+    _vm_page_requeue(m, PQ_INACTIVE)
 
 
 # -- objects and pages ---------------------------------------------------------------------
 def vm_page_insert(m: KObj, obj: KObj, pindex: int) -> None:
-    if m.object is not None:
-        md.panic(f"vm_page_insert: page {m.handle} already inserted")
     m.update(object=obj, pindex=pindex)
     HASH_INSERT(obj.pagehash, pindex, m)
     TAILQ_INSERT_TAIL(obj.memq, m)
-    obj.update(resident_page_count=obj.resident_page_count + 1,
-               generation=obj.generation + 1)
+    obj.inc("resident_page_count", 1)
+    obj.inc("generation", 1)
 
 
 def vm_page_remove(m: KObj) -> None:
@@ -228,8 +234,8 @@ def vm_page_remove(m: KObj) -> None:
         return
     HASH_REMOVE(obj.pagehash, m.pindex)
     TAILQ_REMOVE(obj.memq, m)
-    obj.update(resident_page_count=obj.resident_page_count - 1,
-               generation=obj.generation + 1)
+    obj.inc("resident_page_count", -1)
+    obj.inc("generation", 1)
     m.object = None
 
 
@@ -260,16 +266,27 @@ def vm_page_alloc(obj: KObj | None, pindex: int, req: int) -> KObj | None:
     mtx_unlock_spin(free_mtx)
     wired = 1 if req & VM_ALLOC_WIRED else 0
     if wired:
-        md.atomic_add(cnt.handle, "v_wire_count", 1)
+        cnt.inc("v_wire_count", 1)
     m.update(queue=PQ_NONE, flags=PG_BUSY | (PG_ZERO if req & VM_ALLOC_ZERO else 0),
              wire_count=wired, hold_count=0, busy=0, valid=0, dirty=0, act_count=0)
     if req & VM_ALLOC_ZERO:
         md.bus_post(Op.PZERO, m.phys_addr)
     if obj is not None:
         vm_page_insert(m, obj, pindex)
-    if f - 1 + c < cnt.v_free_min:
+    if f - 1 + c < _free_min():
         pagedaemon_wakeup()
     return m
+
+
+_thresholds: tuple[int, ...] | None = None
+
+
+def _free_min() -> int:
+    """v_free_min: set once at boot, never changed after (a CPU may remember it)."""
+    global _thresholds
+    if _thresholds is None:
+        _thresholds = tuple(cnt.load("v_free_min", "v_free_reserved"))
+    return _thresholds[0]
 
 
 def vm_page_free(m: KObj) -> None:
@@ -288,7 +305,7 @@ def vm_page_free(m: KObj) -> None:
     free_mtx = cnt.vm_page_queue_free_mtx
     mtx_lock_spin(free_mtx)
     TAILQ_INSERT_TAIL(cnt.pq_free, m)
-    cnt.v_free_count += 1
+    cnt.inc("v_free_count", 1)
     mtx_unlock_spin(free_mtx)
     vm_page_free_wakeup()
 
@@ -308,7 +325,7 @@ def vm_page_wire(m: KObj) -> None:
     w = m.wire_count
     if w == 0:
         vm_pageq_remove(m)
-        md.atomic_add(cnt.handle, "v_wire_count", 1)
+        cnt.inc("v_wire_count", 1)
     m.wire_count = w + 1
     KASSERT(w + 1 != 0, "vm_page_wire: wire_count overflow")
 
@@ -320,7 +337,7 @@ def vm_page_unwire(m: KObj, activate: int) -> None:
         md.panic(f"vm_page_unwire: invalid wire count: {w} (page {m.handle})")
     m.wire_count = w - 1
     if w == 1:
-        md.atomic_add(cnt.handle, "v_wire_count", -1)
+        cnt.inc("v_wire_count", -1)
         vm_pageq_enqueue(m, PQ_ACTIVE if activate else PQ_INACTIVE)
 
 

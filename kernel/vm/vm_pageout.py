@@ -36,6 +36,8 @@ from kernel.vm import vm_page as vp
 from kernel.vm.swap_pager import vm_pager_put_page
 from kernel.vm.vm import PG_BUSY, VM_PAGER_OK, VM_SWAP_IDLE, VM_SWAP_NORMAL
 
+VM_PAGEOUT_BATCH = 64
+
 vm_swap_enabled = True
 vm_swap_idle_enabled = False
 
@@ -75,7 +77,10 @@ def vm_pageout_scan(pass_: int) -> None:
         if sec != _lsec:
             vm_req_vmdaemon(VM_SWAP_IDLE)
             _lsec = sec
-    shortage = vp.vm_paging_target()
+    # PORT: a pass frees at most VM_PAGEOUT_BATCH pages. Each page costs a dozen round
+    # trips here, so an unbounded pass would hold Giant and the page queues for seconds;
+    # the daemon comes back for more (pass > 1) as FreeBSD's does.
+    shortage = min(vp.vm_paging_target(), VM_PAGEOUT_BATCH)
     vp.vm_page_lock_queues()
     if shortage > 0:
         for m in TAILQ_ITEMS(cnt.pq_inactive, vp.struct_vm_page):
