@@ -1,8 +1,9 @@
 """The ``smp`` command line.
 
-    smp run [CONFIG] [--set SECTION.KEY=VALUE ...] [--run-dir DIR]
+    smp run [CONFIG] [--set SECTION.KEY=VALUE ...] [--fail-point NAME ...] [--run-dir DIR]
     smp report RUN_DIR [--format text|json]
     smp config [CONFIG] [--set ...] [--schema]
+    smp failpoints
 
 Exit statuses: 0 success; 1 the machine failed (panic, invariant, dead process); 2 bad
 usage or a bad config (nothing was started); 128+N stopped by signal N.
@@ -17,7 +18,7 @@ import sys
 from typing import Sequence
 
 from smp import __version__
-from smp.config import ConfigError, load_config, schema_markdown
+from smp.config import Config, ConfigError, load_config, schema_markdown
 
 EPILOG = """\
 examples:
@@ -26,6 +27,8 @@ examples:
   smp run --set machine.cpus=2 --set run.duration=5
   smp report runs/20261126-101500-s1       the summary of a finished run again
   smp config --schema                      every config key, its type, default and meaning
+  smp failpoints                           the race guards of vm_glue that can be switched off
+  smp run --fail-point swapout_procs_prs_new   a run without that guard
 """
 
 
@@ -52,8 +55,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--run-dir", metavar="DIR",
                      help="write the results into DIR (default: a new directory under "
                      "run.dir, named after the time and seed)")
+    run.add_argument("--fail-point", dest="fail_points", action="append", default=[],
+                     metavar="NAME",
+                     help="switch off the race guard NAME for this run (repeatable; "
+                     "see `smp failpoints`); adds to debug.fail_points")
     run.add_argument("--json", action="store_true",
                      help="print report.json instead of the summary table")
+
+    sub.add_parser("failpoints", help="list the race guards that a run can switch off",
+                   description="Every race guard of the seed is a named fail point "
+                   "(FreeBSD fail(9) style). Prints one per line: the name, a tab, and "
+                   "what switching it off does.")
 
     rep = sub.add_parser("report", help="print the summary of a finished run again",
                          description="Read RUN_DIR/report.json and print its summary.")
@@ -86,8 +98,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "report":
         return _report(args)
+    if args.command == "failpoints":
+        from kernel.kern.kern_fail import fail_points
+        for fp in fail_points():
+            print(f"{fp.name}\t{fp.description}")
+        return 0
     try:
         cfg = load_config(args.config, args.overrides)
+        if getattr(args, "fail_points", None):
+            merged = list(cfg["debug.fail_points"]) + list(args.fail_points)
+            cfg = cfg.with_values({"debug.fail_points": merged}, origin="--fail-point")
+        _check_fail_points(cfg)
     except ConfigError as e:
         print(f"smp: {e}", file=sys.stderr)
         return 2
@@ -107,6 +128,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(summary_table(result.report))
         print(f"run directory: {result.run_dir}")
     return result.exit_status
+
+
+def _check_fail_points(cfg: "Config") -> None:
+    from kernel.kern.kern_fail import fail_points
+    known = [fp.name for fp in fail_points()]
+    for name in cfg["debug.fail_points"]:
+        if name not in known:
+            raise ConfigError(cfg.source, "debug.fail_points",
+                              f"debug.fail_points: unknown fail point {name!r} "
+                              f"(known: {', '.join(known)})")
 
 
 def _report(args: argparse.Namespace) -> int:

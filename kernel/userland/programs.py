@@ -119,17 +119,19 @@ def prog_sharer() -> None:
 
 
 def prog_debugger() -> None:
-    """A debugger attaching to processes: first the swapped-out ones that want to run
-    (top's "<RUN>"), then other swapped-out ones, oldest first. Each attach holds the
-    process in memory (PHOLD) and reads its U-area."""
+    """A debugger (top, ps, procfs) that keeps looking at the process list and attaches
+    to processes: first the swapped-out ones that want to run or are coming in (top's
+    "<RUN>"), then other swapped-out ones, oldest first. Each attach holds the process in
+    memory (PHOLD) and reads its U-area."""
     rng = _rng()
     me = libc.getpid()
-    for _ in range(rng.randint(2, 5)):
-        procs = sorted((not sflag & PS.PS_SWAPINREQ, bool(sflag & PS.PS_INMEM), pid)
+    for _ in range(rng.randint(10, 30)):
+        procs = sorted((not sflag & (PS.PS_SWAPINREQ | PS.PS_SWAPPINGIN),
+                        bool(sflag & PS.PS_INMEM), pid)
                        for pid, sflag in libc.list_procs() if pid != me)
-        for _req, _inmem, pid in procs[:4]:
+        for _req, _inmem, pid in procs[:2]:
             libc.peek_uarea(pid)
-        libc.sleep_ticks(_ticks(rng.uniform(0.2, 0.8)))
+        libc.sleep_ticks(_ticks(rng.uniform(0.05, 0.2)))
     libc.exit(0)
 
 
