@@ -413,3 +413,10 @@ def test_declarations() -> None:
     for p in PARAMS:
         assert p.desc and "\n" not in p.desc
         assert p.type in ("int", "float", "bool", "str", "size", "list[str]")
+
+
+def test_docs_config_md_is_current() -> None:
+    """docs/CONFIG.md is generated; regenerate it with `smp config --schema`."""
+    from smp.cli import config_doc
+    doc = (pathlib.Path(__file__).parent.parent / "docs" / "CONFIG.md").read_text()
+    assert doc == config_doc(), "docs/CONFIG.md is stale: run `smp config --schema > docs/CONFIG.md`"
