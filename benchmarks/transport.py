@@ -249,10 +249,12 @@ def bench_echo(tmp: str, tag: str, n: int, ops: int, warmup: int) -> list[dict[s
 # -- the real server ---------------------------------------------------------------------
 
 def _wait_grant(bus: Bus, tid: int, addr: int) -> None:
-    """Wait for the ``GRANT`` of ``addr`` to ``tid`` and take it off the event queue."""
+    """Wait for the ``WAKE`` (sleep mutex: try again) or ``GRANT`` (spin: yours) of
+    ``addr`` to ``tid`` and take it off the event queue."""
     while True:
         for j, ev in enumerate(bus.events):
-            if ev[0] == Op.EVENT and ev[1] == Event.GRANT and ev[2] == tid and ev[3] == addr:
+            if (ev[0] == Op.EVENT and ev[1] in (Event.GRANT, Event.WAKE) and ev[2] == tid
+                    and ev[3] == addr):
                 del bus.events[j]
                 return
         if bus.events:                       # nothing else is expected on this machine
@@ -288,8 +290,10 @@ def _smp_client(i: int, barrier: Any, endpoint: str, ops: int, warmup: int,
             r = bus.call(Op.ACQUIRE, tid, SITE, addr, EXCL, 0)
             if r == QUEUED:
                 queued += 1
-                _wait_grant(bus, tid, addr)
-            elif r != GRANTED:
+                while r == QUEUED:                   # woken: try again (MTX_CONTESTED)
+                    _wait_grant(bus, tid, addr)
+                    r = bus.call(Op.ACQUIRE, tid, SITE, addr, EXCL, 0)
+            if r != GRANTED:
                 raise BenchError(f"ACQUIRE answered {r!r}")
             bus.post(Op.RELEASE, tid, SITE, addr, EXCL)
 
