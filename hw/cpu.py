@@ -95,8 +95,12 @@ class Context:
 class Cpu:
     """The hardware of one CPU process."""
 
-    def __init__(self, cpu_id: int, bus: Bus, clock: Clock) -> None:
+    def __init__(self, cpu_id: int, bus: Bus, clock: Clock,
+                 stats_interval: float = 0.0) -> None:
         self.id = cpu_id
+        self.stats_interval = stats_interval     # wall s between published samples (0: off)
+        self.next_stats = 0.0
+        self._pending_ticks = 0
         self.bus = bus
         self.clock = clock
         self.counters = Counters()
@@ -114,6 +118,7 @@ class Cpu:
         self.on_grant: Callable[[int, int], None] = lambda tid, lock: None
         self.describe: Callable[[Context], dict[str, Any]] = lambda ctx: {}
         self.final_report: Callable[[], dict[str, Any]] = lambda: {}
+        self.kernel_sample: Callable[[], dict[str, int]] = lambda: {}
 
     # -- the bus, on behalf of the running thread --------------------------------------
     @property
@@ -211,7 +216,27 @@ class Cpu:
                 keep.append(msg)
         ev.extend(keep)
 
+    def sample(self) -> dict[str, Any]:
+        """This CPU's counters now: what it publishes (never polled over the bus)."""
+        c = self.counters
+        return {"cpu": self.id, "pid": os.getpid(), "wall": time.time(),
+                "sim": round(self.clock.now(), 4), "ticks": dict(c.ticks),
+                "ctxsw_vol": c.ctxsw_vol, "ctxsw_invol": c.ctxsw_invol,
+                "lock_acquires": c.lock_acquires, "lock_contested": c.lock_contested,
+                "mem_ops": c.mem_ops, "ipis_sent": c.ipis_sent,
+                "ipis_received": c.ipis_received, "interrupts": c.interrupts,
+                "bus_calls": self.bus.calls, "bus_posts": self.bus.posts,
+                "bus_wait_s": round(self.bus.wait_s, 6), "kernel": self.kernel_sample()}
+
+    def _publish(self) -> None:
+        now = time.monotonic()
+        if now >= self.next_stats:
+            self.next_stats = now + self.stats_interval
+            self.bus.post(Op.REPORT, 0, "", "stats", self.sample())
+
     def _charge(self) -> int:
+        if self.stats_interval and self.clock.started:
+            self._publish()
         n = self.clock.due()
         if n:
             self.clock.take(n)
@@ -224,9 +249,9 @@ class Cpu:
         self._absorb()
         self._check_halt()
         if not self.interrupts_enabled:
-            self._pending_ticks = getattr(self, "_pending_ticks", 0) + n
+            self._pending_ticks += n
             return
-        n += getattr(self, "_pending_ticks", 0)
+        n += self._pending_ticks
         self._pending_ticks = 0
         if not n and not self.bus.events:
             return

@@ -21,6 +21,7 @@ or config error (raised before anything starts); 128+N when stopped by signal N.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -104,15 +105,55 @@ class _Control:
         self.ctx.term()
 
 
-def _endpoint(cfg: Config) -> tuple[str, str | None]:
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _endpoints(cfg: Config) -> tuple[str, str, str | None]:
+    """The bus and the stats stream: ipc in a fresh private (0700) directory, or tcp on
+    the loopback only."""
     if cfg["machine.transport"] == "tcp":
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        return f"tcp://127.0.0.1:{port}", None
+        return f"tcp://127.0.0.1:{_free_port()}", f"tcp://127.0.0.1:{_free_port()}", None
     d = tempfile.mkdtemp(prefix="smp-")
     os.chmod(d, 0o700)
-    return f"ipc://{d}/bus", d
+    return f"ipc://{d}/bus", f"ipc://{d}/stats", d
+
+
+class StatsRecorder:
+    """Subscribes to the server's stats stream and writes ``stats.jsonl``: one record per
+    CPU per interval (``"type": "cpu"``) and one for the server (``"type": "server"``)."""
+
+    def __init__(self, endpoint: str, path: str) -> None:
+        self.ctx: zmq.Context[Any] = zmq.Context()
+        self.sock = self.ctx.socket(zmq.SUB)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sock.connect(endpoint)
+        self.f = open(path, "w")
+        self.records = 0
+
+    def drain(self) -> None:
+        while True:
+            try:
+                topic, payload = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            except ValueError:
+                continue
+            rec = unpack(payload)
+            if isinstance(rec, dict):
+                rec["type"] = topic.decode(errors="replace")
+                self.f.write(json.dumps(rec, sort_keys=True) + "\n")
+                self.records += 1
+        self.f.flush()
+
+    def close(self) -> None:
+        self.drain()
+        self.f.close()
+        self.sock.close(0)
+        self.ctx.term()
 
 
 def new_run_dir(base: str, seed: int) -> str:
@@ -153,14 +194,17 @@ def run_machine(cfg: Config, run_dir: str | None = None,
         logf.flush()
         say(line)
 
-    endpoint, ipc_dir = _endpoint(cfg)
+    endpoint, stats_endpoint, ipc_dir = _endpoints(cfg)
     flat = {k: cfg[k] for k in cfg}
     mp = multiprocess.get_context("fork")
     server = mp.Process(target=server_main, name="smp-server",
                         args=(endpoint, ncpus, int(cfg["machine.memory"]),
-                              int(cfg["machine.swap"])))
+                              int(cfg["machine.swap"]), stats_endpoint,
+                              float(cfg["run.stats_interval"])))
     cpus: list[Any] = []
     ctl: _Control | None = None
+    stats: StatsRecorder | None = None
+    live_path = os.path.join(rdir, "live.json")
     stop_signal: list[int] = []
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
@@ -189,13 +233,19 @@ def run_machine(cfg: Config, run_dir: str | None = None,
              f"server pid {server.pid}, cpu pids "
              f"{', '.join(str(p.pid) for p in cpus)}; run dir {rdir}")
         ctl = _Control(endpoint)
+        stats = StatsRecorder(stats_endpoint, os.path.join(rdir, "stats.jsonl"))
         ctl.call(Op.HELLO, VERSION, "launcher", -1, os.getpid(), timeout=LIVENESS_S)
         t0 = ctl.call(Op.CTL_START, timeout=LIVENESS_S + 5 * ncpus)
+        with open(live_path, "w") as f:       # what `smp top` attaches to
+            json.dump({"stats": stats_endpoint, "launcher_pid": os.getpid(),
+                       "server_pid": server.pid, "cpu_pids": [p.pid for p in cpus],
+                       "config": cfg.source, "seed": seed}, f)
         duration = float(cfg["run.duration"])
         speed = float(cfg["machine.speed"])
         deadline = time.monotonic() + duration / speed
         poller = zmq.Poller()
         poller.register(ctl.sock, zmq.POLLIN)
+        poller.register(stats.sock, zmq.POLLIN)
         poller.register(wake_r, zmq.POLLIN)
         sentinels = {server.sentinel: ("server", server)}
         for i, p in enumerate(cpus):
@@ -208,6 +258,8 @@ def run_machine(cfg: Config, run_dir: str | None = None,
             if left <= 0:
                 break
             ready = dict(poller.poll(int(min(left, 1.0) * 1000)))
+            if stats.sock in ready:
+                stats.drain()
             if wake_r in ready:
                 os.read(wake_r, 512)
             if stop_signal:
@@ -249,6 +301,10 @@ def run_machine(cfg: Config, run_dir: str | None = None,
                 problems.append(f"report: {e}")
         signal.set_wakeup_fd(old_fd)
     finally:
+        if stats is not None:
+            stats.close()
+        if os.path.exists(live_path):
+            os.unlink(live_path)
         if ctl is not None:
             ctl.close()
         _reap([*cpus, server], float(cfg["run.halt_timeout"]), problems)
@@ -285,6 +341,13 @@ def _final_check(ctl: _Control, poller: Any, sentinels: dict[int, Any], timeout:
             problems.append(f"the final invariant check did not finish within {timeout:.1f} s")
             return None
         ready = dict(poller.poll(int(left * 1000)))
+        for sock in list(ready):
+            if isinstance(sock, zmq.Socket) and sock is not ctl.sock:
+                try:
+                    while sock.recv(zmq.NOBLOCK) is not None:
+                        pass
+                except zmq.Again:
+                    pass
         for fd, (name, p) in sentinels.items():
             if fd in ready:
                 p.join(0.1)

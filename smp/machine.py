@@ -37,7 +37,7 @@ def cpu_main(cpu_id: int, endpoint: str, config: dict[str, Any], liveness: float
         bus = Bus(endpoint, f"cpu{cpu_id}", liveness=liveness)
         bus.hello("cpu", cpu_id, os.getpid())
         clock = Clock(int(config["machine.hz"]), float(config["machine.speed"]))
-        hw = Cpu(cpu_id, bus, clock)
+        hw = Cpu(cpu_id, bus, clock, float(config["run.stats_interval"]))
         deadline = time.monotonic() + START_TIMEOUT
         while not clock.started and not hw.halted:
             if time.monotonic() > deadline:

@@ -51,8 +51,14 @@ class Peer:
 class Server:
     """The shared half of one simulated machine."""
 
-    def __init__(self, endpoint: str, ncpus: int, memory: int, swap: int) -> None:
+    def __init__(self, endpoint: str, ncpus: int, memory: int, swap: int,
+                 pub_endpoint: str | None = None, stats_interval: float = 0.5) -> None:
         self.endpoint = endpoint
+        self.pub_endpoint = pub_endpoint
+        self.stats_interval = stats_interval
+        self.pub: zmq.Socket[Any] | None = None
+        self.next_stats = 0.0
+        self.published = 0
         self.ncpus = ncpus
         self.mem = PhysMem(memory)
         self.swap = SwapDevice(swap)
@@ -184,6 +190,8 @@ class Server:
         kind, payload = a[0], a[1]
         if kind == "panic":
             self.panic_machine(payload)
+        elif kind == "stats":
+            self._publish(b"cpu", payload)
         elif kind == "final":
             p.final = payload
             self._check_halted()
@@ -343,6 +351,31 @@ class Server:
             else:
                 self._send(ident, [Op.REPLY, seq, ERR, f"bad {_opname(op)} request: {e}"])
 
+    # -- the stats stream -----------------------------------------------------------------
+    def _publish(self, topic: bytes, payload: Any) -> None:
+        """PUB: CPUs' samples as they come, the server's own every interval. A slow or
+        absent subscriber costs nothing (PUB drops at its high-water mark)."""
+        if self.pub is not None:
+            try:
+                self.pub.send_multipart([topic, pack(payload)], flags=zmq.NOBLOCK)
+                self.published += 1
+            except zmq.ZMQError:
+                pass
+
+    def sample(self) -> dict[str, Any]:
+        return {"wall": time.time(), "messages": self.messages,
+                "bad_messages": self.bad_messages, "errors": self.errors,
+                "locks": self.locks.lock_report(),
+                "lock_profile": self.locks.profile_report()[:20],
+                "memory": vars(self.mem.statistics()), "swap": self.swap.statistics(),
+                "kmem": vars(self.kmem.statistics())}
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if self.pub is not None and self.started_at is not None and now >= self.next_stats:
+            self.next_stats = now + self.stats_interval
+            self._publish(b"server", self.sample())
+
     # -- the loop ----------------------------------------------------------------------
     def serve(self) -> None:
         self.ctx = zmq.Context()
@@ -352,10 +385,16 @@ class Server:
         self.sock.setsockopt(zmq.RCVHWM, 0)
         self.sock.setsockopt(zmq.SNDHWM, 0)
         self.sock.bind(self.endpoint)
+        if self.pub_endpoint:
+            self.pub = self.ctx.socket(zmq.PUB)
+            self.pub.setsockopt(zmq.LINGER, 0)
+            self.pub.setsockopt(zmq.SNDHWM, 1000)
+            self.pub.bind(self.pub_endpoint)
         ppid = os.getppid()
         try:
             while self.running:
-                if not self.sock.poll(POLL_MS):
+                self._tick()
+                if not self.sock.poll(min(POLL_MS, int(self.stats_interval * 1000) or POLL_MS)):
                     if os.getppid() != ppid:      # the launcher is gone: so are we
                         break
                     continue
@@ -370,6 +409,8 @@ class Server:
                     self.handle(ident, rest[0])
         finally:
             self.sock.close(0)
+            if self.pub is not None:
+                self.pub.close(0)
             self.ctx.term()
 
     # -- the device protocol -----------------------------------------------------------
@@ -410,12 +451,13 @@ def _opname(op: Any) -> str:
         return f"op {op!r}"
 
 
-def server_main(endpoint: str, ncpus: int, memory: int, swap: int) -> None:
+def server_main(endpoint: str, ncpus: int, memory: int, swap: int,
+                pub_endpoint: str | None = None, stats_interval: float = 0.5) -> None:
     """Entry point of the server process (started by the launcher)."""
     from smp.proc_util import die_with_parent
     die_with_parent()
     try:
-        Server(endpoint, ncpus, memory, swap).serve()
+        Server(endpoint, ncpus, memory, swap, pub_endpoint, stats_interval).serve()
     except KeyboardInterrupt:
         pass
     except Exception:  # noqa: BLE001

@@ -181,6 +181,7 @@ def _machine_setup(hw: Any, config: dict[str, Any]) -> None:
     hw.on_ipi = _ipi
     hw.on_grant = lock_granted
     hw.describe = _describe
+    hw.kernel_sample = lambda: dict(pc.stats)
     hw.final_report = lambda: {**dict(sorted(pc.stats.items())),
                                "violations": pc.violations, "findings": pc.findings,
                                "console": pc.console}
