@@ -66,6 +66,8 @@ class Counters:
     ipis_sent: int = 0
     ipis_received: int = 0
     interrupts: int = 0
+    spin_wait_s: float = 0.0      # simulated s spent spinning for spin mutexes
+    sleep_wait_s: float = 0.0     # simulated s threads spent blocked on sleep locks
 
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -225,6 +227,8 @@ class Cpu:
                 "lock_acquires": c.lock_acquires, "lock_contested": c.lock_contested,
                 "mem_ops": c.mem_ops, "ipis_sent": c.ipis_sent,
                 "ipis_received": c.ipis_received, "interrupts": c.interrupts,
+                "spin_wait_s": round(c.spin_wait_s, 6),
+                "sleep_wait_s": round(c.sleep_wait_s, 6),
                 "bus_calls": self.bus.calls, "bus_posts": self.bus.posts,
                 "bus_wait_s": round(self.bus.wait_s, 6), "kernel": self.kernel_sample()}
 
@@ -314,6 +318,7 @@ class Cpu:
     def spin_wait(self, tid: int, lock: int) -> None:
         """Spin until the server grants ``lock`` to ``tid`` (interrupts stay masked)."""
         saved, self.mode = self.mode, "spin"
+        t0 = self.clock.now()
         try:
             while True:
                 for msg in self.bus.events:
@@ -325,6 +330,7 @@ class Cpu:
                 self._wait(time.monotonic() + 0.25)
         finally:
             self.mode = saved
+            self.counters.spin_wait_s += self.clock.now() - t0
 
     def ipi(self, cpu: int, kind: str, args: Any, site: str) -> None:
         self.counters.ipis_sent += 1

@@ -76,6 +76,9 @@ class Op(enum.IntEnum):
     SYMBOL = 41        # (name, handle)                         posted: name a global object
     LOOKUP = 42        # (name)                                 -> handle (0 if unknown)
     COUNT = 45         # (type, [[field, op, value]...])        -> objects matching (op: eq, clear)
+    LOADR = 46         # (handle, [field...])                   -> [value...]: an intended race
+    STORER = 47        # (handle, {field: value})               posted: an intended race
+    DEFKEYS = 48       # ({key: [how, lockname]})               posted: what each lock key means
     # lists: the kernel's TAILQ/LIST heads, kept in server memory
     LIST_INSERT_HEAD = 50   # (list, elem)                      posted
     LIST_INSERT_TAIL = 51   # (list, elem)                      posted
@@ -92,7 +95,7 @@ class Op(enum.IntEnum):
     # locks
     LOCK_INIT = 60     # (lock, class, name, flags)            posted; lock is a handle from NEW
     LOCK_DESTROY = 61  # (lock)                                 posted
-    ACQUIRE = 62       # (lock, mode, try)                      -> GRANTED | QUEUED | BUSY
+    ACQUIRE = 62       # (lock, mode, flags)                    -> GRANTED | QUEUED | BUSY
     RELEASE = 63       # (lock, mode)                           posted
     HANDOFF = 64       # (lock, to_tid)                         posted: spin lock passes to a thread
     SLEEP = 65         # (chan, interlock)                      posted: queue and drop interlock
@@ -120,6 +123,7 @@ class Event(enum.IntEnum):
     PANIC = 5          # (cpu, message)     another CPU panicked: stop and dump
     CHECKED = 6        # (ncpus)            (to the launcher) every CPU ran its final check
     WAKE = 7           # (tid, lock)        a sleep lock was released: try again
+    STALLED = 8        # (cpu, seconds)     (to the launcher) a CPU has gone silent
 
 
 # ACQUIRE answers
@@ -141,6 +145,10 @@ LF_NOWITNESS = 0x4
 # acquire modes
 EXCL = 0
 SHARED = 1
+
+# ACQUIRE flags
+AF_TRY = 0x1          # a try-lock: BUSY instead of QUEUED, never order-checked
+AF_PICKUP = 0x2       # Giant taken back after a sleep: no lock-order edge (WITNESS rule 7)
 
 _packer = msgpack.Packer(use_bin_type=True)
 

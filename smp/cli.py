@@ -73,6 +73,25 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--format", choices=("text", "json"), default="text",
                      help="text: the summary table (default); json: report.json as is")
 
+    top = sub.add_parser(
+        "top", help="live per-CPU view of a running machine (q quits, s sorts, p pauses)",
+        description="Attach to a running machine's stats stream (RUN_DIR/live.json; the "
+        "newest live run under runs/ when RUN_DIR is not given) and show, refreshed every "
+        "second: per-CPU tick shares by mode, context switches, lock and memory activity, "
+        "wait times, the host process behind each CPU, and the most contended lock sites "
+        "(LOCK_PROFILING columns). Keys: q quits, s cycles the lock sort column, c the "
+        "CPU order, p pauses.")
+    top.add_argument("run_dir", nargs="?", metavar="RUN_DIR",
+                     help="the run directory of a running machine (default: the newest "
+                     "live run under --runs)")
+    top.add_argument("--runs", default="runs", metavar="DIR",
+                     help="where to look for the newest run (default: runs)")
+    top.add_argument("--once", action="store_true",
+                     help="print one sample (once every CPU has published twice) and exit")
+    top.add_argument("--json", action="store_true", help="with --once: print it as JSON")
+    top.add_argument("--timeout", type=float, default=15.0, metavar="S",
+                     help="with --once: give up after S wall seconds (default 15)")
+
     conf = sub.add_parser("config", help="check a config and print it resolved, or the schema",
                           description="Load and validate CONFIG with its --set overrides "
                           "and print the resolved TOML, or print the schema of every key.")
@@ -99,6 +118,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "report":
         return _report(args)
+    if args.command == "top":
+        from smp.top import main as top_main
+        return top_main(args.run_dir, args.once, args.json, args.runs, args.timeout)
     if args.command == "failpoints":
         from kernel.kern.kern_fail import fail_points
         for fp in fail_points():

@@ -200,7 +200,12 @@ def run_machine(cfg: Config, run_dir: str | None = None,
     server = mp.Process(target=server_main, name="smp-server",
                         args=(endpoint, ncpus, int(cfg["machine.memory"]),
                               int(cfg["machine.swap"]), stats_endpoint,
-                              float(cfg["run.stats_interval"])))
+                              float(cfg["run.stats_interval"]),
+                              {"witness": cfg["debug.witness"],
+                               "deadlock": cfg["debug.deadlock"],
+                               "lockkeys": cfg["debug.lockkeys"],
+                               "spin_max_s": cfg["debug.spin_max_s"],
+                               "watchdog_s": cfg["debug.watchdog_s"]}))
     cpus: list[Any] = []
     ctl: _Control | None = None
     stats: StatsRecorder | None = None

@@ -41,8 +41,8 @@ import dataclasses
 import time
 from typing import Any, Hashable
 
-from hw.protocol import (BUSY, EXCL, GRANTED, LC_LOCKMGR, LC_SLEEP, LC_SPIN, LC_SX,
-                         LF_RECURSE, QUEUED, SHARED)
+from hw.protocol import (AF_PICKUP, AF_TRY, BUSY, EXCL, GRANTED, LC_LOCKMGR, LC_SLEEP,
+                         LC_SPIN, LC_SX, LF_RECURSE, QUEUED, SHARED)
 
 SCHED_LOCK_NAME = "sched lock"
 CLASSES = (LC_SPIN, LC_SLEEP, LC_SX, LC_LOCKMGR)
@@ -50,6 +50,14 @@ CLASSES = (LC_SPIN, LC_SLEEP, LC_SX, LC_LOCKMGR)
 
 class LockError(Exception):
     """A lock operation that would be a kernel panic on real hardware."""
+
+
+class Deadlock(LockError):
+    """A cycle in the wait-for graph: the machine panics, naming every edge."""
+
+    def __init__(self, message: str, cycle: list[Any]) -> None:
+        super().__init__(message)
+        self.cycle = cycle
 
 
 def _now_us() -> float:
@@ -116,7 +124,9 @@ Grant = tuple[int, int, int, bool]    # (cpu, tid, lock, owned): owned = GRANT, 
 class LockTable:
     """Every lock and sleep channel of one machine."""
 
-    def __init__(self) -> None:
+    def __init__(self, witness: Any = None, deadlock_check: bool = False) -> None:
+        self.witness = witness
+        self.deadlock_check = deadlock_check
         self.locks: dict[int, Lock] = {}
         self.threads: dict[int, ThreadLocks] = {}
         self.channels: dict[Hashable, collections.deque[tuple[int, int]]] = {}
@@ -196,8 +206,9 @@ class LockTable:
 
     # -- acquire, release, hand-off --------------------------------------------------
     def acquire(self, tid: int, cpu: int, site: str, h: int, mode: int,
-                trylock: bool) -> int:
-        """GRANTED, QUEUED (a GRANT event follows later) or BUSY (trylock failed)."""
+                flags: int) -> int:
+        """GRANTED, QUEUED (a GRANT or WAKE event follows later) or BUSY (trylock failed)."""
+        trylock = bool(flags & AF_TRY)
         lk = self.lock(h)
         t = self.thread(tid, cpu)
         if mode not in (EXCL, SHARED) or (mode == SHARED and lk.cls in (LC_SPIN, LC_SLEEP)):
@@ -231,6 +242,10 @@ class LockTable:
             free = lk.owner == 0            # readers wait only while a writer holds it
         if free:
             since = t.wait_since.pop(h, None)
+            if self.witness is not None:
+                self.witness.acquired(lk, site, [(self.locks[a], s) for a, _, s in t.held
+                                                 if a in self.locks],
+                                      trylock, bool(flags & AF_PICKUP))
             self._take(lk, tid, t, mode, site,
                        max(_now_us() - since, 0.001) if since is not None else 0.0)
             return GRANTED
@@ -240,6 +255,8 @@ class LockTable:
         t.wait_since.setdefault(h, now)
         lk.waiters.append(Waiter(tid, cpu, mode, now, site))
         t.waiting = (h, mode, site)
+        if self.deadlock_check:
+            self._check_deadlock(tid)
         return QUEUED
 
     def release(self, tid: int, cpu: int, site: str, h: int, mode: int) -> list[Grant]:
@@ -309,6 +326,36 @@ class LockTable:
         lk.owner = to_tid
         self.thread(to_tid, cpu).held.append(entry)
 
+    # -- deadlock ----------------------------------------------------------------------
+    def _check_deadlock(self, tid: int) -> None:
+        from smp.witness import find_deadlock
+
+        def waiting_for(t: int) -> tuple[Any, str] | None:
+            tl = self.threads.get(t)
+            if tl is None or tl.waiting is None or tl.waiting[0] not in self.locks:
+                return None
+            return self.locks[tl.waiting[0]], tl.waiting[2]
+
+        def owners(lk: Lock) -> list[tuple[int, str]]:
+            out = [(lk.owner, lk.site)] if lk.owner else []
+            for o in lk.shared:
+                site = next((s for a, _, s in self.threads[o].held if a == lk.handle), "?")
+                out.append((o, site))
+            return out
+
+        cycle = find_deadlock(tid, waiting_for, owners)
+        if cycle:
+            lines = [f"thread {t} waits for {lk.cls} \"{lk.name}\" (asked @ {ws}), held by "
+                     f"the next (taken @ {os_})" for t, lk, ws, os_ in cycle]
+            raise Deadlock("deadlock: " + "; ".join(lines), cycle)
+
+    def spin_held_too_long(self, bound_us: float) -> tuple[Lock, float] | None:
+        now = _now_us()
+        for lk in self.locks.values():
+            if lk.cls == LC_SPIN and lk.owner and now - lk.since_us > bound_us:
+                return lk, now - lk.since_us
+        return None
+
     # -- sleep channels ----------------------------------------------------------------
     def _require_sched_lock(self, what: str, tid: int, t: ThreadLocks, site: str) -> None:
         for h, _, _ in t.held:
@@ -328,6 +375,10 @@ class LockTable:
         grants: list[Grant] = []
         if interlock:
             grants = self.release(tid, cpu, site, interlock, EXCL)
+        if self.witness is not None:
+            self.witness.sleeping([(self.locks[a], s) for a, _, s in t.held
+                                   if a in self.locks and self.locks[a].name != SCHED_LOCK_NAME],
+                                  site)
         self.channels.setdefault(chan, collections.deque()).append((tid, cpu))
         t.sleeping = chan
         self.sleeps += 1

@@ -60,7 +60,7 @@ def build_report(cfg: Config, server: dict[str, Any], *, reason: str, problems: 
     cpus = []
     kernel: dict[str, int] = dict.fromkeys(KERNEL_COUNTERS, 0)
     violations: list[str] = []
-    findings: list[dict[str, Any]] = []
+    findings: list[dict[str, Any]] = list(server.get("findings") or [])
     for cpu in range(int(cfg["machine.cpus"])):
         f = finals.get(cpu) or {}
         row = {"id": cpu, "pid": f.get("pid", pids.get(cpu)),
@@ -77,7 +77,8 @@ def build_report(cfg: Config, server: dict[str, Any], *, reason: str, problems: 
             if isinstance(v, int):
                 kernel[k] = kernel.get(k, 0) + v
         violations.extend(f"cpu{cpu}: {v}" for v in (f.get("kernel") or {}).get("violations", []))
-        findings.extend({**x, "cpu": cpu} for x in (f.get("kernel") or {}).get("findings", []))
+        findings.extend({"detector": "kernel", "sites": [], **x, "cpu": cpu}
+                        for x in (f.get("kernel") or {}).get("findings", []))
     invariants = violations + (check_invariants(server, kernel) if server else [])
     kernel["invariant_violations"] = max(len(invariants), kernel.get("invariant_violations", 0))
     panic = server.get("panic")
@@ -98,6 +99,7 @@ def build_report(cfg: Config, server: dict[str, Any], *, reason: str, problems: 
                    **{k: v for k, v in sorted(kernel.items()) if k not in KERNEL_COUNTERS}},
         "invariants": invariants,
         "findings": findings,
+        "witness_order": server.get("witness_order", {}),
         "problems": problems,
         "panic": _panic_summary(panic, server) if panic else None,
         "server": {**server.get("server", {}), "memory": server.get("memory", {}),

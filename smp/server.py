@@ -27,10 +27,16 @@ import zmq
 
 from hw.physmem import Fault, PhysMem, SwapDevice
 from hw.protocol import ERR, OK, VERSION, Event, Op, ProtocolError, pack, unpack
-from smp.locks import LockError, LockTable
+from smp.lockcheck import LockKeyChecker
+from smp.locks import Deadlock, LockError, LockTable
+from smp.witness import Finding, Witness
 from smp.objects import LOCK_KINDS, ObjectError, ObjectStore
 
 POLL_MS = 200
+
+# Which checks run, and their bounds (the config's debug.* keys; all on by default).
+DEFAULT_DETECTORS: dict[str, Any] = {"witness": True, "deadlock": True, "lockkeys": True,
+                                     "spin_max_s": 5.0, "watchdog_s": 5.0}
 
 _KERNEL_ERRORS = (ObjectError, LockError, Fault)
 
@@ -52,7 +58,11 @@ class Server:
     """The shared half of one simulated machine."""
 
     def __init__(self, endpoint: str, ncpus: int, memory: int, swap: int,
-                 pub_endpoint: str | None = None, stats_interval: float = 0.5) -> None:
+                 pub_endpoint: str | None = None, stats_interval: float = 0.5,
+                 detectors: dict[str, Any] | None = None) -> None:
+        det = dict(DEFAULT_DETECTORS, **(detectors or {}))
+        self.detectors = det
+        self.findings: list[dict[str, Any]] = []
         self.endpoint = endpoint
         self.pub_endpoint = pub_endpoint
         self.stats_interval = stats_interval
@@ -63,7 +73,13 @@ class Server:
         self.mem = PhysMem(memory)
         self.swap = SwapDevice(swap)
         self.kmem = ObjectStore()
-        self.locks = LockTable()
+        self.witness = Witness(self._finding) if det["witness"] else None
+        self.locks = LockTable(self.witness, bool(det["deadlock"]))
+        self.lockkeys = (LockKeyChecker(self.kmem, self.locks, self._finding)
+                         if det["lockkeys"] else None)
+        self.spin_reported = False
+        self.last_heard: dict[int, float] = {}
+        self.silent: set[int] = set()
         self.peers: dict[bytes, Peer] = {}
         self.cpus: dict[int, Peer] = {}
         self.launcher: Peer | None = None
@@ -96,15 +112,25 @@ class Server:
             Op.SWAPCOPY: lambda p, t, s, a: self.swap.copy(a[0], a[1]),
             Op.KPROBE: lambda p, t, s, a: self.mem.probe(a[0]),
             Op.DEFTYPE: lambda p, t, s, a: self.kmem.deftype(a[0], a[1]),
-            Op.NEW: lambda p, t, s, a: self.kmem.new(a[0], a[1]),
-            Op.NEWN: lambda p, t, s, a: [self.kmem.new(a[0], a[2]) for _ in range(a[1])],
+            Op.NEW: self._new,
+            Op.NEWN: lambda p, t, s, a: [self._new(p, t, s, [a[0], a[2]])
+                                         for _ in range(min(int(a[1]), 1 << 22))],
             Op.FREE: self._free,
-            Op.LOAD: lambda p, t, s, a: self.kmem.load(a[0], a[1]),
-            Op.LOADN: lambda p, t, s, a: self.kmem.loadn(a[0], a[1]),
-            Op.STORE: lambda p, t, s, a: self.kmem.store(a[0], a[1], a[2]),
-            Op.STOREN: lambda p, t, s, a: self.kmem.storen(a[0], a[1]),
+            Op.LOAD: lambda p, t, s, a: (self._access(t, s, a[0], [a[1]], "load"),
+                                         self.kmem.load(a[0], a[1]))[1],
+            Op.LOADN: lambda p, t, s, a: (self._access(t, s, a[0], a[1], "load"),
+                                          self.kmem.loadn(a[0], a[1]))[1],
+            Op.STORE: lambda p, t, s, a: (self._access(t, s, a[0], [a[1]], "store"),
+                                          self.kmem.store(a[0], a[1], a[2]))[1],
+            Op.STOREN: lambda p, t, s, a: (self._access(t, s, a[0], list(a[1]), "store"),
+                                           self.kmem.storen(a[0], a[1]))[1],
+            Op.LOADR: lambda p, t, s, a: self.kmem.loadn(a[0], a[1]),
+            Op.STORER: lambda p, t, s, a: self.kmem.storen(a[0], a[1]),
+            Op.DEFKEYS: lambda p, t, s, a: (self.lockkeys.define_keys(a[0])
+                                            if self.lockkeys is not None else None),
             Op.ADD: lambda p, t, s, a: self.kmem.add(a[0], a[1], a[2]),
-            Op.ADDP: lambda p, t, s, a: self.kmem.add(a[0], a[1], a[2]),
+            Op.ADDP: lambda p, t, s, a: (self._access(t, s, a[0], [a[1]], "store"),
+                                         self.kmem.add(a[0], a[1], a[2]))[1],
             Op.CAS: lambda p, t, s, a: self.kmem.cas(a[0], a[1], a[2], a[3]),
             Op.SETBITS: lambda p, t, s, a: self.kmem.setbits(a[0], a[1], a[2]),
             Op.CLRBITS: lambda p, t, s, a: self.kmem.clrbits(a[0], a[1], a[2]),
@@ -160,6 +186,20 @@ class Server:
         for cpu, tid, lock, owned in grants:
             self._event_cpu(cpu, Event.GRANT if owned else Event.WAKE, tid, lock)
 
+    def _new(self, p: Peer, tid: int, site: str, a: list[Any]) -> int:
+        h = self.kmem.new(a[0], a[1])
+        if self.lockkeys is not None:
+            self.lockkeys.created(h, tid)
+        return h
+
+    def _access(self, tid: int, site: str, h: int, fields: list[str], kind: str) -> None:
+        if self.lockkeys is not None:
+            self.lockkeys.access(tid, site, h, fields, kind)
+
+    def _finding(self, f: Finding) -> None:
+        if len(self.findings) < 1000:
+            self.findings.append(f.as_dict())
+
     def _lock_init(self, p: Peer, tid: int, site: str, a: list[Any]) -> None:
         h, f, kind = self.kmem.resolve(a[0])
         if kind not in LOCK_KINDS:
@@ -172,7 +212,14 @@ class Server:
                 self.locks.destroy(addr)
 
     def _acquire(self, p: Peer, tid: int, site: str, a: list[Any]) -> int:
-        return self.locks.acquire(tid, p.cpu, site, a[0], a[1], bool(a[2]))
+        try:
+            return self.locks.acquire(tid, p.cpu, site, a[0], a[1], int(a[2]))
+        except Deadlock as e:
+            self._finding(Finding("deadlock", str(e), [c[2] for c in e.cycle]))
+            self.panic_machine({"message": str(e), "cpu": p.cpu, "tid": tid, "site": site,
+                                "source": "server", "detector": "deadlock",
+                                "stack": [f"{site}: ACQUIRE closed a cycle of waits"]})
+            raise
 
     def _release(self, p: Peer, tid: int, site: str, a: list[Any]) -> None:
         self._send_grants(self.locks.release(tid, p.cpu, site, a[0], a[1]))
@@ -321,6 +368,9 @@ class Server:
             if peer is None:
                 raise ProtocolError("say HELLO first")
             peer.requests += 1
+            if peer.cpu >= 0:
+                self.last_heard[peer.cpu] = time.monotonic()
+                self.silent.discard(peer.cpu)
             if op == Op.BYE:
                 peer.gone = True
                 if peer.role == "launcher":
@@ -368,10 +418,45 @@ class Server:
                 "locks": self.locks.lock_report(),
                 "lock_profile": self.locks.profile_report()[:20],
                 "memory": vars(self.mem.statistics()), "swap": self.swap.statistics(),
-                "kmem": vars(self.kmem.statistics())}
+                "kmem": vars(self.kmem.statistics()), "vm": self._vmmeter()}
+
+    def _vmmeter(self) -> dict[str, int]:
+        """The page counts of the kernel's ``cnt`` (struct vmmeter), once the kernel has
+        published it: what the swap plot and the exporters show as free pages."""
+        obj = self.kmem.objs.get(self.kmem.lookup("cnt"))
+        if obj is None:
+            return {}
+        return {k: v for k, v in obj.items()
+                if k.startswith("v_") and k.endswith(("_count", "_min", "_target"))
+                and isinstance(v, int)}
+
+    def _check_liveness(self, now: float) -> None:
+        """Spin locks held too long panic; a CPU silent for too long is reported."""
+        bound = float(self.detectors["spin_max_s"])
+        if bound > 0 and not self.spin_reported and self.panic is None:
+            long_held = self.locks.spin_held_too_long(bound * 1e6)
+            if long_held is not None:
+                lk, us = long_held
+                self.spin_reported = True
+                msg = (f"spin lock {lk.name} held too long: {us / 1e6:.1f} s by thread "
+                       f"{lk.owner} (taken @ {lk.site})")
+                self._finding(Finding("spin", msg, [lk.site]))
+                owner = self.locks.threads.get(lk.owner)
+                self.panic_machine({"message": msg, "cpu": owner.cpu if owner else -1,
+                                    "tid": lk.owner, "site": lk.site, "source": "server",
+                                    "detector": "spin", "stack": []})
+        limit = float(self.detectors["watchdog_s"])
+        if limit > 0 and self.started_at is not None and self.halting is None:
+            for cpu, last in self.last_heard.items():
+                if now - last > limit and cpu not in self.silent and cpu not in self.dead:
+                    self.silent.add(cpu)
+                    self._finding(Finding("watchdog", f"watchdog: cpu {cpu} made no progress "
+                                          f"for {now - last:.1f} s (no message)", []))
+                    self._event_launcher(Event.STALLED, cpu, round(now - last, 1))
 
     def _tick(self) -> None:
         now = time.monotonic()
+        self._check_liveness(now)
         if self.pub is not None and self.started_at is not None and now >= self.next_stats:
             self.next_stats = now + self.stats_interval
             self._publish(b"server", self.sample())
@@ -429,6 +514,9 @@ class Server:
             "cpus": {c: p.final for c, p in sorted(self.cpus.items())},
             "cpu_pids": {c: p.pid for c, p in sorted(self.cpus.items())},
             "panic": self.panic,
+            "findings": self.findings,
+            "witness_order": self.witness.order() if self.witness is not None else {},
+            "lockkey_checks": self.lockkeys.checked if self.lockkeys is not None else 0,
             "halt_reason": self.halting,
             "thread_locks": {tid: {"held": self.locks.held_by(tid),
                                    "waiting": self.locks.waiting_for(tid)}
@@ -452,12 +540,14 @@ def _opname(op: Any) -> str:
 
 
 def server_main(endpoint: str, ncpus: int, memory: int, swap: int,
-                pub_endpoint: str | None = None, stats_interval: float = 0.5) -> None:
+                pub_endpoint: str | None = None, stats_interval: float = 0.5,
+                detectors: dict[str, Any] | None = None) -> None:
     """Entry point of the server process (started by the launcher)."""
     from smp.proc_util import die_with_parent
     die_with_parent()
     try:
-        Server(endpoint, ncpus, memory, swap, pub_endpoint, stats_interval).serve()
+        Server(endpoint, ncpus, memory, swap, pub_endpoint, stats_interval,
+               detectors).serve()
     except KeyboardInterrupt:
         pass
     except Exception:  # noqa: BLE001

@@ -69,17 +69,28 @@ def proc0_init(_: Any) -> None:
     md.bus_post(Op.MAP_SET, G.pidhashtbl, 0, p.handle)
     G.nprocs = 1
     _adopt_boot_stack(td, "swapper", PVM, p)
-    # proc0's U-area, address space and limits (FreeBSD's proc0uarea, vmspace0, limit0)
+
+
+SYSINIT("proc0", SI_SUB.SI_SUB_INTRINSIC, SI_ORDER.SI_ORDER_FIRST, proc0_init)
+
+
+def giant_boot(_: Any) -> None:
+    """PORT: FreeBSD's boot thread holds Giant from init386 on, through every SYSINIT and
+    into scheduler(); here it takes Giant as soon as it is a thread (proc0's)."""
+    from kernel.kern.kern_mutex import mtx_lock
     from kernel.sys.user import U_SIGACTS, U_STATS, plimit_new
     from kernel.vm.vm_glue import vm_proc_new
     from kernel.vm.vm_map import vmspace_alloc
+    mtx_lock(kern_globals.G.Giant)
+    # proc0's U-area, address space and limits (FreeBSD's proc0uarea, vmspace0, limit0)
+    p = kern_globals.G.proc0
     vm_proc_new(p)
     up = p.p_uarea
     p.update(p_vmspace=vmspace_alloc(), p_limit=plimit_new(), p_stats=up + U_STATS,
              p_sigacts=up + U_SIGACTS)
 
 
-SYSINIT("proc0", SI_SUB.SI_SUB_INTRINSIC, SI_ORDER.SI_ORDER_FIRST, proc0_init)
+SYSINIT("giant_boot", SI_SUB.SI_SUB_INTRINSIC, SI_ORDER.SI_ORDER_SECOND, giant_boot)
 
 
 def _adopt_boot_stack(td: Any, name: str, pri: int, p: Any) -> LocalThread:

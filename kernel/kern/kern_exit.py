@@ -126,7 +126,9 @@ def wait1(pid: int = -1) -> tuple[int, int, int]:
             mtx_unlock_spin(G.sched_lock)
             if not zombie:
                 continue
+            PROC_LOCK(p)
             cpid, status = p.p_pid, p.p_xstat
+            PROC_UNLOCK(p)
             LIST_REMOVE(q.p_children, p)
             sx_xunlock(G.proctree_lock)
             sx_xlock(G.allproc_lock)

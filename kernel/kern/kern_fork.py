@@ -72,25 +72,31 @@ def fork1(td: Any, flags: int, child_main: Callable[[], None], name: str) -> tup
     sx_xlock(G.allproc_lock)
     pid = G.lastpid + 1
     G.lastpid = pid
-    p2.update(p_state=int(PRS.PRS_NEW), p_pid=pid)
+    # p_state is a sched_lock field, but the 2002 fork1 sets PRS_NEW under allproc_lock
+    # alone: no walker of allproc can see the process before it is linked.
+    p2.update_racy(p_state=int(PRS.PRS_NEW), p_pid=pid)
     LIST_INSERT_HEAD(G.allproc, p2)
     HASH_INSERT(G.pidhashtbl, pid, p2)
     G.nprocs += 1
     sx_xunlock(G.allproc_lock)
 
-    # bzero(&p2->p_startzero, ...): what the zone left behind is cleared only now.
-    p2.update(p_vmspace=None, p_lock=0, p_flag=0, p_swtime=0, p_numthreads=1,
-              p_numksegrps=1, p_sigacts=0, p_stats=0, p_xstat=0, p_nice=0,
-              p_comm=name, p_oncpu=md.pcpu.cpuid)
+    # bzero(&p2->p_startzero, ...): what the zone left behind is cleared only now, with
+    # no lock: the process is on allproc, and its readers must skip PRS_NEW processes
+    # (the first race guard of swapout_procs).
+    p2.update_racy(p_vmspace=None, p_lock=0, p_flag=0, p_swtime=0, p_numthreads=1,
+                   p_numksegrps=1, p_sigacts=0, p_stats=0, p_xstat=0, p_nice=0,
+                   p_comm=name, p_oncpu=md.pcpu.cpuid)
     mtx_init(p2.p_mtx, "process lock", None, MTX_DEF | MTX_DUPOK)
     mtx_lock_spin(G.sched_lock)
     p2.p_sflag = int(PS.PS_INMEM)
     mtx_unlock_spin(G.sched_lock)
-    p2.update(p_procsig=struct_procsig.new(ps_refcnt=1), p_limit=p1.p_limit,
-              p_pptr=p1)
+    p2.update_racy(p_procsig=struct_procsig.new(ps_refcnt=1), p_limit=p1.p_limit)
 
     kg1 = td.td_ksegrp
-    kg2 = struct_ksegrp.new(kg_proc=p2, kg_nice=kg1.kg_nice if kg1 is not None else 0)
+    mtx_lock_spin(G.sched_lock)
+    nice = kg1.kg_nice if kg1 is not None else 0
+    mtx_unlock_spin(G.sched_lock)
+    kg2 = struct_ksegrp.new(kg_proc=p2, kg_nice=nice)
     TAILQ_INSERT_TAIL(p2.p_ksegrps, kg2)
     td2 = struct_thread.new(td_proc=p2, td_ksegrp=kg2, td_oncpu=md.pcpu.cpuid,
                             td_name=name, td_priority=PUSER, td_base_pri=PUSER,
@@ -100,6 +106,7 @@ def fork1(td: Any, flags: int, child_main: Callable[[], None], name: str) -> tup
     TAILQ_INSERT_TAIL(kg2.kg_threads, td2)
 
     sx_xlock(G.proctree_lock)
+    p2.p_pptr = p1
     PROC_LOCK(p1)
     LIST_INSERT_HEAD(p1.p_children, p2)
     PROC_UNLOCK(p1)

@@ -61,13 +61,13 @@ def _curlocal():  # type: ignore[no-untyped-def]
     return md.curctx().kdata
 
 
-def mtx_lock(m: int) -> None:
+def mtx_lock(m: int, _flags: int = 0) -> None:
     """Acquire sleep mutex ``m``; may block (never call with a spin mutex held)."""
     hw = md.pcpu.hw
     lt = _curlocal()
     hw.counters.lock_acquires += 1
     site = md.site()
-    if hw.call(Op.ACQUIRE, site, m, EXCL, 0) == QUEUED:
+    if hw.call(Op.ACQUIRE, site, m, EXCL, _flags) == QUEUED:
         hw.counters.lock_contested += 1
         _lock_block(lt, m, "mutex", EXCL, site)
     lt.owned[m] = lt.owned.get(m, 0) + 1
@@ -161,15 +161,19 @@ def _lock_block(lt, lock: int, kind: str, mode: int, site: str) -> None:  # type
     from kernel.kern import kern_synch
     from kernel.kern.kern_globals import G
     hw = md.pcpu.hw
+    t0 = hw.clock.now()
     giant = 0
     if kind != "mutex" and lock != G.Giant:
         giant = kern_synch.DROP_GIANT(lt)
-    while True:
-        _wait_wakeup(lt, lock, kind)
-        kern_synch.PICKUP_GIANT(giant)
-        if hw.call(Op.ACQUIRE, site, lock, mode, 0) != QUEUED:
-            return
-        giant = kern_synch.DROP_GIANT(lt) if giant else 0
+    try:
+        while True:
+            _wait_wakeup(lt, lock, kind)
+            kern_synch.PICKUP_GIANT(giant)
+            if hw.call(Op.ACQUIRE, site, lock, mode, 0) != QUEUED:
+                return
+            giant = kern_synch.DROP_GIANT(lt) if giant else 0
+    finally:
+        hw.counters.sleep_wait_s += hw.clock.now() - t0    # per-CPU sleep-lock wait time
 
 
 def _wait_wakeup(lt, lock: int, kind: str) -> None:  # type: ignore[no-untyped-def]

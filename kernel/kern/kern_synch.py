@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hw.protocol import Op
+from hw.protocol import AF_PICKUP, Op
 from kernel.kern import kern_globals
 from kernel.kern.kern_mutex import (MA_NOTRECURSED, MA_OWNED, mtx_assert, mtx_lock,
                                     mtx_lock_spin, mtx_unlock, mtx_unlock_spin)
@@ -50,9 +50,10 @@ def DROP_GIANT(lt: Any) -> int:
 
 
 def PICKUP_GIANT(n: int) -> None:
+    """Take Giant back (``n`` deep) after a sleep; WITNESS learns no order from it."""
     giant = _G().Giant
     for _ in range(n):
-        mtx_lock(giant)
+        mtx_lock(giant, AF_PICKUP)
 
 
 def msleep(ident: int, mtx: int | None, priority: int, wmesg: str, timo: int) -> int:

@@ -91,10 +91,30 @@ class KStruct:
         return KObj(handle, self) if handle else None
 
 
+# What each lock key letter means, for the server's unprotected-access check: a lock
+# name (any lock of that name held will do), or "self" (the object's own embedded lock).
+# Keys not listed are not checked: (a) touched only by curproc or parent at fork/wait,
+# (b) set at creation, (k) curthread only, (n) lazy, unlocked; and none.
+LOCK_KEYS: dict[str, tuple[str, str]] = {
+    "c": ("self", ""),                          # the proc lock, p_mtx
+    "l": ("self", ""),                          # a map's own lock
+    "o": ("self", ""),                          # a lock load object's own lo_mtx
+    "z": ("self", ""),                          # the proc zone's own lock
+    "d": ("name", "allproc"),
+    "e": ("name", "proctree"),
+    "j": ("name", "sched lock"),
+    "m": ("name", "Giant"),
+    "q": ("name", "vm page queue mutex"),
+    "f": ("name", "vm page queue free mutex"),
+}
+
+
 def register_all() -> None:
-    """Declare every structure to the server (once, at boot, from the BSP)."""
+    """Declare every structure, and what its lock keys mean, to the server (once, at
+    boot, from the BSP)."""
     for st in KStruct.registry.values():
         md.bus_post(Op.DEFTYPE, st.name, st.wire_decl())
+    md.bus_post(Op.DEFKEYS, {k: list(v) for k, v in LOCK_KEYS.items()})
 
 
 def _raw(v: Any) -> Any:
@@ -145,6 +165,16 @@ class KObj:
     def load(self, *names: str) -> list[Any]:
         """Several plain fields in one request (no pointer wrapping)."""
         return md.loadn(self.handle, list(names))
+
+    def load_racy(self, *names: str) -> list[Any]:
+        """Loads the code makes without the fields' lock *on purpose* (FreeBSD later
+        marked such reads as atomic loads); exempt from the lock-key check. Each use
+        says why next to it."""
+        return md.bus_call(Op.LOADR, self.handle, list(names))  # type: ignore[no-any-return]
+
+    def update_racy(self, **values: Any) -> None:
+        """Stores made without the fields' lock on purpose (see load_racy)."""
+        md.bus_post(Op.STORER, self.handle, {k: _raw(v) for k, v in values.items()})
 
     def update(self, **values: Any) -> None:
         """Several stores in one posted request."""

@@ -134,7 +134,7 @@ struct_proc = KStruct("proc", [
     F("p_numksegrps", "int", "c"),
     F("p_vmspace", "ptr:vmspace", "b"),
     F("p_upages_obj", "ptr:vm_object", "a"),
-    F("p_uarea", "int", "c"),               # kernel virtual address of the U-area
+    F("p_uarea", "int", "k"),               # kernel virtual address of the U-area
     F("p_nice", "int", "j"),
     F("p_xstat", "int", "c"),
     F("p_oncpu", "int", "j", -1),           # PORT: the CPU its threads are pinned to
@@ -161,7 +161,7 @@ struct_ksegrp = KStruct("ksegrp", [
 
 struct_thread = KStruct("thread", [
     F("td_proc", "ptr:proc", "b"),
-    F("td_ksegrp", "ptr:ksegrp", "j"),
+    F("td_ksegrp", "ptr:ksegrp", "b"),     # (*) never changes for a thread here
     F("td_flags", "int", "j"),
     F("td_inhibitors", "int", "j"),
     F("td_state", "int", "j", int(TDS.TDS_INACTIVE)),

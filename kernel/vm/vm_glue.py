@@ -467,12 +467,8 @@ def scheduler(dummy: Any) -> None:
 
     Giant is still held at this point, to be released in tsleep.
     """
-    from kernel.kern.kern_mutex import mtx_lock
     G = kern_globals.G
     proc0 = G.proc0
-    # PORT: in FreeBSD thread0 arrives here from mi_startup holding Giant; here the boot
-    # stack takes it now.
-    mtx_lock(G.Giant)
     mtx_assert(G.Giant, MA_OWNED | MA_NOTRECURSED, "Giant")
     # GIANT_REQUIRED
 
@@ -486,9 +482,10 @@ def scheduler(dummy: Any) -> None:
         sx_slock(G.allproc_lock)
         for p in FOREACH_PROC_IN_SYSTEM():
             # PORT: the one intentionally unlocked read of the seed (p_sflag, a
-            # sched_lock field, read before sched_lock is taken); marked for the
+            # sched_lock field, read before sched_lock is taken: a stale answer only
+            # makes the loop skip or visit a process once more); marked for the
             # detectors as FreeBSD later marked such reads.
-            if p.p_sflag & (PS.PS_INMEM | PS.PS_SWAPPING | PS.PS_SWAPPINGIN):
+            if p.load_racy("p_sflag")[0] & (PS.PS_INMEM | PS.PS_SWAPPING | PS.PS_SWAPPINGIN):
                 continue
             mtx_lock_spin(G.sched_lock)
             for td in FOREACH_THREAD_IN_PROC(p):

@@ -55,13 +55,16 @@ struct_vm_page = KStruct("vm_page", [
     F("act_count", "int", "q"),
 ], doc="a physical page (vm/vm_page.h)")
 
+# The statistics are read without locks everywhere in FreeBSD (vm_page_count_min() is an
+# unlocked inline) and changed under the queue locks: key (n). The queues themselves are
+# (q) and (f).
 struct_vmmeter = KStruct("vmmeter", [
     F("v_page_count", "int", ""),
-    F("v_free_count", "int", "f"),
+    F("v_free_count", "int", "n"),
     F("v_wire_count", "int", ""),           # atomic
-    F("v_active_count", "int", "q"),
-    F("v_inactive_count", "int", "q"),
-    F("v_cache_count", "int", "q"),
+    F("v_active_count", "int", "n"),
+    F("v_inactive_count", "int", "n"),
+    F("v_cache_count", "int", "n"),
     F("v_free_reserved", "int", ""),
     F("v_free_min", "int", ""),
     F("v_free_target", "int", ""),
@@ -267,8 +270,10 @@ def vm_page_alloc(obj: KObj | None, pindex: int, req: int) -> KObj | None:
     wired = 1 if req & VM_ALLOC_WIRED else 0
     if wired:
         cnt.inc("v_wire_count", 1)
-    m.update(queue=PQ_NONE, flags=PG_BUSY | (PG_ZERO if req & VM_ALLOC_ZERO else 0),
-             wire_count=wired, hold_count=0, busy=0, valid=0, dirty=0, act_count=0)
+    # A page just taken off the free queue belongs to its allocator: it is set up with
+    # no lock, as vm_page_alloc did.
+    m.update_racy(queue=PQ_NONE, flags=PG_BUSY | (PG_ZERO if req & VM_ALLOC_ZERO else 0),
+                  wire_count=wired, hold_count=0, busy=0, valid=0, dirty=0, act_count=0)
     if req & VM_ALLOC_ZERO:
         md.bus_post(Op.PZERO, m.phys_addr)
     if obj is not None:

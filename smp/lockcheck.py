@@ -1,0 +1,106 @@
+"""Unprotected shared accesses: each field's lock key, checked at every load and store.
+
+Every field of a kernel structure is declared with the key of the lock that protects it
+(``sys/proc.h`` style: ``(c)`` the proc lock, ``(j)`` sched_lock, ``(m)`` Giant ...). The
+kernel tells the server at boot what each key letter means (``DEFKEYS``): a lock *name*
+("sched lock": any lock of that name held by the thread will do), or ``self``: the
+object's own embedded lock (a proc's ``p_mtx``, a map's ``lock``). Keys with no meaning
+(``b`` set at creation, ``n`` lazily unlocked, none) are not checked.
+
+An access by a thread that does not hold the required lock is reported once per
+(field, site, load or store), with the object, the thread, the site and the locks it
+held, in the spirit of KCSAN. Atomic operations are exempt, and so are the accesses the
+kernel marks as intentionally unlocked (``LOADR``/``STORER``, as FreeBSD later marked such
+reads with atomic loads); FINDINGS.md lists the ones the seed makes and why.
+
+Initialisation: as in Eraser (Savage et al., 1997), an object is private to the thread
+that created it until another thread touches it; accesses before that are not checked,
+so a constructor filling in a new object needs no locks.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from smp.locks import LockTable
+from smp.objects import LOCK_KINDS, ObjectStore, field_addr
+from smp.witness import Finding
+
+
+class LockKeyChecker:
+    def __init__(self, kmem: ObjectStore, locks: LockTable,
+                 report: Callable[[Finding], None]) -> None:
+        self.kmem = kmem
+        self.locks = locks
+        self.report = report
+        self.keys: dict[str, tuple[str, str]] = {}
+        self.private: dict[int, int] = {}          # handle -> creating tid, until shared
+        self.self_lock: dict[str, int] = {}        # type -> index of its first lock field
+        self.reported: set[tuple[str, str, str, str]] = set()
+        self.checked = 0
+
+    def define_keys(self, table: dict[str, list[str]]) -> None:
+        self.keys = {k: (v[0], v[1]) for k, v in table.items()}
+
+    def created(self, h: int, tid: int) -> None:
+        if tid:
+            self.private[h] = tid
+
+    def _self_index(self, tname: str) -> int:
+        idx = self.self_lock.get(tname)
+        if idx is None:
+            decl = self.kmem.types[tname]
+            idx = next((i for i, f in enumerate(decl.order)
+                        if decl.fields[f][0] in LOCK_KINDS), -1)
+            self.self_lock[tname] = idx
+        return idx
+
+    def access(self, tid: int, site: str, h: int, fields: list[str], kind: str) -> None:
+        if not tid or not self.keys:
+            return
+        owner = self.private.get(h)
+        if owner is not None:
+            if owner == tid:
+                return
+            del self.private[h]                     # now shared: checked from here on
+        tname = self.kmem.otype.get(h)
+        if tname is None:
+            return                                  # a bad handle: the access itself fails
+        decl = self.kmem.types[tname]
+        t = self.locks.threads.get(tid)
+        held = t.held if t is not None else []
+        for f in fields:
+            spec = decl.fields.get(f)
+            if spec is None:
+                continue
+            key = spec[1]
+            need = self.keys.get(key)
+            if need is None:
+                continue
+            self.checked += 1
+            if need[0] == "self":
+                idx = self._self_index(tname)
+                if idx < 0:
+                    continue
+                want = field_addr(h, idx)
+                ok = any(a == want for a, _, _ in held)
+                what = f"its own {decl.order[idx]}"
+            else:
+                ok = any(a in self.locks.locks and self.locks.locks[a].name == need[1]
+                         for a, _, _ in held)
+                what = need[1]
+            if ok:
+                continue
+            rkey = (tname, f, site, kind)
+            if rkey in self.reported:
+                continue
+            self.reported.add(rkey)
+            names = [f"{self.locks.locks[a].name if a in self.locks.locks else hex(a)} @ {s}"
+                     for a, _, s in held]
+            self.report(Finding(
+                "lockkey", f"unlocked {kind} of {tname}.{f} ({key}: needs {what}) @ {site}",
+                [site], f"{kind} of {tname}#{h}.{f} by thread {tid} @ {site} without {what}; "
+                f"held: {', '.join(names) or 'nothing'}", f"lockkey|{tname}.{f}|{site}|{kind}"))
+
+
+__all__ = ["LockKeyChecker", "Any"]

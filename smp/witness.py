@@ -1,0 +1,177 @@
+"""Lock-order checking (FreeBSD's WITNESS, 2002 rules) and deadlock detection.
+
+The server sees every lock grant of every CPU in its true order, so it can do what
+``subr_witness.c`` does inside one kernel: learn the order in which lock *classes* (lock
+names: all proc locks are "process lock") are taken, starting from the static order of
+the time, and report a **lock order reversal** the first time a thread takes two classes
+in the order opposite to one already seen. It reports each reversal once, in WITNESS's
+words: the 1st and 2nd lock with their types and where each was taken, and where the
+established order was learned.
+
+The 2002 rules (FREEBSD.md, section B):
+
+1. a blocking sleep lock taken with a spin lock held panics (the lock table does that);
+2. try-locks are never order-checked and add no edge;
+3. recursion and share->excl panic (the lock table);
+4. a second lock of the same name warns "acquiring duplicate lock of same type" unless
+   the lock is DUPOK;
+5. a reversal is reported, not a panic;
+6. taking a sleepable lock (sx) while holding a non-sleepable mutex other than Giant is a
+   reversal too;
+7. sleeping with a non-sleepable lock other than Giant and the interlock warns "sleeping
+   with X locked"; Giant taken back after a sleep adds no order edge.
+
+lockmgr locks (``vm_map``) were not checked by WITNESS in 2002 and are not here.
+
+**Deadlock**: each time a thread is queued on a lock, the wait-for graph (thread -> lock
+it waits for -> owners of that lock -> locks they wait for ...) is followed from it; a
+path back to the thread is a deadlock, reported with every edge (thread, lock, where it
+was taken or requested). A spin lock held longer than a bound is reported too.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Any, Callable
+
+from hw.protocol import LC_LOCKMGR, LC_SLEEP, LC_SPIN, LC_SX, LF_DUPOK
+
+# The static order of 2002 (subr_witness.c order_lists), by the names this kernel uses.
+STATIC_SLEEP_ORDER = ("Giant", "proctree", "allproc", "process lock")
+STATIC_SPIN_ORDER = ("sched lock", "callout")
+LEAF_SPIN = ("vm page queue free mutex",)
+
+
+@dataclasses.dataclass
+class Finding:
+    detector: str
+    summary: str
+    sites: list[str]
+    detail: str = ""
+    key: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"detector": self.detector, "summary": self.summary, "sites": self.sites,
+                "detail": self.detail, "key": self.key or self.summary}
+
+
+class Witness:
+    """The lock order graph over lock names, learned and static."""
+
+    def __init__(self, report: Callable[[Finding], None]) -> None:
+        self.report = report
+        self.edges: dict[str, dict[str, tuple[str, str]]] = collections.defaultdict(dict)
+        self.reported: set[Any] = set()
+        for order in (STATIC_SLEEP_ORDER, STATIC_SPIN_ORDER):
+            for a, b in zip(order, order[1:]):
+                self.edges[a][b] = ("static order", "static order")
+        for leaf in LEAF_SPIN:
+            self.edges["sched lock"][leaf] = ("static order", "static order")
+
+    def _path(self, a: str, b: str) -> list[str] | None:
+        """A path a -> ... -> b in the order graph, if any."""
+        prev: dict[str, str | None] = {a: None}
+        q = collections.deque([a])
+        while q:
+            x = q.popleft()
+            if x == b:
+                path = [b]
+                while prev[path[-1]] is not None:
+                    path.append(prev[path[-1]])  # type: ignore[arg-type]
+                return path[::-1]
+            for y in self.edges.get(x, {}):
+                if y not in prev:
+                    prev[y] = x
+                    q.append(y)
+        return None
+
+    def acquired(self, new: Any, new_site: str, held: list[tuple[Any, str]],
+                 trylock: bool, pickup: bool) -> None:
+        """``new`` (a Lock) was just taken at ``new_site`` by a thread that already held
+        ``held`` [(Lock, site)...]."""
+        if new.cls == LC_LOCKMGR or trylock or pickup:
+            return
+        for old, old_site in held:
+            if old.cls == LC_LOCKMGR or old is new:
+                continue
+            if old.name == new.name:
+                if not (new.flags & LF_DUPOK):
+                    self._once(("dup", new.name), Finding(
+                        "witness", f"acquiring duplicate lock of same type: \"{new.name}\"",
+                        [old_site, new_site],
+                        f" 1st {new.name} @ {old_site}\n 2nd {new.name} @ {new_site}"))
+                continue
+            if new.cls == LC_SX and old.cls == LC_SLEEP and old.name != "Giant":
+                self._once(("sleepable", old.name, new.name), Finding(
+                    "witness", f"lock order reversal: sleepable {new.name} (sx) acquired "
+                    f"while holding non-sleepable {old.name}", [old_site, new_site],
+                    f" 1st {old.name} ({old.cls}) @ {old_site}\n"
+                    f" 2nd {new.name} ({new.cls}) @ {new_site}"))
+            back = self._path(new.name, old.name)
+            if back is not None:
+                a, b = back[0], back[1]
+                est = self.edges[a][b]
+                self._once(("lor",) + tuple(sorted((old.name, new.name))), Finding(
+                    "witness", f"lock order reversal: {old.name} -> {new.name} "
+                    f"(established: {' -> '.join(back)})", [old_site, new_site, *est],
+                    f"lock order reversal\n"
+                    f" 1st {old.name} ({old.cls}) @ {old_site}\n"
+                    f" 2nd {new.name} ({new.cls}) @ {new_site}\n"
+                    f"established order: {' -> '.join(back)}, first seen\n"
+                    f" 1st {a} @ {est[0]}\n 2nd {b} @ {est[1]}"))
+                continue
+            if new.name not in self.edges[old.name]:
+                self.edges[old.name][new.name] = (old_site, new_site)
+
+    def sleeping(self, held: list[tuple[Any, str]], site: str) -> None:
+        """A thread goes to sleep (msleep) still holding ``held`` (its interlock and Giant
+        are already dropped; sched_lock is the sleep queue's own)."""
+        for lk, lsite in held:
+            if lk.cls == LC_SLEEP and lk.name != "Giant":
+                self._once(("sleeping", lk.name, site), Finding(
+                    "witness", f"sleeping with \"{lk.name}\" locked", [lsite, site],
+                    f"sleeping with \"{lk.name}\" locked from {lsite}, sleep @ {site}"))
+
+    def _once(self, key: Any, f: Finding) -> None:
+        if key not in self.reported:
+            self.reported.add(key)
+            f.key = "|".join(str(k) for k in key)
+            self.report(f)
+
+    def order(self) -> dict[str, list[str]]:
+        return {a: sorted(bs) for a, bs in sorted(self.edges.items())}
+
+
+def find_deadlock(start: int, waiting_for: Callable[[int], tuple[Any, str] | None],
+                  owners: Callable[[Any], list[tuple[int, str]]]) -> list[tuple[int, Any, str, str]] | None:
+    """A cycle in the wait-for graph through thread ``start``, as edges
+    (thread, lock it waits for, where it asked, where the next thread took it)."""
+    def walk(tid: int, path: list[tuple[int, Any, str, str]],
+             seen: set[int]) -> list[tuple[int, Any, str, str]] | None:
+        w = waiting_for(tid)
+        if w is None:
+            return None
+        lock, wsite = w
+        for owner, osite in owners(lock):
+            edge = (tid, lock, wsite, osite)
+            if lock.cls == LC_SPIN:
+                # A spin lock's owner never sleeps holding it: if it waits for a sleep
+                # lock it is on its way to sleep and will hand the spin lock on. Only a
+                # spinning owner can close a cycle through a spin lock.
+                ow = waiting_for(owner)
+                if ow is None or ow[0].cls != LC_SPIN:
+                    continue
+            if owner == start:
+                return path + [edge]
+            if owner in seen:
+                continue
+            seen.add(owner)
+            found = walk(owner, path + [edge], seen)
+            if found:
+                return found
+        return None
+    return walk(start, [], {start})
+
+
+__all__ = ["Finding", "Witness", "find_deadlock", "LC_SPIN"]
