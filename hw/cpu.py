@@ -36,6 +36,7 @@ from typing import Any, Callable
 import greenlet
 
 from hw.bus import Bus, BusError, ServerGone
+from hw.chaos import Chaos
 from hw.clock import Clock
 from hw.protocol import Event, Op
 
@@ -101,6 +102,7 @@ class Cpu:
                  stats_interval: float = 0.0) -> None:
         self.id = cpu_id
         self.stats_interval = stats_interval     # wall s between published samples (0: off)
+        self.chaos: Chaos | None = None          # set by the machine when chaos is on
         self.next_stats = 0.0
         self._pending_ticks = 0
         self.bus = bus
@@ -129,6 +131,8 @@ class Cpu:
 
     def call(self, op: int, site: str, *args: Any) -> Any:
         """A request that waits for its value; a refusal is a fatal trap."""
+        if self.chaos is not None:
+            self.chaos.point(op)
         try:
             value = self.bus.call(op, self.tid, site, *args)
         except BusError as e:
@@ -139,6 +143,8 @@ class Cpu:
         return value
 
     def post(self, op: int, site: str, *args: Any) -> None:
+        if self.chaos is not None:
+            self.chaos.point(op)
         self.bus.post(op, self.tid, site, *args)
 
     # -- contexts and switching --------------------------------------------------------
@@ -390,6 +396,7 @@ class Cpu:
                   "clock": dataclasses.asdict(self.clock.statistics()),
                   "bus": {"calls": self.bus.calls, "posts": self.bus.posts,
                           "wait_s": round(self.bus.wait_s, 4)},
+                  "chaos": self.chaos.statistics() if self.chaos is not None else None,
                   "threads": threads}
         try:
             report["kernel"] = self.final_report()

@@ -4,6 +4,7 @@
     smp report RUN_DIR [--format text|json]
     smp config [CONFIG] [--set ...] [--schema]
     smp failpoints
+    smp stress [CONFIG] --runs N [--jobs J] [--seed S] [--chaos LEVEL] [--fail-point NAME ...]
 
 Exit statuses: 0 success; 1 the machine failed (panic, invariant, dead process); 2 bad
 usage or a bad config (nothing was started); 128+N stopped by signal N.
@@ -61,6 +62,40 @@ def _parser() -> argparse.ArgumentParser:
                      "see `smp failpoints`); adds to debug.fail_points")
     run.add_argument("--json", action="store_true",
                      help="print report.json instead of the summary table")
+    run.add_argument("--quiet", action="store_true",
+                     help="print nothing; the run directory has everything (for scripts "
+                     "and stress campaigns)")
+
+    st = sub.add_parser(
+        "stress", help="run many short machines with derived seeds, hunting lock races",
+        description="Run a campaign: --runs machines (--jobs at a time), each with a seed "
+        "derived from --seed, with every detector on. Stops at the first run with a new "
+        "failure (unless --keep-going) and prints, for each failure, the seed, the "
+        "detector, a summary, the run directory and one command that reruns exactly that "
+        "run. Known findings of the 2002 code (FINDINGS.md) are reported but do not fail "
+        "the campaign unless --strict.",
+        epilog="exit status: 0 no new failure; 1 a failure was found; 2 usage error",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _config_args(st)
+    st.add_argument("--runs", type=int, default=10, metavar="N", help="runs (default 10)")
+    st.add_argument("--jobs", type=int, default=1, metavar="J",
+                    help="machines at once (default 1; each machine is several processes)")
+    st.add_argument("--seed", type=int, default=1, metavar="S",
+                    help="the campaign's seed; run i gets a seed derived from it (default 1)")
+    st.add_argument("--chaos", choices=("off", "low", "high"), default=None,
+                    help="chaos level for every run (default: the config's debug.chaos)")
+    st.add_argument("--fail-point", dest="fail_points", action="append", default=[],
+                    metavar="NAME", help="switch off this race guard in every run (repeatable)")
+    st.add_argument("--duration", type=float, default=None, metavar="SIM_S",
+                    help="simulated seconds per run (default: the config's run.duration)")
+    st.add_argument("--time-budget", type=float, default=None, metavar="T",
+                    help="start no new run after T wall seconds")
+    st.add_argument("--keep-going", action="store_true",
+                    help="do not stop at the first failing run")
+    st.add_argument("--strict", action="store_true",
+                    help="known findings fail the campaign too")
+    st.add_argument("--out", default=None, metavar="DIR",
+                    help="where the runs' directories go (default: <run.dir>/stress-<time>)")
 
     sub.add_parser("failpoints", help="list the race guards that a run can switch off",
                    description="Every race guard of the seed is a named fail point "
@@ -138,13 +173,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "config":
         print(config_doc() if args.schema else cfg.to_toml(), end="")
         return 0
+    if args.command == "stress":
+        return _stress(args, cfg)
     from smp.launcher import LaunchError, run_machine
     from smp.report import summary_table
     try:
-        result = run_machine(cfg, args.run_dir)
+        result = run_machine(cfg, args.run_dir,
+                             log=(lambda line: None) if args.quiet else None)
     except LaunchError as e:
         print(f"smp: {e}", file=sys.stderr)
         return 1
+    if args.quiet:
+        return result.exit_status
     if args.json:
         print(json.dumps(result.report, indent=1))
     else:
@@ -162,6 +202,42 @@ def config_doc() -> str:
             "command line too. Sizes take K, M and G (binary). An unknown key, a wrong "
             "type or a value out of range stops `smp` with exit status 2, naming the "
             "file and the key.\n\n" + schema_markdown())
+
+
+def _stress(args: argparse.Namespace, cfg: "Config") -> int:
+    import time as _time
+    from smp.stress import Campaign, describe, run_campaign
+    if args.runs < 1 or args.jobs < 1:
+        print("smp: stress: --runs and --jobs must be at least 1", file=sys.stderr)
+        return 2
+    if args.duration is not None and args.duration <= 0:
+        print("smp: stress: --duration must be positive", file=sys.stderr)
+        return 2
+    out = args.out or os.path.join(str(cfg["run.dir"]),
+                                   f"stress-{_time.strftime('%Y%m%d-%H%M%S')}-s{args.seed}")
+    camp = Campaign(args.config, args.runs, args.jobs, args.seed, args.chaos,
+                    args.fail_points, args.overrides, args.duration, args.time_budget,
+                    args.keep_going, args.strict, out)
+    tty = sys.stderr.isatty()
+
+    def progress(done: int, total: int, failing: int, rate: float) -> None:
+        line = (f"stress: {done}/{total} runs, {failing} failing, "
+                f"{rate:.1f} runs/min")
+        print(("\r" + line) if tty else line, end="" if tty else "\n",
+              file=sys.stderr, flush=True)
+
+    print(f"stress: {args.runs} runs of {args.config or 'the default config'}, "
+          f"{args.jobs} at a time, campaign seed {args.seed}; runs in {out}", file=sys.stderr)
+    try:
+        outcomes = run_campaign(camp, lambda s: print(s, file=sys.stderr), progress)
+    except KeyboardInterrupt:
+        return 130
+    if tty:
+        print(file=sys.stderr)
+    lines, status = describe(outcomes, args.strict)
+    for line in lines:
+        print(line)
+    return status
 
 
 def _check_fail_points(cfg: "Config") -> None:

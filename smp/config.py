@@ -249,6 +249,11 @@ PARAMS: tuple[Param, ...] = (
           "panic when a spin lock is held longer than this (0: never)", min=0, max=3600),
     Param("debug.watchdog_s", "float", 5.0, "wall s",
           "report a CPU that sends nothing for this long (0: never)", min=0, max=3600),
+    Param("debug.chaos", "str", "off", "",
+          "seeded random stalls at lock operations and shared accesses, and yields at "
+          "the kernel's safe points, to widen race windows", choices=("off", "low", "high")),
+    Param("debug.chaos_seed", "int", 0, "",
+          "the chaos random seed (0: derived from run.seed)", min=0, max=2**63 - 1),
     Param("debug.fail_points", "list[str]", [], "",
           "race guards of the seed to switch off (names from `smp failpoints`)"),
 )

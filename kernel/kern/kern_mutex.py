@@ -19,6 +19,7 @@ treats the same as "on a run queue": not safe to swap out.
 from __future__ import annotations
 
 from hw.protocol import EXCL, LC_SLEEP, LC_SPIN, LF_DUPOK, LF_NOWITNESS, LF_RECURSE, Op, QUEUED
+from kernel.kern.kern_chaos import chaos_yield
 from kernel.machine import cpu as md
 
 # mtx_init() options (sys/mutex.h)
@@ -71,6 +72,8 @@ def mtx_lock(m: int, _flags: int = 0) -> None:
         hw.counters.lock_contested += 1
         _lock_block(lt, m, "mutex", EXCL, site)
     lt.owned[m] = lt.owned.get(m, 0) + 1
+    if hw.chaos is not None:
+        chaos_yield()
 
 
 def mtx_trylock(m: int) -> bool:
@@ -86,7 +89,10 @@ def mtx_trylock(m: int) -> bool:
 def mtx_unlock(m: int) -> None:
     lt = _curlocal()
     _disown(lt, m)
-    md.pcpu.hw.post(Op.RELEASE, md.site(), m, EXCL)
+    hw = md.pcpu.hw
+    hw.post(Op.RELEASE, md.site(), m, EXCL)
+    if hw.chaos is not None:
+        chaos_yield()
 
 
 def mtx_lock_spin(m: int) -> None:

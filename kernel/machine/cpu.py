@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 _KERNEL_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 # Files whose frames are plumbing, not the site a reader wants to see.
 _PLUMBING = {"machine/cpu.py", "sys/kstruct.py", "kern/kern_mutex.py", "kern/kern_sx.py",
-             "kern/kern_lock.py"}
+             "kern/kern_lock.py", "sys/proc.py"}
 _names: dict[CodeType, str | None] = {}
 
 

@@ -1,0 +1,73 @@
+"""Chaos: seeded random delays that widen race windows.
+
+The interleavings between CPU processes are real and cannot be seeded; what the simulator
+can do is make the dangerous ones likelier. At each chaos point (a lock acquire or
+release, a shared load or store) a CPU may, with a probability set by the level, stall for
+a random while (as a CPU stalls on a cache miss or an SMI): the other CPUs run on, and a
+window that is a few instructions wide in the C becomes milliseconds wide. The kernel adds
+voluntary yields at its own safe points (``kernel/kern/kern_chaos.py``).
+
+Every choice comes from one ``random.Random`` per CPU, seeded from the run's chaos seed
+and the CPU id, so a rerun with the same seed makes the same choices at the same points
+(the points themselves are reached in an order the host decides).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+
+from hw.protocol import Op
+
+
+@dataclasses.dataclass(frozen=True)
+class ChaosLevel:
+    name: str
+    p_delay: float          # probability of a stall at a chaos point
+    max_delay_us: float     # longest stall (host time)
+    p_yield: float          # probability of a voluntary yield at a kernel safe point
+
+
+LEVELS = {
+    "off": ChaosLevel("off", 0.0, 0.0, 0.0),
+    "low": ChaosLevel("low", 0.02, 300.0, 0.01),
+    "high": ChaosLevel("high", 0.08, 2000.0, 0.05),
+}
+
+# The requests at which a CPU may stall: lock operations and shared loads and stores.
+CHAOS_OPS = frozenset({Op.ACQUIRE, Op.RELEASE, Op.LOAD, Op.LOADN, Op.STORE, Op.STOREN,
+                       Op.SLEEP, Op.WAKEUP, Op.LIST_NEXT, Op.LIST_FIRST})
+
+
+class Chaos:
+    def __init__(self, level: str, seed: int, cpu: int) -> None:
+        self.level = LEVELS[level]
+        self.rng = random.Random((seed * 1_000_003 + cpu * 7_919) & (2**63 - 1))
+        self.delays = 0
+        self.yields = 0
+        self.delay_s = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.level.p_delay > 0 or self.level.p_yield > 0
+
+    def point(self, op: int) -> None:
+        """A chaos point before request ``op``: maybe stall."""
+        lv = self.level
+        if lv.p_delay and op in CHAOS_OPS and self.rng.random() < lv.p_delay:
+            d = self.rng.uniform(0.0, lv.max_delay_us) / 1e6
+            self.delays += 1
+            self.delay_s += d
+            time.sleep(d)
+
+    def want_yield(self) -> bool:
+        lv = self.level
+        if lv.p_yield and self.rng.random() < lv.p_yield:
+            self.yields += 1
+            return True
+        return False
+
+    def statistics(self) -> dict[str, float]:
+        return {"level": self.level.name, "delays": self.delays, "yields": self.yields,
+                "delay_s": round(self.delay_s, 4)}
