@@ -53,6 +53,7 @@ def check_invariants(server: dict[str, Any], kernel: dict[str, int]) -> list[str
 
 
 def build_report(cfg: Config, server: dict[str, Any], *, reason: str, problems: list[str],
+                 notes: list[str] | None = None,
                  wall_s: float, sim_s: float, interrupted: bool,
                  version: str) -> dict[str, Any]:
     finals = _int_keys(server.get("cpus") or {})
@@ -101,6 +102,7 @@ def build_report(cfg: Config, server: dict[str, Any], *, reason: str, problems: 
         "findings": findings,
         "witness_order": server.get("witness_order", {}),
         "problems": problems,
+        "notes": notes or [],
         "panic": _panic_summary(panic, server) if panic else None,
         "server": {**server.get("server", {}), "memory": server.get("memory", {}),
                    "swap": server.get("swap", {}), "kmem": server.get("kmem", {}),

@@ -102,7 +102,7 @@ def vm_map_trylock(map_: KObj) -> int:
 # -- maps and entries ------------------------------------------------------------------------
 def vm_map_create(min_: int, max_: int, system: bool = False) -> KObj:
     m = struct_vm_map.new(min_offset=min_, max_offset=max_, system_map=int(system))
-    lockinit(m.lock, PVM, "thrd_sleep" if not system else "kernelmap", 0, 0)
+    lockinit(m.lock, PVM, "user map" if not system else "kernel map", 0, 0)
     return m
 
 
