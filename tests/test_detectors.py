@@ -1,0 +1,224 @@
+"""The server's detectors on their own: lock order (WITNESS), deadlock, lock keys.
+
+Pure logic, in process: a LockTable and an ObjectStore driven directly, as the server
+drives them. Each detector is made to fire, and shown silent on correct use. The machine
+tests (test_vm_glue.py, test_stress.py) show them at work on the real kernel.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from hw.protocol import (AF_PICKUP, AF_TRY, EXCL, GRANTED, LC_LOCKMGR, LC_SLEEP, LC_SPIN,
+                         LC_SX, LF_DUPOK, LF_RECURSE, QUEUED, SHARED)
+from smp.lockcheck import LockKeyChecker
+from smp.locks import Deadlock, LockError, LockTable
+from smp.objects import ObjectStore, field_addr
+from smp.witness import Finding, Witness
+
+pytestmark = pytest.mark.quick
+
+
+class Machine:
+    """A lock table with WITNESS and deadlock checks, and named locks."""
+
+    def __init__(self) -> None:
+        self.findings: list[Finding] = []
+        self.witness = Witness(self.findings.append)
+        self.locks = LockTable(self.witness, deadlock_check=True)
+        self.addr: dict[str, int] = {}
+
+    def lock(self, name: str, cls: str = LC_SLEEP, flags: int = 0) -> int:
+        a = 0x1000 + len(self.addr)
+        self.locks.init(a, cls, name, flags)
+        self.addr[f"{name}#{a}"] = a
+        return a
+
+    def take(self, tid: int, a: int, site: str, mode: int = EXCL, flags: int = 0) -> int:
+        return self.locks.acquire(tid, 0, site, a, mode, flags)
+
+    def summaries(self) -> list[str]:
+        return [f.summary for f in self.findings]
+
+
+@pytest.fixture()
+def m() -> Machine:
+    return Machine()
+
+
+# -- WITNESS ---------------------------------------------------------------------------------
+def test_a_reversed_order_is_reported_once_with_both_sites(m: Machine) -> None:
+    a, b = m.lock("lock A"), m.lock("lock B")
+    assert m.take(1, a, "x.py:1") == GRANTED
+    assert m.take(1, b, "x.py:2") == GRANTED          # learns A -> B
+    m.locks.release(1, 0, "x.py:3", b, EXCL)
+    m.locks.release(1, 0, "x.py:4", a, EXCL)
+    assert m.findings == []
+    m.take(2, b, "y.py:10")
+    m.take(2, a, "y.py:11")                           # B -> A: a reversal
+    m.locks.release(2, 0, "y.py:12", a, EXCL)
+    m.take(2, a, "y.py:13")                           # the same reversal again: once only
+    assert len(m.findings) == 1
+    f = m.findings[0]
+    assert f.detector == "witness" and "lock order reversal" in f.summary
+    assert "1st lock B" in f.detail and "y.py:10" in f.detail and "2nd lock A" in f.detail
+    assert "x.py:1" in f.sites and "x.py:2" in f.sites       # where the order was learned
+
+
+def test_the_static_order_of_2002_is_known_from_the_start(m: Machine) -> None:
+    giant, allproc = m.lock("Giant", flags=LF_RECURSE), m.lock("allproc", LC_SX)
+    m.take(1, allproc, "a.py:1", SHARED)
+    m.take(1, giant, "a.py:2")                        # allproc -> Giant: reversed at once
+    assert any("Giant" in s and "allproc" in s for s in m.summaries())
+
+
+def test_trylocks_and_giant_pickup_are_not_order_checked(m: Machine) -> None:
+    a, b = m.lock("lock A"), m.lock("lock B")
+    m.take(1, a, "x.py:1")
+    m.take(1, b, "x.py:2")
+    m.locks.release(1, 0, "x.py:3", b, EXCL)
+    m.locks.release(1, 0, "x.py:4", a, EXCL)
+    m.take(2, b, "y.py:1")
+    assert m.take(2, a, "y.py:2", flags=AF_TRY) == GRANTED    # rule 2: not checked
+    m.locks.release(2, 0, "y.py:3", a, EXCL)
+    m.take(2, a, "y.py:4", flags=AF_PICKUP)                  # rule 7: no edge, no check
+    assert m.findings == []
+
+
+def test_duplicate_locks_warn_unless_dupok(m: Machine) -> None:
+    p1, p2 = m.lock("process lock", flags=LF_DUPOK), m.lock("process lock", flags=LF_DUPOK)
+    m.take(1, p1, "p.py:1")
+    m.take(1, p2, "p.py:2")
+    assert m.findings == []
+    o1, o2 = m.lock("lockobj"), m.lock("lockobj")
+    m.take(3, o1, "o.py:1")
+    m.take(3, o2, "o.py:2")
+    assert m.summaries() == ['acquiring duplicate lock of same type: "lockobj"']
+
+
+def test_an_sx_taken_while_holding_a_mutex_other_than_giant_is_a_reversal(m: Machine) -> None:
+    mtx, sx = m.lock("some mutex"), m.lock("proctree", LC_SX)
+    giant = m.lock("Giant", flags=LF_RECURSE)
+    m.take(1, giant, "g.py:1")
+    m.take(1, sx, "g.py:2")                          # Giant -> sx: fine
+    m.locks.release(1, 0, "g.py:3", sx, EXCL)
+    assert m.findings == []
+    m.take(1, mtx, "g.py:4")
+    m.take(1, sx, "g.py:5")
+    assert any("sleepable proctree" in s for s in m.summaries())
+
+
+def test_lockmgr_locks_are_not_tracked(m: Machine) -> None:
+    a, mapl = m.lock("lock A"), m.lock("user map", LC_LOCKMGR)
+    m.take(1, mapl, "m.py:1")
+    m.take(1, a, "m.py:2")
+    m.locks.release(1, 0, "m.py:3", a, EXCL)
+    m.locks.release(1, 0, "m.py:4", mapl, EXCL)
+    m.take(2, a, "m.py:5")
+    m.take(2, mapl, "m.py:6")
+    assert m.findings == []
+
+
+def test_sleeping_with_a_mutex_held_warns_and_with_sched_lock_alone_does_not(m: Machine) -> None:
+    sched = m.lock("sched lock", LC_SPIN, LF_RECURSE)
+    inter, other = m.lock("interlock"), m.lock("held mutex")
+    m.take(1, inter, "s.py:1")
+    m.take(1, sched, "s.py:2")
+    m.locks.sleep(1, 0, "s.py:3", "chan", inter)     # the interlock is dropped: silent
+    assert m.findings == []
+    m.locks.release(1, 0, "s.py:4", sched, EXCL)    # (the switch would hand it on)
+    m.take(4, other, "s.py:5")
+    m.take(4, sched, "s.py:6")
+    m.locks.sleep(4, 0, "s.py:7", "chan2", 0)
+    assert m.summaries() == ['sleeping with "held mutex" locked']
+
+
+def test_sleeping_with_a_spin_mutex_other_than_sched_lock_panics(m: Machine) -> None:
+    sched, spin = m.lock("sched lock", LC_SPIN, LF_RECURSE), m.lock("a spin", LC_SPIN)
+    m.take(1, spin, "s.py:1")
+    m.take(1, sched, "s.py:2")
+    with pytest.raises(LockError, match="sleeping with spin mutex a spin held"):
+        m.locks.sleep(1, 0, "s.py:3", "chan", 0)
+
+
+def test_a_blocking_sleep_lock_under_a_spin_mutex_panics(m: Machine) -> None:
+    spin, mtx = m.lock("a spin", LC_SPIN), m.lock("a mutex")
+    m.take(1, spin, "b.py:1")
+    with pytest.raises(LockError, match="blockable sleep lock"):
+        m.take(1, mtx, "b.py:2")
+    assert m.take(1, mtx, "b.py:3", flags=AF_TRY) == GRANTED   # a try-lock is allowed
+
+
+# -- deadlock --------------------------------------------------------------------------------
+def test_a_two_thread_deadlock_panics_naming_every_edge(m: Machine) -> None:
+    a, b = m.lock("lock A"), m.lock("lock B")
+    m.take(1, a, "t1.py:1")
+    m.take(2, b, "t2.py:1")
+    assert m.take(1, b, "t1.py:2") == QUEUED          # 1 waits for 2: no cycle yet
+    with pytest.raises(Deadlock) as e:
+        m.take(2, a, "t2.py:2")                       # 2 waits for 1: the cycle closes
+    msg = str(e.value)
+    assert "thread 2 waits for sleep mutex \"lock A\" (asked @ t2.py:2)" in msg
+    assert "thread 1 waits for sleep mutex \"lock B\" (asked @ t1.py:2)" in msg
+    assert "taken @ t1.py:1" in msg and "taken @ t2.py:1" in msg
+    assert len(e.value.cycle) == 2
+
+
+def test_waiting_without_a_cycle_is_no_deadlock(m: Machine) -> None:
+    a, b, c = m.lock("A"), m.lock("B"), m.lock("C")
+    m.take(1, a, "1")
+    m.take(2, b, "2")
+    m.take(3, c, "3")
+    assert m.take(1, b, "4") == QUEUED
+    assert m.take(2, c, "5") == QUEUED                # a chain 1 -> 2 -> 3, no cycle
+
+
+def test_a_spin_owner_on_its_way_to_sleep_closes_no_cycle(m: Machine) -> None:
+    sched, giant = m.lock("sched lock", LC_SPIN, LF_RECURSE), m.lock("Giant", flags=LF_RECURSE)
+    m.take(2, giant, "exit.py:1")
+    assert m.take(1, giant, "fault.py:1") == QUEUED   # 1 is queued on Giant ...
+    m.take(1, sched, "block.py:1")                    # ... and takes sched_lock to sleep
+    assert m.take(2, sched, "exit.py:2") == QUEUED    # 2 spins: not a deadlock
+
+
+# -- lock keys -------------------------------------------------------------------------------
+def _keyed() -> tuple[ObjectStore, LockTable, LockKeyChecker, list[Finding], int]:
+    kmem = ObjectStore()
+    kmem.deftype("thing", [["t_mtx", "mtx", "", None], ["t_own", "int", "c", 0],
+                           ["t_sched", "int", "j", 0], ["t_free", "int", "n", 0]])
+    locks = LockTable()
+    found: list[Finding] = []
+    chk = LockKeyChecker(kmem, locks, found.append)
+    chk.define_keys({"c": ["self", ""], "j": ["name", "sched lock"]})
+    h = kmem.new("thing", {})
+    chk.created(h, 1)
+    locks.init(field_addr(h, 0), LC_SLEEP, "thing lock", 0)
+    locks.init(0x99, LC_SPIN, "sched lock", LF_RECURSE)
+    return kmem, locks, chk, found, h
+
+
+def test_an_unlocked_store_to_a_keyed_field_is_reported_once() -> None:
+    kmem, locks, chk, found, h = _keyed()
+    chk.access(1, "ctor.py:1", h, ["t_own", "t_sched"], "store")   # the creator: private
+    assert found == []
+    chk.access(2, "use.py:7", h, ["t_own"], "store")                # another thread
+    chk.access(2, "use.py:7", h, ["t_own"], "store")                # once per field+site
+    assert len(found) == 1
+    f = found[0]
+    assert f.detector == "lockkey" and "thing.t_own" in f.summary and "use.py:7" in f.summary
+    assert "its own t_mtx" in f.summary
+
+
+def test_accesses_with_the_right_lock_or_to_unkeyed_fields_are_silent() -> None:
+    kmem, locks, chk, found, h = _keyed()
+    chk.access(2, "a.py:1", h, ["t_free"], "load")
+    locks.acquire(2, 0, "a.py:2", field_addr(h, 0), EXCL, 0)
+    chk.access(2, "a.py:3", h, ["t_own"], "store")
+    locks.acquire(2, 0, "a.py:4", 0x99, EXCL, 0)
+    chk.access(2, "a.py:5", h, ["t_sched"], "load")
+    assert found == []
+    locks.release(2, 0, "a.py:6", 0x99, EXCL)
+    chk.access(2, "a.py:7", h, ["t_sched"], "load")
+    assert [f.summary.split(" @ ")[0] for f in found] == \
+        ["unlocked load of thing.t_sched (j: needs sched lock)"]
+
