@@ -1,7 +1,9 @@
 """The ``smp`` command line.
 
     smp run [CONFIG] [--set SECTION.KEY=VALUE ...] [--fail-point NAME ...] [--run-dir DIR]
-    smp report RUN_DIR [--format text|json]
+    smp report RUN_DIR [--format text|json|csv] [--table cpus|locks|profile|series]
+    smp top [RUN_DIR] [--once [--json]]
+    smp plot RUN_DIR
     smp config [CONFIG] [--set ...] [--schema]
     smp failpoints
     smp stress [CONFIG] --runs N [--jobs J] [--seed S] [--chaos LEVEL] [--fail-point NAME ...]
@@ -30,6 +32,10 @@ examples:
   smp config --schema                      every config key, its type, default and meaning
   smp failpoints                           the race guards of vm_glue that can be switched off
   smp run --fail-point swapout_procs_prs_new   a run without that guard
+  smp top                                  live per-CPU view of the newest running machine
+  smp top runs/X --once --json             one sample, for scripts
+  smp plot runs/20261126-101500-s1         PNG charts into the run directory
+  smp run --metrics 9100                   Prometheus metrics at http://127.0.0.1:9100/metrics
 """
 
 
@@ -65,6 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true",
                      help="print nothing; the run directory has everything (for scripts "
                      "and stress campaigns)")
+    run.add_argument("--metrics", metavar="[ADDR:]PORT",
+                     help="serve the machine's counters in the Prometheus text format at "
+                     "http://ADDR:PORT/metrics while it runs (ADDR defaults to 127.0.0.1; "
+                     "another address must be named explicitly)")
 
     st = sub.add_parser(
         "stress", help="run many short machines with derived seeds, hunting lock races",
@@ -105,8 +115,21 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="print the summary of a finished run again",
                          description="Read RUN_DIR/report.json and print its summary.")
     rep.add_argument("run_dir", metavar="RUN_DIR")
-    rep.add_argument("--format", choices=("text", "json"), default="text",
-                     help="text: the summary table (default); json: report.json as is")
+    rep.add_argument("--format", choices=("text", "json", "csv"), default="text",
+                     help="text: the summary table (default); json: report.json as is; "
+                     "csv: one table of the run (see --table)")
+    rep.add_argument("--table", choices=("cpus", "locks", "profile", "series"),
+                     default="cpus",
+                     help="with --format csv: cpus (one row per CPU, default), locks, "
+                     "profile (LOCK_PROFILING rows) or series (every CPU sample of "
+                     "stats.jsonl)")
+
+    plot = sub.add_parser(
+        "plot", help="write PNG charts of a run into its directory",
+        description="Read RUN_DIR/stats.jsonl and write cpu_utilisation.png (per-CPU "
+        "utilisation stacked by state), lock_contention.png (the most contended locks "
+        "over time) and swap.png (swapouts, swapins, free pages) into RUN_DIR.")
+    plot.add_argument("run_dir", metavar="RUN_DIR")
 
     top = sub.add_parser(
         "top", help="live per-CPU view of a running machine (q quits, s sorts, p pauses)",
@@ -156,6 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "top":
         from smp.top import main as top_main
         return top_main(args.run_dir, args.once, args.json, args.runs, args.timeout)
+    if args.command == "plot":
+        return _plot(args)
     if args.command == "failpoints":
         from kernel.kern.kern_fail import fail_points
         for fp in fail_points():
@@ -178,8 +203,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from smp.launcher import LaunchError, run_machine
     from smp.report import summary_table
     try:
+        monitors = _monitors(args, cfg)
+    except ValueError as e:
+        print(f"smp: {e}", file=sys.stderr)
+        return 2
+    try:
         result = run_machine(cfg, args.run_dir,
-                             log=(lambda line: None) if args.quiet else None)
+                             log=(lambda line: None) if args.quiet else None,
+                             monitors=monitors)
     except LaunchError as e:
         print(f"smp: {e}", file=sys.stderr)
         return 1
@@ -240,6 +271,39 @@ def _stress(args: argparse.Namespace, cfg: "Config") -> int:
     return status
 
 
+def _monitors(args: argparse.Namespace, cfg: "Config") -> list[object]:
+    """The progress display (when standard error is a terminal) and the Prometheus
+    exporter (--metrics); raises ValueError for a --metrics address that cannot be used."""
+    monitors: list[object] = []
+    if args.metrics:
+        from smp.metrics import MetricsError, MetricsExporter, check_bind, parse_addr
+        try:
+            addr, port = parse_addr(args.metrics)
+            check_bind(addr, port)
+        except MetricsError as e:
+            raise ValueError(str(e)) from None
+        say = (lambda line: None) if args.quiet else \
+            (lambda line: print(line, file=sys.stderr, flush=True))
+        monitors.append(MetricsExporter(addr, port, log=say))
+    if not args.quiet and sys.stderr.isatty():
+        from smp.progress import RunProgress
+        monitors.append(RunProgress(float(cfg["run.duration"]), float(cfg["machine.speed"]),
+                                    int(cfg["machine.cpus"])))
+    return monitors
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from smp.plot import PlotError, write_plots
+    try:
+        paths = write_plots(args.run_dir)
+    except PlotError as e:
+        print(f"smp plot: {e}", file=sys.stderr)
+        return 2
+    for p in paths:
+        print(p)
+    return 0
+
+
 def _check_fail_points(cfg: "Config") -> None:
     from kernel.kern.kern_fail import fail_points
     known = [fp.name for fp in fail_points()]
@@ -265,6 +329,15 @@ def _report(args: argparse.Namespace) -> int:
         return 2
     if args.format == "json":
         print(json.dumps(report, indent=1))
+    elif args.format == "csv":
+        from smp.export import write_csv
+        try:
+            write_csv(args.run_dir, report, args.table, sys.stdout)
+        except FileNotFoundError as e:
+            print(f"smp: {e.filename}: no such file", file=sys.stderr)
+            return 2
+        except BrokenPipeError:                   # `| head`: the reader has had enough
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     else:
         print(summary_table(report))
     return 0

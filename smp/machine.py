@@ -38,6 +38,10 @@ def cpu_main(cpu_id: int, endpoint: str, config: dict[str, Any], liveness: float
         bus.hello("cpu", cpu_id, os.getpid())
         clock = Clock(int(config["machine.hz"]), float(config["machine.speed"]))
         hw = Cpu(cpu_id, bus, clock, float(config["run.stats_interval"]))
+        if config["debug.chaos"] != "off":
+            from hw.chaos import Chaos
+            seed = int(config["debug.chaos_seed"]) or int(config["run.seed"])
+            hw.chaos = Chaos(str(config["debug.chaos"]), seed, cpu_id)
         deadline = time.monotonic() + START_TIMEOUT
         while not clock.started and not hw.halted:
             if time.monotonic() > deadline:

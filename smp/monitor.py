@@ -24,6 +24,7 @@ import glob
 import json
 import os
 import time
+import tomllib
 from typing import Any, Iterator
 
 import psutil
@@ -61,7 +62,23 @@ def read_live(run_dir: str) -> dict[str, Any] | None:
             info = json.load(f)
     except (FileNotFoundError, json.JSONDecodeError):
         return None
-    return info if _alive(info.get("launcher_pid")) else None
+    if not _alive(info.get("launcher_pid")):
+        return None
+    info.update(run_config(run_dir))
+    return info
+
+
+def run_config(run_dir: str) -> dict[str, Any]:
+    """What the monitors want from the run's resolved config.toml (empty if unreadable)."""
+    try:
+        with open(os.path.join(run_dir, "config.toml"), "rb") as f:
+            cfg = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError):
+        return {}
+    run, machine = cfg.get("run") or {}, cfg.get("machine") or {}
+    return {"duration": run.get("duration"), "speed": machine.get("speed"),
+            "stats_interval": run.get("stats_interval"), "hz": machine.get("hz"),
+            "cpus": machine.get("cpus")}
 
 
 def find_live_run(run_dir: str | None, base: str = "runs") -> tuple[str, dict[str, Any]]:

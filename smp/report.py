@@ -80,6 +80,15 @@ def build_report(cfg: Config, server: dict[str, Any], *, reason: str, problems: 
         violations.extend(f"cpu{cpu}: {v}" for v in (f.get("kernel") or {}).get("violations", []))
         findings.extend({"detector": "kernel", "sites": [], **x, "cpu": cpu}
                         for x in (f.get("kernel") or {}).get("findings", []))
+    # the same kernel finding seen many times: keep the first, count the rest
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    for x in list(findings):
+        k = (str(x.get("detector")), str(x.get("summary")))
+        if k in seen:
+            seen[k]["repeats"] = seen[k].get("repeats", 1) + 1
+            findings.remove(x)
+        else:
+            seen[k] = x
     invariants = violations + (check_invariants(server, kernel) if server else [])
     kernel["invariant_violations"] = max(len(invariants), kernel.get("invariant_violations", 0))
     panic = server.get("panic")

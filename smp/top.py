@@ -68,8 +68,9 @@ def _table(*cols: tuple[str, str]) -> Table:
     t = Table(box=None, padding=(0, 1, 0, 0), show_edge=False, header_style="bold",
               pad_edge=False, expand=False)
     for name, justify in cols:
-        t.add_column(name, justify=justify, no_wrap=justify == "right",  # type: ignore
-                     overflow="ellipsis")
+        t.add_column(name, justify=justify, no_wrap=True,  # type: ignore[arg-type]
+                     overflow="ellipsis",
+                     min_width=None if justify == "left" else len(name.split("\n")[-1]))
     return t
 
 
@@ -118,27 +119,30 @@ def locks_table(locks: list[dict[str, Any]], sort: str) -> Table:
             label += "*"
         cols.append((label, "left" if c == "name" else "right"))
     t = _table(*cols)
+    for col in t.columns[:-1]:
+        col.min_width = 6                   # the numbers keep their width; names shrink
     for r in locks:
         t.add_row(*(_num(r[c]) for c in PROFILE_COLUMNS[:-1]), Text(r["name"]))
     return t
 
 
-def memory_line(view: MachineView) -> str:
+def memory_line(view: MachineView) -> Text:
     m = view.memory()
     free = "-" if m["free_pages"] is None else f"{m['free_pages']}/{m['pages']}"
-    return (f"mem: free pages {free}  swapouts {m['swapouts']} (pages "
+    return Text(f"mem: free pages {free}  swapouts {m['swapouts']} (pages "
             f"{m['pages_swapped_out']})  swapins {m['swapins']} (pages "
             f"{m['pages_swapped_in']})")
 
 
-def title_line(view: MachineView, run_dir: str, ended: bool, paused: bool) -> str:
+def title_line(view: MachineView, run_dir: str, ended: bool, paused: bool) -> Text:
     live = view.live
-    state = "run ended" if ended else ("PAUSED" if paused else
-                                       ("waiting for samples" if not view.rates else "live"))
+    state = "ENDED" if ended else ("PAUSED" if paused else
+                                   ("waiting" if not view.rates else "live"))
     cfg = str(live.get("config") or "?").rsplit("/", 1)[-1]
-    return (f"smp top  {run_dir.rstrip('/').rsplit('/', 1)[-1]}  {cfg} seed "
-            f"{live.get('seed')}  sim {view.sim_time():.1f} s  {view.ncpus()} CPUs  "
-            f"[{state}]  rates per simulated s")
+    total = f"/{live['duration']:g}" if isinstance(live.get("duration"), (int, float)) else ""
+    return Text(f"[{state}] sim {view.sim_time():.1f}{total} s  {view.ncpus()} CPUs  {cfg} "
+                f"seed {live.get('seed')}  rates per sim s  "
+                f"{run_dir.rstrip('/').rsplit('/', 1)[-1]}", no_wrap=True, overflow="ellipsis")
 
 
 def _launcher_gone(view: MachineView) -> bool:
@@ -165,6 +169,7 @@ def make_app(run_dir: str, live: dict[str, Any], refresh_s: float = REFRESH_S) -
         #mem { height: 1; }
         #locks { height: 1fr; }
         """
+        ENABLE_COMMAND_PALETTE = False
         BINDINGS = [Binding("q", "quit", "quit"), Binding("s", "sort", "sort locks"),
                     Binding("c", "cpu_order", "cpu order"), Binding("p", "pause", "pause")]
 

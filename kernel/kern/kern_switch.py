@@ -31,6 +31,7 @@ class RunQueue:
         if lt.on_runq:
             return
         lt.on_runq = True
+        lt.runq_since = md.pcpu.ticks
         heapq.heappush(self.heap, (pri, next(self.seq), lt))
 
     def choose(self) -> Any:

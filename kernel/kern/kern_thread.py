@@ -26,7 +26,7 @@ class LocalThread:
 
     __slots__ = ("td", "tid", "name", "ctx", "owned", "owned_sx", "granted", "blocked_on",
                  "on_runq", "pri", "need_resched", "giant_saved", "sleep_callout", "proc",
-                 "local", "kstack")
+                 "local", "kstack", "runq_since", "watchdog_reported")
 
     def __init__(self, td: Any, name: str, pri: int) -> None:
         self.td = td
@@ -45,6 +45,8 @@ class LocalThread:
         self.proc: Any = None
         self.local: dict[str, Any] = {}                    # the thread's own variables
         self.kstack = 0                                    # td_kstack (never changes)
+        self.runq_since = 0                                # tick it was last queued
+        self.watchdog_reported = False
 
     def __repr__(self) -> str:
         return f"<thread {self.name} tid {self.tid}>"

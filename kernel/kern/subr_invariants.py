@@ -50,8 +50,19 @@ def request_final_check() -> None:
 
 
 def check_runq() -> None:
-    """No thread on this CPU's run queue is swapped out (sched_lock held)."""
-    for tid in md.pcpu.runq.tids():
+    """No thread on this CPU's run queue is swapped out, and none has waited there longer
+    than the watchdog allows (sched_lock held)."""
+    pc = md.pcpu
+    limit = int(float(pc.config["debug.watchdog_s"]) * param.hz)
+    for tid in pc.runq.tids():
+        lt = pc.threads.get(tid)
+        if (limit and lt is not None and not lt.watchdog_reported
+                and pc.ticks - lt.runq_since > limit):
+            lt.watchdog_reported = True
+            pc.note_finding("watchdog", f"watchdog: thread {lt.name} (tid {tid}) on cpu"
+                            f"{pc.cpuid} runnable for {(pc.ticks - lt.runq_since) / param.hz:.1f}"
+                            f" simulated s without running", "watchdog",
+                            "\n".join(lt.ctx.stack()[-8:]))
         inhib = struct_thread.at(tid).td_inhibitors
         if inhib & TDI.TDI_SWAPPED:
             md.pcpu.note_violation(f"thread {tid} is on cpu{md.pcpu.cpuid}'s run queue "

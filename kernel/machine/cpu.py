@@ -74,12 +74,14 @@ class PCpu:
     def count(self, name: str, n: int = 1) -> None:
         self.stats[name] = self.stats.get(name, 0) + n
 
-    def note_finding(self, ident: str, what: str) -> None:
-        """A known bug of the 2002 code showed itself (FINDINGS.md): counted and kept for
-        the report; it does not fail the run."""
+    def note_finding(self, ident: str, what: str, detector: str = "kernel",
+                     detail: str = "") -> None:
+        """Something a check in the kernel saw (a known bug of the 2002 code, FINDINGS.md,
+        or a watchdog): counted and kept for the report."""
         self.count(f"finding_{ident}")
         if len(self.findings) < 100:
-            self.findings.append({"id": ident, "summary": what})
+            self.findings.append({"id": ident, "summary": what, "detector": detector,
+                                  "detail": detail})
 
     def note_violation(self, what: str) -> None:
         """A broken invariant: counted, kept for the report, and the run fails."""
