@@ -137,17 +137,32 @@ class Server:
             Op.SYMBOL: lambda p, t, s, a: self.kmem.symbol(a[0], a[1]),
             Op.LOOKUP: lambda p, t, s, a: self.kmem.lookup(a[0]),
             Op.COUNT: lambda p, t, s, a: self.kmem.count(a[0], a[1]),
-            Op.LIST_INSERT_HEAD: lambda p, t, s, a: self.kmem.listhead(a[0]).insert_head(a[1]),
-            Op.LIST_INSERT_TAIL: lambda p, t, s, a: self.kmem.listhead(a[0]).insert_tail(a[1]),
-            Op.LIST_REMOVE: lambda p, t, s, a: self.kmem.listhead(a[0]).remove(a[1]),
-            Op.LIST_FIRST: lambda p, t, s, a: self.kmem.listhead(a[0]).head,
-            Op.LIST_NEXT: lambda p, t, s, a: self.kmem.listhead(a[0]).after(a[1]),
-            Op.LIST_ITEMS: lambda p, t, s, a: self.kmem.listhead(a[0]).items(),
-            Op.LIST_LEN: lambda p, t, s, a: len(self.kmem.listhead(a[0]).next),
-            Op.LIST_SEARCH: lambda p, t, s, a: self.kmem.list_search(a[0], a[1], a[2], a[3]),
-            Op.MAP_GET: lambda p, t, s, a: self.kmem.maphead(a[0]).get(a[1], 0),
-            Op.MAP_SET: lambda p, t, s, a: self.kmem.maphead(a[0]).__setitem__(a[1], a[2]),
-            Op.MAP_DEL: lambda p, t, s, a: self.kmem.map_del(a[0], a[1]),
+            # list heads and hash tables are fields too: reading or changing one is an
+            # access under the field's lock key
+            Op.LIST_INSERT_HEAD: lambda p, t, s, a: (
+                self._head(t, s, a[0], "store"), self.kmem.listhead(a[0]).insert_head(a[1])),
+            Op.LIST_INSERT_TAIL: lambda p, t, s, a: (
+                self._head(t, s, a[0], "store"), self.kmem.listhead(a[0]).insert_tail(a[1])),
+            Op.LIST_REMOVE: lambda p, t, s, a: (
+                self._head(t, s, a[0], "store"), self.kmem.listhead(a[0]).remove(a[1])),
+            Op.LIST_FIRST: lambda p, t, s, a: (
+                self._head(t, s, a[0], "load"), self.kmem.listhead(a[0]).head)[1],
+            Op.LIST_NEXT: lambda p, t, s, a: (
+                self._head(t, s, a[0], "load"), self.kmem.listhead(a[0]).after(a[1]))[1],
+            Op.LIST_ITEMS: lambda p, t, s, a: (
+                self._head(t, s, a[0], "load"), self.kmem.listhead(a[0]).items())[1],
+            Op.LIST_LEN: lambda p, t, s, a: (
+                self._head(t, s, a[0], "load"), len(self.kmem.listhead(a[0]).next))[1],
+            Op.LIST_SEARCH: lambda p, t, s, a: (
+                self._head(t, s, a[0], "load"),
+                self.kmem.list_search(a[0], a[1], a[2], a[3]))[1],
+            Op.MAP_GET: lambda p, t, s, a: (
+                self._head(t, s, a[0], "load"), self.kmem.maphead(a[0]).get(a[1], 0))[1],
+            Op.MAP_SET: lambda p, t, s, a: (
+                self._head(t, s, a[0], "store"),
+                self.kmem.maphead(a[0]).__setitem__(a[1], a[2])),
+            Op.MAP_DEL: lambda p, t, s, a: (
+                self._head(t, s, a[0], "store"), self.kmem.map_del(a[0], a[1])),
             Op.LOCK_INIT: self._lock_init,
             Op.LOCK_DESTROY: lambda p, t, s, a: self.locks.destroy(a[0]),
             Op.ACQUIRE: self._acquire,
@@ -195,6 +210,14 @@ class Server:
     def _access(self, tid: int, site: str, h: int, fields: list[str], kind: str) -> None:
         if self.lockkeys is not None:
             self.lockkeys.access(tid, site, h, fields, kind)
+
+    def _head(self, tid: int, site: str, addr: int, kind: str) -> None:
+        if self.lockkeys is not None:
+            try:
+                h, field, _ = self.kmem.resolve(addr)
+            except ObjectError:
+                return                      # the list operation itself reports it
+            self.lockkeys.access(tid, site, h, [field], kind)
 
     def _finding(self, f: Finding) -> None:
         if len(self.findings) < 1000:

@@ -118,8 +118,8 @@ def PRI_IS_REALTIME(c: int) -> bool:
 
 
 struct_proc = KStruct("proc", [
-    F("p_threads", "list", "j"),            # all threads
-    F("p_ksegrps", "list", "j"),            # all ksegrps
+    F("p_threads", "list", ""),             # all threads (unannotated in 5.0's proc.h)
+    F("p_ksegrps", "list", ""),             # all ksegrps
     F("p_mtx", "mtx"),                      # the proc lock
     F("p_flag", "int", "c"),
     F("p_sflag", "int", "j"),
@@ -151,7 +151,7 @@ struct_procsig = KStruct("procsig", [
 
 struct_ksegrp = KStruct("ksegrp", [
     F("kg_proc", "ptr:proc", "b"),
-    F("kg_threads", "list", "j"),
+    F("kg_threads", "list", ""),
     F("kg_pri_class", "int", "j", PRI_TIMESHARE),
     F("kg_user_pri", "int", "j", 160),
     F("kg_nice", "int", "j"),

@@ -138,7 +138,8 @@ FAIL_POINT_DEFINE("swapout_procs_prs_new",
 FAIL_POINT_DEFINE("swapout_procs_p_system",
                   "swapout_procs: no quick P_SYSTEM test before touching p_vmspace")
 FAIL_POINT_DEFINE("swapout_procs_map_trylock",
-                  "swapout_procs: block on the map lock instead of vm_map_trylock")
+                  "swapout_procs: do not lock the map (no vm_map_trylock) while the "
+                  "process is checked and swapped out")
 FAIL_POINT_DEFINE("swapout_procs_hold_locks",
                   "swapout_procs: drop the proc lock and sched_lock between the checks "
                   "and swapout()")
@@ -577,7 +578,6 @@ def swapout_procs(action: int) -> None:
     If any procs have been sleeping/stopped for at least maxslp seconds,
     they are swapped.  Else, we swap the longest-sleeping or stopped process,
     if any, otherwise the longest-resident process."""
-    from kernel.vm.vm_map import vm_map_lock
     G = kern_globals.G
     didswap = 0
 
@@ -597,7 +597,8 @@ def swapout_procs(action: int) -> None:
                     mtx_unlock_spin(G.sched_lock)
                 if level >= 2:                                   # nextproc2:
                     PROC_UNLOCK(p)
-                    vm_map_unlock(vm.vm_map)
+                    if locked:
+                        vm_map_unlock(vm.vm_map)
                 vmspace_free(vm)                                 # nextproc1:
 
             #
@@ -639,12 +640,10 @@ def swapout_procs(action: int) -> None:
                     "swapout_procs: a process has no address space")
             vm.vm_refcnt += 1
             PROC_UNLOCK(p)
-            if guard("swapout_procs_map_trylock"):
-                if not vm_map_trylock(vm.vm_map):
-                    _next(1)                                     # goto nextproc1
-                    continue
-            else:
-                vm_map_lock(vm.vm_map)
+            locked = guard("swapout_procs_map_trylock")
+            if locked and not vm_map_trylock(vm.vm_map):
+                _next(1)                                         # goto nextproc1
+                continue
 
             PROC_LOCK(p)
             if (p.p_lock != 0 or
@@ -735,7 +734,7 @@ def swapout_procs(action: int) -> None:
                     # PORT: the fail point reopens the window the 2002 rework closed.
                     mtx_unlock_spin(G.sched_lock)
                     PROC_UNLOCK(p)
-                    md.cpu_work(200)
+                    md.cpu_work(2000)
                     PROC_LOCK(p)
                     mtx_lock_spin(G.sched_lock)
                 swapout(p)
@@ -746,7 +745,8 @@ def swapout_procs(action: int) -> None:
                 # ugly, but avoids superfluous lock.
                 #
                 mtx_unlock_spin(G.sched_lock)
-                vm_map_unlock(vm.vm_map)
+                if locked:
+                    vm_map_unlock(vm.vm_map)
                 vmspace_free(vm)
                 sx_sunlock(G.allproc_lock)
                 restart = True                                   # goto retry
