@@ -196,6 +196,17 @@ def summary_table(report: dict[str, Any]) -> str:
                  f"{report['wall_s']:.1f} wall s, seed {report['seed']} ({report['reason']})")
     if report.get("panic"):
         lines.append(f"panic: {report['panic']['message']} (cpu {report['panic']['cpu']})")
+    found = report.get("findings") or []
+    if found:
+        from smp.findings import classify
+        fails = [f for f in classify(report) if f.detector not in ("panic", "invariant",
+                                                                      "machine")]
+        new = [f for f in fails if f.known is None]
+        lines.append(f"findings: {len(fails)} ({len(new)} new, {len(fails) - len(new)} "
+                     f"known; see report.json and FINDINGS.md)")
+        for f in (new + [f for f in fails if f.known])[:6]:
+            tag = f"known {f.known}" if f.known else "new"
+            lines.append(f"  [{f.detector}, {tag}] {f.summary[:110]}")
     for line in report.get("invariants", []) + report.get("problems", []):
         lines.append(f"  - {line}")
     return "\n".join(lines)
