@@ -169,6 +169,8 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import signal
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)        # `smp ... | head` ends quietly
     ap = _parser()
     args = ap.parse_args(argv)
     if args.command is None:
