@@ -9,7 +9,7 @@ locks in 2002; the server still refuses recursion and an unlock by a non-holder.
 from __future__ import annotations
 
 from hw.protocol import EXCL, LC_LOCKMGR, SHARED, Op, QUEUED
-from kernel.kern.kern_mutex import _curlocal, _lock_block
+from kernel.kern.kern_mutex import _curlocal, _drop_hold, _lock_block
 from kernel.machine import cpu as md
 
 LK_SHARED = 0x00000001
@@ -37,14 +37,8 @@ def lockmgr(lkp: int, flags: int) -> int:
     op = flags & LK_TYPE_MASK
     if op == LK_RELEASE:
         mode = EXCL if lt.owned_sx.get((lkp, EXCL)) else SHARED
-        key = (lkp, mode)
-        n = lt.owned_sx.get(key, 0)
-        if n == 0:
-            md.panic(f"lockmgr: thread {lt.name} unlocking unheld lock {lkp:#x}")
-        if n == 1:
-            del lt.owned_sx[key]
-        else:
-            lt.owned_sx[key] = n - 1
+        _drop_hold(lt.owned_sx, (lkp, mode),
+                   f"lockmgr: thread {lt.name} unlocking unheld lock {lkp:#x}")
         hw.post(Op.RELEASE, md.site(), lkp, mode)
         return 0
     mode = SHARED if op == LK_SHARED else EXCL

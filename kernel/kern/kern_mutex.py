@@ -115,14 +115,19 @@ def mtx_unlock_spin(m: int) -> None:
     hw.critical_exit()
 
 
-def _disown(lt, m: int) -> None:  # type: ignore[no-untyped-def]
-    n = lt.owned.get(m, 0)
+def _drop_hold(holds: dict, key: object, complaint: str) -> None:  # type: ignore[type-arg]
+    """One hold fewer in a thread's record of its locks; none to drop panics."""
+    n = holds.get(key, 0)
     if n == 0:
-        md.panic(f"unlock of lock {m:#x} not owned by thread {lt.name}")
+        md.panic(complaint)
     if n == 1:
-        del lt.owned[m]
+        del holds[key]
     else:
-        lt.owned[m] = n - 1
+        holds[key] = n - 1
+
+
+def _disown(lt, m: int) -> None:  # type: ignore[no-untyped-def]
+    _drop_hold(lt.owned, m, f"unlock of lock {m:#x} not owned by thread {lt.name}")
 
 
 def mtx_owned(m: int) -> bool:

@@ -10,7 +10,7 @@ sleep.
 from __future__ import annotations
 
 from hw.protocol import EXCL, LC_SX, SHARED, Op, QUEUED
-from kernel.kern.kern_mutex import _curlocal, _lock_block
+from kernel.kern.kern_mutex import _curlocal, _drop_hold, _lock_block
 from kernel.machine import cpu as md
 
 SX_LOCKED = 0x01
@@ -51,16 +51,9 @@ def _sx_try(sx: int, mode: int) -> bool:
 
 
 def _sx_unlock(sx: int, mode: int) -> None:
-    lt = _curlocal()
-    key = (sx, mode)
-    n = lt.owned_sx.get(key, 0)
-    if n == 0:
-        md.panic(f"sx {sx:#x}: unlock of a lock not held "
-                 f"{'shared' if mode == SHARED else 'exclusive'}")
-    if n == 1:
-        del lt.owned_sx[key]
-    else:
-        lt.owned_sx[key] = n - 1
+    _drop_hold(_curlocal().owned_sx, (sx, mode),
+               f"sx {sx:#x}: unlock of a lock not held "
+               f"{'shared' if mode == SHARED else 'exclusive'}")
     md.pcpu.hw.post(Op.RELEASE, md.site(), sx, mode)
 
 
