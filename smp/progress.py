@@ -3,16 +3,18 @@
 A launcher monitor (see ``run_machine``'s ``monitors``): it reads the same stats stream
 that becomes ``stats.jsonl`` and redraws, at most four times a second, two things on
 standard error: simulated time of the total with a bar, the wall time spent and an ETA
-(from the simulated seconds per wall second seen so far), and each CPU's utilisation over
-its last sample interval (the share of its ticks not idle) with a small bar. The launcher's
-log lines are printed above it while it shows, and it disappears when the run stops, before
-the summary is printed. The CLI uses it only when standard error is a terminal; otherwise
-``smp run`` prints plain log lines as before. Rendering is Rich's (``Live``, ``ProgressBar``).
+(from the simulated seconds per wall second seen so far), and each CPU's utilisation (the
+share of its ticks not idle, over its samples of the last two wall seconds) with a small
+bar. The launcher's log lines are printed above it while it shows, and it disappears when
+the run stops, before the summary is printed. The CLI uses it only when standard error is
+a terminal; otherwise ``smp run`` prints plain log lines as before. Rendering is Rich's
+(``Live``, ``ProgressBar``).
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import Any
 
 from rich.columns import Columns
@@ -25,6 +27,7 @@ from rich.text import Text
 from smp.monitor import cpu_rates
 
 REDRAW_S = 0.25
+WINDOW_S = 2.0           # utilisation is over the CPU's samples of the last ~2 wall s
 
 
 def _clock(seconds: float) -> str:
@@ -44,6 +47,7 @@ class RunProgress:
         self.console = console or Console(stderr=True)
         self.live: Live | None = None
         self.last: dict[int, dict[str, Any]] = {}
+        self.window: dict[int, deque[dict[str, Any]]] = {}
         self.first: dict[str, float] | None = None
         self.busy: dict[int, float] = {}
         self.t0 = time.monotonic()
@@ -60,9 +64,13 @@ class RunProgress:
         if rec.get("type") != "cpu" or not isinstance(rec.get("cpu"), int):
             return
         cpu = rec["cpu"]
-        prev = self.last.get(cpu)
-        if prev is not None and rec.get("sim", 0) > prev.get("sim", 0):
-            self.busy[cpu] = cpu_rates(prev, rec)["busy"]
+        win = self.window.setdefault(cpu, deque())
+        win.append(rec)
+        while len(win) > 2 and float(rec.get("wall", 0)) - float(win[1].get("wall", 0)) \
+                >= WINDOW_S:
+            win.popleft()
+        if rec.get("sim", 0) > win[0].get("sim", 0):
+            self.busy[cpu] = cpu_rates(win[0], rec)["busy"]
         self.last[cpu] = rec
         if self.first is None:
             self.first = {"sim": float(rec.get("sim", 0.0)), "t": time.monotonic()}
