@@ -26,6 +26,7 @@ show), prints one sample and exits, for scripts.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -181,6 +182,7 @@ def make_app(run_dir: str, live: dict[str, Any], refresh_s: float = REFRESH_S) -
             self.cpu_sort = 0
             self.paused = False
             self.ended = False
+            self.ppid = os.getppid()
 
         def compose(self) -> ComposeResult:
             yield Static(id="title")
@@ -203,6 +205,9 @@ def make_app(run_dir: str, live: dict[str, Any], refresh_s: float = REFRESH_S) -
                 self.view.feed(topic, rec)
 
         def tick(self) -> None:
+            if os.getppid() != self.ppid:      # whoever started us is gone (a lost
+                self.exit(0)                   # terminal that sent no SIGHUP): so are we
+                return
             if not self.ended and time.monotonic() - self.view.last_heard > 3.0:
                 self.ended = _launcher_gone(self.view)
             if self.paused:
