@@ -8,9 +8,16 @@ Two ways to issue a request (DESIGN.md decision 10):
   so the server still applies them in program order.
 
 Asynchronous events (grants, IPIs, start, halt) can arrive at any time; the bus queues them
-in :attr:`Bus.events` for the CPU to deliver at its next interrupt point. Every wait here is
-bounded by ``liveness`` seconds of silence from the server: a server that stops answering
-ends the CPU process rather than hanging it.
+in :attr:`Bus.events` for the CPU to deliver at its next interrupt point.
+
+Liveness, both ways (``hw.protocol.HEARTBEAT_S``): the server sends every CPU a
+``HEARTBEAT`` event every HEARTBEAT_S (0.25 s), which the bus swallows; every wait here raises
+:class:`ServerGone` after ``silence`` seconds (``SERVER_SILENCE_S``, 1.25 s) in which
+*nothing* came from the server, so a killed server is noticed within 2 s by every CPU, even
+one on another host. In the other direction, a bus that has sent nothing for
+``HEARTBEAT_S`` posts a ``PING`` whenever it waits, so the server can tell a quiet CPU from a
+dead or stopped one. A call also gives up after ``liveness`` seconds without its reply (the
+server is alive but does not answer: a server bug).
 
 Every request carries the simulated thread (``tid``) and the kernel source site.
 """
@@ -18,12 +25,14 @@ Every request carries the simulated thread (``tid``) and the kernel source site.
 from __future__ import annotations
 
 import collections
+import threading
 import time
 from typing import Any
 
 import zmq
 
-from hw.protocol import ERR, VERSION, Op, pack, unpack
+from hw.protocol import (ERR, HEARTBEAT_S, SERVER_SILENCE_S, VERSION, Event, Op, pack,
+                         unpack)
 
 
 class BusError(Exception):
@@ -35,39 +44,61 @@ class ServerGone(Exception):
 
 
 class Bus:
-    def __init__(self, endpoint: str, identity: str, liveness: float = 10.0) -> None:
+    def __init__(self, endpoint: str, identity: str, liveness: float = 10.0,
+                 silence: float = SERVER_SILENCE_S, curve: dict[str, bytes] | None = None
+                 ) -> None:
         self.ctx: zmq.Context[Any] = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.IDENTITY, identity.encode())   # before connect
         self.sock.setsockopt(zmq.SNDHWM, 0)
         self.sock.setsockopt(zmq.RCVHWM, 0)
+        if curve:                  # CURVE client: our key pair and the server's public key
+            self.sock.curve_secretkey = curve["secret"]
+            self.sock.curve_publickey = curve["public"]
+            self.sock.curve_serverkey = curve["server"]
         self.sock.connect(endpoint)
+        self.endpoint = endpoint
+        self.identity = identity
+        self.curve = curve
+        self.beat: tuple[threading.Thread, threading.Event] | None = None
         self.liveness = liveness
+        self.silence = silence
         self.seq = 0
         self.events: collections.deque[list[Any]] = collections.deque()
         self.calls = 0
         self.posts = 0
+        self.pings = 0
         self.wait_s = 0.0
         self.closed = False
+        self.last_rx = time.monotonic()        # the last message from the server
+        self.last_tx = self.last_rx            # our last message to it
 
     def hello(self, role: str, cpu: int, pid: int) -> Any:
-        return self.call(Op.HELLO, 0, "", VERSION, role, cpu, pid)
+        # the server may still be starting: the first answer gets the longer bound
+        return self._call(Op.HELLO, 0, "", (VERSION, role, cpu, pid), self.liveness)
 
     def post(self, op: int, tid: int, site: str, *args: Any) -> None:
         self.posts += 1
         self.sock.send(pack([op, 0, tid, site, *args]))
+        self.last_tx = time.monotonic()
 
     def call(self, op: int, tid: int, site: str, *args: Any) -> Any:
+        return self._call(op, tid, site, args, self.silence)
+
+    def _call(self, op: int, tid: int, site: str, args: tuple[Any, ...],
+              silence: float) -> Any:
         self.seq += 1
         seq = self.seq
         self.calls += 1
         t = time.perf_counter()
         self.sock.send(pack([op, seq, tid, site, *args]))
+        self.last_tx = start = time.monotonic()
         while True:
-            msg = self.recv(self.liveness)
+            # silence counts from the server's last message, not from our request
+            msg = self.recv(max(self.last_rx + silence - time.monotonic(), 0.0))
             if msg is None:
-                raise ServerGone(f"no reply from the server in {self.liveness:.0f} s")
+                raise ServerGone(f"nothing from the server in {silence:.2f} s")
             if msg[0] == Op.REPLY:
                 if msg[1] == seq:
                     self.wait_s += time.perf_counter() - t
@@ -77,26 +108,87 @@ class Bus:
                 if msg[1] == 0 and msg[2] == ERR:
                     raise BusError(str(msg[3]))
                 continue                           # a stale reply: ignore
-            self.events.append(msg)
+            if msg[1] != Event.HEARTBEAT:
+                self.events.append(msg)
+            elif self.last_rx - start > self.liveness:
+                raise ServerGone(f"no reply to {Op(op).name} in {self.liveness:.0f} s "
+                                 f"(the server is alive but does not answer)")
 
     def recv(self, timeout: float) -> list[Any] | None:
-        """One message from the server, or None after ``timeout`` seconds of silence."""
+        """One message from the server (heartbeats included), or None after ``timeout``
+        seconds of silence."""
         if not self.sock.poll(max(int(timeout * 1000), 0)):
             return None
-        return unpack(self.sock.recv())  # type: ignore[no-any-return]
+        msg = unpack(self.sock.recv())
+        self.last_rx = time.monotonic()
+        return msg  # type: ignore[no-any-return]
 
     def poll_events(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` s for an event; queue every message that came. True if
-        the event queue is non-empty afterwards."""
-        msg = self.recv(timeout)
-        while msg is not None:
-            if msg[0] != Op.REPLY:
-                self.events.append(msg)
-            msg = self.recv(0)
-        return bool(self.events)
+        """Wait up to ``timeout`` s for an event (heartbeats do not count); queue every
+        message that came. True if the event queue is non-empty afterwards. Raises
+        :class:`ServerGone` once the server has been silent for ``silence`` s."""
+        now = time.monotonic()
+        if now - self.last_tx >= HEARTBEAT_S:
+            self.pings += 1
+            self.sock.send(pack([Op.PING, 0, 0, ""]))
+            self.last_tx = now
+        deadline = now + timeout
+        while True:
+            # never sleep past the moment the server's silence would mean it is dead
+            left = min(deadline, self.last_rx + self.silence) - now
+            msg = self.recv(max(left, 0.0))
+            if msg is None:
+                now = time.monotonic()
+                if now - self.last_rx >= self.silence:
+                    raise ServerGone(f"nothing from the server in {now - self.last_rx:.2f} s "
+                                     f"(no heartbeat)")
+                if now >= deadline:
+                    return bool(self.events)
+                continue
+            while msg is not None:
+                if msg[0] != Op.REPLY and msg[1] != Event.HEARTBEAT:
+                    self.events.append(msg)
+                msg = self.recv(0)
+            if self.events:
+                return True
+            now = time.monotonic()
+            if now >= deadline:
+                return False
+
+    def start_heartbeat(self) -> None:
+        """PING the server every HEARTBEAT_S from a thread with its own socket (identity
+        ``<ours>/hb``), so that a CPU deep in a long computation (booting 1 GiB of
+        vm_pages) is not taken for a stopped or dead one: only a process that is stopped,
+        killed or wedged with the GIL held stops beating."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            s = self.ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.IDENTITY, f"{self.identity}/hb".encode())
+            if self.curve:
+                s.curve_secretkey = self.curve["secret"]
+                s.curve_publickey = self.curve["public"]
+                s.curve_serverkey = self.curve["server"]
+            s.connect(self.endpoint)
+            try:
+                while not stop.wait(HEARTBEAT_S):
+                    try:
+                        s.send(pack([Op.PING, 0, 0, ""]), zmq.NOBLOCK)
+                    except zmq.ZMQError:
+                        pass
+            finally:
+                s.close(0)
+
+        th = threading.Thread(target=beat, name="bus-heartbeat", daemon=True)
+        th.start()
+        self.beat = (th, stop)
 
     def close(self, linger_ms: int = 0) -> None:
         if not self.closed:
             self.closed = True
+            if self.beat is not None:
+                self.beat[1].set()
+                self.beat[0].join(2.0)
             self.sock.close(linger_ms)
             self.ctx.term()

@@ -1,9 +1,10 @@
 """Physical memory: page frames as bytes, and the kernel's page table (the MMU).
 
 The server process owns the one instance. Frames are numbered from 0; a physical address is
-``frame * PAGE_SIZE + offset``. The memory is a single ``bytearray``, so an untouched frame
-costs the host nothing until it is written (the kernel zeroes lazily), which keeps a 1 GiB
-machine cheap.
+``frame * PAGE_SIZE + offset``. The memory is one anonymous mapping (``mmap``, zero-filled
+by the host kernel on first touch; a ``bytearray`` would be zeroed, so resident, at once and
+take seconds for 1 GiB), so an untouched frame costs the host nothing until it is written,
+which keeps a 1 GiB machine cheap.
 
 The MMU holds only the kernel's mappings (``pmap_kenter``/``pmap_qenter`` style: virtual page
 -> frame). A kernel access through an unmapped virtual address raises :class:`Fault`, which
@@ -13,10 +14,16 @@ the server turns into a fatal trap of the CPU that made it, as real hardware wou
 from __future__ import annotations
 
 import dataclasses
+import mmap
 import zlib
 
 PAGE_SIZE = 4096
 PAGE_SHIFT = 12
+
+
+def _zeroed(nbytes: int) -> "mmap.mmap | bytearray":
+    """``nbytes`` of zeroes that take host memory only where written."""
+    return mmap.mmap(-1, nbytes) if nbytes > 0 else bytearray()
 
 
 class Fault(Exception):
@@ -37,7 +44,7 @@ class PhysMem:
 
     def __init__(self, nbytes: int) -> None:
         self.npages = nbytes // PAGE_SIZE
-        self.mem = bytearray(self.npages * PAGE_SIZE)
+        self.mem = _zeroed(self.npages * PAGE_SIZE)
         self.kpt: dict[int, int] = {}          # kernel virtual page number -> frame
         self.loads = 0
         self.stores = 0
@@ -136,7 +143,7 @@ class SwapDevice:
 
     def __init__(self, nbytes: int) -> None:
         self.nblocks = nbytes // PAGE_SIZE
-        self.disk = bytearray(self.nblocks * PAGE_SIZE)
+        self.disk = _zeroed(self.nblocks * PAGE_SIZE)
         self.writes = 0
         self.reads = 0
 

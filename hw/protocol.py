@@ -45,6 +45,7 @@ class Op(enum.IntEnum):
     HELLO = 1          # (version, role, cpu, pid)              -> start info
     BYE = 2            # (reason)                               posted
     REPORT = 3         # (kind, payload)                        posted: stats, panic, final counters
+    PING = 4           # ()                                     posted: "still here" (heartbeat)
     # physical memory and the kernel MMU
     PLOAD = 10         # (paddr, len)                           -> bytes
     PSTORE = 11        # (paddr, bytes)                         posted
@@ -124,7 +125,22 @@ class Event(enum.IntEnum):
     CHECKED = 6        # (ncpus)            (to the launcher) every CPU ran its final check
     WAKE = 7           # (tid, lock)        a sleep lock was released: try again
     STALLED = 8        # (cpu, seconds)     (to the launcher) a CPU has gone silent
+    HEARTBEAT = 9      # ()                 server -> CPU: "still here", every HEARTBEAT_S
 
+
+# Liveness (heartbeats both ways). The server sends every CPU a HEARTBEAT event every
+# HEARTBEAT_S; a CPU that has sent nothing for HEARTBEAT_S posts a PING. A CPU that hears
+# nothing at all from the server for SERVER_SILENCE_S takes the server for dead and exits;
+# the server reports a CPU silent for PEER_LOST_S to the launcher (Event.STALLED), which
+# ends the run naming it as unresponsive.
+HEARTBEAT_S = 0.25
+SERVER_SILENCE_S = 1.25
+PEER_LOST_S = 3.0
+
+# Frames larger than this get an error reply (and the server's socket refuses frames larger
+# than MAX_FRAME_HARD outright: ZeroMQ drops the connection of a peer that sends one).
+MAX_FRAME = 16 << 20
+MAX_FRAME_HARD = 64 << 20
 
 # ACQUIRE answers
 GRANTED = 0

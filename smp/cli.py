@@ -107,6 +107,25 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--out", default=None, metavar="DIR",
                     help="where the runs' directories go (default: <run.dir>/stress-<time>)")
 
+    bench = sub.add_parser(
+        "bench", help="measure the machine's speed against baselines, in one run",
+        description="Measure, in one run: the server's lock and load round trips and "
+        "throughput against a bare ZeroMQ echo server on the same transport and against "
+        "multiprocessing.Manager().Lock() (ratios), simulated forks and swap cycles per "
+        "wall second on configs/default.toml, and the server's RSS with 1 GiB of "
+        "simulated physical memory. See smp/bench.py.")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.add_argument("--ops", type=int, default=2000, metavar="N",
+                       help="timed operations per client per measurement (default 2000)")
+    bench.add_argument("--rounds", type=int, default=3, metavar="R",
+                       help="rounds of the transport measurements (default 3)")
+    bench.add_argument("--duration", type=float, default=None, metavar="SIM_S",
+                       help="simulated seconds of the default machine (default: its own)")
+    bench.add_argument("--config", default=None, metavar="CONFIG",
+                       help="the machine for forks_per_s and swap_cycles_per_s")
+    bench.add_argument("--only", action="append", choices=("transport", "machine", "memory"),
+                       help="run only this part (repeatable)")
+
     sub.add_parser("failpoints", help="list the race guards that a run can switch off",
                    description="Every race guard of the seed is a named fail point "
                    "(FreeBSD fail(9) style). Prints one per line: the name, a tab, and "
@@ -181,6 +200,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "top":
         from smp.top import main as top_main
         return top_main(args.run_dir, args.once, args.json, args.runs, args.timeout)
+    if args.command == "bench":
+        from smp.bench import main as bench_main
+        return bench_main(args)
     if args.command == "plot":
         return _plot(args)
     if args.command == "failpoints":

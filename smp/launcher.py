@@ -40,7 +40,7 @@ from smp.config import Config
 from smp.machine import cpu_main
 from smp.proc_util import describe_exit
 from smp.report import build_report, write_run_dir
-from smp.server import server_main
+from smp.server import held_locks_line, server_main
 
 LIVENESS_S = 10.0
 
@@ -293,6 +293,17 @@ def run_machine(cfg: Config, run_dir: str | None = None,
                 reason = problems[0]
                 break
             events = ctl.drain_events() if ctl.sock in ready else []
+            stalled = [e for e in events if e[1] == Event.STALLED]
+            if stalled:                  # a stopped or wedged CPU: named, never waited on
+                k = int(stalled[0][2])
+                pid = cpus[k].pid if 0 <= k < len(cpus) else None
+                problems.append(f"cpu{k} (pid {pid}) unresponsive: no message for "
+                                f"{stalled[0][3]} s")
+                if pid is not None:
+                    cpus[k].kill()
+                dead.append(k)
+                reason = problems[-1]
+                break
             panics = [e for e in events if e[1] == Event.PANIC]
             if panics:
                 reason = f"panic on cpu {panics[0][2]}: {panics[0][3]}"
@@ -314,6 +325,8 @@ def run_machine(cfg: Config, run_dir: str | None = None,
                 problems.append(f"halt: {e}")
             try:
                 server_report = ctl.call(Op.CTL_REPORT, timeout=LIVENESS_S)
+                problems.extend(held_locks_line(int(c), d) for c, d in
+                                server_report.get("dead_cpus", {}).items())
             except (TimeoutError, LaunchError) as e:
                 problems.append(f"report: {e}")
         signal.set_wakeup_fd(old_fd)

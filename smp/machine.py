@@ -25,8 +25,13 @@ START_TIMEOUT = 60.0
 
 
 def cpu_main(cpu_id: int, endpoint: str, config: dict[str, Any], liveness: float,
-             sysinits: tuple[Any, ...] = ()) -> None:
-    die_with_parent()
+             sysinits: tuple[Any, ...] = (), curve: dict[str, bytes] | None = None,
+             pdeathsig: bool = True) -> None:
+    """``curve``: the CURVE client keys for a server on another host (``smp cpu --join``);
+    ``pdeathsig`` False for a CPU that is the top process of its host (nothing to die
+    with: the server's silence ends it)."""
+    if pdeathsig:
+        die_with_parent()
     if sysinits:
         from kernel.sys.kernel import SYSINIT
         for si in sysinits:
@@ -34,8 +39,13 @@ def cpu_main(cpu_id: int, endpoint: str, config: dict[str, Any], liveness: float
     code = 0
     bus = None
     try:
-        bus = Bus(endpoint, f"cpu{cpu_id}", liveness=liveness)
+        # Import the kernel before saying hello: once hello'd, a CPU that sends nothing for
+        # PEER_LOST_S is reported unresponsive, and 32 CPUs importing at once on 2 cores
+        # can take that long.
+        from kernel.kern.init_main import boot
+        bus = Bus(endpoint, f"cpu{cpu_id}", liveness=liveness, curve=curve)
         bus.hello("cpu", cpu_id, os.getpid())
+        bus.start_heartbeat()
         clock = Clock(int(config["machine.hz"]), float(config["machine.speed"]))
         hw = Cpu(cpu_id, bus, clock, float(config["run.stats_interval"]))
         if config["debug.chaos"] != "off":
@@ -48,7 +58,6 @@ def cpu_main(cpu_id: int, endpoint: str, config: dict[str, Any], liveness: float
                 raise ServerGone(f"the machine did not start within {START_TIMEOUT:.0f} s")
             bus.poll_events(0.5)
             hw._absorb()
-        from kernel.kern.init_main import boot
         report = hw.run(boot(hw, config)) if not hw.halted else hw.finish()
         bus.call(Op.REPORT, 0, "", "final", report)      # waits: nothing is lost
         bus.post(Op.BYE, 0, "", "halted")

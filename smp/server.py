@@ -12,12 +12,24 @@ CPUs means more messages per wake-up and less cost per message (TRANSPORT.md).
 
 Errors: a request that waits for a reply and fails gets an ``ERR`` reply naming the problem
 (the CPU's kernel then panics, as on a fatal trap). A *posted* request that fails cannot be
-answered, so it panics the machine here (DESIGN.md decision 10). A message that is not
-this protocol at all is counted and dropped; the server goes on serving everyone else.
+answered, so it panics the machine here (DESIGN.md decision 10) -- but only for a CPU that
+said hello: that CPU's kernel is broken. Anything else a peer can send (random bytes,
+truncated, oversized or multi-frame messages, msgpack of the wrong shape or types, unknown
+operations, a wrong protocol version, any request from an identity that never said hello,
+a second launcher) gets an ``ERR`` reply ``[REPLY, seq, ERR, text]`` naming the problem
+(``seq`` 0 when the message had none), is counted in ``bad_messages`` and, by kind, in
+``rejected``, and changes nothing: the server goes on serving everyone else. No exception
+a request can raise leaves :meth:`Server.handle`.
+
+Liveness (``hw.protocol.HEARTBEAT_S``): every CPU gets a ``HEARTBEAT`` event every HEARTBEAT_S (0.25 s),
+so CPUs notice a dead server within 2 s; a CPU that said hello and then sends nothing at
+all (its bus PINGs when idle) for ``PEER_LOST_S`` is reported to the launcher as
+``STALLED``. The loop ticks (heartbeats, checks, stats) also while it drains a flood.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import time
 import traceback
@@ -26,7 +38,8 @@ from typing import Any, Callable
 import zmq
 
 from hw.physmem import Fault, PhysMem, SwapDevice
-from hw.protocol import ERR, OK, VERSION, Event, Op, ProtocolError, pack, unpack
+from hw.protocol import (ERR, HEARTBEAT_S, MAX_FRAME, MAX_FRAME_HARD, OK, PEER_LOST_S,
+                         VERSION, Event, Op, ProtocolError, pack, unpack)
 from smp.lockcheck import LockKeyChecker
 from smp.locks import Deadlock, LockError, LockTable
 from smp.witness import Finding, Witness
@@ -39,6 +52,29 @@ DEFAULT_DETECTORS: dict[str, Any] = {"witness": True, "deadlock": True, "lockkey
                                      "spin_max_s": 5.0, "watchdog_s": 5.0}
 
 _KERNEL_ERRORS = (ObjectError, LockError, Fault)
+_MAX_ERROR_TEXT = 400          # an error reply quotes at most this much of the problem
+_MAX_COUNT = 1 << 16           # NEWN objects in one request (or one per page frame)
+TICK_EVERY = 64                # while draining, look at the clock every this many messages
+
+
+# The argument types of the requests that name things the server keeps and sorts in its
+# reports (types, symbols, lock names): checked before the handler runs, so that a peer
+# cannot plant, say, an integer type name that breaks every later report. The hot requests
+# (loads, stores, lock operations) are not in this table: their handlers reject bad types.
+_ARGTYPES: dict[int, tuple[type | tuple[type, ...], ...]] = {
+    Op.DEFTYPE: (str, list), Op.NEW: (str, dict), Op.NEWN: (str, int, dict),
+    Op.SYMBOL: (str, int), Op.LOOKUP: (str,), Op.COUNT: (str, list),
+    Op.LOCK_INIT: (int, str, str, int), Op.DEFKEYS: (dict,), Op.IPI: (int, str),
+    Op.REPORT: (str,),
+}
+
+
+class Rejected(ProtocolError):
+    """A message refused before it reached a handler; ``kind`` is the statistics key."""
+
+    def __init__(self, kind: str, text: str) -> None:
+        super().__init__(text)
+        self.kind = kind
 
 
 class Peer:
@@ -91,6 +127,12 @@ class Server:
         self.pending_start: list[tuple[bytes, int]] = []
         self.pending_halt: list[tuple[bytes, int]] = []
         self.bad_messages = 0
+        self.rejected: collections.Counter[str] = collections.Counter()
+        self.lost: dict[int, float] = {}            # cpu -> seconds silent when reported
+        self.alive_at: dict[int, float] = {}        # cpu -> its heartbeat thread's last PING
+        self.next_heartbeat = 0.0
+        self.heartbeats = 0
+        self.curve: dict[str, Any] | None = None    # set by smp.remote for tcp with CURVE
         self.errors = 0
         self.unroutable = 0
         self.messages = 0
@@ -98,12 +140,12 @@ class Server:
         self.ctx: zmq.Context[Any] | None = None
         self.sock: zmq.Socket[Any] | None = None
         self.handlers: dict[int, Callable[[Peer, int, str, list[Any]], Any]] = {
-            Op.PLOAD: lambda p, t, s, a: self.mem.fetch(a[0], a[1]),
+            Op.PLOAD: lambda p, t, s, a: self.mem.fetch(a[0], _length(a[1])),
             Op.PSTORE: lambda p, t, s, a: self.mem.store(a[0], a[1]),
-            Op.KLOAD: lambda p, t, s, a: self.mem.kfetch(a[0], a[1]),
+            Op.KLOAD: lambda p, t, s, a: self.mem.kfetch(a[0], _length(a[1])),
             Op.KSTORE: lambda p, t, s, a: self.mem.kstore(a[0], a[1]),
             Op.KENTER: lambda p, t, s, a: self.mem.kenter(a[0], a[1]),
-            Op.KREMOVE: lambda p, t, s, a: self.mem.kremove(a[0], a[1]),
+            Op.KREMOVE: lambda p, t, s, a: self.mem.kremove(a[0], _count(a[1], 1 << 20)),
             Op.PCOPY: lambda p, t, s, a: self.mem.copy_frame(a[0], a[1]),
             Op.PZERO: lambda p, t, s, a: self.mem.zero_frame(a[0]),
             Op.PSUM: lambda p, t, s, a: self.mem.checksum(a[0]),
@@ -113,8 +155,7 @@ class Server:
             Op.KPROBE: lambda p, t, s, a: self.mem.probe(a[0]),
             Op.DEFTYPE: lambda p, t, s, a: self.kmem.deftype(a[0], a[1]),
             Op.NEW: self._new,
-            Op.NEWN: lambda p, t, s, a: [self._new(p, t, s, [a[0], a[2]])
-                                         for _ in range(min(int(a[1]), 1 << 22))],
+            Op.NEWN: self._newn,
             Op.FREE: self._free,
             Op.LOAD: lambda p, t, s, a: (self._access(t, s, a[0], [a[1]], "load"),
                                          self.kmem.load(a[0], a[1]))[1],
@@ -173,6 +214,7 @@ class Server:
             Op.UNSLEEP: lambda p, t, s, a: self.locks.unsleep(a[1], p.cpu, _chan(a[0])),
             Op.IPI: self._ipi,
             Op.REPORT: self._report,
+            Op.PING: lambda p, t, s, a: None,
         }
 
     # -- transport ---------------------------------------------------------------------
@@ -206,6 +248,15 @@ class Server:
         if self.lockkeys is not None:
             self.lockkeys.created(h, tid)
         return h
+
+    def _newn(self, p: Peer, tid: int, site: str, a: list[Any]) -> list[int]:
+        n = _count(a[1], max(self.mem.npages, _MAX_COUNT))
+        out = []
+        for i in range(n):
+            out.append(self._new(p, tid, site, [a[0], a[2]]))
+            if i % 4096 == 4095:             # 1 GiB of vm_pages takes seconds: keep the
+                self._heartbeats(time.monotonic(), check_lost=False)   # CPUs told
+        return out
 
     def _access(self, tid: int, site: str, h: int, fields: list[str], kind: str) -> None:
         if self.lockkeys is not None:
@@ -329,9 +380,15 @@ class Server:
     def _hello(self, ident: bytes, seq: int, args: list[Any]) -> None:
         if len(args) < 4 or args[0] != VERSION:
             got = args[0] if args else None
-            raise ProtocolError(f"protocol version {got!r} not supported "
-                                f"(this server speaks {VERSION!r})")
+            raise Rejected("version", f"protocol version {_short(got)} not supported "
+                           f"(this server speaks {VERSION!r})")
         _, role, cpu, pid = args[:4]
+        if ident in self.peers:
+            raise Rejected("hello", f"identity {_short(ident)} already said hello")
+        if not isinstance(pid, int) or isinstance(pid, bool) or not 0 <= pid < 1 << 32:
+            raise Rejected("hello", f"pid {_short(pid)} is not a process id")
+        if role == "launcher" and self.launcher is not None and not self.launcher.gone:
+            raise Rejected("hello", "this machine already has a launcher")
         if role == "cpu":
             if not isinstance(cpu, int) or not 0 <= cpu < self.ncpus:
                 raise ProtocolError(f"cpu id {cpu!r} out of range 0..{self.ncpus - 1}")
@@ -339,11 +396,12 @@ class Server:
                 raise ProtocolError(f"cpu {cpu} said hello twice")
             peer = Peer(ident, role, cpu, int(pid))
             self.cpus[cpu] = peer
+            self.last_heard[cpu] = time.monotonic()
         elif role == "launcher":
             peer = Peer(ident, role, -1, int(pid))
             self.launcher = peer
         else:
-            raise ProtocolError(f"unknown role {role!r}")
+            raise Rejected("hello", f"unknown role {_short(role)}")
         self.peers[ident] = peer
         self._reply(ident, seq, OK, {"ncpus": self.ncpus, "npages": self.mem.npages,
                                      "swap_blocks": self.swap.nblocks})
@@ -369,27 +427,72 @@ class Server:
                 self._event_cpu(cpu, Event.IPI, -1, "final_check", [])
             self._reply(peer.ident, seq, OK, None)
 
+    def reject(self, ident: bytes, seq: Any, kind: str, text: str) -> None:
+        """Count a refused message and tell its sender why (never raises)."""
+        self.bad_messages += 1
+        self.rejected[kind] += 1
+        if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < 1 << 63:
+            seq = 0
+        self._send(ident, [Op.REPLY, seq, ERR, text[:_MAX_ERROR_TEXT]])
+
     def handle(self, ident: bytes, frame: bytes) -> None:
         self.messages += 1
+        if len(frame) > MAX_FRAME:
+            self.reject(ident, 0, "oversized", f"message of {len(frame)} bytes refused "
+                        f"(at most {MAX_FRAME} bytes)")
+            return
         try:
             msg = unpack(frame)
-            if not isinstance(msg, list) or len(msg) < 4:
-                raise ProtocolError("a request is [op, seq, tid, site, args...]")
-            op, seq, tid, site = msg[0], msg[1], msg[2], msg[3]
-            if not isinstance(seq, int) or not isinstance(op, int):
-                raise ProtocolError("op and seq must be integers")
         except Exception as e:  # noqa: BLE001 - anything a peer sends must not kill us
-            self.bad_messages += 1
-            self._send(ident, [Op.REPLY, 0, ERR, f"malformed message: {e}"])
+            self.reject(ident, 0, "garbage", f"malformed message: not msgpack: "
+                        f"{type(e).__name__}: {e}")
+            return
+        if not isinstance(msg, list) or len(msg) < 4:
+            self.reject(ident, 0, "shape", "malformed message: a request is "
+                        "[op, seq, tid, site, args...]")
+            return
+        op, seq, tid, site = msg[0], msg[1], msg[2], msg[3]
+        if (not isinstance(seq, int) or not isinstance(op, int) or not isinstance(tid, int)
+                or not isinstance(site, str) or isinstance(seq, bool) or seq < 0):
+            self.reject(ident, seq, "types", "malformed message: op, seq (>= 0) and tid "
+                        "must be integers, site a string")
             return
         args = msg[4:]
         peer = self.peers.get(ident)
+        if peer is None and op == Op.PING and ident.endswith(b"/hb"):
+            owner = self.peers.get(ident[:-3])       # a CPU's heartbeat thread
+            if owner is not None and owner.cpu >= 0:
+                self.alive_at[owner.cpu] = time.monotonic()
+                return
+        if peer is None and op != Op.HELLO:
+            self.reject(ident, seq, "no_hello", f"{_opname(op)} from {_short(ident)}, which "
+                        f"never said HELLO: say HELLO first")
+            return
+        try:
+            self._dispatch(ident, peer, op, seq, tid, site, args)
+        except Rejected as e:
+            if seq == 0 and peer is not None and peer.role == "cpu" and op != Op.HELLO:
+                self.bad_messages += 1               # a CPU's kernel is broken: panic
+                self.rejected[e.kind] += 1
+                self._posted_error(peer, tid, site, op, e)
+            else:
+                self.reject(ident, seq, e.kind, f"{_opname(op)} refused: {e}")
+        except Exception as e:  # noqa: BLE001 - a request must never kill the server
+            self.bad_messages += 1
+            self.rejected["crash"] += 1
+            text = f"bad {_opname(op)} request: internal error {type(e).__name__}: {e}"
+            if seq == 0 and peer is not None and peer.role == "cpu":
+                self._posted_error(peer, tid, site, op, ProtocolError(text))
+            else:
+                self._send(ident, [Op.REPLY, seq, ERR, text[:_MAX_ERROR_TEXT]])
+
+    def _dispatch(self, ident: bytes, peer: Peer | None, op: int, seq: int, tid: int,
+                  site: str, args: list[Any]) -> None:
         try:
             if op == Op.HELLO:
                 self._hello(ident, seq, args)
                 return
-            if peer is None:
-                raise ProtocolError("say HELLO first")
+            assert peer is not None
             peer.requests += 1
             if peer.cpu >= 0:
                 self.last_heard[peer.cpu] = time.monotonic()
@@ -406,23 +509,34 @@ class Server:
                 return
             handler = self.handlers.get(op)
             if handler is None:
-                raise ProtocolError(f"unknown operation {op}")
+                raise Rejected("unknown_op", f"unknown operation {op}")
+            want = _ARGTYPES.get(op)
+            if want is not None:
+                if len(args) < len(want) or not all(
+                        isinstance(a, w) for a, w in zip(args, want)):
+                    raise Rejected("args", f"arguments {_short(args)} are not "
+                                   f"({', '.join(getattr(w, '__name__', 'any') for w in want)}"
+                                   f", ...)")
             value = handler(peer, tid, site, args)
             self._reply(ident, seq, OK, value)
         except _KERNEL_ERRORS as e:
             self.errors += 1
-            if seq or peer is None:
-                self._reply(ident, seq, ERR, str(e))
+            if seq or peer is None or peer.role != "cpu":
+                self._send(ident, [Op.REPLY, seq, ERR, str(e)[:_MAX_ERROR_TEXT]])
             else:
                 self._posted_error(peer, tid, site, op, e)
+        except Rejected:
+            raise
         except (ProtocolError, IndexError, TypeError, ValueError, KeyError,
                 OverflowError, AttributeError) as e:
             self.bad_messages += 1
+            self.rejected["args"] += 1
             if seq == 0 and peer is not None and peer.role == "cpu" and op != Op.HELLO:
                 self._posted_error(peer, tid, site, op, ProtocolError(
                     f"malformed posted {_opname(op)}: {e}"))
             else:
-                self._send(ident, [Op.REPLY, seq, ERR, f"bad {_opname(op)} request: {e}"])
+                self._send(ident, [Op.REPLY, seq, ERR,
+                                   f"bad {_opname(op)} request: {e}"[:_MAX_ERROR_TEXT]])
 
     # -- the stats stream -----------------------------------------------------------------
     def _publish(self, topic: bytes, payload: Any) -> None:
@@ -477,8 +591,27 @@ class Server:
                                           f"for {now - last:.1f} s (no message)", []))
                     self._event_launcher(Event.STALLED, cpu, round(now - last, 1))
 
-    def _tick(self) -> None:
+    def _heartbeats(self, now: float, check_lost: bool = True) -> None:
+        """Every CPU hears from the server at least every HEARTBEAT_S; a CPU that said
+        hello and then sent nothing for PEER_LOST_S is reported to the launcher. Silence
+        is judged only when the receive queue has just been drained (``check_lost``):
+        while the server itself is busy, a CPU's messages wait in the queue unread."""
+        if now < self.next_heartbeat:
+            return
+        self.next_heartbeat = now + HEARTBEAT_S
+        for cpu, peer in self.cpus.items():
+            if peer.gone or peer.final is not None or cpu in self.dead:
+                continue
+            self._send(peer.ident, [Op.EVENT, Event.HEARTBEAT])
+            self.heartbeats += 1
+            quiet = now - max(self.last_heard.get(cpu, now), self.alive_at.get(cpu, 0.0))
+            if check_lost and quiet > PEER_LOST_S and cpu not in self.lost:
+                self.lost[cpu] = round(quiet, 2)
+                self._event_launcher(Event.STALLED, cpu, round(quiet, 1))
+
+    def _tick(self, drained: bool = True) -> None:
         now = time.monotonic()
+        self._heartbeats(now, check_lost=drained)
         self._check_liveness(now)
         if self.pub is not None and self.started_at is not None and now >= self.next_stats:
             self.next_stats = now + self.stats_interval
@@ -492,6 +625,9 @@ class Server:
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.sock.setsockopt(zmq.RCVHWM, 0)
         self.sock.setsockopt(zmq.SNDHWM, 0)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_HARD)
+        if self.curve is not None:                # smp.remote: CURVE on a tcp listen
+            self.curve["setup"](self.ctx, self.sock)
         self.sock.bind(self.endpoint)
         if self.pub_endpoint:
             self.pub = self.ctx.socket(zmq.PUB)
@@ -506,13 +642,19 @@ class Server:
                     if os.getppid() != ppid:      # the launcher is gone: so are we
                         break
                     continue
+                n = 0
                 while True:
                     try:
                         ident, *rest = self.sock.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
                         break
+                    n += 1
+                    if n % TICK_EVERY == 0:           # a flood must not stop heartbeats
+                        self._tick(drained=False)
                     if len(rest) != 1:
-                        self.bad_messages += 1
+                        self.messages += 1
+                        self.reject(ident, 0, "frames", f"a message is one frame, not "
+                                    f"{len(rest)}")
                         continue
                     self.handle(ident, rest[0])
         finally:
@@ -533,7 +675,12 @@ class Server:
             "field_sums": self.kmem.field_sums(),
             "symbols": self.kmem.symbol_values(),
             "server": {"messages": self.messages, "bad_messages": self.bad_messages,
-                       "errors": self.errors, "unroutable": self.unroutable},
+                       "rejected": dict(sorted(self.rejected.items())),
+                       "errors": self.errors, "unroutable": self.unroutable,
+                       "heartbeats": self.heartbeats,
+                       "unresponsive": {str(c): s for c, s in sorted(self.lost.items())},
+                       "rss_mb": _rss_mb(), "rss_peak_mb": _rss_mb("VmHWM")},
+            "dead_cpus": self.dead_cpus(),
             "cpus": {c: p.final for c, p in sorted(self.cpus.items())},
             "cpu_pids": {c: p.pid for c, p in sorted(self.cpus.items())},
             "panic": self.panic,
@@ -546,9 +693,63 @@ class Server:
                              for tid in self.locks.threads},
         }
 
+    def dead_cpus(self) -> dict[int, dict[str, Any]]:
+        """For every CPU the launcher declared dead or the server found unresponsive: its
+        pid and the locks its threads held (and waited for) when it went."""
+        out: dict[int, dict[str, Any]] = {}
+        for cpu in sorted(self.dead | set(self.lost)):
+            peer = self.cpus.get(cpu)
+            held, waiting = [], []
+            for tid, t in sorted(self.locks.threads.items()):
+                if t.cpu != cpu:
+                    continue
+                held += [{"tid": tid, **h} for h in self.locks.held_by(tid)]
+                w = self.locks.waiting_for(tid)
+                if w is not None:
+                    waiting.append({"tid": tid, **w})
+            out[cpu] = {"pid": peer.pid if peer else None, "held": held, "waiting": waiting,
+                        "unresponsive_s": self.lost.get(cpu)}
+        return out
+
     def dumpstate(self) -> str:
         return "\n".join([self.mem.dumpstate(), self.swap.dumpstate(),
                           self.kmem.dumpstate(), self.locks.dumpstate()])
+
+
+def held_locks_line(cpu: int, info: dict[str, Any]) -> str:
+    """One line for the run's problems: what a dead CPU's threads held."""
+    held = ", ".join(f"{h['lock']} ({'shared' if h['mode'] == 'shared' else 'excl'}, "
+                     f"thread {h['tid']} @ {h['site']})" for h in info.get("held", []))
+    return f"cpu{cpu}'s threads held: {held or 'no locks'}"
+
+
+def _rss_mb(field: str = "VmRSS") -> float:
+    """This process's resident set (``VmHWM``: its peak) in MiB, from /proc."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0.0
+
+
+def _short(x: Any) -> str:
+    r = repr(x)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+def _length(n: Any) -> int:
+    if not isinstance(n, int) or not 0 <= n <= MAX_FRAME:
+        raise Rejected("range", f"length {_short(n)} out of range 0..{MAX_FRAME}")
+    return n
+
+
+def _count(n: Any, most: int = _MAX_COUNT) -> int:
+    if not isinstance(n, int) or not 0 <= n <= most:
+        raise Rejected("range", f"count {_short(n)} out of range 0..{most}")
+    return n
 
 
 def _chan(c: Any) -> Any:

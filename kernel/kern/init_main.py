@@ -170,7 +170,11 @@ def _ipi(src: int, kind: str, args: Any) -> None:
         md.pcpu.ap_started = True
     elif kind == "final_check":
         from kernel.kern.subr_invariants import request_final_check
-        request_final_check()
+        if kern_globals.G is None or md.pcpu.idlethread is None:
+            # still booting: nothing of ours to check yet
+            md.pcpu.hw.post(Op.REPORT, md.site(), "checked", md.pcpu.cpuid)
+        else:
+            request_final_check()
     else:
         md.panic(f"unknown IPI {kind!r} from cpu {src}")
 
