@@ -233,6 +233,7 @@ def run_machine(cfg: Config, run_dir: str | None = None,
     notes: list[str] = []
     t0: float | None = None
     t_end: float | None = None
+    old_fd: int | None = None
     try:
         for sig in (signal.SIGINT, signal.SIGTERM):
             old_handlers[sig] = signal.signal(sig, on_signal)
@@ -249,7 +250,7 @@ def run_machine(cfg: Config, run_dir: str | None = None,
         ctl = _Control(endpoint)
         stats = StatsRecorder(stats_endpoint, os.path.join(rdir, "stats.jsonl"), monitors)
         ctl.call(Op.HELLO, VERSION, "launcher", -1, os.getpid(), timeout=LIVENESS_S)
-        t0 = ctl.call(Op.CTL_START, timeout=LIVENESS_S + 5 * ncpus)
+        t0 = _start(ctl, server, cpus, LIVENESS_S + 5 * ncpus, stop_signal)
         live = {"stats": stats_endpoint, "launcher_pid": os.getpid(),
                 "server_pid": server.pid, "cpu_pids": [p.pid for p in cpus],
                 "config": cfg.source, "seed": seed}
@@ -282,6 +283,14 @@ def run_machine(cfg: Config, run_dir: str | None = None,
             if stop_signal:
                 reason = f"stopped by {signal.Signals(stop_signal[0]).name}"
                 break
+            # events first: a CPU that exits after a shutdown or a panic is no death
+            events = ctl.drain_events() if ctl.sock in ready or ctl.events else []
+            ended = [e for e in events if e[1] in (Event.PANIC, Event.HALT)]
+            if ended:
+                e = ended[0]
+                reason = (f"panic on cpu {e[2]}: {e[3]}" if e[1] == Event.PANIC
+                          else f"shutdown: {e[2]}")
+                break
             gone = [fd for fd in sentinels if fd in ready]
             if gone:
                 for fd in gone:
@@ -292,7 +301,6 @@ def run_machine(cfg: Config, run_dir: str | None = None,
                         dead.append(int(name[3:]))
                 reason = problems[0]
                 break
-            events = ctl.drain_events() if ctl.sock in ready else []
             stalled = [e for e in events if e[1] == Event.STALLED]
             if stalled:                  # a stopped or wedged CPU: named, never waited on
                 k = int(stalled[0][2])
@@ -303,14 +311,6 @@ def run_machine(cfg: Config, run_dir: str | None = None,
                     cpus[k].kill()
                 dead.append(k)
                 reason = problems[-1]
-                break
-            panics = [e for e in events if e[1] == Event.PANIC]
-            if panics:
-                reason = f"panic on cpu {panics[0][2]}: {panics[0][3]}"
-                break
-            halts = [e for e in events if e[1] == Event.HALT]
-            if halts:
-                reason = f"shutdown: {halts[0][2]}"
                 break
         t_end = time.monotonic()
         if reason == "end of run" and server.is_alive():
@@ -329,8 +329,15 @@ def run_machine(cfg: Config, run_dir: str | None = None,
                                 server_report.get("dead_cpus", {}).items())
             except (TimeoutError, LaunchError) as e:
                 problems.append(f"report: {e}")
-        signal.set_wakeup_fd(old_fd)
+    except _Stopped as e:
+        reason = str(e)
+        if not stop_signal:
+            problems.append(reason)
     finally:
+        if old_fd is not None:
+            signal.set_wakeup_fd(old_fd)
+        if sys.exc_info()[0] is not None:
+            logf.close()
         if stats is not None:
             stats.close()
         for m in monitors:
@@ -359,6 +366,30 @@ def run_machine(cfg: Config, run_dir: str | None = None,
     else:
         status = 0 if report["ok"] else 1
     return RunResult(status, rdir, report)
+
+
+class _Stopped(Exception):
+    """The machine ended before it started (a process died, or a signal came)."""
+
+
+def _start(ctl: _Control, server: Any, cpus: list[Any], timeout: float,
+           stop_signal: list[int]) -> float:
+    """CTL_START, watching every process meanwhile: a process that dies before the machine
+    starts ends the run at once, naming it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for name, p in [("server", server)] + [(f"cpu{i}", c) for i, c in enumerate(cpus)]:
+            if p.exitcode is not None:
+                raise _Stopped(f"{name} (pid {p.pid}) died before the machine started: "
+                               f"{describe_exit(p.exitcode)}")
+        if stop_signal:
+            raise _Stopped(f"stopped by {signal.Signals(stop_signal[0]).name} before the "
+                           f"machine started")
+        try:
+            return float(ctl.call(Op.CTL_START, timeout=0.5))
+        except TimeoutError:
+            if time.monotonic() > deadline:
+                raise _Stopped(f"the machine did not start within {timeout:.0f} s") from None
 
 
 def _final_check(ctl: _Control, poller: Any, sentinels: dict[int, Any], timeout: float,

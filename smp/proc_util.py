@@ -12,10 +12,10 @@ PR_SET_PDEATHSIG = 1
 
 def die_with_parent() -> None:
     """Ask Linux to SIGKILL this process when its parent dies, so that no simulator
-    process outlives the launcher that started it (and ignore the terminal's Ctrl-C,
-    which is the launcher's to handle)."""
+    process outlives the launcher that started it (and ignore Ctrl-C and SIGTERM sent to
+    the whole process group: stopping the machine in order is the launcher's job)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)     # the launcher stops us, in order
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)

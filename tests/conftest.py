@@ -6,13 +6,18 @@
   ``smp`` subprocesses, inherited by everything they fork, so an orphan re-parented to init
   is found too), and none of the pids a test registered with ``track_pids``. Survivors get a
   short grace to finish exiting; then they are killed and the test fails.
+  (Tests marked ``quick`` get only the cheap check of our own children.)
+* ``no_leaked_signal_state`` (autouse): a test must leave the signal wakeup fd and the
+  SIGINT/SIGTERM handlers as it found them (the launcher borrows them during a run).
 * ``run``: ``run(cfg_overrides, sysinits=())`` boots a machine in ``tmp_path`` and returns
-  its ``RunResult`` (``helpers.run`` with the test's ``tmp_path``).
+  its ``RunResult``; it is ``helpers.run(cfg_overrides, sysinits=(), tmp_path)`` with the
+  test's ``tmp_path``, which code outside a fixture can call directly.
 """
 
 from __future__ import annotations
 
 import pathlib
+import signal
 from typing import Any, Callable, Sequence
 
 import psutil
@@ -30,13 +35,13 @@ def track_pids() -> list[int]:
 
 
 @pytest.fixture(autouse=True)
-def no_orphans(request: pytest.FixtureRequest) -> Any:
-    before = {p.pid for p in helpers.survivors()}
+def no_orphans(request: pytest.FixtureRequest, track_pids: list[int]) -> Any:
+    # Tests marked quick start no machine: checking our children is enough for them (the
+    # scan of every process's environment costs some 40 ms).
+    full = request.node.get_closest_marker("quick") is None
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
     yield
-    tracked: list[int] = []
-    if "track_pids" in request.fixturenames:
-        tracked = request.getfixturevalue("track_pids")
-    left = [p for p in helpers.survivors(tracked) if p.pid not in before]
+    left = [p for p in helpers.survivors(track_pids, tagged=full) if p.pid not in before]
     if not left:
         return
     _, alive = psutil.wait_procs(left, timeout=GRACE_S)
@@ -53,6 +58,29 @@ def no_orphans(request: pytest.FixtureRequest) -> Any:
     psutil.wait_procs(alive, timeout=GRACE_S)
     pytest.fail(f"{len(names)} process(es) outlived the test and were killed: "
                 + "; ".join(names), pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_signal_state() -> Any:
+    """The launcher borrows the process's SIGINT/SIGTERM handlers and its signal wakeup fd
+    while a machine runs; a test must leave them as it found them. Otherwise a later test
+    inherits a wakeup fd that is closed, or reused by some other file: signals then write
+    into it, and restoring it raises "fd N must be in non-blocking mode". The state is
+    restored and the test fails."""
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    wakeup = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(wakeup)
+    yield
+    left = signal.set_wakeup_fd(wakeup)
+    bad = []
+    if left != wakeup:
+        bad.append(f"the signal wakeup fd was left at {left} (was {wakeup})")
+    for sig, h in handlers.items():
+        if signal.getsignal(sig) is not h:
+            bad.append(f"the {sig.name} handler was left changed")
+            signal.signal(sig, h)
+    if bad:
+        pytest.fail("; ".join(bad) + " (restored)", pytrace=False)
 
 
 RunFn = Callable[..., Any]
