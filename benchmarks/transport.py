@@ -260,7 +260,7 @@ def _wait_grant(bus: Bus, tid: int, addr: int) -> None:
         if bus.events:                       # nothing else is expected on this machine
             raise BenchError(f"unexpected event {bus.events[0]!r}")
         if not bus.poll_events(bus.liveness):
-            raise ServerGone(f"no GRANT within {bus.liveness:.0f} s")
+            raise ServerGone(f"no GRANT or WAKE within {bus.liveness:.1f} s")
 
 
 def _smp_client(i: int, barrier: Any, endpoint: str, ops: int, warmup: int,

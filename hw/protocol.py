@@ -23,6 +23,15 @@ Versioning: the first message of every peer is ``HELLO`` carrying :data:`VERSION
 server refuses any other version with an error reply and ignores the peer until it says
 hello correctly. Each peer's channel is FIFO, so posted requests are applied in program
 order, which keeps the machine sequentially consistent.
+
+Errors: a request that waits gets ``[REPLY, seq, ERR, text]`` and the CPU's kernel treats
+it as a fatal trap. A *posted* request that fails cannot be answered: from a CPU that said
+hello it panics the whole machine (DESIGN.md decision 10). Anything else a peer sends that
+is not this protocol (garbage, the wrong shape, an unknown op, no hello first) gets
+``[REPLY, seq or 0, ERR, text]``, is counted by kind in the server's statistics, and
+changes nothing. Liveness: the server sends every CPU ``Event.HEARTBEAT`` when it has had
+nothing else to say for a while, and CPUs ``PING`` the server likewise; a silence longer
+than the limits below means a dead or stopped peer.
 """
 
 from __future__ import annotations
