@@ -170,6 +170,9 @@ PARAMS: tuple[Param, ...] = (
     Param("machine.swap_latency_us", "int", 10000, "sim us",
           "how long a read from the swap device takes (the reader sleeps meanwhile)",
           min=0, max=1_000_000),
+    Param("machine.swap_write_latency_us", "int", 0, "sim us",
+          "how long a write to the swap device takes (the pageout daemon sleeps meanwhile, "
+          "the page stays busy)", min=0, max=1_000_000),
     Param("machine.hz", "int", 100, "Hz", "hardclock ticks per simulated second",
           min=10, max=1000),
     Param("machine.speed", "float", 0.5, "sim s / wall s",

@@ -58,6 +58,14 @@ def swap_pager_init(_: Any) -> None:
 SYSINIT("swap_pager", SI_SUB.SI_SUB_VM, SI_ORDER.SI_ORDER_SECOND, swap_pager_init)
 
 
+def _transfer_wait(m: KObj, wmesg: str, key: str) -> None:
+    """The disk takes its time: the thread sleeps (giving up Giant) until the transfer of
+    the busy page ``m`` is done, as swap_pager's I/O did ("swread", "swwrt")."""
+    us = int(md.pcpu.config[key])
+    if us > 0:
+        tsleep(m.addr("busy"), PSWP, wmesg, max(us * param.hz // 1_000_000, 1))
+
+
 def _swp_lookup(obj: KObj, pindex: int) -> KObj | None:
     return HASH_LOOKUP(obj.swhash, pindex, struct_swblk)
 
@@ -107,6 +115,7 @@ def swap_pager_putpage(obj: KObj, m: KObj) -> int:
     blk = sb.sb_block
     crc = md.bus_call(Op.SWAPOUT, m.phys_addr, blk)
     sb.sb_crc = crc
+    _transfer_wait(m, "swwrt", "machine.swap_write_latency_us")
     m.dirty = 0
     md.pcpu.count("pages_swapped_out")
     return VM_PAGER_OK
@@ -119,11 +128,7 @@ def swap_pager_getpage(obj: KObj, m: KObj) -> int:
         return VM_PAGER_FAIL
     blk, want = sb.load("sb_block", "sb_crc")
     got = md.bus_call(Op.SWAPIN, blk, m.phys_addr)
-    # The disk takes its time: the reader sleeps until the transfer is done ("swread"),
-    # giving up Giant meanwhile, as swap_pager_getpages did.
-    latency = int(md.pcpu.config["machine.swap_latency_us"]) * param.hz // 1_000_000
-    if int(md.pcpu.config["machine.swap_latency_us"]) > 0:
-        tsleep(m.addr("busy"), PSWP, "swread", max(latency, 1))
+    _transfer_wait(m, "swread", "machine.swap_latency_us")
     if got != want:
         md.pcpu.count("checksum_errors")
         md.pcpu.note_violation(f"swap: object {obj.handle} page {m.pindex} came back from "

@@ -95,7 +95,12 @@ def vm_pageout_scan(pass_: int) -> None:
                 continue
             vp.vm_page_busy(m)
             if dirty:
-                if vm_pager_put_page(obj, m) != VM_PAGER_OK:
+                # The write takes time (the page stays busy meanwhile): let go of the
+                # queues while it is in flight, as the clustered async pageout did.
+                vp.vm_page_unlock_queues()
+                rv = vm_pager_put_page(obj, m)
+                vp.vm_page_lock_queues()
+                if rv != VM_PAGER_OK:
                     vp.vm_page_wakeup(m)
                     vp.vm_page_activate(m)
                     continue
