@@ -73,6 +73,9 @@ class Bus:
         self.closed = False
         self.last_rx = time.monotonic()        # the last message from the server
         self.last_tx = self.last_rx            # our last message to it
+        # our time.monotonic() minus the server's: 0 on the server's host; set for a CPU
+        # on another host, whose START time is mapped onto its own clock (hw.clock)
+        self.clock_offset = 0.0
 
     def hello(self, role: str, cpu: int, pid: int) -> Any:
         # the server may still be starting: the first answer gets the longer bound
@@ -121,6 +124,8 @@ class Bus:
             return None
         msg = unpack(self.sock.recv())
         self.last_rx = time.monotonic()
+        if self.clock_offset and msg[0] == Op.EVENT and msg[1] == Event.START:
+            msg[2] += self.clock_offset
         return msg  # type: ignore[no-any-return]
 
     def poll_events(self, timeout: float) -> bool:

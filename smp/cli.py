@@ -1,6 +1,9 @@
 """The ``smp`` command line.
 
     smp run [CONFIG] [--set SECTION.KEY=VALUE ...] [--fail-point NAME ...] [--run-dir DIR]
+            [--listen tcp://ADDR:PORT [--local-cpus N] [--key-dir DIR] [--join-timeout S]]
+    smp cpu --join tcp://HOST:PORT --id K [--key-dir DIR] [--timeout S]
+    smp keys DIR
     smp report RUN_DIR [--format text|json|csv] [--table cpus|locks|profile|series]
     smp top [RUN_DIR] [--once [--json]]
     smp plot RUN_DIR
@@ -36,6 +39,9 @@ examples:
   smp top runs/X --once --json             one sample, for scripts
   smp plot runs/20261126-101500-s1         PNG charts into the run directory
   smp run --metrics 9100                   Prometheus metrics at http://127.0.0.1:9100/metrics
+  smp keys keys/                           CURVE keys for CPUs on other hosts
+  smp run --set machine.cpus=4 --listen tcp://0.0.0.0:5555 --key-dir keys/ --local-cpus 2
+  smp cpu --join tcp://server:5555 --id 2 --key-dir keys/   (on another host; and --id 3)
 """
 
 
@@ -75,6 +81,43 @@ def _parser() -> argparse.ArgumentParser:
                      help="serve the machine's counters in the Prometheus text format at "
                      "http://ADDR:PORT/metrics while it runs (ADDR defaults to 127.0.0.1; "
                      "another address must be named explicitly)")
+    run.add_argument("--listen", metavar="tcp://ADDR:PORT",
+                     help="also take CPUs from other hosts on this endpoint (they join "
+                     "with `smp cpu --join`); an address other than the loopback needs "
+                     "--key-dir")
+    run.add_argument("--local-cpus", type=int, default=None, metavar="N",
+                     help="with --listen: start CPUs 0..N-1 here (default: all); the "
+                     "others must join")
+    run.add_argument("--key-dir", metavar="DIR",
+                     help="with --listen: CURVE keys made by `smp keys DIR`; only CPUs "
+                     "whose public key is in DIR/authorized/ can join")
+    run.add_argument("--join-timeout", type=float, default=None, metavar="S",
+                     help="with --listen: how long to wait for every CPU to join "
+                     "(default 60 s); the run then ends naming the missing ones")
+
+    cpu = sub.add_parser(
+        "cpu", help="be one CPU of a machine whose server runs on another host",
+        description="Join the machine that `smp run --listen ENDPOINT` serves, as CPU K. "
+        "The server sends the run's resolved config; this process runs the CPU until the "
+        "machine halts, and exits when the server goes away.",
+        epilog="exit status: 0 the machine halted; 1 could not join (nothing listening, "
+        "key refused); 2 usage; 3 the server went away",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    cpu.add_argument("--join", required=True, metavar="tcp://HOST:PORT",
+                     help="the server's --listen endpoint")
+    cpu.add_argument("--id", required=True, type=int, metavar="K", help="the CPU number")
+    cpu.add_argument("--key-dir", metavar="DIR",
+                     help="CURVE keys: DIR/client.key_secret and DIR/server.key")
+    cpu.add_argument("--timeout", type=float, default=60.0, metavar="S",
+                     help="give up when no server answers within S seconds (default 60)")
+
+    keys = sub.add_parser(
+        "keys", help="make CURVE keys for running CPUs on other hosts",
+        description="Create DIR (mode 0700) with a server and a client key pair and "
+        "DIR/authorized/ (the client public keys the server accepts). Give the server "
+        "host all of it; give each CPU host DIR/client.key, DIR/client.key_secret and "
+        "DIR/server.key.")
+    keys.add_argument("dir", metavar="DIR")
 
     st = sub.add_parser(
         "stress", help="run many short machines with derived seeds, hunting lock races",
@@ -205,6 +248,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return bench_main(args)
     if args.command == "plot":
         return _plot(args)
+    if args.command == "keys":
+        from smp.keys import KeyDirError, create_keys
+        try:
+            for path in create_keys(args.dir):
+                print(path)
+        except (KeyDirError, OSError) as e:
+            print(f"smp keys: {e}", file=sys.stderr)
+            return 2
+        return 0
+    if args.command == "cpu":
+        from smp.remote import join_main
+        return join_main(args.join, args.id, args.key_dir, args.timeout)
     if args.command == "failpoints":
         from kernel.kern.kern_fail import fail_points
         for fp in fail_points():
@@ -226,6 +281,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _stress(args, cfg)
     from smp.launcher import LaunchError, run_machine
     from smp.report import summary_table
+    from smp.remote import RemoteError, check_listen
+    listen = None
+    try:
+        if args.listen is not None:
+            listen = check_listen(args.listen, args.key_dir, int(cfg["machine.cpus"]),
+                                  args.local_cpus, args.join_timeout)
+        elif args.local_cpus is not None or args.key_dir or args.join_timeout is not None:
+            raise RemoteError("--local-cpus, --key-dir and --join-timeout need --listen")
+    except RemoteError as e:
+        print(f"smp: {e}", file=sys.stderr)
+        return 2
     try:
         monitors = _monitors(args, cfg)
     except ValueError as e:
@@ -234,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = run_machine(cfg, args.run_dir,
                              log=(lambda line: None) if args.quiet else None,
-                             monitors=monitors)
+                             monitors=monitors, listen=listen)
     except LaunchError as e:
         print(f"smp: {e}", file=sys.stderr)
         return 1

@@ -14,6 +14,11 @@ server's report, writes the run directory and reaps every process: a process tha
 not stop within ``run.halt_timeout`` is killed. Every child also has a parent-death signal,
 so none outlives a launcher that is itself killed.
 
+With ``listen`` (``smp run --listen``, :mod:`smp.remote`) the server also listens on a
+tcp endpoint for CPUs on other hosts; only CPUs ``0..local_cpus-1`` are started here, the
+others join with ``smp cpu --join``. The machine starts once every CPU has said hello; a
+CPU that has not joined within ``join_timeout`` ends the run with a message naming it.
+
 Exit statuses: 0 a clean run; 1 a panic, a failed invariant or a dead process; 2 a usage
 or config error (raised before anything starts); 128+N when stopped by signal N.
 """
@@ -37,8 +42,9 @@ import zmq
 from hw.protocol import ERR, VERSION, Event, Op, pack, unpack
 from smp import __version__
 from smp.config import Config
-from smp.machine import cpu_main
+from smp.machine import START_TIMEOUT, cpu_main
 from smp.proc_util import describe_exit
+from smp.remote import ListenSpec
 from smp.report import build_report, write_run_dir
 from smp.server import held_locks_line, server_main
 
@@ -175,7 +181,8 @@ def new_run_dir(base: str, seed: int) -> str:
 
 def run_machine(cfg: Config, run_dir: str | None = None,
                 log: Callable[[str], None] | None = None,
-                sysinits: Sequence[Any] = (), monitors: Sequence[Any] = ()) -> RunResult:
+                sysinits: Sequence[Any] = (), monitors: Sequence[Any] = (),
+                listen: ListenSpec | None = None) -> RunResult:
     """Boot, run and stop one machine; write its run directory. Never leaves a process.
 
     ``monitors`` watch the run from the launcher process (the progress display, the
@@ -185,7 +192,9 @@ def run_machine(cfg: Config, run_dir: str | None = None,
 
     ``sysinits`` are extra ``kernel.sys.kernel.SysInit`` items declared in every CPU
     process before it boots (tests use them to run their own kernel code); the CPUs are
-    forked, so they may be closures."""
+    forked, so they may be closures.
+
+    ``listen``: take CPUs ``listen.local_cpus..`` from other hosts (see the module doc)."""
     say = log or (lambda s: print(s, file=sys.stderr, flush=True))
     ncpus = int(cfg["machine.cpus"])
     seed = int(cfg["run.seed"])
@@ -204,6 +213,13 @@ def run_machine(cfg: Config, run_dir: str | None = None,
 
     endpoint, stats_endpoint, ipc_dir = _endpoints(cfg)
     flat = {k: cfg[k] for k in cfg}
+    local = ncpus if listen is None else listen.local_cpus
+    # the launcher waits this long for every CPU's HELLO (32 CPUs importing the kernel on
+    # 2 cores take seconds); the CPUs wait a little longer for the start
+    start_wait = LIVENESS_S + 5 * ncpus if listen is None else listen.join_timeout
+    cpu_start_timeout = max(START_TIMEOUT, start_wait + LIVENESS_S)
+    hello = ({"config": flat, "version": __version__, "start_timeout": cpu_start_timeout}
+             if listen is not None else None)
     mp = multiprocess.get_context("fork")
     server = mp.Process(target=server_main, name="smp-server",
                         args=(endpoint, ncpus, int(cfg["machine.memory"]),
@@ -213,8 +229,9 @@ def run_machine(cfg: Config, run_dir: str | None = None,
                                "deadlock": cfg["debug.deadlock"],
                                "lockkeys": cfg["debug.lockkeys"],
                                "spin_max_s": cfg["debug.spin_max_s"],
-                               "watchdog_s": cfg["debug.watchdog_s"]}))
-    cpus: list[Any] = []
+                               "watchdog_s": cfg["debug.watchdog_s"]},
+                              listen, hello))
+    cpus: dict[int, Any] = {}                 # cpu id -> process: the CPUs started here
     ctl: _Control | None = None
     stats: StatsRecorder | None = None
     live_path = os.path.join(rdir, "live.json")
@@ -239,20 +256,27 @@ def run_machine(cfg: Config, run_dir: str | None = None,
             old_handlers[sig] = signal.signal(sig, on_signal)
         old_fd = signal.set_wakeup_fd(wake_w)
         server.start()
-        for i in range(ncpus):
+        for i in range(local):
             p = mp.Process(target=cpu_main, name=f"smp-cpu{i}",
-                           args=(i, endpoint, flat, LIVENESS_S, tuple(sysinits)))
+                           args=(i, endpoint, flat, LIVENESS_S, tuple(sysinits)),
+                           kwargs={"start_timeout": cpu_start_timeout})
             p.start()
-            cpus.append(p)
+            cpus[i] = p
         note(f"machine: {ncpus} CPUs, {cfg['machine.memory'] // 1024 // 1024} MiB, "
              f"server pid {server.pid}, cpu pids "
-             f"{', '.join(str(p.pid) for p in cpus)}; run dir {rdir}")
+             f"{', '.join(str(p.pid) for p in cpus.values()) or 'none'}; run dir {rdir}")
+        if listen is not None:
+            note(f"listening on {listen.endpoint} "
+                 f"({'CURVE, keys in ' + listen.key_dir if listen.key_dir else 'no keys'})"
+                 f" for cpus {local}..{ncpus - 1}: `smp cpu --join {listen.endpoint} "
+                 f"--id K{' --key-dir DIR' if listen.key_dir else ''}`; waiting up to "
+                 f"{listen.join_timeout:.0f} s")
         ctl = _Control(endpoint)
         stats = StatsRecorder(stats_endpoint, os.path.join(rdir, "stats.jsonl"), monitors)
         ctl.call(Op.HELLO, VERSION, "launcher", -1, os.getpid(), timeout=LIVENESS_S)
-        t0 = _start(ctl, server, cpus, LIVENESS_S + 5 * ncpus, stop_signal)
+        t0 = _start(ctl, server, cpus, start_wait, stop_signal, ncpus, listen)
         live = {"stats": stats_endpoint, "launcher_pid": os.getpid(),
-                "server_pid": server.pid, "cpu_pids": [p.pid for p in cpus],
+                "server_pid": server.pid, "cpu_pids": [p.pid for p in cpus.values()],
                 "config": cfg.source, "seed": seed}
         with open(live_path, "w") as f:       # what `smp top` attaches to
             json.dump(live, f)
@@ -266,7 +290,7 @@ def run_machine(cfg: Config, run_dir: str | None = None,
         poller.register(stats.sock, zmq.POLLIN)
         poller.register(wake_r, zmq.POLLIN)
         sentinels = {server.sentinel: ("server", server)}
-        for i, p in enumerate(cpus):
+        for i, p in cpus.items():
             sentinels[p.sentinel] = (f"cpu{i}", p)
         for fd in sentinels:
             poller.register(fd, zmq.POLLIN)
@@ -304,11 +328,12 @@ def run_machine(cfg: Config, run_dir: str | None = None,
             stalled = [e for e in events if e[1] == Event.STALLED]
             if stalled:                  # a stopped or wedged CPU: named, never waited on
                 k = int(stalled[0][2])
-                pid = cpus[k].pid if 0 <= k < len(cpus) else None
-                problems.append(f"cpu{k} (pid {pid}) unresponsive: no message for "
+                proc = cpus.get(k)                # None: a CPU on another host
+                where = f"pid {proc.pid}" if proc is not None else "remote"
+                problems.append(f"cpu{k} ({where}) unresponsive: no message for "
                                 f"{stalled[0][3]} s")
-                if pid is not None:
-                    cpus[k].kill()
+                if proc is not None:
+                    proc.kill()
                 dead.append(k)
                 reason = problems[-1]
                 break
@@ -346,7 +371,7 @@ def run_machine(cfg: Config, run_dir: str | None = None,
             os.unlink(live_path)
         if ctl is not None:
             ctl.close()
-        _reap([*cpus, server], float(cfg["run.halt_timeout"]), problems)
+        _reap([*cpus.values(), server], float(cfg["run.halt_timeout"]), problems)
         for sig, h in old_handlers.items():
             signal.signal(sig, h)
         os.close(wake_r)
@@ -372,13 +397,13 @@ class _Stopped(Exception):
     """The machine ended before it started (a process died, or a signal came)."""
 
 
-def _start(ctl: _Control, server: Any, cpus: list[Any], timeout: float,
-           stop_signal: list[int]) -> float:
+def _start(ctl: _Control, server: Any, cpus: dict[int, Any], timeout: float,
+           stop_signal: list[int], ncpus: int, listen: ListenSpec | None = None) -> float:
     """CTL_START, watching every process meanwhile: a process that dies before the machine
-    starts ends the run at once, naming it."""
+    starts ends the run at once, naming it; so do CPUs that never say hello (named)."""
     deadline = time.monotonic() + timeout
     while True:
-        for name, p in [("server", server)] + [(f"cpu{i}", c) for i, c in enumerate(cpus)]:
+        for name, p in [("server", server)] + [(f"cpu{i}", c) for i, c in cpus.items()]:
             if p.exitcode is not None:
                 raise _Stopped(f"{name} (pid {p.pid}) died before the machine started: "
                                f"{describe_exit(p.exitcode)}")
@@ -389,7 +414,25 @@ def _start(ctl: _Control, server: Any, cpus: list[Any], timeout: float,
             return float(ctl.call(Op.CTL_START, timeout=0.5))
         except TimeoutError:
             if time.monotonic() > deadline:
-                raise _Stopped(f"the machine did not start within {timeout:.0f} s") from None
+                raise _Stopped(_missing_cpus(ctl, ncpus, len(cpus), timeout, listen)) from None
+
+
+def _missing_cpus(ctl: _Control, ncpus: int, local: int, waited: float,
+                  listen: ListenSpec | None) -> str:
+    """Why the machine did not start: which CPUs never said hello."""
+    try:
+        joined = {int(c) for c in ctl.call(Op.CTL_REPORT, timeout=LIVENESS_S)["cpu_pids"]}
+    except (TimeoutError, LaunchError, KeyError, TypeError, ValueError):
+        return f"the machine did not start within {waited:.0f} s"
+    missing = [c for c in range(ncpus) if c not in joined]
+    text = (f"the machine did not start: cpu {', '.join(map(str, missing)) or '?'} did not "
+            f"say hello within {waited:.0f} s")
+    remote = [c for c in missing if c >= local]
+    if listen is not None and remote:
+        text += (f" (cpus from {local} on join from other hosts with `smp cpu --join "
+                 f"{listen.endpoint} --id K{' --key-dir DIR' if listen.key_dir else ''}`; "
+                 f"a CPU whose key the server does not accept cannot join)")
+    return text
 
 
 def _final_check(ctl: _Control, poller: Any, sentinels: dict[int, Any], timeout: float,

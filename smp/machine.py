@@ -15,7 +15,7 @@ import time
 import traceback
 from typing import Any
 
-from hw.bus import Bus, ServerGone
+from hw.bus import Bus, BusError, ServerGone
 from hw.clock import Clock
 from hw.cpu import Cpu
 from hw.protocol import Op
@@ -24,12 +24,15 @@ from smp.proc_util import die_with_parent
 START_TIMEOUT = 60.0
 
 
-def cpu_main(cpu_id: int, endpoint: str, config: dict[str, Any], liveness: float,
+def cpu_main(cpu_id: int, endpoint: str, config: dict[str, Any] | None, liveness: float,
              sysinits: tuple[Any, ...] = (), curve: dict[str, bytes] | None = None,
-             pdeathsig: bool = True) -> None:
+             pdeathsig: bool = True, start_timeout: float = START_TIMEOUT) -> None:
     """``curve``: the CURVE client keys for a server on another host (``smp cpu --join``);
     ``pdeathsig`` False for a CPU that is the top process of its host (nothing to die
-    with: the server's silence ends it)."""
+    with: the server's silence ends it). ``config`` None: a CPU that joins from another
+    host (``smp.remote``); it takes the run's config, its start timeout and the server's
+    clock from the HELLO reply. ``start_timeout``: how long to wait for the machine to
+    start after HELLO (longer when other CPUs are still to join)."""
     if pdeathsig:
         die_with_parent()
     if sysinits:
@@ -44,7 +47,13 @@ def cpu_main(cpu_id: int, endpoint: str, config: dict[str, Any], liveness: float
         # can take that long.
         from kernel.kern.init_main import boot
         bus = Bus(endpoint, f"cpu{cpu_id}", liveness=liveness, curve=curve)
-        bus.hello("cpu", cpu_id, os.getpid())
+        t_send = time.monotonic()
+        try:
+            info = bus.hello("cpu", cpu_id, os.getpid())
+        except BusError as e:
+            raise ServerGone(f"the server refused this CPU: {e}") from None
+        if config is None:                    # joined from another host: see smp.remote
+            config, start_timeout = _joined(info, t_send, bus)
         bus.start_heartbeat()
         clock = Clock(int(config["machine.hz"]), float(config["machine.speed"]))
         hw = Cpu(cpu_id, bus, clock, float(config["run.stats_interval"]))
@@ -52,10 +61,10 @@ def cpu_main(cpu_id: int, endpoint: str, config: dict[str, Any], liveness: float
             from hw.chaos import Chaos
             seed = int(config["debug.chaos_seed"]) or int(config["run.seed"])
             hw.chaos = Chaos(str(config["debug.chaos"]), seed, cpu_id)
-        deadline = time.monotonic() + START_TIMEOUT
+        deadline = time.monotonic() + start_timeout
         while not clock.started and not hw.halted:
             if time.monotonic() > deadline:
-                raise ServerGone(f"the machine did not start within {START_TIMEOUT:.0f} s")
+                raise ServerGone(f"the machine did not start within {start_timeout:.0f} s")
             bus.poll_events(0.5)
             hw._absorb()
         report = hw.run(boot(hw, config)) if not hw.halted else hw.finish()
@@ -73,3 +82,17 @@ def cpu_main(cpu_id: int, endpoint: str, config: dict[str, Any], liveness: float
     sys.stderr.flush()
     sys.stdout.flush()
     os._exit(code)        # greenlets of halted threads are dropped, never resumed
+
+
+def _joined(info: dict[str, Any], t_send: float, bus: Bus) -> tuple[dict[str, Any], float]:
+    """What a joining CPU learns from the HELLO reply: the run's resolved config, how long
+    to wait for the start, and the server's clock (mapped onto ours: half a round trip
+    of error). A different version of smp is refused: the kernels would differ."""
+    from smp import __version__
+    if info.get("version") != __version__ or "config" not in info:
+        raise ServerGone(f"the server runs smp {info.get('version', '?')}, this CPU "
+                         f"{__version__}: install the same version on both hosts")
+    t_recv = time.monotonic()
+    bus.clock_offset = (t_send + t_recv) / 2 - float(info["now"])
+    return dict(info["config"]), float(info.get("start_timeout", START_TIMEOUT))
+

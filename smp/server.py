@@ -132,7 +132,11 @@ class Server:
         self.alive_at: dict[int, float] = {}        # cpu -> its heartbeat thread's last PING
         self.next_heartbeat = 0.0
         self.heartbeats = 0
-        self.curve: dict[str, Any] | None = None    # set by smp.remote for tcp with CURVE
+        # smp.remote (``--listen``): "setup" binds the listen endpoint (with CURVE when
+        # there are keys) after the private one, "teardown" stops its authenticator;
+        # hello_info goes into every HELLO reply (the resolved config, for joining CPUs)
+        self.curve: dict[str, Any] | None = None
+        self.hello_info: dict[str, Any] = {}
         self.errors = 0
         self.unroutable = 0
         self.messages = 0
@@ -250,10 +254,31 @@ class Server:
         return h
 
     def _newn(self, p: Peer, tid: int, site: str, a: list[Any]) -> list[int]:
+        """NEWN (type, count, init[, index_field[, list_head]]): ``count`` objects, in
+        handle order. The optional arguments make the boot of a big machine one request
+        (vm_page_startup: 262144 pages for 1 GiB): ``index_field`` (a field name, or "")
+        is set to each object's index 0..count-1, and every object is appended to the
+        list at address ``list_head`` (0: none), as that many LIST_INSERT_TAILs would."""
         n = _count(a[1], max(self.mem.npages, _MAX_COUNT))
+        index_field = a[3] if len(a) > 3 else ""
+        head = a[4] if len(a) > 4 else 0
+        if not isinstance(index_field, str) or not isinstance(head, int):
+            raise Rejected("args", "NEWN: index_field must be a string, list_head an int")
+        decl = self.kmem.types.get(a[0])
+        if index_field and (decl is None or index_field not in decl.fields):
+            raise ObjectError(f"newn {a[0]}: no field {index_field!r}")
+        lst = None
+        if head:
+            self._head(tid, site, head, "store")
+            lst = self.kmem.listhead(head)
         out = []
         for i in range(n):
-            out.append(self._new(p, tid, site, [a[0], a[2]]))
+            h = self._new(p, tid, site, [a[0], a[2]])
+            if index_field:
+                self.kmem.objs[h][index_field] = i
+            if lst is not None:
+                lst.insert_tail(h)
+            out.append(h)
             if i % 4096 == 4095:             # 1 GiB of vm_pages takes seconds: keep the
                 self._heartbeats(time.monotonic(), check_lost=False)   # CPUs told
         return out
@@ -404,7 +429,8 @@ class Server:
             raise Rejected("hello", f"unknown role {_short(role)}")
         self.peers[ident] = peer
         self._reply(ident, seq, OK, {"ncpus": self.ncpus, "npages": self.mem.npages,
-                                     "swap_blocks": self.swap.nblocks})
+                                     "swap_blocks": self.swap.nblocks,
+                                     "now": time.monotonic(), **self.hello_info})
         if self.started_at is not None and role == "cpu":
             self._event_cpu(cpu, Event.START, self.started_at)
         self._check_started()
@@ -626,9 +652,9 @@ class Server:
         self.sock.setsockopt(zmq.RCVHWM, 0)
         self.sock.setsockopt(zmq.SNDHWM, 0)
         self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_HARD)
-        if self.curve is not None:                # smp.remote: CURVE on a tcp listen
-            self.curve["setup"](self.ctx, self.sock)
-        self.sock.bind(self.endpoint)
+        self.sock.bind(self.endpoint)             # private: the launcher, local CPUs
+        if self.curve is not None:                # smp.remote: the --listen endpoint,
+            self.curve["setup"](self.ctx, self.sock)     # bound after (options apply to it)
         if self.pub_endpoint:
             self.pub = self.ctx.socket(zmq.PUB)
             self.pub.setsockopt(zmq.LINGER, 0)
@@ -661,6 +687,8 @@ class Server:
             self.sock.close(0)
             if self.pub is not None:
                 self.pub.close(0)
+            if self.curve is not None:
+                self.curve["teardown"]()
             self.ctx.term()
 
     # -- the device protocol -----------------------------------------------------------
@@ -765,13 +793,20 @@ def _opname(op: Any) -> str:
 
 def server_main(endpoint: str, ncpus: int, memory: int, swap: int,
                 pub_endpoint: str | None = None, stats_interval: float = 0.5,
-                detectors: dict[str, Any] | None = None) -> None:
-    """Entry point of the server process (started by the launcher)."""
+                detectors: dict[str, Any] | None = None, listen: Any = None,
+                hello: dict[str, Any] | None = None) -> None:
+    """Entry point of the server process (started by the launcher). ``listen``: an
+    ``smp.remote.ListenSpec`` when CPUs join from other hosts; ``hello``: what their
+    HELLO replies carry (the resolved config)."""
     from smp.proc_util import die_with_parent
     die_with_parent()
     try:
-        Server(endpoint, ncpus, memory, swap, pub_endpoint, stats_interval,
-               detectors).serve()
+        server = Server(endpoint, ncpus, memory, swap, pub_endpoint, stats_interval,
+                        detectors)
+        if listen is not None:
+            from smp.remote import attach
+            attach(server, listen, hello or {})
+        server.serve()
     except KeyboardInterrupt:
         pass
     except Exception:  # noqa: BLE001
