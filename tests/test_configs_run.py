@@ -1,0 +1,92 @@
+"""Every shipped config (configs/*.toml) runs whole: the real server, CPUs, kernel and user
+land, shortened with ``--set``-style overrides so that the file stays within a few minutes
+on a 2-core host. Each run must end by its duration, clean: exit 0, ``ok``, no invariant
+violation, no checksum error; the swapping configs must really swap. The default config
+also runs once at full length, where every path of vm_glue must have run.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import pytest
+
+from helpers import REPO, describe
+from smp.config import load_config
+from smp.launcher import run_machine
+from smp.report import KERNEL_COUNTERS
+
+pytestmark = pytest.mark.long
+
+CONFIGS = REPO / "configs"
+
+# config -> overrides of the short run. machine.speed is raised where the host can keep
+# up (few CPUs, little memory traffic); the runs that must swap keep enough simulated time
+# for their sleepers to age past the thresholds (swap-heavy: threshold1 2 s and 5 s sleeps;
+# idle-swap: threshold2 3 s and 8 s sleeps).
+SHORT: dict[str, list[str]] = {
+    "default": ["run.duration=6", "machine.speed=1"],
+    "1cpu": ["run.duration=5", "machine.speed=1"],
+    "2cpu": ["run.duration=5", "machine.speed=1"],
+    "8cpu": ["run.duration=3", "machine.speed=0.5"],
+    "32cpu": ["run.duration=3", "machine.speed=0.5"],
+    "swap-heavy": ["run.duration=10", "machine.speed=0.5"],
+    "idle-swap": ["run.duration=10", "machine.speed=0.5"],
+    "stress": ["run.duration=5", "machine.speed=0.5"],
+}
+
+
+def shipped() -> list[str]:
+    return sorted(p.stem for p in CONFIGS.glob("*.toml"))
+
+
+def run_config(name: str, overrides: list[str], tmp_path: pathlib.Path) -> Any:
+    cfg = load_config(CONFIGS / f"{name}.toml", overrides)
+    return run_machine(cfg, run_dir=str(tmp_path / "run"), log=lambda line: None)
+
+
+def assert_clean(res: Any) -> dict[str, int]:
+    r = res.report
+    assert res.exit_status == 0 and r["ok"] is True, describe(res)
+    assert r["reason"] == "end of run", describe(res)
+    assert r["panic"] is None and r["invariants"] == [] and r["problems"] == [], describe(res)
+    k = r["kernel"]
+    assert k["invariant_violations"] == 0, describe(res)
+    assert k["checksum_errors"] == 0, describe(res)
+    assert all(c["reported"] for c in r["cpus"]), describe(res)
+    return dict(k)
+
+
+def test_every_shipped_config_has_a_short_run() -> None:
+    assert sorted(SHORT) == shipped(), "a config in configs/ without a test here, or the reverse"
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("name", sorted(SHORT))
+def test_config_runs_clean(tmp_path: pathlib.Path, name: str) -> None:
+    res = run_config(name, SHORT[name], tmp_path)
+    k = assert_clean(res)
+    cfg = load_config(CONFIGS / f"{name}.toml", SHORT[name])
+    assert len(res.report["cpus"]) == int(cfg["machine.cpus"])
+    if int(cfg["user.procs_per_cpu"]) > 0:
+        assert k["forks"] > 0, describe(res)
+    if name == "swap-heavy":
+        assert k["swapouts"] > 0, describe(res)
+        assert k["pages_swapped_out"] > 0, describe(res)
+    if name == "idle-swap":
+        assert k["swapouts"] > 0, describe(res)
+        # plenty of memory: the swapouts are idle swapouts, not the pageout daemon's
+        assert k["vm_waits"] <= 2, describe(res)
+
+
+@pytest.mark.timeout(150)
+def test_default_config_full_length_runs_every_path(tmp_path: pathlib.Path) -> None:
+    """configs/default.toml as shipped (20 simulated s): every kernel counter of the report
+    but the two that count failures is > 0."""
+    res = run_config("default", [], tmp_path)
+    k = assert_clean(res)
+    assert res.report["duration_sim_s"] >= 19.0, describe(res)
+    zero = [c for c in KERNEL_COUNTERS
+            if c not in ("checksum_errors", "invariant_violations") and k[c] <= 0]
+    assert not zero, f"counters that stayed 0: {zero}; {describe(res)}"
