@@ -349,7 +349,7 @@ class ObjectStore:
         for h, obj in self.objs.items():
             sums = out.setdefault(self.otype[h], {})
             for f, v in obj.items():
-                if type(v) is int:
+                if type(v) is int and -(1 << 40) < v < (1 << 40):   # counters, not limits
                     sums[f] = sums.get(f, 0) + v
         return out
 

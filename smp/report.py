@@ -72,6 +72,7 @@ def build_report(cfg: Config, server: dict[str, Any], *, reason: str, problems: 
                "mem_ops": f.get("mem_ops", 0), "ipis_sent": f.get("ipis_sent", 0),
                "ipis_received": f.get("ipis_received", 0),
                "interrupts": f.get("interrupts", 0), "bus": f.get("bus", {}),
+               "console": (f.get("kernel") or {}).get("console", []),
                "clock": f.get("clock", {}), "reported": bool(f)}
         cpus.append(row)
         for k, v in (f.get("kernel") or {}).items():

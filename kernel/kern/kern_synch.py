@@ -147,6 +147,9 @@ def mi_switch(voluntary: bool = True) -> None:
     mtx_assert(sl, MA_OWNED | MA_NOTRECURSED, "sched lock")
     lt = curlocal()
     nxt = choosethread()
+    if nxt is None:
+        md.panic(f"mi_switch: nothing can run on cpu{md.pcpu.cpuid} (no idle thread yet) "
+                 f"while {lt.name} blocks")
     if nxt is lt:
         lt.td.td_state = int(TDS.TDS_RUNNING)
         return
