@@ -72,7 +72,7 @@ class Op(enum.IntEnum):
     # typed kernel objects
     DEFTYPE = 30       # (type, [[field, kind, lockkey, default]...]) posted
     NEW = 31           # (type, {field: value})                 -> handle
-    NEWN = 43          # (type, count, {field: value})          -> [handle...]
+    NEWN = 43          # (type, count, init[, index_field[, list]]) -> [handle...]
     FREE = 32          # (handle)                               posted
     LOAD = 33          # (handle, field)                        -> value
     LOADN = 34         # (handle, [field...])                   -> [value...]

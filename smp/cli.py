@@ -259,7 +259,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "cpu":
         from smp.remote import join_main
-        return join_main(args.join, args.id, args.key_dir, args.timeout)
+        try:
+            return join_main(args.join, args.id, args.key_dir, args.timeout)
+        except KeyboardInterrupt:
+            print(f"smp: cpu {args.id}: interrupted", file=sys.stderr)
+            return 130
     if args.command == "failpoints":
         from kernel.kern.kern_fail import fail_points
         for fp in fail_points():
