@@ -132,37 +132,26 @@ class StatsRecorder:
     CPU per interval (``"type": "cpu"``) and one for the server (``"type": "server"``)."""
 
     def __init__(self, endpoint: str, path: str, monitors: Sequence[Any] = ()) -> None:
+        from smp.monitor import Stream
         self.monitors = list(monitors)        # each sees every record (smp/progress.py)
-        self.ctx: zmq.Context[Any] = zmq.Context()
-        self.sock = self.ctx.socket(zmq.SUB)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.SUBSCRIBE, b"")
-        self.sock.connect(endpoint)
+        self.stream = Stream(endpoint)
+        self.sock = self.stream.sock          # for the launcher's poller
         self.f = open(path, "w")
         self.records = 0
 
     def drain(self) -> None:
-        while True:
-            try:
-                topic, payload = self.sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            except ValueError:
-                continue
-            rec = unpack(payload)
-            if isinstance(rec, dict):
-                rec["type"] = topic.decode(errors="replace")
-                self.f.write(json.dumps(rec, sort_keys=True) + "\n")
-                self.records += 1
-                for m in self.monitors:
-                    m.record(rec)
+        for topic, rec in self.stream.poll(0):
+            rec["type"] = topic
+            self.f.write(json.dumps(rec, sort_keys=True) + "\n")
+            self.records += 1
+            for m in self.monitors:
+                m.record(rec)
         self.f.flush()
 
     def close(self) -> None:
         self.drain()
         self.f.close()
-        self.sock.close(0)
-        self.ctx.term()
+        self.stream.close()
 
 
 def new_run_dir(base: str, seed: int) -> str:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import os
 import pathlib
 import re
+import signal
+import subprocess
 import sys
 import time
 from typing import Any, Callable, Iterable, Sequence
@@ -281,3 +283,19 @@ def expect_panic(res: Any, *words: str) -> str:
         assert w in msg, f"{w!r} not in panic message {msg!r}"
     assert pathlib.Path(res.run_dir, "crash.txt").is_file()
     return msg
+
+
+def cli(cwd: pathlib.Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``python -m smp.cli ARGS`` in ``cwd``; on timeout its whole process group is killed
+    and the test fails."""
+    proc = subprocess.Popen(cli_cmd(*args), cwd=cwd, env=cli_env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"smp {' '.join(args)} did not finish in {timeout} s: "
+                             f"{out}{err}") from None
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)

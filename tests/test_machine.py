@@ -19,7 +19,7 @@ from typing import Any
 import psutil
 import pytest
 
-from helpers import cli_cmd, cli_env, describe, read_text, wait_for
+from helpers import cli, cli_cmd, cli_env, describe, read_text, wait_for
 from smp.config import load_config
 
 pytestmark = pytest.mark.long
@@ -113,23 +113,6 @@ def test_default_config_contends_giant_and_sched_lock(run: Any) -> None:
 
 
 # -- the command line ---------------------------------------------------------------------------
-def cli(tmp_path: pathlib.Path, *args: str,
-        timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """``python -m smp.cli ARGS`` in ``tmp_path``; on timeout its whole process group is
-    killed and the test fails."""
-    proc = subprocess.Popen(cli_cmd(*args), cwd=tmp_path, env=cli_env(), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        raise AssertionError(f"smp {' '.join(args)} did not finish in {timeout} s: "
-                             f"{out}{err}") from None
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
 @pytest.mark.timeout(90)
 def test_cli_run_writes_a_run_directory(tmp_path: pathlib.Path) -> None:
     sets = ["machine.cpus=2", *FAST, "run.seed=7"]

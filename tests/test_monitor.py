@@ -38,7 +38,7 @@ import pyte
 import pytest
 
 import helpers
-from helpers import cli_cmd, cli_env, read_text, wait_for
+from helpers import cli, cli_cmd, cli_env, read_text, wait_for
 
 pytestmark = pytest.mark.long
 
@@ -49,21 +49,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def cli(cwd: pathlib.Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """``python -m smp.cli ARGS``; on timeout its process group is killed, the test fails."""
-    proc = subprocess.Popen(cli_cmd(*args), cwd=cwd, env=cli_env(), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        raise AssertionError(f"smp {' '.join(args)} did not finish in {timeout} s: "
-                             f"{out}{err}") from None
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 class Pty:
