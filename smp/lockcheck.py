@@ -20,7 +20,7 @@ so a constructor filling in a new object needs no locks.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 from smp.locks import LockTable
 from smp.objects import LOCK_KINDS, ObjectStore, field_addr
@@ -103,4 +103,4 @@ class LockKeyChecker:
                 f"held: {', '.join(names) or 'nothing'}", f"lockkey|{tname}.{f}|{site}|{kind}"))
 
 
-__all__ = ["LockKeyChecker", "Any"]
+__all__ = ["LockKeyChecker"]

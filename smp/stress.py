@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from smp.findings import Failure, classify, load_known
 
@@ -219,4 +219,4 @@ def describe(outcomes: list[RunOutcome], strict: bool) -> tuple[list[str], int]:
     return lines, status
 
 
-__all__ = ["Campaign", "RunOutcome", "run_campaign", "describe", "derive_seed", "Any"]
+__all__ = ["Campaign", "RunOutcome", "run_campaign", "describe", "derive_seed"]

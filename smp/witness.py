@@ -174,4 +174,4 @@ def find_deadlock(start: int, waiting_for: Callable[[int], tuple[Any, str] | Non
     return walk(start, [], {start})
 
 
-__all__ = ["Finding", "Witness", "find_deadlock", "LC_SPIN"]
+__all__ = ["Finding", "Witness", "find_deadlock"]

@@ -16,14 +16,12 @@ wakeup cannot be lost.
 
 from __future__ import annotations
 
-from typing import Any
-
 from kernel.kern import kern_globals
-from kernel.kern.kern_mutex import (KASSERT, mtx_destroy, mtx_lock, mtx_lock_spin, mtx_unlock,
+from kernel.kern.kern_mutex import (KASSERT, mtx_destroy, mtx_lock_spin, mtx_unlock,
                                     mtx_unlock_spin)
 from kernel.kern.kern_proc import (FOREACH_THREAD_IN_PROC, PROC_LOCK, PROC_UNLOCK,
                                    proc_zfree)
-from kernel.kern.kern_synch import msleep, tsleep, wakeup
+from kernel.kern.kern_synch import msleep, wakeup
 from kernel.kern.kern_sx import sx_xlock, sx_xunlock
 from kernel.kern.kern_thread import curthread, thread_exit
 from kernel.machine import cpu as md
@@ -163,4 +161,4 @@ def wait1(pid: int = -1) -> tuple[int, int, int]:
         PROC_UNLOCK(q)
 
 
-__all__ = ["exit1", "wait1", "tsleep"]
+__all__ = ["exit1", "wait1"]

@@ -201,7 +201,7 @@ def proc_zfree(p: KObj) -> None:
 __all__ = ["PROC_LOCK", "PROC_UNLOCK", "PROC_LOCK_ASSERT", "PHOLD", "PRELE", "_PHOLD",
            "_PRELE", "FOREACH_PROC_IN_SYSTEM", "FOREACH_THREAD_IN_PROC",
            "FOREACH_KSEGRP_IN_PROC", "FOREACH_THREAD_IN_GROUP", "FIRST_THREAD_IN_PROC",
-           "pfind", "proc_zalloc", "proc_zfree", "mtx_unlock_spin"]
+           "pfind", "proc_zalloc", "proc_zfree"]
 
 
 def _register() -> None:

@@ -28,12 +28,12 @@ from kernel.kern.kern_timeout import Callout
 from kernel.machine import cpu as md
 from kernel.machine.pmap import cpu_switch_check
 from kernel.sys.kstruct import TAILQ_FOREACH
-from kernel.sys.param import EINTR, EWOULDBLOCK, PDROP, PRIMASK
+from kernel.sys.param import EWOULDBLOCK, PDROP, PRIMASK
 from kernel.sys.proc import (PRS, PS, TDF, TDS, TD_CLR_SLEEPING, TD_SET_SLEEPING,
                              struct_ksegrp, struct_proc, struct_thread)
 
 __all__ = ["msleep", "tsleep", "wakeup", "wakeup_one", "mi_switch", "setrunnable",
-           "schedcpu", "maybe_yield", "EINTR"]
+           "schedcpu", "maybe_yield"]
 
 
 def _G() -> Any:

@@ -25,8 +25,8 @@ class LocalThread:
     """What this CPU keeps of one of its threads (per-CPU data: never shared)."""
 
     __slots__ = ("td", "tid", "name", "ctx", "owned", "owned_sx", "granted", "blocked_on",
-                 "on_runq", "pri", "need_resched", "giant_saved", "sleep_callout", "proc",
-                 "local", "kstack", "runq_since", "watchdog_reported")
+                 "on_runq", "pri", "need_resched", "sleep_callout", "proc", "kstack",
+                 "runq_since", "watchdog_reported")
 
     def __init__(self, td: Any, name: str, pri: int) -> None:
         self.td = td
@@ -40,10 +40,8 @@ class LocalThread:
         self.on_runq = False
         self.pri = pri
         self.need_resched = False
-        self.giant_saved = 0
         self.sleep_callout: Any = None
         self.proc: Any = None
-        self.local: dict[str, Any] = {}                    # the thread's own variables
         self.kstack = 0                                    # td_kstack (never changes)
         self.runq_since = 0                                # tick it was last queued
         self.watchdog_reported = False

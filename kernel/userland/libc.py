@@ -10,7 +10,7 @@ memory, checking that what it reads is what it last wrote.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 from hw.protocol import Op
 from kernel import param
@@ -195,5 +195,4 @@ def list_procs() -> list[tuple[int, int]]:
 
 
 __all__ = ["compute", "getpid", "fork", "exit", "wait", "sleep_ticks", "mmap_anon",
-           "munmap", "touch", "sys_useracc", "sys_physio", "peek_uarea", "list_procs",
-           "Any"]
+           "munmap", "touch", "sys_useracc", "sys_physio", "peek_uarea", "list_procs"]

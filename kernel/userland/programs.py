@@ -28,7 +28,6 @@ import random
 from typing import Any, Callable
 
 from kernel import param
-from kernel.kern.kern_thread import curlocal
 from kernel.machine import cpu as md
 from kernel.sys.proc import PS
 from kernel.sys.kernel import SI_ORDER, SI_SUB, SYSINIT
@@ -161,8 +160,6 @@ def prog_init() -> None:
     weights = [int(_cfg(f"user.{name}")) for name in PROGRAMS]
     want = int(_cfg("user.procs_per_cpu"))
     running = 0
-    lt = curlocal()
-    lt.local["init"] = True
     while True:
         while running < want and sum(weights) > 0:
             name = rng.choices(PROGRAMS, weights)[0]

@@ -12,8 +12,6 @@ Callers hold Giant (FreeBSD 5.0's vm_fault took it itself).
 
 from __future__ import annotations
 
-from typing import Any
-
 from hw.protocol import Op
 from kernel.machine import cpu as md
 from kernel.sys.kstruct import KObj
@@ -24,7 +22,7 @@ from kernel.vm.vm import (KERN_FAILURE, KERN_INVALID_ADDRESS, KERN_PROTECTION_FA
                           VM_PROT_READ, VM_PROT_WRITE, atop, trunc_page)
 from kernel.vm.vm_map import vm_map_lock_read, vm_map_lookup_entry, vm_map_unlock_read
 from kernel.vm.vm_page import (PG_BUSY, VM_WAIT, vm_page_activate, vm_page_alloc,
-                               vm_page_busy, vm_page_dirty, vm_page_hold, vm_page_lock_queues,
+                               vm_page_dirty, vm_page_lock_queues,
                                vm_page_lookup, vm_page_unlock_queues, vm_page_unwire,
                                vm_page_wakeup, vm_page_wire)
 
@@ -153,4 +151,4 @@ def vm_page_release(m: KObj) -> None:
 
 
 __all__ = ["vm_fault_page", "vm_fault_wire", "vm_fault_unwire", "vm_object_copy_pages",
-           "vm_page_release", "Any"]
+           "vm_page_release"]

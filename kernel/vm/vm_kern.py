@@ -13,7 +13,7 @@ from hw.protocol import Op
 from kernel.machine import cpu as md
 from kernel.sys.kernel import SI_ORDER, SI_SUB, SYSINIT
 from kernel.sys.kstruct import KObj
-from kernel.vm.vm import KERN_SUCCESS, VM_PROT_ALL, round_page
+from kernel.vm.vm import KERN_SUCCESS, round_page
 from kernel.vm.vm_map import (VM_MAX_KERNEL_ADDRESS, VM_MIN_KERNEL_ADDRESS, struct_vm_map,
                               vm_map_create, vm_map_find, vm_map_remove)
 

@@ -30,7 +30,7 @@ from kernel.sys.kstruct import (F, KObj, KStruct, TAILQ_FOREACH, TAILQ_INSERT_TA
 from kernel.sys.param import PVM
 from kernel.vm.vm import (FALSE, KERN_INVALID_ADDRESS, KERN_NO_SPACE, KERN_SUCCESS, TRUE,
                           VM_INHERIT_COPY, VM_INHERIT_NONE, VM_INHERIT_SHARE, VM_PROT_ALL,
-                          OBJT_DEFAULT, atop, round_page, trunc_page)
+                          OBJT_DEFAULT, atop)
 
 VM_MIN_ADDRESS = 0x00001000
 VM_MAXUSER_ADDRESS = 0xBFBFE000
@@ -375,4 +375,4 @@ __all__ = ["vm_map_lock", "vm_map_unlock", "vm_map_trylock", "vm_map_lock_read",
            "vm_map_check_protection", "vm_map_find", "vm_map_insert", "vm_map_remove",
            "vm_map_wire", "vm_map_unwire", "vmspace_alloc", "vmspace_free",
            "vmspace_exitfree", "vmspace_fork", "vmspace_unshare", "vmspace_pmap",
-           "vmspace_resident_count", "trunc_page", "round_page"]
+           "vmspace_resident_count"]
