@@ -280,6 +280,7 @@ def _smp_client(i: int, barrier: Any, endpoint: str, ops: int, warmup: int,
             bus.call(Op.LOAD, tid, SITE, h, "x")    # a fence: the posted init is applied
             if shared_addr is not None:
                 shared_addr.value = addr
+        bus.flush()                                  # nothing held back while we wait
         barrier.wait(PHASE_TIMEOUT_S)                # the shared lock exists
         if shared_addr is not None:
             addr = shared_addr.value
@@ -305,10 +306,12 @@ def _smp_client(i: int, barrier: Any, endpoint: str, ops: int, warmup: int,
             if loads:
                 load()
         queued = 0
+        bus.flush()                                  # nothing held back while we wait
         barrier.wait(PHASE_TIMEOUT_S)
         out: dict[str, Any] = {"cycle": _timed(cycle, ops)}
         out["queued"] = queued
         if loads:
+            bus.flush()                              # nothing held back while we wait
             barrier.wait(PHASE_TIMEOUT_S)
             out["load"] = _timed(load, ops)
         bus.call(Op.LOAD, tid, SITE, h, "x")        # the last RELEASE went through

@@ -5,7 +5,10 @@ Two ways to issue a request (DESIGN.md decision 10):
 * :meth:`Bus.call` waits for the reply: loads, acquires, trylocks, atomics that return a
   value. The CPU is stalled meanwhile, as a real CPU on a memory access.
 * :meth:`Bus.post` does not: stores, releases, wakeups' follow-ups. The channel is FIFO,
-  so the server still applies them in program order.
+  so the server still applies them in program order. Posted requests are queued, like a
+  CPU's store buffer, and leave in one frame with the next call (ahead of it), before the
+  CPU waits for anything, or when POST_BATCH have queued: a release costs no message of
+  its own, and a CPU never waits while holding back a request another CPU may need.
 
 Asynchronous events (grants, IPIs, start, halt) can arrive at any time; the bus queues them
 in :attr:`Bus.events` for the CPU to deliver at its next interrupt point.
@@ -31,8 +34,11 @@ from typing import Any
 
 import zmq
 
-from hw.protocol import (ERR, HEARTBEAT_S, SERVER_SILENCE_S, VERSION, Event, Op, pack,
-                         unpack)
+from hw.protocol import (ERR, HEARTBEAT_S, MAX_BATCH, SERVER_SILENCE_S, VERSION, Event,
+                         Op, pack, unpack)
+
+# Posted requests queue up to this many before they are sent without waiting for a call.
+POST_BATCH = min(64, MAX_BATCH - 1)
 
 
 class BusError(Exception):
@@ -58,6 +64,8 @@ class Bus:
             self.sock.curve_publickey = curve["public"]
             self.sock.curve_serverkey = curve["server"]
         self.sock.connect(endpoint)
+        self.poller = zmq.Poller()              # one for good: Socket.poll makes one a call
+        self.poller.register(self.sock, zmq.POLLIN)
         self.endpoint = endpoint
         self.identity = identity
         self.curve = curve
@@ -68,6 +76,8 @@ class Bus:
         self.events: collections.deque[list[Any]] = collections.deque()
         self.calls = 0
         self.posts = 0
+        self.frames = 0                        # frames sent: calls, flushes, pings
+        self.pending: list[bytes] = []         # posted requests not yet sent
         self.pings = 0
         self.wait_s = 0.0
         self.closed = False
@@ -81,10 +91,22 @@ class Bus:
         # the server may still be starting: the first answer gets the longer bound
         return self._call(Op.HELLO, 0, "", (VERSION, role, cpu, pid), self.liveness)
 
-    def post(self, op: int, tid: int, site: str, *args: Any) -> None:
+    def post(self, op: int, tid: int, site: str, *args: Any, now: bool = False) -> None:
+        """Queue a request that needs no reply; it leaves with the next call, before the
+        next wait, or at once with ``now`` (or once POST_BATCH are queued)."""
         self.posts += 1
-        self.sock.send(pack([op, 0, tid, site, *args]))
-        self.last_tx = time.monotonic()
+        self.pending.append(pack([op, 0, tid, site, *args]))
+        if now or len(self.pending) >= POST_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send the queued posted requests, in order, as one frame."""
+        if self.pending:
+            frame = b"".join(self.pending) if len(self.pending) > 1 else self.pending[0]
+            self.pending.clear()
+            self.sock.send(frame)
+            self.frames += 1
+            self.last_tx = time.monotonic()
 
     def call(self, op: int, tid: int, site: str, *args: Any) -> Any:
         return self._call(op, tid, site, args, self.silence)
@@ -95,7 +117,13 @@ class Bus:
         seq = self.seq
         self.calls += 1
         t = time.perf_counter()
-        self.sock.send(pack([op, seq, tid, site, *args]))
+        frame = pack([op, seq, tid, site, *args])
+        if self.pending:                       # the queued posts go first, in one frame
+            self.pending.append(frame)
+            frame = b"".join(self.pending)
+            self.pending.clear()
+        self.sock.send(frame)
+        self.frames += 1
         self.last_tx = start = time.monotonic()
         while True:
             # silence counts from the server's last message, not from our request
@@ -120,7 +148,7 @@ class Bus:
     def recv(self, timeout: float) -> list[Any] | None:
         """One message from the server (heartbeats included), or None after ``timeout``
         seconds of silence."""
-        if not self.sock.poll(max(int(timeout * 1000), 0)):
+        if not self.poller.poll(max(int(timeout * 1000), 0)):
             return None
         msg = unpack(self.sock.recv())
         self.last_rx = time.monotonic()
@@ -132,6 +160,7 @@ class Bus:
         """Wait up to ``timeout`` s for an event (heartbeats do not count); queue every
         message that came. True if the event queue is non-empty afterwards. Raises
         :class:`ServerGone` once the server has been silent for ``silence`` s."""
+        self.flush()
         now = time.monotonic()
         if now - self.last_tx >= HEARTBEAT_S:
             self.pings += 1
@@ -192,6 +221,10 @@ class Bus:
     def close(self, linger_ms: int = 0) -> None:
         if not self.closed:
             self.closed = True
+            try:
+                self.flush()
+            except zmq.ZMQError:
+                pass
             if self.beat is not None:
                 self.beat[1].set()
                 self.beat[0].join(2.0)

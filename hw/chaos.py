@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
+from typing import Callable
 
 from hw.protocol import Op
 
@@ -52,13 +53,15 @@ class Chaos:
     def active(self) -> bool:
         return self.level.p_delay > 0 or self.level.p_yield > 0
 
-    def point(self, op: int) -> None:
-        """A chaos point before request ``op``: maybe stall."""
+    def point(self, op: int, before_stall: Callable[[], None]) -> None:
+        """A chaos point before request ``op``: maybe stall (``before_stall`` first: the
+        bus sends what it has queued, so a stall delays this CPU, not its past)."""
         lv = self.level
         if lv.p_delay and op in CHAOS_OPS and self.rng.random() < lv.p_delay:
             d = self.rng.uniform(0.0, lv.max_delay_us) / 1e6
             self.delays += 1
             self.delay_s += d
+            before_stall()
             time.sleep(d)
 
     def want_yield(self) -> bool:

@@ -132,7 +132,7 @@ class Cpu:
     def call(self, op: int, site: str, *args: Any) -> Any:
         """A request that waits for its value; a refusal is a fatal trap."""
         if self.chaos is not None:
-            self.chaos.point(op)
+            self.chaos.point(op, self.bus.flush)
         try:
             value = self.bus.call(op, self.tid, site, *args)
         except BusError as e:
@@ -144,7 +144,7 @@ class Cpu:
 
     def post(self, op: int, site: str, *args: Any) -> None:
         if self.chaos is not None:
-            self.chaos.point(op)
+            self.chaos.point(op, self.bus.flush)
         self.bus.post(op, self.tid, site, *args)
 
     # -- contexts and switching --------------------------------------------------------
@@ -341,6 +341,7 @@ class Cpu:
     def ipi(self, cpu: int, kind: str, args: Any, site: str) -> None:
         self.counters.ipis_sent += 1
         self.post(Op.IPI, site, cpu, kind, args)
+        self.bus.flush()                    # an interrupt is not held back
 
     # -- stopping ----------------------------------------------------------------------
     def _check_halt(self) -> None:
@@ -364,7 +365,7 @@ class Cpu:
                       "stack": stack, "sim_time": round(self.clock.now(), 6),
                       "source": "cpu"}
             try:
-                self.bus.post(Op.REPORT, self.tid, site, "panic", report)
+                self.bus.post(Op.REPORT, self.tid, site, "panic", report, now=True)
             except Exception:  # noqa: BLE001 - the bus may be the thing that failed
                 pass
         self.halted = self.halted or f"panic: {message}"

@@ -151,6 +151,10 @@ PEER_LOST_S = 3.0
 MAX_FRAME = 16 << 20
 MAX_FRAME_HARD = 64 << 20
 
+# A frame may carry several requests, packed back to back: the posted requests a CPU has
+# buffered (stores, releases, ...) and at most one call, last (hw.bus). At most MAX_BATCH.
+MAX_BATCH = 256
+
 # ACQUIRE answers
 GRANTED = 0
 QUEUED = 1
@@ -186,6 +190,27 @@ def pack(msg: list[Any] | tuple[Any, ...]) -> bytes:
 def unpack(frame: bytes) -> Any:
     """Decode one message; raises ValueError (or a msgpack error) on garbage."""
     return msgpack.unpackb(frame, raw=False, strict_map_key=False, use_list=True)
+
+
+def unpack_all(frame: bytes) -> list[Any]:
+    """Decode a frame of one or more messages packed back to back; raises ValueError (or
+    a msgpack error) on garbage anywhere in it, or on more than MAX_BATCH messages."""
+    try:
+        return [unpack(frame)]                   # the common case: one message
+    except msgpack.ExtraData as e:
+        first, rest = e.unpacked, e.extra
+    up = msgpack.Unpacker(raw=False, strict_map_key=False, use_list=True,
+                          max_buffer_size=max(len(rest), 1))
+    up.feed(rest)
+    out, end = [first], 0
+    for msg in up:
+        out.append(msg)
+        end = up.tell()                          # the end of the last whole message
+        if len(out) > MAX_BATCH:
+            raise ValueError(f"more than {MAX_BATCH} messages in one frame")
+    if end != len(rest):
+        raise ValueError(f"truncated message at byte {len(frame) - len(rest) + end}")
+    return out
 
 
 class ProtocolError(Exception):

@@ -114,6 +114,7 @@ class ThreadLocks:
     cpu: int
     held: list[tuple[int, int, str]] = dataclasses.field(default_factory=list)  # (lock, mode, site)
     waiting: tuple[int, int, str] | None = None
+    spins: int = 0                   # how many of ``held`` are spin mutexes
     sleeping: Hashable | None = None
     wait_since: dict[int, float] = dataclasses.field(default_factory=dict)  # lock -> us
 
@@ -176,6 +177,8 @@ class LockTable:
         lk.since_us = now
         lk.site = site
         t.held.append((lk.handle, mode, site))
+        if lk.cls == LC_SPIN:
+            t.spins += 1
         st = self.by_name[lk.name]
         st.acquires += 1
         st.cpus_seen.add(t.cpu)
@@ -192,6 +195,8 @@ class LockTable:
         for i in range(len(t.held) - 1, -1, -1):
             if t.held[i][0] == lk.handle and t.held[i][1] == mode:
                 site = t.held.pop(i)[2]
+                if lk.cls == LC_SPIN:
+                    t.spins -= 1
                 break
         else:
             site = lk.site
@@ -213,7 +218,7 @@ class LockTable:
         t = self.thread(tid, cpu)
         if mode not in (EXCL, SHARED) or (mode == SHARED and lk.cls in (LC_SPIN, LC_SLEEP)):
             raise LockError(f"acquire: bad mode {mode} for {lk.cls} {lk.name}")
-        if lk.cls != LC_SPIN and not trylock:
+        if t.spins and lk.cls != LC_SPIN and not trylock:
             spins = self._held_spin(t)
             if spins:
                 raise LockError(f"blockable sleep lock ({lk.cls}) {lk.name} @ {site} "
@@ -324,7 +329,10 @@ class LockTable:
         else:
             raise LockError(f"handoff: {lk.name} not on thread {tid}'s held list")
         lk.owner = to_tid
-        self.thread(to_tid, cpu).held.append(entry)
+        t.spins -= 1
+        to = self.thread(to_tid, cpu)
+        to.held.append(entry)
+        to.spins += 1
 
     # -- deadlock ----------------------------------------------------------------------
     def _check_deadlock(self, tid: int) -> None:

@@ -39,7 +39,7 @@ import zmq
 
 from hw.physmem import Fault, PhysMem, SwapDevice
 from hw.protocol import (ERR, HEARTBEAT_S, MAX_FRAME, MAX_FRAME_HARD, OK, PEER_LOST_S,
-                         VERSION, Event, Op, ProtocolError, pack, unpack)
+                         VERSION, Event, Op, ProtocolError, pack, unpack_all)
 from smp.lockcheck import LockKeyChecker
 from smp.locks import Deadlock, LockError, LockTable
 from smp.witness import Finding, Witness
@@ -55,6 +55,10 @@ _KERNEL_ERRORS = (ObjectError, LockError, Fault)
 _MAX_ERROR_TEXT = 400          # an error reply quotes at most this much of the problem
 _MAX_COUNT = 1 << 16           # NEWN objects in one request (or one per page frame)
 TICK_EVERY = 64                # while draining, look at the clock every this many messages
+# pyzmq's flags and options as plain ints: its enum wrappers cost per message
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE_NOBLOCK = int(zmq.SNDMORE) | int(zmq.NOBLOCK)
+LIVENESS_CHECK_S = 0.05        # spin locks held too long, silent CPUs: looked for this often
 
 
 # The argument types of the requests that name things the server keeps and sorts in its
@@ -131,6 +135,7 @@ class Server:
         self.lost: dict[int, float] = {}            # cpu -> seconds silent when reported
         self.alive_at: dict[int, float] = {}        # cpu -> its heartbeat thread's last PING
         self.next_heartbeat = 0.0
+        self.next_liveness = 0.0
         self.heartbeats = 0
         # smp.remote (``--listen``): "setup" binds the listen endpoint (with CURVE when
         # there are keys) after the private one, "teardown" stops its authenticator;
@@ -225,7 +230,8 @@ class Server:
     def _send(self, ident: bytes, msg: list[Any]) -> None:
         assert self.sock is not None
         try:
-            self.sock.send_multipart([ident, pack(msg)], flags=zmq.NOBLOCK)
+            self.sock.send(ident, _SNDMORE_NOBLOCK)   # the raw calls: pyzmq's
+            self.sock.send(pack(msg), _NOBLOCK)        # send_multipart costs more
         except zmq.ZMQError:
             self.unroutable += 1           # peer gone (ROUTER_MANDATORY) or queue full
 
@@ -462,17 +468,32 @@ class Server:
         self._send(ident, [Op.REPLY, seq, ERR, text[:_MAX_ERROR_TEXT]])
 
     def handle(self, ident: bytes, frame: bytes) -> None:
-        self.messages += 1
+        """One frame: one request, or a batch (the posted requests a CPU buffered, then at
+        most one call). A batch is refused whole, with one error, unless every request
+        in it has the request shape and all but the last are posted (seq 0)."""
         if len(frame) > MAX_FRAME:
+            self.messages += 1
             self.reject(ident, 0, "oversized", f"message of {len(frame)} bytes refused "
                         f"(at most {MAX_FRAME} bytes)")
             return
         try:
-            msg = unpack(frame)
+            msgs = unpack_all(frame)
         except Exception as e:  # noqa: BLE001 - anything a peer sends must not kill us
+            self.messages += 1
             self.reject(ident, 0, "garbage", f"malformed message: not msgpack: "
                         f"{type(e).__name__}: {e}")
             return
+        if len(msgs) > 1 and not all(isinstance(m, list) and len(m) >= 4 and m[1] == 0
+                                     for m in msgs[:-1]):
+            self.messages += 1
+            self.reject(ident, 0, "shape", f"malformed batch of {len(msgs)} messages: "
+                        f"every request but the last must be posted (seq 0)")
+            return
+        for msg in msgs:
+            self.handle_one(ident, msg)
+
+    def handle_one(self, ident: bytes, msg: Any) -> None:
+        self.messages += 1
         if not isinstance(msg, list) or len(msg) < 4:
             self.reject(ident, 0, "shape", "malformed message: a request is "
                         "[op, seq, tid, site, args...]")
@@ -638,7 +659,9 @@ class Server:
     def _tick(self, drained: bool = True) -> None:
         now = time.monotonic()
         self._heartbeats(now, check_lost=drained)
-        self._check_liveness(now)
+        if now >= self.next_liveness:          # it walks every lock: not per message
+            self.next_liveness = now + LIVENESS_CHECK_S
+            self._check_liveness(now)
         if self.pub is not None and self.started_at is not None and now >= self.next_stats:
             self.next_stats = now + self.stats_interval
             self._publish(b"server", self.sample())
@@ -661,19 +684,31 @@ class Server:
             self.pub.setsockopt(zmq.SNDHWM, 1000)
             self.pub.bind(self.pub_endpoint)
         ppid = os.getppid()
+        sock = self.sock
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        timeout_ms = min(POLL_MS, int(self.stats_interval * 1000) or POLL_MS)
         try:
             while self.running:
                 self._tick()
-                if not self.sock.poll(min(POLL_MS, int(self.stats_interval * 1000) or POLL_MS)):
+                if not poller.poll(timeout_ms):
                     if os.getppid() != ppid:      # the launcher is gone: so are we
                         break
                     continue
                 n = 0
+                # drain what is queued: zero-copy frames say cheaply whether more parts
+                # follow, and a poll(0) is cheaper than a recv that raises zmq.Again
                 while True:
                     try:
-                        ident, *rest = self.sock.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
+                        f = sock.recv(_NOBLOCK, copy=False)
+                    except zmq.Again:                 # poll said ready; never mind
                         break
+                    ident, more = f.bytes, f.more
+                    rest = []
+                    while more:
+                        f = sock.recv(_NOBLOCK, copy=False)
+                        rest.append(f.bytes)
+                        more = f.more
                     n += 1
                     if n % TICK_EVERY == 0:           # a flood must not stop heartbeats
                         self._tick(drained=False)
@@ -681,8 +716,10 @@ class Server:
                         self.messages += 1
                         self.reject(ident, 0, "frames", f"a message is one frame, not "
                                     f"{len(rest)}")
-                        continue
-                    self.handle(ident, rest[0])
+                    else:
+                        self.handle(ident, rest[0])
+                    if not poller.poll(0):
+                        break
         finally:
             self.sock.close(0)
             if self.pub is not None:

@@ -63,6 +63,7 @@ class Witness:
         self.report = report
         self.edges: dict[str, dict[str, tuple[str, str]]] = collections.defaultdict(dict)
         self.reported: set[Any] = set()
+        self.paths: dict[tuple[str, str], list[str] | None] = {}
         for order in (STATIC_SLEEP_ORDER, STATIC_SPIN_ORDER):
             for a, b in zip(order, order[1:]):
                 self.edges[a][b] = ("static order", "static order")
@@ -70,7 +71,15 @@ class Witness:
             self.edges["sched lock"][leaf] = ("static order", "static order")
 
     def _path(self, a: str, b: str) -> list[str] | None:
-        """A path a -> ... -> b in the order graph, if any."""
+        """A path a -> ... -> b in the order graph, if any (remembered until the graph
+        gains an edge: every acquire with locks held asks)."""
+        key = (a, b)
+        if key in self.paths:
+            return self.paths[key]
+        path = self.paths[key] = self._search(a, b)
+        return path
+
+    def _search(self, a: str, b: str) -> list[str] | None:
         prev: dict[str, str | None] = {a: None}
         q = collections.deque([a])
         while q:
@@ -123,6 +132,7 @@ class Witness:
                 continue
             if new.name not in self.edges[old.name]:
                 self.edges[old.name][new.name] = (old_site, new_site)
+                self.paths.clear()
 
     def sleeping(self, held: list[tuple[Any, str]], site: str) -> None:
         """A thread goes to sleep (msleep) still holding ``held`` (its interlock and Giant

@@ -34,7 +34,8 @@ import pytest
 import zmq
 from hypothesis import HealthCheck, given, settings
 
-from hw.protocol import (EXCL, GRANTED, LC_SLEEP, MAX_FRAME, VERSION, Op, pack, unpack)
+from hw.protocol import (EXCL, GRANTED, LC_SLEEP, MAX_FRAME, VERSION, Event, Op, pack,
+                         unpack)
 
 from helpers import describe, expect_shutdown, sysinit, wait_until
 
@@ -320,3 +321,59 @@ def test_fuzz_the_handlers_of_a_cpu_that_said_hello(tmp_path: pathlib.Path) -> N
             server.kill()
         server.join(5)
     print(f"handler fuzz: {counts}")
+
+
+@pytest.mark.timeout(60)
+def test_a_frame_may_batch_posted_requests_before_one_call(tmp_path: pathlib.Path) -> None:
+    """What hw.bus sends: posted requests back to back, then at most one call. A batch
+    with a call before its end, or with garbage anywhere, gets exactly one error and
+    nothing of it is applied; the server goes on serving."""
+    import multiprocess
+    from smp.server import server_main
+    import tempfile
+    d = tempfile.mkdtemp(prefix="smpbt-")
+    endpoint = f"ipc://{d}/bus"
+    server = multiprocess.get_context("fork").Process(
+        target=server_main, args=(endpoint, 1, 1 << 20, 1 << 18), daemon=True)
+    server.start()
+    ctx: zmq.Context[Any] = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.IDENTITY, b"cpu0")
+    sock.connect(endpoint)
+
+    def ask(frame: bytes) -> list[Any]:
+        sock.send(frame)
+        while True:
+            assert sock.poll(10_000), "no reply"
+            msg = unpack(sock.recv())
+            if msg[0] == Op.REPLY:
+                return msg                               # type: ignore[no-any-return]
+            assert msg[1] == Event.HEARTBEAT, msg        # a posted request's error
+
+    try:
+        assert ask(pack([Op.HELLO, 1, 0, "", VERSION, "cpu", 0, os.getpid()]))[2] == 0
+        h = ask(pack([Op.DEFTYPE, 0, 0, "", "bt", [["x", "int", "", 0]]])
+                + pack([Op.NEW, 2, 7, "b:1", "bt", {}]))[3]
+        stores = b"".join(pack([Op.STORE, 0, 7, "b:2", h, "x", i]) for i in range(1, 6))
+        assert ask(stores + pack([Op.LOAD, 3, 7, "b:3", h, "x"])) == [Op.REPLY, 3, 0, 5]
+        # a call in the middle: the whole frame is refused, once, and nothing applied
+        bad = (pack([Op.STORE, 0, 7, "b:4", h, "x", 99]) + pack([Op.LOAD, 4, 7, "b:5", h, "x"])
+               + pack([Op.LOAD, 5, 7, "b:6", h, "x"]))
+        rep = ask(bad)
+        assert rep[2] == 1 and "batch" in rep[3], rep
+        # garbage after good requests, and a truncated last request: refused whole
+        for frame in (stores + b"\xc1", stores + pack([Op.LOAD, 6, 7, "b:7", h, "x"])[:-2]):
+            rep = ask(frame)
+            assert rep[2] == 1 and "msgpack" in rep[3], rep
+        assert not (sock.poll(200) and unpack(sock.recv())[0] == Op.REPLY), \
+            "more than one reply to a refused frame"
+        assert ask(pack([Op.LOAD, 7, 7, "b:8", h, "x"])) == [Op.REPLY, 7, 0, 5]
+        assert server.is_alive()
+    finally:
+        sock.close(0)
+        ctx.term()
+        server.kill()
+        server.join(5)
+        import shutil
+        shutil.rmtree(d, ignore_errors=True)
