@@ -132,6 +132,7 @@ def pmap_swapin_thread(td: KObj) -> None:
         assert m is not None
         pmap_kenter(ks + i * PAGE_SIZE, m.phys_addr)
         if m.valid != VM_PAGE_BITS_ALL:
+            md.pcpu.count("kstack_pageins")
             rv = vm_pager_get_pages(ksobj, [m], 1, 0)
             if rv != VM_PAGER_OK:
                 md.panic(f"pmap_swapin_thread: cannot get kstack for proc: "

@@ -177,9 +177,9 @@ def peek_uarea(pid: int) -> int:
     return 0
 
 
-def list_procs() -> list[tuple[int, int]]:
-    """(pid, p_sflag) of every process on allproc: what ps and top walk (top shows a
-    swapped-out process that wants to run as "<RUN>")."""
+def list_procs() -> list[tuple[int, int, int]]:
+    """(pid, p_sflag, p_swtime) of every process on allproc: what ps and top walk (top
+    shows a swapped-out process that wants to run as "<RUN>")."""
     from kernel.kern.kern_proc import FOREACH_PROC_IN_SYSTEM
     from kernel.kern.kern_sx import sx_slock, sx_sunlock
     G = kern_globals.G
@@ -187,9 +187,9 @@ def list_procs() -> list[tuple[int, int]]:
     sx_slock(G.allproc_lock)
     for p in FOREACH_PROC_IN_SYSTEM():
         mtx_lock_spin(G.sched_lock)
-        pid, sflag = p.load("p_pid", "p_sflag")
+        pid, sflag, swtime = p.load("p_pid", "p_sflag", "p_swtime")
         mtx_unlock_spin(G.sched_lock)
-        out.append((pid, sflag))
+        out.append((pid, sflag, swtime))
     sx_sunlock(G.allproc_lock)
     return out
 

@@ -35,6 +35,7 @@ from kernel.userland import libc
 from kernel.vm.vm import RFFDG, RFMEM, RFPROC, VM_PROT_READ, VM_PROT_WRITE
 
 PAGE = param.PAGE_SIZE
+DEBUGGER_LONG_OUT_S = 4          # a debugger attaches to a process swapped out this long
 PROGRAMS = ("forker", "sleeper", "hog", "sharer", "debugger", "syscaller")
 
 
@@ -119,16 +120,29 @@ def prog_sharer() -> None:
 
 def prog_debugger() -> None:
     """A debugger (top, ps, procfs) that keeps looking at the process list and attaches
-    to processes: first the swapped-out ones that want to run or are coming in (top's
-    "<RUN>"), then other swapped-out ones, oldest first. Each attach holds the process in
-    memory (PHOLD) and reads its U-area."""
+    to processes: first those the machine is bringing back in (a wakeup asked for them,
+    or the swapper is at it: top's "<RUN>" and "<SWAP>"); else, now and then, the one
+    swapped out longest, if for DEBUGGER_LONG_OUT_S or more (a debugger attached to an
+    idle daemon); else a resident one. Each attach holds the process in memory (PHOLD:
+    a swapped-out one is faulted in) and reads its U-area. Recently swapped processes
+    are left alone, so their U-areas stay out long enough to be laundered to swap."""
     rng = _rng()
     me = libc.getpid()
-    for _ in range(rng.randint(10, 30)):
-        procs = sorted((not sflag & (PS.PS_SWAPINREQ | PS.PS_SWAPPINGIN),
-                        bool(sflag & PS.PS_INMEM), pid)
-                       for pid, sflag in libc.list_procs() if pid != me)
-        for _req, _inmem, pid in procs[:2]:
+    for _ in range(rng.randint(20, 40)):
+        procs = [p for p in libc.list_procs() if p[0] != me]
+        coming = [pid for pid, sflag, _ in procs
+                  if sflag & (PS.PS_SWAPINREQ | PS.PS_SWAPPINGIN)]
+        long_out = sorted((-swtime, pid) for pid, sflag, swtime in procs
+                          if not sflag & (PS.PS_INMEM | PS.PS_SWAPINREQ | PS.PS_SWAPPINGIN)
+                          and swtime >= DEBUGGER_LONG_OUT_S)
+        resident = [pid for pid, sflag, _ in procs if sflag & PS.PS_INMEM]
+        if coming:
+            targets = coming[:2]
+        elif long_out and rng.random() < 0.3:
+            targets = [long_out[0][1]]
+        else:
+            targets = [rng.choice(resident)] if resident else []
+        for pid in targets:
             libc.peek_uarea(pid)
         libc.sleep_ticks(_ticks(rng.uniform(0.05, 0.2)))
     libc.exit(0)

@@ -293,6 +293,7 @@ def vm_proc_swapin(p: Any) -> None:
     for i in range(UAREA_PAGES):
         m = vm_page_grab(upobj, i, VM_ALLOC_NORMAL | VM_ALLOC_RETRY)
         if m.valid != VM_PAGE_BITS_ALL:
+            md.pcpu.count("uarea_pageins")                       # PORT: count
             rv = vm_pager_get_pages(upobj, [m], 1, 0)
             if rv != VM_PAGER_OK:
                 md.panic("vm_proc_swapin: cannot get upage")
