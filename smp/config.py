@@ -226,6 +226,9 @@ PARAMS: tuple[Param, ...] = (
           "pages of anonymous memory each memory hog maps and touches", min=1, max=1 << 20),
     Param("user.sleep_s", "float", 6.0, "sim s",
           "how long a sleeper sleeps between wakeups", min=0.01, max=3600),
+    Param("user.attach_after_s", "float", 4.0, "sim s",
+          "a debugger attaches to a process swapped out at least this long (sooner ones "
+          "are left alone, so their U-areas get laundered to swap)", min=0, max=3600),
     Param("user.compute_us", "int", 2000, "sim us",
           "simulated user time a program computes between system calls",
           min=0, max=10_000_000),

@@ -5,7 +5,8 @@ checks them whole, because a stress test needs to know that nothing was lost:
 
 * page accounting balances: free + wired + active + inactive + cache + in transit (busy,
   being filled) = every page, and each queue's counter equals the queue's length;
-* PS_INMEM holds exactly when the U-area (and each kernel stack) is mapped and wired;
+* PS_INMEM holds exactly when the U-area (and each kernel stack) is mapped and wired
+  (the U-area once: a second wiring is a second swap-in that is never undone);
 * no vmspace has a negative reference count;
 * no TDI_SWAPPED thread is on a run queue (each CPU checks its own);
 * every swapped page comes back intact (the swap pager counts checksum errors; see
@@ -128,12 +129,18 @@ def check_procs() -> None:
         mapped = md.kextract(up) != -1
         vp.vm_page_lock_queues()
         m = vm_page_lookup(upobj, 0)
-        wired = m is not None and m.wire_count > 0
+        wirings = m.wire_count if m is not None else 0
+        wired = wirings > 0
         vp.vm_page_unlock_queues()
         if inmem != mapped or inmem != wired:
             md.pcpu.note_violation(f"pid {pid}: PS_INMEM is {inmem} but its U-area is "
                                    f"{'' if mapped else 'not '}mapped and "
                                    f"{'' if wired else 'not '}wired")
+        elif inmem and wirings != 1:
+            # one wiring, the process's own (vm_proc_new, vm_proc_swapin); nothing else
+            # wires a U-area, so a second one is a second swap-in that will never be undone
+            md.pcpu.note_violation(f"pid {pid}: its U-area page is wired {wirings} times "
+                                   f"(once while the process is in memory)")
         for td in FOREACH_THREAD_IN_PROC(p):
             ks = td.td_kstack
             if ks and (md.kextract(ks) != -1) != inmem:

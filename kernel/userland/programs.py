@@ -35,7 +35,6 @@ from kernel.userland import libc
 from kernel.vm.vm import RFFDG, RFMEM, RFPROC, VM_PROT_READ, VM_PROT_WRITE
 
 PAGE = param.PAGE_SIZE
-DEBUGGER_LONG_OUT_S = 4          # a debugger attaches to a process swapped out this long
 PROGRAMS = ("forker", "sleeper", "hog", "sharer", "debugger", "syscaller")
 
 
@@ -122,19 +121,20 @@ def prog_debugger() -> None:
     """A debugger (top, ps, procfs) that keeps looking at the process list and attaches
     to processes: first those the machine is bringing back in (a wakeup asked for them,
     or the swapper is at it: top's "<RUN>" and "<SWAP>"); else, now and then, the one
-    swapped out longest, if for DEBUGGER_LONG_OUT_S or more (a debugger attached to an
+    swapped out longest, if for user.attach_after_s or more (a debugger attached to an
     idle daemon); else a resident one. Each attach holds the process in memory (PHOLD:
     a swapped-out one is faulted in) and reads its U-area. Recently swapped processes
     are left alone, so their U-areas stay out long enough to be laundered to swap."""
     rng = _rng()
     me = libc.getpid()
+    after = float(_cfg("user.attach_after_s"))
     for _ in range(rng.randint(20, 40)):
         procs = [p for p in libc.list_procs() if p[0] != me]
         coming = [pid for pid, sflag, _ in procs
                   if sflag & (PS.PS_SWAPINREQ | PS.PS_SWAPPINGIN)]
         long_out = sorted((-swtime, pid) for pid, sflag, swtime in procs
                           if not sflag & (PS.PS_INMEM | PS.PS_SWAPINREQ | PS.PS_SWAPPINGIN)
-                          and swtime >= DEBUGGER_LONG_OUT_S)
+                          and swtime >= after)
         resident = [pid for pid, sflag, _ in procs if sflag & PS.PS_INMEM]
         if coming:
             targets = coming[:2]
