@@ -264,10 +264,12 @@ def _wait_grant(bus: Bus, tid: int, addr: int) -> None:
 
 
 def _smp_client(i: int, barrier: Any, endpoint: str, ops: int, warmup: int,
-                shared_addr: Any, loads: bool) -> dict[str, Any]:
+                shared_addr: Any, loads: bool, lines: bool = True) -> dict[str, Any]:
     """One CPU. ``shared_addr`` None: its own lock; else CPU 0 makes one lock, publishes its
-    address there, and every CPU contends on it."""
-    bus = Bus(endpoint, f"cpu{i}")
+    address there, and every CPU contends on it. ``lines`` False: the CPU gives every
+    line back at once, so that each acquire asks the server (the cost of a lock that
+    moves between CPUs)."""
+    bus = Bus(endpoint, f"cpu{i}", lines=lines)
     tid = 1000 + i
     queued = 0
     try:
@@ -280,7 +282,7 @@ def _smp_client(i: int, barrier: Any, endpoint: str, ops: int, warmup: int,
             bus.call(Op.LOAD, tid, SITE, h, "x")    # a fence: the posted init is applied
             if shared_addr is not None:
                 shared_addr.value = addr
-        bus.flush()                                  # nothing held back while we wait
+        bus.give_back_lines()                        # nothing held back while we wait
         barrier.wait(PHASE_TIMEOUT_S)                # the shared lock exists
         if shared_addr is not None:
             addr = shared_addr.value
@@ -306,12 +308,12 @@ def _smp_client(i: int, barrier: Any, endpoint: str, ops: int, warmup: int,
             if loads:
                 load()
         queued = 0
-        bus.flush()                                  # nothing held back while we wait
+        bus.give_back_lines()                        # nothing held back while we wait
         barrier.wait(PHASE_TIMEOUT_S)
         out: dict[str, Any] = {"cycle": _timed(cycle, ops)}
         out["queued"] = queued
         if loads:
-            bus.flush()                              # nothing held back while we wait
+            bus.give_back_lines()                    # nothing held back while we wait
             barrier.wait(PHASE_TIMEOUT_S)
             out["load"] = _timed(load, ops)
         bus.call(Op.LOAD, tid, SITE, h, "x")        # the last RELEASE went through
@@ -337,13 +339,13 @@ def _stop_server(endpoint: str) -> None:
 
 
 def bench_smp(tmp: str, tag: str, n: int, ops: int, warmup: int, contended: bool,
-              loads: bool) -> list[dict[str, Any]]:
+              loads: bool, lines: bool = True) -> list[dict[str, Any]]:
     endpoint = f"ipc://{tmp}/smp-{tag}.sock"
     server = _start(_MP, server_main, (endpoint, n, MEMORY, SWAP), f"smp-server-{tag}")
     shared = _MP.Value("q", 0) if contended else None
     try:
         res = _run_clients(_MP, _smp_client, n, f"smp-{tag}", endpoint, ops, warmup,
-                           shared, loads)
+                           shared, loads, lines)
         _reap([_start(_MP, _stop_server, (endpoint,), f"smp-stop-{tag}")])
         server.join(JOIN_TIMEOUT_S)
         if server.exitcode != 0:
@@ -402,6 +404,10 @@ def one_round(tmp: str, r: int, ops: int, warmup: int,
             raw["echo_rtt_us"] = e[0]["rtt"]["median"] * 1e6
             raw["lock_cycle_us"] = s[0]["cycle"]["median"] * 1e6
             raw["load_us"] = s[0]["load"]["median"] * 1e6
+    say(f"round {r}: smp, 1 client, every acquire asking the server (no line kept)")
+    s = bench_smp(tmp, f"{r}-noline", 1, ops, warmup, contended=False, loads=False,
+                  lines=False)
+    raw["lock_cycle_no_line_us"] = s[0]["cycle"]["median"] * 1e6
     n = CONTENDED_CLIENTS
     say(f"round {r}: Manager().Lock() and smp, {n} clients, one lock")
     m, c = pair(lambda: bench_manager(n, ops, warmup),
@@ -415,6 +421,7 @@ def one_round(tmp: str, r: int, ops: int, warmup: int,
 
 def ratios(raw: dict[str, float]) -> dict[str, float]:
     out = {"lock_cycle_vs_echo": raw["lock_cycle_us"] / raw["echo_rtt_us"],
+           "lock_cycle_no_line_vs_echo": raw["lock_cycle_no_line_us"] / raw["echo_rtt_us"],
            "load_vs_echo": raw["load_us"] / raw["echo_rtt_us"]}
     for n in CLIENT_COUNTS:
         out[f"throughput_{n}cpu_vs_echo"] = raw[f"lock_ops_s_{n}"] / raw[f"echo_ops_s_{n}"]
@@ -426,6 +433,8 @@ def ratios(raw: dict[str, float]) -> dict[str, float]:
 ROWS = [
     ("lock_cycle_vs_echo", "lock cycle latency, 1 cpu", "lock_cycle_us", "echo_rtt_us",
      "us", "lower"),
+    ("lock_cycle_no_line_vs_echo", "lock cycle latency, no line kept", "lock_cycle_no_line_us",
+     "echo_rtt_us", "us", "lower"),
     ("load_vs_echo", "load latency, 1 cpu", "load_us", "echo_rtt_us", "us", "lower"),
     *[(f"throughput_{n}cpu_vs_echo", f"lock cycles/s, {n} cpu{'s' if n > 1 else ''}, own locks",
        f"lock_ops_s_{n}", f"echo_ops_s_{n}", "/s", "higher") for n in CLIENT_COUNTS],

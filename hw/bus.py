@@ -10,6 +10,17 @@ Two ways to issue a request (DESIGN.md decision 10):
   CPU waits for anything, or when POST_BATCH have queued: a release costs no message of
   its own, and a CPU never waits while holding back a request another CPU may need.
 
+**Lines.** A lock word lives in a cache line, and on real hardware the CPU that keeps
+taking a lock keeps that line: taking the lock again costs nothing, while another CPU must
+first get the line over. The bus does the same. When the server grants a mutex with
+``GRANTED_LINE`` (this CPU has taken it several times running and nobody waits), the bus
+keeps the line: the next acquire of that lock while no thread of this CPU holds it is
+*posted* (``AF_LINE``) and returns at once; the server, which gives the lock to no other
+CPU while the line is here, records the grant in order, so every detector still sees every
+acquisition. Another CPU's acquire makes the server send ``RECALL``; the bus gives the line
+back (``RELINQUISH``) as soon as no thread of this CPU holds the lock, and the waiter gets
+its turn. The CPU and the kernel above never see lines, only GRANTED.
+
 Asynchronous events (grants, IPIs, start, halt) can arrive at any time; the bus queues them
 in :attr:`Bus.events` for the CPU to deliver at its next interrupt point.
 
@@ -34,8 +45,8 @@ from typing import Any
 
 import zmq
 
-from hw.protocol import (ERR, HEARTBEAT_S, MAX_BATCH, SERVER_SILENCE_S, VERSION, Event,
-                         Op, pack, unpack)
+from hw.protocol import (AF_LINE, ERR, EXCL, GRANTED, GRANTED_LINE, HEARTBEAT_S, MAX_BATCH,
+                         SERVER_SILENCE_S, VERSION, Event, Op, pack, unpack)
 
 # Posted requests queue up to this many before they are sent without waiting for a call.
 POST_BATCH = min(64, MAX_BATCH - 1)
@@ -51,8 +62,8 @@ class ServerGone(Exception):
 
 class Bus:
     def __init__(self, endpoint: str, identity: str, liveness: float = 10.0,
-                 silence: float = SERVER_SILENCE_S, curve: dict[str, bytes] | None = None
-                 ) -> None:
+                 silence: float = SERVER_SILENCE_S, curve: dict[str, bytes] | None = None,
+                 lines: bool = True) -> None:
         self.ctx: zmq.Context[Any] = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -78,6 +89,9 @@ class Bus:
         self.posts = 0
         self.frames = 0                        # frames sent: calls, flushes, pings
         self.pending: list[bytes] = []         # posted requests not yet sent
+        self.use_lines = lines
+        self.lines: dict[Any, list[int]] = {}  # lock -> [holds by our threads, recalled]
+        self.line_hits = 0                     # acquires taken on the strength of a line
         self.pings = 0
         self.wait_s = 0.0
         self.closed = False
@@ -96,8 +110,75 @@ class Bus:
         next wait, or at once with ``now`` (or once POST_BATCH are queued)."""
         self.posts += 1
         self.pending.append(pack([op, 0, tid, site, *args]))
+        if self.lines and (op == Op.RELEASE or op == Op.SLEEP):
+            self._line_release(tid, args[0] if op == Op.RELEASE else args[1])
         if now or len(self.pending) >= POST_BATCH:
             self.flush()
+
+    # -- lines: the lock word's cache line, kept by the CPU that keeps taking the lock ----
+    def _line_acquire(self, tid: int, site: str, args: tuple[Any, ...]) -> bool:
+        """Take an exclusive lock on the strength of our line, if we have it and no thread
+        of ours holds the lock: the ACQUIRE is posted (AF_LINE) and the server, which
+        lets no other CPU take a lock while our line stands, records the grant."""
+        ln = self.lines.get(args[0])
+        if ln is None or ln[0] or ln[1] or args[1] != EXCL:
+            return False
+        if self.poller.poll(0):
+            self._drain()                       # a RECALL may be waiting
+            ln = self.lines.get(args[0])
+            if ln is None or ln[0] or ln[1]:
+                return False
+        ln[0] = 1
+        self.line_hits += 1
+        self.posts += 1
+        self.pending.append(pack([Op.ACQUIRE, 0, tid, site, args[0], EXCL,
+                                  int(args[2]) | AF_LINE]))
+        if len(self.pending) >= POST_BATCH:
+            self.flush()
+        return True
+
+    def _line_release(self, tid: int, lock: Any) -> None:
+        ln = self.lines.get(lock)
+        if ln is not None and ln[0] > 0:
+            ln[0] -= 1
+            if ln[0] == 0 and ln[1]:            # recalled while we held it: give it back
+                del self.lines[lock]
+                self.pending.append(pack([Op.RELINQUISH, 0, tid, "", lock]))
+                self.flush()
+
+    def _recall(self, lock: Any) -> None:
+        """The server wants ``lock``'s line for another CPU: give it back now if no
+        thread of ours holds the lock, else when the last one lets go."""
+        ln = self.lines.get(lock)
+        if ln is None:
+            return
+        if ln[0]:
+            ln[1] = 1
+            return
+        del self.lines[lock]
+        self.posts += 1
+        self.pending.append(pack([Op.RELINQUISH, 0, 0, "", lock]))
+        self.flush()
+
+    def give_back_lines(self) -> None:
+        """Give back every line no thread of ours holds, and send what is queued: for a
+        CPU about to stop listening to the bus (closing, or waiting on something else),
+        which would not hear a RECALL."""
+        for lock, ln in list(self.lines.items()):
+            if not ln[0]:
+                del self.lines[lock]
+                self.posts += 1
+                self.pending.append(pack([Op.RELINQUISH, 0, 0, "", lock]))
+        self.flush()
+
+    def _drain(self) -> None:
+        """Take in whatever has arrived, without waiting (events queue up)."""
+        while True:
+            msg = self.recv(0.0)
+            if msg is None:
+                return
+            if msg[0] != Op.REPLY and msg[1] != Event.HEARTBEAT:
+                self.events.append(msg)
 
     def flush(self) -> None:
         """Send the queued posted requests, in order, as one frame."""
@@ -109,7 +190,19 @@ class Bus:
             self.last_tx = time.monotonic()
 
     def call(self, op: int, tid: int, site: str, *args: Any) -> Any:
-        return self._call(op, tid, site, args, self.silence)
+        if op == Op.ACQUIRE and self.lines and self._line_acquire(tid, site, args):
+            return GRANTED
+        value = self._call(op, tid, site, args, self.silence)
+        if op == Op.ACQUIRE:
+            if value == GRANTED_LINE:
+                if self.use_lines:
+                    self.lines[args[0]] = [1, 0]    # [holds by our threads, recalled]
+                else:                               # (measurements: every acquire asks)
+                    self.post(Op.RELINQUISH, tid, site, args[0])
+                return GRANTED
+            if value == GRANTED and args[0] in self.lines:
+                self.lines[args[0]][0] += 1
+        return value
 
     def _call(self, op: int, tid: int, site: str, args: tuple[Any, ...],
               silence: float) -> Any:
@@ -152,6 +245,9 @@ class Bus:
             return None
         msg = unpack(self.sock.recv())
         self.last_rx = time.monotonic()
+        if msg[0] == Op.EVENT and msg[1] == Event.RECALL:
+            self._recall(msg[2])                # the bus's own business, not the CPU's
+            msg = [Op.EVENT, Event.HEARTBEAT]   # (callers count it as a sign of life)
         if self.clock_offset and msg[0] == Op.EVENT and msg[1] == Event.START:
             msg[2] += self.clock_offset
         return msg  # type: ignore[no-any-return]
@@ -222,7 +318,7 @@ class Bus:
         if not self.closed:
             self.closed = True
             try:
-                self.flush()
+                self.give_back_lines()
             except zmq.ZMQError:
                 pass
             if self.beat is not None:

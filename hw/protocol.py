@@ -41,7 +41,7 @@ from typing import Any
 
 import msgpack
 
-VERSION = b"SMP1"
+VERSION = b"SMP2"
 
 OK = 0
 ERR = 1
@@ -105,13 +105,14 @@ class Op(enum.IntEnum):
     # locks
     LOCK_INIT = 60     # (lock, class, name, flags)            posted; lock is a handle from NEW
     LOCK_DESTROY = 61  # (lock)                                 posted
-    ACQUIRE = 62       # (lock, mode, flags)                    -> GRANTED | QUEUED | BUSY
+    ACQUIRE = 62       # (lock, mode, flags)                    -> GRANTED | GRANTED_LINE | QUEUED | BUSY
     RELEASE = 63       # (lock, mode)                           posted
     HANDOFF = 64       # (lock, to_tid)                         posted: spin lock passes to a thread
     SLEEP = 65         # (chan, interlock)                      posted: queue and drop interlock
     WAKEUP = 66        # (chan, one)                            -> [tid...] taken off the channel
     UNSLEEP = 67       # (chan, tid)                            -> bool: tid was still asleep
     IPI = 68           # (cpu, kind, args)                      posted: routed to that CPU
+    RELINQUISH = 69    # (lock)                                 posted: give a lock's line back
     # control (the launcher)
     CTL_START = 80     # (t0)                                   -> None
     CTL_HALT = 81      # (reason)                               -> None
@@ -135,6 +136,7 @@ class Event(enum.IntEnum):
     WAKE = 7           # (tid, lock)        a sleep lock was released: try again
     STALLED = 8        # (cpu, seconds)     (to the launcher) a CPU has gone silent
     HEARTBEAT = 9      # ()                 server -> CPU: "still here", every HEARTBEAT_S
+    RECALL = 10        # (lock)             another CPU wants the lock: give its line back
 
 
 # Liveness (heartbeats both ways). The server sends every CPU a HEARTBEAT event every
@@ -159,6 +161,7 @@ MAX_BATCH = 256
 GRANTED = 0
 QUEUED = 1
 BUSY = 2
+GRANTED_LINE = 3      # granted, and the lock's line stays with this CPU (hw.bus: lines)
 
 # lock classes, as FreeBSD's lock_class_* (server-side semantics)
 LC_SPIN = "spin mutex"
@@ -178,6 +181,7 @@ SHARED = 1
 # ACQUIRE flags
 AF_TRY = 0x1          # a try-lock: BUSY instead of QUEUED, never order-checked
 AF_PICKUP = 0x2       # Giant taken back after a sleep: no lock-order edge (WITNESS rule 7)
+AF_LINE = 0x4         # posted: taken on the strength of the CPU's line (no reply wanted)
 
 _packer = msgpack.Packer(use_bin_type=True)
 

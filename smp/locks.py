@@ -25,6 +25,12 @@ Semantics, after FreeBSD 5.0:
   the waker, whose kernel code makes them runnable. Both must be done holding the sched
   lock, as in ``kern_synch.c``, so no wakeup is lost.
 
+* Lines (``hw.bus``): a CPU that takes a mutex LINE_STREAK times running, with nobody
+  waiting, keeps the lock word's line and takes the lock again by posting an ``AF_LINE``
+  acquire. While it has the line no other CPU gets the lock: their acquires queue (a
+  try-lock fails), the line is recalled, and the grant or wake-up waits for the CPU's
+  ``RELINQUISH``.
+
 Checked here, each an error that panics the machine: an unknown or uninitialised lock,
 unlock by a non-owner, recursion on a non-recursive lock, a blocking sleep lock taken with
 a spin mutex held ("blockable sleep lock"), sleeping with a spin mutex other than the
@@ -41,10 +47,12 @@ import dataclasses
 import time
 from typing import Any, Hashable
 
-from hw.protocol import (AF_PICKUP, AF_TRY, BUSY, EXCL, GRANTED, LC_LOCKMGR, LC_SLEEP,
-                         LC_SPIN, LC_SX, LF_RECURSE, QUEUED, SHARED)
+from hw.protocol import (AF_LINE, AF_PICKUP, AF_TRY, BUSY, EXCL, GRANTED, GRANTED_LINE,
+                         LC_LOCKMGR, LC_SLEEP, LC_SPIN, LC_SX, LF_RECURSE, QUEUED, SHARED)
 
 SCHED_LOCK_NAME = "sched lock"
+LINE_STREAK = 3       # a CPU that takes a mutex this many times running gets its line
+LINE_CLASSES = (LC_SPIN, LC_SLEEP)     # the mutexes: lock words of their own
 CLASSES = (LC_SPIN, LC_SLEEP, LC_SX, LC_LOCKMGR)
 
 
@@ -85,6 +93,8 @@ class Lock:
     waiters: collections.deque[Waiter] = dataclasses.field(default_factory=collections.deque)
     since_us: float = 0.0
     site: str = ""
+    last_cpu: int = -1               # who took it last, and how many times running
+    streak: int = 0
 
 
 @dataclasses.dataclass
@@ -134,6 +144,15 @@ class LockTable:
         self.by_name: dict[str, NameStats] = collections.defaultdict(NameStats)
         self.profile: dict[tuple[str, str], SiteProfile] = collections.defaultdict(SiteProfile)
         self.sleeps = self.wakeups = self.woken = 0
+        # Lines (hw.bus): the CPU that keeps taking a mutex keeps the lock word's line and
+        # takes the lock again without waiting for a reply (it posts an AF_LINE acquire).
+        # While a CPU has a lock's line no other CPU gets the lock: its acquire queues and
+        # the line is recalled; the grant waits for the RELINQUISH. Lines are per address
+        # and outlive a lock destroyed and made again at the same address.
+        self.lines: dict[int, int] = {}            # lock -> cpu holding its line
+        self.recalling: set[int] = set()
+        self.recalls: list[tuple[int, int]] = []   # (cpu, lock): RECALL events to send
+        self.line_grants = self.line_acquires = self.line_recalls = 0
 
     # -- bookkeeping -----------------------------------------------------------------
     def thread(self, tid: int, cpu: int) -> ThreadLocks:
@@ -216,6 +235,13 @@ class LockTable:
         trylock = bool(flags & AF_TRY)
         lk = self.lock(h)
         t = self.thread(tid, cpu)
+        line = self.lines.get(h)
+        if flags & AF_LINE:
+            if line != cpu or lk.owner or lk.shared or mode != EXCL:
+                raise LockError(f"{lk.name}: an acquire on the strength of a line cpu {cpu} "
+                                f"does not have, or of a lock held (@ {site})")
+            self.line_acquires += 1
+
         if mode not in (EXCL, SHARED) or (mode == SHARED and lk.cls in (LC_SPIN, LC_SLEEP)):
             raise LockError(f"acquire: bad mode {mode} for {lk.cls} {lk.name}")
         if t.spins and lk.cls != LC_SPIN and not trylock:
@@ -241,6 +267,20 @@ class LockTable:
         if mode == SHARED and lk.owner == tid:
             raise LockError(f"{lk.name}: {lk.cls} shared acquire by its exclusive owner "
                             f"(excl->share) @ {site}")
+        if line is not None and line != cpu and not flags & AF_LINE:
+            # Another CPU has the line: it may have taken the lock already (its acquire
+            # is on the way), so nobody else gets it until the line is back. A try-lock
+            # fails as if the lock were taken; either way the line is recalled.
+            if h not in self.recalling:
+                self.recalling.add(h)
+                self.recalls.append((line, h))
+                self.line_recalls += 1
+            if trylock:
+                return BUSY
+            # waiting for the line of a free lock is a cache miss, not contention: it
+            # is not counted as a contested acquisition (LOCK_PROFILING)
+            return self._queue(lk, tid, cpu, t, h, mode, site,
+                               contended=bool(lk.owner or lk.shared))
         if mode == EXCL:
             free = lk.owner == 0 and not lk.shared      # a sleep lock may be barged
         else:
@@ -253,11 +293,31 @@ class LockTable:
                                       trylock, bool(flags & AF_PICKUP))
             self._take(lk, tid, t, mode, site,
                        max(_now_us() - since, 0.001) if since is not None else 0.0)
-            return GRANTED
+            return self._maybe_line(lk, cpu, mode, trylock, line)
         if trylock:
             return BUSY
+        return self._queue(lk, tid, cpu, t, h, mode, site)
+
+    def _maybe_line(self, lk: Lock, cpu: int, mode: int, trylock: bool,
+                    line: int | None) -> int:
+        """GRANTED, or GRANTED_LINE when this CPU has now taken the mutex LINE_STREAK
+        times running and nobody waits for it."""
+        if lk.last_cpu == cpu:
+            lk.streak += 1
+        else:
+            lk.last_cpu, lk.streak = cpu, 1
+        if (line is None and lk.streak >= LINE_STREAK and mode == EXCL and not trylock
+                and not lk.waiters and lk.cls in LINE_CLASSES):
+            self.lines[lk.handle] = cpu
+            self.line_grants += 1
+            return GRANTED_LINE
+        return GRANTED
+
+    def _queue(self, lk: Lock, tid: int, cpu: int, t: ThreadLocks, h: int, mode: int,
+               site: str, contended: bool = True) -> int:
         now = _now_us()
-        t.wait_since.setdefault(h, now)
+        if contended:
+            t.wait_since.setdefault(h, now)
         lk.waiters.append(Waiter(tid, cpu, mode, now, site))
         t.waiting = (h, mode, site)
         if self.deadlock_check:
@@ -289,16 +349,45 @@ class LockTable:
                 lk.shared[tid] = n - 1
         return self._grant_waiters(lk)
 
+    def relinquish(self, cpu: int, h: int) -> list[Grant]:
+        """The CPU gives ``h``'s line back: the waiters get their turn."""
+        if self.lines.get(h) != cpu:
+            raise LockError(f"RELINQUISH of lock {h} by cpu {cpu}, which has not its line")
+        del self.lines[h]
+        self.recalling.discard(h)
+        lk = self.locks.get(h)
+        if lk is None:
+            return []
+        lk.last_cpu, lk.streak = -1, 0
+        return self._grant_waiters(lk)
+
+    def drop_lines(self, cpu: int) -> list[Grant]:
+        """A CPU leaves: the lines it keeps on locks none of its threads holds come back."""
+        grants: list[Grant] = []
+        for h in [h for h, c in self.lines.items() if c == cpu]:
+            lk = self.locks.get(h)
+            owner = self.threads.get(lk.owner) if lk is not None and lk.owner else None
+            if owner is None or owner.cpu != cpu:
+                grants += self.relinquish(cpu, h)
+        return grants
+
+    def take_recalls(self) -> list[tuple[int, int]]:
+        out, self.recalls = self.recalls, []
+        return out
+
     def _grant_waiters(self, lk: Lock) -> list[Grant]:
         if lk.owner or not lk.waiters:
             return []
+        if lk.handle in self.recalling:
+            return []                   # the line is on its way back: RELINQUISH grants
         grants: list[Grant] = []
         if lk.cls == LC_SPIN:
             w = lk.waiters.popleft()
             t = self.thread(w.tid, w.cpu)
             t.waiting = None
-            since = t.wait_since.pop(lk.handle, w.since_us)
-            self._take(lk, w.tid, t, w.mode, w.site, max(_now_us() - since, 0.001))
+            since = t.wait_since.pop(lk.handle, None)
+            self._take(lk, w.tid, t, w.mode, w.site,
+                       max(_now_us() - since, 0.001) if since is not None else 0.0)
             grants.append((w.cpu, w.tid, lk.handle, True))
             return grants
         if lk.shared:

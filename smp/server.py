@@ -69,6 +69,7 @@ _ARGTYPES: dict[int, tuple[type | tuple[type, ...], ...]] = {
     Op.DEFTYPE: (str, list), Op.NEW: (str, dict), Op.NEWN: (str, int, dict),
     Op.SYMBOL: (str, int), Op.LOOKUP: (str,), Op.COUNT: (str, list),
     Op.LOCK_INIT: (int, str, str, int), Op.DEFKEYS: (dict,), Op.IPI: (int, str),
+    Op.RELINQUISH: (int,),
     Op.REPORT: (str,),
 }
 
@@ -217,6 +218,7 @@ class Server:
             Op.LOCK_DESTROY: lambda p, t, s, a: self.locks.destroy(a[0]),
             Op.ACQUIRE: self._acquire,
             Op.RELEASE: self._release,
+            Op.RELINQUISH: self._relinquish,
             Op.HANDOFF: lambda p, t, s, a: self.locks.handoff(t, p.cpu, a[0], a[1]),
             Op.SLEEP: self._sleep,
             Op.WAKEUP: lambda p, t, s, a: self.locks.wakeup(t, p.cpu, s, _chan(a[0]), a[1]),
@@ -318,7 +320,10 @@ class Server:
 
     def _acquire(self, p: Peer, tid: int, site: str, a: list[Any]) -> int:
         try:
-            return self.locks.acquire(tid, p.cpu, site, a[0], a[1], int(a[2]))
+            r = self.locks.acquire(tid, p.cpu, site, a[0], a[1], int(a[2]))
+            for cpu, lock in self.locks.take_recalls():
+                self._event_cpu(cpu, Event.RECALL, lock)
+            return r
         except Deadlock as e:
             self._finding(Finding("deadlock", str(e), [c[2] for c in e.cycle]))
             self.panic_machine({"message": str(e), "cpu": p.cpu, "tid": tid, "site": site,
@@ -328,6 +333,11 @@ class Server:
 
     def _release(self, p: Peer, tid: int, site: str, a: list[Any]) -> None:
         self._send_grants(self.locks.release(tid, p.cpu, site, a[0], a[1]))
+
+    def _relinquish(self, p: Peer, tid: int, site: str, a: list[Any]) -> None:
+        if p.gone:                   # after its BYE: the server took its lines back then
+            return
+        self._send_grants(self.locks.relinquish(p.cpu, a[0]))
 
     def _sleep(self, p: Peer, tid: int, site: str, a: list[Any]) -> None:
         self._send_grants(self.locks.sleep(tid, p.cpu, site, _chan(a[0]), a[1]))
@@ -546,6 +556,8 @@ class Server:
                 self.silent.discard(peer.cpu)
             if op == Op.BYE:
                 peer.gone = True
+                if peer.cpu >= 0:
+                    self._send_grants(self.locks.drop_lines(peer.cpu))
                 if peer.role == "launcher":
                     self.running = False
                 return
@@ -743,6 +755,10 @@ class Server:
                        "rejected": dict(sorted(self.rejected.items())),
                        "errors": self.errors, "unroutable": self.unroutable,
                        "heartbeats": self.heartbeats,
+                       "lines": {"granted": self.locks.line_grants,
+                                 "acquires": self.locks.line_acquires,
+                                 "recalled": self.locks.line_recalls,
+                                 "held": len(self.locks.lines)},
                        "unresponsive": {str(c): s for c, s in sorted(self.lost.items())},
                        "rss_mb": _rss_mb(), "rss_peak_mb": _rss_mb("VmHWM")},
             "dead_cpus": self.dead_cpus(),

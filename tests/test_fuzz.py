@@ -58,7 +58,7 @@ _request = st.tuples(_op, st.one_of(st.integers(0, 1 << 40), _value),
                      st.one_of(st.integers(0, 100), _value),
                      st.one_of(st.text(max_size=20), _value),
                      st.lists(_value, max_size=4)).map(lambda t: [*t[:4], *t[4]])
-_hello = st.tuples(st.sampled_from([VERSION, b"SMP0", b"SMP2", "SMP1", None, 1]),
+_hello = st.tuples(st.sampled_from([VERSION, b"SMP0", b"SMP1", "SMP2", None, 1]),
                    st.sampled_from(["cpu", "launcher", "gpu", 0]),
                    st.one_of(st.integers(-2, 4), _value),
                    st.one_of(st.integers(1, 1 << 20), _value)).map(
