@@ -222,9 +222,9 @@ PARAMS: tuple[Param, ...] = (
     Param("user.syscaller", "int", 2, "",
           "weight of the syscaller program (useracc, vslock/vsunlock, kernacc)",
           min=0, max=1000),
-    Param("user.hog_pages", "int", 150, "pages",
+    Param("user.hog_pages", "int", 180, "pages",
           "pages of anonymous memory each memory hog maps and touches", min=1, max=1 << 20),
-    Param("user.sleep_s", "float", 6.0, "sim s",
+    Param("user.sleep_s", "float", 9.0, "sim s",
           "how long a sleeper sleeps between wakeups", min=0.01, max=3600),
     Param("user.attach_after_s", "float", 4.0, "sim s",
           "a debugger attaches to a process swapped out at least this long (sooner ones "

@@ -420,3 +420,21 @@ def test_docs_config_md_is_current() -> None:
     from smp.cli import config_doc
     doc = (pathlib.Path(__file__).parent.parent / "docs" / "CONFIG.md").read_text()
     assert doc == config_doc(), "docs/CONFIG.md is stale: run `smp config --schema > docs/CONFIG.md`"
+
+
+def test_init_starts_programs_in_proportion_to_their_weights() -> None:
+    """user.* weights: every cycle of sum(weights) starts has exactly the configured mix;
+    the seed only chooses where in the cycle each CPU's init begins."""
+    import collections
+    import random
+    from kernel.userland.programs import PROGRAMS, program_mix
+    weights = [3, 4, 2, 1, 2, 2]
+    starts = set()
+    for seed in range(6):
+        mix = program_mix(weights, random.Random(seed))
+        seq = [next(mix) for _ in range(5 * sum(weights))]
+        for k in range(0, len(seq), sum(weights)):
+            assert collections.Counter(seq[k:k + sum(weights)]) == dict(zip(PROGRAMS, weights))
+        starts.add(tuple(seq[:4]))
+    assert len(starts) > 1
+    assert list(program_mix([0] * len(PROGRAMS), random.Random(1))) == []

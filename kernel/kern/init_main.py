@@ -226,8 +226,11 @@ def ap_boot() -> None:
     # The idle thread exists before the boot stack takes any lock, so that a contended
     # lock during start-up has somewhere to switch to.
     pc.idlethread = thread_new(p0, None, f"idle: cpu{pc.cpuid}", PRI_MAX, kern_idle.idle_proc)
-    td = struct_thread.new(td_proc=p0, td_oncpu=pc.cpuid, td_name=f"boot: cpu{pc.cpuid}",
-                           td_priority=PVM, td_base_pri=PVM, td_state=int(TDS.TDS_RUNNING))
+    # in proc0's ksegrp, as thread0: the per-CPU SYSINITs fork, and a fork may sleep
+    # (VM_WAIT when memory is short already at boot)
+    td = struct_thread.new(td_proc=p0, td_ksegrp=G.thread0.td_ksegrp, td_oncpu=pc.cpuid,
+                           td_name=f"boot: cpu{pc.cpuid}", td_priority=PVM, td_base_pri=PVM,
+                           td_state=int(TDS.TDS_RUNNING))
     _adopt_boot_stack(td, f"boot: cpu{pc.cpuid}", PVM, p0)
     _run_sysinits(percpu_only=True)
     md.atomic_add(G.handle, "booted_cpus", 1)

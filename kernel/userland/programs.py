@@ -25,7 +25,7 @@ wait(2) as they exit. The programs:
 from __future__ import annotations
 
 import random
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from kernel import param
 from kernel.machine import cpu as md
@@ -168,15 +168,34 @@ _MAINS: dict[str, Callable[[], None]] = {
 }
 
 
+def program_mix(weights: list[int], rng: random.Random) -> Iterator[str]:
+    """The programs init starts, in proportion to their weights in every run of
+    sum(weights) starts (smooth weighted round robin), from a seeded place in that cycle:
+    each run gets the configured mix, so no seed leaves a machine without its hogs."""
+    total = sum(weights)
+    current = [0] * len(weights)
+    n = 0
+    skip = rng.randrange(total) if total else 0
+    while total:
+        for i, w in enumerate(weights):
+            current[i] += w
+        best = max(range(len(weights)), key=lambda i: current[i])
+        current[best] -= total
+        n += 1
+        if n > skip:
+            yield PROGRAMS[best]
+
+
 def prog_init() -> None:
     """Keep the configured number of children running; reap them as they exit."""
     rng = random.Random((int(_cfg("run.seed")) * 31337 + md.pcpu.cpuid * 65537) & (2**63 - 1))
     weights = [int(_cfg(f"user.{name}")) for name in PROGRAMS]
     want = int(_cfg("user.procs_per_cpu"))
+    mix = program_mix(weights, rng)
     running = 0
     while True:
         while running < want and sum(weights) > 0:
-            name = rng.choices(PROGRAMS, weights)[0]
+            name = next(mix)
             libc.fork(_MAINS[name], name)
             md.pcpu.count(f"programs_{name}")
             running += 1
