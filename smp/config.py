@@ -180,6 +180,9 @@ PARAMS: tuple[Param, ...] = (
     Param("machine.transport", "str", "ipc", "",
           "how CPUs reach the server: ipc in a private 0700 directory, or tcp on 127.0.0.1",
           choices=("ipc", "tcp")),
+    Param("machine.lines", "bool", True, "",
+          "a CPU that keeps taking a mutex keeps its lock word's line and takes it again "
+          "without a round trip until another CPU asks (false: every acquire asks the server)"),
     Param("run.duration", "float", 20.0, "sim s", "simulated seconds to run",
           min=0.1, max=86400),
     Param("run.seed", "int", 1, "", "the one seed that all of the run's randomness derives from",

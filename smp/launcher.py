@@ -219,7 +219,7 @@ def run_machine(cfg: Config, run_dir: str | None = None,
                                "lockkeys": cfg["debug.lockkeys"],
                                "spin_max_s": cfg["debug.spin_max_s"],
                                "watchdog_s": cfg["debug.watchdog_s"]},
-                              listen, hello))
+                              listen, hello, bool(cfg["machine.lines"])))
     cpus: dict[int, Any] = {}                 # cpu id -> process: the CPUs started here
     ctl: _Control | None = None
     stats: StatsRecorder | None = None

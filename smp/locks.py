@@ -135,7 +135,8 @@ Grant = tuple[int, int, int, bool]    # (cpu, tid, lock, owned): owned = GRANT, 
 class LockTable:
     """Every lock and sleep channel of one machine."""
 
-    def __init__(self, witness: Any = None, deadlock_check: bool = False) -> None:
+    def __init__(self, witness: Any = None, deadlock_check: bool = False,
+                 lines: bool = True) -> None:
         self.witness = witness
         self.deadlock_check = deadlock_check
         self.locks: dict[int, Lock] = {}
@@ -149,6 +150,7 @@ class LockTable:
         # While a CPU has a lock's line no other CPU gets the lock: its acquire queues and
         # the line is recalled; the grant waits for the RELINQUISH. Lines are per address
         # and outlive a lock destroyed and made again at the same address.
+        self.line_classes = LINE_CLASSES if lines else ()
         self.lines: dict[int, int] = {}            # lock -> cpu holding its line
         self.recalling: set[int] = set()
         self.recalls: list[tuple[int, int]] = []   # (cpu, lock): RECALL events to send
@@ -307,7 +309,7 @@ class LockTable:
         else:
             lk.last_cpu, lk.streak = cpu, 1
         if (line is None and lk.streak >= LINE_STREAK and mode == EXCL and not trylock
-                and not lk.waiters and lk.cls in LINE_CLASSES):
+                and not lk.waiters and lk.cls in self.line_classes):
             self.lines[lk.handle] = cpu
             self.line_grants += 1
             return GRANTED_LINE

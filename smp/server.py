@@ -100,7 +100,7 @@ class Server:
 
     def __init__(self, endpoint: str, ncpus: int, memory: int, swap: int,
                  pub_endpoint: str | None = None, stats_interval: float = 0.5,
-                 detectors: dict[str, Any] | None = None) -> None:
+                 detectors: dict[str, Any] | None = None, lines: bool = True) -> None:
         det = dict(DEFAULT_DETECTORS, **(detectors or {}))
         self.detectors = det
         self.findings: list[dict[str, Any]] = []
@@ -115,7 +115,7 @@ class Server:
         self.swap = SwapDevice(swap)
         self.kmem = ObjectStore()
         self.witness = Witness(self._finding) if det["witness"] else None
-        self.locks = LockTable(self.witness, bool(det["deadlock"]))
+        self.locks = LockTable(self.witness, bool(det["deadlock"]), lines)
         self.lockkeys = (LockKeyChecker(self.kmem, self.locks, self._finding)
                          if det["lockkeys"] else None)
         self.spin_reported = False
@@ -847,7 +847,7 @@ def _opname(op: Any) -> str:
 def server_main(endpoint: str, ncpus: int, memory: int, swap: int,
                 pub_endpoint: str | None = None, stats_interval: float = 0.5,
                 detectors: dict[str, Any] | None = None, listen: Any = None,
-                hello: dict[str, Any] | None = None) -> None:
+                hello: dict[str, Any] | None = None, lines: bool = True) -> None:
     """Entry point of the server process (started by the launcher). ``listen``: an
     ``smp.remote.ListenSpec`` when CPUs join from other hosts; ``hello``: what their
     HELLO replies carry (the resolved config)."""
@@ -855,7 +855,7 @@ def server_main(endpoint: str, ncpus: int, memory: int, swap: int,
     die_with_parent()
     try:
         server = Server(endpoint, ncpus, memory, swap, pub_endpoint, stats_interval,
-                        detectors)
+                        detectors, lines)
         if listen is not None:
             from smp.remote import attach
             attach(server, listen, hello or {})

@@ -92,3 +92,13 @@ def test_default_config_full_length_runs_every_path(tmp_path: pathlib.Path) -> N
     zero = [c for c in KERNEL_COUNTERS
             if c not in ("checksum_errors", "invariant_violations") and k[c] <= 0]
     assert not zero, f"counters that stayed 0: {zero}; {describe(res)}"
+    lines = res.report["server"]["lines"]          # machine.lines: CPUs keep lock lines
+    assert lines["acquires"] > 0 and lines["recalled"] > 0, lines
+
+
+@pytest.mark.timeout(90)
+def test_without_lines_every_acquire_asks_the_server(tmp_path: pathlib.Path) -> None:
+    res = run_config("default", ["machine.lines=false", "run.duration=3"], tmp_path)
+    assert_clean(res)
+    assert res.report["server"]["lines"] == {"granted": 0, "acquires": 0, "recalled": 0,
+                                             "held": 0}

@@ -948,10 +948,11 @@ def test_fail_points_all_covered() -> None:
     assert sorted(FAIL_POINTS) == [f.name for f in fail_points()]
 
 
-def _fp_run(tmp_path: pathlib.Path, name: str, on: bool) -> Any:
+def _fp_run(tmp_path: pathlib.Path, name: str, on: bool, seed: int = 1) -> Any:
     scenario, extra, _checks, _fails = FAIL_POINTS[name]
     fp = [f'debug.fail_points=["{name}"]'] if on else []
-    return boot(tmp_path, quiet("machine.memory=8M", *extra, *fp, duration=40), scenario())
+    return boot(tmp_path, quiet("machine.memory=8M", f"run.seed={seed}", *extra, *fp,
+                                duration=40), scenario())
 
 
 @pytest.mark.timeout(60)
@@ -963,7 +964,9 @@ def test_fail_point_guard_in_force_run_is_clean(tmp_path: pathlib.Path, name: st
     assert res.report["invariants"] == [] and k["checksum_errors"] == 0
     if name == "swapout_procs_hold_locks":
         assert k["t_val_fp_hold_locks_swapouts"] >= 1, k
-        assert k["faultins_swapper"] >= 1, k
+        # the swapper brought the napper back, unless finding F2 lost its wakeup at the
+        # first swapout (then it stays out, asleep on no channel: see fp_hold_locks)
+        assert k["faultins_swapper"] >= 1 or k["t_val_fp_hold_locks_f2_lost_wakeup"], k
     if name == "faultin_swappingin":
         assert k["swapin_waits"] >= 1, "the second PHOLD never met the swap-in in progress"
     if name == "scheduler_recheck":
@@ -975,8 +978,14 @@ def test_fail_point_guard_in_force_run_is_clean(tmp_path: pathlib.Path, name: st
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("name", sorted(n for n, v in FAIL_POINTS.items() if v[3] is not None))
 def test_fail_point_switched_off_run_fails(tmp_path: pathlib.Path, name: str) -> None:
-    """The same scenario with the guard switched off: the run fails."""
-    res = _fp_run(tmp_path, name, on=True)
+    """The same scenario with the guard switched off: the run fails. (hold_locks: an
+    attempt in which finding F2 lost the napper's wakeup before the guard's failure
+    showed is inconclusive, and is run again with another seed, at most three times.)"""
+    for seed in (1, 2, 3):
+        res = _fp_run(tmp_path / f"s{seed}", name, on=True, seed=seed)
+        if not (name == "swapout_procs_hold_locks" and res.report["ok"]
+                and res.report["kernel"].get("t_val_fp_hold_locks_f2_lost_wakeup")):
+            break
     fails = FAIL_POINTS[name][3]
     r = res.report
     assert res.exit_status == 1 and r["ok"] is False, describe(res)
