@@ -130,11 +130,7 @@ class Bus:
                 return False
         ln[0] = 1
         self.line_hits += 1
-        self.posts += 1
-        self.pending.append(pack([Op.ACQUIRE, 0, tid, site, args[0], EXCL,
-                                  int(args[2]) | AF_LINE]))
-        if len(self.pending) >= POST_BATCH:
-            self.flush()
+        self.post(Op.ACQUIRE, tid, site, args[0], EXCL, int(args[2]) | AF_LINE)
         return True
 
     def _line_release(self, tid: int, lock: Any) -> None:
@@ -142,9 +138,11 @@ class Bus:
         if ln is not None and ln[0] > 0:
             ln[0] -= 1
             if ln[0] == 0 and ln[1]:            # recalled while we held it: give it back
-                del self.lines[lock]
-                self.pending.append(pack([Op.RELINQUISH, 0, tid, "", lock]))
-                self.flush()
+                self._relinquish(lock)
+
+    def _relinquish(self, lock: Any, now: bool = True) -> None:
+        del self.lines[lock]
+        self.post(Op.RELINQUISH, 0, "", lock, now=now)
 
     def _recall(self, lock: Any) -> None:
         """The server wants ``lock``'s line for another CPU: give it back now if no
@@ -154,11 +152,8 @@ class Bus:
             return
         if ln[0]:
             ln[1] = 1
-            return
-        del self.lines[lock]
-        self.posts += 1
-        self.pending.append(pack([Op.RELINQUISH, 0, 0, "", lock]))
-        self.flush()
+        else:
+            self._relinquish(lock)
 
     def give_back_lines(self) -> None:
         """Give back every line no thread of ours holds, and send what is queued: for a
@@ -166,9 +161,7 @@ class Bus:
         which would not hear a RECALL."""
         for lock, ln in list(self.lines.items()):
             if not ln[0]:
-                del self.lines[lock]
-                self.posts += 1
-                self.pending.append(pack([Op.RELINQUISH, 0, 0, "", lock]))
+                self._relinquish(lock, now=False)
         self.flush()
 
     def _drain(self) -> None:
@@ -198,7 +191,7 @@ class Bus:
                 if self.use_lines:
                     self.lines[args[0]] = [1, 0]    # [holds by our threads, recalled]
                 else:                               # (measurements: every acquire asks)
-                    self.post(Op.RELINQUISH, tid, site, args[0])
+                    self.post(Op.RELINQUISH, 0, "", args[0])
                 return GRANTED
             if value == GRANTED and args[0] in self.lines:
                 self.lines[args[0]][0] += 1

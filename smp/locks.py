@@ -124,7 +124,6 @@ class ThreadLocks:
     cpu: int
     held: list[tuple[int, int, str]] = dataclasses.field(default_factory=list)  # (lock, mode, site)
     waiting: tuple[int, int, str] | None = None
-    spins: int = 0                   # how many of ``held`` are spin mutexes
     sleeping: Hashable | None = None
     wait_since: dict[int, float] = dataclasses.field(default_factory=dict)  # lock -> us
 
@@ -198,8 +197,6 @@ class LockTable:
         lk.since_us = now
         lk.site = site
         t.held.append((lk.handle, mode, site))
-        if lk.cls == LC_SPIN:
-            t.spins += 1
         st = self.by_name[lk.name]
         st.acquires += 1
         st.cpus_seen.add(t.cpu)
@@ -216,8 +213,6 @@ class LockTable:
         for i in range(len(t.held) - 1, -1, -1):
             if t.held[i][0] == lk.handle and t.held[i][1] == mode:
                 site = t.held.pop(i)[2]
-                if lk.cls == LC_SPIN:
-                    t.spins -= 1
                 break
         else:
             site = lk.site
@@ -246,7 +241,7 @@ class LockTable:
 
         if mode not in (EXCL, SHARED) or (mode == SHARED and lk.cls in (LC_SPIN, LC_SLEEP)):
             raise LockError(f"acquire: bad mode {mode} for {lk.cls} {lk.name}")
-        if t.spins and lk.cls != LC_SPIN and not trylock:
+        if t.held and lk.cls != LC_SPIN and not trylock:
             spins = self._held_spin(t)
             if spins:
                 raise LockError(f"blockable sleep lock ({lk.cls}) {lk.name} @ {site} "
@@ -295,21 +290,20 @@ class LockTable:
                                       trylock, bool(flags & AF_PICKUP))
             self._take(lk, tid, t, mode, site,
                        max(_now_us() - since, 0.001) if since is not None else 0.0)
-            return self._maybe_line(lk, cpu, mode, trylock, line)
+            return self._maybe_line(lk, cpu, trylock, line)
         if trylock:
             return BUSY
         return self._queue(lk, tid, cpu, t, h, mode, site)
 
-    def _maybe_line(self, lk: Lock, cpu: int, mode: int, trylock: bool,
-                    line: int | None) -> int:
+    def _maybe_line(self, lk: Lock, cpu: int, trylock: bool, line: int | None) -> int:
         """GRANTED, or GRANTED_LINE when this CPU has now taken the mutex LINE_STREAK
         times running and nobody waits for it."""
         if lk.last_cpu == cpu:
             lk.streak += 1
         else:
             lk.last_cpu, lk.streak = cpu, 1
-        if (line is None and lk.streak >= LINE_STREAK and mode == EXCL and not trylock
-                and not lk.waiters and lk.cls in self.line_classes):
+        if (line is None and lk.streak >= LINE_STREAK and not trylock and not lk.waiters
+                and lk.cls in self.line_classes):           # mutexes: always exclusive
             self.lines[lk.handle] = cpu
             self.line_grants += 1
             return GRANTED_LINE
@@ -373,6 +367,10 @@ class LockTable:
                 grants += self.relinquish(cpu, h)
         return grants
 
+    def line_report(self) -> dict[str, int]:
+        return {"granted": self.line_grants, "acquires": self.line_acquires,
+                "recalled": self.line_recalls, "held": len(self.lines)}
+
     def take_recalls(self) -> list[tuple[int, int]]:
         out, self.recalls = self.recalls, []
         return out
@@ -420,10 +418,7 @@ class LockTable:
         else:
             raise LockError(f"handoff: {lk.name} not on thread {tid}'s held list")
         lk.owner = to_tid
-        t.spins -= 1
-        to = self.thread(to_tid, cpu)
-        to.held.append(entry)
-        to.spins += 1
+        self.thread(to_tid, cpu).held.append(entry)
 
     # -- deadlock ----------------------------------------------------------------------
     def _check_deadlock(self, tid: int) -> None:

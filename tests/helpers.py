@@ -16,6 +16,7 @@ Two halves:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import re
@@ -23,7 +24,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import psutil
 
@@ -54,6 +55,31 @@ def run(cfg_overrides: Sequence[str] = (), sysinits: Sequence[Any] = (),
     rdir = pathlib.Path(tmp_path) / "run"
     return run_machine(cfg, run_dir=str(rdir), log=log or (lambda line: None),
                        sysinits=tuple(sysinits))
+
+
+@contextlib.contextmanager
+def bare_server(ncpus: int, memory: int = 1 << 20,
+                swap: int = 1 << 18) -> Iterator[tuple[str, Any]]:
+    """A machine server alone (no launcher, no CPUs) in its own process, on ipc:// in a
+    private temporary directory; yields its endpoint and process; killed if still alive
+    and cleaned up afterwards.
+    For tests that speak the protocol to it themselves."""
+    import multiprocess
+    import shutil
+    import tempfile
+    from smp.server import server_main
+    d = tempfile.mkdtemp(prefix="smpsrv-")        # short: ipc paths must be < 108 chars
+    endpoint = f"ipc://{d}/bus"
+    server = multiprocess.get_context("fork").Process(
+        target=server_main, args=(endpoint, ncpus, memory, swap), daemon=True)
+    server.start()
+    try:
+        yield endpoint, server
+    finally:
+        if server.is_alive():
+            server.kill()
+        server.join(5)
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def describe(result: Any) -> str:

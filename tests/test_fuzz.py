@@ -21,13 +21,14 @@ batch, expanded with cheap seeded mutations so that 100,000 messages fit in CI t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
 import random
 import threading
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import hypothesis.strategies as st
 import pytest
@@ -37,7 +38,7 @@ from hypothesis import HealthCheck, given, settings
 from hw.protocol import (EXCL, GRANTED, LC_SLEEP, MAX_FRAME, VERSION, Event, Op, pack,
                          unpack)
 
-from helpers import describe, expect_shutdown, sysinit, wait_until
+from helpers import bare_server, describe, expect_shutdown, sysinit, wait_until
 
 TARGET = 100_000
 EXAMPLES = 200
@@ -225,123 +226,113 @@ def test_fuzz_the_server_of_a_running_machine(run: Any, tmp_path: pathlib.Path) 
 
 @pytest.mark.long
 @pytest.mark.timeout(90)
-def test_fuzz_the_handlers_of_a_cpu_that_said_hello(tmp_path: pathlib.Path) -> None:
-    import multiprocess
-    from hw.bus import Bus
-    from smp.server import server_main
-    endpoint = f"ipc://{tmp_path}/bus"
-    if len(endpoint) > 100:
-        import tempfile
-        d = tempfile.mkdtemp(prefix="smpfz-")
-        endpoint = f"ipc://{d}/bus"
-    server = multiprocess.get_context("fork").Process(
-        target=server_main, args=(endpoint, 2, 1 << 20, 1 << 18), daemon=True)
-    server.start()
-    ctx: zmq.Context[Any] = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.IDENTITY, b"cpu0")
-    sock.connect(endpoint)
-    counts = {"sent": 0, "ok": 0, "err": 0}
-    try:
-        sock.send(pack([Op.HELLO, 1, 0, "", VERSION, "cpu", 0, os.getpid()]))
-        assert sock.poll(10_000)
-        assert unpack(sock.recv())[2] == 0
-        seqs = iter(range(2, 1 << 40))
-        ops = [int(o) for o in Op if o not in (Op.BYE, Op.REPORT, Op.REPLY, Op.EVENT)]
-
-        @settings(max_examples=200, deadline=None, database=None, derandomize=True,
-                  suppress_health_check=list(HealthCheck))
-        @given(drawn=st.lists(st.tuples(st.sampled_from(ops), st.integers(0, 50),
-                                        st.lists(st.one_of(st.integers(-3, 4096), _value),
-                                                 max_size=5)),
-                              min_size=4, max_size=4),
-               seed=st.integers(0, 1 << 32))
-        def one(drawn: list[Any], seed: int) -> None:
-            rnd = random.Random(seed)
-            pool = [a for _, _, args in drawn for a in args] + [0, 1, -1, 4096, "", b""]
-            calls = list(drawn)
-            for _ in range(36):        # every operation, with arguments from the pool
-                calls.append((rnd.choice(ops), rnd.randint(0, 50),
-                              [rnd.choice(pool) for _ in range(rnd.randint(0, 5))]))
-            want = []
-            for op, tid, args in calls:
-                seq = next(seqs)
-                try:
-                    frame = pack([op, seq, tid, "fuzz:2", *args])
-                except (OverflowError, TypeError, ValueError):
-                    continue
-                sock.send(frame)
-                want.append(seq)
-            counts["sent"] += len(want)
-            got = []
-            while len(got) < len(want):
-                assert sock.poll(int(REPLY_TIMEOUT_S * 1000)), \
-                    f"no reply: {len(got)} of {len(want)}"
-                msg = unpack(sock.recv())
-                if msg[0] == Op.REPLY:
-                    got.append(msg[1])
-                    counts["ok" if msg[2] == 0 else "err"] += 1
-            assert got == want
-
-        one()
-        assert server.is_alive()
-        assert counts["err"] > counts["sent"] // 2, counts
-        # a normal workload on the same server, from the other CPU
-        bus = Bus(endpoint, "cpu1")
-        try:
-            bus.hello("cpu", 1, os.getpid())
-            bus.post(Op.DEFTYPE, 0, "", "fzobj", [["m", "mtx", "", None], ["x", "int", "", 0]])
-            h = bus.call(Op.NEW, 7, "w:1", "fzobj", {})
-            addr = (h << 8) | 0
-            bus.post(Op.LOCK_INIT, 7, "w:1", addr, LC_SLEEP, "fzlock", 0)
-            for i in range(200):
-                assert bus.call(Op.ACQUIRE, 7, "w:2", addr, EXCL, 0) == GRANTED
-                bus.post(Op.STORE, 7, "w:3", h, "x", i)
-                assert bus.call(Op.LOAD, 7, "w:4", h, "x") == i
-                bus.post(Op.RELEASE, 7, "w:5", addr, EXCL)
-            assert bus.call(Op.LOAD, 7, "w:4", h, "x") == 199
-        finally:
-            bus.close()
-        ctl = Bus(endpoint, "launcher")
-        try:
-            ctl.hello("launcher", -1, os.getpid())
-            rep = ctl.call(Op.CTL_REPORT, 0, "")
-            ctl.post(Op.BYE, 0, "", "done")
-        finally:
-            ctl.close()
-        assert rep["panic"] is None, rep["panic"]
-        assert rep["server"]["rejected"].get("crash", 0) == 0, rep["server"]["rejected"]
-        server.join(10)
-        assert server.exitcode == 0
-    finally:
-        sock.close(0)
-        ctx.term()
-        if server.is_alive():
-            server.kill()
-        server.join(5)
+def test_fuzz_the_handlers_of_a_cpu_that_said_hello() -> None:
+    with bare_server(2) as (endpoint, server), _dealer(endpoint, b"cpu0") as sock:
+        counts = _fuzz_handlers(endpoint, server, sock)
     print(f"handler fuzz: {counts}")
 
 
-@pytest.mark.timeout(60)
-def test_a_frame_may_batch_posted_requests_before_one_call(tmp_path: pathlib.Path) -> None:
-    """What hw.bus sends: posted requests back to back, then at most one call. A batch
-    with a call before its end, or with garbage anywhere, gets exactly one error and
-    nothing of it is applied; the server goes on serving."""
-    import multiprocess
-    from smp.server import server_main
-    import tempfile
-    d = tempfile.mkdtemp(prefix="smpbt-")
-    endpoint = f"ipc://{d}/bus"
-    server = multiprocess.get_context("fork").Process(
-        target=server_main, args=(endpoint, 1, 1 << 20, 1 << 18), daemon=True)
-    server.start()
+@contextlib.contextmanager
+def _dealer(endpoint: str, ident: bytes) -> Iterator[Any]:
+    """A raw DEALER socket to the server, with that identity."""
     ctx: zmq.Context[Any] = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.IDENTITY, b"cpu0")
+    sock.setsockopt(zmq.IDENTITY, ident)
     sock.connect(endpoint)
+    try:
+        yield sock
+    finally:
+        sock.close(0)
+        ctx.term()
 
+
+def _fuzz_handlers(endpoint: str, server: Any, sock: Any) -> dict[str, int]:
+    from hw.bus import Bus
+    counts = {"sent": 0, "ok": 0, "err": 0}
+    sock.send(pack([Op.HELLO, 1, 0, "", VERSION, "cpu", 0, os.getpid()]))
+    assert sock.poll(10_000)
+    assert unpack(sock.recv())[2] == 0
+    seqs = iter(range(2, 1 << 40))
+    ops = [int(o) for o in Op if o not in (Op.BYE, Op.REPORT, Op.REPLY, Op.EVENT)]
+
+    @settings(max_examples=200, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(drawn=st.lists(st.tuples(st.sampled_from(ops), st.integers(0, 50),
+                                    st.lists(st.one_of(st.integers(-3, 4096), _value),
+                                             max_size=5)),
+                          min_size=4, max_size=4),
+           seed=st.integers(0, 1 << 32))
+    def one(drawn: list[Any], seed: int) -> None:
+        rnd = random.Random(seed)
+        pool = [a for _, _, args in drawn for a in args] + [0, 1, -1, 4096, "", b""]
+        calls = list(drawn)
+        for _ in range(36):        # every operation, with arguments from the pool
+            calls.append((rnd.choice(ops), rnd.randint(0, 50),
+                          [rnd.choice(pool) for _ in range(rnd.randint(0, 5))]))
+        want = []
+        for op, tid, args in calls:
+            seq = next(seqs)
+            try:
+                frame = pack([op, seq, tid, "fuzz:2", *args])
+            except (OverflowError, TypeError, ValueError):
+                continue
+            sock.send(frame)
+            want.append(seq)
+        counts["sent"] += len(want)
+        got = []
+        while len(got) < len(want):
+            assert sock.poll(int(REPLY_TIMEOUT_S * 1000)), \
+                f"no reply: {len(got)} of {len(want)}"
+            msg = unpack(sock.recv())
+            if msg[0] == Op.REPLY:
+                got.append(msg[1])
+                counts["ok" if msg[2] == 0 else "err"] += 1
+        assert got == want
+
+    one()
+    assert server.is_alive()
+    assert counts["err"] > counts["sent"] // 2, counts
+    # a normal workload on the same server, from the other CPU
+    bus = Bus(endpoint, "cpu1")
+    try:
+        bus.hello("cpu", 1, os.getpid())
+        bus.post(Op.DEFTYPE, 0, "", "fzobj", [["m", "mtx", "", None], ["x", "int", "", 0]])
+        h = bus.call(Op.NEW, 7, "w:1", "fzobj", {})
+        addr = (h << 8) | 0
+        bus.post(Op.LOCK_INIT, 7, "w:1", addr, LC_SLEEP, "fzlock", 0)
+        for i in range(200):
+            assert bus.call(Op.ACQUIRE, 7, "w:2", addr, EXCL, 0) == GRANTED
+            bus.post(Op.STORE, 7, "w:3", h, "x", i)
+            assert bus.call(Op.LOAD, 7, "w:4", h, "x") == i
+            bus.post(Op.RELEASE, 7, "w:5", addr, EXCL)
+        assert bus.call(Op.LOAD, 7, "w:4", h, "x") == 199
+    finally:
+        bus.close()
+    ctl = Bus(endpoint, "launcher")
+    try:
+        ctl.hello("launcher", -1, os.getpid())
+        rep = ctl.call(Op.CTL_REPORT, 0, "")
+        ctl.post(Op.BYE, 0, "", "done")
+    finally:
+        ctl.close()
+    assert rep["panic"] is None, rep["panic"]
+    assert rep["server"]["rejected"].get("crash", 0) == 0, rep["server"]["rejected"]
+    server.join(10)
+    assert server.exitcode == 0
+    return counts
+
+
+@pytest.mark.timeout(60)
+def test_a_frame_may_batch_posted_requests_before_one_call() -> None:
+    """What hw.bus sends: posted requests back to back, then at most one call. A batch
+    with a call before its end, or with garbage anywhere, gets exactly one error and
+    nothing of it is applied; the server goes on serving."""
+    with bare_server(1) as (endpoint, server), _dealer(endpoint, b"cpu0") as sock:
+        _batches(server, sock)
+
+
+def _batches(server: Any, sock: Any) -> None:
     def ask(frame: bytes) -> list[Any]:
         sock.send(frame)
         while True:
@@ -351,29 +342,20 @@ def test_a_frame_may_batch_posted_requests_before_one_call(tmp_path: pathlib.Pat
                 return msg                               # type: ignore[no-any-return]
             assert msg[1] == Event.HEARTBEAT, msg        # a posted request's error
 
-    try:
-        assert ask(pack([Op.HELLO, 1, 0, "", VERSION, "cpu", 0, os.getpid()]))[2] == 0
-        h = ask(pack([Op.DEFTYPE, 0, 0, "", "bt", [["x", "int", "", 0]]])
-                + pack([Op.NEW, 2, 7, "b:1", "bt", {}]))[3]
-        stores = b"".join(pack([Op.STORE, 0, 7, "b:2", h, "x", i]) for i in range(1, 6))
-        assert ask(stores + pack([Op.LOAD, 3, 7, "b:3", h, "x"])) == [Op.REPLY, 3, 0, 5]
-        # a call in the middle: the whole frame is refused, once, and nothing applied
-        bad = (pack([Op.STORE, 0, 7, "b:4", h, "x", 99]) + pack([Op.LOAD, 4, 7, "b:5", h, "x"])
-               + pack([Op.LOAD, 5, 7, "b:6", h, "x"]))
-        rep = ask(bad)
-        assert rep[2] == 1 and "batch" in rep[3], rep
-        # garbage after good requests, and a truncated last request: refused whole
-        for frame in (stores + b"\xc1", stores + pack([Op.LOAD, 6, 7, "b:7", h, "x"])[:-2]):
-            rep = ask(frame)
-            assert rep[2] == 1 and "msgpack" in rep[3], rep
-        assert not (sock.poll(200) and unpack(sock.recv())[0] == Op.REPLY), \
-            "more than one reply to a refused frame"
-        assert ask(pack([Op.LOAD, 7, 7, "b:8", h, "x"])) == [Op.REPLY, 7, 0, 5]
-        assert server.is_alive()
-    finally:
-        sock.close(0)
-        ctx.term()
-        server.kill()
-        server.join(5)
-        import shutil
-        shutil.rmtree(d, ignore_errors=True)
+    assert ask(pack([Op.HELLO, 1, 0, "", VERSION, "cpu", 0, os.getpid()]))[2] == 0
+    h = ask(pack([Op.DEFTYPE, 0, 0, "", "bt", [["x", "int", "", 0]]])
+            + pack([Op.NEW, 2, 7, "b:1", "bt", {}]))[3]
+    stores = b"".join(pack([Op.STORE, 0, 7, "b:2", h, "x", i]) for i in range(1, 6))
+    assert ask(stores + pack([Op.LOAD, 3, 7, "b:3", h, "x"])) == [Op.REPLY, 3, 0, 5]
+    # a call in the middle: the whole frame is refused, once, and nothing applied
+    bad = (pack([Op.STORE, 0, 7, "b:4", h, "x", 99]) + pack([Op.LOAD, 4, 7, "b:5", h, "x"])
+           + pack([Op.LOAD, 5, 7, "b:6", h, "x"]))
+    rep = ask(bad)
+    assert rep[2] == 1 and "batch" in rep[3], rep
+    # garbage after good requests, and a truncated last request: refused whole
+    for frame in (stores + b"\xc1", stores + pack([Op.LOAD, 6, 7, "b:7", h, "x"])[:-2]):
+        rep = ask(frame)
+        assert rep[2] == 1 and "msgpack" in rep[3], rep
+    # the next reply is this request's: no refused frame got a second reply
+    assert ask(pack([Op.LOAD, 7, 7, "b:8", h, "x"])) == [Op.REPLY, 7, 0, 5]
+    assert server.is_alive()

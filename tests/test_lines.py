@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import pathlib
-import tempfile
 from typing import Any
 
 import pytest
@@ -17,6 +15,8 @@ import pytest
 from hw.protocol import (AF_LINE, AF_TRY, BUSY, EXCL, GRANTED, GRANTED_LINE, LC_SLEEP,
                          LC_SPIN, QUEUED)
 from smp.locks import LINE_STREAK, LockError, LockTable
+
+from helpers import bare_server
 
 L = 0x100
 
@@ -90,15 +90,12 @@ def _cpu(endpoint: str, cpu: int, n: int, out: Any) -> None:
     tid = 100 + cpu
     try:
         bus.hello("cpu", cpu, os.getpid())
-        h = 0
-        while not h:
-            h = bus.call(Op.LOOKUP, tid, "l:1", "shared")
+        h = bus.call(Op.LOOKUP, tid, "l:1", "shared")           # named before we started
         addr = h << 8
         for _ in range(n):
             r = bus.call(Op.ACQUIRE, tid, "l:2", addr, EXCL, 0)
             while r == QUEUED:                                   # woken: try again
-                while not bus.events:
-                    bus.poll_events(1.0)
+                assert bus.poll_events(20.0), "no WAKE within 20 s"
                 bus.events.popleft()
                 r = bus.call(Op.ACQUIRE, tid, "l:2", addr, EXCL, 0)
             assert r == GRANTED, r
@@ -115,42 +112,33 @@ def _cpu(endpoint: str, cpu: int, n: int, out: Any) -> None:
 def test_two_cpus_on_one_lock_with_lines_lose_no_update() -> None:
     from hw.bus import Bus
     from hw.protocol import Op
-    from smp.server import server_main
     ctx = multiprocessing.get_context("fork")
-    d = tempfile.mkdtemp(prefix="smpln-")
-    endpoint = f"ipc://{d}/bus"
-    server = ctx.Process(target=server_main, args=(endpoint, 2, 1 << 20, 1 << 16), daemon=True)
-    server.start()
     out: Any = ctx.Queue()
-    procs = []
-    boss = Bus(endpoint, "launcher")
-    try:
-        boss.hello("launcher", -1, os.getpid())
-        boss.post(Op.DEFTYPE, 0, "", "ln", [["m", "mtx", "", None], ["x", "int", "", 0]])
-        h = boss.call(Op.NEW, 1, "t:1", "ln", {})
-        boss.post(Op.LOCK_INIT, 1, "t:1", h << 8, LC_SLEEP, "lnlock", 0)
-        boss.post(Op.SYMBOL, 1, "t:1", "shared", h)
-        boss.call(Op.LOAD, 1, "t:2", h, "x")
-        n = 400
-        procs = [ctx.Process(target=_cpu, args=(endpoint, c, n, out), daemon=True)
-                 for c in (0, 1)]
-        for p in procs:
-            p.start()
-        hits = dict(out.get(timeout=45) for _ in procs)
-        assert boss.call(Op.LOAD, 1, "t:3", h, "x") == 2 * n     # no update lost
-        rep = boss.call(Op.CTL_REPORT, 0, "")
-        lines = rep["server"]["lines"]
-        assert sum(hits.values()) == lines["acquires"] > 0, (hits, lines)
-        assert rep["panic"] is None
-        boss.post(Op.BYE, 0, "", "done")
-    finally:
-        boss.close()
-        for p in procs:
-            p.join(5)
-            if p.is_alive():
-                p.kill()
-        server.join(5)
-        if server.is_alive():
-            server.kill()
-        import shutil
-        shutil.rmtree(d, ignore_errors=True)
+    procs: list[Any] = []
+    with bare_server(2) as (endpoint, _server):
+        boss = Bus(endpoint, "launcher")
+        try:
+            boss.hello("launcher", -1, os.getpid())
+            boss.post(Op.DEFTYPE, 0, "", "ln", [["m", "mtx", "", None], ["x", "int", "", 0]])
+            h = boss.call(Op.NEW, 1, "t:1", "ln", {})
+            boss.post(Op.LOCK_INIT, 1, "t:1", h << 8, LC_SLEEP, "lnlock", 0)
+            boss.post(Op.SYMBOL, 1, "t:1", "shared", h)
+            boss.call(Op.LOAD, 1, "t:2", h, "x")             # a fence: all of it applied
+            n = 400
+            procs = [ctx.Process(target=_cpu, args=(endpoint, c, n, out), daemon=True)
+                     for c in (0, 1)]
+            for p in procs:
+                p.start()
+            hits = dict(out.get(timeout=45) for _ in procs)
+            assert boss.call(Op.LOAD, 1, "t:3", h, "x") == 2 * n     # no update lost
+            rep = boss.call(Op.CTL_REPORT, 0, "")
+            lines = rep["server"]["lines"]
+            assert sum(hits.values()) == lines["acquires"] > 0, (hits, lines)
+            assert rep["panic"] is None
+            boss.post(Op.BYE, 0, "", "done")
+        finally:
+            boss.close()
+            for p in procs:
+                p.join(5)
+                if p.is_alive():
+                    p.kill()

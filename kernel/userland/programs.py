@@ -132,14 +132,14 @@ def prog_debugger() -> None:
         procs = [p for p in libc.list_procs() if p[0] != me]
         coming = [pid for pid, sflag, _ in procs
                   if sflag & (PS.PS_SWAPINREQ | PS.PS_SWAPPINGIN)]
-        long_out = sorted((-swtime, pid) for pid, sflag, swtime in procs
-                          if not sflag & (PS.PS_INMEM | PS.PS_SWAPINREQ | PS.PS_SWAPPINGIN)
-                          and swtime >= after)
+        longest = max(((swtime, pid) for pid, sflag, swtime in procs
+                       if not sflag & (PS.PS_INMEM | PS.PS_SWAPINREQ | PS.PS_SWAPPINGIN)
+                       and swtime >= after), default=None)
         resident = [pid for pid, sflag, _ in procs if sflag & PS.PS_INMEM]
         if coming:
             targets = coming[:2]
-        elif long_out and rng.random() < 0.3:
-            targets = [long_out[0][1]]
+        elif longest is not None and rng.random() < 0.3:
+            targets = [longest[1]]
         else:
             targets = [rng.choice(resident)] if resident else []
         for pid in targets:
