@@ -225,6 +225,9 @@ PARAMS: tuple[Param, ...] = (
     Param("user.syscaller", "int", 2, "",
           "weight of the syscaller program (useracc, vslock/vsunlock, kernacc)",
           min=0, max=1000),
+    Param("user.napper", "int", 0, "",
+          "weight of the napper program (naps a tick or three at a time: a process "
+          "that is always about to wake; stress)", min=0, max=1000),
     Param("user.hog_pages", "int", 180, "pages",
           "pages of anonymous memory each memory hog maps and touches", min=1, max=1 << 20),
     Param("user.sleep_s", "float", 9.0, "sim s",

@@ -407,7 +407,7 @@ def test_declarations_are_checked_at_import(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_declarations() -> None:
-    assert len(PARAM_BY_KEY) == len(PARAMS) == 43
+    assert len(PARAM_BY_KEY) == len(PARAMS) == 44
     assert PARAM_BY_KEY["vm.swap_idle_threshold1"].section == "vm"
     assert PARAM_BY_KEY["vm.swap_idle_threshold1"].name == "swap_idle_threshold1"
     for p in PARAMS:
@@ -428,7 +428,7 @@ def test_init_starts_programs_in_proportion_to_their_weights() -> None:
     import collections
     import random
     from kernel.userland.programs import PROGRAMS, program_mix
-    weights = [3, 4, 2, 1, 2, 2]
+    weights = [3, 4, 2, 1, 2, 2, 1]
     starts = set()
     for seed in range(6):
         mix = program_mix(weights, random.Random(seed))

@@ -23,7 +23,7 @@ from kernel.kern.kern_synch import maybe_yield, tsleep
 from kernel.kern.kern_thread import curlocal, curproc, curthread
 from kernel.machine import cpu as md
 from kernel.sys.param import ESRCH, PWAIT
-from kernel.sys.proc import P, PS
+from kernel.sys.proc import P, PRS, PS
 from kernel.sys.user import KI_CHECK, KI_PID, ki_check
 from kernel.vm.vm import (KERN_SUCCESS, OBJT_DEFAULT, RFFDG, RFPROC, VM_PROT_READ,
                           VM_PROT_WRITE)
@@ -149,7 +149,13 @@ def peek_uarea(pid: int) -> int:
     if p is None:
         mtx_unlock(G.Giant)
         return -ESRCH
-    if p.p_flag & (P.P_SYSTEM | P.P_WEXIT):
+    # Skip embryonic processes, as sysctl_kern_proc did: a process in creation is on the
+    # pid hash, but its U-area is filled in only at the end of fork1 (a recycled struct
+    # proc still shows its previous owner there).
+    mtx_lock_spin(G.sched_lock)
+    embryonic = p.p_state == PRS.PRS_NEW
+    mtx_unlock_spin(G.sched_lock)
+    if embryonic or p.p_flag & (P.P_SYSTEM | P.P_WEXIT):
         PROC_UNLOCK(p)
         mtx_unlock(G.Giant)
         return -ESRCH
@@ -178,8 +184,8 @@ def peek_uarea(pid: int) -> int:
 
 
 def list_procs() -> list[tuple[int, int, int]]:
-    """(pid, p_sflag, p_swtime) of every process on allproc: what ps and top walk (top
-    shows a swapped-out process that wants to run as "<RUN>")."""
+    """(pid, p_sflag, p_swtime) of every process on allproc but the embryonic ones: what
+    ps and top walk (top shows a swapped-out process that wants to run as "<RUN>")."""
     from kernel.kern.kern_proc import FOREACH_PROC_IN_SYSTEM
     from kernel.kern.kern_sx import sx_slock, sx_sunlock
     G = kern_globals.G
@@ -187,9 +193,10 @@ def list_procs() -> list[tuple[int, int, int]]:
     sx_slock(G.allproc_lock)
     for p in FOREACH_PROC_IN_SYSTEM():
         mtx_lock_spin(G.sched_lock)
-        pid, sflag, swtime = p.load("p_pid", "p_sflag", "p_swtime")
+        pid, sflag, swtime, state = p.load("p_pid", "p_sflag", "p_swtime", "p_state")
         mtx_unlock_spin(G.sched_lock)
-        out.append((pid, sflag, swtime))
+        if state != PRS.PRS_NEW:
+            out.append((pid, sflag, swtime))
     sx_sunlock(G.allproc_lock)
     return out
 

@@ -20,6 +20,11 @@ wait(2) as they exit. The programs:
   hold swaps a swapped-out process in: faultin from _PHOLD, and the PS_SWAPPINGIN wait
   when the swapper is at it too).
 * **syscaller**: useracc on good and bad buffers, physio-style vslock/vsunlock, kernacc.
+* **napper**: naps a tick or three at a time (nanosleep, which needs no Giant), computing
+  briefly in between and checking and rewriting its page every tenth nap, as a daemon
+  polling a device does: asleep whenever swapout_procs looks (with
+  ``vm.swap_idle_threshold1 = 0`` a candidate at once) and always about to wake, so a
+  wakeup falls into any window between swapout_procs' checks and the swapout itself.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from kernel.userland import libc
 from kernel.vm.vm import RFFDG, RFMEM, RFPROC, VM_PROT_READ, VM_PROT_WRITE
 
 PAGE = param.PAGE_SIZE
-PROGRAMS = ("forker", "sleeper", "hog", "sharer", "debugger", "syscaller")
+PROGRAMS = ("forker", "sleeper", "hog", "sharer", "debugger", "syscaller", "napper")
 
 
 def _cfg(key: str) -> Any:
@@ -162,9 +167,25 @@ def prog_syscaller() -> None:
     libc.exit(0)
 
 
+def prog_napper() -> None:
+    rng = _rng()
+    base = libc.mmap_anon(1)
+    gen = 1
+    libc.touch(base, True, gen)
+    for nap in range(rng.randint(100, 300)):
+        libc.sleep_ticks(rng.randint(1, 3))          # nanosleep: no Giant
+        libc.compute(_cfg("user.compute_us") / 4)
+        if nap % 10 == 9:
+            libc.touch(base, False, gen)
+            gen += 1
+            libc.touch(base, True, gen)
+    libc.exit(0)
+
+
 _MAINS: dict[str, Callable[[], None]] = {
     "forker": prog_forker, "sleeper": prog_sleeper, "hog": prog_hog,
     "sharer": prog_sharer, "debugger": prog_debugger, "syscaller": prog_syscaller,
+    "napper": prog_napper,
 }
 
 

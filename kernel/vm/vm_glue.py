@@ -732,10 +732,11 @@ def swapout_procs(action: int) -> None:
                     ((action & VM_SWAP_IDLE) and
                      (minslptime > swap_idle_threshold2))):
                 if not guard("swapout_procs_hold_locks"):
-                    # PORT: the fail point reopens the window the 2002 rework closed.
+                    # PORT: the fail point reopens the window the 2002 rework closed,
+                    # for one clock tick (as if the clock interrupt came in it).
                     mtx_unlock_spin(G.sched_lock)
                     PROC_UNLOCK(p)
-                    md.cpu_work(2000)
+                    md.cpu_work(1_000_000 / param.hz)
                     PROC_LOCK(p)
                     mtx_lock_spin(G.sched_lock)
                 swapout(p)
