@@ -32,6 +32,7 @@ from kernel.kern.kern_proc import FIRST_THREAD_IN_PROC, FOREACH_PROC_IN_SYSTEM
 from kernel.kern.kern_sx import sx_slock, sx_sunlock
 from kernel.machine import cpu as md
 from kernel.sys.proc import PRS, PS, TDI
+from kernel.sys.param import ESRCH
 from kernel.vm.vm import (PG_BUSY, PQ_FREE, RFFDG, RFMEM, RFPROC, VM_PAGE_BITS_ALL,
                           VM_PROT_ALL, VM_PROT_READ, VM_PROT_WRITE, VM_SWAP_IDLE,
                           VM_SWAP_NORMAL)
@@ -751,6 +752,12 @@ def fp_prs_new() -> list[Any]:
         helpers.wait_until(lambda: newborn() is not None, "a process in creation")
         p = newborn()
         vs.check("fp_newborn_has_no_vmspace", p.p_vmspace is None)
+        # ps and procfs (the debugger program) skip it, as sysctl_kern_proc did: its
+        # U-area is filled in only at the end of fork1
+        from kernel.userland import libc
+        pid = p.p_pid
+        vs.check("fp_newborn_hidden_from_ps", pid not in [q[0] for q in libc.list_procs()]
+                 and libc.peek_uarea(pid) == -ESRCH)
         vs.check("fp_newborn_kept", vs.swapout_procs_now(VM_SWAP_NORMAL) == 0)
         t.v_phase = 2
         vs.done()
@@ -926,6 +933,7 @@ FAIL_POINTS: dict[str, tuple[Any, list[str], list[str], Any]] = {
                                     ["fp_running_kept"],
                                     ["swapout: there is a thread not safe for swapout"]),
     "swapout_procs_prs_new": (fp_prs_new, [], ["fp_newborn_has_no_vmspace",
+                                               "fp_newborn_hidden_from_ps",
                                                "fp_newborn_kept", "fp_fork_done"],
                               ["swapout_procs: a process has no address space"]),
     "swapout_procs_map_trylock": (fp_map_trylock, ["vm.swap_idle_threshold1=1",
