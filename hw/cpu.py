@@ -131,16 +131,24 @@ class Cpu:
 
     def call(self, op: int, site: str, *args: Any) -> Any:
         """A request that waits for its value; a refusal is a fatal trap."""
+        ok, value = self.probe(op, site, *args)
+        if not ok:
+            self.panic(f"fatal trap: {value}", site=site)
+        return value
+
+    def probe(self, op: int, site: str, *args: Any) -> tuple[bool, Any]:
+        """``call``, but a refusal comes back as (False, why) instead of a fatal trap: for
+        a kernel check that names what it found before it panics."""
         if self.chaos is not None:
             self.chaos.point(op, self.bus.flush)
         try:
             value = self.bus.call(op, self.tid, site, *args)
         except BusError as e:
-            self.panic(f"fatal trap: {e}", site=site)
+            return False, str(e)
         except ServerGone as e:
             self._server_gone(str(e))
         self._absorb()
-        return value
+        return True, value
 
     def post(self, op: int, site: str, *args: Any) -> None:
         if self.chaos is not None:

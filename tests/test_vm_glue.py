@@ -17,7 +17,7 @@ runs swapout, PHOLD and the swapper in one story, because a machine run is what 
 from __future__ import annotations
 
 import pathlib
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
@@ -714,43 +714,60 @@ def fp_safetoswapout() -> list[Any]:
             vs.boot_kthread("vmt-coord", vs.coordinator(2, 1000, "safetoswapout"), cpu=0)]
 
 
-def fp_prs_new() -> list[Any]:
-    """A fork asleep in its PRS_NEW window: linked on allproc, no address space yet,
-    sleeping on proctree_lock (which another thread holds, as wait1 or exit1 on another
-    CPU would) and so without Giant. swapout_procs runs meanwhile."""
+def _proctree_holder(after_forker: bool) -> Callable[[], None]:
+    """Hold proctree_lock (as wait1 or exit1 on another CPU would) until phase 2; taken
+    at once (then the boot thread's fork of the forker waits for it), or once the forker
+    has started (then the forker's own fork waits for it)."""
     def holder() -> None:
         from kernel.kern.kern_sx import sx_xlock, sx_xunlock
         G = kern_globals.G
         t = vs.shared()
+        if after_forker:
+            helpers.wait_until(lambda: t.v_pid != 0, "the forker to start")
         sx_xlock(G.proctree_lock)
         t.v_phase = 1
         helpers.wait_until(lambda: t.v_phase >= 2, "the swapout_procs call")
         sx_xunlock(G.proctree_lock)
         vs.done()
+    return holder
 
-    def forker() -> None:
-        from kernel.userland import libc
-        t = vs.shared()
-        vs.sleep_until(lambda: t.v_phase >= 1, "proctree_lock to be taken", 1000)
-        pid = libc.fork(lambda: libc.exit(0), "vmt-newborn")
-        vs.check("fp_fork_done", pid > 0 and libc.wait()[1] == pid)
-        vs.done()
-        libc.exit(0)
 
-    def newborn() -> Any:
-        G = kern_globals.G
-        found = None
-        sx_slock(G.allproc_lock)
-        for p in FOREACH_PROC_IN_SYSTEM():
-            if p.p_state == PRS.PRS_NEW:
-                found = p
-        sx_sunlock(G.allproc_lock)
-        return found
+def _forker() -> None:
+    """Fork once proctree_lock is held: fork1 links the child (PRS_NEW) on allproc and
+    then sleeps on proctree_lock, without Giant."""
+    from kernel.userland import libc
+    t = vs.shared()
+    t.v_pid = libc.getpid()
+    vs.sleep_until(lambda: t.v_phase >= 1, "proctree_lock to be taken", 1000)
+    pid = libc.fork(lambda: libc.exit(0), "vmt-newborn")
+    vs.check("fp_fork_done", pid > 0 and libc.wait()[1] == pid)
+    vs.done()
+    libc.exit(0)
 
+
+def _proc_where(cond: Callable[[Any], bool]) -> Any:
+    G = kern_globals.G
+    found = None
+    sx_slock(G.allproc_lock)
+    for p in FOREACH_PROC_IN_SYSTEM():
+        if cond(p):
+            found = p
+    sx_sunlock(G.allproc_lock)
+    return found
+
+
+def _newborn() -> Any:
+    return _proc_where(lambda p: p.p_state == PRS.PRS_NEW)
+
+
+def fp_prs_new() -> list[Any]:
+    """A fork asleep in its PRS_NEW window: linked on allproc, no address space yet,
+    sleeping on proctree_lock (which another thread holds, as wait1 or exit1 on another
+    CPU would) and so without Giant. swapout_procs runs meanwhile."""
     def driver() -> None:
         t = vs.shared()
-        helpers.wait_until(lambda: newborn() is not None, "a process in creation")
-        p = newborn()
+        helpers.wait_until(lambda: _newborn() is not None, "a process in creation")
+        p = _newborn()
         vs.check("fp_newborn_has_no_vmspace", p.p_vmspace is None)
         # ps and procfs (the debugger program) skip it, as sysctl_kern_proc did: its
         # U-area is filled in only at the end of fork1
@@ -761,10 +778,40 @@ def fp_prs_new() -> list[Any]:
         vs.check("fp_newborn_kept", vs.swapout_procs_now(VM_SWAP_NORMAL) == 0)
         t.v_phase = 2
         vs.done()
-    return [vs.boot_kthread("vmt-holder", holder, cpu=0),
-            vs.boot_fork("vmt-forker", forker, cpu=1),
+    return [vs.boot_kthread("vmt-holder", _proctree_holder(False), cpu=0),
+            vs.boot_fork("vmt-forker", _forker, cpu=1),
             vs.boot_kthread("vmt-fp", driver, cpu=0),
             vs.boot_kthread("vmt-coord", vs.coordinator(3, 1000, "prs_new"), cpu=0)]
+
+
+def sx_waiter_swapped_out() -> list[Any]:
+    """The same fork asleep on proctree_lock, with swap_idle_threshold1 = 0: the forker is
+    a sleeping thread, safe to swap out, and swapout_procs swaps it out. proctree_lock is
+    then granted to it while it is out: it must be woken as wakeup() wakes (setrunnable
+    asks the swapper to bring it in), not run on a kernel stack that is not there."""
+    def driver() -> None:
+        t = vs.shared()
+        helpers.wait_until(lambda: t.v_phase >= 1 and _newborn() is not None,
+                           "the forker's child in creation")
+        forker = vs.find_proc(t.v_pid)
+        helpers.wait_until(lambda: vs.is_sleeping(forker), "the forker to wait for the lock")
+        out = vs.swapout_procs_now(VM_SWAP_NORMAL)
+        vs.check("sx_waiter_swapped_out", out >= 1 and not vs.sflag(forker) & PS.PS_INMEM,
+                 f"{out} swapouts, forker p_sflag {vs.sflag(forker):#x}")
+        t.v_phase = 2
+        vs.done()
+    return [vs.boot_kthread("vmt-holder", _proctree_holder(True), cpu=0),
+            vs.boot_fork("vmt-forker", _forker, cpu=1),
+            vs.boot_kthread("vmt-sx", driver, cpu=0),
+            vs.boot_kthread("vmt-coord", vs.coordinator(3, 1500, "sx waiter"), cpu=0)]
+
+
+@pytest.mark.timeout(60)
+def test_an_sx_waiter_swapped_out_is_brought_in_when_granted(tmp_path: pathlib.Path) -> None:
+    res = boot(tmp_path, quiet("machine.memory=8M", "vm.swap_idle_threshold1=0",
+                               duration=40), sx_waiter_swapped_out())
+    k = assert_checks(res, "sx_waiter_swapped_out", "fp_fork_done")
+    assert res.report["invariants"] == [] and k["faultins_swapper"] >= 1, k
 
 
 MAP_TRYLOCK_ROUNDS = 30

@@ -199,6 +199,7 @@ def _wait_wakeup(lt, lock: int, kind: str) -> None:  # type: ignore[no-untyped-d
     td.update(td_blocked=lock, td_lockname=kind)
     TD_SET_INHIB(td, inhibitor)
     lt.blocked_on = lock
+    lt.blocked_sleeps = kind != "mutex"
     if lock not in lt.granted:
         kern_synch.mi_switch(voluntary=True)
     lt.granted.discard(lock)
@@ -217,8 +218,22 @@ def lock_granted(tid: int, lock: int) -> None:
         md.panic(f"lock {lock:#x} granted to thread {tid}, which is not on cpu "
                  f"{md.pcpu.cpuid}")
     lt.granted.add(lock)
-    if lt.blocked_on == lock:
-        kern_switch.runq_add(lt)
+    if lt.blocked_on != lock:
+        return
+    if not lt.blocked_sleeps:
+        kern_switch.runq_add(lt)            # the turnstile: the releaser's setrunqueue
+        return
+    # An sx or lockmgr waiter sleeps (cv_wait, msleep) and is woken as wakeup() wakes, by
+    # setrunnable: a sleeping thread is safe to swap out, and if its process was swapped
+    # out meanwhile, the swapper is asked to bring it in (it must not run on a kernel
+    # stack that is not there).
+    from kernel.kern.kern_globals import G
+    from kernel.kern.kern_synch import setrunnable
+    from kernel.sys.proc import TD_CLR_SLEEPING
+    mtx_lock_spin(G.sched_lock)
+    TD_CLR_SLEEPING(lt.td)
+    setrunnable(lt.td)
+    mtx_unlock_spin(G.sched_lock)
 
 
 def GIANT_REQUIRED() -> None:

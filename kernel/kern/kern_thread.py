@@ -25,7 +25,7 @@ class LocalThread:
     """What this CPU keeps of one of its threads (per-CPU data: never shared)."""
 
     __slots__ = ("td", "tid", "name", "ctx", "owned", "owned_sx", "granted", "blocked_on",
-                 "on_runq", "pri", "need_resched", "sleep_callout", "proc", "kstack",
+                 "blocked_sleeps", "on_runq", "pri", "need_resched", "sleep_callout", "proc", "kstack",
                  "runq_since", "watchdog_reported")
 
     def __init__(self, td: Any, name: str, pri: int) -> None:
@@ -37,6 +37,7 @@ class LocalThread:
         self.owned_sx: dict[tuple[int, int], int] = {}     # (sx/lockmgr, mode) -> count
         self.granted: set[int] = set()
         self.blocked_on = 0
+        self.blocked_sleeps = False                        # waits asleep (sx, lockmgr)
         self.on_runq = False
         self.pri = pri
         self.need_resched = False

@@ -205,6 +205,14 @@ def kread(kva: int, length: int) -> bytes:
     return hw.call(Op.KLOAD, site(), kva, length)  # type: ignore[no-any-return]
 
 
+def kread_probe(kva: int, length: int) -> bytes | None:
+    """``kread``, or None where ``kva`` is not mapped (instead of a fatal trap)."""
+    hw = pcpu.hw
+    hw.counters.mem_ops += 1
+    ok, value = hw.probe(Op.KLOAD, site(), kva, length)
+    return value if ok else None  # type: ignore[no-any-return]
+
+
 def kwrite(kva: int, data: bytes) -> None:
     hw = pcpu.hw
     hw.counters.mem_ops += 1

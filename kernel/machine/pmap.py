@@ -147,11 +147,21 @@ def pmap_swapin_thread(td: KObj) -> None:
 
 def cpu_switch_check(lt: Any) -> None:
     """What cpu_switch reads of the next thread: its pcb, at the base of its kernel
-    stack. A swapped-out stack traps here; a corrupted one panics."""
+    stack (sched_lock held). A swapped-out stack is a fatal trap, which names the
+    thread; a corrupted one panics."""
     ks = lt.kstack
     if not ks:
         return
-    tid = md.kread_u64(ks)
+    pcb = md.kread_probe(ks, 8)
+    if pcb is None:
+        td = lt.td
+        p = td.td_proc
+        state, inhib = td.load("td_state", "td_inhibitors")
+        pid, sflag, pstate = p.load("p_pid", "p_sflag", "p_state")
+        md.panic(f"fatal trap 12 in cpu_switch: the kernel stack of thread {lt.name} "
+                 f"(tid {lt.tid}, pid {pid}) is not mapped at {ks:#x}: td_state {state}, "
+                 f"td_inhibitors {inhib:#x}, p_sflag {sflag:#x}, p_state {pstate}")
+    tid = int.from_bytes(pcb, "little")
     if tid != lt.tid:
         md.panic(f"cpu_switch: kernel stack of thread {lt.name} holds {tid:#x}, "
                  f"not its pcb")
