@@ -6,7 +6,8 @@ checks them whole, because a stress test needs to know that nothing was lost:
 * page accounting balances: free + wired + active + inactive + cache + in transit (busy,
   being filled) = every page, and each queue's counter equals the queue's length;
 * PS_INMEM holds exactly when the U-area (and each kernel stack) is mapped and wired
-  (the U-area once: a second wiring is a second swap-in that is never undone);
+  (the U-area once: a second wiring is a second swap-in that is never undone; the procs
+  reaped into the proc zone are looked at too);
 * no vmspace has a negative reference count;
 * no TDI_SWAPPED thread is on a run queue (each CPU checks its own);
 * every swapped page comes back intact (the swap pager counts checksum errors; see
@@ -28,13 +29,14 @@ from kernel.kern import kern_globals
 from kernel.kern.kern_kthread import kthread_create
 from kernel.kern.kern_mutex import (mtx_lock, mtx_lock_spin, mtx_unlock, mtx_unlock_spin)
 from kernel.kern.kern_proc import (FOREACH_PROC_IN_SYSTEM, FOREACH_THREAD_IN_PROC,
-                                   PROC_LOCK, PROC_UNLOCK)
+                                   PROC_LOCK, PROC_UNLOCK, proc_zone)
 from kernel.kern.kern_sx import sx_slock, sx_sunlock
 from kernel.kern.kern_synch import tsleep, wakeup
 from kernel.machine import cpu as md
 from kernel.sys.kernel import SI_ORDER, SI_SUB, SYSINIT
 from kernel.sys.param import PVM
-from kernel.sys.proc import PRS, PS, TDI, struct_thread
+from kernel.sys.kstruct import TAILQ_FOREACH
+from kernel.sys.proc import PRS, PS, TDI, struct_proc, struct_thread
 
 _final_requested = False
 
@@ -150,6 +152,21 @@ def check_procs() -> None:
                                        f"pid {pid}: in memory but a kernel stack is not "
                                        f"mapped")
     sx_sunlock(G.allproc_lock)
+    # A reaped proc waits in the zone as its last owner left it (in memory: its U-area
+    # wired once), and its next owner keeps that U-area: a second swap-in's wiring
+    # outlives the process that got it.
+    z = proc_zone()
+    mtx_lock(z.pz_mtx)
+    for p in TAILQ_FOREACH(z.pz_free, struct_proc):
+        upobj = p.p_upages_obj
+        vp.vm_page_lock_queues()
+        m = vm_page_lookup(upobj, 0) if upobj is not None else None
+        wirings = m.wire_count if m is not None else 0
+        vp.vm_page_unlock_queues()
+        if wirings > 1:
+            md.pcpu.note_violation(f"a reaped proc (last pid {p.p_pid}) in the proc zone: "
+                                   f"its U-area page is wired {wirings} times")
+    mtx_unlock(z.pz_mtx)
 
 
 def check_machine() -> None:
