@@ -90,6 +90,9 @@ def campaign(config: str, runs: int, seed: int, chaos: str, fail_point: str | No
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--campaigns", type=int, default=10)
+    ap.add_argument("--first-campaign", type=int, default=0,
+                    help="number of the first campaign (campaign k has seed 1000 + k): "
+                         "a long measurement can be taken in parts")
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--jobs", type=int, default=2)
@@ -113,7 +116,7 @@ def main() -> int:
             # a guard no detector can catch (NOT_DETECTABLE) gets one campaign: enough to
             # show that its window is crossed and nothing fires
             campaigns = 1 if fp in NOT_DETECTABLE else a.campaigns
-            for k in range(campaigns):
+            for k in range(a.first_campaign, a.first_campaign + campaigns):
                 out = os.path.join(root, f"{fp}-{chaos}-{k}")
                 r = campaign("configs/stress.toml", a.runs, 1000 + k, chaos, fp, a.duration,
                              a.jobs, out)
@@ -122,7 +125,7 @@ def main() -> int:
                 if r["first"] is not None:
                     firsts.append(r["first"])
                     dets.update(r["detectors"])  # type: ignore[arg-type]
-                print(f"  {fp} chaos={chaos} campaign {k + 1}/{campaigns}: "
+                print(f"  {fp} chaos={chaos} campaign {k + 1}: "
                       f"first failing run {r['first']}, detectors {r['detectors']}",
                       file=sys.stderr, flush=True)
             rows.append({"fail_point": fp, "chaos": chaos,
