@@ -49,6 +49,7 @@ from smp.report import build_report, write_run_dir
 from smp.server import held_locks_line, server_main
 
 LIVENESS_S = 10.0
+END_EVENT_GRACE_S = 1.0        # how long a CPU that exited 0 gets for its panic/halt event
 
 
 class LaunchError(Exception):
@@ -298,17 +299,23 @@ def run_machine(cfg: Config, run_dir: str | None = None,
                 break
             # events first: a CPU that exits after a shutdown or a panic is no death
             events = ctl.drain_events() if ctl.sock in ready or ctl.events else []
-            ended = [e for e in events if e[1] in (Event.PANIC, Event.HALT)]
+            ended = _end_reason(events)
             if ended:
-                e = ended[0]
-                reason = (f"panic on cpu {e[2]}: {e[3]}" if e[1] == Event.PANIC
-                          else f"shutdown: {e[2]}")
+                reason = ended
                 break
             gone = [fd for fd in sentinels if fd in ready]
+            for fd in gone:
+                sentinels[fd][1].join(0.1)
+            if gone and all(sentinels[fd][1].exitcode == 0 for fd in gone):
+                # a CPU exits with status 0 only after a panic or a shutdown, whose event
+                # may still be on its way here: wait a moment for it
+                ended = _await_end(ctl, END_EVENT_GRACE_S)
+                if ended:
+                    reason = ended
+                    break
             if gone:
                 for fd in gone:
                     name, p = sentinels[fd]
-                    p.join(0.1)
                     problems.append(f"{name} (pid {p.pid}) died: {describe_exit(p.exitcode)}")
                     if name.startswith("cpu"):
                         dead.append(int(name[3:]))
@@ -422,6 +429,28 @@ def _missing_cpus(ctl: _Control, ncpus: int, local: int, waited: float,
                  f"{listen.endpoint} --id K{' --key-dir DIR' if listen.key_dir else ''}`; "
                  f"a CPU whose key the server does not accept cannot join)")
     return text
+
+
+def _end_reason(events: list[list[Any]]) -> str | None:
+    """The run's end if ``events`` has a panic or a shutdown, else None."""
+    ended = [e for e in events if e[1] in (Event.PANIC, Event.HALT)]
+    if not ended:
+        return None
+    e = ended[0]
+    return f"panic on cpu {e[2]}: {e[3]}" if e[1] == Event.PANIC else f"shutdown: {e[2]}"
+
+
+def _await_end(ctl: _Control, timeout: float) -> str | None:
+    """Wait up to ``timeout`` s for a panic or shutdown event (other events are dropped:
+    the run is ending)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not ctl.sock.poll(int(left * 1000) + 1):
+            return None
+        ended = _end_reason(ctl.drain_events())
+        if ended:
+            return ended
 
 
 def _final_check(ctl: _Control, poller: Any, sentinels: dict[int, Any], timeout: float,
