@@ -304,16 +304,16 @@ def run_machine(cfg: Config, run_dir: str | None = None,
                 reason = ended
                 break
             gone = [fd for fd in sentinels if fd in ready]
-            for fd in gone:
-                sentinels[fd][1].join(0.1)
-            if gone and all(sentinels[fd][1].exitcode == 0 for fd in gone):
-                # a CPU exits with status 0 only after a panic or a shutdown, whose event
-                # may still be on its way here: wait a moment for it
-                ended = _await_end(ctl, END_EVENT_GRACE_S)
-                if ended:
-                    reason = ended
-                    break
             if gone:
+                for fd in gone:
+                    sentinels[fd][1].join(0.1)
+                if all(sentinels[fd][1].exitcode == 0 for fd in gone):
+                    # a CPU exits with status 0 only after a panic or a shutdown, whose
+                    # event may still be on its way here: wait a moment for it
+                    ended = _await_end(ctl, END_EVENT_GRACE_S)
+                    if ended:
+                        reason = ended
+                        break
                 for fd in gone:
                     name, p = sentinels[fd]
                     problems.append(f"{name} (pid {p.pid}) died: {describe_exit(p.exitcode)}")

@@ -760,6 +760,15 @@ def _newborn() -> Any:
     return _proc_where(lambda p: p.p_state == PRS.PRS_NEW)
 
 
+def _fork_on_held_proctree(after_forker: bool, driver: Callable[[], None], max_ticks: int,
+                           what: str) -> list[Any]:
+    """A holder of proctree_lock on cpu0, a forker on cpu1, ``driver`` on cpu0."""
+    return [vs.boot_kthread("vmt-holder", _proctree_holder(after_forker), cpu=0),
+            vs.boot_fork("vmt-forker", _forker, cpu=1),
+            vs.boot_kthread("vmt-fp", driver, cpu=0),
+            vs.boot_kthread("vmt-coord", vs.coordinator(3, max_ticks, what), cpu=0)]
+
+
 def fp_prs_new() -> list[Any]:
     """A fork asleep in its PRS_NEW window: linked on allproc, no address space yet,
     sleeping on proctree_lock (which another thread holds, as wait1 or exit1 on another
@@ -778,10 +787,7 @@ def fp_prs_new() -> list[Any]:
         vs.check("fp_newborn_kept", vs.swapout_procs_now(VM_SWAP_NORMAL) == 0)
         t.v_phase = 2
         vs.done()
-    return [vs.boot_kthread("vmt-holder", _proctree_holder(False), cpu=0),
-            vs.boot_fork("vmt-forker", _forker, cpu=1),
-            vs.boot_kthread("vmt-fp", driver, cpu=0),
-            vs.boot_kthread("vmt-coord", vs.coordinator(3, 1000, "prs_new"), cpu=0)]
+    return _fork_on_held_proctree(False, driver, 1000, "prs_new")
 
 
 def sx_waiter_swapped_out() -> list[Any]:
@@ -800,10 +806,7 @@ def sx_waiter_swapped_out() -> list[Any]:
                  f"{out} swapouts, forker p_sflag {vs.sflag(forker):#x}")
         t.v_phase = 2
         vs.done()
-    return [vs.boot_kthread("vmt-holder", _proctree_holder(True), cpu=0),
-            vs.boot_fork("vmt-forker", _forker, cpu=1),
-            vs.boot_kthread("vmt-sx", driver, cpu=0),
-            vs.boot_kthread("vmt-coord", vs.coordinator(3, 1500, "sx waiter"), cpu=0)]
+    return _fork_on_held_proctree(True, driver, 1500, "sx waiter")
 
 
 @pytest.mark.timeout(60)

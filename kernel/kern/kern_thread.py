@@ -25,8 +25,8 @@ class LocalThread:
     """What this CPU keeps of one of its threads (per-CPU data: never shared)."""
 
     __slots__ = ("td", "tid", "name", "ctx", "owned", "owned_sx", "granted", "blocked_on",
-                 "blocked_sleeps", "on_runq", "pri", "need_resched", "sleep_callout", "proc", "kstack",
-                 "runq_since", "watchdog_reported")
+                 "blocked_sleeps", "on_runq", "pri", "need_resched", "sleep_callout", "proc",
+                 "kstack", "runq_since", "watchdog_reported")
 
     def __init__(self, td: Any, name: str, pri: int) -> None:
         self.td = td

@@ -105,12 +105,20 @@ def check_pages() -> None:
             f"transit {in_transit} = {total}, not the {vals['total']} pages of the machine")
 
 
+def _uarea_wirings(upobj: Any) -> int:
+    """How many times the first U-area page of ``upobj`` is wired (0: not resident)."""
+    from kernel.vm import vm_page as vp
+    vp.vm_page_lock_queues()
+    m = vp.vm_page_lookup(upobj, 0)
+    wirings = int(m.wire_count) if m is not None else 0
+    vp.vm_page_unlock_queues()
+    return wirings
+
+
 def check_procs() -> None:
     """PS_INMEM <=> U-area and kernel stacks mapped and wired; refcounts >= 0 (Giant
     held; takes allproc, then each proc's locks, then the page queues lock, the seed's
     order)."""
-    from kernel.vm import vm_page as vp
-    from kernel.vm.vm_page import vm_page_lookup
     G = kern_globals.G
     sx_slock(G.allproc_lock)
     for p in FOREACH_PROC_IN_SYSTEM():
@@ -129,11 +137,8 @@ def check_procs() -> None:
             continue
         inmem = bool(sflag & PS.PS_INMEM)
         mapped = md.kextract(up) != -1
-        vp.vm_page_lock_queues()
-        m = vm_page_lookup(upobj, 0)
-        wirings = m.wire_count if m is not None else 0
+        wirings = _uarea_wirings(upobj)
         wired = wirings > 0
-        vp.vm_page_unlock_queues()
         if inmem != mapped or inmem != wired:
             md.pcpu.note_violation(f"pid {pid}: PS_INMEM is {inmem} but its U-area is "
                                    f"{'' if mapped else 'not '}mapped and "
@@ -159,10 +164,7 @@ def check_procs() -> None:
     mtx_lock(z.pz_mtx)
     for p in TAILQ_FOREACH(z.pz_free, struct_proc):
         upobj = p.p_upages_obj
-        vp.vm_page_lock_queues()
-        m = vm_page_lookup(upobj, 0) if upobj is not None else None
-        wirings = m.wire_count if m is not None else 0
-        vp.vm_page_unlock_queues()
+        wirings = _uarea_wirings(upobj) if upobj is not None else 0
         if wirings > 1:
             md.pcpu.note_violation(f"a reaped proc (last pid {p.p_pid}) in the proc zone: "
                                    f"its U-area page is wired {wirings} times")
