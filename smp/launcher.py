@@ -268,8 +268,11 @@ def run_machine(cfg: Config, run_dir: str | None = None,
         live = {"stats": stats_endpoint, "launcher_pid": os.getpid(),
                 "server_pid": server.pid, "cpu_pids": [p.pid for p in cpus.values()],
                 "config": cfg.source, "seed": seed}
-        with open(live_path, "w") as f:       # what `smp top` attaches to
+        # what `smp top` attaches to: written whole, then renamed, so that a reader
+        # never finds it half written
+        with open(live_path + ".tmp", "w") as f:
             json.dump(live, f)
+        os.replace(live_path + ".tmp", live_path)
         for m in monitors:
             m.started(live)
         duration = float(cfg["run.duration"])
