@@ -125,7 +125,8 @@ def main() -> int:
                 if r["first"] is not None:
                     firsts.append(r["first"])
                     dets.update(r["detectors"])  # type: ignore[arg-type]
-                print(f"  {fp} chaos={chaos} campaign {k + 1}: "
+                print(f"  {fp} chaos={chaos} campaign {k + 1} "
+                      f"({k - a.first_campaign + 1} of {campaigns}): "
                       f"first failing run {r['first']}, detectors {r['detectors']}",
                       file=sys.stderr, flush=True)
             rows.append({"fail_point": fp, "chaos": chaos,
