@@ -66,7 +66,7 @@ def campaign(config: str, runs: int, seed: int, chaos: str, fail_point: str | No
         if not os.path.exists(path):
             continue
         done += 1
-        from smp.findings import classify
+        from smp.hunt.findings import classify
         with open(path) as f:
             report = json.load(f)
         fails = classify(report)

@@ -4,7 +4,7 @@ on (its default interval) against off, measured in the same run.
 Usage: ``python benchmarks/monitoring.py [--runs N] [--duration SIM_S] [--phase SIM_S]
 [--set SECTION.KEY=VALUE ...] [--json]``
 
-The stream (smp/monitor.py): every CPU posts a sample every ``run.stats_interval`` wall
+The stream (smp/observe/monitor.py): every CPU posts a sample every ``run.stats_interval`` wall
 seconds, the server republishes it and publishes its own, and the launcher writes them to
 ``stats.jsonl``. To compare with the stream off without comparing two different runs
 (these hosts drift by more than the few percent that matter), each run switches the stream
@@ -106,7 +106,8 @@ def _cpu_gate(phase: float) -> Any:
 
 def _patch(phase: float, speed: float) -> None:
     """Gate and time the server's sample and publishing; time the launcher's recording."""
-    from smp import launcher, server
+    from smp.run import launcher
+from smp.machine import server
     if getattr(server.Server._publish, "_bench_gated", False):
         return
     publish, sample = server.Server._publish, server.Server.sample
@@ -150,8 +151,8 @@ def _patch(phase: float, speed: float) -> None:
 
 
 def one_run(overrides: list[str], phase: float, tmp: str, i: int) -> dict[str, Any]:
-    from smp.config import load_config
-    from smp.launcher import run_machine
+    from smp.run.config import load_config
+    from smp.run.launcher import run_machine
     cfg = load_config(None, overrides)
     _patch(phase, float(cfg["machine.speed"]))
     _LAUNCHER_STREAM_S[0] = 0.0

@@ -3,7 +3,7 @@
 Usage: ``python benchmarks/transport.py [--ops N] [--rounds R] [--json]``
 
 Every simulated CPU reaches the shared machine (memory, kernel objects, locks) through one
-server over ZeroMQ (``smp/server.py``, ``hw/bus.py``), so the cost of a lock or a load round
+server over ZeroMQ (``smp/machine/server.py``, ``hw/bus.py``), so the cost of a lock or a load round
 trip bounds how fast the simulated kernel can run. This script measures that cost against
 what the transport alone costs, all in one run:
 
@@ -12,7 +12,7 @@ what the transport alone costs, all in one run:
   msgpack message, the size of an ``ACQUIRE``, and waits for the reply; the server unpacks it
   and packs a reply, as the real server does. Measured: the median round trip with 1 client
   and the total ops/s with 1, 2 and 4 client processes.
-* **smp**: the real server (``smp.server.server_main`` in its own process, ``ncpus`` = the
+* **smp**: the real server (``smp.machine.server.server_main`` in its own process, ``ncpus`` = the
   number of clients) with 1, 2 and 4 client processes, each a CPU (``hw.bus.Bus``, ``HELLO``
   as ``cpu<i>``) that allocates an object with a sleep mutex and an int field:
 
@@ -67,8 +67,8 @@ import zmq  # noqa: E402
 from hw.bus import Bus, BusError, ServerGone  # noqa: E402
 from hw.protocol import (EXCL, GRANTED, LC_SLEEP, QUEUED, VERSION, Event, Op,  # noqa: E402
                          pack, unpack)
-from smp.proc_util import die_with_parent  # noqa: E402
-from smp.server import server_main  # noqa: E402
+from smp.run.proc_util import die_with_parent  # noqa: E402
+from smp.machine.server import server_main  # noqa: E402
 
 SITE = "bench:1"
 MEMORY = 1 << 20                 # the server's physical memory and swap: unused, keep small

@@ -37,18 +37,18 @@ TOKEN = f"smp-test-{os.getpid()}-{time.time_ns()}"
 
 # -- host side ------------------------------------------------------------------------------
 def config(overrides: Sequence[str] = ()) -> Any:
-    from smp.config import load_config
+    from smp.run.config import load_config
     return load_config(None, list(overrides))
 
 
 def run(cfg_overrides: Sequence[str] = (), sysinits: Sequence[Any] = (),
         tmp_path: pathlib.Path | str | None = None,
         log: Callable[[str], None] | None = None) -> Any:
-    """Boot, run and stop a machine (``smp.launcher.run_machine``); returns its RunResult.
+    """Boot, run and stop a machine (``smp.run.launcher.run_machine``); returns its RunResult.
 
     The run directory is ``tmp_path/run``; the launcher's log lines go to ``log`` (default:
     dropped, they are in ``run/log.txt`` anyway)."""
-    from smp.launcher import run_machine
+    from smp.run.launcher import run_machine
     if tmp_path is None:
         raise ValueError("run() needs tmp_path for its run directory")
     cfg = config(cfg_overrides)
@@ -67,7 +67,7 @@ def bare_server(ncpus: int, memory: int = 1 << 20,
     import multiprocess
     import shutil
     import tempfile
-    from smp.server import server_main
+    from smp.machine.server import server_main
     d = tempfile.mkdtemp(prefix="smpsrv-")        # short: ipc paths must be < 108 chars
     endpoint = f"ipc://{d}/bus"
     server = multiprocess.get_context("fork").Process(
@@ -266,7 +266,7 @@ def finish(why: str = "test done") -> None:
     md.shutdown(why)
 
 
-# BUG (smp/launcher.py, the wait loop of run_machine): after ``md.shutdown`` the server halts
+# BUG (smp/run/launcher.py, the wait loop of run_machine): after ``md.shutdown`` the server halts
 # the CPUs and tells the launcher at the same moment; a CPU that has already sent its final
 # report and exited by the time the launcher looks is taken for a dead CPU, because the loop
 # checks the process sentinels before the HALT event ("cpu1 (pid N) died: exit status 0",

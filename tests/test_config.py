@@ -1,5 +1,5 @@
 """Config loading: the shipped configs load, and every kind of bad input is refused
-with one line naming the file, the key and what is allowed (smp/config.py)."""
+with one line naming the file, the key and what is allowed (smp/run/config.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from smp.config import (
+from smp.run.config import (
     PARAM_BY_KEY,
     PARAMS,
     Config,
@@ -374,7 +374,7 @@ def test_to_toml_is_sorted_and_takes_extras(tmp_path: pathlib.Path) -> None:
 
 
 def test_to_toml_writes_special_floats() -> None:
-    from smp.config import _toml_value
+    from smp.run.config import _toml_value
 
     assert math.isinf(tomllib.loads("v = " + _toml_value(float("-inf")))["v"])
     assert tomllib.loads("v = " + _toml_value(1e-300))["v"] == 1e-300
@@ -394,7 +394,7 @@ def test_schema_markdown_mentions_every_key() -> None:
 def test_declarations_are_checked_at_import(monkeypatch: pytest.MonkeyPatch) -> None:
     import dataclasses
 
-    from smp import config
+    from smp.run import config
 
     config._check_declarations()
     monkeypatch.setattr(config, "PARAMS", PARAMS + (PARAMS[0],))

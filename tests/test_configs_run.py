@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from helpers import REPO, describe
-from smp.config import load_config
-from smp.launcher import run_machine
-from smp.report import KERNEL_COUNTERS
+from smp.run.config import load_config
+from smp.run.launcher import run_machine
+from smp.observe.report import KERNEL_COUNTERS
 
 pytestmark = pytest.mark.long
 

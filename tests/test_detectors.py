@@ -11,10 +11,10 @@ import pytest
 
 from hw.protocol import (AF_PICKUP, AF_TRY, EXCL, GRANTED, LC_LOCKMGR, LC_SLEEP, LC_SPIN,
                          LC_SX, LF_DUPOK, LF_RECURSE, QUEUED, SHARED)
-from smp.lockcheck import LockKeyChecker
-from smp.locks import Deadlock, LockError, LockTable
-from smp.objects import ObjectStore, field_addr
-from smp.witness import Finding, Witness
+from smp.machine.lockcheck import LockKeyChecker
+from smp.machine.locks import Deadlock, LockError, LockTable
+from smp.machine.objects import ObjectStore, field_addr
+from smp.machine.witness import Finding, Witness
 
 pytestmark = pytest.mark.quick
 

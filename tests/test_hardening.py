@@ -27,7 +27,7 @@ import pytest
 from kernel.kern.kern_mutex import MTX_DEF, mtx_init, mtx_lock
 from kernel.sys.kstruct import F, KStruct
 
-from smp.config import PARAM_BY_KEY
+from smp.run.config import PARAM_BY_KEY
 
 from helpers import bsp_init, describe, kthread, lookup, on_each_cpu, spin_until
 

@@ -1,4 +1,4 @@
-"""Lines: the CPU that keeps taking a mutex keeps the lock word's line (hw.bus, smp.locks).
+"""Lines: the CPU that keeps taking a mutex keeps the lock word's line (hw.bus, smp.machine.locks).
 
 The lock table's side in process (pure logic), then the real server with two CPU buses:
 mutual exclusion holds while one CPU takes a lock on the strength of its line and the
@@ -14,7 +14,7 @@ import pytest
 
 from hw.protocol import (AF_LINE, AF_TRY, BUSY, EXCL, GRANTED, GRANTED_LINE, LC_SLEEP,
                          LC_SPIN, QUEUED)
-from smp.locks import LINE_STREAK, LockError, LockTable
+from smp.machine.locks import LINE_STREAK, LockError, LockTable
 
 from helpers import bare_server
 

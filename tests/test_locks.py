@@ -33,7 +33,7 @@ from kernel.machine import cpu as md
 from kernel.sys.kstruct import F, KStruct
 from kernel.sys.param import EWOULDBLOCK, PWAIT
 
-from smp.config import PARAM_BY_KEY
+from smp.run.config import PARAM_BY_KEY
 
 from helpers import (bsp_init, expect_panic, expect_shutdown, finish, kthread, lookup,
                      on_each_cpu, result, spin_until, wait_until)

@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from helpers import cli, cli_cmd, cli_env, describe, read_text, wait_for
-from smp.config import load_config
+from smp.run.config import load_config
 
 pytestmark = pytest.mark.long
 

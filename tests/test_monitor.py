@@ -450,7 +450,7 @@ def test_plot_writes_three_labelled_pngs(finished: Any) -> None:
 
 @pytest.mark.timeout(120)
 def test_plot_figures_draw_each_series_with_labelled_axes(finished: Any) -> None:
-    from smp.plot import cpu_figure, load_series, lock_figure, swap_figure
+    from smp.observe.plot import cpu_figure, load_series, lock_figure, swap_figure
     s = load_series(finished.run_dir)
     fig = cpu_figure(s)
     axes = [ax for ax in fig.axes if ax.get_visible()]
@@ -519,7 +519,7 @@ def test_run_on_a_terminal_shows_progress_then_the_summary(tmp_path: pathlib.Pat
 # -- pure logic ----------------------------------------------------------------------------------
 @pytest.mark.quick
 def test_cpu_rates_are_differences_over_simulated_time() -> None:
-    from smp.monitor import cpu_rates
+    from smp.observe.monitor import cpu_rates
     a = {"cpu": 1, "sim": 1.0, "wall": 10.0, "ticks": dict.fromkeys(MODES, 0),
          "ctxsw_vol": 10, "lock_acquires": 5, "bus_calls": 100, "bus_wait_s": 0.5,
          "spin_wait_s": 0.0, "mem_ops": 0}
@@ -539,14 +539,14 @@ def test_cpu_rates_are_differences_over_simulated_time() -> None:
                                        ("0.0.0.0:80", ("0.0.0.0", 80)),
                                        ("[::1]:9100", ("::1", 9100))])
 def test_metrics_address_defaults_to_the_loopback(spec: str, want: tuple[str, int]) -> None:
-    from smp.metrics import parse_addr
+    from smp.observe.metrics import parse_addr
     assert parse_addr(spec) == want
 
 
 @pytest.mark.quick
 @pytest.mark.parametrize("spec", ["", "host", "1.2.3.4:99999", "a:b"])
 def test_a_bad_metrics_address_is_refused(spec: str) -> None:
-    from smp.metrics import MetricsError, parse_addr
+    from smp.observe.metrics import MetricsError, parse_addr
     with pytest.raises(MetricsError):
         parse_addr(spec)
 

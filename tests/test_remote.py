@@ -1,4 +1,4 @@
-"""CPUs on other hosts: ``smp run --listen`` with ``smp cpu --join`` (smp/remote.py).
+"""CPUs on other hosts: ``smp run --listen`` with ``smp cpu --join`` (smp/run/remote.py).
 
 * on the loopback, one CPU started by the launcher and one that joins make a 2-CPU
   machine that runs to completion;

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from smp.config import load_config
-from smp.launcher import run_machine
+from smp.run.config import load_config
+from smp.run.launcher import run_machine
 
 from helpers import REPO, describe
 

@@ -159,7 +159,7 @@ def kern_part() -> None:
           f"{cur} not in [{lo}, {hi}] pages")
     check("limits_fresh_stack", frl[RLIMIT_STACK].rlim_cur == DFLSSIZ)
     # Free the scratch limits again: the server's end-of-run field sums overflow with two
-    # live plimits holding RLIM_INFINITY (reported as a bug of smp/objects.py).
+    # live plimits holding RLIM_INFINITY (reported as a bug of smp/machine/objects.py).
     from kernel.sys.user import RLIM_NLIMITS
     lim = fake.p_limit
     for i in range(RLIM_NLIMITS):

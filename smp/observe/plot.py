@@ -31,7 +31,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from smp import __version__
-from smp.monitor import MODE_ORDER, cpu_rates, run_config
+from smp.observe.monitor import MODE_ORDER, cpu_rates, run_config
 
 FILES = {"cpu": "cpu_utilisation.png", "locks": "lock_contention.png", "swap": "swap.png"}
 MODE_COLOURS = {"user": "#2ca02c", "nice": "#17becf", "sys": "#d62728", "intr": "#ff7f0e",

@@ -281,18 +281,18 @@ for _p in PARAMS:
 def _check_declarations() -> dict[str, Any]:
     """Check PARAMS against itself and return every key's resolved default."""
     if len(PARAM_BY_KEY) != len(PARAMS):
-        raise RuntimeError("smp.config: a parameter is declared twice")
+        raise RuntimeError("smp.run.config: a parameter is declared twice")
     defaults: dict[str, Any] = {}
     for p in PARAMS:
         ranged = p.type in ("int", "float", "size")
         if (not re.fullmatch(r"[a-z]+\.[a-z0-9_]+", p.key) or not p.desc or "\n" in p.desc
                 or ranged != (p.min is not None and p.max is not None)
                 or (p.choices is not None and p.type != "str")):
-            raise RuntimeError(f"smp.config: bad declaration of {p.key!r}")
+            raise RuntimeError(f"smp.run.config: bad declaration of {p.key!r}")
         try:
             defaults[p.key] = p.coerce(p.default)
         except ValueError as e:
-            raise RuntimeError(f"smp.config: default of {p.key} {e}") from None
+            raise RuntimeError(f"smp.run.config: default of {p.key} {e}") from None
     return defaults
 
 

@@ -24,7 +24,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from smp.monitor import cpu_rates
+from smp.observe.monitor import cpu_rates
 
 REDRAW_S = 0.25
 WINDOW_S = 2.0           # utilisation is over the CPU's samples of the last ~2 wall s

@@ -21,7 +21,7 @@ import json
 import os
 from typing import Any
 
-from smp.config import Config
+from smp.run.config import Config
 
 
 # The kernel counters every report carries (zero when nothing happened), in this order.
@@ -199,7 +199,7 @@ def summary_table(report: dict[str, Any]) -> str:
         lines.append(f"panic: {report['panic']['message']} (cpu {report['panic']['cpu']})")
     found = report.get("findings") or []
     if found:
-        from smp.findings import classify
+        from smp.hunt.findings import classify
         fails = [f for f in classify(report) if f.detector not in ("panic", "invariant",
                                                                       "machine")]
         new = [f for f in fails if f.known is None]

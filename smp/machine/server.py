@@ -1,8 +1,8 @@
 """The machine server: one process, one thread, one ZeroMQ ROUTER loop.
 
 It owns everything the CPUs share (DESIGN.md decision 1): physical memory and the kernel
-MMU (``hw.physmem``), the swap device, kernel memory (``smp.objects``), the lock table and
-the sleep channels (``smp.locks``), and the delivery of IPIs and grants between CPUs.
+MMU (``hw.physmem``), the swap device, kernel memory (``smp.machine.objects``), the lock table and
+the sleep channels (``smp.machine.locks``), and the delivery of IPIs and grants between CPUs.
 Because it applies every peer's requests one at a time, it is the machine's linearisation
 point: the order in which it handles requests *is* the order in which they happened.
 
@@ -40,10 +40,10 @@ import zmq
 from hw.physmem import Fault, PhysMem, SwapDevice
 from hw.protocol import (ERR, HEARTBEAT_S, MAX_FRAME, MAX_FRAME_HARD, OK, PEER_LOST_S,
                          VERSION, Event, Op, ProtocolError, pack, unpack_all)
-from smp.lockcheck import LockKeyChecker
-from smp.locks import Deadlock, LockError, LockTable
-from smp.witness import Finding, Witness
-from smp.objects import LOCK_KINDS, ObjectError, ObjectStore
+from smp.machine.lockcheck import LockKeyChecker
+from smp.machine.locks import Deadlock, LockError, LockTable
+from smp.machine.witness import Finding, Witness
+from smp.machine.objects import LOCK_KINDS, ObjectError, ObjectStore
 
 POLL_MS = 200
 
@@ -138,7 +138,7 @@ class Server:
         self.next_heartbeat = 0.0
         self.next_liveness = 0.0
         self.heartbeats = 0
-        # smp.remote (``--listen``): "setup" binds the listen endpoint (with CURVE when
+        # smp.run.remote (``--listen``): "setup" binds the listen endpoint (with CURVE when
         # there are keys) after the private one, "teardown" stops its authenticator;
         # hello_info goes into every HELLO reply (the resolved config, for joining CPUs)
         self.curve: dict[str, Any] | None = None
@@ -688,7 +688,7 @@ class Server:
         self.sock.setsockopt(zmq.SNDHWM, 0)
         self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_HARD)
         self.sock.bind(self.endpoint)             # private: the launcher, local CPUs
-        if self.curve is not None:                # smp.remote: the --listen endpoint,
+        if self.curve is not None:                # smp.run.remote: the --listen endpoint,
             self.curve["setup"](self.ctx, self.sock)     # bound after (options apply to it)
         if self.pub_endpoint:
             self.pub = self.ctx.socket(zmq.PUB)
@@ -846,15 +846,15 @@ def server_main(endpoint: str, ncpus: int, memory: int, swap: int,
                 detectors: dict[str, Any] | None = None, listen: Any = None,
                 hello: dict[str, Any] | None = None, lines: bool = True) -> None:
     """Entry point of the server process (started by the launcher). ``listen``: an
-    ``smp.remote.ListenSpec`` when CPUs join from other hosts; ``hello``: what their
+    ``smp.run.remote.ListenSpec`` when CPUs join from other hosts; ``hello``: what their
     HELLO replies carry (the resolved config)."""
-    from smp.proc_util import die_with_parent
+    from smp.run.proc_util import die_with_parent
     die_with_parent()
     try:
         server = Server(endpoint, ncpus, memory, swap, pub_endpoint, stats_interval,
                         detectors, lines)
         if listen is not None:
-            from smp.remote import attach
+            from smp.run.remote import attach
             attach(server, listen, hello or {})
         server.serve()
     except KeyboardInterrupt:

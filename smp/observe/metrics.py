@@ -29,7 +29,7 @@ from prometheus_client import start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from smp.monitor import MODE_ORDER
+from smp.observe.monitor import MODE_ORDER
 
 DEFAULT_ADDR = "127.0.0.1"
 
@@ -250,7 +250,7 @@ class MetricsExporter:
             self.httpd, self.thread = start_http_server(self.port, self.addr,
                                                         registry=self.registry)
         except OSError as e:
-            from smp.launcher import LaunchError
+            from smp.run.launcher import LaunchError
             raise LaunchError(f"metrics: cannot listen on {self.addr}:{self.port}: "
                               f"{e.strerror}") from None
         self.port = int(self.httpd.server_address[1])

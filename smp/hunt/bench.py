@@ -44,7 +44,7 @@ class BenchError(Exception):
 
 
 def _transport_module() -> Any:
-    path = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "transport.py"
+    path = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "transport.py"
     if not path.is_file():
         raise BenchError(f"{path}: not found (smp bench runs from a source tree)")
     spec = importlib.util.spec_from_file_location("smp_bench_transport", path)
@@ -76,8 +76,8 @@ def transport(ops: int, rounds: int, say: Callable[[str], None]) -> dict[str, An
 
 
 def _machine(overrides: list[str], config: str | None) -> dict[str, Any]:
-    from smp.config import load_config
-    from smp.launcher import run_machine
+    from smp.run.config import load_config
+    from smp.run.launcher import run_machine
     cfg = load_config(config, overrides)
     with tempfile.TemporaryDirectory(prefix="smpbench-run-") as d:
         res = run_machine(cfg, run_dir=os.path.join(d, "run"), log=lambda line: None)

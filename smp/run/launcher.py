@@ -14,7 +14,7 @@ server's report, writes the run directory and reaps every process: a process tha
 not stop within ``run.halt_timeout`` is killed. Every child also has a parent-death signal,
 so none outlives a launcher that is itself killed.
 
-With ``listen`` (``smp run --listen``, :mod:`smp.remote`) the server also listens on a
+With ``listen`` (``smp run --listen``, :mod:`smp.run.remote`) the server also listens on a
 tcp endpoint for CPUs on other hosts; only CPUs ``0..local_cpus-1`` are started here, the
 others join with ``smp cpu --join``. The machine starts once every CPU has said hello; a
 CPU that has not joined within ``join_timeout`` ends the run with a message naming it.
@@ -41,12 +41,12 @@ import zmq
 
 from hw.protocol import ERR, VERSION, Event, Op, pack, unpack
 from smp import __version__
-from smp.config import Config
-from smp.machine import START_TIMEOUT, cpu_main
-from smp.proc_util import describe_exit
-from smp.remote import ListenSpec
-from smp.report import build_report, write_run_dir
-from smp.server import held_locks_line, server_main
+from smp.run.config import Config
+from smp.machine.cpuproc import START_TIMEOUT, cpu_main
+from smp.run.proc_util import describe_exit
+from smp.run.remote import ListenSpec
+from smp.observe.report import build_report, write_run_dir
+from smp.machine.server import held_locks_line, server_main
 
 LIVENESS_S = 10.0
 END_EVENT_GRACE_S = 1.0        # how long a CPU that exited 0 gets for its panic/halt event
@@ -133,8 +133,8 @@ class StatsRecorder:
     CPU per interval (``"type": "cpu"``) and one for the server (``"type": "server"``)."""
 
     def __init__(self, endpoint: str, path: str, monitors: Sequence[Any] = ()) -> None:
-        from smp.monitor import Stream
-        self.monitors = list(monitors)        # each sees every record (smp/progress.py)
+        from smp.observe.monitor import Stream
+        self.monitors = list(monitors)        # each sees every record (smp/observe/progress.py)
         self.stream = Stream(endpoint)
         self.sock = self.stream.sock          # for the launcher's poller
         self.f = open(path, "w")

@@ -19,7 +19,7 @@ from hw.bus import Bus, BusError, ServerGone
 from hw.clock import Clock
 from hw.cpu import Cpu
 from hw.protocol import Op
-from smp.proc_util import die_with_parent
+from smp.run.proc_util import die_with_parent
 
 START_TIMEOUT = 60.0
 
@@ -30,7 +30,7 @@ def cpu_main(cpu_id: int, endpoint: str, config: dict[str, Any] | None, liveness
     """``curve``: the CURVE client keys for a server on another host (``smp cpu --join``);
     ``pdeathsig`` False for a CPU that is the top process of its host (nothing to die
     with: the server's silence ends it). ``config`` None: a CPU that joins from another
-    host (``smp.remote``); it takes the run's config, its start timeout and the server's
+    host (``smp.run.remote``); it takes the run's config, its start timeout and the server's
     clock from the HELLO reply. ``start_timeout``: how long to wait for the machine to
     start after HELLO (longer when other CPUs are still to join)."""
     if pdeathsig:
@@ -52,7 +52,7 @@ def cpu_main(cpu_id: int, endpoint: str, config: dict[str, Any] | None, liveness
             info = bus.hello("cpu", cpu_id, os.getpid())
         except BusError as e:
             raise ServerGone(f"the server refused this CPU: {e}") from None
-        if config is None:                    # joined from another host: see smp.remote
+        if config is None:                    # joined from another host: see smp.run.remote
             config, start_timeout = _joined(info, t_send, bus)
         bus.start_heartbeat()
         clock = Clock(int(config["machine.hz"]), float(config["machine.speed"]))

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-from smp.locks import LockTable
-from smp.objects import LOCK_KINDS, ObjectStore, field_addr
-from smp.witness import Finding
+from smp.machine.locks import LockTable
+from smp.machine.objects import LOCK_KINDS, ObjectStore, field_addr
+from smp.machine.witness import Finding
 
 
 class LockKeyChecker:

@@ -18,7 +18,7 @@ import json
 import os
 from typing import Any, Iterable, TextIO
 
-from smp.monitor import MODE_ORDER, PROFILE_COLUMNS
+from smp.observe.monitor import MODE_ORDER, PROFILE_COLUMNS
 
 TABLES = ("cpus", "locks", "profile", "series")
 CPU_COUNTERS = ("ctxsw_vol", "ctxsw_invol", "lock_acquires", "lock_contested", "mem_ops",

@@ -1,7 +1,7 @@
 """``smp top``: a live view of a running machine, refreshed every second.
 
 It subscribes to the run's stats stream (``live.json`` names the endpoint; see
-smp/monitor.py) and never sends the machine a request, so watching costs the machine
+smp/observe/monitor.py) and never sends the machine a request, so watching costs the machine
 nothing beyond the stream it publishes anyway. Three tables:
 
 * **cpu states**: per simulated CPU, the share of its ticks in each mode over the last
@@ -36,7 +36,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from smp.monitor import (MODE_ORDER, PROFILE_COLUMNS, MachineView, NoLiveRun, Stream,
+from smp.observe.monitor import (MODE_ORDER, PROFILE_COLUMNS, MachineView, NoLiveRun, Stream,
                          find_live_run, top_locks)
 
 LOCK_SORTS = ("wait_total", "wait_max", "count", "total", "max", "wait_avg", "avg",

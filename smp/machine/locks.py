@@ -422,7 +422,7 @@ class LockTable:
 
     # -- deadlock ----------------------------------------------------------------------
     def _check_deadlock(self, tid: int) -> None:
-        from smp.witness import find_deadlock
+        from smp.machine.witness import find_deadlock
 
         def waiting_for(t: int) -> tuple[Any, str] | None:
             tl = self.threads.get(t)

@@ -7,7 +7,7 @@ connect; the launcher, the local CPUs and the stats stream keep the private endp
 
 Who may listen where. A loopback address (127.0.0.0/8, ::1, localhost) needs nothing more.
 Any other address (including ``*`` and 0.0.0.0) is refused unless a key directory
-(:mod:`smp.keys`) is given; then the listen endpoint speaks CURVE and accepts only the CPUs
+(:mod:`smp.run.keys`) is given; then the listen endpoint speaks CURVE and accepts only the CPUs
 whose public keys are in the directory's ``authorized/``. The check runs before anything
 starts (:func:`check_listen`: exit status 2).
 
@@ -24,7 +24,7 @@ encrypted).
 
 Joining (:func:`join_main`). ``smp cpu --join ENDPOINT --id K --key-dir DIR`` first waits
 for a CURVE handshake on a probe socket (this yields a clear message for a refused key
-instead of silence), then runs the ordinary CPU (``smp.machine.cpu_main``) with the client
+instead of silence), then runs the ordinary CPU (``smp.machine.cpuproc.cpu_main``) with the client
 keys. It gets the run's resolved config and the server's clock in the HELLO reply, and
 gets no parent-death signal: it is the top process on its host, and the server's silence
 ends it. Its death ends the run in turn: the server reports a CPU silent for
@@ -48,7 +48,7 @@ from typing import Any
 import zmq
 import zmq.utils.monitor
 
-from smp.keys import KeyDirError, client_keys, server_keys
+from smp.run.keys import KeyDirError, client_keys, server_keys
 
 DEFAULT_JOIN_TIMEOUT = 60.0
 
@@ -63,7 +63,7 @@ class ListenSpec:
 
     endpoint: str                 # tcp://ADDR:PORT
     local_cpus: int               # CPUs 0..local_cpus-1 start here; the rest join
-    key_dir: str | None           # CURVE keys (smp.keys); None: no authentication
+    key_dir: str | None           # CURVE keys (smp.run.keys); None: no authentication
     join_timeout: float           # how long the launcher waits for every CPU's HELLO
 
 
@@ -128,7 +128,7 @@ def _check_bind(endpoint: str, host: str, port: int) -> None:
 
 # -- the server side (runs in the server process) ------------------------------------------
 def attach(server: Any, spec: ListenSpec, hello: dict[str, Any]) -> None:
-    """Make ``server`` (an ``smp.server.Server``, before ``serve()``) bind the listen
+    """Make ``server`` (an ``smp.machine.server.Server``, before ``serve()``) bind the listen
     endpoint, with CURVE and a ZAP authenticator when there are keys, and answer HELLO
     with ``hello`` (the resolved config, for CPUs that join)."""
     state: dict[str, Any] = {}
@@ -204,8 +204,8 @@ def join_main(endpoint: str, cpu_id: int, key_dir: str | None, timeout: float) -
     """``smp cpu --join``: be CPU ``cpu_id`` of the machine whose server listens at
     ``endpoint``. Returns an exit status when it cannot join; once joined, the CPU process
     ends with ``cpu_main``'s status (0: halted cleanly, 3: the server went away)."""
-    from smp.launcher import LIVENESS_S
-    from smp.machine import cpu_main
+    from smp.run.launcher import LIVENESS_S
+    from smp.machine.cpuproc import cpu_main
     try:
         parse_tcp(endpoint)
         curve = client_keys(key_dir) if key_dir is not None else None

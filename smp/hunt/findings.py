@@ -33,7 +33,7 @@ class Failure:
 
 
 def load_known() -> list[KnownFinding]:
-    text = importlib.resources.files("smp").joinpath("known_findings.toml").read_text()
+    text = importlib.resources.files("smp.hunt").joinpath("known_findings.toml").read_text()
     out = []
     for e in tomllib.loads(text).get("finding", []):
         out.append(KnownFinding(str(e["id"]), str(e["detector"]), re.compile(str(e["match"]))))
