@@ -106,8 +106,8 @@ def _cpu_gate(phase: float) -> Any:
 
 def _patch(phase: float, speed: float) -> None:
     """Gate and time the server's sample and publishing; time the launcher's recording."""
+    from smp.machine import server
     from smp.run import launcher
-from smp.machine import server
     if getattr(server.Server._publish, "_bench_gated", False):
         return
     publish, sample = server.Server._publish, server.Server.sample

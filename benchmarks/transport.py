@@ -65,7 +65,7 @@ import multiprocess  # noqa: E402
 import zmq  # noqa: E402
 
 from hw.bus import Bus, BusError, ServerGone  # noqa: E402
-from hw.protocol import (EXCL, GRANTED, LC_SLEEP, QUEUED, VERSION, Event, Op,  # noqa: E402
+from hw.protocol import (EXCL, GRANTED, LK_SLEEP, QUEUED, VERSION, Event, Op,  # noqa: E402
                          pack, unpack)
 from smp.run.proc_util import die_with_parent  # noqa: E402
 from smp.machine.server import server_main  # noqa: E402
@@ -274,11 +274,11 @@ def _smp_client(i: int, barrier: Any, endpoint: str, ops: int, warmup: int,
     queued = 0
     try:
         bus.hello("cpu", i, os.getpid())
-        bus.post(Op.DEFTYPE, 0, "", "bench", [["m", "mtx", "", None], ["x", "int", "", 0]])
+        bus.post(Op.DEFTYPE, 0, "", "bench", [["m", "lock", "", None], ["x", "int", "", 0]])
         if shared_addr is None or i == 0:
             h = bus.call(Op.NEW, tid, SITE, "bench", {})
             addr = (h << 8) | 0
-            bus.post(Op.LOCK_INIT, tid, SITE, addr, LC_SLEEP, "benchlock", 0)
+            bus.post(Op.LOCK_INIT, tid, SITE, addr, LK_SLEEP, "sleep mutex", "benchlock", 0)
             bus.call(Op.LOAD, tid, SITE, h, "x")    # a fence: the posted init is applied
             if shared_addr is not None:
                 shared_addr.value = addr

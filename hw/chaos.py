@@ -15,11 +15,11 @@ and the CPU id, so a rerun with the same seed makes the same choices at the same
 from __future__ import annotations
 
 import dataclasses
-import random
 import time
 from typing import Callable
 
 from hw.protocol import Op
+from hw.seeds import derive
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +44,7 @@ CHAOS_OPS = frozenset({Op.ACQUIRE, Op.RELEASE, Op.LOAD, Op.LOADN, Op.STORE, Op.S
 class Chaos:
     def __init__(self, level: str, seed: int, cpu: int) -> None:
         self.level = LEVELS[level]
-        self.rng = random.Random((seed * 1_000_003 + cpu * 7_919) & (2**63 - 1))
+        self.rng = derive(seed, "chaos", cpu)
         self.delays = 0
         self.yields = 0
         self.delay_s = 0.0

@@ -120,6 +120,7 @@ class Cpu:
         self.on_clock: Callable[[], None] = lambda: None
         self.on_ipi: Callable[[int, str, Any], None] = lambda src, kind, args: None
         self.on_grant: Callable[[int, int], None] = lambda tid, lock: None
+        self.on_final: Callable[[], None] = lambda: None
         self.describe: Callable[[Context], dict[str, Any]] = lambda ctx: {}
         self.final_report: Callable[[], dict[str, Any]] = lambda: {}
         self.kernel_sample: Callable[[], dict[str, int]] = lambda: {}
@@ -286,6 +287,8 @@ class Cpu:
                 elif msg[1] == Event.IPI:
                     self.counters.ipis_received += 1
                     self.on_ipi(msg[2], msg[3], msg[4])
+                elif msg[1] == Event.FINAL:
+                    self.on_final()
         finally:
             self.mode, self.in_intr = saved, False
         self._check_halt()
@@ -361,8 +364,11 @@ class Cpu:
         os.write(2, f"cpu{self.id}: the machine server is gone ({why}); stopping\n".encode())
         os._exit(3)
 
-    def panic(self, message: str, stack: list[str] | None = None, site: str = "") -> None:
-        """Stop the machine: report to the server, then stop this CPU. Never returns."""
+    def panic(self, message: str, stack: list[str] | None = None, site: str = "",
+              kstack: list[str] | None = None) -> None:
+        """Stop the machine: report to the server, then stop this CPU. Never returns.
+        ``stack``: the Python trace; ``kstack``: the kernel's own frames (``file:line
+        function``, outermost first), as a kernel debugger shows them."""
         if not self.panicked:
             self.panicked = True
             if stack is None:
@@ -370,7 +376,8 @@ class Cpu:
             cur = self.cur
             report = {"message": message, "cpu": self.id, "site": site,
                       "tid": cur.tid if cur else 0, "thread": cur.name if cur else "",
-                      "stack": stack, "sim_time": round(self.clock.now(), 6),
+                      "stack": stack, "kstack": kstack or [],
+                      "sim_time": round(self.clock.now(), 6),
                       "source": "cpu"}
             try:
                 self.bus.post(Op.REPORT, self.tid, site, "panic", report, now=True)

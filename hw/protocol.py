@@ -41,7 +41,7 @@ from typing import Any
 
 import msgpack
 
-VERSION = b"SMP2"
+VERSION = b"SMP3"
 
 OK = 0
 ERR = 1
@@ -89,6 +89,7 @@ class Op(enum.IntEnum):
     LOADR = 46         # (handle, [field...])                   -> [value...]: an intended race
     STORER = 47        # (handle, {field: value})               posted: an intended race
     DEFKEYS = 48       # ({key: [how, lockname]})               posted: what each lock key means
+    POLICY = 70        # (kind, payload)                        posted: the kernel's policy (below)
     # lists: the kernel's TAILQ/LIST heads, kept in server memory
     LIST_INSERT_HEAD = 50   # (list, elem)                      posted
     LIST_INSERT_TAIL = 51   # (list, elem)                      posted
@@ -103,7 +104,7 @@ class Op(enum.IntEnum):
     MAP_SET = 58            # (map, key, value)                 posted
     MAP_DEL = 59            # (map, key)                        posted
     # locks
-    LOCK_INIT = 60     # (lock, class, name, flags)            posted; lock is a handle from NEW
+    LOCK_INIT = 60     # (lock, kind, class, name, flags)      posted; lock is a field address
     LOCK_DESTROY = 61  # (lock)                                 posted
     ACQUIRE = 62       # (lock, mode, flags)                    -> GRANTED | GRANTED_LINE | QUEUED | BUSY
     RELEASE = 63       # (lock, mode)                           posted
@@ -137,6 +138,7 @@ class Event(enum.IntEnum):
     STALLED = 8        # (cpu, seconds)     (to the launcher) a CPU has gone silent
     HEARTBEAT = 9      # ()                 server -> CPU: "still here", every HEARTBEAT_S
     RECALL = 10        # (lock)             another CPU wants the lock: give its line back
+    FINAL = 11         # ()                 the run ends: check the machine once more
 
 
 # Liveness (heartbeats both ways). The server sends every CPU a HEARTBEAT event every
@@ -147,6 +149,28 @@ class Event(enum.IntEnum):
 HEARTBEAT_S = 0.25
 SERVER_SILENCE_S = 1.25
 PEER_LOST_S = 3.0
+
+# Kernel memory: the address layout, declared here once (the server's object store and the
+# kernel's structures follow it). An object is a handle (a positive integer, never reused;
+# 0 is NULL); a field's address is (handle << FIELD_BITS) | its index, so a lock, a list
+# head or a sleep channel is named by address, as in C. A field's kind is a value kind, or
+# "ptr:<type>", or an embedded kind: a lock word, a list head, a hash table, which have an
+# address and no value to load.
+FIELD_BITS = 8
+VALUE_KINDS = ("int", "str", "any")
+F_LOCK, F_LIST, F_MAP = "lock", "list", "map"
+EMBEDDED_KINDS = (F_LOCK, F_LIST, F_MAP)
+
+
+def field_addr(handle: int, index: int) -> int:
+    """The address of field ``index`` of object ``handle``."""
+    return (handle << FIELD_BITS) | index
+
+
+def field_kind_ok(kind: Any) -> bool:
+    return isinstance(kind, str) and (kind in VALUE_KINDS or kind in EMBEDDED_KINDS
+                                      or (kind.startswith("ptr:") and len(kind) > 4))
+
 
 # Frames larger than this get an error reply (and the server's socket refuses frames larger
 # than MAX_FRAME_HARD outright: ZeroMQ drops the connection of a peer that sends one).
@@ -163,16 +187,18 @@ QUEUED = 1
 BUSY = 2
 GRANTED_LINE = 3      # granted, and the lock's line stays with this CPU (hw.bus: lines)
 
-# lock classes, as FreeBSD's lock_class_* (server-side semantics)
-LC_SPIN = "spin mutex"
-LC_SLEEP = "sleep mutex"
-LC_SX = "sx"
-LC_LOCKMGR = "lockmgr"
+# The machine's lock kinds (the server's semantics; the kernel maps its lock classes onto
+# them and gives each lock its class name for reports):
+LK_SPIN = "spin"      # one owner; waiters spin and are handed the lock in turn
+LK_SLEEP = "sleep"    # one owner; a release wakes the first waiter, who tries again
+LK_RW = "rw"          # shared or exclusive; waiters sleep; readers wait only for a writer
+LOCK_KINDS = (LK_SPIN, LK_SLEEP, LK_RW)
 
-# lock flags (the subset of MTX_* / LO_* the server checks)
-LF_RECURSE = 0x1
-LF_DUPOK = 0x2
-LF_NOWITNESS = 0x4
+# lock flags
+LF_RECURSE = 0x1      # the owner may take it again
+LF_DUPOK = 0x2        # two locks of the same name may be held (no duplicate warning)
+LF_NOWITNESS = 0x4    # not order-checked
+LF_NOSHREC = 0x8      # no shared recursion
 
 # acquire modes
 EXCL = 0
@@ -180,7 +206,7 @@ SHARED = 1
 
 # ACQUIRE flags
 AF_TRY = 0x1          # a try-lock: BUSY instead of QUEUED, never order-checked
-AF_PICKUP = 0x2       # Giant taken back after a sleep: no lock-order edge (WITNESS rule 7)
+AF_PICKUP = 0x2       # a lock taken back after a sleep: no lock-order edge (WITNESS rule 7)
 AF_LINE = 0x4         # posted: taken on the strength of the CPU's line (no reply wanted)
 
 _packer = msgpack.Packer(use_bin_type=True)

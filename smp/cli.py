@@ -265,8 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"smp: cpu {args.id}: interrupted", file=sys.stderr)
             return 130
     if args.command == "failpoints":
-        from kernel.kern.kern_fail import fail_points
-        for fp in fail_points():
+        from kernel.conf import kern_fail
+        for fp in kern_fail.fail_points():
             print(f"{fp.name}\t{fp.description}")
         return 0
     try:
@@ -399,8 +399,8 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _check_fail_points(cfg: "Config") -> None:
-    from kernel.kern.kern_fail import fail_points
-    known = [fp.name for fp in fail_points()]
+    from kernel.conf import kern_fail
+    known = [fp.name for fp in kern_fail.fail_points()]
     for name in cfg["debug.fail_points"]:
         if name not in known:
             raise ConfigError(cfg.source, "debug.fail_points",

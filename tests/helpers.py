@@ -180,10 +180,9 @@ def bsp_init(symbol: str, make: Callable[[], Any]) -> Any:
     """A BSP-only SYSINIT (before the APs are released) that makes the test's shared
     object with ``make()`` and publishes it under ``symbol``."""
     def init(_: Any) -> None:
-        from hw.protocol import Op
-        from kernel.machine import cpu as md
+        from kernel.machine import memory
         obj = make()
-        md.bus_post(Op.SYMBOL, symbol, obj.handle)
+        memory.symbol(symbol, obj.handle)
     return sysinit(f"test-init-{symbol}", init, percpu=False, order="SI_ORDER_FIRST")
 
 
@@ -197,9 +196,9 @@ def on_each_cpu(name: str, start: Callable[[int], None]) -> Any:
 
 
 def lookup(symbol: str, struct: Any) -> Any:
-    from hw.protocol import Op
     from kernel.machine import cpu as md
-    obj = struct.at(md.bus_call(Op.LOOKUP, symbol))
+    from kernel.machine import memory
+    obj = struct.at(memory.lookup(symbol))
     if obj is None:
         md.panic(f"test: symbol {symbol} not published")
     return obj
@@ -216,7 +215,7 @@ def _deadline(max_ticks: int | None) -> float:
     account of the progress made, comes before the launcher stops the machine)."""
     from kernel import param
     from kernel.machine import cpu as md
-    now = md.pcpu.hw.clock.now()
+    now = md.sim_now()
     if max_ticks is not None:
         return now + max_ticks / param.hz
     return max(float(md.pcpu.config["run.duration"]) - 1.0, now + 1.0)
@@ -235,7 +234,7 @@ def wait_until(cond: Callable[[], Any], what: str | Callable[[], str],
     from kernel.machine import cpu as md
     deadline = _deadline(max_ticks)
     while not cond():
-        if md.pcpu.hw.clock.now() > deadline:
+        if md.sim_now() > deadline:
             md.panic(f"test: timed out waiting for {what if isinstance(what, str) else what()}")
         md.cpu_work(step_us)
         curlocal().need_resched = True
@@ -249,7 +248,7 @@ def spin_until(cond: Callable[[], Any], what: str, max_ticks: int | None = None,
     from kernel.machine import cpu as md
     deadline = _deadline(max_ticks)
     while not cond():
-        if md.pcpu.hw.clock.now() > deadline:
+        if md.sim_now() > deadline:
             md.panic(f"test: timed out spinning for {what}")
         md.cpu_work(step_us)
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from hw.protocol import (AF_PICKUP, AF_TRY, EXCL, GRANTED, LC_LOCKMGR, LC_SLEEP, LC_SPIN,
-                         LC_SX, LF_DUPOK, LF_RECURSE, QUEUED, SHARED)
+from hw.protocol import (AF_PICKUP, AF_TRY, EXCL, GRANTED, LF_DUPOK, LF_NOSHREC, LF_NOWITNESS,
+                         LF_RECURSE, LK_RW, LK_SLEEP, LK_SPIN, QUEUED, SHARED)
+from kernel.kern import subr_witness
 from smp.machine.lockcheck import LockKeyChecker
 from smp.machine.locks import Deadlock, LockError, LockTable
 from smp.machine.objects import ObjectStore, field_addr
@@ -19,18 +20,28 @@ from smp.machine.witness import Finding, Witness
 pytestmark = pytest.mark.quick
 
 
+# the kernel's lock classes, as it initialises them: (kind, class name, flags)
+LC_SLEEP = (LK_SLEEP, "sleep mutex", 0)
+LC_SPIN = (LK_SPIN, "spin mutex", 0)
+LC_SX = (LK_RW, "sx", 0)
+LC_LOCKMGR = (LK_RW, "lockmgr", LF_NOWITNESS | LF_NOSHREC)
+
+
 class Machine:
-    """A lock table with WITNESS and deadlock checks, and named locks."""
+    """A lock table with WITNESS and deadlock checks, and named locks; the kernel's static
+    order and sched lock registered as the kernel registers them at boot."""
 
     def __init__(self) -> None:
         self.findings: list[Finding] = []
         self.witness = Witness(self.findings.append)
+        self.witness.register_order(subr_witness.ORDER_LISTS, subr_witness.EXEMPT)
         self.locks = LockTable(self.witness, deadlock_check=True)
+        self.locks.sched_lock_name = subr_witness.SCHED_LOCK
         self.addr: dict[str, int] = {}
 
-    def lock(self, name: str, cls: str = LC_SLEEP, flags: int = 0) -> int:
+    def lock(self, name: str, cls: tuple[str, str, int] = LC_SLEEP, flags: int = 0) -> int:
         a = 0x1000 + len(self.addr)
-        self.locks.init(a, cls, name, flags)
+        self.locks.init(a, cls[0], cls[1], name, flags | cls[2])
         self.addr[f"{name}#{a}"] = a
         return a
 
@@ -184,7 +195,7 @@ def test_a_spin_owner_on_its_way_to_sleep_closes_no_cycle(m: Machine) -> None:
 # -- lock keys -------------------------------------------------------------------------------
 def _keyed() -> tuple[ObjectStore, LockTable, LockKeyChecker, list[Finding], int]:
     kmem = ObjectStore()
-    kmem.deftype("thing", [["t_mtx", "mtx", "", None], ["t_own", "int", "c", 0],
+    kmem.deftype("thing", [["t_mtx", "lock", "", None], ["t_own", "int", "c", 0],
                            ["t_sched", "int", "j", 0], ["t_free", "int", "n", 0]])
     locks = LockTable()
     found: list[Finding] = []
@@ -192,8 +203,8 @@ def _keyed() -> tuple[ObjectStore, LockTable, LockKeyChecker, list[Finding], int
     chk.define_keys({"c": ["self", ""], "j": ["name", "sched lock"]})
     h = kmem.new("thing", {})
     chk.created(h, 1)
-    locks.init(field_addr(h, 0), LC_SLEEP, "thing lock", 0)
-    locks.init(0x99, LC_SPIN, "sched lock", LF_RECURSE)
+    locks.init(field_addr(h, 0), LK_SLEEP, "sleep mutex", "thing lock", 0)
+    locks.init(0x99, LK_SPIN, "spin mutex", "sched lock", LF_RECURSE)
     return kmem, locks, chk, found, h
 
 

@@ -35,7 +35,7 @@ import pytest
 import zmq
 from hypothesis import HealthCheck, given, settings
 
-from hw.protocol import (EXCL, GRANTED, LC_SLEEP, MAX_FRAME, VERSION, Event, Op, pack,
+from hw.protocol import (EXCL, GRANTED, LK_SLEEP, MAX_FRAME, VERSION, Event, Op, pack,
                          unpack)
 
 from helpers import bare_server, describe, expect_shutdown, sysinit, wait_until
@@ -297,10 +297,10 @@ def _fuzz_handlers(endpoint: str, server: Any, sock: Any) -> dict[str, int]:
     bus = Bus(endpoint, "cpu1")
     try:
         bus.hello("cpu", 1, os.getpid())
-        bus.post(Op.DEFTYPE, 0, "", "fzobj", [["m", "mtx", "", None], ["x", "int", "", 0]])
+        bus.post(Op.DEFTYPE, 0, "", "fzobj", [["m", "lock", "", None], ["x", "int", "", 0]])
         h = bus.call(Op.NEW, 7, "w:1", "fzobj", {})
         addr = (h << 8) | 0
-        bus.post(Op.LOCK_INIT, 7, "w:1", addr, LC_SLEEP, "fzlock", 0)
+        bus.post(Op.LOCK_INIT, 7, "w:1", addr, LK_SLEEP, "sleep mutex", "fzlock", 0)
         for i in range(200):
             assert bus.call(Op.ACQUIRE, 7, "w:2", addr, EXCL, 0) == GRANTED
             bus.post(Op.STORE, 7, "w:3", h, "x", i)

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from hw.protocol import (AF_LINE, AF_TRY, BUSY, EXCL, GRANTED, GRANTED_LINE, LC_SLEEP,
-                         LC_SPIN, QUEUED)
+from hw.protocol import (AF_LINE, AF_TRY, BUSY, EXCL, GRANTED, GRANTED_LINE, LK_SLEEP,
+                         LK_SPIN, QUEUED)
 from smp.machine.locks import LINE_STREAK, LockError, LockTable
 
 from helpers import bare_server
@@ -21,9 +21,9 @@ from helpers import bare_server
 L = 0x100
 
 
-def _table(cls: str = LC_SLEEP) -> LockTable:
+def _table(kind: str = LK_SLEEP) -> LockTable:
     t = LockTable()
-    t.init(L, cls, "testlock", 0)
+    t.init(L, kind, "sleep mutex" if kind == LK_SLEEP else "spin mutex", "testlock", 0)
     return t
 
 
@@ -61,7 +61,7 @@ def test_another_cpu_waits_until_the_line_is_relinquished() -> None:
 
 
 def test_a_spin_waiter_gets_the_lock_handed_over_on_relinquish() -> None:
-    t = _table(LC_SPIN)
+    t = _table(LK_SPIN)
     _cycles(t, 1, 0, LINE_STREAK)
     assert t.acquire(1, 0, "a:1", L, EXCL, AF_LINE) == GRANTED
     assert t.acquire(2, 1, "b:1", L, EXCL, 0) == QUEUED
@@ -119,9 +119,9 @@ def test_two_cpus_on_one_lock_with_lines_lose_no_update() -> None:
         boss = Bus(endpoint, "launcher")
         try:
             boss.hello("launcher", -1, os.getpid())
-            boss.post(Op.DEFTYPE, 0, "", "ln", [["m", "mtx", "", None], ["x", "int", "", 0]])
+            boss.post(Op.DEFTYPE, 0, "", "ln", [["m", "lock", "", None], ["x", "int", "", 0]])
             h = boss.call(Op.NEW, 1, "t:1", "ln", {})
-            boss.post(Op.LOCK_INIT, 1, "t:1", h << 8, LC_SLEEP, "lnlock", 0)
+            boss.post(Op.LOCK_INIT, 1, "t:1", h << 8, LK_SLEEP, "sleep mutex", "lnlock", 0)
             boss.post(Op.SYMBOL, 1, "t:1", "shared", h)
             boss.call(Op.LOAD, 1, "t:2", h, "x")             # a fence: all of it applied
             n = 400

@@ -30,6 +30,7 @@ from kernel.kern.kern_sx import sx_init, sx_slock, sx_sunlock, sx_try_xlock, sx_
     sx_xunlock
 from kernel.kern.kern_synch import msleep, tsleep, wakeup
 from kernel.machine import cpu as md
+from kernel.machine import memory
 from kernel.sys.kstruct import F, KStruct
 from kernel.sys.param import EWOULDBLOCK, PWAIT
 
@@ -100,12 +101,12 @@ def coordinator(t: Any, nthreads: int, done: Any) -> None:
 
 
 def thread_done(t: Any) -> None:
-    md.atomic_add(t.handle, "t_done", 1)
+    memory.atomic_add(t.handle, "t_done", 1)
 
 
 def start_line(t: Any, nthreads: int) -> None:
     """Wait until ``nthreads`` threads have arrived, so that they run together."""
-    md.atomic_add(t.handle, "t_ready", 1)
+    memory.atomic_add(t.handle, "t_ready", 1)
     wait_until(lambda: t.t_ready >= nthreads, f"{nthreads} threads at the start line")
 
 
@@ -124,7 +125,7 @@ def _counter_machine(lock: str) -> list[Any]:
                 mtx_lock(t.t_mtx)
             elif lock == "spin":
                 mtx_lock_spin(t.t_spin)
-                if md.pcpu.hw.cur.critnest <= 0:
+                if md.curctx().critnest <= 0:
                     result("t_not_critical")
             v = t.t_count
             md.cpu_work(HOLD_US)
@@ -133,7 +134,7 @@ def _counter_machine(lock: str) -> list[Any]:
                 mtx_unlock(t.t_mtx)
             elif lock == "spin":
                 mtx_unlock_spin(t.t_spin)
-                if md.pcpu.hw.cur.critnest != 0:
+                if md.curctx().critnest != 0:
                     result("t_critical_after_unlock")
             result("t_increments")
             md.cpu_work(50)
@@ -252,7 +253,7 @@ def test_sx_shares_and_excludes(run: Any) -> None:
         start_line(t, 3)
         for _ in range(SX_READS):
             sx_slock(t.t_sx)
-            n = md.atomic_add(t.handle, "t_readers", 1)
+            n = memory.atomic_add(t.handle, "t_readers", 1)
             if n > 1:
                 result("t_overlap")
             if t.t_writer:
@@ -260,7 +261,7 @@ def test_sx_shares_and_excludes(run: Any) -> None:
             md.cpu_work(3000)
             if t.t_writer:
                 result("t_reader_saw_writer")
-            md.atomic_add(t.handle, "t_readers", -1)
+            memory.atomic_add(t.handle, "t_readers", -1)
             sx_sunlock(t.t_sx)
             md.cpu_work(300)
         thread_done(t)

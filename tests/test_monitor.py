@@ -415,7 +415,7 @@ def test_stats_series_has_ten_samples_per_cpu_at_the_default_interval(finished: 
     assert sum(rs[-1]["spin_wait_s"] for rs in by_cpu.values()) > 0
     server = [r for r in recs if r["type"] == "server"]
     assert len(server) >= 10
-    assert server[-1]["vm"]["v_page_count"] == 512
+    assert server[-1]["vm"]["pages"] == 512
     assert server[-1]["lock_profile"] and server[-1]["locks"]
 
 

@@ -31,6 +31,7 @@ from kernel.kern.kern_synch import wakeup
 from kernel.kern.kern_proc import FIRST_THREAD_IN_PROC, FOREACH_PROC_IN_SYSTEM
 from kernel.kern.kern_sx import sx_slock, sx_sunlock
 from kernel.machine import cpu as md
+from kernel.machine import memory
 from kernel.sys.proc import PRS, PS, TDI
 from kernel.sys.param import ESRCH
 from kernel.vm.vm import (PG_BUSY, PQ_FREE, RFFDG, RFMEM, RFPROC, VM_PAGE_BITS_ALL,
@@ -121,15 +122,15 @@ def kern_part() -> None:
     check("proc_new_wired", wire == 1, f"wire_count {wire}")
     check("proc_new_valid_not_busy", valid == VM_PAGE_BITS_ALL and not flags & PG_BUSY,
           f"valid {valid:#x} flags {flags:#x}")
-    frame = md.kextract(up)
+    frame = memory.kextract(up)
     check("proc_new_mapped", frame != -1 and frame == m.phys_addr,
           f"kextract {frame} frame {m.phys_addr}")
     check("proc_new_kernacc", kernacc(up, PAGE, RW) == 1)
-    md.kwrite_u64(up + 512, 0x5EED_F00D)
-    check("proc_new_readwrite", md.kread_u64(up + 512) == 0x5EED_F00D)
+    memory.kwrite_u64(up + 512, 0x5EED_F00D)
+    check("proc_new_readwrite", memory.kread_u64(up + 512) == 0x5EED_F00D)
 
     vm_proc_dispose(p)
-    check("proc_dispose_unmapped", md.kextract(up) == -1)
+    check("proc_dispose_unmapped", memory.kextract(up) == -1)
     check("proc_dispose_kernacc", kernacc(up, PAGE, VM_PROT_READ) == 0)
     queue, wire, obj = m.load("queue", "wire_count", "object")
     check("proc_dispose_page_freed", queue == PQ_FREE and wire == 0 and not obj,
@@ -232,8 +233,8 @@ def user_part() -> None:
 
     # -- vm_forkproc, RFPROC: the child gets a copy ------------------------------------------
     # marks in the parent's pstats: the copied part must reach the child, the zeroed not
-    md.kwrite(p.p_stats + (PSTAT_STARTCOPY - U_STATS), b"copy-me!")
-    md.kwrite(p.p_stats + (PSTAT_STARTZERO - U_STATS), b"zero-me!")
+    memory.kwrite(p.p_stats + (PSTAT_STARTCOPY - U_STATS), b"copy-me!")
+    memory.kwrite(p.p_stats + (PSTAT_STARTZERO - U_STATS), b"zero-me!")
     limit = p.p_limit
 
     def child_copy() -> None:
@@ -251,12 +252,12 @@ def user_part() -> None:
         check("fork_pstats_in_uarea", c.p_stats == up + U_STATS)
         check("fork_sigacts_in_uarea", c.p_sigacts == up + U_SIGACTS)
         check("fork_pstats_copied",
-              md.kread(c.p_stats + (PSTAT_STARTCOPY - U_STATS), 8) == b"copy-me!")
+              memory.kread(c.p_stats + (PSTAT_STARTCOPY - U_STATS), 8) == b"copy-me!")
         check("fork_pstats_zeroed",
-              md.kread(c.p_stats, PSTAT_ENDZERO - PSTAT_STARTZERO) ==
+              memory.kread(c.p_stats, PSTAT_ENDZERO - PSTAT_STARTZERO) ==
               bytes(PSTAT_ENDZERO - PSTAT_STARTZERO))
-        check("fork_kinfo", md.kread_u64(up + KI_PID) == libc.getpid()
-              and md.kread_u64(up + KI_CHECK) == ki_check(libc.getpid()))
+        check("fork_kinfo", memory.kread_u64(up + KI_PID) == libc.getpid()
+              and memory.kread_u64(up + KI_CHECK) == ki_check(libc.getpid()))
         check("fork_limits_inherited", c.p_limit == limit)
         libc.exit(7)
 
@@ -340,7 +341,7 @@ def zone_part() -> None:
         err, _pid, _st = libc.wait()
         vs.check("zone_wait", err == 0)
     disposed = md.pcpu.stats.get("procs_disposed", 0) - disposed0
-    unmapped = sum(1 for up in uareas if md.kextract(up) == -1)
+    unmapped = sum(1 for up in uareas if memory.kextract(up) == -1)
     vs.value("zone_disposed", disposed)
     vs.check("zone_disposed", disposed >= ZONE_CHILDREN - PROC_ZONE_CACHE, f"{disposed}")
     vs.check("zone_dispose_unmaps", unmapped == disposed, f"{unmapped} != {disposed}")
@@ -481,7 +482,7 @@ def sleeper(report_back: bool) -> Any:
                      f"tsleep {rv}, phase {t.v_phase}")
             vs.check("sleeper_pages_intact", all(libc.touch(base + i * PAGE, False, 1)
                                                  for i in range(4)))
-            nswap = md.kread_u64(p.p_stats + (RU_NSWAP - U_STATS))
+            nswap = memory.kread_u64(p.p_stats + (RU_NSWAP - U_STATS))
             vs.check("sleeper_nswap", nswap == 2, f"ru_nswap {nswap}")
             vs.done()
         libc.exit(0)
@@ -500,7 +501,7 @@ def swap_driver() -> None:
     helpers.wait_until(lambda: vs.slptime(p) >= 2 and vs.is_sleeping(p),
                        "the sleeper to sleep 2 s")
     up = p.p_uarea
-    md.kwrite_u64(up + 2048, MARK)             # a mark in the U-area, to find after swap
+    memory.kwrite_u64(up + 2048, MARK)             # a mark in the U-area, to find after swap
 
     # -- swapout: the sleeper is the only candidate -----------------------------------------
     n = vs.swapout_procs_now(VM_SWAP_NORMAL)
@@ -528,9 +529,9 @@ def swap_driver() -> None:
           f"p_sflag {fl:#x}")
     check("phold_mapped_wired", vs.uarea_mapped(p) and vs.uarea_wired(p)
           and vs.kstack_mapped(p))
-    check("phold_uarea_intact", md.kread_u64(up + 2048) == MARK
-          and md.kread_u64(up + KI_PID) == pid and md.kread_u64(up + KI_CHECK) == ki_check(pid))
-    check("phold_nswap", md.kread_u64(p.p_stats + (RU_NSWAP - U_STATS)) == 1)
+    check("phold_uarea_intact", memory.kread_u64(up + 2048) == MARK
+          and memory.kread_u64(up + KI_PID) == pid and memory.kread_u64(up + KI_CHECK) == ki_check(pid))
+    check("phold_nswap", memory.kread_u64(p.p_stats + (RU_NSWAP - U_STATS)) == 1)
     inhib = vs.thread_inhibitors(p)
     check("phold_still_asleep", inhib & TDI.TDI_SLEEPING and not inhib & TDI.TDI_SWAPPED,
           f"inhibitors {inhib:#x}")
@@ -1002,8 +1003,8 @@ FAIL_POINTS: dict[str, tuple[Any, list[str], list[str], Any]] = {
 
 
 def test_fail_points_all_covered() -> None:
-    from kernel.kern.kern_fail import fail_points
-    assert sorted(FAIL_POINTS) == [f.name for f in fail_points()]
+    from kernel.conf import kern_fail
+    assert sorted(FAIL_POINTS) == [f.name for f in kern_fail.fail_points()]
 
 
 def _fp_run(tmp_path: pathlib.Path, name: str, on: bool, seed: int = 1) -> Any:

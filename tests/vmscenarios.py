@@ -30,6 +30,7 @@ from kernel.kern.kern_mutex import mtx_lock, mtx_lock_spin, mtx_unlock, mtx_unlo
 from kernel.kern.kern_proc import FIRST_THREAD_IN_PROC, FOREACH_PROC_IN_SYSTEM
 from kernel.kern.kern_sx import sx_slock, sx_sunlock
 from kernel.machine import cpu as md
+from kernel.machine import memory
 from kernel.sys.kstruct import F, KStruct
 from kernel.sys.proc import TDI
 
@@ -77,7 +78,7 @@ def value(name: str, v: int) -> None:
 def part_done(total: int) -> None:
     """This part of the scenario is over; the last of ``total`` parts ends the run."""
     t = shared()
-    n = md.atomic_add(t.handle, "v_done", 1)
+    n = memory.atomic_add(t.handle, "v_done", 1)
     if n >= total:
         helpers.finish("scenario done")
 
@@ -146,12 +147,12 @@ def is_sleeping(p: Any) -> bool:
 
 
 def uarea_mapped(p: Any) -> bool:
-    return md.kextract(p.p_uarea) != -1
+    return memory.kextract(p.p_uarea) != -1
 
 
 def kstack_mapped(p: Any) -> bool:
     td = FIRST_THREAD_IN_PROC(p)
-    return md.kextract(td.td_kstack) != -1
+    return memory.kextract(td.td_kstack) != -1
 
 
 def uarea_wired(p: Any) -> bool:
@@ -270,7 +271,7 @@ def coordinator(nparts: int, max_ticks: int, what: str) -> Callable[[], None]:
 
 def done() -> None:
     """One part of a coordinated scenario is over."""
-    md.atomic_add(shared().handle, "v_done", 1)
+    memory.atomic_add(shared().handle, "v_done", 1)
 
 
 def nap_until(cond: Callable[[], Any], what: str, max_ticks: int = 1500) -> None:

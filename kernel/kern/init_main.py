@@ -16,30 +16,34 @@ from __future__ import annotations
 
 from typing import Any
 
-from hw.protocol import Op
 from kernel import param
-from kernel.kern import kern_globals, kern_idle
+from kernel.kern import kern_fail, kern_globals, kern_idle, subr_invariants, subr_witness
+from kernel.kern.kern_clock import hardclock
+from kernel.kern.kern_globals import struct_kernel
 from kernel.kern.kern_kthread import kthread_create
-from kernel.kern.kern_mutex import (MTX_DEF, MTX_RECURSE, MTX_SPIN, lock_granted, mtx_init)
+from kernel.kern.kern_mutex import MTX_DEF, MTX_RECURSE, MTX_SPIN, mtx_init, mtx_lock
 from kernel.kern.kern_switch import RunQueue, ipi_setrunqueue
 from kernel.kern.kern_sx import sx_init
-from kernel.kern.kern_synch import tsleep
+from kernel.kern.kern_synch import schedcpu, tsleep
 from kernel.kern.kern_thread import LocalThread, thread_exit, thread_new
 from kernel.kern.kern_timeout import CalloutWheel
-from kernel.kern.kern_clock import hardclock
+from kernel.kern.subr_lock import lock_granted
 from kernel.machine import cpu as md
+from kernel.machine import memory
 from kernel.sys.kernel import SI_ORDER, SI_SUB, SYSINIT, sysinits
 from kernel.sys.kstruct import TAILQ_INSERT_TAIL, register_all
 from kernel.sys.param import PRI_MAX, PVM
 from kernel.sys.proc import P, PRS, PS, TDS, struct_ksegrp, struct_proc, struct_thread
+from kernel.sys.user import U_SIGACTS, U_STATS, plimit_new
+from kernel.vm import swap_pager, vm_glue, vm_kern, vm_meter, vm_page, vm_pageout
+from kernel.vm.vm_map import vmspace_alloc
 
 
 # -- SI_SUB_LOCK: the global locks ----------------------------------------------------------
 def mutexinit(_: Any) -> None:
-    from kernel.kern.kern_globals import struct_kernel
     g = struct_kernel.new()
     kern_globals.set_globals(g)
-    md.bus_post(Op.SYMBOL, "kernel", g.handle)
+    memory.symbol("kernel_globals", g.handle)
     mtx_init(g.Giant, "Giant", None, MTX_DEF | MTX_RECURSE)
     mtx_init(g.sched_lock, "sched lock", None, MTX_SPIN | MTX_RECURSE)
     sx_init(g.allproc_lock, "allproc")
@@ -65,8 +69,8 @@ def proc0_init(_: Any) -> None:
     TAILQ_INSERT_TAIL(p.p_threads, td)
     TAILQ_INSERT_TAIL(kg.kg_threads, td)
     G.update(proc0=p, thread0=td)
-    md.bus_post(Op.LIST_INSERT_HEAD, G.allproc, p.handle)
-    md.bus_post(Op.MAP_SET, G.pidhashtbl, 0, p.handle)
+    memory.list_insert_head(G.allproc, p.handle)
+    memory.map_set(G.pidhashtbl, 0, p.handle)
     G.nprocs = 1
     _adopt_boot_stack(td, "swapper", PVM, p)
 
@@ -77,14 +81,10 @@ SYSINIT("proc0", SI_SUB.SI_SUB_INTRINSIC, SI_ORDER.SI_ORDER_FIRST, proc0_init)
 def giant_boot(_: Any) -> None:
     """PORT: FreeBSD's boot thread holds Giant from init386 on, through every SYSINIT and
     into scheduler(); here it takes Giant as soon as it is a thread (proc0's)."""
-    from kernel.kern.kern_mutex import mtx_lock
-    from kernel.sys.user import U_SIGACTS, U_STATS, plimit_new
-    from kernel.vm.vm_glue import vm_proc_new
-    from kernel.vm.vm_map import vmspace_alloc
     mtx_lock(kern_globals.G.Giant)
     # proc0's U-area, address space and limits (FreeBSD's proc0uarea, vmspace0, limit0)
     p = kern_globals.G.proc0
-    vm_proc_new(p)
+    vm_glue.vm_proc_new(p)
     up = p.p_uarea
     p.update(p_vmspace=vmspace_alloc(), p_limit=plimit_new(), p_stats=up + U_STATS,
              p_sigacts=up + U_SIGACTS)
@@ -95,22 +95,16 @@ SYSINIT("giant_boot", SI_SUB.SI_SUB_INTRINSIC, SI_ORDER.SI_ORDER_SECOND, giant_b
 
 def _adopt_boot_stack(td: Any, name: str, pri: int, p: Any) -> LocalThread:
     """The running boot stack becomes the thread ``td``."""
-    hw = md.pcpu.hw
-    ctx = hw.cur
-    assert ctx is not None
+    ctx = md.curctx()
     lt = LocalThread(td, name, pri)
     lt.ctx, lt.proc = ctx, p
-    hw.contexts.pop(ctx.tid, None)
-    ctx.tid, ctx.name, ctx.kdata = lt.tid, name, lt
-    hw.contexts[lt.tid] = ctx
+    md.rename_context(ctx, lt.tid, name, lt)
     md.pcpu.threads[lt.tid] = lt
     return lt
 
 
 # -- SI_SUB_VM_CONF (per CPU): find the VM's globals, take the config's tunables -------------
 def machine_attach(_: Any) -> None:
-    from kernel.kern import kern_fail
-    from kernel.vm import swap_pager, vm_glue, vm_kern, vm_page, vm_pageout
     cfg = md.pcpu.config
     vm_page.vm_attach()
     vm_kern.kmem_attach()
@@ -139,7 +133,6 @@ SYSINIT("idle_setup", SI_SUB.SI_SUB_SCHED_IDLE, SI_ORDER.SI_ORDER_FIRST, idle_se
 
 # -- SI_SUB_KTHREAD_IDLE: schedcpu, once a simulated second ---------------------------------
 def schedcpu_thread() -> None:
-    from kernel.kern.kern_synch import schedcpu
     G = kern_globals.G
     while True:
         tsleep(G.addr("ticks"), PVM, "schedcpu", param.hz)
@@ -168,15 +161,16 @@ def _ipi(src: int, kind: str, args: Any) -> None:
         ipi_setrunqueue(args)
     elif kind == "ap_start":
         md.pcpu.ap_started = True
-    elif kind == "final_check":
-        from kernel.kern.subr_invariants import request_final_check
-        if kern_globals.G is None or md.pcpu.idlethread is None:
-            # still booting: nothing of ours to check yet
-            md.pcpu.hw.post(Op.REPORT, md.site(), "checked", md.pcpu.cpuid)
-        else:
-            request_final_check()
     else:
         md.panic(f"unknown IPI {kind!r} from cpu {src}")
+
+
+def _final_check() -> None:
+    """The machine asks for the end-of-run check (an interrupt)."""
+    if kern_globals.G is None or md.pcpu.idlethread is None:
+        md.final_check_done()               # still booting: nothing of ours to check yet
+    else:
+        subr_invariants.request_final_check()
 
 
 def _describe(ctx: Any) -> dict[str, Any]:
@@ -192,14 +186,15 @@ def _machine_setup(hw: Any, config: dict[str, Any]) -> None:
     pc = md.attach(hw, param.ncpus, config)
     pc.runq = RunQueue()
     pc.callouts = CalloutWheel()
-    hw.on_clock = hardclock
-    hw.on_ipi = _ipi
-    hw.on_grant = lock_granted
-    hw.describe = _describe
-    hw.kernel_sample = lambda: dict(pc.stats)
-    hw.final_report = lambda: {**dict(sorted(pc.stats.items())),
-                               "violations": pc.violations, "findings": pc.findings,
-                               "console": pc.console}
+    md.install(on_clock=hardclock, on_ipi=_ipi, on_grant=lock_granted, on_final=_final_check,
+               describe=_describe, final_report=lambda: _final_report(pc))
+
+
+def _final_report(pc: Any) -> dict[str, Any]:
+    return {**dict(sorted(pc.stats.items())), "violations": pc.violations,
+            "findings": pc.findings, "console": pc.console,
+            "lock_waits": [[lock, list(stack), int(n), round(s, 6)]
+                           for (lock, stack), (n, s) in pc.lock_waits.items()]}
 
 
 def _run_sysinits(percpu_only: bool) -> None:
@@ -207,9 +202,19 @@ def _run_sysinits(percpu_only: bool) -> None:
         si.func(si.udata)
 
 
+# The kernel's work, as the run's report lists it first (zero when nothing happened).
+SUMMARY_COUNTERS = ("forks", "forks_rfmem", "exits", "waits", "swapouts", "swapins",
+                    "faultins_swapper", "faultins_phold", "swapin_waits", "vm_waits",
+                    "pages_swapped_out", "pages_swapped_in", "checksum_errors", "kernacc",
+                    "useracc", "vslock", "invariant_violations")
+
+
 def bsp_boot() -> None:
     """cpu 0: mi_startup. Never returns (the last SYSINIT is the swapper)."""
     register_all()
+    subr_witness.witness_register()
+    vm_meter.vmmeter_register()
+    md.register("counters", list(SUMMARY_COUNTERS))
     _run_sysinits(percpu_only=False)
     md.panic("mi_startup: the last SYSINIT (the swapper) returned")
 
@@ -219,8 +224,8 @@ def ap_boot() -> None:
     the boot stack, then let the boot stack die into the idle thread."""
     pc = md.pcpu
     while not pc.ap_started:
-        pc.hw.idle_wait()
-    kern_globals.set_globals(struct_kernel_at(md.bus_call(Op.LOOKUP, "kernel")))
+        md.idle_wait()
+    kern_globals.set_globals(struct_kernel_at(memory.lookup("kernel_globals")))
     G = kern_globals.G
     p0 = G.proc0
     # The idle thread exists before the boot stack takes any lock, so that a contended
@@ -233,12 +238,11 @@ def ap_boot() -> None:
                            td_state=int(TDS.TDS_RUNNING))
     _adopt_boot_stack(td, f"boot: cpu{pc.cpuid}", PVM, p0)
     _run_sysinits(percpu_only=True)
-    md.atomic_add(G.handle, "booted_cpus", 1)
+    memory.atomic_add(G.handle, "booted_cpus", 1)
     thread_exit()
 
 
 def struct_kernel_at(h: int) -> Any:
-    from kernel.kern.kern_globals import struct_kernel
     g = struct_kernel.at(h)
     if g is None:
         md.panic("ap_boot: the BSP published no kernel globals")
@@ -246,12 +250,8 @@ def struct_kernel_at(h: int) -> Any:
 
 
 def boot(hw: Any, config: dict[str, Any]) -> Any:
-    """Prepare this CPU and return the boot context for ``hw.run``."""
-    # every subsystem declares its SYSINITs when imported
-    import kernel.kern.subr_invariants  # noqa: F401
-    import kernel.userland  # noqa: F401
-    import kernel.vm.vm_glue  # noqa: F401
-    import kernel.vm.vm_pageout  # noqa: F401
+    """Prepare this CPU (``hw``: its hardware, handed to the machine-dependent layer) and
+    return the boot context for ``hw.run``."""
     _machine_setup(hw, config)
-    fn = bsp_boot if hw.id == 0 else ap_boot
-    return hw.new_context(0, "boot", fn)
+    fn = bsp_boot if md.pcpu.cpuid == 0 else ap_boot
+    return md.new_context(0, "boot", fn)

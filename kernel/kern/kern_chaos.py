@@ -8,19 +8,16 @@ not in an interrupt), so that another thread of the same CPU runs in the window.
 
 from __future__ import annotations
 
+from kernel.kern import kern_globals
+from kernel.kern.kern_mutex import curlocal, mtx_lock_spin, mtx_unlock_spin
+from kernel.kern.kern_switch import setrunqueue
+from kernel.kern.kern_synch import mi_switch
 from kernel.machine import cpu as md
 
 
 def chaos_yield() -> None:
-    hw = md.pcpu.hw
-    chaos = hw.chaos
-    if chaos is None or not hw.interrupts_enabled or not chaos.want_yield():
+    if not md.interrupts_enabled() or not md.chaos_want_yield():
         return
-    from kernel.kern import kern_globals
-    from kernel.kern.kern_mutex import mtx_lock_spin, mtx_unlock_spin
-    from kernel.kern.kern_switch import setrunqueue
-    from kernel.kern.kern_synch import mi_switch
-    from kernel.kern.kern_thread import curlocal
     lt = curlocal()
     if lt is md.pcpu.idlethread:
         return

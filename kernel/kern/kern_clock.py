@@ -19,6 +19,6 @@ def hardclock() -> None:
     pc.ticks += 1
     pc.callouts.softclock(pc.ticks)
     if pc.ticks % max(param.hz // 10, 1) == 0:
-        cur = pc.hw.cur
+        cur = md.curctx_or_none()
         if cur is not None and cur.kdata is not None and cur.kdata is not pc.idlethread:
             cur.kdata.need_resched = True

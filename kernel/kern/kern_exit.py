@@ -17,18 +17,19 @@ wakeup cannot be lost.
 from __future__ import annotations
 
 from kernel.kern import kern_globals
-from kernel.kern.kern_mutex import (KASSERT, mtx_destroy, mtx_lock_spin, mtx_unlock,
-                                    mtx_unlock_spin)
-from kernel.kern.kern_proc import (FOREACH_THREAD_IN_PROC, PROC_LOCK, PROC_UNLOCK,
-                                   proc_zfree)
-from kernel.kern.kern_synch import msleep, wakeup
+from kernel.kern.kern_mutex import KASSERT, mtx_destroy, mtx_lock_spin, mtx_unlock, mtx_unlock_spin
+from kernel.kern.kern_proc import FOREACH_THREAD_IN_PROC, PROC_LOCK, PROC_UNLOCK, proc_zfree
 from kernel.kern.kern_sx import sx_xlock, sx_xunlock
+from kernel.kern.kern_synch import msleep, wakeup
 from kernel.kern.kern_thread import curthread, thread_exit
 from kernel.machine import cpu as md
+from kernel.machine.pmap import pmap_dispose_thread
 from kernel.sys.kstruct import (HASH_REMOVE, LIST_FIRST, LIST_FOREACH, LIST_INSERT_HEAD,
-                                LIST_REMOVE)
+                                LIST_REMOVE, TAILQ_REMOVE)
 from kernel.sys.param import ECHILD, PWAIT
 from kernel.sys.proc import P, PRS, struct_proc
+from kernel.vm.vm_glue import vm_waitproc
+from kernel.vm.vm_map import vm_map_delete, vm_map_lock, vm_map_unlock
 
 
 def exit1(rv: int) -> None:
@@ -66,7 +67,6 @@ def exit1(rv: int) -> None:
     refcnt = vm.vm_refcnt - 1
     vm.vm_refcnt = refcnt
     if refcnt == 0:
-        from kernel.vm.vm_map import vm_map_delete, vm_map_lock, vm_map_unlock
         m = vm.vm_map
         vm_map_lock(m)
         vm_map_delete(m, m.min_offset, m.max_offset)
@@ -108,8 +108,6 @@ def exit1(rv: int) -> None:
 def wait1(pid: int = -1) -> tuple[int, int, int]:
     """Reap a zombie child (``pid`` or any): (0, pid, status), or (ECHILD, 0, 0).
     Called with Giant (dropped while it sleeps)."""
-    from kernel.machine.pmap import pmap_dispose_thread
-    from kernel.vm.vm_glue import vm_waitproc
     G = kern_globals.G
     q = curthread().td_proc
     while True:                                                  # loop:
@@ -136,7 +134,6 @@ def wait1(pid: int = -1) -> tuple[int, int, int]:
             vm_waitproc(p)
             for td in list(FOREACH_THREAD_IN_PROC(p)):          # thread_reap
                 pmap_dispose_thread(td)
-                from kernel.sys.kstruct import TAILQ_REMOVE
                 TAILQ_REMOVE(p.p_threads, td)
                 kg = td.td_ksegrp
                 if kg is not None:

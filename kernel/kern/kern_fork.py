@@ -1,5 +1,5 @@
-"""fork: a new process from an old one, after FreeBSD 5.0 ``kern/kern_fork.c`` (``fork1``) and
-the i386 ``cpu_fork``/``cpu_wait`` of ``vm_machdep.c``.
+"""fork: a new process from an old one, after FreeBSD 5.0 ``kern/kern_fork.c`` (``fork1``); the
+i386 ``cpu_fork``/``cpu_wait`` are in ``kernel/machine/vm_machdep.py``.
 
 The order of ``fork1`` is the 2002 one, because a race guard of vm_glue depends on it: the
 child is linked onto ``allproc`` (and the pid hash) in state ``PRS_NEW`` *first*, and only
@@ -21,41 +21,26 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from kernel.kern import kern_globals
-from kernel.kern.kern_mutex import (GIANT_REQUIRED, MTX_DEF, MTX_DUPOK, mtx_init,
-                                    mtx_lock_spin, mtx_unlock_spin)
+from kernel.kern.kern_mutex import (GIANT_REQUIRED, MTX_DEF, MTX_DUPOK, mtx_init, mtx_lock_spin,
+                                    mtx_unlock_spin)
 from kernel.kern.kern_proc import PROC_LOCK, PROC_UNLOCK, proc_zalloc
 from kernel.kern.kern_switch import setrunqueue
 from kernel.kern.kern_sx import sx_xlock, sx_xunlock
 from kernel.kern.kern_thread import thread_attach
 from kernel.machine import cpu as md
+from kernel.machine import memory
 from kernel.machine.pmap import pmap_new_thread
 from kernel.sys.kstruct import HASH_INSERT, LIST_INSERT_HEAD, TAILQ_INSERT_TAIL
 from kernel.sys.param import PUSER
-from kernel.sys.proc import (PRS, PS, TDS, struct_ksegrp, struct_procsig, struct_thread)
+from kernel.sys.proc import PRS, PS, TDS, struct_ksegrp, struct_procsig, struct_thread
 from kernel.sys.user import KI_CHECK, KI_PID, ki_check
 from kernel.vm.vm import RFMEM, RFPROC, RFSTOPPED
-
-
-def cpu_fork(td1: Any, p2: Any, td2: Any, flags: int) -> None:
-    """i386: copy the pcb to the child's kernel stack and make it ready to return to user
-    mode. Without RFPROC there is no child: nothing to do."""
-    if (flags & RFPROC) == 0:
-        return
-    md.kwrite_u64(td2.td_kstack, td2.handle)          # the child's pcb
-
-
-def cpu_wait(p: Any) -> None:
-    """i386: nothing (the kernel stack goes with the thread)."""
-
-
-def shmfork(p1: Any, p2: Any) -> None:
-    """No System V shared memory here: vm_shm is never set."""
+from kernel.vm.vm_glue import vm_forkproc
 
 
 def fork1(td: Any, flags: int, child_main: Callable[[], None], name: str) -> tuple[int, Any]:
     """Create a child of ``td``'s process that runs ``child_main``. Returns (0, p2) or
     (errno, None). Called with Giant (fork is not MPSAFE in 2002)."""
-    from kernel.vm.vm_glue import vm_forkproc
     G = kern_globals.G
     GIANT_REQUIRED()
     p1 = td.td_proc
@@ -115,8 +100,8 @@ def fork1(td: Any, flags: int, child_main: Callable[[], None], name: str) -> tup
     vm_forkproc(td, p2, td2, flags)
     # PORT: what ps reads in the U-area (kinfo_proc), written where fork1 filled p2.
     up = p2.p_uarea
-    md.kwrite_u64(up + KI_PID, pid)
-    md.kwrite_u64(up + KI_CHECK, ki_check(pid))
+    memory.kwrite_u64(up + KI_PID, pid)
+    memory.kwrite_u64(up + KI_CHECK, ki_check(pid))
 
     lt2 = thread_attach(td2, name, PUSER, child_main)
     lt2.proc = p2

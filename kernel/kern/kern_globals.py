@@ -3,7 +3,7 @@
 PORT: in C each global is its own symbol (``Giant`` in kern_mutex.c, ``allproc`` and
 ``allproc_lock`` in kern_proc.c, ``proc0`` in init_main.c). Here they are the fields of one
 ``struct kernel`` record in server memory, created by the boot CPU and found by the others
-through the server's symbol table (``LOOKUP "kernel"``), the way an AP finds the BSP's
+through the server's symbol table (``LOOKUP "kernel_globals"``), the way an AP finds the BSP's
 data at a fixed address. A field's address is fixed for the life of the run, so ``G`` can
 be held by every CPU the way a linker address can: only the fields' *contents* are shared
 state, and every read of them goes to the server.

@@ -15,7 +15,6 @@ from kernel.machine import cpu as md
 
 def idle_proc() -> None:
     pc = md.pcpu
-    hw = pc.hw
     while True:
         if pc.runq.heap:
             sl = kern_globals.G.sched_lock
@@ -23,4 +22,4 @@ def idle_proc() -> None:
             mi_switch(voluntary=True)
             mtx_unlock_spin(sl)
         else:
-            hw.idle_wait()
+            md.idle_wait()

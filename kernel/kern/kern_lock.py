@@ -8,9 +8,13 @@ locks in 2002; the server still refuses recursion and an unlock by a non-holder.
 
 from __future__ import annotations
 
-from hw.protocol import EXCL, LC_LOCKMGR, SHARED, Op, QUEUED
-from kernel.kern.kern_mutex import _curlocal, _drop_hold, _lock_block
+from kernel.kern.kern_mutex import curlocal, drop_hold
+from kernel.kern.subr_lock import lock_block
 from kernel.machine import cpu as md
+from kernel.machine.lock import (BUSY, EXCL, LF_NOSHREC, LF_NOWITNESS, LK_RW, QUEUED, SHARED,
+                                 AF_TRY, lock_acquire, lock_destroy, lock_init, lock_release)
+
+__site_transparent__ = True     # lock requests made here are their caller's
 
 LK_SHARED = 0x00000001
 LK_EXCLUSIVE = 0x00000002
@@ -23,32 +27,30 @@ EBUSY = 16
 
 
 def lockinit(lkp: int, prio: int, wmesg: str, timo: int, flags: int) -> None:
-    md.bus_post(Op.LOCK_INIT, lkp, LC_LOCKMGR, wmesg, 0)
+    # WITNESS did not check lockmgr locks in 2002; lockmgr refuses shared recursion
+    lock_init(lkp, LK_RW, "lockmgr", wmesg, LF_NOWITNESS | LF_NOSHREC)
 
 
 def lockdestroy(lkp: int) -> None:
-    md.bus_post(Op.LOCK_DESTROY, lkp)
+    lock_destroy(lkp)
 
 
 def lockmgr(lkp: int, flags: int) -> int:
     """0 on success, EBUSY when LK_NOWAIT could not get the lock."""
-    hw = md.pcpu.hw
-    lt = _curlocal()
+    lt = curlocal()
     op = flags & LK_TYPE_MASK
     if op == LK_RELEASE:
         mode = EXCL if lt.owned_sx.get((lkp, EXCL)) else SHARED
-        _drop_hold(lt.owned_sx, (lkp, mode),
-                   f"lockmgr: thread {lt.name} unlocking unheld lock {lkp:#x}")
-        hw.post(Op.RELEASE, md.site(), lkp, mode)
+        drop_hold(lt.owned_sx, (lkp, mode),
+                  f"lockmgr: thread {lt.name} unlocking unheld lock {lkp:#x}")
+        lock_release(lkp, mode)
         return 0
     mode = SHARED if op == LK_SHARED else EXCL
-    hw.counters.lock_acquires += 1
-    site = md.site()
-    st = hw.call(Op.ACQUIRE, site, lkp, mode, 1 if flags & LK_NOWAIT else 0)
+    where = md.site()
+    st = lock_acquire(lkp, mode, AF_TRY if flags & LK_NOWAIT else 0, where)
     if st == QUEUED:
-        hw.counters.lock_contested += 1
-        _lock_block(lt, lkp, "lockmgr", mode, site)
-    elif st != 0:
+        lock_block(lt, lkp, "lockmgr", mode, where)
+    elif st == BUSY:
         return EBUSY
     key = (lkp, mode)
     lt.owned_sx[key] = lt.owned_sx.get(key, 0) + 1
@@ -56,4 +58,4 @@ def lockmgr(lkp: int, flags: int) -> int:
 
 
 def lockstatus_excl(lkp: int) -> bool:
-    return bool(_curlocal().owned_sx.get((lkp, EXCL)))
+    return bool(curlocal().owned_sx.get((lkp, EXCL)))

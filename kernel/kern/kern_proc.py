@@ -18,11 +18,13 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from hw.protocol import Op
 from kernel.kern import kern_globals
-from kernel.kern.kern_mutex import (MA_OWNED, mtx_assert, mtx_lock, mtx_lock_spin, mtx_unlock,
-                                    mtx_unlock_spin)
+from kernel.kern.kern_mutex import (MA_OWNED, MTX_DEF, mtx_assert, mtx_init, mtx_lock,
+                                    mtx_lock_spin, mtx_unlock, mtx_unlock_spin)
+from kernel.kern.kern_sx import sx_slock, sx_sunlock
 from kernel.machine import cpu as md
+from kernel.machine import memory
+from kernel.sys.kernel import SI_ORDER, SI_SUB, SYSINIT
 from kernel.sys.kstruct import (F, HASH_LOOKUP, KObj, KStruct, TAILQ_FIRST, TAILQ_FOREACH,
                                 TAILQ_INSERT_TAIL, TAILQ_REMOVE)
 from kernel.sys.proc import PS, struct_ksegrp, struct_proc, struct_thread
@@ -65,7 +67,7 @@ def _PHOLD(p: KObj) -> None:
     * ``not_inmem``, as FreeBSD later wrote it: ``p_lock++; if (!(p_sflag & PS_INMEM))
       faultin(p)``, which is what makes the seed's PS_SWAPPINGIN wait do its job.
     """
-    from kernel.vm.vm_glue import faultin
+    from kernel.vm.vm_glue import faultin   # cycle: vm_glue takes the proc macros here
     PROC_LOCK_ASSERT(p, MA_OWNED)
     G = kern_globals.G
     n = p.p_lock
@@ -127,7 +129,6 @@ def FIRST_THREAD_IN_PROC(p: KObj) -> KObj | None:
 
 def pfind(pid: int) -> KObj | None:
     """The process ``pid``, returned locked, or None (takes allproc shared)."""
-    from kernel.kern.kern_sx import sx_slock, sx_sunlock
     G = kern_globals.G
     sx_slock(G.allproc_lock)
     p = HASH_LOOKUP(G.pidhashtbl, pid, struct_proc)     # LIST_FOREACH(p, PIDHASH(pid), ..)
@@ -146,22 +147,21 @@ _zone: KObj | None = None
 def proc_zone() -> KObj:
     global _zone
     if _zone is None:
-        _zone = struct_proc_zone.at(md.bus_call(Op.LOOKUP, "proc_zone"))
+        _zone = struct_proc_zone.at(memory.lookup("proc_zone"))
     assert _zone is not None
     return _zone
 
 
 def procinit_zone(_: Any) -> None:
-    from kernel.kern.kern_mutex import MTX_DEF, mtx_init
     global _zone
     _zone = struct_proc_zone.new()
     mtx_init(_zone.pz_mtx, "proc zone", None, MTX_DEF)
-    md.bus_post(Op.SYMBOL, "proc_zone", _zone.handle)
+    memory.symbol("proc_zone", _zone.handle)
 
 
 def proc_zalloc() -> KObj:
     """A struct proc: a recycled one as it was left, or a new one (proc_init: U-area)."""
-    from kernel.vm.vm_glue import vm_proc_new
+    from kernel.vm.vm_glue import vm_proc_new   # cycle: vm_glue takes the proc macros here
     z = proc_zone()
     mtx_lock(z.pz_mtx)
     p = TAILQ_FIRST(z.pz_free, struct_proc)
@@ -183,7 +183,7 @@ def proc_zalloc() -> KObj:
 
 def proc_zfree(p: KObj) -> None:
     """Give a reaped proc back to the zone (its contents stay as they are)."""
-    from kernel.vm.vm_glue import vm_proc_dispose
+    from kernel.vm.vm_glue import vm_proc_dispose   # cycle: vm_glue takes the proc macros here
     z = proc_zone()
     mtx_lock(z.pz_mtx)
     if z.pz_nfree < PROC_ZONE_CACHE:
@@ -205,7 +205,6 @@ __all__ = ["PROC_LOCK", "PROC_UNLOCK", "PROC_LOCK_ASSERT", "PHOLD", "PRELE", "_P
 
 
 def _register() -> None:
-    from kernel.sys.kernel import SI_ORDER, SI_SUB, SYSINIT
     SYSINIT("procinit", SI_SUB.SI_SUB_INTRINSIC, SI_ORDER.SI_ORDER_THIRD, procinit_zone)
 
 

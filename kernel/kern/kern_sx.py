@@ -9,9 +9,13 @@ sleep.
 
 from __future__ import annotations
 
-from hw.protocol import EXCL, LC_SX, SHARED, Op, QUEUED
-from kernel.kern.kern_mutex import _curlocal, _drop_hold, _lock_block
+from kernel.kern.kern_mutex import curlocal, drop_hold
+from kernel.kern.subr_lock import lock_block
 from kernel.machine import cpu as md
+from kernel.machine.lock import (EXCL, LK_RW, QUEUED, SHARED, lock_acquire, lock_destroy,
+                                 lock_init, lock_release, lock_try)
+
+__site_transparent__ = True     # lock requests made here are their caller's
 
 SX_LOCKED = 0x01
 SX_SLOCKED = 0x02
@@ -20,30 +24,25 @@ SX_UNLOCKED = 0x08
 
 
 def sx_init(sx: int, description: str) -> None:
-    md.bus_post(Op.LOCK_INIT, sx, LC_SX, description, 0)
+    lock_init(sx, LK_RW, "sx", description, 0)
 
 
 def sx_destroy(sx: int) -> None:
-    md.bus_post(Op.LOCK_DESTROY, sx)
+    lock_destroy(sx)
 
 
 def _sx_lock(sx: int, mode: int) -> None:
-    hw = md.pcpu.hw
-    lt = _curlocal()
-    hw.counters.lock_acquires += 1
-    site = md.site()
-    if hw.call(Op.ACQUIRE, site, sx, mode, 0) == QUEUED:
-        hw.counters.lock_contested += 1
-        _lock_block(lt, sx, "sx", mode, site)
+    lt = curlocal()
+    where = md.site()
+    if lock_acquire(sx, mode, 0, where) == QUEUED:
+        lock_block(lt, sx, "sx", mode, where)
     key = (sx, mode)
     lt.owned_sx[key] = lt.owned_sx.get(key, 0) + 1
 
 
 def _sx_try(sx: int, mode: int) -> bool:
-    hw = md.pcpu.hw
-    lt = _curlocal()
-    hw.counters.lock_acquires += 1
-    if hw.call(Op.ACQUIRE, md.site(), sx, mode, 1) != 0:
+    lt = curlocal()
+    if not lock_try(sx, mode):
         return False
     key = (sx, mode)
     lt.owned_sx[key] = lt.owned_sx.get(key, 0) + 1
@@ -51,10 +50,10 @@ def _sx_try(sx: int, mode: int) -> bool:
 
 
 def _sx_unlock(sx: int, mode: int) -> None:
-    _drop_hold(_curlocal().owned_sx, (sx, mode),
+    drop_hold(curlocal().owned_sx, (sx, mode),
                f"sx {sx:#x}: unlock of a lock not held "
                f"{'shared' if mode == SHARED else 'exclusive'}")
-    md.pcpu.hw.post(Op.RELEASE, md.site(), sx, mode)
+    lock_release(sx, mode)
 
 
 def sx_slock(sx: int) -> None:
@@ -82,7 +81,7 @@ def sx_xunlock(sx: int) -> None:
 
 
 def sx_assert(sx: int, what: int) -> None:
-    lt = _curlocal()
+    lt = curlocal()
     shared = lt.owned_sx.get((sx, SHARED), 0)
     excl = lt.owned_sx.get((sx, EXCL), 0)
     if what & SX_XLOCKED and not excl:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from hw.protocol import AF_PICKUP, Op
 from kernel.kern import kern_globals
 from kernel.kern.kern_mutex import (MA_NOTRECURSED, MA_OWNED, mtx_assert, mtx_lock,
                                     mtx_lock_spin, mtx_unlock, mtx_unlock_spin)
@@ -26,7 +25,8 @@ from kernel.kern.kern_switch import choosethread, setrunqueue
 from kernel.kern.kern_thread import curlocal
 from kernel.kern.kern_timeout import Callout
 from kernel.machine import cpu as md
-from kernel.machine.pmap import cpu_switch_check
+from kernel.machine.lock import AF_PICKUP, lock_handoff, sleepq_add, sleepq_remove, sleepq_wakeup
+from kernel.machine.swtch import cpu_switch
 from kernel.sys.kstruct import TAILQ_FOREACH
 from kernel.sys.param import EWOULDBLOCK, PDROP, PRIMASK
 from kernel.sys.proc import (PRS, PS, TDF, TDS, TD_CLR_SLEEPING, TD_SET_SLEEPING,
@@ -78,7 +78,7 @@ def msleep(ident: int, mtx: int | None, priority: int, wmesg: str, timo: int) ->
     if mtx is not None:
         n = lt.owned.pop(mtx)
         assert n == 1
-    md.pcpu.hw.post(Op.SLEEP, md.site(), ident, mtx or 0)
+    sleepq_add(ident, mtx or 0)
     if timo:
         if lt.sleep_callout is None:
             lt.sleep_callout = Callout()
@@ -109,7 +109,7 @@ def endtsleep(lt: Any) -> None:
     mtx_lock_spin(G.sched_lock)
     td = lt.td
     wchan = td.td_wchan
-    if wchan and md.pcpu.hw.call(Op.UNSLEEP, md.site(), wchan, lt.tid):
+    if wchan and sleepq_remove(wchan, lt.tid):
         td.update(td_flags=td.td_flags | int(TDF.TDF_TIMEOUT), td_wchan=0)
         TD_CLR_SLEEPING(td)
         setrunnable(td)
@@ -119,7 +119,7 @@ def endtsleep(lt: Any) -> None:
 def _wakeup(ident: int, one: bool) -> int:
     G = _G()
     mtx_lock_spin(G.sched_lock)
-    tids = md.pcpu.hw.call(Op.WAKEUP, md.site(), ident, one)
+    tids = sleepq_wakeup(ident, one)
     for tid in tids:
         td = struct_thread.at(tid)
         td.td_wchan = 0
@@ -159,9 +159,8 @@ def mi_switch(voluntary: bool = True) -> None:
     nxt.owned[sl] = 1
     nxt.need_resched = False
     nxt.td.update(td_state=int(TDS.TDS_RUNNING), td_didrun=1)
-    md.pcpu.hw.post(Op.HANDOFF, md.site(), sl, nxt.tid)
-    cpu_switch_check(nxt)
-    md.pcpu.hw.switch_to(nxt.ctx, voluntary)
+    lock_handoff(sl, nxt.tid)
+    cpu_switch(nxt, voluntary)
 
 
 def setrunnable(td: Any) -> None:
@@ -205,7 +204,7 @@ def schedcpu() -> None:
     """Once a simulated second: age ``p_swtime`` and ``kg_slptime`` (what the swapper and
     swapout_procs decide by). Runs in a kernel thread; takes allproc shared, then
     sched_lock for each process."""
-    from kernel.kern.kern_sx import sx_slock, sx_sunlock
+    from kernel.kern.kern_sx import sx_slock, sx_sunlock   # cycle: an sx wait sleeps here
     G = _G()
     md.pcpu.count("schedcpu_runs")
     sx_slock(G.allproc_lock)

@@ -17,7 +17,11 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from kernel.kern import kern_globals
+from kernel.kern.kern_mutex import mtx_lock_spin, mtx_unlock_spin
+from kernel.kern.kern_switch import choosethread
 from kernel.machine import cpu as md
+from kernel.machine.lock import lock_handoff
+from kernel.machine.swtch import cpu_throw
 from kernel.sys.proc import TDS, struct_thread
 
 
@@ -69,13 +73,11 @@ def thread_attach(td: Any, name: str, pri: int, fn: Callable[[], None],
     """Give ``td`` a stack on this CPU. With ``first_run`` the stack starts in
     ``fork_exit``, owning the sched_lock that its first switch hands it."""
     lt = LocalThread(td, name, pri)
-    hw = md.pcpu.hw
     if first_run:
-        lt.ctx = hw.new_context(lt.tid, name, lambda: fork_exit(fn))
-        lt.ctx.critnest = 1
+        lt.ctx = md.new_context(lt.tid, name, lambda: fork_exit(fn), critnest=1)
         lt.owned[kern_globals.G.sched_lock] = 1
     else:
-        lt.ctx = hw.new_context(lt.tid, name, fn)
+        lt.ctx = md.new_context(lt.tid, name, fn)
     lt.ctx.kdata = lt
     md.pcpu.threads[lt.tid] = lt
     return lt
@@ -91,7 +93,6 @@ def thread_new(p: Any, kg: Any, name: str, pri: int, fn: Callable[[], None]) -> 
 
 def fork_exit(fn: Callable[[], None]) -> None:
     """First code a new thread runs: drop the handed-over sched_lock, run ``fn``."""
-    from kernel.kern.kern_mutex import mtx_unlock_spin
     mtx_unlock_spin(kern_globals.G.sched_lock)
     fn()
     thread_exit()
@@ -100,10 +101,6 @@ def fork_exit(fn: Callable[[], None]) -> None:
 def thread_exit(sched_locked: bool = False) -> None:
     """The current thread stops for good: its successor runs on its CPU (cpu_throw).
     Called with sched_lock held if ``sched_locked``, else without; never returns."""
-    from hw.protocol import Op
-    from kernel.kern.kern_mutex import mtx_lock_spin
-    from kernel.kern.kern_switch import choosethread
-    from kernel.machine.pmap import cpu_switch_check
     lt = curlocal()
     sl = kern_globals.G.sched_lock
     if not sched_locked:
@@ -117,9 +114,8 @@ def thread_exit(sched_locked: bool = False) -> None:
     nxt.owned[sl] = 1
     md.pcpu.threads.pop(lt.tid, None)
     nxt.td.update(td_state=int(TDS.TDS_RUNNING), td_didrun=1)
-    md.pcpu.hw.post(Op.HANDOFF, md.site(), sl, nxt.tid)
-    cpu_switch_check(nxt)
-    md.pcpu.hw.exit_to(nxt.ctx)
+    lock_handoff(sl, nxt.tid)
+    cpu_throw(nxt)
 
 
 __all__ = ["LocalThread", "curlocal", "curthread", "curproc", "thread_attach", "thread_new",

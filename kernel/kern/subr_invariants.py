@@ -15,28 +15,29 @@ checks them whole, because a stress test needs to know that nothing was lost:
 
 The whole-machine checks run on the BSP holding Giant (which every swap-in, swap-out and
 page-queue change of this kernel holds), the page queues lock and the free queue lock, so
-what they see is a consistent state. At the end of a run the launcher asks every CPU for
-a final check (an IPI) before it halts the machine.
+what they see is a consistent state. At the end of a run the machine asks every CPU for
+a final check (an interrupt: ``on_final``) before it halts.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from hw.protocol import Op
 from kernel import param
 from kernel.kern import kern_globals
 from kernel.kern.kern_kthread import kthread_create
-from kernel.kern.kern_mutex import (mtx_lock, mtx_lock_spin, mtx_unlock, mtx_unlock_spin)
-from kernel.kern.kern_proc import (FOREACH_PROC_IN_SYSTEM, FOREACH_THREAD_IN_PROC,
-                                   PROC_LOCK, PROC_UNLOCK, proc_zone)
+from kernel.kern.kern_mutex import mtx_lock, mtx_lock_spin, mtx_unlock, mtx_unlock_spin
+from kernel.kern.kern_proc import (FOREACH_PROC_IN_SYSTEM, FOREACH_THREAD_IN_PROC, PROC_LOCK,
+                                   PROC_UNLOCK, proc_zone)
 from kernel.kern.kern_sx import sx_slock, sx_sunlock
 from kernel.kern.kern_synch import tsleep, wakeup
 from kernel.machine import cpu as md
+from kernel.machine import memory
 from kernel.sys.kernel import SI_ORDER, SI_SUB, SYSINIT
-from kernel.sys.param import PVM
 from kernel.sys.kstruct import TAILQ_FOREACH
+from kernel.sys.param import PVM
 from kernel.sys.proc import PRS, PS, TDI, struct_proc, struct_thread
+from kernel.vm import vm_page as vp
 
 _final_requested = False
 
@@ -74,12 +75,11 @@ def check_runq() -> None:
 
 def check_pages() -> None:
     """Page accounting (Giant, page queues and free queue locks held)."""
-    from kernel.vm import vm_page as vp
     cnt = vp.cnt
     vals = dict(zip(("total", "free", "wire", "active", "inactive", "cache"),
                     cnt.load("v_page_count", "v_free_count", "v_wire_count",
                              "v_active_count", "v_inactive_count", "v_cache_count")))
-    lens = {q: md.bus_call(Op.LIST_LEN, cnt.addr(head))
+    lens = {q: memory.list_len(cnt.addr(head))
             for q, head in (("free", "pq_free"), ("active", "pq_active"),
                             ("inactive", "pq_inactive"), ("cache", "pq_cache"))}
     for q, n in lens.items():
@@ -88,9 +88,9 @@ def check_pages() -> None:
                                    f"{q} queue holds {n} pages")
     # Pages on no queue and not wired are in transit (allocated, busy, being filled:
     # a page-in sleeping on the disk); each must be busy.
-    in_transit = md.bus_call(Op.COUNT, "vm_page", [["queue", "eq", vp.PQ_NONE],
+    in_transit = memory.obj_count("vm_page", [["queue", "eq", vp.PQ_NONE],
                                                    ["wire_count", "eq", 0]])
-    idle_unqueued = md.bus_call(Op.COUNT, "vm_page", [["queue", "eq", vp.PQ_NONE],
+    idle_unqueued = memory.obj_count("vm_page", [["queue", "eq", vp.PQ_NONE],
                                                       ["wire_count", "eq", 0],
                                                       ["flags", "clear", vp.PG_BUSY]])
     if idle_unqueued:
@@ -107,7 +107,6 @@ def check_pages() -> None:
 
 def _uarea_wirings(upobj: Any) -> int:
     """How many times the first U-area page of ``upobj`` is wired (0: not resident)."""
-    from kernel.vm import vm_page as vp
     vp.vm_page_lock_queues()
     m = vp.vm_page_lookup(upobj, 0)
     wirings = int(m.wire_count) if m is not None else 0
@@ -136,7 +135,7 @@ def check_procs() -> None:
         if not up or upobj is None:
             continue
         inmem = bool(sflag & PS.PS_INMEM)
-        mapped = md.kextract(up) != -1
+        mapped = memory.kextract(up) != -1
         wirings = _uarea_wirings(upobj)
         wired = wirings > 0
         if inmem != mapped or inmem != wired:
@@ -150,7 +149,7 @@ def check_procs() -> None:
                                    f"(once while the process is in memory)")
         for td in FOREACH_THREAD_IN_PROC(p):
             ks = td.td_kstack
-            if ks and (md.kextract(ks) != -1) != inmem:
+            if ks and (memory.kextract(ks) != -1) != inmem:
                 md.pcpu.note_violation(f"pid {pid}: PS_INMEM is {inmem} but a kernel stack "
                                        f"is {'' if inmem else 'still '}mapped"
                                        if not inmem else
@@ -172,7 +171,6 @@ def check_procs() -> None:
 
 
 def check_machine() -> None:
-    from kernel.vm import vm_page as vp
     G = kern_globals.G
     mtx_lock(G.Giant)
     check_procs()
@@ -198,7 +196,7 @@ def checker() -> None:
             check_machine()
         if _final_requested:
             _final_requested = False
-            md.pcpu.hw.post(Op.REPORT, md.site(), "checked", md.pcpu.cpuid)
+            md.final_check_done()
 
 
 def checker_start(_: Any) -> None:

@@ -1,11 +1,29 @@
-"""The machine-dependent layer: per-CPU data and every access the kernel makes to hardware.
+"""The machine-dependent layer: the one door between the kernel and the machine.
 
-Machine-independent kernel code never touches ``hw`` directly; it calls the functions here
-(the way FreeBSD's MI code calls ``PCPU_GET``, ``cpu_switch`` and ``pmap_*``). Each shared
-access is one bus request carrying the running thread and the *kernel* source site that
-made it: the frame of the first caller outside this layer and the lock and struct
-plumbing, named relative to ``kernel/`` (``vm/vm_glue.py:412``), as ``__FILE__``/``__LINE__``
-in FreeBSD's lock macros.
+Machine-independent kernel code never imports ``hw``: everything it needs of the hardware
+it asks of ``kernel/machine/`` (DESIGN.md decision 12), the way FreeBSD's MI code calls
+``PCPU_GET``, ``cpu_switch``, ``atomic_*`` and ``pmap_*`` and never touches a register:
+
+* this module: the processor. Per-CPU data (``pcpu``), the caller's source site, time and
+  work, thread stacks and the context switch, critical sections and interrupts, IPIs, the
+  console, panics, and the kernel's registrations with the machine;
+* :mod:`kernel.machine.memory`: shared memory (loads, stores, atomics on the fields of
+  kernel objects), allocation, lists and hash tables, physical pages, the kernel MMU and
+  the swap device;
+* :mod:`kernel.machine.lock`: lock words and sleep queues;
+* :mod:`kernel.machine.pmap`: the machine-dependent half of the pmap;
+* :mod:`kernel.machine.swtch`: the context switch.
+
+Only these modules import ``hw``; they alone know the wire protocol's constants, so this is
+the one place where the kernel meets the machine: where every request is counted, costed in
+machine time and recorded (``hw.cpu``, ``hw.bus``).
+
+**Sites.** Every shared access carries the *kernel* source site that made it (DESIGN.md
+decision 5): the first frame, walking out from the request, that is neither in this
+package nor in a module that declares itself plumbing with ``__site_transparent__ = True``
+(the lock and struct code whose requests belong to their caller, as FreeBSD's lock macros
+pass ``__FILE__``/``__LINE__`` of theirs). Sites are named relative to ``kernel/``
+(``vm/vm_glue.py:412``).
 
 ``pcpu`` is this CPU's private data (FreeBSD's ``struct pcpu``): it lives in the CPU
 process, not in the server, because no other CPU may touch it (DESIGN.md decision 1).
@@ -14,46 +32,64 @@ process, not in the server, because no other CPU may touch it (DESIGN.md decisio
 from __future__ import annotations
 
 import os
+import random
 import sys
-from types import CodeType
-from typing import TYPE_CHECKING, Any
+import traceback
+from types import CodeType, FrameType
+from typing import TYPE_CHECKING, Any, Callable
 
 from hw.protocol import Op
+from hw.seeds import derive
 
 if TYPE_CHECKING:
     from hw.cpu import Context, Cpu
 
 _KERNEL_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
-# Files whose frames are plumbing, not the site a reader wants to see.
-_PLUMBING = {"machine/cpu.py", "sys/kstruct.py", "kern/kern_mutex.py", "kern/kern_sx.py",
-             "kern/kern_lock.py", "sys/proc.py"}
+_MACHINE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _names: dict[CodeType, str | None] = {}
 
 
-def _short(code: CodeType) -> str | None:
+def _short(frame: FrameType) -> str | None:
+    """The site name of ``frame``'s code, or None for the door and for plumbing."""
+    code = frame.f_code
     name = _names.get(code, "")
     if name == "":
         fn = os.path.abspath(code.co_filename)
-        name = fn[len(_KERNEL_DIR):] if fn.startswith(_KERNEL_DIR) else os.path.basename(fn)
-        if name in _PLUMBING:
+        if fn.startswith(_MACHINE_DIR) or frame.f_globals.get("__site_transparent__"):
             name = None
+        else:
+            name = fn[len(_KERNEL_DIR):] if fn.startswith(_KERNEL_DIR) else os.path.basename(fn)
         _names[code] = name
     return name
 
 
 def site() -> str:
     """``file:line`` of the kernel code that made the current request."""
-    f = sys._getframe(1)
+    f: FrameType | None = sys._getframe(1)
     while f is not None:
-        name = _short(f.f_code)
+        name = _short(f)
         if name is not None:
             return f"{name}:{f.f_lineno}"
-        f = f.f_back  # type: ignore[assignment]
+        f = f.f_back
     return "?"
 
 
+def kernel_stack(frame: FrameType | None = None, limit: int = 24) -> list[str]:
+    """The kernel frames of the current (or given) stack, outermost first, as
+    ``file:line function``: the door, plumbing and the simulator's own frames left out."""
+    f = frame if frame is not None else sys._getframe(1)
+    out: list[str] = []
+    while f is not None and len(out) < limit:
+        fn = os.path.abspath(f.f_code.co_filename)
+        if fn.startswith(_KERNEL_DIR) and _short(f) is not None:
+            out.append(f"{_short(f)}:{f.f_lineno} {f.f_code.co_name}")
+        f = f.f_back
+    return out[::-1]
+
+
 class PCpu:
-    """FreeBSD's ``struct pcpu`` for this CPU, plus the hardware it runs on."""
+    """FreeBSD's ``struct pcpu`` for this CPU, plus the hardware it runs on (``hw``: for
+    the modules of this package only)."""
 
     def __init__(self, hw: "Cpu", ncpus: int, config: dict[str, Any]) -> None:
         self.hw = hw
@@ -70,6 +106,8 @@ class PCpu:
         self.violations: list[str] = []
         self.console: list[str] = []
         self.findings: list[dict[str, str]] = []
+        # where threads waited for locks: (lock address, kernel stack) -> [count, wait s]
+        self.lock_waits: dict[tuple[int, tuple[str, ...]], list[float]] = {}
 
     def count(self, name: str, n: int = 1) -> None:
         self.stats[name] = self.stats.get(name, 0) + n
@@ -99,82 +137,124 @@ def attach(hw: "Cpu", ncpus: int, config: dict[str, Any]) -> PCpu:
     return pcpu
 
 
+def pcpu_hw() -> "Cpu":
+    """The hardware under this CPU (for the modules of this package)."""
+    return pcpu.hw
+
+
+def install(*, on_clock: Callable[[], None], on_ipi: Callable[[int, str, Any], None],
+            on_grant: Callable[[int, int], None], on_final: Callable[[], None],
+            describe: Callable[["Context"], dict[str, Any]],
+            final_report: Callable[[], dict[str, Any]]) -> None:
+    """The kernel's interrupt vectors and the hooks the machine calls: the clock, IPIs,
+    lock grants, the end-of-run check request, a thread's description for crash dumps,
+    and the kernel's part of the final report."""
+    hw = pcpu.hw
+    hw.on_clock = on_clock
+    hw.on_ipi = on_ipi
+    hw.on_grant = on_grant
+    hw.on_final = on_final
+    hw.describe = describe
+    hw.final_report = final_report
+    hw.kernel_sample = lambda: dict(pcpu.stats)
+
+
+# -- thread stacks and the context switch ----------------------------------------------------
 def curctx() -> "Context":
     ctx = pcpu.hw.cur
     assert ctx is not None
     return ctx
 
 
-# -- shared memory: one request each ------------------------------------------------------
-def load(h: int, field: str) -> Any:
+def curctx_or_none() -> "Context | None":
+    return pcpu.hw.cur
+
+
+def new_context(tid: int, name: str, fn: Callable[[], None], critnest: int = 0) -> "Context":
+    """A new thread stack that starts in ``fn``, inside ``critnest`` critical sections."""
+    ctx = pcpu.hw.new_context(tid, name, fn)
+    ctx.critnest = critnest
+    return ctx
+
+
+def rename_context(ctx: "Context", tid: int, name: str, kdata: Any) -> None:
+    """The running boot stack becomes thread ``tid``."""
     hw = pcpu.hw
-    hw.counters.mem_ops += 1
-    return hw.call(Op.LOAD, site(), h, field)
+    hw.contexts.pop(ctx.tid, None)
+    ctx.tid, ctx.name, ctx.kdata = tid, name, kdata
+    hw.contexts[tid] = ctx
 
 
-def loadn(h: int, fields: list[str]) -> list[Any]:
-    hw = pcpu.hw
-    hw.counters.mem_ops += 1
-    return hw.call(Op.LOADN, site(), h, fields)  # type: ignore[no-any-return]
+# -- interrupts ----------------------------------------------------------------------------
+def critical_enter() -> None:
+    pcpu.hw.critical_enter()
 
 
-def store(h: int, field: str, value: Any) -> None:
-    hw = pcpu.hw
-    hw.counters.mem_ops += 1
-    hw.post(Op.STORE, site(), h, field, value)
+def critical_exit() -> None:
+    pcpu.hw.critical_exit()
 
 
-def storen(h: int, values: dict[str, Any]) -> None:
-    hw = pcpu.hw
-    hw.counters.mem_ops += 1
-    hw.post(Op.STOREN, site(), h, values)
+def interrupts_enabled() -> bool:
+    return pcpu.hw.interrupts_enabled
 
 
-def atomic_add(h: int, field: str, delta: int) -> int:
-    hw = pcpu.hw
-    hw.counters.mem_ops += 1
-    return hw.call(Op.ADD, site(), h, field, delta)  # type: ignore[no-any-return]
+def idle_wait() -> None:
+    """Nothing to run: wait for the next interrupt (a tick, an IPI, a grant) and take it."""
+    pcpu.hw.idle_wait()
 
 
-def add_posted(h: int, field: str, delta: int) -> None:
-    """``x += delta`` where nobody waits for the result: one posted request. Used where
-    the C increments a field under its lock; the lock still orders the accesses."""
-    hw = pcpu.hw
-    hw.counters.mem_ops += 1
-    hw.post(Op.ADDP, site(), h, field, delta)
+def spin_wait(tid: int, lock: int) -> None:
+    """Spin, interrupts masked, until the machine grants ``lock`` to thread ``tid``."""
+    pcpu.hw.spin_wait(tid, lock)
 
 
-def atomic_set(h: int, field: str, bits: int) -> None:
-    hw = pcpu.hw
-    hw.counters.mem_ops += 1
-    hw.post(Op.SETBITS, site(), h, field, bits)
-
-
-def atomic_clear(h: int, field: str, bits: int) -> None:
-    hw = pcpu.hw
-    hw.counters.mem_ops += 1
-    hw.post(Op.CLRBITS, site(), h, field, bits)
-
-
-def bus_call(op: int, *args: Any) -> Any:
-    """Any other request that returns a value (allocation, lists, lookups)."""
-    hw = pcpu.hw
-    hw.counters.mem_ops += 1
-    return hw.call(op, site(), *args)
-
-
-def bus_post(op: int, *args: Any) -> None:
-    hw = pcpu.hw
-    hw.counters.mem_ops += 1
-    hw.post(op, site(), *args)
-
-
-# -- time and work ------------------------------------------------------------------------
+# -- time and work -------------------------------------------------------------------------
 def cpu_work(sim_us: float, mode: str = "sys") -> None:
-    """The running thread computes for ``sim_us`` simulated microseconds."""
+    """The running thread computes for ``sim_us`` simulated microseconds in ``mode``
+    ('user', 'nice' or 'sys'); interrupts are taken meanwhile if enabled."""
     pcpu.hw.work(sim_us, mode)
 
 
+def sim_now() -> float:
+    """This CPU's simulated time, in seconds since the machine started."""
+    return float(pcpu.hw.clock.now())
+
+
+def add_sleep_lock_wait(seconds: float) -> None:
+    """Per-CPU accounting of the time threads spent blocked on sleep locks."""
+    pcpu.hw.counters.sleep_wait_s += seconds
+
+
+def note_lock_wait(lock: int, seconds: float, frame: FrameType | None = None) -> None:
+    """Where a thread waited for ``lock``, and how long: the kernel stack of the wait (for
+    the report's folded stacks: a flame graph of lock contention)."""
+    stack = tuple(kernel_stack(frame if frame is not None else sys._getframe(1)))
+    w = pcpu.lock_waits.get((lock, stack))
+    if w is None:
+        if len(pcpu.lock_waits) >= 2000:
+            return
+        w = pcpu.lock_waits[(lock, stack)] = [0, 0.0]
+    w[0] += 1
+    w[1] += seconds
+
+
+def random_source(*path: object) -> random.Random:
+    """A random source of this run, by the path of names that says whose it is (``"proc",
+    pid``): derived from ``run.seed`` in the one place all seeds are (``hw/seeds.py``)."""
+    return derive(int(pcpu.config["run.seed"]), *path)
+
+
+def chaos_want_yield() -> bool:
+    """Chaos (``debug.chaos``): should the running thread yield at this safe point?"""
+    chaos = pcpu.hw.chaos
+    return chaos is not None and chaos.want_yield()
+
+
+def chaos_on() -> bool:
+    return pcpu.hw.chaos is not None
+
+
+# -- other CPUs, the console, the end ------------------------------------------------------
 def ipi(cpu: int, kind: str, args: Any) -> None:
     pcpu.hw.ipi(cpu, kind, args, site())
 
@@ -189,52 +269,31 @@ def printf(msg: str) -> None:
 def shutdown(why: str) -> None:
     """Ask the machine to stop now, cleanly (reboot(2) without the reboot): every CPU
     halts and the run ends as if its duration had passed."""
-    hw = pcpu.hw
-    hw.post(Op.REPORT, site(), "halt", why)
+    pcpu.hw.post(Op.REPORT, site(), "halt", why)
+
+
+def final_check_done() -> None:
+    """This CPU has run the end-of-run check the machine asked for."""
+    pcpu.hw.post(Op.REPORT, site(), "checked", pcpu.cpuid)
 
 
 def panic(message: str) -> None:
     """FreeBSD's panic(9): stop every CPU and write the crash report. Never returns."""
-    pcpu.hw.panic(f"panic: {message}", site=site())
+    pcpu.hw.panic(f"panic: {message}", site=site(),
+                  kstack=kernel_stack(sys._getframe(1)))
 
 
-# -- kernel virtual memory: loads and stores through the MMU (a fatal trap if unmapped) ----
-def kread(kva: int, length: int) -> bytes:
-    hw = pcpu.hw
-    hw.counters.mem_ops += 1
-    return hw.call(Op.KLOAD, site(), kva, length)  # type: ignore[no-any-return]
+def register(kind: str, payload: Any) -> None:
+    """Tell the machine a piece of the kernel's policy, at boot (DESIGN.md decision 12):
+    the server enforces and reports what the kernel registers and names nothing of the
+    kernel itself. Kinds: ``lock_keys`` (what each field lock key means), ``lock_order``
+    (the static order and the locks exempt from WITNESS's sleep rules), ``scheduler_lock``
+    (the lock that sleep queues need), ``vmstats`` (the kernel object whose fields are
+    the machine's page counts), ``invariants`` (end-of-run checks over kernel memory),
+    ``counters`` (the kernel's work counters, in report order)."""
+    pcpu.hw.post(Op.POLICY, site(), kind, payload)
 
 
-def kread_probe(kva: int, length: int) -> bytes | None:
-    """``kread``, or None where ``kva`` is not mapped (instead of a fatal trap)."""
-    hw = pcpu.hw
-    hw.counters.mem_ops += 1
-    ok, value = hw.probe(Op.KLOAD, site(), kva, length)
-    return value if ok else None  # type: ignore[no-any-return]
-
-
-def kwrite(kva: int, data: bytes) -> None:
-    hw = pcpu.hw
-    hw.counters.mem_ops += 1
-    hw.post(Op.KSTORE, site(), kva, data)
-
-
-def kread_u64(kva: int) -> int:
-    return int.from_bytes(kread(kva, 8), "little")
-
-
-def kwrite_u64(kva: int, value: int) -> None:
-    kwrite(kva, (value & (2**64 - 1)).to_bytes(8, "little"))
-
-
-def kbzero(kva: int, length: int) -> None:
-    kwrite(kva, bytes(length))
-
-
-def kbcopy(src: int, dst: int, length: int) -> None:
-    kwrite(dst, kread(src, length))
-
-
-def kextract(kva: int) -> int:
-    """The frame mapped at ``kva``, or -1 (pmap_kextract, which cannot trap)."""
-    return bus_call(Op.KPROBE, kva)  # type: ignore[no-any-return]
+def fatal_trace() -> list[str]:
+    """The Python trace of the current exception (for panics from unexpected errors)."""
+    return traceback.format_exc().splitlines()

@@ -25,11 +25,16 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Iterator
 
-from hw.protocol import Op
-from kernel.machine import cpu as md
+from kernel.machine import memory
+from kernel.machine.cpu import register
+from kernel.machine.memory import F_LIST, F_LOCK, F_MAP, FIELD_BITS
 
-FIELD_BITS = 8          # an address is (handle << FIELD_BITS) | field index
+# a field's load or store is made by the code that names the field, not here
+__site_transparent__ = True
+
+# embedded fields: an address, no value (locks of each class, list heads, hash tables)
 EMBEDDED = ("mtx", "sx", "lockmgr", "list", "map")
+_WIRE_KIND = {"mtx": F_LOCK, "sx": F_LOCK, "lockmgr": F_LOCK, "list": F_LIST, "map": F_MAP}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +82,8 @@ class KStruct:
         KStruct.registry[name] = self
 
     def wire_decl(self) -> list[list[Any]]:
-        return [[f.name, f.kind, f.lock, f.default] for f in self.fields.values()]
+        return [[f.name, _WIRE_KIND.get(f.kind, f.kind), f.lock, f.default]
+                for f in self.fields.values()]
 
     def new(self, **init: Any) -> "KObj":
         """Allocate one record in server memory (fields at their defaults)."""
@@ -85,7 +91,7 @@ class KStruct:
         for k in values:
             if k not in self.fields:
                 raise AttributeError(f"struct {self.name} has no field {k}")
-        return KObj(md.bus_call(Op.NEW, self.name, values), self)
+        return KObj(memory.obj_new(self.name, values), self)
 
     def at(self, handle: int) -> "KObj | None":
         return KObj(handle, self) if handle else None
@@ -113,8 +119,8 @@ def register_all() -> None:
     """Declare every structure, and what its lock keys mean, to the server (once, at
     boot, from the BSP)."""
     for st in KStruct.registry.values():
-        md.bus_post(Op.DEFTYPE, st.name, st.wire_decl())
-    md.bus_post(Op.DEFKEYS, {k: list(v) for k, v in LOCK_KEYS.items()})
+        memory.deftype(st.name, st.wire_decl())
+    register("lock_keys", {k: list(v) for k, v in LOCK_KEYS.items()})
 
 
 def _raw(v: Any) -> Any:
@@ -148,9 +154,9 @@ class KObj:
             key = (self.handle, name)
             v = _const_cache.get(key, _MISSING)
             if v is _MISSING:
-                v = _const_cache[key] = md.load(self.handle, name)
+                v = _const_cache[key] = memory.load(self.handle, name)
         else:
-            v = md.load(self.handle, name)
+            v = memory.load(self.handle, name)
         target = f.target
         if target is not None:
             return KObj(v, KStruct.registry[target]) if v else None
@@ -160,30 +166,30 @@ class KObj:
         f = self.struct.fields.get(name)
         if f is None or f.kind in EMBEDDED:
             raise AttributeError(f"struct {self.struct.name}: cannot store {name}")
-        md.store(self.handle, name, _raw(value))
+        memory.store(self.handle, name, _raw(value))
 
     def load(self, *names: str) -> list[Any]:
         """Several plain fields in one request (no pointer wrapping)."""
-        return md.loadn(self.handle, list(names))
+        return memory.loadn(self.handle, list(names))
 
     def load_racy(self, *names: str) -> list[Any]:
         """Loads the code makes without the fields' lock *on purpose* (FreeBSD later
         marked such reads as atomic loads); exempt from the lock-key check. Each use
         says why next to it."""
-        return md.bus_call(Op.LOADR, self.handle, list(names))  # type: ignore[no-any-return]
+        return memory.load_racy(self.handle, list(names))
 
     def update_racy(self, **values: Any) -> None:
         """Stores made without the fields' lock on purpose (see load_racy)."""
-        md.bus_post(Op.STORER, self.handle, {k: _raw(v) for k, v in values.items()})
+        memory.store_racy(self.handle, {k: _raw(v) for k, v in values.items()})
 
     def update(self, **values: Any) -> None:
         """Several stores in one posted request."""
-        md.storen(self.handle, {k: _raw(v) for k, v in values.items()})
+        memory.storen(self.handle, {k: _raw(v) for k, v in values.items()})
 
     def inc(self, name: str, delta: int = 1) -> None:
         """``obj->name += delta`` under the field's lock, with nobody waiting for the
         result: one posted request instead of a load and a store."""
-        md.add_posted(self.handle, name, delta)
+        memory.add_posted(self.handle, name, delta)
 
     def addr(self, name: str) -> int:
         """``&obj->name``: the field's address (a sleep channel, a lock, a list head)."""
@@ -204,28 +210,28 @@ class KObj:
         return f"<struct {self.struct.name} #{self.handle}>"
 
     def free(self) -> None:
-        md.bus_post(Op.FREE, self.handle)
+        memory.obj_free(self.handle)
 
 
 # -- lists: FreeBSD's queue(3) macros over server-side list heads ----------------------------
 def TAILQ_INSERT_TAIL(head: int, elm: KObj) -> None:
-    md.bus_post(Op.LIST_INSERT_TAIL, head, elm.handle)
+    memory.list_insert_tail(head, elm.handle)
 
 
 def TAILQ_INSERT_HEAD(head: int, elm: KObj) -> None:
-    md.bus_post(Op.LIST_INSERT_HEAD, head, elm.handle)
+    memory.list_insert_head(head, elm.handle)
 
 
 def TAILQ_REMOVE(head: int, elm: KObj) -> None:
-    md.bus_post(Op.LIST_REMOVE, head, elm.handle)
+    memory.list_remove(head, elm.handle)
 
 
 def TAILQ_FIRST(head: int, struct: KStruct) -> KObj | None:
-    return struct.at(md.bus_call(Op.LIST_FIRST, head))
+    return struct.at(memory.list_first(head))
 
 
 def TAILQ_NEXT(head: int, elm: KObj) -> KObj | None:
-    return elm.struct.at(md.bus_call(Op.LIST_NEXT, head, elm.handle))
+    return elm.struct.at(memory.list_next(head, elm.handle))
 
 
 def TAILQ_FOREACH(head: int, struct: KStruct) -> Iterator[KObj]:
@@ -240,19 +246,19 @@ def TAILQ_FOREACH(head: int, struct: KStruct) -> Iterator[KObj]:
 def TAILQ_ITEMS(head: int, struct: KStruct) -> list[KObj]:
     """The whole list in one request (the caller holds the list's lock; equivalent to a
     walk that nothing can change under it)."""
-    return [KObj(h, struct) for h in md.bus_call(Op.LIST_ITEMS, head)]
+    return [KObj(h, struct) for h in memory.list_items(head)]
 
 
 def HASH_LOOKUP(table: int, key: Any, struct: KStruct) -> KObj | None:
-    return struct.at(md.bus_call(Op.MAP_GET, table, key))
+    return struct.at(memory.map_get(table, key))
 
 
 def HASH_INSERT(table: int, key: Any, elm: KObj) -> None:
-    md.bus_post(Op.MAP_SET, table, key, elm.handle)
+    memory.map_set(table, key, elm.handle)
 
 
 def HASH_REMOVE(table: int, key: Any) -> None:
-    md.bus_post(Op.MAP_DEL, table, key)
+    memory.map_del(table, key)
 
 
 # LIST_* (singly linked in FreeBSD) share the implementation; the names stay for the reader.

@@ -28,6 +28,10 @@ import enum
 
 from kernel.sys.kstruct import F, KStruct
 
+# the state macros below expand in their caller, as C macros do: their loads and stores
+# are the caller's (the site a report names is the line that used the macro)
+__site_transparent__ = True
+
 
 class P(enum.IntFlag):
     """``p_flag`` (c)."""

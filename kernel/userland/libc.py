@@ -12,21 +12,21 @@ from __future__ import annotations
 
 from typing import Callable
 
-from hw.protocol import Op
 from kernel import param
 from kernel.kern import kern_globals
 from kernel.kern.kern_exit import exit1, wait1
 from kernel.kern.kern_fork import fork1
 from kernel.kern.kern_mutex import mtx_lock, mtx_lock_spin, mtx_unlock, mtx_unlock_spin
-from kernel.kern.kern_proc import PROC_UNLOCK, _PHOLD, PRELE, pfind
+from kernel.kern.kern_proc import FOREACH_PROC_IN_SYSTEM, PRELE, PROC_UNLOCK, _PHOLD, pfind
+from kernel.kern.kern_sx import sx_slock, sx_sunlock
 from kernel.kern.kern_synch import maybe_yield, tsleep
 from kernel.kern.kern_thread import curlocal, curproc, curthread
 from kernel.machine import cpu as md
+from kernel.machine import memory
 from kernel.sys.param import ESRCH, PWAIT
 from kernel.sys.proc import P, PRS, PS
 from kernel.sys.user import KI_CHECK, KI_PID, ki_check
-from kernel.vm.vm import (KERN_SUCCESS, OBJT_DEFAULT, RFFDG, RFPROC, VM_PROT_READ,
-                          VM_PROT_WRITE)
+from kernel.vm.vm import KERN_SUCCESS, OBJT_DEFAULT, RFFDG, RFPROC, VM_PROT_READ, VM_PROT_WRITE
 from kernel.vm.vm_fault import vm_fault_page, vm_page_release
 from kernel.vm.vm_glue import kernacc, useracc, vslock, vsunlock
 from kernel.vm.vm_map import vm_map_find, vm_map_remove
@@ -112,9 +112,9 @@ def touch(va: int, write: bool, gen: int, check: bool = True, owner_pid: int = 0
     paddr = m.phys_addr * PAGE
     pid = owner_pid or getpid()
     if write:
-        md.bus_post(Op.PSTORE, paddr, _pattern(pid, va, gen))
+        memory.phys_write(paddr, _pattern(pid, va, gen))
     else:
-        got = md.bus_call(Op.PLOAD, paddr, 16)
+        got = memory.phys_read(paddr, 16)
         if check and got != _pattern(pid, va, gen):
             md.pcpu.note_violation(f"user page {va:#x} of pid {pid} lost its contents "
                                    f"(generation {gen})")
@@ -171,8 +171,8 @@ def peek_uarea(pid: int) -> int:
         md.pcpu.note_finding("F1", f"PHOLD of pid {pid} returned while the process was "
                              f"still being swapped in (PS_INMEM clear)")
     elif kernacc(up, PAGE, VM_PROT_READ):
-        ki_pid = md.kread_u64(up + KI_PID)
-        if ki_pid != pid or md.kread_u64(up + KI_CHECK) != ki_check(pid):
+        ki_pid = memory.kread_u64(up + KI_PID)
+        if ki_pid != pid or memory.kread_u64(up + KI_CHECK) != ki_check(pid):
             md.pcpu.note_violation(f"U-area of pid {pid} reads pid {ki_pid}: lost or "
                                    f"corrupted across swap")
         md.pcpu.count("uarea_reads")
@@ -186,8 +186,6 @@ def peek_uarea(pid: int) -> int:
 def list_procs() -> list[tuple[int, int, int]]:
     """(pid, p_sflag, p_swtime) of every process on allproc but the embryonic ones: what
     ps and top walk (top shows a swapped-out process that wants to run as "<RUN>")."""
-    from kernel.kern.kern_proc import FOREACH_PROC_IN_SYSTEM
-    from kernel.kern.kern_sx import sx_slock, sx_sunlock
     G = kern_globals.G
     out = []
     sx_slock(G.allproc_lock)

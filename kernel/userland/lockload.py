@@ -17,7 +17,6 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from hw.protocol import Op
 from kernel.kern import kern_globals
 from kernel.kern.kern_kthread import kthread_create
 from kernel.kern.kern_mutex import (MTX_DEF, mtx_init, mtx_lock, mtx_lock_spin, mtx_unlock,
@@ -26,6 +25,7 @@ from kernel.kern.kern_sx import sx_slock, sx_sunlock, sx_xlock, sx_xunlock
 from kernel.kern.kern_synch import msleep, wakeup
 from kernel.kern.kern_thread import curlocal
 from kernel.machine import cpu as md
+from kernel.machine import memory
 from kernel import param
 from kernel.sys.kernel import SI_ORDER, SI_SUB, SYSINIT
 from kernel.sys.kstruct import F, KStruct, TAILQ_FOREACH, TAILQ_INSERT_TAIL
@@ -54,7 +54,12 @@ def lockload_init(_: Any) -> None:
         o = struct_lockobj.new(lo_index=i)
         mtx_init(o.lo_mtx, "lockobj", None, MTX_DEF)
         TAILQ_INSERT_TAIL(ll.ll_objs, o)
-    md.bus_post(Op.SYMBOL, "lockload", ll.handle)
+    memory.symbol("lockload", ll.handle)
+    # checked at the end of the run, over the whole machine: every increment landed
+    md.register("invariants", [{
+        "name": "lockload", "what": "a lost update: mutual exclusion failed",
+        "sum": ["lockobj", "lo_count"], "total": ["lockload", "ll_total"],
+        "counter": "lockload_increments"}])
 
 
 SYSINIT("lockload", SI_SUB.SI_SUB_KTHREAD_INIT, SI_ORDER.SI_ORDER_FIRST, lockload_init)
@@ -66,12 +71,12 @@ def lockload_start(_: Any) -> None:
     n = int(cfg["workload.kthreads"])
     if n == 0:
         return
-    ll = struct_lockload.at(md.bus_call(Op.LOOKUP, "lockload"))
+    ll = struct_lockload.at(memory.lookup("lockload"))
     assert ll is not None
     objs = list(TAILQ_FOREACH(ll.ll_objs, struct_lockobj))
     for i in range(n):
-        seed = (int(cfg["run.seed"]) * 1_000_003 + md.pcpu.cpuid * 1009 + i) & (2**63 - 1)
-        kthread_create(lambda s=seed: lockload_thread(ll, objs, s),
+        rng = md.random_source("lockload", md.pcpu.cpuid, i)
+        kthread_create(lambda r=rng: lockload_thread(ll, objs, r),
                        f"lockload{md.pcpu.cpuid}.{i}", PWAIT)
 
 
@@ -79,9 +84,8 @@ SYSINIT("lockload_start", SI_SUB.SI_SUB_KTHREAD_INIT, SI_ORDER.SI_ORDER_SECOND,
         lockload_start, percpu=True)
 
 
-def lockload_thread(ll: Any, objs: list[Any], seed: int) -> None:
+def lockload_thread(ll: Any, objs: list[Any], rng: random.Random) -> None:
     cfg = md.pcpu.config
-    rng = random.Random(seed)
     hold = float(cfg["workload.hold_us"])
     think = float(cfg["workload.think_us"])
     sleep_prob = float(cfg["workload.sleep_prob"])
@@ -98,7 +102,7 @@ def lockload_thread(ll: Any, objs: list[Any], seed: int) -> None:
         v = o.lo_count
         md.cpu_work(hold)
         o.lo_count = v + 1
-        md.atomic_add(ll.handle, "ll_total", 1)
+        memory.atomic_add(ll.handle, "ll_total", 1)
         pc.count("lockload_increments")
         if rng.random() < sleep_prob:
             o.lo_sleepers += 1

@@ -49,7 +49,7 @@ def _cfg(key: str) -> Any:
 
 def _rng() -> random.Random:
     """This process's random source: derived from the run's seed and its pid."""
-    return random.Random((int(_cfg("run.seed")) * 7919 + libc.getpid() * 104729) & (2**63 - 1))
+    return md.random_source("proc", libc.getpid())
 
 
 def _ticks(seconds: float) -> int:
@@ -209,7 +209,7 @@ def program_mix(weights: list[int], rng: random.Random) -> Iterator[str]:
 
 def prog_init() -> None:
     """Keep the configured number of children running; reap them as they exit."""
-    rng = random.Random((int(_cfg("run.seed")) * 31337 + md.pcpu.cpuid * 65537) & (2**63 - 1))
+    rng = md.random_source("init", md.pcpu.cpuid)
     weights = [int(_cfg(f"user.{name}")) for name in PROGRAMS]
     want = int(_cfg("user.procs_per_cpu"))
     mix = program_mix(weights, rng)

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from hw.protocol import Op
 from kernel import param
 from kernel.kern.kern_synch import tsleep
 from kernel.machine import cpu as md
+from kernel.machine import memory
 from kernel.sys.param import PSWP
 from kernel.sys.kernel import SI_ORDER, SI_SUB, SYSINIT
 from kernel.sys.kstruct import (F, HASH_INSERT, HASH_LOOKUP, HASH_REMOVE, KObj, KStruct,
@@ -46,13 +46,13 @@ swdev: KObj = None  # type: ignore[assignment]
 def swap_attach() -> None:
     global swdev
     if swdev is None:
-        swdev = struct_swdevt.at(md.bus_call(Op.LOOKUP, "swdev"))
+        swdev = struct_swdevt.at(memory.lookup("swdev"))
 
 
 def swap_pager_init(_: Any) -> None:
     global swdev
     swdev = struct_swdevt.new(sw_nblks=param.swap_pages)
-    md.bus_post(Op.SYMBOL, "swdev", swdev.handle)
+    memory.symbol("swdev", swdev.handle)
 
 
 SYSINIT("swap_pager", SI_SUB.SI_SUB_VM, SI_ORDER.SI_ORDER_SECOND, swap_pager_init)
@@ -113,7 +113,7 @@ def swap_pager_putpage(obj: KObj, m: KObj) -> int:
         _swp_insert(obj, sb, m.pindex)
         obj.update(type=OBJT_SWAP, swp_bcount=obj.swp_bcount + 1)
     blk = sb.sb_block
-    crc = md.bus_call(Op.SWAPOUT, m.phys_addr, blk)
+    crc = memory.swap_write(m.phys_addr, blk)
     sb.sb_crc = crc
     _transfer_wait(m, "swwrt", "machine.swap_write_latency_us")
     m.dirty = 0
@@ -127,14 +127,14 @@ def swap_pager_getpage(obj: KObj, m: KObj) -> int:
     if sb is None:
         return VM_PAGER_FAIL
     blk, want = sb.load("sb_block", "sb_crc")
-    got = md.bus_call(Op.SWAPIN, blk, m.phys_addr)
+    got = memory.swap_read(blk, m.phys_addr)
     _transfer_wait(m, "swread", "machine.swap_latency_us")
     if got != want:
         md.pcpu.count("checksum_errors")
         md.pcpu.note_violation(f"swap: object {obj.handle} page {m.pindex} came back from "
                                f"block {blk} with crc {got:#x}, wrote {want:#x}")
         return VM_PAGER_ERROR
-    crc = md.bus_call(Op.PSUM, m.phys_addr)
+    crc = memory.page_sum(m.phys_addr)
     if crc != want:
         md.pcpu.count("checksum_errors")
         md.pcpu.note_violation(f"swap: page {m.handle} frame differs from its swap copy")
@@ -153,7 +153,7 @@ def swap_pager_copy(src: KObj, dst: KObj, pindex: int) -> bool:
     blk = _swp_alloc()
     if blk < 0:
         return False
-    crc = md.bus_call(Op.SWAPCOPY, sb.sb_block, blk)
+    crc = memory.swap_copy(sb.sb_block, blk)
     if crc != sb.sb_crc:
         md.pcpu.count("checksum_errors")
         md.pcpu.note_violation(f"swap: block {sb.sb_block} changed on the device")

@@ -12,19 +12,18 @@ Callers hold Giant (FreeBSD 5.0's vm_fault took it itself).
 
 from __future__ import annotations
 
-from hw.protocol import Op
 from kernel.machine import cpu as md
+from kernel.machine import memory
 from kernel.sys.kstruct import KObj
-from kernel.vm.vm_object import struct_vm_object
 from kernel.vm.swap_pager import swap_pager_copy, swap_pager_haspage, vm_pager_get_pages
-from kernel.vm.vm import (KERN_FAILURE, KERN_INVALID_ADDRESS, KERN_PROTECTION_FAILURE,
-                          KERN_SUCCESS, VM_ALLOC_NORMAL, VM_PAGE_BITS_ALL, VM_PAGER_OK,
-                          VM_PROT_READ, VM_PROT_WRITE, atop, trunc_page)
+from kernel.vm.vm import (KERN_FAILURE, KERN_INVALID_ADDRESS, KERN_PROTECTION_FAILURE, KERN_SUCCESS,
+                          VM_ALLOC_NORMAL, VM_PAGER_OK, VM_PAGE_BITS_ALL, VM_PROT_READ,
+                          VM_PROT_WRITE, atop, trunc_page)
 from kernel.vm.vm_map import vm_map_lock_read, vm_map_lookup_entry, vm_map_unlock_read
-from kernel.vm.vm_page import (PG_BUSY, VM_WAIT, vm_page_activate, vm_page_alloc,
-                               vm_page_dirty, vm_page_lock_queues,
-                               vm_page_lookup, vm_page_unlock_queues, vm_page_unwire,
-                               vm_page_wakeup, vm_page_wire)
+from kernel.vm.vm_object import struct_vm_object
+from kernel.vm.vm_page import (PG_BUSY, VM_WAIT, vm_page_activate, vm_page_alloc, vm_page_dirty,
+                               vm_page_lock_queues, vm_page_lookup, vm_page_sleep_busy,
+                               vm_page_unlock_queues, vm_page_unwire, vm_page_wakeup, vm_page_wire)
 
 
 def vm_fault_page(map_: KObj, vaddr: int, fault_type: int, wire: bool = False,
@@ -47,7 +46,6 @@ def vm_fault_page(map_: KObj, vaddr: int, fault_type: int, wire: bool = False,
             flags, busy = m.load("flags", "busy")
             if flags & PG_BUSY or busy:
                 vm_map_unlock_read(map_)
-                from kernel.vm.vm_page import vm_page_sleep_busy
                 vm_page_sleep_busy(m, True, "vmpfw")
                 continue
             m.flags = flags | PG_BUSY                       # vm_page_busy(m)
@@ -64,7 +62,7 @@ def vm_fault_page(map_: KObj, vaddr: int, fault_type: int, wire: bool = False,
                     vm_map_unlock_read(map_)
                     return KERN_FAILURE, None
             else:
-                md.bus_post(Op.PZERO, m.phys_addr)
+                memory.page_zero(m.phys_addr)
                 m.valid = VM_PAGE_BITS_ALL
                 md.pcpu.count("zero_fills")
         vm_page_lock_queues()
@@ -116,7 +114,6 @@ def vm_fault_unwire(map_: KObj, start: int, end: int) -> None:
 def vm_object_copy_pages(src: KObj, dst: KObj) -> None:
     """Copy every page of ``src`` into the new object ``dst`` (fork of a COPY entry):
     resident pages frame to frame, pages on swap block to block."""
-    from kernel.vm.vm_page import vm_page_sleep_busy
     size = src.size
     for pindex in range(size):
         m = vm_page_lookup(src, pindex)
@@ -135,7 +132,7 @@ def vm_object_copy_pages(src: KObj, dst: KObj) -> None:
             if nm is not None:
                 break
             VM_WAIT()
-        md.bus_post(Op.PCOPY, m.phys_addr, nm.phys_addr)
+        memory.page_copy(m.phys_addr, nm.phys_addr)
         nm.update(valid=VM_PAGE_BITS_ALL, dirty=VM_PAGE_BITS_ALL)
         vm_page_lock_queues()
         vm_page_activate(nm)

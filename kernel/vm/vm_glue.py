@@ -98,7 +98,10 @@ from kernel.kern.kern_proc import (FOREACH_KSEGRP_IN_PROC, FOREACH_PROC_IN_SYSTE
 from kernel.kern.kern_synch import msleep, setrunnable, tsleep, wakeup
 from kernel.kern.kern_sx import sx_slock, sx_sunlock
 from kernel.kern.kern_thread import curproc
+from kernel.kern.sysv_shm import shmfork
 from kernel.machine import cpu as md
+from kernel.machine import memory
+from kernel.machine.vm_machdep import cpu_fork, cpu_wait
 from kernel.machine.pmap import (pmap_pinit2, pmap_qenter, pmap_qremove, pmap_swapin_thread,
                                  pmap_swapout_thread)
 from kernel.sys.kernel import SI_ORDER, SI_SUB, SYSINIT
@@ -319,7 +322,6 @@ def vm_forkproc(td: Any, p2: Any, td2: Any, flags: int) -> None:
     machine-dependent layer to fill those in and make the new process
     ready to run.  The new process is set up so that it returns directly
     to user mode to avoid stack copying and relocation problems."""
-    from kernel.kern.kern_fork import cpu_fork, shmfork
     p1 = td.td_proc
 
     GIANT_REQUIRED()
@@ -367,11 +369,11 @@ def vm_forkproc(td: Any, p2: Any, td2: Any, flags: int) -> None:
         if p2.p_procsig.ps_refcnt != 1:
             md.printf("PID:%d NULL sigacts with refcnt not 1!\n" % p2.p_pid)
         p2.p_sigacts = up + U_SIGACTS
-        md.kbcopy(p1.p_sigacts, up + U_SIGACTS, SIGACTS_SIZE)
+        memory.kbcopy(p1.p_sigacts, up + U_SIGACTS, SIGACTS_SIZE)
 
-    md.kbzero(up + PSTAT_STARTZERO, PSTAT_ENDZERO - PSTAT_STARTZERO)
-    md.kbcopy(p1.p_stats + (PSTAT_STARTCOPY - U_STATS), up + PSTAT_STARTCOPY,
-              PSTAT_ENDCOPY - PSTAT_STARTCOPY)
+    memory.kbzero(up + PSTAT_STARTZERO, PSTAT_ENDZERO - PSTAT_STARTZERO)
+    memory.kbcopy(p1.p_stats + (PSTAT_STARTCOPY - U_STATS), up + PSTAT_STARTCOPY,
+                  PSTAT_ENDCOPY - PSTAT_STARTCOPY)
 
     #
     # cpu_fork will copy and update the pcb, set up the kernel stack,
@@ -384,8 +386,6 @@ def vm_waitproc(p: Any) -> None:
     """Called after process has been wait(2)'ed apon and is being reaped.
     The idea is to reclaim resources that we could not reclaim while
     the process was still executing."""
-    from kernel.kern.kern_fork import cpu_wait
-
     GIANT_REQUIRED()
     cpu_wait(p)
     vmspace_exitfree(p)                 # and clean-out the vmspace
@@ -795,7 +795,8 @@ def swapout(p: Any) -> None:
 
     md.pcpu.count("swapouts")                                    # PORT: count
     stats = p.p_stats
-    md.kwrite_u64(stats + (RU_NSWAP - U_STATS), md.kread_u64(stats + (RU_NSWAP - U_STATS)) + 1)
+    nswap = stats + (RU_NSWAP - U_STATS)                         # PORT: ++ru_nswap
+    memory.kwrite_u64(nswap, memory.kread_u64(nswap) + 1)
     #
     # remember the process resident count
     #

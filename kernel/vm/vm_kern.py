@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hw.protocol import Op
-from kernel.machine import cpu as md
+from kernel.machine import memory
 from kernel.sys.kernel import SI_ORDER, SI_SUB, SYSINIT
 from kernel.sys.kstruct import KObj
 from kernel.vm.vm import KERN_SUCCESS, round_page
@@ -23,7 +22,7 @@ kernel_map: KObj = None  # type: ignore[assignment]
 def kmem_init(_: Any) -> None:
     global kernel_map
     kernel_map = vm_map_create(VM_MIN_KERNEL_ADDRESS, VM_MAX_KERNEL_ADDRESS, system=True)
-    md.bus_post(Op.SYMBOL, "kernel_map", kernel_map.handle)
+    memory.symbol("kernel_map", kernel_map.handle)
 
 
 SYSINIT("kmem", SI_SUB.SI_SUB_KMEM, SI_ORDER.SI_ORDER_FIRST, kmem_init)
@@ -32,7 +31,7 @@ SYSINIT("kmem", SI_SUB.SI_SUB_KMEM, SI_ORDER.SI_ORDER_FIRST, kmem_init)
 def kmem_attach() -> None:
     global kernel_map
     if kernel_map is None:
-        kernel_map = struct_vm_map.at(md.bus_call(Op.LOOKUP, "kernel_map"))
+        kernel_map = struct_vm_map.at(memory.lookup("kernel_map"))
 
 
 def kmem_alloc_nofault(map_: KObj, size: int) -> int:

@@ -16,7 +16,10 @@ from typing import Any
 from kernel.kern.kern_mutex import KASSERT
 from kernel.machine import cpu as md
 from kernel.sys.kstruct import F, KStruct, TAILQ_FIRST, TAILQ_FOREACH
+from kernel.vm.swap_pager import swap_pager_freespace
 from kernel.vm.vm import OBJT_DEFAULT
+from kernel.vm.vm_page import (struct_vm_page, vm_page_busy, vm_page_free, vm_page_lock_queues,
+                               vm_page_sleep_busy, vm_page_unlock_queues)
 
 struct_vm_object = KStruct("vm_object", [
     F("memq", "list", "m"),                 # resident pages
@@ -58,10 +61,6 @@ def vm_object_deallocate(obj: Any) -> None:
 
 
 def vm_object_terminate(obj: Any) -> None:
-    from kernel.vm.swap_pager import swap_pager_freespace
-    from kernel.vm.vm_page import (vm_page_busy, vm_page_free, vm_page_lock_queues,
-                                   vm_page_sleep_busy, vm_page_unlock_queues)
-    from kernel.vm.vm_page import struct_vm_page
     while True:
         m = TAILQ_FIRST(obj.memq, struct_vm_page)
         if m is None:
@@ -81,5 +80,4 @@ def vm_object_terminate(obj: Any) -> None:
 
 
 def vm_object_pages(obj: Any) -> list[Any]:
-    from kernel.vm.vm_page import struct_vm_page
     return list(TAILQ_FOREACH(obj.memq, struct_vm_page))

@@ -25,13 +25,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from hw.protocol import Op
 from kernel import param
 from kernel.kern.kern_mutex import (KASSERT, MTX_DEF, MTX_SPIN, mtx_init, mtx_lock,
                                     mtx_lock_spin, mtx_unlock, mtx_unlock_spin)
 from kernel.kern.kern_synch import tsleep, wakeup
 from kernel.kern.kern_thread import curproc
 from kernel.machine import cpu as md
+from kernel.machine import memory
 from kernel.sys.kernel import SI_ORDER, SI_SUB, SYSINIT
 from kernel.sys.kstruct import (F, HASH_INSERT, HASH_LOOKUP, HASH_REMOVE, KObj, KStruct,
                                 TAILQ_FIRST, TAILQ_INSERT_TAIL, TAILQ_REMOVE)
@@ -100,7 +100,7 @@ def vm_attach() -> None:
     """Every CPU: find ``cnt`` (the BSP made it in vm_page_startup)."""
     global cnt
     if cnt is None:
-        cnt = struct_vmmeter.at(md.bus_call(Op.LOOKUP, "cnt"))
+        cnt = struct_vmmeter.at(memory.lookup("cnt"))
 
 
 # -- boot --------------------------------------------------------------------------------
@@ -117,10 +117,10 @@ def vm_page_startup(_: Any) -> None:
     npages = param.physmem_pages
     c = struct_vmmeter.new(v_page_count=npages)
     cnt = c
-    md.bus_post(Op.SYMBOL, "cnt", c.handle)
+    memory.symbol("cnt", c.handle)
     mtx_init(c.vm_page_queue_mtx, "vm page queue mutex", None, MTX_DEF)
     mtx_init(c.vm_page_queue_free_mtx, "vm page queue free mutex", None, MTX_SPIN)
-    md.bus_call(Op.NEWN, "vm_page", npages, {"queue": PQ_FREE}, "phys_addr", c.pq_free)
+    memory.obj_newn("vm_page", npages, {"queue": PQ_FREE}, "phys_addr", c.pq_free)
     c.v_free_count = npages
     vm_pageout_free_page_calc(npages)
 
@@ -279,7 +279,7 @@ def vm_page_alloc(obj: KObj | None, pindex: int, req: int) -> KObj | None:
     m.update_racy(queue=PQ_NONE, flags=PG_BUSY | (PG_ZERO if req & VM_ALLOC_ZERO else 0),
                   wire_count=wired, hold_count=0, busy=0, valid=0, dirty=0, act_count=0)
     if req & VM_ALLOC_ZERO:
-        md.bus_post(Op.PZERO, m.phys_addr)
+        memory.page_zero(m.phys_addr)
     if obj is not None:
         vm_page_insert(m, obj, pindex)
     if f - 1 + c < _free_min():

@@ -31,10 +31,11 @@ from kernel.kern.kern_thread import curproc
 from kernel.machine import cpu as md
 from kernel.sys.kernel import SI_ORDER, SI_SUB, SYSINIT
 from kernel.sys.kstruct import TAILQ_ITEMS
-from kernel.sys.param import PPAUSE, PVM
+from kernel.sys.param import EWOULDBLOCK, PPAUSE, PVM
 from kernel.vm import vm_page as vp
 from kernel.vm.swap_pager import vm_pager_put_page
 from kernel.vm.vm import PG_BUSY, VM_PAGER_OK, VM_SWAP_IDLE, VM_SWAP_NORMAL
+from kernel.vm.vm_glue import swapout_procs
 
 VM_PAGEOUT_BATCH = 64
 
@@ -132,7 +133,6 @@ def vm_pageout_scan(pass_: int) -> None:
 
 def vm_pageout() -> None:
     """The pageout daemon's thread (pageproc)."""
-    from kernel.sys.param import EWOULDBLOCK
     cnt = vp.cnt
     G = kern_globals.G
     mtx_lock(G.Giant)
@@ -178,7 +178,6 @@ def vm_pageout() -> None:
 def vm_daemon() -> None:
     """The vm daemon's thread: swapout_procs on request."""
     global _req_swapout
-    from kernel.vm.vm_glue import swapout_procs
     G = kern_globals.G
     mtx_lock(G.Giant)
     while True:

@@ -25,14 +25,14 @@ import threading
 import time
 from typing import Callable, Sequence
 
+from hw.seeds import derive_int
 from smp.hunt.findings import Failure, classify, load_known
 
 
 def derive_seed(base: int, i: int) -> int:
-    """The seed of run ``i`` of a campaign with seed ``base`` (stable across versions)."""
-    x = (base * 0x9E3779B97F4A7C15 + (i + 1) * 0xBF58476D1CE4E5B9) & (2**64 - 1)
-    x ^= x >> 31
-    return x % (2**31 - 1) + 1
+    """The seed of run ``i`` of a campaign with seed ``base`` (stable across versions and
+    hosts: ``hw.seeds``)."""
+    return derive_int(base, "campaign", i) % (2**31 - 1) + 1
 
 
 @dataclasses.dataclass

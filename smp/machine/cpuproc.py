@@ -45,7 +45,7 @@ def cpu_main(cpu_id: int, endpoint: str, config: dict[str, Any] | None, liveness
         # Import the kernel before saying hello: once hello'd, a CPU that sends nothing for
         # PEER_LOST_S is reported unresponsive, and 32 CPUs importing at once on 2 cores
         # can take that long.
-        from kernel.kern.init_main import boot
+        from kernel.conf import boot
         bus = Bus(endpoint, f"cpu{cpu_id}", liveness=liveness, curve=curve)
         t_send = time.monotonic()
         try:

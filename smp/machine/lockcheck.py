@@ -23,7 +23,8 @@ from __future__ import annotations
 from typing import Callable
 
 from smp.machine.locks import LockTable
-from smp.machine.objects import LOCK_KINDS, ObjectStore, field_addr
+from hw.protocol import F_LOCK, field_addr
+from smp.machine.objects import ObjectStore
 from smp.machine.witness import Finding
 
 
@@ -51,7 +52,7 @@ class LockKeyChecker:
         if idx is None:
             decl = self.kmem.types[tname]
             idx = next((i for i, f in enumerate(decl.order)
-                        if decl.fields[f][0] in LOCK_KINDS), -1)
+                        if decl.fields[f][0] == F_LOCK), -1)
             self.self_lock[tname] = idx
         return idx
 

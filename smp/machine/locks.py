@@ -48,12 +48,11 @@ import time
 from typing import Any, Hashable
 
 from hw.protocol import (AF_LINE, AF_PICKUP, AF_TRY, BUSY, EXCL, GRANTED, GRANTED_LINE,
-                         LC_LOCKMGR, LC_SLEEP, LC_SPIN, LC_SX, LF_RECURSE, QUEUED, SHARED)
+                         LF_NOSHREC, LF_RECURSE, LK_RW, LK_SLEEP, LK_SPIN, LOCK_KINDS, QUEUED,
+                         SHARED)
 
-SCHED_LOCK_NAME = "sched lock"
 LINE_STREAK = 3       # a CPU that takes a mutex this many times running gets its line
-LINE_CLASSES = (LC_SPIN, LC_SLEEP)     # the mutexes: lock words of their own
-CLASSES = (LC_SPIN, LC_SLEEP, LC_SX, LC_LOCKMGR)
+LINE_KINDS = (LK_SPIN, LK_SLEEP)       # the mutexes: lock words of their own
 
 
 class LockError(Exception):
@@ -84,7 +83,8 @@ class Waiter:
 @dataclasses.dataclass
 class Lock:
     handle: int
-    cls: str
+    kind: str                        # the machine's semantics: LK_SPIN, LK_SLEEP, LK_RW
+    cls: str                         # the kernel's name for the class ("sleep mutex")
     name: str
     flags: int
     owner: int = 0                   # exclusive owner tid
@@ -138,7 +138,10 @@ class LockTable:
                  lines: bool = True) -> None:
         self.witness = witness
         self.deadlock_check = deadlock_check
+        # the lock that sleep queues require (the kernel registers its name at boot)
+        self.sched_lock_name: str | None = None
         self.locks: dict[int, Lock] = {}
+        self.names: dict[int, str] = {}            # every lock ever initialised: its name
         self.threads: dict[int, ThreadLocks] = {}
         self.channels: dict[Hashable, collections.deque[tuple[int, int]]] = {}
         self.by_name: dict[str, NameStats] = collections.defaultdict(NameStats)
@@ -149,7 +152,7 @@ class LockTable:
         # While a CPU has a lock's line no other CPU gets the lock: its acquire queues and
         # the line is recalled; the grant waits for the RELINQUISH. Lines are per address
         # and outlive a lock destroyed and made again at the same address.
-        self.line_classes = LINE_CLASSES if lines else ()
+        self.line_kinds = LINE_KINDS if lines else ()
         self.lines: dict[int, int] = {}            # lock -> cpu holding its line
         self.recalling: set[int] = set()
         self.recalls: list[tuple[int, int]] = []   # (cpu, lock): RECALL events to send
@@ -168,13 +171,16 @@ class LockTable:
             raise LockError(f"lock {h} is not initialized (no mtx_init/sx_init/lockinit)")
         return lk
 
-    def init(self, h: int, cls: str, name: str, flags: int) -> None:
-        if cls not in CLASSES:
-            raise LockError(f"lock_init: unknown lock class {cls!r}")
+    def init(self, h: int, kind: str, cls: str, name: str, flags: int) -> None:
+        if kind not in LOCK_KINDS:
+            raise LockError(f"lock_init: unknown lock kind {kind!r} (one of "
+                            f"{', '.join(LOCK_KINDS)})")
         old = self.locks.get(h)
         if old is not None and (old.owner or old.shared or old.waiters):
             raise LockError(f"lock_init: {old.cls} {old.name} re-initialized while in use")
-        self.locks[h] = Lock(h, cls, name, flags)
+        self.locks[h] = Lock(h, kind, cls, name, flags)
+        if len(self.names) < 1 << 20:
+            self.names[h] = name
 
     def destroy(self, h: int) -> None:
         lk = self.lock(h)
@@ -184,7 +190,7 @@ class LockTable:
 
     def _held_spin(self, t: ThreadLocks) -> list[Lock]:
         return [self.locks[h] for h, _, _ in t.held
-                if h in self.locks and self.locks[h].cls == LC_SPIN]
+                if h in self.locks and self.locks[h].kind == LK_SPIN]
 
     def _take(self, lk: Lock, tid: int, t: ThreadLocks, mode: int, site: str,
               waited_us: float) -> None:
@@ -239,9 +245,9 @@ class LockTable:
                                 f"does not have, or of a lock held (@ {site})")
             self.line_acquires += 1
 
-        if mode not in (EXCL, SHARED) or (mode == SHARED and lk.cls in (LC_SPIN, LC_SLEEP)):
+        if mode not in (EXCL, SHARED) or (mode == SHARED and lk.kind != LK_RW):
             raise LockError(f"acquire: bad mode {mode} for {lk.cls} {lk.name}")
-        if t.held and lk.cls != LC_SPIN and not trylock:
+        if t.held and lk.kind != LK_SPIN and not trylock:
             spins = self._held_spin(t)
             if spins:
                 raise LockError(f"blockable sleep lock ({lk.cls}) {lk.name} @ {site} "
@@ -251,7 +257,7 @@ class LockTable:
                 lk.recurse += 1
                 self.by_name[lk.name].acquires += 1
                 return GRANTED
-            if trylock and lk.cls in (LC_SLEEP, LC_SPIN):
+            if trylock and lk.kind != LK_RW:
                 return BUSY
             raise LockError(f"{lk.name}: recursed on non-recursive {lk.cls} @ {site} "
                             f"(first acquired @ {lk.site})")
@@ -259,8 +265,8 @@ class LockTable:
             if mode == EXCL:
                 raise LockError(f"{lk.name}: {lk.cls} exclusive acquire by a thread that "
                                 f"holds it shared (share->excl) @ {site}")
-            if lk.cls == LC_LOCKMGR:
-                raise LockError(f"{lk.name}: lockmgr shared recursion @ {site}")
+            if lk.flags & LF_NOSHREC:
+                raise LockError(f"{lk.name}: {lk.cls} shared recursion @ {site}")
         if mode == SHARED and lk.owner == tid:
             raise LockError(f"{lk.name}: {lk.cls} shared acquire by its exclusive owner "
                             f"(excl->share) @ {site}")
@@ -303,7 +309,7 @@ class LockTable:
         else:
             lk.last_cpu, lk.streak = cpu, 1
         if (line is None and lk.streak >= LINE_STREAK and not trylock and not lk.waiters
-                and lk.cls in self.line_classes):           # mutexes: always exclusive
+                and lk.kind in self.line_kinds):            # mutexes: always exclusive
             self.lines[lk.handle] = cpu
             self.line_grants += 1
             return GRANTED_LINE
@@ -381,7 +387,7 @@ class LockTable:
         if lk.handle in self.recalling:
             return []                   # the line is on its way back: RELINQUISH grants
         grants: list[Grant] = []
-        if lk.cls == LC_SPIN:
+        if lk.kind == LK_SPIN:
             w = lk.waiters.popleft()
             t = self.thread(w.tid, w.cpu)
             t.waiting = None
@@ -392,7 +398,7 @@ class LockTable:
             return grants
         if lk.shared:
             return []                                   # readers still in; writers wait
-        if lk.cls == LC_SLEEP or not any(w.mode == SHARED for w in lk.waiters):
+        if lk.kind == LK_SLEEP or not any(w.mode == SHARED for w in lk.waiters):
             woken = [lk.waiters.popleft()]
         else:
             woken = [w for w in lk.waiters if w.mode == SHARED]
@@ -405,7 +411,7 @@ class LockTable:
     def handoff(self, tid: int, cpu: int, h: int, to_tid: int) -> None:
         """A context switch passes a held spin lock to the next thread (mi_switch)."""
         lk = self.lock(h)
-        if lk.cls != LC_SPIN or lk.owner != tid:
+        if lk.kind != LK_SPIN or lk.owner != tid:
             raise LockError(f"handoff of {lk.cls} {lk.name} by thread {tid}, "
                             f"which does not own it")
         if lk.recurse:
@@ -446,23 +452,26 @@ class LockTable:
     def spin_held_too_long(self, bound_us: float) -> tuple[Lock, float] | None:
         now = _now_us()
         for lk in self.locks.values():
-            if lk.cls == LC_SPIN and lk.owner and now - lk.since_us > bound_us:
+            if lk.kind == LK_SPIN and lk.owner and now - lk.since_us > bound_us:
                 return lk, now - lk.since_us
         return None
 
     # -- sleep channels ----------------------------------------------------------------
     def _require_sched_lock(self, what: str, tid: int, t: ThreadLocks, site: str) -> None:
+        name = self.sched_lock_name
+        if name is None:                  # the kernel named no scheduler lock: no rule
+            return
         for h, _, _ in t.held:
-            if h in self.locks and self.locks[h].name == SCHED_LOCK_NAME:
+            if h in self.locks and self.locks[h].name == name:
                 return
-        raise LockError(f"{what} @ {site} without the {SCHED_LOCK_NAME} held")
+        raise LockError(f"{what} @ {site} without the {name} held")
 
     def sleep(self, tid: int, cpu: int, site: str, chan: Hashable,
               interlock: int) -> list[Grant]:
         t = self.thread(tid, cpu)
         self._require_sched_lock("msleep", tid, t, site)
         for lk in self._held_spin(t):
-            if lk.name != SCHED_LOCK_NAME:
+            if lk.name != self.sched_lock_name:
                 raise LockError(f"sleeping with spin mutex {lk.name} held @ {site}")
         if t.sleeping is not None:
             raise LockError(f"thread {tid} sleeps on {chan!r} while asleep on {t.sleeping!r}")
@@ -471,7 +480,8 @@ class LockTable:
             grants = self.release(tid, cpu, site, interlock, EXCL)
         if self.witness is not None:
             self.witness.sleeping([(self.locks[a], s) for a, _, s in t.held
-                                   if a in self.locks and self.locks[a].name != SCHED_LOCK_NAME],
+                                   if a in self.locks
+                                   and self.locks[a].name != self.sched_lock_name],
                                   site)
         self.channels.setdefault(chan, collections.deque()).append((tid, cpu))
         t.sleeping = chan

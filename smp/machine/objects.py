@@ -24,16 +24,11 @@ import dataclasses
 from typing import Any
 
 
+from hw.protocol import F_LIST, F_LOCK, F_MAP, FIELD_BITS, field_addr, field_kind_ok
+
+
 class ObjectError(Exception):
     """A bad handle, an unknown type or field, a list misuse."""
-
-
-FIELD_BITS = 8
-LOCK_KINDS = ("mtx", "sx", "lockmgr")
-
-
-def field_addr(handle: int, index: int) -> int:
-    return (handle << FIELD_BITS) | index
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +128,10 @@ class ObjectStore:
     def deftype(self, name: str, fields: list[list[Any]]) -> None:
         if len(fields) > 1 << FIELD_BITS:
             raise ObjectError(f"type {name}: more than {1 << FIELD_BITS} fields")
+        for f in fields:
+            if not isinstance(f, list) or len(f) != 4 or not field_kind_ok(f[1]):
+                raise ObjectError(f"type {name}: field {f!r} is not [name, kind, lock key, "
+                                  f"default] with a known kind")
         decl = TypeDecl(name, {f: (kind, key, default) for f, kind, key, default in fields},
                         tuple(f for f, _, _, _ in fields))
         old = self.types.get(name)
@@ -165,11 +164,11 @@ class ObjectStore:
         locks = []
         for i, f in enumerate(decl.order):
             kind = decl.fields[f][0]
-            if kind == "list":
+            if kind == F_LIST:
                 self.lists.pop(field_addr(h, i), None)
-            elif kind == "map":
+            elif kind == F_MAP:
                 self.maps.pop(field_addr(h, i), None)
-            elif kind in LOCK_KINDS:
+            elif kind == F_LOCK:
                 locks.append(field_addr(h, i))
         return locks
 
@@ -274,7 +273,7 @@ class ObjectStore:
         lst = self.lists.get(addr)
         if lst is None:
             h, f, kind = self.resolve(addr)
-            if kind != "list":
+            if kind != F_LIST:
                 raise ObjectError(f"{self.otype[h]}#{h}.{f} is not a list head")
             lst = self.lists[addr] = _List()
         return lst
@@ -299,7 +298,7 @@ class ObjectStore:
         m = self.maps.get(addr)
         if m is None:
             h, f, kind = self.resolve(addr)
-            if kind != "map":
+            if kind != F_MAP:
                 raise ObjectError(f"{self.otype[h]}#{h}.{f} is not a map")
             m = self.maps[addr] = {}
         return m

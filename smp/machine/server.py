@@ -43,7 +43,8 @@ from hw.protocol import (ERR, HEARTBEAT_S, MAX_FRAME, MAX_FRAME_HARD, OK, PEER_L
 from smp.machine.lockcheck import LockKeyChecker
 from smp.machine.locks import Deadlock, LockError, LockTable
 from smp.machine.witness import Finding, Witness
-from smp.machine.objects import LOCK_KINDS, ObjectError, ObjectStore
+from hw.protocol import F_LOCK
+from smp.machine.objects import ObjectError, ObjectStore
 
 POLL_MS = 200
 
@@ -68,7 +69,7 @@ LIVENESS_CHECK_S = 0.05        # spin locks held too long, silent CPUs: looked f
 _ARGTYPES: dict[int, tuple[type | tuple[type, ...], ...]] = {
     Op.DEFTYPE: (str, list), Op.NEW: (str, dict), Op.NEWN: (str, int, dict),
     Op.SYMBOL: (str, int), Op.LOOKUP: (str,), Op.COUNT: (str, list),
-    Op.LOCK_INIT: (int, str, str, int), Op.DEFKEYS: (dict,), Op.IPI: (int, str),
+    Op.LOCK_INIT: (int, str, str, str, int), Op.POLICY: (str,), Op.IPI: (int, str),
     Op.RELINQUISH: (int,),
     Op.REPORT: (str,),
 }
@@ -104,6 +105,7 @@ class Server:
         det = dict(DEFAULT_DETECTORS, **(detectors or {}))
         self.detectors = det
         self.findings: list[dict[str, Any]] = []
+        self.policy: dict[str, Any] = {}            # what the kernel registered (POLICY)
         self.endpoint = endpoint
         self.pub_endpoint = pub_endpoint
         self.stats_interval = stats_interval
@@ -177,8 +179,7 @@ class Server:
                                            self.kmem.storen(a[0], a[1]))[1],
             Op.LOADR: lambda p, t, s, a: self.kmem.loadn(a[0], a[1]),
             Op.STORER: lambda p, t, s, a: self.kmem.storen(a[0], a[1]),
-            Op.DEFKEYS: lambda p, t, s, a: (self.lockkeys.define_keys(a[0])
-                                            if self.lockkeys is not None else None),
+            Op.POLICY: self._policy,
             Op.ADD: lambda p, t, s, a: self.kmem.add(a[0], a[1], a[2]),
             Op.ADDP: lambda p, t, s, a: (self._access(t, s, a[0], [a[1]], "store"),
                                          self.kmem.add(a[0], a[1], a[2]))[1],
@@ -309,9 +310,9 @@ class Server:
 
     def _lock_init(self, p: Peer, tid: int, site: str, a: list[Any]) -> None:
         h, f, kind = self.kmem.resolve(a[0])
-        if kind not in LOCK_KINDS:
+        if kind != F_LOCK:
             raise ObjectError(f"lock_init: {self.kmem.describe(a[0])} is not a lock field")
-        self.locks.init(a[0], a[1], a[2], a[3])
+        self.locks.init(a[0], a[1], a[2], a[3], a[4])
 
     def _free(self, p: Peer, tid: int, site: str, a: list[Any]) -> None:
         for addr in self.kmem.free(a[0]):
@@ -341,6 +342,33 @@ class Server:
 
     def _sleep(self, p: Peer, tid: int, site: str, a: list[Any]) -> None:
         self._send_grants(self.locks.sleep(tid, p.cpu, site, _chan(a[0]), a[1]))
+
+    def _policy(self, p: Peer, tid: int, site: str, a: list[Any]) -> None:
+        """What the kernel registers at boot (DESIGN.md decision 12): the server enforces
+        and reports it, and knows nothing of the kernel otherwise."""
+        kind, payload = a[0], a[1]
+        if kind == "lock_keys":
+            if not isinstance(payload, dict):
+                raise Rejected("args", "POLICY lock_keys: a map of key -> [how, lock]")
+            if self.lockkeys is not None:
+                self.lockkeys.define_keys(payload)
+        elif kind == "lock_order":
+            if not isinstance(payload, dict):
+                raise Rejected("args", "POLICY lock_order: {chains, exempt}")
+            chains = [[str(n) for n in c] for c in payload.get("chains", [])]
+            exempt = [str(n) for n in payload.get("exempt", [])]
+            if self.witness is not None:
+                self.witness.register_order(chains, exempt)
+            payload = {"chains": chains, "exempt": exempt}
+        elif kind == "scheduler_lock":
+            self.locks.sched_lock_name = str(payload)
+        elif kind == "invariants":
+            if not isinstance(payload, list):
+                raise Rejected("args", "POLICY invariants: a list of checks")
+            payload = list(self.policy.get("invariants", [])) + payload
+        elif kind not in ("vmstats", "counters"):
+            raise Rejected("args", f"POLICY: unknown kind {_short(kind)}")
+        self.policy[kind] = payload
 
     def _ipi(self, p: Peer, tid: int, site: str, a: list[Any]) -> None:
         target, kind, args = a[0], a[1], a[2]
@@ -466,7 +494,7 @@ class Server:
         elif op == Op.CTL_FINAL:
             self.checked.clear()
             for cpu in self.cpus:
-                self._event_cpu(cpu, Event.IPI, -1, "final_check", [])
+                self._event_cpu(cpu, Event.FINAL)
             self._reply(peer.ident, seq, OK, None)
 
     def reject(self, ident: bytes, seq: Any, kind: str, text: str) -> None:
@@ -617,14 +645,18 @@ class Server:
                 "kmem": vars(self.kmem.statistics()), "vm": self._vmmeter()}
 
     def _vmmeter(self) -> dict[str, int]:
-        """The page counts of the kernel's ``cnt`` (struct vmmeter), once the kernel has
-        published it: what the swap plot and the exporters show as free pages."""
-        obj = self.kmem.objs.get(self.kmem.lookup("cnt"))
+        """The machine's page counts (free, pages, free_target, ...), read from the kernel
+        object and fields the kernel registered (``vmstats``): what the swap plot and the
+        exporters show."""
+        reg = self.policy.get("vmstats")
+        if not isinstance(reg, dict):
+            return {}
+        obj = self.kmem.objs.get(self.kmem.lookup(str(reg.get("symbol"))))
         if obj is None:
             return {}
-        return {k: v for k, v in obj.items()
-                if k.startswith("v_") and k.endswith(("_count", "_min", "_target"))
-                and isinstance(v, int)}
+        fields = reg.get("fields") or {}
+        return {role: obj[f] for role, f in fields.items()
+                if isinstance(obj.get(f), int)}
 
     def _check_liveness(self, now: float) -> None:
         """Spin locks held too long panic; a CPU silent for too long is reported."""
@@ -764,6 +796,8 @@ class Server:
             "panic": self.panic,
             "findings": self.findings,
             "witness_order": self.witness.order() if self.witness is not None else {},
+            "policy": self.policy,
+            "lock_names": {str(h): n for h, n in self.locks.names.items()},
             "lockkey_checks": self.lockkeys.checked if self.lockkeys is not None else 0,
             "halt_reason": self.halting,
             "thread_locks": {tid: {"held": self.locks.held_by(tid),

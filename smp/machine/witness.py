@@ -8,6 +8,10 @@ in the order opposite to one already seen. It reports each reversal once, in WIT
 words: the 1st and 2nd lock with their types and where each was taken, and where the
 established order was learned.
 
+The static order it starts from, and the locks its rules make exceptions for, are the
+kernel's: it registers them at boot (``register_order``), by lock name, as
+``subr_witness.c``'s ``order_lists`` are part of the kernel. The rules are the checker's.
+
 The 2002 rules (FREEBSD.md, section B):
 
 1. a blocking sleep lock taken with a spin lock held panics (the lock table does that);
@@ -16,12 +20,13 @@ The 2002 rules (FREEBSD.md, section B):
 4. a second lock of the same name warns "acquiring duplicate lock of same type" unless
    the lock is DUPOK;
 5. a reversal is reported, not a panic;
-6. taking a sleepable lock (sx) while holding a non-sleepable mutex other than Giant is a
-   reversal too;
-7. sleeping with a non-sleepable lock other than Giant and the interlock warns "sleeping
-   with X locked"; Giant taken back after a sleep adds no order edge.
+6. taking a sleepable lock (sx) while holding a non-sleepable mutex is a reversal too,
+   except for the exempt locks (Giant, in 2002);
+7. sleeping with a non-sleepable lock other than an exempt one and the interlock warns
+   "sleeping with X locked"; a lock taken back after a sleep adds no order edge.
 
-lockmgr locks (``vm_map``) were not checked by WITNESS in 2002 and are not here.
+Locks flagged ``LF_NOWITNESS`` are not checked (the kernel so flags its lockmgr locks:
+WITNESS did not know them in 2002).
 
 **Deadlock**: each time a thread is queued on a lock, the wait-for graph (thread -> lock
 it waits for -> owners of that lock -> locks they wait for ...) is followed from it; a
@@ -35,12 +40,7 @@ import collections
 import dataclasses
 from typing import Any, Callable
 
-from hw.protocol import LC_LOCKMGR, LC_SLEEP, LC_SPIN, LC_SX, LF_DUPOK
-
-# The static order of 2002 (subr_witness.c order_lists), by the names this kernel uses.
-STATIC_SLEEP_ORDER = ("Giant", "proctree", "allproc", "process lock")
-STATIC_SPIN_ORDER = ("sched lock", "callout")
-LEAF_SPIN = ("vm page queue free mutex",)
+from hw.protocol import LF_DUPOK, LF_NOWITNESS, LK_RW, LK_SLEEP, LK_SPIN
 
 
 @dataclasses.dataclass
@@ -64,11 +64,16 @@ class Witness:
         self.edges: dict[str, dict[str, tuple[str, str]]] = collections.defaultdict(dict)
         self.reported: set[Any] = set()
         self.paths: dict[tuple[str, str], list[str] | None] = {}
-        for order in (STATIC_SLEEP_ORDER, STATIC_SPIN_ORDER):
+        self.exempt: frozenset[str] = frozenset()
+
+    def register_order(self, chains: list[list[str]], exempt: list[str]) -> None:
+        """The kernel's static order (each chain: names in the order they are taken) and
+        the locks exempt from rules 6 and 7."""
+        for order in chains:
             for a, b in zip(order, order[1:]):
-                self.edges[a][b] = ("static order", "static order")
-        for leaf in LEAF_SPIN:
-            self.edges["sched lock"][leaf] = ("static order", "static order")
+                self.edges[str(a)][str(b)] = ("static order", "static order")
+        self.paths.clear()
+        self.exempt = frozenset(str(x) for x in exempt)
 
     def _path(self, a: str, b: str) -> list[str] | None:
         """A path a -> ... -> b in the order graph, if any (remembered until the graph
@@ -99,10 +104,10 @@ class Witness:
                  trylock: bool, pickup: bool) -> None:
         """``new`` (a Lock) was just taken at ``new_site`` by a thread that already held
         ``held`` [(Lock, site)...]."""
-        if new.cls == LC_LOCKMGR or trylock or pickup:
+        if new.flags & LF_NOWITNESS or trylock or pickup:
             return
         for old, old_site in held:
-            if old.cls == LC_LOCKMGR or old is new:
+            if old.flags & LF_NOWITNESS or old is new:
                 continue
             if old.name == new.name:
                 if not (new.flags & LF_DUPOK):
@@ -111,9 +116,9 @@ class Witness:
                         [old_site, new_site],
                         f" 1st {new.name} @ {old_site}\n 2nd {new.name} @ {new_site}"))
                 continue
-            if new.cls == LC_SX and old.cls == LC_SLEEP and old.name != "Giant":
+            if new.kind == LK_RW and old.kind == LK_SLEEP and old.name not in self.exempt:
                 self._once(("sleepable", old.name, new.name), Finding(
-                    "witness", f"lock order reversal: sleepable {new.name} (sx) acquired "
+                    "witness", f"lock order reversal: sleepable {new.name} ({new.cls}) acquired "
                     f"while holding non-sleepable {old.name}", [old_site, new_site],
                     f" 1st {old.name} ({old.cls}) @ {old_site}\n"
                     f" 2nd {new.name} ({new.cls}) @ {new_site}"))
@@ -138,7 +143,7 @@ class Witness:
         """A thread goes to sleep (msleep) still holding ``held`` (its interlock and Giant
         are already dropped; sched_lock is the sleep queue's own)."""
         for lk, lsite in held:
-            if lk.cls == LC_SLEEP and lk.name != "Giant":
+            if lk.kind == LK_SLEEP and lk.name not in self.exempt:
                 self._once(("sleeping", lk.name, site), Finding(
                     "witness", f"sleeping with \"{lk.name}\" locked", [lsite, site],
                     f"sleeping with \"{lk.name}\" locked from {lsite}, sleep @ {site}"))
@@ -165,12 +170,12 @@ def find_deadlock(start: int, waiting_for: Callable[[int], tuple[Any, str] | Non
         lock, wsite = w
         for owner, osite in owners(lock):
             edge = (tid, lock, wsite, osite)
-            if lock.cls == LC_SPIN:
+            if lock.kind == LK_SPIN:
                 # A spin lock's owner never sleeps holding it: if it waits for a sleep
                 # lock it is on its way to sleep and will hand the spin lock on. Only a
                 # spinning owner can close a cycle through a spin lock.
                 ow = waiting_for(owner)
-                if ow is None or ow[0].cls != LC_SPIN:
+                if ow is None or ow[0].kind != LK_SPIN:
                     continue
             if owner == start:
                 return path + [edge]

@@ -212,16 +212,17 @@ class MachineCollector(Collector):
             yield CounterMetricFamily(f"smp_swap_{key}", f"Page {key} of the swap device",
                                       value=int(swap.get(key, 0)))
         vm = s.get("vm") or {}
-        pages = GaugeMetricFamily("smp_vm_pages", "Physical pages by queue (struct vmmeter)",
-                                  labels=["state"])
-        for state in ("free", "wire", "active", "inactive", "cache"):
-            v = vm.get(f"v_{state}_count")
+        pages = GaugeMetricFamily("smp_vm_pages", "Physical pages by queue (the kernel's "
+                                  "page counts)", labels=["state"])
+        for state, role in (("free", "free"), ("wire", "wired"), ("active", "active"),
+                            ("inactive", "inactive"), ("cache", "cache")):
+            v = vm.get(role)
             if isinstance(v, int):
                 pages.add_metric([state], v)
         yield pages
-        if isinstance(vm.get("v_page_count"), int):
+        if isinstance(vm.get("pages"), int):
             yield GaugeMetricFamily("smp_vm_page_count", "Physical pages of the machine",
-                                    value=vm["v_page_count"])
+                                    value=vm["pages"])
 
 
 class MetricsExporter:

@@ -288,7 +288,7 @@ class MachineView:
             for k, v in (rec.get("kernel") or {}).items():
                 if isinstance(v, int):
                     kern[k] = kern.get(k, 0) + v
-        return {"free_pages": vm.get("v_free_count"), "pages": vm.get("v_page_count"),
+        return {"free_pages": vm.get("free"), "pages": vm.get("pages"),
                 "swapouts": kern.get("swapouts", 0), "swapins": kern.get("swapins", 0),
                 "pages_swapped_out": kern.get("pages_swapped_out", 0),
                 "pages_swapped_in": kern.get("pages_swapped_in", 0)}

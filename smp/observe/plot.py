@@ -199,18 +199,18 @@ def swap_figure(s: Series) -> Figure:
     vm = [(r["wall"], r.get("vm") or {}) for r in s.server if (r.get("vm") or {})]
     if vm:
         tv = s.sim_of_wall([w for w, _ in vm])
-        ax3.step(tv, [v.get("v_free_count", np.nan) for _, v in vm], where="post",
+        ax3.step(tv, [v.get("free", np.nan) for _, v in vm], where="post",
                  label="free pages", color="#1f77b4")
         names.append("free pages")
         last = vm[-1][1]
-        for key, label, style in (("v_free_target", "v_free_target", "--"),
-                                  ("v_free_min", "v_free_min", ":")):
+        for key, label, style in (("free_target", "free target", "--"),
+                                  ("free_min", "free min", ":")):
             if isinstance(last.get(key), int):
                 ax3.axhline(last[key], linestyle=style, color="#555555", label=label)
                 names.append(label)
         ax3.legend(loc="upper right")
-        if isinstance(last.get("v_page_count"), int):
-            ax3.set_ylim(0, last["v_page_count"])
+        if isinstance(last.get("pages"), int):
+            ax3.set_ylim(0, last["pages"])
     else:
         ax3.text(0.5, 0.5, "no page counts in this run's samples", ha="center",
                  va="center", transform=ax3.transAxes)

@@ -24,31 +24,36 @@ from typing import Any
 from smp.run.config import Config
 
 
-# The kernel counters every report carries (zero when nothing happened), in this order.
-KERNEL_COUNTERS = ("forks", "forks_rfmem", "exits", "waits", "swapouts", "swapins",
-                   "faultins_swapper", "faultins_phold", "swapin_waits", "vm_waits",
-                   "pages_swapped_out", "pages_swapped_in", "checksum_errors", "kernacc",
-                   "useracc", "vslock", "invariant_violations")
-
-
 def _int_keys(d: dict[Any, Any]) -> dict[int, Any]:
     return {int(k): v for k, v in d.items()}
 
 
 def check_invariants(server: dict[str, Any], kernel: dict[str, int]) -> list[str]:
-    """End-of-run checks that need the whole machine's view. Each returned line is a
-    failure of the run."""
+    """The end-of-run checks the kernel registered (``invariants``), over the whole
+    machine's memory: the sum of a field over every object of a type equals a field of a
+    published object (``total``), which equals a counter the CPUs kept (``counter``).
+    Each returned line is a failure of the run."""
     bad: list[str] = []
-    ll = (server.get("symbols") or {}).get("lockload")
-    if ll is not None:
-        total = ll.get("ll_total")
-        counts = (server.get("field_sums") or {}).get("lockobj", {}).get("lo_count", 0)
-        incs = kernel.get("lockload_increments", 0)
-        if total != counts:
-            bad.append(f"lockload: objects count {counts} increments but {total} were "
-                       f"made (a lost update: mutual exclusion failed)")
-        if total != incs:
-            bad.append(f"lockload: {total} increments in memory, CPUs counted {incs}")
+    for inv in (server.get("policy") or {}).get("invariants", []):
+        try:
+            name, what = str(inv["name"]), str(inv.get("what", "an invariant failed"))
+            sym, tfield = inv["total"]
+            stype, sfield = inv["sum"]
+        except (KeyError, TypeError, ValueError):
+            bad.append(f"a registered invariant is malformed: {inv!r}"[:200])
+            continue
+        obj = (server.get("symbols") or {}).get(sym)
+        if obj is None:
+            continue                        # the kernel never published it: nothing to check
+        total = obj.get(tfield)
+        summed = (server.get("field_sums") or {}).get(stype, {}).get(sfield, 0)
+        if total != summed:
+            bad.append(f"{name}: the {stype} objects' {sfield} sum to {summed}, but "
+                       f"{sym}.{tfield} is {total} ({what})")
+        counter = inv.get("counter")
+        if counter is not None and total != kernel.get(str(counter), 0):
+            bad.append(f"{name}: {total} in memory ({sym}.{tfield}), CPUs counted "
+                       f"{kernel.get(str(counter), 0)} ({counter})")
     return bad
 
 
@@ -59,7 +64,9 @@ def build_report(cfg: Config, server: dict[str, Any], *, reason: str, problems: 
     finals = _int_keys(server.get("cpus") or {})
     pids = _int_keys(server.get("cpu_pids") or {})
     cpus = []
-    kernel: dict[str, int] = dict.fromkeys(KERNEL_COUNTERS, 0)
+    # the kernel's work counters first, in the order it registered them (zero if unseen)
+    first = [str(c) for c in (server.get("policy") or {}).get("counters", [])]
+    kernel: dict[str, int] = dict.fromkeys(first, 0)
     violations: list[str] = []
     findings: list[dict[str, Any]] = list(server.get("findings") or [])
     for cpu in range(int(cfg["machine.cpus"])):
@@ -106,8 +113,8 @@ def build_report(cfg: Config, server: dict[str, Any], *, reason: str, problems: 
         "cpus": cpus,
         "locks": server.get("locks", []),
         "lock_profile": server.get("lock_profile", []),
-        "kernel": {**{k: kernel[k] for k in KERNEL_COUNTERS},
-                   **{k: v for k, v in sorted(kernel.items()) if k not in KERNEL_COUNTERS}},
+        "kernel": {**{k: kernel[k] for k in first},
+                   **{k: v for k, v in sorted(kernel.items()) if k not in first}},
         "invariants": invariants,
         "findings": findings,
         "witness_order": server.get("witness_order", {}),

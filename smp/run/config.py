@@ -240,7 +240,7 @@ PARAMS: tuple[Param, ...] = (
           min=0, max=10_000_000),
     Param("kern.phold", "str", "not_inmem", "",
           "when _PHOLD swaps a process in: not_inmem (whenever PS_INMEM is clear, as FreeBSD "
-          "later fixed it) or first_hold (only when p_lock goes 0->1, the 2002 proc.h; "
+          "later fixed it) or first_hold (only when the hold count goes 0->1, the 2002 proc.h; "
           "see finding F1)", choices=("not_inmem", "first_hold")),
     Param("vm.swap_idle_threshold1", "int", 2, "sim s",
           "guaranteed swapped-in time for a process (sysctl)", min=0, max=1_000_000),
