@@ -7,8 +7,12 @@ Two ways to issue a request (DESIGN.md decision 10):
 * :meth:`Bus.post` does not: stores, releases, wakeups' follow-ups. The channel is FIFO,
   so the server still applies them in program order. Posted requests are queued, like a
   CPU's store buffer, and leave in one frame with the next call (ahead of it), before the
-  CPU waits for anything, or when POST_BATCH have queued: a release costs no message of
-  its own, and a CPU never waits while holding back a request another CPU may need.
+  CPU waits for anything or looks at its channel, or when POST_BATCH have queued: a
+  release costs no message of its own, and a CPU never waits while holding back a request
+  another CPU may need.
+
+Every request carries the simulated thread (``tid``), the kernel source site and the CPU's
+simulated time (``now_ns``, set by the CPU).
 
 **Lines.** A lock word lives in a cache line, and on real hardware the CPU that keeps
 taking a lock keeps that line: taking the lock again costs nothing, while another CPU must
@@ -21,19 +25,24 @@ acquisition. Another CPU's acquire makes the server send ``RECALL``; the bus giv
 back (``RELINQUISH``) as soon as no thread of this CPU holds the lock, and the waiter gets
 its turn. The CPU and the kernel above never see lines, only GRANTED.
 
-Asynchronous events (grants, IPIs, start, halt) can arrive at any time; the bus queues them
-in :attr:`Bus.events` for the CPU to deliver at its next interrupt point.
+**Events and read points.** Asynchronous events (grants, IPIs, start, halt) can arrive at
+any time; the bus queues them in :attr:`Bus.events` for the CPU to take at its next
+interrupt point. The bus reads its channel in two ways: while it waits for a reply (it
+then reads exactly what the server sent before the reply), and at a *read point*
+(:meth:`Bus.read_point`), the only other way. Read points are numbered in the order the
+CPU reaches them; with a recorder the bus logs how many machine messages it read at each
+(``hw/record.py``), and with a replay log it reads exactly that many there, so that the
+CPU takes every event at the same place of its execution as in the recorded run.
 
 Liveness, both ways (``hw.protocol.HEARTBEAT_S``): the server sends every CPU a
 ``HEARTBEAT`` event every HEARTBEAT_S (0.25 s), which the bus swallows; every wait here raises
 :class:`ServerGone` after ``silence`` seconds (``SERVER_SILENCE_S``, 1.25 s) in which
 *nothing* came from the server, so a killed server is noticed within 2 s by every CPU, even
-one on another host. In the other direction, a bus that has sent nothing for
-``HEARTBEAT_S`` posts a ``PING`` whenever it waits, so the server can tell a quiet CPU from a
-dead or stopped one. A call also gives up after ``liveness`` seconds without its reply (the
-server is alive but does not answer: a server bug).
-
-Every request carries the simulated thread (``tid``) and the kernel source site.
+one on another host. Before it judges, a wait first takes in whatever has already arrived
+(a CPU that was itself stopped finds the heartbeats waiting). In the other direction, a bus
+that has sent nothing for ``HEARTBEAT_S`` posts a ``PING`` whenever it waits, so the server
+can tell a quiet CPU from a dead or stopped one. A call also gives up after ``liveness``
+seconds without its reply (the server is alive but does not answer: a server bug).
 """
 
 from __future__ import annotations
@@ -41,15 +50,18 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import zmq
 
-from hw.protocol import (AF_LINE, ERR, EXCL, GRANTED, GRANTED_LINE, HEARTBEAT_S, MAX_BATCH,
-                         SERVER_SILENCE_S, VERSION, Event, Op, pack, unpack)
+from hw.clock import NEVER
+from hw.protocol import (AF_LINE, CONTROL_EVENTS, ERR, EXCL, GRANTED, GRANTED_LINE,
+                         HEARTBEAT_S, MAX_BATCH, SERVER_SILENCE_S, VERSION, Event, Op, pack,
+                         unpack)
 
 # Posted requests queue up to this many before they are sent without waiting for a call.
 POST_BATCH = min(64, MAX_BATCH - 1)
+STUCK_S = 1.0          # a replay read waiting this long tells the server (it may diverge)
 
 
 class BusError(Exception):
@@ -58,6 +70,14 @@ class BusError(Exception):
 
 class ServerGone(Exception):
     """The server stopped answering: the machine is dead."""
+
+
+class Stopped(Exception):
+    """The server said STOP (a replay's end point): stop where you are."""
+
+
+def _zero() -> int:
+    return 0
 
 
 class Bus:
@@ -100,6 +120,21 @@ class Bus:
         # our time.monotonic() minus the server's: 0 on the server's host; set for a CPU
         # on another host, whose START time is mapped onto its own clock (hw.clock)
         self.clock_offset = 0.0
+        # simulated time: what requests are stamped with (the CPU sets it), the time the
+        # last reply carried, and the horizon the server last gave (virtual time)
+        self.now_ns: Callable[[], int] = _zero
+        self.reply_t = 0
+        self.horizon = NEVER
+        # read points: record (a log of [point delta, count]) or replay ({point: count})
+        self.point = 0
+        self.read_log: list[int] | None = None
+        self._logged_point = 0
+        self.replay: dict[int, int] | None = None
+        self.on_read_log: Callable[[list[int]], None] = lambda log: None
+        self.stopped: str | None = None        # a STOP came: why
+        self.new = 0                           # machine messages read at the last read point
+        self.received = 0                      # machine messages read in all
+        self.point_wait_s = 0.0                # host s spent waiting at read points
 
     def hello(self, role: str, cpu: int, pid: int) -> Any:
         # the server may still be starting: the first answer gets the longer bound
@@ -109,11 +144,18 @@ class Bus:
         """Queue a request that needs no reply; it leaves with the next call, before the
         next wait, or at once with ``now`` (or once POST_BATCH are queued)."""
         self.posts += 1
-        self.pending.append(pack([op, 0, tid, site, *args]))
+        self.pending.append(pack([op, 0, tid, site, self.now_ns(), *args]))
         if self.lines and (op == Op.RELEASE or op == Op.SLEEP):
             self._line_release(tid, args[0] if op == Op.RELEASE else args[1])
         if now or len(self.pending) >= POST_BATCH:
             self.flush()
+
+    def send_control(self, op: int, *args: Any) -> None:
+        """A control message (stats, time synchronisation): sent at once, on its own, not
+        counted among the machine's requests and changing none of their order."""
+        self.sock.send(pack([op, 0, 0, "", self.now_ns(), *args]))
+        self.frames += 1
+        self.last_tx = time.monotonic()
 
     # -- lines: the lock word's cache line, kept by the CPU that keeps taking the lock ----
     def _line_acquire(self, tid: int, site: str, args: tuple[Any, ...]) -> bool:
@@ -123,11 +165,10 @@ class Bus:
         ln = self.lines.get(args[0])
         if ln is None or ln[0] or ln[1] or args[1] != EXCL:
             return False
-        if self.poller.poll(0):
-            self._drain()                       # a RECALL may be waiting
-            ln = self.lines.get(args[0])
-            if ln is None or ln[0] or ln[1]:
-                return False
+        self.read_point()                       # a RECALL may be waiting
+        ln = self.lines.get(args[0])
+        if ln is None or ln[0] or ln[1]:
+            return False
         ln[0] = 1
         self.line_hits += 1
         self.post(Op.ACQUIRE, tid, site, args[0], EXCL, int(args[2]) | AF_LINE)
@@ -164,15 +205,6 @@ class Bus:
                 self._relinquish(lock, now=False)
         self.flush()
 
-    def _drain(self) -> None:
-        """Take in whatever has arrived, without waiting (events queue up)."""
-        while True:
-            msg = self.recv(0.0)
-            if msg is None:
-                return
-            if msg[0] != Op.REPLY and msg[1] != Event.HEARTBEAT:
-                self.events.append(msg)
-
     def flush(self) -> None:
         """Send the queued posted requests, in order, as one frame."""
         if self.pending:
@@ -184,6 +216,7 @@ class Bus:
 
     def call(self, op: int, tid: int, site: str, *args: Any) -> Any:
         if op == Op.ACQUIRE and self.lines and self._line_acquire(tid, site, args):
+            self.reply_t = 0
             return GRANTED
         value = self._call(op, tid, site, args, self.silence)
         if op == Op.ACQUIRE:
@@ -203,7 +236,7 @@ class Bus:
         seq = self.seq
         self.calls += 1
         t = time.perf_counter()
-        frame = pack([op, seq, tid, site, *args])
+        frame = pack([op, seq, tid, site, self.now_ns(), *args])
         if self.pending:                       # the queued posts go first, in one frame
             self.pending.append(frame)
             frame = b"".join(self.pending)
@@ -215,45 +248,144 @@ class Bus:
             # silence counts from the server's last message, not from our request
             msg = self.recv(max(self.last_rx + silence - time.monotonic(), 0.0))
             if msg is None:
-                raise ServerGone(f"nothing from the server in {silence:.2f} s")
+                msg = self.recv(0.05)          # what waited while we could not look
+                if msg is None:
+                    raise ServerGone(f"nothing from the server in {silence:.2f} s")
             if msg[0] == Op.REPLY:
                 if msg[1] == seq:
                     self.wait_s += time.perf_counter() - t
                     if msg[2] == ERR:
                         raise BusError(str(msg[3]))
+                    if len(msg) > 5:
+                        self.reply_t, self.horizon = msg[4], msg[5]
                     return msg[3]
                 if msg[1] == 0 and msg[2] == ERR:
                     raise BusError(str(msg[3]))
                 continue                           # a stale reply: ignore
-            if msg[1] != Event.HEARTBEAT:
-                self.events.append(msg)
-            elif self.last_rx - start > self.liveness:
+            if self.stopped:
+                raise Stopped(self.stopped)
+            if msg[1] == Event.HEARTBEAT and self.last_rx - start > self.liveness:
                 raise ServerGone(f"no reply to {Op(op).name} in {self.liveness:.0f} s "
                                  f"(the server is alive but does not answer)")
 
     def recv(self, timeout: float) -> list[Any] | None:
-        """One message from the server (heartbeats included), or None after ``timeout``
-        seconds of silence."""
+        """One message from the server, or None after ``timeout`` seconds of silence.
+        Control messages are acted on here (horizon, stop; heartbeats only prove the
+        server alive); machine events are queued in :attr:`events` and counted."""
         if not self.poller.poll(max(int(timeout * 1000), 0)):
             return None
         msg = unpack(self.sock.recv())
         self.last_rx = time.monotonic()
-        if msg[0] == Op.EVENT and msg[1] == Event.RECALL:
+        if msg[0] != Op.EVENT:
+            return msg  # type: ignore[no-any-return]
+        kind = msg[1]
+        if kind in CONTROL_EVENTS:
+            if kind == Event.HORIZON:
+                self.horizon = msg[2]
+            elif kind == Event.STOP:
+                self.stopped = str(msg[2])
+            return msg  # type: ignore[no-any-return]
+        self.new += 1
+        self.received += 1
+        if kind == Event.RECALL:
             self._recall(msg[2])                # the bus's own business, not the CPU's
-            msg = [Op.EVENT, Event.HEARTBEAT]   # (callers count it as a sign of life)
-        if self.clock_offset and msg[0] == Op.EVENT and msg[1] == Event.START:
-            msg[2] += self.clock_offset
+        else:
+            if kind == Event.START and self.clock_offset:
+                msg[2] += self.clock_offset
+            self.events.append(msg)
         return msg  # type: ignore[no-any-return]
 
+    # -- read points -------------------------------------------------------------------
+    def read_point(self, stop: Callable[[], bool] | None = None) -> int:
+        """A read point (module docstring): take in what the channel holds now or, with
+        ``stop``, wait until ``stop()`` holds or a machine message comes; on a replay, read
+        exactly what the record says was read here. Returns the number of machine
+        messages read (``self.new``). Posted requests are sent first."""
+        self.flush()
+        self.point += 1
+        self.new = 0
+        if self.replay is not None:
+            want = self.replay.get(self.point, 0)
+            if want:
+                self._replay_read(want)
+            return self.new
+        if stop is None or stop():
+            if self.poller.poll(0):
+                while self.recv(0.0) is not None:
+                    pass
+        else:
+            t0 = time.perf_counter()
+            self._wait(stop)
+            self.point_wait_s += time.perf_counter() - t0
+        if self.new and self.read_log is not None:
+            self.read_log += (self.point - self._logged_point, self.new)
+            self._logged_point = self.point
+            if len(self.read_log) >= 4096:      # to the recorder as it grows
+                self.on_read_log(self.read_log)
+                self.read_log = []
+        return self.new
+
+    def _replay_read(self, want: int) -> None:
+        told = False
+        since = time.monotonic()
+        while self.new < want:
+            if self.stopped:
+                raise Stopped(self.stopped)
+            msg = self.recv(min(HEARTBEAT_S, max(self.last_rx + self.silence
+                                                 - time.monotonic(), 0.0)))
+            if msg is None and time.monotonic() - self.last_rx >= self.silence:
+                if self.recv(0.05) is None:
+                    raise ServerGone(f"nothing from the server in {self.silence:.2f} s")
+            if not told and time.monotonic() - since > STUCK_S:
+                told = True                     # the server may know why (a divergence)
+                self.send_control(Op.STUCK, self.point, want, self.new)
+
+    def _wait(self, stop: Callable[[], bool]) -> None:
+        """Wait (host time) until ``stop()`` or a machine message; ping and judge the
+        server's silence meanwhile."""
+        while True:
+            now = time.monotonic()
+            if now - self.last_tx >= HEARTBEAT_S:
+                self.pings += 1
+                self.sock.send(pack([Op.PING, 0, 0, "", self.now_ns()]))
+                self.last_tx = now
+            left = min(HEARTBEAT_S, max(self.last_rx + self.silence - now, 0.0))
+            msg = self.recv(left)
+            if msg is None:
+                if time.monotonic() - self.last_rx >= self.silence and self.recv(0.05) is None:
+                    raise ServerGone(f"nothing from the server in "
+                                     f"{time.monotonic() - self.last_rx:.2f} s (no heartbeat)")
+                continue
+            while self.recv(0.0) is not None:   # take the rest of what came
+                pass
+            if self.new or stop() or self.stopped:
+                return
+
+    def wait_start(self, timeout: float) -> bool:
+        """Before the machine starts: read until the START event (which the server sends
+        each CPU before anything else) and not one message further. True once started."""
+        deadline = time.monotonic() + timeout
+        while not any(m[1] == Event.START for m in self.events):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            msg = self.recv(min(left, HEARTBEAT_S))
+            if msg is None and time.monotonic() - self.last_rx >= self.silence:
+                if self.recv(0.05) is None:
+                    raise ServerGone(f"nothing from the server in {self.silence:.2f} s")
+            if self.stopped:
+                raise Stopped(self.stopped)
+        return True
+
     def poll_events(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` s for an event (heartbeats do not count); queue every
-        message that came. True if the event queue is non-empty afterwards. Raises
-        :class:`ServerGone` once the server has been silent for ``silence`` s."""
+        """Wall time: wait up to ``timeout`` s for an event (heartbeats do not count);
+        queue every message that came. True if the event queue is non-empty afterwards.
+        Raises :class:`ServerGone` once the server has been silent for ``silence`` s."""
         self.flush()
         now = time.monotonic()
         if now - self.last_tx >= HEARTBEAT_S:
             self.pings += 1
-            self.sock.send(pack([Op.PING, 0, 0, ""]))
+            self.sock.send(pack([Op.PING, 0, 0, "", 0]))
             self.last_tx = now
         deadline = now + timeout
         while True:
@@ -263,15 +395,16 @@ class Bus:
             if msg is None:
                 now = time.monotonic()
                 if now - self.last_rx >= self.silence:
-                    raise ServerGone(f"nothing from the server in {now - self.last_rx:.2f} s "
-                                     f"(no heartbeat)")
-                if now >= deadline:
+                    msg = self.recv(0.05)        # what waited while we could not look
+                    if msg is None:
+                        raise ServerGone(f"nothing from the server in "
+                                         f"{now - self.last_rx:.2f} s (no heartbeat)")
+                elif now >= deadline:
                     return bool(self.events)
-                continue
-            while msg is not None:
-                if msg[0] != Op.REPLY and msg[1] != Event.HEARTBEAT:
-                    self.events.append(msg)
-                msg = self.recv(0)
+                else:
+                    continue
+            while self.recv(0) is not None:
+                pass
             if self.events:
                 return True
             now = time.monotonic()
@@ -297,7 +430,7 @@ class Bus:
             try:
                 while not stop.wait(HEARTBEAT_S):
                     try:
-                        s.send(pack([Op.PING, 0, 0, ""]), zmq.NOBLOCK)
+                        s.send(pack([Op.PING, 0, 0, "", 0]), zmq.NOBLOCK)
                     except zmq.ZMQError:
                         pass
             finally:

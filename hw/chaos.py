@@ -26,7 +26,7 @@ from hw.seeds import derive
 class ChaosLevel:
     name: str
     p_delay: float          # probability of a stall at a chaos point
-    max_delay_us: float     # longest stall (host time)
+    max_delay_us: float     # longest stall (simulated time; host time in wall time)
     p_yield: float          # probability of a voluntary yield at a kernel safe point
 
 
@@ -63,6 +63,15 @@ class Chaos:
             self.delay_s += d
             before_stall()
             time.sleep(d)
+
+    def stall_ns(self, op: int) -> int:
+        """Virtual time: the stall (simulated ns) at a chaos point before request ``op``,
+        or 0; the same draws as :meth:`point`."""
+        lv = self.level
+        if lv.p_delay and op in CHAOS_OPS and self.rng.random() < lv.p_delay:
+            self.delays += 1
+            return int(self.rng.uniform(0.0, lv.max_delay_us) * 1000)
+        return 0
 
     def want_yield(self) -> bool:
         lv = self.level

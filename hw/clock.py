@@ -1,25 +1,47 @@
-"""The clock: how simulated time relates to host time, and the tick schedule of one CPU.
+"""The clock: what a CPU's simulated time is, how it advances, and when ticks fall due.
 
-Two notions of time, as in System/161's ``clock.c``:
+Two notions of time, as in System/161's ``clock.c``: *host time* (``time.monotonic()``,
+what the wall clock does) and *simulated time* (the machine's). The machine has two ways
+of relating them (``machine.time``):
 
-* **Host time** is ``time.monotonic()``, shared by every process on the host (Linux's
-  CLOCK_MONOTONIC is system-wide), so all CPUs of a machine read the same host clock.
-* **Simulated time** starts at 0 when the server starts the machine at host time ``t0`` and
-  advances at ``speed`` simulated seconds per host second::
+**Virtual time** (the default, DESIGN.md decision 6). Each CPU keeps its own simulated
+clock, in integer nanoseconds from the machine's start, and nothing but the CPU's own
+work and the messages it takes in moves it:
 
-      sim(t) = (t - t0) * speed
+1. *Work.* Every request to the machine costs a fixed time by kind (``cost.call_ns`` for
+   one that waits for a value, ``cost.post_ns`` for one that does not, ``cost.page_ns`` for
+   one that moves a page of memory), as does each context switch (``cost.switch_ns``) and
+   interrupt (``cost.intr_ns``); computing (``Cpu.work``: user time, kernel work, chaos
+   stalls) costs what it says. The costs are declared in the config with their reasons.
+2. *Causality.* A reply or event carries the simulated time at which it happened at its
+   source (a lock grant: the time of the release that caused it; an IPI: the sender's
+   time), and the receiver's clock moves to at least that time: a grant never arrives
+   before the release that caused it (Lamport's rule for clocks).
+3. *Idleness.* A CPU with nothing to run jumps to its next timer event (its next tick)
+   instead of waiting for it; an event that comes first wakes it at the event's time.
+4. *The quantum.* CPUs run truly in parallel, each at the speed the host gives it, so their
+   clocks drift apart. The server keeps them within a quantum (``machine.quantum``) of each
+   other: it publishes a *horizon*, the earliest time any CPU may still act at plus the
+   quantum, and a CPU whose clock would pass the horizon waits until the others catch up
+   (gem5's quantum-synchronised parallel simulation; Graphite's lax synchronisation). A CPU
+   that is idle counts at its next timer event, one that spins for a lock not at all (the
+   release will tell it the time). Inside a quantum the CPUs' requests race at the server
+   in whatever order the host makes: that concurrency is real and is not scripted away;
+   it is recorded (``hw/record.py``) so that any run can be replayed exactly.
 
-  It is *not* advanced by events: a CPU that is busy in Python, stalled on the bus or
-  descheduled by the host simply sees more simulated time pass, exactly as a real CPU
-  stalled on memory sees the wall clock move. That is what makes interleavings between
-  CPU processes real rather than scripted (DESIGN.md decision 7).
+So a busy or slow host makes a run take longer in wall time; it does not change what the
+machine does per simulated second. Idle time costs no wall time at all.
 
-Each CPU takes ``hardclock`` ``hz`` times per simulated second: tick ``n`` is due at
-simulated time ``n / hz``. A CPU notices due ticks whenever it looks at the clock (every
-wait and every return from the bus); ticks that came due while it could not look are
-charged to what it was doing then and run late, in order (``ticks_lost`` counts the ones
-that were more than one tick late). A host that is oversubscribed (32 CPU processes on 2
-cores) therefore keeps simulated time honest and pays in late interrupts, not in drift.
+**Wall time** (``machine.time = "wall"``, the first version's model, kept as an option).
+Simulated time is host time since the start, scaled: ``sim(t) = (t - t0) * speed``. A CPU
+stalled on the bus or descheduled by the host sees more simulated time pass, as a real CPU
+stalled on memory sees the wall clock move. Results then depend on the host's load, and a
+run cannot be replayed.
+
+In both models each CPU takes ``hardclock`` ``hz`` times per simulated second: tick ``n`` is
+due at ``n / hz``. A CPU notices due ticks at its interrupt points; ticks that came due while
+it could not look (interrupts masked, or a long request) are charged to what it was doing
+then and run late, in order (``ticks_lost`` counts the ones more than one tick late).
 
 Timed events of the kernel (callouts) are kept by the kernel in tick units with a
 ``(tick, priority, seq, desc)`` queue, so ties break the same way every run.
@@ -30,9 +52,13 @@ from __future__ import annotations
 import dataclasses
 import time
 
+NS = 1_000_000_000
+NEVER = 1 << 62                  # a time no run reaches (ns): "no horizon", "no timer"
+
 
 @dataclasses.dataclass(frozen=True)
 class ClockStatistics:
+    model: str
     hz: int
     speed: float
     ticks: int
@@ -41,7 +67,9 @@ class ClockStatistics:
 
 
 class Clock:
-    """One CPU's view of simulated time."""
+    """One CPU's view of simulated time in the wall model."""
+
+    virtual = False
 
     def __init__(self, hz: int, speed: float) -> None:
         self.hz = hz
@@ -62,6 +90,9 @@ class Clock:
         if self.t0 is None:
             return 0.0
         return (time.monotonic() - self.t0) * self.speed
+
+    def now_ns(self) -> int:
+        return int(self.now() * NS)
 
     def due(self) -> int:
         """How many ticks are due and not yet taken; the caller takes them."""
@@ -84,14 +115,69 @@ class Clock:
         assert self.t0 is not None
         return self.t0 + (self.ticks + 1) / self.hz / self.speed
 
-    def host_of(self, sim_t: float) -> float:
-        assert self.t0 is not None
-        return self.t0 + sim_t / self.speed
-
     def statistics(self) -> ClockStatistics:
-        return ClockStatistics(self.hz, self.speed, self.ticks, self.ticks_lost, self.now())
+        return ClockStatistics("wall", self.hz, self.speed, self.ticks, self.ticks_lost,
+                               self.now())
 
     def dumpstate(self) -> str:
         s = self.statistics()
-        return (f"clock: {s.hz} Hz at {s.speed}x, sim time {s.sim_time:.3f} s, "
+        return (f"clock: {s.hz} Hz at {s.speed}x wall time, sim time {s.sim_time:.3f} s, "
+                f"{s.ticks} ticks ({s.ticks_lost} late)")
+
+
+class VirtualClock:
+    """One CPU's simulated time in the virtual model: integer nanoseconds, moved only by
+    :meth:`advance` (work), :meth:`sync` (a message's time) and :meth:`jump` (idle)."""
+
+    virtual = True
+
+    def __init__(self, hz: int) -> None:
+        self.hz = hz
+        self.speed = 0.0
+        self.tick_ns = NS // hz
+        self.t = 0                   # simulated ns since the start
+        self.t0: float | None = None  # host time of the start (for host-side rates only)
+        self.ticks = 0
+        self.ticks_lost = 0
+
+    def start(self, t0: float) -> None:
+        self.t0 = t0
+
+    @property
+    def started(self) -> bool:
+        return self.t0 is not None
+
+    def now(self) -> float:
+        return self.t / NS
+
+    def now_ns(self) -> int:
+        return self.t
+
+    def advance(self, ns: int) -> None:
+        self.t += ns
+
+    def sync(self, t: int) -> None:
+        """A message that happened at ``t``: this clock is at least there now."""
+        if t > self.t:
+            self.t = t
+
+    def next_tick_ns(self) -> int:
+        return (self.ticks + 1) * self.tick_ns
+
+    def due(self) -> int:
+        n = self.t // self.tick_ns - self.ticks
+        if n > 1:
+            self.ticks_lost += n - 1
+        return max(n, 0)
+
+    def take(self, n: int) -> None:
+        self.ticks += n
+
+    def statistics(self) -> ClockStatistics:
+        return ClockStatistics("virtual", self.hz, 0.0, self.ticks, self.ticks_lost,
+                               self.now())
+
+    def dumpstate(self) -> str:
+        s = self.statistics()
+        return (f"clock: {s.hz} Hz, virtual, sim time {s.sim_time:.6f} s, "
                 f"{s.ticks} ticks ({s.ticks_lost} late)")

@@ -20,6 +20,16 @@ Where the time goes. Every tick is charged to what the CPU was doing when it cam
 the bus), ``intr`` (an interrupt handler), ``spin`` (waiting for a spin mutex) or
 ``idle``. These are the per-CPU ``cp_time`` counters.
 
+Time (``hw/clock.py``). In virtual time the CPU's clock advances by the cost of what it
+does (:class:`Costs`: a request by kind, a context switch, an interrupt) and by the work it
+is told to do; a CPU with nothing to run jumps to its next tick. Before it lets its clock
+pass the horizon the server gave it, the CPU waits (host time) at a *read point* of its
+bus, which is where it also takes in what the server sent: every read point is numbered
+and recorded (``hw/bus.py``), so that a replay takes every event at the same place. A read
+point that read something never lets the clock jump: what the CPU does after it depends
+only on what it read, never on how long it waited, so a replay, which does not wait for
+any horizon, does the same.
+
 Thread exit. A greenlet cannot switch away and die at once, so a dying thread raises
 :class:`ThreadExit` naming its successor; the trampoline makes the successor its parent
 and returns, which resumes the successor and frees the dead stack.
@@ -35,12 +45,25 @@ from typing import Any, Callable
 
 import greenlet
 
-from hw.bus import Bus, BusError, ServerGone
+from hw.bus import Bus, BusError, ServerGone, Stopped
 from hw.chaos import Chaos
-from hw.clock import Clock
-from hw.protocol import Event, Op
+from hw.clock import NEVER, Clock, VirtualClock
+from hw.protocol import SYNC_IDLE, SYNC_RUN, SYNC_SPIN, Event, Op
 
 MODES = ("user", "nice", "sys", "intr", "idle", "spin")
+
+# requests that move a page of memory (4 KiB) cost ``page_ns``
+PAGE_OPS = frozenset({Op.PZERO, Op.PCOPY, Op.PSUM, Op.SWAPOUT, Op.SWAPIN, Op.SWAPCOPY})
+
+
+@dataclasses.dataclass(frozen=True)
+class Costs:
+    """What the CPU's own work costs in simulated time (virtual time; ``cost.*`` keys)."""
+    call_ns: int = 40_000       # a request that waits for its value
+    post_ns: int = 10_000       # a request that does not
+    page_ns: int = 60_000       # a request that moves a page
+    switch_ns: int = 20_000     # a context switch
+    intr_ns: int = 10_000       # taking an interrupt (a tick, an event)
 
 
 class ThreadExit(BaseException):
@@ -98,8 +121,8 @@ class Context:
 class Cpu:
     """The hardware of one CPU process."""
 
-    def __init__(self, cpu_id: int, bus: Bus, clock: Clock,
-                 stats_interval: float = 0.0) -> None:
+    def __init__(self, cpu_id: int, bus: Bus, clock: Clock | VirtualClock,
+                 stats_interval: float = 0.0, costs: Costs | None = None) -> None:
         self.id = cpu_id
         self.stats_interval = stats_interval     # wall s between published samples (0: off)
         self.chaos: Chaos | None = None          # set by the machine when chaos is on
@@ -107,6 +130,9 @@ class Cpu:
         self._pending_ticks = 0
         self.bus = bus
         self.clock = clock
+        self.virtual = clock.virtual
+        self.costs = costs or Costs()
+        bus.now_ns = clock.now_ns
         self.counters = Counters()
         self.main = greenlet.getcurrent()
         self.cur: Context | None = None
@@ -141,20 +167,90 @@ class Cpu:
         """``call``, but a refusal comes back as (False, why) instead of a fatal trap: for
         a kernel check that names what it found before it panics."""
         if self.chaos is not None:
-            self.chaos.point(op, self.bus.flush)
+            self._chaos_point(op)
+        if self.virtual and self.clock.started:
+            self._horizon_point(self.clock.t)   # type: ignore[union-attr]
         try:
             value = self.bus.call(op, self.tid, site, *args)
         except BusError as e:
             return False, str(e)
         except ServerGone as e:
             self._server_gone(str(e))
+        except Stopped as e:
+            self._stopped(str(e))
+        if self.virtual:
+            clock = self.clock
+            clock.t += self.costs.page_ns if op in PAGE_OPS else self.costs.call_ns
+            if self.bus.reply_t > clock.t:
+                clock.t = self.bus.reply_t
         self._absorb()
         return True, value
 
     def post(self, op: int, site: str, *args: Any) -> None:
         if self.chaos is not None:
-            self.chaos.point(op, self.bus.flush)
+            self._chaos_point(op)
         self.bus.post(op, self.tid, site, *args)
+        if self.virtual:
+            self.clock.t += self.costs.page_ns if op in PAGE_OPS else self.costs.post_ns
+
+    def _chaos_point(self, op: int) -> None:
+        assert self.chaos is not None
+        if self.virtual:
+            d = self.chaos.stall_ns(op)
+            if d:
+                self._stall(d)
+        else:
+            self.chaos.point(op, self.bus.flush)
+
+    # -- read points and the horizon (virtual time) -------------------------------------
+    def _horizon_point(self, need: int) -> None:
+        """A read point before a request: the request may not be made past the horizon.
+        Waits (host time) until it may; reads nothing when it need not wait."""
+        bus = self.bus
+        while True:
+            if bus.replay is None and need <= bus.horizon:
+                bus.point += 1                  # a read point that had nothing to do
+                return
+            if self._block_point(need, SYNC_RUN) == 0:
+                return
+
+    def _block_point(self, need: int, state: int) -> int:
+        """A read point where this CPU waits until the horizon reaches ``need`` (``state``
+        says why, for the server's horizon) or a machine message comes. Returns how many
+        came: with none, the CPU may move its clock to ``need``."""
+        bus = self.bus
+        if bus.replay is not None:
+            return self._read(None)
+        bus.flush()
+        if need > bus.horizon:
+            bus.send_control(Op.SYNC, need, state, bus.received)
+        return self._read(lambda: bus.horizon >= need)
+
+    def _read(self, stop: Callable[[], bool] | None) -> int:
+        try:
+            n = self.bus.read_point(stop)
+        except ServerGone as e:
+            self._server_gone(str(e))
+        except Stopped as e:
+            self._stopped(str(e))
+        self._absorb()
+        self._check_halt()                      # a halt or panic stops the CPU right here
+        return n
+
+    def _stall(self, ns: int) -> None:
+        """Chaos: this CPU stalls for ``ns`` simulated ns, as on a cache miss or an SMI;
+        the others run on (the horizon makes it wait for them in host time)."""
+        target = self.clock.t + ns
+        while self._block_point(target, SYNC_RUN):
+            pass
+        self.clock.t = max(self.clock.t, target)
+        self.chaos.delay_s += ns / 1e9  # type: ignore[union-attr]
+
+    def _sync_event(self, msg: list[Any]) -> None:
+        """An event's time moves this CPU's clock to at least that time."""
+        t = msg[-1]
+        if self.virtual and isinstance(t, int) and t > self.clock.t:   # type: ignore[union-attr]
+            self.clock.t = t                                            # type: ignore[union-attr]
 
     # -- contexts and switching --------------------------------------------------------
     def new_context(self, tid: int, name: str, fn: Callable[[], None]) -> Context:
@@ -187,6 +283,8 @@ class Cpu:
             self.counters.ctxsw_vol += 1
         else:
             self.counters.ctxsw_invol += 1
+        if self.virtual:
+            self.clock.t += self.costs.switch_ns   # type: ignore[union-attr]
         prev = self.cur
         self.cur = ctx
         ctx.glet.switch()
@@ -196,6 +294,8 @@ class Cpu:
     def exit_to(self, ctx: Context) -> None:
         """The current thread dies and ``ctx`` runs next. Never returns."""
         self.counters.ctxsw_vol += 1
+        if self.virtual:
+            self.clock.t += self.costs.switch_ns   # type: ignore[union-attr]
         self.cur = ctx
         raise ThreadExit(ctx)
 
@@ -251,7 +351,7 @@ class Cpu:
         now = time.monotonic()
         if now >= self.next_stats:
             self.next_stats = now + self.stats_interval
-            self.bus.post(Op.REPORT, 0, "", "stats", self.sample())
+            self.bus.send_control(Op.REPORT, "stats", self.sample())
 
     def _charge(self) -> int:
         if self.stats_interval and self.clock.started:
@@ -263,7 +363,10 @@ class Cpu:
         return n
 
     def intr_point(self) -> None:
-        """Take the ticks and events that are due, if interrupts are enabled."""
+        """Take the ticks and events that are due, if interrupts are enabled (in virtual
+        time this is a read point: what has come in is taken in first)."""
+        if self.virtual and self.clock.started:
+            self._read(None)
         n = self._charge()
         self._absorb()
         self._check_halt()
@@ -275,13 +378,19 @@ class Cpu:
         if not n and not self.bus.events:
             return
         saved, self.mode, self.in_intr = self.mode, "intr", True
+        intr_ns = self.costs.intr_ns if self.virtual else 0
         try:
             for _ in range(n):
                 self.counters.interrupts += 1
+                if intr_ns:
+                    self.clock.t += intr_ns   # type: ignore[union-attr]
                 self.on_clock()
             while self.bus.events:
                 msg = self.bus.events.popleft()
                 self.counters.interrupts += 1
+                if intr_ns:
+                    self._sync_event(msg)
+                    self.clock.t += intr_ns   # type: ignore[union-attr]
                 if msg[1] in (Event.GRANT, Event.WAKE):
                     self.on_grant(msg[2], msg[3])
                 elif msg[1] == Event.IPI:
@@ -294,11 +403,12 @@ class Cpu:
         self._check_halt()
 
     def _wait(self, until: float) -> None:
-        """Sleep on the bus until host time ``until``, the next tick, or an event."""
+        """Wall time: sleep on the bus until host time ``until``, the next tick, or an
+        event."""
         now = time.monotonic()
         limit = until
         if self.clock.started:
-            limit = min(limit, self.clock.next_tick_host())
+            limit = min(limit, self.clock.next_tick_host())   # type: ignore[union-attr]
         try:
             self.bus.poll_events(max(limit - now, 0.0))
         except ServerGone as e:
@@ -312,7 +422,18 @@ class Cpu:
         try:
             if not self.clock.started:
                 return
-            deadline = self.clock.host_deadline(sim_us / 1e6)
+            if self.virtual:
+                clock: VirtualClock = self.clock   # type: ignore[assignment]
+                deadline = clock.t + int(sim_us * 1000)
+                while True:
+                    self.intr_point()
+                    if clock.t >= deadline:
+                        break
+                    target = min(deadline, clock.next_tick_ns())
+                    if self._block_point(target, SYNC_RUN) == 0:
+                        clock.t = max(clock.t, target)
+                return
+            deadline = self.clock.host_deadline(sim_us / 1e6)   # type: ignore[union-attr]
             while True:
                 self.intr_point()
                 if time.monotonic() >= deadline:
@@ -322,10 +443,22 @@ class Cpu:
             self.mode = saved
 
     def idle_wait(self) -> None:
-        """Nothing to run: wait for the next tick or an event, then take them."""
+        """Nothing to run: wait for the next tick or an event, then take them. In virtual
+        time the clock jumps to the next tick, unless an event comes first."""
         saved, self.mode = self.mode, "idle"
         try:
-            if not self.bus.events:
+            if self.virtual and self.clock.started:
+                if not self.bus.events:
+                    clock: VirtualClock = self.clock   # type: ignore[assignment]
+                    t_next = clock.next_tick_ns()
+                    if self._block_point(t_next, SYNC_IDLE) == 0:
+                        clock.t = max(clock.t, t_next)
+                    else:
+                        first = min((m[-1] for m in self.bus.events
+                                     if isinstance(m[-1], int) and m[-1] > 0), default=0)
+                        if first:
+                            clock.t = max(clock.t, min(first, t_next))
+            elif not self.bus.events:
                 deadline = time.monotonic() + 0.25
                 self._wait(deadline)
             self.intr_point()
@@ -341,10 +474,15 @@ class Cpu:
                 for msg in self.bus.events:
                     if msg[1] == Event.GRANT and msg[2] == tid and msg[3] == lock:
                         self.bus.events.remove(msg)
+                        self._sync_event(msg)
+                        self._pending_ticks += self._charge()   # run when unmasked
                         return
-                self._charge()
+                self._pending_ticks += self._charge()
                 self._check_halt()
-                self._wait(time.monotonic() + 0.25)
+                if self.virtual:
+                    self._block_point(NEVER, SYNC_SPIN)
+                else:
+                    self._wait(time.monotonic() + 0.25)
         finally:
             self.mode = saved
             self.counters.spin_wait_s += self.clock.now() - t0
@@ -363,6 +501,12 @@ class Cpu:
     def _server_gone(self, why: str) -> None:
         os.write(2, f"cpu{self.id}: the machine server is gone ({why}); stopping\n".encode())
         os._exit(3)
+
+    def _stopped(self, why: str) -> None:
+        """A replay reached its end point: stop here, every thread where it is."""
+        self.halted = self.halted or f"stopped: {why}"
+        self._check_halt()
+        raise _Halted()
 
     def panic(self, message: str, stack: list[str] | None = None, site: str = "",
               kstack: list[str] | None = None) -> None:
@@ -411,7 +555,9 @@ class Cpu:
                   **self.counters.as_dict(),
                   "clock": dataclasses.asdict(self.clock.statistics()),
                   "bus": {"calls": self.bus.calls, "posts": self.bus.posts,
-                          "wait_s": round(self.bus.wait_s, 4)},
+                          "wait_s": round(self.bus.wait_s, 4),
+                          "read_points": self.bus.point,
+                          "point_wait_s": round(self.bus.point_wait_s, 4)},
                   "chaos": self.chaos.statistics() if self.chaos is not None else None,
                   "threads": threads}
         try:

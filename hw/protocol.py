@@ -9,15 +9,19 @@ ROUTER. The routing identity names the peer: ``cpu3``, ``launcher``. Each messag
 ZeroMQ frame holding a msgpack array (a DEALER adds no empty delimiter, so the server sees
 ``[identity, payload]``)::
 
-    peer -> server   [op, seq, tid, site, arg...]
-    server -> peer   [Op.REPLY, seq, status, value]      answer to a request with seq != 0
-                     [Op.EVENT, event, arg...]           asynchronous: grants, IPIs, start, halt
+    peer -> server   [op, seq, tid, site, t, arg...]
+    server -> peer   [Op.REPLY, seq, status, value, t, horizon]   answer to seq != 0
+                     [Op.EVENT, event, arg..., t]        asynchronous: grants, IPIs, halts
 
 ``op`` is an :class:`Op`; ``seq`` is 0 for a posted request (no reply: releases, stores,
 wakeups of Decision 10) and the peer's own increasing number for one that waits. ``tid``
 is the simulated thread on whose behalf the request is made (0: the CPU itself), ``site``
-the kernel source line (``"vm/vm_glue.py:412"``) that made it. ``status`` is :data:`OK`
-or :data:`ERR`, in which case ``value`` is the error text.
+the kernel source line (``"vm/vm_glue.py:412"``) that made it, ``t`` the CPU's simulated
+time when it made it (integer ns; 0 from the launcher). ``status`` is :data:`OK` or
+:data:`ERR`, in which case ``value`` is the error text. A reply's and an event's ``t`` is
+the simulated time at which what they report happened (a grant: the release that made
+it; 0: no time), and a reply's ``horizon`` the time up to which the CPU may run
+(``hw/clock.py``: virtual time).
 
 Versioning: the first message of every peer is ``HELLO`` carrying :data:`VERSION`; a
 server refuses any other version with an error reply and ignores the peer until it says
@@ -55,6 +59,8 @@ class Op(enum.IntEnum):
     BYE = 2            # (reason)                               posted
     REPORT = 3         # (kind, payload)                        posted: stats, panic, final counters
     PING = 4           # ()                                     posted: "still here" (heartbeat)
+    SYNC = 5           # (need, state, received)                posted: waiting for the horizon
+    STUCK = 6          # (point, want, got)                     posted: a replay waits for events
     # physical memory and the kernel MMU
     PLOAD = 10         # (paddr, len)                           -> bytes
     PSTORE = 11        # (paddr, bytes)                         posted
@@ -128,7 +134,7 @@ class Op(enum.IntEnum):
 class Event(enum.IntEnum):
     """Asynchronous server -> CPU messages."""
 
-    START = 1          # (t0_monotonic, duration_wall)
+    START = 1          # (t0_monotonic)
     GRANT = 2          # (tid, lock)        a queued acquire was granted
     IPI = 3            # (from_cpu, kind, args)
     HALT = 4           # (reason)           stop running threads, send final report, exit
@@ -139,6 +145,20 @@ class Event(enum.IntEnum):
     HEARTBEAT = 9      # ()                 server -> CPU: "still here", every HEARTBEAT_S
     RECALL = 10        # (lock)             another CPU wants the lock: give its line back
     FINAL = 11         # ()                 the run ends: check the machine once more
+    HORIZON = 12       # (horizon)          the time up to which this CPU may now run
+    END = 13           # (t)                (to the launcher) every CPU reached the end
+    STOP = 14          # (reason)           stop where you are (a replay's --until)
+    DONE = 15          # (ok, message)      (to the launcher) the replay ended
+
+# Control messages change nothing in the machine: they are not recorded or ordered, and
+# a replay does not count them among the events a CPU takes (hw/record.py).
+CONTROL_OPS = frozenset({Op.PING, Op.SYNC, Op.STUCK})
+CONTROL_EVENTS = frozenset({Event.HEARTBEAT, Event.HORIZON, Event.STOP})
+
+# SYNC states: why a CPU waits (the server's horizon counts it accordingly)
+SYNC_RUN = 0          # running, at the horizon: counts at its time
+SYNC_IDLE = 1         # idle until its next timer event (need): counts at that time
+SYNC_SPIN = 2         # spinning for a grant: counts not at all (the release has the time)
 
 
 # Liveness (heartbeats both ways). The server sends every CPU a HEARTBEAT event every

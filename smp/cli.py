@@ -2,6 +2,7 @@
 
     smp run [CONFIG] [--set SECTION.KEY=VALUE ...] [--fail-point NAME ...] [--run-dir DIR]
             [--listen tcp://ADDR:PORT [--local-cpus N] [--key-dir DIR] [--join-timeout S]]
+    smp replay RUN_DIR [--until N] [--run-dir OUT]
     smp cpu --join tcp://HOST:PORT --id K [--key-dir DIR] [--timeout S]
     smp keys DIR
     smp report RUN_DIR [--format text|json|csv] [--table cpus|locks|profile|series]
@@ -32,6 +33,8 @@ examples:
   smp run configs/8cpu.toml --set run.seed=7
   smp run --set machine.cpus=2 --set run.duration=5
   smp report runs/20261126-101500-s1       the summary of a finished run again
+  smp replay runs/20261126-101500-s1       run it again, exactly (the recorded schedule)
+  smp replay runs/X --until 81234          stop after operation 81234; dump every thread
   smp config --schema                      every config key, its type, default and meaning
   smp failpoints                           the race guards of vm_glue that can be switched off
   smp run --fail-point swapout_procs_prs_new   a run without that guard
@@ -94,6 +97,27 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--join-timeout", type=float, default=None, metavar="S",
                      help="with --listen: how long to wait for every CPU to join "
                      "(default 60 s); the run then ends naming the missing ones")
+
+    rp = sub.add_parser(
+        "replay", help="run a recorded run again, exactly, and say whether it did the same",
+        description="Run the machine of RUN_DIR again with real processes, the server "
+        "letting every operation through in the order RUN_DIR/schedule.smpr recorded and "
+        "each CPU taking its events where it took them: the same replies, counters, "
+        "findings and panic. The replay's run directory (default RUN_DIR/replay) gets its "
+        "own report; the summary says whether it matches the recorded one. A divergence "
+        "(changed code, a record cut short or damaged) is reported at the first operation "
+        "that differs, with its CPU and site.",
+        epilog="exit status: 0 the replay did what the record says (and the recorded run "
+        "was ok); 1 a divergence, or the recorded run itself failed (its panic replayed); "
+        "2 no usable record (not a record, another version, another config)",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    rp.add_argument("run_dir", metavar="RUN_DIR", help="a run directory with a record")
+    rp.add_argument("--until", type=int, default=0, metavar="N",
+                    help="stop the machine after operation N and write dump.txt: every "
+                    "thread's stack, the locks it holds and waits for, each CPU's last "
+                    "operations")
+    rp.add_argument("--run-dir", dest="out", metavar="OUT",
+                    help="write the replay's results into OUT (default: RUN_DIR/replay)")
 
     cpu = sub.add_parser(
         "cpu", help="be one CPU of a machine whose server runs on another host",
@@ -264,6 +288,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             print(f"smp: cpu {args.id}: interrupted", file=sys.stderr)
             return 130
+    if args.command == "replay":
+        return _replay(args)
     if args.command == "failpoints":
         from kernel.conf import kern_fail
         for fp in kern_fail.fail_points():
@@ -384,6 +410,35 @@ def _monitors(args: argparse.Namespace, cfg: "Config") -> list[object]:
         monitors.append(RunProgress(float(cfg["run.duration"]), float(cfg["machine.speed"]),
                                     int(cfg["machine.cpus"])))
     return monitors
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from smp.observe.report import summary_table
+    from smp.run.replay import ReplayError, replay
+    if args.until < 0:
+        print("smp replay: --until must be a positive operation number", file=sys.stderr)
+        return 2
+    try:
+        status, rep, out = replay(args.run_dir, args.out, args.until)
+    except ReplayError as e:
+        print(f"smp replay: {e}", file=sys.stderr)
+        return 2
+    print(summary_table(rep))
+    sched = (rep.get("schedule") or {}).get("replay") or {}
+    div = sched.get("divergence")
+    if div:
+        print(f"replay DIVERGED: {div['message']}")
+    elif args.until:
+        print(f"replay stopped after operation {args.until}: {os.path.join(out, 'dump.txt')}")
+    elif rep.get("replay_differences"):
+        print("replay DIFFERS from the recorded run:")
+        for d in rep["replay_differences"]:
+            print(f"  {d}")
+    else:
+        print(f"replay identical: {sched.get('operations')} operations, the same kernel "
+              f"counters, lock counts, findings and panic as the recorded run")
+    print(f"run directory: {out}")
+    return status
 
 
 def _plot(args: argparse.Namespace) -> int:

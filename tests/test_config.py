@@ -13,6 +13,7 @@ import pytest
 
 from smp.run.config import (
     PARAM_BY_KEY,
+    WALL_ONLY,
     PARAMS,
     Config,
     ConfigError,
@@ -27,7 +28,8 @@ pytestmark = pytest.mark.quick
 
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 SHIPPED = sorted(CONFIGS.glob("*.toml"))
-MACHINE_KEYS = "cpus, memory, swap, swap_latency_us, swap_write_latency_us, hz, speed, transport, lines"
+MACHINE_KEYS = ("cpus, memory, swap, swap_latency_us, swap_write_latency_us, hz, time, quantum, "
+                "speed, transport, lines")
 
 
 Write = Callable[[str], str]
@@ -81,7 +83,8 @@ def test_shipped_config_values(name: str, cpus: int, duration: float, kthreads: 
 def test_default_toml_spells_out_exactly_the_declared_defaults() -> None:
     raw = tomllib.loads(default_config_path().read_text(encoding="utf-8"))
     keys = {f"{section}.{name}" for section, table in raw.items() for name in table}
-    assert keys == set(PARAM_BY_KEY)
+    # every key but those a virtual-time config may not set (the default is virtual time)
+    assert keys == set(PARAM_BY_KEY) - set(WALL_ONLY)
     cfg = load_config(None)
     for p in PARAMS:
         assert cfg[p.key] == p.coerce(p.default), p.key
@@ -130,7 +133,7 @@ def test_bad_sizes_are_refused(write: Write, text: str) -> None:
 
 
 def test_float_accepts_an_integer(write: Write) -> None:
-    speed = load_config(write("[machine]\nspeed = 2\n"))["machine.speed"]
+    speed = load_config(write("[machine]\ntime = \"wall\"\nspeed = 2\n"))["machine.speed"]
     assert speed == 2.0 and isinstance(speed, float)
 
 
@@ -154,7 +157,7 @@ def test_unknown_section(write: Write) -> None:
     path = write("[machin]\ncpus = 4\n")
     e = error_of(path)
     assert e.key == "machin"
-    assert str(e) == f"{path}: unknown section [machin] (sections: machine, run, workload, user, kern, vm, debug)"
+    assert str(e) == f"{path}: unknown section [machin] (sections: machine, run, cost, workload, user, kern, vm, debug)"
 
 
 def test_top_level_key_and_non_table_section(write: Write) -> None:
@@ -333,7 +336,8 @@ def test_with_values_returns_a_new_checked_config() -> None:
 
 def test_as_dict_is_nested_and_sorted() -> None:
     tree = load_config(CONFIGS / "8cpu.toml").as_dict()
-    assert list(tree) == sorted(tree) == ["debug", "kern", "machine", "run", "user", "vm", "workload"]
+    assert list(tree) == sorted(tree) == ["cost", "debug", "kern", "machine", "run", "user", "vm",
+                                          "workload"]
     for table in tree.values():
         assert list(table) == sorted(table)
     assert tree["machine"]["cpus"] == 8
@@ -343,6 +347,7 @@ def test_as_dict_is_nested_and_sorted() -> None:
 def test_to_toml_round_trips() -> None:
     cfg = load_config(None).with_values({
         "machine.memory": "64M",
+        "machine.time": "wall",
         "machine.speed": 0.25,
         "run.seed": 2**63 - 1,
         "run.dir": 'we"ird\\path\n\t\x7f\u00e9\U0001f600',
@@ -407,12 +412,32 @@ def test_declarations_are_checked_at_import(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_declarations() -> None:
-    assert len(PARAM_BY_KEY) == len(PARAMS) == 44
+    assert len(PARAM_BY_KEY) == len(PARAMS) == 52
     assert PARAM_BY_KEY["vm.swap_idle_threshold1"].section == "vm"
     assert PARAM_BY_KEY["vm.swap_idle_threshold1"].name == "swap_idle_threshold1"
     for p in PARAMS:
         assert p.desc and "\n" not in p.desc
-        assert p.type in ("int", "float", "bool", "str", "size", "list[str]")
+        assert p.type in ("int", "float", "bool", "str", "size", "duration", "list[str]")
+
+
+def test_durations_take_units_and_resolve_to_nanoseconds(write: Write) -> None:
+    cfg = load_config(write('[machine]\nquantum = "250us"\n[cost]\ncall = "1ms"\n'
+                            'post = 1500\n'))
+    assert (cfg["machine.quantum"], cfg["cost.call"], cfg["cost.post"]) == \
+        (250_000, 1_000_000, 1500)
+    e = error_of(write('[machine]\nquantum = "fast"\n'))
+    assert e.key == "machine.quantum" and "a duration from 10us to 1s" in str(e)
+
+
+def test_speed_is_refused_in_virtual_time_and_named(write: Write) -> None:
+    e = error_of(write("[machine]\nspeed = 2\n"))
+    assert e.key == "machine.speed" and "wall time only" in str(e)
+    with pytest.raises(ConfigError, match=r"^--set: machine.speed applies to wall time"):
+        load_config(None, ["machine.speed=2"])
+    assert load_config(None, ["machine.time=wall", "machine.speed=2"])["machine.speed"] == 2.0
+    # the resolved config of a virtual-time run leaves the key out, so it reloads
+    text = load_config(None).to_toml()
+    assert "speed" not in text and load_config(write(text))["machine.time"] == "virtual"
 
 
 def test_docs_config_md_is_current() -> None:

@@ -228,10 +228,10 @@ def add_sleep_lock_wait(seconds: float) -> None:
 def note_lock_wait(lock: int, seconds: float, frame: FrameType | None = None) -> None:
     """Where a thread waited for ``lock``, and how long: the kernel stack of the wait (for
     the report's folded stacks: a flame graph of lock contention)."""
-    stack = tuple(kernel_stack(frame if frame is not None else sys._getframe(1)))
+    stack = tuple(kernel_stack(frame if frame is not None else sys._getframe(1), limit=12))
     w = pcpu.lock_waits.get((lock, stack))
     if w is None:
-        if len(pcpu.lock_waits) >= 2000:
+        if len(pcpu.lock_waits) >= 300:
             return
         w = pcpu.lock_waits[(lock, stack)] = [0, 0.0]
     w[0] += 1

@@ -15,24 +15,33 @@ import time
 import traceback
 from typing import Any
 
-from hw.bus import Bus, BusError, ServerGone
-from hw.clock import Clock
-from hw.cpu import Cpu
+from hw.bus import Bus, BusError, ServerGone, Stopped
+from hw.clock import Clock, VirtualClock
+from hw.cpu import Costs, Cpu
 from hw.protocol import Op
 from smp.run.proc_util import die_with_parent
 
 START_TIMEOUT = 60.0
 
 
+def costs_of(config: dict[str, Any]) -> Costs:
+    """The costs of a CPU's work in virtual time (the ``cost.*`` keys, ns)."""
+    return Costs(call_ns=int(config["cost.call"]), post_ns=int(config["cost.post"]),
+                 page_ns=int(config["cost.page"]), switch_ns=int(config["cost.switch"]),
+                 intr_ns=int(config["cost.intr"]))
+
+
 def cpu_main(cpu_id: int, endpoint: str, config: dict[str, Any] | None, liveness: float,
              sysinits: tuple[Any, ...] = (), curve: dict[str, bytes] | None = None,
-             pdeathsig: bool = True, start_timeout: float = START_TIMEOUT) -> None:
+             pdeathsig: bool = True, start_timeout: float = START_TIMEOUT,
+             replay: dict[int, int] | None = None) -> None:
     """``curve``: the CURVE client keys for a server on another host (``smp cpu --join``);
     ``pdeathsig`` False for a CPU that is the top process of its host (nothing to die
     with: the server's silence ends it). ``config`` None: a CPU that joins from another
     host (``smp.run.remote``); it takes the run's config, its start timeout and the server's
     clock from the HELLO reply. ``start_timeout``: how long to wait for the machine to
-    start after HELLO (longer when other CPUs are still to join)."""
+    start after HELLO (longer when other CPUs are still to join). ``replay``: this CPU's
+    read log from a record (read point -> messages read there): a replay."""
     if pdeathsig:
         die_with_parent()
     if sysinits:
@@ -55,8 +64,20 @@ def cpu_main(cpu_id: int, endpoint: str, config: dict[str, Any] | None, liveness
         if config is None:                    # joined from another host: see smp.run.remote
             config, start_timeout = _joined(info, t_send, bus)
         bus.start_heartbeat()
-        clock = Clock(int(config["machine.hz"]), float(config["machine.speed"]))
-        hw = Cpu(cpu_id, bus, clock, float(config["run.stats_interval"]))
+        virtual = config["machine.time"] == "virtual"
+        clock: Clock | VirtualClock
+        if virtual:
+            clock = VirtualClock(int(config["machine.hz"]))
+            if replay is not None:
+                bus.replay = replay
+            else:
+                bus.horizon = 0                 # until the server says how far to run
+            if replay is None and config["run.record"]:
+                bus.read_log = []
+                bus.on_read_log = lambda log: bus.send_control(Op.REPORT, "reads", [log, -1])
+        else:
+            clock = Clock(int(config["machine.hz"]), float(config["machine.speed"]))
+        hw = Cpu(cpu_id, bus, clock, float(config["run.stats_interval"]), costs_of(config))
         if config["debug.chaos"] != "off":
             from hw.chaos import Chaos
             seed = int(config["debug.chaos_seed"]) or int(config["run.seed"])
@@ -65,13 +86,23 @@ def cpu_main(cpu_id: int, endpoint: str, config: dict[str, Any] | None, liveness
         while not clock.started and not hw.halted:
             if time.monotonic() > deadline:
                 raise ServerGone(f"the machine did not start within {start_timeout:.0f} s")
-            bus.poll_events(0.5)
+            if virtual:
+                bus.wait_start(0.5)             # START, and not one message more
+            else:
+                bus.poll_events(0.5)
             hw._absorb()
         report = hw.run(boot(hw, config)) if not hw.halted else hw.finish()
+        bus.stopped = None                      # a replay's STOP: stopped, now report
+        if bus.read_log is not None:
+            bus.send_control(Op.REPORT, "reads", [bus.read_log, bus.point])
+            bus.read_log = None
         bus.call(Op.REPORT, 0, "", "final", report)      # waits: nothing is lost
         bus.post(Op.BYE, 0, "", "halted")
     except ServerGone as e:
         sys.stderr.write(f"cpu{cpu_id}: {e}; stopping\n")
+        code = 3
+    except Stopped as e:
+        sys.stderr.write(f"cpu{cpu_id}: stopped before the machine started: {e}\n")
         code = 3
     except BaseException:  # noqa: BLE001 - report, then leave without hanging
         traceback.print_exc()

@@ -45,7 +45,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import time
-from typing import Any, Hashable
+from typing import Any, Callable, Hashable
 
 from hw.protocol import (AF_LINE, AF_PICKUP, AF_TRY, BUSY, EXCL, GRANTED, GRANTED_LINE,
                          LF_NOSHREC, LF_RECURSE, LK_RW, LK_SLEEP, LK_SPIN, LOCK_KINDS, QUEUED,
@@ -93,6 +93,7 @@ class Lock:
     waiters: collections.deque[Waiter] = dataclasses.field(default_factory=collections.deque)
     since_us: float = 0.0
     site: str = ""
+    free_us: float = 0.0             # when it was last left free (for the acquirer's clock)
     last_cpu: int = -1               # who took it last, and how many times running
     streak: int = 0
 
@@ -138,6 +139,9 @@ class LockTable:
                  lines: bool = True) -> None:
         self.witness = witness
         self.deadlock_check = deadlock_check
+        # what "now" is, in us: host time, or in virtual time the simulated time of the
+        # request being handled (the server sets it: hw/clock.py)
+        self.clock: Callable[[], float] = _now_us
         # the lock that sleep queues require (the kernel registers its name at boot)
         self.sched_lock_name: str | None = None
         self.locks: dict[int, Lock] = {}
@@ -194,7 +198,7 @@ class LockTable:
 
     def _take(self, lk: Lock, tid: int, t: ThreadLocks, mode: int, site: str,
               waited_us: float) -> None:
-        now = _now_us()
+        now = self.clock()
         if mode == EXCL:
             lk.owner = tid
             lk.recurse = 0
@@ -222,7 +226,7 @@ class LockTable:
                 break
         else:
             site = lk.site
-        hold = _now_us() - lk.since_us
+        hold = self.clock() - lk.since_us
         st = self.by_name[lk.name]
         st.max_hold_us = max(st.max_hold_us, hold)
         prof = self.profile[(lk.name, site)]
@@ -295,7 +299,7 @@ class LockTable:
                                                  if a in self.locks],
                                       trylock, bool(flags & AF_PICKUP))
             self._take(lk, tid, t, mode, site,
-                       max(_now_us() - since, 0.001) if since is not None else 0.0)
+                       max(self.clock() - since, 0.001) if since is not None else 0.0)
             return self._maybe_line(lk, cpu, trylock, line)
         if trylock:
             return BUSY
@@ -317,7 +321,7 @@ class LockTable:
 
     def _queue(self, lk: Lock, tid: int, cpu: int, t: ThreadLocks, h: int, mode: int,
                site: str, contended: bool = True) -> int:
-        now = _now_us()
+        now = self.clock()
         if contended:
             t.wait_since.setdefault(h, now)
         lk.waiters.append(Waiter(tid, cpu, mode, now, site))
@@ -349,6 +353,8 @@ class LockTable:
                 del lk.shared[tid]
             else:
                 lk.shared[tid] = n - 1
+        if not lk.owner:
+            lk.free_us = self.clock()
         return self._grant_waiters(lk)
 
     def relinquish(self, cpu: int, h: int) -> list[Grant]:
@@ -393,7 +399,7 @@ class LockTable:
             t.waiting = None
             since = t.wait_since.pop(lk.handle, None)
             self._take(lk, w.tid, t, w.mode, w.site,
-                       max(_now_us() - since, 0.001) if since is not None else 0.0)
+                       max(self.clock() - since, 0.001) if since is not None else 0.0)
             grants.append((w.cpu, w.tid, lk.handle, True))
             return grants
         if lk.shared:
@@ -449,12 +455,24 @@ class LockTable:
                      f"the next (taken @ {os_})" for t, lk, ws, os_ in cycle]
             raise Deadlock("deadlock: " + "; ".join(lines), cycle)
 
-    def spin_held_too_long(self, bound_us: float) -> tuple[Lock, float] | None:
-        now = _now_us()
+    def spin_held_too_long(self, bound_us: float, cpu: int | None = None,
+                           now_us: float | None = None) -> tuple[Lock, float] | None:
+        """A spin lock held longer than ``bound_us``, and for how long: by any thread at
+        host time (wall time), or by a thread of ``cpu`` at that CPU's ``now_us``."""
+        now = self.clock() if now_us is None else now_us
         for lk in self.locks.values():
             if lk.kind == LK_SPIN and lk.owner and now - lk.since_us > bound_us:
+                if cpu is not None:
+                    owner = self.threads.get(lk.owner)
+                    if owner is None or owner.cpu != cpu:
+                        continue
                 return lk, now - lk.since_us
         return None
+
+    def free_at(self, h: int) -> int:
+        """When (ns) the lock ``h`` was last left free; 0 if unknown."""
+        lk = self.locks.get(h)
+        return int(lk.free_us * 1000) if lk is not None else 0
 
     # -- sleep channels ----------------------------------------------------------------
     def _require_sched_lock(self, what: str, tid: int, t: ThreadLocks, site: str) -> None:

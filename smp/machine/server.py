@@ -30,6 +30,7 @@ all (its bus PINGs when idle) for ``PEER_LOST_S`` is reported to the launcher as
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import time
 import traceback
@@ -37,14 +38,16 @@ from typing import Any, Callable
 
 import zmq
 
+from hw.clock import NEVER
 from hw.physmem import Fault, PhysMem, SwapDevice
-from hw.protocol import (ERR, HEARTBEAT_S, MAX_FRAME, MAX_FRAME_HARD, OK, PEER_LOST_S,
-                         VERSION, Event, Op, ProtocolError, pack, unpack_all)
+from hw.protocol import (CONTROL_OPS, ERR, F_LOCK, HEARTBEAT_S, MAX_FRAME, MAX_FRAME_HARD, OK,
+                         PEER_LOST_S, VERSION, Event, Op, ProtocolError, pack, unpack_all)
 from smp.machine.lockcheck import LockKeyChecker
 from smp.machine.locks import Deadlock, LockError, LockTable
-from smp.machine.witness import Finding, Witness
-from hw.protocol import F_LOCK
 from smp.machine.objects import ObjectError, ObjectStore
+from smp.machine.schedule import Divergence, Recording, Replay
+from smp.machine.timekeeper import TimeKeeper
+from smp.machine.witness import Finding, Witness
 
 POLL_MS = 200
 
@@ -96,12 +99,48 @@ class Peer:
         self.requests = 0
 
 
+@dataclasses.dataclass
+class TimeSpec:
+    """How the machine's time runs (``hw/clock.py``), and what of the run is recorded or
+    replayed (``smp/machine/schedule.py``)."""
+    virtual: bool = False
+    quantum_ns: int = 1_000_000
+    end_ns: int = NEVER                 # the run's simulated end (virtual time)
+    final_grace_ns: int = 500_000_000   # the end-of-run check runs within this much more
+    record_path: str | None = None
+    record_header: dict[str, Any] = dataclasses.field(default_factory=dict)
+    replay: Replay | None = None
+
+
 class Server:
     """The shared half of one simulated machine."""
 
     def __init__(self, endpoint: str, ncpus: int, memory: int, swap: int,
                  pub_endpoint: str | None = None, stats_interval: float = 0.5,
-                 detectors: dict[str, Any] | None = None, lines: bool = True) -> None:
+                 detectors: dict[str, Any] | None = None, lines: bool = True,
+                 timespec: TimeSpec | None = None) -> None:
+        ts = timespec or TimeSpec()
+        self.timespec = ts
+        self.virtual = ts.virtual
+        self.tk = TimeKeeper(ncpus, ts.quantum_ns, ts.end_ns,
+                             ts.virtual and ts.replay is None)
+        self.rec: Recording | None = None
+        self.record_error: str | None = None
+        if ts.record_path and ts.replay is None:
+            try:
+                self.rec = Recording(ts.record_path, ts.record_header)
+            except OSError as e:
+                self.record_error = f"{ts.record_path}: cannot record: {e.strerror}"
+        self.replay = ts.replay
+        self.replay_done = False
+        self.cur_t = 0                  # the simulated time of the request being handled
+        self.reply_t = 0                # what its reply says happened when (0: nothing)
+        self.end_told: int | None = None     # the end the launcher was told of
+        self.sent = [0] * ncpus              # machine events sent to each CPU
+        self.ops = 0                         # the machine's operations handled so far
+        # each CPU's last requests: what a dump shows as "touched last"
+        self.recent: dict[int, collections.deque[tuple[Any, ...]]] = \
+            collections.defaultdict(lambda: collections.deque(maxlen=32))
         det = dict(DEFAULT_DETECTORS, **(detectors or {}))
         self.detectors = det
         self.findings: list[dict[str, Any]] = []
@@ -118,9 +157,12 @@ class Server:
         self.kmem = ObjectStore()
         self.witness = Witness(self._finding) if det["witness"] else None
         self.locks = LockTable(self.witness, bool(det["deadlock"]), lines)
+        if ts.virtual:       # lock profiling and hold times in simulated time
+            self.locks.clock = lambda: self.cur_t / 1000
         self.lockkeys = (LockKeyChecker(self.kmem, self.locks, self._finding)
                          if det["lockkeys"] else None)
         self.spin_reported = False
+        self.spin_bound_ns = int(float(det["spin_max_s"]) * 1e9)
         self.last_heard: dict[int, float] = {}
         self.silent: set[int] = set()
         self.peers: dict[bytes, Peer] = {}
@@ -240,16 +282,38 @@ class Server:
 
     def _reply(self, ident: bytes, seq: int, status: int, value: Any) -> None:
         if seq:
-            self._send(ident, [Op.REPLY, seq, status, value])
+            self._send(ident, [Op.REPLY, seq, status, value, self.reply_t, self.tk.horizon])
 
     def _event_cpu(self, cpu: int, event: Event, *args: Any) -> None:
+        """An event to a CPU; it carries the time of the request that caused it."""
         peer = self.cpus.get(cpu)
         if peer is not None and not peer.gone:
-            self._send(peer.ident, [Op.EVENT, event, *args])
+            self._send(peer.ident, [Op.EVENT, event, *args, self.cur_t])
+            self.sent[cpu] += 1
+            if self.tk.enabled:                     # a waiting CPU runs again at that time
+                self._horizon_to(self.tk.wake(cpu, self.cur_t))
+            if self.replay is not None:
+                self.replay.stuck.pop(cpu, None)    # what it waited for may be this
 
     def _event_launcher(self, event: Event, *args: Any) -> None:
         if self.launcher is not None:
-            self._send(self.launcher.ident, [Op.EVENT, event, *args])
+            self._send(self.launcher.ident, [Op.EVENT, event, *args, self.cur_t])
+
+    # -- virtual time (smp/machine/timekeeper.py) ------------------------------------------
+    def _horizon_to(self, cpus: list[int]) -> None:
+        """Tell the CPUs that wait for it how far they may run now; tell the launcher when
+        every CPU has reached the run's end."""
+        h = self.tk.horizon
+        for cpu in cpus:
+            self._event_cpu_control(cpu, Event.HORIZON, h)
+        if self.tk.ended and self.end_told != self.tk.ended_at:
+            self.end_told = self.tk.ended_at
+            self._event_launcher(Event.END, self.tk.ended_at)
+
+    def _event_cpu_control(self, cpu: int, event: Event, *args: Any) -> None:
+        peer = self.cpus.get(cpu)
+        if peer is not None and not peer.gone:
+            self._send(peer.ident, [Op.EVENT, event, *args, 0])
 
     # -- lock operations that notify other CPUs ------------------------------------------
     def _send_grants(self, grants: list[tuple[int, int, int, bool]]) -> None:
@@ -322,6 +386,9 @@ class Server:
     def _acquire(self, p: Peer, tid: int, site: str, a: list[Any]) -> int:
         try:
             r = self.locks.acquire(tid, p.cpu, site, a[0], a[1], int(a[2]))
+            free_at = self.locks.free_at(a[0])
+            if free_at > self.cur_t:             # released later in simulated time than
+                self.reply_t = free_at           # asked for: the acquirer waits till then
             for cpu, lock in self.locks.take_recalls():
                 self._event_cpu(cpu, Event.RECALL, lock)
             return r
@@ -385,6 +452,10 @@ class Server:
         elif kind == "final":
             p.final = payload
             self._check_halted()
+            self._check_replay_done()
+        elif kind == "reads":                     # a CPU's read log (hw/record.py)
+            if self.rec is not None:
+                self.rec.reads(p.cpu, list(payload[0]), int(payload[1]))
         elif kind == "checked":                   # a CPU ran its final invariant check
             self.checked.add(p.cpu)
             if len(self.checked) >= len(self.cpus):
@@ -395,6 +466,115 @@ class Server:
                 self._event_launcher(Event.HALT, str(payload))
         else:
             raise ProtocolError(f"unknown report kind {kind!r}")
+
+    def _control_op(self, p: Peer, op: int, a: list[Any]) -> None:
+        """Control traffic: liveness and time synchronisation; never recorded."""
+        if op == Op.SYNC:
+            # a CPU that has not yet read every event sent to it will act on them: it is
+            # not waiting, whatever it says (its SYNC crossed an event)
+            if p.cpu >= 0 and int(a[2]) >= self.sent[p.cpu]:
+                self._horizon_to(self.tk.sync(p.cpu, int(a[0]), int(a[1])))
+        elif op == Op.STUCK:
+            if p.cpu >= 0 and self.replay is not None and not self.replay.stopped:
+                self.replay.stuck[p.cpu] = (int(a[0]), int(a[1]), int(a[2]))
+                self._pump()
+
+    def _check_spin_virtual(self, p: Peer, t: int) -> None:
+        """Virtual time: a spin lock held longer than ``debug.spin_max_s`` by a thread of
+        this CPU (measured in the holder's simulated time) panics, as the wall-time
+        watchdog does in wall time."""
+        if self.spin_reported or self.panic is not None:
+            return
+        long_held = self.locks.spin_held_too_long(self.spin_bound_ns / 1000, cpu=p.cpu,
+                                                  now_us=t / 1000)
+        if long_held is not None:
+            self._spin_panic(*long_held)
+
+    # -- the machine's own actions (recorded; replayed from the record) ------------------
+    def _act(self, kind: str, payload: Any) -> None:
+        """Something the server does of its own accord, between two requests."""
+        if self.rec is not None:
+            self.rec.action(kind, payload)
+        if kind == "final":
+            self.checked.clear()
+            for cpu in self.cpus:
+                self._event_cpu(cpu, Event.FINAL)
+            self._horizon_to(self.tk.extend(self.timespec.final_grace_ns))
+        elif kind == "halt":
+            self._halt(str(payload[0]), [int(c) for c in payload[1]])
+
+    def _pump(self) -> None:
+        """A replay: handle the queued requests in the record's order, as far as they
+        have come; take the record's actions where it has them."""
+        rp = self.replay
+        assert rp is not None
+        while not rp.stopped:
+            for kind, payload in rp.actions_due():
+                self._act(kind, payload)
+            exp = rp.expected()
+            if exp is None:
+                leftover = next(((c, q[0]) for c, q in rp.queues.items() if q), None)
+                if leftover is not None:
+                    cpu, (_, msg) = leftover
+                    self._diverge(rp.check(cpu, msg))
+                break
+            q = rp.queues.get(exp[0])
+            if not q:
+                div = rp.stalled()
+                if div is not None:
+                    self._diverge(div)
+                break
+            ident, msg = q[0]
+            div = rp.check(exp[0], msg)
+            if div is not None:
+                self._diverge(div)
+                break
+            q.popleft()
+            self._guarded(ident, self.peers.get(ident), msg[0], msg[1], msg[2], msg[3],
+                          msg[4], msg[5:])
+            rp.i += 1
+            if rp.until and rp.i >= rp.until:
+                self._stop_replay(None)
+                break
+        self._check_replay_done()
+
+    def _diverge(self, div: Divergence | None) -> None:
+        if div is not None and self.replay is not None and not self.replay.stopped:
+            self._stop_replay(div)
+
+    def _stop_replay(self, div: Divergence | None) -> None:
+        """The replay ends here (its --until, or a divergence): every CPU stops where it
+        is, and what was queued is then handled freely, so that each can report."""
+        rp = self.replay
+        assert rp is not None
+        rp.stopped = True
+        rp.divergence = div
+        for cpu in self.cpus:
+            self._event_cpu_control(cpu, Event.STOP, div.message if div else
+                                    f"replay stopped after operation {rp.i}")
+        for _, q in sorted(rp.queues.items()):
+            while q:
+                ident, msg = q.popleft()
+                self._guarded(ident, self.peers.get(ident), msg[0], msg[1], msg[2],
+                              msg[3], msg[4], msg[5:])
+        self._check_replay_done()
+
+    def _check_replay_done(self) -> None:
+        """Tell the launcher once the replay has ended and every CPU has reported."""
+        rp = self.replay
+        if rp is None or self.replay_done:
+            return
+        if not rp.stopped and rp.expected() is not None:
+            return
+        if any(p.final is None and c not in self.dead for c, p in self.cpus.items()):
+            return
+        self.replay_done = True
+        if rp.divergence is not None:
+            self._event_launcher(Event.DONE, False, rp.divergence.message)
+        elif rp.stopped:
+            self._event_launcher(Event.DONE, True, f"stopped after operation {rp.i}")
+        else:
+            self._event_launcher(Event.DONE, True, f"replayed {rp.i} operations")
 
     # -- panics and halts ----------------------------------------------------------------
     def panic_machine(self, report: dict[str, Any]) -> None:
@@ -485,16 +665,22 @@ class Server:
             self._check_started()
         elif op == Op.CTL_HALT:
             self.pending_halt.append((peer.ident, seq))
-            self._halt(str(args[0]), list(args[1]) if len(args) > 1 else [])
+            dead = [int(c) for c in args[1]] if len(args) > 1 else []
+            if self.replay is None:
+                self._act("halt", [str(args[0]), dead])
+            elif not self.replay.stopped:           # the launcher gives up on the replay
+                self._stop_replay(None)
+                self._halt(str(args[0]), dead)
+            for c in dead:
+                self._horizon_to(self.tk.leave(c))
             self._check_halted()
         elif op == Op.CTL_REPORT:
             self._reply(peer.ident, seq, OK, self.report())
         elif op == Op.CTL_DUMP:
             self._reply(peer.ident, seq, OK, self.dumpstate())
         elif op == Op.CTL_FINAL:
-            self.checked.clear()
-            for cpu in self.cpus:
-                self._event_cpu(cpu, Event.FINAL)
+            if self.replay is None:                 # a replay takes it from the record
+                self._act("final", None)
             self._reply(peer.ident, seq, OK, None)
 
     def reject(self, ident: bytes, seq: Any, kind: str, text: str) -> None:
@@ -521,7 +707,7 @@ class Server:
             self.reject(ident, 0, "garbage", f"malformed message: not msgpack: "
                         f"{type(e).__name__}: {e}")
             return
-        if len(msgs) > 1 and not all(isinstance(m, list) and len(m) >= 4 and m[1] == 0
+        if len(msgs) > 1 and not all(isinstance(m, list) and len(m) >= 5 and m[1] == 0
                                      for m in msgs[:-1]):
             self.messages += 1
             self.reject(ident, 0, "shape", f"malformed batch of {len(msgs)} messages: "
@@ -532,17 +718,18 @@ class Server:
 
     def handle_one(self, ident: bytes, msg: Any) -> None:
         self.messages += 1
-        if not isinstance(msg, list) or len(msg) < 4:
+        if not isinstance(msg, list) or len(msg) < 5:
             self.reject(ident, 0, "shape", "malformed message: a request is "
-                        "[op, seq, tid, site, args...]")
+                        "[op, seq, tid, site, t, args...]")
             return
-        op, seq, tid, site = msg[0], msg[1], msg[2], msg[3]
+        op, seq, tid, site, t = msg[0], msg[1], msg[2], msg[3], msg[4]
         if (not isinstance(seq, int) or not isinstance(op, int) or not isinstance(tid, int)
-                or not isinstance(site, str) or isinstance(seq, bool) or seq < 0):
-            self.reject(ident, seq, "types", "malformed message: op, seq (>= 0) and tid "
-                        "must be integers, site a string")
+                or not isinstance(site, str) or isinstance(seq, bool) or seq < 0
+                or not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < NEVER):
+            self.reject(ident, seq, "types", "malformed message: op, seq (>= 0), tid and t "
+                        "(>= 0) must be integers, site a string")
             return
-        args = msg[4:]
+        args = msg[5:]
         peer = self.peers.get(ident)
         if peer is None and op == Op.PING and ident.endswith(b"/hb"):
             owner = self.peers.get(ident[:-3])       # a CPU's heartbeat thread
@@ -553,8 +740,29 @@ class Server:
             self.reject(ident, seq, "no_hello", f"{_opname(op)} from {_short(ident)}, which "
                         f"never said HELLO: say HELLO first")
             return
+        if (self.replay is not None and not self.replay.stopped and peer is not None
+                and peer.role == "cpu" and self._ordered(op, args)):
+            # a replay: the request waits its turn (the record's order)
+            self.replay.queues[peer.cpu].append((ident, msg))
+            self.replay.stuck.pop(peer.cpu, None)
+            self._pump()
+            return
+        self._guarded(ident, peer, op, seq, tid, site, t, args)
+
+    @staticmethod
+    def _ordered(op: int, args: list[Any]) -> bool:
+        """Whether a CPU's request is part of the machine's order (recorded, replayed):
+        everything but control traffic (hw/protocol.py: CONTROL_OPS, stats samples,
+        read logs) and the goodbye."""
+        if op in CONTROL_OPS or op == Op.BYE:
+            return False
+        return not (op == Op.REPORT and args and args[0] in ("stats", "reads"))
+
+    def _guarded(self, ident: bytes, peer: Peer | None, op: int, seq: int, tid: int,
+                 site: str, t: int, args: list[Any]) -> None:
+        """Dispatch one request; no exception a request can raise leaves here."""
         try:
-            self._dispatch(ident, peer, op, seq, tid, site, args)
+            self._dispatch(ident, peer, op, seq, tid, site, t, args)
         except Rejected as e:
             if seq == 0 and peer is not None and peer.role == "cpu" and op != Op.HELLO:
                 self.bad_messages += 1               # a CPU's kernel is broken: panic
@@ -572,7 +780,8 @@ class Server:
                 self._send(ident, [Op.REPLY, seq, ERR, text[:_MAX_ERROR_TEXT]])
 
     def _dispatch(self, ident: bytes, peer: Peer | None, op: int, seq: int, tid: int,
-                  site: str, args: list[Any]) -> None:
+                  site: str, t: int, args: list[Any]) -> None:
+        self.cur_t = self.reply_t = 0
         try:
             if op == Op.HELLO:
                 self._hello(ident, seq, args)
@@ -594,6 +803,18 @@ class Server:
                     raise ProtocolError("control requests are the launcher's")
                 self._control(peer, op, seq, args)
                 return
+            if op in CONTROL_OPS:
+                self._control_op(peer, op, args)
+                return
+            if peer.role == "cpu" and self._ordered(op, args):
+                self.ops += 1                       # the operation's number (hw/record.py)
+                self.recent[peer.cpu].append((self.ops, _opname(op), site, tid, t,
+                                              _short(args)))
+                if self.rec is not None:
+                    self.rec.request(peer.cpu, op, site, tid)
+                if self.tk.enabled:
+                    self._horizon_to(self.tk.request(peer.cpu, t))
+            self.cur_t, self.reply_t = t, 0
             handler = self.handlers.get(op)
             if handler is None:
                 raise Rejected("unknown_op", f"unknown operation {op}")
@@ -606,6 +827,8 @@ class Server:
                                    f", ...)")
             value = handler(peer, tid, site, args)
             self._reply(ident, seq, OK, value)
+            if self.virtual and self.spin_bound_ns:
+                self._check_spin_virtual(peer, t)
         except _KERNEL_ERRORS as e:
             self.errors += 1
             if seq or peer is None or peer.role != "cpu":
@@ -658,21 +881,25 @@ class Server:
         return {role: obj[f] for role, f in fields.items()
                 if isinstance(obj.get(f), int)}
 
+    def _spin_panic(self, lk: Any, us: float) -> None:
+        self.spin_reported = True
+        msg = (f"spin lock {lk.name} held too long: {us / 1e6:.1f} s by thread "
+               f"{lk.owner} (taken @ {lk.site})")
+        self._finding(Finding("spin", msg, [lk.site]))
+        owner = self.locks.threads.get(lk.owner)
+        self.panic_machine({"message": msg, "cpu": owner.cpu if owner else -1,
+                            "tid": lk.owner, "site": lk.site, "source": "server",
+                            "detector": "spin", "stack": []})
+
     def _check_liveness(self, now: float) -> None:
-        """Spin locks held too long panic; a CPU silent for too long is reported."""
+        """Spin locks held too long panic (in wall time; in virtual time the check runs
+        with each request, in simulated time); a CPU silent for too long is reported."""
         bound = float(self.detectors["spin_max_s"])
-        if bound > 0 and not self.spin_reported and self.panic is None:
+        if (bound > 0 and not self.virtual and not self.spin_reported
+                and self.panic is None):
             long_held = self.locks.spin_held_too_long(bound * 1e6)
             if long_held is not None:
-                lk, us = long_held
-                self.spin_reported = True
-                msg = (f"spin lock {lk.name} held too long: {us / 1e6:.1f} s by thread "
-                       f"{lk.owner} (taken @ {lk.site})")
-                self._finding(Finding("spin", msg, [lk.site]))
-                owner = self.locks.threads.get(lk.owner)
-                self.panic_machine({"message": msg, "cpu": owner.cpu if owner else -1,
-                                    "tid": lk.owner, "site": lk.site, "source": "server",
-                                    "detector": "spin", "stack": []})
+                self._spin_panic(*long_held)
         limit = float(self.detectors["watchdog_s"])
         if limit > 0 and self.started_at is not None and self.halting is None:
             for cpu, last in self.last_heard.items():
@@ -765,6 +992,7 @@ class Server:
                     if not poller.poll(0):
                         break
         finally:
+            self.close_record()
             self.sock.close(0)
             if self.pub is not None:
                 self.pub.close(0)
@@ -772,9 +1000,38 @@ class Server:
                 self.curve["teardown"]()
             self.ctx.term()
 
+    def close_record(self) -> None:
+        if self.rec is not None:
+            try:
+                self.rec.close({"panic": bool(self.panic), "halt": self.halting})
+            except OSError:
+                pass
+
+    def schedule_report(self) -> dict[str, Any]:
+        """What was recorded, or how the replay went."""
+        out: dict[str, Any] = {"time": "virtual" if self.virtual else "wall",
+                               "sync": self.tk.statistics() if self.tk.enabled else {}}
+        if self.rec is not None:
+            try:
+                self.rec.flush()
+            except OSError as e:
+                self.record_error = self.record_error or f"cannot record: {e.strerror}"
+            out["record"] = {"path": self.rec.path, "operations": self.rec.requests}
+        if self.record_error:
+            out["record_error"] = self.record_error
+        rp = self.replay
+        if rp is not None:
+            out["replay"] = {"operations": rp.i, "recorded": rp.total,
+                             "until": rp.until or None,
+                             "divergence": rp.divergence.as_dict() if rp.divergence else None,
+                             "damage": rp.rec.damage}
+        return out
+
     # -- the device protocol -----------------------------------------------------------
     def report(self) -> dict[str, Any]:
         return {
+            "schedule": self.schedule_report(),
+            "recent": {str(c): list(q) for c, q in sorted(self.recent.items())},
             "locks": self.locks.lock_report(),
             "lock_profile": self.locks.profile_report()[:50],
             "memory": vars(self.mem.statistics()),
@@ -878,7 +1135,8 @@ def _opname(op: Any) -> str:
 def server_main(endpoint: str, ncpus: int, memory: int, swap: int,
                 pub_endpoint: str | None = None, stats_interval: float = 0.5,
                 detectors: dict[str, Any] | None = None, listen: Any = None,
-                hello: dict[str, Any] | None = None, lines: bool = True) -> None:
+                hello: dict[str, Any] | None = None, lines: bool = True,
+                timespec: TimeSpec | None = None) -> None:
     """Entry point of the server process (started by the launcher). ``listen``: an
     ``smp.run.remote.ListenSpec`` when CPUs join from other hosts; ``hello``: what their
     HELLO replies carry (the resolved config)."""
@@ -886,7 +1144,7 @@ def server_main(endpoint: str, ncpus: int, memory: int, swap: int,
     die_with_parent()
     try:
         server = Server(endpoint, ncpus, memory, swap, pub_endpoint, stats_interval,
-                        detectors, lines)
+                        detectors, lines, timespec)
         if listen is not None:
             from smp.run.remote import attach
             attach(server, listen, hello or {})

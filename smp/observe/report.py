@@ -118,6 +118,8 @@ def build_report(cfg: Config, server: dict[str, Any], *, reason: str, problems: 
         "invariants": invariants,
         "findings": findings,
         "witness_order": server.get("witness_order", {}),
+        "schedule": server.get("schedule", {}),
+        "recent": server.get("recent", {}),
         "problems": problems,
         "notes": notes or [],
         "panic": _panic_summary(panic, server) if panic else None,

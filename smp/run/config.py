@@ -50,7 +50,7 @@ from importlib.resources.abc import Traversable
 from types import MappingProxyType
 from typing import Any, Literal
 
-ParamType = Literal["int", "float", "bool", "str", "size", "list[str]"]
+ParamType = Literal["int", "float", "bool", "str", "size", "duration", "list[str]"]
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -72,6 +72,32 @@ def parse_size(value: object) -> int | None:
             unit = m.group(2).lower() if m.group(2) else None
             return int(m.group(1)) * _SIZE_UNITS[unit]
     return None
+
+
+# "1ms", "250us", "2s", "40000ns", or a bare integer of nanoseconds: simulated durations.
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(ns|us|ms|s)?", re.IGNORECASE)
+_DURATION_UNITS = {None: 1, "ns": 1, "us": 1000, "ms": 1_000_000, "s": 1_000_000_000}
+
+
+def parse_duration(value: object) -> int | None:
+    """Return *value* (int ns, or a string such as "1ms") in integer nanoseconds, or None
+    if it is not a duration. Range is not checked here."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        m = _DURATION_RE.fullmatch(value.strip())
+        if m:
+            unit = m.group(2).lower() if m.group(2) else None
+            return int(round(float(m.group(1)) * _DURATION_UNITS[unit]))
+    return None
+
+
+def format_duration(ns: int) -> str:
+    """The shortest exact s/ms/us spelling of *ns* ("1ms"), or plain nanoseconds."""
+    for suffix, unit in (("s", 1_000_000_000), ("ms", 1_000_000), ("us", 1000)):
+        if ns and ns % unit == 0:
+            return f"{ns // unit}{suffix}"
+    return f"{ns}ns"
 
 
 def format_size(nbytes: int) -> str:
@@ -116,6 +142,8 @@ class Param:
             resolved = float(value)
         elif self.type == "size":
             resolved = parse_size(value)
+        elif self.type == "duration":
+            resolved = parse_duration(value)
         elif self.type == "str" and isinstance(value, str):
             resolved = value if self.choices is None or value in self.choices else None
         elif self.type == "list[str]" and isinstance(value, (list, tuple)):
@@ -131,6 +159,8 @@ class Param:
             return ""
         if self.type == "size":
             return f"{format_size(int(self.min))} to {format_size(int(self.max))}"
+        if self.type == "duration":
+            return f"{format_duration(int(self.min))} to {format_duration(int(self.max))}"
         return f"{_number(self.min)} to {_number(self.max)}"
 
     def _allowed_phrase(self) -> str:
@@ -142,6 +172,8 @@ class Param:
             return f"a number{span}{unit}"
         if self.type == "size":
             return f'a size{span} (bytes, or a string such as "16M")'
+        if self.type == "duration":
+            return f'a duration{span} (ns, or a string such as "1ms", "250us")'
         if self.type == "bool":
             return "true or false"
         if self.type == "str" and self.choices:
@@ -175,8 +207,16 @@ PARAMS: tuple[Param, ...] = (
           "the page stays busy)", min=0, max=1_000_000),
     Param("machine.hz", "int", 100, "Hz", "hardclock ticks per simulated second",
           min=10, max=1000),
+    Param("machine.time", "str", "virtual", "",
+          "how simulated time passes: virtual (each CPU's clock advances by the work it does, "
+          "the same whatever the host's load; runs can be replayed) or wall (the wall clock, "
+          "scaled by machine.speed)", choices=("virtual", "wall")),
+    Param("machine.quantum", "duration", "10ms", "sim time",
+          "virtual time: how far a CPU may run ahead of the slowest one before it waits for "
+          "the others (the skew between CPUs' clocks)", min=10_000, max=1_000_000_000),
     Param("machine.speed", "float", 0.5, "sim s / wall s",
-          "simulated seconds that pass per wall-clock second", min=0.01, max=100),
+          "wall time only: simulated seconds that pass per wall-clock second",
+          min=0.01, max=100),
     Param("machine.transport", "str", "ipc", "",
           "how CPUs reach the server: ipc in a private 0700 directory, or tcp on 127.0.0.1",
           choices=("ipc", "tcp")),
@@ -185,6 +225,10 @@ PARAMS: tuple[Param, ...] = (
           "without a round trip until another CPU asks (false: every acquire asks the server)"),
     Param("run.duration", "float", 20.0, "sim s", "simulated seconds to run",
           min=0.1, max=86400),
+    Param("run.record", "bool", True, "",
+          "record the run (the order of every shared operation and where each CPU took "
+          "each event) in RUN_DIR/schedule.smpr, for `smp replay` and `smp trace`; "
+          "virtual time only"),
     Param("run.seed", "int", 1, "", "the one seed that all of the run's randomness derives from",
           min=0, max=2**63 - 1),
     Param("run.dir", "str", "runs", "", "where run directories are created (`<dir>/<id>/`)"),
@@ -193,6 +237,21 @@ PARAMS: tuple[Param, ...] = (
     Param("run.halt_timeout", "float", 5.0, "wall s",
           "how long to wait for the machine's processes to stop before killing them",
           min=0.5, max=60),
+    Param("cost.call", "duration", "40us", "sim time",
+          "virtual time: what a request that waits for a value costs (a load, an acquire); "
+          "about what one cost at speed 0.5 on an idle 2-core host, so that the workload's "
+          "times keep the meaning they were tuned with", min=0, max=1_000_000_000),
+    Param("cost.post", "duration", "10us", "sim time",
+          "virtual time: what a request that waits for nothing costs (a store, a release): "
+          "the CPU only queues it", min=0, max=1_000_000_000),
+    Param("cost.page", "duration", "60us", "sim time",
+          "virtual time: what a request that moves a whole page costs (zero, copy, "
+          "checksum, a swap device transfer's CPU part)", min=0, max=1_000_000_000),
+    Param("cost.switch", "duration", "20us", "sim time",
+          "virtual time: what a context switch costs", min=0, max=1_000_000_000),
+    Param("cost.intr", "duration", "10us", "sim time",
+          "virtual time: what taking an interrupt costs (a clock tick, an IPI, a grant)",
+          min=0, max=1_000_000_000),
     Param("workload.kthreads", "int", 1, "", "lock-exercising kernel threads per CPU",
           min=0, max=64),
     Param("workload.objects", "int", 8, "",
@@ -257,8 +316,9 @@ PARAMS: tuple[Param, ...] = (
           "panic on a cycle in the wait-for graph, naming every edge"),
     Param("debug.lockkeys", "bool", True, "",
           "report loads and stores of a field without the lock its key names"),
-    Param("debug.spin_max_s", "float", 5.0, "wall s",
-          "panic when a spin lock is held longer than this (0: never)", min=0, max=3600),
+    Param("debug.spin_max_s", "float", 5.0, "sim s",
+          "panic when a spin lock is held longer than this (0: never; wall s in wall time)",
+          min=0, max=3600),
     Param("debug.watchdog_s", "float", 5.0, "wall s",
           "report a CPU that sends nothing for this long (0: never)", min=0, max=3600),
     Param("debug.chaos", "str", "off", "",
@@ -272,6 +332,10 @@ PARAMS: tuple[Param, ...] = (
 
 PARAM_BY_KEY: dict[str, Param] = {p.key: p for p in PARAMS}
 
+# Keys that mean something only in wall time: a config that sets one for a virtual-time
+# run is refused (it would be silently ignored).
+WALL_ONLY = ("machine.speed",)
+
 # Section -> its parameter names, in declaration order (the order error messages list).
 _SECTIONS: dict[str, tuple[str, ...]] = {}
 for _p in PARAMS:
@@ -284,7 +348,7 @@ def _check_declarations() -> dict[str, Any]:
         raise RuntimeError("smp.run.config: a parameter is declared twice")
     defaults: dict[str, Any] = {}
     for p in PARAMS:
-        ranged = p.type in ("int", "float", "size")
+        ranged = p.type in ("int", "float", "size", "duration")
         if (not re.fullmatch(r"[a-z]+\.[a-z0-9_]+", p.key) or not p.desc or "\n" in p.desc
                 or ranged != (p.min is not None and p.max is not None)
                 or (p.choices is not None and p.type != "str")):
@@ -425,6 +489,10 @@ class Config:
         an extra key that is also a parameter raises ValueError. With extras the text is
         a record, not a loadable config: load_config rejects the undeclared keys."""
         tree: dict[str, dict[str, Any]] = self.as_dict()
+        if self._values["machine.time"] == "virtual":
+            for key in WALL_ONLY:                 # retired in virtual time
+                sec, _, name = key.partition(".")
+                tree[sec].pop(name, None)
         for section, table in (extra or {}).items():
             dest = tree.setdefault(section, {})
             for name, value in table.items():
@@ -492,9 +560,19 @@ def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = 
         raise ConfigError(source, None, f"not valid TOML: not UTF-8 (byte {e.start})") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(source, None, f"not valid TOML: {e}") from None
-    cfg = Config({**_DEFAULTS, **_resolve(_flatten(doc, source), source)}, source)
+    items = _flatten(doc, source)
+    cfg = Config({**_DEFAULTS, **_resolve(items, source)}, source)
+    given = {k: source for k in items}
     if overrides:
-        cfg = cfg.with_values(dict(_parse_override(o) for o in overrides), origin="--set")
+        over = dict(_parse_override(o) for o in overrides)
+        cfg = cfg.with_values(over, origin="--set")
+        given.update({k: "--set" for k in over})
+    if cfg["machine.time"] == "virtual":
+        for key in WALL_ONLY:
+            if key in given:
+                raise ConfigError(given[key], key,
+                                  f"{key} applies to wall time only (machine.time = \"wall\"); "
+                                  f"in virtual time a run takes the host time it needs")
     return cfg
 
 

@@ -39,6 +39,7 @@ from typing import Any, Callable, Sequence
 import multiprocess
 import zmq
 
+from hw import record
 from hw.protocol import ERR, VERSION, Event, Op, pack, unpack
 from smp import __version__
 from smp.run.config import Config
@@ -46,9 +47,11 @@ from smp.machine.cpuproc import START_TIMEOUT, cpu_main
 from smp.run.proc_util import describe_exit
 from smp.run.remote import ListenSpec
 from smp.observe.report import build_report, write_run_dir
-from smp.machine.server import held_locks_line, server_main
+from smp.machine.schedule import Replay
+from smp.machine.server import TimeSpec, held_locks_line, server_main
 
 LIVENESS_S = 10.0
+RECORD_FILE = "schedule.smpr"  # the run's record, in its run directory (hw/record.py)
 END_EVENT_GRACE_S = 1.0        # how long a CPU that exited 0 gets for its panic/halt event
 
 
@@ -77,7 +80,7 @@ class _Control:
 
     def call(self, op: int, *args: Any, timeout: float) -> Any:
         self.seq += 1
-        self.sock.send(pack([op, self.seq, 0, "launcher", *args]))
+        self.sock.send(pack([op, self.seq, 0, "launcher", 0, *args]))
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
@@ -105,7 +108,7 @@ class _Control:
 
     def close(self) -> None:
         try:
-            self.sock.send(pack([Op.BYE, 0, 0, "launcher", "done"]))
+            self.sock.send(pack([Op.BYE, 0, 0, "launcher", 0, "done"]))
         except zmq.ZMQError:
             pass
         self.sock.close(100)
@@ -172,7 +175,8 @@ def new_run_dir(base: str, seed: int) -> str:
 def run_machine(cfg: Config, run_dir: str | None = None,
                 log: Callable[[str], None] | None = None,
                 sysinits: Sequence[Any] = (), monitors: Sequence[Any] = (),
-                listen: ListenSpec | None = None) -> RunResult:
+                listen: ListenSpec | None = None, replay: Any = None,
+                until: int = 0) -> RunResult:
     """Boot, run and stop one machine; write its run directory. Never leaves a process.
 
     ``monitors`` watch the run from the launcher process (the progress display, the
@@ -184,7 +188,11 @@ def run_machine(cfg: Config, run_dir: str | None = None,
     process before it boots (tests use them to run their own kernel code); the CPUs are
     forked, so they may be closures.
 
-    ``listen``: take CPUs ``listen.local_cpus..`` from other hosts (see the module doc)."""
+    ``listen``: take CPUs ``listen.local_cpus..`` from other hosts (see the module doc).
+
+    ``replay``: a record (``hw.record.Record``) to replay instead of running freely: the
+    server enforces its order and each CPU takes its events where the record says;
+    ``until``: stop after that operation (``smp replay --until``)."""
     say = log or (lambda s: print(s, file=sys.stderr, flush=True))
     ncpus = int(cfg["machine.cpus"])
     seed = int(cfg["run.seed"])
@@ -210,6 +218,19 @@ def run_machine(cfg: Config, run_dir: str | None = None,
     cpu_start_timeout = max(START_TIMEOUT, start_wait + LIVENESS_S)
     hello = ({"config": flat, "version": __version__, "start_timeout": cpu_start_timeout}
              if listen is not None else None)
+    virtual = cfg["machine.time"] == "virtual"
+    record_path = (os.path.join(rdir, RECORD_FILE)
+                   if virtual and cfg["run.record"] and replay is None else None)
+    timespec = TimeSpec(
+        virtual=virtual, quantum_ns=int(cfg["machine.quantum"]),
+        end_ns=int(float(cfg["run.duration"]) * 1e9) if virtual else TimeSpec.end_ns,
+        record_path=record_path,
+        record_header={"format": record.FORMAT, "protocol": VERSION.decode(),
+                       "smp": __version__, "config_hash": record.config_hash(flat),
+                       "config": flat, "seed": seed},
+        replay=Replay(replay, until) if replay is not None else None)
+    cpu_reads = ({c: replay.cpu_reads(c) for c in range(ncpus)}
+                 if replay is not None else {})
     mp = multiprocess.get_context("fork")
     server = mp.Process(target=server_main, name="smp-server",
                         args=(endpoint, ncpus, int(cfg["machine.memory"]),
@@ -220,7 +241,7 @@ def run_machine(cfg: Config, run_dir: str | None = None,
                                "lockkeys": cfg["debug.lockkeys"],
                                "spin_max_s": cfg["debug.spin_max_s"],
                                "watchdog_s": cfg["debug.watchdog_s"]},
-                              listen, hello, bool(cfg["machine.lines"])))
+                              listen, hello, bool(cfg["machine.lines"]), timespec))
     cpus: dict[int, Any] = {}                 # cpu id -> process: the CPUs started here
     ctl: _Control | None = None
     stats: StatsRecorder | None = None
@@ -240,6 +261,7 @@ def run_machine(cfg: Config, run_dir: str | None = None,
     notes: list[str] = []
     t0: float | None = None
     t_end: float | None = None
+    replay_end: tuple[bool, str] | None = None
     old_fd: int | None = None
     try:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -249,7 +271,8 @@ def run_machine(cfg: Config, run_dir: str | None = None,
         for i in range(local):
             p = mp.Process(target=cpu_main, name=f"smp-cpu{i}",
                            args=(i, endpoint, flat, LIVENESS_S, tuple(sysinits)),
-                           kwargs={"start_timeout": cpu_start_timeout})
+                           kwargs={"start_timeout": cpu_start_timeout,
+                                   "replay": cpu_reads.get(i) if replay is not None else None})
             p.start()
             cpus[i] = p
         note(f"machine: {ncpus} CPUs, {cfg['machine.memory'] // 1024 // 1024} MiB, "
@@ -277,7 +300,9 @@ def run_machine(cfg: Config, run_dir: str | None = None,
             m.started(live)
         duration = float(cfg["run.duration"])
         speed = float(cfg["machine.speed"])
-        deadline = time.monotonic() + duration / speed
+        # wall time ends by the clock; virtual time when the server says every CPU has
+        # reached the end (END), a replay when the record is done (DONE)
+        deadline = time.monotonic() + duration / speed if not virtual else float("inf")
         poller = zmq.Poller()
         poller.register(ctl.sock, zmq.POLLIN)
         poller.register(stats.sock, zmq.POLLIN)
@@ -305,8 +330,26 @@ def run_machine(cfg: Config, run_dir: str | None = None,
             ended = _end_reason(events)
             if ended:
                 reason = ended
+                if replay is None:       # a replay goes on to the record's end
+                    break
+            done = [e for e in events if e[1] == Event.DONE]
+            if done:                     # a replay's end (or its divergence)
+                replay_end = (bool(done[0][2]), str(done[0][3]))
+                if not ended and not reason.startswith(("panic", "shutdown")):
+                    reason = replay_end[1]
+                if not replay_end[0]:
+                    problems.append(replay_end[1])
                 break
+            if replay is None and any(e[1] == Event.END for e in events):
+                break                    # virtual time: every CPU is at the end
             gone = [fd for fd in sentinels if fd in ready]
+            if gone and replay is not None:
+                for fd in list(gone):            # a replayed CPU that has reported and
+                    sentinels[fd][1].join(0.1)   # left: the DONE event will follow
+                    if sentinels[fd][1].exitcode == 0 and sentinels[fd][0] != "server":
+                        poller.unregister(fd)
+                        del sentinels[fd]
+                        gone.remove(fd)
             if gone:
                 for fd in gone:
                     sentinels[fd][1].join(0.1)
@@ -337,16 +380,18 @@ def run_machine(cfg: Config, run_dir: str | None = None,
                 reason = problems[-1]
                 break
         t_end = time.monotonic()
-        if reason == "end of run" and server.is_alive():
+        if reason == "end of run" and server.is_alive() and replay is None:
             reason = _final_check(ctl, poller, sentinels,
-                                  3 * float(cfg["run.halt_timeout"]), problems, notes) or reason
+                                  3 * float(cfg["run.halt_timeout"]), problems, notes,
+                                  virtual, stop_signal) or reason
         note(f"stopping: {reason}")
         server_alive = server.is_alive()
-        if server_alive:
+        if server_alive and replay_end is None:
             try:
                 ctl.call(Op.CTL_HALT, reason, dead, timeout=float(cfg["run.halt_timeout"]))
             except TimeoutError as e:
                 problems.append(f"halt: {e}")
+        if server_alive:
             try:
                 server_report = ctl.call(Op.CTL_REPORT, timeout=LIVENESS_S)
                 problems.extend(held_locks_line(int(c), d) for c, d in
@@ -378,7 +423,15 @@ def run_machine(cfg: Config, run_dir: str | None = None,
         if ipc_dir:
             shutil.rmtree(ipc_dir, ignore_errors=True)
     wall = time.monotonic() - t_wall0
-    sim = ((t_end or time.monotonic()) - t0) * float(cfg["machine.speed"]) if t0 else 0.0
+    if virtual:
+        sim = max((float(((f or {}).get("clock") or {}).get("sim_time", 0.0))
+                   for f in (server_report.get("cpus") or {}).values()), default=0.0)
+    else:
+        sim = ((t_end or time.monotonic()) - t0) * float(cfg["machine.speed"]) if t0 else 0.0
+    if record_path is not None:
+        size = record.size_of(record_path)
+        sched = server_report.setdefault("schedule", {})
+        sched.setdefault("record", {"path": record_path})["bytes"] = size
     report = build_report(cfg, server_report, reason=reason, problems=problems, notes=notes,
                           wall_s=wall, sim_s=sim, interrupted=bool(stop_signal),
                           version=__version__)
@@ -457,20 +510,28 @@ def _await_end(ctl: _Control, timeout: float) -> str | None:
 
 
 def _final_check(ctl: _Control, poller: Any, sentinels: dict[int, Any], timeout: float,
-                 problems: list[str], notes: list[str]) -> str | None:
+                 problems: list[str], notes: list[str], virtual: bool = False,
+                 stop_signal: Sequence[int] = ()) -> str | None:
     """Ask every CPU to check the machine's invariants once more, and wait for all of
-    them (or a panic, a death, the timeout). Returns a new stop reason, if any."""
+    them (or a panic, a death, the timeout). Returns a new stop reason, if any. In
+    virtual time the machine runs the check within a grace of simulated time after the
+    end and stops there (END again): the wall time it takes changes nothing it does."""
     ctl.call(Op.CTL_FINAL, timeout=LIVENESS_S)
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout if not virtual else float("inf")
+    checked = False
     while True:
+        if stop_signal:
+            return f"stopped by {signal.Signals(stop_signal[0]).name}"
         left = deadline - time.monotonic()
         if left <= 0:
             # Not a failure: the checks also ran once a simulated second during the run.
             notes.append(f"the final invariant check did not finish within {timeout:.1f} s "
                          f"(the machine was too busy); the periodic checks stand")
             return None
-        ready = dict(poller.poll(int(left * 1000)))
+        ready = dict(poller.poll(int(min(left, 1.0) * 1000)) if not ctl.events else [])
         for sock in list(ready):
+            if isinstance(sock, int) and sock not in sentinels:      # the signal pipe
+                os.read(sock, 512)
             if isinstance(sock, zmq.Socket) and sock is not ctl.sock:
                 try:
                     while sock.recv(zmq.NOBLOCK) is not None:
@@ -483,10 +544,17 @@ def _final_check(ctl: _Control, poller: Any, sentinels: dict[int, Any], timeout:
                 msg = f"{name} (pid {p.pid}) died: {describe_exit(p.exitcode)}"
                 problems.append(msg)
                 return msg
-        for e in ctl.drain_events() if ctl.sock in ready else []:
+        for e in ctl.drain_events() if ctl.sock in ready or ctl.events else []:
             if e[1] == Event.PANIC:
                 return f"panic on cpu {e[2]}: {e[3]}"
             if e[1] == Event.CHECKED:
+                if not virtual:
+                    return None
+                checked = True
+            if e[1] == Event.END:
+                if not checked:
+                    notes.append("the final invariant check did not finish within its "
+                                 "grace of simulated time; the periodic checks stand")
                 return None
 
 

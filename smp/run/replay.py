@@ -1,0 +1,198 @@
+"""``smp replay``: run a recorded machine again, exactly (DESIGN.md decision 11).
+
+A recorded run (``RUN_DIR/schedule.smpr``, ``hw/record.py``) is replayed with the same real
+processes: the server lets each request through in the recorded order
+(``smp/machine/schedule.py``) and each CPU takes its events where the record says
+(``hw/bus.py``). The replay then does what the recorded run did: the same replies, the
+same counters, the same findings, the same panic at the same operation. :func:`compare`
+says whether it did, naming what differs.
+
+What stops a replay before it starts (exit status 2): no record, a file that is not one, a
+record of another format or protocol, or a record made with another config than the run
+directory's (``config.toml`` edited, or another run's record). What it reports as a
+*divergence* (exit status 1): the first operation at which the machine did something else
+than the record says (code changed, a record cut short or damaged).
+
+``--until N`` stops the machine after operation N and writes ``dump.txt``: every thread's
+stack, the locks each holds and waits for, and the last operations each CPU made, the
+moment before N+1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Callable
+
+from hw import record
+from hw.protocol import VERSION
+from smp.run.config import Config, ConfigError, load_config
+
+RECORD_FILE = "schedule.smpr"
+
+# What a replay must reproduce, by report section: the kernel's counters, the lock table's
+# counts, the findings and the panic. Host figures (times, pids, bus waits) are not.
+_LOCK_FIELDS = ("name", "acquires", "contested")
+
+
+class ReplayError(Exception):
+    """A replay that cannot start: the message says why (exit status 2)."""
+
+
+@dataclasses.dataclass
+class Prepared:
+    record: record.Record
+    config: Config
+    source: str
+
+
+def prepare(run_dir: str) -> Prepared:
+    """Read a run directory's record and config and check that they belong together."""
+    path = os.path.join(run_dir, RECORD_FILE)
+    if not os.path.isdir(run_dir):
+        raise ReplayError(f"{run_dir}: no such run directory")
+    if not os.path.exists(path):
+        raise ReplayError(f"{path}: no record (the run was made with run.record = false, "
+                          f"in wall time, or by a version of smp that did not record)")
+    try:
+        rec = record.read(path)
+    except record.LogError as e:
+        raise ReplayError(str(e)) from None
+    hdr = rec.header
+    if hdr.get("protocol") != VERSION.decode():
+        raise ReplayError(f"{path}: recorded with protocol {hdr.get('protocol')!r}; this "
+                          f"smp speaks {VERSION.decode()!r}")
+    cpath = os.path.join(run_dir, "config.toml")
+    try:
+        cfg = load_config(cpath)
+    except ConfigError as e:
+        raise ReplayError(f"{e}") from None
+    flat = {k: cfg[k] for k in cfg}
+    if record.config_hash(flat) != hdr.get("config_hash"):
+        diff = _config_diff(hdr.get("config") or {}, flat)
+        raise ReplayError(f"{path}: the record was made with another config than {cpath}"
+                          + (f" ({diff})" if diff else ""))
+    if cfg["machine.time"] != "virtual":
+        raise ReplayError(f"{cpath}: a wall-time run cannot be replayed")
+    return Prepared(rec, cfg.with_values({"run.record": False}), cpath)
+
+
+def _config_diff(recorded: dict[str, Any], now: dict[str, Any]) -> str:
+    keys = sorted(k for k in set(recorded) | set(now)
+                  if k not in record.NEUTRAL_KEYS
+                  and json.dumps(recorded.get(k), default=str) != json.dumps(now.get(k),
+                                                                             default=str))
+    return ", ".join(f"{k}: recorded {recorded.get(k)!r}, now {now.get(k)!r}"
+                     for k in keys[:3])
+
+
+def replay(run_dir: str, out_dir: str | None, until: int = 0,
+           log: Callable[[str], None] | None = None) -> tuple[int, dict[str, Any], str]:
+    """Replay ``run_dir``'s record into ``out_dir``; returns (exit status, report, out)."""
+    from smp.run.launcher import run_machine
+    prep = prepare(run_dir)
+    if until and not 0 < until <= prep.record.requests:
+        raise ReplayError(f"--until {until}: the record has operations 1 to "
+                          f"{prep.record.requests}")
+    out = out_dir or _fresh(os.path.join(run_dir, "replay"))
+    result = run_machine(prep.config, out, log=log, replay=prep.record, until=until)
+    rep = result.report
+    sched = rep.get("schedule", {}).get("replay") or {}
+    div = sched.get("divergence")
+    if until:
+        write_dump(out, rep, until)
+    if div is not None:
+        return 1, rep, out
+    status = result.exit_status
+    if not until:
+        orig = _load_report(run_dir)
+        if orig is not None:
+            diffs = compare(orig, rep)
+            rep["replay_differences"] = diffs
+            if diffs:
+                return 1, rep, out
+            # the replay reproduced the recorded run: its verdict is the recorded one
+            status = 0 if orig.get("ok") else 1
+    return status, rep, out
+
+
+def _fresh(path: str) -> str:
+    n, p = 1, path
+    while os.path.exists(p):
+        n += 1
+        p = f"{path}-{n}"
+    return p
+
+
+def _load_report(run_dir: str) -> dict[str, Any] | None:
+    try:
+        with open(os.path.join(run_dir, "report.json")) as f:
+            return json.load(f)  # type: ignore[no-any-return]
+    except (OSError, ValueError):
+        return None
+
+
+def fingerprint(report: dict[str, Any]) -> dict[str, Any]:
+    """What a replay must reproduce of a run's report."""
+    panic = report.get("panic") or {}
+    sched = (report.get("schedule") or {})
+    ops = (sched.get("record") or {}).get("operations")
+    if ops is None:
+        ops = (sched.get("replay") or {}).get("operations")
+    return {
+        "kernel": report.get("kernel", {}),
+        "locks": sorted([{k: r.get(k) for k in _LOCK_FIELDS}
+                         for r in report.get("locks", [])], key=lambda r: str(r["name"])),
+        "findings": sorted(f"{f.get('detector')}|{f.get('summary')}"
+                           for f in report.get("findings", [])),
+        "panic": {k: panic.get(k) for k in ("message", "cpu", "tid", "site")} if panic else None,
+        "invariants": report.get("invariants", []),
+        "operations": ops,
+    }
+
+
+def compare(orig: dict[str, Any], rep: dict[str, Any]) -> list[str]:
+    """What differs between a recorded run's report and its replay's (empty: nothing)."""
+    a, b = fingerprint(orig), fingerprint(rep)
+    out = []
+    for key in a:
+        if a[key] == b[key]:
+            continue
+        if isinstance(a[key], dict) and isinstance(b[key], dict):
+            ks = sorted(k for k in set(a[key]) | set(b[key]) if a[key].get(k) != b[key].get(k))
+            out.append(f"{key}: " + ", ".join(f"{k} {a[key].get(k)!r} -> {b[key].get(k)!r}"
+                                              for k in ks[:5]))
+        else:
+            out.append(f"{key}: {str(a[key])[:120]} -> {str(b[key])[:120]}")
+    return out
+
+
+def write_dump(out: str, report: dict[str, Any], until: int) -> str:
+    """``dump.txt``: the machine the moment after operation ``until``."""
+    lines = [f"smp replay: stopped after operation {until}", ""]
+    sched = (report.get("schedule") or {}).get("replay") or {}
+    if sched.get("divergence"):
+        lines += [f"divergence: {sched['divergence']['message']}", ""]
+    lines.append("threads (stack innermost last, the locks each holds and waits for):")
+    for t in report.get("threads", []):
+        lines.append(f"  cpu {t.get('cpu')} thread {t.get('tid')} {t.get('name')!r}")
+        for h in t.get("held", []):
+            lines.append(f"      holds {h['lock']} ({h['mode']}) taken @ {h['site']}")
+        w = t.get("waiting")
+        if w:
+            lines.append(f"      waits for {w['lock']} ({w['mode']}) asked @ {w['site']}")
+        for fr in (t.get("stack") or [])[-8:]:
+            lines.append(f"      {fr.strip()}")
+    recent = report.get("recent") or {}
+    if recent:
+        lines += ["", "the last operations of each CPU (number, op, site, thread, sim ns, "
+                  "arguments):"]
+        for cpu, ops in sorted(recent.items(), key=lambda kv: int(kv[0])):
+            lines.append(f"  cpu {cpu}:")
+            for op in ops[-12:]:
+                lines.append("      " + "  ".join(str(x) for x in op))
+    path = os.path.join(out, "dump.txt")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
