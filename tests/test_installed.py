@@ -99,3 +99,20 @@ def test_python_dash_m_smp_is_the_smp_command(venv: pathlib.Path,
     assert r.returncode == 0 and r.stdout.startswith("smp "), r.stdout + r.stderr
     r = _run(venv, [str(venv / "python"), "-m", "smp", "failpoints"], tmp_path, 30)
     assert r.returncode == 0 and "swapout_procs_p_system\t" in r.stdout
+
+
+@pytest.mark.timeout(400)
+def test_stress_inside_a_clone_runs_the_installed_smp(venv: pathlib.Path,
+                                                      tmp_path: pathlib.Path) -> None:
+    """The working directory holds another ``smp`` (as a clone beside the installed
+    package does); a campaign's machines must not import it."""
+    clone = tmp_path / "clone"
+    (clone / "smp").mkdir(parents=True)
+    (clone / "smp" / "__init__.py").write_text("")
+    for name in ("__main__.py", "cli.py"):
+        (clone / "smp" / name).write_text("raise SystemExit('the clone was imported')\n")
+    r = _smp(venv, "stress", "--runs", "1", "--duration", "0.5", "--out",
+             str(tmp_path / "campaign"), cwd=clone, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "1 runs, 1 without a new failure" in r.stdout
+    assert "stress: 0/1 runs" in r.stderr                    # progress from the start
