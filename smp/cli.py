@@ -343,22 +343,16 @@ def _stress(args: argparse.Namespace, cfg: "Config") -> int:
     camp = Campaign(args.config, args.runs, args.jobs, args.seed, args.chaos,
                     args.fail_points, args.overrides, args.duration, args.time_budget,
                     args.keep_going, args.strict, out)
-    tty = sys.stderr.isatty()
-
-    def progress(done: int, total: int, failing: int, rate: float) -> None:
-        line = (f"stress: {done}/{total} runs, {failing} failing, "
-                f"{rate:.1f} runs/min")
-        print(("\r" + line) if tty else line, end="" if tty else "\n",
-              file=sys.stderr, flush=True)
-
+    from smp.observe.progress import CampaignProgress
+    progress = CampaignProgress(sys.stderr.isatty())
     print(f"stress: {args.runs} runs of {args.config or 'the default config'}, "
           f"{args.jobs} at a time, campaign seed {args.seed}; runs in {out}", file=sys.stderr)
     try:
         outcomes = run_campaign(camp, lambda s: print(s, file=sys.stderr), progress)
     except KeyboardInterrupt:
         return 130
-    if tty:
-        print(file=sys.stderr)
+    finally:
+        progress.close()
     lines, status = describe(outcomes, args.strict)
     for line in lines:
         print(line)
@@ -366,7 +360,8 @@ def _stress(args: argparse.Namespace, cfg: "Config") -> int:
 
 
 def _monitors(args: argparse.Namespace, cfg: "Config") -> list[object]:
-    """The progress display (when standard error is a terminal) and the Prometheus
+    """The progress display (a live one when standard error is a terminal, plain lines
+    every few simulated seconds otherwise) and the Prometheus
     exporter (--metrics); raises ValueError for a --metrics address that cannot be used."""
     monitors: list[object] = []
     if args.metrics:
@@ -383,6 +378,10 @@ def _monitors(args: argparse.Namespace, cfg: "Config") -> list[object]:
         from smp.observe.progress import RunProgress
         monitors.append(RunProgress(float(cfg["run.duration"]), float(cfg["machine.speed"]),
                                     int(cfg["machine.cpus"])))
+    elif not args.quiet:
+        from smp.observe.progress import PlainRunProgress
+        monitors.append(PlainRunProgress(float(cfg["run.duration"]),
+                                         float(cfg["machine.speed"])))
     return monitors
 
 
