@@ -12,7 +12,8 @@
 and may add others (``lock_profile``, ``invariants``, ``problems``, ``server``). ``ok`` is
 false when the machine panicked, an invariant failed, a process died, or the run was
 interrupted. A panic also writes ``crash.txt``: the message, the CPU and thread, the
-panicking stack, and every thread's state with the locks it holds and waits for.
+panicking stack, and every thread's state with the locks it holds and waits for. The
+summary printed at the end is smp/observe/summary.py.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 import os
 from typing import Any
 
+from smp.observe.summary import summary_table  # noqa: F401 - re-exported
 from smp.run.config import Config
 
 
@@ -102,7 +104,7 @@ def build_report(cfg: Config, server: dict[str, Any], *, reason: str, problems: 
         "ok": ok, "seed": int(cfg["run.seed"]), "version": version,
         "config": cfg.source,
         "duration_sim_s": round(sim_s, 3), "wall_s": round(wall_s, 3),
-        "reason": reason,
+        "reason": reason, "interrupted": interrupted,
         "cpus": cpus,
         "locks": server.get("locks", []),
         "lock_profile": server.get("lock_profile", []),
@@ -169,45 +171,3 @@ def write_run_dir(rdir: str, report: dict[str, Any]) -> None:
     if report.get("panic"):
         with open(os.path.join(rdir, "crash.txt"), "w") as f:
             f.write(crash_text(report))
-
-
-def summary_table(report: dict[str, Any]) -> str:
-    """The per-CPU table and the busiest locks, for the terminal."""
-    lines = [f"{'cpu':>3} {'pid':>7} {'user':>6} {'sys':>6} {'intr':>6} {'spin':>6} "
-             f"{'idle':>6} {'ctxsw':>7} {'locks':>8} {'contested':>9} {'mem ops':>9}"]
-    for c in report["cpus"]:
-        t = c["ticks"]
-        total = sum(t.values()) or 1
-        pct = {k: 100.0 * t.get(k, 0) / total for k in ("user", "sys", "intr", "spin",
-                                                         "idle")}
-        lines.append(f"{c['id']:>3} {c['pid'] or '-':>7} {pct['user']:>5.1f}% "
-                     f"{pct['sys']:>5.1f}% {pct['intr']:>5.1f}% {pct['spin']:>5.1f}% "
-                     f"{pct['idle']:>5.1f}% {c['ctxsw']:>7} {c['lock_acquires']:>8} "
-                     f"{c['lock_contested']:>9} {c['mem_ops']:>9}")
-    lines.append("")
-    lines.append(f"{'lock':<16} {'acquires':>9} {'contested':>9} {'cpus':>5} "
-                 f"{'max hold us':>12} {'wait us':>12}")
-    for lk in sorted(report["locks"], key=lambda r: -r["acquires"])[:8]:
-        lines.append(f"{lk['name']:<16} {lk['acquires']:>9} {lk['contested']:>9} "
-                     f"{len(lk['cpus_seen']):>5} {lk['max_hold_us']:>12.0f} "
-                     f"{lk['wait_us_total']:>12.0f}")
-    verdict = "ok" if report["ok"] else "FAILED"
-    lines.append("")
-    lines.append(f"{verdict}: {report['duration_sim_s']:.1f} simulated s in "
-                 f"{report['wall_s']:.1f} wall s, seed {report['seed']} ({report['reason']})")
-    if report.get("panic"):
-        lines.append(f"panic: {report['panic']['message']} (cpu {report['panic']['cpu']})")
-    found = report.get("findings") or []
-    if found:
-        from smp.hunt.findings import classify
-        fails = [f for f in classify(report) if f.detector not in ("panic", "invariant",
-                                                                      "machine")]
-        new = [f for f in fails if f.known is None]
-        lines.append(f"findings: {len(fails)} ({len(new)} new, {len(fails) - len(new)} "
-                     f"known; see report.json and FINDINGS.md)")
-        for f in (new + [f for f in fails if f.known])[:6]:
-            tag = f"known {f.known}" if f.known else "new"
-            lines.append(f"  [{f.detector}, {tag}] {f.summary[:110]}")
-    for line in report.get("invariants", []) + report.get("problems", []):
-        lines.append(f"  - {line}")
-    return "\n".join(lines)

@@ -46,6 +46,7 @@ from smp.machine.cpuproc import START_TIMEOUT, cpu_main
 from smp.run.proc_util import describe_exit
 from smp.run.remote import ListenSpec
 from smp.observe.report import build_report, write_run_dir
+from smp.observe.summary import verdict
 from smp.machine.server import held_locks_line, server_main
 
 LIVENESS_S = 10.0
@@ -383,7 +384,7 @@ def run_machine(cfg: Config, run_dir: str | None = None,
                           wall_s=wall, sim_s=sim, interrupted=bool(stop_signal),
                           version=__version__)
     write_run_dir(rdir, report)
-    note(f"run {'ok' if report['ok'] else 'FAILED'}: {rdir}")
+    note(f"run {verdict(report)}: {rdir}")
     logf.close()
     if stop_signal:
         status = 128 + stop_signal[0]

@@ -1,0 +1,191 @@
+"""Golden output: what a kernel developer reads, in FreeBSD's shapes, from synthetic
+reports (no machine runs here; the shapes of real runs are checked in test_installed.py).
+
+Each expected text is quoted beside the FreeBSD output it imitates. A change to these
+shapes is a change to what users read: update the golden text on purpose, and the README
+block that shows it.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from smp.observe.summary import summary_table, verdict
+
+pytestmark = pytest.mark.quick
+
+
+def _frame(path: str, line: int, func: str, code: str = "pass") -> str:
+    return f'  File "{path}", line {line}, in {func}\n    {code}'
+
+
+HW = "/opt/smp/hw/cpu.py"
+K = "/opt/smp/kernel"
+PANIC_STACK = [
+    _frame(HW, 164, "trampoline", "fn()"),
+    _frame(f"{K}/kern/kern_thread.py", 74, "<lambda>", "lambda: fork_exit(fn)"),
+    _frame(f"{K}/kern/kern_thread.py", 96, "fork_exit", "fn()"),
+    _frame(f"{K}/vm/vm_pageout.py", 189, "vm_daemon", "swapout_procs(req)"),
+    _frame(f"{K}/vm/vm_glue.py", 640, "swapout_procs", "KASSERT(vm is not None,"),
+    _frame(f"{K}/kern/kern_mutex.py", 159, "KASSERT", "md.panic(msg)"),
+    _frame(f"{K}/machine/cpu.py", 198, "panic", 'pcpu.hw.panic(f"panic: {message}")'),
+]
+SLEEP_STACK = [
+    _frame(HW, 164, "trampoline", "fn()"),
+    _frame(f"{K}/kern/kern_thread.py", 96, "fork_exit", "fn()"),
+    _frame(f"{K}/userland/lockload.py", 93, "lockload_thread", "mtx_lock(G.Giant)"),
+    _frame(f"{K}/kern/kern_mutex.py", 73, "mtx_lock", "_lock_block(lt, m)"),
+    _frame(f"{K}/kern/kern_synch.py", 164, "mi_switch", "switch_to(nxt.ctx)"),
+    _frame(HW, 191, "switch_to", "ctx.glet.switch()"),
+]
+
+
+def _cpu(i: int, pid: int, ticks: tuple[int, ...], lost: int, **kw: int) -> dict[str, Any]:
+    return {"id": i, "pid": pid, "ticks": dict(zip(("user", "nice", "sys", "intr", "idle",
+                                                    "spin"), ticks)),
+            "ctxsw": kw.get("ctxsw", 0), "lock_acquires": kw.get("locks", 0),
+            "lock_contested": kw.get("contested", 0), "mem_ops": kw.get("mem", 0),
+            "clock": {"ticks_lost": lost}}
+
+
+def _held(lock: str, mode: str, cls: str, addr: int, site: str, r: int = 0) -> dict[str, Any]:
+    return {"lock": lock, "mode": mode, "class": cls, "addr": addr, "site": site,
+            "recurse": r}
+
+
+GIANT = _held("Giant", "excl", "sleep mutex", 0x10400, "kern/kern_synch.py:56", 1)
+ALLPROC = _held("allproc", "shared", "sx", 0x10402, "vm/vm_glue.py:590")
+PROC = _held("process lock", "excl", "sleep mutex", 0x18d02, "kern/kern_proc.py:43")
+
+REPORT: dict[str, Any] = {
+    "ok": False, "seed": 1649436113, "duration_sim_s": 1.511, "wall_s": 3.3,
+    "reason": "panic on cpu 0: panic: swapout_procs: a process has no address space",
+    "interrupted": False,
+    "cpus": [_cpu(0, 30262, (3, 0, 60, 2, 90, 45), 3, ctxsw=260, locks=1313, contested=378,
+                  mem=12053),
+             _cpu(1, 30263, (2, 0, 28, 5, 82, 34), 7, ctxsw=227, locks=817, contested=334,
+                  mem=4755)],
+    "locks": [
+        {"name": "sched lock", "acquires": 1971, "contested": 1022, "cpus_seen": [0, 1],
+         "max_hold_us": 56300.0, "wait_us_total": 1620000.0},
+        {"name": "vm page queue free mutex", "acquires": 323, "contested": 0,
+         "cpus_seen": [0, 1], "max_hold_us": 9400.0, "wait_us_total": 0.0},
+        {"name": "Giant", "acquires": 355, "contested": 121, "cpus_seen": [0, 1],
+         "max_hold_us": 224100.0, "wait_us_total": 26230000.0},
+        {"name": "never taken", "acquires": 0, "contested": 0, "cpus_seen": [],
+         "max_hold_us": 0.0, "wait_us_total": 0.0},
+    ],
+    "kernel": {"forks": 22, "forks_rfmem": 1, "exits": 3, "waits": 3, "swapouts": 3,
+               "swapins": 0, "pages_swapped_out": 64, "pages_swapped_in": 1, "pageins": 1,
+               "vm_waits": 3, "phold_calls": 8, "invariant_checks": 16},
+    "invariants": [],
+    "findings": [
+        {"detector": "lockkey", "summary": "unlocked load of thread.td_inhibitors (j: needs "
+         "sched lock) @ vm/vm_glue.py:812", "sites": ["vm/vm_glue.py:812"]},
+        {"detector": "lockkey", "summary": "unlocked store of thread.td_state (j: needs "
+         "sched lock) @ vm/vm_glue.py:812", "sites": ["vm/vm_glue.py:812"]},
+        {"detector": "witness", "summary": "lock order reversal: process lock -> allproc "
+         "(established: allproc -> process lock)", "sites": []},
+    ],
+    "problems": [],
+    "panic": {"message": "panic: swapout_procs: a process has no address space", "cpu": 0,
+              "tid": 306, "thread": "vmdaemon", "site": "vm/vm_glue.py:640",
+              "stack": PANIC_STACK, "source": "cpu", "sim_time": 1.5114},
+    "threads": [
+        {"cpu": 0, "tid": 306, "name": "vmdaemon", "stack": PANIC_STACK + [
+            _frame(HW, 380, "panic", "self._check_halt()")],
+         "held": [GIANT, ALLPROC, PROC], "waiting": None},
+        {"cpu": 0, "tid": 290, "name": "lockload0.0", "stack": SLEEP_STACK, "held": [],
+         "waiting": _held("Giant", "excl", "sleep mutex", 0x10400,
+                          "userland/lockload.py:93")},
+        {"cpu": 1, "tid": 422, "name": "napper", "stack": SLEEP_STACK[:2],
+         "held": [_held("user map", "excl", "lockmgr", 0x1a300, "vm/vm_map.py:86")],
+         "waiting": _held("process lock", "excl", "sleep mutex", 0x18d02,
+                          "kern/kern_proc.py:43")},
+        {"cpu": 1, "tid": 330, "name": "idle: cpu1", "stack": [], "held": [],
+         "waiting": None},
+    ],
+}
+
+
+# -- the end-of-run summary -------------------------------------------------------------------
+# It imitates no single FreeBSD command: the CPU table is top -P's per-CPU states (% of
+# cp_time ticks: "CPU 0:  0.7% user,  0.0% nice, 38.6% system,  0.0% interrupt, 45.3% idle"),
+# the lock table is LOCK_PROFILING's debug.lock.prof.stats reduced to a lock per row
+# ("max wait_max total wait_total count avg wait_avg cnt_hold cnt_lock name"), and the
+# panic is vpanic()'s "panic: %s" / "cpuid = %d".
+SUMMARY = """\
+cpu   pid user  sys intr spin idle ctxsw locks contested mem ops lost
+  0 30262  1.5 30.0  1.0 22.5 45.0   260  1313       378   12053    3
+  1 30263  1.3 18.5  3.3 22.5 54.3   227   817       334    4755    7
+(user..idle: % of the CPU's clock ticks; lost: clock ticks it missed)
+
+kernel  22 forks (1 with RFMEM), 3 exits, 3 waits, 8 PHOLDs, 3 vm_waits
+swap    3 processes out, 0 in; 64 pages out, 1 in (1 page fault)
+checks  16 invariant checks, 0 violations
+
+lock                     acquires contested cpus max hold ms wait s
+Giant                         355       121    2       224.1  26.23
+sched lock                   1971      1022    2        56.3   1.62
+vm page queue free mutex      323         0    2         9.4   0.00
+(wait: host s summed over waiting threads, costliest first)
+
+panic: swapout_procs: a process has no address space
+cpuid = 0; vmdaemon (tid 306) at vm/vm_glue.py:640; the dump is in crash.txt
+new [witness] lock order reversal: process lock -> allproc (established: allproc
+-> process lock)
+known: F2 x2 (bugs of the 2002 code: FINDINGS.md)
+FAILED: 1.5 simulated s in 3.3 wall s, seed 1649436113 (panic on cpu 0)"""
+
+
+def test_summary_golden() -> None:
+    assert summary_table(REPORT) == SUMMARY
+
+
+def test_summary_fits_80_columns_however_long_the_names_and_counts() -> None:
+    """Issue 16: a lock name longer than 16 characters shifted its row, and the per-CPU
+    table was 83 columns wide."""
+    r = copy.deepcopy(REPORT)
+    r["cpus"] = [_cpu(i, 4194300 + i, (10**9, 0, 10**9, 10**9, 10**9, 10**9), 10**6,
+                      ctxsw=123456789, locks=98765432, contested=9999999, mem=1234567890)
+                 for i in range(32)]
+    r["locks"][2]["name"] = "a lock whose name is longer than any column"
+    r["locks"][2]["wait_us_total"] = 9.9e13
+    text = summary_table(r)
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "123.5M 98.8M     10.0M    1.2G 1.0M" in text
+    rows = [line for line in text.splitlines() if line[:1] == "a" or "sched lock" in line]
+    assert rows[0].startswith("a lock whose name is longer ") and rows[0].endswith("99000000")
+    # the numbers of every lock row start in the same column
+    header = next(line for line in text.splitlines() if line.startswith("lock "))
+    sched = next(line for line in text.splitlines() if line.startswith("sched lock"))
+    assert sched.index("1971") + 4 == header.index("acquires") + len("acquires")
+
+
+def test_summary_of_a_clean_run_says_ok_and_shows_no_trouble() -> None:
+    r = copy.deepcopy(REPORT)
+    r.update(ok=True, reason="end of run", panic=None, findings=[])
+    text = summary_table(r)
+    assert text.splitlines()[-1] == "ok: 1.5 simulated s in 3.3 wall s, seed 1649436113 " \
+                                    "(end of run)"
+    assert "panic" not in text and "known" not in text
+
+
+def test_ctrl_c_is_stopped_by_sigint_not_failed() -> None:
+    r = copy.deepcopy(REPORT)
+    r.update(ok=False, reason="stopped by SIGINT", interrupted=True, panic=None, findings=[])
+    assert verdict(r) == "stopped by SIGINT"
+    assert summary_table(r).splitlines()[-1].startswith("stopped by SIGINT: 1.5 simulated s")
+    r["invariants"] = ["page accounting does not balance"]
+    assert verdict(r) == "FAILED"                   # interrupted, and something was wrong
+
+
+def test_known_findings_are_one_line_per_id_with_a_count() -> None:
+    r = copy.deepcopy(REPORT)
+    r["findings"] = [dict(REPORT["findings"][0], summary=REPORT["findings"][0]["summary"]
+                          .replace("812", str(800 + i))) for i in range(6)]
+    lines = [line for line in summary_table(r).splitlines() if "F2" in line]
+    assert lines == ["known: F2 x6 (bugs of the 2002 code: FINDINGS.md)"]
