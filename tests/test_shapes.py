@@ -189,3 +189,126 @@ def test_known_findings_are_one_line_per_id_with_a_count() -> None:
                           .replace("812", str(800 + i))) for i in range(6)]
     lines = [line for line in summary_table(r).splitlines() if "F2" in line]
     assert lines == ["known: F2 x6 (bugs of the 2002 code: FINDINGS.md)"]
+
+
+# -- crash.txt --------------------------------------------------------------------------------
+# FreeBSD, kern_shutdown.c vpanic():          printf("panic: %s\n", buf);
+#                                             printf("cpuid = %d\n", PCPU_GET(cpuid));
+#                                             printf("time = %jd\n", (intmax_t )time_second);
+#                                             kdb_backtrace();   /* "KDB: stack backtrace:" */
+# and ddb's trace, innermost first:           swapout_procs() at swapout_procs+0x1c5/frame 0x...
+# subr_witness.c, `show alllocks`:            db_printf("Process %d (%s) thread %p (%d)\n", ...)
+# witness_list_lock(), newest lock first:     "%s %s %s" (exclusive|shared, lc_name, lo_name)
+#                                             " r = %d (%p) locked @ %s:%d\n"
+#   e.g. "exclusive sleep mutex Giant (Giant) r = 1 (0xc05b3f40) locked @ kern/kern_synch.c:56"
+# ddb `show allchains`: " thread 100057 (pid 12, vmdaemon) blocked on lock 0x... (sleep mutex)
+# "Giant"", grouped here by lock; `alltrace`: "Tracing command vmdaemon pid 12 tid 100057".
+CRASH = """\
+panic: swapout_procs: a process has no address space
+cpuid = 0
+time = 1.511 (simulated s)
+KDB: stack backtrace:
+panic() at machine/cpu.py:198
+KASSERT() at kern/kern_mutex.py:159
+swapout_procs() at vm/vm_glue.py:640
+vm_daemon() at vm/vm_pageout.py:189
+fork_exit() at kern/kern_thread.py:96
+[ thread tid 306 (vmdaemon) on cpu 0 at vm/vm_glue.py:640 ]
+
+db> show alllocks
+Thread 306 (vmdaemon) on cpu 0
+exclusive sleep mutex process lock r = 0 (0x18d02) locked @ kern/kern_proc.py:43
+shared sx allproc r = 0 (0x10402) locked @ vm/vm_glue.py:590
+exclusive sleep mutex Giant r = 1 (0x10400) locked @ kern/kern_synch.py:56
+Thread 422 (napper) on cpu 1
+exclusive lockmgr user map r = 0 (0x1a300) locked @ vm/vm_map.py:86
+
+db> show allchains
+chain 1: "Giant" (sleep mutex 0x10400)
+  held by thread 306 (vmdaemon, cpu 0), not blocked on a lock
+  waiting: thread 290 (lockload0.0, cpu 0) @ userland/lockload.py:93
+chain 2: "process lock" (sleep mutex 0x18d02)
+  held by thread 306 (vmdaemon, cpu 0), not blocked on a lock
+  waiting: thread 422 (napper, cpu 1) @ kern/kern_proc.py:43
+
+db> alltrace
+Tracing tid 306 (vmdaemon) on cpu 0:
+panic() at machine/cpu.py:198
+KASSERT() at kern/kern_mutex.py:159
+swapout_procs() at vm/vm_glue.py:640
+vm_daemon() at vm/vm_pageout.py:189
+fork_exit() at kern/kern_thread.py:96
+Tracing tid 290 (lockload0.0) on cpu 0:
+mi_switch() at kern/kern_synch.py:164
+mtx_lock() at kern/kern_mutex.py:73
+lockload_thread() at userland/lockload.py:93
+fork_exit() at kern/kern_thread.py:96
+Tracing tid 422 (napper) on cpu 1:
+fork_exit() at kern/kern_thread.py:96
+Tracing tid 330 (idle: cpu1) on cpu 1:
+(no kernel frames)
+
+Python trace of the panicking thread (simulator frames included):
+  File "/opt/smp/hw/cpu.py", line 164, in trampoline
+      fn()
+  File "/opt/smp/kernel/kern/kern_thread.py", line 74, in <lambda>
+      lambda: fork_exit(fn)
+  File "/opt/smp/kernel/kern/kern_thread.py", line 96, in fork_exit
+      fn()
+  File "/opt/smp/kernel/vm/vm_pageout.py", line 189, in vm_daemon
+      swapout_procs(req)
+  File "/opt/smp/kernel/vm/vm_glue.py", line 640, in swapout_procs
+      KASSERT(vm is not None,
+  File "/opt/smp/kernel/kern/kern_mutex.py", line 159, in KASSERT
+      md.panic(msg)
+  File "/opt/smp/kernel/machine/cpu.py", line 198, in panic
+      pcpu.hw.panic(f"panic: {message}")
+"""
+
+
+def test_crash_txt_golden() -> None:
+    from smp.observe.crash import crash_text
+    assert crash_text(REPORT) == CRASH
+
+
+def test_crash_txt_says_panic_once_and_names_no_simulator_frame_before_the_python_trace(
+        ) -> None:
+    """Issue 16: crash.txt began ``panic: panic: ...`` and its trace started in the CPU's
+    trampoline."""
+    from smp.observe.crash import crash_text
+    text = crash_text(REPORT)
+    assert text.startswith("panic: swapout_procs") and "panic: panic:" not in text
+    head = text.split("Python trace")[0]
+    assert "trampoline" not in head and "switch_to" not in head and "<lambda>" not in head
+
+
+def test_a_lock_chain_round_a_cycle_is_a_deadlock() -> None:
+    """Two threads, each holding the lock the other waits for (a server-detected deadlock
+    panics with a stack of sites, not Python frames)."""
+    from smp.observe.crash import crash_text
+    a = _held("lockA", "excl", "sleep mutex", 0x100, "a.py:1")
+    b = _held("lockB", "excl", "sleep mutex", 0x200, "b.py:2")
+    r = {"panic": {"message": "deadlock: thread 1 -> lockB -> thread 2 -> lockA -> thread 1",
+                   "cpu": 1, "tid": 1, "thread": "t1", "site": "a.py:3", "source": "server",
+                   "stack": ["a.py:3: ACQUIRE closed a cycle of waits"]},
+         "threads": [{"cpu": 1, "tid": 1, "name": "t1", "stack": [], "held": [a],
+                      "waiting": dict(b, site="a.py:3")},
+                     {"cpu": 2, "tid": 2, "name": "t2", "stack": [], "held": [b],
+                      "waiting": dict(a, site="b.py:4")}]}
+    text = crash_text(r)
+    assert text.splitlines()[:5] == [
+        "panic: deadlock: thread 1 -> lockB -> thread 2 -> lockA -> thread 1",
+        "cpuid = 1", "KDB: stack backtrace:", "a.py:3: ACQUIRE closed a cycle of waits",
+        "[ thread tid 1 (t1) on cpu 1 at a.py:3 (raised by the machine server) ]"]
+    chains = text.split("db> show allchains\n")[1].split("\n\n")[0].splitlines()
+    assert chains == [
+        'chain 1: "lockB" (sleep mutex 0x200)',
+        '  held by thread 2 (t2, cpu 2), blocked on "lockA" (sleep mutex 0x100) @ b.py:4',
+        '  held by thread 1 (t1, cpu 1), blocked on "lockB" (sleep mutex 0x200) @ a.py:3',
+        "  held by thread 2 (t2, cpu 2): a cycle, the chain is a deadlock",
+        "  waiting: thread 1 (t1, cpu 1) @ a.py:3",
+        'chain 2: "lockA" (sleep mutex 0x100)',
+        '  held by thread 1 (t1, cpu 1), blocked on "lockB" (sleep mutex 0x200) @ a.py:3',
+        '  held by thread 2 (t2, cpu 2), blocked on "lockA" (sleep mutex 0x100) @ b.py:4',
+        "  held by thread 1 (t1, cpu 1): a cycle, the chain is a deadlock",
+        "  waiting: thread 2 (t2, cpu 2) @ b.py:4"]

@@ -507,21 +507,28 @@ class LockTable:
         return False
 
     # -- reports -----------------------------------------------------------------------
+    def _lock_ref(self, tid: int, h: int, m: int, s: str) -> dict[str, Any]:
+        """A held or awaited lock as reports show it (``show alllocks``: mode, class,
+        name, recursion, address, site)."""
+        lk = self.locks.get(h)
+        return {"lock": lk.name if lk is not None else f"#{h}",
+                "mode": "shared" if m == SHARED else "excl", "site": s,
+                "class": lk.cls if lk is not None else "",
+                "recurse": lk.recurse if lk is not None and lk.owner == tid else 0,
+                "addr": h}
+
     def held_by(self, tid: int) -> list[dict[str, Any]]:
         t = self.threads.get(tid)
         if t is None:
             return []
-        return [{"lock": self.locks[h].name if h in self.locks else f"#{h}",
-                 "mode": "shared" if m == SHARED else "excl", "site": s}
-                for h, m, s in t.held]
+        return [self._lock_ref(tid, h, m, s) for h, m, s in t.held]
 
     def waiting_for(self, tid: int) -> dict[str, Any] | None:
         t = self.threads.get(tid)
         if t is None or t.waiting is None:
             return None
         h, m, s = t.waiting
-        return {"lock": self.locks[h].name if h in self.locks else f"#{h}",
-                "mode": "shared" if m == SHARED else "excl", "site": s}
+        return self._lock_ref(tid, h, m, s)
 
     def lock_report(self) -> list[dict[str, Any]]:
         rows = []

@@ -11,9 +11,9 @@
 
 and may add others (``lock_profile``, ``invariants``, ``problems``, ``server``). ``ok`` is
 false when the machine panicked, an invariant failed, a process died, or the run was
-interrupted. A panic also writes ``crash.txt``: the message, the CPU and thread, the
-panicking stack, and every thread's state with the locks it holds and waits for. The
-summary printed at the end is smp/observe/summary.py.
+interrupted. A panic also writes ``crash.txt`` (smp/observe/crash.py: FreeBSD's panic
+message and backtrace, ``show alllocks``, lock chains, every thread's trace). The summary
+printed at the end is smp/observe/summary.py.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import json
 import os
 from typing import Any
 
+from smp.observe.crash import crash_text
 from smp.observe.summary import summary_table  # noqa: F401 - re-exported
 from smp.run.config import Config
 
@@ -138,28 +139,8 @@ def _panic_summary(panic: dict[str, Any], server: dict[str, Any]) -> dict[str, A
     return {"message": panic.get("message"), "cpu": panic.get("cpu"),
             "tid": panic.get("tid"), "thread": panic.get("thread"),
             "site": panic.get("site"), "stack": panic.get("stack", []),
-            "source": panic.get("source")}
-
-
-def crash_text(report: dict[str, Any]) -> str:
-    p = report["panic"]
-    lines = [f"panic: {p['message']}",
-             f"cpuid = {p['cpu']}; thread {p.get('thread') or '?'} (tid {p.get('tid')})"
-             + (f" at {p['site']}" if p.get("site") else ""),
-             "", "stack of the panicking thread:"]
-    lines += [f"  {s}" for s in p.get("stack", [])]
-    lines += ["", "threads:"]
-    for t in report["threads"]:
-        held = ", ".join(f"{h['lock']} ({h['mode']}) @ {h['site']}" for h in t["held"]) \
-            or "none"
-        lines.append(f"  cpu{t['cpu']} tid {t['tid']} {t['name']}: holds {held}")
-        if t.get("waiting"):
-            w = t["waiting"]
-            lines.append(f"    waits for {w['lock']} ({w['mode']}) @ {w['site']}")
-        for s in t.get("stack", [])[-6:]:
-            for part in s.splitlines():
-                lines.append(f"      {part}")
-    return "\n".join(lines) + "\n"
+            "source": panic.get("source"), "sim_time": panic.get("sim_time"),
+            **({"detector": panic["detector"]} if panic.get("detector") else {})}
 
 
 def write_run_dir(rdir: str, report: dict[str, Any]) -> None:
