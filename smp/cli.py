@@ -7,6 +7,7 @@
     smp report RUN_DIR [--format text|json|csv] [--table cpus|locks|profile|series]
     smp top [RUN_DIR] [--once [--json]]
     smp plot RUN_DIR
+    smp witness RUN_DIR [--dot [FILE]]
     smp config [CONFIG] [--set ...] [--schema]
     smp failpoints
     smp stress [CONFIG] --runs N [--jobs J] [--seed S] [--chaos LEVEL] [--fail-point NAME ...]
@@ -21,7 +22,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 from smp import __version__
 from smp.run.config import Config, ConfigError, load_config, schema_markdown
@@ -38,6 +39,8 @@ examples:
   smp top                                  live per-CPU view of the newest running machine
   smp top runs/X --once --json             one sample, for scripts
   smp plot runs/20261126-101500-s1         PNG charts into the run directory
+  smp witness runs/X                       the learned lock order, as ddb's show witness
+  smp witness runs/X --dot                 ... as a Graphviz graph (runs/X/witness.dot)
   smp run --metrics 9100                   Prometheus metrics at http://127.0.0.1:9100/metrics
   smp keys keys/                           CURVE keys for CPUs on other hosts
   smp run --set machine.cpus=4 --listen tcp://0.0.0.0:5555 --key-dir keys/ --local-cpus 2
@@ -186,6 +189,19 @@ def _parser() -> argparse.ArgumentParser:
                      "profile (LOCK_PROFILING rows) or series (every CPU sample of "
                      "stats.jsonl)")
 
+    wit = sub.add_parser(
+        "witness", help="the lock order a run learned, as ddb's `show witness`, or as a "
+        "graph", description="Print the lock order WITNESS learned in RUN_DIR (seeded with "
+        "2002's static order) as ddb's `show witness` does: sleep and spin locks as trees, "
+        "each lock with its level and where it was last acquired, locks never acquired, "
+        "and the lock order reversals, marked on both locks. --dot writes the graph in "
+        "Graphviz DOT (reversals as red dashed edges), and an SVG and a PNG beside it when "
+        "Graphviz's dot is installed.")
+    wit.add_argument("run_dir", metavar="RUN_DIR")
+    wit.add_argument("--dot", nargs="?", const="", default=None, metavar="FILE",
+                     help="write DOT to FILE (default RUN_DIR/witness.dot) instead of "
+                     "printing the text; with Graphviz installed, FILE.svg and FILE.png too")
+
     plot = sub.add_parser(
         "plot", help="write PNG charts of a run into its directory",
         description="Read RUN_DIR/stats.jsonl and write cpu_utilisation.png (per-CPU "
@@ -248,6 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return bench_main(args)
     if args.command == "plot":
         return _plot(args)
+    if args.command == "witness":
+        return _witness(args)
     if args.command == "keys":
         from smp.run.keys import KeyDirError, create_keys
         try:
@@ -394,6 +412,58 @@ def _plot(args: argparse.Namespace) -> int:
         return 2
     for p in paths:
         print(p)
+    return 0
+
+
+def _read_report(run_dir: str, cmd: str) -> dict[str, Any] | None:
+    """RUN_DIR/report.json, or None after saying why not (on stderr)."""
+    path = os.path.join(run_dir, "report.json")
+    try:
+        with open(path) as f:
+            report = json.load(f)
+    except FileNotFoundError:
+        print(f"smp {cmd}: {path}: no such file (is {run_dir} a run directory?)",
+              file=sys.stderr)
+        return None
+    except json.JSONDecodeError as e:
+        print(f"smp {cmd}: {path}: not valid JSON: {e}", file=sys.stderr)
+        return None
+    if not isinstance(report, dict):
+        print(f"smp {cmd}: {path}: not a run's report", file=sys.stderr)
+        return None
+    return report
+
+
+def _witness(args: argparse.Namespace) -> int:
+    from smp.observe.lockgraph import WitnessError, lock_order, render_dot, show_witness, to_dot
+    report = _read_report(args.run_dir, "witness")
+    if report is None:
+        return 2
+    try:
+        lo = lock_order(report)
+    except WitnessError as e:
+        print(f"smp witness: {args.run_dir}: {e}", file=sys.stderr)
+        return 2
+    if args.dot is None:
+        print(show_witness(lo), end="")
+        return 0
+    path = args.dot or os.path.join(args.run_dir, "witness.dot")
+    title = f"lock order: {os.path.basename(str(report.get('config') or '?'))}, seed " \
+        f"{report.get('seed')}"
+    with open(path, "w") as f:
+        f.write(to_dot(lo, title))
+    print(path)
+    import subprocess
+    try:
+        drawn = render_dot(path)
+    except (subprocess.SubprocessError, OSError) as e:
+        print(f"smp witness: Graphviz's dot failed: {e}", file=sys.stderr)
+        return 1
+    for p in drawn:
+        print(p)
+    if not drawn:
+        print("smp witness: Graphviz's dot is not installed: no SVG or PNG (install "
+              f"graphviz, or paste {path} into any Graphviz viewer)", file=sys.stderr)
     return 0
 
 

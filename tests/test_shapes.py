@@ -312,3 +312,115 @@ def test_a_lock_chain_round_a_cycle_is_a_deadlock() -> None:
         '  held by thread 2 (t2, cpu 2), blocked on "lockA" (sleep mutex 0x100) @ b.py:4',
         "  held by thread 1 (t1, cpu 1): a cycle, the chain is a deadlock",
         "  waiting: thread 2 (t2, cpu 2) @ b.py:4"]
+
+
+# -- smp witness ------------------------------------------------------------------------------
+# FreeBSD 5.0 (2002) subr_witness.c, witness_display() and witness_displaydescendants():
+#     prnt("Sleep locks:\n");  ...  prnt("\nSpin locks:\n");  ...
+#     prnt("\nLocks which were never acquired:\n");
+#     prnt("%-2d", level);  for (i = 0; i < level; i++) prnt(" ");
+#     prnt("%s", parent->w_name);
+#     prnt(" -- last acquired @ %s:%d\n", parent->w_file, parent->w_line);
+# itismychild() keeps the tree pruned ("a lock is now both a descendant and a direct child
+# of a given lock ... remove the direct child link"); later FreeBSD prints a subtree met a
+# second time as " -- (already displayed)". The reversal text is WITNESS's:
+#     printf("lock order reversal\n"); printf(" 1st %p %s (%s) @ %s:%d\n", ...)
+def _lock(name: str, cls: str, last: str, acquires: int = 1) -> dict[str, Any]:
+    return {"name": name, "class": cls, "last_acquired": last, "acquires": acquires,
+            "contested": 0, "cpus_seen": [0], "max_hold_us": 1.0, "wait_us_total": 0.0}
+
+
+WITNESS_REPORT: dict[str, Any] = {
+    "seed": 7, "config": "/x/configs/stress.toml",
+    "witness_order": {
+        "Giant": ["allproc", "proc zone", "process lock", "proctree", "sched lock",
+                  "vm page queue mutex"],
+        "allproc": ["process lock", "sched lock", "vm page queue mutex"],
+        "proc zone": ["vm page queue mutex"], "process lock": ["sched lock"],
+        "proctree": ["allproc", "process lock"],
+        "sched lock": ["callout", "vm page queue free mutex"],
+        "vm page queue mutex": ["vm page queue free mutex"]},
+    "locks": [_lock("Giant", "sleep mutex", "kern/kern_synch.py:56"),
+              _lock("allproc", "sx", "vm/vm_glue.py:590"),
+              _lock("proc zone", "sleep mutex", "kern/kern_proc.py:160"),
+              _lock("process lock", "sleep mutex", "kern/kern_proc.py:43"),
+              _lock("proctree", "sx", "kern/kern_exit.py:120"),
+              _lock("sched lock", "spin mutex", "kern/kern_synch.py:150"),
+              _lock("vm page queue free mutex", "spin mutex", "vm/vm_page.py:300"),
+              _lock("vm page queue mutex", "sleep mutex", "vm/vm_page.py:250"),
+              _lock("user map", "lockmgr", "vm/vm_map.py:86")],
+    "findings": [{"detector": "witness", "sites": [],
+                  "summary": "lock order reversal: process lock -> allproc (established: "
+                             "allproc -> process lock)",
+                  "detail": "lock order reversal\n"
+                            " 1st process lock (sleep mutex) @ kern/kern_proc.py:43\n"
+                            " 2nd allproc (sx) @ vm/vm_glue.py:611\n"
+                            "established order: allproc -> process lock, first seen\n"
+                            " 1st allproc @ vm/vm_glue.py:590\n"
+                            " 2nd process lock @ kern/kern_proc.py:43"}],
+}
+
+SHOW_WITNESS = """\
+Sleep locks:
+0 Giant -- last acquired @ kern/kern_synch.py:56
+1  proc zone -- last acquired @ kern/kern_proc.py:160
+3   vm page queue mutex -- last acquired @ vm/vm_page.py:250
+1  proctree -- last acquired @ kern/kern_exit.py:120
+2   allproc -- last acquired @ vm/vm_glue.py:590  <- LOR with process lock
+3    process lock -- last acquired @ kern/kern_proc.py:43  <- LOR with allproc
+3    vm page queue mutex -- (already displayed)
+
+Spin locks:
+0 sched lock -- last acquired @ kern/kern_synch.py:150
+1  callout -- never acquired (static order)
+1  vm page queue free mutex -- last acquired @ vm/vm_page.py:300
+
+Locks which were never acquired:
+callout
+
+Lock order reversals (1):
+lock order reversal
+ 1st process lock (sleep mutex) @ kern/kern_proc.py:43
+ 2nd allproc (sx) @ vm/vm_glue.py:611
+established order: allproc -> process lock, first seen
+ 1st allproc @ vm/vm_glue.py:590
+ 2nd process lock @ kern/kern_proc.py:43
+"""
+
+
+def test_show_witness_golden() -> None:
+    from smp.observe.lockgraph import lock_order, show_witness
+    assert show_witness(lock_order(WITNESS_REPORT)) == SHOW_WITNESS
+
+
+def test_witness_dot_draws_the_reduced_order_and_the_reversal_in_red() -> None:
+    from smp.observe.lockgraph import lock_order, to_dot
+    dot = to_dot(lock_order(WITNESS_REPORT), "lock order: stress.toml, seed 7")
+    assert dot.startswith("digraph witness {\n") and dot.endswith("}\n")
+    edges = [line.strip() for line in dot.splitlines() if "->" in line]
+    assert '"Giant" -> "proctree";' in edges and '"proctree" -> "allproc";' in edges
+    assert '"Giant" -> "allproc";' not in edges           # implied by Giant -> proctree
+    assert '"allproc" -> "sched lock";' not in edges      # sleep -> spin: not drawn
+    assert ('"process lock" -> "allproc" [color="#d62728", fontcolor="#d62728", '
+            'style=dashed, label="reversal", constraint=false];') in edges
+    assert 'subgraph cluster_1 {' in dot and '"callout" [tooltip="spin mutex", ' \
+        'style=dashed' in dot
+
+
+def test_witness_svg_and_png_come_from_graphviz_when_it_is_installed(
+        tmp_path: Any) -> None:
+    """A stand-in ``dot`` records how it is called and writes what it is asked for."""
+    import os
+    import stat
+    from smp.observe.lockgraph import render_dot
+    log = tmp_path / "calls"
+    fake = tmp_path / "dot"
+    fake.write_text(f"#!/bin/sh\necho \"$@\" >> {log}\nshift 2\necho drawn > \"$2\"\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    src = tmp_path / "witness.dot"
+    src.write_text("digraph witness {}\n")
+    paths = render_dot(str(src), dot=str(fake))
+    assert paths == [str(tmp_path / "witness.svg"), str(tmp_path / "witness.png")]
+    assert all(os.path.exists(p) for p in paths)
+    assert log.read_text().splitlines() == [f"-Tsvg {src} -o {paths[0]}",
+                                            f"-Tpng {src} -o {paths[1]}"]

@@ -116,6 +116,8 @@ class NameStats:
     cpus_seen: set[int] = dataclasses.field(default_factory=set)
     max_hold_us: float = 0.0
     wait_us_total: float = 0.0
+    cls: str = ""                 # the lock class (WITNESS keeps one per name)
+    last_site: str = ""           # where it was last acquired (`show witness`)
 
 
 @dataclasses.dataclass
@@ -200,6 +202,8 @@ class LockTable:
         st = self.by_name[lk.name]
         st.acquires += 1
         st.cpus_seen.add(t.cpu)
+        st.cls = lk.cls
+        st.last_site = site
         prof = self.profile[(lk.name, site)]
         prof.count += 1
         if waited_us > 0:
@@ -536,7 +540,8 @@ class LockTable:
             rows.append({"name": name, "acquires": st.acquires, "contested": st.contested,
                          "cpus_seen": sorted(st.cpus_seen),
                          "max_hold_us": round(st.max_hold_us, 1),
-                         "wait_us_total": round(st.wait_us_total, 1)})
+                         "wait_us_total": round(st.wait_us_total, 1),
+                         "class": st.cls, "last_acquired": st.last_site})
         return rows
 
     def profile_report(self) -> list[dict[str, Any]]:
