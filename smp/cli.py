@@ -4,10 +4,11 @@
             [--listen tcp://ADDR:PORT [--local-cpus N] [--key-dir DIR] [--join-timeout S]]
     smp cpu --join tcp://HOST:PORT --id K [--key-dir DIR] [--timeout S]
     smp keys DIR
-    smp report RUN_DIR [--format text|json|csv] [--table cpus|locks|profile|series]
+    smp report RUN_DIR [--format text|json|csv|folded] [--table cpus|locks|profile|series]
     smp top [RUN_DIR] [--once [--json]]
     smp plot RUN_DIR
     smp witness RUN_DIR [--dot [FILE]]
+    smp flame RUN_DIR; smp report RUN_DIR --format folded
     smp config [CONFIG] [--set ...] [--schema]
     smp failpoints
     smp stress [CONFIG] --runs N [--jobs J] [--seed S] [--chaos LEVEL] [--fail-point NAME ...]
@@ -41,6 +42,7 @@ examples:
   smp plot runs/20261126-101500-s1         PNG charts into the run directory
   smp witness runs/X                       the learned lock order, as ddb's show witness
   smp witness runs/X --dot                 ... as a Graphviz graph (runs/X/witness.dot)
+  smp flame runs/X                         where threads waited for locks: a flame graph
   smp run --metrics 9100                   Prometheus metrics at http://127.0.0.1:9100/metrics
   smp keys keys/                           CURVE keys for CPUs on other hosts
   smp run --set machine.cpus=4 --listen tcp://0.0.0.0:5555 --key-dir keys/ --local-cpus 2
@@ -180,14 +182,29 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="print the summary of a finished run again",
                          description="Read RUN_DIR/report.json and print its summary.")
     rep.add_argument("run_dir", metavar="RUN_DIR")
-    rep.add_argument("--format", choices=("text", "json", "csv"), default="text",
-                     help="text: the summary table (default); json: report.json as is; "
-                     "csv: one table of the run (see --table)")
+    rep.add_argument("--format", choices=("text", "json", "csv", "folded"), default="text",
+                     help="text: the summary (default), or one --table as text; json: "
+                     "report.json as is; csv: one table of the run (see --table); "
+                     "folded: where threads waited for each lock, as folded stacks for "
+                     "flamegraph.pl or speedscope (see smp flame)")
     rep.add_argument("--table", choices=("cpus", "locks", "profile", "series"),
-                     default="cpus",
-                     help="with --format csv: cpus (one row per CPU, default), locks, "
+                     default=None,
+                     help="one table: cpus (one row per CPU, the default of csv), locks, "
                      "profile (LOCK_PROFILING rows) or series (every CPU sample of "
-                     "stats.jsonl)")
+                     "stats.jsonl; csv only); as text without --format csv")
+    rep.add_argument("--weight", choices=("wait", "count"), default="wait",
+                     help="with --format folded: what a stack's width is, microseconds "
+                     "waited (default) or waits")
+
+    flame = sub.add_parser(
+        "flame", help="lock contention as a flame graph: where threads waited for each lock",
+        description="Write RUN_DIR/lock_waits.folded (Brendan Gregg's folded stacks: one "
+        "line per stack of a thread that waited for a lock, the lock at the root, the "
+        "value the microseconds waited; flamegraph.pl and speedscope read it) and "
+        "RUN_DIR/lock_waits.svg (the flame graph, drawn with matplotlib).")
+    flame.add_argument("run_dir", metavar="RUN_DIR")
+    flame.add_argument("--weight", choices=("wait", "count"), default="wait",
+                       help="a stack's width: microseconds waited (default) or waits")
 
     wit = sub.add_parser(
         "witness", help="the lock order a run learned, as ddb's `show witness`, or as a "
@@ -266,6 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _plot(args)
     if args.command == "witness":
         return _witness(args)
+    if args.command == "flame":
+        return _flame(args)
     if args.command == "keys":
         from smp.run.keys import KeyDirError, create_keys
         try:
@@ -467,6 +486,33 @@ def _witness(args: argparse.Namespace) -> int:
     return 0
 
 
+def _flame(args: argparse.Namespace) -> int:
+    from smp.observe.flame import FlameError, folded, stacks, svg
+    report = _read_report(args.run_dir, "flame")
+    if report is None:
+        return 2
+    try:
+        lines = folded(stacks(report), args.weight)
+        fpath = os.path.join(args.run_dir, "lock_waits.folded")
+        with open(fpath, "w") as f:
+            f.write("".join(line + "\n" for line in lines))
+        print(fpath)
+        spath = os.path.join(args.run_dir, "lock_waits.svg")
+        title = f"Lock waits: {os.path.basename(str(report.get('config') or '?'))}, " \
+            f"seed {report.get('seed')}"
+        try:
+            svg(lines, spath, title, "us waited" if args.weight == "wait" else "waits")
+        except ImportError:
+            print("smp flame: matplotlib is not installed: no SVG (pip install "
+                  "'smp[plot]'; or open the .folded file in speedscope)", file=sys.stderr)
+            return 0
+        print(spath)
+    except FlameError as e:
+        print(f"smp flame: {args.run_dir}: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _check_fail_points(cfg: "Config") -> None:
     from kernel.kern.kern_fail import fail_points
     known = [fp.name for fp in fail_points()]
@@ -492,10 +538,26 @@ def _report(args: argparse.Namespace) -> int:
         return 2
     if args.format == "json":
         print(json.dumps(report, indent=1))
+    elif args.format == "folded":
+        from smp.observe.flame import FlameError, folded, stacks
+        try:
+            lines = folded(stacks(report), args.weight)
+        except FlameError as e:
+            print(f"smp report: {args.run_dir}: {e}", file=sys.stderr)
+            return 2
+        for line in lines:
+            print(line)
+    elif args.format == "text" and args.table is not None:
+        from smp.observe.export import text_table
+        if args.table == "series":
+            print("smp report: --table series is a time series: it needs --format csv",
+                  file=sys.stderr)
+            return 2
+        print(text_table(report, args.table))
     elif args.format == "csv":
         from smp.observe.export import write_csv
         try:
-            write_csv(args.run_dir, report, args.table, sys.stdout)
+            write_csv(args.run_dir, report, args.table or "cpus", sys.stdout)
         except FileNotFoundError as e:
             print(f"smp: {e.filename}: no such file", file=sys.stderr)
             return 2
