@@ -118,3 +118,17 @@ def test_smp_report_table_locks_without_csv_prints_the_table(
     assert main(["report", str(rdir), "--format", "csv", "--table", "locks"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == \
         "name,acquires,contested,cpus_seen,max_hold_us,wait_us_total"
+
+
+def test_the_report_merges_the_cpus_lock_wait_stacks() -> None:
+    """Each CPU's final report may carry ``lock_wait_stacks``; report.json has them
+    merged (the same lock and stack summed), and none when no CPU recorded any."""
+    from smp.observe.report import _lock_wait_stacks
+    finals = {0: {"lock_wait_stacks": WAITS[:2]}, 1: {"lock_wait_stacks": WAITS[2:4]},
+              2: {}}
+    merged = _lock_wait_stacks(finals, {})["lock_wait_stacks"]
+    assert merged[0] == {"lock": "Giant", "stack": ["fork_exit", "prog_hog", "touch",
+                                                    "vm_fault", "mtx_lock"],
+                         "count": 4, "wait_s": 0.3}
+    assert len(merged) == 3 and folded(merged) == [FOLDED[0], FOLDED[1], FOLDED[3]]
+    assert _lock_wait_stacks({0: {}, 1: None}, {}) == {}

@@ -121,7 +121,32 @@ def build_report(cfg: Config, server: dict[str, Any], *, reason: str, problems: 
                    "swap": server.get("swap", {}), "kmem": server.get("kmem", {}),
                    "objects_by_type": server.get("objects_by_type", {})},
         "threads": _threads(finals, server),
+        **_lock_wait_stacks(finals, server),
     }
+
+
+def _lock_wait_stacks(finals: dict[int, Any], server: dict[str, Any]) -> dict[str, Any]:
+    """``lock_wait_stacks`` (smp/observe/flame.py), merged from what each CPU's final
+    report carries under that key (and the server's, if it has one): the same lock and
+    stack summed. Absent when nobody recorded any."""
+    merged: dict[tuple[str, tuple[str, ...]], dict[str, Any]] = {}
+    found = False
+    sources = [f.get("lock_wait_stacks") for f in finals.values() if f]
+    sources.append(server.get("lock_wait_stacks"))
+    for recs in sources:
+        if not isinstance(recs, list):
+            continue
+        found = True
+        for r in recs:
+            key = (str(r.get("lock")), tuple(str(x) for x in r.get("stack") or []))
+            m = merged.setdefault(key, {"lock": key[0], "stack": list(key[1]), "count": 0,
+                                        "wait_s": 0.0})
+            m["count"] += int(r.get("count") or 0)
+            m["wait_s"] = round(m["wait_s"] + float(r.get("wait_s") or 0.0), 6)
+    if not found:
+        return {}
+    return {"lock_wait_stacks": sorted(merged.values(),
+                                       key=lambda m: (-m["wait_s"], m["lock"], m["stack"]))}
 
 
 def _threads(finals: dict[int, Any], server: dict[str, Any]) -> list[dict[str, Any]]:
