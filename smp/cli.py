@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK  (argcomplete: `smp completion bash` says how to use it)
 """The ``smp`` command line.
 
     smp run [CONFIG] [--set SECTION.KEY=VALUE ...] [--fail-point NAME ...] [--run-dir DIR]
@@ -12,6 +13,7 @@
     smp config [CONFIG] [--set ...] [--schema]
     smp failpoints
     smp stress [CONFIG] --runs N [--jobs J] [--seed S] [--chaos LEVEL] [--fail-point NAME ...]
+    smp completion bash|zsh|fish
 
 Exit statuses: 0 success; 1 the machine failed (panic, invariant, dead process); 2 bad
 usage or a bad config (nothing was started); 128+N stopped by signal N.
@@ -50,6 +52,12 @@ examples:
 """
 
 
+def _fail_point_names(**kwargs: Any) -> list[str]:
+    """What TAB offers after --fail-point (argcomplete)."""
+    from kernel.kern.kern_fail import fail_points
+    return [fp.name for fp in fail_points()]
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="smp", description="A multiprocess SMP machine simulator: every simulated CPU "
@@ -76,7 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--fail-point", dest="fail_points", action="append", default=[],
                      metavar="NAME",
                      help="switch off the race guard NAME for this run (repeatable; "
-                     "see `smp failpoints`); adds to debug.fail_points")
+                     "see `smp failpoints`); adds to debug.fail_points"
+                     ).completer = _fail_point_names  # type: ignore[attr-defined]
     run.add_argument("--json", action="store_true",
                      help="print report.json instead of the summary table")
     run.add_argument("--quiet", action="store_true",
@@ -143,7 +152,8 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--chaos", choices=("off", "low", "high"), default=None,
                     help="chaos level for every run (default: the config's debug.chaos)")
     st.add_argument("--fail-point", dest="fail_points", action="append", default=[],
-                    metavar="NAME", help="switch off this race guard in every run (repeatable)")
+                    metavar="NAME", help="switch off this race guard in every run (repeatable)"
+                    ).completer = _fail_point_names  # type: ignore[attr-defined]
     st.add_argument("--duration", type=float, default=None, metavar="SIM_S",
                     help="simulated seconds per run (default: the config's run.duration)")
     st.add_argument("--time-budget", type=float, default=None, metavar="T",
@@ -173,6 +183,14 @@ def _parser() -> argparse.ArgumentParser:
                        help="the machine for forks_per_s and swap_cycles_per_s")
     bench.add_argument("--only", action="append", choices=("transport", "machine", "memory"),
                        help="run only this part (repeatable)")
+
+    comp = sub.add_parser(
+        "completion", help="print the shell code that completes smp's commands and options",
+        description="Print shell code that makes TAB complete smp's commands, options, "
+        "fail point names and files (argcomplete). Load it once, or put it in your "
+        "shell's start-up file: eval \"$(smp completion bash)\" (bash, and zsh with "
+        "bashcompinit); smp completion fish | source (fish).")
+    comp.add_argument("shell", choices=("bash", "zsh", "fish"), nargs="?", default="bash")
 
     sub.add_parser("failpoints", help="list the race guards that a run can switch off",
                    description="Every race guard of the seed is a named fail point "
@@ -220,10 +238,11 @@ def _parser() -> argparse.ArgumentParser:
                      "printing the text; with Graphviz installed, FILE.svg and FILE.png too")
 
     plot = sub.add_parser(
-        "plot", help="write PNG charts of a run into its directory",
+        "plot", help="write PNG charts of a run into its directory (needs smp[plot])",
         description="Read RUN_DIR/stats.jsonl and write cpu_utilisation.png (per-CPU "
         "utilisation stacked by state), lock_contention.png (the most contended locks "
-        "over time) and swap.png (swapouts, swapins, free pages) into RUN_DIR.")
+        "over time) and swap.png (swapouts, swapins, free pages) into RUN_DIR. It needs "
+        "matplotlib, the plotting extra: pip install 'smp[plot]'.")
     plot.add_argument("run_dir", metavar="RUN_DIR")
 
     top = sub.add_parser(
@@ -263,16 +282,28 @@ def _config_args(p: argparse.ArgumentParser) -> None:
                    help="override one config key, e.g. --set machine.cpus=8 (repeatable)")
 
 
+def _completion(ap: argparse.ArgumentParser) -> None:
+    """Answer the shell's TAB (argcomplete sets _ARGCOMPLETE, and exits when done)."""
+    import argcomplete
+    argcomplete.autocomplete(ap)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import signal
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)        # `smp ... | head` ends quietly
     ap = _parser()
+    if "_ARGCOMPLETE" in os.environ and argv is None:
+        _completion(ap)
     args = ap.parse_args(argv)
     if args.command is None:
         ap.print_help()
         return 2
     if args.command == "report":
         return _report(args)
+    if args.command == "completion":
+        import argcomplete
+        print(argcomplete.shellcode(["smp"], shell=args.shell), end="")
+        return 0
     if args.command == "top":
         from smp.observe.top import main as top_main
         return top_main(args.run_dir, args.once, args.json, args.runs, args.timeout)
@@ -422,8 +453,19 @@ def _monitors(args: argparse.Namespace, cfg: "Config") -> list[object]:
     return monitors
 
 
+PLOT_EXTRA = ("matplotlib is not installed: smp plot needs smp's plotting extra, "
+              "`pip install 'smp[plot]'` (from a clone: `pip install '.[plot]'`)")
+
+
 def _plot(args: argparse.Namespace) -> int:
-    from smp.observe.plot import PlotError, write_plots
+    try:
+        from smp.observe.plot import PlotError, write_plots
+    except ImportError as e:
+        if e.name not in ("matplotlib", "numpy") and not str(e.name).startswith(
+                ("matplotlib.", "numpy.")):
+            raise
+        print(f"smp plot: {PLOT_EXTRA}", file=sys.stderr)
+        return 1
     try:
         paths = write_plots(args.run_dir)
     except PlotError as e:
@@ -502,9 +544,12 @@ def _flame(args: argparse.Namespace) -> int:
             f"seed {report.get('seed')}"
         try:
             svg(lines, spath, title, "us waited" if args.weight == "wait" else "waits")
-        except ImportError:
-            print("smp flame: matplotlib is not installed: no SVG (pip install "
-                  "'smp[plot]'; or open the .folded file in speedscope)", file=sys.stderr)
+        except ImportError as e:
+            if e.name not in ("matplotlib", "numpy") and not str(e.name).startswith(
+                    ("matplotlib.", "numpy.")):
+                raise
+            print(f"smp flame: no SVG: {PLOT_EXTRA} (or open {fpath} in speedscope)",
+                  file=sys.stderr)
             return 0
         print(spath)
     except FlameError as e:
