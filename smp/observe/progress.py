@@ -1,13 +1,13 @@
 """Progress: of ``smp run`` (on a terminal and off it) and of ``smp stress``.
 
-``RunProgress``, a launcher monitor (see ``run_machine``'s ``monitors``): it reads the same stats stream
-that becomes ``stats.jsonl`` and redraws, at most four times a second, two things on
-standard error: simulated time of the total with a bar, the wall time spent and an ETA
-(from the simulated seconds per wall second seen so far), and each CPU's utilisation (the
-share of its ticks not idle, over its samples of the last two wall seconds) with a small
-bar. The launcher's log lines are printed above it while it shows, and it disappears when
-the run stops, before the summary is printed. The CLI uses it only when standard error is
-a terminal. Rendering is Rich's (``Live``, ``ProgressBar``).
+``RunProgress``, a launcher monitor (see ``run_machine``'s ``monitors``): it reads the
+same stats stream that becomes ``stats.jsonl`` and redraws, at most four times a second,
+two things on standard error: simulated time of the total with a bar, the wall time spent
+and an ETA (from the simulated seconds per wall second seen so far), and each CPU's
+utilisation (the share of its ticks not idle, over its samples of the last two wall
+seconds) with a small bar. The launcher's log lines are printed above it while it shows,
+and it disappears when the run stops, before the summary is printed. The CLI uses it only
+when standard error is a terminal. Rendering is Rich's (``Live``, ``ProgressBar``).
 
 ``PlainRunProgress``, the same monitor off a terminal (a pipe, a log file, CI): a plain line
 every few simulated seconds (``sim 5.0 of 20 s (25%), wall 0:11, ETA 0:33``), so that a long
