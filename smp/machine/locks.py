@@ -1,6 +1,6 @@
 """The lock table and the sleep channels: the machine's synchronisation, served in one place.
 
-DESIGN.md decision 3. The server applies every lock operation of every CPU in one order,
+docs/DESIGN.md decision 3. The server applies every lock operation of every CPU in one order,
 so the table below is the truth about who holds what. The kernel's lock code
 (``kernel/kern/kern_mutex.py`` and friends) decides what a *thread* does while it waits
 (spin with interrupts off, or block and let the CPU run something else); this module only

@@ -8,7 +8,7 @@ in the order opposite to one already seen. It reports each reversal once, in WIT
 words: the 1st and 2nd lock with their types and where each was taken, and where the
 established order was learned.
 
-The 2002 rules (FREEBSD.md, section B):
+The 2002 rules (docs/FREEBSD.md, section B):
 
 1. a blocking sleep lock taken with a spin lock held panics (the lock table does that);
 2. try-locks are never order-checked and add no edge;

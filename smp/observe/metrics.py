@@ -14,7 +14,7 @@ host processes' figures are host time. Kernel counters become ``smp_kernel_<name
 (``smp_kernel_swapouts_total{cpu="0"}``). Every metric's help text says what it counts
 and in which unit (kernel counters: smp/observe/counters.py).
 
-The address is the loopback unless another is asked for explicitly (DESIGN.md: nothing is
+The address is the loopback unless another is asked for explicitly (docs/DESIGN.md: nothing is
 reachable from outside the host unless asked for).
 """
 

@@ -1,7 +1,7 @@
 """What the monitoring tools share: finding a live run, reading its stats stream, and
 turning cumulative samples into per-interval figures.
 
-The stream (DESIGN.md, "Processes"): every CPU keeps its counters locally and posts a
+The stream (docs/DESIGN.md, "Processes"): every CPU keeps its counters locally and posts a
 sample every ``run.stats_interval`` wall seconds; the server republishes those on a PUB
 socket (topic ``b"cpu"``) beside its own sample (topic ``b"server"``: locks, the
 LOCK_PROFILING rows, memory, the kernel's page counts). Nobody asks a CPU for anything.
