@@ -116,3 +116,68 @@ def test_stress_inside_a_clone_runs_the_installed_smp(venv: pathlib.Path,
     assert r.returncode == 0, r.stdout + r.stderr
     assert "1 runs, 1 without a new failure" in r.stdout
     assert "stress: 0/1 runs" in r.stderr                    # progress from the start
+
+
+@pytest.mark.timeout(400)
+def test_the_readme_commands_from_the_installed_package(venv: pathlib.Path,
+                                                        tmp_path: pathlib.Path) -> None:
+    """Every command the README lists, from the installed package. ``smp run`` (and
+    ``smp top`` beside it) run with matplotlib made unimportable: the README's ``pip
+    install . && smp run`` must not need the plotting extra, and ``smp plot`` must say how
+    to get it."""
+    work = tmp_path / "work"
+    work.mkdir()
+    noplot = tmp_path / "noplot" / "matplotlib"
+    noplot.mkdir(parents=True)
+    (noplot / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'matplotlib'\", name='matplotlib')\n")
+    rdir = work / "runs" / "r"
+    env = dict(_env(venv), PYTHONPATH=str(noplot.parent))
+    run = subprocess.Popen([str(venv / "smp"), "run", "--set", "run.duration=4",
+                            "--run-dir", str(rdir)], cwd=work, env=env, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           start_new_session=True)
+    try:
+        helpers.wait_for(lambda: (rdir / "live.json").exists() or run.poll() is not None,
+                         60, "the run's live.json")
+        top = _run(venv, [str(venv / "smp"), "top", str(rdir), "--once"], work, 60)
+        assert top.returncode == 0, top.stderr
+        assert "mem: free" in top.stdout and " @ " in top.stdout
+        out, err = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.communicate()
+    assert run.returncode == 0, out + err
+    assert "Traceback" not in err
+    lines = out.split("\nrun directory: ")[0].splitlines()       # the summary, then its path
+    assert lines[0].startswith("cpu ") and max(len(line) for line in lines) <= 80
+    assert any(line.startswith("ok: 4.0 simulated s in ") for line in lines), out
+
+    def smp(*args: str, code: int = 0) -> str:
+        r = _run(venv, [str(venv / "smp"), *args], work, 120)
+        assert r.returncode == code, f"smp {' '.join(args)}: {r.stdout}{r.stderr}"
+        return r.stdout + r.stderr
+
+    r = _run(venv, [str(venv / "smp"), "plot", str(rdir)], work, 60)
+    r_env_blocked = subprocess.run([str(venv / "smp"), "plot", str(rdir)], cwd=work, env=env,
+                                   capture_output=True, text=True, timeout=60)
+    assert r_env_blocked.returncode == 1 and "pip install 'smp[plot]'" in \
+        r_env_blocked.stderr, r_env_blocked.stderr
+    assert r.returncode == 0, r.stderr
+    assert sorted(pathlib.Path(p).name for p in r.stdout.split()) == \
+        ["cpu_utilisation.png", "lock_contention.png", "swap.png"]
+    assert "ok: 4.0 simulated s" in smp("report", str(rdir))
+    assert json.loads(smp("report", str(rdir), "--format", "json"))["ok"] is True
+    assert smp("report", str(rdir), "--format", "csv").startswith("cpu,pid,")
+    assert smp("report", str(rdir), "--table", "locks").startswith("lock ")
+    assert smp("witness", str(rdir)).startswith("Sleep locks:\n0 Giant -- last acquired @ ")
+    assert str(rdir / "witness.dot") in smp("witness", str(rdir), "--dot")
+    assert (rdir / "witness.dot").read_text().startswith("digraph witness {")
+    flame = _run(venv, [str(venv / "smp"), "flame", str(rdir)], work, 60)
+    assert flame.returncode == 0 or (flame.returncode == 2 and "no lock_wait_stacks" in
+                                     flame.stderr), flame.stderr     # until the kernel has them
+    assert "[machine]" in smp("config") and "| `machine.cpus` |" in smp("config", "--schema")
+    assert "swapout_procs_prs_new\t" in smp("failpoints")
+    assert "client.key" in smp("keys", str(work / "keys"))
+    assert "complete" in smp("completion", "bash")
