@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK  (argcomplete: `smp completion bash` says how to use it)
 """The ``smp`` command line.
 
     smp run [CONFIG] [--set SECTION.KEY=VALUE ...] [--fail-point NAME ...] [--run-dir DIR]
@@ -5,12 +6,15 @@
     smp replay RUN_DIR [--until N] [--run-dir OUT]
     smp cpu --join tcp://HOST:PORT --id K [--key-dir DIR] [--timeout S]
     smp keys DIR
-    smp report RUN_DIR [--format text|json|csv] [--table cpus|locks|profile|series]
+    smp report RUN_DIR [--format text|json|csv|folded] [--table cpus|locks|profile|series]
     smp top [RUN_DIR] [--once [--json]]
     smp plot RUN_DIR
+    smp witness RUN_DIR [--dot [FILE]]
+    smp flame RUN_DIR; smp report RUN_DIR --format folded
     smp config [CONFIG] [--set ...] [--schema]
     smp failpoints
     smp stress [CONFIG] --runs N [--jobs J] [--seed S] [--chaos LEVEL] [--fail-point NAME ...]
+    smp completion bash|zsh|fish
 
 Exit statuses: 0 success; 1 the machine failed (panic, invariant, dead process); 2 bad
 usage or a bad config (nothing was started); 128+N stopped by signal N.
@@ -22,7 +26,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 from smp import __version__
 from smp.run.config import Config, ConfigError, load_config, schema_markdown
@@ -41,11 +45,20 @@ examples:
   smp top                                  live per-CPU view of the newest running machine
   smp top runs/X --once --json             one sample, for scripts
   smp plot runs/20261126-101500-s1         PNG charts into the run directory
+  smp witness runs/X                       the learned lock order, as ddb's show witness
+  smp witness runs/X --dot                 ... as a Graphviz graph (runs/X/witness.dot)
+  smp flame runs/X                         where threads waited for locks: a flame graph
   smp run --metrics 9100                   Prometheus metrics at http://127.0.0.1:9100/metrics
   smp keys keys/                           CURVE keys for CPUs on other hosts
   smp run --set machine.cpus=4 --listen tcp://0.0.0.0:5555 --key-dir keys/ --local-cpus 2
   smp cpu --join tcp://server:5555 --id 2 --key-dir keys/   (on another host; and --id 3)
 """
+
+
+def _fail_point_names(**kwargs: Any) -> list[str]:
+    """What TAB offers after --fail-point (argcomplete)."""
+    from kernel.conf import kern_fail
+    return [fp.name for fp in kern_fail.fail_points()]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -74,7 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--fail-point", dest="fail_points", action="append", default=[],
                      metavar="NAME",
                      help="switch off the race guard NAME for this run (repeatable; "
-                     "see `smp failpoints`); adds to debug.fail_points")
+                     "see `smp failpoints`); adds to debug.fail_points"
+                     ).completer = _fail_point_names  # type: ignore[attr-defined]
     run.add_argument("--json", action="store_true",
                      help="print report.json instead of the summary table")
     run.add_argument("--quiet", action="store_true",
@@ -162,7 +176,8 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--chaos", choices=("off", "low", "high"), default=None,
                     help="chaos level for every run (default: the config's debug.chaos)")
     st.add_argument("--fail-point", dest="fail_points", action="append", default=[],
-                    metavar="NAME", help="switch off this race guard in every run (repeatable)")
+                    metavar="NAME", help="switch off this race guard in every run (repeatable)"
+                    ).completer = _fail_point_names  # type: ignore[attr-defined]
     st.add_argument("--duration", type=float, default=None, metavar="SIM_S",
                     help="simulated seconds per run (default: the config's run.duration)")
     st.add_argument("--time-budget", type=float, default=None, metavar="T",
@@ -193,6 +208,14 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--only", action="append", choices=("transport", "machine", "memory"),
                        help="run only this part (repeatable)")
 
+    comp = sub.add_parser(
+        "completion", help="print the shell code that completes smp's commands and options",
+        description="Print shell code that makes TAB complete smp's commands, options, "
+        "fail point names and files (argcomplete). Load it once, or put it in your "
+        "shell's start-up file: eval \"$(smp completion bash)\" (bash, and zsh with "
+        "bashcompinit); smp completion fish | source (fish).")
+    comp.add_argument("shell", choices=("bash", "zsh", "fish"), nargs="?", default="bash")
+
     sub.add_parser("failpoints", help="list the race guards that a run can switch off",
                    description="Every race guard of the seed is a named fail point "
                    "(FreeBSD fail(9) style). Prints one per line: the name, a tab, and "
@@ -201,20 +224,49 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="print the summary of a finished run again",
                          description="Read RUN_DIR/report.json and print its summary.")
     rep.add_argument("run_dir", metavar="RUN_DIR")
-    rep.add_argument("--format", choices=("text", "json", "csv"), default="text",
-                     help="text: the summary table (default); json: report.json as is; "
-                     "csv: one table of the run (see --table)")
+    rep.add_argument("--format", choices=("text", "json", "csv", "folded"), default="text",
+                     help="text: the summary (default), or one --table as text; json: "
+                     "report.json as is; csv: one table of the run (see --table); "
+                     "folded: where threads waited for each lock, as folded stacks for "
+                     "flamegraph.pl or speedscope (see smp flame)")
     rep.add_argument("--table", choices=("cpus", "locks", "profile", "series"),
-                     default="cpus",
-                     help="with --format csv: cpus (one row per CPU, default), locks, "
+                     default=None,
+                     help="one table: cpus (one row per CPU, the default of csv), locks, "
                      "profile (LOCK_PROFILING rows) or series (every CPU sample of "
-                     "stats.jsonl)")
+                     "stats.jsonl; csv only); as text without --format csv")
+    rep.add_argument("--weight", choices=("wait", "count"), default="wait",
+                     help="with --format folded: what a stack's width is, microseconds "
+                     "waited (default) or waits")
+
+    flame = sub.add_parser(
+        "flame", help="lock contention as a flame graph: where threads waited for each lock",
+        description="Write RUN_DIR/lock_waits.folded (Brendan Gregg's folded stacks: one "
+        "line per stack of a thread that waited for a lock, the lock at the root, the "
+        "value the microseconds waited; flamegraph.pl and speedscope read it) and "
+        "RUN_DIR/lock_waits.svg (the flame graph, drawn with matplotlib).")
+    flame.add_argument("run_dir", metavar="RUN_DIR")
+    flame.add_argument("--weight", choices=("wait", "count"), default="wait",
+                       help="a stack's width: microseconds waited (default) or waits")
+
+    wit = sub.add_parser(
+        "witness", help="the lock order a run learned, as ddb's `show witness`, or as a "
+        "graph", description="Print the lock order WITNESS learned in RUN_DIR (seeded with "
+        "2002's static order) as ddb's `show witness` does: sleep and spin locks as trees, "
+        "each lock with its level and where it was last acquired, locks never acquired, "
+        "and the lock order reversals, marked on both locks. --dot writes the graph in "
+        "Graphviz DOT (reversals as red dashed edges), and an SVG and a PNG beside it when "
+        "Graphviz's dot is installed.")
+    wit.add_argument("run_dir", metavar="RUN_DIR")
+    wit.add_argument("--dot", nargs="?", const="", default=None, metavar="FILE",
+                     help="write DOT to FILE (default RUN_DIR/witness.dot) instead of "
+                     "printing the text; with Graphviz installed, FILE.svg and FILE.png too")
 
     plot = sub.add_parser(
-        "plot", help="write PNG charts of a run into its directory",
+        "plot", help="write PNG charts of a run into its directory (needs smp[plot])",
         description="Read RUN_DIR/stats.jsonl and write cpu_utilisation.png (per-CPU "
         "utilisation stacked by state), lock_contention.png (the most contended locks "
-        "over time) and swap.png (swapouts, swapins, free pages) into RUN_DIR.")
+        "over time) and swap.png (swapouts, swapins, free pages) into RUN_DIR. It needs "
+        "matplotlib, the plotting extra: pip install 'smp[plot]'.")
     plot.add_argument("run_dir", metavar="RUN_DIR")
 
     top = sub.add_parser(
@@ -254,16 +306,28 @@ def _config_args(p: argparse.ArgumentParser) -> None:
                    help="override one config key, e.g. --set machine.cpus=8 (repeatable)")
 
 
+def _completion(ap: argparse.ArgumentParser) -> None:
+    """Answer the shell's TAB (argcomplete sets _ARGCOMPLETE, and exits when done)."""
+    import argcomplete
+    argcomplete.autocomplete(ap)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import signal
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)        # `smp ... | head` ends quietly
     ap = _parser()
+    if "_ARGCOMPLETE" in os.environ and argv is None:
+        _completion(ap)
     args = ap.parse_args(argv)
     if args.command is None:
         ap.print_help()
         return 2
     if args.command == "report":
         return _report(args)
+    if args.command == "completion":
+        import argcomplete
+        print(argcomplete.shellcode(["smp"], shell=args.shell), end="")
+        return 0
     if args.command == "top":
         from smp.observe.top import main as top_main
         return top_main(args.run_dir, args.once, args.json, args.runs, args.timeout)
@@ -272,6 +336,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return bench_main(args)
     if args.command == "plot":
         return _plot(args)
+    if args.command == "witness":
+        return _witness(args)
+    if args.command == "flame":
+        return _flame(args)
     if args.command == "keys":
         from smp.run.keys import KeyDirError, create_keys
         try:
@@ -369,22 +437,16 @@ def _stress(args: argparse.Namespace, cfg: "Config") -> int:
     camp = Campaign(args.config, args.runs, args.jobs, args.seed, args.chaos,
                     args.fail_points, args.overrides, args.duration, args.time_budget,
                     args.keep_going, args.strict, out)
-    tty = sys.stderr.isatty()
-
-    def progress(done: int, total: int, failing: int, rate: float) -> None:
-        line = (f"stress: {done}/{total} runs, {failing} failing, "
-                f"{rate:.1f} runs/min")
-        print(("\r" + line) if tty else line, end="" if tty else "\n",
-              file=sys.stderr, flush=True)
-
+    from smp.observe.progress import CampaignProgress
+    progress = CampaignProgress(sys.stderr.isatty())
     print(f"stress: {args.runs} runs of {args.config or 'the default config'}, "
           f"{args.jobs} at a time, campaign seed {args.seed}; runs in {out}", file=sys.stderr)
     try:
         outcomes = run_campaign(camp, lambda s: print(s, file=sys.stderr), progress)
     except KeyboardInterrupt:
         return 130
-    if tty:
-        print(file=sys.stderr)
+    finally:
+        progress.close()
     lines, status = describe(outcomes, args.strict)
     for line in lines:
         print(line)
@@ -392,7 +454,8 @@ def _stress(args: argparse.Namespace, cfg: "Config") -> int:
 
 
 def _monitors(args: argparse.Namespace, cfg: "Config") -> list[object]:
-    """The progress display (when standard error is a terminal) and the Prometheus
+    """The progress display (a live one when standard error is a terminal, plain lines
+    every few simulated seconds otherwise) and the Prometheus
     exporter (--metrics); raises ValueError for a --metrics address that cannot be used."""
     monitors: list[object] = []
     if args.metrics:
@@ -409,6 +472,10 @@ def _monitors(args: argparse.Namespace, cfg: "Config") -> list[object]:
         from smp.observe.progress import RunProgress
         monitors.append(RunProgress(float(cfg["run.duration"]), float(cfg["machine.speed"]),
                                     int(cfg["machine.cpus"])))
+    elif not args.quiet:
+        from smp.observe.progress import PlainRunProgress
+        monitors.append(PlainRunProgress(float(cfg["run.duration"]),
+                                         float(cfg["machine.speed"])))
     return monitors
 
 
@@ -441,8 +508,19 @@ def _replay(args: argparse.Namespace) -> int:
     return status
 
 
+PLOT_EXTRA = ("matplotlib is not installed: smp plot needs smp's plotting extra, "
+              "`pip install 'smp[plot]'` (from a clone: `pip install '.[plot]'`)")
+
+
 def _plot(args: argparse.Namespace) -> int:
-    from smp.observe.plot import PlotError, write_plots
+    try:
+        from smp.observe.plot import PlotError, write_plots
+    except ImportError as e:
+        if e.name not in ("matplotlib", "numpy") and not str(e.name).startswith(
+                ("matplotlib.", "numpy.")):
+            raise
+        print(f"smp plot: {PLOT_EXTRA}", file=sys.stderr)
+        return 1
     try:
         paths = write_plots(args.run_dir)
     except PlotError as e:
@@ -450,6 +528,88 @@ def _plot(args: argparse.Namespace) -> int:
         return 2
     for p in paths:
         print(p)
+    return 0
+
+
+def _read_report(run_dir: str, cmd: str) -> dict[str, Any] | None:
+    """RUN_DIR/report.json, or None after saying why not (on stderr)."""
+    path = os.path.join(run_dir, "report.json")
+    try:
+        with open(path) as f:
+            report = json.load(f)
+    except FileNotFoundError:
+        print(f"smp {cmd}: {path}: no such file (is {run_dir} a run directory?)",
+              file=sys.stderr)
+        return None
+    except json.JSONDecodeError as e:
+        print(f"smp {cmd}: {path}: not valid JSON: {e}", file=sys.stderr)
+        return None
+    if not isinstance(report, dict):
+        print(f"smp {cmd}: {path}: not a run's report", file=sys.stderr)
+        return None
+    return report
+
+
+def _witness(args: argparse.Namespace) -> int:
+    from smp.observe.lockgraph import WitnessError, lock_order, render_dot, show_witness, to_dot
+    report = _read_report(args.run_dir, "witness")
+    if report is None:
+        return 2
+    try:
+        lo = lock_order(report)
+    except WitnessError as e:
+        print(f"smp witness: {args.run_dir}: {e}", file=sys.stderr)
+        return 2
+    if args.dot is None:
+        print(show_witness(lo), end="")
+        return 0
+    path = args.dot or os.path.join(args.run_dir, "witness.dot")
+    title = f"lock order: {os.path.basename(str(report.get('config') or '?'))}, seed " \
+        f"{report.get('seed')}"
+    with open(path, "w") as f:
+        f.write(to_dot(lo, title))
+    print(path)
+    import subprocess
+    try:
+        drawn = render_dot(path)
+    except (subprocess.SubprocessError, OSError) as e:
+        print(f"smp witness: Graphviz's dot failed: {e}", file=sys.stderr)
+        return 1
+    for p in drawn:
+        print(p)
+    if not drawn:
+        print("smp witness: Graphviz's dot is not installed: no SVG or PNG (install "
+              f"graphviz, or paste {path} into any Graphviz viewer)", file=sys.stderr)
+    return 0
+
+
+def _flame(args: argparse.Namespace) -> int:
+    from smp.observe.flame import FlameError, folded, stacks, svg
+    report = _read_report(args.run_dir, "flame")
+    if report is None:
+        return 2
+    try:
+        lines = folded(stacks(report), args.weight)
+        fpath = os.path.join(args.run_dir, "lock_waits.folded")
+        with open(fpath, "w") as f:
+            f.write("".join(line + "\n" for line in lines))
+        print(fpath)
+        spath = os.path.join(args.run_dir, "lock_waits.svg")
+        title = f"Lock waits: {os.path.basename(str(report.get('config') or '?'))}, " \
+            f"seed {report.get('seed')}"
+        try:
+            svg(lines, spath, title, "us waited" if args.weight == "wait" else "waits")
+        except ImportError as e:
+            if e.name not in ("matplotlib", "numpy") and not str(e.name).startswith(
+                    ("matplotlib.", "numpy.")):
+                raise
+            print(f"smp flame: no SVG: {PLOT_EXTRA} (or open {fpath} in speedscope)",
+                  file=sys.stderr)
+            return 0
+        print(spath)
+    except FlameError as e:
+        print(f"smp flame: {args.run_dir}: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -478,10 +638,26 @@ def _report(args: argparse.Namespace) -> int:
         return 2
     if args.format == "json":
         print(json.dumps(report, indent=1))
+    elif args.format == "folded":
+        from smp.observe.flame import FlameError, folded, stacks
+        try:
+            lines = folded(stacks(report), args.weight)
+        except FlameError as e:
+            print(f"smp report: {args.run_dir}: {e}", file=sys.stderr)
+            return 2
+        for line in lines:
+            print(line)
+    elif args.format == "text" and args.table is not None:
+        from smp.observe.export import text_table
+        if args.table == "series":
+            print("smp report: --table series is a time series: it needs --format csv",
+                  file=sys.stderr)
+            return 2
+        print(text_table(report, args.table))
     elif args.format == "csv":
         from smp.observe.export import write_csv
         try:
-            write_csv(args.run_dir, report, args.table, sys.stdout)
+            write_csv(args.run_dir, report, args.table or "cpus", sys.stdout)
         except FileNotFoundError as e:
             print(f"smp: {e.filename}: no such file", file=sys.stderr)
             return 2

@@ -17,7 +17,8 @@ from __future__ import annotations
 from typing import Any
 
 from kernel import param
-from kernel.kern import kern_fail, kern_globals, kern_idle, subr_invariants, subr_witness
+from kernel.kern import (kern_fail, kern_globals, kern_idle, subr_counter, subr_invariants,
+                         subr_witness)
 from kernel.kern.kern_clock import hardclock
 from kernel.kern.kern_globals import struct_kernel
 from kernel.kern.kern_kthread import kthread_create
@@ -202,19 +203,12 @@ def _run_sysinits(percpu_only: bool) -> None:
         si.func(si.udata)
 
 
-# The kernel's work, as the run's report lists it first (zero when nothing happened).
-SUMMARY_COUNTERS = ("forks", "forks_rfmem", "exits", "waits", "swapouts", "swapins",
-                    "faultins_swapper", "faultins_phold", "swapin_waits", "vm_waits",
-                    "pages_swapped_out", "pages_swapped_in", "checksum_errors", "kernacc",
-                    "useracc", "vslock", "invariant_violations")
-
-
 def bsp_boot() -> None:
     """cpu 0: mi_startup. Never returns (the last SYSINIT is the swapper)."""
     register_all()
     subr_witness.witness_register()
     vm_meter.vmmeter_register()
-    md.register("counters", list(SUMMARY_COUNTERS))
+    subr_counter.counters_register()
     _run_sysinits(percpu_only=False)
     md.panic("mi_startup: the last SYSINIT (the swapper) returned")
 

@@ -26,9 +26,14 @@ EXEMPT = ["Giant"]
 
 SCHED_LOCK = "sched lock"
 
+# the class of each lock the order names (the ones a run never takes are known by it only)
+CLASSES = {"Giant": "sleep mutex", "proctree": "sx", "allproc": "sx",
+           "process lock": "sleep mutex", "sched lock": "spin mutex", "callout": "spin mutex",
+           "vm page queue free mutex": "spin mutex"}
+
 
 def witness_register() -> None:
     """BSP, at boot: the static order, the exemptions, and which lock is the scheduler's
     (sleep queues may be used only holding it)."""
-    md.register("lock_order", {"chains": ORDER_LISTS, "exempt": EXEMPT})
+    md.register("lock_order", {"chains": ORDER_LISTS, "exempt": EXEMPT, "classes": CLASSES})
     md.register("scheduler_lock", SCHED_LOCK)

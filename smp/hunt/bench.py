@@ -2,13 +2,14 @@
 
 Three parts, all measured in the same invocation:
 
-* **transport** (``benchmarks/transport.py``, loaded from the source tree): the real server
+* **transport** (``smp/hunt/transport.py``, shipped in the package; ``python
+  benchmarks/transport.py`` runs the same measurement alone): the real server
   against a bare ZeroMQ echo server on the same transport (ipc:// in a private directory)
   and against ``multiprocessing.Manager().Lock()``: ``lock_cycle_vs_echo`` (target <= 1.2;
   the CPU keeps the lock's line, hw.bus; ``lock_cycle_no_line_vs_echo`` is the same cycle
   when every acquire asks the server, as when the lock moves between CPUs),
   ``load_vs_echo`` (<= 1.1), ``throughput_4cpu_vs_echo`` (>= 0.8), ``contended_vs_manager``
-  (>= 1.2). Ratios are medians of per-round ratios (the hosts are noisy; TRANSPORT.md).
+  (>= 1.2). Ratios are medians of per-round ratios (the hosts are noisy; docs/TRANSPORT.md).
 * **machine**: ``configs/default.toml`` run for its duration; ``forks_per_s`` (simulated
   forks per wall second) and ``swap_cycles_per_s`` (swap-outs matched by swap-ins per wall
   second). Figures to track from run to run, not targets.
@@ -21,10 +22,8 @@ plus ``raw`` figures and ``targets`` (which ratio must be where).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import pathlib
 import sys
 import tempfile
 import time
@@ -43,22 +42,10 @@ class BenchError(Exception):
     """A part of the benchmark could not run (the text says which and why)."""
 
 
-def _transport_module() -> Any:
-    path = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "transport.py"
-    if not path.is_file():
-        raise BenchError(f"{path}: not found (smp bench runs from a source tree)")
-    spec = importlib.util.spec_from_file_location("smp_bench_transport", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def transport(ops: int, rounds: int, say: Callable[[str], None]) -> dict[str, Any]:
     import shutil
     import statistics
-    t = _transport_module()
+    from smp.hunt import transport as t
     tmp = tempfile.mkdtemp(prefix="smpbench-")
     try:
         per = [t.one_round(tmp, r, ops, max(ops // 10, 20), say) for r in range(rounds)]

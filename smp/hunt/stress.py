@@ -44,6 +44,7 @@ class RunOutcome:
     wall_s: float
     failures: list[Failure]
     error: str = ""
+    stopped: bool = False             # stopped by the campaign (at an earlier failure)
 
     @property
     def new_failures(self) -> list[Failure]:
@@ -71,7 +72,8 @@ class Campaign:
     run_timeout: float = 600.0
 
     def command(self, seed: int, run_dir: str) -> list[str]:
-        cmd = [sys.executable, "-m", "smp.cli", "run"]
+        # -P: the working directory is not on sys.path (child_env says why)
+        cmd = [sys.executable, "-P", "-m", "smp", "run"]
         if self.config:
             cmd.append(self.config)
         for o in self.overrides:
@@ -87,20 +89,39 @@ class Campaign:
         return cmd
 
 
+def package_root() -> str:
+    """The directory this smp was imported from (a source tree, or site-packages)."""
+    import smp
+    return os.path.dirname(os.path.dirname(os.path.abspath(smp.__file__)))
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a campaign's machines: they import the same smp (and kernel, hw)
+    as the campaign, wherever they are started from. Together with ``python -P`` (no
+    current directory on sys.path), a clone in the working directory cannot shadow an
+    installed smp, nor another tree the one on PYTHONPATH."""
+    env = dict(os.environ)
+    root = package_root()
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
+                                else "")
+    return env
+
+
 class _Procs:
-    """The campaign's machines, so that Ctrl-C can stop them all."""
+    """The campaign's machines, so that Ctrl-C (or the first failure) can stop them all."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.procs: set[subprocess.Popen[bytes]] = set()
         self.stopping = False
+        self.env = child_env()
 
     def run(self, cmd: list[str], timeout: float) -> int:
         with self.lock:
             if self.stopping:
                 return -1
             p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                 start_new_session=True)
+                                 start_new_session=True, env=self.env)
             self.procs.add(p)
         try:
             return p.wait(timeout)
@@ -122,28 +143,54 @@ class _Procs:
                     pass
 
 
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """Where a campaign is: for a progress bar or a status line."""
+    done: int                  # runs finished (stopped ones not counted)
+    total: int                 # runs asked for
+    failing: int               # finished runs with a new failure (or known, with --strict)
+    running: int               # machines running now
+    elapsed: float             # wall seconds since the campaign started
+
+    @property
+    def rate(self) -> float:
+        """Runs finished per wall minute."""
+        return 60.0 * self.done / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def eta(self) -> float | None:
+        """Wall seconds left at the pace so far (None before the first run ends)."""
+        if self.done == 0:
+            return None
+        return (self.total - self.done) * self.elapsed / self.done
+
+
+PROGRESS_S = 1.0        # how often ``progress`` is called while runs go on
+
+
 def run_campaign(c: Campaign, say: Callable[[str], None],
-                 progress: Callable[[int, int, int, float], None]) -> list[RunOutcome]:
-    """Run the campaign; ``progress(done, total, failing_runs, runs_per_minute)``."""
+                 progress: Callable[[Progress], None]) -> list[RunOutcome]:
+    """Run the campaign: at most ``c.jobs`` machines at a time, each started only when a
+    slot is free, so that nothing new starts once a run has failed (unless
+    ``c.keep_going``); machines still running then are stopped (SIGINT) and their
+    outcomes marked ``stopped``. ``progress`` is called at the start, after every run
+    and every PROGRESS_S wall seconds."""
     known = load_known()
     os.makedirs(c.out_dir, exist_ok=True)
     procs = _Procs()
     outcomes: list[RunOutcome] = []
     t0 = time.monotonic()
-    stop = threading.Event()
 
     def one(i: int) -> RunOutcome | None:
-        if stop.is_set():
-            return None
-        if c.time_budget is not None and time.monotonic() - t0 > c.time_budget:
-            return None
         seed = derive_seed(c.seed, i)
         rdir = os.path.join(c.out_dir, f"run{i:04d}-s{seed}")
         t = time.monotonic()
         status = procs.run(c.command(seed, rdir), c.run_timeout)
         wall = time.monotonic() - t
-        if status == -1:
+        if status == -1:                       # the campaign stopped before it started
             return None
+        if procs.stopping and status == 130:   # SIGINTed by the campaign, not failed
+            return RunOutcome(i, seed, rdir, status, wall, [], stopped=True)
         try:
             with open(os.path.join(rdir, "report.json")) as f:
                 report = json.load(f)
@@ -157,12 +204,29 @@ def run_campaign(c: Campaign, say: Callable[[str], None],
         return RunOutcome(i, seed, rdir, status, wall, failures)
 
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(c.jobs, 1))
+    running: set[concurrent.futures.Future[RunOutcome | None]] = set()
+    started = failing = 0
+    stop = False
+
+    def report_progress() -> None:
+        done = sum(1 for o in outcomes if not o.stopped)
+        progress(Progress(done, c.runs, failing, len(running), time.monotonic() - t0))
+
     try:
-        pending = {pool.submit(one, i) for i in range(c.runs)}
-        failing = 0
-        while pending:
-            done, pending = concurrent.futures.wait(
-                pending, return_when=concurrent.futures.FIRST_COMPLETED)
+        report_progress()
+        while True:
+            while not stop and started < c.runs and len(running) < max(c.jobs, 1):
+                if c.time_budget is not None and time.monotonic() - t0 > c.time_budget:
+                    say(f"time budget of {c.time_budget:g} s spent: no new runs")
+                    stop = True
+                    break
+                running.add(pool.submit(one, started))
+                started += 1
+            if not running:
+                break
+            done, running = concurrent.futures.wait(
+                running, timeout=PROGRESS_S,
+                return_when=concurrent.futures.FIRST_COMPLETED)
             for fut in done:
                 out = fut.result()
                 if out is None:
@@ -170,17 +234,15 @@ def run_campaign(c: Campaign, say: Callable[[str], None],
                 outcomes.append(out)
                 if out.error:
                     say(f"run {out.index}: {out.error}")
-                    stop.set()
+                    stop = True
                     procs.stop()
-                bad = out.new_failures or (c.strict and out.known)
-                if bad:
+                if out.new_failures or (c.strict and out.known):
                     failing += 1
-                    if not c.keep_going:
-                        stop.set()
-                elapsed = max(time.monotonic() - t0, 1e-6)
-                progress(len(outcomes), c.runs, failing, 60.0 * len(outcomes) / elapsed)
+                    if not c.keep_going and not stop:
+                        stop = True
+                        procs.stop()           # the first failure ends the campaign
+            report_progress()
     except KeyboardInterrupt:
-        stop.set()
         procs.stop()
         say("interrupted: stopping the campaign's machines")
         raise
@@ -199,6 +261,8 @@ def describe(outcomes: list[RunOutcome], strict: bool) -> tuple[list[str], int]:
     lines = []
     status = 0
     known_count: dict[str, int] = {}
+    stopped = [o for o in outcomes if o.stopped]
+    outcomes = [o for o in outcomes if not o.stopped]
     for out in outcomes:
         for f in out.known:
             known_count[f.known or "?"] = known_count.get(f.known or "?", 0) + 1
@@ -215,8 +279,12 @@ def describe(outcomes: list[RunOutcome], strict: bool) -> tuple[list[str], int]:
     lines.append(f"{len(outcomes)} runs, {clean} without a new failure"
                  + (", known findings: " + ", ".join(f"{k} x{n}" for k, n
                                                      in sorted(known_count.items()))
-                    if known_count else ""))
+                    if known_count else "")
+                 + (f"; {len(stopped)} stopped when the campaign stopped "
+                    f"({', '.join(os.path.basename(o.run_dir) for o in stopped)})"
+                    if stopped else ""))
     return lines, status
 
 
-__all__ = ["Campaign", "RunOutcome", "run_campaign", "describe", "derive_seed"]
+__all__ = ["Campaign", "Progress", "RunOutcome", "run_campaign", "describe", "derive_seed",
+           "child_env"]

@@ -1,7 +1,7 @@
 """The CPU process: what runs in each simulated CPU's OS process.
 
 ``cpu_main`` is the target the launcher forks for each CPU. It creates its ZeroMQ context
-*after* the fork (a context inherited across fork is dead: TRANSPORT.md), says hello to the
+*after* the fork (a context inherited across fork is dead: docs/TRANSPORT.md), says hello to the
 server, waits for the machine to start, boots the kernel on this CPU and runs it until the
 server halts the machine; then it sends its final report (counters, every thread's state
 and stack) and exits.

@@ -1,6 +1,6 @@
 """The lock table and the sleep channels: the machine's synchronisation, served in one place.
 
-DESIGN.md decision 3. The server applies every lock operation of every CPU in one order,
+docs/DESIGN.md decision 3. The server applies every lock operation of every CPU in one order,
 so the table below is the truth about who holds what. The kernel's lock code
 (``kernel/kern/kern_mutex.py`` and friends) decides what a *thread* does while it waits
 (spin with interrupts off, or block and let the CPU run something else); this module only
@@ -117,6 +117,8 @@ class NameStats:
     cpus_seen: set[int] = dataclasses.field(default_factory=set)
     max_hold_us: float = 0.0
     wait_us_total: float = 0.0
+    cls: str = ""                 # the lock class (WITNESS keeps one per name)
+    last_site: str = ""           # where it was last acquired (`show witness`)
 
 
 @dataclasses.dataclass
@@ -210,6 +212,8 @@ class LockTable:
         st = self.by_name[lk.name]
         st.acquires += 1
         st.cpus_seen.add(t.cpu)
+        st.cls = lk.cls
+        st.last_site = site
         prof = self.profile[(lk.name, site)]
         prof.count += 1
         if waited_us > 0:
@@ -535,21 +539,28 @@ class LockTable:
         return False
 
     # -- reports -----------------------------------------------------------------------
+    def _lock_ref(self, tid: int, h: int, m: int, s: str) -> dict[str, Any]:
+        """A held or awaited lock as reports show it (``show alllocks``: mode, class,
+        name, recursion, address, site)."""
+        lk = self.locks.get(h)
+        return {"lock": lk.name if lk is not None else f"#{h}",
+                "mode": "shared" if m == SHARED else "excl", "site": s,
+                "class": lk.cls if lk is not None else "",
+                "recurse": lk.recurse if lk is not None and lk.owner == tid else 0,
+                "addr": h}
+
     def held_by(self, tid: int) -> list[dict[str, Any]]:
         t = self.threads.get(tid)
         if t is None:
             return []
-        return [{"lock": self.locks[h].name if h in self.locks else f"#{h}",
-                 "mode": "shared" if m == SHARED else "excl", "site": s}
-                for h, m, s in t.held]
+        return [self._lock_ref(tid, h, m, s) for h, m, s in t.held]
 
     def waiting_for(self, tid: int) -> dict[str, Any] | None:
         t = self.threads.get(tid)
         if t is None or t.waiting is None:
             return None
         h, m, s = t.waiting
-        return {"lock": self.locks[h].name if h in self.locks else f"#{h}",
-                "mode": "shared" if m == SHARED else "excl", "site": s}
+        return self._lock_ref(tid, h, m, s)
 
     def lock_report(self) -> list[dict[str, Any]]:
         rows = []
@@ -557,7 +568,8 @@ class LockTable:
             rows.append({"name": name, "acquires": st.acquires, "contested": st.contested,
                          "cpus_seen": sorted(st.cpus_seen),
                          "max_hold_us": round(st.max_hold_us, 1),
-                         "wait_us_total": round(st.wait_us_total, 1)})
+                         "wait_us_total": round(st.wait_us_total, 1),
+                         "class": st.cls, "last_acquired": st.last_site})
         return rows
 
     def profile_report(self) -> list[dict[str, Any]]:

@@ -1,6 +1,6 @@
 """Kernel memory: the typed kernel objects and list heads that every CPU shares.
 
-DESIGN.md decision 2: ``struct proc``, ``struct thread`` and the rest are typed records in
+docs/DESIGN.md decision 2: ``struct proc``, ``struct thread`` and the rest are typed records in
 server memory, addressed by handle. The kernel declares each type once (its fields, their
 defaults and the lock key that protects each, after ``sys/proc.h``) and registers it at boot
 with a ``DEFTYPE`` message; the server does not import the kernel. A handle is a positive

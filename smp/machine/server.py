@@ -426,7 +426,9 @@ class Server:
             exempt = [str(n) for n in payload.get("exempt", [])]
             if self.witness is not None:
                 self.witness.register_order(chains, exempt)
-            payload = {"chains": chains, "exempt": exempt}
+            payload = {"chains": chains, "exempt": exempt,
+                       "classes": {str(k): str(v)
+                                   for k, v in (payload.get("classes") or {}).items()}}
         elif kind == "scheduler_lock":
             self.locks.sched_lock_name = str(payload)
         elif kind == "invariants":
@@ -861,6 +863,7 @@ class Server:
 
     def sample(self) -> dict[str, Any]:
         return {"wall": time.time(), "messages": self.messages,
+                "counters": self.policy.get("counters") or {},
                 "bad_messages": self.bad_messages, "errors": self.errors,
                 "locks": self.locks.lock_report(),
                 "lock_profile": self.locks.profile_report()[:20],

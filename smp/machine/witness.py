@@ -12,7 +12,7 @@ The static order it starts from, and the locks its rules make exceptions for, ar
 kernel's: it registers them at boot (``register_order``), by lock name, as
 ``subr_witness.c``'s ``order_lists`` are part of the kernel. The rules are the checker's.
 
-The 2002 rules (FREEBSD.md, section B):
+The 2002 rules (docs/FREEBSD.md, section B):
 
 1. a blocking sleep lock taken with a spin lock held panics (the lock table does that);
 2. try-locks are never order-checked and add no edge;

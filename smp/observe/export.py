@@ -1,5 +1,6 @@
 """``smp report RUN_DIR --format csv``: a finished run's tables as CSV, for spreadsheets and
-scripts (``--format json`` prints report.json as is).
+scripts (``--format json`` prints report.json as is); ``smp report RUN_DIR --table T`` the
+same tables as text (every row; ``series`` is CSV only).
 
 Tables (``--table``):
 
@@ -94,3 +95,31 @@ def write_csv(run_dir: str, report: dict[str, Any], table: str, out: TextIO) -> 
                        lineterminator="\n")
     w.writeheader()
     w.writerows(rows)
+
+
+def text_table(report: dict[str, Any], table: str) -> str:
+    """``table`` of the run as text, every row, as wide as it needs (rows never cut):
+    ``cpus`` as the summary shows them, ``locks`` every lock by wait, ``profile`` as
+    FreeBSD's ``debug.lock.prof.stats`` (``max wait_max total wait_total count avg
+    wait_avg cnt_hold cnt_lock name``, the name ``file:line (class:lock)``)."""
+    from rich.console import Console
+    from rich.table import Table
+    from smp.observe.summary import cpu_table, lock_rows, lock_table, render
+    if table == "cpus":
+        t: Table = cpu_table(report)
+    elif table == "locks":
+        t = lock_table(lock_rows(report))
+    elif table == "profile":
+        classes = {r.get("name"): r.get("class") for r in report.get("locks") or []}
+        t = Table(box=None, padding=(0, 1, 0, 0), show_edge=False, pad_edge=False,
+                  header_style="none")
+        for c in PROFILE_COLUMNS:
+            t.add_column(c, justify="left" if c == "name" else "right", no_wrap=True)
+        for r in report.get("lock_profile") or []:
+            cls = classes.get(r.get("name")) or "lock"
+            t.add_row(*(f"{float(r.get(c) or 0):.0f}" for c in PROFILE_COLUMNS[:-1]),
+                      f"{r.get('site')} ({cls}:{r.get('name')})")
+    else:
+        raise ValueError(f"no text form of table {table!r} (known: cpus, locks, profile)")
+    width = max(80, Console(width=1000).measure(t).maximum)
+    return render([t], width)

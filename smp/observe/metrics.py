@@ -11,9 +11,10 @@ in the name (``_seconds``, ``_bytes``), one ``cpu`` label per simulated CPU, a `
 label for the tick states (as node_exporter's ``node_cpu_seconds_total``). Times of the
 machine (ticks, spin and sleep waits) are simulated; the bus wait, the lock wait and the
 host processes' figures are host time. Kernel counters become ``smp_kernel_<name>_total``
-(``smp_kernel_swapouts_total{cpu="0"}``).
+(``smp_kernel_swapouts_total{cpu="0"}``). Every metric's help text says what it counts
+and in which unit (kernel counters: smp/observe/counters.py).
 
-The address is the loopback unless another is asked for explicitly (DESIGN.md: nothing is
+The address is the loopback unless another is asked for explicitly (docs/DESIGN.md: nothing is
 reachable from outside the host unless asked for).
 """
 
@@ -29,6 +30,7 @@ from prometheus_client import start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from smp.observe.counters import kernel_counter_help
 from smp.observe.monitor import MODE_ORDER
 
 DEFAULT_ADDR = "127.0.0.1"
@@ -94,17 +96,18 @@ class MachineCollector(Collector):
             counts, info = dict(self.counts), dict(self.info)
         yield from self._machine(info, counts)
         yield from self._cpus(cpus)
-        yield from self._kernel(cpus)
+        yield from self._kernel(cpus, server.get("counters") or {})
         yield from self._host(cpus)
         yield from self._server(server)
 
     def _machine(self, info: dict[str, str], counts: dict[int, int]) -> Iterator[Metric]:
-        g = GaugeMetricFamily("smp_machine_info", "The running machine: config and seed",
-                              labels=sorted(info))
+        g = GaugeMetricFamily("smp_machine_info", "The running machine: its config and "
+                              "seed as labels (always 1)", labels=sorted(info))
         g.add_metric([info[k] for k in sorted(info)], 1)
         yield g
         c = CounterMetricFamily("smp_stream_samples", "Samples each CPU published on the "
-                                "stats stream", labels=["cpu"])
+                                "stats stream (samples, one per run.stats_interval wall s)",
+                                labels=["cpu"])
         for cpu, n in sorted(counts.items()):
             c.add_metric([str(cpu)], n)
         yield c
@@ -116,16 +119,19 @@ class MachineCollector(Collector):
                 f.add_metric([str(cpu)], float(r.get(key, 0) or 0) * scale)
             return f
 
-        ticks = CounterMetricFamily("smp_cpu_ticks", "hardclock ticks charged to each mode "
-                                    "(cp_time)", labels=["cpu", "mode"])
-        sim = GaugeMetricFamily("smp_cpu_simulated_seconds", "The CPU's simulated clock",
-                                labels=["cpu"])
-        csw = CounterMetricFamily("smp_cpu_context_switches", "Context switches",
+        ticks = CounterMetricFamily("smp_cpu_ticks", "hardclock ticks charged to each mode, "
+                                    "as cp_time (ticks of 1/hz simulated s)",
+                                    labels=["cpu", "mode"])
+        sim = GaugeMetricFamily("smp_cpu_simulated_seconds", "The CPU's simulated clock "
+                                "(simulated seconds since boot)", labels=["cpu"])
+        csw = CounterMetricFamily("smp_cpu_context_switches", "Context switches, voluntary "
+                                  "(the thread blocked) or involuntary (preempted) (switches)",
                                   labels=["cpu", "kind"])
-        ipi = CounterMetricFamily("smp_cpu_ipis", "Inter-processor interrupts",
-                                  labels=["cpu", "direction"])
+        ipi = CounterMetricFamily("smp_cpu_ipis", "Inter-processor interrupts sent or "
+                                  "received (interrupts)", labels=["cpu", "direction"])
         bus = CounterMetricFamily("smp_cpu_bus_requests", "Requests to the machine server: "
-                                  "call (waits for a reply) or post", labels=["cpu", "kind"])
+                                  "call (waits for a reply) or post (requests)",
+                                  labels=["cpu", "kind"])
         for cpu, r in sorted(cpus.items()):
             c = str(cpu)
             t = r.get("ticks") or {}
@@ -139,26 +145,29 @@ class MachineCollector(Collector):
             bus.add_metric([c, "call"], int(r.get("bus_calls", 0)))
             bus.add_metric([c, "post"], int(r.get("bus_posts", 0)))
         yield from (ticks, sim, csw, ipi, bus)
-        yield counter("smp_cpu_lock_acquisitions", "Lock acquisitions (all classes)",
-                      "lock_acquires")
-        yield counter("smp_cpu_lock_contested", "Lock acquisitions that found the lock held",
-                      "lock_contested")
-        yield counter("smp_cpu_spin_wait_seconds", "Simulated time spent spinning for spin "
-                      "mutexes", "spin_wait_s")
-        yield counter("smp_cpu_sleep_lock_wait_seconds", "Simulated time threads spent "
-                      "blocked on sleep locks (summed over threads)", "sleep_wait_s")
+        yield counter("smp_cpu_lock_acquisitions", "Lock acquisitions of every class by the "
+                      "CPU's threads (acquisitions)", "lock_acquires")
+        yield counter("smp_cpu_lock_contested", "Lock acquisitions that found the lock held "
+                      "and had to wait (acquisitions)", "lock_contested")
+        yield counter("smp_cpu_spin_wait_seconds", "Time the CPU spun for spin mutexes "
+                      "(simulated seconds)", "spin_wait_s")
+        yield counter("smp_cpu_sleep_lock_wait_seconds", "Time the CPU's threads spent "
+                      "blocked on sleep locks, summed over threads (simulated seconds)",
+                      "sleep_wait_s")
         yield counter("smp_cpu_memory_requests", "Loads, stores and atomics on shared "
-                      "memory", "mem_ops")
-        yield counter("smp_cpu_bus_wait_seconds", "Host time the CPU waited for replies "
-                      "(mean round trip: rate of this / rate of call requests)", "bus_wait_s")
-        yield counter("smp_cpu_interrupts", "Interrupts taken (clock, IPIs, grants)",
-                      "interrupts")
+                      "memory (requests)", "mem_ops")
+        yield counter("smp_cpu_bus_wait_seconds", "Time the CPU waited for the server's "
+                      "replies; mean round trip = rate of this / rate of call requests "
+                      "(host seconds)", "bus_wait_s")
+        yield counter("smp_cpu_interrupts", "Interrupts taken: clock, IPIs, lock grants "
+                      "(interrupts)", "interrupts")
 
-    def _kernel(self, cpus: dict[int, dict[str, Any]]) -> Iterator[Metric]:
+    def _kernel(self, cpus: dict[int, dict[str, Any]],
+                described: dict[str, Any]) -> Iterator[Metric]:
         names = sorted({k for r in cpus.values() for k, v in (r.get("kernel") or {}).items()
                         if isinstance(v, int) and not isinstance(v, bool)})
         for k in names:
-            f = CounterMetricFamily(f"smp_kernel_{_name(k)}", f"Kernel counter {k}",
+            f = CounterMetricFamily(f"smp_kernel_{_name(k)}", kernel_counter_help(k, described),
                                     labels=["cpu"])
             for cpu, r in sorted(cpus.items()):
                 v = (r.get("kernel") or {}).get(k)
@@ -167,10 +176,11 @@ class MachineCollector(Collector):
             yield f
 
     def _host(self, cpus: dict[int, dict[str, Any]]) -> Iterator[Metric]:
-        cpu_s = CounterMetricFamily("smp_cpu_process_cpu_seconds", "Host CPU time of the OS "
-                                    "process behind the simulated CPU", labels=["cpu", "pid"])
+        cpu_s = CounterMetricFamily("smp_cpu_process_cpu_seconds", "CPU time, user and "
+                                    "system, of the OS process behind the simulated CPU "
+                                    "(host seconds)", labels=["cpu", "pid"])
         rss = GaugeMetricFamily("smp_cpu_process_resident_memory_bytes", "Resident memory "
-                                "of the OS process behind the simulated CPU",
+                                "of the OS process behind the simulated CPU (bytes)",
                                 labels=["cpu", "pid"])
         for cpu, r in sorted(cpus.items()):
             pid = r.get("pid")
@@ -191,11 +201,14 @@ class MachineCollector(Collector):
         if not s:
             return
         fams = {k: CounterMetricFamily(f"smp_lock_{k}", doc, labels=["lock"]) for k, doc in (
-            ("acquisitions", "Acquisitions of each lock (by name, all instances)"),
-            ("contested", "Acquisitions that found the lock held"),
-            ("wait_seconds", "Host time threads waited for the lock"))}
+            ("acquisitions", "Acquisitions of each lock, by name (all the locks of one "
+             "name together, as WITNESS counts them) (acquisitions)"),
+            ("contested", "Acquisitions of the lock that found it held and waited "
+             "(acquisitions)"),
+            ("wait_seconds", "Time threads waited for the lock, summed over the waiting "
+             "threads; counted when a wait ends (host seconds)"))}
         hold = GaugeMetricFamily("smp_lock_hold_max_seconds", "Longest hold of the lock "
-                                 "(host time)", labels=["lock"])
+                                 "(host seconds)", labels=["lock"])
         for row in s.get("locks") or []:
             name = str(row.get("name"))
             fams["acquisitions"].add_metric([name], int(row.get("acquires", 0)))
@@ -203,17 +216,20 @@ class MachineCollector(Collector):
             fams["wait_seconds"].add_metric([name], float(row.get("wait_us_total", 0)) / 1e6)
             hold.add_metric([name], float(row.get("max_hold_us", 0)) / 1e6)
         yield from (*fams.values(), hold)
-        for key, doc in (("messages", "Requests the server handled"),
-                         ("bad_messages", "Malformed requests"),
-                         ("errors", "Requests that failed")):
+        for key, doc in (("messages", "Requests the server handled (messages)"),
+                         ("bad_messages", "Malformed requests the server rejected "
+                          "(messages)"),
+                         ("errors", "Requests that failed with an error (messages)")):
             yield CounterMetricFamily(f"smp_server_{key}", doc, value=int(s.get(key, 0)))
         swap = s.get("swap") or {}
         for key in ("reads", "writes"):
-            yield CounterMetricFamily(f"smp_swap_{key}", f"Page {key} of the swap device",
+            yield CounterMetricFamily(f"smp_swap_{key}", f"Pages the swap device "
+                                      f"{'read' if key == 'reads' else 'wrote'} (pages)",
                                       value=int(swap.get(key, 0)))
         vm = s.get("vm") or {}
-        pages = GaugeMetricFamily("smp_vm_pages", "Physical pages by queue (the kernel's "
-                                  "page counts)", labels=["state"])
+        pages = GaugeMetricFamily("smp_vm_pages", "Physical pages by queue: free, wired, "
+                                  "active, inactive, cache (the kernel's page counts) "
+                                  "(pages)", labels=["state"])
         for state, role in (("free", "free"), ("wire", "wired"), ("active", "active"),
                             ("inactive", "inactive"), ("cache", "cache")):
             v = vm.get(role)
@@ -221,8 +237,8 @@ class MachineCollector(Collector):
                 pages.add_metric([state], v)
         yield pages
         if isinstance(vm.get("pages"), int):
-            yield GaugeMetricFamily("smp_vm_page_count", "Physical pages of the machine",
-                                    value=vm["pages"])
+            yield GaugeMetricFamily("smp_vm_page_count", "Physical pages of the machine "
+                                    "(pages)", value=vm["pages"])
 
 
 class MetricsExporter:

@@ -1,7 +1,7 @@
 """What the monitoring tools share: finding a live run, reading its stats stream, and
 turning cumulative samples into per-interval figures.
 
-The stream (DESIGN.md, "Processes"): every CPU keeps its counters locally and posts a
+The stream (docs/DESIGN.md, "Processes"): every CPU keeps its counters locally and posts a
 sample every ``run.stats_interval`` wall seconds; the server republishes those on a PUB
 socket (topic ``b"cpu"``) beside its own sample (topic ``b"server"``: locks, the
 LOCK_PROFILING rows, memory, the kernel's page counts). Nobody asks a CPU for anything.
@@ -291,7 +291,15 @@ class MachineView:
         return {"free_pages": vm.get("free"), "pages": vm.get("pages"),
                 "swapouts": kern.get("swapouts", 0), "swapins": kern.get("swapins", 0),
                 "pages_swapped_out": kern.get("pages_swapped_out", 0),
-                "pages_swapped_in": kern.get("pages_swapped_in", 0)}
+                "pages_swapped_in": kern.get("pages_swapped_in", 0),
+                "pageins": kern.get("pageins", 0)}
+
+    def procs(self) -> list[dict[str, Any]] | None:
+        """The kernel's process table as the server's sample publishes it (``procs``:
+        pid, comm, state, swapped, wchan, cpu, flags per process), or None when the
+        kernel publishes none."""
+        procs = (self.server or {}).get("procs")
+        return list(procs) if isinstance(procs, list) else None
 
     def snapshot(self, sort: str = "wait_total", nlocks: int = 10) -> dict[str, Any]:
         """Everything ``smp top --once --json`` prints."""
@@ -300,4 +308,4 @@ class MachineView:
                 "launcher_pid": self.live.get("launcher_pid"),
                 "server_pid": self.live.get("server_pid"),
                 "cpus": self.cpus(), "locks": top_locks(self.server, sort, nlocks),
-                "memory": self.memory()}
+                "memory": self.memory(), "procs": self.procs()}

@@ -3,15 +3,20 @@ the run directory, for people to look at.
 
 * ``cpu_utilisation.png``: one panel per CPU, the share of its ticks in each mode over
   each sample interval, stacked (user at the bottom, idle on top), against simulated time;
+  with more than 8 CPUs, a heatmap instead (a row per CPU, the colour its busy share: not
+  idle) above the machine's mean share of each mode, stacked;
 * ``lock_contention.png``: for the locks with the most contested acquisitions, contested
-  acquisitions per simulated second, and host seconds waited for each per host second
-  (the mean number of waiting threads; a wait is counted when it ends, as LOCK_PROFILING
-  counts it, so long waits make spikes);
+  acquisitions per simulated second, and milliseconds waited for each per simulated second
+  (ms per simulated s, as ``smp top``'s wait columns; the waits are host time measured by
+  the server, summed over the waiting threads, so 2000 means two threads waiting all the
+  time; a wait is counted when it ends, as LOCK_PROFILING counts it, so long waits make
+  spikes);
 * ``swap.png``: processes swapped out and in, pages swapped out and in (cumulative, summed
   over CPUs), and free pages against the pageout daemon's thresholds.
 
 Every chart has a title naming the config and the seed, labelled axes with units and a
-legend. Each PNG also carries its title and the names of its series as text chunks
+legend; a run that panicked has the panic marked on every panel (a red line at its
+simulated time). Each PNG also carries its title and the names of its series as text chunks
 (``Title``, ``Series``: a JSON list), so a script (or a test) can tell what was drawn
 without reading pixels.
 
@@ -50,6 +55,8 @@ class Series:
     server: list[dict[str, Any]]
     config: str
     seed: Any
+    panic_at: float | None = None      # simulated time of the panic, if the run panicked
+    panic: str = ""
 
     @property
     def label(self) -> str:
@@ -85,14 +92,35 @@ def load_series(run_dir: str) -> Series:
         raise PlotError(f"{path}: fewer than two samples of any CPU: nothing to plot")
     server.sort(key=lambda r: r.get("wall", 0.0))
     config, seed = "?", "?"
+    panic_at: float | None = None
+    panic = ""
     try:
         with open(os.path.join(run_dir, "report.json")) as f:
             rep = json.load(f)
         config, seed = rep.get("config") or "?", rep.get("seed", "?")
-    except (OSError, json.JSONDecodeError):
+        p = rep.get("panic") or None
+        if p:
+            from smp.observe.summary import panic_message
+            panic = panic_message(p)
+            at = p.get("sim_time")
+            panic_at = float(at) if isinstance(at, (int, float)) else \
+                max(float(rs[-1].get("sim", 0.0)) for rs in cpus.values())
+    except (OSError, json.JSONDecodeError, AttributeError):
         rc = run_config(run_dir)
         seed = rc.get("seed", "?")
-    return Series(cpus, server, os.path.basename(str(config)), seed)
+    return Series(cpus, server, os.path.basename(str(config)), seed, panic_at, panic)
+
+
+def mark_panic(s: Series, axes: Any, label: bool = True) -> None:
+    """A red line at the panic's simulated time on each of ``axes`` (and its name on the
+    first)."""
+    if s.panic_at is None:
+        return
+    for i, ax in enumerate(axes):
+        ax.axvline(s.panic_at, color="#d62728", linewidth=1.5, linestyle="--", zorder=5)
+        if label and i == 0:
+            ax.text(s.panic_at, 1.0, " panic", color="#d62728", fontsize=9, va="bottom",
+                    ha="center", transform=ax.get_xaxis_transform(), clip_on=False)
 
 
 def _finish(fig: Figure, title: str, series_names: list[str]) -> Figure:
@@ -103,8 +131,17 @@ def _finish(fig: Figure, title: str, series_names: list[str]) -> Figure:
 
 
 # -- the charts ------------------------------------------------------------------------------
+HEATMAP_CPUS = 8        # more CPUs than this: a heatmap, not a panel each
+
+
+def _cpu_rates(rs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [cpu_rates(a, b) for a, b in zip(rs, rs[1:]) if b["sim"] > a["sim"]]
+
+
 def cpu_figure(s: Series) -> Figure:
-    """Per-CPU utilisation stacked by state over time."""
+    """Per-CPU utilisation stacked by state over time (a heatmap past HEATMAP_CPUS)."""
+    if len(s.cpus) > HEATMAP_CPUS:
+        return cpu_heatmap(s)
     cpus = sorted(s.cpus)
     ncols = 1 if len(cpus) <= 4 else (2 if len(cpus) <= 8 else 4)
     nrows = -(-len(cpus) // ncols)
@@ -112,8 +149,7 @@ def cpu_figure(s: Series) -> Figure:
     axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False)
     for i, cpu in enumerate(cpus):
         ax = axes[i // ncols][i % ncols]
-        rs = s.cpus[cpu]
-        rates = [cpu_rates(a, b) for a, b in zip(rs, rs[1:]) if b["sim"] > a["sim"]]
+        rates = _cpu_rates(s.cpus[cpu])
         t = [r["sim"] for r in rates]
         ax.stackplot(t, *[[r["pct"][m] for r in rates] for m in MODE_ORDER],
                      labels=MODE_ORDER, colors=[MODE_COLOURS[m] for m in MODE_ORDER],
@@ -127,9 +163,54 @@ def cpu_figure(s: Series) -> Figure:
             ax.set_xlabel("simulated time (s)")
     for j in range(len(cpus), nrows * ncols):
         axes[j // ncols][j % ncols].set_visible(False)
+    mark_panic(s, [axes[i // ncols][i % ncols] for i in range(len(cpus))])
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles[::-1], labels[::-1], loc="outside right upper", title="mode")
     return _finish(fig, f"Per-CPU utilisation by state: {s.label}", list(MODE_ORDER))
+
+
+def cpu_heatmap(s: Series) -> Figure:
+    """Many CPUs: a row per CPU coloured by its busy share (not idle) over time, and the
+    machine's mean share of each mode below it."""
+    cpus = sorted(s.cpus)
+    tmax = max(float(rs[-1]["sim"]) for rs in s.cpus.values())
+    grid = np.linspace(0.0, tmax, 201)
+    mid = (grid[:-1] + grid[1:]) / 2
+    busy = np.full((len(cpus), len(mid)), np.nan)
+    modes = np.zeros((len(MODE_ORDER), len(mid)))
+    counted = np.zeros(len(mid))
+    for row, cpu in enumerate(cpus):
+        rates = _cpu_rates(s.cpus[cpu])
+        if not rates:
+            continue
+        ends = np.array([r["sim"] for r in rates])
+        idx = np.searchsorted(ends, mid, side="left")      # the interval each point is in
+        ok = idx < len(rates)
+        busy[row, ok] = [rates[i]["busy"] for i in idx[ok]]
+        for k, m in enumerate(MODE_ORDER):
+            modes[k, ok] += [rates[i]["pct"][m] for i in idx[ok]]
+        counted += ok
+    modes = np.divide(modes, counted, out=np.zeros_like(modes), where=counted > 0)
+    fig = Figure(figsize=(11, 0.18 * len(cpus) + 4.5), layout="constrained")
+    ax1, ax2 = fig.subplots(2, 1, sharex=True,
+                            gridspec_kw={"height_ratios": [max(len(cpus) * 0.18, 2.5), 2]})
+    im = ax1.imshow(busy, aspect="auto", interpolation="nearest", cmap="magma",
+                    vmin=0, vmax=100, extent=(0, tmax, len(cpus) - 0.5, -0.5))
+    ax1.set_ylabel("cpu")
+    step = max(1, len(cpus) // 16)
+    ax1.set_yticks(range(0, len(cpus), step), [str(c) for c in cpus[::step]])
+    fig.colorbar(im, ax=ax1, label="busy, % of ticks (not idle)")
+    ax2.stackplot(mid, *modes, labels=MODE_ORDER,
+                  colors=[MODE_COLOURS[m] for m in MODE_ORDER], step="mid")
+    ax2.set_ylim(0, 100)
+    ax2.set_ylabel(f"mean of {len(cpus)} CPUs\n% of ticks")
+    ax2.set_xlabel("simulated time (s)")
+    ax2.grid(True, alpha=0.3)
+    handles, labels = ax2.get_legend_handles_labels()
+    ax2.legend(handles[::-1], labels[::-1], loc="center left", bbox_to_anchor=(1.01, 0.5),
+               title="mode")
+    mark_panic(s, [ax1, ax2])
+    return _finish(fig, f"Utilisation of {len(cpus)} CPUs: {s.label}", list(MODE_ORDER))
 
 
 def lock_figure(s: Series) -> Figure:
@@ -151,17 +232,20 @@ def lock_figure(s: Series) -> Figure:
             dt, dw = np.diff(t), np.diff(wall)
             ok = (dt > 0) & (dw > 0)
             ax1.step(t[1:][ok], np.diff(cont)[ok] / dt[ok], where="pre", label=name)
-            # host s waited per host s (a wait counts when it ends, as LOCK_PROFILING's)
-            ax2.step(t[1:][ok], np.diff(wait)[ok] / 1e6 / dw[ok], where="pre", label=name)
+            # ms waited per simulated s (a wait counts when it ends, as LOCK_PROFILING's)
+            ax2.step(t[1:][ok], np.diff(wait)[ok] / 1e3 / dt[ok], where="pre", label=name)
     if not names:
         ax1.text(0.5, 0.5, "no contested lock", ha="center", va="center",
                  transform=ax1.transAxes)
     ax1.set_ylabel("contested acquisitions\nper simulated s")
-    ax2.set_ylabel("wait (host s)\nper host s")
-    ax2.set_xlabel("simulated time (s)")
+    ax2.set_ylabel("ms waited\nper simulated s")
+    ax2.set_xlabel("simulated time (s)\nms waited: host time the lock's waiters spent "
+                   "waiting, summed over the waiting threads (2000 ms per s: two threads "
+                   "waiting all the time)", fontsize=9)
     for ax in (ax1, ax2):
         ax.grid(True, alpha=0.3)
         ax.set_ylim(bottom=0)
+    mark_panic(s, [ax1, ax2])
     if names:
         fig.legend(*ax1.get_legend_handles_labels(), loc="outside right upper",
                    title="lock")
@@ -217,6 +301,7 @@ def swap_figure(s: Series) -> Figure:
     ax3.set_ylabel("pages")
     ax3.set_xlabel("simulated time (s)")
     ax3.grid(True, alpha=0.3)
+    mark_panic(s, [ax1, ax2, ax3])
     return _finish(fig, f"Swap activity and free memory: {s.label}", names)
 
 

@@ -11,8 +11,9 @@
 
 and may add others (``lock_profile``, ``invariants``, ``problems``, ``server``). ``ok`` is
 false when the machine panicked, an invariant failed, a process died, or the run was
-interrupted. A panic also writes ``crash.txt``: the message, the CPU and thread, the
-panicking stack, and every thread's state with the locks it holds and waits for.
+interrupted. A panic also writes ``crash.txt`` (smp/observe/crash.py: FreeBSD's panic
+message and backtrace, ``show alllocks``, lock chains, every thread's trace). The summary
+printed at the end is smp/observe/summary.py.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import json
 import os
 from typing import Any
 
+from smp.observe.crash import crash_text
+from smp.observe.summary import summary_table  # noqa: F401 - re-exported
 from smp.run.config import Config
 
 
@@ -65,7 +68,8 @@ def build_report(cfg: Config, server: dict[str, Any], *, reason: str, problems: 
     pids = _int_keys(server.get("cpu_pids") or {})
     cpus = []
     # the kernel's work counters first, in the order it registered them (zero if unseen)
-    first = [str(c) for c in (server.get("policy") or {}).get("counters", [])]
+    first = [str(c) for c in
+             ((server.get("policy") or {}).get("counters") or {}).get("summary", [])]
     kernel: dict[str, int] = dict.fromkeys(first, 0)
     violations: list[str] = []
     findings: list[dict[str, Any]] = list(server.get("findings") or [])
@@ -109,7 +113,7 @@ def build_report(cfg: Config, server: dict[str, Any], *, reason: str, problems: 
         "ok": ok, "seed": int(cfg["run.seed"]), "version": version,
         "config": cfg.source,
         "duration_sim_s": round(sim_s, 3), "wall_s": round(wall_s, 3),
-        "reason": reason,
+        "reason": reason, "interrupted": interrupted,
         "cpus": cpus,
         "locks": server.get("locks", []),
         "lock_profile": server.get("lock_profile", []),
@@ -119,6 +123,7 @@ def build_report(cfg: Config, server: dict[str, Any], *, reason: str, problems: 
         "findings": findings,
         "witness_order": server.get("witness_order", {}),
         "schedule": server.get("schedule", {}),
+        "policy": server.get("policy", {}),
         "recent": server.get("recent", {}),
         "problems": problems,
         "notes": notes or [],
@@ -127,7 +132,32 @@ def build_report(cfg: Config, server: dict[str, Any], *, reason: str, problems: 
                    "swap": server.get("swap", {}), "kmem": server.get("kmem", {}),
                    "objects_by_type": server.get("objects_by_type", {})},
         "threads": _threads(finals, server),
+        **_lock_wait_stacks(finals, server),
     }
+
+
+def _lock_wait_stacks(finals: dict[int, Any], server: dict[str, Any]) -> dict[str, Any]:
+    """``lock_wait_stacks`` (smp/observe/flame.py), merged from what each CPU's final
+    report carries under that key (and the server's, if it has one): the same lock and
+    stack summed. Absent when nobody recorded any."""
+    merged: dict[tuple[str, tuple[str, ...]], dict[str, Any]] = {}
+    found = False
+    sources = [f.get("lock_wait_stacks") for f in finals.values() if f]
+    sources.append(server.get("lock_wait_stacks"))
+    for recs in sources:
+        if not isinstance(recs, list):
+            continue
+        found = True
+        for r in recs:
+            key = (str(r.get("lock")), tuple(str(x) for x in r.get("stack") or []))
+            m = merged.setdefault(key, {"lock": key[0], "stack": list(key[1]), "count": 0,
+                                        "wait_s": 0.0})
+            m["count"] += int(r.get("count") or 0)
+            m["wait_s"] = round(m["wait_s"] + float(r.get("wait_s") or 0.0), 6)
+    if not found:
+        return {}
+    return {"lock_wait_stacks": sorted(merged.values(),
+                                       key=lambda m: (-m["wait_s"], m["lock"], m["stack"]))}
 
 
 def _threads(finals: dict[int, Any], server: dict[str, Any]) -> list[dict[str, Any]]:
@@ -145,28 +175,8 @@ def _panic_summary(panic: dict[str, Any], server: dict[str, Any]) -> dict[str, A
     return {"message": panic.get("message"), "cpu": panic.get("cpu"),
             "tid": panic.get("tid"), "thread": panic.get("thread"),
             "site": panic.get("site"), "stack": panic.get("stack", []),
-            "source": panic.get("source")}
-
-
-def crash_text(report: dict[str, Any]) -> str:
-    p = report["panic"]
-    lines = [f"panic: {p['message']}",
-             f"cpuid = {p['cpu']}; thread {p.get('thread') or '?'} (tid {p.get('tid')})"
-             + (f" at {p['site']}" if p.get("site") else ""),
-             "", "stack of the panicking thread:"]
-    lines += [f"  {s}" for s in p.get("stack", [])]
-    lines += ["", "threads:"]
-    for t in report["threads"]:
-        held = ", ".join(f"{h['lock']} ({h['mode']}) @ {h['site']}" for h in t["held"]) \
-            or "none"
-        lines.append(f"  cpu{t['cpu']} tid {t['tid']} {t['name']}: holds {held}")
-        if t.get("waiting"):
-            w = t["waiting"]
-            lines.append(f"    waits for {w['lock']} ({w['mode']}) @ {w['site']}")
-        for s in t.get("stack", [])[-6:]:
-            for part in s.splitlines():
-                lines.append(f"      {part}")
-    return "\n".join(lines) + "\n"
+            "source": panic.get("source"), "sim_time": panic.get("sim_time"),
+            **({"detector": panic["detector"]} if panic.get("detector") else {})}
 
 
 def write_run_dir(rdir: str, report: dict[str, Any]) -> None:
@@ -178,45 +188,3 @@ def write_run_dir(rdir: str, report: dict[str, Any]) -> None:
     if report.get("panic"):
         with open(os.path.join(rdir, "crash.txt"), "w") as f:
             f.write(crash_text(report))
-
-
-def summary_table(report: dict[str, Any]) -> str:
-    """The per-CPU table and the busiest locks, for the terminal."""
-    lines = [f"{'cpu':>3} {'pid':>7} {'user':>6} {'sys':>6} {'intr':>6} {'spin':>6} "
-             f"{'idle':>6} {'ctxsw':>7} {'locks':>8} {'contested':>9} {'mem ops':>9}"]
-    for c in report["cpus"]:
-        t = c["ticks"]
-        total = sum(t.values()) or 1
-        pct = {k: 100.0 * t.get(k, 0) / total for k in ("user", "sys", "intr", "spin",
-                                                         "idle")}
-        lines.append(f"{c['id']:>3} {c['pid'] or '-':>7} {pct['user']:>5.1f}% "
-                     f"{pct['sys']:>5.1f}% {pct['intr']:>5.1f}% {pct['spin']:>5.1f}% "
-                     f"{pct['idle']:>5.1f}% {c['ctxsw']:>7} {c['lock_acquires']:>8} "
-                     f"{c['lock_contested']:>9} {c['mem_ops']:>9}")
-    lines.append("")
-    lines.append(f"{'lock':<16} {'acquires':>9} {'contested':>9} {'cpus':>5} "
-                 f"{'max hold us':>12} {'wait us':>12}")
-    for lk in sorted(report["locks"], key=lambda r: -r["acquires"])[:8]:
-        lines.append(f"{lk['name']:<16} {lk['acquires']:>9} {lk['contested']:>9} "
-                     f"{len(lk['cpus_seen']):>5} {lk['max_hold_us']:>12.0f} "
-                     f"{lk['wait_us_total']:>12.0f}")
-    verdict = "ok" if report["ok"] else "FAILED"
-    lines.append("")
-    lines.append(f"{verdict}: {report['duration_sim_s']:.1f} simulated s in "
-                 f"{report['wall_s']:.1f} wall s, seed {report['seed']} ({report['reason']})")
-    if report.get("panic"):
-        lines.append(f"panic: {report['panic']['message']} (cpu {report['panic']['cpu']})")
-    found = report.get("findings") or []
-    if found:
-        from smp.hunt.findings import classify
-        fails = [f for f in classify(report) if f.detector not in ("panic", "invariant",
-                                                                      "machine")]
-        new = [f for f in fails if f.known is None]
-        lines.append(f"findings: {len(fails)} ({len(new)} new, {len(fails) - len(new)} "
-                     f"known; see report.json and FINDINGS.md)")
-        for f in (new + [f for f in fails if f.known])[:6]:
-            tag = f"known {f.known}" if f.known else "new"
-            lines.append(f"  [{f.detector}, {tag}] {f.summary[:110]}")
-    for line in report.get("invariants", []) + report.get("problems", []):
-        lines.append(f"  - {line}")
-    return "\n".join(lines)

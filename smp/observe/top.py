@@ -12,15 +12,21 @@ nothing beyond the stream it publishes anyway. Three tables:
   mean host round trip (us), and the host process behind the CPU (pid, its real CPU %,
   RSS in MiB, from psutil);
 * **locks**: the most contended acquisition sites with LOCK_PROFILING's columns (host
-  microseconds, cumulative since boot, as ``debug.lock.prof.stats``).
+  microseconds, cumulative since boot, as ``debug.lock.prof.stats``);
+* **processes** (``v`` switches the lock table for it): pid, state, the CPU, wchan, flags
+  and the command, in angle brackets for a process swapped out (``<hog>``, as FreeBSD's
+  top shows it), from the ``procs`` record of the server's sample (published by the
+  kernel; "no process table published" when there is none).
 
 Keys: ``q`` quits, ``s`` cycles the lock table's sort column, ``c`` the CPU order, ``p``
-pauses (the stream is still read, so nothing piles up). The layout fits 80x24; wider
+pauses (the stream is still read, so nothing piles up), ``v`` shows the processes or the
+locks. The layout fits 80x24; wider
 terminals get wider name columns. The UI is Textual (keys, resizing, any terminal
 including over SSH); the tables are Rich renderables.
 
 ``smp top --once [--json]`` waits until every CPU has published twice (one interval to
-show), prints one sample and exits, for scripts.
+show), prints one sample and exits, for scripts: every table, the lock sites with their
+whole path, never cut (piped, the lines are as wide as they need to be).
 """
 
 from __future__ import annotations
@@ -110,7 +116,9 @@ def activity_table(rows: list[dict[str, Any]]) -> Table:
     return t
 
 
-def locks_table(locks: list[dict[str, Any]], sort: str) -> Table:
+def locks_table(locks: list[dict[str, Any]], sort: str, full_sites: bool = False) -> Table:
+    """LOCK_PROFILING's columns; the last is ``lock @ site``. ``full_sites`` (``--once``):
+    the site's whole path, and a name too long for the line is folded, never cut."""
     heads = {"wait_max": "wait\nmax", "wait_total": "wait\ntotal", "wait_avg": "wait\navg",
              "cnt_hold": "cnt\nhold", "cnt_lock": "cnt\nlock"}
     cols = []
@@ -122,17 +130,57 @@ def locks_table(locks: list[dict[str, Any]], sort: str) -> Table:
     t = _table(*cols)
     for col in t.columns[:-1]:
         col.min_width = 6                   # the numbers keep their width; names shrink
+    if full_sites:
+        t.columns[-1].no_wrap = False
+        t.columns[-1].overflow = "fold"
     for r in locks:
-        t.add_row(*(_num(r[c]) for c in PROFILE_COLUMNS[:-1]), Text(r["name"]))
+        name = f"{r.get('lock')} @ {r.get('site')}" if full_sites and r.get("site") \
+            else r["name"]
+        t.add_row(*(_num(r[c]) for c in PROFILE_COLUMNS[:-1]), Text(name))
+    return t
+
+
+PROC_COLUMNS = (("PID", "right"), ("STATE", "left"), ("C", "right"), ("WCHAN", "left"),
+                ("FLAGS", "left"), ("COMMAND", "left"))
+
+
+def _flags(v: Any) -> str:
+    if isinstance(v, bool) or v is None:
+        return "-"
+    if isinstance(v, int):
+        return f"{v:#x}"
+    if isinstance(v, (list, tuple)):
+        return ",".join(str(x) for x in v) or "-"
+    return str(v) or "-"
+
+
+def procs_table(procs: list[dict[str, Any]] | None) -> Table | Text:
+    """The process list, as ps and FreeBSD's top show it: a swapped-out process's
+    command in angle brackets (``<hog>``, top's way), its state, the CPU it is on or
+    last ran on, what it sleeps on (wchan), its flags."""
+    if procs is None:
+        return Text("no process table published (the kernel publishes none in this "
+                    "version)")
+    t = _table(*PROC_COLUMNS)
+    for p in sorted(procs, key=lambda p: int(p.get("pid") or 0)):
+        comm = str(p.get("comm") or "?")
+        cpu = p.get("cpu")
+        t.add_row(str(p.get("pid", "?")), str(p.get("state") or "-"),
+                  "-" if cpu is None or cpu < 0 else str(cpu),
+                  str(p.get("wchan") or "-"), _flags(p.get("flags")),
+                  f"<{comm}>" if p.get("swapped") else comm)
     return t
 
 
 def memory_line(view: MachineView) -> Text:
+    """Free pages; processes swapped out and in (vm_glue's swapout and swapin of a whole
+    process) apart from pages written to swap and read back (any page, page faults
+    included)."""
     m = view.memory()
     free = "-" if m["free_pages"] is None else f"{m['free_pages']}/{m['pages']}"
-    return Text(f"mem: free pages {free}  swapouts {m['swapouts']} (pages "
-            f"{m['pages_swapped_out']})  swapins {m['swapins']} (pages "
-            f"{m['pages_swapped_in']})")
+    return Text(f"mem: free {free} pages  swapped procs: out {m['swapouts']} in "
+                f"{m['swapins']}  swap pages: out {m['pages_swapped_out']} in "
+                f"{m['pages_swapped_in']}", no_wrap=True, overflow="ellipsis")
 
 
 def title_line(view: MachineView, run_dir: str, ended: bool, paused: bool) -> Text:
@@ -169,10 +217,12 @@ def make_app(run_dir: str, live: dict[str, Any], refresh_s: float = REFRESH_S) -
         #cpus { height: auto; max-height: 60%; }
         #mem { height: 1; }
         #locks { height: 1fr; }
+        #procs { height: 1fr; display: none; }
         """
         ENABLE_COMMAND_PALETTE = False
         BINDINGS = [Binding("q", "quit", "quit"), Binding("s", "sort", "sort locks"),
-                    Binding("c", "cpu_order", "cpu order"), Binding("p", "pause", "pause")]
+                    Binding("c", "cpu_order", "cpu order"), Binding("p", "pause", "pause"),
+                    Binding("v", "view", "procs")]
 
         def __init__(self) -> None:
             super().__init__()
@@ -181,6 +231,7 @@ def make_app(run_dir: str, live: dict[str, Any], refresh_s: float = REFRESH_S) -
             self.sort = 0
             self.cpu_sort = 0
             self.paused = False
+            self.show_procs = False
             self.ended = False
             self.ppid = os.getppid()
 
@@ -191,6 +242,8 @@ def make_app(run_dir: str, live: dict[str, Any], refresh_s: float = REFRESH_S) -
                 yield Static(id="activity")
             yield Static(id="mem")
             yield Static(id="locks")
+            with VerticalScroll(id="procs"):
+                yield Static(id="proctable")
             yield Footer()
 
         def on_mount(self) -> None:
@@ -227,6 +280,15 @@ def make_app(run_dir: str, live: dict[str, Any], refresh_s: float = REFRESH_S) -
             sort = LOCK_SORTS[self.sort]
             self.query_one("#locks", Static).update(
                 locks_table(top_locks(self.view.server, sort, 20), sort))
+            self.query_one("#proctable", Static).update(procs_table(self.view.procs()))
+
+        def action_view(self) -> None:
+            """Switch between the lock table and the process list (the CPU tables and
+            the memory line stay)."""
+            self.show_procs = not self.show_procs
+            self.query_one("#locks").display = not self.show_procs
+            self.query_one("#procs").display = self.show_procs
+            self.render_view()
 
         def action_sort(self) -> None:
             self.sort = (self.sort + 1) % len(LOCK_SORTS)
@@ -273,7 +335,19 @@ def text_once(view: MachineView, run_dir: str) -> Group:
     rows = view.cpus()
     return Group(title_line(view, run_dir, False, False), states_table(rows), "",
                  activity_table(rows), "", memory_line(view), "",
-                 locks_table(top_locks(view.server, "wait_total", 10), "wait_total"))
+                 locks_table(top_locks(view.server, "wait_total", 10), "wait_total",
+                             full_sites=True), "", procs_table(view.procs()))
+
+
+def once_console(group: Group, out: Any = None) -> Console:
+    """A console for ``--once``: on a terminal its width (long names fold); piped, wide
+    enough for every line (nothing is cut, whatever COLUMNS says)."""
+    probe = Console(width=1000, file=out)
+    need = max((probe.measure(r).maximum for r in group.renderables
+                if not isinstance(r, str)), default=80)
+    term = Console(file=out)
+    width = max(term.width, 80) if term.is_terminal else max(80, need)
+    return Console(width=width, file=out)
 
 
 def main(run_dir: str | None, once: bool, as_json: bool, base: str = "runs",
@@ -296,7 +370,8 @@ def main(run_dir: str | None, once: bool, as_json: bool, base: str = "runs",
         if as_json:
             print(json.dumps({"run_dir": rdir, **view.snapshot()}, indent=1))
         else:
-            Console(width=max(Console().width, 80)).print(text_once(view, rdir))
+            group = text_once(view, rdir)
+            once_console(group).print(group)
         return 0
     app = make_app(rdir, live)
     code = app.run()

@@ -49,6 +49,7 @@ from smp.run.remote import ListenSpec
 from smp.observe.report import build_report, write_run_dir
 from smp.machine.schedule import Replay
 from smp.machine.server import TimeSpec, held_locks_line, server_main
+from smp.observe.summary import verdict
 
 LIVENESS_S = 10.0
 RECORD_FILE = "schedule.smpr"  # the run's record, in its run directory (hw/record.py)
@@ -436,7 +437,7 @@ def run_machine(cfg: Config, run_dir: str | None = None,
                           wall_s=wall, sim_s=sim, interrupted=bool(stop_signal),
                           version=__version__)
     write_run_dir(rdir, report)
-    note(f"run {'ok' if report['ok'] else 'FAILED'}: {rdir}")
+    note(f"run {verdict(report)}: {rdir}")
     logf.close()
     if stop_signal:
         status = 128 + stop_signal[0]

@@ -1,0 +1,137 @@
+"""How a stress campaign schedules its machines, without machines: each run here is a
+small Python process that writes a report.json (a panic, or a clean run) the way
+``smp run`` does, so the campaign's own logic (start a run only when a slot is free, stop
+at the first new failure, stop the machines still running, say what it did) is tested
+exactly and fast. The machines themselves are tested in test_stress.py.
+
+Also here: a campaign's machines import the same smp as the campaign, even when started
+from a directory that holds another ``smp`` (a clone beside an installed package).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from smp.hunt.stress import Campaign, Progress, child_env, describe, run_campaign
+
+pytestmark = pytest.mark.quick
+
+# argv: run_dir, fail_index, block_index. Marks that it started; run `fail_index` panics,
+# run `block_index` runs until it is interrupted (SIGINT: exit 130, as smp run does), the
+# others end clean.
+FAKE_RUN = textwrap.dedent("""
+    import json, os, signal, sys, time
+    rdir, fail, block = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    i = int(os.path.basename(rdir)[3:7])
+    os.makedirs(rdir, exist_ok=True)
+    open(os.path.join(os.path.dirname(rdir), f"started-{i}"), "w").close()
+    def report(**kw):
+        r = {"ok": True, "panic": None, "invariants": [], "findings": [], "problems": []}
+        r.update(kw)
+        with open(os.path.join(rdir, "report.json"), "w") as f:
+            json.dump(r, f)
+    if i == block:
+        signal.signal(signal.SIGINT, lambda *a: (report(ok=False), os._exit(130)))
+        open(os.path.join(os.path.dirname(rdir), f"blocking-{i}"), "w").close()
+        time.sleep(60)
+        sys.exit(3)
+    if i == fail:
+        deadline = time.monotonic() + 20           # fail once the blocking run blocks
+        while block >= 0 and time.monotonic() < deadline and not os.path.exists(
+                os.path.join(os.path.dirname(rdir), f"blocking-{block}")):
+            time.sleep(0.01)
+        report(ok=False, panic={"message": "panic: fake: a guard was off", "site": "x.py:1"})
+        sys.exit(1)
+    report()
+""")
+
+
+class FakeCampaign(Campaign):
+    fail_index: int = 0
+    block_index: int = -1
+
+    def command(self, seed: int, run_dir: str) -> list[str]:
+        return [sys.executable, "-c", FAKE_RUN, run_dir, str(self.fail_index),
+                str(self.block_index)]
+
+
+def _started(out: pathlib.Path) -> list[int]:
+    return sorted(int(p.name.split("-")[1]) for p in out.glob("started-*"))
+
+
+@pytest.mark.timeout(30)
+def test_nothing_starts_after_the_first_failure(tmp_path: pathlib.Path) -> None:
+    """Issue 16: ``--runs 4 --fail-point ...`` ran a second machine after the first one
+    failed, because every run was handed to the pool up front."""
+    out = tmp_path / "runs"
+    c = FakeCampaign(None, runs=4, jobs=1, out_dir=str(out))
+    seen: list[Progress] = []
+    outcomes = run_campaign(c, lambda s: None, seen.append)
+    assert _started(out) == [0]
+    assert [o.index for o in outcomes] == [0]
+    assert outcomes[0].new_failures
+    lines, status = describe(outcomes, strict=False)
+    assert status == 1
+    assert lines[0].startswith("FAIL seed ") and "[panic] panic: fake" in lines[0]
+    assert seen[0] == Progress(0, 4, 0, 0, seen[0].elapsed)      # shown from the start
+    assert (seen[-1].done, seen[-1].failing, seen[-1].running) == (1, 1, 0)
+
+
+@pytest.mark.timeout(30)
+def test_keep_going_runs_them_all(tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "runs"
+    c = FakeCampaign(None, runs=3, jobs=2, out_dir=str(out), keep_going=True)
+    outcomes = run_campaign(c, lambda s: None, lambda p: None)
+    assert _started(out) == [0, 1, 2]
+    assert [bool(o.new_failures) for o in outcomes] == [True, False, False]
+    lines, status = describe(outcomes, strict=False)
+    assert status == 1 and lines[-1].startswith("3 runs, 2 without a new failure")
+
+
+@pytest.mark.timeout(30)
+def test_the_first_failure_stops_the_machines_still_running(tmp_path: pathlib.Path) -> None:
+    """With two at a time, run 1 is still going when run 0 fails: it is interrupted (not
+    waited for, not reported as a failure) and run 2 never starts."""
+    out = tmp_path / "runs"
+    c = FakeCampaign(None, runs=3, jobs=2, out_dir=str(out))
+    c.fail_index, c.block_index = 1, 0     # run 0 blocks until interrupted; run 1 fails
+    outcomes = run_campaign(c, lambda s: None, lambda p: None)
+    assert _started(out) == [0, 1]
+    stopped = [o for o in outcomes if o.stopped]
+    assert [o.index for o in stopped] == [0] and stopped[0].exit_status == 130
+    lines, status = describe(outcomes, strict=False)
+    assert status == 1
+    assert sum(1 for line in lines if line.startswith("FAIL")) == 1
+    assert "1 stopped when the campaign stopped (run0000-" in lines[-1]
+
+
+@pytest.mark.timeout(30)
+def test_machines_import_the_campaigns_smp_not_the_working_directorys(
+        tmp_path: pathlib.Path) -> None:
+    """Issue 16: stress runs were started as ``python -m smp.cli`` in the working
+    directory, so inside a clone they imported the clone, not the smp that runs the
+    campaign. Here the working directory holds a decoy ``smp`` package."""
+    decoy = tmp_path / "clone" / "smp"
+    decoy.mkdir(parents=True)
+    (decoy / "__init__.py").write_text("")
+    for name in ("__main__.py", "cli.py"):
+        (decoy / name).write_text("print('DECOY'); raise SystemExit(42)\n")
+    c = Campaign(None, runs=1, out_dir=str(tmp_path / "runs"))
+    cmd = c.command(7, str(tmp_path / "runs" / "run0000-s7"))
+    prefix = cmd[:cmd.index("run")]              # the interpreter and the module
+    r = subprocess.run([*prefix, "--version"], cwd=decoy.parent, env=child_env(),
+                       capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0 and "DECOY" not in r.stdout, r.stdout + r.stderr
+    assert r.stdout.startswith("smp ")
+    import smp
+    r = subprocess.run([*prefix[:prefix.index("-m")], "-c",
+                        "import smp; print(smp.__file__)"],
+                       cwd=decoy.parent, env=child_env(), capture_output=True, text=True,
+                       timeout=20)
+    assert r.stdout.strip() == os.path.abspath(smp.__file__)

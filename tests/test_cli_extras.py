@@ -1,0 +1,54 @@
+"""The command line's smaller promises: shell completion (argcomplete) and what ``smp plot``
+says when the plotting extra is not installed."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+import helpers
+from smp.cli import main
+
+pytestmark = pytest.mark.quick
+
+
+def _complete(tmp_path: pathlib.Path, line: str) -> list[str]:
+    """What TAB offers after ``line``: the protocol bash's completion function speaks."""
+    out = tmp_path / "completions"
+    env = dict(helpers.cli_env(), _ARGCOMPLETE="1", COMP_LINE=line,
+               COMP_POINT=str(len(line)), _ARGCOMPLETE_STDOUT_FILENAME=str(out),
+               _ARGCOMPLETE_IFS="\n")
+    r = subprocess.run([sys.executable, "-m", "smp"], env=env, cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return sorted(w.strip() for w in out.read_text().split("\n") if w.strip())
+
+
+def test_tab_completes_commands_options_and_fail_point_names(tmp_path: pathlib.Path) -> None:
+    assert _complete(tmp_path, "smp wit") == ["witness"]
+    assert "--fail-point" in _complete(tmp_path, "smp run --f")
+    assert _complete(tmp_path, "smp stress --fail-point swapout_procs_p") == \
+        ["swapout_procs_p_system", "swapout_procs_prs_new"]
+
+
+def test_smp_completion_prints_the_shell_code(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["completion", "bash"]) == 0
+    code = capsys.readouterr().out
+    assert "complete " in code and " smp" in code and "_ARGCOMPLETE" in code
+    assert main(["completion", "fish"]) == 0
+    assert "complete --command smp" in capsys.readouterr().out
+
+
+def test_smp_plot_without_matplotlib_says_how_to_get_it(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    for mod in [m for m in sys.modules if m == "smp.observe.plot"
+                or m.split(".")[0] == "matplotlib"]:
+        monkeypatch.delitem(sys.modules, mod)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)     # as if not installed
+    assert main(["plot", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "matplotlib is not installed" in err and "pip install 'smp[plot]'" in err

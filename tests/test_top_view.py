@@ -1,0 +1,93 @@
+"""``smp top``'s tables, fed synthetic samples (no machine; the live view against a real
+machine is in test_monitor.py): the lock-site column of ``--once`` is never cut, the
+memory line tells swapped processes from swapped pages, and the process view shows a
+swapped-out process as ``<name>``, as FreeBSD's top does."""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Any
+
+import pytest
+
+from smp.observe.monitor import MachineView
+from smp.observe.top import memory_line, once_console, procs_table, text_once
+from smp.observe.summary import render
+
+pytestmark = pytest.mark.quick
+
+
+def _cpu(cpu: int, sim: float, wall: float) -> dict[str, Any]:
+    return {"cpu": cpu, "pid": os.getpid(), "sim": sim, "wall": wall,
+            "ticks": {"user": int(sim * 10), "sys": int(sim * 50), "idle": int(sim * 40)},
+            "kernel": {"swapouts": 3, "swapins": 1, "pages_swapped_out": 64,
+                       "pages_swapped_in": 176, "pageins": 170}}
+
+
+PROFILE = [{"name": "Giant", "site": "userland/libc.py:105", "max": 20559.7,
+            "wait_max": 698705.6, "total": 2161690.1, "wait_total": 11705975.3, "count": 743,
+            "avg": 2909.41, "wait_avg": 15755.01, "cnt_hold": 733, "cnt_lock": 114},
+           {"name": "vm page queue free mutex", "site": "vm/vm_page.py:1234",
+            "max": 1.0, "wait_max": 5.0, "total": 9.0, "wait_total": 10.0, "count": 3,
+            "avg": 3.0, "wait_avg": 3.3, "cnt_hold": 0, "cnt_lock": 1}]
+
+PROCS = [{"pid": 12, "comm": "hog", "state": "SLEEP", "swapped": True, "wchan": "swread",
+          "cpu": 1, "flags": 0x4000},
+         {"pid": 0, "comm": "swapper", "state": "SLEEP", "swapped": False, "wchan": "sched",
+          "cpu": 0, "flags": ["P_SYSTEM"]},
+         {"pid": 30, "comm": "napper", "state": "RUN", "swapped": False, "wchan": None,
+          "cpu": -1, "flags": None}]
+
+
+def _view(procs: Any = None) -> MachineView:
+    view = MachineView({"cpu_pids": [os.getpid(), os.getpid()], "config": "x/default.toml",
+                        "seed": 1, "duration": 20})
+    for cpu in (0, 1):
+        view.feed("cpu", _cpu(cpu, 1.0, 100.0))
+        view.feed("cpu", _cpu(cpu, 2.0, 101.0))
+    server: dict[str, Any] = {"lock_profile": PROFILE,
+                              "vm": {"free": 120, "pages": 512}}
+    if procs is not None:
+        server["procs"] = procs
+    view.feed("server", server)
+    view.mark()
+    return view
+
+
+def test_once_piped_never_cuts_a_lock_site() -> None:
+    """Issue 16: ``Giant @ libc.py:1`` for libc.py:105 when piped without COLUMNS."""
+    out = io.StringIO()
+    group = text_once(_view(), "runs/x")
+    once_console(group, out).print(group)
+    text = out.getvalue()
+    assert "Giant @ userland/libc.py:105" in text
+    assert "vm page queue free mutex @ vm/vm_page.py:1234" in text
+    assert "…" not in text
+
+
+def test_memory_line_tells_swapped_processes_from_swapped_pages() -> None:
+    """Issue 16: ``swapins 0 (pages 176)`` read as if 176 pages came with no swap-in."""
+    line = memory_line(_view()).plain
+    assert line == ("mem: free 120/512 pages  swapped procs: out 6 in 2  swap pages: out "
+                    "128 in 352")
+
+
+def test_process_view_shows_a_swapped_out_process_in_angle_brackets() -> None:
+    text = render([procs_table(PROCS)])
+    assert text.splitlines() == [
+        "PID STATE C WCHAN  FLAGS    COMMAND",
+        "  0 SLEEP 0 sched  P_SYSTEM swapper",
+        " 12 SLEEP 1 swread 0x4000   <hog>",
+        " 30 RUN   - -      -        napper"]
+
+
+def test_without_a_published_process_table_top_says_so() -> None:
+    assert render([procs_table(None)]) == \
+        "no process table published (the kernel publishes none in this version)"
+    out = io.StringIO()
+    group = text_once(_view(PROCS), "runs/x")
+    once_console(group, out).print(group)
+    assert "<hog>" in out.getvalue()
+    assert _view(PROCS).snapshot()["procs"] == PROCS
+    assert _view().snapshot()["procs"] is None
