@@ -33,7 +33,7 @@ from helpers import bsp_init, describe, kthread, lookup, on_each_cpu, spin_until
 
 pytestmark = [pytest.mark.long, pytest.mark.timeout(60)]
 
-BASE = ["run.duration=3600", "machine.speed=1", "workload.kthreads=0",
+BASE = ["run.duration=3600", "workload.kthreads=0",
         *(["user.procs_per_cpu=0"] if "user.procs_per_cpu" in PARAM_BY_KEY else [])]
 
 struct_hard = KStruct("hardlock", [F("h_mtx", "mtx"), F("h_spare", "int")],

@@ -44,7 +44,7 @@ pytestmark = [pytest.mark.long, pytest.mark.timeout(60)]
 # No lock load and no user land: only the test's own threads take the test's locks.
 # The duration only bounds a failing test (a passing one ends itself): generous, since a
 # busy host slows every round trip to the server.
-BASE = ["run.duration=40", "machine.speed=2", "workload.kthreads=0",
+BASE = ["run.duration=40", "workload.kthreads=0",
         *(["user.procs_per_cpu=0"] if "user.procs_per_cpu" in PARAM_BY_KEY else [])]
 
 

@@ -387,7 +387,7 @@ def test_sigint_ends_the_live_run_with_its_series_and_no_progress_codes(live: Li
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory) -> Any:
     tmp = tmp_path_factory.mktemp("finished")
-    res = helpers.run(["run.duration=20", "machine.speed=2"], (), tmp)
+    res = helpers.run(["run.duration=20"], (), tmp)
     assert res.report["ok"], helpers.describe(res)
     return res
 
@@ -497,7 +497,7 @@ def test_report_again_as_text_json_and_csv(finished: Any) -> None:
 @pytest.mark.timeout(90)
 def test_run_on_a_terminal_shows_progress_then_the_summary(tmp_path: pathlib.Path) -> None:
     rdir = tmp_path / "rd"
-    term = Pty(cli_cmd("run", "--set", "run.duration=5", "--set", "machine.speed=1",
+    term = Pty(cli_cmd("run", "--set", "run.duration=5",
                        "--set", "run.stats_interval=0.2", "--run-dir", str(rdir)), tmp_path)
     try:
         prog = re.compile(r"sim (\d+\.\d) of 5 s .*\s(\d+)%\s+wall \d+:\d\d\s+ETA \d+:\d\d")

@@ -46,7 +46,7 @@ RW = VM_PROT_READ | VM_PROT_WRITE
 
 # A small quiet machine: 2 CPUs, nothing running but the kernel's own threads and the
 # scenario. run.duration is only the deadline; every scenario ends the run itself.
-QUIET = ["machine.cpus=2", "workload.kthreads=0", "user.procs_per_cpu=0", "machine.speed=2"]
+QUIET = ["machine.cpus=2", "workload.kthreads=0", "user.procs_per_cpu=0"]
 
 
 def quiet(*more: str, duration: float = 30) -> list[str]:

@@ -17,7 +17,8 @@ from __future__ import annotations
 from typing import Any
 
 from kernel import param
-from kernel.kern import (kern_fail, kern_globals, kern_idle, subr_counter, subr_invariants,
+from kernel.kern import (kern_fail, kern_globals, kern_idle, kern_proc, subr_counter,
+                         subr_invariants,
                          subr_witness)
 from kernel.kern.kern_clock import hardclock
 from kernel.kern.kern_globals import struct_kernel
@@ -49,6 +50,7 @@ def mutexinit(_: Any) -> None:
     mtx_init(g.sched_lock, "sched lock", None, MTX_SPIN | MTX_RECURSE)
     sx_init(g.allproc_lock, "allproc")
     sx_init(g.proctree_lock, "proctree")
+    kern_proc.proc_table_register(g.allproc)
 
 
 SYSINIT("mutexinit", SI_SUB.SI_SUB_LOCK, SI_ORDER.SI_ORDER_FIRST, mutexinit)

@@ -27,7 +27,7 @@ from kernel.machine import memory
 from kernel.sys.kernel import SI_ORDER, SI_SUB, SYSINIT
 from kernel.sys.kstruct import (F, HASH_LOOKUP, KObj, KStruct, TAILQ_FIRST, TAILQ_FOREACH,
                                 TAILQ_INSERT_TAIL, TAILQ_REMOVE)
-from kernel.sys.proc import PS, struct_ksegrp, struct_proc, struct_thread
+from kernel.sys.proc import PRS, PS, struct_ksegrp, struct_proc, struct_thread
 
 PROC_ZONE_CACHE = 16
 
@@ -209,3 +209,20 @@ def _register() -> None:
 
 
 _register()
+
+
+# What ps and top show of a process (FreeBSD's kern_proc.c exports the process table with
+# sysctl_kern_proc): which fields of struct proc and of its first thread mean what.
+PROC_TABLE_STATES = {int(PRS.PRS_NEW): "NEW", int(PRS.PRS_NORMAL): "RUN",
+                     int(PRS.PRS_ZOMBIE): "ZOMB"}
+
+
+def proc_table_register(allproc: int) -> None:
+    """BSP, at boot: the machine may publish the process table (``procs``) from allproc."""
+    md.register("procs", {
+        "list": allproc, "threads": "p_threads",
+        "fields": {"pid": "p_pid", "comm": "p_comm", "state": "p_state", "cpu": "p_oncpu",
+                   "flags": "p_sflag"},
+        "thread_fields": {"wchan": "td_wmesg"},
+        "states": {str(k): v for k, v in PROC_TABLE_STATES.items()},
+        "resident": ["flags", int(PS.PS_INMEM)]})

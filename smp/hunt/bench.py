@@ -87,7 +87,7 @@ def machine(duration: float | None, config: str | None) -> dict[str, Any]:
 
 
 def memory_1g() -> dict[str, Any]:
-    r = _machine(["machine.memory=1G", "run.duration=2", "machine.speed=1"], None)
+    r = _machine(["machine.memory=1G", "run.duration=2"], None)
     srv = r["server"]
     return {"server_rss_mb_1g": srv.get("rss_peak_mb") or srv.get("rss_mb"),
             "raw": {"rss_end_mb": srv.get("rss_mb"), "npages": srv["memory"].get("npages")}}

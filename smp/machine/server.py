@@ -40,7 +40,7 @@ import zmq
 
 from hw.clock import NEVER
 from hw.physmem import Fault, PhysMem, SwapDevice
-from hw.protocol import (CONTROL_OPS, ERR, F_LOCK, HEARTBEAT_S, MAX_FRAME, MAX_FRAME_HARD, OK,
+from hw.protocol import (CONTROL_OPS, ERR, F_LOCK, HEARTBEAT_S, field_addr, MAX_FRAME, MAX_FRAME_HARD, OK,
                          PEER_LOST_S, VERSION, Event, Op, ProtocolError, pack, unpack_all)
 from smp.machine.lockcheck import LockKeyChecker
 from smp.machine.locks import Deadlock, LockError, LockTable
@@ -435,7 +435,7 @@ class Server:
             if not isinstance(payload, list):
                 raise Rejected("args", "POLICY invariants: a list of checks")
             payload = list(self.policy.get("invariants", [])) + payload
-        elif kind not in ("vmstats", "counters"):
+        elif kind not in ("vmstats", "counters", "procs"):
             raise Rejected("args", f"POLICY: unknown kind {_short(kind)}")
         self.policy[kind] = payload
 
@@ -807,7 +807,8 @@ class Server:
                 return
             if op in CONTROL_OPS:
                 self._control_op(peer, op, args)
-                return
+                self._reply(ident, seq, OK, None)        # (control is posted; a call
+                return                                   # of it still gets its answer)
             if peer.role == "cpu" and self._ordered(op, args):
                 self.ops += 1                       # the operation's number (hw/record.py)
                 self.recent[peer.cpu].append((self.ops, _opname(op), site, tid, t,
@@ -863,12 +864,46 @@ class Server:
 
     def sample(self) -> dict[str, Any]:
         return {"wall": time.time(), "messages": self.messages,
-                "counters": self.policy.get("counters") or {},
+                "counters": self.policy.get("counters") or {}, "procs": self._procs(),
                 "bad_messages": self.bad_messages, "errors": self.errors,
                 "locks": self.locks.lock_report(),
                 "lock_profile": self.locks.profile_report()[:20],
                 "memory": vars(self.mem.statistics()), "swap": self.swap.statistics(),
                 "kmem": vars(self.kmem.statistics()), "vm": self._vmmeter()}
+
+    def _procs(self, most: int = 256) -> list[dict[str, Any]] | None:
+        """The process table as ps shows it, read from the kernel objects and fields the
+        kernel registered (``procs``); None until it has."""
+        reg = self.policy.get("procs")
+        if not isinstance(reg, dict):
+            return None
+        try:
+            handles = self.kmem.listhead(int(reg["list"])).items()[:most]
+        except (ObjectError, KeyError, TypeError, ValueError):
+            return None
+        fields = reg.get("fields") or {}
+        tfields = reg.get("thread_fields") or {}
+        states = reg.get("states") or {}
+        res_field, res_bit = (reg.get("resident") or [None, 0])
+        decl = None
+        out = []
+        for h in handles:
+            obj = self.kmem.objs.get(h)
+            if obj is None:
+                continue
+            row = {role: obj.get(f) for role, f in fields.items()}
+            if tfields and reg.get("threads"):
+                decl = decl or self.kmem.types.get(self.kmem.otype[h])
+                idx = decl.order.index(reg["threads"]) if decl else -1
+                tl = self.kmem.lists.get(field_addr(h, idx)) if idx >= 0 else None
+                first = self.kmem.objs.get(tl.head) if tl is not None and tl.head else None
+                for role, f in tfields.items():
+                    row[role] = first.get(f) if first else None
+            row["state"] = states.get(str(row.get("state")), row.get("state"))
+            if res_field:
+                row["swapped"] = not (int(row.get(res_field) or 0) & int(res_bit))
+            out.append(row)
+        return out
 
     def _vmmeter(self) -> dict[str, int]:
         """The machine's page counts (free, pages, free_target, ...), read from the kernel

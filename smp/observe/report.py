@@ -144,6 +144,15 @@ def _lock_wait_stacks(finals: dict[int, Any], server: dict[str, Any]) -> dict[st
     found = False
     sources = [f.get("lock_wait_stacks") for f in finals.values() if f]
     sources.append(server.get("lock_wait_stacks"))
+    # the kernel's record: [lock address, kernel stack, count, seconds], named here from
+    # the server's table of every lock that was initialised
+    names = server.get("lock_names") or {}
+    for f in finals.values():
+        waits = ((f or {}).get("kernel") or {}).get("lock_waits")
+        if isinstance(waits, list):
+            sources.append([{"lock": names.get(str(w[0]), f"lock {w[0]:#x}"),
+                             "stack": w[1], "count": w[2], "wait_s": w[3]}
+                            for w in waits if isinstance(w, list) and len(w) == 4])
     for recs in sources:
         if not isinstance(recs, list):
             continue

@@ -1,0 +1,162 @@
+"""A timeline of a run, for people: the Chrome trace event format, which ui.perfetto.dev and
+chrome://tracing open (``smp trace RUN_DIR``).
+
+The server sees every operation of every CPU, in order and with the simulated time each
+was made at, so a tracer attached to it can draw the run (``smp trace`` attaches one to a
+replay of the recorded run: the timeline is that of the run itself):
+
+* one process per CPU (``cpu K``), with a track ``threads`` whose slices are the threads
+  that CPU ran (a thread runs from its first operation after another thread's until the
+  next thread's), and a track ``sleeping`` with each sleep on a channel;
+* lock holds and lock waits as asynchronous slices (``hold <lock>``, ``wait <lock>``), so
+  that holds that overlap without nesting still show;
+* each wakeup as a flow arrow from the waker's CPU to the sleeper's;
+* the failing operation (a panic, a divergence, a replay's stop) as a global instant.
+
+Times are simulated microseconds from the machine's start. The file is written as it
+goes; events past ``limit`` are counted and left out.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import IO, Any
+
+from hw.protocol import AF_LINE, GRANTED, GRANTED_LINE, Op
+
+THREADS, LOCKS, SLEEPING = 1, 2, 3          # the track ids within a CPU's process
+
+
+class Tracer:
+    def __init__(self, path: str, ncpus: int, lock_names: dict[int, str],
+                 limit: int = 2_000_000) -> None:
+        self.f: IO[str] = open(path, "w")
+        self.f.write('{"displayTimeUnit": "ms", "traceEvents": [\n')
+        self.first = True
+        self.events = 0
+        self.dropped = 0
+        self.limit = limit
+        self.names = lock_names              # the lock table's: address -> name, live
+        self.running: dict[int, tuple[int, float]] = {}     # cpu -> (tid, since us)
+        self.holds: dict[tuple[int, int], float] = {}       # (lock, tid) -> since us
+        self.waits: dict[tuple[int, int], tuple[int, float]] = {}  # -> (cpu, since us)
+        self.asleep: dict[int, tuple[int, float, Any]] = {}  # tid -> (cpu, since, chan)
+        self.thread_cpu: dict[int, int] = {}
+        self.flows = 0
+        self.last_us = 0.0
+        for cpu in range(ncpus):
+            self._meta("process_name", cpu, 0, {"name": f"cpu {cpu}"})
+            self._meta("process_sort_index", cpu, 0, {"sort_index": cpu})
+            for tid, name in ((THREADS, "threads"), (LOCKS, "locks"), (SLEEPING, "sleeping")):
+                self._meta("thread_name", cpu, tid, {"name": name})
+
+    # -- output ------------------------------------------------------------------------
+    def _emit(self, ev: dict[str, Any]) -> None:
+        if self.events >= self.limit:
+            self.dropped += 1
+            return
+        self.f.write(("" if self.first else ",\n") + json.dumps(ev, separators=(",", ":")))
+        self.first = False
+        self.events += 1
+
+    def _meta(self, name: str, pid: int, tid: int, args: dict[str, Any]) -> None:
+        self._emit({"ph": "M", "name": name, "pid": pid, "tid": tid, "args": args})
+
+    def _name(self, lock: int) -> str:
+        return self.names.get(lock, f"lock {lock:#x}")
+
+    # -- what the server tells it ------------------------------------------------------
+    def request(self, cpu: int, tid: int, op: int, site: str, t: int, args: list[Any],
+                value: Any) -> None:
+        """An operation was handled (``value``: its reply, if any)."""
+        us = t / 1000
+        self.last_us = max(self.last_us, us)
+        if tid:
+            self.thread_cpu[tid] = cpu
+            self._runs(cpu, tid, us)
+        if op == Op.ACQUIRE and args:
+            lock = args[0]
+            line = len(args) > 2 and isinstance(args[2], int) and args[2] & AF_LINE
+            if value in (GRANTED, GRANTED_LINE) or line:
+                self._granted(cpu, tid, lock, us)
+            elif value == 1:                                    # QUEUED
+                self.waits.setdefault((lock, tid), (cpu, us))
+        elif op == Op.RELEASE and args:
+            lock = args[0]
+            since = self.holds.pop((lock, tid), None)
+            if since is not None:
+                self._async("e", cpu, f"hold {self._name(lock)}", lock, tid, us)
+        elif op == Op.HANDOFF and len(args) >= 2:
+            lock, to = args[0], args[1]
+            since = self.holds.pop((lock, tid), None)
+            if since is not None:
+                self._async("e", cpu, f"hold {self._name(lock)}", lock, tid, us)
+            self._granted(cpu, to, lock, us)
+        elif op == Op.SLEEP and args:
+            self.asleep[tid] = (cpu, us, args[0])
+        elif op == Op.WAKEUP and isinstance(value, list):
+            for woken in value:
+                self._woken(cpu, tid, woken, us)
+        elif op == Op.UNSLEEP and value:
+            self._woken(cpu, tid, args[1] if len(args) > 1 else tid, us, flow=False)
+
+    def granted(self, cpu: int, tid: int, lock: int, t: int) -> None:
+        """A queued spin acquire was handed the lock (its GRANT event)."""
+        self._granted(cpu, tid, lock, t / 1000)
+
+    def instant(self, cpu: int, name: str, t: int | None = None) -> None:
+        """A mark across the whole timeline: a panic, a divergence, a stop."""
+        us = self.last_us if t is None else t / 1000
+        self._emit({"ph": "i", "s": "g", "name": name[:200], "pid": max(cpu, 0),
+                    "tid": THREADS, "ts": us})
+
+    def close(self) -> None:
+        for cpu, (tid, since) in sorted(self.running.items()):
+            self._slice(cpu, THREADS, f"thread {tid}", since, self.last_us)
+        self.f.write("\n]}\n")
+        self.f.close()
+
+    # -- helpers ----------------------------------------------------------------------
+    def _runs(self, cpu: int, tid: int, us: float) -> None:
+        cur = self.running.get(cpu)
+        if cur is not None and cur[0] == tid:
+            return
+        if cur is not None:
+            self._slice(cpu, THREADS, f"thread {cur[0]}", cur[1], us)
+        self.running[cpu] = (tid, us)
+
+    def _granted(self, cpu: int, tid: int, lock: int, us: float) -> None:
+        w = self.waits.pop((lock, tid), None)
+        if w is not None:
+            self._slice(w[0], LOCKS, f"wait {self._name(lock)}", w[1], us)
+        if (lock, tid) not in self.holds:
+            self.holds[(lock, tid)] = us
+            self._async("b", self.thread_cpu.get(tid, cpu), f"hold {self._name(lock)}",
+                        lock, tid, us)
+
+    def _woken(self, cpu: int, waker: int, woken: int, us: float, flow: bool = True) -> None:
+        s = self.asleep.pop(woken, None)
+        if s is None:
+            return
+        scpu, since, chan = s
+        self._slice(scpu, SLEEPING, f"thread {woken} asleep on {chan}", since, us)
+        if flow:
+            self.flows += 1
+            common = {"name": "wakeup", "cat": "wakeup", "id": self.flows}
+            self._emit({"ph": "s", "pid": cpu, "tid": THREADS, "ts": us, **common})
+            self._emit({"ph": "f", "bp": "e", "pid": scpu, "tid": SLEEPING, "ts": us,
+                        **common})
+
+    def _slice(self, pid: int, tid: int, name: str, since: float, until: float) -> None:
+        self._emit({"ph": "X", "name": name, "pid": pid, "tid": tid, "ts": since,
+                    "dur": max(until - since, 0.0)})
+
+    def _async(self, ph: str, cpu: int, name: str, lock: int, tid: int, us: float) -> None:
+        self._emit({"ph": ph, "cat": "lock", "name": name, "pid": cpu, "tid": LOCKS,
+                    "id": f"{lock:#x}:{tid}", "ts": us})
+
+    def statistics(self) -> dict[str, int]:
+        return {"events": self.events, "dropped": self.dropped}
+
+
+__all__ = ["Tracer"]
