@@ -28,7 +28,11 @@ Liveness, both ways (``hw.protocol.HEARTBEAT_S``): the server sends every CPU a
 ``HEARTBEAT`` event every HEARTBEAT_S (0.25 s), which the bus swallows; every wait here raises
 :class:`ServerGone` after ``silence`` seconds (``SERVER_SILENCE_S``, 1.25 s) in which
 *nothing* came from the server, so a killed server is noticed within 2 s by every CPU, even
-one on another host. In the other direction, a bus that has sent nothing for
+one on another host. A bus judges the server's silence only after it has listened: one
+that finds itself more than LATE_S past the moment the silence would run out (its process
+was stopped with SIGSTOP, or starved by the host) waits LATE_GRACE_S more for what ZeroMQ's
+I/O thread, stopped with it, has not handed over yet (:meth:`Bus._late_grace`), so a CPU
+paused for less than the server's PEER_LOST_S runs on. In the other direction, a bus that has sent nothing for
 ``HEARTBEAT_S`` posts a ``PING`` whenever it waits, so the server can tell a quiet CPU from a
 dead or stopped one. A call also gives up after ``liveness`` seconds without its reply (the
 server is alive but does not answer: a server bug).
@@ -50,6 +54,10 @@ from hw.protocol import (AF_LINE, ERR, EXCL, GRANTED, GRANTED_LINE, HEARTBEAT_S,
 
 # Posted requests queue up to this many before they are sent without waiting for a call.
 POST_BATCH = min(64, MAX_BATCH - 1)
+# A bus that notices the server's silence this much later than it ran out was not
+# listening (stopped, or starved): it first waits LATE_GRACE_S for what is on its way.
+LATE_S = 0.1
+LATE_GRACE_S = 2 * HEARTBEAT_S
 
 
 class BusError(Exception):
@@ -215,6 +223,8 @@ class Bus:
             # silence counts from the server's last message, not from our request
             msg = self.recv(max(self.last_rx + silence - time.monotonic(), 0.0))
             if msg is None:
+                msg = self._late_grace(silence)
+            if msg is None:
                 raise ServerGone(f"nothing from the server in {silence:.2f} s")
             if msg[0] == Op.REPLY:
                 if msg[1] == seq:
@@ -245,6 +255,17 @@ class Bus:
             msg[2] += self.clock_offset
         return msg  # type: ignore[no-any-return]
 
+    def _late_grace(self, silence: float) -> list[Any] | None:
+        """The server has said nothing for ``silence`` s by our clock. If we notice it
+        more than LATE_S after the moment it ran out, we were not listening then (the
+        process was stopped, or the host starved it), and what the server sent meanwhile
+        may still be in ZeroMQ's I/O thread, which was stopped with us: wait LATE_GRACE_S
+        (a live server sends a heartbeat every HEARTBEAT_S) and return what comes, if
+        anything. None: the silence stands."""
+        if time.monotonic() - (self.last_rx + silence) <= LATE_S:
+            return None
+        return self.recv(LATE_GRACE_S)
+
     def poll_events(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s for an event (heartbeats do not count); queue every
         message that came. True if the event queue is non-empty afterwards. Raises
@@ -263,11 +284,14 @@ class Bus:
             if msg is None:
                 now = time.monotonic()
                 if now - self.last_rx >= self.silence:
-                    raise ServerGone(f"nothing from the server in {now - self.last_rx:.2f} s "
-                                     f"(no heartbeat)")
-                if now >= deadline:
+                    msg = self._late_grace(self.silence)
+                    if msg is None:
+                        raise ServerGone(f"nothing from the server in "
+                                         f"{now - self.last_rx:.2f} s (no heartbeat)")
+                elif now >= deadline:
                     return bool(self.events)
-                continue
+                else:
+                    continue
             while msg is not None:
                 if msg[0] != Op.REPLY and msg[1] != Event.HEARTBEAT:
                     self.events.append(msg)
