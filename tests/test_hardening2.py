@@ -2,7 +2,7 @@
 running machine. One regression test (or a few) per item of the issue:
 
 1. the launcher's cleanup runs every step whatever the one before raised: a full disk
-   (a 16 KiB tmpfs, or a writer that fails with ENOSPC) and stats samples of mixed key
+   (a 64 KiB tmpfs, or a writer that fails with ENOSPC) and stats samples of mixed key
    types end the run with a message, exit 1, and no process left;
 2. a flood of garbage from a peer that never said hello beside a running machine: the run
    still ends ok on time and the server's memory stays bounded;
@@ -169,3 +169,128 @@ def test_a_bus_that_was_not_listening_drains_before_judging(
         finally:
             monkeypatch.undo()
             bus.close()
+
+
+# -- 1. the launcher's cleanup: a full disk, samples that cannot be written -----------------
+def _jsonl_whole(path: pathlib.Path) -> int:
+    """The number of records of a stats.jsonl; every line must be whole JSON."""
+    text = path.read_text()
+    assert text == "" or text.endswith("\n"), f"{path} ends with half a record"
+    return len([json.loads(line) for line in text.splitlines()])
+
+
+@pytest.fixture
+def small_fs(tmp_path: pathlib.Path) -> Any:
+    """A 64 KiB tmpfs (root only), as in the issue; unmounted afterwards."""
+    import shutil
+    import subprocess
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("making a small filesystem needs root and mount(8); the fake writer "
+                    "test covers the full disk")
+    d = tmp_path / "full"
+    d.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(d)],
+                       capture_output=True, text=True, timeout=10)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield d
+    finally:
+        if subprocess.run(["umount", str(d)], capture_output=True, timeout=10).returncode:
+            subprocess.run(["umount", "-l", str(d)], capture_output=True, timeout=10)
+
+
+def test_a_full_disk_ends_the_run_with_a_message(small_fs: pathlib.Path) -> None:
+    """`smp run` into a 64 KiB filesystem, to run for a simulated minute: the disk fills
+    within seconds. Before the fix, the ENOSPC skipped the launcher's cleanup and the
+    launcher never exited (killed here after 60 s)."""
+    from helpers import cli
+    rdir = small_fs / "run"
+    t = time.monotonic()
+    r = cli(small_fs.parent, "run", "--set", "machine.cpus=2", "--set", "run.duration=60",
+            "--set", "machine.speed=1", "--run-dir", str(rdir), timeout=60)
+    took = time.monotonic() - t
+    assert r.returncode == 1, (r.returncode, r.stderr[-2000:])
+    assert "No space left on device" in r.stderr and "the disk is full" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+    assert took < 45, f"the run took {took:.0f} s to notice a full disk"
+    assert (rdir / "config.toml").read_text().startswith("# smp ")
+    assert _jsonl_whole(rdir / "stats.jsonl") >= 0
+    assert "FAILED" in r.stdout or "cannot write" in r.stdout, r.stdout[-2000:]
+
+
+class _FullAfter:
+    """A file whose writes fail with ENOSPC after ``n`` of them (a disk filling up)."""
+
+    def __init__(self, f: Any, n: int) -> None:
+        self.f, self.n = f, n
+
+    def write(self, data: Any) -> int:
+        if self.n <= 0:
+            import errno
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.n -= 1
+        return int(self.f.write(data))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.f, name)
+
+
+def test_a_writer_that_fills_up_ends_the_run_cleanly(run: Any, tmp_path: pathlib.Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same without a small filesystem: stats.jsonl's writes fail with ENOSPC from
+    the fourth on. The run ends at once, naming the file, with report.json and log.txt
+    written and no process left; before the fix run_machine raised out of its cleanup
+    and left the server and the CPUs running."""
+    import builtins
+    import smp.run.launcher as launcher
+    real_open = builtins.open
+
+    def fake_open(path: Any, *args: Any, **kw: Any) -> Any:
+        f = real_open(path, *args, **kw)
+        return _FullAfter(f, 3) if str(path).endswith("stats.jsonl") else f
+    monkeypatch.setattr(launcher, "open", fake_open, raising=False)
+    t = time.monotonic()
+    res = run(["machine.cpus=2", "run.duration=600", "machine.speed=1"])
+    r = res.report
+    assert res.exit_status == 1 and not r["ok"], describe(res)
+    assert "stats.jsonl: No space left on device (the disk is full)" in r["reason"], r["reason"]
+    assert time.monotonic() - t < 60
+    saved = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert saved["reason"] == r["reason"] and all(c["reported"] for c in saved["cpus"])
+    assert _jsonl_whole(tmp_path / "run" / "stats.jsonl") >= 1
+    assert "stopping: cannot write" in (tmp_path / "run" / "log.txt").read_text()
+
+
+def test_samples_that_json_cannot_hold_are_dropped_and_counted(
+        run: Any, tmp_path: pathlib.Path) -> None:
+    """cpu 1 posts 200 stats samples with mixed key types ({1: 1, "a": 2}, which
+    json.dumps(sort_keys=True) cannot write) and a few other malformed ones. The server
+    drops and counts each; the run ends by its own shutdown, ok. Before the fix the
+    server relayed them and the launcher's stats writer raised out of its cleanup."""
+    done = tmp_path / "posted"
+    bad = [{1: 1, "a": 2}] * 200 + [{"cpu": 1, "x": b"bytes"}, [1, 2], {"cpu": 7}]
+
+    def start(_: Any) -> None:
+        from hw.protocol import Op
+        from kernel.kern.kern_kthread import kthread_create
+        from kernel.machine import cpu as md
+
+        def body() -> None:
+            for sample in bad:
+                md.pcpu.hw.post(Op.REPORT, "test:1", "stats", sample)
+            md.pcpu.hw.post(Op.REPORT, "test:1", "stats", None)
+            md.pcpu.hw.bus.flush()
+            md.pcpu.count("test_posted")
+            done.write_text("posted")
+        if md.pcpu.cpuid == 1:
+            kthread_create(body, "badstats")
+
+    res = run(["machine.cpus=2", "run.duration=600", "machine.speed=1"],
+              sysinits=[sysinit("badstats", start, percpu=True),
+                        _coordinator(done, "bad samples sent")])
+    kernel = expect_shutdown(res)
+    assert kernel.get("test_posted") == 1, describe(res)
+    rejected = res.report["server"]["rejected"]
+    assert rejected.get("stats") == len(bad) + 1, rejected
+    assert _jsonl_whole(tmp_path / "run" / "stats.jsonl") > 0

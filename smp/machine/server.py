@@ -353,7 +353,12 @@ class Server:
         if kind == "panic":
             self.panic_machine(payload)
         elif kind == "stats":
-            self._publish(b"cpu", payload)
+            why = _bad_sample(payload, p.cpu)
+            if why is None:
+                self._publish(b"cpu", payload)
+            else:                               # dropped and counted, not a panic: the
+                self.bad_messages += 1          # stream is the monitors', not the kernel's
+                self.rejected["stats"] += 1
         elif kind == "final":
             p.final = payload
             self._check_halted()
@@ -828,6 +833,47 @@ def _count(n: Any, most: int = _MAX_COUNT) -> int:
     if not isinstance(n, int) or not 0 <= n <= most:
         raise Rejected("range", f"count {_short(n)} out of range 0..{most}")
     return n
+
+
+_SAMPLE_DEPTH = 6               # a CPU's stats sample nests at most this deep
+_SAMPLE_ITEMS = 4096            # ... and holds at most this many values in all
+
+
+def _bad_sample(payload: Any, cpu: int) -> str | None:
+    """Why a CPU's stats sample cannot go on the stream, or None: it must be a map with
+    its sender's ``cpu`` id, and hold what JSON can: maps with string keys, lists,
+    strings, numbers, booleans, null (a map with mixed key types broke the launcher's
+    ``json.dumps(sort_keys=True)``), at most _SAMPLE_DEPTH deep and _SAMPLE_ITEMS big."""
+    if not isinstance(payload, dict):
+        return f"not a map: {_short(payload)}"
+    if payload.get("cpu") != cpu:
+        return f"its cpu is {_short(payload.get('cpu'))}, not the sender's {cpu}"
+    budget = [_SAMPLE_ITEMS]
+
+    def check(x: Any, depth: int) -> str | None:
+        budget[0] -= 1
+        if budget[0] < 0:
+            return f"more than {_SAMPLE_ITEMS} values"
+        if x is None or isinstance(x, (bool, int, float, str)):
+            return None
+        if depth >= _SAMPLE_DEPTH:
+            return f"nested deeper than {_SAMPLE_DEPTH}"
+        if isinstance(x, list):
+            for v in x:
+                why = check(v, depth + 1)
+                if why:
+                    return why
+            return None
+        if isinstance(x, dict):
+            for k, v in x.items():
+                if not isinstance(k, str):
+                    return f"a key that is not a string: {_short(k)}"
+                why = check(v, depth + 1)
+                if why:
+                    return why
+            return None
+        return f"a value JSON cannot hold: {type(x).__name__}"
+    return check(payload, 0)
 
 
 def _chan(c: Any) -> Any:
