@@ -1,6 +1,7 @@
 """The ``smp`` command line.
 
-    smp run [CONFIG] [--set SECTION.KEY=VALUE ...] [--fail-point NAME ...] [--run-dir DIR]
+    smp run [CONFIG] [--set SECTION.KEY=VALUE ...] [--fail-point NAME ...] [--run-dir DIR
+            [--force]]
             [--listen tcp://ADDR:PORT [--local-cpus N] [--key-dir DIR] [--join-timeout S]]
     smp cpu --join tcp://HOST:PORT --id K [--key-dir DIR] [--timeout S]
     smp keys DIR
@@ -67,7 +68,11 @@ def _parser() -> argparse.ArgumentParser:
     _config_args(run)
     run.add_argument("--run-dir", metavar="DIR",
                      help="write the results into DIR (default: a new directory under "
-                     "run.dir, named after the time and seed)")
+                     "run.dir, named after the time and seed); a DIR that exists must be "
+                     "empty, unless --force")
+    run.add_argument("--force", action="store_true",
+                     help="clear --run-dir first if it holds an earlier run (refused if "
+                     "it holds anything else, or a machine is running in it)")
     run.add_argument("--fail-point", dest="fail_points", action="append", default=[],
                      metavar="NAME",
                      help="switch off the race guard NAME for this run (repeatable; "
@@ -271,10 +276,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         cfg = load_config(args.config, args.overrides)
+        # each unknown name is blamed on where it came from: the file, --set, --fail-point
+        from_set = any(o.partition("=")[0].strip() == "debug.fail_points"
+                       for o in args.overrides)
+        _check_fail_points(cfg["debug.fail_points"], "--set" if from_set else cfg.source)
         if getattr(args, "fail_points", None):
+            _check_fail_points(args.fail_points, "--fail-point")
             merged = list(cfg["debug.fail_points"]) + list(args.fail_points)
             cfg = cfg.with_values({"debug.fail_points": merged}, origin="--fail-point")
-        _check_fail_points(cfg)
     except ConfigError as e:
         print(f"smp: {e}", file=sys.stderr)
         return 2
@@ -283,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "stress":
         return _stress(args, cfg)
-    from smp.run.launcher import LaunchError, run_machine
+    from smp.run.launcher import LaunchError, RunDirError, run_machine
     from smp.observe.report import summary_table
     from smp.run.remote import RemoteError, check_listen
     listen = None
@@ -304,7 +313,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = run_machine(cfg, args.run_dir,
                              log=(lambda line: None) if args.quiet else None,
-                             monitors=monitors, listen=listen)
+                             monitors=monitors, listen=listen, force=args.force)
+    except RunDirError as e:                  # raised before anything started
+        print(f"smp: {e}", file=sys.stderr)
+        return 2
     except LaunchError as e:
         print(f"smp: {e}", file=sys.stderr)
         return 1
@@ -398,18 +410,20 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_fail_points(cfg: "Config") -> None:
+def _check_fail_points(names: Sequence[str], origin: str) -> None:
+    """Every name a known fail point; else a ConfigError naming ``origin`` (the config
+    file, "--set" or "--fail-point")."""
     from kernel.kern.kern_fail import fail_points
     known = [fp.name for fp in fail_points()]
-    for name in cfg["debug.fail_points"]:
+    what = "" if origin == "--fail-point" else "debug.fail_points: "
+    for name in names:
         if name not in known:
-            raise ConfigError(cfg.source, "debug.fail_points",
-                              f"debug.fail_points: unknown fail point {name!r} "
+            raise ConfigError(origin, "debug.fail_points",
+                              f"{what}unknown fail point {name!r} "
                               f"(known: {', '.join(known)})")
 
 
 def _report(args: argparse.Namespace) -> int:
-    from smp.observe.report import summary_table
     path = os.path.join(args.run_dir, "report.json")
     try:
         with open(path) as f:
@@ -418,9 +432,31 @@ def _report(args: argparse.Namespace) -> int:
         print(f"smp: {path}: no such file (is {args.run_dir} a run directory?)",
               file=sys.stderr)
         return 2
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         print(f"smp: {path}: not valid JSON: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        print(f"smp: {path}: cannot read it: {e.strerror}", file=sys.stderr)
+        return 2
+    missing = [k for k in _REPORT_KEYS if not isinstance(report, dict) or k not in report]
+    if missing:
+        print(f"smp: {path}: not a report of `smp run` (no {', '.join(missing)})",
+              file=sys.stderr)
+        return 2
+    try:
+        return _print_report(args, report)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        print(f"smp: {path}: a report smp cannot read ({type(e).__name__}: {e}); "
+              f"--format json prints it as it is", file=sys.stderr)
+        return 2
+
+
+# what every report.json of `smp run` has (smp/observe/report.py)
+_REPORT_KEYS = ("ok", "seed", "reason", "cpus", "locks")
+
+
+def _print_report(args: argparse.Namespace, report: dict[str, object]) -> int:
+    from smp.observe.report import summary_table
     if args.format == "json":
         print(json.dumps(report, indent=1))
     elif args.format == "csv":

@@ -243,7 +243,7 @@ def test_a_writer_that_fills_up_ends_the_run_cleanly(run: Any, tmp_path: pathlib
     written and no process left; before the fix run_machine raised out of its cleanup
     and left the server and the CPUs running."""
     import builtins
-    import smp.run.launcher as launcher
+    from smp.run import launcher
     real_open = builtins.open
 
     def fake_open(path: Any, *args: Any, **kw: Any) -> Any:
@@ -294,3 +294,228 @@ def test_samples_that_json_cannot_hold_are_dropped_and_counted(
     rejected = res.report["server"]["rejected"]
     assert rejected.get("stats") == len(bad) + 1, rejected
     assert _jsonl_whole(tmp_path / "run" / "stats.jsonl") > 0
+
+
+# -- 4. a reused run directory; 9. the rerun line -------------------------------------------
+SHORT = ["--quiet", "--set", "machine.cpus=1", "--set", "run.duration=0.5",
+         "--set", "machine.speed=1", "--set", "user.procs_per_cpu=1"]
+
+
+def test_a_reused_run_directory_is_refused_unless_force_clears_it(
+        tmp_path: pathlib.Path) -> None:
+    """A second `smp run` into a run directory is refused (exit 2, nothing touched);
+    with --force it is cleared first: the crash.txt of an earlier run does not survive
+    next to the new report. The directory's name has a space and a quote, so the
+    config's rerun line must be shell-quoted. Before the fix the second run wrote over
+    the first and kept its crash.txt, and the rerun line split into three words."""
+    import shlex
+    from helpers import cli
+    rdir = tmp_path / "it's a run"
+    r = cli(tmp_path, "run", *SHORT, "--run-dir", str(rdir))
+    assert r.returncode == 0, r.stderr
+    (rdir / "crash.txt").write_text("panic: from another run\n")
+    before = (rdir / "report.json").read_text()
+
+    r = cli(tmp_path, "run", *SHORT, "--run-dir", str(rdir))
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert f"--run-dir {rdir}: is not empty" in r.stderr and "--force" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert (rdir / "report.json").read_text() == before and (rdir / "crash.txt").exists()
+
+    r = cli(tmp_path, "run", *SHORT, "--run-dir", str(rdir), "--force")
+    assert r.returncode == 0, r.stderr
+    assert not (rdir / "crash.txt").exists()
+    rep = cli(tmp_path, "report", str(rdir))
+    assert rep.returncode == 0 and "ok:" in rep.stdout and "panic" not in rep.stdout
+    line = [x for x in (rdir / "config.toml").read_text().splitlines()
+            if x.startswith("# rerun: ")][0]
+    assert shlex.split(line[len("# rerun: "):]) == ["smp", "run", str(rdir / "config.toml")]
+
+
+@pytest.mark.quick
+def test_force_clears_only_a_finished_run(tmp_path: pathlib.Path) -> None:
+    """--force does not empty a directory that holds no run (a slip of the command line
+    must not empty a home directory), nor one a machine is running in."""
+    from smp.run.rundir import RunDirError, launcher_started, prepare_run_dir
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "precious.txt").write_text("keep me")
+    with pytest.raises(RunDirError, match="does not hold a run of smp"):
+        prepare_run_dir(str(other), "runs", 1, force=True)
+    assert (other / "precious.txt").read_text() == "keep me"
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "config.toml").write_text("# smp 0.1.0: resolved config\n")
+    (busy / "live.json").write_text(json.dumps({
+        "launcher_pid": os.getpid(), "launcher_started": launcher_started(),
+        "server_pid": os.getpid()}))
+    with pytest.raises(RunDirError, match="a machine is running in it"):
+        prepare_run_dir(str(busy), "runs", 1, force=True)
+    assert (busy / "live.json").exists()
+
+
+# -- 5. an unusable run directory ----------------------------------------------------------
+@pytest.fixture
+def readonly_dir(tmp_path: pathlib.Path) -> Any:
+    """A directory nobody can write into: a read-only tmpfs (root ignores modes), or mode
+    0555 for other users."""
+    import shutil
+    import subprocess
+    d = tmp_path / "ro"
+    d.mkdir()
+    if os.geteuid() != 0:
+        d.chmod(0o555)
+        try:
+            yield d
+        finally:
+            d.chmod(0o755)
+        return
+    if shutil.which("mount") is None:
+        pytest.skip("root, and no mount(8) to make a read-only directory")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=16k", "tmpfs", str(d)],
+                       capture_output=True, text=True, timeout=10)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {r.stderr.strip()}")
+    try:
+        yield d
+    finally:
+        if subprocess.run(["umount", str(d)], capture_output=True, timeout=10).returncode:
+            subprocess.run(["umount", "-l", str(d)], capture_output=True, timeout=10)
+
+
+@pytest.mark.parametrize("case", ["file", "readonly", "run.dir readonly", "run.dir file"])
+def test_an_unusable_run_directory_is_a_one_line_error(
+        tmp_path: pathlib.Path, readonly_dir: pathlib.Path, case: str) -> None:
+    """Exit 2 with one line naming the path, before any process starts (no traceback,
+    exit 1, as before the fix)."""
+    from helpers import cli
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    where = {"file": ["--run-dir", str(afile)],
+             "readonly": ["--run-dir", str(readonly_dir / "run")],
+             "run.dir readonly": ["--set", f"run.dir={readonly_dir}"],
+             "run.dir file": ["--set", f"run.dir={afile}"]}[case]
+    named = str(afile) if "file" in case else str(readonly_dir)
+    t = time.monotonic()
+    r = cli(tmp_path, "run", "--quiet", *where, timeout=30)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and named in lines[0] and "Traceback" not in r.stderr, r.stderr
+    assert "run-dir" in lines[0] or "run.dir" in lines[0], lines
+    assert time.monotonic() - t < 25
+    assert afile.read_text() == "x"
+
+
+# -- 9. the small ones -----------------------------------------------------------------------
+def test_fail_point_errors_name_their_source(tmp_path: pathlib.Path) -> None:
+    from helpers import cli
+    r = cli(tmp_path, "run", "--fail-point", "nope", timeout=30)
+    assert r.returncode == 2 and r.stderr.startswith("smp: --fail-point: unknown fail point "
+                                                     "'nope'"), r.stderr
+    assert "default.toml" not in r.stderr
+    r = cli(tmp_path, "config", "--set", 'debug.fail_points=["nope"]', timeout=30)
+    assert r.returncode == 2 and r.stderr.startswith("smp: --set: debug.fail_points: "
+                                                     "unknown fail point 'nope'"), r.stderr
+    conf = tmp_path / "c.toml"
+    conf.write_text('[debug]\nfail_points = ["nope"]\n')
+    r = cli(tmp_path, "run", str(conf), timeout=30)
+    assert r.returncode == 2 and r.stderr.startswith(f"smp: {conf}: debug.fail_points: "
+                                                     f"unknown fail point 'nope'"), r.stderr
+
+
+@pytest.mark.quick
+def test_hog_pages_must_fit_in_the_machine() -> None:
+    """user.hog_pages=1048576 passed validation and then panicked the kernel ("mmap: no
+    space"); now it is a config error naming the key and machine.memory."""
+    from smp.run.config import ConfigError, load_config
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["user.hog_pages=1048576"])
+    assert str(e.value).startswith("--set: user.hog_pages: 1048576 pages (4G) do not fit")
+    assert "machine.memory is 2M (512 pages)" in str(e.value)
+    assert load_config(None, ["user.hog_pages=512"])["user.hog_pages"] == 512
+    with pytest.raises(ConfigError, match="user.hog_pages: 512 pages"):
+        load_config(None, ["user.hog_pages=512", "machine.memory=1M"])
+
+
+@pytest.mark.quick
+def test_a_dead_live_json_is_not_trusted(tmp_path: pathlib.Path) -> None:
+    """A live.json whose launcher is alive by pid but is another process (the pid was
+    reused: its start time differs), or whose server is gone, is no running machine."""
+    import subprocess
+    import sys
+    from smp.observe.monitor import read_live
+
+    def launcher_started() -> float:
+        return float(psutil.Process().create_time())
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    live = tmp_path / "live.json"
+    for info in ({"launcher_pid": os.getpid(), "launcher_started": launcher_started() - 60,
+                  "server_pid": os.getpid(), "stats": "ipc:///nowhere"},
+                 {"launcher_pid": os.getpid(), "launcher_started": launcher_started(),
+                  "server_pid": gone.pid, "stats": "ipc:///nowhere"},
+                 {"launcher_pid": gone.pid, "stats": "ipc:///nowhere"}):
+        live.write_text(json.dumps(info))
+        assert read_live(str(tmp_path)) is None, info
+    live.write_text(json.dumps({"launcher_pid": os.getpid(), "server_pid": os.getpid(),
+                                "launcher_started": launcher_started(), "stats": "x"}))
+    assert read_live(str(tmp_path)) is not None
+
+
+def test_what_a_killed_launcher_leaves_is_cleaned_at_the_next_start(
+        tmp_path: pathlib.Path) -> None:
+    """SIGKILL of `smp run` leaves live.json and the private socket folder; the machine's
+    processes die with it. live.json is not taken for a live run, and the next run
+    removes the stale socket folder (before the fix it stayed forever)."""
+    import subprocess
+    from helpers import cli, cli_cmd, cli_env
+    rdir = tmp_path / "run"
+    p = subprocess.Popen(cli_cmd("run", "--quiet", "--set", "machine.cpus=1",
+                                 "--set", "run.duration=600", "--run-dir", str(rdir)),
+                         env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         start_new_session=True)
+    try:
+        info = _live(rdir)
+        folder = pathlib.Path(info["stats"][len("ipc://"):]).parent
+        assert folder.is_dir()
+        procs = [psutil.Process(pid) for pid in [info["server_pid"], *info["cpu_pids"]]]
+        p.kill()
+        p.wait(10)
+        _, alive = psutil.wait_procs(procs, timeout=10)
+        assert not alive, alive
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+        p.communicate(timeout=10)
+    assert (rdir / "live.json").exists() and folder.is_dir()   # what SIGKILL leaves
+    from smp.observe.monitor import read_live
+    assert read_live(str(rdir)) is None
+    r = cli(tmp_path, "run", *SHORT, "--run-dir", str(tmp_path / "next"))
+    assert r.returncode == 0, r.stderr
+    assert not folder.exists(), f"{folder} left behind"
+
+
+def test_a_stopped_server_is_named(run: Any, tmp_path: pathlib.Path) -> None:
+    """SIGSTOP of the server: the CPUs hear nothing and leave (exit 3), and the run's
+    reason names the server, not a CPU (before the fix: "cpu0 (pid N) died: exit status
+    3"). The stopped server is killed; nothing is left."""
+    def stop(live: dict[str, Any]) -> int:
+        time.sleep(0.5)                 # the machine runs a little: not a boot failure
+        os.kill(live["server_pid"], signal.SIGSTOP)
+        return int(live["server_pid"])
+
+    done = tmp_path / "actor-done"
+    actor = Actor(tmp_path / "run", done, stop)
+    actor.start()
+    t = time.monotonic()
+    try:
+        res = run(["machine.cpus=2", "run.duration=600", "machine.speed=1"])
+    finally:
+        actor.join(30)
+    assert actor.error is None, actor.error
+    pid = actor.result
+    r = res.report
+    assert res.exit_status == 1 and not r["ok"], describe(res)
+    assert r["reason"].startswith(f"server (pid {pid}) unresponsive (stopped)"), r["reason"]
+    assert time.monotonic() - t < 60
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE

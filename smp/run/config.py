@@ -417,7 +417,9 @@ class Config:
     def with_values(self, mapping: Mapping[str, object], origin: str = "with_values") -> Config:
         """A new Config with the dotted keys of *mapping* replaced, checked as a file's
         values are (sizes may be "32M"); errors name *origin*. The source is kept."""
-        return Config({**self._values, **_resolve(mapping, origin)}, self.source)
+        cfg = Config({**self._values, **_resolve(mapping, origin)}, self.source)
+        _check_together(cfg, origin)
+        return cfg
 
     def to_toml(self, extra: Mapping[str, Mapping[str, object]] | None = None) -> str:
         """The resolved config as TOML: every parameter, sections and keys sorted, sizes
@@ -495,7 +497,27 @@ def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = 
     cfg = Config({**_DEFAULTS, **_resolve(_flatten(doc, source), source)}, source)
     if overrides:
         cfg = cfg.with_values(dict(_parse_override(o) for o in overrides), origin="--set")
+    else:
+        _check_together(cfg, source)
     return cfg
+
+
+def _check_together(cfg: Config, origin: str) -> None:
+    """Rules between keys, checked once every key has its value (*origin* is blamed).
+
+    ``user.hog_pages``: a memory hog maps and touches that many pages, so they must fit
+    in the machine (``machine.memory``); more would have the kernel panic at the hog's
+    mmap ("mmap: no space"), or thrash a machine too small for it, instead of saying
+    which key is wrong."""
+    from kernel.param import PAGE_SIZE
+    pages = int(cfg["machine.memory"]) // PAGE_SIZE
+    hog = int(cfg["user.hog_pages"])
+    if hog > pages:
+        raise ConfigError(origin, "user.hog_pages",
+                          f"user.hog_pages: {hog} pages ({format_size(hog * PAGE_SIZE)}) "
+                          f"do not fit in the machine: machine.memory is "
+                          f"{format_size(int(cfg['machine.memory']))} ({pages} pages); a "
+                          f"memory hog maps at most that many")
 
 
 def schema_markdown() -> str:

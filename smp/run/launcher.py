@@ -33,12 +33,12 @@ import shutil
 import signal
 import socket
 import sys
-import tempfile
 import time
 import traceback
 from typing import Any, Callable, Sequence
 
 import multiprocess
+import psutil
 import zmq
 
 from hw.protocol import ERR, VERSION, Event, Op, pack, unpack
@@ -47,6 +47,8 @@ from smp.run.config import Config
 from smp.machine.cpuproc import START_TIMEOUT, cpu_main
 from smp.run.proc_util import describe_exit
 from smp.run.remote import ListenSpec
+from smp.run.rundir import (RunDirError, config_header, launcher_started, make_socket_dir,
+                            prepare_run_dir, remove_stale_socket_dirs, write_config)
 from smp.observe.report import build_report, write_run_dir
 from smp.machine.server import held_locks_line, server_main
 
@@ -125,8 +127,7 @@ def _endpoints(cfg: Config) -> tuple[str, str, str | None]:
     the loopback only."""
     if cfg["machine.transport"] == "tcp":
         return f"tcp://127.0.0.1:{_free_port()}", f"tcp://127.0.0.1:{_free_port()}", None
-    d = tempfile.mkdtemp(prefix="smp-")
-    os.chmod(d, 0o700)
+    d = make_socket_dir()
     return f"ipc://{d}/bus", f"ipc://{d}/stats", d
 
 
@@ -209,24 +210,10 @@ class StatsRecorder:
                 self.stream.close()
 
 
-def new_run_dir(base: str, seed: int) -> str:
-    os.makedirs(base, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for n in range(1000):
-        name = f"{stamp}-s{seed}" + (f"-{n}" if n else "")
-        path = os.path.join(base, name)
-        try:
-            os.mkdir(path)
-            return path
-        except FileExistsError:
-            continue
-    raise LaunchError(f"cannot create a run directory under {base}")
-
-
 def run_machine(cfg: Config, run_dir: str | None = None,
                 log: Callable[[str], None] | None = None,
                 sysinits: Sequence[Any] = (), monitors: Sequence[Any] = (),
-                listen: ListenSpec | None = None) -> RunResult:
+                listen: ListenSpec | None = None, force: bool = False) -> RunResult:
     """Boot, run and stop one machine; write its run directory. Never leaves a process.
 
     ``monitors`` watch the run from the launcher process (the progress display, the
@@ -238,18 +225,22 @@ def run_machine(cfg: Config, run_dir: str | None = None,
     process before it boots (tests use them to run their own kernel code); the CPUs are
     forked, so they may be closures.
 
-    ``listen``: take CPUs ``listen.local_cpus..`` from other hosts (see the module doc)."""
+    ``listen``: take CPUs ``listen.local_cpus..`` from other hosts (see the module doc).
+
+    ``run_dir``: see :mod:`smp.run.rundir` (a directory that is not empty is refused unless
+    ``force``); a run directory that cannot be used raises RunDirError before anything
+    has started."""
     say = log or (lambda s: print(s, file=sys.stderr, flush=True))
     ncpus = int(cfg["machine.cpus"])
     seed = int(cfg["run.seed"])
-    rdir = run_dir or new_run_dir(str(cfg["run.dir"]), seed)
-    os.makedirs(rdir, exist_ok=True)
-    with open(os.path.join(rdir, "config.toml"), "w") as f:
-        f.write(f"# smp {__version__}: resolved config of this run (seed {seed})\n"
-                f"# rerun: smp run {os.path.join(rdir, 'config.toml')}\n")
-        f.write(cfg.to_toml())
+    rdir = prepare_run_dir(run_dir, str(cfg["run.dir"]), seed, force)
+    write_config(rdir, config_header(rdir, __version__, seed) + cfg.to_toml())
     log_path = os.path.join(rdir, "log.txt")
-    logf = _open_run_file(log_path)
+    try:
+        logf = _open_run_file(log_path)
+    except OSError as e:
+        raise RunDirError(write_error(log_path, e)) from None
+    remove_stale_socket_dirs()                # what killed launchers left behind
     write_errors: list[str] = []          # run files that could not be written (full disk)
 
     def note(line: str) -> None:
@@ -300,6 +291,7 @@ def run_machine(cfg: Config, run_dir: str | None = None,
     t0: float | None = None
     t_end: float | None = None
     old_fd: int | None = None
+    server_lost = False                       # the server stopped answering (SIGSTOP)
     try:
         for sig in (signal.SIGINT, signal.SIGTERM):
             old_handlers[sig] = signal.signal(sig, on_signal)
@@ -326,7 +318,7 @@ def run_machine(cfg: Config, run_dir: str | None = None,
         t0 = _start(ctl, server, cpus, start_wait, stop_signal, ncpus, listen)
         live = {"stats": stats_endpoint, "launcher_pid": os.getpid(),
                 "server_pid": server.pid, "cpu_pids": [p.pid for p in cpus.values()],
-                "config": cfg.source, "seed": seed}
+                "config": cfg.source, "seed": seed, "launcher_started": launcher_started()}
         _write_live(live_path, live)
         for m in monitors:
             m.started(live)
@@ -376,12 +368,16 @@ def run_machine(cfg: Config, run_dir: str | None = None,
                     if ended:
                         reason = ended
                         break
+                lost = _server_lost(ctl, server, [sentinels[fd] for fd in gone])
+                if lost:                       # the CPUs left because the server failed
+                    problems.append(lost)
+                    server_lost = True
                 for fd in gone:
                     name, p = sentinels[fd]
                     problems.append(f"{name} (pid {p.pid}) died: {describe_exit(p.exitcode)}")
                     if name.startswith("cpu"):
                         dead.append(int(name[3:]))
-                reason = problems[0]
+                reason = lost or problems[0]
                 break
             stalled = [e for e in events if e[1] == Event.STALLED]
             if stalled:                  # a stopped or wedged CPU: named, never waited on
@@ -400,18 +396,18 @@ def run_machine(cfg: Config, run_dir: str | None = None,
             reason = _final_check(ctl, poller, sentinels,
                                   3 * float(cfg["run.halt_timeout"]), problems, notes) or reason
         note(f"stopping: {reason}")
-        if server.is_alive():
+        if server.is_alive() and not server_lost:
             server_report = _halt_and_report(ctl, reason, dead, cfg, problems)
     except _Stopped as e:
         reason = str(e)
         if not stop_signal:
             problems.append(reason)
     except Exception as e:  # noqa: BLE001 - the run ends with a report, never a hang
-        reason = (str(e) if isinstance(e, RunFileError)
-                  else f"launcher error: {type(e).__name__}: {e}")
+        said = isinstance(e, (RunFileError, LaunchError))      # messages for people
+        reason = str(e) if said else f"launcher error: {type(e).__name__}: {e}"
         problems.append(reason)
         note(f"stopping: {reason}")
-        if not isinstance(e, RunFileError):
+        if not said:
             for line in traceback.format_exc().splitlines():
                 note(f"  {line}")
         if ctl is not None and server.is_alive() and not server_report:
@@ -437,6 +433,7 @@ def run_machine(cfg: Config, run_dir: str | None = None,
             *[(f"monitor {type(m).__name__}", m.close) for m in monitors],
             ("live.json", lambda: _unlink(live_path)),
             ("control connection", lambda: ctl is not None and ctl.close()),
+            ("lost server", lambda: server_lost and server.kill()),   # no halt to wait for
             ("reaping", lambda: _reap([*cpus.values(), server],
                                       float(cfg["run.halt_timeout"]), problems)),
             ("signal handlers", restore_signals),
@@ -492,6 +489,33 @@ def _write_live(path: str, live: dict[str, Any]) -> None:
     except OSError as e:
         _unlink(path + ".tmp")
         raise RunFileError(write_error(path, e)) from None
+
+
+CPU_LOST_SERVER = 3       # cpu_main's exit status when the server went silent
+SERVER_PROBE_S = 2.0      # how long the launcher waits for a server its CPUs lost
+
+
+def _server_lost(ctl: _Control | None, server: Any, gone: list[tuple[str, Any]]) -> str | None:
+    """CPUs that exit with CPU_LOST_SERVER heard nothing from the server. If the server,
+    still alive, does not answer the launcher either, the server failed (stopped with
+    SIGSTOP, or wedged), not the CPUs: the line that names it, else None."""
+    if (ctl is None or not gone or not server.is_alive()
+            or any(p.exitcode != CPU_LOST_SERVER for _, p in gone)):
+        return None
+    try:
+        ctl.call(Op.LOOKUP, "", timeout=SERVER_PROBE_S)
+        return None
+    except TimeoutError:
+        pass
+    except LaunchError:
+        return None
+    try:
+        stopped = psutil.Process(server.pid).status() == psutil.STATUS_STOPPED
+    except psutil.Error:
+        stopped = False
+    return (f"server (pid {server.pid}) unresponsive{' (stopped)' if stopped else ''}: "
+            f"it did not answer the launcher within {SERVER_PROBE_S:.0f} s, and "
+            f"{', '.join(name for name, _ in gone)} left, hearing nothing from it")
 
 
 def _halt_and_report(ctl: _Control, reason: str, dead: list[int], cfg: Config,
