@@ -519,3 +519,51 @@ def test_a_stopped_server_is_named(run: Any, tmp_path: pathlib.Path) -> None:
     assert r["reason"].startswith(f"server (pid {pid}) unresponsive (stopped)"), r["reason"]
     assert time.monotonic() - t < 60
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+# -- 6. an invariant that cannot be checked is not violated --------------------------------
+def test_a_missing_cpu_makes_lockload_unchecked_not_violated(
+        run: Any, tmp_path: pathlib.Path) -> None:
+    """cpu 2 is killed once it has counted lockload increments: its counts never reach
+    the report. Before the fix the report said "lockload: N increments in memory, CPUs
+    counted M" (a false lost update); now it says the check could not be made."""
+    from smp.observe.monitor import Stream
+
+    def kill_counting_cpu(live: dict[str, Any]) -> int:
+        pid = live["cpu_pids"][2]
+        with Stream(live["stats"]) as stream:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                for topic, rec in stream.poll(0.2):
+                    if (topic == "cpu" and rec.get("cpu") == 2
+                            and rec["kernel"].get("lockload_increments", 0) > 0):
+                        os.kill(pid, signal.SIGKILL)
+                        return int(pid)
+        raise AssertionError("cpu2 counted no lockload increment within 30 s")
+
+    done = tmp_path / "actor-done"
+    actor = Actor(tmp_path / "run", done, kill_counting_cpu)
+    actor.start()
+    try:
+        res = run(["machine.cpus=3", "run.duration=600", "machine.speed=1",
+                   "workload.kthreads=2"])
+    finally:
+        actor.join(30)
+    assert actor.error is None, actor.error
+    r = res.report
+    assert r["reason"].startswith(f"cpu2 (pid {actor.result}) died"), describe(res)
+    assert not [x for x in r["invariants"] if "lockload" in x], r["invariants"]
+    assert "lockload invariants not checked: cpu 2 sent no final report" in r["notes"], r
+    assert res.exit_status == 1 and not r["ok"]            # the dead CPU still fails it
+
+
+def test_report_of_a_file_that_is_no_report_is_refused(tmp_path: pathlib.Path) -> None:
+    """`smp report` on an empty or foreign JSON file: exit 2 and a message, not a
+    KeyError traceback."""
+    from helpers import cli
+    for text in ("", "{}", "[1, 2]", '{"ok": true, "seed": 1, "reason": "x", '
+                 '"cpus": [{"id": 0}], "locks": []}'):
+        (tmp_path / "report.json").write_text(text)
+        r = cli(tmp_path, "report", str(tmp_path), timeout=30)
+        assert r.returncode == 2, (text, r.returncode, r.stderr)
+        assert "Traceback" not in r.stderr and str(tmp_path / "report.json") in r.stderr
