@@ -567,3 +567,107 @@ def test_report_of_a_file_that_is_no_report_is_refused(tmp_path: pathlib.Path) -
         r = cli(tmp_path, "report", str(tmp_path), timeout=30)
         assert r.returncode == 2, (text, r.returncode, r.stderr)
         assert "Traceback" not in r.stderr and str(tmp_path / "report.json") in r.stderr
+
+
+# -- 8. what a CPU that said hello can still do wrong ---------------------------------------
+class _Machine:
+    """A bare server with cpu 0 (a Bus, as a CPU has) and a launcher (for reports)."""
+
+    def __init__(self, endpoint: str) -> None:
+        from hw.bus import Bus
+        from hw.protocol import LC_SLEEP, Op
+        self.cpu = Bus(endpoint, "cpu0")
+        self.cpu.hello("cpu", 0, os.getpid())
+        self.ctl = Bus(endpoint, "launcher")
+        self.ctl.hello("launcher", -1, os.getpid())
+        self.cpu.post(Op.DEFTYPE, 0, "", "hobj", [["m", "mtx", "", None], ["x", "int", "", 0]])
+        self.h = self.cpu.call(Op.NEW, 7, "t:1", "hobj", {})
+        self.lock = self.h << 8
+        self.cpu.post(Op.LOCK_INIT, 7, "t:2", self.lock, LC_SLEEP, "hlock", 0)
+
+    def ask(self, op: int, tid: int, *args: Any) -> tuple[bool, Any]:
+        """A request that waits for its reply: (True, value) or (False, error text)."""
+        from hw.bus import BusError
+        try:
+            return True, self.cpu._call(op, tid, "t:9", args, 10.0)
+        except BusError as e:
+            return False, str(e)
+
+    def report(self) -> dict[str, Any]:
+        from hw.protocol import Op
+        return dict(self.ctl.call(Op.CTL_REPORT, 0, ""))
+
+    def close(self) -> None:
+        self.cpu.close()
+        self.ctl.close()
+
+
+@pytest.fixture
+def machine() -> Any:
+    from helpers import bare_server
+    with bare_server(1, kmem_objects=1000) as (endpoint, server):
+        m = _Machine(endpoint)
+        try:
+            yield m
+        finally:
+            m.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_release_of_a_free_lock_by_tid_0_is_refused(machine: _Machine) -> None:
+    """The ownership check passed when owner and tid were both 0."""
+    from hw.protocol import EXCL, GRANTED, Op
+    ok, why = machine.ask(Op.RELEASE, 0, machine.lock, EXCL)
+    assert not ok and "tid 0, which is no thread" in why, why
+    ok, why = machine.ask(Op.ACQUIRE, 0, machine.lock, EXCL, 0)
+    assert not ok and "no thread" in why, why
+    ok, why = machine.ask(Op.RELEASE, 7, machine.lock, EXCL)     # a thread, but free
+    assert not ok and "not owned" in why, why
+    assert machine.ask(Op.ACQUIRE, 7, machine.lock, EXCL, 0) == (True, GRANTED)
+    ok, why = machine.ask(Op.RELEASE, 0, machine.lock, EXCL)
+    assert not ok                                               # still thread 7's
+    assert machine.ask(Op.RELEASE, 7, machine.lock, EXCL) == (True, None)
+    rep = machine.report()
+    assert rep["server"]["errors"] >= 4 and rep["panic"] is None, rep["server"]
+
+
+@pytest.mark.timeout(60)
+def test_count_with_an_unknown_operator_is_refused(machine: _Machine) -> None:
+    """COUNT matched every object when the operator was unknown."""
+    from hw.protocol import Op
+    assert machine.ask(Op.COUNT, 7, "hobj", [["x", "eq", 0]]) == (True, 1)
+    assert machine.ask(Op.COUNT, 7, "hobj", [["x", "eq", 5]]) == (True, 0)
+    for conds in ([["x", "gt", 5]], [["x", "eq"]], [["nofield", "eq", 0]],
+                  [["x", "clear", "bits"]], ["x"]):
+        ok, why = machine.ask(Op.COUNT, 7, "hobj", conds)
+        assert not ok and "bad" in why, (conds, why)
+    assert machine.report()["server"]["errors"] + \
+        sum(machine.report()["server"]["rejected"].values()) >= 5
+
+
+@pytest.mark.timeout(60)
+def test_kernel_memory_has_a_bound_and_running_out_panics(machine: _Machine) -> None:
+    """NEWN had no quota (10 x 65536 objects took 590 MB of the server in 1.8 s). With
+    machine.kmem_objects 1000 (and 256 page frames), a NEWN past the bound is refused
+    whole, counted, and panics the machine with a message that names kernel memory."""
+    from hw.protocol import Event, Op
+    ok, handles = machine.ask(Op.NEWN, 7, "hobj", 1000, {})
+    assert ok and len(handles) == 1000
+    ok, why = machine.ask(Op.NEWN, 7, "hobj", 65536, {})
+    assert not ok and "kernel memory exhausted" in why, why
+    rep = machine.report()
+    assert rep["kmem"]["live_objects"] == 1001, rep["kmem"]
+    assert rep["server"]["rejected"].get("kmem") == 1, rep["server"]["rejected"]
+    assert rep["panic"] is not None and "machine.kmem_objects is 1000" in \
+        rep["panic"]["message"], rep["panic"]
+    assert rep["panic"]["detector"] == "kmem"
+
+
+def test_a_machine_too_small_for_its_kernel_panics_naming_kernel_memory(
+        run: Any) -> None:
+    """machine.kmem_objects reaches the server: 64 objects are too few to boot."""
+    res = run(["machine.cpus=2", "machine.kmem_objects=64", "run.duration=30"])
+    r = res.report
+    assert res.exit_status == 1 and r["panic"] is not None, describe(res)
+    assert "kernel memory exhausted" in r["panic"]["message"], r["panic"]
+    assert "machine.kmem_objects is 64" in r["panic"]["message"], r["panic"]

@@ -43,7 +43,7 @@ from hw.protocol import (ERR, HEARTBEAT_S, MAX_FRAME, MAX_FRAME_HARD, OK, PEER_L
 from smp.machine.lockcheck import LockKeyChecker
 from smp.machine.locks import Deadlock, LockError, LockTable
 from smp.machine.witness import Finding, Witness
-from smp.machine.objects import LOCK_KINDS, ObjectError, ObjectStore
+from smp.machine.objects import LOCK_KINDS, KmemExhausted, ObjectError, ObjectStore
 
 POLL_MS = 200
 
@@ -100,7 +100,8 @@ class Server:
 
     def __init__(self, endpoint: str, ncpus: int, memory: int, swap: int,
                  pub_endpoint: str | None = None, stats_interval: float = 0.5,
-                 detectors: dict[str, Any] | None = None, lines: bool = True) -> None:
+                 detectors: dict[str, Any] | None = None, lines: bool = True,
+                 kmem_objects: int | None = None) -> None:
         det = dict(DEFAULT_DETECTORS, **(detectors or {}))
         self.detectors = det
         self.findings: list[dict[str, Any]] = []
@@ -114,6 +115,11 @@ class Server:
         self.mem = PhysMem(memory)
         self.swap = SwapDevice(swap)
         self.kmem = ObjectStore()
+        # kernel memory's bound (machine.kmem_objects): that many objects besides one
+        # vm_page per page frame; None: no bound
+        self.kmem_objects = kmem_objects
+        if kmem_objects is not None:
+            self.kmem.limit = kmem_objects + self.mem.npages
         self.witness = Witness(self._finding) if det["witness"] else None
         self.locks = LockTable(self.witness, bool(det["deadlock"]), lines)
         self.lockkeys = (LockKeyChecker(self.kmem, self.locks, self._finding)
@@ -164,8 +170,8 @@ class Server:
             Op.SWAPCOPY: lambda p, t, s, a: self.swap.copy(a[0], a[1]),
             Op.KPROBE: lambda p, t, s, a: self.mem.probe(a[0]),
             Op.DEFTYPE: lambda p, t, s, a: self.kmem.deftype(a[0], a[1]),
-            Op.NEW: self._new,
-            Op.NEWN: self._newn,
+            Op.NEW: lambda p, t, s, a: self._kmem(p, t, s, a, self._new, "NEW"),
+            Op.NEWN: lambda p, t, s, a: self._kmem(p, t, s, a, self._newn, "NEWN"),
             Op.FREE: self._free,
             Op.LOAD: lambda p, t, s, a: (self._access(t, s, a[0], [a[1]], "load"),
                                          self.kmem.load(a[0], a[1]))[1],
@@ -261,6 +267,22 @@ class Server:
             self.lockkeys.created(h, tid)
         return h
 
+    def _kmem(self, p: Peer, tid: int, site: str, a: list[Any],
+              alloc: Callable[[Peer, int, str, list[Any]], Any], what: str) -> Any:
+        """NEW and NEWN: kernel memory that runs out is a panic of the machine, named,
+        (and the request is refused, counted in ``rejected["kmem"]``), never a host out
+        of memory."""
+        try:
+            return alloc(p, tid, site, a)
+        except KmemExhausted as e:
+            self.rejected["kmem"] += 1
+            msg = (f"{e}: machine.kmem_objects is {self.kmem_objects} (besides "
+                   f"{self.mem.npages} vm_pages); {what} by cpu {p.cpu}")
+            self.panic_machine({"message": msg, "cpu": p.cpu, "tid": tid, "site": site,
+                                "source": "server", "detector": "kmem",
+                                "stack": [f"{site}: kernel memory exhausted"]})
+            raise KmemExhausted(msg) from None
+
     def _newn(self, p: Peer, tid: int, site: str, a: list[Any]) -> list[int]:
         """NEWN (type, count, init[, index_field[, list_head]]): ``count`` objects, in
         handle order. The optional arguments make the boot of a big machine one request
@@ -279,6 +301,7 @@ class Server:
         if head:
             self._head(tid, site, head, "store")
             lst = self.kmem.listhead(head)
+        self.kmem.reserve(n, str(a[0]))           # all or nothing
         out = []
         for i in range(n):
             h = self._new(p, tid, site, [a[0], a[2]])
@@ -890,7 +913,8 @@ def _opname(op: Any) -> str:
 def server_main(endpoint: str, ncpus: int, memory: int, swap: int,
                 pub_endpoint: str | None = None, stats_interval: float = 0.5,
                 detectors: dict[str, Any] | None = None, listen: Any = None,
-                hello: dict[str, Any] | None = None, lines: bool = True) -> None:
+                hello: dict[str, Any] | None = None, lines: bool = True,
+                kmem_objects: int | None = None) -> None:
     """Entry point of the server process (started by the launcher). ``listen``: an
     ``smp.run.remote.ListenSpec`` when CPUs join from other hosts; ``hello``: what their
     HELLO replies carry (the resolved config)."""
@@ -898,7 +922,7 @@ def server_main(endpoint: str, ncpus: int, memory: int, swap: int,
     die_with_parent()
     try:
         server = Server(endpoint, ncpus, memory, swap, pub_endpoint, stats_interval,
-                        detectors, lines)
+                        detectors, lines, kmem_objects)
         if listen is not None:
             from smp.run.remote import attach
             attach(server, listen, hello or {})

@@ -183,6 +183,10 @@ PARAMS: tuple[Param, ...] = (
     Param("machine.lines", "bool", True, "",
           "a CPU that keeps taking a mutex keeps its lock word's line and takes it again "
           "without a round trip until another CPU asks (false: every acquire asks the server)"),
+    Param("machine.kmem_objects", "int", 262144, "objects",
+          "kernel memory: the most kernel objects alive at once besides one vm_page per page "
+          "frame (struct proc, thread, vm_object, ...); running out panics the machine",
+          min=64, max=1 << 24),
     Param("run.duration", "float", 20.0, "sim s", "simulated seconds to run",
           min=0.1, max=86400),
     Param("run.seed", "int", 1, "", "the one seed that all of the run's randomness derives from",

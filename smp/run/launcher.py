@@ -270,7 +270,8 @@ def run_machine(cfg: Config, run_dir: str | None = None,
                                "lockkeys": cfg["debug.lockkeys"],
                                "spin_max_s": cfg["debug.spin_max_s"],
                                "watchdog_s": cfg["debug.watchdog_s"]},
-                              listen, hello, bool(cfg["machine.lines"])))
+                              listen, hello, bool(cfg["machine.lines"]),
+                              int(cfg["machine.kmem_objects"])))
     cpus: dict[int, Any] = {}                 # cpu id -> process: the CPUs started here
     ctl: _Control | None = None
     stats: StatsRecorder | None = None
