@@ -671,3 +671,75 @@ def test_a_machine_too_small_for_its_kernel_panics_naming_kernel_memory(
     assert res.exit_status == 1 and r["panic"] is not None, describe(res)
     assert "kernel memory exhausted" in r["panic"]["message"], r["panic"]
     assert "machine.kmem_objects is 64" in r["panic"]["message"], r["panic"]
+
+
+# -- 2. a flood from a peer that never said hello ------------------------------------------
+FLOODER = r"""
+import sys, time, zmq
+endpoint, limit = sys.argv[1], float(sys.argv[2])
+ctx = zmq.Context()
+s = ctx.socket(zmq.DEALER)
+s.setsockopt(zmq.LINGER, 0)
+s.setsockopt(zmq.IDENTITY, b"flood")
+s.setsockopt(zmq.SNDHWM, 0)
+s.connect(endpoint)
+sent, end = 0, time.monotonic() + limit
+while time.monotonic() < end:
+    for _ in range(1000):                  # 1-byte garbage, never a hello, never a read
+        try:
+            s.send(b"\x00", zmq.NOBLOCK)
+            sent += 1
+        except zmq.Again:
+            time.sleep(0.001)
+    sys.stdout.write(f"{sent}\n")
+    sys.stdout.flush()
+s.close(0)
+ctx.term()
+"""
+
+
+def test_a_flood_from_a_peer_without_hello_neither_grows_nor_stops_the_machine(
+        run: Any, tmp_path: pathlib.Path) -> None:
+    """A peer floods the server with 1-byte garbage from the machine's start until after
+    its end (at most 30 s). Before the fix every unread request and every unread error
+    reply queued without bound (server RSS 31 MB -> 1.2 GB in 12 s) and the server's
+    drain loop never looked at the launcher's BYE ("smp-server did not stop in 5.0 s;
+    killed"). Now: the run ends ok, on time, and the server's peak RSS stays under twice
+    what it was when the flood began."""
+    import subprocess
+    import sys
+    from helpers import cli_env
+    stop = threading.Event()
+    seen: dict[str, Any] = {}
+
+    def flood(live: dict[str, Any]) -> None:
+        bus = live["stats"][: -len("stats")] + "bus"
+        seen["base_mb"] = psutil.Process(live["server_pid"]).memory_info().rss / 2**20
+        p = subprocess.Popen([sys.executable, "-c", FLOODER, bus, "30"], env=cli_env(),
+                             stdout=subprocess.PIPE, text=True)
+        try:
+            while not stop.wait(0.1) and p.poll() is None:
+                pass
+        finally:
+            p.kill()
+            out, _ = p.communicate(timeout=10)
+            seen["sent"] = int(out.split()[-1]) if out.split() else 0
+
+    done = tmp_path / "actor-done"
+    actor = Actor(tmp_path / "run", done, flood)
+    actor.start()
+    try:
+        res = run(["machine.cpus=2", "run.duration=6", "machine.speed=1"])
+    finally:
+        stop.set()
+        actor.join(30)
+    assert actor.error is None, actor.error
+    r = res.report
+    srv = r["server"]
+    print(f"flood: {seen}, server {srv['rss_peak_mb']} MB peak, rejected {srv['rejected']}, "
+          f"wall {r['wall_s']} s")
+    assert seen["sent"] > 10_000, seen
+    assert res.exit_status == 0 and r["ok"] and r["reason"] == "end of run", describe(res)
+    assert r["wall_s"] < 6 + 20, r["wall_s"]
+    assert srv["rss_peak_mb"] < 2 * seen["base_mb"], (srv["rss_peak_mb"], seen)
+    assert sum(srv["rejected"].values()) > 10_000 and srv["silenced"] > 0, srv

@@ -59,6 +59,13 @@ TICK_EVERY = 64                # while draining, look at the clock every this ma
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE_NOBLOCK = int(zmq.SNDMORE) | int(zmq.NOBLOCK)
 LIVENESS_CHECK_S = 0.05        # spin locks held too long, silent CPUs: looked for this often
+# Bounds against a flood (issue 15): the ROUTER's queues per peer, in messages (a CPU
+# that is stopped for seconds gets a few heartbeats and events a second: far below), and
+# the ERR replies a peer that never said hello gets before it is answered no more.
+RCV_HWM = 10_000
+SND_HWM = 100_000
+NO_HELLO_REPLIES = 256
+MAX_STRANGERS = 4096           # identities without hello remembered (the oldest forgotten)
 
 
 # The argument types of the requests that name things the server keeps and sorts in its
@@ -139,6 +146,8 @@ class Server:
         self.pending_halt: list[tuple[bytes, int]] = []
         self.bad_messages = 0
         self.rejected: collections.Counter[str] = collections.Counter()
+        self.strangers: dict[bytes, int] = {}       # no hello yet: ERR replies sent
+        self.silenced = 0                           # errors not answered (see _error_reply)
         self.lost: dict[int, float] = {}            # cpu -> seconds silent when reported
         self.alive_at: dict[int, float] = {}        # cpu -> its heartbeat thread's last PING
         self.next_heartbeat = 0.0
@@ -472,6 +481,7 @@ class Server:
         else:
             raise Rejected("hello", f"unknown role {_short(role)}")
         self.peers[ident] = peer
+        self.strangers.pop(ident, None)
         self._reply(ident, seq, OK, {"ncpus": self.ncpus, "npages": self.mem.npages,
                                      "swap_blocks": self.swap.nblocks,
                                      "now": time.monotonic(), **self.hello_info})
@@ -503,6 +513,20 @@ class Server:
         self.rejected[kind] += 1
         if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < 1 << 63:
             seq = 0
+        self._error_reply(ident, seq, text)
+
+    def _error_reply(self, ident: bytes, seq: int, text: str) -> None:
+        """An ERR reply. A peer that never said hello gets NO_HELLO_REPLIES of them; its
+        further errors are counted (``silenced``) and not answered: garbage from a peer
+        that never reads would otherwise queue replies for it without bound."""
+        if ident not in self.peers:
+            n = self.strangers.get(ident, 0)
+            if n >= NO_HELLO_REPLIES:
+                self.silenced += 1
+                return
+            if n == 0 and len(self.strangers) >= MAX_STRANGERS:
+                del self.strangers[next(iter(self.strangers))]     # the oldest goes
+            self.strangers[ident] = n + 1
         self._send(ident, [Op.REPLY, seq, ERR, text[:_MAX_ERROR_TEXT]])
 
     def handle(self, ident: bytes, frame: bytes) -> None:
@@ -569,7 +593,7 @@ class Server:
             if seq == 0 and peer is not None and peer.role == "cpu":
                 self._posted_error(peer, tid, site, op, ProtocolError(text))
             else:
-                self._send(ident, [Op.REPLY, seq, ERR, text[:_MAX_ERROR_TEXT]])
+                self._error_reply(ident, seq, text)
 
     def _dispatch(self, ident: bytes, peer: Peer | None, op: int, seq: int, tid: int,
                   site: str, args: list[Any]) -> None:
@@ -609,7 +633,7 @@ class Server:
         except _KERNEL_ERRORS as e:
             self.errors += 1
             if seq or peer is None or peer.role != "cpu":
-                self._send(ident, [Op.REPLY, seq, ERR, str(e)[:_MAX_ERROR_TEXT]])
+                self._error_reply(ident, seq, str(e))
             else:
                 self._posted_error(peer, tid, site, op, e)
         except Rejected:
@@ -622,8 +646,7 @@ class Server:
                 self._posted_error(peer, tid, site, op, ProtocolError(
                     f"malformed posted {_opname(op)}: {e}"))
             else:
-                self._send(ident, [Op.REPLY, seq, ERR,
-                                   f"bad {_opname(op)} request: {e}"[:_MAX_ERROR_TEXT]])
+                self._error_reply(ident, seq, f"bad {_opname(op)} request: {e}")
 
     # -- the stats stream -----------------------------------------------------------------
     def _publish(self, topic: bytes, payload: Any) -> None:
@@ -712,8 +735,10 @@ class Server:
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.sock.setsockopt(zmq.RCVHWM, 0)
-        self.sock.setsockopt(zmq.SNDHWM, 0)
+        # every queue bounded: a peer that floods, or never reads, fills its own pipe
+        # (its sends then wait: backpressure; our sends to it fail: counted unroutable)
+        self.sock.setsockopt(zmq.RCVHWM, RCV_HWM)
+        self.sock.setsockopt(zmq.SNDHWM, SND_HWM)
         self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_HARD)
         self.sock.bind(self.endpoint)             # private: the launcher, local CPUs
         if self.curve is not None:                # smp.run.remote: the --listen endpoint,
@@ -758,7 +783,7 @@ class Server:
                                     f"{len(rest)}")
                     else:
                         self.handle(ident, rest[0])
-                    if not poller.poll(0):
+                    if not self.running or not poller.poll(0):   # a BYE mid-flood ends it
                         break
         finally:
             self.sock.close(0)
@@ -782,6 +807,7 @@ class Server:
             "server": {"messages": self.messages, "bad_messages": self.bad_messages,
                        "rejected": dict(sorted(self.rejected.items())),
                        "errors": self.errors, "unroutable": self.unroutable,
+                       "silenced": self.silenced,
                        "heartbeats": self.heartbeats,
                        "lines": self.locks.line_report(),
                        "unresponsive": {str(c): s for c, s in sorted(self.lost.items())},

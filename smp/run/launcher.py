@@ -428,7 +428,9 @@ def run_machine(cfg: Config, run_dir: str | None = None,
             os.close(wake_r)
             os.close(wake_w)
 
+        propagating = sys.exc_info()[0] is not None     # KeyboardInterrupt and the like
         _cleanup([
+            ("log.txt", lambda: propagating and logf.close()),
             ("signal wakeup fd", lambda: old_fd is not None and signal.set_wakeup_fd(old_fd)),
             ("stats.jsonl", lambda: stats is not None and stats.close()),
             *[(f"monitor {type(m).__name__}", m.close) for m in monitors],
