@@ -4,7 +4,7 @@
             [--force]]
             [--listen tcp://ADDR:PORT [--local-cpus N] [--key-dir DIR] [--join-timeout S]]
     smp cpu --join tcp://HOST:PORT --id K [--key-dir DIR] [--timeout S]
-    smp keys DIR
+    smp keys DIR [--cpus IDS [--name NAME]]
     smp report RUN_DIR [--format text|json|csv] [--table cpus|locks|profile|series]
     smp top [RUN_DIR] [--once [--json]]
     smp plot RUN_DIR
@@ -40,7 +40,8 @@ examples:
   smp top runs/X --once --json             one sample, for scripts
   smp plot runs/20261126-101500-s1         PNG charts into the run directory
   smp run --metrics 9100                   Prometheus metrics at http://127.0.0.1:9100/metrics
-  smp keys keys/                           CURVE keys for CPUs on other hosts
+  smp keys keys/                           the server's CURVE keys for CPUs on other hosts
+  smp keys keys/ --cpus 2-3                a key for the CPU host that runs cpus 2 and 3
   smp run --set machine.cpus=4 --listen tcp://0.0.0.0:5555 --key-dir keys/ --local-cpus 2
   smp cpu --join tcp://server:5555 --id 2 --key-dir keys/   (on another host; and --id 3)
 """
@@ -94,8 +95,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="with --listen: start CPUs 0..N-1 here (default: all); the "
                      "others must join")
     run.add_argument("--key-dir", metavar="DIR",
-                     help="with --listen: CURVE keys made by `smp keys DIR`; only CPUs "
-                     "whose public key is in DIR/authorized/ can join")
+                     help="with --listen: CURVE keys made by `smp keys DIR [--cpus "
+                     "IDS]`; only CPUs whose public key is in DIR/authorized/ can join, "
+                     "each as the CPU ids its key is bound to")
     run.add_argument("--join-timeout", type=float, default=None, metavar="S",
                      help="with --listen: how long to wait for every CPU to join "
                      "(default 60 s); the run then ends naming the missing ones")
@@ -106,23 +108,31 @@ def _parser() -> argparse.ArgumentParser:
         "The server sends the run's resolved config; this process runs the CPU until the "
         "machine halts, and exits when the server goes away.",
         epilog="exit status: 0 the machine halted; 1 could not join (nothing listening, "
-        "key refused); 2 usage; 3 the server went away",
+        "key refused, the id not bound to the key or taken); 2 usage; 3 the server went "
+        "away",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     cpu.add_argument("--join", required=True, metavar="tcp://HOST:PORT",
                      help="the server's --listen endpoint")
     cpu.add_argument("--id", required=True, type=int, metavar="K", help="the CPU number")
     cpu.add_argument("--key-dir", metavar="DIR",
-                     help="CURVE keys: DIR/client.key_secret and DIR/server.key")
+                     help="CURVE keys: DIR/server.key and a secret key bound to K "
+                     "(made by `smp keys DIR --cpus K`)")
     cpu.add_argument("--timeout", type=float, default=60.0, metavar="S",
                      help="give up when no server answers within S seconds (default 60)")
 
     keys = sub.add_parser(
         "keys", help="make CURVE keys for running CPUs on other hosts",
-        description="Create DIR (mode 0700) with a server and a client key pair and "
-        "DIR/authorized/ (the client public keys the server accepts). Give the server "
-        "host all of it; give each CPU host DIR/client.key, DIR/client.key_secret and "
-        "DIR/server.key.")
+        description="Without --cpus: create DIR (mode 0700) with the server's key pair "
+        "and DIR/authorized/ (the client public keys the server accepts). With --cpus "
+        "IDS: add a client key pair bound to those CPU ids and authorize it; a CPU may "
+        "join only as an id its key is bound to. Give the server host all of DIR; give "
+        "each CPU host DIR/server.key and its own NAME.key and NAME.key_secret.")
     keys.add_argument("dir", metavar="DIR")
+    keys.add_argument("--cpus", metavar="IDS",
+                      help="bind the new client key to these CPU ids: 2, 2-5 or 1,4-6")
+    keys.add_argument("--name", metavar="NAME",
+                      help="with --cpus: the key files' name (default cpu<IDS>, e.g. "
+                      "cpu2-5); a host's name reads well")
 
     st = sub.add_parser(
         "stress", help="run many short machines with derived seeds, hunting lock races",
@@ -256,7 +266,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "keys":
         from smp.run.keys import KeyDirError, create_keys
         try:
-            for path in create_keys(args.dir):
+            if args.name and not args.cpus:
+                raise KeyDirError("--name needs --cpus")
+            for path in create_keys(args.dir, args.cpus, args.name):
                 print(path)
         except (KeyDirError, OSError) as e:
             print(f"smp keys: {e}", file=sys.stderr)

@@ -743,3 +743,140 @@ def test_a_flood_from_a_peer_without_hello_neither_grows_nor_stops_the_machine(
     assert r["wall_s"] < 6 + 20, r["wall_s"]
     assert srv["rss_peak_mb"] < 2 * seen["base_mb"], (srv["rss_peak_mb"], seen)
     assert sum(srv["rejected"].values()) > 10_000 and srv["silenced"] > 0, srv
+
+
+# -- 7. remote CPUs: keys bound to CPU ids --------------------------------------------------
+def test_remote_keys_are_bound_to_cpu_ids(tmp_path: pathlib.Path) -> None:
+    """On the loopback with CURVE keys: cpu 1 joins with its key; a second CPU for id 1 is
+    refused at once (before the fix it printed "joined" and failed 10 s later with
+    "nothing from the server", uncounted); a key bound to cpu 1 whose holder rewrote its
+    own copy to say cpu 2 is refused as cpu 2 (the server reads the binding from its
+    authorized/ folder); cpu 2 with its own key joins and the run ends ok. Both refusals
+    are counted in the server's rejected['hello']."""
+    import shutil
+    import socket
+    import subprocess
+    from helpers import cli, cli_cmd, cli_env
+    keys, stolen = tmp_path / "keys", tmp_path / "stolen"
+    for extra in ([], ["--cpus", "1"], ["--cpus", "2"]):
+        r = cli(tmp_path, "keys", str(keys), *extra, timeout=30)
+        assert r.returncode == 0, r.stderr
+    stolen.mkdir()
+    shutil.copy(keys / "server.key", stolen)
+    text = (keys / "cpu1.key_secret").read_text()
+    assert 'cpus = "1"' in text
+    (stolen / "cpu1.key_secret").write_text(text.replace('cpus = "1"', 'cpus = "2"'))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    endpoint = f"tcp://127.0.0.1:{port}"
+    rdir = tmp_path / "run"
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(*args: str) -> subprocess.Popen[str]:
+        p = subprocess.Popen(cli_cmd(*args), env=cli_env(), text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        procs.append(p)
+        return p
+
+    def join(cpu: int, key_dir: pathlib.Path) -> subprocess.Popen[str]:
+        return start("cpu", "--join", endpoint, "--id", str(cpu), "--key-dir", str(key_dir),
+                     "--timeout", "30")
+
+    try:
+        run = start("run", "--quiet", "--set", "machine.cpus=3", "--set", "run.duration=1",
+                    "--set", "user.procs_per_cpu=1", "--run-dir", str(rdir), "--listen",
+                    endpoint, "--key-dir", str(keys), "--local-cpus", "1",
+                    "--join-timeout", "60")
+        cpu1 = join(1, keys)
+        assert cpu1.stderr is not None
+        line = cpu1.stderr.readline()                 # said once its HELLO was taken
+        assert "cpu1" in line and "joined" in line, line
+        for cpu, key_dir, why in ((1, keys, "cpu 1 is taken"),
+                                  (2, stolen, "(cpu1.key) is bound to cpu 1, not cpu 2")):
+            t = time.monotonic()
+            p = join(cpu, key_dir)
+            _, err = p.communicate(timeout=30)
+            assert p.returncode == 1 and why in err and "joined" not in err, err
+            assert time.monotonic() - t < 8, f"refused after {time.monotonic() - t:.1f} s"
+        cpu2 = join(2, keys)
+        _, err = run.communicate(timeout=60)
+        assert run.returncode == 0, err
+        for p in (cpu1, cpu2):
+            p.communicate(timeout=15)
+            assert p.returncode == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.communicate(timeout=10)
+    report = json.loads((rdir / "report.json").read_text())
+    assert report["ok"] and report["server"]["rejected"].get("hello") == 2, report["server"]
+
+
+@pytest.mark.quick
+def test_keys_without_a_binding_or_for_missing_cpus_are_refused_before_start(
+        tmp_path: pathlib.Path) -> None:
+    """A key directory made before ids were bound (a shared client.key) is refused by
+    `smp run --listen`, and so is one that has no key for a CPU that must join."""
+    from smp.run.keys import create_keys
+    from smp.run.remote import RemoteError, check_listen
+    d = tmp_path / "k"
+    create_keys(str(d))
+    create_keys(str(d), "1")
+    with pytest.raises(RemoteError, match="no key in .* is bound to cpu 2, which must join"):
+        check_listen("tcp://127.0.0.1:1", str(d), 3, 1, None)
+    for f in ("cpu1.key", "cpu1.key_secret", "authorized/cpu1.key"):
+        os.unlink(d / f)
+    import zmq.auth
+    zmq.auth.create_certificates(str(d / "authorized"), "client")   # no binding
+    with pytest.raises(RemoteError, match="no key there is bound to a CPU id"):
+        check_listen("tcp://127.0.0.1:1", str(d), 3, 1, None)
+
+
+def test_a_second_cpu_for_a_taken_id_is_refused_at_once(tmp_path: pathlib.Path) -> None:
+    """Without keys, on the loopback: a second `smp cpu --join --id 1` while cpu 1 is
+    joined. Before the fix it printed "joined" (ZeroMQ dropped its HELLO, which had the
+    same identity as cpu 1's) and gave up 10 s later with "nothing from the server",
+    exit 3, uncounted; now the server refuses it at once, exit 1, counted."""
+    import socket
+    import subprocess
+    from helpers import cli_cmd, cli_env
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        endpoint = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    rdir = tmp_path / "run"
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(*args: str) -> subprocess.Popen[str]:
+        p = subprocess.Popen(cli_cmd(*args), env=cli_env(), text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        procs.append(p)
+        return p
+
+    try:
+        run = start("run", "--quiet", "--set", "machine.cpus=2", "--set", "run.duration=4",
+                    "--set", "machine.speed=1", "--set", "user.procs_per_cpu=1",
+                    "--run-dir", str(rdir), "--listen", endpoint, "--local-cpus", "1",
+                    "--join-timeout", "60")
+        cpu1 = start("cpu", "--join", endpoint, "--id", "1", "--timeout", "30")
+        assert cpu1.stderr is not None
+        # "joined" (since the fix: once its HELLO was taken); the machine then runs for
+        # 4 s, and the second comes meanwhile
+        line = cpu1.stderr.readline()
+        assert "joined" in line, line
+        t = time.monotonic()
+        dup = start("cpu", "--join", endpoint, "--id", "1", "--timeout", "30")
+        _, err = dup.communicate(timeout=30)
+        took = time.monotonic() - t
+        assert dup.returncode == 1 and "cpu 1 is taken" in err, (dup.returncode, err)
+        assert took < 8, f"refused after {took:.1f} s"
+        _, err = run.communicate(timeout=60)
+        assert run.returncode == 0, err
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.communicate(timeout=10)
+    report = json.loads((rdir / "report.json").read_text())
+    assert report["server"]["rejected"].get("hello") == 1, report["server"]

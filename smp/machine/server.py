@@ -158,6 +158,11 @@ class Server:
         # hello_info goes into every HELLO reply (the resolved config, for joining CPUs)
         self.curve: dict[str, Any] | None = None
         self.hello_info: dict[str, Any] = {}
+        # (CURVE user id of the connection, role, cpu) -> why a HELLO is refused, or None;
+        # conn_user: the User-Id (z85 public key) of the message being handled, looked up
+        # only for peers without hello, on a server that listens with keys
+        self.hello_check: Callable[[str | None, Any, Any], str | None] | None = None
+        self.conn_user: str | None = None
         self.errors = 0
         self.unroutable = 0
         self.messages = 0
@@ -467,11 +472,18 @@ class Server:
             raise Rejected("hello", f"pid {_short(pid)} is not a process id")
         if role == "launcher" and self.launcher is not None and not self.launcher.gone:
             raise Rejected("hello", "this machine already has a launcher")
+        if self.hello_check is not None:          # smp.run.remote: keys bound to CPU ids
+            why = self.hello_check(self.conn_user, role, cpu)
+            if why:
+                raise Rejected("hello", why)
         if role == "cpu":
-            if not isinstance(cpu, int) or not 0 <= cpu < self.ncpus:
-                raise ProtocolError(f"cpu id {cpu!r} out of range 0..{self.ncpus - 1}")
+            if not isinstance(cpu, int) or isinstance(cpu, bool) or not 0 <= cpu < self.ncpus:
+                raise Rejected("hello", f"cpu id {_short(cpu)} out of range "
+                               f"0..{self.ncpus - 1}")
             if cpu in self.cpus:
-                raise ProtocolError(f"cpu {cpu} said hello twice")
+                held = self.cpus[cpu]
+                raise Rejected("hello", f"cpu {cpu} is taken: a CPU (pid {held.pid}) "
+                               f"said hello as cpu {cpu} already")
             peer = Peer(ident, role, cpu, int(pid))
             self.cpus[cpu] = peer
             self.last_heard[cpu] = time.monotonic()
@@ -775,6 +787,9 @@ class Server:
                         rest.append(f.bytes)
                         more = f.more
                     n += 1
+                    if self.hello_check is not None:
+                        self.conn_user = (_user_id(f) if ident not in self.peers
+                                          else None)
                     if n % TICK_EVERY == 0:           # a flood must not stop heartbeats
                         self._tick(drained=False)
                     if len(rest) != 1:
@@ -923,6 +938,16 @@ def _bad_sample(payload: Any, cpu: int) -> str | None:
             return None
         return f"a value JSON cannot hold: {type(x).__name__}"
     return check(payload, 0)
+
+
+def _user_id(frame: Any) -> str | None:
+    """The ZAP User-Id of a received frame's connection (CURVE: the client's public key,
+    z85), or None (the private endpoint authenticates nobody)."""
+    try:
+        user = frame.get("User-Id")
+    except zmq.ZMQError:
+        return None
+    return user if isinstance(user, str) and user else None
 
 
 def _chan(c: Any) -> Any:
