@@ -8,8 +8,10 @@ connect; the launcher, the local CPUs and the stats stream keep the private endp
 Who may listen where. A loopback address (127.0.0.0/8, ::1, localhost) needs nothing more.
 Any other address (including ``*`` and 0.0.0.0) is refused unless a key directory
 (:mod:`smp.run.keys`) is given; then the listen endpoint speaks CURVE and accepts only the CPUs
-whose public keys are in the directory's ``authorized/``. The check runs before anything
-starts (:func:`check_listen`: exit status 2).
+whose public keys are in the directory's ``authorized/``, each only as the CPU ids its key
+is bound to (:func:`check_hello`: the server learns a connection's key from ZAP's User-Id
+and checks it at HELLO). The address and the keys are checked before anything starts
+(:func:`check_listen`: exit status 2).
 
 Authentication runs in a thread. The server is one thread by design (it is the machine's
 linearisation point), but CURVE's client check goes through ZAP, a REP socket the ZeroMQ
@@ -187,7 +189,7 @@ def check_hello(bindings: dict[str, tuple[str, frozenset[int]]], user: str | Non
 
 # -- the joining CPU --------------------------------------------------------------------
 _FAIL = {
-    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "the server refused this CPU's key (its client.key "
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "the server refused this CPU's key (its public key "
     "is not in the server's authorized/ directory)",
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "the handshake failed: the server and this CPU "
     "disagree on security (a wrong server.key, or CURVE on one side only: --key-dir)",
