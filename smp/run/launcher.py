@@ -251,7 +251,12 @@ def run_machine(cfg: Config, run_dir: str | None = None,
                 write_errors.append(write_error(log_path, e))
         say(line)
 
-    endpoint, stats_endpoint, ipc_dir = _endpoints(cfg)
+    try:
+        endpoint, stats_endpoint, ipc_dir = _endpoints(cfg)
+    except OSError as e:                      # a full or unwritable $TMPDIR
+        logf.close()
+        raise LaunchError(f"cannot make the machine's private socket folder: "
+                          f"{e.strerror or e}") from None
     flat = {k: cfg[k] for k in cfg}
     local = ncpus if listen is None else listen.local_cpus
     # the launcher waits this long for every CPU's HELLO (32 CPUs importing the kernel on
