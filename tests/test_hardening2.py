@@ -650,7 +650,7 @@ def test_kernel_memory_has_a_bound_and_running_out_panics(machine: _Machine) -> 
     """NEWN had no quota (10 x 65536 objects took 590 MB of the server in 1.8 s). With
     machine.kmem_objects 1000 (and 256 page frames), a NEWN past the bound is refused
     whole, counted, and panics the machine with a message that names kernel memory."""
-    from hw.protocol import Event, Op
+    from hw.protocol import Op
     ok, handles = machine.ask(Op.NEWN, 7, "hobj", 1000, {})
     assert ok and len(handles) == 1000
     ok, why = machine.ask(Op.NEWN, 7, "hobj", 65536, {})

@@ -21,6 +21,14 @@ a second launcher) gets an ``ERR`` reply ``[REPLY, seq, ERR, text]`` naming the 
 ``rejected``, and changes nothing: the server goes on serving everyone else. No exception
 a request can raise leaves :meth:`Server.handle`.
 
+Floods: every queue is bounded (the ROUTER's RCV_HWM and SND_HWM per peer: a flooding
+peer's sends wait, sends to a peer that never reads fail and are counted as unroutable);
+a peer that never said hello gets NO_HELLO_REPLIES error replies, then its errors are
+counted (``silenced``) but no longer answered; a stop request (the launcher's BYE) ends
+the drain loop even mid-flood. A CPU's stats samples are checked before they go on the
+stream (:func:`_bad_sample`); kernel memory has a bound (``machine.kmem_objects``) whose
+exhaustion panics the machine.
+
 Liveness (``hw.protocol.HEARTBEAT_S``): every CPU gets a ``HEARTBEAT`` event every HEARTBEAT_S (0.25 s),
 so CPUs notice a dead server within 2 s; a CPU that said hello and then sends nothing at
 all (its bus PINGs when idle) for ``PEER_LOST_S`` is reported to the launcher as
