@@ -38,11 +38,16 @@ Liveness, both ways (``hw.protocol.HEARTBEAT_S``): the server sends every CPU a
 ``HEARTBEAT`` event every HEARTBEAT_S (0.25 s), which the bus swallows; every wait here raises
 :class:`ServerGone` after ``silence`` seconds (``SERVER_SILENCE_S``, 1.25 s) in which
 *nothing* came from the server, so a killed server is noticed within 2 s by every CPU, even
-one on another host. Before it judges, a wait first takes in whatever has already arrived
-(a CPU that was itself stopped finds the heartbeats waiting). In the other direction, a bus
-that has sent nothing for ``HEARTBEAT_S`` posts a ``PING`` whenever it waits, so the server
-can tell a quiet CPU from a dead or stopped one. A call also gives up after ``liveness``
-seconds without its reply (the server is alive but does not answer: a server bug).
+one on another host. A bus judges the server's silence only after it has listened: one
+that finds itself more than LATE_S past the moment the silence would run out (its process
+was stopped with SIGSTOP, or starved by the host) waits LATE_GRACE_S more for what ZeroMQ's
+I/O thread, stopped with it, has not handed over yet (:meth:`Bus._late_grace`), so a CPU
+paused for less than the server's PEER_LOST_S runs on. In the other direction, a bus that has sent nothing for
+``HEARTBEAT_S`` posts a ``PING`` whenever it waits, so the server can tell a quiet CPU from a
+dead or stopped one. A call also gives up after ``liveness`` seconds without its reply (the
+server is alive but does not answer: a server bug).
+
+Every request carries the simulated thread (``tid``) and the kernel source site.
 """
 
 from __future__ import annotations
@@ -62,6 +67,10 @@ from hw.protocol import (AF_LINE, CONTROL_EVENTS, ERR, EXCL, GRANTED, GRANTED_LI
 # Posted requests queue up to this many before they are sent without waiting for a call.
 POST_BATCH = min(64, MAX_BATCH - 1)
 STUCK_S = 1.0          # a replay read waiting this long tells the server (it may diverge)
+# A bus that notices the server's silence this much later than it ran out was not
+# listening (stopped, or starved): it first waits LATE_GRACE_S for what is on its way.
+LATE_S = 0.1
+LATE_GRACE_S = 2 * HEARTBEAT_S
 
 
 class BusError(Exception):
@@ -248,9 +257,9 @@ class Bus:
             # silence counts from the server's last message, not from our request
             msg = self.recv(max(self.last_rx + silence - time.monotonic(), 0.0))
             if msg is None:
-                msg = self.recv(0.05)          # what waited while we could not look
-                if msg is None:
-                    raise ServerGone(f"nothing from the server in {silence:.2f} s")
+                msg = self._late_grace(silence)
+            if msg is None:
+                raise ServerGone(f"nothing from the server in {silence:.2f} s")
             if msg[0] == Op.REPLY:
                 if msg[1] == seq:
                     self.wait_s += time.perf_counter() - t
@@ -334,7 +343,7 @@ class Bus:
             msg = self.recv(min(HEARTBEAT_S, max(self.last_rx + self.silence
                                                  - time.monotonic(), 0.0)))
             if msg is None and time.monotonic() - self.last_rx >= self.silence:
-                if self.recv(0.05) is None:
+                if self._late_grace(self.silence) is None:
                     raise ServerGone(f"nothing from the server in {self.silence:.2f} s")
             if not told and time.monotonic() - since > STUCK_S:
                 told = True                     # the server may know why (a divergence)
@@ -352,7 +361,8 @@ class Bus:
             left = min(HEARTBEAT_S, max(self.last_rx + self.silence - now, 0.0))
             msg = self.recv(left)
             if msg is None:
-                if time.monotonic() - self.last_rx >= self.silence and self.recv(0.05) is None:
+                if (time.monotonic() - self.last_rx >= self.silence
+                        and self._late_grace(self.silence) is None):
                     raise ServerGone(f"nothing from the server in "
                                      f"{time.monotonic() - self.last_rx:.2f} s (no heartbeat)")
                 continue
@@ -371,11 +381,22 @@ class Bus:
                 return False
             msg = self.recv(min(left, HEARTBEAT_S))
             if msg is None and time.monotonic() - self.last_rx >= self.silence:
-                if self.recv(0.05) is None:
+                if self._late_grace(self.silence) is None:
                     raise ServerGone(f"nothing from the server in {self.silence:.2f} s")
             if self.stopped:
                 raise Stopped(self.stopped)
         return True
+
+    def _late_grace(self, silence: float) -> list[Any] | None:
+        """The server has said nothing for ``silence`` s by our clock. If we notice it
+        more than LATE_S after the moment it ran out, we were not listening then (the
+        process was stopped, or the host starved it), and what the server sent meanwhile
+        may still be in ZeroMQ's I/O thread, which was stopped with us: wait LATE_GRACE_S
+        (a live server sends a heartbeat every HEARTBEAT_S) and return what comes, if
+        anything. None: the silence stands."""
+        if time.monotonic() - (self.last_rx + silence) <= LATE_S:
+            return None
+        return self.recv(LATE_GRACE_S)
 
     def poll_events(self, timeout: float) -> bool:
         """Wall time: wait up to ``timeout`` s for an event (heartbeats do not count);
@@ -395,7 +416,7 @@ class Bus:
             if msg is None:
                 now = time.monotonic()
                 if now - self.last_rx >= self.silence:
-                    msg = self.recv(0.05)        # what waited while we could not look
+                    msg = self._late_grace(self.silence)
                     if msg is None:
                         raise ServerGone(f"nothing from the server in "
                                          f"{now - self.last_rx:.2f} s (no heartbeat)")

@@ -1,11 +1,12 @@
 # PYTHON_ARGCOMPLETE_OK  (argcomplete: `smp completion bash` says how to use it)
 """The ``smp`` command line.
 
-    smp run [CONFIG] [--set SECTION.KEY=VALUE ...] [--fail-point NAME ...] [--run-dir DIR]
+    smp run [CONFIG] [--set SECTION.KEY=VALUE ...] [--fail-point NAME ...] [--run-dir DIR
+            [--force]]
             [--listen tcp://ADDR:PORT [--local-cpus N] [--key-dir DIR] [--join-timeout S]]
     smp replay RUN_DIR [--until N] [--run-dir OUT]
     smp cpu --join tcp://HOST:PORT --id K [--key-dir DIR] [--timeout S]
-    smp keys DIR
+    smp keys DIR [--cpus IDS [--name NAME]]
     smp report RUN_DIR [--format text|json|csv|folded] [--table cpus|locks|profile|series]
     smp top [RUN_DIR] [--once [--json]]
     smp plot RUN_DIR
@@ -49,7 +50,8 @@ examples:
   smp witness runs/X --dot                 ... as a Graphviz graph (runs/X/witness.dot)
   smp flame runs/X                         where threads waited for locks: a flame graph
   smp run --metrics 9100                   Prometheus metrics at http://127.0.0.1:9100/metrics
-  smp keys keys/                           CURVE keys for CPUs on other hosts
+  smp keys keys/                           the server's CURVE keys for CPUs on other hosts
+  smp keys keys/ --cpus 2-3                a key for the CPU host that runs cpus 2 and 3
   smp run --set machine.cpus=4 --listen tcp://0.0.0.0:5555 --key-dir keys/ --local-cpus 2
   smp cpu --join tcp://server:5555 --id 2 --key-dir keys/   (on another host; and --id 3)
 """
@@ -83,7 +85,11 @@ def _parser() -> argparse.ArgumentParser:
     _config_args(run)
     run.add_argument("--run-dir", metavar="DIR",
                      help="write the results into DIR (default: a new directory under "
-                     "run.dir, named after the time and seed)")
+                     "run.dir, named after the time and seed); a DIR that exists must be "
+                     "empty, unless --force")
+    run.add_argument("--force", action="store_true",
+                     help="clear --run-dir first if it holds an earlier run (refused if "
+                     "it holds anything else, or a machine is running in it)")
     run.add_argument("--fail-point", dest="fail_points", action="append", default=[],
                      metavar="NAME",
                      help="switch off the race guard NAME for this run (repeatable; "
@@ -106,8 +112,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="with --listen: start CPUs 0..N-1 here (default: all); the "
                      "others must join")
     run.add_argument("--key-dir", metavar="DIR",
-                     help="with --listen: CURVE keys made by `smp keys DIR`; only CPUs "
-                     "whose public key is in DIR/authorized/ can join")
+                     help="with --listen: CURVE keys made by `smp keys DIR [--cpus "
+                     "IDS]`; only CPUs whose public key is in DIR/authorized/ can join, "
+                     "each as the CPU ids its key is bound to")
     run.add_argument("--join-timeout", type=float, default=None, metavar="S",
                      help="with --listen: how long to wait for every CPU to join "
                      "(default 60 s); the run then ends naming the missing ones")
@@ -139,23 +146,31 @@ def _parser() -> argparse.ArgumentParser:
         "The server sends the run's resolved config; this process runs the CPU until the "
         "machine halts, and exits when the server goes away.",
         epilog="exit status: 0 the machine halted; 1 could not join (nothing listening, "
-        "key refused); 2 usage; 3 the server went away",
+        "key refused, the id not bound to the key or taken); 2 usage; 3 the server went "
+        "away",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     cpu.add_argument("--join", required=True, metavar="tcp://HOST:PORT",
                      help="the server's --listen endpoint")
     cpu.add_argument("--id", required=True, type=int, metavar="K", help="the CPU number")
     cpu.add_argument("--key-dir", metavar="DIR",
-                     help="CURVE keys: DIR/client.key_secret and DIR/server.key")
+                     help="CURVE keys: DIR/server.key and a secret key bound to K "
+                     "(made by `smp keys DIR --cpus K`)")
     cpu.add_argument("--timeout", type=float, default=60.0, metavar="S",
                      help="give up when no server answers within S seconds (default 60)")
 
     keys = sub.add_parser(
         "keys", help="make CURVE keys for running CPUs on other hosts",
-        description="Create DIR (mode 0700) with a server and a client key pair and "
-        "DIR/authorized/ (the client public keys the server accepts). Give the server "
-        "host all of it; give each CPU host DIR/client.key, DIR/client.key_secret and "
-        "DIR/server.key.")
+        description="Without --cpus: create DIR (mode 0700) with the server's key pair "
+        "and DIR/authorized/ (the client public keys the server accepts). With --cpus "
+        "IDS: add a client key pair bound to those CPU ids and authorize it; a CPU may "
+        "join only as an id its key is bound to. Give the server host all of DIR; give "
+        "each CPU host DIR/server.key and its own NAME.key and NAME.key_secret.")
     keys.add_argument("dir", metavar="DIR")
+    keys.add_argument("--cpus", metavar="IDS",
+                      help="bind the new client key to these CPU ids: 2, 2-5 or 1,4-6")
+    keys.add_argument("--name", metavar="NAME",
+                      help="with --cpus: the key files' name (default cpu<IDS>, e.g. "
+                      "cpu2-5); a host's name reads well")
 
     st = sub.add_parser(
         "stress", help="run many short machines with derived seeds, hunting lock races",
@@ -343,7 +358,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "keys":
         from smp.run.keys import KeyDirError, create_keys
         try:
-            for path in create_keys(args.dir):
+            if args.name and not args.cpus:
+                raise KeyDirError("--name needs --cpus")
+            for path in create_keys(args.dir, args.cpus, args.name):
                 print(path)
         except (KeyDirError, OSError) as e:
             print(f"smp keys: {e}", file=sys.stderr)
@@ -365,10 +382,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         cfg = load_config(args.config, args.overrides)
+        # each unknown name is blamed on where it came from: the file, --set, --fail-point
+        from_set = any(o.partition("=")[0].strip() == "debug.fail_points"
+                       for o in args.overrides)
+        _check_fail_points(cfg["debug.fail_points"], "--set" if from_set else cfg.source)
         if getattr(args, "fail_points", None):
+            _check_fail_points(args.fail_points, "--fail-point")
             merged = list(cfg["debug.fail_points"]) + list(args.fail_points)
             cfg = cfg.with_values({"debug.fail_points": merged}, origin="--fail-point")
-        _check_fail_points(cfg)
     except ConfigError as e:
         print(f"smp: {e}", file=sys.stderr)
         return 2
@@ -377,7 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "stress":
         return _stress(args, cfg)
-    from smp.run.launcher import LaunchError, run_machine
+    from smp.run.launcher import LaunchError, RunDirError, run_machine
     from smp.observe.report import summary_table
     from smp.run.remote import RemoteError, check_listen
     listen = None
@@ -398,7 +419,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = run_machine(cfg, args.run_dir,
                              log=(lambda line: None) if args.quiet else None,
-                             monitors=monitors, listen=listen)
+                             monitors=monitors, listen=listen, force=args.force)
+    except RunDirError as e:                  # raised before anything started
+        print(f"smp: {e}", file=sys.stderr)
+        return 2
     except LaunchError as e:
         print(f"smp: {e}", file=sys.stderr)
         return 1
@@ -613,18 +637,20 @@ def _flame(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_fail_points(cfg: "Config") -> None:
+def _check_fail_points(names: Sequence[str], origin: str) -> None:
+    """Every name a known fail point; else a ConfigError naming ``origin`` (the config
+    file, "--set" or "--fail-point")."""
     from kernel.conf import kern_fail
     known = [fp.name for fp in kern_fail.fail_points()]
-    for name in cfg["debug.fail_points"]:
+    what = "" if origin == "--fail-point" else "debug.fail_points: "
+    for name in names:
         if name not in known:
-            raise ConfigError(cfg.source, "debug.fail_points",
-                              f"debug.fail_points: unknown fail point {name!r} "
+            raise ConfigError(origin, "debug.fail_points",
+                              f"{what}unknown fail point {name!r} "
                               f"(known: {', '.join(known)})")
 
 
 def _report(args: argparse.Namespace) -> int:
-    from smp.observe.report import summary_table
     path = os.path.join(args.run_dir, "report.json")
     try:
         with open(path) as f:
@@ -633,9 +659,31 @@ def _report(args: argparse.Namespace) -> int:
         print(f"smp: {path}: no such file (is {args.run_dir} a run directory?)",
               file=sys.stderr)
         return 2
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         print(f"smp: {path}: not valid JSON: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        print(f"smp: {path}: cannot read it: {e.strerror}", file=sys.stderr)
+        return 2
+    missing = [k for k in _REPORT_KEYS if not isinstance(report, dict) or k not in report]
+    if missing:
+        print(f"smp: {path}: not a report of `smp run` (no {', '.join(missing)})",
+              file=sys.stderr)
+        return 2
+    try:
+        return _print_report(args, report)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        print(f"smp: {path}: a report smp cannot read ({type(e).__name__}: {e}); "
+              f"--format json prints it as it is", file=sys.stderr)
+        return 2
+
+
+# what every report.json of `smp run` has (smp/observe/report.py)
+_REPORT_KEYS = ("ok", "seed", "reason", "cpus", "locks")
+
+
+def _print_report(args: argparse.Namespace, report: dict[str, object]) -> int:
+    from smp.observe.report import summary_table
     if args.format == "json":
         print(json.dumps(report, indent=1))
     elif args.format == "folded":

@@ -58,8 +58,8 @@ def run(cfg_overrides: Sequence[str] = (), sysinits: Sequence[Any] = (),
 
 
 @contextlib.contextmanager
-def bare_server(ncpus: int, memory: int = 1 << 20,
-                swap: int = 1 << 18) -> Iterator[tuple[str, Any]]:
+def bare_server(ncpus: int, memory: int = 1 << 20, swap: int = 1 << 18,
+                kmem_objects: int | None = None) -> Iterator[tuple[str, Any]]:
     """A machine server alone (no launcher, no CPUs) in its own process, on ipc:// in a
     private temporary directory; yields its endpoint and process; killed if still alive
     and cleaned up afterwards.
@@ -71,7 +71,8 @@ def bare_server(ncpus: int, memory: int = 1 << 20,
     d = tempfile.mkdtemp(prefix="smpsrv-")        # short: ipc paths must be < 108 chars
     endpoint = f"ipc://{d}/bus"
     server = multiprocess.get_context("fork").Process(
-        target=server_main, args=(endpoint, ncpus, memory, swap), daemon=True)
+        target=server_main, args=(endpoint, ncpus, memory, swap),
+        kwargs={"kmem_objects": kmem_objects}, daemon=True)
     server.start()
     try:
         yield endpoint, server

@@ -38,6 +38,8 @@ from hypothesis import HealthCheck, given, settings
 from hw.protocol import (EXCL, GRANTED, LK_SLEEP, MAX_FRAME, VERSION, Event, Op, pack,
                          unpack)
 
+from smp.machine.server import NO_HELLO_REPLIES
+
 from helpers import bare_server, describe, expect_shutdown, sysinit, wait_until
 
 TARGET = 100_000
@@ -102,26 +104,42 @@ def _variants(msg: Any, rnd: random.Random) -> list[bytes]:
 
 
 class Fuzzer:
-    """DEALER sockets with identities that never said hello; counts what comes back."""
+    """DEALER sockets with identities that never said hello; counts what comes back.
+
+    The server answers a peer that never said hello NO_HELLO_REPLIES times, then counts
+    its errors without answering them (a flood must not queue replies without bound), so
+    every identity here sends at most that many messages: a batch goes out in chunks,
+    each from a fresh identity (the kind's prefix, then ``#n``)."""
 
     IDENTS = [b"fuzz0", b"\xff\xfe\x00x", b"cpu99", b"launcher2", b"x" * 200]
 
     def __init__(self, endpoint: str) -> None:
         self.ctx: zmq.Context[Any] = zmq.Context()
-        self.socks = []
-        for ident in self.IDENTS:
-            s = self.ctx.socket(zmq.DEALER)
-            s.setsockopt(zmq.LINGER, 0)
-            s.setsockopt(zmq.IDENTITY, ident)
-            s.setsockopt(zmq.SNDHWM, 0)
-            s.setsockopt(zmq.RCVHWM, 0)
-            s.connect(endpoint)
-            self.socks.append(s)
+        self.endpoint = endpoint
+        self.made = 0
         self.sent = 0
         self.replies = 0
         self.texts: set[str] = set()
 
-    def batch(self, sock: Any, frames: list[list[bytes]]) -> None:
+    def _socket(self, which: int) -> Any:
+        s = self.ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.IDENTITY, self.IDENTS[which] + b"#%d" % self.made)
+        s.setsockopt(zmq.SNDHWM, 0)
+        s.setsockopt(zmq.RCVHWM, 0)
+        s.connect(self.endpoint)
+        self.made += 1
+        return s
+
+    def batch(self, which: int, frames: list[list[bytes]]) -> None:
+        for i in range(0, len(frames), NO_HELLO_REPLIES):
+            sock = self._socket(which)
+            try:
+                self._chunk(sock, frames[i:i + NO_HELLO_REPLIES])
+            finally:
+                sock.close(0)
+
+    def _chunk(self, sock: Any, frames: list[list[bytes]]) -> None:
         for parts in frames:
             sock.send_multipart(parts)
         self.sent += len(frames)
@@ -137,8 +155,6 @@ class Fuzzer:
             self.replies += 1
 
     def close(self) -> None:
-        for s in self.socks:
-            s.close(0)
         self.ctx.term()
 
 
@@ -158,7 +174,7 @@ def fuzz(endpoint: str, examples: int = EXAMPLES) -> Fuzzer:
             extras["done"] = True
             frames += [[b"", pack([int(Op.LOAD), 1, 0, "", 0, 1, "x"])], [b"a", b"b", b"c"],
                        [b"\x00" * (MAX_FRAME + 1)]]
-        fz.batch(fz.socks[which], frames)
+        fz.batch(which, frames)
 
     try:
         one()

@@ -179,9 +179,10 @@ def test_curve_join_across_namespaces(tmp_path: pathlib.Path, procs: Procs,
                                       netns: dict[str, str]) -> None:
     keys, wrong = tmp_path / "keys", tmp_path / "wrong"
     for d in (keys, wrong):
-        r = subprocess.run(cli_cmd("keys", str(d)), env=cli_env(), capture_output=True,
-                           text=True, timeout=30)
-        assert r.returncode == 0, r.stderr
+        for extra in ([], ["--cpus", "1"]):          # the server's pair, then cpu 1's
+            r = subprocess.run(cli_cmd("keys", str(d), *extra), env=cli_env(),
+                               capture_output=True, text=True, timeout=30)
+            assert r.returncode == 0, r.stderr
     # the wrong CPU knows the server's public key but has a key pair it never authorised
     shutil.copy(keys / "server.key", wrong / "server.key")
     endpoint = f"tcp://{NS_ADDR['srv']}:{_free_port()}"

@@ -34,14 +34,18 @@ def costs_of(config: dict[str, Any]) -> Costs:
 def cpu_main(cpu_id: int, endpoint: str, config: dict[str, Any] | None, liveness: float,
              sysinits: tuple[Any, ...] = (), curve: dict[str, bytes] | None = None,
              pdeathsig: bool = True, start_timeout: float = START_TIMEOUT,
-             replay: dict[int, int] | None = None) -> None:
+             replay: dict[int, int] | None = None, on_hello: Any = None) -> None:
     """``curve``: the CURVE client keys for a server on another host (``smp cpu --join``);
     ``pdeathsig`` False for a CPU that is the top process of its host (nothing to die
     with: the server's silence ends it). ``config`` None: a CPU that joins from another
     host (``smp.run.remote``); it takes the run's config, its start timeout and the server's
     clock from the HELLO reply. ``start_timeout``: how long to wait for the machine to
     start after HELLO (longer when other CPUs are still to join). ``replay``: this CPU's
-    read log from a record (read point -> messages read there): a replay."""
+    read log from a record (read point -> messages read there): a replay. ``on_hello``:
+    called once the server has taken this CPU's HELLO.
+
+    Exit status: 0 halted cleanly; 1 the server refused this CPU's HELLO (the reason is
+    printed); 3 the server went away; 4 a crash."""
     if pdeathsig:
         die_with_parent()
     if sysinits:
@@ -55,14 +59,20 @@ def cpu_main(cpu_id: int, endpoint: str, config: dict[str, Any] | None, liveness
         # PEER_LOST_S is reported unresponsive, and 32 CPUs importing at once on 2 cores
         # can take that long.
         from kernel.conf import boot
-        bus = Bus(endpoint, f"cpu{cpu_id}", liveness=liveness, curve=curve)
+        # a CPU that joins from another host has an identity of its own, so that a
+        # second one for the same id reaches the server (and is refused there, saying
+        # why) instead of being dropped by ZeroMQ as a duplicate identity
+        ident = f"cpu{cpu_id}" if config is not None else f"cpu{cpu_id}.{os.getpid()}"
+        bus = Bus(endpoint, ident, liveness=liveness, curve=curve)
         t_send = time.monotonic()
         try:
             info = bus.hello("cpu", cpu_id, os.getpid())
         except BusError as e:
-            raise ServerGone(f"the server refused this CPU: {e}") from None
+            raise _Refused(f"the server refused this CPU: {e}") from None
         if config is None:                    # joined from another host: see smp.run.remote
             config, start_timeout = _joined(info, t_send, bus)
+        if on_hello is not None:
+            on_hello()
         bus.start_heartbeat()
         virtual = config["machine.time"] == "virtual"
         clock: Clock | VirtualClock
@@ -98,6 +108,9 @@ def cpu_main(cpu_id: int, endpoint: str, config: dict[str, Any] | None, liveness
             bus.read_log = None
         bus.call(Op.REPORT, 0, "", "final", report)      # waits: nothing is lost
         bus.post(Op.BYE, 0, "", "halted")
+    except _Refused as e:
+        sys.stderr.write(f"cpu{cpu_id}: {e}\n")
+        code = 1
     except ServerGone as e:
         sys.stderr.write(f"cpu{cpu_id}: {e}; stopping\n")
         code = 3
@@ -113,6 +126,10 @@ def cpu_main(cpu_id: int, endpoint: str, config: dict[str, Any] | None, liveness
     sys.stderr.flush()
     sys.stdout.flush()
     os._exit(code)        # greenlets of halted threads are dropped, never resumed
+
+
+class _Refused(Exception):
+    """The server refused this CPU's HELLO (the message says why)."""
 
 
 def _joined(info: dict[str, Any], t_send: float, bus: Bus) -> tuple[dict[str, Any], float]:

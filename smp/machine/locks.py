@@ -67,6 +67,15 @@ class Deadlock(LockError):
         self.cycle = cycle
 
 
+def _need_thread(tid: int, lk: "Lock", site: str) -> None:
+    """Lock holders are threads (DESIGN.md decision 3), and tid 0 is no thread: an owner
+    of 0 means a free lock, so a release by "tid 0" of a free lock looked like its
+    owner's."""
+    if not isinstance(tid, int) or tid <= 0:
+        raise LockError(f"{lk.cls} {lk.name}: lock operation by tid {tid!r}, which is no "
+                        f"thread @ {site}")
+
+
 def _now_us() -> float:
     return time.monotonic_ns() / 1000.0
 
@@ -245,6 +254,7 @@ class LockTable:
         """GRANTED, QUEUED (a GRANT or WAKE event follows later) or BUSY (trylock failed)."""
         trylock = bool(flags & AF_TRY)
         lk = self.lock(h)
+        _need_thread(tid, lk, site)
         t = self.thread(tid, cpu)
         line = self.lines.get(h)
         if flags & AF_LINE:
@@ -336,9 +346,10 @@ class LockTable:
 
     def release(self, tid: int, cpu: int, site: str, h: int, mode: int) -> list[Grant]:
         lk = self.lock(h)
+        _need_thread(tid, lk, site)
         t = self.thread(tid, cpu)
         if mode == EXCL:
-            if lk.owner != tid:
+            if not lk.owner or lk.owner != tid:     # owner 0: nobody holds it
                 who = f"thread {lk.owner}" if lk.owner else "nobody"
                 raise LockError(f"{lk.cls} {lk.name}: unlock of a lock not owned "
                                 f"@ {site} (owned by {who})")

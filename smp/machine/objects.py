@@ -31,6 +31,13 @@ class ObjectError(Exception):
     """A bad handle, an unknown type or field, a list misuse."""
 
 
+class KmemExhausted(ObjectError):
+    """Kernel memory is full: its bound (``limit`` live objects) would be passed."""
+
+
+COUNT_OPS = ("eq", "clear")
+
+
 @dataclasses.dataclass(frozen=True)
 class TypeDecl:
     name: str
@@ -123,6 +130,14 @@ class ObjectStore:
         self.next_handle = 1
         self.freed = 0
         self.loads = self.stores = self.atomics = 0
+        self.limit: int | None = None          # most live objects (None: no bound)
+
+    def reserve(self, n: int, tname: str) -> None:
+        """Room for ``n`` more objects of ``tname``, or KmemExhausted (nothing made)."""
+        if self.limit is not None and len(self.objs) + n > self.limit:
+            raise KmemExhausted(f"kernel memory exhausted: {n} more {tname} objects would "
+                                f"pass its bound of {self.limit} live objects "
+                                f"({len(self.objs)} live)")
 
     # -- types and allocation --------------------------------------------------------
     def deftype(self, name: str, fields: list[list[Any]]) -> None:
@@ -143,6 +158,7 @@ class ObjectStore:
         decl = self.types.get(tname)
         if decl is None:
             raise ObjectError(f"new: unknown type {tname!r}")
+        self.reserve(1, tname)
         h = self.next_handle
         self.next_handle += 1
         self.otype[h] = tname
@@ -326,8 +342,15 @@ class ObjectStore:
         """How many live objects of ``tname`` match every condition: ``[field, "eq", v]``
         (field == v) or ``[field, "clear", bits]`` (field & bits == 0). For the kernel's
         invariant checker, which holds the locks that make the answer consistent."""
-        if tname not in self.types:
+        decl = self.types.get(tname)
+        if decl is None:
             raise ObjectError(f"count: unknown type {tname!r}")
+        for c in conds:              # every condition checked first: an unknown operator
+            if (not isinstance(c, list) or len(c) != 3 or c[1] not in COUNT_OPS
+                    or c[0] not in decl.fields or (c[1] == "clear" and type(c[2]) is not int)):
+                raise ObjectError(f"count {tname}: bad condition {c!r} (a condition is "
+                                  f"[field, op, value], op one of {', '.join(COUNT_OPS)}, "
+                                  f"clear with an int)")
         n = 0
         for h, obj in self.objs.items():
             if self.otype[h] != tname:

@@ -21,6 +21,14 @@ a second launcher) gets an ``ERR`` reply ``[REPLY, seq, ERR, text]`` naming the 
 ``rejected``, and changes nothing: the server goes on serving everyone else. No exception
 a request can raise leaves :meth:`Server.handle`.
 
+Floods: every queue is bounded (the ROUTER's RCV_HWM and SND_HWM per peer: a flooding
+peer's sends wait, sends to a peer that never reads fail and are counted as unroutable);
+a peer that never said hello gets NO_HELLO_REPLIES error replies, then its errors are
+counted (``silenced``) but no longer answered; a stop request (the launcher's BYE) ends
+the drain loop even mid-flood. A CPU's stats samples are checked before they go on the
+stream (:func:`_bad_sample`); kernel memory has a bound (``machine.kmem_objects``) whose
+exhaustion panics the machine.
+
 Liveness (``hw.protocol.HEARTBEAT_S``): every CPU gets a ``HEARTBEAT`` event every HEARTBEAT_S (0.25 s),
 so CPUs notice a dead server within 2 s; a CPU that said hello and then sends nothing at
 all (its bus PINGs when idle) for ``PEER_LOST_S`` is reported to the launcher as
@@ -40,11 +48,12 @@ import zmq
 
 from hw.clock import NEVER
 from hw.physmem import Fault, PhysMem, SwapDevice
-from hw.protocol import (CONTROL_OPS, ERR, F_LOCK, HEARTBEAT_S, field_addr, MAX_FRAME, MAX_FRAME_HARD, OK,
-                         PEER_LOST_S, VERSION, Event, Op, ProtocolError, pack, unpack_all)
+from hw.protocol import (CONTROL_OPS, ERR, F_LOCK, HEARTBEAT_S, MAX_FRAME, MAX_FRAME_HARD, OK,
+                         PEER_LOST_S, VERSION, Event, Op, ProtocolError, field_addr, pack,
+                         unpack_all)
 from smp.machine.lockcheck import LockKeyChecker
 from smp.machine.locks import Deadlock, LockError, LockTable
-from smp.machine.objects import ObjectError, ObjectStore
+from smp.machine.objects import KmemExhausted, ObjectError, ObjectStore
 from smp.machine.schedule import Divergence, Recording, Replay
 from smp.machine.timekeeper import TimeKeeper
 from smp.machine.witness import Finding, Witness
@@ -63,6 +72,13 @@ TICK_EVERY = 64                # while draining, look at the clock every this ma
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE_NOBLOCK = int(zmq.SNDMORE) | int(zmq.NOBLOCK)
 LIVENESS_CHECK_S = 0.05        # spin locks held too long, silent CPUs: looked for this often
+# Bounds against a flood (issue 15): the ROUTER's queues per peer, in messages (a CPU
+# that is stopped for seconds gets a few heartbeats and events a second: far below), and
+# the ERR replies a peer that never said hello gets before it is answered no more.
+RCV_HWM = 10_000
+SND_HWM = 100_000
+NO_HELLO_REPLIES = 256
+MAX_STRANGERS = 4096           # identities without hello remembered (the oldest forgotten)
 
 
 # The argument types of the requests that name things the server keeps and sorts in its
@@ -118,7 +134,7 @@ class Server:
     def __init__(self, endpoint: str, ncpus: int, memory: int, swap: int,
                  pub_endpoint: str | None = None, stats_interval: float = 0.5,
                  detectors: dict[str, Any] | None = None, lines: bool = True,
-                 timespec: TimeSpec | None = None) -> None:
+                 kmem_objects: int | None = None, timespec: TimeSpec | None = None) -> None:
         ts = timespec or TimeSpec()
         self.timespec = ts
         self.virtual = ts.virtual
@@ -155,6 +171,11 @@ class Server:
         self.mem = PhysMem(memory)
         self.swap = SwapDevice(swap)
         self.kmem = ObjectStore()
+        # kernel memory's bound (machine.kmem_objects): that many objects besides one
+        # vm_page per page frame; None: no bound
+        self.kmem_objects = kmem_objects
+        if kmem_objects is not None:
+            self.kmem.limit = kmem_objects + self.mem.npages
         self.witness = Witness(self._finding) if det["witness"] else None
         self.locks = LockTable(self.witness, bool(det["deadlock"]), lines)
         if ts.virtual:       # lock profiling and hold times in simulated time
@@ -177,6 +198,8 @@ class Server:
         self.pending_halt: list[tuple[bytes, int]] = []
         self.bad_messages = 0
         self.rejected: collections.Counter[str] = collections.Counter()
+        self.strangers: dict[bytes, int] = {}       # no hello yet: ERR replies sent
+        self.silenced = 0                           # errors not answered (see _error_reply)
         self.lost: dict[int, float] = {}            # cpu -> seconds silent when reported
         self.alive_at: dict[int, float] = {}        # cpu -> its heartbeat thread's last PING
         self.next_heartbeat = 0.0
@@ -187,6 +210,11 @@ class Server:
         # hello_info goes into every HELLO reply (the resolved config, for joining CPUs)
         self.curve: dict[str, Any] | None = None
         self.hello_info: dict[str, Any] = {}
+        # (CURVE user id of the connection, role, cpu) -> why a HELLO is refused, or None;
+        # conn_user: the User-Id (z85 public key) of the message being handled, looked up
+        # only for peers without hello, on a server that listens with keys
+        self.hello_check: Callable[[str | None, Any, Any], str | None] | None = None
+        self.conn_user: str | None = None
         self.errors = 0
         self.unroutable = 0
         self.messages = 0
@@ -208,8 +236,8 @@ class Server:
             Op.SWAPCOPY: lambda p, t, s, a: self.swap.copy(a[0], a[1]),
             Op.KPROBE: lambda p, t, s, a: self.mem.probe(a[0]),
             Op.DEFTYPE: lambda p, t, s, a: self.kmem.deftype(a[0], a[1]),
-            Op.NEW: self._new,
-            Op.NEWN: self._newn,
+            Op.NEW: lambda p, t, s, a: self._kmem(p, t, s, a, self._new, "NEW"),
+            Op.NEWN: lambda p, t, s, a: self._kmem(p, t, s, a, self._newn, "NEWN"),
             Op.FREE: self._free,
             Op.LOAD: lambda p, t, s, a: (self._access(t, s, a[0], [a[1]], "load"),
                                          self.kmem.load(a[0], a[1]))[1],
@@ -326,6 +354,22 @@ class Server:
             self.lockkeys.created(h, tid)
         return h
 
+    def _kmem(self, p: Peer, tid: int, site: str, a: list[Any],
+              alloc: Callable[[Peer, int, str, list[Any]], Any], what: str) -> Any:
+        """NEW and NEWN: kernel memory that runs out is a panic of the machine, named,
+        (and the request is refused, counted in ``rejected["kmem"]``), never a host out
+        of memory."""
+        try:
+            return alloc(p, tid, site, a)
+        except KmemExhausted as e:
+            self.rejected["kmem"] += 1
+            msg = (f"{e}: machine.kmem_objects is {self.kmem_objects} (besides "
+                   f"{self.mem.npages} vm_pages); {what} by cpu {p.cpu}")
+            self.panic_machine({"message": msg, "cpu": p.cpu, "tid": tid, "site": site,
+                                "source": "server", "detector": "kmem",
+                                "stack": [f"{site}: kernel memory exhausted"]})
+            raise KmemExhausted(msg) from None
+
     def _newn(self, p: Peer, tid: int, site: str, a: list[Any]) -> list[int]:
         """NEWN (type, count, init[, index_field[, list_head]]): ``count`` objects, in
         handle order. The optional arguments make the boot of a big machine one request
@@ -344,6 +388,7 @@ class Server:
         if head:
             self._head(tid, site, head, "store")
             lst = self.kmem.listhead(head)
+        self.kmem.reserve(n, str(a[0]))           # all or nothing
         out = []
         for i in range(n):
             h = self._new(p, tid, site, [a[0], a[2]])
@@ -450,7 +495,12 @@ class Server:
         if kind == "panic":
             self.panic_machine(payload)
         elif kind == "stats":
-            self._publish(b"cpu", payload)
+            why = _bad_sample(payload, p.cpu)
+            if why is None:
+                self._publish(b"cpu", payload)
+            else:                               # dropped and counted, not a panic: the
+                self.bad_messages += 1          # stream is the monitors', not the kernel's
+                self.rejected["stats"] += 1
         elif kind == "final":
             p.final = payload
             self._check_halted()
@@ -640,11 +690,18 @@ class Server:
             raise Rejected("hello", f"pid {_short(pid)} is not a process id")
         if role == "launcher" and self.launcher is not None and not self.launcher.gone:
             raise Rejected("hello", "this machine already has a launcher")
+        if self.hello_check is not None:          # smp.run.remote: keys bound to CPU ids
+            why = self.hello_check(self.conn_user, role, cpu)
+            if why:
+                raise Rejected("hello", why)
         if role == "cpu":
-            if not isinstance(cpu, int) or not 0 <= cpu < self.ncpus:
-                raise ProtocolError(f"cpu id {cpu!r} out of range 0..{self.ncpus - 1}")
+            if not isinstance(cpu, int) or isinstance(cpu, bool) or not 0 <= cpu < self.ncpus:
+                raise Rejected("hello", f"cpu id {_short(cpu)} out of range "
+                               f"0..{self.ncpus - 1}")
             if cpu in self.cpus:
-                raise ProtocolError(f"cpu {cpu} said hello twice")
+                held = self.cpus[cpu]
+                raise Rejected("hello", f"cpu {cpu} is taken: a CPU (pid {held.pid}) "
+                               f"said hello as cpu {cpu} already")
             peer = Peer(ident, role, cpu, int(pid))
             self.cpus[cpu] = peer
             self.last_heard[cpu] = time.monotonic()
@@ -654,6 +711,7 @@ class Server:
         else:
             raise Rejected("hello", f"unknown role {_short(role)}")
         self.peers[ident] = peer
+        self.strangers.pop(ident, None)
         self._reply(ident, seq, OK, {"ncpus": self.ncpus, "npages": self.mem.npages,
                                      "swap_blocks": self.swap.nblocks,
                                      "now": time.monotonic(), **self.hello_info})
@@ -691,6 +749,20 @@ class Server:
         self.rejected[kind] += 1
         if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < 1 << 63:
             seq = 0
+        self._error_reply(ident, seq, text)
+
+    def _error_reply(self, ident: bytes, seq: int, text: str) -> None:
+        """An ERR reply. A peer that never said hello gets NO_HELLO_REPLIES of them; its
+        further errors are counted (``silenced``) and not answered: garbage from a peer
+        that never reads would otherwise queue replies for it without bound."""
+        if ident not in self.peers:
+            n = self.strangers.get(ident, 0)
+            if n >= NO_HELLO_REPLIES:
+                self.silenced += 1
+                return
+            if n == 0 and len(self.strangers) >= MAX_STRANGERS:
+                del self.strangers[next(iter(self.strangers))]     # the oldest goes
+            self.strangers[ident] = n + 1
         self._send(ident, [Op.REPLY, seq, ERR, text[:_MAX_ERROR_TEXT]])
 
     def handle(self, ident: bytes, frame: bytes) -> None:
@@ -779,7 +851,7 @@ class Server:
             if seq == 0 and peer is not None and peer.role == "cpu":
                 self._posted_error(peer, tid, site, op, ProtocolError(text))
             else:
-                self._send(ident, [Op.REPLY, seq, ERR, text[:_MAX_ERROR_TEXT]])
+                self._error_reply(ident, seq, text)
 
     def _dispatch(self, ident: bytes, peer: Peer | None, op: int, seq: int, tid: int,
                   site: str, t: int, args: list[Any]) -> None:
@@ -835,7 +907,7 @@ class Server:
         except _KERNEL_ERRORS as e:
             self.errors += 1
             if seq or peer is None or peer.role != "cpu":
-                self._send(ident, [Op.REPLY, seq, ERR, str(e)[:_MAX_ERROR_TEXT]])
+                self._error_reply(ident, seq, str(e))
             else:
                 self._posted_error(peer, tid, site, op, e)
         except Rejected:
@@ -848,8 +920,7 @@ class Server:
                 self._posted_error(peer, tid, site, op, ProtocolError(
                     f"malformed posted {_opname(op)}: {e}"))
             else:
-                self._send(ident, [Op.REPLY, seq, ERR,
-                                   f"bad {_opname(op)} request: {e}"[:_MAX_ERROR_TEXT]])
+                self._error_reply(ident, seq, f"bad {_opname(op)} request: {e}")
 
     # -- the stats stream -----------------------------------------------------------------
     def _publish(self, topic: bytes, payload: Any) -> None:
@@ -981,8 +1052,10 @@ class Server:
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.sock.setsockopt(zmq.RCVHWM, 0)
-        self.sock.setsockopt(zmq.SNDHWM, 0)
+        # every queue bounded: a peer that floods, or never reads, fills its own pipe
+        # (its sends then wait: backpressure; our sends to it fail: counted unroutable)
+        self.sock.setsockopt(zmq.RCVHWM, RCV_HWM)
+        self.sock.setsockopt(zmq.SNDHWM, SND_HWM)
         self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_HARD)
         self.sock.bind(self.endpoint)             # private: the launcher, local CPUs
         if self.curve is not None:                # smp.run.remote: the --listen endpoint,
@@ -1019,6 +1092,9 @@ class Server:
                         rest.append(f.bytes)
                         more = f.more
                     n += 1
+                    if self.hello_check is not None:
+                        self.conn_user = (_user_id(f) if ident not in self.peers
+                                          else None)
                     if n % TICK_EVERY == 0:           # a flood must not stop heartbeats
                         self._tick(drained=False)
                     if len(rest) != 1:
@@ -1027,7 +1103,7 @@ class Server:
                                     f"{len(rest)}")
                     else:
                         self.handle(ident, rest[0])
-                    if not poller.poll(0):
+                    if not self.running or not poller.poll(0):   # a BYE mid-flood ends it
                         break
         finally:
             self.close_record()
@@ -1081,6 +1157,7 @@ class Server:
             "server": {"messages": self.messages, "bad_messages": self.bad_messages,
                        "rejected": dict(sorted(self.rejected.items())),
                        "errors": self.errors, "unroutable": self.unroutable,
+                       "silenced": self.silenced,
                        "heartbeats": self.heartbeats,
                        "lines": self.locks.line_report(),
                        "unresponsive": {str(c): s for c, s in sorted(self.lost.items())},
@@ -1159,6 +1236,57 @@ def _count(n: Any, most: int = _MAX_COUNT) -> int:
     return n
 
 
+_SAMPLE_DEPTH = 6               # a CPU's stats sample nests at most this deep
+_SAMPLE_ITEMS = 4096            # ... and holds at most this many values in all
+
+
+def _bad_sample(payload: Any, cpu: int) -> str | None:
+    """Why a CPU's stats sample cannot go on the stream, or None: it must be a map with
+    its sender's ``cpu`` id, and hold what JSON can: maps with string keys, lists,
+    strings, numbers, booleans, null (a map with mixed key types broke the launcher's
+    ``json.dumps(sort_keys=True)``), at most _SAMPLE_DEPTH deep and _SAMPLE_ITEMS big."""
+    if not isinstance(payload, dict):
+        return f"not a map: {_short(payload)}"
+    if payload.get("cpu") != cpu:
+        return f"its cpu is {_short(payload.get('cpu'))}, not the sender's {cpu}"
+    budget = [_SAMPLE_ITEMS]
+
+    def check(x: Any, depth: int) -> str | None:
+        budget[0] -= 1
+        if budget[0] < 0:
+            return f"more than {_SAMPLE_ITEMS} values"
+        if x is None or isinstance(x, (bool, int, float, str)):
+            return None
+        if depth >= _SAMPLE_DEPTH:
+            return f"nested deeper than {_SAMPLE_DEPTH}"
+        if isinstance(x, list):
+            for v in x:
+                why = check(v, depth + 1)
+                if why:
+                    return why
+            return None
+        if isinstance(x, dict):
+            for k, v in x.items():
+                if not isinstance(k, str):
+                    return f"a key that is not a string: {_short(k)}"
+                why = check(v, depth + 1)
+                if why:
+                    return why
+            return None
+        return f"a value JSON cannot hold: {type(x).__name__}"
+    return check(payload, 0)
+
+
+def _user_id(frame: Any) -> str | None:
+    """The ZAP User-Id of a received frame's connection (CURVE: the client's public key,
+    z85), or None (the private endpoint authenticates nobody)."""
+    try:
+        user = frame.get("User-Id")
+    except zmq.ZMQError:
+        return None
+    return user if isinstance(user, str) and user else None
+
+
 def _chan(c: Any) -> Any:
     return tuple(c) if isinstance(c, list) else c
 
@@ -1174,7 +1302,7 @@ def server_main(endpoint: str, ncpus: int, memory: int, swap: int,
                 pub_endpoint: str | None = None, stats_interval: float = 0.5,
                 detectors: dict[str, Any] | None = None, listen: Any = None,
                 hello: dict[str, Any] | None = None, lines: bool = True,
-                timespec: TimeSpec | None = None) -> None:
+                kmem_objects: int | None = None, timespec: TimeSpec | None = None) -> None:
     """Entry point of the server process (started by the launcher). ``listen``: an
     ``smp.run.remote.ListenSpec`` when CPUs join from other hosts; ``hello``: what their
     HELLO replies carry (the resolved config)."""
@@ -1182,7 +1310,7 @@ def server_main(endpoint: str, ncpus: int, memory: int, swap: int,
     die_with_parent()
     try:
         server = Server(endpoint, ncpus, memory, swap, pub_endpoint, stats_interval,
-                        detectors, lines, timespec)
+                        detectors, lines, kmem_objects, timespec)
         if listen is not None:
             from smp.run.remote import attach
             attach(server, listen, hello or {})

@@ -21,7 +21,6 @@ the Prometheus exporter (smp/observe/metrics.py) and the charts (smp/observe/plo
 from __future__ import annotations
 
 import glob
-import json
 import os
 import time
 import tomllib
@@ -47,22 +46,13 @@ class NoLiveRun(Exception):
     """No running machine where one was looked for (the message says where)."""
 
 
-def _alive(pid: Any) -> bool:
-    try:
-        return isinstance(pid, int) and psutil.pid_exists(pid) and \
-            psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
 def read_live(run_dir: str) -> dict[str, Any] | None:
-    """``run_dir/live.json`` if the run is alive (its launcher still runs), else None."""
-    try:
-        with open(os.path.join(run_dir, "live.json")) as f:
-            info = json.load(f)
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    if not _alive(info.get("launcher_pid")):
+    """``run_dir/live.json`` if the run is alive, else None: a launcher killed with
+    SIGKILL leaves its live.json behind, so the pids it names are checked (the launcher,
+    the same process as wrote it, and its server: smp.run.rundir.live_pids_alive)."""
+    from smp.run.rundir import live_pids_alive, read_live_json
+    info = read_live_json(run_dir)
+    if info is None or not live_pids_alive(info):
         return None
     info.update(run_config(run_dir))
     return info

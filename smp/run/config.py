@@ -223,6 +223,10 @@ PARAMS: tuple[Param, ...] = (
     Param("machine.lines", "bool", True, "",
           "a CPU that keeps taking a mutex keeps its lock word's line and takes it again "
           "without a round trip until another CPU asks (false: every acquire asks the server)"),
+    Param("machine.kmem_objects", "int", 262144, "objects",
+          "kernel memory: the most kernel objects alive at once besides one vm_page per page "
+          "frame (struct proc, thread, vm_object, ...); running out panics the machine",
+          min=64, max=1 << 24),
     Param("run.duration", "float", 20.0, "sim s", "simulated seconds to run",
           min=0.1, max=86400),
     Param("run.record", "bool", True, "",
@@ -481,7 +485,9 @@ class Config:
     def with_values(self, mapping: Mapping[str, object], origin: str = "with_values") -> Config:
         """A new Config with the dotted keys of *mapping* replaced, checked as a file's
         values are (sizes may be "32M"); errors name *origin*. The source is kept."""
-        return Config({**self._values, **_resolve(mapping, origin)}, self.source)
+        cfg = Config({**self._values, **_resolve(mapping, origin)}, self.source)
+        _check_together(cfg, origin)
+        return cfg
 
     def to_toml(self, extra: Mapping[str, Mapping[str, object]] | None = None) -> str:
         """The resolved config as TOML: every parameter, sections and keys sorted, sizes
@@ -567,6 +573,8 @@ def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = 
         over = dict(_parse_override(o) for o in overrides)
         cfg = cfg.with_values(over, origin="--set")
         given.update({k: "--set" for k in over})
+    else:
+        _check_together(cfg, source)
     if cfg["machine.time"] == "virtual":
         for key in WALL_ONLY:
             if key in given:
@@ -574,6 +582,24 @@ def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = 
                                   f"{key} applies to wall time only (machine.time = \"wall\"); "
                                   f"in virtual time a run takes the host time it needs")
     return cfg
+
+
+def _check_together(cfg: Config, origin: str) -> None:
+    """Rules between keys, checked once every key has its value (*origin* is blamed).
+
+    ``user.hog_pages``: a memory hog maps and touches that many pages, so they must fit
+    in the machine (``machine.memory``); more would have the kernel panic at the hog's
+    mmap ("mmap: no space"), or thrash a machine too small for it, instead of saying
+    which key is wrong."""
+    from kernel.param import PAGE_SIZE
+    pages = int(cfg["machine.memory"]) // PAGE_SIZE
+    hog = int(cfg["user.hog_pages"])
+    if hog > pages:
+        raise ConfigError(origin, "user.hog_pages",
+                          f"user.hog_pages: {hog} pages ({format_size(hog * PAGE_SIZE)}) "
+                          f"do not fit in the machine: machine.memory is "
+                          f"{format_size(int(cfg['machine.memory']))} ({pages} pages); a "
+                          f"memory hog maps at most that many")
 
 
 def schema_markdown() -> str:

@@ -26,17 +26,19 @@ or config error (raised before anything starts); 128+N when stopped by signal N.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import shutil
 import signal
 import socket
 import sys
-import tempfile
 import time
+import traceback
 from typing import Any, Callable, Sequence
 
 import multiprocess
+import psutil
 import zmq
 
 from hw import record
@@ -46,6 +48,8 @@ from smp.run.config import Config
 from smp.machine.cpuproc import START_TIMEOUT, cpu_main
 from smp.run.proc_util import describe_exit
 from smp.run.remote import ListenSpec
+from smp.run.rundir import (RunDirError, config_header, launcher_started, make_socket_dir,
+                            prepare_run_dir, remove_stale_socket_dirs, write_config)
 from smp.observe.report import build_report, write_run_dir
 from smp.machine.schedule import Replay
 from smp.machine.server import TimeSpec, held_locks_line, server_main
@@ -127,56 +131,93 @@ def _endpoints(cfg: Config) -> tuple[str, str, str | None]:
     the loopback only."""
     if cfg["machine.transport"] == "tcp":
         return f"tcp://127.0.0.1:{_free_port()}", f"tcp://127.0.0.1:{_free_port()}", None
-    d = tempfile.mkdtemp(prefix="smp-")
-    os.chmod(d, 0o700)
+    d = make_socket_dir()
     return f"ipc://{d}/bus", f"ipc://{d}/stats", d
+
+
+def _open_run_file(path: str) -> Any:
+    """A run file opened for writing, unbuffered (binary): a write that fails (a full
+    disk) fails at once, and what was written before it is on disk. Tests replace it."""
+    return open(path, "wb", buffering=0)
+
+
+def write_error(path: str, e: OSError) -> str:
+    """One line for a failed write of a run file: the path and the reason."""
+    full = " (the disk is full)" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+    return f"cannot write {path}: {e.strerror or e}{full}"
 
 
 class StatsRecorder:
     """Subscribes to the server's stats stream and writes ``stats.jsonl``: one record per
-    CPU per interval (``"type": "cpu"``) and one for the server (``"type": "server"``)."""
+    CPU per interval (``"type": "cpu"``) and one for the server (``"type": "server"``).
+
+    A write that fails (a full disk) does not raise: ``error`` says what happened, the
+    file is cut back to its last whole record, and nothing more is written; the launcher
+    then ends the run. A record that cannot be written as JSON (the server validates what
+    CPUs send, so this is a second line) is counted in ``bad`` and skipped, as is a
+    monitor that fails on a record (``monitor_errors``)."""
 
     def __init__(self, endpoint: str, path: str, monitors: Sequence[Any] = ()) -> None:
         from smp.observe.monitor import Stream
         self.monitors = list(monitors)        # each sees every record (smp/observe/progress.py)
+        self.path = path
+        self.f = _open_run_file(path)
         self.stream = Stream(endpoint)
         self.sock = self.stream.sock          # for the launcher's poller
-        self.f = open(path, "w")
         self.records = 0
+        self.bad = 0
+        self.monitor_errors: list[str] = []
+        self.written = 0                      # bytes of whole records on disk
+        self.error: str | None = None
 
     def drain(self) -> None:
+        out = []
         for topic, rec in self.stream.poll(0):
             rec["type"] = topic
-            self.f.write(json.dumps(rec, sort_keys=True) + "\n")
+            try:
+                out.append(json.dumps(rec, sort_keys=True) + "\n")
+            except (TypeError, ValueError):
+                self.bad += 1
+                continue
             self.records += 1
             for m in self.monitors:
-                m.record(rec)
-        self.f.flush()
+                try:
+                    m.record(rec)
+                except Exception as e:  # noqa: BLE001 - a monitor must not stop the run
+                    if len(self.monitor_errors) < 10:
+                        self.monitor_errors.append(f"{type(m).__name__}: "
+                                                   f"{type(e).__name__}: {e}")
+        if out and self.error is None:
+            self._write("".join(out).encode())
+
+    def _write(self, data: bytes) -> None:
+        try:
+            view = memoryview(data)
+            while view:
+                n = self.f.write(view)
+                view = view[n:]
+            self.written += len(data)
+        except OSError as e:
+            self.error = write_error(self.path, e)
+            try:
+                self.f.truncate(self.written)     # no half record at the end
+            except OSError:
+                pass
 
     def close(self) -> None:
-        self.drain()
-        self.f.close()
-        self.stream.close()
-
-
-def new_run_dir(base: str, seed: int) -> str:
-    os.makedirs(base, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for n in range(1000):
-        name = f"{stamp}-s{seed}" + (f"-{n}" if n else "")
-        path = os.path.join(base, name)
         try:
-            os.mkdir(path)
-            return path
-        except FileExistsError:
-            continue
-    raise LaunchError(f"cannot create a run directory under {base}")
+            self.drain()
+        finally:
+            try:
+                self.f.close()
+            finally:
+                self.stream.close()
 
 
 def run_machine(cfg: Config, run_dir: str | None = None,
                 log: Callable[[str], None] | None = None,
                 sysinits: Sequence[Any] = (), monitors: Sequence[Any] = (),
-                listen: ListenSpec | None = None, replay: Any = None,
+                listen: ListenSpec | None = None, force: bool = False, replay: Any = None,
                 until: int = 0) -> RunResult:
     """Boot, run and stop one machine; write its run directory. Never leaves a process.
 
@@ -191,26 +232,40 @@ def run_machine(cfg: Config, run_dir: str | None = None,
 
     ``listen``: take CPUs ``listen.local_cpus..`` from other hosts (see the module doc).
 
+    ``run_dir``: see :mod:`smp.run.rundir` (a directory that is not empty is refused unless
+    ``force``); a run directory that cannot be used raises RunDirError before anything
+    has started.
+
     ``replay``: a record (``hw.record.Record``) to replay instead of running freely: the
     server enforces its order and each CPU takes its events where the record says;
     ``until``: stop after that operation (``smp replay --until``)."""
     say = log or (lambda s: print(s, file=sys.stderr, flush=True))
     ncpus = int(cfg["machine.cpus"])
     seed = int(cfg["run.seed"])
-    rdir = run_dir or new_run_dir(str(cfg["run.dir"]), seed)
-    os.makedirs(rdir, exist_ok=True)
-    with open(os.path.join(rdir, "config.toml"), "w") as f:
-        f.write(f"# smp {__version__}: resolved config of this run (seed {seed})\n"
-                f"# rerun: smp run {os.path.join(rdir, 'config.toml')}\n")
-        f.write(cfg.to_toml())
-    logf = open(os.path.join(rdir, "log.txt"), "w")
+    rdir = prepare_run_dir(run_dir, str(cfg["run.dir"]), seed, force)
+    write_config(rdir, config_header(rdir, __version__, seed) + cfg.to_toml())
+    log_path = os.path.join(rdir, "log.txt")
+    try:
+        logf = _open_run_file(log_path)
+    except OSError as e:
+        raise RunDirError(write_error(log_path, e)) from None
+    remove_stale_socket_dirs()                # what killed launchers left behind
+    write_errors: list[str] = []          # run files that could not be written (full disk)
 
     def note(line: str) -> None:
-        logf.write(f"{time.strftime('%H:%M:%S')} {line}\n")
-        logf.flush()
+        if not write_errors and not logf.closed:
+            try:
+                logf.write(f"{time.strftime('%H:%M:%S')} {line}\n".encode())
+            except OSError as e:               # the log stops; the run goes on to its end
+                write_errors.append(write_error(log_path, e))
         say(line)
 
-    endpoint, stats_endpoint, ipc_dir = _endpoints(cfg)
+    try:
+        endpoint, stats_endpoint, ipc_dir = _endpoints(cfg)
+    except OSError as e:                      # a full or unwritable $TMPDIR
+        logf.close()
+        raise LaunchError(f"cannot make the machine's private socket folder: "
+                          f"{e.strerror or e}") from None
     flat = {k: cfg[k] for k in cfg}
     local = ncpus if listen is None else listen.local_cpus
     # the launcher waits this long for every CPU's HELLO (32 CPUs importing the kernel on
@@ -242,7 +297,8 @@ def run_machine(cfg: Config, run_dir: str | None = None,
                                "lockkeys": cfg["debug.lockkeys"],
                                "spin_max_s": cfg["debug.spin_max_s"],
                                "watchdog_s": cfg["debug.watchdog_s"]},
-                              listen, hello, bool(cfg["machine.lines"]), timespec))
+                              listen, hello, bool(cfg["machine.lines"]),
+                              int(cfg["machine.kmem_objects"]), timespec))
     cpus: dict[int, Any] = {}                 # cpu id -> process: the CPUs started here
     ctl: _Control | None = None
     stats: StatsRecorder | None = None
@@ -264,6 +320,7 @@ def run_machine(cfg: Config, run_dir: str | None = None,
     t_end: float | None = None
     replay_end: tuple[bool, str] | None = None
     old_fd: int | None = None
+    server_lost = False                       # the server stopped answering (SIGSTOP)
     try:
         for sig in (signal.SIGINT, signal.SIGTERM):
             old_handlers[sig] = signal.signal(sig, on_signal)
@@ -291,12 +348,8 @@ def run_machine(cfg: Config, run_dir: str | None = None,
         t0 = _start(ctl, server, cpus, start_wait, stop_signal, ncpus, listen)
         live = {"stats": stats_endpoint, "launcher_pid": os.getpid(),
                 "server_pid": server.pid, "cpu_pids": [p.pid for p in cpus.values()],
-                "config": cfg.source, "seed": seed}
-        # what `smp top` attaches to: written whole, then renamed, so that a reader
-        # never finds it half written
-        with open(live_path + ".tmp", "w") as f:
-            json.dump(live, f)
-        os.replace(live_path + ".tmp", live_path)
+                "config": cfg.source, "seed": seed, "launcher_started": launcher_started()}
+        _write_live(live_path, live)
         for m in monitors:
             m.started(live)
         duration = float(cfg["run.duration"])
@@ -321,6 +374,10 @@ def run_machine(cfg: Config, run_dir: str | None = None,
             ready = dict(poller.poll(int(min(left, 1.0) * 1000)))
             if stats.sock in ready:
                 stats.drain()
+                if stats.error:                # a full disk: what was written stays
+                    problems.append(stats.error)
+                    reason = stats.error
+                    break
             if wake_r in ready:
                 os.read(wake_r, 512)
             if stop_signal:
@@ -361,12 +418,16 @@ def run_machine(cfg: Config, run_dir: str | None = None,
                     if ended:
                         reason = ended
                         break
+                lost = _server_lost(ctl, server, [sentinels[fd] for fd in gone])
+                if lost:                       # the CPUs left because the server failed
+                    problems.append(lost)
+                    server_lost = True
                 for fd in gone:
                     name, p = sentinels[fd]
                     problems.append(f"{name} (pid {p.pid}) died: {describe_exit(p.exitcode)}")
                     if name.startswith("cpu"):
                         dead.append(int(name[3:]))
-                reason = problems[0]
+                reason = lost or problems[0]
                 break
             stalled = [e for e in events if e[1] == Event.STALLED]
             if stalled:                  # a stopped or wedged CPU: named, never waited on
@@ -386,43 +447,61 @@ def run_machine(cfg: Config, run_dir: str | None = None,
                                   3 * float(cfg["run.halt_timeout"]), problems, notes,
                                   virtual, stop_signal) or reason
         note(f"stopping: {reason}")
-        server_alive = server.is_alive()
-        if server_alive and replay_end is None:
-            try:
-                ctl.call(Op.CTL_HALT, reason, dead, timeout=float(cfg["run.halt_timeout"]))
-            except TimeoutError as e:
-                problems.append(f"halt: {e}")
-        if server_alive:
-            try:
-                server_report = ctl.call(Op.CTL_REPORT, timeout=LIVENESS_S)
-                problems.extend(held_locks_line(int(c), d) for c, d in
-                                server_report.get("dead_cpus", {}).items())
-            except (TimeoutError, LaunchError) as e:
-                problems.append(f"report: {e}")
+        if server.is_alive() and not server_lost:
+            server_report = _halt_and_report(ctl, reason, dead, cfg, problems,
+                                             halt=replay_end is None)
     except _Stopped as e:
         reason = str(e)
         if not stop_signal:
             problems.append(reason)
+    except Exception as e:  # noqa: BLE001 - the run ends with a report, never a hang
+        said = isinstance(e, (RunFileError, LaunchError))      # messages for people
+        reason = str(e) if said else f"launcher error: {type(e).__name__}: {e}"
+        problems.append(reason)
+        note(f"stopping: {reason}")
+        if not said:
+            for line in traceback.format_exc().splitlines():
+                note(f"  {line}")
+        if ctl is not None and server.is_alive() and not server_report:
+            try:
+                server_report = _halt_and_report(ctl, reason, [], cfg, problems)
+            except Exception as e2:  # noqa: BLE001
+                problems.append(f"halt: {type(e2).__name__}: {e2}")
     finally:
-        if old_fd is not None:
-            signal.set_wakeup_fd(old_fd)
-        if sys.exc_info()[0] is not None:
-            logf.close()
-        if stats is not None:
-            stats.close()
-        for m in monitors:
-            m.close()
-        if os.path.exists(live_path):
-            os.unlink(live_path)
-        if ctl is not None:
-            ctl.close()
-        _reap([*cpus.values(), server], float(cfg["run.halt_timeout"]), problems)
-        for sig, h in old_handlers.items():
-            signal.signal(sig, h)
-        os.close(wake_r)
-        os.close(wake_w)
-        if ipc_dir:
-            shutil.rmtree(ipc_dir, ignore_errors=True)
+        # Every step runs, whatever the one before it raised: a step skipped here (the
+        # reaping above all) would leave processes that multiprocess's exit handler
+        # then waits for forever.
+        def restore_signals() -> None:
+            for sig, h in old_handlers.items():
+                signal.signal(sig, h)
+
+        def close_wakeup() -> None:
+            os.close(wake_r)
+            os.close(wake_w)
+
+        propagating = sys.exc_info()[0] is not None     # KeyboardInterrupt and the like
+        _cleanup([
+            ("log.txt", lambda: propagating and logf.close()),
+            ("signal wakeup fd", lambda: old_fd is not None and signal.set_wakeup_fd(old_fd)),
+            ("stats.jsonl", lambda: stats is not None and stats.close()),
+            *[(f"monitor {type(m).__name__}", m.close) for m in monitors],
+            ("live.json", lambda: _unlink(live_path)),
+            ("control connection", lambda: ctl is not None and ctl.close()),
+            ("lost server", lambda: server_lost and server.kill()),   # no halt to wait for
+            ("reaping", lambda: _reap([*cpus.values(), server],
+                                      float(cfg["run.halt_timeout"]), problems)),
+            ("signal handlers", restore_signals),
+            ("wakeup pipe", close_wakeup),
+            ("socket folder", lambda: ipc_dir and shutil.rmtree(ipc_dir, ignore_errors=True)),
+        ], problems)
+    if stats is not None:
+        if stats.error and stats.error not in problems:
+            problems.append(stats.error)
+        if stats.bad:
+            problems.append(f"stats.jsonl: {stats.bad} samples could not be written as "
+                            f"JSON and were dropped")
+        problems.extend(f"monitor failed: {m}" for m in stats.monitor_errors)
+    problems.extend(e for e in write_errors if e not in problems)
     wall = time.monotonic() - t_wall0
     if virtual:
         sim = max((float(((f or {}).get("clock") or {}).get("sim_time", 0.0))
@@ -436,14 +515,106 @@ def run_machine(cfg: Config, run_dir: str | None = None,
     report = build_report(cfg, server_report, reason=reason, problems=problems, notes=notes,
                           wall_s=wall, sim_s=sim, interrupted=bool(stop_signal),
                           version=__version__)
-    write_run_dir(rdir, report)
+    try:
+        write_run_dir(rdir, report)
+    except OSError as e:                       # report.json (or crash.txt): said, not kept
+        err = write_error(e.filename or os.path.join(rdir, "report.json"), e)
+        _unlink(os.path.join(rdir, "report.json.tmp"))
+        report["problems"].append(err)
+        report["ok"] = False
+        write_errors.append(err)
+    for err in write_errors:
+        say(f"smp: {err}")
     note(f"run {verdict(report)}: {rdir}")
-    logf.close()
+    try:
+        logf.close()
+    except OSError:
+        pass
     if stop_signal:
         status = 128 + stop_signal[0]
     else:
         status = 0 if report["ok"] else 1
     return RunResult(status, rdir, report)
+
+
+class RunFileError(Exception):
+    """A file of the run directory could not be written (the message names it)."""
+
+
+def _write_live(path: str, live: dict[str, Any]) -> None:
+    """live.json, what `smp top` attaches to: written whole, then renamed, so that a
+    reader never finds it half written."""
+    try:
+        with open(path + ".tmp", "w") as f:
+            json.dump(live, f)
+        os.replace(path + ".tmp", path)
+    except OSError as e:
+        _unlink(path + ".tmp")
+        raise RunFileError(write_error(path, e)) from None
+
+
+CPU_LOST_SERVER = 3       # cpu_main's exit status when the server went silent
+SERVER_PROBE_S = 2.0      # how long the launcher waits for a server its CPUs lost
+
+
+def _server_lost(ctl: _Control | None, server: Any, gone: list[tuple[str, Any]]) -> str | None:
+    """CPUs that exit with CPU_LOST_SERVER heard nothing from the server. If the server,
+    still alive, does not answer the launcher either, the server failed (stopped with
+    SIGSTOP, or wedged), not the CPUs: the line that names it, else None."""
+    if (ctl is None or not gone or not server.is_alive()
+            or any(p.exitcode != CPU_LOST_SERVER for _, p in gone)):
+        return None
+    try:
+        ctl.call(Op.LOOKUP, "", timeout=SERVER_PROBE_S)
+        return None
+    except TimeoutError:
+        pass
+    except LaunchError:
+        return None
+    try:
+        stopped = psutil.Process(server.pid).status() == psutil.STATUS_STOPPED
+    except psutil.Error:
+        stopped = False
+    return (f"server (pid {server.pid}) unresponsive{' (stopped)' if stopped else ''}: "
+            f"it did not answer the launcher within {SERVER_PROBE_S:.0f} s, and "
+            f"{', '.join(name for name, _ in gone)} left, hearing nothing from it")
+
+
+def _halt_and_report(ctl: _Control, reason: str, dead: list[int], cfg: Config,
+                     problems: list[str], halt: bool = True) -> dict[str, Any]:
+    """Halt the machine (every CPU sends its final report) and fetch the server's report
+    (a replay that ended has halted already: ``halt`` False)."""
+    server_report: dict[str, Any] = {}
+    if halt:
+        try:
+            ctl.call(Op.CTL_HALT, reason, dead, timeout=float(cfg["run.halt_timeout"]))
+        except TimeoutError as e:
+            problems.append(f"halt: {e}")
+    try:
+        server_report = ctl.call(Op.CTL_REPORT, timeout=LIVENESS_S)
+        problems.extend(held_locks_line(int(c), d) for c, d in
+                        server_report.get("dead_cpus", {}).items())
+    except (TimeoutError, LaunchError) as e:
+        problems.append(f"report: {e}")
+    return server_report
+
+
+def _cleanup(steps: Sequence[tuple[str, Callable[[], Any]]], problems: list[str]) -> None:
+    """Run every step, whatever the one before it raised; a failure is a problem of the
+    run, named after its step."""
+    for what, step in steps:
+        try:
+            step()
+        except Exception as e:  # noqa: BLE001 - the next step must run
+            problems.append(f"cleanup: {what}: {type(e).__name__}: {e}")
+
+
+def _unlink(path: str) -> None:
+    """Remove ``path`` if it is there."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 class _Stopped(Exception):

@@ -8,8 +8,10 @@ connect; the launcher, the local CPUs and the stats stream keep the private endp
 Who may listen where. A loopback address (127.0.0.0/8, ::1, localhost) needs nothing more.
 Any other address (including ``*`` and 0.0.0.0) is refused unless a key directory
 (:mod:`smp.run.keys`) is given; then the listen endpoint speaks CURVE and accepts only the CPUs
-whose public keys are in the directory's ``authorized/``. The check runs before anything
-starts (:func:`check_listen`: exit status 2).
+whose public keys are in the directory's ``authorized/``, each only as the CPU ids its key
+is bound to (:func:`check_hello`: the server learns a connection's key from ZAP's User-Id
+and checks it at HELLO). The address and the keys are checked before anything starts
+(:func:`check_listen`: exit status 2).
 
 Authentication runs in a thread. The server is one thread by design (it is the machine's
 linearisation point), but CURVE's client check goes through ZAP, a REP socket the ZeroMQ
@@ -48,7 +50,7 @@ from typing import Any
 import zmq
 import zmq.utils.monitor
 
-from smp.run.keys import KeyDirError, client_keys, server_keys
+from smp.run.keys import KeyDirError, client_keys, key_bindings, server_keys
 
 DEFAULT_JOIN_TIMEOUT = 60.0
 
@@ -96,17 +98,23 @@ def check_listen(endpoint: str, key_dir: str | None, ncpus: int, local_cpus: int
             f"--listen {endpoint}: refusing to listen on a non-loopback address without "
             f"authentication; the server would be reachable from other hosts. Make keys "
             f"with `smp keys DIR` and pass --key-dir DIR (or listen on 127.0.0.1)")
+    local = ncpus if local_cpus is None else local_cpus
+    if not 0 <= local <= ncpus:
+        raise RemoteError(f"--local-cpus {local}: must be 0..{ncpus} (machine.cpus)")
     if key_dir is not None:
         if not zmq.has("curve"):
             raise RemoteError("--key-dir: this libzmq was built without CURVE support")
         try:
-            server_keys(key_dir)
+            _, _, authorized = server_keys(key_dir)
+            bound = set().union(*(ids for _, ids in key_bindings(authorized).values()))
         except (KeyDirError, OSError, ValueError) as e:
             raise RemoteError(f"--key-dir: {e}") from None
+        unbound = [c for c in range(local, ncpus) if c not in bound]
+        if unbound:
+            raise RemoteError(f"--key-dir: no key in {authorized} is bound to cpu "
+                              f"{', '.join(map(str, unbound))}, which must join: make keys "
+                              f"with `smp keys {key_dir} --cpus IDS`")
     _check_bind(endpoint, host, port)
-    local = ncpus if local_cpus is None else local_cpus
-    if not 0 <= local <= ncpus:
-        raise RemoteError(f"--local-cpus {local}: must be 0..{ncpus} (machine.cpus)")
     timeout = DEFAULT_JOIN_TIMEOUT if join_timeout is None else join_timeout
     if timeout <= 0:
         raise RemoteError("--join-timeout must be positive")
@@ -157,11 +165,31 @@ def attach(server: Any, spec: ListenSpec, hello: dict[str, Any]) -> None:
 
     server.curve = {"setup": setup, "teardown": teardown}
     server.hello_info = dict(hello)
+    if spec.key_dir is not None:
+        bindings = key_bindings(server_keys(spec.key_dir)[2])
+        server.hello_check = lambda user, role, cpu: check_hello(bindings, user, role, cpu)
+
+
+def check_hello(bindings: dict[str, tuple[str, frozenset[int]]], user: str | None,
+                role: Any, cpu: Any) -> str | None:
+    """Why the server refuses a HELLO that came over the listen endpoint with the CURVE
+    key ``user`` (z85; None: the private endpoint, which is trusted), or None. A key
+    may be only the CPUs it is bound to (smp.run.keys), and never the launcher."""
+    if user is None:
+        return None
+    name, ids = bindings.get(user, ("an unknown key", frozenset()))
+    if role != "cpu":
+        return f"a peer with a CPU's key ({name}) cannot be the {role!r}"
+    if cpu not in ids:
+        bound = ", ".join(map(str, sorted(ids))) if ids else "no CPU id"
+        return (f"this CPU's key ({name}) is bound to {'cpu ' if ids else ''}{bound}, "
+                f"not cpu {cpu}: use the key made for it (`smp keys DIR --cpus {cpu}`)")
+    return None
 
 
 # -- the joining CPU --------------------------------------------------------------------
 _FAIL = {
-    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "the server refused this CPU's key (its client.key "
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "the server refused this CPU's key (its public key "
     "is not in the server's authorized/ directory)",
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "the handshake failed: the server and this CPU "
     "disagree on security (a wrong server.key, or CURVE on one side only: --key-dir)",
@@ -206,21 +234,24 @@ def join_main(endpoint: str, cpu_id: int, key_dir: str | None, timeout: float) -
     ends with ``cpu_main``'s status (0: halted cleanly, 3: the server went away)."""
     from smp.run.launcher import LIVENESS_S
     from smp.machine.cpuproc import cpu_main
-    try:
-        parse_tcp(endpoint)
-        curve = client_keys(key_dir) if key_dir is not None else None
-    except (RemoteError, KeyDirError, OSError, ValueError) as e:
-        print(f"smp cpu: {e}", file=sys.stderr)
-        return 2
     if cpu_id < 0:
         print("smp cpu: --id must be >= 0", file=sys.stderr)
+        return 2
+    try:
+        parse_tcp(endpoint)
+        curve = client_keys(key_dir, cpu_id) if key_dir is not None else None
+    except (RemoteError, KeyDirError, OSError, ValueError) as e:
+        print(f"smp cpu: {e}", file=sys.stderr)
         return 2
     try:
         await_handshake(endpoint, curve, timeout)
     except RemoteError as e:
         print(f"smp cpu: cpu{cpu_id} cannot join: {e}", file=sys.stderr)
         return 1
-    print(f"smp cpu: cpu{cpu_id} (pid {os.getpid()}) joined {endpoint}", file=sys.stderr,
-          flush=True)
-    cpu_main(cpu_id, endpoint, None, LIVENESS_S, curve=curve, pdeathsig=False)
+
+    def joined() -> None:             # said once the server took our HELLO, not before
+        print(f"smp cpu: cpu{cpu_id} (pid {os.getpid()}) joined {endpoint}",
+              file=sys.stderr, flush=True)
+    cpu_main(cpu_id, endpoint, None, LIVENESS_S, curve=curve, pdeathsig=False,
+             on_hello=joined)
     return 0                           # not reached: cpu_main ends the process
