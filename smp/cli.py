@@ -679,7 +679,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 # what every report.json of `smp run` has (smp/observe/report.py)
-_REPORT_KEYS = ("ok", "seed", "reason", "cpus", "locks")
+_REPORT_KEYS = ("ok", "seed", "reason", "cpus", "locks", "kernel", "duration_sim_s")
 
 
 def _print_report(args: argparse.Namespace, report: dict[str, object]) -> int:

@@ -157,7 +157,7 @@ def test_a_bus_that_was_not_listening_drains_before_judging(
         try:
             bus._call(Op.HELLO, 0, "", (VERSION, "cpu", 0, os.getpid()), 10.0)
             bus.poll_events(0.6)                # a heartbeat or two: the server talks
-            bus._drain()
+            bus.read_point()                    # take in everything waiting
             class Resumed:                      # the bus's clock, 2 s on
                 monotonic = staticmethod(lambda: time.monotonic() + 2.0)
                 perf_counter = staticmethod(time.perf_counter)
@@ -208,7 +208,7 @@ def test_a_full_disk_ends_the_run_with_a_message(small_fs: pathlib.Path) -> None
     rdir = small_fs / "run"
     t = time.monotonic()
     r = cli(small_fs.parent, "run", "--set", "machine.cpus=2", "--set", "run.duration=60",
-            "--set", "machine.speed=1", "--run-dir", str(rdir), timeout=60)
+            "--run-dir", str(rdir), timeout=60)
     took = time.monotonic() - t
     assert r.returncode == 1, (r.returncode, r.stderr[-2000:])
     assert "No space left on device" in r.stderr and "the disk is full" in r.stderr, r.stderr
@@ -251,7 +251,7 @@ def test_a_writer_that_fills_up_ends_the_run_cleanly(run: Any, tmp_path: pathlib
         return _FullAfter(f, 3) if str(path).endswith("stats.jsonl") else f
     monkeypatch.setattr(launcher, "open", fake_open, raising=False)
     t = time.monotonic()
-    res = run(["machine.cpus=2", "run.duration=600", "machine.speed=1"])
+    res = run(["machine.cpus=2", "run.duration=600"])
     r = res.report
     assert res.exit_status == 1 and not r["ok"], describe(res)
     assert "stats.jsonl: No space left on device (the disk is full)" in r["reason"], r["reason"]
@@ -286,7 +286,7 @@ def test_samples_that_json_cannot_hold_are_dropped_and_counted(
         if md.pcpu.cpuid == 1:
             kthread_create(body, "badstats")
 
-    res = run(["machine.cpus=2", "run.duration=600", "machine.speed=1"],
+    res = run(["machine.cpus=2", "run.duration=600"],
               sysinits=[sysinit("badstats", start, percpu=True),
                         _coordinator(done, "bad samples sent")])
     kernel = expect_shutdown(res)
@@ -298,7 +298,7 @@ def test_samples_that_json_cannot_hold_are_dropped_and_counted(
 
 # -- 4. a reused run directory; 9. the rerun line -------------------------------------------
 SHORT = ["--quiet", "--set", "machine.cpus=1", "--set", "run.duration=0.5",
-         "--set", "machine.speed=1", "--set", "user.procs_per_cpu=1"]
+         "--set", "user.procs_per_cpu=1"]
 
 
 def test_a_reused_run_directory_is_refused_unless_force_clears_it(
@@ -509,7 +509,7 @@ def test_a_stopped_server_is_named(run: Any, tmp_path: pathlib.Path) -> None:
     actor.start()
     t = time.monotonic()
     try:
-        res = run(["machine.cpus=2", "run.duration=600", "machine.speed=1"])
+        res = run(["machine.cpus=2", "run.duration=600"])
     finally:
         actor.join(30)
     assert actor.error is None, actor.error
@@ -545,7 +545,7 @@ def test_a_missing_cpu_makes_lockload_unchecked_not_violated(
     actor = Actor(tmp_path / "run", done, kill_counting_cpu)
     actor.start()
     try:
-        res = run(["machine.cpus=3", "run.duration=600", "machine.speed=1",
+        res = run(["machine.cpus=3", "run.duration=600",
                    "workload.kthreads=2"])
     finally:
         actor.join(30)
@@ -575,15 +575,15 @@ class _Machine:
 
     def __init__(self, endpoint: str) -> None:
         from hw.bus import Bus
-        from hw.protocol import LC_SLEEP, Op
+        from hw.protocol import LK_SLEEP, Op, field_addr
         self.cpu = Bus(endpoint, "cpu0")
         self.cpu.hello("cpu", 0, os.getpid())
         self.ctl = Bus(endpoint, "launcher")
         self.ctl.hello("launcher", -1, os.getpid())
-        self.cpu.post(Op.DEFTYPE, 0, "", "hobj", [["m", "mtx", "", None], ["x", "int", "", 0]])
+        self.cpu.post(Op.DEFTYPE, 0, "", "hobj", [["m", "lock", "", None], ["x", "int", "", 0]])
         self.h = self.cpu.call(Op.NEW, 7, "t:1", "hobj", {})
-        self.lock = self.h << 8
-        self.cpu.post(Op.LOCK_INIT, 7, "t:2", self.lock, LC_SLEEP, "hlock", 0)
+        self.lock = field_addr(self.h, 0)
+        self.cpu.post(Op.LOCK_INIT, 7, "t:2", self.lock, LK_SLEEP, "hlock", "hlock", 0)
 
     def ask(self, op: int, tid: int, *args: Any) -> tuple[bool, Any]:
         """A request that waits for its reply: (True, value) or (False, error text)."""
@@ -729,7 +729,7 @@ def test_a_flood_from_a_peer_without_hello_neither_grows_nor_stops_the_machine(
     actor = Actor(tmp_path / "run", done, flood)
     actor.start()
     try:
-        res = run(["machine.cpus=2", "run.duration=6", "machine.speed=1"])
+        res = run(["machine.cpus=2", "run.duration=6"])
     finally:
         stop.set()
         actor.join(30)
@@ -856,7 +856,7 @@ def test_a_second_cpu_for_a_taken_id_is_refused_at_once(tmp_path: pathlib.Path) 
 
     try:
         run = start("run", "--quiet", "--set", "machine.cpus=2", "--set", "run.duration=4",
-                    "--set", "machine.speed=1", "--set", "user.procs_per_cpu=1",
+                    "--set", "user.procs_per_cpu=1",
                     "--run-dir", str(rdir), "--listen", endpoint, "--local-cpus", "1",
                     "--join-timeout", "60")
         cpu1 = start("cpu", "--join", endpoint, "--id", "1", "--timeout", "30")

@@ -313,6 +313,7 @@ def run_machine(cfg: Config, run_dir: str | None = None,
 
     t_wall0 = time.monotonic()
     server_report: dict[str, Any] = {}
+    unstarted = False
     reason = "end of run"
     problems: list[str] = []
     notes: list[str] = []
@@ -452,6 +453,7 @@ def run_machine(cfg: Config, run_dir: str | None = None,
                                              halt=replay_end is None)
     except _Stopped as e:
         reason = str(e)
+        unstarted = True                # no CPU has anything to report: stop them all
         if not stop_signal:
             problems.append(reason)
     except Exception as e:  # noqa: BLE001 - the run ends with a report, never a hang
@@ -489,7 +491,9 @@ def run_machine(cfg: Config, run_dir: str | None = None,
             ("control connection", lambda: ctl is not None and ctl.close()),
             ("lost server", lambda: server_lost and server.kill()),   # no halt to wait for
             ("reaping", lambda: _reap([*cpus.values(), server],
-                                      float(cfg["run.halt_timeout"]), problems)),
+                                      float(cfg["run.halt_timeout"]), problems,
+                                      list(cpus.values()) if unstarted
+                                      else _unheard(cpus, server_report))),
             ("signal handlers", restore_signals),
             ("wakeup pipe", close_wakeup),
             ("socket folder", lambda: ipc_dir and shutil.rmtree(ipc_dir, ignore_errors=True)),
@@ -506,6 +510,8 @@ def run_machine(cfg: Config, run_dir: str | None = None,
     if virtual:
         sim = max((float(((f or {}).get("clock") or {}).get("sim_time", 0.0))
                    for f in (server_report.get("cpus") or {}).values()), default=0.0)
+        # the run's time; the final check's grace after its end is not part of it
+        sim = min(sim, float(cfg["run.duration"]))
     else:
         sim = ((t_end or time.monotonic()) - t0) * float(cfg["machine.speed"]) if t0 else 0.0
     if record_path is not None:
@@ -730,8 +736,23 @@ def _final_check(ctl: _Control, poller: Any, sentinels: dict[int, Any], timeout:
                 return None
 
 
-def _reap(procs: list[Any], timeout: float, problems: list[str]) -> None:
-    """Join every process; kill what does not stop in time."""
+def _unheard(cpus: dict[int, Any], server_report: dict[str, Any]) -> list[Any]:
+    """The CPU processes the server's report does not know: they never said hello (still
+    starting when the run ended), so no HALT reached them and none will."""
+    if not server_report:
+        return []
+    known = {int(c) for c in server_report.get("cpu_pids") or {}}
+    return [p for c, p in cpus.items() if c not in known]
+
+
+def _reap(procs: list[Any], timeout: float, problems: list[str],
+          unheard: Sequence[Any] = ()) -> None:
+    """Join every process; kill what does not stop in time. The ``unheard`` are killed at
+    once: nothing would tell them to stop (they ignore SIGTERM, waiting for the server's
+    word) and, the machine not having started for them, they hold nothing to report."""
+    for p in unheard:
+        if p._popen is not None and p.is_alive():
+            p.kill()
     deadline = time.monotonic() + timeout
     for p in procs:
         if p._popen is None:           # never started
