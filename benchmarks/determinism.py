@@ -1,0 +1,264 @@
+"""Machine time that no host can bend: replay fidelity, host independence, speed and the cost
+of recording, each measured in one invocation (these hosts are shared and noisy: what is
+compared is measured side by side).
+
+* **Replay fidelity**: failing runs (``configs/stress.toml`` with a race guard switched
+  off, over every catchable fail point) and clean runs (``configs/default.toml``), each
+  replayed with ``smp replay``: how many replayed identically (kernel counters, per-lock
+  acquisitions and contested ones, findings, panic message, site and operation).
+* **Host independence**: the default config alone and beside two busy-loop processes:
+  the kernel's work per simulated second (forks, swapouts, vm_waits, msleeps, pageout
+  scans), the two side by side; and detection of two narrow races
+  (``swapout_procs_prs_new``, ``faultin_swappingin``) by ten-run campaigns, loaded and
+  unloaded.
+* **Speed**: simulated seconds per wall second of the default config, virtual time
+  against wall time (``machine.time = "wall"``, speed 0.5); campaign runs per minute.
+* **Recording**: wall time with and without ``run.record``, and the record's size per
+  simulated second.
+
+Targets (issue): identical in 30 of 30; work within 10% and detection within one campaign
+loaded and unloaded; virtual at least 2x wall; recording at most 10% more wall time.
+
+    python benchmarks/determinism.py             # everything (about an hour on 2 cores)
+    python benchmarks/determinism.py --quick     # a few runs of each (minutes)
+    python benchmarks/determinism.py --only speed,record
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:                      # run as a script from anywhere in the tree
+    sys.path.insert(0, _ROOT)
+
+from smp.run.replay import compare  # noqa: E402
+
+WORK = ("forks", "swapouts", "vm_waits", "msleeps", "pageout_scans")
+CATCHABLE = ("faultin_swappingin", "swapout_procs_hold_locks", "swapout_procs_map_trylock",
+             "swapout_procs_p_system", "swapout_procs_prs_new",
+             "swapout_procs_safetoswapout")
+STRESS = os.path.join(_ROOT, "configs", "stress.toml")
+
+
+def smp(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-P", "-m", "smp", *args], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+def run(rdir: str, *args: str) -> tuple[dict[str, Any], float]:
+    t = time.monotonic()
+    smp("run", *args, "--run-dir", rdir, "--quiet")
+    wall = time.monotonic() - t
+    with open(os.path.join(rdir, "report.json")) as f:
+        return json.load(f), wall
+
+
+def _burn(stop: Any) -> None:
+    x = 0
+    while not stop.is_set():
+        for i in range(100_000):
+            x += i * i
+
+
+class Busy:
+    """Two busy-loop processes beside the measurement (a loaded host)."""
+
+    def __enter__(self) -> "Busy":
+        ctx = multiprocessing.get_context("fork")
+        self.stop = ctx.Event()
+        self.procs = [ctx.Process(target=_burn, args=(self.stop,), daemon=True)
+                      for _ in range(2)]
+        for p in self.procs:
+            p.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        for p in self.procs:
+            p.join(5)
+            if p.is_alive():
+                p.kill()
+
+
+# -- replay fidelity --------------------------------------------------------------------
+def fidelity(tmp: str, failing: int, clean: int, duration: float) -> dict[str, Any]:
+    cases: list[str] = []
+    seed = 1000
+    points = list(CATCHABLE)
+    tries = 0
+    while sum(1 for c in cases if c.startswith("fail")) < failing and tries < failing * 6:
+        fp = points[tries % len(points)]
+        tries += 1
+        seed += 1
+        rdir = os.path.join(tmp, f"fail-{fp}-{seed}")
+        rep, _ = run(rdir, STRESS, "--fail-point", fp, "--set", f"run.seed={seed}",
+                     "--set", f"run.duration={duration}")
+        if not rep.get("ok"):
+            cases.append(rdir)
+            print(f"  failing run {len(cases)}: {fp} seed {seed}: {rep.get('reason')}",
+                  file=sys.stderr, flush=True)
+    for i in range(clean):
+        rdir = os.path.join(tmp, f"clean-{i}")
+        run(rdir, "--set", f"run.seed={2000 + i}", "--set", f"run.duration={duration}")
+        cases.append(rdir)
+    same, diffs = 0, []
+    for rdir in cases:
+        proc = smp("replay", rdir, "--run-dir", rdir + "-replay")
+        try:
+            with open(os.path.join(rdir, "report.json")) as f:
+                orig = json.load(f)
+            with open(os.path.join(rdir + "-replay", "report.json")) as f:
+                rep = json.load(f)
+            d = compare(orig, rep)
+            div = ((rep.get("schedule") or {}).get("replay") or {}).get("divergence")
+        except (OSError, ValueError) as e:
+            d, div = [f"no replay report: {e}: {proc.stderr[-300:]}"], None
+        if not d and not div:
+            same += 1
+        else:
+            diffs.append(f"{os.path.basename(rdir)}: {div['message'] if div else d[:2]}")
+        print(f"  replayed {os.path.basename(rdir)}: {'identical' if not d and not div else 'DIFFERS'}",
+              file=sys.stderr, flush=True)
+    return {"runs": len(cases), "failing": len(cases) - clean, "identical": same,
+            "differences": diffs}
+
+
+# -- host independence --------------------------------------------------------------------
+def work(tmp: str, tag: str, seeds: list[int], duration: float) -> dict[str, float]:
+    tot = dict.fromkeys(WORK, 0.0)
+    sim = 0.0
+    for s in seeds:
+        rep, _ = run(os.path.join(tmp, f"work-{tag}-{s}"), "--set", f"run.seed={s}",
+                     "--set", f"run.duration={duration}")
+        sim += float(rep.get("duration_sim_s") or duration)
+        for k in WORK:
+            tot[k] += float((rep.get("kernel") or {}).get(k, 0))
+    return {k: round(v / sim, 3) for k, v in tot.items()}
+
+
+def detection(tmp: str, tag: str, campaigns: int, runs: int, duration: float) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for fp in ("swapout_procs_prs_new", "faultin_swappingin"):
+        caught = 0
+        for c in range(campaigns):
+            proc = smp("stress", STRESS, "--runs", str(runs), "--seed", str(3000 + c),
+                       "--fail-point", fp, "--duration", str(duration), "--jobs", "1",
+                       "--out", os.path.join(tmp, f"camp-{tag}-{fp}-{c}"))
+            caught += proc.returncode == 1
+        out[fp] = caught
+    return out
+
+
+# -- speed and recording ----------------------------------------------------------------
+def speed(tmp: str, duration: float) -> dict[str, float]:
+    rv, wv = run(os.path.join(tmp, "speed-virtual"), "--set", f"run.duration={duration}")
+    rw, ww = run(os.path.join(tmp, "speed-wall"), "--set", f"run.duration={duration}",
+                 "--set", "machine.time=wall", "--set", "machine.speed=0.5")
+    v = float(rv.get("duration_sim_s") or 0) / wv
+    w = float(rw.get("duration_sim_s") or 0) / ww
+    t = time.monotonic()
+    proc = smp("stress", STRESS, "--runs", "4", "--jobs", "2", "--duration", "5",
+               "--out", os.path.join(tmp, "speed-campaign"))
+    per_min = 4 / ((time.monotonic() - t) / 60)
+    return {"virtual_sim_s_per_wall_s": round(v, 3), "wall_sim_s_per_wall_s": round(w, 3),
+            "virtual_vs_wall": round(v / w, 2) if w else 0.0,
+            "campaign_runs_per_min": round(per_min, 1), "campaign_status": proc.returncode}
+
+
+def recording(tmp: str, duration: float, rounds: int) -> dict[str, float]:
+    on, off, size, sim = [], [], [], []
+    for i in range(rounds):
+        r1, w1 = run(os.path.join(tmp, f"rec-on-{i}"), "--set", f"run.duration={duration}")
+        r0, w0 = run(os.path.join(tmp, f"rec-off-{i}"), "--set", f"run.duration={duration}",
+                     "--set", "run.record=false")
+        on.append(w1)
+        off.append(w0)
+        rec = (r1.get("schedule") or {}).get("record") or {}
+        size.append(float(rec.get("bytes", 0)))
+        sim.append(float(r1.get("duration_sim_s") or duration))
+    return {"wall_s_recorded": round(statistics.median(on), 2),
+            "wall_s_unrecorded": round(statistics.median(off), 2),
+            "overhead": round(statistics.median(on) / statistics.median(off) - 1, 3),
+            "record_kib_per_sim_s": round(statistics.median(size) / 1024
+                                          / statistics.median(sim), 1)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="a few runs of each (minutes)")
+    ap.add_argument("--only", default="fidelity,independence,speed,record",
+                    help="comma-separated sections (default: all)")
+    ap.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = ap.parse_args()
+    only = set(args.only.split(","))
+    q = args.quick
+    res: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="smpdet-") as tmp:
+        if "fidelity" in only:
+            print("replay fidelity ...", file=sys.stderr, flush=True)
+            res["fidelity"] = fidelity(tmp, 3 if q else 20, 2 if q else 10, 4.0 if q else 8.0)
+        if "independence" in only:
+            print("host independence ...", file=sys.stderr, flush=True)
+            seeds = [1, 2] if q else [1, 2, 3]
+            dur = 6.0 if q else 20.0
+            alone = work(tmp, "alone", seeds, dur)
+            with Busy():
+                loaded = work(tmp, "loaded", seeds, dur)
+            res["work_per_sim_s"] = {"alone": alone, "loaded": loaded,
+                                     "ratio": {k: round(loaded[k] / alone[k], 3) if alone[k]
+                                               else None for k in WORK}}
+            camps, runs = (1, 3) if q else (5, 10)
+            d_alone = detection(tmp, "alone", camps, runs, 10.0)
+            with Busy():
+                d_loaded = detection(tmp, "loaded", camps, runs, 10.0)
+            res["detection"] = {"campaigns": camps, "runs": runs, "alone": d_alone,
+                                "loaded": d_loaded}
+        if "speed" in only:
+            print("speed ...", file=sys.stderr, flush=True)
+            res["speed"] = speed(tmp, 6.0 if q else 20.0)
+        if "record" in only:
+            print("recording ...", file=sys.stderr, flush=True)
+            res["record"] = recording(tmp, 6.0 if q else 20.0, 1 if q else 3)
+    if args.json:
+        print(json.dumps(res, indent=1))
+        return 0
+    if "fidelity" in res:
+        f = res["fidelity"]
+        print(f"replay fidelity: identical in {f['identical']} of {f['runs']} "
+              f"({f['failing']} failing runs, {f['runs'] - f['failing']} clean)")
+        for d in f["differences"]:
+            print(f"  {d}")
+    if "work_per_sim_s" in res:
+        w = res["work_per_sim_s"]
+        print("kernel work per simulated second, alone / loaded (two busy loops) / ratio:")
+        for k in WORK:
+            print(f"  {k:15} {w['alone'][k]:9.2f} {w['loaded'][k]:9.2f} {w['ratio'][k]}")
+        d = res["detection"]
+        print(f"detection ({d['campaigns']} campaigns of {d['runs']} runs), alone / loaded:")
+        for fp in d["alone"]:
+            print(f"  {fp:30} {d['alone'][fp]} / {d['loaded'][fp]}")
+    if "speed" in res:
+        s = res["speed"]
+        print(f"speed: virtual {s['virtual_sim_s_per_wall_s']} sim s per wall s, wall "
+              f"{s['wall_sim_s_per_wall_s']}: {s['virtual_vs_wall']}x; campaign runs per "
+              f"minute {s['campaign_runs_per_min']}")
+    if "record" in res:
+        r = res["record"]
+        print(f"recording: {r['wall_s_recorded']} s recorded, {r['wall_s_unrecorded']} s "
+              f"not ({r['overhead']:+.1%}); {r['record_kib_per_sim_s']} KiB per simulated s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

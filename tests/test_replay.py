@@ -1,0 +1,155 @@
+"""Record and replay (DESIGN.md decision 11): every run is recorded, and ``smp replay`` runs
+it again with real processes, exactly: the same counters, findings and panic at the same
+operation; a record that is not one, is of another config, is cut short or damaged, is
+refused or reported as a divergence; ``--until`` stops the machine and dumps it; ``smp
+trace`` draws the recorded run as a timeline Perfetto opens.
+
+The recorded runs are small machines (2 CPUs, a few simulated seconds); each test's
+machines are real server and CPU processes.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import zlib
+from typing import Any
+
+import pytest
+
+from helpers import cli
+
+pytestmark = pytest.mark.long
+
+SMALL = ["--set", "machine.cpus=2", "--set", "run.duration=1.5", "--set", "user.hog_pages=60"]
+
+
+def _run(tmp: pathlib.Path, *extra: str, name: str = "rec") -> tuple[int, pathlib.Path]:
+    rdir = tmp / name
+    proc = cli(tmp, "run", *SMALL, *extra, "--run-dir", str(rdir), "--quiet", timeout=120)
+    assert (rdir / "report.json").exists(), proc.stderr
+    return proc.returncode, rdir
+
+
+def _replay(rdir: pathlib.Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return cli(rdir.parent, "replay", str(rdir), *extra, timeout=180)
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    tmp = tmp_path_factory.mktemp("replay")
+    status, rdir = _run(tmp)
+    assert status == 0
+    return rdir
+
+
+@pytest.mark.timeout(300)
+def test_a_clean_run_replays_identically(recorded: pathlib.Path) -> None:
+    rec = json.loads((recorded / "report.json").read_text())
+    ops = rec["schedule"]["record"]["operations"]
+    assert ops > 1000 and (recorded / "schedule.smpr").stat().st_size > 0
+    proc = _replay(recorded)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"replay identical: {ops} operations" in proc.stdout
+    again = json.loads((recorded / "replay" / "report.json").read_text())
+    assert again["kernel"] == rec["kernel"]
+    assert [(r["name"], r["acquires"], r["contested"]) for r in again["locks"]] == \
+        [(r["name"], r["acquires"], r["contested"]) for r in rec["locks"]]
+
+
+@pytest.mark.timeout(300)
+def test_a_fail_point_panic_replays_at_the_same_operation(tmp_path: pathlib.Path) -> None:
+    status, rdir = _run(tmp_path, "--set", "run.duration=4", "--set", "run.seed=3",
+                        "--fail-point", "swapout_procs_p_system")
+    rec = json.loads((rdir / "report.json").read_text())
+    assert status == 1 and rec["panic"], rec["reason"]
+    proc = _replay(rdir)
+    assert "replay identical" in proc.stdout, proc.stdout + proc.stderr
+    assert proc.returncode == 1                      # the recorded run's own verdict
+    again = json.loads((rdir / "replay" / "report.json").read_text())
+    assert again["panic"]["message"] == rec["panic"]["message"]
+    assert again["panic"]["site"] == rec["panic"]["site"]
+    assert again["schedule"]["replay"]["operations"] == rec["schedule"]["record"]["operations"]
+
+
+@pytest.mark.timeout(300)
+def test_until_stops_the_machine_and_dumps_every_thread(recorded: pathlib.Path,
+                                                       tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "stop"
+    proc = _replay(recorded, "--until", "500", "--run-dir", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    dump = (out / "dump.txt").read_text()
+    assert dump.startswith("smp replay: stopped after operation 500")
+    assert "cpu 0 thread" in dump and "cpu 1 thread" in dump
+    assert "the last operations of each CPU" in dump
+    last = [int(line.split()[0]) for line in dump.splitlines()
+            if line.startswith("      ") and line.split()[0].isdigit()]
+    assert last and max(last) == 500                  # nothing after operation 500
+
+
+def _copy(src: pathlib.Path, dst: pathlib.Path) -> pathlib.Path:
+    dst.mkdir()
+    for name in ("config.toml", "schedule.smpr", "report.json"):
+        (dst / name).write_bytes((src / name).read_bytes())
+    return dst
+
+
+@pytest.mark.timeout(120)
+def test_what_is_not_a_record_or_is_another_configs_is_refused_before_anything_starts(
+        recorded: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    junk = _copy(recorded, tmp_path / "junk")
+    (junk / "schedule.smpr").write_bytes(b"not a record at all\n")
+    proc = _replay(junk)
+    assert proc.returncode == 2 and "not a recorded run" in proc.stderr, proc.stderr
+    other = _copy(recorded, tmp_path / "other")
+    cfg = (other / "config.toml").read_text().replace("seed = 1\n", "seed = 2\n")
+    (other / "config.toml").write_text(cfg)
+    proc = _replay(other)
+    assert proc.returncode == 2 and "another config" in proc.stderr, proc.stderr
+    assert "run.seed" in proc.stderr
+    assert not (other / "replay").exists()            # nothing was started
+    proc = _replay(tmp_path / "nowhere")
+    assert proc.returncode == 2 and "no such run directory" in proc.stderr
+
+
+@pytest.mark.timeout(300)
+def test_a_truncated_or_damaged_record_diverges_at_an_operation(recorded: pathlib.Path,
+                                                               tmp_path: pathlib.Path) -> None:
+    cut = _copy(recorded, tmp_path / "cut")
+    data = (cut / "schedule.smpr").read_bytes()
+    (cut / "schedule.smpr").write_bytes(data[:len(data) // 2])
+    proc = _replay(cut)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "replay DIVERGED: replay diverged at operation" in proc.stdout
+    assert "cut short" in proc.stdout or "no end" in proc.stdout
+    bad = _copy(recorded, tmp_path / "bad")
+    raw = bytearray(data)
+    body = zlib.decompressobj().decompress(bytes(raw[8:]))   # still a record inside?
+    assert body
+    for i in range(len(raw) // 2, len(raw) // 2 + 64):        # damage the middle
+        raw[i] ^= 0xFF
+    (bad / "schedule.smpr").write_bytes(bytes(raw))
+    proc = _replay(bad)
+    assert proc.returncode in (1, 2), proc.stdout + proc.stderr
+    assert ("diverged at operation" in proc.stdout or "damaged" in proc.stdout
+            or "not a recorded run" in proc.stderr), proc.stdout + proc.stderr
+
+
+@pytest.mark.timeout(300)
+def test_trace_writes_a_timeline_perfetto_opens(recorded: pathlib.Path) -> None:
+    proc = cli(recorded.parent, "trace", str(recorded), timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    path = recorded / "trace.json"
+    doc: dict[str, Any] = json.loads(path.read_text())
+    evs = doc["traceEvents"]
+    procs = {e["pid"]: e["args"]["name"] for e in evs
+             if e["ph"] == "M" and e["name"] == "process_name"}
+    assert procs == {0: "cpu 0", 1: "cpu 1"}
+    for e in evs:                                       # the Chrome trace event format
+        assert e["ph"] in "MXbeisf" and isinstance(e.get("pid"), int)
+        if e["ph"] != "M":
+            assert isinstance(e["ts"], (int, float)) and e["ts"] >= 0
+    assert any(e["ph"] == "X" and e["name"].startswith("thread") for e in evs)
+    assert any(e["ph"] == "b" and e["name"].startswith("hold ") for e in evs)
+    assert "ui.perfetto.dev" in proc.stdout
