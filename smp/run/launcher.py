@@ -517,7 +517,17 @@ def run_machine(cfg: Config, run_dir: str | None = None,
     if record_path is not None:
         size = record.size_of(record_path)
         sched = server_report.setdefault("schedule", {})
-        sched.setdefault("record", {"path": record_path})["bytes"] = size
+        rec = sched.setdefault("record", {"path": record_path})
+        rec["bytes"] = size
+        # The server's report is taken while the CPUs still post their last operations
+        # (a panic, a halt): the record goes on after it. The record, closed now, has the
+        # final count, the one a replay replays and compares with.
+        try:
+            final = record.read(record_path)
+            if final.totals is not None:
+                rec["operations"] = final.requests
+        except record.LogError:
+            pass
     report = build_report(cfg, server_report, reason=reason, problems=problems, notes=notes,
                           wall_s=wall, sim_s=sim, interrupted=bool(stop_signal),
                           version=__version__)
