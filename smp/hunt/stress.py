@@ -8,6 +8,12 @@ told to go on, and prints for each failure the seed, the detector, a one-line su
 the run directory and one command that reruns exactly that run (the run's own resolved
 ``config.toml``: same seed, same chaos seed, same fail points).
 
+Where the machines run is a :class:`Runner`'s business: :class:`LocalRunner` starts them
+on this host, ``--jobs`` at a time; ``smp.hunt.cluster.ClusterRunner`` sends each run to a
+Dask cluster as one task and brings its run directory back into the campaign's folder.
+The campaign itself (seeds, slots, stopping, the summary) is the same code for both, so its
+output does not depend on where its runs ran.
+
 Exit status: 0 no new failure; 1 a failure (or, with ``--strict``, a known finding); 2
 usage. Ctrl-C stops every machine of the campaign and reports what finished.
 """
@@ -23,10 +29,15 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 from hw.seeds import derive_int
-from smp.hunt.findings import Failure, classify, load_known
+from smp.hunt.findings import Failure, KnownFinding, classify, load_known
+
+
+class CampaignError(Exception):
+    """A campaign that cannot start or go on (a cluster that cannot be used): the message
+    says why; exit status 2."""
 
 
 def derive_seed(base: int, i: int) -> int:
@@ -45,6 +56,7 @@ class RunOutcome:
     failures: list[Failure]
     error: str = ""
     stopped: bool = False             # stopped by the campaign (at an earlier failure)
+    attempts: int = 1                 # > 1: lost with a cluster worker, run again
 
     @property
     def new_failures(self) -> list[Failure]:
@@ -70,12 +82,19 @@ class Campaign:
     strict: bool = False
     out_dir: str = "runs/stress"
     run_timeout: float = 600.0
+    cluster: str | None = None        # a Dask cluster (smp.hunt.cluster), or this host
 
     def command(self, seed: int, run_dir: str) -> list[str]:
         # -P: the working directory is not on sys.path (child_env says why)
         cmd = [sys.executable, "-P", "-m", "smp", "run"]
         if self.config:
             cmd.append(self.config)
+        return cmd + self.run_args(seed, run_dir)
+
+    def run_args(self, seed: int, run_dir: str) -> list[str]:
+        """``smp run``'s arguments after the config: what makes run ``seed`` of this
+        campaign (a cluster worker puts them after its own copy of the config)."""
+        cmd: list[str] = []
         for o in self.overrides:
             cmd += ["--set", o]
         cmd += ["--set", f"run.seed={seed}"]
@@ -143,6 +162,83 @@ class _Procs:
                     pass
 
 
+def read_outcome(i: int, seed: int, rdir: str, status: int, wall: float, stopping: bool,
+                 known: list[KnownFinding]) -> RunOutcome:
+    """What run ``i`` came to, from its exit status and its directory's ``report.json``
+    (wherever the machine ran: the directory is here by now)."""
+    if stopping and status == 130:             # SIGINTed by the campaign, not failed
+        return RunOutcome(i, seed, rdir, status, wall, [], stopped=True)
+    try:
+        with open(os.path.join(rdir, "report.json")) as f:
+            report = json.load(f)
+        failures = classify(report, known)
+    except (OSError, json.JSONDecodeError) as e:
+        if status == 2:
+            return RunOutcome(i, seed, rdir, status, wall, [], f"usage error: {e}")
+        failures = [Failure("machine", f"no report (exit status {status}): {e}", ())]
+    if status not in (0, 1) and not failures:
+        failures = [Failure("machine", f"exit status {status}", ())]
+    return RunOutcome(i, seed, rdir, status, wall, failures)
+
+
+class Runner(Protocol):
+    """Where a campaign's machines run. ``run_campaign`` asks for ``slots()`` machines at
+    most, starts each run with ``start`` (a future of its outcome; None when the campaign
+    stopped before the run started), calls ``tick`` every PROGRESS_S (``idle`` instead
+    when it has not one slot: it waits, at most that long, for one), ``stop`` at the
+    first failure (machines still running are stopped, and come back ``stopped``),
+    ``interrupt`` on Ctrl-C and ``close`` at the end, whatever happened."""
+
+    def slots(self) -> int: ...
+    def start(self, i: int, seed: int, run_dir: str) -> concurrent.futures.Future[
+        RunOutcome | None]: ...
+    def tick(self) -> None: ...
+    def idle(self, timeout: float) -> None: ...
+    def stop(self) -> None: ...
+    def interrupt(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class LocalRunner:
+    """Machines on this host, ``c.jobs`` at a time, each a ``smp run`` subprocess."""
+
+    def __init__(self, c: Campaign) -> None:
+        self.c = c
+        self.known = load_known()
+        self.procs = _Procs()
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(c.jobs, 1))
+
+    def slots(self) -> int:
+        return max(self.c.jobs, 1)
+
+    def start(self, i: int, seed: int, run_dir: str) -> concurrent.futures.Future[
+            RunOutcome | None]:
+        return self.pool.submit(self._one, i, seed, run_dir)
+
+    def _one(self, i: int, seed: int, rdir: str) -> RunOutcome | None:
+        t = time.monotonic()
+        status = self.procs.run(self.c.command(seed, rdir), self.c.run_timeout)
+        if status == -1:                       # the campaign stopped before it started
+            return None
+        return read_outcome(i, seed, rdir, status, time.monotonic() - t,
+                            self.procs.stopping, self.known)
+
+    def tick(self) -> None:
+        pass
+
+    def idle(self, timeout: float) -> None:
+        raise AssertionError("a local campaign always has a slot")
+
+    def stop(self) -> None:
+        self.procs.stop()
+
+    def interrupt(self) -> None:
+        self.procs.stop()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 @dataclasses.dataclass(frozen=True)
 class Progress:
     """Where a campaign is: for a progress bar or a status line."""
@@ -169,41 +265,18 @@ PROGRESS_S = 1.0        # how often ``progress`` is called while runs go on
 
 
 def run_campaign(c: Campaign, say: Callable[[str], None],
-                 progress: Callable[[Progress], None]) -> list[RunOutcome]:
-    """Run the campaign: at most ``c.jobs`` machines at a time, each started only when a
-    slot is free, so that nothing new starts once a run has failed (unless
-    ``c.keep_going``); machines still running then are stopped (SIGINT) and their
-    outcomes marked ``stopped``. ``progress`` is called at the start, after every run
-    and every PROGRESS_S wall seconds."""
-    known = load_known()
+                 progress: Callable[[Progress], None],
+                 runner: Runner | None = None) -> list[RunOutcome]:
+    """Run the campaign: at most ``runner.slots()`` machines at a time (``c.jobs`` on this
+    host by default), each started only when a slot is free, so that nothing new starts
+    once a run has failed (unless ``c.keep_going``); machines still running then are
+    stopped (SIGINT) and their outcomes marked ``stopped``. ``progress`` is called at the
+    start, after every run and every PROGRESS_S wall seconds. The runner is closed at the
+    end, whatever happened."""
     os.makedirs(c.out_dir, exist_ok=True)
-    procs = _Procs()
+    runner = runner or LocalRunner(c)
     outcomes: list[RunOutcome] = []
     t0 = time.monotonic()
-
-    def one(i: int) -> RunOutcome | None:
-        seed = derive_seed(c.seed, i)
-        rdir = os.path.join(c.out_dir, f"run{i:04d}-s{seed}")
-        t = time.monotonic()
-        status = procs.run(c.command(seed, rdir), c.run_timeout)
-        wall = time.monotonic() - t
-        if status == -1:                       # the campaign stopped before it started
-            return None
-        if procs.stopping and status == 130:   # SIGINTed by the campaign, not failed
-            return RunOutcome(i, seed, rdir, status, wall, [], stopped=True)
-        try:
-            with open(os.path.join(rdir, "report.json")) as f:
-                report = json.load(f)
-            failures = classify(report, known)
-        except (OSError, json.JSONDecodeError) as e:
-            if status == 2:
-                return RunOutcome(i, seed, rdir, status, wall, [], f"usage error: {e}")
-            failures = [Failure("machine", f"no report (exit status {status}): {e}", ())]
-        if status not in (0, 1) and not failures:
-            failures = [Failure("machine", f"exit status {status}", ())]
-        return RunOutcome(i, seed, rdir, status, wall, failures)
-
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(c.jobs, 1))
     running: set[concurrent.futures.Future[RunOutcome | None]] = set()
     started = failing = 0
     stop = False
@@ -215,15 +288,22 @@ def run_campaign(c: Campaign, say: Callable[[str], None],
     try:
         report_progress()
         while True:
-            while not stop and started < c.runs and len(running) < max(c.jobs, 1):
+            runner.tick()
+            while not stop and started < c.runs and len(running) < runner.slots():
                 if c.time_budget is not None and time.monotonic() - t0 > c.time_budget:
                     say(f"time budget of {c.time_budget:g} s spent: no new runs")
                     stop = True
                     break
-                running.add(pool.submit(one, started))
+                seed = derive_seed(c.seed, started)
+                rdir = os.path.join(c.out_dir, f"run{started:04d}-s{seed}")
+                running.add(runner.start(started, seed, rdir))
                 started += 1
             if not running:
-                break
+                if stop or started >= c.runs:
+                    break
+                runner.idle(PROGRESS_S)        # not one slot: wait for a cluster worker
+                report_progress()
+                continue
             done, running = concurrent.futures.wait(
                 running, timeout=PROGRESS_S,
                 return_when=concurrent.futures.FIRST_COMPLETED)
@@ -235,19 +315,19 @@ def run_campaign(c: Campaign, say: Callable[[str], None],
                 if out.error:
                     say(f"run {out.index}: {out.error}")
                     stop = True
-                    procs.stop()
+                    runner.stop()
                 if out.new_failures or (c.strict and out.known):
                     failing += 1
                     if not c.keep_going and not stop:
                         stop = True
-                        procs.stop()           # the first failure ends the campaign
+                        runner.stop()          # the first failure ends the campaign
             report_progress()
     except KeyboardInterrupt:
-        procs.stop()
+        runner.interrupt()
         say("interrupted: stopping the campaign's machines")
         raise
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        runner.close()
     outcomes.sort(key=lambda o: o.index)
     return outcomes
 
@@ -256,8 +336,19 @@ def rerun_command(out: RunOutcome) -> str:
     return f"smp run {os.path.join(out.run_dir, 'config.toml')}"
 
 
-def describe(outcomes: list[RunOutcome], strict: bool) -> tuple[list[str], int]:
-    """The campaign's closing lines and exit status."""
+def replay_command(out: RunOutcome) -> str | None:
+    """``smp replay DIR``: the run again, exactly, from its recorded schedule (None when
+    it has none: ``run.record = false``, or a record too big to bring back from a
+    cluster worker)."""
+    if not os.path.exists(os.path.join(out.run_dir, "schedule.smpr")):
+        return None
+    return f"smp replay {out.run_dir}"
+
+
+def describe(outcomes: list[RunOutcome], strict: bool,
+             cluster: bool = False) -> tuple[list[str], int]:
+    """The campaign's closing lines and exit status; ``cluster``: the campaign ran on a
+    Dask cluster, and the last line says how many runs were lost with a worker."""
     lines = []
     status = 0
     known_count: dict[str, int] = {}
@@ -275,6 +366,9 @@ def describe(outcomes: list[RunOutcome], strict: bool) -> tuple[list[str], int]:
             lines.append(f"FAIL seed {out.seed} [{f.detector}]{tag} {f.summary}")
             lines.append(f"     run dir: {out.run_dir}")
             lines.append(f"     rerun:   {rerun_command(out)}")
+            replay = replay_command(out)
+            if replay:
+                lines.append(f"     replay:  {replay}")
     clean = sum(1 for o in outcomes if not o.new_failures and not o.error)
     lines.append(f"{len(outcomes)} runs, {clean} without a new failure"
                  + (", known findings: " + ", ".join(f"{k} x{n}" for k, n
@@ -282,9 +376,12 @@ def describe(outcomes: list[RunOutcome], strict: bool) -> tuple[list[str], int]:
                     if known_count else "")
                  + (f"; {len(stopped)} stopped when the campaign stopped "
                     f"({', '.join(os.path.basename(o.run_dir) for o in stopped)})"
-                    if stopped else ""))
+                    if stopped else "")
+                 + (f"; {sum(o.attempts - 1 for o in outcomes + stopped)} lost with a "
+                    f"worker and retried" if cluster else ""))
     return lines, status
 
 
-__all__ = ["Campaign", "Progress", "RunOutcome", "run_campaign", "describe", "derive_seed",
-           "child_env"]
+__all__ = ["Campaign", "CampaignError", "Progress", "RunOutcome", "Runner", "LocalRunner",
+           "run_campaign", "describe", "derive_seed", "child_env", "read_outcome",
+           "rerun_command", "replay_command"]
