@@ -14,7 +14,8 @@
     smp flame RUN_DIR; smp report RUN_DIR --format folded
     smp config [CONFIG] [--set ...] [--schema]
     smp failpoints
-    smp stress [CONFIG] --runs N [--jobs J] [--seed S] [--chaos LEVEL] [--fail-point NAME ...]
+    smp stress [CONFIG] --runs N [--jobs J | --cluster local:N|ADDRESS] [--seed S] [--chaos LEVEL]
+               [--fail-point NAME ...]
     smp completion bash|zsh|fish
 
 Exit statuses: 0 success; 1 the machine failed (panic, invariant, dead process); 2 bad
@@ -27,6 +28,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 from typing import Any, Sequence
 
 from smp import __version__
@@ -174,18 +176,40 @@ def _parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser(
         "stress", help="run many short machines with derived seeds, hunting lock races",
-        description="Run a campaign: --runs machines (--jobs at a time), each with a seed "
-        "derived from --seed, with every detector on. Stops at the first run with a new "
-        "failure (unless --keep-going) and prints, for each failure, the seed, the "
-        "detector, a summary, the run directory and one command that reruns exactly that "
-        "run. Known findings of the 2002 code (FINDINGS.md) are reported but do not fail "
-        "the campaign unless --strict.",
-        epilog="exit status: 0 no new failure; 1 a failure was found; 2 usage error",
+        description="\n\n".join(textwrap.fill(p, 79) for p in (
+            "Run a campaign: --runs machines (--jobs at a time), each with a seed derived "
+            "from --seed, with every detector on. Stops at the first run with a new "
+            "failure (unless --keep-going) and prints, for each failure, the seed, the "
+            "detector, a summary, the run directory, one command that reruns exactly "
+            "that run and one that replays it exactly from its recorded schedule. Known "
+            "findings of the 2002 code (FINDINGS.md) are reported but do not fail the "
+            "campaign unless --strict.",
+            "--cluster sends the runs to a Dask cluster instead, one task each (pip "
+            "install '.[cluster]'): local:N starts a LocalCluster of N worker processes "
+            "on this host; tcp://HOST:PORT (tls:// with Dask's TLS configuration) or a "
+            "scheduler file joins a running one, and its dashboard link is printed. Each "
+            "worker runs as many machines at once as its 'machines' resource says (dask "
+            "worker --resources machines=N; by default its cores); a worker with another "
+            "smp or protocol version gets no runs, and the campaign names it. A failing "
+            "run's directory comes back into --out, so its rerun and replay commands work "
+            "here. A run lost with its worker is run again elsewhere, and the summary "
+            "counts it. Ctrl-C cancels every run, on every worker. What smp sends over the "
+            "network: configs out, run folders back.")),
+        epilog="exit status: 0 no new failure; 1 a failure was found; 2 usage error, or "
+        "a cluster that cannot be used\n\n"
+        "examples:\n"
+        "  smp stress configs/stress.toml --runs 200 --jobs 2\n"
+        "  smp stress configs/stress.toml --runs 2000 --cluster local:4\n"
+        "  smp stress configs/stress.toml --runs 2000 --cluster tcp://scheduler:8786",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     _config_args(st)
     st.add_argument("--runs", type=int, default=10, metavar="N", help="runs (default 10)")
-    st.add_argument("--jobs", type=int, default=1, metavar="J",
-                    help="machines at once (default 1; each machine is several processes)")
+    st.add_argument("--jobs", type=int, default=None, metavar="J",
+                    help="machines at once on this host (default 1; each machine is "
+                    "several processes)")
+    st.add_argument("--cluster", default=None, metavar="local:N|ADDRESS",
+                    help="run on a Dask cluster instead: local:N (a LocalCluster of N "
+                    "workers on this host), tcp://HOST:PORT, or a scheduler file")
     st.add_argument("--seed", type=int, default=1, metavar="S",
                     help="the campaign's seed; run i gets a seed derived from it (default 1)")
     st.add_argument("--chaos", choices=("off", "low", "high"), default=None,
@@ -449,8 +473,13 @@ def config_doc() -> str:
 
 def _stress(args: argparse.Namespace, cfg: "Config") -> int:
     import time as _time
-    from smp.hunt.stress import Campaign, describe, run_campaign
-    if args.runs < 1 or args.jobs < 1:
+    from smp.hunt.stress import Campaign, CampaignError, Runner, describe, run_campaign
+    if args.jobs is not None and args.cluster is not None:
+        print("smp: stress: --jobs or --cluster, not both (a cluster's workers say how many "
+              "machines each runs)", file=sys.stderr)
+        return 2
+    jobs = 1 if args.jobs is None else args.jobs
+    if args.runs < 1 or jobs < 1:
         print("smp: stress: --runs and --jobs must be at least 1", file=sys.stderr)
         return 2
     if args.duration is not None and args.duration <= 0:
@@ -458,20 +487,40 @@ def _stress(args: argparse.Namespace, cfg: "Config") -> int:
         return 2
     out = args.out or os.path.join(str(cfg["run.dir"]),
                                    f"stress-{_time.strftime('%Y%m%d-%H%M%S')}-s{args.seed}")
-    camp = Campaign(args.config, args.runs, args.jobs, args.seed, args.chaos,
+    camp = Campaign(args.config, args.runs, jobs, args.seed, args.chaos,
                     args.fail_points, args.overrides, args.duration, args.time_budget,
-                    args.keep_going, args.strict, out)
+                    args.keep_going, args.strict, out, cluster=args.cluster)
     from smp.observe.progress import CampaignProgress
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    runner: Runner | None = None
+    where = f"{jobs} at a time"
+    if args.cluster is not None:
+        say(f"stress: starting or joining the Dask cluster {args.cluster}")
+        try:
+            from smp.hunt.cluster import ClusterRunner
+            runner = ClusterRunner(camp, say)
+        except CampaignError as e:
+            print(f"smp: stress: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            return 130
+        where = f"on the cluster {runner.address}"
     progress = CampaignProgress(sys.stderr.isatty())
-    print(f"stress: {args.runs} runs of {args.config or 'the default config'}, "
-          f"{args.jobs} at a time, campaign seed {args.seed}; runs in {out}", file=sys.stderr)
+    say(f"stress: {args.runs} runs of {args.config or 'the default config'}, {where}, "
+        f"campaign seed {args.seed}; runs in {out}")
     try:
-        outcomes = run_campaign(camp, lambda s: print(s, file=sys.stderr), progress)
+        outcomes = run_campaign(camp, say, progress, runner)
     except KeyboardInterrupt:
         return 130
+    except CampaignError as e:
+        print(f"smp: stress: {e}", file=sys.stderr)
+        return 2
     finally:
         progress.close()
-    lines, status = describe(outcomes, args.strict)
+    lines, status = describe(outcomes, args.strict, cluster=args.cluster is not None)
     for line in lines:
         print(line)
     return status
