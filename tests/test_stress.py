@@ -35,7 +35,7 @@ def _stress(tmp_path: pathlib.Path, *args: str, timeout: float) -> subprocess.Co
 
 
 @pytest.mark.timeout(150)
-def test_a_switched_off_guard_is_caught_with_a_rerun_command(tmp_path: pathlib.Path) -> None:
+def test_a_switched_off_guard_is_caught_with_rerun_and_replay_commands(tmp_path: pathlib.Path) -> None:
     """Without the quick P_SYSTEM test, swapout_procs reaches a kernel process, which has
     no address space: the seed's own KASSERT fires."""
     r = _stress(tmp_path, STRESS, "--runs", "2", "--fail-point", "swapout_procs_p_system",
@@ -48,6 +48,9 @@ def test_a_switched_off_guard_is_caught_with_a_rerun_command(tmp_path: pathlib.P
     assert os.path.exists(cfg)
     text = pathlib.Path(cfg).read_text()
     assert "swapout_procs_p_system" in text and "seed" in text
+    replay = [line for line in r.stdout.splitlines() if "replay:" in line][0]
+    assert replay.split("smp replay ", 1)[1].strip() == os.path.dirname(cfg)
+    assert os.path.exists(os.path.join(os.path.dirname(cfg), "schedule.smpr"))
     assert "runs" in r.stderr and "failing" in r.stderr            # progress was shown
 
 
