@@ -25,11 +25,11 @@ import subprocess
 import sys
 import threading
 import types
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import psutil
 import pytest
-
 from helpers import cli_cmd, cli_env, survivors, wait_for
 
 pytestmark = pytest.mark.long
@@ -173,7 +173,7 @@ def _by_value(source: str, name: str) -> Any:
     """A function compiled in a module of its own, so that Dask sends it by value (the
     workers cannot import this test module)."""
     mod = types.ModuleType(f"smp_test_{name}")
-    exec(compile(source, f"<{name}>", "exec"), mod.__dict__)
+    exec(compile(source, f"<{name}>", "exec"), mod.__dict__)  # noqa: S102
     return getattr(mod, name)
 
 
@@ -208,7 +208,7 @@ def test_a_failure_found_on_a_worker_comes_back_and_replays_here(
     replay = re.search(r"replay:  smp replay (\S+)", out).group(1)  # type: ignore[union-attr]
     assert replay == str(rdir)
     r = subprocess.run(cli_cmd("replay", replay), cwd=tmp_path, env=cli_env(), text=True,
-                       capture_output=True, timeout=120)
+                       capture_output=True, timeout=120, check=False)
     again = json.loads((rdir / "replay" / "report.json").read_text())
     assert again["panic"] is not None, r.stdout + r.stderr
     assert (again["panic"]["message"], again["panic"]["site"]) == \
@@ -219,7 +219,7 @@ def test_a_failure_found_on_a_worker_comes_back_and_replays_here(
     # and the rerun: a machine run here from the config the worker resolved
     rerun = subprocess.run(cli_cmd("run", str(rdir / "config.toml"), "--run-dir",
                                    str(tmp_path / "rerun"), "--quiet"),
-                           cwd=tmp_path, env=cli_env(), timeout=120)
+                           cwd=tmp_path, env=cli_env(), timeout=120, check=False)
     assert rerun.returncode in (0, 1)
     assert json.loads((tmp_path / "rerun" / "report.json").read_text())["seed"] == rec["seed"]
 
@@ -280,8 +280,8 @@ def test_a_worker_killed_mid_run_loses_only_time(
 @pytest.mark.timeout(180)
 def test_a_worker_with_another_smp_is_refused(
         tmp_path: pathlib.Path, cluster: Any, campaigns: Callable[..., Campaign]) -> None:
-    from hw.protocol import VERSION
     import smp
+    from hw.protocol import VERSION
     workers = sorted(cluster.scheduler_info(n_workers=-1)["workers"])
     fake = _by_value("def fake():\n    import smp\n    smp.__version__ = '0.0.9'\n", "fake")
     cluster.run(fake, workers=[workers[1]])
@@ -368,13 +368,27 @@ def test_a_run_folder_is_packed_what_matters_first_and_comes_back_with_this_host
     assert (here / "schedule.smpr").read_bytes() == b"x" * 3000
 
 
+@pytest.mark.quick
+def test_a_machine_does_not_inherit_what_the_nanny_set_for_numeric_work() -> None:
+    import dask
+
+    from smp.hunt.worker import machine_env
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": {
+            "MALLOC_TRIM_THRESHOLD_": 65536, "OMP_NUM_THREADS": 1}}):
+        env = machine_env({"MALLOC_TRIM_THRESHOLD_": "65536", "OMP_NUM_THREADS": "4",
+                           "PYTHONPATH": "/x"})
+    # the nanny's value goes; a value the user set otherwise stays, as does the rest
+    assert env == {"OMP_NUM_THREADS": "4", "PYTHONPATH": "/x"}
+
+
 @pytest.mark.timeout(60)
 def test_jobs_and_cluster_together_are_a_usage_error(tmp_path: pathlib.Path) -> None:
     r = subprocess.run(cli_cmd("stress", "--jobs", "2", "--cluster", "local:2"),
                        cwd=tmp_path, env=cli_env(), capture_output=True, text=True,
-                       timeout=30)
+                       timeout=30, check=False)
     assert r.returncode == 2 and "--jobs or --cluster, not both" in r.stderr
     r = subprocess.run(cli_cmd("stress", "--cluster", "local:0"), cwd=tmp_path,
-                       env=cli_env(), capture_output=True, text=True, timeout=30)
+                       env=cli_env(), capture_output=True, text=True, timeout=30,
+                       check=False)
     assert r.returncode == 2 and "local:N needs a number of workers" in r.stderr
 

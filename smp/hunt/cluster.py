@@ -49,7 +49,8 @@ import threading
 import time
 import types
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from smp.hunt.findings import load_known
 from smp.hunt.stress import Campaign, CampaignError, RunOutcome, read_outcome
@@ -58,8 +59,8 @@ if importlib.util.find_spec("distributed") is None:      # the extra is not inst
     raise CampaignError("--cluster needs Dask's distributed: pip install 'smp[cluster]' "
                         "(from a clone: pip install '.[cluster]')")
 
-from smp.hunt.worker import (MACHINES, PROBE_SOURCE, RUN_DIR, accept, gate, run_task,
-                             stop_campaign, versions)
+from smp.hunt.worker import (MACHINES, PROBE_SOURCE, RUN_DIR, accept, gate,  # noqa: I001
+                             run_task, stop_campaign, versions)
 
 BRING_LIMIT = 128 << 20          # bytes of one run directory brought back, at most
 CONNECT_TIMEOUT_S = 30.0         # to reach a scheduler
@@ -95,7 +96,7 @@ def _probe() -> Callable[..., dict[str, Any]]:
     """The version probe, compiled in a module of its own so that cloudpickle sends it by
     value: it must run on workers whose smp is not ours (smp.hunt.worker says why)."""
     mod = types.ModuleType("smp_cluster_probe")
-    exec(compile(PROBE_SOURCE, "<smp probe>", "exec"), mod.__dict__)
+    exec(compile(PROBE_SOURCE, "<smp probe>", "exec"), mod.__dict__)  # noqa: S102
     return mod.probe  # type: ignore[no-any-return]
 
 
@@ -345,7 +346,7 @@ class ClusterRunner:
             self.client.cancel(futs, force=True)
             self.client.run(stop_campaign, self.campaign, workers=sorted(self.accepted),
                             on_error="return")
-        except Exception:                    # noqa: BLE001  (closing anyway)
+        except Exception:              # noqa: BLE001, S110  (closing anyway)
             pass
 
     def close(self) -> None:
@@ -420,5 +421,5 @@ def localize(rdir: str, worker_dir: str, config: str | None) -> None:
         json.dump(rep, f, indent=1)
 
 
-__all__ = ["ClusterRunner", "ClusterError", "parse_cluster", "default_slots", "unpack",
-           "localize", "BRING_LIMIT"]
+__all__ = ["BRING_LIMIT", "ClusterError", "ClusterRunner", "default_slots", "localize",
+           "parse_cluster", "unpack"]

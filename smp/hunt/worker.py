@@ -40,7 +40,8 @@ import tarfile
 import tempfile
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from distributed import get_worker
 from distributed.diagnostics.plugin import WorkerPlugin
@@ -135,7 +136,7 @@ class Machines(WorkerPlugin):
                 return None
             p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL, start_new_session=True,
-                                 env=child_env())
+                                 env=machine_env(child_env()))
             self.running[key] = _Machine(p, campaign)
         started(p.pid)
         try:
@@ -170,6 +171,16 @@ class Machines(WorkerPlugin):
             machines = list(self.running.values())
         for m in machines:
             _signal_group(m.proc, signal.SIGKILL)
+
+
+def machine_env(env: dict[str, str]) -> dict[str, str]:
+    """The machine's environment: the worker's, less what Dask's nanny set in it for numeric
+    work (``distributed.nanny.pre-spawn-environ``). A machine runs as it would on a host
+    without Dask: MALLOC_TRIM_THRESHOLD_=65536, the first of them, costs ``smp run`` some
+    15% more CPU (benchmarks/cluster.py)."""
+    import dask
+    dasks = dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {}
+    return {k: v for k, v in env.items() if k not in dasks or v != str(dasks[k])}
 
 
 async def accept(want: dict[str, str], slots: int, dask_worker: Any) -> int:
@@ -232,6 +243,7 @@ def run_task(spec: dict[str, Any]) -> dict[str, Any]:
 def _failed(rdir: str, strict: bool) -> bool:
     """Does the run show a failure the campaign will report (a new one; any, if strict)?"""
     import json
+
     from smp.hunt.findings import classify
     try:
         with open(os.path.join(rdir, "report.json")) as f:
@@ -267,5 +279,5 @@ def pack(rdir: str, only: tuple[str, ...] | None, limit: int) -> tuple[bytes, li
     return buf.getvalue(), left
 
 
-__all__ = ["PLUGIN", "MACHINES", "RUN_DIR", "PROBE_SOURCE", "Machines", "accept", "gate",
-           "pack", "run_task", "stop_campaign", "versions"]
+__all__ = ["MACHINES", "PLUGIN", "PROBE_SOURCE", "RUN_DIR", "Machines", "accept", "gate",
+           "machine_env", "pack", "run_task", "stop_campaign", "versions"]
