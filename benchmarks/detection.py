@@ -18,6 +18,10 @@ counting new failures (false positives: the target is none) and known findings a
 
 Every campaign stops at its first failing run. The whole benchmark is long (hours at the
 defaults on a 2-core host); ``--quick`` runs one campaign of three runs per cell.
+``--cluster ADDRESS`` takes the measurement on a Dask cluster (``smp stress --cluster``,
+see the README), ``--parallel K`` campaigns at a time: with a cluster that runs
+``--runs * K`` machines at once, the table takes about as long as one campaign per cell
+takes on one host, divided by K.
 Targets (issue): every fail point detected in at least 9 of 10 campaigns of 10 runs with
 chaos on; no new finding in 200 clean runs with chaos high.
 """
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import concurrent.futures
 import json
 import os
 import statistics
@@ -33,7 +38,6 @@ import subprocess
 import sys
 import tempfile
 import time
-
 
 # Guards whose window the 2002 kernel closes by other means (FINDINGS.md, "Notes on the
 # guards"): no detector can fire, and the table says why instead of counting a miss.
@@ -47,14 +51,17 @@ def fail_points() -> list[str]:
 
 
 def campaign(config: str, runs: int, seed: int, chaos: str, fail_point: str | None,
-             duration: float, jobs: int, out: str) -> dict[str, object]:
-    cmd = [sys.executable, "-m", "smp.cli", "stress", config, "--runs", str(runs),
-           "--jobs", str(jobs), "--seed", str(seed), "--chaos", chaos,
-           "--duration", str(duration), "--out", out]
+             duration: float, jobs: int, out: str,
+             cluster: str | None = None) -> dict[str, object]:
+    where = ["--cluster", cluster] if cluster else ["--jobs", str(jobs)]
+    cmd = [sys.executable, "-m", "smp.cli", "stress", config, "--runs", str(runs), *where,
+           "--seed", str(seed), "--chaos", chaos, "--duration", str(duration), "--out", out]
     if fail_point:
         cmd += ["--fail-point", fail_point]
     t = time.monotonic()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode == 2:                  # a usage error, or a cluster that cannot be used
+        raise SystemExit(f"{' '.join(cmd)}:\n{proc.stderr}")
     detectors = []
     first = None
     known = 0
@@ -103,42 +110,56 @@ def main() -> int:
                     help="only these chaos levels (default: off and high)")
     ap.add_argument("--quick", action="store_true",
                     help="one campaign of 3 runs per cell, 10 clean runs")
+    ap.add_argument("--cluster", default=None, metavar="ADDRESS",
+                    help="run the campaigns on this Dask cluster (smp stress --cluster: "
+                    "tcp://HOST:PORT, a scheduler file, or local:N) instead of --jobs")
+    ap.add_argument("--parallel", type=int, default=1, metavar="K",
+                    help="campaigns at a time (default 1; more pays with --cluster)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     if a.quick:
         a.campaigns, a.runs, a.clean_runs = 1, 3, 10
     root = tempfile.mkdtemp(prefix="smp-detection-")
     rows = []
-    for fp in a.fail_point or fail_points():
-        for chaos in a.chaos or ("off", "high"):
-            firsts, dets, crossed = [], collections.Counter(), 0
-            unrelated: list[str] = []
-            # a guard no detector can catch (NOT_DETECTABLE) gets one campaign: enough to
-            # show that its window is crossed and nothing fires
-            campaigns = 1 if fp in NOT_DETECTABLE else a.campaigns
-            for k in range(a.first_campaign, a.first_campaign + campaigns):
-                out = os.path.join(root, f"{fp}-{chaos}-{k}")
-                r = campaign("configs/stress.toml", a.runs, 1000 + k, chaos, fp, a.duration,
-                             a.jobs, out)
-                crossed += int(r["crossed"])  # type: ignore[call-overload]
-                unrelated += r["unrelated"]  # type: ignore[operator]
-                if r["first"] is not None:
-                    firsts.append(r["first"])
-                    dets.update(r["detectors"])  # type: ignore[arg-type]
-                print(f"  {fp} chaos={chaos} campaign {k + 1} "
-                      f"({k - a.first_campaign + 1} of {campaigns}): "
-                      f"first failing run {r['first']}, detectors {r['detectors']}",
-                      file=sys.stderr, flush=True)
-            rows.append({"fail_point": fp, "chaos": chaos,
-                         "detected": len(firsts), "campaigns": campaigns,
-                         "median_runs_to_detect": statistics.median(firsts) if firsts else None,
-                         "detectors": dict(dets), "guard_crossed": crossed,
-                         "unrelated_failures": unrelated,
-                         "note": NOT_DETECTABLE.get(fp, "")})
+    cells = [(fp, chaos) for fp in a.fail_point or fail_points()
+             for chaos in a.chaos or ("off", "high")]
+    # a guard no detector can catch (NOT_DETECTABLE) gets one campaign: enough to show
+    # that its window is crossed and nothing fires; campaigns end in any order (--parallel)
+    todo = {(fp, chaos): 1 if fp in NOT_DETECTABLE else a.campaigns for fp, chaos in cells}
+    results: dict[tuple[str, str, int], dict[str, object]] = {}
+    with concurrent.futures.ThreadPoolExecutor(max(a.parallel, 1)) as pool:
+        futs = {pool.submit(campaign, "configs/stress.toml", a.runs, 1000 + k, chaos, fp,
+                            a.duration, a.jobs, os.path.join(root, f"{fp}-{chaos}-{k}"),
+                            a.cluster): (fp, chaos, k)
+                for (fp, chaos), n in todo.items()
+                for k in range(a.first_campaign, a.first_campaign + n)}
+        for fut in concurrent.futures.as_completed(futs):
+            fp, chaos, k = futs[fut]
+            r = results[(fp, chaos, k)] = fut.result()
+            print(f"  {fp} chaos={chaos} campaign {k + 1} "
+                  f"({k - a.first_campaign + 1} of {todo[(fp, chaos)]}): "
+                  f"first failing run {r['first']}, detectors {r['detectors']}",
+                  file=sys.stderr, flush=True)
+    for (fp, chaos), campaigns in todo.items():
+        firsts, dets, crossed = [], collections.Counter(), 0
+        unrelated: list[str] = []
+        for k in range(a.first_campaign, a.first_campaign + campaigns):
+            r = results[(fp, chaos, k)]
+            crossed += int(r["crossed"])  # type: ignore[call-overload]
+            unrelated += r["unrelated"]  # type: ignore[operator]
+            if r["first"] is not None:
+                firsts.append(r["first"])
+                dets.update(r["detectors"])  # type: ignore[arg-type]
+        rows.append({"fail_point": fp, "chaos": chaos,
+                     "detected": len(firsts), "campaigns": campaigns,
+                     "median_runs_to_detect": statistics.median(firsts) if firsts else None,
+                     "detectors": dict(dets), "guard_crossed": crossed,
+                     "unrelated_failures": unrelated,
+                     "note": NOT_DETECTABLE.get(fp, "")})
     result: dict[str, object] = {"rows": rows, "clean": None, "dir": root}
     if a.clean_runs:
         clean = campaign("configs/default.toml", a.clean_runs, 7, "high", None, a.duration,
-                         a.jobs, os.path.join(root, "clean"))
+                         a.jobs, os.path.join(root, "clean"), a.cluster)
         result["clean"] = {"runs": clean["runs"], "new_failure_at": clean["first"],
                            "detectors": clean["detectors"], "known_findings": clean["known"]}
     if a.json:
