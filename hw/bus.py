@@ -139,6 +139,7 @@ class Bus:
         self.read_log: list[int] | None = None
         self._logged_point = 0
         self.replay: dict[int, int] | None = None
+        self.replay_limit: int | None = None   # the record's reads end here (cut short)
         self.on_read_log: Callable[[list[int]], None] = lambda log: None
         self.stopped: str | None = None        # a STOP came: why
         self.new = 0                           # machine messages read at the last read point
@@ -314,6 +315,8 @@ class Bus:
         self.point += 1
         self.new = 0
         if self.replay is not None:
+            if self.replay_limit is not None and self.point > self.replay_limit:
+                self._record_ends()
             want = self.replay.get(self.point, 0)
             if want:
                 self._replay_read(want)
@@ -348,6 +351,18 @@ class Bus:
             if not told and time.monotonic() - since > STUCK_S:
                 told = True                     # the server may know why (a divergence)
                 self.send_control(Op.STUCK, self.point, want, self.new)
+
+    def _record_ends(self) -> None:
+        """A replay of a record cut short: what this CPU read past here is not known, so
+        it cannot go on. Tell the server (a divergence) and wait for its STOP."""
+        self.send_control(Op.STUCK, self.point, -1, 0)
+        while not self.stopped:
+            msg = self.recv(min(HEARTBEAT_S, max(self.last_rx + self.silence
+                                                 - time.monotonic(), 0.0)))
+            if msg is None and time.monotonic() - self.last_rx >= self.silence:
+                if self._late_grace(self.silence) is None:
+                    raise ServerGone(f"nothing from the server in {self.silence:.2f} s")
+        raise Stopped(self.stopped)
 
     def _wait(self, stop: Callable[[], bool]) -> None:
         """Wait (host time) until ``stop()`` or a machine message; ping and judge the

@@ -61,6 +61,7 @@ class Op(enum.IntEnum):
     PING = 4           # ()                                     posted: "still here" (heartbeat)
     SYNC = 5           # (need, state, received)                posted: waiting for the horizon
     STUCK = 6          # (point, want, got)                     posted: a replay waits for events
+                       # (want -1: the record, cut short, has no reads past point)
     # physical memory and the kernel MMU
     PLOAD = 10         # (paddr, len)                           -> bytes
     PSTORE = 11        # (paddr, bytes)                         posted

@@ -34,14 +34,16 @@ def costs_of(config: dict[str, Any]) -> Costs:
 def cpu_main(cpu_id: int, endpoint: str, config: dict[str, Any] | None, liveness: float,
              sysinits: tuple[Any, ...] = (), curve: dict[str, bytes] | None = None,
              pdeathsig: bool = True, start_timeout: float = START_TIMEOUT,
-             replay: dict[int, int] | None = None, on_hello: Any = None) -> None:
+             replay: dict[int, int] | None = None, replay_limit: int | None = None,
+             on_hello: Any = None) -> None:
     """``curve``: the CURVE client keys for a server on another host (``smp cpu --join``);
     ``pdeathsig`` False for a CPU that is the top process of its host (nothing to die
     with: the server's silence ends it). ``config`` None: a CPU that joins from another
     host (``smp.run.remote``); it takes the run's config, its start timeout and the server's
     clock from the HELLO reply. ``start_timeout``: how long to wait for the machine to
     start after HELLO (longer when other CPUs are still to join). ``replay``: this CPU's
-    read log from a record (read point -> messages read there): a replay. ``on_hello``:
+    read log from a record (read point -> messages read there): a replay;
+    ``replay_limit``: the last read point the record knows, if it was cut short. ``on_hello``:
     called once the server has taken this CPU's HELLO.
 
     Exit status: 0 halted cleanly; 1 the server refused this CPU's HELLO (the reason is
@@ -79,12 +81,13 @@ def cpu_main(cpu_id: int, endpoint: str, config: dict[str, Any] | None, liveness
         if virtual:
             clock = VirtualClock(int(config["machine.hz"]))
             if replay is not None:
-                bus.replay = replay
+                bus.replay, bus.replay_limit = replay, replay_limit
             else:
                 bus.horizon = 0                 # until the server says how far to run
             if replay is None and config["run.record"]:
                 bus.read_log = []
-                bus.on_read_log = lambda log: bus.send_control(Op.REPORT, "reads", [log, -1])
+                bus.on_read_log = lambda log: bus.send_control(Op.REPORT, "reads",
+                                                                [log, -1, bus.point])
         else:
             clock = Clock(int(config["machine.hz"]), float(config["machine.speed"]))
         hw = Cpu(cpu_id, bus, clock, float(config["run.stats_interval"]), costs_of(config))
@@ -104,7 +107,7 @@ def cpu_main(cpu_id: int, endpoint: str, config: dict[str, Any] | None, liveness
         report = hw.run(boot(hw, config)) if not hw.halted else hw.finish()
         bus.stopped = None                      # a replay's STOP: stopped, now report
         if bus.read_log is not None:
-            bus.send_control(Op.REPORT, "reads", [bus.read_log, bus.point])
+            bus.send_control(Op.REPORT, "reads", [bus.read_log, bus.point, bus.point])
             bus.read_log = None
         bus.call(Op.REPORT, 0, "", "final", report)      # waits: nothing is lost
         bus.post(Op.BYE, 0, "", "halted")

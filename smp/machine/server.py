@@ -507,7 +507,7 @@ class Server:
             self._check_replay_done()
         elif kind == "reads":                     # a CPU's read log (hw/record.py)
             if self.rec is not None:
-                self.rec.reads(p.cpu, list(payload[0]), int(payload[1]))
+                self.rec.reads(p.cpu, list(payload[0]), int(payload[1]), int(payload[2]))
         elif kind == "checked":                   # a CPU ran its final invariant check
             self.checked.add(p.cpu)
             if len(self.checked) >= len(self.cpus):
@@ -528,6 +528,9 @@ class Server:
                 self._horizon_to(self.tk.sync(p.cpu, int(a[0]), int(a[1])))
         elif op == Op.STUCK:
             if p.cpu >= 0 and self.replay is not None and not self.replay.stopped:
+                if int(a[1]) < 0:
+                    self._diverge(self.replay.reads_end(p.cpu, int(a[0])))
+                    return
                 self.replay.stuck[p.cpu] = (int(a[0]), int(a[1]), int(a[2]))
                 self._pump()
 
@@ -596,7 +599,8 @@ class Server:
 
     def _stop_replay(self, div: Divergence | None) -> None:
         """The replay ends here (its --until, or a divergence): every CPU stops where it
-        is, and what was queued is then handled freely, so that each can report."""
+        is, and nothing any CPU asked for after it is handled but its final report, so
+        that the machine stays as it was after the last operation replayed."""
         rp = self.replay
         assert rp is not None
         rp.stopped = True
@@ -604,11 +608,9 @@ class Server:
         for cpu in self.cpus:
             self._event_cpu_control(cpu, Event.STOP, div.message if div else
                                     f"replay stopped after operation {rp.i}")
-        for _, q in sorted(rp.queues.items()):
-            while q:
-                ident, msg = q.popleft()
-                self._guarded(ident, self.peers.get(ident), msg[0], msg[1], msg[2],
-                              msg[3], msg[4], msg[5:])
+        for q in rp.queues.values():              # never handled: see handle_one
+            rp.after_stop += len(q)
+            q.clear()
         self._check_replay_done()
 
     def _check_replay_done(self) -> None:
@@ -814,21 +816,27 @@ class Server:
             self.reject(ident, seq, "no_hello", f"{_opname(op)} from {_short(ident)}, which "
                         f"never said HELLO: say HELLO first")
             return
-        if (self.replay is not None and not self.replay.stopped and peer is not None
-                and peer.role == "cpu" and self._ordered(op, args)):
-            # a replay: the request waits its turn (the record's order)
-            self.replay.queues[peer.cpu].append((ident, msg))
-            self.replay.stuck.pop(peer.cpu, None)
-            self._pump()
-            return
+        if self.replay is not None and peer is not None and self._ordered(peer, op, args):
+            if not self.replay.stopped:
+                # a replay: the request waits its turn (the record's order)
+                self.replay.queues[peer.cpu].append((ident, msg))
+                self.replay.stuck.pop(peer.cpu, None)
+                self._pump()
+                return
+            if not (op == Op.REPORT and args and args[0] == "final"):
+                # the replay stopped: the machine stays as it was then (a CPU that has not
+                # yet read its STOP stops at its next wait); only the final reports pass
+                self.replay.after_stop += 1
+                return
         self._guarded(ident, peer, op, seq, tid, site, t, args)
 
     @staticmethod
-    def _ordered(op: int, args: list[Any]) -> bool:
-        """Whether a CPU's request is part of the machine's order (recorded, replayed):
-        everything but control traffic (hw/protocol.py: CONTROL_OPS, stats samples,
-        read logs) and the goodbye."""
-        if op in CONTROL_OPS or op == Op.BYE:
+    def _ordered(peer: Peer, op: int, args: list[Any]) -> bool:
+        """Whether a request is part of the machine's order (recorded, replayed): a
+        CPU's, before its final report (what it sends after, giving back its lines as it
+        closes, changes nothing the run did), and not control traffic (hw/protocol.py:
+        CONTROL_OPS, stats samples, read logs) or the goodbye."""
+        if peer.role != "cpu" or peer.final is not None or op in CONTROL_OPS or op == Op.BYE:
             return False
         return not (op == Op.REPORT and args and args[0] in ("stats", "reads"))
 
@@ -881,7 +889,7 @@ class Server:
                 self._control_op(peer, op, args)
                 self._reply(ident, seq, OK, None)        # (control is posted; a call
                 return                                   # of it still gets its answer)
-            if peer.role == "cpu" and self._ordered(op, args):
+            if self._ordered(peer, op, args) and not (self.replay and self.replay.stopped):
                 self.ops += 1                       # the operation's number (hw/record.py)
                 self.recent[peer.cpu].append((self.ops, _opname(op), site, tid, t,
                                               _short(args)))
@@ -1010,7 +1018,9 @@ class Server:
             if long_held is not None:
                 self._spin_panic(*long_held)
         limit = float(self.detectors["watchdog_s"])
-        if limit > 0 and self.started_at is not None and self.halting is None:
+        # (not in a replay: there the server itself holds CPUs back, in the record's order)
+        if (limit > 0 and self.started_at is not None and self.halting is None
+                and self.replay is None):
             for cpu, last in self.last_heard.items():
                 if now - last > limit and cpu not in self.silent and cpu not in self.dead:
                     self.silent.add(cpu)
@@ -1138,7 +1148,7 @@ class Server:
             out["replay"] = {"operations": rp.i, "recorded": rp.total,
                              "until": rp.until or None,
                              "divergence": rp.divergence.as_dict() if rp.divergence else None,
-                             "damage": rp.rec.damage}
+                             "damage": rp.rec.damage, "after_stop": rp.after_stop}
         return out
 
     # -- the device protocol -----------------------------------------------------------

@@ -331,7 +331,9 @@ def run_machine(cfg: Config, run_dir: str | None = None,
             p = mp.Process(target=cpu_main, name=f"smp-cpu{i}",
                            args=(i, endpoint, flat, LIVENESS_S, tuple(sysinits)),
                            kwargs={"start_timeout": cpu_start_timeout,
-                                   "replay": cpu_reads.get(i) if replay is not None else None})
+                                   "replay": cpu_reads.get(i) if replay is not None else None,
+                                   "replay_limit": (replay.read_limit(i) if replay is not None
+                                                    else None)})
             p.start()
             cpus[i] = p
         note(f"machine: {ncpus} CPUs, {cfg['machine.memory'] // 1024 // 1024} MiB, "
