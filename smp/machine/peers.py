@@ -45,12 +45,16 @@ def short(x: Any) -> str:
     return r if len(r) <= 60 else r[:57] + "..."
 
 
+_OPNAMES = {int(o): o.name for o in Op}      # Op(op).name costs an enum call per request
+
+
 def opname(op: Any) -> str:
     """The operation's name, or ``op N`` for a number the protocol does not know."""
     try:
-        return Op(op).name
-    except ValueError:
-        return f"op {op!r}"
+        name = _OPNAMES.get(op)
+    except TypeError:                            # unhashable: no operation's number
+        name = None
+    return name if name is not None else f"op {op!r}"
 
 
 __all__ = ["Peer", "Rejected", "opname", "short"]
