@@ -52,7 +52,9 @@ from smp.run.rundir import (RunDirError, config_header, launcher_started, make_s
                             prepare_run_dir, remove_stale_socket_dirs, write_config)
 from smp.observe.report import build_report, write_run_dir
 from smp.machine.schedule import Replay
-from smp.machine.server import TimeSpec, held_locks_line, server_main
+from smp.machine.publish import held_locks_line
+from smp.machine.sequencer import TimeSpec
+from smp.machine.server import server_main
 from smp.observe.summary import verdict
 
 LIVENESS_S = 10.0
@@ -218,7 +220,7 @@ def run_machine(cfg: Config, run_dir: str | None = None,
                 log: Callable[[str], None] | None = None,
                 sysinits: Sequence[Any] = (), monitors: Sequence[Any] = (),
                 listen: ListenSpec | None = None, force: bool = False, replay: Any = None,
-                until: int = 0) -> RunResult:
+                until: int = 0, trace: str | None = None) -> RunResult:
     """Boot, run and stop one machine; write its run directory. Never leaves a process.
 
     ``monitors`` watch the run from the launcher process (the progress display, the
@@ -238,7 +240,8 @@ def run_machine(cfg: Config, run_dir: str | None = None,
 
     ``replay``: a record (``hw.record.Record``) to replay instead of running freely: the
     server enforces its order and each CPU takes its events where the record says;
-    ``until``: stop after that operation (``smp replay --until``)."""
+    ``until``: stop after that operation (``smp replay --until``). ``trace``: draw the
+    run's timeline into that file (``smp.machine.trace``; ``smp trace``)."""
     say = log or (lambda s: print(s, file=sys.stderr, flush=True))
     ncpus = int(cfg["machine.cpus"])
     seed = int(cfg["run.seed"])
@@ -284,7 +287,8 @@ def run_machine(cfg: Config, run_dir: str | None = None,
         record_header={"format": record.FORMAT, "protocol": VERSION.decode(),
                        "smp": __version__, "config_hash": record.config_hash(flat),
                        "config": flat, "seed": seed},
-        replay=Replay(replay, until) if replay is not None else None)
+        replay=Replay(replay, until) if replay is not None else None,
+        trace_path=os.path.abspath(trace) if trace else None)
     cpu_reads = ({c: replay.cpu_reads(c) for c in range(ncpus)}
                  if replay is not None else {})
     mp = multiprocess.get_context("fork")

@@ -68,6 +68,11 @@ class ListenSpec:
     key_dir: str | None           # CURVE keys (smp.run.keys); None: no authentication
     join_timeout: float           # how long the launcher waits for every CPU's HELLO
 
+    def attach(self, server: Any, hello: dict[str, Any]) -> None:
+        """In the server process, before it serves: see :func:`attach` (the server takes
+        the spec it is given, and imports nothing of the launcher's floor for it)."""
+        attach(server, self, hello)
+
 
 def parse_tcp(endpoint: str) -> tuple[str, int]:
     """(host, port) of ``tcp://HOST:PORT``; RemoteError otherwise."""
