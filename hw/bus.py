@@ -42,9 +42,9 @@ one on another host. A bus judges the server's silence only after it has listene
 that finds itself more than LATE_S past the moment the silence would run out (its process
 was stopped with SIGSTOP, or starved by the host) waits LATE_GRACE_S more for what ZeroMQ's
 I/O thread, stopped with it, has not handed over yet (:meth:`Bus._late_grace`), so a CPU
-paused for less than the server's PEER_LOST_S runs on. In the other direction, a bus that has sent nothing for
-``HEARTBEAT_S`` posts a ``PING`` whenever it waits, so the server can tell a quiet CPU from a
-dead or stopped one. A call also gives up after ``liveness`` seconds without its reply (the
+paused for less than the server's PEER_LOST_S runs on. In the other direction, a bus that
+has sent nothing for ``HEARTBEAT_S`` posts a ``PING`` whenever it waits, so the server can
+tell a quiet CPU from a dead or stopped one. A call also gives up after ``liveness`` seconds without its reply (the
 server is alive but does not answer: a server bug).
 
 Every request carries the simulated thread (``tid``) and the kernel source site.
@@ -61,8 +61,8 @@ import zmq
 
 from hw.clock import NEVER
 from hw.protocol import (AF_LINE, CONTROL_EVENTS, ERR, EXCL, GRANTED, GRANTED_LINE,
-                         HEARTBEAT_S, MAX_BATCH, SERVER_SILENCE_S, VERSION, Event, Op, pack,
-                         unpack)
+                         HEARTBEAT_S, LIVENESS_S, MAX_BATCH, SERVER_SILENCE_S, VERSION, Event,
+                         Op, pack, unpack)
 
 # Posted requests queue up to this many before they are sent without waiting for a call.
 POST_BATCH = min(64, MAX_BATCH - 1)
@@ -100,7 +100,7 @@ def _zero() -> int:
 
 
 class Bus:
-    def __init__(self, endpoint: str, identity: str, liveness: float = 10.0,
+    def __init__(self, endpoint: str, identity: str, liveness: float = LIVENESS_S,
                  silence: float = SERVER_SILENCE_S, curve: dict[str, bytes] | None = None,
                  lines: bool = True, channel: Channel | None = None) -> None:
         self.ctx: zmq.Context[Any] | None = None

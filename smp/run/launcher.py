@@ -42,7 +42,7 @@ import psutil
 import zmq
 
 from hw import record
-from hw.protocol import ERR, VERSION, Event, Op, pack, unpack
+from hw.protocol import ERR, LIVENESS_S, VERSION, Event, Op, pack, unpack
 from smp import __version__
 from smp.run.config import Config
 from smp.machine.cpuproc import START_TIMEOUT, cpu_main
@@ -57,7 +57,6 @@ from smp.machine.sequencer import TimeSpec
 from smp.machine.server import detectors_of, server_main
 from smp.observe.summary import verdict
 
-LIVENESS_S = 10.0
 RECORD_FILE = "schedule.smpr"  # the run's record, in its run directory (hw/record.py)
 END_EVENT_GRACE_S = 1.0        # how long a CPU that exited 0 gets for its panic/halt event
 
