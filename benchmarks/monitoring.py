@@ -106,17 +106,18 @@ def _cpu_gate(phase: float) -> Any:
 
 def _patch(phase: float, speed: float) -> None:
     """Gate and time the server's sample and publishing; time the launcher's recording."""
-    from smp.machine import server
+    from smp.machine.publish import Publisher
     from smp.run import launcher
-    if getattr(server.Server._publish, "_bench_gated", False):
+    if getattr(Publisher.publish, "_bench_gated", False):
         return
-    publish, sample = server.Server._publish, server.Server.sample
-    report, drain = server.Server.report, launcher.StatsRecorder.drain
+    publish, sample = Publisher.publish, Publisher.sample
+    report, drain = Publisher.report, launcher.StatsRecorder.drain
     spent = [0.0]
 
     def on(self: Any) -> bool:
-        return self.started_at is not None and \
-            _phase_on((time.monotonic() - self.started_at) * speed, phase)
+        started = self.srv.started_at
+        return started is not None and \
+            _phase_on((time.monotonic() - started) * speed, phase)
 
     def gated_publish(self: Any, topic: bytes, payload: Any) -> None:
         if on(self):
@@ -144,9 +145,9 @@ def _patch(phase: float, speed: float) -> None:
         _LAUNCHER_STREAM_S[0] += time.process_time() - t
 
     gated_publish._bench_gated = True  # type: ignore[attr-defined]
-    server.Server._publish = gated_publish  # type: ignore[method-assign]
-    server.Server.sample = gated_sample  # type: ignore[method-assign]
-    server.Server.report = timed_report  # type: ignore[method-assign]
+    Publisher.publish = gated_publish  # type: ignore[method-assign]
+    Publisher.sample = gated_sample  # type: ignore[method-assign]
+    Publisher.report = timed_report  # type: ignore[method-assign]
     launcher.StatsRecorder.drain = timed_drain  # type: ignore[method-assign]
 
 

@@ -37,8 +37,10 @@ records, flushed as it grows so that a run that dies leaves a readable prefix:
 * ``["s", {id: site}]``: new source sites, before their first use;
 * ``["o", [cpu, op, site_id, tid, ...]]``: the next requests in the order they were handled;
 * ``["a", n, kind, payload]``: an action taken after request ``n``;
-* ``["r", cpu, [point, count, ...], last]``: a CPU's read log (point deltas), with the last
-  read point it reached when that CPU finished (``last`` -1 until then);
+* ``["r", cpu, [point, count, ...], last, upto]``: a CPU's read log (point deltas), with
+  the last read point it reached when that CPU finished (``last`` -1 until then) and the
+  read point the log covers so far (``upto``): a record cut short knows how far each CPU's
+  reads are known, and a replay stops a CPU there instead of letting it run on unread;
 * ``["e", totals]``: the end, with the number of requests.
 """
 
@@ -120,8 +122,8 @@ class Writer:
         self._order_out()
         self._put(["a", self.n, kind, payload])
 
-    def reads(self, cpu: int, entries: list[int], last: int) -> None:
-        self._put(["r", cpu, entries, last])
+    def reads(self, cpu: int, entries: list[int], last: int, upto: int) -> None:
+        self._put(["r", cpu, entries, last, upto])
 
     def flush(self) -> None:
         self._order_out()
@@ -151,7 +153,8 @@ class Record:
         self.order: list[int] = []           # cpu, op, site_id, tid per request
         self.actions: dict[int, list[tuple[str, Any]]] = {}   # after request n
         self.reads: dict[int, list[int]] = {}                 # cpu -> [point, count, ...]
-        self.last_point: dict[int, int] = {}
+        self.last_point: dict[int, int] = {}                  # cpu -> its last read point
+        self.covered: dict[int, int] = {}                     # cpu -> reads known up to
         self.totals: dict[str, Any] | None = None             # None: no end (truncated)
         self.damage: str | None = None                        # why reading stopped early
 
@@ -173,6 +176,13 @@ class Record:
             point += flat[k]
             out[point] = flat[k + 1]
         return out
+
+    def read_limit(self, cpu: int) -> int | None:
+        """The last read point of ``cpu`` the record knows what was read at, if the
+        record stops before that CPU finished (cut short); None: it has them all."""
+        if cpu in self.last_point:
+            return None
+        return self.covered.get(cpu, 0)
 
 
 def _records(raw: bytes) -> Iterator[Any]:
@@ -223,8 +233,10 @@ def read(path: str) -> Record:
                 rec.actions.setdefault(int(item[1]), []).append((item[2], item[3]))
             elif kind == "r":
                 rec.reads.setdefault(int(item[1]), []).extend(item[2])
+                cpu = int(item[1])
                 if item[3] >= 0:
-                    rec.last_point[int(item[1])] = int(item[3])
+                    rec.last_point[cpu] = int(item[3])
+                rec.covered[cpu] = max(rec.covered.get(cpu, 0), int(item[-1]))
             elif kind == "e":
                 rec.totals = item[1]
     except Exception as e:  # noqa: BLE001 - a damaged stream: keep the prefix

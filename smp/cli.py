@@ -5,6 +5,7 @@
             [--force]]
             [--listen tcp://ADDR:PORT [--local-cpus N] [--key-dir DIR] [--join-timeout S]]
     smp replay RUN_DIR [--until N] [--run-dir OUT]
+    smp trace RUN_DIR [-o OUT] [--until N]
     smp cpu --join tcp://HOST:PORT --id K [--key-dir DIR] [--timeout S]
     smp keys DIR [--cpus IDS [--name NAME]]
     smp report RUN_DIR [--format text|json|csv|folded] [--table cpus|locks|profile|series]
@@ -42,6 +43,7 @@ examples:
   smp report runs/20261126-101500-s1       the summary of a finished run again
   smp replay runs/20261126-101500-s1       run it again, exactly (the recorded schedule)
   smp replay runs/X --until 81234          stop after operation 81234; dump every thread
+  smp trace runs/X                         its timeline for ui.perfetto.dev (runs/X/trace.json)
   smp config --schema                      every config key, its type, default and meaning
   smp failpoints                           the race guards of vm_glue that can be switched off
   smp run --fail-point swapout_procs_prs_new   a run without that guard
@@ -141,6 +143,26 @@ def _parser() -> argparse.ArgumentParser:
                     "operations")
     rp.add_argument("--run-dir", dest="out", metavar="OUT",
                     help="write the replay's results into OUT (default: RUN_DIR/replay)")
+
+    tr = sub.add_parser(
+        "trace", help="draw a recorded run as a timeline for ui.perfetto.dev",
+        description="Replay the record of RUN_DIR (as smp replay does: the same "
+        "operations in the same order) with a tracer attached to the server, and write the "
+        "run's timeline in the Chrome trace event format, which ui.perfetto.dev and "
+        "chrome://tracing open: one process per CPU, with the threads it ran, the locks "
+        "they held and waited for, their sleeps, each wakeup as an arrow from the waker to "
+        "the sleeper, and a panic, a divergence or the --until stop as a mark across the "
+        "timeline. Times are simulated microseconds from the machine's start. The replay's "
+        "own run directory is temporary: the trace is what the command leaves.",
+        epilog="exit status: 0 the trace was written; 1 the replay diverged from the record "
+        "(the trace ends at the divergence, marked); 2 no usable record (not a record, "
+        "another version, another config) or the trace cannot be written",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    tr.add_argument("run_dir", metavar="RUN_DIR", help="a run directory with a record")
+    tr.add_argument("-o", "--output", dest="out", metavar="OUT",
+                    help="write the trace to OUT (default: RUN_DIR/trace.json)")
+    tr.add_argument("--until", type=int, default=0, metavar="N",
+                    help="stop the timeline after operation N")
 
     cpu = sub.add_parser(
         "cpu", help="be one CPU of a machine whose server runs on another host",
@@ -399,6 +421,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 130
     if args.command == "replay":
         return _replay(args)
+    if args.command == "trace":
+        return _trace(args)
     if args.command == "failpoints":
         from kernel.conf import kern_fail
         for fp in kern_fail.fail_points():
@@ -578,6 +602,33 @@ def _replay(args: argparse.Namespace) -> int:
         print(f"replay identical: {sched.get('operations')} operations, the same kernel "
               f"counters, lock counts, findings and panic as the recorded run")
     print(f"run directory: {out}")
+    return status
+
+
+def _trace(args: argparse.Namespace) -> int:
+    from smp.machine.trace import count_events
+    from smp.run.replay import ReplayError, trace
+    if args.until < 0:
+        print("smp trace: --until must be a positive operation number", file=sys.stderr)
+        return 2
+    try:
+        status, rep, path = trace(args.run_dir, args.out, args.until)
+    except ReplayError as e:
+        print(f"smp trace: {e}", file=sys.stderr)
+        return 2
+    sched = rep.get("schedule") or {}
+    div = (sched.get("replay") or {}).get("divergence")
+    if div:
+        print(f"replay DIVERGED: {div['message']} (the trace ends there)")
+    try:
+        events = count_events(path)
+    except OSError as e:
+        print(f"smp trace: {path}: {e.strerror}", file=sys.stderr)
+        return 2
+    dropped = (sched.get("trace") or {}).get("dropped") or 0
+    print(f"{path}: {events} events" + (f" ({dropped} more left out: the trace's limit)"
+                                        if dropped else ""))
+    print("open it in https://ui.perfetto.dev (Open trace file), or chrome://tracing")
     return status
 
 

@@ -15,6 +15,7 @@ from kernel.kern import subr_witness
 from smp.machine.lockcheck import LockKeyChecker
 from smp.machine.locks import Deadlock, LockError, LockTable
 from smp.machine.objects import ObjectStore, field_addr
+from smp.machine.sleepq import SleepQueues
 from smp.machine.witness import Finding, Witness
 
 pytestmark = pytest.mark.quick
@@ -28,15 +29,17 @@ LC_LOCKMGR = (LK_RW, "lockmgr", LF_NOWITNESS | LF_NOSHREC)
 
 
 class Machine:
-    """A lock table with WITNESS and deadlock checks, and named locks; the kernel's static
-    order and sched lock registered as the kernel registers them at boot."""
+    """A lock table with WITNESS and deadlock checks, its sleep queues, and named locks;
+    the kernel's static order and sched lock registered as the kernel registers them at
+    boot."""
 
     def __init__(self) -> None:
         self.findings: list[Finding] = []
         self.witness = Witness(self.findings.append)
         self.witness.register_order(subr_witness.ORDER_LISTS, subr_witness.EXEMPT)
         self.locks = LockTable(self.witness, deadlock_check=True)
-        self.locks.sched_lock_name = subr_witness.SCHED_LOCK
+        self.sleepq = SleepQueues(self.locks)
+        self.sleepq.sched_lock_name = subr_witness.SCHED_LOCK
         self.addr: dict[str, int] = {}
 
     def lock(self, name: str, cls: tuple[str, str, int] = LC_SLEEP, flags: int = 0) -> int:
@@ -135,12 +138,12 @@ def test_sleeping_with_a_mutex_held_warns_and_with_sched_lock_alone_does_not(m: 
     inter, other = m.lock("interlock"), m.lock("held mutex")
     m.take(1, inter, "s.py:1")
     m.take(1, sched, "s.py:2")
-    m.locks.sleep(1, 0, "s.py:3", "chan", inter)     # the interlock is dropped: silent
+    m.sleepq.sleep(1, 0, "s.py:3", "chan", inter)     # the interlock is dropped: silent
     assert m.findings == []
     m.locks.release(1, 0, "s.py:4", sched, EXCL)    # (the switch would hand it on)
     m.take(4, other, "s.py:5")
     m.take(4, sched, "s.py:6")
-    m.locks.sleep(4, 0, "s.py:7", "chan2", 0)
+    m.sleepq.sleep(4, 0, "s.py:7", "chan2", 0)
     assert m.summaries() == ['sleeping with "held mutex" locked']
 
 
@@ -149,7 +152,7 @@ def test_sleeping_with_a_spin_mutex_other_than_sched_lock_panics(m: Machine) -> 
     m.take(1, spin, "s.py:1")
     m.take(1, sched, "s.py:2")
     with pytest.raises(LockError, match="sleeping with spin mutex a spin held"):
-        m.locks.sleep(1, 0, "s.py:3", "chan", 0)
+        m.sleepq.sleep(1, 0, "s.py:3", "chan", 0)
 
 
 def test_a_blocking_sleep_lock_under_a_spin_mutex_panics(m: Machine) -> None:

@@ -704,8 +704,9 @@ def test_a_flood_from_a_peer_without_hello_neither_grows_nor_stops_the_machine(
     its end (at most 30 s). Before the fix every unread request and every unread error
     reply queued without bound (server RSS 31 MB -> 1.2 GB in 12 s) and the server's
     drain loop never looked at the launcher's BYE ("smp-server did not stop in 5.0 s;
-    killed"). Now: the run ends ok, on time, and the server's peak RSS stays under twice
-    what it was when the flood began."""
+    killed"). Now: the run ends ok, at its end, with every process stopping when told,
+    and the server's peak RSS stays under twice what it was when the flood began. (How
+    long it takes depends on the host: the machine's time is virtual.)"""
     import subprocess
     import sys
     from helpers import cli_env
@@ -740,7 +741,7 @@ def test_a_flood_from_a_peer_without_hello_neither_grows_nor_stops_the_machine(
           f"wall {r['wall_s']} s")
     assert seen["sent"] > 10_000, seen
     assert res.exit_status == 0 and r["ok"] and r["reason"] == "end of run", describe(res)
-    assert r["wall_s"] < 6 + 20, r["wall_s"]
+    assert not [p for p in r["problems"] if "did not stop" in p], r["problems"]
     assert srv["rss_peak_mb"] < 2 * seen["base_mb"], (srv["rss_peak_mb"], seen)
     assert sum(srv["rejected"].values()) > 10_000 and srv["silenced"] > 0, srv
 

@@ -179,5 +179,6 @@ def test_the_readme_commands_from_the_installed_package(venv: pathlib.Path,
                                      flame.stderr), flame.stderr     # until the kernel has them
     assert "[machine]" in smp("config") and "| `machine.cpus` |" in smp("config", "--schema")
     assert "swapout_procs_prs_new\t" in smp("failpoints")
-    assert "client.key" in smp("keys", str(work / "keys"))
+    assert "server.key" in smp("keys", str(work / "keys"))
+    assert "hostb.key" in smp("keys", str(work / "keys"), "--cpus", "2-3", "--name", "hostb")
     assert "complete" in smp("completion", "bash")

@@ -1,4 +1,4 @@
-"""The lock table and the sleep channels: the machine's synchronisation, served in one place.
+"""The lock table: who owns each lock, and when a waiter is granted it.
 
 docs/DESIGN.md decision 3. The server applies every lock operation of every CPU in one order,
 so the table below is the truth about who holds what. The kernel's lock code
@@ -20,11 +20,6 @@ Semantics, after FreeBSD 5.0:
   release that leaves the lock free wakes every waiting reader, or if there are none the
   first writer, as the condition variables did; they try again.
 * ``lockmgr``: as sx, with try-acquire used by ``vm_map_trylock``.
-* Sleep channels: ``SLEEP`` queues a thread on a channel *and* drops its interlock in one
-  step; ``WAKEUP`` takes every sleeper (or the first) off the channel and returns them to
-  the waker, whose kernel code makes them runnable. Both must be done holding the sched
-  lock, as in ``kern_synch.c``, so no wakeup is lost.
-
 * Lines (``hw.bus``): a CPU that takes a mutex LINE_STREAK times running, with nobody
   waiting, keeps the lock word's line and takes the lock again by posting an ``AF_LINE``
   acquire. While it has the line no other CPU gets the lock: their acquires queue (a
@@ -33,11 +28,12 @@ Semantics, after FreeBSD 5.0:
 
 Checked here, each an error that panics the machine: an unknown or uninitialised lock,
 unlock by a non-owner, recursion on a non-recursive lock, a blocking sleep lock taken with
-a spin mutex held ("blockable sleep lock"), sleeping with a spin mutex other than the
-sched lock held, a hand-off of a recursed spin lock.
+a spin mutex held ("blockable sleep lock"), a hand-off of a recursed spin lock; and, with
+``deadlock_check``, a cycle in the wait-for graph (``smp.machine.witness.find_deadlock``).
 
-Statistics follow LOCK_PROFILING: per lock name (all proc locks together, as WITNESS
-names them) and per (name, acquisition site).
+Beside it, and apart: the sleep channels (``smp.machine.sleepq``), which use the table to
+drop a sleeper's interlock, and lock profiling (``smp.machine.profile``), which the table
+tells of every change of owner and which only counts.
 """
 
 from __future__ import annotations
@@ -45,11 +41,12 @@ from __future__ import annotations
 import collections
 import dataclasses
 import time
-from typing import Any, Callable, Hashable
+from typing import Any, Callable
 
 from hw.protocol import (AF_LINE, AF_PICKUP, AF_TRY, BUSY, EXCL, GRANTED, GRANTED_LINE,
                          LF_NOSHREC, LF_RECURSE, LK_RW, LK_SLEEP, LK_SPIN, LOCK_KINDS, QUEUED,
                          SHARED)
+from smp.machine.profile import LockProfile
 
 LINE_STREAK = 3       # a CPU that takes a mutex this many times running gets its line
 LINE_KINDS = (LK_SPIN, LK_SLEEP)       # the mutexes: lock words of their own
@@ -108,35 +105,11 @@ class Lock:
 
 
 @dataclasses.dataclass
-class SiteProfile:
-    """One row of LOCK_PROFILING: a lock name acquired at one site."""
-    max_hold_us: float = 0.0
-    wait_max_us: float = 0.0
-    total_hold_us: float = 0.0
-    wait_total_us: float = 0.0
-    count: int = 0
-    cnt_hold: int = 0       # times someone had to wait while this site held the lock
-    cnt_lock: int = 0       # times this site had to wait for the lock
-
-
-@dataclasses.dataclass
-class NameStats:
-    acquires: int = 0
-    contested: int = 0
-    cpus_seen: set[int] = dataclasses.field(default_factory=set)
-    max_hold_us: float = 0.0
-    wait_us_total: float = 0.0
-    cls: str = ""                 # the lock class (WITNESS keeps one per name)
-    last_site: str = ""           # where it was last acquired (`show witness`)
-
-
-@dataclasses.dataclass
 class ThreadLocks:
     """What the lock table knows of one simulated thread."""
     cpu: int
     held: list[tuple[int, int, str]] = dataclasses.field(default_factory=list)  # (lock, mode, site)
     waiting: tuple[int, int, str] | None = None
-    sleeping: Hashable | None = None
     wait_since: dict[int, float] = dataclasses.field(default_factory=dict)  # lock -> us
 
 
@@ -144,7 +117,7 @@ Grant = tuple[int, int, int, bool]    # (cpu, tid, lock, owned): owned = GRANT, 
 
 
 class LockTable:
-    """Every lock and sleep channel of one machine."""
+    """Every lock of one machine."""
 
     def __init__(self, witness: Any = None, deadlock_check: bool = False,
                  lines: bool = True) -> None:
@@ -153,15 +126,10 @@ class LockTable:
         # what "now" is, in us: host time, or in virtual time the simulated time of the
         # request being handled (the server sets it: hw/clock.py)
         self.clock: Callable[[], float] = _now_us
-        # the lock that sleep queues require (the kernel registers its name at boot)
-        self.sched_lock_name: str | None = None
         self.locks: dict[int, Lock] = {}
         self.names: dict[int, str] = {}            # every lock ever initialised: its name
         self.threads: dict[int, ThreadLocks] = {}
-        self.channels: dict[Hashable, collections.deque[tuple[int, int]]] = {}
-        self.by_name: dict[str, NameStats] = collections.defaultdict(NameStats)
-        self.profile: dict[tuple[str, str], SiteProfile] = collections.defaultdict(SiteProfile)
-        self.sleeps = self.wakeups = self.woken = 0
+        self.profile = LockProfile()               # LOCK_PROFILING: told, never asks
         # Lines (hw.bus): the CPU that keeps taking a mutex keeps the lock word's line and
         # takes the lock again without waiting for a reply (it posts an AF_LINE acquire).
         # While a CPU has a lock's line no other CPU gets the lock: its acquire queues and
@@ -203,7 +171,8 @@ class LockTable:
             raise LockError(f"lock_destroy: {lk.cls} {lk.name} destroyed while in use")
         del self.locks[h]
 
-    def _held_spin(self, t: ThreadLocks) -> list[Lock]:
+    def held_spin(self, t: ThreadLocks) -> list[Lock]:
+        """The spin mutexes thread ``t`` holds."""
         return [self.locks[h] for h, _, _ in t.held
                 if h in self.locks and self.locks[h].kind == LK_SPIN]
 
@@ -218,19 +187,7 @@ class LockTable:
         lk.since_us = now
         lk.site = site
         t.held.append((lk.handle, mode, site))
-        st = self.by_name[lk.name]
-        st.acquires += 1
-        st.cpus_seen.add(t.cpu)
-        st.cls = lk.cls
-        st.last_site = site
-        prof = self.profile[(lk.name, site)]
-        prof.count += 1
-        if waited_us > 0:
-            st.contested += 1
-            st.wait_us_total += waited_us
-            prof.cnt_lock += 1
-            prof.wait_total_us += waited_us
-            prof.wait_max_us = max(prof.wait_max_us, waited_us)
+        self.profile.obtained(lk.name, lk.cls, t.cpu, site, waited_us)
 
     def _drop(self, lk: Lock, tid: int, t: ThreadLocks, mode: int) -> None:
         for i in range(len(t.held) - 1, -1, -1):
@@ -239,14 +196,7 @@ class LockTable:
                 break
         else:
             site = lk.site
-        hold = self.clock() - lk.since_us
-        st = self.by_name[lk.name]
-        st.max_hold_us = max(st.max_hold_us, hold)
-        prof = self.profile[(lk.name, site)]
-        prof.total_hold_us += hold
-        prof.max_hold_us = max(prof.max_hold_us, hold)
-        if lk.waiters:
-            prof.cnt_hold += 1
+        self.profile.released(lk.name, site, self.clock() - lk.since_us, bool(lk.waiters))
 
     # -- acquire, release, hand-off --------------------------------------------------
     def acquire(self, tid: int, cpu: int, site: str, h: int, mode: int,
@@ -266,14 +216,14 @@ class LockTable:
         if mode not in (EXCL, SHARED) or (mode == SHARED and lk.kind != LK_RW):
             raise LockError(f"acquire: bad mode {mode} for {lk.cls} {lk.name}")
         if t.held and lk.kind != LK_SPIN and not trylock:
-            spins = self._held_spin(t)
+            spins = self.held_spin(t)
             if spins:
                 raise LockError(f"blockable sleep lock ({lk.cls}) {lk.name} @ {site} "
                                 f"with spin mutex {spins[0].name} held")
         if mode == EXCL and lk.owner == tid:
             if lk.flags & LF_RECURSE:
                 lk.recurse += 1
-                self.by_name[lk.name].acquires += 1
+                self.profile.recursed(lk.name)
                 return GRANTED
             if trylock and lk.kind != LK_RW:
                 return BUSY
@@ -489,66 +439,6 @@ class LockTable:
         lk = self.locks.get(h)
         return int(lk.free_us * 1000) if lk is not None else 0
 
-    # -- sleep channels ----------------------------------------------------------------
-    def _require_sched_lock(self, what: str, tid: int, t: ThreadLocks, site: str) -> None:
-        name = self.sched_lock_name
-        if name is None:                  # the kernel named no scheduler lock: no rule
-            return
-        for h, _, _ in t.held:
-            if h in self.locks and self.locks[h].name == name:
-                return
-        raise LockError(f"{what} @ {site} without the {name} held")
-
-    def sleep(self, tid: int, cpu: int, site: str, chan: Hashable,
-              interlock: int) -> list[Grant]:
-        t = self.thread(tid, cpu)
-        self._require_sched_lock("msleep", tid, t, site)
-        for lk in self._held_spin(t):
-            if lk.name != self.sched_lock_name:
-                raise LockError(f"sleeping with spin mutex {lk.name} held @ {site}")
-        if t.sleeping is not None:
-            raise LockError(f"thread {tid} sleeps on {chan!r} while asleep on {t.sleeping!r}")
-        grants: list[Grant] = []
-        if interlock:
-            grants = self.release(tid, cpu, site, interlock, EXCL)
-        if self.witness is not None:
-            self.witness.sleeping([(self.locks[a], s) for a, _, s in t.held
-                                   if a in self.locks
-                                   and self.locks[a].name != self.sched_lock_name],
-                                  site)
-        self.channels.setdefault(chan, collections.deque()).append((tid, cpu))
-        t.sleeping = chan
-        self.sleeps += 1
-        return grants
-
-    def wakeup(self, tid: int, cpu: int, site: str, chan: Hashable, one: bool) -> list[int]:
-        self._require_sched_lock("wakeup", tid, self.thread(tid, cpu), site)
-        q = self.channels.get(chan)
-        self.wakeups += 1
-        if not q:
-            return []
-        taken = [q.popleft()] if one else list(q)
-        if not one or not q:
-            del self.channels[chan]
-        for sleeper, scpu in taken:
-            self.thread(sleeper, scpu).sleeping = None
-        self.woken += len(taken)
-        return [s for s, _ in taken]
-
-    def unsleep(self, tid: int, cpu: int, chan: Hashable) -> bool:
-        """Take ``tid`` off ``chan`` (a timed-out sleep); False if a wakeup got there first."""
-        q = self.channels.get(chan)
-        if not q:
-            return False
-        for i, (sleeper, _) in enumerate(q):
-            if sleeper == tid:
-                del q[i]
-                if not q:
-                    del self.channels[chan]
-                self.thread(tid, cpu).sleeping = None
-                return True
-        return False
-
     # -- reports -----------------------------------------------------------------------
     def _lock_ref(self, tid: int, h: int, m: int, s: str) -> dict[str, Any]:
         """A held or awaited lock as reports show it (``show alllocks``: mode, class,
@@ -573,39 +463,12 @@ class LockTable:
         h, m, s = t.waiting
         return self._lock_ref(tid, h, m, s)
 
-    def lock_report(self) -> list[dict[str, Any]]:
-        rows = []
-        for name, st in sorted(self.by_name.items()):
-            rows.append({"name": name, "acquires": st.acquires, "contested": st.contested,
-                         "cpus_seen": sorted(st.cpus_seen),
-                         "max_hold_us": round(st.max_hold_us, 1),
-                         "wait_us_total": round(st.wait_us_total, 1),
-                         "class": st.cls, "last_acquired": st.last_site})
-        return rows
-
-    def profile_report(self) -> list[dict[str, Any]]:
-        """LOCK_PROFILING's table, most contended first."""
-        rows = []
-        for (name, site), p in self.profile.items():
-            rows.append({"name": name, "site": site, "max": round(p.max_hold_us, 1),
-                         "wait_max": round(p.wait_max_us, 1),
-                         "total": round(p.total_hold_us, 1),
-                         "wait_total": round(p.wait_total_us, 1), "count": p.count,
-                         "avg": round(p.total_hold_us / p.count, 2) if p.count else 0.0,
-                         "wait_avg": round(p.wait_total_us / p.count, 2) if p.count else 0.0,
-                         "cnt_hold": p.cnt_hold, "cnt_lock": p.cnt_lock})
-        rows.sort(key=lambda r: (-r["wait_total"], -r["count"]))
-        return rows
-
     def dumpstate(self) -> str:
-        lines = [f"locks: {len(self.locks)} initialized, {self.sleeps} sleeps, "
-                 f"{self.wakeups} wakeups ({self.woken} threads woken)"]
+        lines = [f"locks: {len(self.locks)} initialized"]
         for lk in self.locks.values():
             if lk.owner or lk.shared or lk.waiters:
                 owner = f"owner thread {lk.owner} @ {lk.site}" if lk.owner else \
                     f"shared by {sorted(lk.shared)}"
                 waiters = ", ".join(f"{w.tid}@{w.site}" for w in lk.waiters)
                 lines.append(f"  {lk.cls} {lk.name}: {owner}; waiters [{waiters}]")
-        for chan, q in self.channels.items():
-            lines.append(f"  channel {chan!r}: sleepers {[tid for tid, _ in q]}")
         return "\n".join(lines)

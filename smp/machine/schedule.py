@@ -58,8 +58,8 @@ class Recording:
     def action(self, kind: str, payload: Any) -> None:
         self.w.action(kind, payload)
 
-    def reads(self, cpu: int, entries: list[int], last: int) -> None:
-        self.w.reads(cpu, entries, last)
+    def reads(self, cpu: int, entries: list[int], last: int, upto: int) -> None:
+        self.w.reads(cpu, entries, last, upto)
 
     def flush(self) -> None:
         self.w.flush()
@@ -83,6 +83,7 @@ class Replay:
         self.stuck: dict[int, tuple[int, int, int]] = {}   # cpu -> (point, want, got)
         self.divergence: Divergence | None = None
         self.stopped = False                # --until reached, or a divergence
+        self.after_stop = 0                 # requests not handled because of the stop
 
     def expected(self) -> tuple[int, int, str, int] | None:
         return self.rec.entry(self.i) if self.i < self.total else None
@@ -127,6 +128,12 @@ class Replay:
                               f"waits at its read point {point} for {want - got} more "
                               f"event(s) that would come only later" + self._damage())
         return None
+
+    def reads_end(self, cpu: int, point: int) -> Divergence:
+        """``cpu`` reached a read point past the last one a record cut short knows."""
+        return Divergence(self.i + 1, cpu, f"replay diverged at operation {self.i + 1}: the "
+                          f"record ends for cpu {cpu}, whose reads it has only up to read "
+                          f"point {point - 1}" + self._damage())
 
     def _damage(self) -> str:
         return f" ({self.rec.damage})" if self.rec.damage else ""

@@ -42,7 +42,7 @@ import psutil
 import zmq
 
 from hw import record
-from hw.protocol import ERR, VERSION, Event, Op, pack, unpack
+from hw.protocol import ERR, LIVENESS_S, VERSION, Event, Op, pack, unpack
 from smp import __version__
 from smp.run.config import Config
 from smp.machine.cpuproc import START_TIMEOUT, cpu_main
@@ -52,10 +52,11 @@ from smp.run.rundir import (RunDirError, config_header, launcher_started, make_s
                             prepare_run_dir, remove_stale_socket_dirs, write_config)
 from smp.observe.report import build_report, write_run_dir
 from smp.machine.schedule import Replay
-from smp.machine.server import TimeSpec, held_locks_line, server_main
+from smp.machine.publish import held_locks_line
+from smp.machine.sequencer import TimeSpec
+from smp.machine.server import detectors_of, server_main
 from smp.observe.summary import verdict
 
-LIVENESS_S = 10.0
 RECORD_FILE = "schedule.smpr"  # the run's record, in its run directory (hw/record.py)
 END_EVENT_GRACE_S = 1.0        # how long a CPU that exited 0 gets for its panic/halt event
 
@@ -218,7 +219,7 @@ def run_machine(cfg: Config, run_dir: str | None = None,
                 log: Callable[[str], None] | None = None,
                 sysinits: Sequence[Any] = (), monitors: Sequence[Any] = (),
                 listen: ListenSpec | None = None, force: bool = False, replay: Any = None,
-                until: int = 0) -> RunResult:
+                until: int = 0, trace: str | None = None) -> RunResult:
     """Boot, run and stop one machine; write its run directory. Never leaves a process.
 
     ``monitors`` watch the run from the launcher process (the progress display, the
@@ -238,7 +239,8 @@ def run_machine(cfg: Config, run_dir: str | None = None,
 
     ``replay``: a record (``hw.record.Record``) to replay instead of running freely: the
     server enforces its order and each CPU takes its events where the record says;
-    ``until``: stop after that operation (``smp replay --until``)."""
+    ``until``: stop after that operation (``smp replay --until``). ``trace``: draw the
+    run's timeline into that file (``smp.machine.trace``; ``smp trace``)."""
     say = log or (lambda s: print(s, file=sys.stderr, flush=True))
     ncpus = int(cfg["machine.cpus"])
     seed = int(cfg["run.seed"])
@@ -284,7 +286,8 @@ def run_machine(cfg: Config, run_dir: str | None = None,
         record_header={"format": record.FORMAT, "protocol": VERSION.decode(),
                        "smp": __version__, "config_hash": record.config_hash(flat),
                        "config": flat, "seed": seed},
-        replay=Replay(replay, until) if replay is not None else None)
+        replay=Replay(replay, until) if replay is not None else None,
+        trace_path=os.path.abspath(trace) if trace else None)
     cpu_reads = ({c: replay.cpu_reads(c) for c in range(ncpus)}
                  if replay is not None else {})
     mp = multiprocess.get_context("fork")
@@ -292,11 +295,7 @@ def run_machine(cfg: Config, run_dir: str | None = None,
                         args=(endpoint, ncpus, int(cfg["machine.memory"]),
                               int(cfg["machine.swap"]), stats_endpoint,
                               float(cfg["run.stats_interval"]),
-                              {"witness": cfg["debug.witness"],
-                               "deadlock": cfg["debug.deadlock"],
-                               "lockkeys": cfg["debug.lockkeys"],
-                               "spin_max_s": cfg["debug.spin_max_s"],
-                               "watchdog_s": cfg["debug.watchdog_s"]},
+                              detectors_of(flat),
                               listen, hello, bool(cfg["machine.lines"]),
                               int(cfg["machine.kmem_objects"]), timespec))
     cpus: dict[int, Any] = {}                 # cpu id -> process: the CPUs started here
@@ -331,7 +330,9 @@ def run_machine(cfg: Config, run_dir: str | None = None,
             p = mp.Process(target=cpu_main, name=f"smp-cpu{i}",
                            args=(i, endpoint, flat, LIVENESS_S, tuple(sysinits)),
                            kwargs={"start_timeout": cpu_start_timeout,
-                                   "replay": cpu_reads.get(i) if replay is not None else None})
+                                   "replay": cpu_reads.get(i) if replay is not None else None,
+                                   "replay_limit": (replay.read_limit(i) if replay is not None
+                                                    else None)})
             p.start()
             cpus[i] = p
         note(f"machine: {ncpus} CPUs, {cfg['machine.memory'] // 1024 // 1024} MiB, "
@@ -386,7 +387,7 @@ def run_machine(cfg: Config, run_dir: str | None = None,
                 break
             # events first: a CPU that exits after a shutdown or a panic is no death
             events = ctl.drain_events() if ctl.sock in ready or ctl.events else []
-            ended = _end_reason(events)
+            ended = end_reason(events)
             if ended:
                 reason = ended
                 if replay is None:       # a replay goes on to the record's end
@@ -675,7 +676,7 @@ def _missing_cpus(ctl: _Control, ncpus: int, local: int, waited: float,
     return text
 
 
-def _end_reason(events: list[list[Any]]) -> str | None:
+def end_reason(events: list[list[Any]]) -> str | None:
     """The run's end if ``events`` has a panic or a shutdown, else None."""
     ended = [e for e in events if e[1] in (Event.PANIC, Event.HALT)]
     if not ended:
@@ -692,7 +693,7 @@ def _await_end(ctl: _Control, timeout: float) -> str | None:
         left = deadline - time.monotonic()
         if left <= 0 or not ctl.sock.poll(int(left * 1000) + 1):
             return None
-        ended = _end_reason(ctl.drain_events())
+        ended = end_reason(ctl.drain_events())
         if ended:
             return ended
 

@@ -50,6 +50,7 @@ from typing import Any
 import zmq
 import zmq.utils.monitor
 
+from hw.protocol import LIVENESS_S
 from smp.run.keys import KeyDirError, client_keys, key_bindings, server_keys
 
 DEFAULT_JOIN_TIMEOUT = 60.0
@@ -67,6 +68,11 @@ class ListenSpec:
     local_cpus: int               # CPUs 0..local_cpus-1 start here; the rest join
     key_dir: str | None           # CURVE keys (smp.run.keys); None: no authentication
     join_timeout: float           # how long the launcher waits for every CPU's HELLO
+
+    def attach(self, server: Any, hello: dict[str, Any]) -> None:
+        """In the server process, before it serves: see :func:`attach` (the server takes
+        the spec it is given, and imports nothing of the launcher's floor for it)."""
+        attach(server, self, hello)
 
 
 def parse_tcp(endpoint: str) -> tuple[str, int]:
@@ -232,7 +238,6 @@ def join_main(endpoint: str, cpu_id: int, key_dir: str | None, timeout: float) -
     """``smp cpu --join``: be CPU ``cpu_id`` of the machine whose server listens at
     ``endpoint``. Returns an exit status when it cannot join; once joined, the CPU process
     ends with ``cpu_main``'s status (0: halted cleanly, 3: the server went away)."""
-    from smp.run.launcher import LIVENESS_S
     from smp.machine.cpuproc import cpu_main
     if cpu_id < 0:
         print("smp cpu: --id must be >= 0", file=sys.stderr)

@@ -16,6 +16,11 @@ than the record says (code changed, a record cut short or damaged).
 ``--until N`` stops the machine after operation N and writes ``dump.txt``: every thread's
 stack, the locks each holds and waits for, and the last operations each CPU made, the
 moment before N+1.
+
+``smp trace`` (:func:`trace`) replays the record with a tracer attached to the server
+(``smp/machine/trace.py``): the timeline of the recorded run itself, drawn as the replay
+applies each operation, into ``RUN_DIR/trace.json`` for ui.perfetto.dev. The replay's own
+run directory is a temporary one: what the command leaves is the trace.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import tempfile
 from typing import Any, Callable
 
 from hw import record
@@ -30,6 +36,7 @@ from hw.protocol import VERSION
 from smp.run.config import Config, ConfigError, load_config
 
 RECORD_FILE = "schedule.smpr"
+TRACE_FILE = "trace.json"
 
 # What a replay must reproduce, by report section: the kernel's counters, the lock table's
 # counts, the findings and the panic. Host figures (times, pids, bus waits) are not.
@@ -91,10 +98,7 @@ def replay(run_dir: str, out_dir: str | None, until: int = 0,
            log: Callable[[str], None] | None = None) -> tuple[int, dict[str, Any], str]:
     """Replay ``run_dir``'s record into ``out_dir``; returns (exit status, report, out)."""
     from smp.run.launcher import run_machine
-    prep = prepare(run_dir)
-    if until and not 0 < until <= prep.record.requests:
-        raise ReplayError(f"--until {until}: the record has operations 1 to "
-                          f"{prep.record.requests}")
+    prep = _prepare_until(run_dir, until)
     out = out_dir or _fresh(os.path.join(run_dir, "replay"))
     result = run_machine(prep.config, out, log=log, replay=prep.record, until=until)
     rep = result.report
@@ -115,6 +119,38 @@ def replay(run_dir: str, out_dir: str | None, until: int = 0,
             # the replay reproduced the recorded run: its verdict is the recorded one
             status = 0 if orig.get("ok") else 1
     return status, rep, out
+
+
+def trace(run_dir: str, out_path: str | None = None, until: int = 0,
+          log: Callable[[str], None] | None = None) -> tuple[int, dict[str, Any], str]:
+    """Replay ``run_dir``'s record with the server's tracer on, into ``out_path`` (default
+    ``RUN_DIR/trace.json``); returns (exit status, the replay's report, the trace's path).
+    Status 0: the timeline of the whole record (or up to ``until``); 1: the replay
+    diverged, and the timeline ends there, marked."""
+    from smp.run.launcher import run_machine
+    prep = _prepare_until(run_dir, until)
+    path = os.path.abspath(out_path or os.path.join(run_dir, TRACE_FILE))
+    try:
+        with open(path, "w"):                # the server writes it: can it?
+            pass
+    except OSError as e:
+        raise ReplayError(f"{path}: cannot write the trace: {e.strerror}") from None
+    with tempfile.TemporaryDirectory(prefix="smp-trace-") as tmp:
+        result = run_machine(prep.config, os.path.join(tmp, "replay"), log=log,
+                             replay=prep.record, until=until, trace=path)
+    rep = result.report
+    sched = rep.get("schedule") or {}
+    if sched.get("trace_error"):
+        raise ReplayError(sched["trace_error"])
+    return (1 if (sched.get("replay") or {}).get("divergence") else 0), rep, path
+
+
+def _prepare_until(run_dir: str, until: int) -> Prepared:
+    prep = prepare(run_dir)
+    if until and not 0 < until <= prep.record.requests:
+        raise ReplayError(f"--until {until}: the record has operations 1 to "
+                          f"{prep.record.requests}")
+    return prep
 
 
 def _fresh(path: str) -> str:

@@ -1,0 +1,153 @@
+"""Liveness: every wait in the machine has a bound, and the server watches the ones it can see.
+
+DESIGN.md, "What must always hold": a dead CPU process or a dead server is noticed within
+seconds, and ends the run with a message that names it. Three watches, each cheap enough
+to run while the server drains a flood (the server's loop calls :meth:`Liveness.tick` every
+``TICK_EVERY`` messages, not only when it is idle):
+
+* **Heartbeats** (``hw.protocol.HEARTBEAT_S``, 0.25 s): every CPU gets a ``HEARTBEAT`` event
+  that often, so a CPU notices a dead server within 2 s. A CPU that said hello and then
+  sends nothing at all for ``PEER_LOST_S`` (its bus PINGs when idle, its heartbeat thread
+  PINGs from ``<identity>/hb``) is reported to the launcher as ``STALLED``. Silence is
+  judged only when the receive queue has just been drained: while the server itself is
+  busy, a CPU's messages wait in the queue unread.
+* **The watchdog** (``debug.watchdog_s``): a CPU that made no request for that long is a
+  finding, and the launcher is told (``STALLED``).
+* **Spin locks held too long** (``debug.spin_max_s``): a panic naming the lock, the holder
+  and where it took it. In wall time the lock table is walked every ``LIVENESS_CHECK_S``;
+  in virtual time the check runs with each request, in the holder's simulated time
+  (:meth:`Liveness.check_spin`), as the wall-time watchdog does in wall time.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+
+from hw.protocol import HEARTBEAT_S, PEER_LOST_S, Event, Op
+from smp.machine.locks import LockTable
+from smp.machine.peers import Peer
+from smp.machine.witness import Finding
+
+LIVENESS_CHECK_S = 0.05        # spin locks held too long, silent CPUs: looked for this often
+
+
+class _Server(Protocol):
+    """What the watches use of the server (``smp.machine.server.Server``)."""
+    cpus: dict[int, Peer]
+    dead: set[int]
+    locks: LockTable
+    virtual: bool
+    started_at: float | None
+    halting: str | None
+    panic: dict[str, Any] | None
+
+    def send(self, ident: bytes, msg: list[Any]) -> None: ...
+    def event_launcher(self, event: Event, *args: Any) -> None: ...
+    def finding(self, f: Finding) -> None: ...
+    def panic_machine(self, report: dict[str, Any]) -> None: ...
+
+
+class Liveness:
+    """The server's watches over its CPUs and its spin locks."""
+
+    def __init__(self, srv: _Server, spin_max_s: float, watchdog_s: float,
+                 replay: bool = False) -> None:
+        self.srv = srv
+        self.spin_max_s = spin_max_s
+        # no watchdog in a replay: there the server itself holds CPUs back (the record's
+        # order), and a slow host can make one wait long for its turn
+        self.watchdog_s = 0.0 if replay else watchdog_s
+        self.spin_reported = False
+        self.spin_bound_ns = int(spin_max_s * 1e9)
+        self.last_heard: dict[int, float] = {}     # cpu -> its last request
+        self.silent: set[int] = set()              # reported by the watchdog
+        self.lost: dict[int, float] = {}           # cpu -> seconds silent when reported
+        self.alive_at: dict[int, float] = {}       # cpu -> its heartbeat thread's last PING
+        self.next_heartbeat = 0.0
+        self.next_check = 0.0
+        self.heartbeats = 0
+
+    # -- what the server hears ---------------------------------------------------------
+    def hello(self, cpu: int) -> None:
+        self.last_heard[cpu] = time.monotonic()
+
+    def heard(self, cpu: int) -> None:
+        """A request from ``cpu``: it makes progress."""
+        self.last_heard[cpu] = time.monotonic()
+        self.silent.discard(cpu)
+
+    def pulse(self, cpu: int) -> None:
+        """A PING from ``cpu``'s heartbeat thread: the process lives (it may be stopped
+        in a long wait, and is then not lost)."""
+        self.alive_at[cpu] = time.monotonic()
+
+    # -- the watches -------------------------------------------------------------------
+    def tick(self, now: float, drained: bool) -> None:
+        self.send_heartbeats(now, check_lost=drained)
+        if now >= self.next_check:          # it walks every lock: not per message
+            self.next_check = now + LIVENESS_CHECK_S
+            self.check(now)
+
+    def send_heartbeats(self, now: float, check_lost: bool = True) -> None:
+        """Every CPU hears from the server at least every HEARTBEAT_S; a CPU that said
+        hello and then sent nothing for PEER_LOST_S is reported to the launcher. Silence
+        is judged only when the receive queue has just been drained (``check_lost``):
+        while the server itself is busy, a CPU's messages wait in the queue unread."""
+        if now < self.next_heartbeat:
+            return
+        srv = self.srv
+        self.next_heartbeat = now + HEARTBEAT_S
+        for cpu, peer in srv.cpus.items():
+            if peer.gone or peer.final is not None or cpu in srv.dead:
+                continue
+            srv.send(peer.ident, [Op.EVENT, Event.HEARTBEAT])
+            self.heartbeats += 1
+            quiet = now - max(self.last_heard.get(cpu, now), self.alive_at.get(cpu, 0.0))
+            if check_lost and quiet > PEER_LOST_S and cpu not in self.lost:
+                self.lost[cpu] = round(quiet, 2)
+                srv.event_launcher(Event.STALLED, cpu, round(quiet, 1))
+
+    def check(self, now: float) -> None:
+        """Spin locks held too long panic (in wall time; in virtual time the check runs
+        with each request, in simulated time); a CPU silent for too long is reported."""
+        srv = self.srv
+        bound = self.spin_max_s
+        if (bound > 0 and not srv.virtual and not self.spin_reported
+                and srv.panic is None):
+            long_held = srv.locks.spin_held_too_long(bound * 1e6)
+            if long_held is not None:
+                self._spin_panic(*long_held)
+        limit = self.watchdog_s
+        if limit > 0 and srv.started_at is not None and srv.halting is None:
+            for cpu, last in self.last_heard.items():
+                if now - last > limit and cpu not in self.silent and cpu not in srv.dead:
+                    self.silent.add(cpu)
+                    srv.finding(Finding("watchdog", f"watchdog: cpu {cpu} made no progress "
+                                        f"for {now - last:.1f} s (no message)", []))
+                    srv.event_launcher(Event.STALLED, cpu, round(now - last, 1))
+
+    def check_spin(self, cpu: int, t: int) -> None:
+        """Virtual time: a spin lock held longer than ``debug.spin_max_s`` by a thread of
+        ``cpu`` (measured in the holder's simulated time ``t``) panics, as the wall-time
+        watchdog does in wall time."""
+        if self.spin_reported or self.srv.panic is not None:
+            return
+        long_held = self.srv.locks.spin_held_too_long(self.spin_bound_ns / 1000, cpu=cpu,
+                                                      now_us=t / 1000)
+        if long_held is not None:
+            self._spin_panic(*long_held)
+
+    def _spin_panic(self, lk: Any, us: float) -> None:
+        srv = self.srv
+        self.spin_reported = True
+        msg = (f"spin lock {lk.name} held too long: {us / 1e6:.1f} s by thread "
+               f"{lk.owner} (taken @ {lk.site})")
+        srv.finding(Finding("spin", msg, [lk.site]))
+        owner = srv.locks.threads.get(lk.owner)
+        srv.panic_machine({"message": msg, "cpu": owner.cpu if owner else -1,
+                           "tid": lk.owner, "site": lk.site, "source": "server",
+                           "detector": "spin", "stack": []})
+
+
+__all__ = ["LIVENESS_CHECK_S", "Liveness"]

@@ -1,0 +1,329 @@
+"""The machine's order: when each request may go, and what is written down of it.
+
+The server is the machine's one linearisation point (DESIGN.md decision 11): the order in
+which it handles the CPUs' requests *is* the order in which they happened. This module is
+the server's part that keeps that order and writes it down; the mechanisms it drives are
+apart:
+
+* **virtual time** (``smp/machine/timekeeper.py``, ``hw/clock.py``): every request carries
+  its CPU's simulated time, and a CPU that would run more than a quantum ahead of the
+  slowest waits for the *horizon*. Each request and each event moves it; the CPUs it lets
+  go are told (``HORIZON``), and the launcher is told when every CPU has reached the run's
+  end (``END``). A CPU's ``SYNC`` says that it waits; one that has not yet read every event
+  sent to it is not waiting, whatever it says.
+* **the record** (``smp/machine/schedule.py``, ``hw/record.py``): every request the machine
+  orders (:func:`ordered`: everything but control traffic and the goodbye), numbered, and
+  every *action* the server takes of its own accord between two requests (the end-of-run
+  check, a halt). ``recent`` keeps each CPU's last requests for dumps.
+* **a replay** (``smp/machine/schedule.py``): a CPU's request waits in a queue until the
+  record says it comes next (:meth:`Sequencer.pump`); the record's actions are taken where
+  it has them. The first request that differs, or a CPU that waits for events only later
+  requests would bring (``STUCK``), is a *divergence*: the replay stops there, every CPU is
+  told (``STOP``), and what was queued is then handled freely so that each can report.
+  So does ``--until N``, after operation N.
+* **a timeline** (``smp/machine/trace.py``): with ``TimeSpec.trace_path``, every ordered
+  request as it is applied, every lock handed to a waiter, and the moments a panic, a
+  divergence or a replay's stop happened (``smp trace``).
+
+Control traffic (``SYNC``, ``STUCK``, pings, stats samples, read logs) is neither recorded
+nor ordered: it changes nothing in the machine.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Any, Protocol
+
+from hw.clock import NEVER
+from hw.protocol import CONTROL_OPS, Event, Op
+from smp.machine.locks import LockTable
+from smp.machine.peers import Peer, opname, short
+from smp.machine.schedule import Divergence, Recording, Replay
+from smp.machine.timekeeper import TimeKeeper
+from smp.machine.trace import Tracer
+
+
+@dataclasses.dataclass
+class TimeSpec:
+    """How the machine's time runs (``hw/clock.py``), and what of the run is recorded,
+    replayed or drawn."""
+    virtual: bool = False
+    quantum_ns: int = 1_000_000
+    end_ns: int = NEVER                 # the run's simulated end (virtual time)
+    final_grace_ns: int = 500_000_000   # the end-of-run check runs within this much more
+    record_path: str | None = None
+    record_header: dict[str, Any] = dataclasses.field(default_factory=dict)
+    replay: Replay | None = None
+    trace_path: str | None = None       # a timeline of the run (smp/machine/trace.py)
+
+
+def ordered(peer: Peer, op: int, args: list[Any]) -> bool:
+    """Whether a request is part of the machine's order (recorded, replayed): a CPU's,
+    before its final report (what it sends after, giving back its lines as it closes,
+    changes nothing the run did), and not control traffic (hw/protocol.py: CONTROL_OPS,
+    stats samples, read logs) or the goodbye."""
+    if peer.role != "cpu" or peer.final is not None or op in CONTROL_OPS or op == Op.BYE:
+        return False
+    return not (op == Op.REPORT and args and args[0] in ("stats", "reads"))
+
+
+class _Server(Protocol):
+    """What the sequencer uses of the server (``smp.machine.server.Server``)."""
+    ncpus: int
+    locks: LockTable
+    peers: dict[bytes, Peer]
+    cpus: dict[int, Peer]
+    dead: set[int]
+
+    def event_cpu_control(self, cpu: int, event: Event, *args: Any) -> None: ...
+    def event_launcher(self, event: Event, *args: Any) -> None: ...
+    def guarded(self, ident: bytes, peer: Peer | None, op: int, seq: int, tid: int,
+                site: str, t: int, args: list[Any]) -> None: ...
+    def final_check(self) -> None: ...
+    def halt(self, reason: str, dead: list[int]) -> None: ...
+
+
+class Sequencer:
+    """The order of one machine's requests: virtual time, the record, a replay, a trace."""
+
+    def __init__(self, srv: _Server, ts: TimeSpec) -> None:
+        self.srv = srv
+        self.timespec = ts
+        self.tk = TimeKeeper(srv.ncpus, ts.quantum_ns, ts.end_ns,
+                             ts.virtual and ts.replay is None)
+        self.rec: Recording | None = None
+        self.record_error: str | None = None
+        if ts.record_path and ts.replay is None:
+            try:
+                self.rec = Recording(ts.record_path, ts.record_header)
+            except OSError as e:
+                self.record_error = f"{ts.record_path}: cannot record: {e.strerror}"
+        self.tracer: Tracer | None = None
+        self.trace_error: str | None = None
+        if ts.trace_path:
+            try:
+                self.tracer = Tracer(ts.trace_path, srv.ncpus, srv.locks.names)
+            except OSError as e:
+                self.trace_error = f"{ts.trace_path}: cannot trace: {e.strerror}"
+        self.replay = ts.replay
+        self.replay_done = False
+        self.end_told: int | None = None     # the end the launcher was told of
+        self.sent = [0] * srv.ncpus          # machine events sent to each CPU
+        self.ops = 0                         # the machine's operations handled so far
+        # each CPU's last requests: what a dump shows as "touched last"
+        self.recent: dict[int, collections.deque[tuple[Any, ...]]] = \
+            collections.defaultdict(lambda: collections.deque(maxlen=32))
+
+    @property
+    def replaying(self) -> bool:
+        """A replay that still enforces the record's order."""
+        return self.replay is not None and not self.replay.stopped
+
+    # -- virtual time ------------------------------------------------------------------
+    def horizon_to(self, cpus: list[int]) -> None:
+        """Tell the CPUs that wait for it how far they may run now; tell the launcher when
+        every CPU has reached the run's end."""
+        srv = self.srv
+        h = self.tk.horizon
+        for cpu in cpus:
+            srv.event_cpu_control(cpu, Event.HORIZON, h)
+        if self.tk.ended and self.end_told != self.tk.ended_at:
+            self.end_told = self.tk.ended_at
+            srv.event_launcher(Event.END, self.tk.ended_at)
+
+    def event_sent(self, cpu: int, t: int) -> None:
+        """A machine event went to ``cpu``, made at simulated time ``t``: a waiting CPU
+        runs again at that time; in a replay, what it waited for may be this."""
+        self.sent[cpu] += 1
+        if self.tk.enabled:
+            self.horizon_to(self.tk.wake(cpu, t))
+        if self.replay is not None:
+            self.replay.stuck.pop(cpu, None)
+
+    def extend(self, ns: int) -> None:
+        """Lift the run's end by ``ns`` (the end-of-run check's grace)."""
+        self.horizon_to(self.tk.extend(ns))
+
+    def leave(self, cpu: int) -> None:
+        """A dead CPU no longer holds the others back."""
+        self.horizon_to(self.tk.leave(cpu))
+
+    def control(self, p: Peer, op: int, a: list[Any]) -> None:
+        """Control traffic: time synchronisation (SYNC) and a replay's waits (STUCK)."""
+        if op == Op.SYNC:
+            # a CPU that has not yet read every event sent to it will act on them: it is
+            # not waiting, whatever it says (its SYNC crossed an event)
+            if p.cpu >= 0 and int(a[2]) >= self.sent[p.cpu]:
+                self.horizon_to(self.tk.sync(p.cpu, int(a[0]), int(a[1])))
+        elif op == Op.STUCK:
+            if p.cpu >= 0 and self.replaying:
+                assert self.replay is not None
+                if int(a[1]) < 0:               # the record, cut short, ends for it here
+                    self._diverge(self.replay.reads_end(p.cpu, int(a[0])))
+                    return
+                self.replay.stuck[p.cpu] = (int(a[0]), int(a[1]), int(a[2]))
+                self.pump()
+
+    # -- the order -----------------------------------------------------------------------
+    def request(self, cpu: int, op: int, site: str, tid: int, t: int,
+                args: list[Any]) -> None:
+        """An ordered request of ``cpu`` is about to be applied: it gets its number, is
+        remembered and recorded, and moves its CPU's time."""
+        if self.replay is not None and self.replay.stopped:
+            return                          # a stopped replay's final reports: no number
+        self.ops += 1                       # the operation's number (hw/record.py)
+        self.recent[cpu].append((self.ops, opname(op), site, tid, t, short(args)))
+        if self.rec is not None:
+            self.rec.request(cpu, op, site, tid)
+        if self.tk.enabled:
+            self.horizon_to(self.tk.request(cpu, t))
+
+    def reads(self, cpu: int, entries: list[int], last: int, upto: int) -> None:
+        """A CPU's read log (hw/record.py): recorded with the order."""
+        if self.rec is not None:
+            self.rec.reads(cpu, entries, last, upto)
+
+    def act(self, kind: str, payload: Any) -> None:
+        """Something the server does of its own accord, between two requests: recorded,
+        and replayed from the record."""
+        if self.rec is not None:
+            self.rec.action(kind, payload)
+        if kind == "final":
+            self.srv.final_check()
+        elif kind == "halt":
+            self.srv.halt(str(payload[0]), [int(c) for c in payload[1]])
+
+    # -- a replay ------------------------------------------------------------------------
+    def queue(self, p: Peer, ident: bytes, msg: list[Any]) -> None:
+        """A replay: the request waits its turn (the record's order). Once the replay
+        has stopped, nothing but the CPUs' final reports is handled: the machine stays as
+        it was after the last operation replayed (a CPU that has not yet read its STOP
+        stops at its next wait)."""
+        assert self.replay is not None
+        if self.replay.stopped:
+            if msg[0] == Op.REPORT and len(msg) > 5 and msg[5] == "final":
+                self.srv.guarded(ident, p, msg[0], msg[1], msg[2], msg[3], msg[4], msg[5:])
+            else:
+                self.replay.after_stop += 1
+            return
+        self.replay.queues[p.cpu].append((ident, msg))
+        self.replay.stuck.pop(p.cpu, None)
+        self.pump()
+
+    def pump(self) -> None:
+        """A replay: handle the queued requests in the record's order, as far as they
+        have come; take the record's actions where it has them."""
+        rp = self.replay
+        assert rp is not None
+        srv = self.srv
+        while not rp.stopped:
+            for kind, payload in rp.actions_due():
+                self.act(kind, payload)
+            exp = rp.expected()
+            if exp is None:
+                leftover = next(((c, q[0]) for c, q in rp.queues.items() if q), None)
+                if leftover is not None:
+                    cpu, (_, msg) = leftover
+                    self._diverge(rp.check(cpu, msg))
+                break
+            q = rp.queues.get(exp[0])
+            if not q:
+                div = rp.stalled()
+                if div is not None:
+                    self._diverge(div)
+                break
+            ident, msg = q[0]
+            div = rp.check(exp[0], msg)
+            if div is not None:
+                self._diverge(div)
+                break
+            q.popleft()
+            srv.guarded(ident, srv.peers.get(ident), msg[0], msg[1], msg[2], msg[3],
+                        msg[4], msg[5:])
+            rp.i += 1
+            if rp.until and rp.i >= rp.until:
+                self.stop(None)
+                break
+        self.check_done()
+
+    def _diverge(self, div: Divergence | None) -> None:
+        if div is not None and self.replaying:
+            self.stop(div)
+
+    def stop(self, div: Divergence | None) -> None:
+        """The replay ends here (its --until, a divergence, or the launcher gives up):
+        every CPU stops where it is; what was queued is never handled (see queue)."""
+        rp = self.replay
+        assert rp is not None
+        srv = self.srv
+        rp.stopped = True
+        rp.divergence = div
+        why = div.message if div else f"replay stopped after operation {rp.i}"
+        if self.tracer is not None:
+            self.tracer.instant(div.cpu if div else -1, why)
+        for cpu in srv.cpus:
+            srv.event_cpu_control(cpu, Event.STOP, why)
+        for q in rp.queues.values():
+            rp.after_stop += len(q)
+            q.clear()
+        self.check_done()
+
+    def check_done(self) -> None:
+        """Tell the launcher once the replay has ended and every CPU has reported."""
+        rp = self.replay
+        if rp is None or self.replay_done:
+            return
+        if not rp.stopped and rp.expected() is not None:
+            return
+        srv = self.srv
+        if any(p.final is None and c not in srv.dead for c, p in srv.cpus.items()):
+            return
+        self.replay_done = True
+        if rp.divergence is not None:
+            srv.event_launcher(Event.DONE, False, rp.divergence.message)
+        elif rp.stopped:
+            srv.event_launcher(Event.DONE, True, f"stopped after operation {rp.i}")
+        else:
+            srv.event_launcher(Event.DONE, True, f"replayed {rp.i} operations")
+
+    # -- what was written down -----------------------------------------------------------
+    def close(self, totals: dict[str, Any]) -> None:
+        """The end of the run: the record's last totals, the timeline's last slices."""
+        if self.rec is not None:
+            try:
+                self.rec.close(totals)
+            except OSError:
+                pass
+        if self.tracer is not None:
+            try:
+                self.tracer.close()
+            except OSError:
+                pass
+
+    def report(self) -> dict[str, Any]:
+        """What was recorded, or how the replay went; what was traced."""
+        out: dict[str, Any] = {"time": "virtual" if self.timespec.virtual else "wall",
+                               "sync": self.tk.statistics() if self.tk.enabled else {}}
+        if self.rec is not None:
+            try:
+                self.rec.flush()
+            except OSError as e:
+                self.record_error = self.record_error or f"cannot record: {e.strerror}"
+            out["record"] = {"path": self.rec.path, "operations": self.rec.requests}
+        if self.record_error:
+            out["record_error"] = self.record_error
+        rp = self.replay
+        if rp is not None:
+            out["replay"] = {"operations": rp.i, "recorded": rp.total,
+                             "until": rp.until or None,
+                             "divergence": rp.divergence.as_dict() if rp.divergence else None,
+                             "damage": rp.rec.damage, "after_stop": rp.after_stop}
+        if self.tracer is not None:
+            out["trace"] = {"path": self.timespec.trace_path, **self.tracer.statistics()}
+        if self.trace_error:
+            out["trace_error"] = self.trace_error
+        return out
+
+
+__all__ = ["Sequencer", "TimeSpec", "ordered"]

@@ -1,0 +1,100 @@
+"""The server's timeline (smp/machine/trace.py, wired by smp/machine/sequencer.py).
+
+In process, no machine: a Server whose socket is a list, driven request by request as two
+CPUs would drive it, with ``TimeSpec.trace_path`` set. What the timeline must show: the
+threads each CPU ran, a spin lock handed to a waiting thread (its wait ends and its hold
+begins at the release, on the waiter's CPU), a wakeup as an arrow from waker to sleeper,
+and the panic as a mark across the timeline; and the report counts its events. ``smp
+trace`` end to end (a recorded run replayed with the tracer) is in test_replay.py.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import pathlib
+from typing import Any
+
+import pytest
+
+from hw.protocol import EXCL, LK_SPIN, VERSION, Op, field_addr, pack
+from smp.machine.sequencer import TimeSpec
+from smp.machine.server import Server
+from smp.machine.trace import count_events
+
+pytestmark = pytest.mark.quick
+
+
+class _Socket:
+    """What the server sends, unanswered."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def send(self, data: bytes, flags: int = 0) -> None:
+        self.sent.append(bytes(data))
+
+
+def _machine(tmp_path: pathlib.Path) -> tuple[Server, Any, pathlib.Path]:
+    path = tmp_path / "trace.json"
+    srv = Server("inproc://unused", 2, 16 * 4096, 8,
+                 timespec=TimeSpec(virtual=True, trace_path=str(path)))
+    srv.sock = _Socket()  # type: ignore[assignment]
+    seqs = itertools.count(1)
+
+    def req(ident: bytes, op: Op, *args: Any, tid: int = 0, t: int = 0,
+            posted: bool = False) -> None:
+        srv.handle(ident, pack([int(op), 0 if posted else next(seqs), tid, "t.py:1", t,
+                                *args]))
+
+    req(b"L", Op.HELLO, VERSION, "launcher", -1, 1)
+    req(b"A", Op.HELLO, VERSION, "cpu", 0, 2)
+    req(b"B", Op.HELLO, VERSION, "cpu", 1, 3)
+    return srv, req, path
+
+
+def _events(srv: Server, path: pathlib.Path) -> list[dict[str, Any]]:
+    srv.seq.close({})
+    doc = json.loads(path.read_text())
+    assert count_events(str(path)) == len(doc["traceEvents"])
+    return doc["traceEvents"]  # type: ignore[no-any-return]
+
+
+def test_a_spin_lock_handed_to_a_waiter_ends_its_wait_and_begins_its_hold(
+        tmp_path: pathlib.Path) -> None:
+    srv, req, path = _machine(tmp_path)
+    req(b"A", Op.DEFTYPE, "thing", [["t_mtx", "lock", "", None]], posted=True)
+    req(b"A", Op.NEW, "thing", {}, tid=1)
+    lock = field_addr(1, 0)
+    req(b"A", Op.LOCK_INIT, lock, LK_SPIN, "spin mutex", "a spin", 0, posted=True)
+    req(b"A", Op.ACQUIRE, lock, EXCL, 0, tid=1, t=1_000)          # granted
+    req(b"B", Op.ACQUIRE, lock, EXCL, 0, tid=5, t=2_000)          # queued: spins
+    req(b"A", Op.RELEASE, lock, EXCL, tid=1, t=9_000, posted=True)   # handed to 5
+    req(b"A", Op.SLEEP, "chan", 0, tid=2, t=10_000, posted=True)
+    req(b"B", Op.WAKEUP, "chan", False, tid=5, t=12_000)
+    stats = srv.publisher.report()["schedule"]["trace"]
+    evs = _events(srv, path)
+    assert stats["path"] == str(path) and stats["events"] > 0 and stats["dropped"] == 0
+    names = {e["pid"]: e["args"]["name"] for e in evs if e.get("name") == "process_name"}
+    assert names == {0: "cpu 0", 1: "cpu 1"}
+    wait = [e for e in evs if e["ph"] == "X" and e["name"] == "wait a spin"]
+    assert [(w["pid"], w["ts"], w["dur"]) for w in wait] == [(1, 2.0, 7.0)]
+    holds = sorted((e["ts"], e["ph"], e["pid"], e["id"]) for e in evs
+                   if e["name"] == "hold a spin")
+    assert holds == [(1.0, "b", 0, f"{lock:#x}:1"), (9.0, "b", 1, f"{lock:#x}:5"),
+                     (9.0, "e", 0, f"{lock:#x}:1")]
+    asleep = [e for e in evs if e["ph"] == "X" and "asleep on" in e["name"]]
+    assert [(e["pid"], e["ts"], e["dur"]) for e in asleep] == [(0, 10.0, 2.0)]
+    flow = sorted((e["ph"], e["pid"]) for e in evs if e.get("cat") == "wakeup")
+    assert flow == [("f", 0), ("s", 1)]                     # from the waker to the sleeper
+    ran = {(e["pid"], e["name"]) for e in evs if e["ph"] == "X" and e["tid"] == 1}
+    assert {(0, "thread 1"), (0, "thread 2"), (1, "thread 5")} <= ran
+
+
+def test_a_panic_is_a_mark_across_the_timeline(tmp_path: pathlib.Path) -> None:
+    srv, req, path = _machine(tmp_path)
+    req(b"B", Op.REPORT, "panic", {"message": "boom", "cpu": 1, "tid": 5},
+        tid=5, t=3_000, posted=True)
+    marks = [e for e in _events(srv, path) if e["ph"] == "i"]
+    assert [(m["name"], m["pid"], m["s"], m["ts"]) for m in marks] == [("panic: boom", 1, "g",
+                                                                         3.0)]
