@@ -199,14 +199,14 @@ def _parser() -> argparse.ArgumentParser:
     st = sub.add_parser(
         "stress", help="run many short machines with derived seeds, hunting lock races",
         description="\n\n".join(textwrap.fill(p, 79) for p in (
-            "Run a campaign: --runs machines (--jobs at a time), each with a seed derived "
+            ("Run a campaign: --runs machines (--jobs at a time), each with a seed derived "
             "from --seed, with every detector on. Stops at the first run with a new "
             "failure (unless --keep-going) and prints, for each failure, the seed, the "
             "detector, a summary, the run directory, one command that reruns exactly "
             "that run and one that replays it exactly from its recorded schedule. Known "
             "findings of the 2002 code (FINDINGS.md) are reported but do not fail the "
-            "campaign unless --strict.",
-            "--cluster sends the runs to a Dask cluster instead, one task each (pip "
+            "campaign unless --strict."),
+            ("--cluster sends the runs to a Dask cluster instead, one task each (pip "
             "install '.[cluster]'): local:N starts a LocalCluster of N worker processes "
             "on this host; tcp://HOST:PORT (tls:// with Dask's TLS configuration) or a "
             "scheduler file joins a running one, and its dashboard link is printed. Each "
@@ -216,7 +216,7 @@ def _parser() -> argparse.ArgumentParser:
             "run's directory comes back into --out, so its rerun and replay commands work "
             "here. A run lost with its worker is run again elsewhere, and the summary "
             "counts it. Ctrl-C cancels every run, on every worker. What smp sends over the "
-            "network: configs out, run folders back.")),
+            "network: configs out, run folders back."))),
         epilog="exit status: 0 no new failure; 1 a failure was found; 2 usage error, or "
         "a cluster that cannot be used\n\n"
         "examples:\n"
@@ -497,6 +497,7 @@ def config_doc() -> str:
 
 def _stress(args: argparse.Namespace, cfg: "Config") -> int:
     import time as _time
+
     from smp.hunt.stress import Campaign, CampaignError, Runner, describe, run_campaign
     if args.jobs is not None and args.cluster is not None:
         print("smp: stress: --jobs or --cluster, not both (a cluster's workers say how many "

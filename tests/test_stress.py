@@ -48,7 +48,7 @@ def test_a_switched_off_guard_is_caught_with_rerun_and_replay_commands(tmp_path:
     assert os.path.exists(cfg)
     text = pathlib.Path(cfg).read_text()
     assert "swapout_procs_p_system" in text and "seed" in text
-    replay = [line for line in r.stdout.splitlines() if "replay:" in line][0]
+    replay = next(line for line in r.stdout.splitlines() if "replay:" in line)
     assert replay.split("smp replay ", 1)[1].strip() == os.path.dirname(cfg)
     assert os.path.exists(os.path.join(os.path.dirname(cfg), "schedule.smpr"))
     assert "runs" in r.stderr and "failing" in r.stderr            # progress was shown

@@ -382,6 +382,6 @@ def describe(outcomes: list[RunOutcome], strict: bool,
     return lines, status
 
 
-__all__ = ["Campaign", "CampaignError", "Progress", "RunOutcome", "Runner", "LocalRunner",
-           "run_campaign", "describe", "derive_seed", "child_env", "read_outcome",
-           "rerun_command", "replay_command"]
+__all__ = ["Campaign", "CampaignError", "LocalRunner", "Progress", "RunOutcome", "Runner",
+           "child_env", "derive_seed", "describe", "read_outcome", "replay_command",
+           "rerun_command", "run_campaign"]
