@@ -258,6 +258,8 @@ class Bus:
 
     def _call(self, op: int, tid: int, site: str, args: tuple[Any, ...],
               silence: float) -> Any:
+        # a stopped replay still answers a CPU's final report: wait for that reply
+        final = op == Op.REPORT and bool(args) and args[0] == "final"
         self.seq += 1
         seq = self.seq
         self.calls += 1
@@ -288,7 +290,7 @@ class Bus:
                 if msg[1] == 0 and msg[2] == ERR:
                     raise BusError(str(msg[3]))
                 continue                           # a stale reply: ignore
-            if self.stopped:
+            if self.stopped and not final:
                 raise Stopped(self.stopped)
             if msg[1] == Event.HEARTBEAT and self.last_rx - start > self.liveness:
                 raise ServerGone(f"no reply to {Op(op).name} in {self.liveness:.0f} s "

@@ -210,6 +210,10 @@ class Cpu:
         while True:
             if bus.replay is None and need <= bus.horizon:
                 bus.point += 1                  # a read point that had nothing to do
+                # ... but a halt or panic already taken stops the CPU here, as at every
+                # read point: whether this one had to wait is the host's doing, and the
+                # replay (which always reads) must stop at the same place
+                self._check_halt()
                 return
             if self._block_point(need, SYNC_RUN) == 0:
                 return
