@@ -40,7 +40,8 @@ from kernel.sys.kstruct import TAILQ_INSERT_TAIL, register_all
 from kernel.sys.param import PRI_MAX, PVM
 from kernel.sys.proc import P, PRS, PS, TDS, struct_ksegrp, struct_proc, struct_thread
 from kernel.sys.user import U_SIGACTS, U_STATS, plimit_new
-from kernel.vm import swap_pager, vm_glue, vm_kern, vm_meter, vm_page, vm_pageout
+from kernel.vm import (swap_pager, vm_glue, vm_glue_lines, vm_kern, vm_meter, vm_page,
+                       vm_pageout)
 from kernel.vm.vm_map import vmspace_alloc
 
 
@@ -272,6 +273,8 @@ def _run_sysinits(percpu_only: bool) -> None:
 def bsp_boot() -> None:
     """cpu 0: mi_startup. Never returns (the last SYSINIT is the swapper)."""
     register_all()
+    # the C line each line of vm_glue.py ports, for reports that name both
+    md.register("sources", {vm_glue_lines.PORT: [vm_glue_lines.C_FILE, vm_glue_lines.LINES]})
     subr_witness.witness_register()
     vm_meter.vmmeter_register()
     subr_counter.counters_register()

@@ -38,6 +38,7 @@ from smp.machine.lockcheck import LockKeyChecker
 from smp.machine.locks import Deadlock, Grant, LockTable
 from smp.machine.objects import KmemExhausted, ObjectError, ObjectStore
 from smp.machine.peers import Peer, Rejected, short
+from smp.machine.sites import check_sources
 from smp.machine.sleepq import SleepQueues
 from smp.machine.witness import Finding, Witness
 
@@ -327,6 +328,11 @@ class Operations:
             if not isinstance(payload, list):
                 raise Rejected("args", "POLICY invariants: a list of checks")
             payload = list(srv.policy.get("invariants", [])) + payload
+        elif kind == "sources":
+            try:
+                payload = check_sources(payload)
+            except ValueError as e:
+                raise Rejected("args", f"POLICY {e}") from None
         elif kind not in ("vmstats", "counters", "procs"):
             raise Rejected("args", f"POLICY: unknown kind {short(kind)}")
         srv.policy[kind] = payload

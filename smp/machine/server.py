@@ -69,6 +69,7 @@ from smp.machine.ops import Operations, bad_sample
 from smp.machine.peers import Peer, Rejected, opname, short
 from smp.machine.publish import Publisher
 from smp.machine.sequencer import Sequencer, TimeSpec, ordered
+from smp.machine.sites import annotate
 from smp.machine.sleepq import SleepQueues
 from smp.machine.witness import Finding, Witness
 
@@ -208,7 +209,13 @@ class Server:
 
     def finding(self, f: Finding) -> None:
         if len(self.findings) < 1000:
-            self.findings.append(f.as_dict())
+            d = f.as_dict()
+            sources = self.policy.get("sources")
+            if sources:                  # the sites of a port also name their C line
+                for k in ("summary", "detail"):
+                    if isinstance(d.get(k), str):
+                        d[k] = annotate(d[k], sources)
+            self.findings.append(d)
 
     # -- the session -------------------------------------------------------------------
     def _hello(self, ident: bytes, seq: int, args: list[Any]) -> None:
