@@ -42,9 +42,9 @@ one on another host. A bus judges the server's silence only after it has listene
 that finds itself more than LATE_S past the moment the silence would run out (its process
 was stopped with SIGSTOP, or starved by the host) waits LATE_GRACE_S more for what ZeroMQ's
 I/O thread, stopped with it, has not handed over yet (:meth:`Bus._late_grace`), so a CPU
-paused for less than the server's PEER_LOST_S runs on. In the other direction, a bus that has sent nothing for
-``HEARTBEAT_S`` posts a ``PING`` whenever it waits, so the server can tell a quiet CPU from a
-dead or stopped one. A call also gives up after ``liveness`` seconds without its reply (the
+paused for less than the server's PEER_LOST_S runs on. In the other direction, a bus that
+has sent nothing for ``HEARTBEAT_S`` posts a ``PING`` whenever it waits, so the server can
+tell a quiet CPU from a dead or stopped one. A call also gives up after ``liveness`` seconds without its reply (the
 server is alive but does not answer: a server bug).
 
 Every request carries the simulated thread (``tid``) and the kernel source site.
@@ -55,14 +55,14 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import zmq
 
 from hw.clock import NEVER
 from hw.protocol import (AF_LINE, CONTROL_EVENTS, ERR, EXCL, GRANTED, GRANTED_LINE,
-                         HEARTBEAT_S, MAX_BATCH, SERVER_SILENCE_S, VERSION, Event, Op, pack,
-                         unpack)
+                         HEARTBEAT_S, LIVENESS_S, MAX_BATCH, SERVER_SILENCE_S, VERSION, Event,
+                         Op, pack, unpack)
 
 # Posted requests queue up to this many before they are sent without waiting for a call.
 POST_BATCH = min(64, MAX_BATCH - 1)
@@ -71,6 +71,16 @@ STUCK_S = 1.0          # a replay read waiting this long tells the server (it ma
 # listening (stopped, or starved): it first waits LATE_GRACE_S for what is on its way.
 LATE_S = 0.1
 LATE_GRACE_S = 2 * HEARTBEAT_S
+
+
+class Channel(Protocol):
+    """What the bus needs of its connection: a ZeroMQ DEALER socket and its poller, or
+    (``channel=``) one object that stands for both, for a server in the same process."""
+
+    def send(self, frame: bytes) -> None: ...
+    def recv(self) -> bytes: ...
+    def poll(self, timeout_ms: int) -> Any: ...
+    def close(self, linger_ms: int = 0) -> None: ...
 
 
 class BusError(Exception):
@@ -90,22 +100,28 @@ def _zero() -> int:
 
 
 class Bus:
-    def __init__(self, endpoint: str, identity: str, liveness: float = 10.0,
+    def __init__(self, endpoint: str, identity: str, liveness: float = LIVENESS_S,
                  silence: float = SERVER_SILENCE_S, curve: dict[str, bytes] | None = None,
-                 lines: bool = True) -> None:
-        self.ctx: zmq.Context[Any] = zmq.Context()
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.IDENTITY, identity.encode())   # before connect
-        self.sock.setsockopt(zmq.SNDHWM, 0)
-        self.sock.setsockopt(zmq.RCVHWM, 0)
-        if curve:                  # CURVE client: our key pair and the server's public key
-            self.sock.curve_secretkey = curve["secret"]
-            self.sock.curve_publickey = curve["public"]
-            self.sock.curve_serverkey = curve["server"]
-        self.sock.connect(endpoint)
-        self.poller = zmq.Poller()              # one for good: Socket.poll makes one a call
-        self.poller.register(self.sock, zmq.POLLIN)
+                 lines: bool = True, channel: Channel | None = None) -> None:
+        self.ctx: zmq.Context[Any] | None = None
+        self.sock: Any
+        self.poller: Any
+        if channel is not None:    # a machine in this very process (smp.machine.local)
+            self.sock = self.poller = channel
+        else:
+            self.ctx = zmq.Context()
+            self.sock = self.ctx.socket(zmq.DEALER)
+            self.sock.setsockopt(zmq.LINGER, 0)
+            self.sock.setsockopt(zmq.IDENTITY, identity.encode())   # before connect
+            self.sock.setsockopt(zmq.SNDHWM, 0)
+            self.sock.setsockopt(zmq.RCVHWM, 0)
+            if curve:              # CURVE client: our key pair and the server's public key
+                self.sock.curve_secretkey = curve["secret"]
+                self.sock.curve_publickey = curve["public"]
+                self.sock.curve_serverkey = curve["server"]
+            self.sock.connect(endpoint)
+            self.poller = zmq.Poller()          # one for good: Socket.poll makes one a call
+            self.poller.register(self.sock, zmq.POLLIN)
         self.endpoint = endpoint
         self.identity = identity
         self.curve = curve
@@ -451,11 +467,15 @@ class Bus:
         """PING the server every HEARTBEAT_S from a thread with its own socket (identity
         ``<ours>/hb``), so that a CPU deep in a long computation (booting 1 GiB of
         vm_pages) is not taken for a stopped or dead one: only a process that is stopped,
-        killed or wedged with the GIL held stops beating."""
+        killed or wedged with the GIL held stops beating. (A bus on a channel has no
+        heartbeat: its server is in the same process.)"""
+        ctx = self.ctx
+        if ctx is None:
+            return
         stop = threading.Event()
 
         def beat() -> None:
-            s = self.ctx.socket(zmq.DEALER)
+            s = ctx.socket(zmq.DEALER)
             s.setsockopt(zmq.LINGER, 0)
             s.setsockopt(zmq.IDENTITY, f"{self.identity}/hb".encode())
             if self.curve:
@@ -487,4 +507,5 @@ class Bus:
                 self.beat[1].set()
                 self.beat[0].join(2.0)
             self.sock.close(linger_ms)
-            self.ctx.term()
+            if self.ctx is not None:
+                self.ctx.term()

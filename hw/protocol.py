@@ -166,10 +166,12 @@ SYNC_SPIN = 2         # spinning for a grant: counts not at all (the release has
 # HEARTBEAT_S; a CPU that has sent nothing for HEARTBEAT_S posts a PING. A CPU that hears
 # nothing at all from the server for SERVER_SILENCE_S takes the server for dead and exits;
 # the server reports a CPU silent for PEER_LOST_S to the launcher (Event.STALLED), which
-# ends the run naming it as unresponsive.
+# ends the run naming it as unresponsive. A request gives up after LIVENESS_S without its
+# reply although the server is heard from (alive, but it does not answer: a server bug).
 HEARTBEAT_S = 0.25
 SERVER_SILENCE_S = 1.25
 PEER_LOST_S = 3.0
+LIVENESS_S = 10.0
 
 # Kernel memory: the address layout, declared here once (the server's object store and the
 # kernel's structures follow it). An object is a handle (a positive integer, never reused;

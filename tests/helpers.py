@@ -4,7 +4,8 @@ kernel-side plumbing that tests run inside the simulated CPUs.
 Two halves:
 
 * host side (the pytest process): :func:`run` boots a machine with the real server and CPU
-  processes and returns its ``RunResult``; :func:`cli_env`, :func:`wait_for` and
+  processes and returns its ``RunResult``; :func:`run_local` a one-CPU machine in one
+  process, for kernel logic that is not about races; :func:`cli_env`, :func:`wait_for` and
   :func:`survivors` help the tests that drive ``python -m smp.cli`` as a subprocess.
 * kernel side (runs in the forked CPU processes, called from SYSINITs and kernel threads):
   :func:`bsp_init`, :func:`on_each_cpu`, :func:`lookup`, :func:`wait_until`,
@@ -55,6 +56,17 @@ def run(cfg_overrides: Sequence[str] = (), sysinits: Sequence[Any] = (),
     rdir = pathlib.Path(tmp_path) / "run"
     return run_machine(cfg, run_dir=str(rdir), log=log or (lambda line: None),
                        sysinits=tuple(sysinits))
+
+
+def run_local(cfg_overrides: Sequence[str] = (), sysinits: Sequence[Any] = (),
+              tmp_path: pathlib.Path | str | None = None, timeout: float = 60) -> Any:
+    """The same on a one-CPU machine in one process (``smp.run.local``): for kernel logic
+    that is not about races. Its report is ``tmp_path/run/report.json``."""
+    from smp.run.local import run_local as local
+    if tmp_path is None:
+        raise ValueError("run_local() needs tmp_path for its run directory")
+    return local(config(cfg_overrides), tuple(sysinits), str(pathlib.Path(tmp_path) / "run"),
+                 timeout=timeout)
 
 
 @contextlib.contextmanager

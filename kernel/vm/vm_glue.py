@@ -732,10 +732,13 @@ def swapout_procs(action: int) -> None:
                      (minslptime > swap_idle_threshold2))):
                 if not guard("swapout_procs_hold_locks"):
                     # PORT: the fail point reopens the window the 2002 rework closed,
-                    # for one clock tick (as if the clock interrupt came in it).
+                    # for three clock ticks (as if the clock interrupt came in it and
+                    # the swapper was preempted): longer than the machine's quantum
+                    # (one tick by default), so that other CPUs' clocks surely move on
+                    # in it, whatever the host does.
                     mtx_unlock_spin(G.sched_lock)
                     PROC_UNLOCK(p)
-                    md.cpu_work(1_000_000 / param.hz)
+                    md.cpu_work(3 * 1_000_000 / param.hz)
                     PROC_LOCK(p)
                     mtx_lock_spin(G.sched_lock)
                 swapout(p)

@@ -60,7 +60,7 @@ def cpu_main(cpu_id: int, endpoint: str, config: dict[str, Any] | None, liveness
         # Import the kernel before saying hello: once hello'd, a CPU that sends nothing for
         # PEER_LOST_S is reported unresponsive, and 32 CPUs importing at once on 2 cores
         # can take that long.
-        from kernel.conf import boot
+        import kernel.conf  # noqa: F401
         # a CPU that joins from another host has an identity of its own, so that a
         # second one for the same id reaches the server (and is refused there, saying
         # why) instead of being dropped by ZeroMQ as a duplicate identity
@@ -76,39 +76,8 @@ def cpu_main(cpu_id: int, endpoint: str, config: dict[str, Any] | None, liveness
         if on_hello is not None:
             on_hello()
         bus.start_heartbeat()
-        virtual = config["machine.time"] == "virtual"
-        clock: Clock | VirtualClock
-        if virtual:
-            clock = VirtualClock(int(config["machine.hz"]))
-            if replay is not None:
-                bus.replay, bus.replay_limit = replay, replay_limit
-            else:
-                bus.horizon = 0                 # until the server says how far to run
-            if replay is None and config["run.record"]:
-                bus.read_log = []
-                bus.on_read_log = lambda log: bus.send_control(Op.REPORT, "reads",
-                                                                [log, -1, bus.point])
-        else:
-            clock = Clock(int(config["machine.hz"]), float(config["machine.speed"]))
-        hw = Cpu(cpu_id, bus, clock, float(config["run.stats_interval"]), costs_of(config))
-        if config["debug.chaos"] != "off":
-            from hw.chaos import Chaos
-            seed = int(config["debug.chaos_seed"]) or int(config["run.seed"])
-            hw.chaos = Chaos(str(config["debug.chaos"]), seed, cpu_id)
-        deadline = time.monotonic() + start_timeout
-        while not clock.started and not hw.halted:
-            if time.monotonic() > deadline:
-                raise ServerGone(f"the machine did not start within {start_timeout:.0f} s")
-            if virtual:
-                bus.wait_start(0.5)             # START, and not one message more
-            else:
-                bus.poll_events(0.5)
-            hw._absorb()
-        report = hw.run(boot(hw, config)) if not hw.halted else hw.finish()
-        bus.stopped = None                      # a replay's STOP: stopped, now report
-        if bus.read_log is not None:
-            bus.send_control(Op.REPORT, "reads", [bus.read_log, bus.point, bus.point])
-            bus.read_log = None
+        hw = make_cpu(cpu_id, bus, config, replay, replay_limit)
+        report = run_cpu(hw, config, start_timeout)
         bus.call(Op.REPORT, 0, "", "final", report)      # waits: nothing is lost
         bus.post(Op.BYE, 0, "", "halted")
     except _Refused as e:
@@ -129,6 +98,55 @@ def cpu_main(cpu_id: int, endpoint: str, config: dict[str, Any] | None, liveness
     sys.stderr.flush()
     sys.stdout.flush()
     os._exit(code)        # greenlets of halted threads are dropped, never resumed
+
+
+def make_cpu(cpu_id: int, bus: Bus, config: dict[str, Any],
+             replay: dict[int, int] | None = None, replay_limit: int | None = None) -> Cpu:
+    """The CPU ``config`` describes, on ``bus``: its clock (virtual or wall), what it
+    records or replays, its costs and chaos."""
+    virtual = config["machine.time"] == "virtual"
+    clock: Clock | VirtualClock
+    if virtual:
+        clock = VirtualClock(int(config["machine.hz"]))
+        if replay is not None:
+            bus.replay, bus.replay_limit = replay, replay_limit
+        else:
+            bus.horizon = 0                     # until the server says how far to run
+        if replay is None and config["run.record"]:
+            bus.read_log = []
+            bus.on_read_log = lambda log: bus.send_control(Op.REPORT, "reads",
+                                                            [log, -1, bus.point])
+    else:
+        clock = Clock(int(config["machine.hz"]), float(config["machine.speed"]))
+    hw = Cpu(cpu_id, bus, clock, float(config["run.stats_interval"]), costs_of(config))
+    if config["debug.chaos"] != "off":
+        from hw.chaos import Chaos
+        seed = int(config["debug.chaos_seed"]) or int(config["run.seed"])
+        hw.chaos = Chaos(str(config["debug.chaos"]), seed, cpu_id)
+    return hw
+
+
+def run_cpu(hw: Cpu, config: dict[str, Any], start_timeout: float) -> dict[str, Any]:
+    """Wait for the machine to start, boot the kernel on this CPU and run it until the
+    machine halts; the CPU's final report (its read log, if it records, sent ahead)."""
+    from kernel.conf import boot
+    bus, clock = hw.bus, hw.clock
+    virtual = config["machine.time"] == "virtual"
+    deadline = time.monotonic() + start_timeout
+    while not clock.started and not hw.halted:
+        if time.monotonic() > deadline:
+            raise ServerGone(f"the machine did not start within {start_timeout:.0f} s")
+        if virtual:
+            bus.wait_start(0.5)                 # START, and not one message more
+        else:
+            bus.poll_events(0.5)
+        hw._absorb()
+    report = hw.run(boot(hw, config)) if not hw.halted else hw.finish()
+    bus.stopped = None                          # a replay's STOP: stopped, now report
+    if bus.read_log is not None:
+        bus.send_control(Op.REPORT, "reads", [bus.read_log, bus.point, bus.point])
+        bus.read_log = None
+    return report
 
 
 class _Refused(Exception):

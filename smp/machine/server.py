@@ -79,6 +79,11 @@ POLL_MS = 200
 DEFAULT_DETECTORS: dict[str, Any] = {"witness": True, "deadlock": True, "lockkeys": True,
                                      "spin_max_s": 5.0, "watchdog_s": 5.0}
 
+
+def detectors_of(config: dict[str, Any]) -> dict[str, Any]:
+    """The detectors a run's (flat) config switches on, and their bounds."""
+    return {name: config[f"debug.{name}"] for name in DEFAULT_DETECTORS}
+
 _KERNEL_ERRORS = (ObjectError, LockError, Fault)
 _MAX_ERROR_TEXT = 400          # an error reply quotes at most this much of the problem
 TICK_EVERY = 64                # while draining, look at the clock every this many messages

@@ -42,7 +42,7 @@ import psutil
 import zmq
 
 from hw import record
-from hw.protocol import ERR, VERSION, Event, Op, pack, unpack
+from hw.protocol import ERR, LIVENESS_S, VERSION, Event, Op, pack, unpack
 from smp import __version__
 from smp.run.config import Config
 from smp.machine.cpuproc import START_TIMEOUT, cpu_main
@@ -54,10 +54,9 @@ from smp.observe.report import build_report, write_run_dir
 from smp.machine.schedule import Replay
 from smp.machine.publish import held_locks_line
 from smp.machine.sequencer import TimeSpec
-from smp.machine.server import server_main
+from smp.machine.server import detectors_of, server_main
 from smp.observe.summary import verdict
 
-LIVENESS_S = 10.0
 RECORD_FILE = "schedule.smpr"  # the run's record, in its run directory (hw/record.py)
 END_EVENT_GRACE_S = 1.0        # how long a CPU that exited 0 gets for its panic/halt event
 
@@ -296,11 +295,7 @@ def run_machine(cfg: Config, run_dir: str | None = None,
                         args=(endpoint, ncpus, int(cfg["machine.memory"]),
                               int(cfg["machine.swap"]), stats_endpoint,
                               float(cfg["run.stats_interval"]),
-                              {"witness": cfg["debug.witness"],
-                               "deadlock": cfg["debug.deadlock"],
-                               "lockkeys": cfg["debug.lockkeys"],
-                               "spin_max_s": cfg["debug.spin_max_s"],
-                               "watchdog_s": cfg["debug.watchdog_s"]},
+                              detectors_of(flat),
                               listen, hello, bool(cfg["machine.lines"]),
                               int(cfg["machine.kmem_objects"]), timespec))
     cpus: dict[int, Any] = {}                 # cpu id -> process: the CPUs started here
@@ -392,7 +387,7 @@ def run_machine(cfg: Config, run_dir: str | None = None,
                 break
             # events first: a CPU that exits after a shutdown or a panic is no death
             events = ctl.drain_events() if ctl.sock in ready or ctl.events else []
-            ended = _end_reason(events)
+            ended = end_reason(events)
             if ended:
                 reason = ended
                 if replay is None:       # a replay goes on to the record's end
@@ -671,7 +666,7 @@ def _missing_cpus(ctl: _Control, ncpus: int, local: int, waited: float,
     return text
 
 
-def _end_reason(events: list[list[Any]]) -> str | None:
+def end_reason(events: list[list[Any]]) -> str | None:
     """The run's end if ``events`` has a panic or a shutdown, else None."""
     ended = [e for e in events if e[1] in (Event.PANIC, Event.HALT)]
     if not ended:
@@ -688,7 +683,7 @@ def _await_end(ctl: _Control, timeout: float) -> str | None:
         left = deadline - time.monotonic()
         if left <= 0 or not ctl.sock.poll(int(left * 1000) + 1):
             return None
-        ended = _end_reason(ctl.drain_events())
+        ended = end_reason(ctl.drain_events())
         if ended:
             return ended
 

@@ -50,6 +50,7 @@ from typing import Any
 import zmq
 import zmq.utils.monitor
 
+from hw.protocol import LIVENESS_S
 from smp.run.keys import KeyDirError, client_keys, key_bindings, server_keys
 
 DEFAULT_JOIN_TIMEOUT = 60.0
@@ -237,7 +238,6 @@ def join_main(endpoint: str, cpu_id: int, key_dir: str | None, timeout: float) -
     """``smp cpu --join``: be CPU ``cpu_id`` of the machine whose server listens at
     ``endpoint``. Returns an exit status when it cannot join; once joined, the CPU process
     ends with ``cpu_main``'s status (0: halted cleanly, 3: the server went away)."""
-    from smp.run.launcher import LIVENESS_S
     from smp.machine.cpuproc import cpu_main
     if cpu_id < 0:
         print("smp cpu: --id must be >= 0", file=sys.stderr)
