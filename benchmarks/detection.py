@@ -47,6 +47,9 @@ NOT_DETECTABLE = {"scheduler_recheck": "not detectable under Giant: FINDINGS.md 
 # Known findings hunted with no fail point: name -> (known id, detector, config).
 HUNTS: dict[str, tuple[str, str, str]] = {
     "F1": ("F1", "kernel", "configs/freebsd-5.0.toml"),
+    # F2's lost wakeup, found by the liveness detector as it happens (not the unlocked
+    # access lockkey reports statically)
+    "F2-hang": ("F2", "liveness", "configs/stress.toml"),
 }
 
 

@@ -84,3 +84,14 @@ def test_a_site_annotated_with_its_c_line_reads_the_same() -> None:
     n = _line("faultin", "TD_CLR_SWAPPED(td)")
     assert statement_at(f"vm/vm_glue.py:{n} (vm_glue.c:496)") == statement_at(
         f"vm/vm_glue.py:{n}")
+
+
+def test_a_lost_wakeup_made_by_swapout_is_f2_and_one_made_elsewhere_is_new() -> None:
+    n = _line("swapout", "TD_SET_SWAPPED(td)")
+    f = {"detector": "liveness", "summary": "lost wakeup: thread 40 (napper) of pid 9 "
+         "(napper) inhibited as sleeping (td_inhibitors 0x6 (SLEEPING|SWAPPED)) on no sleep "
+         f"queue; inhibitors last stored @ vm/vm_glue.py:{n}",
+         "sites": [f"vm/vm_glue.py:{n}", "userland/libc.py:40"]}
+    assert classify({"findings": [f]})[0].known == "F2"
+    f["sites"] = ["kern/kern_synch.py:120", "userland/libc.py:40"]
+    assert classify({"findings": [f]})[0].known is None

@@ -56,6 +56,16 @@ def PICKUP_GIANT(n: int) -> None:
         mtx_lock(giant, AF_PICKUP)
 
 
+def _sleeper_site() -> str:
+    """PORT: where the thread went to sleep: the innermost kernel frame outside this file
+    (the caller of msleep or tsleep), for the liveness detector's reports."""
+    stack = md.kernel_stack(limit=8)
+    for frame in reversed(stack):
+        if not frame.startswith("kern/kern_synch.py:"):
+            return frame.split(" ", 1)[0]
+    return ""
+
+
 def msleep(ident: int, mtx: int | None, priority: int, wmesg: str, timo: int) -> int:
     """Sleep on ``ident``; release ``mtx`` (the interlock) atomically with going to sleep
     and take it again on wakeup unless ``PDROP``. ``timo`` ticks (0: forever).
@@ -78,7 +88,7 @@ def msleep(ident: int, mtx: int | None, priority: int, wmesg: str, timo: int) ->
     if mtx is not None:
         n = lt.owned.pop(mtx)
         assert n == 1
-    sleepq_add(ident, mtx or 0)
+    sleepq_add(ident, mtx or 0, timo, _sleeper_site())
     if timo:
         if lt.sleep_callout is None:
             lt.sleep_callout = Callout()

@@ -328,6 +328,11 @@ PARAMS: tuple[Param, ...] = (
     Param("debug.spin_max_s", "float", 5.0, "sim s",
           "panic when a spin lock is held longer than this (0: never; wall s in wall time)",
           min=0, max=3600),
+    Param("debug.liveness_s", "float", 5.0, "sim s",
+          "the liveness detector's bound: a thread asleep on no sleep queue, a swap-in "
+          "request not served, a lock waited for, this long, is a finding; at the end of "
+          "a run a lost thread is one at once (0: off; wall s in wall time)",
+          min=0, max=3600),
     Param("debug.watchdog_s", "float", 5.0, "wall s",
           "report a CPU that sends nothing for this long (0: never)", min=0, max=3600),
     Param("debug.chaos", "str", "off", "",
