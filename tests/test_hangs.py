@@ -227,3 +227,20 @@ def test_lock_waits_shorter_than_the_bound_are_silent() -> None:
         s.run_for(0.1)
         s.locks.release(2, 1, "b.py:2", giant, EXCL)
     assert s.liveness() == []
+
+
+def test_a_long_wait_for_a_lock_that_keeps_changing_hands_is_contention() -> None:
+    """Thread 2 waits 3 s for Giant while threads 1 and 3 pass it between them: listed
+    under contended, not a finding."""
+    s = Server(bound_s=1.0)
+    giant = 0x8000
+    s.locks.init(giant, LK_SLEEP, "sleep mutex", "Giant", 0)
+    s.locks.acquire(1, 0, "a.py:1", giant, EXCL, 0)
+    s.locks.acquire(2, 1, "b.py:1", giant, EXCL, 0)
+    for _ in range(10):
+        s.run_for(0.3)
+        s.locks.release(1, 0, "a.py:2", giant, EXCL)      # wakes 2, but 1 takes it again
+        s.locks.acquire(1, 0, "a.py:1", giant, EXCL, 0)
+        s.locks.acquire(2, 1, "b.py:1", giant, EXCL, 0)   # 2 tries again: queued
+    assert s.liveness() == []
+    assert s.hangs.at_end()["contended"]["Giant"]["wait_s"] >= 2.0
