@@ -234,4 +234,5 @@ def proc_table_register(allproc: int) -> None:
         "inmem": int(PS.PS_INMEM), "swapinreq": int(PS.PS_SWAPINREQ), "swapper_pid": 0,
         "inhibitors": "td_inhibitors", "sleeping": int(TDI.TDI_SLEEPING),
         "inhibitor_bits": {m.name.removeprefix("TDI_"): int(m) for m in TDI},
-        "wchan": "td_wchan", "wmesg": "td_wmesg", "name": "td_name"})
+        "wchan": "td_wchan", "wmesg": "td_wmesg", "name": "td_name",
+        "blocked": "td_blocked"})
