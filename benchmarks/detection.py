@@ -13,6 +13,11 @@ For every fail point (``smp failpoints``) and for chaos off and on, the script r
   miss says nothing about the detectors. A new failure in a run that never crossed the
   guard is not counted as a detection: it is printed apart (it is something else).
 
+Then the hunts (``HUNTS``): for a known finding of the 2002 code, campaigns with no fail
+point on the config that can show it (F1 on ``configs/freebsd-5.0.toml``, the 2002 kernel
+as shipped), and the runs each needs until a run reports that finding, found by its
+detector unaided: the median and how many campaigns found it at all.
+
 Then ``--clean-runs`` runs of ``configs/default.toml`` with chaos high and no fail point,
 counting new failures (false positives: the target is none) and known findings apart.
 
@@ -44,6 +49,15 @@ import time
 NOT_DETECTABLE = {"scheduler_recheck": "not detectable under Giant: FINDINGS.md N1"}
 
 
+# Known findings hunted with no fail point: name -> (known id, detector, config).
+HUNTS: dict[str, tuple[str, str, str]] = {
+    "F1": ("F1", "kernel", "configs/freebsd-5.0.toml"),
+    # F2's lost wakeup, found by the liveness detector as it happens (not the unlocked
+    # access lockkey reports statically)
+    "F2-hang": ("F2", "liveness", "configs/stress.toml"),
+}
+
+
 def fail_points() -> list[str]:
     out = subprocess.run([sys.executable, "-m", "smp.cli", "failpoints"], check=True,
                          capture_output=True, text=True).stdout
@@ -52,7 +66,10 @@ def fail_points() -> list[str]:
 
 def campaign(config: str, runs: int, seed: int, chaos: str, fail_point: str | None,
              duration: float, jobs: int, out: str,
-             cluster: str | None = None) -> dict[str, object]:
+             cluster: str | None = None,
+             target: tuple[str, str] | None = None) -> dict[str, object]:
+    """One ``smp stress`` campaign. ``first`` is the first run with a new failure, or,
+    given *target* (known id, detector), the first run that reports that known finding."""
     where = ["--cluster", cluster] if cluster else ["--jobs", str(jobs)]
     cmd = [sys.executable, "-m", "smp.cli", "stress", config, "--runs", str(runs), *where,
            "--seed", str(seed), "--chaos", chaos, "--duration", str(duration), "--out", out]
@@ -81,7 +98,11 @@ def campaign(config: str, runs: int, seed: int, chaos: str, fail_point: str | No
         known += len(fails) - len(new)
         run_crossed = int(report.get("kernel", {}).get(f"failpoint_{fail_point}", 0))
         crossed += run_crossed
-        if new and fail_point and not run_crossed:
+        if target is not None:
+            if first is None and any((x.known, x.detector) == target for x in fails):
+                first = int(name[3:7]) + 1
+                detectors = [target[1]]
+        elif new and fail_point and not run_crossed:
             # the guard was never crossed in this run: whatever failed, it was not its
             # race; not a detection (and worth a look)
             unrelated.append(f"{name}: " + "; ".join(f"[{x.detector}] {x.summary}"
@@ -106,6 +127,10 @@ def main() -> int:
     ap.add_argument("--clean-runs", type=int, default=200)
     ap.add_argument("--fail-point", action="append", default=[],
                     help="only these fail points (default: all)")
+    ap.add_argument("--hunt", action="append", choices=sorted(HUNTS), default=[],
+                    help="only these hunts of known findings (default: all)")
+    ap.add_argument("--no-fail-points", action="store_true",
+                    help="no fail point campaigns (only the hunts and the clean runs)")
     ap.add_argument("--chaos", action="append", choices=("off", "low", "high"), default=[],
                     help="only these chaos levels (default: off and high)")
     ap.add_argument("--quick", action="store_true",
@@ -121,7 +146,7 @@ def main() -> int:
         a.campaigns, a.runs, a.clean_runs = 1, 3, 10
     root = tempfile.mkdtemp(prefix="smp-detection-")
     rows = []
-    cells = [(fp, chaos) for fp in a.fail_point or fail_points()
+    cells = [(fp, chaos) for fp in ([] if a.no_fail_points else a.fail_point or fail_points())
              for chaos in a.chaos or ("off", "high")]
     # a guard no detector can catch (NOT_DETECTABLE) gets one campaign: enough to show
     # that its window is crossed and nothing fires; campaigns end in any order (--parallel)
@@ -156,7 +181,25 @@ def main() -> int:
                      "detectors": dict(dets), "guard_crossed": crossed,
                      "unrelated_failures": unrelated,
                      "note": NOT_DETECTABLE.get(fp, "")})
-    result: dict[str, object] = {"rows": rows, "clean": None, "dir": root}
+    hunts = []
+    for name in a.hunt or sorted(HUNTS):
+        kid, det, config = HUNTS[name]
+        for chaos in a.chaos or ("off", "high"):
+            firsts = []
+            for k in range(a.first_campaign, a.first_campaign + a.campaigns):
+                r = campaign(config, a.runs, 1000 + k, chaos, None, a.duration, a.jobs,
+                             os.path.join(root, f"hunt-{name}-{chaos}-{k}"), a.cluster,
+                             (kid, det))
+                if r["first"] is not None:
+                    firsts.append(r["first"])
+                print(f"  hunt {name} chaos={chaos} campaign {k + 1}: first run reporting "
+                      f"{kid} ({det}) {r['first']}", file=sys.stderr, flush=True)
+            hunts.append({"hunt": name, "known": kid, "detector": det, "config": config,
+                          "chaos": chaos, "found": len(firsts), "campaigns": a.campaigns,
+                          "runs_to_first": firsts,
+                          "median_runs_to_first": statistics.median(firsts) if firsts
+                          else None})
+    result: dict[str, object] = {"rows": rows, "hunts": hunts, "clean": None, "dir": root}
     if a.clean_runs:
         clean = campaign("configs/default.toml", a.clean_runs, 7, "high", None, a.duration,
                          a.jobs, os.path.join(root, "clean"), a.cluster)
@@ -179,6 +222,12 @@ def main() -> int:
         for u in r["unrelated_failures"]:  # type: ignore[attr-defined]
             print(f"not a detection ({r['fail_point']}, chaos {r['chaos']}: the guard was "
                   f"never crossed in that run): {u}")
+    for h in hunts:
+        med = h["median_runs_to_first"]
+        print(f"hunt {h['hunt']} ({h['detector']}, {h['config']}, no fail point) "
+              f"chaos={h['chaos']}: found in {h['found']}/{h['campaigns']} campaigns of "
+              f"{a.runs} runs, runs to first detection: median {'-' if med is None else med}"
+              f" {h['runs_to_first']}")
     c = result["clean"]
     if isinstance(c, dict):
         at = c["new_failure_at"]

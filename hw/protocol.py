@@ -116,7 +116,7 @@ class Op(enum.IntEnum):
     ACQUIRE = 62       # (lock, mode, flags)                    -> GRANTED | GRANTED_LINE | QUEUED | BUSY
     RELEASE = 63       # (lock, mode)                           posted
     HANDOFF = 64       # (lock, to_tid)                         posted: spin lock passes to a thread
-    SLEEP = 65         # (chan, interlock)                      posted: queue and drop interlock
+    SLEEP = 65         # (chan, interlock[, timo, caller])      posted: queue and drop interlock
     WAKEUP = 66        # (chan, one)                            -> [tid...] taken off the channel
     UNSLEEP = 67       # (chan, tid)                            -> bool: tid was still asleep
     IPI = 68           # (cpu, kind, args)                      posted: routed to that CPU

@@ -686,7 +686,8 @@ def _witness(args: argparse.Namespace) -> int:
         print(f"smp witness: {args.run_dir}: {e}", file=sys.stderr)
         return 2
     if args.dot is None:
-        print(show_witness(lo), end="")
+        from smp.machine.sites import annotate
+        print(annotate(show_witness(lo), (report.get("policy") or {}).get("sources")), end="")
         return 0
     path = args.dot or os.path.join(args.run_dir, "witness.dot")
     title = f"lock order: {os.path.basename(str(report.get('config') or '?'))}, seed " \

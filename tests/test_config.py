@@ -80,6 +80,18 @@ def test_shipped_config_values(name: str, cpus: int, duration: float, kthreads: 
         (cpus, duration, kthreads)
 
 
+def test_the_2002_config_is_the_2002_kernel_throughout() -> None:
+    """configs/freebsd-5.0.toml: the 2002 _PHOLD (F1 can fire), the daemons on any CPU,
+    the vm sysctls at the 2002 kernel's own defaults, every detector on."""
+    cfg = load_config(CONFIGS / "freebsd-5.0.toml")
+    assert cfg["kern.phold"] == "first_hold"
+    assert cfg["kern.kthread_placement"] == "spread"
+    assert (cfg["vm.swap_idle_threshold1"], cfg["vm.swap_idle_threshold2"],
+            cfg["vm.swap_enabled"], cfg["vm.swap_idle_enabled"]) == (2, 10, True, False)
+    assert all(cfg[k] for k in ("debug.witness", "debug.deadlock", "debug.lockkeys"))
+    assert not cfg["debug.fail_points"]
+
+
 def test_default_toml_spells_out_exactly_the_declared_defaults() -> None:
     raw = tomllib.loads(default_config_path().read_text(encoding="utf-8"))
     keys = {f"{section}.{name}" for section, table in raw.items() for name in table}
@@ -412,7 +424,7 @@ def test_declarations_are_checked_at_import(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_declarations() -> None:
-    assert len(PARAM_BY_KEY) == len(PARAMS) == 53
+    assert len(PARAM_BY_KEY) == len(PARAMS) == 55
     assert PARAM_BY_KEY["vm.swap_idle_threshold1"].section == "vm"
     assert PARAM_BY_KEY["vm.swap_idle_threshold1"].name == "swap_idle_threshold1"
     for p in PARAMS:

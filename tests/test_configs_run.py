@@ -34,6 +34,7 @@ SHORT: dict[str, list[str]] = {
     "swap-heavy": ["run.duration=10"],
     "idle-swap": ["run.duration=10"],
     "stress": ["run.duration=5"],
+    "freebsd-5.0": ["run.duration=5"],
 }
 
 

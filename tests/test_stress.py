@@ -7,6 +7,7 @@ if the test fails or times out, so no machine outlives it.
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import signal
@@ -60,6 +61,11 @@ def test_a_clean_campaign_passes_and_reports_known_findings_apart(tmp_path: path
     assert r.returncode == 0, r.stdout + r.stderr
     assert "1 runs, 1 without a new failure" in r.stdout
     assert "FAIL" not in r.stdout
+    # the liveness detector is on by default, looked all through the run, found no hang
+    [report] = (tmp_path / "runs").glob("run0000-*/report.json")
+    rep = json.loads(report.read_text())
+    assert rep["liveness"]["checks"] > 50, rep["liveness"]
+    assert not [f for f in rep["findings"] if f["detector"] == "liveness"]
 
 
 @pytest.mark.timeout(30)

@@ -5,7 +5,9 @@ The boot CPU (cpu 0, the BSP) declares the kernel's structures to the server, th
 every SYSINIT in order (``mi_startup``): the global locks, proc0 and thread0, vm_glue's
 ``vm_init_limits`` ... up to ``SI_SUB_SMP``, which releases the other CPUs (the APs) with an
 IPI, and finally ``SI_SUB_RUN_SCHEDULER``, the swapper, which never returns. The boot stack
-*is* thread0 (proc0's thread, the swapper), as in FreeBSD.
+*is* thread0 (proc0's thread, the swapper), as in FreeBSD, when the swapper is placed on
+cpu 0 (``kern.kthread_placement``); placed elsewhere, thread0 is handed to that CPU at the
+end of ``SI_SUB_SMP`` (:func:`swapper_placement`) and the BSP's boot stack ends as an AP's.
 
 An AP waits for the BSP's IPI, finds the kernel's globals through the server's symbol
 table, and runs the per-CPU SYSINITs for itself (its idle thread, its kernel threads). Its
@@ -22,12 +24,13 @@ from kernel.kern import (kern_fail, kern_globals, kern_idle, kern_proc, subr_cou
                          subr_witness)
 from kernel.kern.kern_clock import hardclock
 from kernel.kern.kern_globals import struct_kernel
-from kernel.kern.kern_kthread import kthread_create
-from kernel.kern.kern_mutex import MTX_DEF, MTX_RECURSE, MTX_SPIN, mtx_init, mtx_lock
-from kernel.kern.kern_switch import RunQueue, ipi_setrunqueue
+from kernel.kern.kern_kthread import kthread_create, kthread_create_on, kthread_cpu
+from kernel.kern.kern_mutex import (MTX_DEF, MTX_RECURSE, MTX_SPIN, mtx_init, mtx_lock,
+                                    mtx_lock_spin, mtx_unlock, mtx_unlock_spin)
+from kernel.kern.kern_switch import RunQueue, ipi_setrunqueue, runq_add
 from kernel.kern.kern_sx import sx_init
 from kernel.kern.kern_synch import schedcpu, tsleep
-from kernel.kern.kern_thread import LocalThread, thread_exit, thread_new
+from kernel.kern.kern_thread import LocalThread, thread_attach, thread_exit, thread_new
 from kernel.kern.kern_timeout import CalloutWheel
 from kernel.kern.subr_lock import lock_granted
 from kernel.machine import cpu as md
@@ -37,7 +40,8 @@ from kernel.sys.kstruct import TAILQ_INSERT_TAIL, register_all
 from kernel.sys.param import PRI_MAX, PVM
 from kernel.sys.proc import P, PRS, PS, TDS, struct_ksegrp, struct_proc, struct_thread
 from kernel.sys.user import U_SIGACTS, U_STATS, plimit_new
-from kernel.vm import swap_pager, vm_glue, vm_kern, vm_meter, vm_page, vm_pageout
+from kernel.vm import (swap_pager, vm_glue, vm_glue_lines, vm_kern, vm_meter, vm_page,
+                       vm_pageout)
 from kernel.vm.vm_map import vmspace_alloc
 
 
@@ -143,10 +147,11 @@ def schedcpu_thread() -> None:
 
 
 def schedcpu_setup(_: Any) -> None:
-    kthread_create(schedcpu_thread, "schedcpu", PVM)
+    kthread_create_on("schedcpu", schedcpu_thread, PVM)
 
 
-SYSINIT("schedcpu", SI_SUB.SI_SUB_KTHREAD_IDLE, SI_ORDER.SI_ORDER_FIRST, schedcpu_setup)
+SYSINIT("schedcpu", SI_SUB.SI_SUB_KTHREAD_IDLE, SI_ORDER.SI_ORDER_FIRST, schedcpu_setup,
+        percpu=True)
 
 
 # -- SI_SUB_SMP: start the application processors -------------------------------------------
@@ -158,12 +163,72 @@ def release_aps(_: Any) -> None:
 SYSINIT("release_aps", SI_SUB.SI_SUB_SMP, SI_ORDER.SI_ORDER_FIRST, release_aps)
 
 
+# -- SI_SUB_SMP (last): the swapper's CPU ----------------------------------------------------
+def swapper_placement(_: Any) -> None:
+    """PORT: the swapper (thread0, proc0's thread) runs ``scheduler()``, the last SYSINIT,
+    on the boot stack of the CPU ``kern.kthread_placement`` gives it. On cpu 0 that is the
+    BSP's boot stack, as in FreeBSD, and this returns. Otherwise the BSP gives thread0 up:
+    it lets go of the Giant it has held since ``giant_boot``, its boot stack becomes a boot
+    thread like an AP's, thread0 is handed to its CPU (``td_oncpu``, then an IPI), and
+    the boot stack dies into cpu 0's idle thread. The other CPU gives thread0 a new stack
+    that takes Giant and runs the "scheduler" SYSINIT (:func:`_swapper_main`)."""
+    cpu = kthread_cpu("swapper")
+    pc = md.pcpu
+    if cpu == pc.cpuid:
+        return
+    G = kern_globals.G
+    td0, p0 = G.thread0, G.proc0
+    mtx_unlock(G.Giant)
+    td = struct_thread.new(td_proc=p0, td_ksegrp=td0.td_ksegrp, td_oncpu=pc.cpuid,
+                           td_name=f"boot: cpu{pc.cpuid}", td_priority=PVM, td_base_pri=PVM,
+                           td_state=int(TDS.TDS_RUNNING))
+    pc.threads.pop(td0.handle, None)
+    _adopt_boot_stack(td, f"boot: cpu{pc.cpuid}", PVM, p0)
+    mtx_lock_spin(G.sched_lock)
+    td0.td_oncpu = cpu
+    td0.td_state = int(TDS.TDS_RUNQ)
+    mtx_unlock_spin(G.sched_lock)
+    md.ipi(cpu, "swapper", [td0.handle])
+    thread_exit()
+
+
+SYSINIT("swapper_placement", SI_SUB.SI_SUB_SMP, SI_ORDER.SI_ORDER_ANY, swapper_placement)
+
+_ap_booted = False          # this AP ran its per-CPU SYSINITs (the swapper may start)
+_swapper_pending = 0        # thread0, handed to this CPU before it finished booting
+
+
+def _swapper_main() -> None:
+    """thread0's first code on the CPU it was handed to: Giant, as the boot thread held
+    it, then the "scheduler" SYSINIT (vm_glue's ``scheduler()``, which never returns)."""
+    mtx_lock(kern_globals.G.Giant)
+    for si in sysinits():
+        if si.name == "scheduler":
+            si.func(si.udata)
+    md.panic("swapper: the scheduler SYSINIT returned")
+
+
+def _start_swapper(tid: int) -> None:
+    """The swapper IPI (interrupt context): give thread0 a stack here and queue it (its
+    ``td_state`` is already TDS_RUNQ); an AP still booting starts it when done."""
+    global _swapper_pending
+    if not _ap_booted:
+        _swapper_pending = tid
+        return
+    _swapper_pending = 0
+    lt = thread_attach(struct_thread.at(tid), "swapper", PVM, _swapper_main)
+    lt.proc = kern_globals.G.proc0
+    runq_add(lt, PVM)
+
+
 # -- interrupt vectors ----------------------------------------------------------------------
 def _ipi(src: int, kind: str, args: Any) -> None:
     if kind == "setrunqueue":
         ipi_setrunqueue(args)
     elif kind == "ap_start":
         md.pcpu.ap_started = True
+    elif kind == "swapper":
+        _start_swapper(int(args[0]))
     else:
         md.panic(f"unknown IPI {kind!r} from cpu {src}")
 
@@ -208,6 +273,8 @@ def _run_sysinits(percpu_only: bool) -> None:
 def bsp_boot() -> None:
     """cpu 0: mi_startup. Never returns (the last SYSINIT is the swapper)."""
     register_all()
+    # the C line each line of vm_glue.py ports, for reports that name both
+    md.register("sources", {vm_glue_lines.PORT: [vm_glue_lines.C_FILE, vm_glue_lines.LINES]})
     subr_witness.witness_register()
     vm_meter.vmmeter_register()
     subr_counter.counters_register()
@@ -235,6 +302,10 @@ def ap_boot() -> None:
     _adopt_boot_stack(td, f"boot: cpu{pc.cpuid}", PVM, p0)
     _run_sysinits(percpu_only=True)
     memory.atomic_add(G.handle, "booted_cpus", 1)
+    global _ap_booted
+    _ap_booted = True
+    if _swapper_pending:
+        _start_swapper(_swapper_pending)
     thread_exit()
 
 

@@ -1,7 +1,8 @@
 """Kernel threads, after FreeBSD ``kern/kern_kthread.c``.
 
 ``kthread_create`` makes a process with one thread that runs a kernel function, marked
-``P_SYSTEM | P_KTHREAD`` (never swapped out). The thread is pinned to the CPU that creates it.
+``P_SYSTEM | P_KTHREAD`` (never swapped out). The thread is pinned to the CPU that creates it;
+the daemons are made on the CPU ``kern.kthread_placement`` gives them (``kthread_cpu``).
 
 PORT: FreeBSD 5.0 built kernel threads with ``fork1(&thread0, RFMEM|RFFDG|RFPROC|
 RFSTOPPED)``. Until the kernel's fork exists they are assembled here from the same parts in
@@ -24,6 +25,28 @@ from kernel.machine import cpu as md
 from kernel.sys.kstruct import HASH_INSERT, LIST_INSERT_HEAD, TAILQ_INSERT_TAIL
 from kernel.sys.param import PWAIT
 from kernel.sys.proc import P, PRS, PS, struct_ksegrp, struct_proc
+
+
+# The kernel's daemons, in the order in which ``kern.kthread_placement = "spread"`` gives
+# them CPUs: the swapper on the last CPU, the pageout daemon on the one before, and so on
+# round the machine. In 5.0 any CPU could run any of them; here a thread stays on the CPU
+# that made it (DESIGN.md decision 4), so the placement is chosen when it is made.
+DAEMONS = ("swapper", "pagedaemon", "vmdaemon", "schedcpu")
+
+
+def kthread_cpu(name: str) -> int:
+    """The CPU the daemon ``name`` runs on (``kern.kthread_placement``)."""
+    if md.pcpu.config["kern.kthread_placement"] == "cpu0":
+        return 0
+    n = md.pcpu.ncpus
+    return (n - 1 - DAEMONS.index(name)) % n
+
+
+def kthread_create_on(name: str, func: Callable[[], None], pri: int = PWAIT) -> None:
+    """A per-CPU SYSINIT's half of starting the daemon ``name``: only the CPU it is
+    placed on (``kthread_cpu``) makes it."""
+    if kthread_cpu(name) == md.pcpu.cpuid:
+        kthread_create(func, name, pri)
 
 
 def proc_link(p: Any) -> int:

@@ -27,7 +27,7 @@ from kernel.machine import memory
 from kernel.sys.kernel import SI_ORDER, SI_SUB, SYSINIT
 from kernel.sys.kstruct import (F, HASH_LOOKUP, KObj, KStruct, TAILQ_FIRST, TAILQ_FOREACH,
                                 TAILQ_INSERT_TAIL, TAILQ_REMOVE)
-from kernel.sys.proc import PRS, PS, struct_ksegrp, struct_proc, struct_thread
+from kernel.sys.proc import PRS, PS, TDI, struct_ksegrp, struct_proc, struct_thread
 
 PROC_ZONE_CACHE = 16
 
@@ -226,3 +226,13 @@ def proc_table_register(allproc: int) -> None:
         "thread_fields": {"wchan": "td_wmesg"},
         "states": {str(k): v for k, v in PROC_TABLE_STATES.items()},
         "resident": ["flags", int(PS.PS_INMEM)]})
+    # The liveness detector (smp.machine.hangs): where threads are, and which bits mean
+    # asleep (on a sleep queue), in memory, swap-in requested; the swapper's pid.
+    md.register("liveness", {
+        "list": allproc, "threads": "p_threads", "pid": "p_pid", "comm": "p_comm",
+        "state": "p_state", "zombie": int(PRS.PRS_ZOMBIE), "sflag": "p_sflag",
+        "inmem": int(PS.PS_INMEM), "swapinreq": int(PS.PS_SWAPINREQ), "swapper_pid": 0,
+        "inhibitors": "td_inhibitors", "sleeping": int(TDI.TDI_SLEEPING),
+        "inhibitor_bits": {m.name.removeprefix("TDI_"): int(m) for m in TDI},
+        "wchan": "td_wchan", "wmesg": "td_wmesg", "name": "td_name",
+        "blocked": "td_blocked"})

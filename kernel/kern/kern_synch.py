@@ -29,7 +29,7 @@ from kernel.machine.lock import AF_PICKUP, lock_handoff, sleepq_add, sleepq_remo
 from kernel.machine.swtch import cpu_switch
 from kernel.sys.kstruct import TAILQ_FOREACH
 from kernel.sys.param import EWOULDBLOCK, PDROP, PRIMASK
-from kernel.sys.proc import (PRS, PS, TDF, TDS, TD_CLR_SLEEPING, TD_SET_SLEEPING,
+from kernel.sys.proc import (PRS, PS, TDF, TDI, TDS, TD_CLR_SLEEPING, TD_SET_SLEEPING,
                              struct_ksegrp, struct_proc, struct_thread)
 
 __all__ = ["msleep", "tsleep", "wakeup", "wakeup_one", "mi_switch", "setrunnable",
@@ -56,6 +56,16 @@ def PICKUP_GIANT(n: int) -> None:
         mtx_lock(giant, AF_PICKUP)
 
 
+def _sleeper_site() -> str:
+    """PORT: where the thread went to sleep: the innermost kernel frame outside this file
+    (the caller of msleep or tsleep), for the liveness detector's reports."""
+    stack = md.kernel_stack(limit=8)
+    for frame in reversed(stack):
+        if not frame.startswith("kern/kern_synch.py:"):
+            return frame.split(" ", 1)[0]
+    return ""
+
+
 def msleep(ident: int, mtx: int | None, priority: int, wmesg: str, timo: int) -> int:
     """Sleep on ``ident``; release ``mtx`` (the interlock) atomically with going to sleep
     and take it again on wakeup unless ``PDROP``. ``timo`` ticks (0: forever).
@@ -78,7 +88,7 @@ def msleep(ident: int, mtx: int | None, priority: int, wmesg: str, timo: int) ->
     if mtx is not None:
         n = lt.owned.pop(mtx)
         assert n == 1
-    sleepq_add(ident, mtx or 0)
+    sleepq_add(ident, mtx or 0, timo, _sleeper_site())
     if timo:
         if lt.sleep_callout is None:
             lt.sleep_callout = Callout()
@@ -158,7 +168,8 @@ def mi_switch(voluntary: bool = True) -> None:
     del lt.owned[sl]
     nxt.owned[sl] = 1
     nxt.need_resched = False
-    nxt.td.update(td_state=int(TDS.TDS_RUNNING), td_didrun=1)
+    nxt.td.td_state = int(TDS.TDS_RUNNING)
+    nxt.td.td_didrun = 1
     lock_handoff(sl, nxt.tid)
     cpu_switch(nxt, voluntary)
 
@@ -170,13 +181,15 @@ def setrunnable(td: Any) -> None:
     p = td.td_proc
     if p.p_state == PRS.PRS_ZOMBIE:
         md.panic("setrunnable(1)")
-    state, inhib = td.load("td_state", "td_inhibitors")
+    # the C's loads, one at a time and in its order: td_state for the switch, then
+    # td_inhibitors only in the TDS_INHIBITED case
+    state = td.td_state
     if state in (TDS.TDS_RUNNING, TDS.TDS_RUNQ):
         return
     if state == TDS.TDS_INHIBITED:
         # If we are only inhibited because we are swapped out
         # then arange to swap in this process. Otherwise just return.
-        if inhib != 0x04:  # TDI_SWAPPED
+        if td.td_inhibitors != TDI.TDI_SWAPPED:
             return
     elif state != TDS.TDS_CAN_RUN:
         md.panic(f"setrunnable(2): state is {state:#x}")
@@ -214,7 +227,8 @@ def schedcpu() -> None:
         for kg in TAILQ_FOREACH(p.addr("p_ksegrps"), struct_ksegrp):
             awake = False
             for td in TAILQ_FOREACH(kg.addr("kg_threads"), struct_thread):
-                state, didrun = td.load("td_state", "td_didrun")
+                state = td.td_state
+                didrun = td.td_didrun
                 if state in (TDS.TDS_RUNQ, TDS.TDS_RUNNING) or didrun:
                     awake = True
                 if didrun:

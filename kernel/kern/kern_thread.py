@@ -113,7 +113,8 @@ def thread_exit(sched_locked: bool = False) -> None:
     del lt.owned[sl]
     nxt.owned[sl] = 1
     md.pcpu.threads.pop(lt.tid, None)
-    nxt.td.update(td_state=int(TDS.TDS_RUNNING), td_didrun=1)
+    nxt.td.td_state = int(TDS.TDS_RUNNING)
+    nxt.td.td_didrun = 1
     lock_handoff(sl, nxt.tid)
     cpu_throw(nxt)
 

@@ -61,9 +61,12 @@ def _wait_wakeup(lt: Any, lock: int, kind: str) -> None:
         mi_switch(voluntary=True)
     lt.granted.discard(lock)
     lt.blocked_on = 0
+    # what the releaser's TD_CLR_LOCK (or the waker's TD_CLR_SLEEPING) and the switch
+    # do, with the C's separate loads and stores
+    td.td_blocked = 0
     inhib = td.td_inhibitors & ~int(inhibitor)
-    td.update(td_blocked=0, td_inhibitors=inhib,
-              td_state=int(TDS.TDS_RUNNING) if inhib == 0 else int(TDS.TDS_INHIBITED))
+    td.td_inhibitors = inhib
+    td.td_state = int(TDS.TDS_RUNNING) if inhib == 0 else int(TDS.TDS_INHIBITED)
     mtx_unlock_spin(sched_lock)
 
 

@@ -72,10 +72,11 @@ def lock_handoff(addr: int, to_tid: int) -> None:
     pcpu_hw().post(Op.HANDOFF, site(), addr, to_tid)
 
 
-def sleepq_add(chan: Any, interlock: int) -> None:
+def sleepq_add(chan: Any, interlock: int, timo: int = 0, caller: str = "") -> None:
     """Queue the running thread on ``chan`` and release ``interlock`` (0: none), in one
-    step; the sched lock must be held."""
-    pcpu_hw().post(Op.SLEEP, site(), chan, interlock)
+    step; the sched lock must be held. For the liveness detector's reports: ``timo``, the
+    sleep's timeout in ticks (0: none), and ``caller``, the site that went to sleep."""
+    pcpu_hw().post(Op.SLEEP, site(), chan, interlock, timo, caller)
 
 
 def sleepq_wakeup(chan: Any, one: bool) -> list[int]:

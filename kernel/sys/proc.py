@@ -201,22 +201,25 @@ def TD_ON_LOCK(td_inhib: int) -> bool:
 
 
 def TD_SET_INHIB(td, bit: int) -> None:  # type: ignore[no-untyped-def]
-    """Sets the state to INHIBITED unconditionally and ORs in ``bit`` (a load and a store,
-    under sched_lock)."""
-    inhib = td.td_inhibitors
-    td.update(td_state=int(TDS.TDS_INHIBITED), td_inhibitors=inhib | int(bit))
+    """``(td)->td_state = TDS_INHIBITED; (td)->td_inhibitors |= (inhib);`` as the C
+    compiles: a store of ``td_state``, then a read-modify-write of ``td_inhibitors`` (a
+    load, then a store: ``orl`` on memory without a lock prefix is not atomic on SMP). The
+    caller holds sched_lock, or, where the 2002 code does not (F2, FINDINGS.md), races."""
+    td.td_state = int(TDS.TDS_INHIBITED)
+    td.td_inhibitors = td.td_inhibitors | int(bit)
 
 
 def TD_CLR_INHIB(td, bit: int) -> None:  # type: ignore[no-untyped-def]
-    """Clears ``bit``; when no inhibitor is left the state becomes CAN_RUN. Does not queue
-    the thread: the caller must call setrunnable()."""
-    inhib = td.td_inhibitors
-    if inhib & bit:
-        inhib &= ~int(bit)
+    """``if ((td->td_inhibitors & (inhib)) && ((td->td_inhibitors &= ~(inhib)) == 0))
+    td->td_state = TDS_CAN_RUN;`` as the C compiles: a load for the test, then a
+    read-modify-write of ``td_inhibitors`` (a second load and a store: ``andl`` on memory),
+    then, when no inhibitor is left, a store of ``td_state``. Does not queue the thread:
+    the caller must call setrunnable()."""
+    if td.td_inhibitors & bit:
+        inhib = td.td_inhibitors & ~int(bit)
+        td.td_inhibitors = inhib
         if inhib == 0:
-            td.update(td_inhibitors=0, td_state=int(TDS.TDS_CAN_RUN))
-        else:
-            td.td_inhibitors = inhib
+            td.td_state = int(TDS.TDS_CAN_RUN)
 
 
 def TD_SET_SLEEPING(td) -> None:  # type: ignore[no-untyped-def]

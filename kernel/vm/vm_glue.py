@@ -699,9 +699,8 @@ def swapout_procs(action: int) -> None:
                 # swapping out a thread.
                 #
                 for td in FOREACH_THREAD_IN_GROUP(kg):
-                    pri, inhib = td.load("td_priority", "td_inhibitors")
-                    if pri < PSOCK or (not thread_safetoswapout(inhib)
-                                       and guard("swapout_procs_safetoswapout")):
+                    if td.td_priority < PSOCK or (not thread_safetoswapout(td.td_inhibitors)
+                                                  and guard("swapout_procs_safetoswapout")):
                         skip = True                              # goto nextproc
                         break
                 if skip:

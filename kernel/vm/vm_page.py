@@ -79,6 +79,7 @@ struct_vmmeter = KStruct("vmmeter", [
     # the globals of vm_page.c / vm_pageout.c that sleepers use as channels
     F("vm_pages_needed", "int", "m"),
     F("vm_pageout_pages_needed", "int", "m"),
+    F("vm_pageout_req_swapout", "int", "m"),  # what the pageout daemon asks of the vm daemon
     F("vm_page_queue_mtx", "mtx"),
     F("vm_page_queue_free_mtx", "mtx"),
     F("pq_free", "list", "f"),

@@ -24,7 +24,7 @@ from typing import Any
 
 from kernel import param
 from kernel.kern import kern_globals
-from kernel.kern.kern_kthread import kthread_create
+from kernel.kern.kern_kthread import kthread_create_on
 from kernel.kern.kern_mutex import mtx_lock
 from kernel.kern.kern_synch import tsleep, wakeup
 from kernel.kern.kern_thread import curproc
@@ -42,8 +42,8 @@ VM_PAGEOUT_BATCH = 64
 vm_swap_enabled = True
 vm_swap_idle_enabled = False
 
-# state private to the two daemons (both run on the BSP)
-_req_swapout = 0
+# state private to the pageout daemon (the one caller of vm_req_vmdaemon); the request
+# word itself, vm_pageout_req_swapout, is shared with the vm daemon (cnt, under Giant)
 _lastrun = -10**9
 _lsec = -1
 
@@ -55,8 +55,9 @@ def vm_pageout_sysctl(config: dict[str, Any]) -> None:
 
 
 def vm_req_vmdaemon(req: int) -> None:
-    global _req_swapout, _lastrun
-    _req_swapout |= req
+    global _lastrun
+    cnt = vp.cnt
+    cnt.vm_pageout_req_swapout |= req
     ticks = md.pcpu.ticks
     if ticks > _lastrun + param.hz or ticks < _lastrun:
         wakeup(vm_daemon_chan())
@@ -177,21 +178,23 @@ def vm_pageout() -> None:
 
 def vm_daemon() -> None:
     """The vm daemon's thread: swapout_procs on request."""
-    global _req_swapout
     G = kern_globals.G
+    cnt = vp.cnt
     mtx_lock(G.Giant)
     while True:
         tsleep(vm_daemon_chan(), PPAUSE, "psleep", 0)
-        if _req_swapout:
-            req = _req_swapout
+        req = cnt.vm_pageout_req_swapout
+        if req:
             md.pcpu.count("swapout_procs_calls")
             swapout_procs(req)
-            _req_swapout = 0
+            cnt.vm_pageout_req_swapout = 0
 
 
 def vm_pageout_init(_: Any) -> None:
-    kthread_create(vm_pageout, "pagedaemon", PVM)
-    kthread_create(vm_daemon, "vmdaemon", PVM)
+    """Each CPU: start the daemon(s) placed on it (``kern.kthread_placement``)."""
+    kthread_create_on("pagedaemon", vm_pageout, PVM)
+    kthread_create_on("vmdaemon", vm_daemon, PVM)
 
 
-SYSINIT("pagedaemon", SI_SUB.SI_SUB_KTHREAD_PAGE, SI_ORDER.SI_ORDER_FIRST, vm_pageout_init)
+SYSINIT("pagedaemon", SI_SUB.SI_SUB_KTHREAD_PAGE, SI_ORDER.SI_ORDER_FIRST, vm_pageout_init,
+        percpu=True)

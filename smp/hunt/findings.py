@@ -5,11 +5,16 @@ mtx_assert, a fatal trap, or a detector in the server that panics: deadlock, spi
 invariant checks, the detectors' findings (lock order, unprotected accesses, watchdog,
 the kernel's own), and problems of the machine itself (a dead process). ``classify``
 turns all of them into one list of :class:`Failure`, each marked known when it matches an
-entry of the registry ``known_findings.toml`` (explained in FINDINGS.md).
+entry of the registry ``known_findings.toml`` (explained in FINDINGS.md): the same
+detector, a summary the entry's pattern finds, and, for an entry pinned to its statements
+(``where``), a site that is one of them: the function and the statement at the site's
+line, read from the kernel's source (:func:`statement_at`), so that a line number that
+moves does not unpin it and the same fields touched by another statement are new.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib.resources
 import re
@@ -22,6 +27,8 @@ class KnownFinding:
     id: str
     detector: str
     match: re.Pattern[str]
+    # the statements it is about: (kernel file, function, statement); empty: any site
+    where: tuple[tuple[str, str, str], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,18 +39,95 @@ class Failure:
     known: str | None = None          # the id of the known finding it matches
 
 
+def _where(text: str) -> tuple[str, str, str]:
+    """``"vm/vm_glue.py swapout: TD_SET_SWAPPED(td)"`` -> (file, function, statement)."""
+    head, sep, stmt = text.partition(": ")
+    path, _, func = head.partition(" ")
+    if not sep or not path or not func or not stmt:
+        raise ValueError(f"known_findings.toml: where {text!r} is not "
+                         f"'FILE FUNCTION: STATEMENT'")
+    return path, func, _norm(stmt)
+
+
 def load_known() -> list[KnownFinding]:
     text = importlib.resources.files("smp.hunt").joinpath("known_findings.toml").read_text()
     out = []
     for e in tomllib.loads(text).get("finding", []):
-        out.append(KnownFinding(str(e["id"]), str(e["detector"]), re.compile(str(e["match"]))))
+        out.append(KnownFinding(str(e["id"]), str(e["detector"]), re.compile(str(e["match"])),
+                                tuple(_where(str(w)) for w in e.get("where", []))))
     return out
 
 
-def _match(known: list[KnownFinding], detector: str, summary: str) -> str | None:
+# -- sites as statements -------------------------------------------------------------------
+def _norm(stmt: str) -> str:
+    """A statement's text as Python prints it back (comments out, spacing and line breaks
+    its own), so that a reformatted statement is still the same one."""
+    try:
+        return ast.unparse(ast.parse(stmt.strip()))
+    except SyntaxError:
+        return " ".join(stmt.split())
+
+
+Spans = tuple[list[tuple[int, int, str]], list[tuple[int, int, str]]]
+_parsed: dict[str, Spans | None] = {}
+
+
+def statements_of(src: str) -> Spans:
+    """(functions, statements) of a kernel source, each as (first line, last line, name or
+    text): every simple statement, and the condition of each ``if`` and ``while``."""
+    funcs, stmts = [], []
+    for node in ast.walk(ast.parse(src)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            funcs.append((node.lineno, node.end_lineno or node.lineno, node.name))
+        elif isinstance(node, (ast.If, ast.While)):          # the test of a compound
+            t = node.test
+            stmts.append((t.lineno, t.end_lineno or t.lineno, ast.unparse(t)))
+        elif isinstance(node, ast.stmt) and not isinstance(
+                node, (ast.ClassDef, ast.For, ast.With, ast.Try)):
+            stmts.append((node.lineno, node.end_lineno or node.lineno, ast.unparse(node)))
+    return funcs, stmts
+
+
+def _kernel_file(path: str) -> Spans | None:
+    """The spans of ``kernel/<path>``, parsed once; None if there is no such file."""
+    if path not in _parsed:
+        try:
+            _parsed[path] = statements_of(
+                importlib.resources.files("kernel").joinpath(path).read_text())
+        except (OSError, SyntaxError, ValueError):
+            _parsed[path] = None
+    return _parsed[path]
+
+
+def statement_at(site: str) -> tuple[str, str, str] | None:
+    """The (file, function, statement) of a kernel site ``file:line``: the innermost
+    function and simple statement (or condition) that span the line. A known finding is
+    pinned to these, not to the line number, which moves when a comment is added."""
+    path, sep, line = site.split(" (", 1)[0].rpartition(":")   # "... (vm_glue.c:M)"
+    if not sep or not line.isdigit():
+        return None
+    parsed = _kernel_file(path)
+    if parsed is None:
+        return None
+    n = int(line)
+    funcs, stmts = parsed
+    inner = [f for f in funcs if f[0] <= n <= f[1]]
+    func = max(inner, key=lambda f: f[0])[2] if inner else ""
+    spans = [s for s in stmts if s[0] <= n <= s[1]]
+    if not spans:
+        return None
+    stmt = min(spans, key=lambda s: (s[1] - s[0], -s[0]))[2]        # the innermost
+    return path, func, stmt
+
+
+def _match(known: list[KnownFinding], detector: str, summary: str,
+           sites: tuple[str, ...] = ()) -> str | None:
     for k in known:
-        if k.detector == detector and k.match.search(summary):
-            return k.id
+        if k.detector != detector or not k.match.search(summary):
+            continue
+        if k.where and not any(statement_at(s) in k.where for s in sites):
+            continue
+        return k.id
     return None
 
 
@@ -55,15 +139,15 @@ def classify(report: dict[str, Any], known: list[KnownFinding] | None = None) ->
     if panic:
         detector = panic.get("detector") or "panic"
         msg = str(panic.get("message", ""))
-        out.append(Failure(detector, msg, tuple(s for s in [panic.get("site")] if s),
-                           _match(known, detector, msg)))
+        sites = tuple(s for s in [panic.get("site")] if s)
+        out.append(Failure(detector, msg, sites, _match(known, detector, msg, sites)))
     for line in report.get("invariants") or []:
         out.append(Failure("invariant", str(line), (), _match(known, "invariant", str(line))))
     for f in report.get("findings") or []:
         det = str(f.get("detector", "?"))
         summary = str(f.get("summary", ""))
-        out.append(Failure(det, summary, tuple(f.get("sites") or ()),
-                           _match(known, det, summary)))
+        sites = tuple(f.get("sites") or ())
+        out.append(Failure(det, summary, sites, _match(known, det, summary, sites)))
     for p in report.get("problems") or []:
         out.append(Failure("machine", str(p), ()))
     return out

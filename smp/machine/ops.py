@@ -33,11 +33,13 @@ from typing import Any, Callable, Protocol
 
 from hw.physmem import PhysMem, SwapDevice
 from hw.protocol import F_LOCK, MAX_FRAME, Event, Op
+from smp.machine.hangs import Hangs
 from smp.machine.liveness import Liveness
 from smp.machine.lockcheck import LockKeyChecker
 from smp.machine.locks import Deadlock, Grant, LockTable
 from smp.machine.objects import KmemExhausted, ObjectError, ObjectStore
 from smp.machine.peers import Peer, Rejected, short
+from smp.machine.sites import check_sources
 from smp.machine.sleepq import SleepQueues
 from smp.machine.witness import Finding, Witness
 
@@ -72,6 +74,7 @@ class _Server(Protocol):
     cur_t: int
     reply_t: int
     live: Liveness
+    hangs: Hangs | None
 
     def event_cpu(self, cpu: int, event: Event, *args: Any) -> None: ...
     def send_grants(self, grants: list[Grant]) -> None: ...
@@ -249,6 +252,8 @@ class Operations:
     def _access(self, tid: int, site: str, h: int, fields: list[str], kind: str) -> None:
         if self.lockkeys is not None:
             self.lockkeys.access(tid, site, h, fields, kind)
+        if kind == "store" and self.srv.hangs is not None:
+            self.srv.hangs.store(tid, site, h, fields)
 
     def load(self, p: Peer, tid: int, site: str, a: list[Any]) -> Any:
         self._access(tid, site, a[0], [a[1]], "load")
@@ -327,6 +332,16 @@ class Operations:
             if not isinstance(payload, list):
                 raise Rejected("args", "POLICY invariants: a list of checks")
             payload = list(srv.policy.get("invariants", [])) + payload
+        elif kind == "sources":
+            try:
+                payload = check_sources(payload)
+            except ValueError as e:
+                raise Rejected("args", f"POLICY {e}") from None
+        elif kind == "liveness":
+            if not isinstance(payload, dict):
+                raise Rejected("args", "POLICY liveness: a map")
+            if srv.hangs is not None:
+                srv.hangs.policy(payload)
         elif kind not in ("vmstats", "counters", "procs"):
             raise Rejected("args", f"POLICY: unknown kind {short(kind)}")
         srv.policy[kind] = payload
@@ -427,9 +442,16 @@ class Operations:
 
     def sleep(self, p: Peer, tid: int, site: str, a: list[Any]) -> None:
         self.srv.send_grants(self.sleepq.sleep(tid, p.cpu, site, _chan(a[0]), a[1]))
+        if self.srv.hangs is not None:      # a[2], a[3]: the timeout (ticks), the caller
+            self.srv.hangs.sleep(tid, str(a[3]) if len(a) > 3 and a[3] else site,
+                                 int(a[2]) if len(a) > 2 else 0)
 
     def wakeup(self, p: Peer, tid: int, site: str, a: list[Any]) -> list[int]:
-        return self.sleepq.wakeup(tid, p.cpu, site, _chan(a[0]), a[1])
+        chan = _chan(a[0])
+        tids = self.sleepq.wakeup(tid, p.cpu, site, chan, a[1])
+        if self.srv.hangs is not None:
+            self.srv.hangs.wakeup(chan, tids)
+        return tids
 
     def unsleep(self, p: Peer, tid: int, site: str, a: list[Any]) -> bool:
         return self.sleepq.unsleep(a[1], _chan(a[0]))

@@ -29,6 +29,7 @@ import zmq
 
 from hw.physmem import PhysMem, SwapDevice
 from hw.protocol import field_addr, pack
+from smp.machine.hangs import Hangs
 from smp.machine.liveness import Liveness
 from smp.machine.lockcheck import LockKeyChecker
 from smp.machine.locks import LockTable
@@ -65,6 +66,7 @@ class _Server(Protocol):
     silenced: int
     seq: Sequencer
     live: Liveness
+    hangs: Hangs | None
 
 
 class Publisher:
@@ -170,7 +172,10 @@ class Publisher:
     def report(self) -> dict[str, Any]:
         srv = self.srv
         locks, live = srv.locks, srv.live
+        # the liveness detector's end-of-run look first: what it finds is in "findings"
+        hangs = srv.hangs.at_end() if srv.hangs is not None else None
         return {
+            "liveness": hangs,
             "schedule": srv.seq.report(),
             "recent": {str(c): list(q) for c, q in sorted(srv.seq.recent.items())},
             "locks": locks.profile.lock_report(),

@@ -61,6 +61,7 @@ from hw.clock import NEVER
 from hw.physmem import Fault, PhysMem, SwapDevice
 from hw.protocol import (CONTROL_OPS, ERR, MAX_FRAME, MAX_FRAME_HARD, OK, VERSION, Event, Op,
                          ProtocolError, pack, unpack_all)
+from smp.machine.hangs import Hangs
 from smp.machine.liveness import Liveness
 from smp.machine.lockcheck import LockKeyChecker
 from smp.machine.locks import Grant, LockError, LockTable
@@ -69,6 +70,7 @@ from smp.machine.ops import Operations, bad_sample
 from smp.machine.peers import Peer, Rejected, opname, short
 from smp.machine.publish import Publisher
 from smp.machine.sequencer import Sequencer, TimeSpec, ordered
+from smp.machine.sites import annotate
 from smp.machine.sleepq import SleepQueues
 from smp.machine.witness import Finding, Witness
 
@@ -76,7 +78,7 @@ POLL_MS = 200
 
 # Which checks run, and their bounds (the config's debug.* keys; all on by default).
 DEFAULT_DETECTORS: dict[str, Any] = {"witness": True, "deadlock": True, "lockkeys": True,
-                                     "spin_max_s": 5.0, "watchdog_s": 5.0}
+                                     "spin_max_s": 5.0, "watchdog_s": 5.0, "liveness_s": 5.0}
 
 
 def detectors_of(config: dict[str, Any]) -> dict[str, Any]:
@@ -133,6 +135,9 @@ class Server:
         self.sleepq = SleepQueues(self.locks)
         self.lockkeys = (LockKeyChecker(self.kmem, self.locks, self.finding)
                          if det["lockkeys"] else None)
+        # the liveness detector (smp.machine.hangs): lost wakeups, swap-ins never served,
+        # lock starvation
+        self.hangs = Hangs(self, float(det["liveness_s"])) if det["liveness_s"] else None
         # the peers and the session
         self.peers: dict[bytes, Peer] = {}
         self.cpus: dict[int, Peer] = {}
@@ -213,7 +218,13 @@ class Server:
 
     def finding(self, f: Finding) -> None:
         if len(self.findings) < 1000:
-            self.findings.append(f.as_dict())
+            d = f.as_dict()
+            sources = self.policy.get("sources")
+            if sources:                  # the sites of a port also name their C line
+                for k in ("summary", "detail"):
+                    if isinstance(d.get(k), str):
+                        d[k] = annotate(d[k], sources)
+            self.findings.append(d)
 
     # -- the session -------------------------------------------------------------------
     def _hello(self, ident: bytes, seq: int, args: list[Any]) -> None:
@@ -392,6 +403,8 @@ class Server:
                 self.seq.tracer.request(peer.cpu, tid, op, site, t, args, value)
             if self.virtual and self.live.spin_bound_ns:
                 self.live.check_spin(peer.cpu, t)
+            if self.virtual and self.hangs is not None and t:
+                self.hangs.tick()
         except _KERNEL_ERRORS as e:
             self.errors += 1
             if seq or peer is None or peer.role != "cpu":
@@ -532,6 +545,8 @@ class Server:
         stats sample (smp.machine.publish)."""
         now = time.monotonic()
         self.live.tick(now, drained)
+        if not self.virtual and self.hangs is not None and self.started_at is not None:
+            self.hangs.tick()
         self.publisher.tick(now)
 
     def serve(self) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from smp.machine.sites import annotate_all
 from smp.observe.summary import panic_message
 
 _FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
@@ -184,6 +185,8 @@ def crash_text(report: dict[str, Any]) -> str:
     lines += ["", "db> show alllocks", *show_alllocks(threads)]
     lines += ["", "db> show allchains", *show_allchains(threads)]
     lines += ["", "db> alltrace", *alltrace(threads)]
+    # the sites of a port name their C line too (what the kernel registered)
+    lines = annotate_all(lines, (report.get("policy") or {}).get("sources"))
     lines += ["", "Python trace of the panicking thread (simulator frames included):"]
     for entry in stack:
         lines += [f"  {part.strip()}" if not part.startswith("    ") else f"  {part}"

@@ -137,6 +137,7 @@ def build_report(cfg: Config, server: dict[str, Any], *, reason: str, problems: 
                    **{k: v for k, v in sorted(kernel.items()) if k not in first}},
         "invariants": invariants,
         "findings": findings,
+        "liveness": server.get("liveness"),
         "witness_order": server.get("witness_order", {}),
         "schedule": server.get("schedule", {}),
         "policy": server.get("policy", {}),

@@ -32,6 +32,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from smp.machine.sites import annotate
+
 WIDTH = 80
 CPU_MODES = ("user", "sys", "intr", "spin", "idle")
 TOP_LOCKS = 8
@@ -165,6 +167,7 @@ def trouble_lines(report: dict[str, Any]) -> list[str]:
         lines.append(f"panic: {panic_message(p)}")
         where = f"; {p.get('thread') or '?'} (tid {p.get('tid')})" if p.get("tid") else ""
         site = f" at {p['site']}" if p.get("site") else ""
+        site = annotate(site, (report.get("policy") or {}).get("sources"))
         lines.append(f"cpuid = {p.get('cpu')}{where}{site}; the dump is in crash.txt")
     if report.get("findings"):
         from smp.hunt.findings import classify

@@ -305,6 +305,11 @@ PARAMS: tuple[Param, ...] = (
           "when _PHOLD swaps a process in: not_inmem (whenever PS_INMEM is clear, as FreeBSD "
           "later fixed it) or first_hold (only when the hold count goes 0->1, the 2002 proc.h; "
           "see finding F1)", choices=("not_inmem", "first_hold")),
+    Param("kern.kthread_placement", "str", "spread", "",
+          "where the kernel's daemons run (swapper, pagedaemon, vmdaemon, schedcpu, in that "
+          "order): spread (one per CPU in turn from the last, so that they race each other "
+          "and the user threads, as any CPU could run any of them in 5.0) or cpu0 (all on "
+          "the boot CPU)", choices=("spread", "cpu0")),
     Param("vm.swap_idle_threshold1", "int", 2, "sim s",
           "guaranteed swapped-in time for a process (sysctl)", min=0, max=1_000_000),
     Param("vm.swap_idle_threshold2", "int", 10, "sim s",
@@ -322,6 +327,11 @@ PARAMS: tuple[Param, ...] = (
           "report loads and stores of a field without the lock its key names"),
     Param("debug.spin_max_s", "float", 5.0, "sim s",
           "panic when a spin lock is held longer than this (0: never; wall s in wall time)",
+          min=0, max=3600),
+    Param("debug.liveness_s", "float", 5.0, "sim s",
+          "the liveness detector's bound: a thread asleep on no sleep queue, a swap-in "
+          "request not served, a lock waited for, this long, is a finding; at the end of "
+          "a run a lost thread is one at once (0: off; wall s in wall time)",
           min=0, max=3600),
     Param("debug.watchdog_s", "float", 5.0, "wall s",
           "report a CPU that sends nothing for this long (0: never)", min=0, max=3600),

@@ -1,0 +1,322 @@
+"""The liveness detector (``detector = "liveness"``): a hang is a finding.
+
+A lost wakeup hangs a process without a sound: nothing panics, nothing is held too long,
+the thread is simply never run again. FreeBSD's DEADLKRES looks for the same thing (a
+thread asleep or blocked for too long); here the server can look further, because it
+keeps the sleep queues and the lock table and holds kernel memory. What it looks at is
+what the kernel registered at boot (``POLICY liveness``: which list holds the processes,
+which fields hold a thread's inhibitors and wait channel, which bits mean asleep, swapped
+in, swap-in requested, and the swapper's pid): the server names nothing of the kernel.
+
+Every ``CHECK_S`` of simulated time (the time of the request being handled; host time in
+a wall-time run), at a moment when nobody holds the scheduler lock (so that no sleep or
+wakeup is half done: both change the queue and the thread's inhibitors under it), it
+looks for these, each a finding once it has lasted ``debug.liveness_s``:
+
+* **lost**: a thread inhibited as sleeping that is on no sleep queue (nor on a lock's
+  queue: an sx or lockmgr waiter sleeps there), or whose wait channel is empty. No wakeup can find it: it will never run again. The report names the
+  last store of its inhibitors (the store that put the sleeping bit back) and where it
+  went to sleep.
+* **swapin**: a process that asked to be swapped in (the swap-in request bit) and is
+  still out, while the swapper has been asleep since before the request: the thing it
+  waits for has happened and its wakeup was lost. The report names where the swapper
+  sleeps. A swap-in slower than the bound while the swapper is busy (swapping others in,
+  waiting for memory or a lock) is not a hang: the longest is in the report
+  (``liveness.slow_swapin_s``).
+* **starved**: a thread waiting for a lock longer than the bound with no cycle (a cycle
+  is the deadlock detector's panic) while one owner held it all along, naming the owner
+  and where it took the lock. A wait past the bound during which the lock changed hands
+  is contention (a sleep mutex wakes one waiter, who must win it again, as in 5.0): not a
+  finding; the longest such wait of each lock is in the report (``liveness.contended``).
+
+A runnable thread not run for the bound is the kernel's own check (``check_runq``, the
+``watchdog`` finding). At the end of a run (:meth:`Hangs.at_end`) a lost thread is a
+finding whatever the bound, and every thread still asleep with no timeout is listed in
+the report (``liveness.asleep``) with the site where it went to sleep and how often its
+channel was woken in the run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Hashable
+from typing import Any, Protocol
+
+from smp.machine.locks import LockTable
+from smp.machine.objects import ObjectError, ObjectStore, field_addr
+from smp.machine.sleepq import SleepQueues
+from smp.machine.witness import Finding
+
+CHECK_S = 0.1           # simulated seconds between two looks
+
+
+class _Server(Protocol):
+    kmem: ObjectStore
+    locks: LockTable
+    sleepq: SleepQueues
+    virtual: bool
+    cur_t: int
+    started_at: float | None
+    panic: dict[str, Any] | None
+
+    def finding(self, f: Finding) -> None: ...
+
+
+class Hangs:
+    """The liveness detector of one machine."""
+
+    def __init__(self, srv: _Server, bound_s: float) -> None:
+        self.srv = srv
+        self.bound_s = bound_s
+        self.reg: dict[str, Any] | None = None
+        self.next_check = 0.0
+        self.checks = 0
+        self.slept: dict[int, tuple[str, float, int]] = {}    # tid -> (site, when, timo)
+        self.woken: dict[Hashable, int] = {}                  # chan -> wakeups that took some
+        self.stored: dict[int, tuple[str, int]] = {}          # thread -> last inhibitors store
+        self.first: dict[tuple[str, int], float] = {}         # (kind, tid|pid) -> first seen
+        self.reported: set[tuple[str, int]] = set()
+        self._sched: int = 0                                  # the scheduler lock's handle
+        self.latest = 0.0                                     # the latest simulated time seen
+        self.contended: dict[str, tuple[float, str]] = {}     # lock -> longest wait, site
+        self.slow_swapin = 0.0                                # longest swap-in, swapper busy
+
+    # -- what the kernel registers, and what the server tells -------------------------
+    def policy(self, payload: Any) -> None:
+        if not isinstance(payload, dict):
+            raise TypeError("POLICY liveness: a map")
+        self.reg = payload
+
+    def now(self) -> float:
+        srv = self.srv
+        if srv.virtual:         # between requests (the end-of-run report) cur_t is 0
+            self.latest = max(self.latest, srv.cur_t / 1e9)
+            return self.latest
+        return time.monotonic() - (srv.started_at or time.monotonic())
+
+    def store(self, tid: int, site: str, h: int, fields: list[str]) -> None:
+        reg = self.reg
+        if reg is not None and reg["inhibitors"] in fields:
+            self.stored[h] = (site, tid)
+
+    def sleep(self, tid: int, site: str, timo: int) -> None:
+        self.slept[tid] = (site, self.now(), timo)
+
+    def wakeup(self, chan: Hashable, tids: list[int]) -> None:
+        if tids:
+            self.woken[chan] = self.woken.get(chan, 0) + 1
+
+    # -- the looks -----------------------------------------------------------------------
+    def _sched_free(self) -> bool:
+        lt, name = self.srv.locks, self.srv.sleepq.sched_lock_name
+        lk = lt.locks.get(self._sched)
+        if lk is None or lk.name != name:
+            lk = next((x for x in lt.locks.values() if x.name == name), None)
+            if lk is None:
+                return False
+            self._sched = lk.handle
+        return not lk.owner
+
+    def tick(self) -> None:
+        """With each request (virtual time) or the loop's clock (wall time)."""
+        now = self.now()
+        if now < self.next_check or self.reg is None or self.srv.panic is not None:
+            return
+        if not self._sched_free():
+            return                      # look again at the next request
+        self.next_check = now + CHECK_S
+        self.checks += 1
+        self.look(now, final=False)
+
+    def _procs(self) -> list[tuple[int, dict[str, Any], list[tuple[int, dict[str, Any]]]]]:
+        kmem, reg = self.srv.kmem, self.reg
+        assert reg is not None
+        out = []
+        try:
+            handles = kmem.listhead(int(reg["list"])).items()
+        except (ObjectError, KeyError, TypeError, ValueError):
+            return []
+        for h in handles:
+            obj = kmem.objs.get(h)
+            if obj is None:
+                continue
+            decl = kmem.types.get(kmem.otype[h])
+            idx = decl.order.index(reg["threads"]) if decl else -1
+            tl = kmem.lists.get(field_addr(h, idx)) if idx >= 0 else None
+            tds = [(t, kmem.objs[t]) for t in (tl.items() if tl is not None else [])
+                   if t in kmem.objs]
+            out.append((h, obj, tds))
+        return out
+
+    def chan(self, chan: Hashable) -> str:
+        """A channel as the kernel would print it: the field it is the address of."""
+        return self.srv.kmem.describe(chan) if isinstance(chan, int) else repr(chan)
+
+    def _who(self, tid: int, td: dict[str, Any], p: dict[str, Any]) -> str:
+        reg = self.reg
+        assert reg is not None
+        return (f"thread {tid} ({td.get(reg['name'], '')}) of pid {p.get(reg['pid'])} "
+                f"({p.get(reg['comm'], '')})")
+
+    def _inhib(self, v: int) -> str:
+        names = [n for n, b in (self.reg or {}).get("inhibitor_bits", {}).items() if v & b]
+        return f"{v:#x}" + (f" ({'|'.join(names)})" if names else "")
+
+    def _went_to_sleep(self, tid: int, now: float) -> tuple[str, str]:
+        s = self.slept.get(tid)
+        if s is None:
+            return "", "it never slept on a sleep queue"
+        return s[0], f"it went to sleep @ {s[0]} {now - s[1]:.1f} s ago"
+
+    def _where_is(self, tid: int, now: float) -> tuple[list[str], str]:
+        """Where a thread is now (the swapper): asleep on a channel, waiting for a lock,
+        or neither; its sites."""
+        srv = self.srv
+        chan = srv.sleepq.sleeping.get(tid)
+        if chan is not None:
+            site, txt = self._went_to_sleep(tid, now)
+            timo = self.slept.get(tid, ("", 0.0, 0))[2]
+            return [site] if site else [], (
+                f"asleep on {self.chan(chan)} ({'timeout ' + str(timo) + ' ticks' if timo else 'no timeout'}, "
+                f"channel woken {self.woken.get(chan, 0)} times in the run): {txt}")
+        w = srv.locks.waiting_for(tid)
+        if w is not None:
+            return [str(w.get("site", ""))], f"waiting for lock {w.get('name')} @ {w.get('site')}"
+        return [], "neither asleep nor waiting for a lock (running or runnable)"
+
+    def look(self, now: float, final: bool) -> None:
+        reg = self.reg
+        assert reg is not None
+        srv = self.srv
+        bound = self.bound_s
+        seen: set[tuple[str, int]] = set()
+        swapper_tid = 0
+        procs = self._procs()
+        for _, p, tds in procs:
+            if p.get(reg["pid"]) == reg.get("swapper_pid", 0) and tds:
+                swapper_tid = tds[0][0]
+        for _, p, tds in procs:
+            if p.get(reg["state"]) == reg.get("zombie"):
+                continue
+            for tid, td in tds:
+                inhib = int(td.get(reg["inhibitors"]) or 0)
+                if not inhib & int(reg["sleeping"]):
+                    continue
+                chan = srv.sleepq.sleeping.get(tid)
+                wchan = td.get(reg["wchan"])
+                if chan is not None and wchan:
+                    continue
+                lkt = srv.locks.threads.get(tid)
+                if (lkt is not None and lkt.waiting is not None) or td.get(reg.get("blocked", "")):
+                    continue            # asleep on a lock's queue (an sx or lockmgr wait)
+                key = ("lost", tid)
+                seen.add(key)
+                since = self.first.setdefault(key, now)
+                if key in self.reported or (now - since < (CHECK_S if final else bound)):
+                    continue            # (at the end: lost at an earlier look too)
+                self.reported.add(key)
+                why = ("on no sleep queue" if chan is None else
+                       f"on {self.chan(chan)} with an empty wait channel")
+                sleep_site, slept = self._went_to_sleep(tid, now)
+                last = self.stored.get(tid)
+                sites = [s for s in ([last[0]] if last else []) + [sleep_site] if s]
+                srv.finding(Finding(
+                    "liveness",
+                    f"lost wakeup: {self._who(tid, td, p)} inhibited as sleeping "
+                    f"({reg['inhibitors']} {self._inhib(inhib)}) {why}"
+                    + (f"; inhibitors last stored @ {last[0]}" if last else ""),
+                    sites,
+                    f"{self._who(tid, td, p)}: inhibitors {self._inhib(inhib)}, wait channel "
+                    f"{wchan or 0:#x} ({td.get(reg['wmesg'], '')!r}), {why}, for "
+                    f"{now - since:.1f} s{' (at the end of the run)' if final else ''}: no "
+                    f"wakeup can reach it, it will never run again; {slept}; "
+                    + (f"its inhibitors were last stored @ {last[0]} by thread {last[1]}"
+                       if last else "no store of its inhibitors seen"),
+                    f"liveness|lost|{last[0] if last else sleep_site}"))
+            flags = int(p.get(reg["sflag"]) or 0)
+            pid = int(p.get(reg["pid"]) or 0)
+            if flags & int(reg["swapinreq"]) and not flags & int(reg["inmem"]) and not final:
+                key = ("swapin", pid)
+                seen.add(key)
+                since = self.first.setdefault(key, now)
+                slept = self.slept.get(swapper_tid)
+                asleep = (swapper_tid in srv.sleepq.sleeping and slept is not None
+                          and slept[1] <= since)
+                if key not in self.reported and now - since >= bound and not asleep:
+                    # the swapper busy (swapping others in, waiting for memory or a lock):
+                    # a slow swap-in, not a hang; the longest is in the report
+                    self.slow_swapin = max(self.slow_swapin, now - since)
+                elif key not in self.reported and now - since >= bound:
+                    self.reported.add(key)
+                    sites, where = self._where_is(swapper_tid, now)
+                    srv.finding(Finding(
+                        "liveness",
+                        f"swap-in request of pid {pid} ({p.get(reg['comm'], '')}) not served "
+                        f"for {now - since:.1f} s; the swapper is {where.split(':')[0]}",
+                        sites, f"pid {pid} asked to be swapped in and is still out after "
+                        f"{now - since:.1f} s; the swapper (thread {swapper_tid}) is {where}",
+                        f"liveness|swapin|{sites[0] if sites else ''}"))
+        if not final:
+            now_us = srv.locks.clock()
+            for tid, t in srv.locks.threads.items():
+                if t.waiting is None:
+                    continue
+                h = t.waiting[0]
+                since_us = t.wait_since.get(h)
+                lk = srv.locks.locks.get(h)
+                if since_us is None or lk is None:
+                    continue
+                key = ("starved", tid)
+                seen.add(key)
+                if key in self.reported or now_us - since_us < bound * 1e6:
+                    continue
+                if not lk.owner or lk.since_us > since_us:
+                    # the lock changed hands while this thread waited: contention, not a
+                    # hang (a sleep mutex wakes one waiter, who must win it again, as in
+                    # 5.0); the longest such waits are listed in the report, not findings
+                    w = (now_us - since_us) / 1e6
+                    if w > self.contended.get(lk.name, (0.0, ""))[0]:
+                        self.contended[lk.name] = (w, t.waiting[2])
+                    continue
+                self.reported.add(key)
+                srv.finding(Finding(
+                    "liveness",
+                    f"lock starvation: thread {tid} waiting for {lk.name} for "
+                    f"{(now_us - since_us) / 1e6:.1f} s @ {t.waiting[2]} (no wait-for cycle)",
+                    [t.waiting[2], lk.site],
+                    f"thread {tid} waits for {lk.cls} {lk.name} @ {t.waiting[2]} since "
+                    f"{(now_us - since_us) / 1e6:.1f} s; owner thread {lk.owner or '-'} took "
+                    f"it @ {lk.site or '?'}; {len(lk.waiters)} waiters",
+                    f"liveness|starved|{lk.name}|{t.waiting[2]}"))
+        for key in list(self.first):
+            if key not in seen:
+                del self.first[key]
+
+    def at_end(self) -> dict[str, Any]:
+        """The end of the run: a lost thread is a finding whatever the bound (if nobody
+        holds the scheduler lock: otherwise a CPU stopped inside a sleep or a wakeup);
+        every thread still asleep with no timeout is listed."""
+        if self.reg is None:
+            return {"checks": self.checks, "asleep": []}
+        now = self.now()
+        if self._sched_free() and self.srv.panic is None:
+            self.look(now, final=True)
+        reg = self.reg
+        who = {tid: (self._who(tid, td, p), td.get(reg["wmesg"], ""))
+               for _, p, tds in self._procs() for tid, td in tds}
+        asleep = []
+        for tid, chan in sorted(self.srv.sleepq.sleeping.items()):
+            site, when, timo = self.slept.get(tid, ("", now, 0))
+            if timo:
+                continue
+            name, wmesg = who.get(tid, (f"thread {tid}", ""))
+            asleep.append({"thread": name, "wmesg": wmesg, "channel": self.chan(chan),
+                           "site": site, "asleep_s": round(now - when, 3),
+                           "channel_woken": self.woken.get(chan, 0)})
+        return {"checks": self.checks, "bound_s": self.bound_s, "asleep": asleep,
+                "slow_swapin_s": round(self.slow_swapin, 3),
+                "contended": {n: {"wait_s": round(w, 3), "site": site}
+                              for n, (w, site) in sorted(self.contended.items())}}
+
+
+__all__ = ["CHECK_S", "Hangs"]

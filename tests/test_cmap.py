@@ -1,0 +1,39 @@
+"""The port's line table (smp.hunt.cmap): up to date with the port, and right where the
+two files can be checked by eye."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+
+import pytest
+
+from smp.hunt import cmap
+
+pytestmark = pytest.mark.quick
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def test_the_generated_table_is_up_to_date() -> None:
+    """A change of kernel/vm/vm_glue.py that moves lines needs ``python -m smp.hunt.cmap``."""
+    for path, text in cmap.generate().items():
+        assert (ROOT / path).read_text() == text, (
+            f"{path} is stale: run python -m smp.hunt.cmap")
+
+
+def test_a_statement_names_its_own_line_of_the_c() -> None:
+    """Lines that are the same statement in both files map onto each other: every
+    ``panic("...")`` of the port maps to the C line with the same message."""
+    from kernel.vm import vm_glue_lines
+    py = (ROOT / "kernel/vm/vm_glue.py").read_text().splitlines()
+    c = (ROOT / "docs/seed/vm_glue.c").read_text().splitlines()
+    checked = 0
+    for n, line in enumerate(py, 1):
+        m = re.search(r'panic\("([^"%{]+)', line)
+        if not m:
+            continue
+        cline = c[vm_glue_lines.LINES[n - 1] - 1]
+        assert m.group(1)[:20] in cline, (n, line, cline)
+        checked += 1
+    assert checked >= 3

@@ -1,0 +1,267 @@
+"""The liveness detector on its own (smp.machine.hangs): each kind of hang made to happen
+in a small machine (an ObjectStore with processes and threads, the lock table and the
+sleep queues, driven as the server drives them, in simulated time), and shown silent when
+the kernel does what it should. Pure logic, in process; test_stress.py and the detection
+benchmark show it at work on the real kernel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from hw.protocol import EXCL, LK_SLEEP, LK_SPIN, field_addr
+from smp.machine.hangs import CHECK_S, Hangs
+from smp.machine.locks import LockTable
+from smp.machine.objects import ObjectStore
+from smp.machine.sleepq import SleepQueues
+from smp.machine.witness import Finding
+
+pytestmark = pytest.mark.quick
+
+SLEEPING, SWAPPED = 0x2, 0x4
+INMEM, SWAPINREQ = 0x1, 0x100
+SCHED = "sched lock"
+
+
+class Server:
+    """What the detector reads of the server, with the kernel's registration."""
+
+    def __init__(self, bound_s: float = 1.0) -> None:
+        self.kmem = ObjectStore()
+        self.locks = LockTable(None, deadlock_check=True)
+        self.locks.clock = lambda: self.cur_t / 1000
+        self.sleepq = SleepQueues(self.locks)
+        self.sleepq.sched_lock_name = SCHED
+        self.virtual = True
+        self.cur_t = 0
+        self.started_at = 0.0
+        self.panic: dict[str, Any] | None = None
+        self.findings: list[Finding] = []
+        self.kmem.deftype("proc", [["p_pid", "int", "b", 0], ["p_comm", "str", "b", ""],
+                                   ["p_state", "int", "j", 1], ["p_sflag", "int", "j", INMEM],
+                                   ["p_threads", "list", "j", None]])
+        self.kmem.deftype("thread", [["td_inhibitors", "int", "j", 0],
+                                     ["td_wchan", "int", "j", 0], ["td_wmesg", "str", "j", ""],
+                                     ["td_name", "str", "b", ""]])
+        self.kmem.deftype("globals", [["allproc", "list", "a", None], ["x", "int", "a", 0]])
+        g = self.kmem.new("globals", None)
+        self.allproc = field_addr(g, 0)
+        self.chan = field_addr(g, 1)
+        self.sched = 0x9000
+        self.locks.init(self.sched, LK_SPIN, "spin mutex", SCHED, 0)
+        self.hangs = Hangs(self, bound_s)
+        self.hangs.policy({
+            "list": self.allproc, "threads": "p_threads", "pid": "p_pid", "comm": "p_comm",
+            "state": "p_state", "zombie": 3, "sflag": "p_sflag", "inmem": INMEM,
+            "swapinreq": SWAPINREQ, "swapper_pid": 0, "inhibitors": "td_inhibitors",
+            "sleeping": SLEEPING, "inhibitor_bits": {"SLEEPING": SLEEPING, "SWAPPED": SWAPPED},
+            "wchan": "td_wchan", "wmesg": "td_wmesg", "name": "td_name"})
+
+    def finding(self, f: Finding) -> None:
+        self.findings.append(f)
+
+    def proc(self, pid: int, comm: str) -> tuple[int, int]:
+        p = self.kmem.new("proc", {"p_pid": pid, "p_comm": comm})
+        self.kmem.listhead(self.allproc).insert_tail(p)
+        td = self.kmem.new("thread", {"td_name": comm})
+        self.kmem.listhead(field_addr(p, 4)).insert_tail(td)
+        return p, td
+
+    def msleep(self, td: int, site: str, timo: int = 0) -> None:
+        """msleep as the kernel does it: under sched_lock, the inhibitor and the queue."""
+        self.locks.acquire(td, 0, "kern_synch.py:1", self.sched, EXCL, 0)
+        self.kmem.storen(td, {"td_wchan": self.chan, "td_wmesg": "nap"})
+        self.kmem.store(td, "td_inhibitors", self.kmem.load(td, "td_inhibitors") | SLEEPING)
+        self.hangs.store(td, "kern_synch.py:2", td, ["td_inhibitors"])
+        self.sleepq.sleep(td, 0, "kern_synch.py:3", self.chan, 0)
+        self.hangs.sleep(td, site, timo)
+        self.locks.release(td, 0, "kern_synch.py:4", self.sched, EXCL)
+
+    def wakeup(self, waker: int) -> None:
+        self.locks.acquire(waker, 0, "kern_synch.py:10", self.sched, EXCL, 0)
+        tids = self.sleepq.wakeup(waker, 0, "kern_synch.py:11", self.chan, False)
+        self.hangs.wakeup(self.chan, tids)
+        for td in tids:
+            self.kmem.store(td, "td_wchan", 0)
+            self.kmem.store(td, "td_inhibitors",
+                            self.kmem.load(td, "td_inhibitors") & ~SLEEPING)
+            self.hangs.store(waker, "kern_synch.py:12", td, ["td_inhibitors"])
+        self.locks.release(waker, 0, "kern_synch.py:13", self.sched, EXCL)
+
+    def run_for(self, seconds: float) -> None:
+        """Simulated time passes; the detector looks with each request, as in the server."""
+        end = self.cur_t + int(seconds * 1e9)
+        while self.cur_t < end:
+            self.cur_t += int(CHECK_S * 1e9 / 2)
+            self.hangs.tick()
+
+    def liveness(self) -> list[Finding]:
+        return [f for f in self.findings if f.detector == "liveness"]
+
+
+def test_a_lost_wakeup_is_reported_with_the_store_that_made_it() -> None:
+    """F2's race as it ends: swapout loaded td_inhibitors (SLEEPING), the wakeup cleared
+    it and took the thread off its queue, swapout stored SLEEPING|SWAPPED back."""
+    s = Server()
+    _, td = s.proc(12, "napper")
+    s.msleep(td, "userland/libc.py:40")
+    stale = s.kmem.load(td, "td_inhibitors")                 # swapout's load ...
+    s.wakeup(99)                                             # ... the wakeup ...
+    s.kmem.store(td, "td_inhibitors", stale | SWAPPED)       # ... swapout's store
+    s.hangs.store(3, "vm/vm_glue.py:812", td, ["td_inhibitors"])
+    s.run_for(0.5)
+    assert s.liveness() == []                                # not yet the bound
+    s.run_for(1.0)
+    [f] = s.liveness()
+    assert f.summary.startswith(f"lost wakeup: thread {td} (napper) of pid 12 (napper) "
+                                f"inhibited as sleeping")
+    assert "SLEEPING|SWAPPED" in f.summary and "on no sleep queue" in f.summary
+    assert f.sites == ["vm/vm_glue.py:812", "userland/libc.py:40"]
+    assert "went to sleep @ userland/libc.py:40" in f.detail
+    assert "last stored @ vm/vm_glue.py:812 by thread 3" in f.detail
+    s.run_for(3.0)
+    assert len(s.liveness()) == 1                            # once
+
+
+def test_a_lost_wakeup_at_the_end_of_a_run_is_reported_whatever_the_bound() -> None:
+    s = Server(bound_s=100.0)
+    _, td = s.proc(5, "sleeper")
+    s.msleep(td, "userland/libc.py:40")
+    s.wakeup(99)
+    s.kmem.store(td, "td_inhibitors", SLEEPING)
+    s.run_for(0.3)
+    assert s.liveness() == []
+    end = s.hangs.at_end()
+    [f] = s.liveness()
+    assert "lost wakeup" in f.summary and "at the end of the run" in f.detail
+    assert end["asleep"] == []                          # on no queue: not "asleep"
+
+
+def test_sleeps_and_wakeups_done_right_are_silent() -> None:
+    """Threads that sleep and are woken, over and over, and one asleep for ever on its
+    queue: nothing is lost, and the sleeper without a timeout is listed at the end."""
+    s = Server(bound_s=0.5)
+    _, a = s.proc(7, "sleeper")
+    _, b = s.proc(8, "daemon")
+    for _ in range(20):
+        s.msleep(a, "userland/libc.py:40", timo=10)
+        s.run_for(0.3)
+        s.wakeup(99)
+        s.run_for(0.1)
+    s.msleep(b, "vm/vm_pageout.py:185")
+    s.run_for(3.0)
+    end = s.hangs.at_end()
+    assert s.liveness() == []
+    [row] = end["asleep"]
+    assert row["thread"].startswith(f"thread {b} (daemon) of pid 8")
+    assert row["site"] == "vm/vm_pageout.py:185" and row["asleep_s"] >= 3.0
+    assert row["wmesg"] == "nap" and row["channel"].endswith(".x")
+
+
+def test_a_half_done_sleep_under_the_sched_lock_is_not_looked_at() -> None:
+    """Inhibitor set, not yet queued, the sched lock held: the detector waits."""
+    s = Server(bound_s=0.5)
+    _, td = s.proc(9, "p")
+    s.locks.acquire(td, 0, "kern_synch.py:1", s.sched, EXCL, 0)
+    s.kmem.store(td, "td_inhibitors", SLEEPING)
+    s.run_for(2.0)
+    assert s.liveness() == [] and s.hangs.checks == 0
+
+
+def test_a_swapin_request_not_served_names_where_the_swapper_sleeps() -> None:
+    s = Server(bound_s=1.0)
+    _, swapper = s.proc(0, "swapper")
+    p, _ = s.proc(21, "hog")
+    s.msleep(swapper, "vm/vm_glue.py:545")
+    s.kmem.store(p, "p_sflag", SWAPINREQ)                   # setrunnable's request, and
+    s.run_for(0.8)                                          # its wakeup(&proc0) lost
+    assert s.liveness() == []
+    s.run_for(0.5)
+    [f] = s.liveness()
+    assert f.summary.startswith("swap-in request of pid 21 (hog) not served for 1.")
+    assert "the swapper is asleep on" in f.summary and "no timeout" in f.detail
+    assert f.sites == ["vm/vm_glue.py:545"] and "channel woken 0 times" in f.detail
+
+
+def test_a_swapin_served_within_the_bound_is_silent() -> None:
+    s = Server(bound_s=1.0)
+    _, swapper = s.proc(0, "swapper")
+    p, _ = s.proc(21, "hog")
+    s.msleep(swapper, "vm/vm_glue.py:545")
+    for _ in range(5):
+        s.kmem.store(p, "p_sflag", SWAPINREQ)
+        s.wakeup(99)                                        # the swapper runs ...
+        s.run_for(0.6)
+        s.kmem.store(p, "p_sflag", INMEM)                   # ... and brings it in
+        s.msleep(swapper, "vm/vm_glue.py:545")
+        s.run_for(0.6)
+    assert s.liveness() == []
+
+
+def test_a_lock_waited_for_longer_than_the_bound_is_starvation() -> None:
+    s = Server(bound_s=1.0)
+    giant = 0x8000
+    s.locks.init(giant, LK_SLEEP, "sleep mutex", "Giant", 0)
+    s.locks.acquire(1, 0, "vm/vm_glue.py:600", giant, EXCL, 0)
+    s.locks.acquire(2, 1, "vm/vm_glue.py:700", giant, EXCL, 0)
+    s.run_for(0.5)
+    assert s.liveness() == []
+    s.run_for(1.0)
+    [f] = s.liveness()
+    assert f.summary.startswith("lock starvation: thread 2 waiting for Giant for 1.")
+    assert f.sites == ["vm/vm_glue.py:700", "vm/vm_glue.py:600"]
+    assert "owner thread 1 took it @ vm/vm_glue.py:600" in f.detail
+
+
+def test_lock_waits_shorter_than_the_bound_are_silent() -> None:
+    s = Server(bound_s=1.0)
+    giant = 0x8000
+    s.locks.init(giant, LK_SLEEP, "sleep mutex", "Giant", 0)
+    for _ in range(10):
+        s.locks.acquire(1, 0, "a.py:1", giant, EXCL, 0)
+        s.locks.acquire(2, 1, "b.py:1", giant, EXCL, 0)
+        s.run_for(0.5)
+        s.locks.release(1, 0, "a.py:2", giant, EXCL)        # wakes thread 2, which
+        s.locks.acquire(2, 1, "b.py:1", giant, EXCL, 0)     # tries again and gets it
+        s.run_for(0.1)
+        s.locks.release(2, 1, "b.py:2", giant, EXCL)
+    assert s.liveness() == []
+
+
+def test_a_long_wait_for_a_lock_that_keeps_changing_hands_is_contention() -> None:
+    """Thread 2 waits 3 s for Giant while threads 1 and 3 pass it between them: listed
+    under contended, not a finding."""
+    s = Server(bound_s=1.0)
+    giant = 0x8000
+    s.locks.init(giant, LK_SLEEP, "sleep mutex", "Giant", 0)
+    s.locks.acquire(1, 0, "a.py:1", giant, EXCL, 0)
+    s.locks.acquire(2, 1, "b.py:1", giant, EXCL, 0)
+    for _ in range(10):
+        s.run_for(0.3)
+        s.locks.release(1, 0, "a.py:2", giant, EXCL)      # wakes 2, but 1 takes it again
+        s.locks.acquire(1, 0, "a.py:1", giant, EXCL, 0)
+        s.locks.acquire(2, 1, "b.py:1", giant, EXCL, 0)   # 2 tries again: queued
+    assert s.liveness() == []
+    assert s.hangs.at_end()["contended"]["Giant"]["wait_s"] >= 2.0
+
+
+def test_an_sx_waiter_asleep_on_the_lock_and_a_busy_swapper_are_silent() -> None:
+    """An sx waiter is inhibited as sleeping on the lock's queue, not a sleep queue; a
+    swap-in request while the swapper runs (busy with others) is slow, not lost."""
+    s = Server(bound_s=1.0)
+    sx = 0x8100
+    s.locks.init(sx, LK_SLEEP, "sx", "allproc", 0)
+    _, a = s.proc(30, "a")
+    _, b = s.proc(31, "b")
+    s.locks.acquire(a, 0, "kern/kern_exit.py:120", sx, EXCL, 0)
+    s.locks.acquire(b, 1, "kern/kern_exit.py:130", sx, EXCL, 0)
+    s.kmem.store(b, "td_inhibitors", SLEEPING)
+    s.proc(0, "swapper")                                     # running: never slept
+    p, _ = s.proc(21, "hog")
+    s.kmem.store(p, "p_sflag", SWAPINREQ)
+    s.run_for(3.0)
+    end = s.hangs.at_end()
+    # (thread b waited for a lock one owner held all along: that is starvation, apart)
+    assert [f.summary for f in s.liveness() if not f.summary.startswith("lock starv")] == []
+    assert end["slow_swapin_s"] >= 1.0
