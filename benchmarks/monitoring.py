@@ -69,10 +69,10 @@ def _phase_on(sim: float, phase: float) -> bool:
 def _cpu_gate(phase: float) -> Any:
     """The SYSINIT that gates each CPU's samples and counts, per phase, its work, its
     process CPU time and the CPU time its stream code took."""
-    from kernel.sys.kernel import SI_ORDER, SI_SUB, SysInit
+    from smp.kernel.sys.kernel import SI_ORDER, SI_SUB, SysInit
 
     def install(_: Any) -> None:
-        from kernel.machine import cpu as md
+        from smp.kernel.machine import cpu as md
         hw = md.pcpu.hw
         pc = md.pcpu
         publish = hw._publish

@@ -6,3 +6,6 @@ Each device offers the small sys161-style protocol: construction (init), ``fetch
 style accessors, ``statistics()`` (a frozen record for monitoring), ``dumpstate()`` (text for
 panics) and ``cleanup()``.
 """
+
+if __name__ != "smp.hw":  # one module identity: smp/__init__.py says why
+    raise ImportError(f"import smp.hw, not {__name__} (smp/__init__.py)", name=__name__)

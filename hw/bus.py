@@ -34,7 +34,7 @@ CPU reaches them; with a recorder the bus logs how many machine messages it read
 (``hw/record.py``), and with a replay log it reads exactly that many there, so that the
 CPU takes every event at the same place of its execution as in the recorded run.
 
-Liveness, both ways (``hw.protocol.HEARTBEAT_S``): the server sends every CPU a
+Liveness, both ways (``smp.hw.protocol.HEARTBEAT_S``): the server sends every CPU a
 ``HEARTBEAT`` event every HEARTBEAT_S (0.25 s), which the bus swallows; every wait here raises
 :class:`ServerGone` after ``silence`` seconds (``SERVER_SILENCE_S``, 1.25 s) in which
 *nothing* came from the server, so a killed server is noticed within 2 s by every CPU, even
@@ -59,8 +59,8 @@ from typing import Any, Callable, Protocol
 
 import zmq
 
-from hw.clock import NEVER
-from hw.protocol import (AF_LINE, CONTROL_EVENTS, ERR, EXCL, GRANTED, GRANTED_LINE,
+from smp.hw.clock import NEVER
+from smp.hw.protocol import (AF_LINE, CONTROL_EVENTS, ERR, EXCL, GRANTED, GRANTED_LINE,
                          HEARTBEAT_S, LIVENESS_S, MAX_BATCH, SERVER_SILENCE_S, VERSION, Event,
                          Op, pack, unpack)
 

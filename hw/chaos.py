@@ -18,8 +18,8 @@ import dataclasses
 import time
 from typing import Callable
 
-from hw.protocol import Op
-from hw.seeds import derive
+from smp.hw.protocol import Op
+from smp.hw.seeds import derive
 
 
 @dataclasses.dataclass(frozen=True)

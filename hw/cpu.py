@@ -45,10 +45,10 @@ from typing import Any, Callable
 
 import greenlet
 
-from hw.bus import Bus, BusError, ServerGone, Stopped
-from hw.chaos import Chaos
-from hw.clock import NEVER, Clock, VirtualClock
-from hw.protocol import SYNC_IDLE, SYNC_RUN, SYNC_SPIN, Event, Op
+from smp.hw.bus import Bus, BusError, ServerGone, Stopped
+from smp.hw.chaos import Chaos
+from smp.hw.clock import NEVER, Clock, VirtualClock
+from smp.hw.protocol import SYNC_IDLE, SYNC_RUN, SYNC_SPIN, Event, Op
 
 MODES = ("user", "nice", "sys", "intr", "idle", "spin")
 

@@ -8,3 +8,6 @@ machine-dependent layer through which the kernel reaches the hardware in ``hw/``
 
 Departures from FreeBSD are tagged ``# PORT:`` with the reason, everywhere the same way.
 """
+
+if __name__ != "smp.kernel":  # one module identity: smp/__init__.py says why
+    raise ImportError(f"import smp.kernel, not {__name__} (smp/__init__.py)", name=__name__)

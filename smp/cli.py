@@ -63,7 +63,7 @@ examples:
 
 def _fail_point_names(**kwargs: Any) -> list[str]:
     """What TAB offers after --fail-point (argcomplete)."""
-    from kernel.conf import kern_fail
+    from smp.kernel.conf import kern_fail
     return [fp.name for fp in kern_fail.fail_points()]
 
 
@@ -424,7 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "trace":
         return _trace(args)
     if args.command == "failpoints":
-        from kernel.conf import kern_fail
+        from smp.kernel.conf import kern_fail
         for fp in kern_fail.fail_points():
             print(f"{fp.name}\t{fp.description}")
         return 0
@@ -742,7 +742,7 @@ def _flame(args: argparse.Namespace) -> int:
 def _check_fail_points(names: Sequence[str], origin: str) -> None:
     """Every name a known fail point; else a ConfigError naming ``origin`` (the config
     file, "--set" or "--fail-point")."""
-    from kernel.conf import kern_fail
+    from smp.kernel.conf import kern_fail
     known = [fp.name for fp in kern_fail.fail_points()]
     what = "" if origin == "--fail-point" else "debug.fail_points: "
     for name in names:

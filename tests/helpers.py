@@ -185,7 +185,7 @@ def read_text(path: pathlib.Path) -> str:
 # -- kernel side (runs in the CPU processes) --------------------------------------------------
 def sysinit(name: str, func: Callable[[Any], None], *, percpu: bool,
             order: str = "SI_ORDER_THIRD", udata: Any = None) -> Any:
-    from kernel.sys.kernel import SI_ORDER, SI_SUB, SysInit
+    from smp.kernel.sys.kernel import SI_ORDER, SI_SUB, SysInit
     return SysInit(name, SI_SUB.SI_SUB_KTHREAD_INIT, SI_ORDER[order], func, udata, percpu)
 
 
@@ -193,7 +193,7 @@ def bsp_init(symbol: str, make: Callable[[], Any]) -> Any:
     """A BSP-only SYSINIT (before the APs are released) that makes the test's shared
     object with ``make()`` and publishes it under ``symbol``."""
     def init(_: Any) -> None:
-        from kernel.machine import memory
+        from smp.kernel.machine import memory
         obj = make()
         memory.symbol(symbol, obj.handle)
     return sysinit(f"test-init-{symbol}", init, percpu=False, order="SI_ORDER_FIRST")
@@ -203,14 +203,14 @@ def on_each_cpu(name: str, start: Callable[[int], None]) -> Any:
     """A per-CPU SYSINIT that calls ``start(cpuid)`` on every CPU at boot (it typically
     creates kernel threads, pinned to that CPU, with ``kthread_create``)."""
     def init(_: Any) -> None:
-        from kernel.machine import cpu as md
+        from smp.kernel.machine import cpu as md
         start(md.pcpu.cpuid)
     return sysinit(f"test-start-{name}", init, percpu=True, order="SI_ORDER_THIRD")
 
 
 def lookup(symbol: str, struct: Any) -> Any:
-    from kernel.machine import cpu as md
-    from kernel.machine import memory
+    from smp.kernel.machine import cpu as md
+    from smp.kernel.machine import memory
     obj = struct.at(memory.lookup(symbol))
     if obj is None:
         md.panic(f"test: symbol {symbol} not published")
@@ -218,7 +218,7 @@ def lookup(symbol: str, struct: Any) -> Any:
 
 
 def kthread(fn: Callable[[], None], name: str) -> Any:
-    from kernel.kern.kern_kthread import kthread_create
+    from smp.kernel.kern.kern_kthread import kthread_create
     return kthread_create(fn, name)
 
 
@@ -226,8 +226,8 @@ def _deadline(max_ticks: int | None) -> float:
     """The simulated time (s) at which a wait of the test gives up: ``max_ticks`` ticks from
     now, or by default a simulated second before the run's end (so that the panic, with its
     account of the progress made, comes before the launcher stops the machine)."""
-    from kernel import param
-    from kernel.machine import cpu as md
+    from smp.kernel import param
+    from smp.kernel.machine import cpu as md
     now = md.sim_now()
     if max_ticks is not None:
         return now + max_ticks / param.hz
@@ -242,9 +242,9 @@ def wait_until(cond: Callable[[], Any], what: str | Callable[[], str],
 
     Deliberately built on nothing but ``cpu_work`` and a forced ``maybe_yield``, not on timed
     sleeps or wakeups, so that the waits of the tests do not depend on what they test."""
-    from kernel.kern.kern_synch import maybe_yield
-    from kernel.kern.kern_thread import curlocal
-    from kernel.machine import cpu as md
+    from smp.kernel.kern.kern_synch import maybe_yield
+    from smp.kernel.kern.kern_thread import curlocal
+    from smp.kernel.machine import cpu as md
     deadline = _deadline(max_ticks)
     while not cond():
         if md.sim_now() > deadline:
@@ -258,7 +258,7 @@ def spin_until(cond: Callable[[], Any], what: str, max_ticks: int | None = None,
                step_us: float = 200) -> None:
     """In a kernel thread: compute, without sleeping or yielding, until ``cond()`` holds;
     past the deadline (as :func:`wait_until`) panic."""
-    from kernel.machine import cpu as md
+    from smp.kernel.machine import cpu as md
     deadline = _deadline(max_ticks)
     while not cond():
         if md.sim_now() > deadline:
@@ -268,13 +268,13 @@ def spin_until(cond: Callable[[], Any], what: str, max_ticks: int | None = None,
 
 def result(name: str, value: int = 1) -> None:
     """Hand a number back to the test: ``report["kernel"][name]`` (summed over CPUs)."""
-    from kernel.machine import cpu as md
+    from smp.kernel.machine import cpu as md
     md.pcpu.count(name, int(value))
 
 
 def finish(why: str = "test done") -> None:
     """End the run now, cleanly (the report's reason becomes ``shutdown: <why>``)."""
-    from kernel.machine import cpu as md
+    from smp.kernel.machine import cpu as md
     md.shutdown(why)
 
 

@@ -2,7 +2,10 @@
 
 Three floors, no arrow back up: ``smp/`` (the tools) may use ``kernel/`` and ``hw/``;
 ``kernel/`` may use ``hw/`` only through its machine-dependent layer ``kernel/machine/``
-(the one door); ``hw/`` uses neither. And the machine and the tools know nothing of the
+(the one door); ``hw/`` uses neither. The folders are imported by their installed names,
+``smp.kernel``, ``smp.hw`` and ``smp.configs`` (smp/__init__.py says why), never by their
+bare ones; a floor is told by its name's prefix, so ``smp.kernel.x`` is the kernel's floor,
+not the tools'. And the machine and the tools know nothing of the
 kernel but what it registers: no file of ``smp/`` or ``hw/`` names a kernel lock, a
 kernel symbol or a field of a kernel structure. The kernel's names are taken from the
 kernel itself (its structure declarations, its lock and symbol registrations), not from
@@ -12,6 +15,8 @@ a hand-kept list here.
 from __future__ import annotations
 
 import ast
+import importlib
+import importlib.util
 import pathlib
 import re
 from typing import Iterator
@@ -23,28 +28,61 @@ pytestmark = pytest.mark.quick
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
+FLOORS = ("kernel", "hw", "configs")      # the folders beside smp/, imported as smp.<folder>
+
+
 def _modules(folder: str) -> Iterator[tuple[pathlib.Path, ast.Module]]:
+    """The modules of one floor's folder; ``smp``'s without the links smp/kernel, smp/hw
+    and smp/configs (their modules are the other floors')."""
     for p in sorted((ROOT / folder).rglob("*.py")):
-        yield p, ast.parse(p.read_text(), str(p))
+        if not any((ROOT / folder / d).is_symlink()
+                   for d in p.relative_to(ROOT / folder).parents):
+            yield p, ast.parse(p.read_text(), str(p))
 
 
 def _imports(tree: ast.Module) -> Iterator[tuple[int, str]]:
+    """Every absolute import, as the dotted names it brings in (``from smp import hw``
+    brings in ``smp.hw``)."""
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for a in node.names:
                 yield node.lineno, a.name
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            yield node.lineno, node.module
+            for a in node.names:
+                yield node.lineno, f"{node.module}.{a.name}"
 
 
-def _top(name: str) -> str:
-    return name.split(".")[0]
+def _floor(name: str) -> str:
+    """The floor a module name is on: ``kernel``, ``hw`` or ``configs`` for
+    ``smp.kernel...`` and so on, ``smp`` for the rest of smp (a library: its own name)."""
+    parts = name.split(".")
+    if parts[0] == "smp" and len(parts) > 1 and parts[1] in FLOORS:
+        return parts[1]
+    return parts[0]
+
+
+def test_the_floors_are_imported_by_their_installed_names() -> None:
+    """One module identity: no ``import kernel`` (``hw``, ``configs``) beside
+    ``smp.kernel``, which would load a second copy of every module it reaches."""
+    bad = [f"{p.relative_to(ROOT)}:{line} imports {mod}"
+           for folder in ("smp", *FLOORS, "tests", "benchmarks")
+           for p, tree in _modules(folder)
+           for line, mod in _imports(tree) if mod.split(".")[0] in FLOORS]
+    assert not bad, "import smp.kernel (smp.hw, smp.configs), not the bare name: " \
+        + "; ".join(bad)
+    for folder in FLOORS:
+        assert (ROOT / "smp" / folder).resolve() == ROOT / folder, f"smp/{folder}"
+        spec = importlib.util.find_spec(folder)
+        if spec is not None and spec.origin == str(ROOT / folder / "__init__.py"):
+            # this tree is on sys.path (else the name may be anybody's, or nobody's)
+            with pytest.raises(ImportError, match=f"import smp.{folder}, not {folder}"):
+                importlib.import_module(folder)
 
 
 def test_only_the_machine_dependent_layer_of_the_kernel_imports_hw() -> None:
     bad = [f"{p.relative_to(ROOT)}:{line} imports {mod}"
            for p, tree in _modules("kernel") if "machine" not in p.relative_to(ROOT).parts
-           for line, mod in _imports(tree) if _top(mod) == "hw"]
+           for line, mod in _imports(tree) if _floor(mod) == "hw"]
     assert not bad, "machine-independent kernel code must go through kernel/machine/: " \
         + "; ".join(bad)
 
@@ -54,7 +92,7 @@ def test_no_floor_imports_the_floor_above_it() -> None:
     for folder, above in (("kernel", {"smp"}), ("hw", {"smp", "kernel"})):
         bad += [f"{p.relative_to(ROOT)}:{line} imports {mod}"
                 for p, tree in _modules(folder)
-                for line, mod in _imports(tree) if _top(mod) in above]
+                for line, mod in _imports(tree) if _floor(mod) in above]
     assert not bad, "; ".join(bad)
 
 
@@ -77,10 +115,10 @@ def kernel_names() -> dict[str, set[str]]:
     """Every lock name, symbol and structure field the kernel registers with the machine:
     lock names as its mtx_init/sx_init/lockinit calls give them, symbols as it publishes
     them, fields as its structures declare them, and the names of its registered policy."""
-    import kernel.conf  # noqa: F401  (declares every structure)
-    from kernel.kern import subr_witness
-    from kernel.sys.kstruct import KStruct
-    from kernel.vm import vm_meter
+    import smp.kernel.conf  # noqa: F401  (declares every structure)
+    from smp.kernel.kern import subr_witness
+    from smp.kernel.sys.kstruct import KStruct
+    from smp.kernel.vm import vm_meter
     locks: set[str] = set(subr_witness.EXEMPT) | {subr_witness.SCHED_LOCK}
     for chain in subr_witness.ORDER_LISTS:
         locks.update(chain)

@@ -281,7 +281,7 @@ def test_a_worker_killed_mid_run_loses_only_time(
 def test_a_worker_with_another_smp_is_refused(
         tmp_path: pathlib.Path, cluster: Any, campaigns: Callable[..., Campaign]) -> None:
     import smp
-    from hw.protocol import VERSION
+    from smp.hw.protocol import VERSION
     workers = sorted(cluster.scheduler_info(n_workers=-1)["workers"])
     fake = _by_value("def fake():\n    import smp\n    smp.__version__ = '0.0.9'\n", "fake")
     cluster.run(fake, workers=[workers[1]])

@@ -464,7 +464,7 @@ def test_init_starts_programs_in_proportion_to_their_weights() -> None:
     the seed only chooses where in the cycle each CPU's init begins."""
     import collections
     import random
-    from kernel.userland.programs import PROGRAMS, program_mix
+    from smp.kernel.userland.programs import PROGRAMS, program_mix
     weights = [3, 4, 2, 1, 2, 2, 1]
     starts = set()
     for seed in range(6):

@@ -15,7 +15,7 @@ import pytest
 from helpers import REPO, describe
 from smp.run.config import load_config
 from smp.run.launcher import run_machine
-from kernel.kern.subr_counter import SUMMARY_COUNTERS as KERNEL_COUNTERS
+from smp.kernel.kern.subr_counter import SUMMARY_COUNTERS as KERNEL_COUNTERS
 
 pytestmark = pytest.mark.long
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from hw.protocol import (AF_PICKUP, AF_TRY, EXCL, GRANTED, LF_DUPOK, LF_NOSHREC, LF_NOWITNESS,
+from smp.hw.protocol import (AF_PICKUP, AF_TRY, EXCL, GRANTED, LF_DUPOK, LF_NOSHREC, LF_NOWITNESS,
                          LF_RECURSE, LK_RW, LK_SLEEP, LK_SPIN, QUEUED, SHARED)
-from kernel.kern import subr_witness
+from smp.kernel.kern import subr_witness
 from smp.machine.lockcheck import LockKeyChecker
 from smp.machine.locks import Deadlock, LockError, LockTable
 from smp.machine.objects import ObjectStore, field_addr

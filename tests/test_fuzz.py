@@ -35,7 +35,7 @@ import pytest
 import zmq
 from hypothesis import HealthCheck, given, settings
 
-from hw.protocol import (EXCL, GRANTED, LK_SLEEP, MAX_FRAME, VERSION, Event, Op, pack,
+from smp.hw.protocol import (EXCL, GRANTED, LK_SLEEP, MAX_FRAME, VERSION, Event, Op, pack,
                          unpack)
 
 from smp.machine.server import NO_HELLO_REPLIES
@@ -191,8 +191,8 @@ def test_fuzz_the_server_of_a_running_machine(run: Any, tmp_path: pathlib.Path) 
     out: dict[str, Any] = {}
 
     def coordinator(_: Any) -> None:
-        from kernel.kern.kern_kthread import kthread_create
-        from kernel.machine import cpu as md
+        from smp.kernel.kern.kern_kthread import kthread_create
+        from smp.kernel.machine import cpu as md
 
         def body() -> None:
             wait_until(done.exists, "the fuzzer to finish")
@@ -264,7 +264,7 @@ def _dealer(endpoint: str, ident: bytes) -> Iterator[Any]:
 
 
 def _fuzz_handlers(endpoint: str, server: Any, sock: Any) -> dict[str, int]:
-    from hw.bus import Bus
+    from smp.hw.bus import Bus
     counts = {"sent": 0, "ok": 0, "err": 0}
     sock.send(pack([Op.HELLO, 1, 0, "", 0, VERSION, "cpu", 0, os.getpid()]))
     assert sock.poll(10_000)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from hw.protocol import EXCL, LK_SLEEP, LK_SPIN, field_addr
+from smp.hw.protocol import EXCL, LK_SLEEP, LK_SPIN, field_addr
 from smp.machine.hangs import CHECK_S, Hangs
 from smp.machine.locks import LockTable
 from smp.machine.objects import ObjectStore

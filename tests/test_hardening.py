@@ -24,8 +24,8 @@ from typing import Any
 import psutil
 import pytest
 
-from kernel.kern.kern_mutex import MTX_DEF, mtx_init, mtx_lock
-from kernel.sys.kstruct import F, KStruct
+from smp.kernel.kern.kern_mutex import MTX_DEF, mtx_init, mtx_lock
+from smp.kernel.sys.kstruct import F, KStruct
 
 from smp.run.config import PARAM_BY_KEY
 

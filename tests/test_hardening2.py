@@ -54,8 +54,8 @@ def _coordinator(done: pathlib.Path, why: str) -> Any:
     """A kthread on cpu 0 that waits for the file ``done``, lets the machine run for
     another simulated second, and shuts it down."""
     def start(_: Any) -> None:
-        from kernel.kern.kern_kthread import kthread_create
-        from kernel.machine import cpu as md
+        from smp.kernel.kern.kern_kthread import kthread_create
+        from smp.kernel.machine import cpu as md
 
         def body() -> None:
             wait_until(done.exists, f"the test's file {done.name}")
@@ -148,8 +148,8 @@ def test_a_bus_that_was_not_listening_drains_before_judging(
     not listening meanwhile, so it must wait for what the server says next (a heartbeat
     within HEARTBEAT_S) before it judges the server dead: the old bus raised ServerGone at
     once, in a wait for events and in a call alike."""
-    import hw.bus as busmod
-    from hw.protocol import VERSION, Op
+    import smp.hw.bus as busmod
+    from smp.hw.protocol import VERSION, Op
     from helpers import bare_server
 
     with bare_server(1) as (endpoint, _):
@@ -272,9 +272,9 @@ def test_samples_that_json_cannot_hold_are_dropped_and_counted(
     bad = [{1: 1, "a": 2}] * 200 + [{"cpu": 1, "x": b"bytes"}, [1, 2], {"cpu": 7}]
 
     def start(_: Any) -> None:
-        from hw.protocol import Op
-        from kernel.kern.kern_kthread import kthread_create
-        from kernel.machine import cpu as md
+        from smp.hw.protocol import Op
+        from smp.kernel.kern.kern_kthread import kthread_create
+        from smp.kernel.machine import cpu as md
 
         def body() -> None:
             for sample in bad:
@@ -574,8 +574,8 @@ class _Machine:
     """A bare server with cpu 0 (a Bus, as a CPU has) and a launcher (for reports)."""
 
     def __init__(self, endpoint: str) -> None:
-        from hw.bus import Bus
-        from hw.protocol import LK_SLEEP, Op, field_addr
+        from smp.hw.bus import Bus
+        from smp.hw.protocol import LK_SLEEP, Op, field_addr
         self.cpu = Bus(endpoint, "cpu0")
         self.cpu.hello("cpu", 0, os.getpid())
         self.ctl = Bus(endpoint, "launcher")
@@ -587,14 +587,14 @@ class _Machine:
 
     def ask(self, op: int, tid: int, *args: Any) -> tuple[bool, Any]:
         """A request that waits for its reply: (True, value) or (False, error text)."""
-        from hw.bus import BusError
+        from smp.hw.bus import BusError
         try:
             return True, self.cpu._call(op, tid, "t:9", args, 10.0)
         except BusError as e:
             return False, str(e)
 
     def report(self) -> dict[str, Any]:
-        from hw.protocol import Op
+        from smp.hw.protocol import Op
         return dict(self.ctl.call(Op.CTL_REPORT, 0, ""))
 
     def close(self) -> None:
@@ -616,7 +616,7 @@ def machine() -> Any:
 @pytest.mark.timeout(60)
 def test_a_release_of_a_free_lock_by_tid_0_is_refused(machine: _Machine) -> None:
     """The ownership check passed when owner and tid were both 0."""
-    from hw.protocol import EXCL, GRANTED, Op
+    from smp.hw.protocol import EXCL, GRANTED, Op
     ok, why = machine.ask(Op.RELEASE, 0, machine.lock, EXCL)
     assert not ok and "tid 0, which is no thread" in why, why
     ok, why = machine.ask(Op.ACQUIRE, 0, machine.lock, EXCL, 0)
@@ -634,7 +634,7 @@ def test_a_release_of_a_free_lock_by_tid_0_is_refused(machine: _Machine) -> None
 @pytest.mark.timeout(60)
 def test_count_with_an_unknown_operator_is_refused(machine: _Machine) -> None:
     """COUNT matched every object when the operator was unknown."""
-    from hw.protocol import Op
+    from smp.hw.protocol import Op
     assert machine.ask(Op.COUNT, 7, "hobj", [["x", "eq", 0]]) == (True, 1)
     assert machine.ask(Op.COUNT, 7, "hobj", [["x", "eq", 5]]) == (True, 0)
     for conds in ([["x", "gt", 5]], [["x", "eq"]], [["nofield", "eq", 0]],
@@ -650,7 +650,7 @@ def test_kernel_memory_has_a_bound_and_running_out_panics(machine: _Machine) -> 
     """NEWN had no quota (10 x 65536 objects took 590 MB of the server in 1.8 s). With
     machine.kmem_objects 1000 (and 256 page frames), a NEWN past the bound is refused
     whole, counted, and panics the machine with a message that names kernel memory."""
-    from hw.protocol import Op
+    from smp.hw.protocol import Op
     ok, handles = machine.ask(Op.NEWN, 7, "hobj", 1000, {})
     assert ok and len(handles) == 1000
     ok, why = machine.ask(Op.NEWN, 7, "hobj", 65536, {})

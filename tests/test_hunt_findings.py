@@ -12,7 +12,7 @@ import pytest
 from smp.hunt import findings
 from smp.hunt.findings import classify, load_known, statement_at, statements_of
 
-SRC = importlib.resources.files("kernel").joinpath("vm/vm_glue.py").read_text()
+SRC = importlib.resources.files("smp.kernel").joinpath("vm/vm_glue.py").read_text()
 
 
 def _line(func: str, text: str) -> int:
@@ -33,7 +33,7 @@ def test_every_pinned_statement_exists_in_the_kernel() -> None:
     for k in load_known():
         for path, func, stmt in k.where:
             funcs, stmts = statements_of(
-                importlib.resources.files("kernel").joinpath(path).read_text())
+                importlib.resources.files("smp.kernel").joinpath(path).read_text())
             spans = [(a, b) for a, b, name in funcs if name == func]
             assert spans, (k.id, func)
             assert any(s == stmt and any(a <= n <= b for a, b in spans)

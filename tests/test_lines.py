@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from hw.protocol import (AF_LINE, AF_TRY, BUSY, EXCL, GRANTED, GRANTED_LINE, LK_SLEEP,
+from smp.hw.protocol import (AF_LINE, AF_TRY, BUSY, EXCL, GRANTED, GRANTED_LINE, LK_SLEEP,
                          LK_SPIN, QUEUED)
 from smp.machine.locks import LINE_STREAK, LockError, LockTable
 
@@ -84,8 +84,8 @@ def test_no_line_while_others_wait_and_line_misuse_panics() -> None:
 
 def _cpu(endpoint: str, cpu: int, n: int, out: Any) -> None:
     """A CPU that takes the shared lock ``n`` times and increments a counter under it."""
-    from hw.bus import Bus
-    from hw.protocol import Op
+    from smp.hw.bus import Bus
+    from smp.hw.protocol import Op
     bus = Bus(endpoint, f"cpu{cpu}")
     tid = 100 + cpu
     try:
@@ -110,8 +110,8 @@ def _cpu(endpoint: str, cpu: int, n: int, out: Any) -> None:
 
 @pytest.mark.timeout(60)
 def test_two_cpus_on_one_lock_with_lines_lose_no_update() -> None:
-    from hw.bus import Bus
-    from hw.protocol import Op
+    from smp.hw.bus import Bus
+    from smp.hw.protocol import Op
     ctx = multiprocessing.get_context("fork")
     out: Any = ctx.Queue()
     procs: list[Any] = []

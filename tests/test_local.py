@@ -64,8 +64,8 @@ def test_the_default_kernel_runs_in_one_process_the_same_every_time(
 
 
 def page_queues() -> None:
-    from kernel.vm import vm_page as vp
-    from kernel.vm.vm import PG_BUSY, PQ_FREE, PQ_NONE, VM_ALLOC_NORMAL
+    from smp.kernel.vm import vm_page as vp
+    from smp.kernel.vm.vm import PG_BUSY, PQ_FREE, PQ_NONE, VM_ALLOC_NORMAL
     cnt = vp.cnt
     free0 = cnt.v_free_count
     pages = [vp.vm_page_alloc(None, i, VM_ALLOC_NORMAL) for i in range(8)]
@@ -90,8 +90,8 @@ def test_page_queues_account_for_every_page(tmp_path: pathlib.Path) -> None:
 
 
 def map_entries() -> None:
-    from kernel.vm.vm import KERN_SUCCESS, VM_PROT_READ, VM_PROT_WRITE
-    from kernel.vm.vm_map import (vm_map_check_protection, vm_map_create, vm_map_find,
+    from smp.kernel.vm.vm import KERN_SUCCESS, VM_PROT_READ, VM_PROT_WRITE
+    from smp.kernel.vm.vm_map import (vm_map_check_protection, vm_map_create, vm_map_find,
                                   vm_map_lookup_entry, vm_map_remove)
     page = 4096
     m = vm_map_create(0x10000, 0x10000 + 64 * page)
@@ -122,11 +122,11 @@ def test_vm_map_finds_checks_and_removes_entries(tmp_path: pathlib.Path) -> None
 
 
 def proc_zone() -> None:
-    from kernel.kern import kern_globals
-    from kernel.kern.kern_mutex import mtx_lock, mtx_unlock
-    from kernel.kern.kern_proc import PROC_ZONE_CACHE, proc_zalloc, proc_zfree
-    from kernel.kern.kern_proc import proc_zone as zone
-    from kernel.machine import memory
+    from smp.kernel.kern import kern_globals
+    from smp.kernel.kern.kern_mutex import mtx_lock, mtx_unlock
+    from smp.kernel.kern.kern_proc import PROC_ZONE_CACHE, proc_zalloc, proc_zfree
+    from smp.kernel.kern.kern_proc import proc_zone as zone
+    from smp.kernel.machine import memory
     G = kern_globals.G
     z = zone()
     mtx_lock(G.Giant)
@@ -159,10 +159,10 @@ def test_the_proc_zone_caches_then_disposes(tmp_path: pathlib.Path) -> None:
 
 
 def config_in_kernel() -> None:
-    from kernel import param
-    from kernel.machine import cpu as md
-    from kernel.vm import vm_glue
-    from kernel.vm import vm_page as vp
+    from smp.kernel import param
+    from smp.kernel.machine import cpu as md
+    from smp.kernel.vm import vm_glue
+    from smp.kernel.vm import vm_page as vp
     check("hz", param.hz == 250)
     check("memory", param.physmem_pages == 1024)
     check("swap", param.swap_pages == 2048)

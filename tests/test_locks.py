@@ -20,19 +20,19 @@ from typing import Any
 
 import pytest
 
-from kernel.kern import kern_globals
-from kernel.kern.kern_lock import EBUSY, LK_EXCLUSIVE, LK_NOWAIT, LK_RELEASE, LK_SHARED, \
+from smp.kernel.kern import kern_globals
+from smp.kernel.kern.kern_lock import EBUSY, LK_EXCLUSIVE, LK_NOWAIT, LK_RELEASE, LK_SHARED, \
     lockinit, lockmgr
-from kernel.kern.kern_mutex import (MTX_DEF, MTX_SPIN, mtx_init, mtx_lock, mtx_lock_spin,
+from smp.kernel.kern.kern_mutex import (MTX_DEF, MTX_SPIN, mtx_init, mtx_lock, mtx_lock_spin,
                                     mtx_owned, mtx_recursed, mtx_trylock, mtx_unlock,
                                     mtx_unlock_spin)
-from kernel.kern.kern_sx import sx_init, sx_slock, sx_sunlock, sx_try_xlock, sx_xlock, \
+from smp.kernel.kern.kern_sx import sx_init, sx_slock, sx_sunlock, sx_try_xlock, sx_xlock, \
     sx_xunlock
-from kernel.kern.kern_synch import msleep, tsleep, wakeup
-from kernel.machine import cpu as md
-from kernel.machine import memory
-from kernel.sys.kstruct import F, KStruct
-from kernel.sys.param import EWOULDBLOCK, PWAIT
+from smp.kernel.kern.kern_synch import msleep, tsleep, wakeup
+from smp.kernel.machine import cpu as md
+from smp.kernel.machine import memory
+from smp.kernel.sys.kstruct import F, KStruct
+from smp.kernel.sys.param import EWOULDBLOCK, PWAIT
 
 from smp.run.config import PARAM_BY_KEY
 

@@ -12,11 +12,11 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
-from kernel.kern.subr_counter import COUNTER_HELP as KERNEL_COUNTER_HELP
-from kernel.kern.subr_counter import PREFIX_HELP
+from smp.kernel.kern.subr_counter import COUNTER_HELP as KERNEL_COUNTER_HELP
+from smp.kernel.kern.subr_counter import PREFIX_HELP
 from smp.observe.counters import kernel_counter_help
 from smp.observe.metrics import MachineCollector
-from kernel.kern.subr_counter import SUMMARY_COUNTERS as KERNEL_COUNTERS
+from smp.kernel.kern.subr_counter import SUMMARY_COUNTERS as KERNEL_COUNTERS
 
 # what the kernel registers at boot and the server publishes with its samples
 DESCRIBED = {"summary": list(KERNEL_COUNTERS), "help": KERNEL_COUNTER_HELP,

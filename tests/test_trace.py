@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from hw.protocol import EXCL, LK_SPIN, VERSION, Op, field_addr, pack
+from smp.hw.protocol import EXCL, LK_SPIN, VERSION, Op, field_addr, pack
 from smp.machine.sequencer import TimeSpec
 from smp.machine.server import Server
 from smp.machine.trace import count_events

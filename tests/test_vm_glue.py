@@ -24,20 +24,20 @@ import pytest
 import helpers
 import vmscenarios as vs
 from helpers import describe, expect_panic, expect_shutdown
-from kernel import param
-from kernel.kern import kern_globals
-from kernel.kern.kern_mutex import mtx_lock, mtx_lock_spin, mtx_unlock, mtx_unlock_spin
-from kernel.kern.kern_synch import wakeup
-from kernel.kern.kern_proc import FIRST_THREAD_IN_PROC, FOREACH_PROC_IN_SYSTEM
-from kernel.kern.kern_sx import sx_slock, sx_sunlock
-from kernel.machine import cpu as md
-from kernel.machine import memory
-from kernel.sys.proc import PRS, PS, TDI
-from kernel.sys.param import ESRCH
-from kernel.vm.vm import (PG_BUSY, PQ_FREE, RFFDG, RFMEM, RFPROC, VM_PAGE_BITS_ALL,
+from smp.kernel import param
+from smp.kernel.kern import kern_globals
+from smp.kernel.kern.kern_mutex import mtx_lock, mtx_lock_spin, mtx_unlock, mtx_unlock_spin
+from smp.kernel.kern.kern_synch import wakeup
+from smp.kernel.kern.kern_proc import FIRST_THREAD_IN_PROC, FOREACH_PROC_IN_SYSTEM
+from smp.kernel.kern.kern_sx import sx_slock, sx_sunlock
+from smp.kernel.machine import cpu as md
+from smp.kernel.machine import memory
+from smp.kernel.sys.proc import PRS, PS, TDI
+from smp.kernel.sys.param import ESRCH
+from smp.kernel.vm.vm import (PG_BUSY, PQ_FREE, RFFDG, RFMEM, RFPROC, VM_PAGE_BITS_ALL,
                           VM_PROT_ALL, VM_PROT_READ, VM_PROT_WRITE, VM_SWAP_IDLE,
                           VM_SWAP_NORMAL)
-from kernel.vm.vm_map import VM_MAX_KERNEL_ADDRESS, VM_MAXUSER_ADDRESS, VM_MIN_KERNEL_ADDRESS
+from smp.kernel.vm.vm_map import VM_MAX_KERNEL_ADDRESS, VM_MAXUSER_ADDRESS, VM_MIN_KERNEL_ADDRESS
 
 pytestmark = pytest.mark.long
 
@@ -88,12 +88,12 @@ def assert_checks(res: Any, *names: str, times: int = 1) -> dict[str, int]:
 # zone's real vm_proc_dispose path (a user process on cpu1, after the other two).
 # =============================================================================================
 def kern_part() -> None:
-    from kernel.kern.kern_mutex import mtx_lock, mtx_unlock
-    from kernel.sys.proc import struct_proc
-    from kernel.sys.user import (DFLDSIZ, DFLSSIZ, MAXDSIZ, MAXSSIZ, RLIM_INFINITY,
+    from smp.kernel.kern.kern_mutex import mtx_lock, mtx_unlock
+    from smp.kernel.sys.proc import struct_proc
+    from smp.kernel.sys.user import (DFLDSIZ, DFLSSIZ, MAXDSIZ, MAXSSIZ, RLIM_INFINITY,
                                  RLIMIT_DATA, RLIMIT_RSS, RLIMIT_STACK, p_rlimit, plimit_new)
-    from kernel.vm import vm_page as vp
-    from kernel.vm.vm_glue import kernacc, vm_init_limits, vm_proc_dispose, vm_proc_new
+    from smp.kernel.vm import vm_page as vp
+    from smp.kernel.vm.vm_glue import kernacc, vm_init_limits, vm_proc_dispose, vm_proc_new
     G = kern_globals.G
     check = vs.check
 
@@ -167,7 +167,7 @@ def kern_part() -> None:
     check("limits_fresh_stack", frl[RLIMIT_STACK].rlim_cur == DFLSSIZ)
     # Free the scratch limits again: the server's end-of-run field sums overflow with two
     # live plimits holding RLIM_INFINITY (reported as a bug of smp/machine/objects.py).
-    from kernel.sys.user import RLIM_NLIMITS
+    from smp.kernel.sys.user import RLIM_NLIMITS
     lim = fake.p_limit
     for i in range(RLIM_NLIMITS):
         frl[i].free()
@@ -177,12 +177,12 @@ def kern_part() -> None:
 
 
 def user_part() -> None:
-    from kernel.kern.kern_thread import curproc
-    from kernel.sys.user import (KI_CHECK, KI_PID, PSTAT_ENDZERO, PSTAT_STARTCOPY,
+    from smp.kernel.kern.kern_thread import curproc
+    from smp.kernel.sys.user import (KI_CHECK, KI_PID, PSTAT_ENDZERO, PSTAT_STARTCOPY,
                                  PSTAT_STARTZERO, U_SIGACTS, U_STATS, ki_check)
-    from kernel.userland import libc
-    from kernel.vm.vm_glue import useracc, vslock, vsunlock
-    from kernel.vm.vm_map import vm_map_max
+    from smp.kernel.userland import libc
+    from smp.kernel.vm.vm_glue import useracc, vslock, vsunlock
+    from smp.kernel.vm.vm_map import vm_map_max
     check = vs.check
     G = kern_globals.G
     me = libc.getpid()
@@ -334,8 +334,8 @@ def zone_part() -> None:
     """After the other two parts: fork ZONE_CHILDREN children that live at once (the zone
     makes that many procs), reap them all: the zone keeps PROC_ZONE_CACHE and really frees
     the rest (proc_fini -> vm_proc_dispose), whose U-areas are then unmapped."""
-    from kernel.kern.kern_proc import PROC_ZONE_CACHE
-    from kernel.userland import libc
+    from smp.kernel.kern.kern_proc import PROC_ZONE_CACHE
+    from smp.kernel.userland import libc
     t = vs.shared()
     vs.sleep_until(lambda: t.v_done >= 2, "the other parts", 2000)
     uareas = []
@@ -408,7 +408,7 @@ def test_vm_proc_new_and_dispose(basic: Any) -> None:
 
 @pytest.mark.timeout(90)
 def test_vm_proc_dispose_from_the_proc_zone(basic: Any) -> None:
-    from kernel.kern.kern_proc import PROC_ZONE_CACHE
+    from smp.kernel.kern.kern_proc import PROC_ZONE_CACHE
     k = assert_checks(basic, "zone_disposed", "zone_dispose_unmaps")
     assert k["t_ok_zone_wait"] == ZONE_CHILDREN
     assert k["t_val_zone_disposed"] >= ZONE_CHILDREN - PROC_ZONE_CACHE
@@ -470,11 +470,11 @@ def sleeper(report_back: bool) -> Any:
     pass. If ``report_back``, it checks on waking that it is in memory, was woken by the
     driver and has its pages intact."""
     def main() -> None:
-        from kernel.kern.kern_synch import tsleep
-        from kernel.kern.kern_thread import curproc
-        from kernel.sys.param import EWOULDBLOCK, PWAIT
-        from kernel.sys.user import RU_NSWAP, U_STATS
-        from kernel.userland import libc
+        from smp.kernel.kern.kern_synch import tsleep
+        from smp.kernel.kern.kern_thread import curproc
+        from smp.kernel.sys.param import EWOULDBLOCK, PWAIT
+        from smp.kernel.sys.user import RU_NSWAP, U_STATS
+        from smp.kernel.userland import libc
         t = vs.shared()
         base = libc.mmap_anon(4)
         for i in range(4):
@@ -496,8 +496,8 @@ def sleeper(report_back: bool) -> Any:
 
 
 def swap_driver() -> None:
-    from kernel.kern.kern_proc import PHOLD, PRELE
-    from kernel.sys.user import KI_CHECK, KI_PID, RU_NSWAP, U_STATS, ki_check
+    from smp.kernel.kern.kern_proc import PHOLD, PRELE
+    from smp.kernel.sys.user import KI_CHECK, KI_PID, RU_NSWAP, U_STATS, ki_check
     check = vs.check
     G = kern_globals.G
     t = vs.shared()
@@ -601,7 +601,7 @@ def test_scheduler_swaps_in_a_woken_sleeper(swap: Any) -> None:
 # =============================================================================================
 def threshold_driver(thr1: int, thr2: int) -> Any:
     def run() -> None:
-        from kernel.vm import vm_glue
+        from smp.kernel.vm import vm_glue
         check = vs.check
         t = vs.shared()
         check("sysctl_threshold1", vm_glue.swap_idle_threshold1 == thr1,
@@ -649,15 +649,15 @@ def test_sysctl_swap_idle_thresholds(tmp_path: pathlib.Path, thr1: int, thr2: in
 # kernacc/useracc: an illegal rw argument panics.
 # =============================================================================================
 def illegal_kernacc() -> None:
-    from kernel.vm.vm_glue import kernacc
+    from smp.kernel.vm.vm_glue import kernacc
     kernacc(kern_globals.G.proc0.p_uarea, PAGE, 0x10)
     vs.check("kernacc_survived_illegal_rw", False)
     vs.done()
 
 
 def illegal_useracc() -> None:
-    from kernel.userland import libc
-    from kernel.vm.vm_glue import useracc
+    from smp.kernel.userland import libc
+    from smp.kernel.vm.vm_glue import useracc
     base = libc.mmap_anon(1)
     useracc(base, PAGE, VM_PROT_ALL + 1)
     vs.check("useracc_survived_illegal_rw", False)
@@ -699,7 +699,7 @@ def fp_safetoswapout() -> list[Any]:
     """A process that is running (on cpu1) the whole time, with threshold1 = 0 so that it
     passes every other test of swapout_procs: its thread is not safe to swap out."""
     def busy() -> None:
-        from kernel.userland import libc
+        from smp.kernel.userland import libc
         t = vs.shared()
         t.v_pid = libc.getpid()
         while t.v_phase == 0:
@@ -726,7 +726,7 @@ def _proctree_holder(after_forker: bool) -> Callable[[], None]:
     at once (then the boot thread's fork of the forker waits for it), or once the forker
     has started (then the forker's own fork waits for it)."""
     def holder() -> None:
-        from kernel.kern.kern_sx import sx_xlock, sx_xunlock
+        from smp.kernel.kern.kern_sx import sx_xlock, sx_xunlock
         G = kern_globals.G
         t = vs.shared()
         if after_forker:
@@ -742,7 +742,7 @@ def _proctree_holder(after_forker: bool) -> Callable[[], None]:
 def _forker() -> None:
     """Fork once proctree_lock is held: fork1 links the child (PRS_NEW) on allproc and
     then sleeps on proctree_lock, without Giant."""
-    from kernel.userland import libc
+    from smp.kernel.userland import libc
     t = vs.shared()
     t.v_pid = libc.getpid()
     vs.sleep_until(lambda: t.v_phase >= 1, "proctree_lock to be taken", 1000)
@@ -787,7 +787,7 @@ def fp_prs_new() -> list[Any]:
         vs.check("fp_newborn_has_no_vmspace", p.p_vmspace is None)
         # ps and procfs (the debugger program) skip it, as sysctl_kern_proc did: its
         # U-area is filled in only at the end of fork1
-        from kernel.userland import libc
+        from smp.kernel.userland import libc
         pid = p.p_pid
         vs.check("fp_newborn_hidden_from_ps", pid not in [q[0] for q in libc.list_procs()]
                  and libc.peek_uarea(pid) == -ESRCH)
@@ -835,8 +835,8 @@ def fp_map_trylock() -> list[Any]:
     (vmspace_resident_count) while they are freed under it. The driver swaps the sleeper
     in again (PHOLD) after each round, so every round is a chance."""
     def holder() -> None:
-        from kernel.vm.vm import VM_PROT_ALL as ALL
-        from kernel.vm.vm_map import vm_map_delete, vm_map_insert, vm_map_lock, vm_map_unlock
+        from smp.kernel.vm.vm import VM_PROT_ALL as ALL
+        from smp.kernel.vm.vm_map import vm_map_delete, vm_map_insert, vm_map_lock, vm_map_unlock
         t = vs.shared()
         vs.nap_until(lambda: t.v_pid != 0, "the sleeper to start")
         p = vs.find_proc(t.v_pid)
@@ -857,7 +857,7 @@ def fp_map_trylock() -> list[Any]:
         vs.done()
 
     def driver() -> None:
-        from kernel.kern.kern_proc import PHOLD, PRELE
+        from smp.kernel.kern.kern_proc import PHOLD, PRELE
         t = vs.shared()
         helpers.wait_until(lambda: t.v_phase >= 1, "the map to be locked")
         p = vs.find_proc(t.v_pid)
@@ -891,7 +891,7 @@ def fp_hold_locks() -> list[Any]:
     and then the napper's wakeup is lost and it stays swapped out, asleep on no channel.
     That is the 2002 code's bug, not this guard's, so the napper is not waited for."""
     def napper() -> None:
-        from kernel.userland import libc
+        from smp.kernel.userland import libc
         t = vs.shared()
         t.v_pid = libc.getpid()
         while t.v_phase == 0:
@@ -899,8 +899,8 @@ def fp_hold_locks() -> list[Any]:
         libc.exit(0)
 
     def driver() -> None:
-        from kernel.kern.kern_synch import tsleep
-        from kernel.sys.param import PWAIT
+        from smp.kernel.kern.kern_synch import tsleep
+        from smp.kernel.sys.param import PWAIT
         t = vs.shared()
         helpers.wait_until(lambda: t.v_pid != 0, "the napper to start")
         p = vs.find_proc(t.v_pid)
@@ -933,8 +933,8 @@ def fp_swappingin() -> list[Any]:
     wait for that swap-in rather than start a second one. Then the process is swapped out
     again and the kernel's invariant check runs."""
     def phold_pair(first: bool) -> None:
-        from kernel.kern.kern_proc import PHOLD, PRELE
-        from kernel.kern.subr_invariants import check_machine
+        from smp.kernel.kern.kern_proc import PHOLD, PRELE
+        from smp.kernel.kern.subr_invariants import check_machine
         G = kern_globals.G
         t = vs.shared()
         vs.nap_until(lambda: t.v_pid != 0, "the sleeper to start")
@@ -1009,7 +1009,7 @@ FAIL_POINTS: dict[str, tuple[Any, list[str], list[str], Any]] = {
 
 
 def test_fail_points_all_covered() -> None:
-    from kernel.conf import kern_fail
+    from smp.kernel.conf import kern_fail
     assert sorted(FAIL_POINTS) == [f.name for f in kern_fail.fail_points()]
 
 

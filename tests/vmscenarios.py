@@ -24,15 +24,15 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from kernel import param
-from kernel.kern import kern_globals
-from kernel.kern.kern_mutex import mtx_lock, mtx_lock_spin, mtx_unlock, mtx_unlock_spin
-from kernel.kern.kern_proc import FIRST_THREAD_IN_PROC, FOREACH_PROC_IN_SYSTEM
-from kernel.kern.kern_sx import sx_slock, sx_sunlock
-from kernel.machine import cpu as md
-from kernel.machine import memory
-from kernel.sys.kstruct import F, KStruct
-from kernel.sys.proc import TDI
+from smp.kernel import param
+from smp.kernel.kern import kern_globals
+from smp.kernel.kern.kern_mutex import mtx_lock, mtx_lock_spin, mtx_unlock, mtx_unlock_spin
+from smp.kernel.kern.kern_proc import FIRST_THREAD_IN_PROC, FOREACH_PROC_IN_SYSTEM
+from smp.kernel.kern.kern_sx import sx_slock, sx_sunlock
+from smp.kernel.machine import cpu as md
+from smp.kernel.machine import memory
+from smp.kernel.sys.kstruct import F, KStruct
+from smp.kernel.sys.proc import TDI
 
 import helpers
 
@@ -87,7 +87,7 @@ def part_done(total: int) -> None:
 def boot_fork(name: str, main: Callable[[], None], cpu: int = 0) -> Any:
     """A per-CPU SYSINIT that, on ``cpu`` only, forks a user process running ``main``."""
     def init(_: Any) -> None:
-        from kernel.userland import libc
+        from smp.kernel.userland import libc
         if md.pcpu.cpuid == cpu:
             libc.fork(main, name)
     return helpers.sysinit(f"vmt-fork-{name}", init, percpu=True, order="SI_ORDER_ANY")
@@ -130,7 +130,7 @@ def sflag(p: Any) -> int:
 def slptime(p: Any) -> int:
     """The smallest kg_slptime of ``p``'s ksegrps (what swapout_procs compares)."""
     G = kern_globals.G
-    from kernel.kern.kern_proc import FOREACH_KSEGRP_IN_PROC
+    from smp.kernel.kern.kern_proc import FOREACH_KSEGRP_IN_PROC
     mtx_lock_spin(G.sched_lock)
     v = min((kg.kg_slptime for kg in FOREACH_KSEGRP_IN_PROC(p)), default=0)
     mtx_unlock_spin(G.sched_lock)
@@ -156,7 +156,7 @@ def kstack_mapped(p: Any) -> bool:
 
 
 def uarea_wired(p: Any) -> bool:
-    from kernel.vm import vm_page as vp
+    from smp.kernel.vm import vm_page as vp
     vp.vm_page_lock_queues()
     m = vp.vm_page_lookup(p.p_upages_obj, 0)
     w = m is not None and m.wire_count > 0
@@ -167,10 +167,10 @@ def uarea_wired(p: Any) -> bool:
 def buffer_pages(base: int, npages: int) -> list[Any]:
     """The vm_pages behind ``npages`` pages of the current process's mapping at ``base``
     (None where not resident)."""
-    from kernel.kern.kern_thread import curproc
-    from kernel.vm.vm import atop
-    from kernel.vm.vm_map import vm_map_lock_read, vm_map_lookup_entry, vm_map_unlock_read
-    from kernel.vm.vm_page import vm_page_lookup
+    from smp.kernel.kern.kern_thread import curproc
+    from smp.kernel.vm.vm import atop
+    from smp.kernel.vm.vm_map import vm_map_lock_read, vm_map_lookup_entry, vm_map_unlock_read
+    from smp.kernel.vm.vm_page import vm_page_lookup
     map_ = curproc().p_vmspace.vm_map
     vm_map_lock_read(map_)
     e = vm_map_lookup_entry(map_, base)
@@ -184,7 +184,7 @@ def buffer_pages(base: int, npages: int) -> list[Any]:
 def wired_pages(base: int, npages: int) -> int:
     """How many of the buffer's pages have wire_count > 0 (Giant and the page queues lock
     held while looking)."""
-    from kernel.vm import vm_page as vp
+    from smp.kernel.vm import vm_page as vp
     mtx_lock(giant())
     vp.vm_page_lock_queues()
     n = sum(1 for m in buffer_pages(base, npages) if m is not None and m.wire_count > 0)
@@ -203,7 +203,7 @@ def resident_pages(base: int, npages: int) -> int:
 def sleep_until(cond: Callable[[], bool], what: str, max_ticks: int) -> None:
     """In a user process: sleep a tick at a time until ``cond()``; panic after
     ``max_ticks``."""
-    from kernel.userland import libc
+    from smp.kernel.userland import libc
     start = md.pcpu.ticks
     while not cond():
         if md.pcpu.ticks - start > max_ticks:
@@ -218,11 +218,11 @@ def pageout_proc_pages(p: Any) -> int:
     inactive page (vm_pageout_scan): write it to swap and free it. Only pages that are not
     wired, busy or held are taken, so only a swapped-out process loses any. Returns how
     many pages went to swap."""
-    from kernel.kern.kern_proc import FOREACH_THREAD_IN_PROC
-    from kernel.sys.kstruct import TAILQ_FOREACH
-    from kernel.vm import vm_page as vp
-    from kernel.vm.swap_pager import vm_pager_put_page
-    from kernel.vm.vm import PG_BUSY, VM_PAGER_OK
+    from smp.kernel.kern.kern_proc import FOREACH_THREAD_IN_PROC
+    from smp.kernel.sys.kstruct import TAILQ_FOREACH
+    from smp.kernel.vm import vm_page as vp
+    from smp.kernel.vm.swap_pager import vm_pager_put_page
+    from smp.kernel.vm.vm import PG_BUSY, VM_PAGER_OK
     mtx_lock(giant())
     objs = [p.p_upages_obj] + [td.td_kstack_obj for td in FOREACH_THREAD_IN_PROC(p)]
     n = 0
@@ -248,7 +248,7 @@ def pageout_proc_pages(p: Any) -> int:
 def swapout_procs_now(action: int) -> int:
     """Call swapout_procs(action) as the vm daemon does (Giant held); return how many
     processes this CPU swapped out meanwhile."""
-    from kernel.vm.vm_glue import swapout_procs
+    from smp.kernel.vm.vm_glue import swapout_procs
     before = md.pcpu.stats.get("swapouts", 0)
     mtx_lock(giant())
     swapout_procs(action)
@@ -278,9 +278,9 @@ def nap_until(cond: Callable[[], Any], what: str, max_ticks: int = 1500) -> None
     """In a kernel thread: sleep a tick at a time until ``cond()``; panic after
     ``max_ticks``. Unlike helpers.wait_until this lets a user process on the same CPU run
     (a kernel thread's priority always beats a user process's)."""
-    from kernel.kern.kern_synch import tsleep
-    from kernel.kern.kern_thread import curthread
-    from kernel.sys.param import PWAIT
+    from smp.kernel.kern.kern_synch import tsleep
+    from smp.kernel.kern.kern_thread import curthread
+    from smp.kernel.sys.param import PWAIT
     start = md.pcpu.ticks
     chan = curthread().addr("td_wmesg")
     while not cond():

@@ -18,31 +18,31 @@ from __future__ import annotations
 
 from typing import Any
 
-from kernel import param
-from kernel.kern import (kern_fail, kern_globals, kern_idle, kern_proc, subr_counter,
+from smp.kernel import param
+from smp.kernel.kern import (kern_fail, kern_globals, kern_idle, kern_proc, subr_counter,
                          subr_invariants,
                          subr_witness)
-from kernel.kern.kern_clock import hardclock
-from kernel.kern.kern_globals import struct_kernel
-from kernel.kern.kern_kthread import kthread_create, kthread_create_on, kthread_cpu
-from kernel.kern.kern_mutex import (MTX_DEF, MTX_RECURSE, MTX_SPIN, mtx_init, mtx_lock,
+from smp.kernel.kern.kern_clock import hardclock
+from smp.kernel.kern.kern_globals import struct_kernel
+from smp.kernel.kern.kern_kthread import kthread_create, kthread_create_on, kthread_cpu
+from smp.kernel.kern.kern_mutex import (MTX_DEF, MTX_RECURSE, MTX_SPIN, mtx_init, mtx_lock,
                                     mtx_lock_spin, mtx_unlock, mtx_unlock_spin)
-from kernel.kern.kern_switch import RunQueue, ipi_setrunqueue, runq_add
-from kernel.kern.kern_sx import sx_init
-from kernel.kern.kern_synch import schedcpu, tsleep
-from kernel.kern.kern_thread import LocalThread, thread_attach, thread_exit, thread_new
-from kernel.kern.kern_timeout import CalloutWheel
-from kernel.kern.subr_lock import lock_granted
-from kernel.machine import cpu as md
-from kernel.machine import memory
-from kernel.sys.kernel import SI_ORDER, SI_SUB, SYSINIT, sysinits
-from kernel.sys.kstruct import TAILQ_INSERT_TAIL, register_all
-from kernel.sys.param import PRI_MAX, PVM
-from kernel.sys.proc import P, PRS, PS, TDS, struct_ksegrp, struct_proc, struct_thread
-from kernel.sys.user import U_SIGACTS, U_STATS, plimit_new
-from kernel.vm import (swap_pager, vm_glue, vm_glue_lines, vm_kern, vm_meter, vm_page,
+from smp.kernel.kern.kern_switch import RunQueue, ipi_setrunqueue, runq_add
+from smp.kernel.kern.kern_sx import sx_init
+from smp.kernel.kern.kern_synch import schedcpu, tsleep
+from smp.kernel.kern.kern_thread import LocalThread, thread_attach, thread_exit, thread_new
+from smp.kernel.kern.kern_timeout import CalloutWheel
+from smp.kernel.kern.subr_lock import lock_granted
+from smp.kernel.machine import cpu as md
+from smp.kernel.machine import memory
+from smp.kernel.sys.kernel import SI_ORDER, SI_SUB, SYSINIT, sysinits
+from smp.kernel.sys.kstruct import TAILQ_INSERT_TAIL, register_all
+from smp.kernel.sys.param import PRI_MAX, PVM
+from smp.kernel.sys.proc import P, PRS, PS, TDS, struct_ksegrp, struct_proc, struct_thread
+from smp.kernel.sys.user import U_SIGACTS, U_STATS, plimit_new
+from smp.kernel.vm import (swap_pager, vm_glue, vm_glue_lines, vm_kern, vm_meter, vm_page,
                        vm_pageout)
-from kernel.vm.vm_map import vmspace_alloc
+from smp.kernel.vm.vm_map import vmspace_alloc
 
 
 # -- SI_SUB_LOCK: the global locks ----------------------------------------------------------

@@ -8,11 +8,11 @@ not in an interrupt), so that another thread of the same CPU runs in the window.
 
 from __future__ import annotations
 
-from kernel.kern import kern_globals
-from kernel.kern.kern_mutex import curlocal, mtx_lock_spin, mtx_unlock_spin
-from kernel.kern.kern_switch import setrunqueue
-from kernel.kern.kern_synch import mi_switch
-from kernel.machine import cpu as md
+from smp.kernel.kern import kern_globals
+from smp.kernel.kern.kern_mutex import curlocal, mtx_lock_spin, mtx_unlock_spin
+from smp.kernel.kern.kern_switch import setrunqueue
+from smp.kernel.kern.kern_synch import mi_switch
+from smp.kernel.machine import cpu as md
 
 
 def chaos_yield() -> None:

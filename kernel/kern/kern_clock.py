@@ -10,8 +10,8 @@ the hardware layer, which knows what the CPU was doing.
 
 from __future__ import annotations
 
-from kernel import param
-from kernel.machine import cpu as md
+from smp.kernel import param
+from smp.kernel.machine import cpu as md
 
 
 def hardclock() -> None:

@@ -16,20 +16,20 @@ wakeup cannot be lost.
 
 from __future__ import annotations
 
-from kernel.kern import kern_globals
-from kernel.kern.kern_mutex import KASSERT, mtx_destroy, mtx_lock_spin, mtx_unlock, mtx_unlock_spin
-from kernel.kern.kern_proc import FOREACH_THREAD_IN_PROC, PROC_LOCK, PROC_UNLOCK, proc_zfree
-from kernel.kern.kern_sx import sx_xlock, sx_xunlock
-from kernel.kern.kern_synch import msleep, wakeup
-from kernel.kern.kern_thread import curthread, thread_exit
-from kernel.machine import cpu as md
-from kernel.machine.pmap import pmap_dispose_thread
-from kernel.sys.kstruct import (HASH_REMOVE, LIST_FIRST, LIST_FOREACH, LIST_INSERT_HEAD,
+from smp.kernel.kern import kern_globals
+from smp.kernel.kern.kern_mutex import KASSERT, mtx_destroy, mtx_lock_spin, mtx_unlock, mtx_unlock_spin
+from smp.kernel.kern.kern_proc import FOREACH_THREAD_IN_PROC, PROC_LOCK, PROC_UNLOCK, proc_zfree
+from smp.kernel.kern.kern_sx import sx_xlock, sx_xunlock
+from smp.kernel.kern.kern_synch import msleep, wakeup
+from smp.kernel.kern.kern_thread import curthread, thread_exit
+from smp.kernel.machine import cpu as md
+from smp.kernel.machine.pmap import pmap_dispose_thread
+from smp.kernel.sys.kstruct import (HASH_REMOVE, LIST_FIRST, LIST_FOREACH, LIST_INSERT_HEAD,
                                 LIST_REMOVE, TAILQ_REMOVE)
-from kernel.sys.param import ECHILD, PWAIT
-from kernel.sys.proc import P, PRS, struct_proc
-from kernel.vm.vm_glue import vm_waitproc
-from kernel.vm.vm_map import vm_map_delete, vm_map_lock, vm_map_unlock
+from smp.kernel.sys.param import ECHILD, PWAIT
+from smp.kernel.sys.proc import P, PRS, struct_proc
+from smp.kernel.vm.vm_glue import vm_waitproc
+from smp.kernel.vm.vm_map import vm_map_delete, vm_map_lock, vm_map_unlock
 
 
 def exit1(rv: int) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from kernel.machine import cpu as md
+from smp.kernel.machine import cpu as md
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +36,7 @@ def FAIL_POINT_DEFINE(name: str, description: str) -> str:
 
 def fail_points() -> list[FailPoint]:
     """Every declared fail point, by name: those of the modules imported so far (import
-    ``kernel.conf`` for all of them)."""
+    ``smp.kernel.conf`` for all of them)."""
     return sorted(_declared.values(), key=lambda f: f.name)
 
 

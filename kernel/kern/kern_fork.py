@@ -20,22 +20,22 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from kernel.kern import kern_globals
-from kernel.kern.kern_mutex import (GIANT_REQUIRED, MTX_DEF, MTX_DUPOK, mtx_init, mtx_lock_spin,
+from smp.kernel.kern import kern_globals
+from smp.kernel.kern.kern_mutex import (GIANT_REQUIRED, MTX_DEF, MTX_DUPOK, mtx_init, mtx_lock_spin,
                                     mtx_unlock_spin)
-from kernel.kern.kern_proc import PROC_LOCK, PROC_UNLOCK, proc_zalloc
-from kernel.kern.kern_switch import setrunqueue
-from kernel.kern.kern_sx import sx_xlock, sx_xunlock
-from kernel.kern.kern_thread import thread_attach
-from kernel.machine import cpu as md
-from kernel.machine import memory
-from kernel.machine.pmap import pmap_new_thread
-from kernel.sys.kstruct import HASH_INSERT, LIST_INSERT_HEAD, TAILQ_INSERT_TAIL
-from kernel.sys.param import PUSER
-from kernel.sys.proc import PRS, PS, TDS, struct_ksegrp, struct_procsig, struct_thread
-from kernel.sys.user import KI_CHECK, KI_PID, ki_check
-from kernel.vm.vm import RFMEM, RFPROC, RFSTOPPED
-from kernel.vm.vm_glue import vm_forkproc
+from smp.kernel.kern.kern_proc import PROC_LOCK, PROC_UNLOCK, proc_zalloc
+from smp.kernel.kern.kern_switch import setrunqueue
+from smp.kernel.kern.kern_sx import sx_xlock, sx_xunlock
+from smp.kernel.kern.kern_thread import thread_attach
+from smp.kernel.machine import cpu as md
+from smp.kernel.machine import memory
+from smp.kernel.machine.pmap import pmap_new_thread
+from smp.kernel.sys.kstruct import HASH_INSERT, LIST_INSERT_HEAD, TAILQ_INSERT_TAIL
+from smp.kernel.sys.param import PUSER
+from smp.kernel.sys.proc import PRS, PS, TDS, struct_ksegrp, struct_procsig, struct_thread
+from smp.kernel.sys.user import KI_CHECK, KI_PID, ki_check
+from smp.kernel.vm.vm import RFMEM, RFPROC, RFSTOPPED
+from smp.kernel.vm.vm_glue import vm_forkproc
 
 
 def fork1(td: Any, flags: int, child_main: Callable[[], None], name: str) -> tuple[int, Any]:

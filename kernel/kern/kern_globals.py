@@ -11,7 +11,7 @@ state, and every read of them goes to the server.
 
 from __future__ import annotations
 
-from kernel.sys.kstruct import F, KObj, KStruct
+from smp.kernel.sys.kstruct import F, KObj, KStruct
 
 struct_kernel = KStruct("kernel", [
     F("Giant", "mtx"),

@@ -7,10 +7,10 @@ never on a run queue; ``choosethread`` returns it when the queue is empty.
 
 from __future__ import annotations
 
-from kernel.kern import kern_globals
-from kernel.kern.kern_mutex import mtx_lock_spin, mtx_unlock_spin
-from kernel.kern.kern_synch import mi_switch
-from kernel.machine import cpu as md
+from smp.kernel.kern import kern_globals
+from smp.kernel.kern.kern_mutex import mtx_lock_spin, mtx_unlock_spin
+from smp.kernel.kern.kern_synch import mi_switch
+from smp.kernel.machine import cpu as md
 
 
 def idle_proc() -> None:

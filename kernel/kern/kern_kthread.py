@@ -16,15 +16,15 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from kernel.kern import kern_globals
-from kernel.kern.kern_mutex import MTX_DEF, MTX_DUPOK, mtx_init, mtx_lock_spin, mtx_unlock_spin
-from kernel.kern.kern_switch import setrunqueue
-from kernel.kern.kern_sx import sx_xlock, sx_xunlock
-from kernel.kern.kern_thread import LocalThread, thread_new
-from kernel.machine import cpu as md
-from kernel.sys.kstruct import HASH_INSERT, LIST_INSERT_HEAD, TAILQ_INSERT_TAIL
-from kernel.sys.param import PWAIT
-from kernel.sys.proc import P, PRS, PS, struct_ksegrp, struct_proc
+from smp.kernel.kern import kern_globals
+from smp.kernel.kern.kern_mutex import MTX_DEF, MTX_DUPOK, mtx_init, mtx_lock_spin, mtx_unlock_spin
+from smp.kernel.kern.kern_switch import setrunqueue
+from smp.kernel.kern.kern_sx import sx_xlock, sx_xunlock
+from smp.kernel.kern.kern_thread import LocalThread, thread_new
+from smp.kernel.machine import cpu as md
+from smp.kernel.sys.kstruct import HASH_INSERT, LIST_INSERT_HEAD, TAILQ_INSERT_TAIL
+from smp.kernel.sys.param import PWAIT
+from smp.kernel.sys.proc import P, PRS, PS, struct_ksegrp, struct_proc
 
 
 # The kernel's daemons, in the order in which ``kern.kthread_placement = "spread"`` gives

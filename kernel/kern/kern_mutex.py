@@ -18,9 +18,9 @@ treats the same as "on a run queue": not safe to swap out.
 
 from __future__ import annotations
 
-from kernel.kern import kern_globals
-from kernel.machine import cpu as md
-from kernel.machine.lock import (EXCL, LF_DUPOK, LF_NOWITNESS, LF_RECURSE, LK_SLEEP, LK_SPIN,
+from smp.kernel.kern import kern_globals
+from smp.kernel.machine import cpu as md
+from smp.kernel.machine.lock import (EXCL, LF_DUPOK, LF_NOWITNESS, LF_RECURSE, LK_SLEEP, LK_SPIN,
                                  QUEUED, lock_acquire, lock_destroy, lock_init, lock_release,
                                  lock_try)
 
@@ -76,11 +76,11 @@ def mtx_lock(m: int, _flags: int = 0) -> None:
     where = md.site()
     if lock_acquire(m, EXCL, _flags, where) == QUEUED:
         # cycle: blocking needs the scheduler (kern_synch), which needs mutexes
-        from kernel.kern.subr_lock import lock_block
+        from smp.kernel.kern.subr_lock import lock_block
         lock_block(lt, m, "mutex", EXCL, where)
     lt.owned[m] = lt.owned.get(m, 0) + 1
     if md.chaos_on():
-        from kernel.kern.kern_chaos import chaos_yield   # cycle: a yield is a switch
+        from smp.kernel.kern.kern_chaos import chaos_yield   # cycle: a yield is a switch
         chaos_yield()
 
 
@@ -97,7 +97,7 @@ def mtx_unlock(m: int) -> None:
     drop_hold(lt.owned, m, f"unlock of lock {m:#x} not owned by thread {lt.name}")
     lock_release(m, EXCL)
     if md.chaos_on():
-        from kernel.kern.kern_chaos import chaos_yield   # cycle: a yield is a switch
+        from smp.kernel.kern.kern_chaos import chaos_yield   # cycle: a yield is a switch
         chaos_yield()
 
 

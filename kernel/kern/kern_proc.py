@@ -18,16 +18,16 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from kernel.kern import kern_globals
-from kernel.kern.kern_mutex import (MA_OWNED, MTX_DEF, mtx_assert, mtx_init, mtx_lock,
+from smp.kernel.kern import kern_globals
+from smp.kernel.kern.kern_mutex import (MA_OWNED, MTX_DEF, mtx_assert, mtx_init, mtx_lock,
                                     mtx_lock_spin, mtx_unlock, mtx_unlock_spin)
-from kernel.kern.kern_sx import sx_slock, sx_sunlock
-from kernel.machine import cpu as md
-from kernel.machine import memory
-from kernel.sys.kernel import SI_ORDER, SI_SUB, SYSINIT
-from kernel.sys.kstruct import (F, HASH_LOOKUP, KObj, KStruct, TAILQ_FIRST, TAILQ_FOREACH,
+from smp.kernel.kern.kern_sx import sx_slock, sx_sunlock
+from smp.kernel.machine import cpu as md
+from smp.kernel.machine import memory
+from smp.kernel.sys.kernel import SI_ORDER, SI_SUB, SYSINIT
+from smp.kernel.sys.kstruct import (F, HASH_LOOKUP, KObj, KStruct, TAILQ_FIRST, TAILQ_FOREACH,
                                 TAILQ_INSERT_TAIL, TAILQ_REMOVE)
-from kernel.sys.proc import PRS, PS, TDI, struct_ksegrp, struct_proc, struct_thread
+from smp.kernel.sys.proc import PRS, PS, TDI, struct_ksegrp, struct_proc, struct_thread
 
 PROC_ZONE_CACHE = 16
 
@@ -67,7 +67,7 @@ def _PHOLD(p: KObj) -> None:
     * ``not_inmem``, as FreeBSD later wrote it: ``p_lock++; if (!(p_sflag & PS_INMEM))
       faultin(p)``, which is what makes the seed's PS_SWAPPINGIN wait do its job.
     """
-    from kernel.vm.vm_glue import faultin   # cycle: vm_glue takes the proc macros here
+    from smp.kernel.vm.vm_glue import faultin   # cycle: vm_glue takes the proc macros here
     PROC_LOCK_ASSERT(p, MA_OWNED)
     G = kern_globals.G
     n = p.p_lock
@@ -161,7 +161,7 @@ def procinit_zone(_: Any) -> None:
 
 def proc_zalloc() -> KObj:
     """A struct proc: a recycled one as it was left, or a new one (proc_init: U-area)."""
-    from kernel.vm.vm_glue import vm_proc_new   # cycle: vm_glue takes the proc macros here
+    from smp.kernel.vm.vm_glue import vm_proc_new   # cycle: vm_glue takes the proc macros here
     z = proc_zone()
     mtx_lock(z.pz_mtx)
     p = TAILQ_FIRST(z.pz_free, struct_proc)
@@ -183,7 +183,7 @@ def proc_zalloc() -> KObj:
 
 def proc_zfree(p: KObj) -> None:
     """Give a reaped proc back to the zone (its contents stay as they are)."""
-    from kernel.vm.vm_glue import vm_proc_dispose   # cycle: vm_glue takes the proc macros here
+    from smp.kernel.vm.vm_glue import vm_proc_dispose   # cycle: vm_glue takes the proc macros here
     z = proc_zone()
     mtx_lock(z.pz_mtx)
     if z.pz_nfree < PROC_ZONE_CACHE:

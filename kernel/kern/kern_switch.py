@@ -18,8 +18,8 @@ import heapq
 import itertools
 from typing import Any
 
-from kernel.machine import cpu as md
-from kernel.sys.proc import TDS
+from smp.kernel.machine import cpu as md
+from smp.kernel.sys.proc import TDS
 
 
 class RunQueue:

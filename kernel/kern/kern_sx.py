@@ -9,10 +9,10 @@ sleep.
 
 from __future__ import annotations
 
-from kernel.kern.kern_mutex import curlocal, drop_hold
-from kernel.kern.subr_lock import lock_block
-from kernel.machine import cpu as md
-from kernel.machine.lock import (EXCL, LK_RW, QUEUED, SHARED, lock_acquire, lock_destroy,
+from smp.kernel.kern.kern_mutex import curlocal, drop_hold
+from smp.kernel.kern.subr_lock import lock_block
+from smp.kernel.machine import cpu as md
+from smp.kernel.machine.lock import (EXCL, LK_RW, QUEUED, SHARED, lock_acquire, lock_destroy,
                                  lock_init, lock_release, lock_try)
 
 __site_transparent__ = True     # lock requests made here are their caller's

@@ -18,18 +18,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from kernel.kern import kern_globals
-from kernel.kern.kern_mutex import (MA_NOTRECURSED, MA_OWNED, mtx_assert, mtx_lock,
+from smp.kernel.kern import kern_globals
+from smp.kernel.kern.kern_mutex import (MA_NOTRECURSED, MA_OWNED, mtx_assert, mtx_lock,
                                     mtx_lock_spin, mtx_unlock, mtx_unlock_spin)
-from kernel.kern.kern_switch import choosethread, setrunqueue
-from kernel.kern.kern_thread import curlocal
-from kernel.kern.kern_timeout import Callout
-from kernel.machine import cpu as md
-from kernel.machine.lock import AF_PICKUP, lock_handoff, sleepq_add, sleepq_remove, sleepq_wakeup
-from kernel.machine.swtch import cpu_switch
-from kernel.sys.kstruct import TAILQ_FOREACH
-from kernel.sys.param import EWOULDBLOCK, PDROP, PRIMASK
-from kernel.sys.proc import (PRS, PS, TDF, TDI, TDS, TD_CLR_SLEEPING, TD_SET_SLEEPING,
+from smp.kernel.kern.kern_switch import choosethread, setrunqueue
+from smp.kernel.kern.kern_thread import curlocal
+from smp.kernel.kern.kern_timeout import Callout
+from smp.kernel.machine import cpu as md
+from smp.kernel.machine.lock import AF_PICKUP, lock_handoff, sleepq_add, sleepq_remove, sleepq_wakeup
+from smp.kernel.machine.swtch import cpu_switch
+from smp.kernel.sys.kstruct import TAILQ_FOREACH
+from smp.kernel.sys.param import EWOULDBLOCK, PDROP, PRIMASK
+from smp.kernel.sys.proc import (PRS, PS, TDF, TDI, TDS, TD_CLR_SLEEPING, TD_SET_SLEEPING,
                              struct_ksegrp, struct_proc, struct_thread)
 
 __all__ = ["msleep", "tsleep", "wakeup", "wakeup_one", "mi_switch", "setrunnable",
@@ -217,7 +217,7 @@ def schedcpu() -> None:
     """Once a simulated second: age ``p_swtime`` and ``kg_slptime`` (what the swapper and
     swapout_procs decide by). Runs in a kernel thread; takes allproc shared, then
     sched_lock for each process."""
-    from kernel.kern.kern_sx import sx_slock, sx_sunlock   # cycle: an sx wait sleeps here
+    from smp.kernel.kern.kern_sx import sx_slock, sx_sunlock   # cycle: an sx wait sleeps here
     G = _G()
     md.pcpu.count("schedcpu_runs")
     sx_slock(G.allproc_lock)

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from kernel.kern import kern_globals
-from kernel.kern.kern_mutex import mtx_lock_spin, mtx_unlock_spin
-from kernel.kern.kern_switch import choosethread
-from kernel.machine import cpu as md
-from kernel.machine.lock import lock_handoff
-from kernel.machine.swtch import cpu_throw
-from kernel.sys.proc import TDS, struct_thread
+from smp.kernel.kern import kern_globals
+from smp.kernel.kern.kern_mutex import mtx_lock_spin, mtx_unlock_spin
+from smp.kernel.kern.kern_switch import choosethread
+from smp.kernel.machine import cpu as md
+from smp.kernel.machine.lock import lock_handoff
+from smp.kernel.machine.swtch import cpu_throw
+from smp.kernel.sys.proc import TDS, struct_thread
 
 
 class LocalThread:

@@ -11,7 +11,7 @@ kernel. A new counter should get a line here.
 
 from __future__ import annotations
 
-from kernel.machine import cpu as md
+from smp.kernel.machine import cpu as md
 
 # The kernel's work, as a run's report lists it first (zero when nothing happened).
 SUMMARY_COUNTERS = ("forks", "forks_rfmem", "exits", "waits", "swapouts", "swapins",

@@ -23,21 +23,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from kernel import param
-from kernel.kern import kern_globals
-from kernel.kern.kern_kthread import kthread_create
-from kernel.kern.kern_mutex import mtx_lock, mtx_lock_spin, mtx_unlock, mtx_unlock_spin
-from kernel.kern.kern_proc import (FOREACH_PROC_IN_SYSTEM, FOREACH_THREAD_IN_PROC, PROC_LOCK,
+from smp.kernel import param
+from smp.kernel.kern import kern_globals
+from smp.kernel.kern.kern_kthread import kthread_create
+from smp.kernel.kern.kern_mutex import mtx_lock, mtx_lock_spin, mtx_unlock, mtx_unlock_spin
+from smp.kernel.kern.kern_proc import (FOREACH_PROC_IN_SYSTEM, FOREACH_THREAD_IN_PROC, PROC_LOCK,
                                    PROC_UNLOCK, proc_zone)
-from kernel.kern.kern_sx import sx_slock, sx_sunlock
-from kernel.kern.kern_synch import tsleep, wakeup
-from kernel.machine import cpu as md
-from kernel.machine import memory
-from kernel.sys.kernel import SI_ORDER, SI_SUB, SYSINIT
-from kernel.sys.kstruct import TAILQ_FOREACH
-from kernel.sys.param import PVM
-from kernel.sys.proc import PRS, PS, TDI, struct_proc, struct_thread
-from kernel.vm import vm_page as vp
+from smp.kernel.kern.kern_sx import sx_slock, sx_sunlock
+from smp.kernel.kern.kern_synch import tsleep, wakeup
+from smp.kernel.machine import cpu as md
+from smp.kernel.machine import memory
+from smp.kernel.sys.kernel import SI_ORDER, SI_SUB, SYSINIT
+from smp.kernel.sys.kstruct import TAILQ_FOREACH
+from smp.kernel.sys.param import PVM
+from smp.kernel.sys.proc import PRS, PS, TDI, struct_proc, struct_thread
+from smp.kernel.vm import vm_page as vp
 
 _final_requested = False
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from kernel.kern import kern_globals
-from kernel.kern.kern_mutex import mtx_lock_spin, mtx_unlock_spin
-from kernel.kern.kern_switch import runq_add
-from kernel.kern.kern_synch import DROP_GIANT, PICKUP_GIANT, mi_switch, setrunnable
-from kernel.machine import cpu as md
-from kernel.machine.lock import QUEUED, lock_retry
-from kernel.sys.proc import TDI, TDS, TD_CLR_SLEEPING, TD_SET_INHIB
+from smp.kernel.kern import kern_globals
+from smp.kernel.kern.kern_mutex import mtx_lock_spin, mtx_unlock_spin
+from smp.kernel.kern.kern_switch import runq_add
+from smp.kernel.kern.kern_synch import DROP_GIANT, PICKUP_GIANT, mi_switch, setrunnable
+from smp.kernel.machine import cpu as md
+from smp.kernel.machine.lock import QUEUED, lock_retry
+from smp.kernel.sys.proc import TDI, TDS, TD_CLR_SLEEPING, TD_SET_INHIB
 
 __site_transparent__ = True
 

@@ -12,7 +12,7 @@ queue's spin mutex (spin locks, the sched lock first).
 
 from __future__ import annotations
 
-from kernel.machine import cpu as md
+from smp.kernel.machine import cpu as md
 
 ORDER_LISTS = [
     ["Giant", "proctree", "allproc", "process lock"],

@@ -7,16 +7,16 @@ it asks of ``kernel/machine/`` (DESIGN.md decision 12), the way FreeBSD's MI cod
 * this module: the processor. Per-CPU data (``pcpu``), the caller's source site, time and
   work, thread stacks and the context switch, critical sections and interrupts, IPIs, the
   console, panics, and the kernel's registrations with the machine;
-* :mod:`kernel.machine.memory`: shared memory (loads, stores, atomics on the fields of
+* :mod:`smp.kernel.machine.memory`: shared memory (loads, stores, atomics on the fields of
   kernel objects), allocation, lists and hash tables, physical pages, the kernel MMU and
   the swap device;
-* :mod:`kernel.machine.lock`: lock words and sleep queues;
-* :mod:`kernel.machine.pmap`: the machine-dependent half of the pmap;
-* :mod:`kernel.machine.swtch`: the context switch.
+* :mod:`smp.kernel.machine.lock`: lock words and sleep queues;
+* :mod:`smp.kernel.machine.pmap`: the machine-dependent half of the pmap;
+* :mod:`smp.kernel.machine.swtch`: the context switch.
 
 Only these modules import ``hw``; they alone know the wire protocol's constants, so this is
 the one place where the kernel meets the machine: where every request is counted, costed in
-machine time and recorded (``hw.cpu``, ``hw.bus``).
+machine time and recorded (``smp.hw.cpu``, ``smp.hw.bus``).
 
 **Sites.** Every shared access carries the *kernel* source site that made it (DESIGN.md
 decision 5): the first frame, walking out from the request, that is neither in this
@@ -38,11 +38,11 @@ import traceback
 from types import CodeType, FrameType
 from typing import TYPE_CHECKING, Any, Callable
 
-from hw.protocol import Op
-from hw.seeds import derive
+from smp.hw.protocol import Op
+from smp.hw.seeds import derive
 
 if TYPE_CHECKING:
-    from hw.cpu import Context, Cpu
+    from smp.hw.cpu import Context, Cpu
 
 _KERNEL_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 _MACHINE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep

@@ -16,9 +16,9 @@ from __future__ import annotations
 from typing import Any
 
 # the address layout of kernel memory (hw.protocol), for the kernel's structures
-from hw.protocol import F_LIST, F_LOCK, F_MAP, FIELD_BITS  # noqa: F401
-from hw.protocol import Op
-from kernel.machine.cpu import pcpu_hw, site
+from smp.hw.protocol import F_LIST, F_LOCK, F_MAP, FIELD_BITS  # noqa: F401
+from smp.hw.protocol import Op
+from smp.kernel.machine.cpu import pcpu_hw, site
 
 
 def _call(op: int, *args: Any) -> Any:

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from kernel.machine import cpu as md
-from kernel.machine import memory
+from smp.kernel.machine import cpu as md
+from smp.kernel.machine import memory
 
 
 def cpu_switch(nxt: Any, voluntary: bool = True) -> None:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from kernel.machine import memory
-from kernel.vm.vm import RFPROC
+from smp.kernel.machine import memory
+from smp.kernel.vm.vm import RFPROC
 
 
 def cpu_fork(td1: Any, p2: Any, td2: Any, flags: int) -> None:

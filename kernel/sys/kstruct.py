@@ -25,9 +25,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Iterator
 
-from kernel.machine import memory
-from kernel.machine.cpu import register
-from kernel.machine.memory import F_LIST, F_LOCK, F_MAP, FIELD_BITS
+from smp.kernel.machine import memory
+from smp.kernel.machine.cpu import register
+from smp.kernel.machine.memory import F_LIST, F_LOCK, F_MAP, FIELD_BITS
 
 # a field's load or store is made by the code that names the field, not here
 __site_transparent__ = True

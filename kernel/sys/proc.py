@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import enum
 
-from kernel.sys.kstruct import F, KStruct
+from smp.kernel.sys.kstruct import F, KStruct
 
 # the state macros below expand in their caller, as C macros do: their loads and stores
 # are the caller's (the site a report names is the line that used the macro)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kernel.sys.kstruct import F, KStruct
+from smp.kernel.sys.kstruct import F, KStruct
 
 U_SIGACTS = 0
 SIGACTS_SIZE = 256

@@ -5,4 +5,4 @@ package. Each module declares its SYSINITs when imported; importing the package 
 them all in.
 """
 
-from kernel.userland import lockload, programs  # noqa: F401
+from smp.kernel.userland import lockload, programs  # noqa: F401

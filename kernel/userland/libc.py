@@ -12,25 +12,25 @@ from __future__ import annotations
 
 from typing import Callable
 
-from kernel import param
-from kernel.kern import kern_globals
-from kernel.kern.kern_exit import exit1, wait1
-from kernel.kern.kern_fork import fork1
-from kernel.kern.kern_mutex import mtx_lock, mtx_lock_spin, mtx_unlock, mtx_unlock_spin
-from kernel.kern.kern_proc import FOREACH_PROC_IN_SYSTEM, PRELE, PROC_UNLOCK, _PHOLD, pfind
-from kernel.kern.kern_sx import sx_slock, sx_sunlock
-from kernel.kern.kern_synch import maybe_yield, tsleep
-from kernel.kern.kern_thread import curlocal, curproc, curthread
-from kernel.machine import cpu as md
-from kernel.machine import memory
-from kernel.sys.param import ESRCH, PWAIT
-from kernel.sys.proc import P, PRS, PS
-from kernel.sys.user import KI_CHECK, KI_PID, ki_check
-from kernel.vm.vm import KERN_SUCCESS, OBJT_DEFAULT, RFFDG, RFPROC, VM_PROT_READ, VM_PROT_WRITE
-from kernel.vm.vm_fault import vm_fault_page, vm_page_release
-from kernel.vm.vm_glue import kernacc, useracc, vslock, vsunlock
-from kernel.vm.vm_map import vm_map_find, vm_map_remove
-from kernel.vm.vm_object import vm_object_allocate
+from smp.kernel import param
+from smp.kernel.kern import kern_globals
+from smp.kernel.kern.kern_exit import exit1, wait1
+from smp.kernel.kern.kern_fork import fork1
+from smp.kernel.kern.kern_mutex import mtx_lock, mtx_lock_spin, mtx_unlock, mtx_unlock_spin
+from smp.kernel.kern.kern_proc import FOREACH_PROC_IN_SYSTEM, PRELE, PROC_UNLOCK, _PHOLD, pfind
+from smp.kernel.kern.kern_sx import sx_slock, sx_sunlock
+from smp.kernel.kern.kern_synch import maybe_yield, tsleep
+from smp.kernel.kern.kern_thread import curlocal, curproc, curthread
+from smp.kernel.machine import cpu as md
+from smp.kernel.machine import memory
+from smp.kernel.sys.param import ESRCH, PWAIT
+from smp.kernel.sys.proc import P, PRS, PS
+from smp.kernel.sys.user import KI_CHECK, KI_PID, ki_check
+from smp.kernel.vm.vm import KERN_SUCCESS, OBJT_DEFAULT, RFFDG, RFPROC, VM_PROT_READ, VM_PROT_WRITE
+from smp.kernel.vm.vm_fault import vm_fault_page, vm_page_release
+from smp.kernel.vm.vm_glue import kernacc, useracc, vslock, vsunlock
+from smp.kernel.vm.vm_map import vm_map_find, vm_map_remove
+from smp.kernel.vm.vm_object import vm_object_allocate
 
 PAGE = param.PAGE_SIZE
 USER_BASE = 0x08048000

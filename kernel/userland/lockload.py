@@ -17,20 +17,20 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from kernel.kern import kern_globals
-from kernel.kern.kern_kthread import kthread_create
-from kernel.kern.kern_mutex import (MTX_DEF, mtx_init, mtx_lock, mtx_lock_spin, mtx_unlock,
+from smp.kernel.kern import kern_globals
+from smp.kernel.kern.kern_kthread import kthread_create
+from smp.kernel.kern.kern_mutex import (MTX_DEF, mtx_init, mtx_lock, mtx_lock_spin, mtx_unlock,
                                     mtx_unlock_spin)
-from kernel.kern.kern_sx import sx_slock, sx_sunlock, sx_xlock, sx_xunlock
-from kernel.kern.kern_synch import msleep, wakeup
-from kernel.kern.kern_thread import curlocal
-from kernel.machine import cpu as md
-from kernel.machine import memory
-from kernel import param
-from kernel.sys.kernel import SI_ORDER, SI_SUB, SYSINIT
-from kernel.sys.kstruct import F, KStruct, TAILQ_FOREACH, TAILQ_INSERT_TAIL
-from kernel.sys.param import EWOULDBLOCK, PWAIT
-from kernel.sys.proc import struct_proc
+from smp.kernel.kern.kern_sx import sx_slock, sx_sunlock, sx_xlock, sx_xunlock
+from smp.kernel.kern.kern_synch import msleep, wakeup
+from smp.kernel.kern.kern_thread import curlocal
+from smp.kernel.machine import cpu as md
+from smp.kernel.machine import memory
+from smp.kernel import param
+from smp.kernel.sys.kernel import SI_ORDER, SI_SUB, SYSINIT
+from smp.kernel.sys.kstruct import F, KStruct, TAILQ_FOREACH, TAILQ_INSERT_TAIL
+from smp.kernel.sys.param import EWOULDBLOCK, PWAIT
+from smp.kernel.sys.proc import struct_proc
 
 struct_lockobj = KStruct("lockobj", [
     F("lo_mtx", "mtx"),

@@ -32,12 +32,12 @@ from __future__ import annotations
 import random
 from typing import Any, Callable, Iterator
 
-from kernel import param
-from kernel.machine import cpu as md
-from kernel.sys.proc import PS
-from kernel.sys.kernel import SI_ORDER, SI_SUB, SYSINIT
-from kernel.userland import libc
-from kernel.vm.vm import RFFDG, RFMEM, RFPROC, VM_PROT_READ, VM_PROT_WRITE
+from smp.kernel import param
+from smp.kernel.machine import cpu as md
+from smp.kernel.sys.proc import PS
+from smp.kernel.sys.kernel import SI_ORDER, SI_SUB, SYSINIT
+from smp.kernel.userland import libc
+from smp.kernel.vm.vm import RFFDG, RFMEM, RFPROC, VM_PROT_READ, VM_PROT_WRITE
 
 PAGE = param.PAGE_SIZE
 PROGRAMS = ("forker", "sleeper", "hog", "sharer", "debugger", "syscaller", "napper")

@@ -16,15 +16,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from kernel import param
-from kernel.kern.kern_synch import tsleep
-from kernel.machine import cpu as md
-from kernel.machine import memory
-from kernel.sys.param import PSWP
-from kernel.sys.kernel import SI_ORDER, SI_SUB, SYSINIT
-from kernel.sys.kstruct import (F, HASH_INSERT, HASH_LOOKUP, HASH_REMOVE, KObj, KStruct,
+from smp.kernel import param
+from smp.kernel.kern.kern_synch import tsleep
+from smp.kernel.machine import cpu as md
+from smp.kernel.machine import memory
+from smp.kernel.sys.param import PSWP
+from smp.kernel.sys.kernel import SI_ORDER, SI_SUB, SYSINIT
+from smp.kernel.sys.kstruct import (F, HASH_INSERT, HASH_LOOKUP, HASH_REMOVE, KObj, KStruct,
                                 TAILQ_FIRST, TAILQ_INSERT_TAIL, TAILQ_REMOVE)
-from kernel.vm.vm import (OBJT_DEFAULT, OBJT_SWAP, VM_PAGE_BITS_ALL, VM_PAGER_ERROR,
+from smp.kernel.vm.vm import (OBJT_DEFAULT, OBJT_SWAP, VM_PAGE_BITS_ALL, VM_PAGER_ERROR,
                           VM_PAGER_FAIL, VM_PAGER_OK)
 
 struct_swblk = KStruct("swblk", [

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from kernel.param import PAGE_SIZE
+from smp.kernel.param import PAGE_SIZE
 
 # vm_prot_t (vm/vm.h)
 VM_PROT_NONE = 0x00

@@ -22,16 +22,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from kernel.kern.kern_lock import LK_EXCLUSIVE, LK_NOWAIT, LK_RELEASE, lockinit, lockmgr
-from kernel.kern.kern_mutex import KASSERT
-from kernel.machine import cpu as md
-from kernel.machine import memory
-from kernel.sys.kstruct import F, KObj, KStruct, TAILQ_FOREACH, TAILQ_INSERT_TAIL, TAILQ_REMOVE
-from kernel.sys.param import PVM
-from kernel.vm.vm import (FALSE, KERN_INVALID_ADDRESS, KERN_NO_SPACE, KERN_SUCCESS, OBJT_DEFAULT,
+from smp.kernel.kern.kern_lock import LK_EXCLUSIVE, LK_NOWAIT, LK_RELEASE, lockinit, lockmgr
+from smp.kernel.kern.kern_mutex import KASSERT
+from smp.kernel.machine import cpu as md
+from smp.kernel.machine import memory
+from smp.kernel.sys.kstruct import F, KObj, KStruct, TAILQ_FOREACH, TAILQ_INSERT_TAIL, TAILQ_REMOVE
+from smp.kernel.sys.param import PVM
+from smp.kernel.vm.vm import (FALSE, KERN_INVALID_ADDRESS, KERN_NO_SPACE, KERN_SUCCESS, OBJT_DEFAULT,
                           TRUE, VM_INHERIT_COPY, VM_INHERIT_NONE, VM_INHERIT_SHARE, VM_PROT_ALL,
                           atop)
-from kernel.vm.vm_object import vm_object_allocate, vm_object_deallocate, vm_object_reference
+from smp.kernel.vm.vm_object import vm_object_allocate, vm_object_deallocate, vm_object_reference
 
 VM_MIN_ADDRESS = 0x00001000
 VM_MAXUSER_ADDRESS = 0xBFBFE000
@@ -212,7 +212,7 @@ def vm_map_find(map_: KObj, obj: KObj | None, offset: int, addr: int, length: in
 def vm_map_delete(map_: KObj, start: int, end: int) -> int:
     """Remove the entries within ``[start, end)`` and drop their objects (map locked).
     PORT: entries are removed whole (no clipping); callers remove whole entries."""
-    from kernel.vm.vm_fault import vm_fault_unwire   # cycle: faults walk maps
+    from smp.kernel.vm.vm_fault import vm_fault_unwire   # cycle: faults walk maps
     for e in list(TAILQ_FOREACH(map_.entries, struct_vm_map_entry)):
         s, en, wired = e.load("start", "end", "wired_count")
         if en <= start or s >= end:
@@ -236,7 +236,7 @@ def vm_map_remove(map_: KObj, start: int, end: int) -> int:
 
 def vm_map_wire(map_: KObj, start: int, end: int, user_wire: int) -> int:
     """Fault in and wire every page of ``[start, end)`` (vslock)."""
-    from kernel.vm.vm_fault import vm_fault_wire   # cycle: faults walk maps
+    from smp.kernel.vm.vm_fault import vm_fault_wire   # cycle: faults walk maps
     vm_map_lock(map_)
     entries = []
     addr = start
@@ -258,7 +258,7 @@ def vm_map_wire(map_: KObj, start: int, end: int, user_wire: int) -> int:
 
 
 def vm_map_unwire(map_: KObj, start: int, end: int, user_wire: int) -> int:
-    from kernel.vm.vm_fault import vm_fault_unwire   # cycle: faults walk maps
+    from smp.kernel.vm.vm_fault import vm_fault_unwire   # cycle: faults walk maps
     vm_map_lock(map_)
     for e in TAILQ_FOREACH(map_.entries, struct_vm_map_entry):
         s, en, w = e.load("start", "end", "wired_count")
@@ -331,7 +331,7 @@ def vmspace_fork(vm1: KObj) -> KObj:
     """A copy of ``vm1`` for a child: SHARE entries share the object, COPY entries get a
     copy of every page (see PORT above), NONE entries are left out. ``vm1``'s map is
     locked while it is copied."""
-    from kernel.vm.vm_fault import vm_object_copy_pages   # cycle: faults walk maps
+    from smp.kernel.vm.vm_fault import vm_object_copy_pages   # cycle: faults walk maps
     old_map = vm1.vm_map
     vm_map_lock(old_map)
     vm2 = vmspace_alloc(old_map.min_offset, old_map.max_offset)
@@ -361,7 +361,7 @@ def vmspace_unshare(p: KObj) -> None:
         return
     newvm = vmspace_fork(oldvm)
     p.p_vmspace = newvm
-    from kernel.machine.pmap import pmap_pinit2   # cycle: kernel stacks live in maps
+    from smp.kernel.machine.pmap import pmap_pinit2   # cycle: kernel stacks live in maps
     pmap_pinit2(vmspace_pmap(newvm))
     vmspace_free(oldvm)
 

@@ -8,7 +8,7 @@ with every stats sample (free pages, the pageout thresholds) without knowing the
 
 from __future__ import annotations
 
-from kernel.machine import cpu as md
+from smp.kernel.machine import cpu as md
 
 # the machine's names for the counts -> struct vmmeter's fields
 VMSTATS = {

@@ -22,20 +22,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from kernel import param
-from kernel.kern import kern_globals
-from kernel.kern.kern_kthread import kthread_create_on
-from kernel.kern.kern_mutex import mtx_lock
-from kernel.kern.kern_synch import tsleep, wakeup
-from kernel.kern.kern_thread import curproc
-from kernel.machine import cpu as md
-from kernel.sys.kernel import SI_ORDER, SI_SUB, SYSINIT
-from kernel.sys.kstruct import TAILQ_ITEMS
-from kernel.sys.param import EWOULDBLOCK, PPAUSE, PVM
-from kernel.vm import vm_page as vp
-from kernel.vm.swap_pager import vm_pager_put_page
-from kernel.vm.vm import PG_BUSY, VM_PAGER_OK, VM_SWAP_IDLE, VM_SWAP_NORMAL
-from kernel.vm.vm_glue import swapout_procs
+from smp.kernel import param
+from smp.kernel.kern import kern_globals
+from smp.kernel.kern.kern_kthread import kthread_create_on
+from smp.kernel.kern.kern_mutex import mtx_lock
+from smp.kernel.kern.kern_synch import tsleep, wakeup
+from smp.kernel.kern.kern_thread import curproc
+from smp.kernel.machine import cpu as md
+from smp.kernel.sys.kernel import SI_ORDER, SI_SUB, SYSINIT
+from smp.kernel.sys.kstruct import TAILQ_ITEMS
+from smp.kernel.sys.param import EWOULDBLOCK, PPAUSE, PVM
+from smp.kernel.vm import vm_page as vp
+from smp.kernel.vm.swap_pager import vm_pager_put_page
+from smp.kernel.vm.vm import PG_BUSY, VM_PAGER_OK, VM_SWAP_IDLE, VM_SWAP_NORMAL
+from smp.kernel.vm.vm_glue import swapout_procs
 
 VM_PAGEOUT_BATCH = 64
 

@@ -93,7 +93,7 @@ def _kernel_file(path: str) -> Spans | None:
     if path not in _parsed:
         try:
             _parsed[path] = statements_of(
-                importlib.resources.files("kernel").joinpath(path).read_text())
+                importlib.resources.files("smp.kernel").joinpath(path).read_text())
         except (OSError, SyntaxError, ValueError):
             _parsed[path] = None
     return _parsed[path]

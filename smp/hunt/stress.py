@@ -31,8 +31,8 @@ import threading
 import time
 from typing import Callable, Protocol, Sequence
 
-from hw.seeds import derive_int
 from smp.hunt.findings import Failure, KnownFinding, classify, load_known
+from smp.hw.seeds import derive_int
 
 
 class CampaignError(Exception):
@@ -42,7 +42,7 @@ class CampaignError(Exception):
 
 def derive_seed(base: int, i: int) -> int:
     """The seed of run ``i`` of a campaign with seed ``base`` (stable across versions and
-    hosts: ``hw.seeds``)."""
+    hosts: ``smp.hw.seeds``)."""
     return derive_int(base, "campaign", i) % (2**31 - 1) + 1
 
 
@@ -115,8 +115,8 @@ def package_root() -> str:
 
 
 def child_env() -> dict[str, str]:
-    """The environment of a campaign's machines: they import the same smp (and kernel, hw)
-    as the campaign, wherever they are started from. Together with ``python -P`` (no
+    """The environment of a campaign's machines: they import the same smp (and so the same
+    smp.kernel and smp.hw) as the campaign, wherever they are started from. Together with ``python -P`` (no
     current directory on sys.path), a clone in the working directory cannot shadow an
     installed smp, nor another tree the one on PYTHONPATH."""
     env = dict(os.environ)

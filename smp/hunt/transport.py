@@ -16,7 +16,7 @@ what the transport alone costs, all in one run:
   and packs a reply, as the real server does. Measured: the median round trip with 1 client
   and the total ops/s with 1, 2 and 4 client processes.
 * **smp**: the real server (``smp.machine.server.server_main`` in its own process, ``ncpus`` = the
-  number of clients) with 1, 2 and 4 client processes, each a CPU (``hw.bus.Bus``, ``HELLO``
+  number of clients) with 1, 2 and 4 client processes, each a CPU (``smp.hw.bus.Bus``, ``HELLO``
   as ``cpu<i>``) that allocates an object with a sleep mutex and an int field:
 
   - a *lock cycle*: ``ACQUIRE`` (a call: waits for ``GRANTED``, or for ``QUEUED`` and then a
@@ -63,8 +63,8 @@ from typing import Any, Callable
 import multiprocess
 import zmq
 
-from hw.bus import Bus, BusError, ServerGone
-from hw.protocol import (EXCL, GRANTED, LK_SLEEP, QUEUED, VERSION, Event, Op, pack, unpack)
+from smp.hw.bus import Bus, BusError, ServerGone
+from smp.hw.protocol import (EXCL, GRANTED, LK_SLEEP, QUEUED, VERSION, Event, Op, pack, unpack)
 from smp.machine.server import server_main
 from smp.run.proc_util import die_with_parent
 

@@ -60,7 +60,7 @@ def versions() -> dict[str, str]:
     """This host's smp and wire protocol versions: a campaign runs only where they are its
     own."""
     import smp
-    from hw.protocol import VERSION
+    from smp.hw.protocol import VERSION
     return {"smp": smp.__version__, "protocol": VERSION.decode()}
 
 
@@ -82,7 +82,7 @@ def probe(dask_worker):
     try:
         import smp
         out["smp"] = str(smp.__version__)
-        from hw.protocol import VERSION
+        from smp.hw.protocol import VERSION
         out["protocol"] = VERSION.decode()
     except Exception as e:
         out["error"] = f"{type(e).__name__}: {e}"

@@ -15,10 +15,10 @@ import time
 import traceback
 from typing import Any
 
-from hw.bus import Bus, BusError, ServerGone, Stopped
-from hw.clock import Clock, VirtualClock
-from hw.cpu import Costs, Cpu
-from hw.protocol import Op
+from smp.hw.bus import Bus, BusError, ServerGone, Stopped
+from smp.hw.clock import Clock, VirtualClock
+from smp.hw.cpu import Costs, Cpu
+from smp.hw.protocol import Op
 from smp.run.proc_util import die_with_parent
 
 START_TIMEOUT = 60.0
@@ -51,7 +51,7 @@ def cpu_main(cpu_id: int, endpoint: str, config: dict[str, Any] | None, liveness
     if pdeathsig:
         die_with_parent()
     if sysinits:
-        from kernel.sys.kernel import SYSINIT
+        from smp.kernel.sys.kernel import SYSINIT
         for si in sysinits:
             SYSINIT(si.name, si.subsystem, si.order, si.func, si.udata, si.percpu)
     code = 0
@@ -60,7 +60,7 @@ def cpu_main(cpu_id: int, endpoint: str, config: dict[str, Any] | None, liveness
         # Import the kernel before saying hello: once hello'd, a CPU that sends nothing for
         # PEER_LOST_S is reported unresponsive, and 32 CPUs importing at once on 2 cores
         # can take that long.
-        import kernel.conf  # noqa: F401
+        import smp.kernel.conf  # noqa: F401
         # a CPU that joins from another host has an identity of its own, so that a
         # second one for the same id reaches the server (and is refused there, saying
         # why) instead of being dropped by ZeroMQ as a duplicate identity
@@ -120,7 +120,7 @@ def make_cpu(cpu_id: int, bus: Bus, config: dict[str, Any],
         clock = Clock(int(config["machine.hz"]), float(config["machine.speed"]))
     hw = Cpu(cpu_id, bus, clock, float(config["run.stats_interval"]), costs_of(config))
     if config["debug.chaos"] != "off":
-        from hw.chaos import Chaos
+        from smp.hw.chaos import Chaos
         seed = int(config["debug.chaos_seed"]) or int(config["run.seed"])
         hw.chaos = Chaos(str(config["debug.chaos"]), seed, cpu_id)
     return hw
@@ -129,7 +129,7 @@ def make_cpu(cpu_id: int, bus: Bus, config: dict[str, Any],
 def run_cpu(hw: Cpu, config: dict[str, Any], start_timeout: float) -> dict[str, Any]:
     """Wait for the machine to start, boot the kernel on this CPU and run it until the
     machine halts; the CPU's final report (its read log, if it records, sent ahead)."""
-    from kernel.conf import boot
+    from smp.kernel.conf import boot
     bus, clock = hw.bus, hw.clock
     virtual = config["machine.time"] == "virtual"
     deadline = time.monotonic() + start_timeout

@@ -5,7 +5,7 @@ seconds, and ends the run with a message that names it. Three watches, each chea
 to run while the server drains a flood (the server's loop calls :meth:`Liveness.tick` every
 ``TICK_EVERY`` messages, not only when it is idle):
 
-* **Heartbeats** (``hw.protocol.HEARTBEAT_S``, 0.25 s): every CPU gets a ``HEARTBEAT`` event
+* **Heartbeats** (``smp.hw.protocol.HEARTBEAT_S``, 0.25 s): every CPU gets a ``HEARTBEAT`` event
   that often, so a CPU notices a dead server within 2 s. A CPU that said hello and then
   sends nothing at all for ``PEER_LOST_S`` (its bus PINGs when idle, its heartbeat thread
   PINGs from ``<identity>/hb``) is reported to the launcher as ``STALLED``. Silence is
@@ -24,7 +24,7 @@ from __future__ import annotations
 import time
 from typing import Any, Protocol
 
-from hw.protocol import HEARTBEAT_S, PEER_LOST_S, Event, Op
+from smp.hw.protocol import HEARTBEAT_S, PEER_LOST_S, Event, Op
 from smp.machine.locks import LockTable
 from smp.machine.peers import Peer
 from smp.machine.witness import Finding

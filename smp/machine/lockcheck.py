@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Callable
 
 from smp.machine.locks import LockTable
-from hw.protocol import F_LOCK, field_addr
+from smp.hw.protocol import F_LOCK, field_addr
 from smp.machine.objects import ObjectStore
 from smp.machine.witness import Finding
 

@@ -20,7 +20,7 @@ Semantics, after FreeBSD 5.0:
   release that leaves the lock free wakes every waiting reader, or if there are none the
   first writer, as the condition variables did; they try again.
 * ``lockmgr``: as sx, with try-acquire used by ``vm_map_trylock``.
-* Lines (``hw.bus``): a CPU that takes a mutex LINE_STREAK times running, with nobody
+* Lines (``smp.hw.bus``): a CPU that takes a mutex LINE_STREAK times running, with nobody
   waiting, keeps the lock word's line and takes the lock again by posting an ``AF_LINE``
   acquire. While it has the line no other CPU gets the lock: their acquires queue (a
   try-lock fails), the line is recalled, and the grant or wake-up waits for the CPU's
@@ -43,7 +43,7 @@ import dataclasses
 import time
 from typing import Any, Callable
 
-from hw.protocol import (AF_LINE, AF_PICKUP, AF_TRY, BUSY, EXCL, GRANTED, GRANTED_LINE,
+from smp.hw.protocol import (AF_LINE, AF_PICKUP, AF_TRY, BUSY, EXCL, GRANTED, GRANTED_LINE,
                          LF_NOSHREC, LF_RECURSE, LK_RW, LK_SLEEP, LK_SPIN, LOCK_KINDS, QUEUED,
                          SHARED)
 from smp.machine.profile import LockProfile

@@ -24,7 +24,7 @@ import dataclasses
 from typing import Any
 
 
-from hw.protocol import F_LIST, F_LOCK, F_MAP, FIELD_BITS, field_addr, field_kind_ok
+from smp.hw.protocol import F_LIST, F_LOCK, F_MAP, FIELD_BITS, field_addr, field_kind_ok
 
 
 class ObjectError(Exception):

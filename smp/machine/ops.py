@@ -6,7 +6,7 @@ for theirs. :attr:`Operations.table` maps every operation to a method with the s
 signature, ``(peer, tid, site, args) -> reply value``, and every method does one thing: a
 load checks the field's lock key (``smp.machine.lockcheck``) and loads; an acquire asks
 the lock table (``smp.machine.locks``) and sends the events it makes. The devices are
-``hw.physmem`` (page frames, the kernel MMU, the swap device), ``smp.machine.objects``
+``smp.hw.physmem`` (page frames, the kernel MMU, the swap device), ``smp.machine.objects``
 (kernel memory: typed objects, lists, hash tables), the lock table and the sleep queues
 (``smp.machine.sleepq``). What the server itself keeps (the peers, the events, a panic)
 the methods reach through ``srv``.
@@ -31,8 +31,8 @@ import collections
 import time
 from typing import Any, Callable, Protocol
 
-from hw.physmem import PhysMem, SwapDevice
-from hw.protocol import F_LOCK, MAX_FRAME, Event, Op
+from smp.hw.physmem import PhysMem, SwapDevice
+from smp.hw.protocol import F_LOCK, MAX_FRAME, Event, Op
 from smp.machine.hangs import Hangs
 from smp.machine.liveness import Liveness
 from smp.machine.lockcheck import LockKeyChecker

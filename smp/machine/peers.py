@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hw.protocol import Op, ProtocolError
+from smp.hw.protocol import Op, ProtocolError
 
 
 class Rejected(ProtocolError):

@@ -27,8 +27,8 @@ from typing import Any, Protocol
 
 import zmq
 
-from hw.physmem import PhysMem, SwapDevice
-from hw.protocol import field_addr, pack
+from smp.hw.physmem import PhysMem, SwapDevice
+from smp.hw.protocol import field_addr, pack
 from smp.machine.hangs import Hangs
 from smp.machine.liveness import Liveness
 from smp.machine.lockcheck import LockKeyChecker

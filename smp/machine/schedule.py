@@ -20,8 +20,8 @@ import collections
 import dataclasses
 from typing import Any
 
-from hw import record
-from hw.protocol import Op
+from smp.hw import record
+from smp.hw.protocol import Op
 
 
 def _opname(op: int) -> str:

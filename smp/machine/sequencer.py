@@ -35,8 +35,8 @@ import collections
 import dataclasses
 from typing import Any, Protocol
 
-from hw.clock import NEVER
-from hw.protocol import CONTROL_OPS, Event, Op
+from smp.hw.clock import NEVER
+from smp.hw.protocol import CONTROL_OPS, Event, Op
 from smp.machine.locks import LockTable
 from smp.machine.peers import Peer, opname, short
 from smp.machine.schedule import Divergence, Recording, Replay

@@ -1,7 +1,7 @@
 """The machine server: one process, one thread, one ZeroMQ ROUTER loop.
 
 It owns everything the CPUs share (DESIGN.md decision 1): physical memory and the kernel
-MMU (``hw.physmem``), the swap device, kernel memory (``smp.machine.objects``), the lock
+MMU (``smp.hw.physmem``), the swap device, kernel memory (``smp.machine.objects``), the lock
 table (``smp.machine.locks``) and the sleep channels (``smp.machine.sleepq``), and the
 delivery of IPIs and grants between CPUs. Because it applies every peer's requests one at
 a time, it is the machine's linearisation point: the order in which it handles requests
@@ -57,9 +57,9 @@ from typing import Any, Callable
 
 import zmq
 
-from hw.clock import NEVER
-from hw.physmem import Fault, PhysMem, SwapDevice
-from hw.protocol import (CONTROL_OPS, ERR, MAX_FRAME, MAX_FRAME_HARD, OK, VERSION, Event, Op,
+from smp.hw.clock import NEVER
+from smp.hw.physmem import Fault, PhysMem, SwapDevice
+from smp.hw.protocol import (CONTROL_OPS, ERR, MAX_FRAME, MAX_FRAME_HARD, OK, VERSION, Event, Op,
                          ProtocolError, pack, unpack_all)
 from smp.machine.hangs import Hangs
 from smp.machine.liveness import Liveness

@@ -28,7 +28,7 @@ from __future__ import annotations
 import collections
 from typing import Hashable
 
-from hw.protocol import EXCL
+from smp.hw.protocol import EXCL
 from smp.machine.locks import Grant, LockError, LockTable, ThreadLocks
 
 

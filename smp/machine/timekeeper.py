@@ -22,8 +22,8 @@ which follows a record instead) the horizon is infinite.
 
 from __future__ import annotations
 
-from hw.clock import NEVER
-from hw.protocol import SYNC_SPIN
+from smp.hw.clock import NEVER
+from smp.hw.protocol import SYNC_SPIN
 
 
 class TimeKeeper:

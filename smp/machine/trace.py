@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from typing import IO, Any
 
-from hw.protocol import AF_LINE, GRANTED, GRANTED_LINE, Op
+from smp.hw.protocol import AF_LINE, GRANTED, GRANTED_LINE, Op
 
 THREADS, LOCKS, SLEEPING = 1, 2, 3          # the track ids within a CPU's process
 

@@ -40,7 +40,7 @@ import collections
 import dataclasses
 from typing import Any, Callable
 
-from hw.protocol import LF_DUPOK, LF_NOWITNESS, LK_RW, LK_SLEEP, LK_SPIN
+from smp.hw.protocol import LF_DUPOK, LF_NOWITNESS, LK_RW, LK_SLEEP, LK_SPIN
 
 
 @dataclasses.dataclass

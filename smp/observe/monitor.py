@@ -29,8 +29,8 @@ from typing import Any, Iterator
 import psutil
 import zmq
 
-from hw.cpu import MODES
-from hw.protocol import unpack
+from smp.hw.cpu import MODES
+from smp.hw.protocol import unpack
 
 # Order in which modes stack (user work at the bottom, idle on top), as top(1) lists them.
 MODE_ORDER = ("user", "nice", "sys", "intr", "spin", "idle")

@@ -535,7 +535,7 @@ class Config:
 
 def default_config_path() -> Traversable:
     """The packaged default config, ``configs/default.toml``."""
-    return importlib.resources.files("configs") / "default.toml"
+    return importlib.resources.files("smp.configs") / "default.toml"
 
 
 def _parse_override(text: str) -> tuple[str, object]:
@@ -601,7 +601,7 @@ def _check_together(cfg: Config, origin: str) -> None:
     in the machine (``machine.memory``); more would have the kernel panic at the hog's
     mmap ("mmap: no space"), or thrash a machine too small for it, instead of saying
     which key is wrong."""
-    from kernel.param import PAGE_SIZE
+    from smp.kernel.param import PAGE_SIZE
     pages = int(cfg["machine.memory"]) // PAGE_SIZE
     hog = int(cfg["user.hog_pages"])
     if hog > pages:

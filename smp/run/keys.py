@@ -173,7 +173,7 @@ def server_keys(d: str) -> tuple[bytes, bytes, str]:
 
 
 def client_keys(d: str, cpu: int | None = None) -> dict[str, bytes]:
-    """What ``hw.bus.Bus(curve=...)`` takes: our pair and the server's public key. With
+    """What ``smp.hw.bus.Bus(curve=...)`` takes: our pair and the server's public key. With
     ``cpu``: the secret key in ``d`` bound to that CPU id (KeyDirError if none, or more
     than one)."""
     if cpu is None:

@@ -41,8 +41,8 @@ import multiprocess
 import psutil
 import zmq
 
-from hw import record
-from hw.protocol import ERR, LIVENESS_S, VERSION, Event, Op, pack, unpack
+from smp.hw import record
+from smp.hw.protocol import ERR, LIVENESS_S, VERSION, Event, Op, pack, unpack
 from smp import __version__
 from smp.run.config import Config
 from smp.machine.cpuproc import START_TIMEOUT, cpu_main
@@ -227,7 +227,7 @@ def run_machine(cfg: Config, run_dir: str | None = None,
     what live.json says; every process is forked by then, so it may start threads),
     ``record(rec)`` (every record of the stats stream) and ``close()``.
 
-    ``sysinits`` are extra ``kernel.sys.kernel.SysInit`` items declared in every CPU
+    ``sysinits`` are extra ``smp.kernel.sys.kernel.SysInit`` items declared in every CPU
     process before it boots (tests use them to run their own kernel code); the CPUs are
     forked, so they may be closures.
 
@@ -237,7 +237,7 @@ def run_machine(cfg: Config, run_dir: str | None = None,
     ``force``); a run directory that cannot be used raises RunDirError before anything
     has started.
 
-    ``replay``: a record (``hw.record.Record``) to replay instead of running freely: the
+    ``replay``: a record (``smp.hw.record.Record``) to replay instead of running freely: the
     server enforces its order and each CPU takes its events where the record says;
     ``until``: stop after that operation (``smp replay --until``). ``trace``: draw the
     run's timeline into that file (``smp.machine.trace``; ``smp trace``)."""

@@ -33,9 +33,9 @@ from typing import Any, Sequence
 
 import multiprocess
 
-from hw.bus import Bus
-from hw.protocol import VERSION, Event, Op, pack, unpack
 from smp import __version__
+from smp.hw.bus import Bus
+from smp.hw.protocol import VERSION, Event, Op, pack, unpack
 from smp.machine.cpuproc import make_cpu, run_cpu
 from smp.machine.sequencer import TimeSpec
 from smp.machine.server import Server, detectors_of
@@ -64,7 +64,7 @@ class _LocalServer(Server):
 
 
 class LocalChannel:
-    """The bus's socket and poller in one (``hw.bus.Channel``): a frame sent is handled
+    """The bus's socket and poller in one (``smp.hw.bus.Channel``): a frame sent is handled
     by the server at once; what the server sends back waits in its outbox."""
 
     def __init__(self, machine: LocalMachine, ident: bytes) -> None:
@@ -187,7 +187,7 @@ def run_local(cfg: Config, sysinits: Sequence[Any] = (), run_dir: str | None = N
         code = 0
         try:
             if sysinits:
-                from kernel.sys.kernel import SYSINIT
+                from smp.kernel.sys.kernel import SYSINIT
                 for si in sysinits:
                     SYSINIT(si.name, si.subsystem, si.order, si.func, si.udata, si.percpu)
             w.send(json.dumps(LocalMachine(cfg).run(), default=str))

@@ -32,7 +32,7 @@ gets no parent-death signal: it is the top process on its host, and the server's
 ends it. Its death ends the run in turn: the server reports a CPU silent for
 ``PEER_LOST_S`` as STALLED, as for a local one.
 
-Clocks. Simulated time is computed from the server's host clock (``hw.clock``). A CPU on
+Clocks. Simulated time is computed from the server's host clock (``smp.hw.clock``). A CPU on
 another host maps the server's ``time.monotonic()`` to its own with the offset that it
 measures around its HELLO (half a round trip of error, microseconds on a LAN).
 """
@@ -50,7 +50,7 @@ from typing import Any
 import zmq
 import zmq.utils.monitor
 
-from hw.protocol import LIVENESS_S
+from smp.hw.protocol import LIVENESS_S
 from smp.run.keys import KeyDirError, client_keys, key_bindings, server_keys
 
 DEFAULT_JOIN_TIMEOUT = 60.0

@@ -31,8 +31,8 @@ import os
 import tempfile
 from typing import Any, Callable
 
-from hw import record
-from hw.protocol import VERSION
+from smp.hw import record
+from smp.hw.protocol import VERSION
 from smp.run.config import Config, ConfigError, load_config
 
 RECORD_FILE = "schedule.smpr"
