@@ -9,7 +9,11 @@ short (``--set run.duration=...``) where the README's are long.
 
 Issue 16 found three commands that worked only from a clone: ``smp bench`` (its transport
 part was a script outside the package), ``python -m smp``, and ``smp stress`` started
-inside a clone (its machines ran ``python -m smp.cli`` and so imported the clone).
+inside a clone (its machines ran ``python -m smp.cli`` and so imported the clone). And the
+wheel put ``kernel``, ``hw`` and ``configs`` into site-packages beside ``smp``: now they
+install as ``smp.kernel``, ``smp.hw`` and ``smp.configs`` (smp/__init__.py says how), and
+the README's second command, ``pip install '.[test]' && pytest``, runs a clone's tests
+against the installed smp.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -38,7 +43,7 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pathlib.Path]:
     """The bin/ directory of a venv with smp installed from a copy of this tree."""
     base = tmp_path_factory.mktemp("installed")
     src = base / "src"
-    shutil.copytree(helpers.REPO, src, ignore=IGNORE)
+    _clone(src)
     env = _env(base / "venv" / "bin")
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages",
                     str(base / "venv")], check=True, timeout=120, env=env)
@@ -49,6 +54,12 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pathlib.Path]:
     assert r.returncode == 0, r.stdout + r.stderr
     shutil.rmtree(src)                     # nothing can be read from the copy either
     yield bindir
+
+
+def _clone(dst: pathlib.Path) -> None:
+    """A copy of this tree as a clone has it: the links smp/kernel, smp/hw and
+    smp/configs stay links."""
+    shutil.copytree(helpers.REPO, dst, ignore=IGNORE, symlinks=True)
 
 
 def _env(bindir: pathlib.Path) -> dict[str, str]:
@@ -171,7 +182,11 @@ def test_the_readme_commands_from_the_installed_package(venv: pathlib.Path,
     assert json.loads(smp("report", str(rdir), "--format", "json"))["ok"] is True
     assert smp("report", str(rdir), "--format", "csv").startswith("cpu,pid,")
     assert smp("report", str(rdir), "--table", "locks").startswith("lock ")
-    assert smp("witness", str(rdir)).startswith("Sleep locks:\n0 Giant -- last acquired @ ")
+    witness = smp("witness", str(rdir))
+    assert witness.startswith("Sleep locks:\n0 Giant -- last acquired @ ")
+    # sites are named relative to the kernel's tree, smp/kernel/ in site-packages
+    assert re.match(r"Sleep locks:\n0 Giant -- last acquired @ (kern|vm)/\w+\.py:\d+\n",
+                    witness), witness
     assert str(rdir / "witness.dot") in smp("witness", str(rdir), "--dot")
     assert (rdir / "witness.dot").read_text().startswith("digraph witness {")
     flame = _run(venv, [str(venv / "smp"), "flame", str(rdir)], work, 60)
@@ -182,3 +197,67 @@ def test_the_readme_commands_from_the_installed_package(venv: pathlib.Path,
     assert "server.key" in smp("keys", str(work / "keys"))
     assert "hostb.key" in smp("keys", str(work / "keys"), "--cpus", "2-3", "--name", "hostb")
     assert "complete" in smp("completion", "bash")
+
+
+# what the installed distribution is made of, and where the names it imports come from
+_INSTALLED = """
+import importlib.metadata, json, os, sysconfig
+import smp.hw.bus, smp.kernel.conf
+from smp.hunt.findings import _kernel_file
+from smp.run.config import default_config_path
+dist = importlib.metadata.distribution("smp")
+print(json.dumps({
+    "top": sorted({f.parts[0] for f in dist.files if f.parts[0] != ".."}),
+    "top_level": dist.read_text("top_level.txt").split(),
+    "site_packages": os.path.realpath(sysconfig.get_path("purelib")),
+    "listing": sorted(os.listdir(sysconfig.get_path("purelib"))),
+    "files": [smp.kernel.conf.__file__, smp.hw.bus.__file__, str(default_config_path())],
+    "kernel_source": _kernel_file("vm/vm_glue.py") is not None,
+}))
+"""
+
+
+@pytest.mark.timeout(400)
+def test_only_smp_goes_into_site_packages(venv: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    """Before: the wheel installed top-level ``kernel``, ``hw`` and ``configs`` packages,
+    which anything else so named collides with. Now one name, ``smp``; the kernel, the
+    hardware and the configs are in it and are found there by what reads them."""
+    r = _run(venv, [str(venv / "python"), "-c", _INSTALLED], tmp_path, 60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    got = json.loads(r.stdout)
+    assert got["top"] == ["smp", "smp-0.1.0.dist-info"] and got["top_level"] == ["smp"], got
+    # (the venv's own site-packages: the shared interpreter's, which it sees too, may
+    # hold anything, an smp installed before this change among it)
+    assert not {"kernel", "hw", "configs"} & set(got["listing"]), got["listing"]
+    site = pathlib.Path(got["site_packages"])
+    assert [str(pathlib.Path(f).resolve().relative_to(site)) for f in got["files"]] == \
+        ["smp/kernel/conf.py", "smp/hw/bus.py", "smp/configs/default.toml"]
+    assert got["kernel_source"] is True                 # known findings read the kernel's lines
+
+
+@pytest.mark.timeout(600)
+def test_the_readme_test_command_from_the_installed_package(venv: pathlib.Path,
+                                                            tmp_path: pathlib.Path) -> None:
+    """``pip install '.[test]' && pytest`` in a clone: the tests import the installed smp
+    (``pytest`` puts the clone's tests/, not the clone, on sys.path), whose kernel, hardware
+    and configs are ``smp.kernel``, ``smp.hw`` and ``smp.configs`` in site-packages. A few
+    quick files of the suite stand for it (the whole suite runs from the source tree), with
+    one more test that says which smp they imported. ``python -P -m pytest`` is the
+    ``pytest`` that pip would install: this venv sees the shared interpreter's pytest, so pip
+    installs no script of its own, and ``-P`` keeps the working directory off sys.path as
+    the script does."""
+    clone = tmp_path / "clone"
+    _clone(clone)
+    r = _run(venv, [str(venv / "pip"), "install", "--quiet", "--no-deps",
+                    "--disable-pip-version-check", ".[test]"], clone, 300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (clone / "tests" / "test_which_smp.py").write_text(
+        "import smp.configs, smp.hw, smp.kernel\n\n\n"
+        "def test_the_installed_smp_is_imported():\n"
+        "    for m in (smp, smp.kernel, smp.hw, smp.configs):\n"
+        "        assert 'site-packages' in m.__file__, m.__file__\n")
+    r = _run(venv, [str(venv / "python"), "-P", "-m", "pytest", "-q", "tests/test_which_smp.py",
+                    "tests/test_architecture.py", "tests/test_hunt_findings.py",
+                    "tests/test_cmap.py", "tests/test_config.py"], clone, 300)
+    assert r.returncode == 0 and " passed" in r.stdout and "failed" not in r.stdout, \
+        r.stdout[-3000:] + r.stderr[-3000:]

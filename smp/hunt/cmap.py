@@ -25,6 +25,7 @@ import pathlib
 import re
 import sys
 
+# the source tree this module is in (an installed smp has no docs/seed: pass a clone's root)
 ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
 PORTS = {  # the port (relative to kernel/), the C it ports (relative to the repo), table
     "vm/vm_glue.py": ("docs/seed/vm_glue.c", "kernel/vm/vm_glue_lines.py"),
@@ -135,10 +136,11 @@ def _align(py: list[tuple[int, list[str]]], c: list[tuple[int, list[str]]]) -> d
     return out
 
 
-def build(port: str, c_path: str) -> dict[int, int]:
-    """The table for ``port`` (relative to kernel/): every line of it -> a line of the C."""
-    py_text = (ROOT / "kernel" / port).read_text()
-    c_lines = (ROOT / c_path).read_text().splitlines()
+def build(port: str, c_path: str, root: pathlib.Path = ROOT) -> dict[int, int]:
+    """The table for ``port`` (relative to kernel/ of the tree ``root``): every line of it
+    -> a line of the C."""
+    py_text = (root / "kernel" / port).read_text()
+    c_lines = (root / c_path).read_text().splitlines()
     py_lines = py_text.splitlines()
     tree = ast.parse(py_text)
     pyf = _py_functions(tree)
@@ -196,9 +198,9 @@ def render(port: str, c_path: str, table: dict[int, int]) -> str:
             f'LINES: list[int] = [\n{rows},\n]\n')
 
 
-def generate() -> dict[str, str]:
-    """Every table's path -> its text, as it should be now."""
-    return {table: render(port, c_path, build(port, c_path))
+def generate(root: pathlib.Path = ROOT) -> dict[str, str]:
+    """Every table's path (relative to ``root``) -> its text, as it should be now."""
+    return {table: render(port, c_path, build(port, c_path, root))
             for port, (c_path, table) in PORTS.items()}
 
 
