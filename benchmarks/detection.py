@@ -131,6 +131,8 @@ def main() -> int:
                     help="only these hunts of known findings (default: all)")
     ap.add_argument("--no-fail-points", action="store_true",
                     help="no fail point campaigns (only the hunts and the clean runs)")
+    ap.add_argument("--no-hunts", action="store_true",
+                    help="no hunts of known findings (only the fail points and clean runs)")
     ap.add_argument("--chaos", action="append", choices=("off", "low", "high"), default=[],
                     help="only these chaos levels (default: off and high)")
     ap.add_argument("--quick", action="store_true",
@@ -182,7 +184,7 @@ def main() -> int:
                      "unrelated_failures": unrelated,
                      "note": NOT_DETECTABLE.get(fp, "")})
     hunts = []
-    for name in a.hunt or sorted(HUNTS):
+    for name in [] if a.no_hunts else a.hunt or sorted(HUNTS):
         kid, det, config = HUNTS[name]
         for chaos in a.chaos or ("off", "high"):
             firsts = []
