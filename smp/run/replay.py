@@ -182,7 +182,8 @@ def fingerprint(report: dict[str, Any]) -> dict[str, Any]:
                          for r in report.get("locks", [])], key=lambda r: str(r["name"])),
         "findings": sorted(f"{f.get('detector')}|{f.get('summary')}"
                            for f in report.get("findings", [])),
-        "panic": {k: panic.get(k) for k in ("message", "cpu", "tid", "site")} if panic else None,
+        "panic": ({k: panic.get(k) for k in ("message", "cpu", "tid", "site", "op")}
+                  if panic else None),
         "invariants": report.get("invariants", []),
         "operations": ops,
     }
