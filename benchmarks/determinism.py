@@ -97,7 +97,7 @@ def fidelity(tmp: str, failing: int, clean: int, duration: float) -> dict[str, A
     seed = 1000
     points = list(CATCHABLE)
     tries = 0
-    while sum(1 for c in cases if c.startswith("fail")) < failing and tries < failing * 6:
+    while len(cases) < failing and tries < failing * 6:
         fp = points[tries % len(points)]
         tries += 1
         seed += 1
