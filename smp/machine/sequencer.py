@@ -162,6 +162,8 @@ class Sequencer:
                 if int(a[1]) < 0:               # the record, cut short, ends for it here
                     self._diverge(self.replay.reads_end(p.cpu, int(a[0])))
                     return
+                if len(a) > 3 and int(a[3]) < self.sent[p.cpu]:
+                    return                      # what it waits for is on its way to it
                 self.replay.stuck[p.cpu] = (int(a[0]), int(a[1]), int(a[2]))
                 self.pump()
 
