@@ -35,13 +35,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import Any, Self
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:                      # run as a script from anywhere in the tree
     sys.path.insert(0, _ROOT)
 
-from smp.run.replay import compare  # noqa: E402
+from smp.run.replay import compare
 
 WORK = ("forks", "swapouts", "vm_waits", "msleeps", "pageout_scans")
 CATCHABLE = ("faultin_swappingin", "swapout_procs_hold_locks", "swapout_procs_map_trylock",
@@ -53,7 +53,7 @@ STRESS = os.path.join(_ROOT, "configs", "stress.toml")
 def smp(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.run([sys.executable, "-P", "-m", "smp", *args], capture_output=True,
-                          text=True, timeout=timeout, env=env)
+                          text=True, timeout=timeout, env=env, check=False)
 
 
 def run(rdir: str, *args: str) -> tuple[dict[str, Any], float]:
@@ -74,7 +74,7 @@ def _burn(stop: Any) -> None:
 class Busy:
     """Two busy-loop processes beside the measurement (a loaded host)."""
 
-    def __enter__(self) -> "Busy":
+    def __enter__(self) -> Self:
         ctx = multiprocessing.get_context("fork")
         self.stop = ctx.Event()
         self.procs = [ctx.Process(target=_burn, args=(self.stop,), daemon=True)
@@ -83,7 +83,7 @@ class Busy:
             p.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop.set()
         for p in self.procs:
             p.join(5)
@@ -97,7 +97,7 @@ def fidelity(tmp: str, failing: int, clean: int, duration: float) -> dict[str, A
     seed = 1000
     points = list(CATCHABLE)
     tries = 0
-    while sum(1 for c in cases if c.startswith("fail")) < failing and tries < failing * 6:
+    while len(cases) < failing and tries < failing * 6:
         fp = points[tries % len(points)]
         tries += 1
         seed += 1
@@ -180,7 +180,7 @@ def recording(tmp: str, duration: float, rounds: int) -> dict[str, float]:
     on, off, size, sim = [], [], [], []
     for i in range(rounds):
         r1, w1 = run(os.path.join(tmp, f"rec-on-{i}"), "--set", f"run.duration={duration}")
-        r0, w0 = run(os.path.join(tmp, f"rec-off-{i}"), "--set", f"run.duration={duration}",
+        _, w0 = run(os.path.join(tmp, f"rec-off-{i}"), "--set", f"run.duration={duration}",
                      "--set", "run.record=false")
         on.append(w1)
         off.append(w0)
@@ -199,6 +199,10 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="a few runs of each (minutes)")
     ap.add_argument("--only", default="fidelity,independence,speed,record",
                     help="comma-separated sections (default: all)")
+    ap.add_argument("--campaigns", type=int, default=None,
+                    help="host independence: campaigns per fail point and load (default 5)")
+    ap.add_argument("--runs", type=int, default=None,
+                    help="host independence: runs per campaign (default 10)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     args = ap.parse_args()
     only = set(args.only.split(","))
@@ -219,6 +223,8 @@ def main() -> int:
                                      "ratio": {k: round(loaded[k] / alone[k], 3) if alone[k]
                                                else None for k in WORK}}
             camps, runs = (1, 3) if q else (5, 10)
+            camps = args.campaigns or camps
+            runs = args.runs or runs
             d_alone = detection(tmp, "alone", camps, runs, 10.0)
             with Busy():
                 d_loaded = detection(tmp, "loaded", camps, runs, 10.0)

@@ -356,7 +356,6 @@ class Bus:
         return self.new
 
     def _replay_read(self, want: int) -> None:
-        told = False
         since = time.monotonic()
         while self.new < want:
             if self.stopped:
@@ -366,9 +365,12 @@ class Bus:
             if msg is None and time.monotonic() - self.last_rx >= self.silence:
                 if self._late_grace(self.silence) is None:
                     raise ServerGone(f"nothing from the server in {self.silence:.2f} s")
-            if not told and time.monotonic() - since > STUCK_S:
-                told = True                     # the server may know why (a divergence)
-                self.send_control(Op.STUCK, self.point, want, self.new)
+            if self.new < want and time.monotonic() - since > STUCK_S:
+                # the server may know why (a divergence); with how many machine messages
+                # this CPU has had, so that it can tell a CPU that waits for nothing it has
+                # sent from one whose events are still on their way (a busy host)
+                since = time.monotonic()
+                self.send_control(Op.STUCK, self.point, want, self.new, self.received)
 
     def _record_ends(self) -> None:
         """A replay of a record cut short: what this CPU read past here is not known, so

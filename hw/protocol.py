@@ -60,7 +60,7 @@ class Op(enum.IntEnum):
     REPORT = 3         # (kind, payload)                        posted: stats, panic, final counters
     PING = 4           # ()                                     posted: "still here" (heartbeat)
     SYNC = 5           # (need, state, received)                posted: waiting for the horizon
-    STUCK = 6          # (point, want, got)                     posted: a replay waits for events
+    STUCK = 6          # (point, want, got, received)           posted: a replay waits for events
                        # (want -1: the record, cut short, has no reads past point)
     # physical memory and the kernel MMU
     PLOAD = 10         # (paddr, len)                           -> bytes

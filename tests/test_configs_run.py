@@ -26,15 +26,15 @@ CONFIGS = REPO / "configs"
 # idle-swap: threshold2 3 s and 8 s sleeps). Virtual time: what a run does per simulated
 # second does not depend on how fast the host is.
 SHORT: dict[str, list[str]] = {
-    "default": ["run.duration=6"],
-    "1cpu": ["run.duration=5"],
-    "2cpu": ["run.duration=5"],
+    "default": ["run.duration=3"],
+    "1cpu": ["run.duration=3"],
+    "2cpu": ["run.duration=3"],
     "8cpu": ["run.duration=3"],
     "32cpu": ["run.duration=3"],
     "swap-heavy": ["run.duration=10"],
     "idle-swap": ["run.duration=10"],
-    "stress": ["run.duration=5"],
-    "freebsd-5.0": ["run.duration=5"],
+    "stress": ["run.duration=3"],
+    "freebsd-5.0": ["run.duration=3"],
 }
 
 

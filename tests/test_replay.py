@@ -72,6 +72,9 @@ def test_a_fail_point_panic_replays_at_the_same_operation(tmp_path: pathlib.Path
     again = json.loads((rdir / "replay" / "report.json").read_text())
     assert again["panic"]["message"] == rec["panic"]["message"]
     assert again["panic"]["site"] == rec["panic"]["site"]
+    # the same operation: the panicking CPU's REPORT, numbered in the machine's order
+    assert 0 < rec["panic"]["op"] <= rec["schedule"]["record"]["operations"]
+    assert again["panic"]["op"] == rec["panic"]["op"]
     assert again["schedule"]["replay"]["operations"] == rec["schedule"]["record"]["operations"]
 
 

@@ -162,6 +162,8 @@ class Sequencer:
                 if int(a[1]) < 0:               # the record, cut short, ends for it here
                     self._diverge(self.replay.reads_end(p.cpu, int(a[0])))
                     return
+                if len(a) > 3 and int(a[3]) < self.sent[p.cpu]:
+                    return                      # what it waits for is on its way to it
                 self.replay.stuck[p.cpu] = (int(a[0]), int(a[1]), int(a[2]))
                 self.pump()
 
@@ -202,10 +204,7 @@ class Sequencer:
         stops at its next wait)."""
         assert self.replay is not None
         if self.replay.stopped:
-            if msg[0] == Op.REPORT and len(msg) > 5 and msg[5] == "final":
-                self.srv.guarded(ident, p, msg[0], msg[1], msg[2], msg[3], msg[4], msg[5:])
-            else:
-                self.replay.after_stop += 1
+            self._after_stop(ident, msg)
             return
         self.replay.queues[p.cpu].append((ident, msg))
         self.replay.stuck.pop(p.cpu, None)
@@ -265,9 +264,20 @@ class Sequencer:
         for cpu in srv.cpus:
             srv.event_cpu_control(cpu, Event.STOP, why)
         for q in rp.queues.values():
-            rp.after_stop += len(q)
-            q.clear()
+            while q:
+                self._after_stop(*q.popleft())
         self.check_done()
+
+    def _after_stop(self, ident: bytes, msg: list[Any]) -> None:
+        """A request that comes (or waited its turn) when the replay has stopped: a CPU's
+        final report is handled (the CPU waits for its reply, and the report needs it);
+        anything else is dropped and counted."""
+        assert self.replay is not None
+        if msg[0] == Op.REPORT and len(msg) > 5 and msg[5] == "final":
+            self.srv.guarded(ident, self.srv.peers.get(ident), msg[0], msg[1], msg[2], msg[3],
+                             msg[4], msg[5:])
+        else:
+            self.replay.after_stop += 1
 
     def check_done(self) -> None:
         """Tell the launcher once the replay has ended and every CPU has reported."""

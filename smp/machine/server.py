@@ -484,7 +484,9 @@ class Server:
         """The first panic stops the machine: every CPU is told, then the launcher."""
         if self.panic is not None:
             return
-        self.panic = report
+        # the machine's operation at which it panicked (the panicking CPU's REPORT, or the
+        # posted request the server refused): where a replay's --until looks from
+        self.panic = report = dict(report, op=self.seq.ops)
         if self.seq.tracer is not None:
             self.seq.tracer.instant(report.get("cpu", -1),
                                     f"panic: {report.get('message', '')}", self.cur_t or None)

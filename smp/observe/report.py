@@ -202,6 +202,7 @@ def _panic_summary(panic: dict[str, Any], server: dict[str, Any]) -> dict[str, A
             "tid": panic.get("tid"), "thread": panic.get("thread"),
             "site": panic.get("site"), "stack": panic.get("stack", []),
             "source": panic.get("source"), "sim_time": panic.get("sim_time"),
+            **({"op": panic["op"]} if panic.get("op") else {}),
             **({"detector": panic["detector"]} if panic.get("detector") else {})}
 
 

@@ -33,6 +33,7 @@ from typing import Any, Callable
 
 from smp.hw import record
 from smp.hw.protocol import VERSION
+from smp.observe.crash import backtrace
 from smp.run.config import Config, ConfigError, load_config
 
 RECORD_FILE = "schedule.smpr"
@@ -182,7 +183,8 @@ def fingerprint(report: dict[str, Any]) -> dict[str, Any]:
                          for r in report.get("locks", [])], key=lambda r: str(r["name"])),
         "findings": sorted(f"{f.get('detector')}|{f.get('summary')}"
                            for f in report.get("findings", [])),
-        "panic": {k: panic.get(k) for k in ("message", "cpu", "tid", "site")} if panic else None,
+        "panic": ({k: panic.get(k) for k in ("message", "cpu", "tid", "site", "op")}
+                  if panic else None),
         "invariants": report.get("invariants", []),
         "operations": ops,
     }
@@ -191,6 +193,9 @@ def fingerprint(report: dict[str, Any]) -> dict[str, Any]:
 def compare(orig: dict[str, Any], rep: dict[str, Any]) -> list[str]:
     """What differs between a recorded run's report and its replay's (empty: nothing)."""
     a, b = fingerprint(orig), fingerprint(rep)
+    if a["panic"] and b["panic"] and None in (a["panic"]["op"], b["panic"]["op"]):
+        a["panic"].pop("op")                  # a report from before panics named their
+        b["panic"].pop("op")                  # operation: compare the rest
     out = []
     for key in a:
         if a[key] == b[key]:
@@ -210,7 +215,8 @@ def write_dump(out: str, report: dict[str, Any], until: int) -> str:
     sched = (report.get("schedule") or {}).get("replay") or {}
     if sched.get("divergence"):
         lines += [f"divergence: {sched['divergence']['message']}", ""]
-    lines.append("threads (stack innermost last, the locks each holds and waits for):")
+    lines.append("threads (the locks each holds and waits for; its kernel stack, innermost "
+                 "first):")
     for t in report.get("threads", []):
         lines.append(f"  cpu {t.get('cpu')} thread {t.get('tid')} {t.get('name')!r}")
         for h in t.get("held", []):
@@ -218,8 +224,8 @@ def write_dump(out: str, report: dict[str, Any], until: int) -> str:
         w = t.get("waiting")
         if w:
             lines.append(f"      waits for {w['lock']} ({w['mode']}) asked @ {w['site']}")
-        for fr in (t.get("stack") or [])[-8:]:
-            lines.append(f"      {fr.strip()}")
+        for fr in backtrace(t.get("stack") or [])[:10]:     # ddb's trace, innermost first
+            lines.append(f"      {fr}")
     recent = report.get("recent") or {}
     if recent:
         lines += ["", "the last operations of each CPU (number, op, site, thread, sim ns, "
