@@ -30,6 +30,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -208,7 +209,8 @@ def main() -> int:
     only = set(args.only.split(","))
     q = args.quick
     res: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="smpdet-") as tmp:
+    tmp = tempfile.mkdtemp(prefix="smpdet-")
+    try:
         if "fidelity" in only:
             print("replay fidelity ...", file=sys.stderr, flush=True)
             res["fidelity"] = fidelity(tmp, 3 if q else 20, 2 if q else 10, 4.0 if q else 8.0)
@@ -236,6 +238,12 @@ def main() -> int:
         if "record" in only:
             print("recording ...", file=sys.stderr, flush=True)
             res["record"] = recording(tmp, 6.0 if q else 20.0, 1 if q else 3)
+    finally:
+        # the runs of a replay that differed are kept, to be looked at; the rest goes
+        if (res.get("fidelity") or {}).get("differences"):
+            print(f"(the runs that differed are kept under {tmp})", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
     if args.json:
         print(json.dumps(res, indent=1))
         return 0

@@ -61,8 +61,8 @@ import zmq
 
 from smp.hw.clock import NEVER
 from smp.hw.protocol import (AF_LINE, CONTROL_EVENTS, ERR, EXCL, GRANTED, GRANTED_LINE,
-                         HEARTBEAT_S, LIVENESS_S, MAX_BATCH, SERVER_SILENCE_S, VERSION, Event,
-                         Op, pack, unpack)
+                             HEARTBEAT_S, LIVENESS_S, MAX_BATCH, SERVER_SILENCE_S, VERSION, Event,
+                             Op, pack, unpack)
 
 # Posted requests queue up to this many before they are sent without waiting for a call.
 POST_BATCH = min(64, MAX_BATCH - 1)

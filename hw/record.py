@@ -110,12 +110,14 @@ class Writer:
             self._order_out()
 
     def _order_out(self) -> None:
+        # taken before they are written: a write may flush, and a flush writes the order
+        # out (written twice, a chunk of 4096 requests stood twice in the record)
         if self.new_sites:
-            self._put(["s", self.new_sites])
-            self.new_sites = {}
+            sites, self.new_sites = self.new_sites, {}
+            self._put(["s", sites])
         if self.order:
-            self._put(["o", self.order])
-            self.order = []
+            order, self.order = self.order, []
+            self._put(["o", order])
 
     def action(self, kind: str, payload: Any) -> None:
         """The server did something of its own accord after the requests so far."""

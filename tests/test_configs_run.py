@@ -70,6 +70,9 @@ def test_config_runs_clean(tmp_path: pathlib.Path, name: str) -> None:
     k = assert_clean(res)
     cfg = load_config(CONFIGS / f"{name}.toml", SHORT[name])
     assert len(res.report["cpus"]) == int(cfg["machine.cpus"])
+    # the in-flight invariants (smp.machine.inflight): on, and nothing from them
+    assert res.report["inflight"]["checks"] > 0, describe(res)
+    assert [f for f in res.report["findings"] if f["detector"] == "inflight"] == []
     if int(cfg["user.procs_per_cpu"]) > 0:
         assert k["forks"] > 0, describe(res)
     if name == "swap-heavy":
@@ -90,6 +93,7 @@ def test_default_config_full_length_runs_every_path(tmp_path: pathlib.Path) -> N
     res = run_config("default", [], tmp_path)
     k = assert_clean(res)
     assert res.report["duration_sim_s"] >= 19.0, describe(res)
+    assert [f for f in res.report["findings"] if f["detector"] == "inflight"] == []
     zero = [c for c in KERNEL_COUNTERS
             if c not in ("checksum_errors", "invariant_violations") and k[c] <= 0]
     assert not zero, f"counters that stayed 0: {zero}; {describe(res)}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from smp.hw.protocol import (AF_PICKUP, AF_TRY, EXCL, GRANTED, LF_DUPOK, LF_NOSHREC, LF_NOWITNESS,
-                         LF_RECURSE, LK_RW, LK_SLEEP, LK_SPIN, QUEUED, SHARED)
+                             LF_RECURSE, LK_RW, LK_SLEEP, LK_SPIN, QUEUED, SHARED)
 from smp.kernel.kern import subr_witness
 from smp.machine.lockcheck import LockKeyChecker
 from smp.machine.locks import Deadlock, LockError, LockTable

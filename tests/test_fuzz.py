@@ -36,7 +36,7 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 
 from smp.hw.protocol import (EXCL, GRANTED, LK_SLEEP, MAX_FRAME, VERSION, Event, Op, pack,
-                         unpack)
+                             unpack)
 
 from smp.machine.server import NO_HELLO_REPLIES
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from smp.hw.protocol import (AF_LINE, AF_TRY, BUSY, EXCL, GRANTED, GRANTED_LINE, LK_SLEEP,
-                         LK_SPIN, QUEUED)
+                             LK_SPIN, QUEUED)
 from smp.machine.locks import LINE_STREAK, LockError, LockTable
 
 from helpers import bare_server

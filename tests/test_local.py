@@ -92,7 +92,7 @@ def test_page_queues_account_for_every_page(tmp_path: pathlib.Path) -> None:
 def map_entries() -> None:
     from smp.kernel.vm.vm import KERN_SUCCESS, VM_PROT_READ, VM_PROT_WRITE
     from smp.kernel.vm.vm_map import (vm_map_check_protection, vm_map_create, vm_map_find,
-                                  vm_map_lookup_entry, vm_map_remove)
+                                      vm_map_lookup_entry, vm_map_remove)
     page = 4096
     m = vm_map_create(0x10000, 0x10000 + 64 * page)
     rv1, a = vm_map_find(m, None, 0, 0, 4 * page)

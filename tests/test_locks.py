@@ -24,8 +24,8 @@ from smp.kernel.kern import kern_globals
 from smp.kernel.kern.kern_lock import EBUSY, LK_EXCLUSIVE, LK_NOWAIT, LK_RELEASE, LK_SHARED, \
     lockinit, lockmgr
 from smp.kernel.kern.kern_mutex import (MTX_DEF, MTX_SPIN, mtx_init, mtx_lock, mtx_lock_spin,
-                                    mtx_owned, mtx_recursed, mtx_trylock, mtx_unlock,
-                                    mtx_unlock_spin)
+                                        mtx_owned, mtx_recursed, mtx_trylock, mtx_unlock,
+                                        mtx_unlock_spin)
 from smp.kernel.kern.kern_sx import sx_init, sx_slock, sx_sunlock, sx_try_xlock, sx_xlock, \
     sx_xunlock
 from smp.kernel.kern.kern_synch import msleep, tsleep, wakeup

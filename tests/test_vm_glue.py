@@ -35,8 +35,8 @@ from smp.kernel.machine import memory
 from smp.kernel.sys.proc import PRS, PS, TDI
 from smp.kernel.sys.param import ESRCH
 from smp.kernel.vm.vm import (PG_BUSY, PQ_FREE, RFFDG, RFMEM, RFPROC, VM_PAGE_BITS_ALL,
-                          VM_PROT_ALL, VM_PROT_READ, VM_PROT_WRITE, VM_SWAP_IDLE,
-                          VM_SWAP_NORMAL)
+                              VM_PROT_ALL, VM_PROT_READ, VM_PROT_WRITE, VM_SWAP_IDLE,
+                              VM_SWAP_NORMAL)
 from smp.kernel.vm.vm_map import VM_MAX_KERNEL_ADDRESS, VM_MAXUSER_ADDRESS, VM_MIN_KERNEL_ADDRESS
 
 pytestmark = pytest.mark.long
@@ -91,7 +91,7 @@ def kern_part() -> None:
     from smp.kernel.kern.kern_mutex import mtx_lock, mtx_unlock
     from smp.kernel.sys.proc import struct_proc
     from smp.kernel.sys.user import (DFLDSIZ, DFLSSIZ, MAXDSIZ, MAXSSIZ, RLIM_INFINITY,
-                                 RLIMIT_DATA, RLIMIT_RSS, RLIMIT_STACK, p_rlimit, plimit_new)
+                                     RLIMIT_DATA, RLIMIT_RSS, RLIMIT_STACK, p_rlimit, plimit_new)
     from smp.kernel.vm import vm_page as vp
     from smp.kernel.vm.vm_glue import kernacc, vm_init_limits, vm_proc_dispose, vm_proc_new
     G = kern_globals.G
@@ -179,7 +179,7 @@ def kern_part() -> None:
 def user_part() -> None:
     from smp.kernel.kern.kern_thread import curproc
     from smp.kernel.sys.user import (KI_CHECK, KI_PID, PSTAT_ENDZERO, PSTAT_STARTCOPY,
-                                 PSTAT_STARTZERO, U_SIGACTS, U_STATS, ki_check)
+                                     PSTAT_STARTZERO, U_SIGACTS, U_STATS, ki_check)
     from smp.kernel.userland import libc
     from smp.kernel.vm.vm_glue import useracc, vslock, vsunlock
     from smp.kernel.vm.vm_map import vm_map_max
@@ -1027,6 +1027,8 @@ def test_fail_point_guard_in_force_run_is_clean(tmp_path: pathlib.Path, name: st
     res = _fp_run(tmp_path, name, on=False)
     k = assert_checks(res, *FAIL_POINTS[name][2])
     assert res.report["invariants"] == [] and k["checksum_errors"] == 0
+    # nothing in flight either (smp.machine.inflight)
+    assert [f for f in res.report["findings"] if f["detector"] == "inflight"] == []
     if name == "swapout_procs_hold_locks":
         assert k["t_val_fp_hold_locks_swapouts"] >= 1, k
         # the swapper brought the napper back, unless finding F2 lost its wakeup at the
@@ -1063,9 +1065,18 @@ def test_fail_point_switched_off_run_fails(tmp_path: pathlib.Path, name: str) ->
         assert (any("PS_INMEM is False" in v or "wired 2 times" in v
                     for v in r["invariants"])
                 or r["panic"] is not None), describe(res)
+        # and at the moment it happens, by the in-flight check: the swap-out that
+        # follows the double swap-in ends with the U-area still wired, naming the
+        # store that ended it (swapout's PS_SWAPPING clear) and the last wiring
+        inflight = [f for f in r["findings"] if f["detector"] == "inflight"]
+        assert r["panic"] is not None or any(
+            "PS_SWAPPING cleared with PS_INMEM clear and the U-area still wired"
+            in f["summary"] and f["sites"][0].startswith("vm/vm_glue.py:")
+            for f in inflight), inflight
     else:
         expect_panic(res, *(w for w in fails if not w.startswith("stack:")))
         stack = "\n".join(r["panic"]["stack"])
         for w in fails:
             if w.startswith("stack:"):
                 assert w[6:] in stack, f"{w[6:]!r} not in the panic stack:\n{stack}"
+

@@ -20,13 +20,13 @@ from typing import Any
 
 from smp.kernel import param
 from smp.kernel.kern import (kern_fail, kern_globals, kern_idle, kern_proc, subr_counter,
-                         subr_invariants,
-                         subr_witness)
+                             subr_invariants,
+                             subr_witness)
 from smp.kernel.kern.kern_clock import hardclock
 from smp.kernel.kern.kern_globals import struct_kernel
 from smp.kernel.kern.kern_kthread import kthread_create, kthread_create_on, kthread_cpu
 from smp.kernel.kern.kern_mutex import (MTX_DEF, MTX_RECURSE, MTX_SPIN, mtx_init, mtx_lock,
-                                    mtx_lock_spin, mtx_unlock, mtx_unlock_spin)
+                                        mtx_lock_spin, mtx_unlock, mtx_unlock_spin)
 from smp.kernel.kern.kern_switch import RunQueue, ipi_setrunqueue, runq_add
 from smp.kernel.kern.kern_sx import sx_init
 from smp.kernel.kern.kern_synch import schedcpu, tsleep
@@ -41,7 +41,7 @@ from smp.kernel.sys.param import PRI_MAX, PVM
 from smp.kernel.sys.proc import P, PRS, PS, TDS, struct_ksegrp, struct_proc, struct_thread
 from smp.kernel.sys.user import U_SIGACTS, U_STATS, plimit_new
 from smp.kernel.vm import (swap_pager, vm_glue, vm_glue_lines, vm_kern, vm_meter, vm_page,
-                       vm_pageout)
+                           vm_pageout)
 from smp.kernel.vm.vm_map import vmspace_alloc
 
 

@@ -17,7 +17,8 @@ wakeup cannot be lost.
 from __future__ import annotations
 
 from smp.kernel.kern import kern_globals
-from smp.kernel.kern.kern_mutex import KASSERT, mtx_destroy, mtx_lock_spin, mtx_unlock, mtx_unlock_spin
+from smp.kernel.kern.kern_mutex import (KASSERT, mtx_destroy, mtx_lock_spin, mtx_unlock,
+                                        mtx_unlock_spin)
 from smp.kernel.kern.kern_proc import FOREACH_THREAD_IN_PROC, PROC_LOCK, PROC_UNLOCK, proc_zfree
 from smp.kernel.kern.kern_sx import sx_xlock, sx_xunlock
 from smp.kernel.kern.kern_synch import msleep, wakeup
@@ -25,7 +26,7 @@ from smp.kernel.kern.kern_thread import curthread, thread_exit
 from smp.kernel.machine import cpu as md
 from smp.kernel.machine.pmap import pmap_dispose_thread
 from smp.kernel.sys.kstruct import (HASH_REMOVE, LIST_FIRST, LIST_FOREACH, LIST_INSERT_HEAD,
-                                LIST_REMOVE, TAILQ_REMOVE)
+                                    LIST_REMOVE, TAILQ_REMOVE)
 from smp.kernel.sys.param import ECHILD, PWAIT
 from smp.kernel.sys.proc import P, PRS, struct_proc
 from smp.kernel.vm.vm_glue import vm_waitproc

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from smp.kernel.kern import kern_globals
 from smp.kernel.kern.kern_mutex import (GIANT_REQUIRED, MTX_DEF, MTX_DUPOK, mtx_init, mtx_lock_spin,
-                                    mtx_unlock_spin)
+                                        mtx_unlock_spin)
 from smp.kernel.kern.kern_proc import PROC_LOCK, PROC_UNLOCK, proc_zalloc
 from smp.kernel.kern.kern_switch import setrunqueue
 from smp.kernel.kern.kern_sx import sx_xlock, sx_xunlock

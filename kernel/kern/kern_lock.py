@@ -12,7 +12,7 @@ from smp.kernel.kern.kern_mutex import curlocal, drop_hold
 from smp.kernel.kern.subr_lock import lock_block
 from smp.kernel.machine import cpu as md
 from smp.kernel.machine.lock import (BUSY, EXCL, LF_NOSHREC, LF_NOWITNESS, LK_RW, QUEUED, SHARED,
-                                 AF_TRY, lock_acquire, lock_destroy, lock_init, lock_release)
+                                     AF_TRY, lock_acquire, lock_destroy, lock_init, lock_release)
 
 __site_transparent__ = True     # lock requests made here are their caller's
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 from smp.kernel.kern import kern_globals
 from smp.kernel.machine import cpu as md
 from smp.kernel.machine.lock import (EXCL, LF_DUPOK, LF_NOWITNESS, LF_RECURSE, LK_SLEEP, LK_SPIN,
-                                 QUEUED, lock_acquire, lock_destroy, lock_init, lock_release,
-                                 lock_try)
+                                     QUEUED, lock_acquire, lock_destroy, lock_init, lock_release,
+                                     lock_try)
 
 # lock requests made here are their caller's (as __FILE__/__LINE__ in the C macros)
 __site_transparent__ = True

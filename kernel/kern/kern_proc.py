@@ -20,13 +20,13 @@ from typing import Any, Iterator
 
 from smp.kernel.kern import kern_globals
 from smp.kernel.kern.kern_mutex import (MA_OWNED, MTX_DEF, mtx_assert, mtx_init, mtx_lock,
-                                    mtx_lock_spin, mtx_unlock, mtx_unlock_spin)
+                                        mtx_lock_spin, mtx_unlock, mtx_unlock_spin)
 from smp.kernel.kern.kern_sx import sx_slock, sx_sunlock
 from smp.kernel.machine import cpu as md
 from smp.kernel.machine import memory
 from smp.kernel.sys.kernel import SI_ORDER, SI_SUB, SYSINIT
 from smp.kernel.sys.kstruct import (F, HASH_LOOKUP, KObj, KStruct, TAILQ_FIRST, TAILQ_FOREACH,
-                                TAILQ_INSERT_TAIL, TAILQ_REMOVE)
+                                    TAILQ_INSERT_TAIL, TAILQ_REMOVE)
 from smp.kernel.sys.proc import PRS, PS, TDI, struct_ksegrp, struct_proc, struct_thread
 
 PROC_ZONE_CACHE = 16

@@ -13,7 +13,7 @@ from smp.kernel.kern.kern_mutex import curlocal, drop_hold
 from smp.kernel.kern.subr_lock import lock_block
 from smp.kernel.machine import cpu as md
 from smp.kernel.machine.lock import (EXCL, LK_RW, QUEUED, SHARED, lock_acquire, lock_destroy,
-                                 lock_init, lock_release, lock_try)
+                                     lock_init, lock_release, lock_try)
 
 __site_transparent__ = True     # lock requests made here are their caller's
 

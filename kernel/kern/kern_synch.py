@@ -20,17 +20,18 @@ from typing import Any
 
 from smp.kernel.kern import kern_globals
 from smp.kernel.kern.kern_mutex import (MA_NOTRECURSED, MA_OWNED, mtx_assert, mtx_lock,
-                                    mtx_lock_spin, mtx_unlock, mtx_unlock_spin)
+                                        mtx_lock_spin, mtx_unlock, mtx_unlock_spin)
 from smp.kernel.kern.kern_switch import choosethread, setrunqueue
 from smp.kernel.kern.kern_thread import curlocal
 from smp.kernel.kern.kern_timeout import Callout
 from smp.kernel.machine import cpu as md
-from smp.kernel.machine.lock import AF_PICKUP, lock_handoff, sleepq_add, sleepq_remove, sleepq_wakeup
+from smp.kernel.machine.lock import (AF_PICKUP, lock_handoff, sleepq_add, sleepq_remove,
+                                     sleepq_wakeup)
 from smp.kernel.machine.swtch import cpu_switch
 from smp.kernel.sys.kstruct import TAILQ_FOREACH
 from smp.kernel.sys.param import EWOULDBLOCK, PDROP, PRIMASK
 from smp.kernel.sys.proc import (PRS, PS, TDF, TDI, TDS, TD_CLR_SLEEPING, TD_SET_SLEEPING,
-                             struct_ksegrp, struct_proc, struct_thread)
+                                 struct_ksegrp, struct_proc, struct_thread)
 
 __all__ = ["msleep", "tsleep", "wakeup", "wakeup_one", "mi_switch", "setrunnable",
            "schedcpu", "maybe_yield"]

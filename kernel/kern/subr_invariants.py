@@ -17,6 +17,12 @@ The whole-machine checks run on the BSP holding Giant (which every swap-in, swap
 page-queue change of this kernel holds), the page queues lock and the free queue lock, so
 what they see is a consistent state. At the end of a run the machine asks every CPU for
 a final check (an interrupt: ``on_final``) before it halts.
+
+The same invariants are also checked in flight, by the machine, at every store
+(:func:`inflight_register`, ``smp.machine.inflight``): PS_SWAPPING never with
+PS_SWAPPINGIN; PS_INMEM only while the U-area is mapped and wired, and a swap-out ends
+(PS_SWAPPING cleared) only with it unmapped and unwired; no page reused, mapped
+or accessed while a mapping entered before its free is still in the kernel MMU.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from smp.kernel.kern import kern_globals
 from smp.kernel.kern.kern_kthread import kthread_create
 from smp.kernel.kern.kern_mutex import mtx_lock, mtx_lock_spin, mtx_unlock, mtx_unlock_spin
 from smp.kernel.kern.kern_proc import (FOREACH_PROC_IN_SYSTEM, FOREACH_THREAD_IN_PROC, PROC_LOCK,
-                                   PROC_UNLOCK, proc_zone)
+                                       PROC_UNLOCK, proc_zone)
 from smp.kernel.kern.kern_sx import sx_slock, sx_sunlock
 from smp.kernel.kern.kern_synch import tsleep, wakeup
 from smp.kernel.machine import cpu as md
@@ -38,6 +44,7 @@ from smp.kernel.sys.kstruct import TAILQ_FOREACH
 from smp.kernel.sys.param import PVM
 from smp.kernel.sys.proc import PRS, PS, TDI, struct_proc, struct_thread
 from smp.kernel.vm import vm_page as vp
+from smp.kernel.vm.vm import PQ_FREE
 
 _final_requested = False
 
@@ -205,3 +212,25 @@ def checker_start(_: Any) -> None:
 
 SYSINIT("invariants", SI_SUB.SI_SUB_KTHREAD_IDLE, SI_ORDER.SI_ORDER_SECOND, checker_start,
         percpu=True)
+
+
+def inflight_register(_: Any) -> None:
+    """BSP, at boot: the states that must never coexist, for the machine to check at
+    the moment of each store (``POLICY inflight``): the swap flags of ``p_sflag``, the
+    U-area of a process in memory (on allproc or zombproc: a reaped process is torn
+    down), and the physical pages (free: on the free queue)."""
+    G = kern_globals.G
+    md.register("inflight", {
+        "live": [G.allproc, G.zombproc],
+        "exclusive": [{"type": "proc", "field": "p_sflag",
+                       "bits": {"PS_SWAPPING": int(PS.PS_SWAPPING),
+                                "PS_SWAPPINGIN": int(PS.PS_SWAPPINGIN)}}],
+        "resident": [{"type": "proc", "field": "p_sflag", "bit": int(PS.PS_INMEM),
+                      "name": "PS_INMEM", "va": "p_uarea", "npages": param.UAREA_PAGES,
+                      "what": "U-area", "done": int(PS.PS_SWAPPING),
+                      "done_name": "PS_SWAPPING"}],
+        "pages": {"type": "vm_page", "frame": "phys_addr", "queue": "queue",
+                  "free": PQ_FREE, "wire": "wire_count"}})
+
+
+SYSINIT("inflight", SI_SUB.SI_SUB_LOCK, SI_ORDER.SI_ORDER_SECOND, inflight_register)

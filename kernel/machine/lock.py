@@ -22,8 +22,8 @@ from __future__ import annotations
 from typing import Any
 
 from smp.hw.protocol import (AF_PICKUP, AF_TRY, BUSY, EXCL, GRANTED, LF_DUPOK, LF_NOSHREC,
-                         LF_NOWITNESS, LF_RECURSE, LK_RW, LK_SLEEP, LK_SPIN, QUEUED, SHARED,
-                         Op)
+                             LF_NOWITNESS, LF_RECURSE, LK_RW, LK_SLEEP, LK_SPIN, QUEUED, SHARED,
+                             Op)
 from smp.kernel.machine.cpu import pcpu_hw, site
 
 __all__ = ["AF_PICKUP", "AF_TRY", "BUSY", "EXCL", "GRANTED", "LF_DUPOK", "LF_NOSHREC",

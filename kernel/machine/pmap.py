@@ -24,13 +24,13 @@ from smp.kernel.machine import memory
 from smp.kernel.sys.kstruct import KObj
 from smp.kernel.vm.swap_pager import vm_pager_get_pages
 from smp.kernel.vm.vm import (OBJT_DEFAULT, VM_ALLOC_NORMAL, VM_ALLOC_RETRY, VM_ALLOC_WIRED,
-                          VM_PAGER_OK, VM_PAGE_BITS_ALL)
+                              VM_PAGER_OK, VM_PAGE_BITS_ALL)
 from smp.kernel.vm import vm_kern
 from smp.kernel.vm.vm_kern import kmem_alloc_nofault, kmem_free
 from smp.kernel.vm.vm_object import vm_object_allocate, vm_object_deallocate
 from smp.kernel.vm.vm_page import (vm_page_busy, vm_page_dirty, vm_page_free, vm_page_grab,
-                               vm_page_lock_queues, vm_page_lookup, vm_page_unlock_queues,
-                               vm_page_unwire, vm_page_wakeup, vm_page_wire)
+                                   vm_page_lock_queues, vm_page_lookup, vm_page_unlock_queues,
+                                   vm_page_unwire, vm_page_wakeup, vm_page_wire)
 
 KSTACK_PAGES = param.KSTACK_PAGES
 PAGE_SIZE = param.PAGE_SIZE

@@ -20,7 +20,7 @@ from typing import Any
 from smp.kernel.kern import kern_globals
 from smp.kernel.kern.kern_kthread import kthread_create
 from smp.kernel.kern.kern_mutex import (MTX_DEF, mtx_init, mtx_lock, mtx_lock_spin, mtx_unlock,
-                                    mtx_unlock_spin)
+                                        mtx_unlock_spin)
 from smp.kernel.kern.kern_sx import sx_slock, sx_sunlock, sx_xlock, sx_xunlock
 from smp.kernel.kern.kern_synch import msleep, wakeup
 from smp.kernel.kern.kern_thread import curlocal

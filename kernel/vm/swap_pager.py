@@ -23,9 +23,9 @@ from smp.kernel.machine import memory
 from smp.kernel.sys.param import PSWP
 from smp.kernel.sys.kernel import SI_ORDER, SI_SUB, SYSINIT
 from smp.kernel.sys.kstruct import (F, HASH_INSERT, HASH_LOOKUP, HASH_REMOVE, KObj, KStruct,
-                                TAILQ_FIRST, TAILQ_INSERT_TAIL, TAILQ_REMOVE)
+                                    TAILQ_FIRST, TAILQ_INSERT_TAIL, TAILQ_REMOVE)
 from smp.kernel.vm.vm import (OBJT_DEFAULT, OBJT_SWAP, VM_PAGE_BITS_ALL, VM_PAGER_ERROR,
-                          VM_PAGER_FAIL, VM_PAGER_OK)
+                              VM_PAGER_FAIL, VM_PAGER_OK)
 
 struct_swblk = KStruct("swblk", [
     F("sb_pindex", "int", "m"),

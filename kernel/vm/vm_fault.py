@@ -16,13 +16,13 @@ from smp.kernel.machine import cpu as md
 from smp.kernel.machine import memory
 from smp.kernel.sys.kstruct import KObj
 from smp.kernel.vm.swap_pager import swap_pager_copy, swap_pager_haspage, vm_pager_get_pages
-from smp.kernel.vm.vm import (KERN_FAILURE, KERN_INVALID_ADDRESS, KERN_PROTECTION_FAILURE, KERN_SUCCESS,
-                          VM_ALLOC_NORMAL, VM_PAGER_OK, VM_PAGE_BITS_ALL, VM_PROT_READ,
-                          VM_PROT_WRITE, atop, trunc_page)
+from smp.kernel.vm.vm import (KERN_FAILURE, KERN_INVALID_ADDRESS, KERN_PROTECTION_FAILURE,
+                              KERN_SUCCESS, VM_ALLOC_NORMAL, VM_PAGER_OK, VM_PAGE_BITS_ALL,
+                              VM_PROT_READ, VM_PROT_WRITE, atop, trunc_page)
 from smp.kernel.vm.vm_map import vm_map_lock_read, vm_map_lookup_entry, vm_map_unlock_read
 from smp.kernel.vm.vm_object import struct_vm_object
 from smp.kernel.vm.vm_page import (PG_BUSY, VM_WAIT, vm_page_activate, vm_page_alloc, vm_page_dirty,
-                               vm_page_lock_queues, vm_page_lookup, vm_page_sleep_busy,
+                                   vm_page_lock_queues, vm_page_lookup, vm_page_sleep_busy,
                                vm_page_unlock_queues, vm_page_unwire, vm_page_wakeup, vm_page_wire)
 
 

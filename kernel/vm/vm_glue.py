@@ -91,10 +91,10 @@ from smp.kernel import param
 from smp.kernel.kern import kern_globals
 from smp.kernel.kern.kern_fail import FAIL_POINT_DEFINE, guard
 from smp.kernel.kern.kern_mutex import (GIANT_REQUIRED, KASSERT, MA_NOTRECURSED, MA_OWNED,
-                                    mtx_assert, mtx_lock_spin, mtx_unlock_spin)
+                                        mtx_assert, mtx_lock_spin, mtx_unlock_spin)
 from smp.kernel.kern.kern_proc import (FOREACH_KSEGRP_IN_PROC, FOREACH_PROC_IN_SYSTEM,
-                                   FOREACH_THREAD_IN_GROUP, FOREACH_THREAD_IN_PROC,
-                                   PROC_LOCK, PROC_LOCK_ASSERT, PROC_UNLOCK)
+                                       FOREACH_THREAD_IN_GROUP, FOREACH_THREAD_IN_PROC,
+                                       PROC_LOCK, PROC_LOCK_ASSERT, PROC_UNLOCK)
 from smp.kernel.kern.kern_synch import msleep, setrunnable, tsleep, wakeup
 from smp.kernel.kern.kern_sx import sx_slock, sx_sunlock
 from smp.kernel.kern.kern_thread import curproc
@@ -103,32 +103,32 @@ from smp.kernel.machine import cpu as md
 from smp.kernel.machine import memory
 from smp.kernel.machine.vm_machdep import cpu_fork, cpu_wait
 from smp.kernel.machine.pmap import (pmap_pinit2, pmap_qenter, pmap_qremove, pmap_swapin_thread,
-                                 pmap_swapout_thread)
+                                     pmap_swapout_thread)
 from smp.kernel.sys.kernel import SI_ORDER, SI_SUB, SYSINIT
 from smp.kernel.sys.param import INT_MIN, PSOCK, PVM
 from smp.kernel.sys.proc import (P, PRI_IS_REALTIME, PRS, PS, TDI, TDS, TD_CLR_SWAPPED,
-                             TD_SET_SWAPPED, thread_safetoswapout)
+                                 TD_SET_SWAPPED, thread_safetoswapout)
 from smp.kernel.sys.user import (DFLDSIZ, DFLSSIZ, MAXDSIZ, MAXSSIZ, PSTAT_ENDCOPY,
-                             PSTAT_ENDZERO, PSTAT_STARTCOPY, PSTAT_STARTZERO, RLIM_INFINITY,
-                             RLIMIT_DATA, RLIMIT_RSS, RLIMIT_STACK, RU_NSWAP, SIGACTS_SIZE,
-                             U_SIGACTS, U_STATS, p_rlimit)
+                                 PSTAT_ENDZERO, PSTAT_STARTCOPY, PSTAT_STARTZERO, RLIM_INFINITY,
+                                 RLIMIT_DATA, RLIMIT_RSS, RLIMIT_STACK, RU_NSWAP, SIGACTS_SIZE,
+                                 U_SIGACTS, U_STATS, p_rlimit)
 from smp.kernel.vm import vm_page as _vm_page
 from smp.kernel.vm.swap_pager import vm_pager_get_pages
 from smp.kernel.vm.vm import (OBJT_DEFAULT, PG_ZERO, RFMEM, RFPROC, TRUE, VM_ALLOC_NORMAL,
-                          VM_ALLOC_RETRY, VM_ALLOC_WIRED, VM_PAGE_BITS_ALL, VM_PAGER_OK,
-                          VM_PROT_ALL, VM_SWAP_IDLE, VM_SWAP_NORMAL, ptoa, round_page,
-                          trunc_page)
+                              VM_ALLOC_RETRY, VM_ALLOC_WIRED, VM_PAGE_BITS_ALL, VM_PAGER_OK,
+                              VM_PROT_ALL, VM_SWAP_IDLE, VM_SWAP_NORMAL, ptoa, round_page,
+                              trunc_page)
 from smp.kernel.vm import vm_kern
 from smp.kernel.vm.vm_map import (vm_map_check_protection, vm_map_max, vm_map_trylock,
-                              vm_map_unlock, vm_map_unwire, vm_map_wire, vmspace_exitfree,
-                              vmspace_fork, vmspace_free, vmspace_pmap,
-                              vmspace_resident_count, vmspace_unshare)
+                                  vm_map_unlock, vm_map_unwire, vm_map_wire, vmspace_exitfree,
+                                  vmspace_fork, vmspace_free, vmspace_pmap,
+                                  vmspace_resident_count, vmspace_unshare)
 from smp.kernel.vm.vm_object import vm_object_allocate, vm_object_deallocate
 from smp.kernel.vm.vm_page import (VM_WAIT, vm_page_busy, vm_page_count_min,
-                               vm_page_count_severe, vm_page_dirty, vm_page_flag_clear,
-                               vm_page_free, vm_page_grab, vm_page_lock_queues,
-                               vm_page_unlock_queues, vm_page_unwire, vm_page_wakeup,
-                               vm_page_wire, struct_vm_page)
+                                   vm_page_count_severe, vm_page_dirty, vm_page_flag_clear,
+                                   vm_page_free, vm_page_grab, vm_page_lock_queues,
+                                   vm_page_unlock_queues, vm_page_unwire, vm_page_wakeup,
+                                   vm_page_wire, struct_vm_page)
 from smp.kernel.sys.kstruct import TAILQ_FIRST, TAILQ_FOREACH
 
 UAREA_PAGES = param.UAREA_PAGES

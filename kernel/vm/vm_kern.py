@@ -14,7 +14,7 @@ from smp.kernel.sys.kernel import SI_ORDER, SI_SUB, SYSINIT
 from smp.kernel.sys.kstruct import KObj
 from smp.kernel.vm.vm import KERN_SUCCESS, round_page
 from smp.kernel.vm.vm_map import (VM_MAX_KERNEL_ADDRESS, VM_MIN_KERNEL_ADDRESS, struct_vm_map,
-                              vm_map_create, vm_map_find, vm_map_remove)
+                                  vm_map_create, vm_map_find, vm_map_remove)
 
 kernel_map: KObj = None  # type: ignore[assignment]
 

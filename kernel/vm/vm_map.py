@@ -28,9 +28,9 @@ from smp.kernel.machine import cpu as md
 from smp.kernel.machine import memory
 from smp.kernel.sys.kstruct import F, KObj, KStruct, TAILQ_FOREACH, TAILQ_INSERT_TAIL, TAILQ_REMOVE
 from smp.kernel.sys.param import PVM
-from smp.kernel.vm.vm import (FALSE, KERN_INVALID_ADDRESS, KERN_NO_SPACE, KERN_SUCCESS, OBJT_DEFAULT,
-                          TRUE, VM_INHERIT_COPY, VM_INHERIT_NONE, VM_INHERIT_SHARE, VM_PROT_ALL,
-                          atop)
+from smp.kernel.vm.vm import (FALSE, KERN_INVALID_ADDRESS, KERN_NO_SPACE, KERN_SUCCESS,
+                              OBJT_DEFAULT, TRUE, VM_INHERIT_COPY, VM_INHERIT_NONE,
+                              VM_INHERIT_SHARE, VM_PROT_ALL, atop)
 from smp.kernel.vm.vm_object import vm_object_allocate, vm_object_deallocate, vm_object_reference
 
 VM_MIN_ADDRESS = 0x00001000

@@ -19,7 +19,7 @@ from smp.kernel.sys.kstruct import F, KStruct, TAILQ_FIRST, TAILQ_FOREACH
 from smp.kernel.vm.swap_pager import swap_pager_freespace
 from smp.kernel.vm.vm import OBJT_DEFAULT
 from smp.kernel.vm.vm_page import (struct_vm_page, vm_page_busy, vm_page_free, vm_page_lock_queues,
-                               vm_page_sleep_busy, vm_page_unlock_queues)
+                                   vm_page_sleep_busy, vm_page_unlock_queues)
 
 struct_vm_object = KStruct("vm_object", [
     F("memq", "list", "m"),                 # resident pages

@@ -27,19 +27,19 @@ from typing import Any
 
 from smp.kernel import param
 from smp.kernel.kern.kern_mutex import (KASSERT, MTX_DEF, MTX_SPIN, mtx_init, mtx_lock,
-                                    mtx_lock_spin, mtx_unlock, mtx_unlock_spin)
+                                        mtx_lock_spin, mtx_unlock, mtx_unlock_spin)
 from smp.kernel.kern.kern_synch import tsleep, wakeup
 from smp.kernel.kern.kern_thread import curproc
 from smp.kernel.machine import cpu as md
 from smp.kernel.machine import memory
 from smp.kernel.sys.kernel import SI_ORDER, SI_SUB, SYSINIT
 from smp.kernel.sys.kstruct import (F, HASH_INSERT, HASH_LOOKUP, HASH_REMOVE, KObj, KStruct,
-                                TAILQ_FIRST, TAILQ_INSERT_TAIL, TAILQ_REMOVE)
+                                    TAILQ_FIRST, TAILQ_INSERT_TAIL, TAILQ_REMOVE)
 from smp.kernel.sys.param import PSWP, PVM
 from smp.kernel.vm.vm import (PG_BUSY, PG_WANTED, PG_ZERO, PQ_ACTIVE, PQ_CACHE, PQ_FREE,
-                          PQ_INACTIVE, PQ_NONE, VM_ALLOC_CLASS_MASK, VM_ALLOC_INTERRUPT,
-                          VM_ALLOC_NORMAL, VM_ALLOC_RETRY, VM_ALLOC_WIRED, VM_ALLOC_ZERO,
-                          VM_PAGE_BITS_ALL)
+                              PQ_INACTIVE, PQ_NONE, VM_ALLOC_CLASS_MASK, VM_ALLOC_INTERRUPT,
+                              VM_ALLOC_NORMAL, VM_ALLOC_RETRY, VM_ALLOC_WIRED, VM_ALLOC_ZERO,
+                              VM_PAGE_BITS_ALL)
 
 struct_vm_page = KStruct("vm_page", [
     F("object", "ptr:vm_object", "m"),

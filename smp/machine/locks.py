@@ -44,8 +44,8 @@ import time
 from typing import Any, Callable
 
 from smp.hw.protocol import (AF_LINE, AF_PICKUP, AF_TRY, BUSY, EXCL, GRANTED, GRANTED_LINE,
-                         LF_NOSHREC, LF_RECURSE, LK_RW, LK_SLEEP, LK_SPIN, LOCK_KINDS, QUEUED,
-                         SHARED)
+                             LF_NOSHREC, LF_RECURSE, LK_RW, LK_SLEEP, LK_SPIN, LOCK_KINDS, QUEUED,
+                             SHARED)
 from smp.machine.profile import LockProfile
 
 LINE_STREAK = 3       # a CPU that takes a mutex this many times running gets its line

@@ -34,6 +34,7 @@ from typing import Any, Callable, Protocol
 from smp.hw.physmem import PhysMem, SwapDevice
 from smp.hw.protocol import F_LOCK, MAX_FRAME, Event, Op
 from smp.machine.hangs import Hangs
+from smp.machine.inflight import Inflight
 from smp.machine.liveness import Liveness
 from smp.machine.lockcheck import LockKeyChecker
 from smp.machine.locks import Deadlock, Grant, LockTable
@@ -75,6 +76,7 @@ class _Server(Protocol):
     reply_t: int
     live: Liveness
     hangs: Hangs | None
+    inflight: Inflight | None
 
     def event_cpu(self, cpu: int, event: Event, *args: Any) -> None: ...
     def send_grants(self, grants: list[Grant]) -> None: ...
@@ -90,6 +92,7 @@ class Operations:
         self.srv = srv
         self.mem, self.swap, self.kmem = srv.mem, srv.swap, srv.kmem
         self.locks, self.sleepq, self.lockkeys = srv.locks, srv.sleepq, srv.lockkeys
+        self.inflight = srv.inflight
         self.table: dict[int, Handler] = {
             # physical memory, the kernel MMU, the swap device (hw.physmem)
             Op.PLOAD: self.pload, Op.PSTORE: self.pstore,
@@ -148,16 +151,26 @@ class Operations:
         self.mem.store(a[0], a[1])
 
     def kload(self, p: Peer, tid: int, site: str, a: list[Any]) -> Any:
-        return self.mem.kfetch(a[0], _length(a[1]))
+        value = self.mem.kfetch(a[0], _length(a[1]))
+        if self.inflight is not None:
+            self.inflight.kaccess(tid, site, a[0], "load")
+        return value
 
     def kstore(self, p: Peer, tid: int, site: str, a: list[Any]) -> None:
         self.mem.kstore(a[0], a[1])
+        if self.inflight is not None:
+            self.inflight.kaccess(tid, site, a[0], "store")
 
     def kenter(self, p: Peer, tid: int, site: str, a: list[Any]) -> None:
+        if self.inflight is not None and isinstance(a[0], int) and isinstance(a[1], list):
+            self.inflight.kenter(tid, site, a[0], a[1])
         self.mem.kenter(a[0], a[1])
 
     def kremove(self, p: Peer, tid: int, site: str, a: list[Any]) -> None:
-        self.mem.kremove(a[0], _count(a[1], 1 << 20))
+        n = _count(a[1], 1 << 20)
+        if self.inflight is not None and isinstance(a[0], int):
+            self.inflight.kremove(tid, site, a[0], n)
+        self.mem.kremove(a[0], n)
 
     def pcopy(self, p: Peer, tid: int, site: str, a: list[Any]) -> None:
         self.mem.copy_frame(a[0], a[1])
@@ -255,6 +268,12 @@ class Operations:
         if kind == "store" and self.srv.hangs is not None:
             self.srv.hangs.store(tid, site, h, fields)
 
+    def _stored(self, tid: int, site: str, h: int, field: str, value: Any) -> Any:
+        """After an atomic store or read-modify-write: the in-flight check; ``value``."""
+        if self.inflight is not None:
+            self.inflight.stored(tid, site, h, [field])
+        return value
+
     def load(self, p: Peer, tid: int, site: str, a: list[Any]) -> Any:
         self._access(tid, site, a[0], [a[1]], "load")
         return self.kmem.load(a[0], a[1])
@@ -266,10 +285,14 @@ class Operations:
     def store(self, p: Peer, tid: int, site: str, a: list[Any]) -> None:
         self._access(tid, site, a[0], [a[1]], "store")
         self.kmem.store(a[0], a[1], a[2])
+        if self.inflight is not None:
+            self.inflight.stored(tid, site, a[0], [a[1]])
 
     def storen(self, p: Peer, tid: int, site: str, a: list[Any]) -> None:
         self._access(tid, site, a[0], list(a[1]), "store")
         self.kmem.storen(a[0], a[1])
+        if self.inflight is not None:
+            self.inflight.stored(tid, site, a[0], list(a[1]))
 
     def loadr(self, p: Peer, tid: int, site: str, a: list[Any]) -> list[Any]:
         """An intended race: not checked under the lock keys."""
@@ -278,24 +301,26 @@ class Operations:
     def storer(self, p: Peer, tid: int, site: str, a: list[Any]) -> None:
         """An intended race: not checked under the lock keys."""
         self.kmem.storen(a[0], a[1])
+        if self.inflight is not None:
+            self.inflight.stored(tid, site, a[0], list(a[1]))
 
     def add(self, p: Peer, tid: int, site: str, a: list[Any]) -> int:
         """atomic_fetchadd: atomic, so not checked under the lock keys."""
-        return self.kmem.add(a[0], a[1], a[2])
+        return self._stored(tid, site, a[0], a[1], self.kmem.add(a[0], a[1], a[2]))
 
     def addp(self, p: Peer, tid: int, site: str, a: list[Any]) -> int:
         """A posted add: a plain read-modify-write under the field's lock."""
         self._access(tid, site, a[0], [a[1]], "store")
-        return self.kmem.add(a[0], a[1], a[2])
+        return self._stored(tid, site, a[0], a[1], self.kmem.add(a[0], a[1], a[2]))
 
     def cas(self, p: Peer, tid: int, site: str, a: list[Any]) -> bool:
-        return self.kmem.cas(a[0], a[1], a[2], a[3])
+        return self._stored(tid, site, a[0], a[1], self.kmem.cas(a[0], a[1], a[2], a[3]))
 
     def setbits(self, p: Peer, tid: int, site: str, a: list[Any]) -> None:
-        self.kmem.setbits(a[0], a[1], a[2])
+        self._stored(tid, site, a[0], a[1], self.kmem.setbits(a[0], a[1], a[2]))
 
     def clrbits(self, p: Peer, tid: int, site: str, a: list[Any]) -> None:
-        self.kmem.clrbits(a[0], a[1], a[2])
+        self._stored(tid, site, a[0], a[1], self.kmem.clrbits(a[0], a[1], a[2]))
 
     def symbol(self, p: Peer, tid: int, site: str, a: list[Any]) -> None:
         self.kmem.symbol(a[0], a[1])
@@ -342,6 +367,14 @@ class Operations:
                 raise Rejected("args", "POLICY liveness: a map")
             if srv.hangs is not None:
                 srv.hangs.policy(payload)
+        elif kind == "inflight":
+            if not isinstance(payload, dict):
+                raise Rejected("args", "POLICY inflight: a map")
+            if self.inflight is not None:
+                try:
+                    self.inflight.policy(payload)
+                except (KeyError, TypeError, ValueError, AttributeError) as e:
+                    raise Rejected("args", f"POLICY inflight: {e!r}") from None
         elif kind not in ("vmstats", "counters", "procs"):
             raise Rejected("args", f"POLICY: unknown kind {short(kind)}")
         srv.policy[kind] = payload

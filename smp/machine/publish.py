@@ -30,6 +30,7 @@ import zmq
 from smp.hw.physmem import PhysMem, SwapDevice
 from smp.hw.protocol import field_addr, pack
 from smp.machine.hangs import Hangs
+from smp.machine.inflight import Inflight
 from smp.machine.liveness import Liveness
 from smp.machine.lockcheck import LockKeyChecker
 from smp.machine.locks import LockTable
@@ -67,6 +68,7 @@ class _Server(Protocol):
     seq: Sequencer
     live: Liveness
     hangs: Hangs | None
+    inflight: Inflight | None
 
 
 class Publisher:
@@ -176,6 +178,7 @@ class Publisher:
         hangs = srv.hangs.at_end() if srv.hangs is not None else None
         return {
             "liveness": hangs,
+            "inflight": srv.inflight.statistics() if srv.inflight is not None else None,
             "schedule": srv.seq.report(),
             "recent": {str(c): list(q) for c, q in sorted(srv.seq.recent.items())},
             "locks": locks.profile.lock_report(),

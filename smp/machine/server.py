@@ -20,7 +20,7 @@ and that reach back to it through ``srv``:
 * ``smp.machine.publish``: the stats stream, the report, the dump.
 
 The detectors (``smp.machine.witness``, ``smp.machine.lockcheck``, the deadlock check of
-the lock table) are told of what the operations do, and report findings here.
+the lock table, ``smp.machine.hangs``, ``smp.machine.inflight``) are told of what the operations do, and report findings here.
 
 Loop: wait for the socket to become readable (bounded by ``POLL_MS`` so that the server
 notices a dead launcher), then drain every queued message before sleeping again; more
@@ -60,8 +60,9 @@ import zmq
 from smp.hw.clock import NEVER
 from smp.hw.physmem import Fault, PhysMem, SwapDevice
 from smp.hw.protocol import (CONTROL_OPS, ERR, MAX_FRAME, MAX_FRAME_HARD, OK, VERSION, Event, Op,
-                         ProtocolError, pack, unpack_all)
+                             ProtocolError, pack, unpack_all)
 from smp.machine.hangs import Hangs
+from smp.machine.inflight import Inflight
 from smp.machine.liveness import Liveness
 from smp.machine.lockcheck import LockKeyChecker
 from smp.machine.locks import Grant, LockError, LockTable
@@ -78,7 +79,8 @@ POLL_MS = 200
 
 # Which checks run, and their bounds (the config's debug.* keys; all on by default).
 DEFAULT_DETECTORS: dict[str, Any] = {"witness": True, "deadlock": True, "lockkeys": True,
-                                     "spin_max_s": 5.0, "watchdog_s": 5.0, "liveness_s": 5.0}
+                                     "spin_max_s": 5.0, "watchdog_s": 5.0, "liveness_s": 5.0,
+                                     "inflight": True}
 
 
 def detectors_of(config: dict[str, Any]) -> dict[str, Any]:
@@ -138,6 +140,10 @@ class Server:
         # the liveness detector (smp.machine.hangs): lost wakeups, swap-ins never served,
         # lock starvation
         self.hangs = Hangs(self, float(det["liveness_s"])) if det["liveness_s"] else None
+        # invariants in flight (smp.machine.inflight): states that must never coexist,
+        # checked at the store that makes them
+        self.inflight = (Inflight(self.kmem, self.mem, self.finding)
+                         if det["inflight"] else None)
         # the peers and the session
         self.peers: dict[bytes, Peer] = {}
         self.cpus: dict[int, Peer] = {}

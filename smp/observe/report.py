@@ -138,6 +138,7 @@ def build_report(cfg: Config, server: dict[str, Any], *, reason: str, problems: 
         "invariants": invariants,
         "findings": findings,
         "liveness": server.get("liveness"),
+        "inflight": server.get("inflight"),
         "witness_order": server.get("witness_order", {}),
         "schedule": server.get("schedule", {}),
         "policy": server.get("policy", {}),

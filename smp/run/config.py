@@ -333,6 +333,11 @@ PARAMS: tuple[Param, ...] = (
           "request not served, a lock waited for, this long, is a finding; at the end of "
           "a run a lost thread is one at once (0: off; wall s in wall time)",
           min=0, max=3600),
+    Param("debug.inflight", "bool", True, "",
+          "check at each store the states the kernel registered as never coexisting "
+          "(PS_SWAPPING with PS_SWAPPINGIN, PS_INMEM without the U-area mapped and wired, "
+          "a page reused, mapped or accessed while a mapping from before its free stays): "
+          "a finding with both sites"),
     Param("debug.watchdog_s", "float", 5.0, "wall s",
           "report a CPU that sends nothing for this long (0: never)", min=0, max=3600),
     Param("debug.chaos", "str", "off", "",

@@ -1,0 +1,105 @@
+"""The liveness detector on the real kernel (test_hangs.py has it on its own): one small
+machine in which two kernel threads hang, each the way the detector is for.
+
+* ``vmt-never`` sleeps with no timeout on a channel nobody will wake: at the end of the
+  run the report lists it under ``liveness.asleep`` with its wait message, its channel
+  and the site where it went to sleep.
+* ``vmt-lost`` sleeps with no timeout on another channel and loses its wakeup in F2's
+  shape (FINDINGS.md): a second thread loads its ``td_inhibitors`` without sched_lock,
+  the wakeup clears ``TDI_SLEEPING`` (the thread stays inhibited: it was also
+  suspended, as swapout's ``TDI_SWAPPED`` leaves it) and the stale value is stored back.
+  The thread is inhibited as sleeping on no sleep queue: a ``liveness`` finding, a lost
+  wakeup, naming both sites (the store that put the bit back and where it slept).
+
+The driver ends the run two simulated seconds later, past the bound (``debug.liveness_s``
+= 1 here); the machine is the quiet one of test_vm_glue.py (2 CPUs, no user processes).
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import helpers
+import pytest
+import vmscenarios as vs
+
+from smp.kernel.kern import kern_globals
+from smp.kernel.kern.kern_mutex import mtx_lock_spin, mtx_unlock_spin
+from smp.kernel.machine import cpu as md
+from smp.kernel.sys.proc import TDI
+
+pytestmark = pytest.mark.long
+
+QUIET = ["machine.cpus=2", "workload.kthreads=0", "user.procs_per_cpu=0",
+         "machine.memory=8M", "run.duration=20", "run.seed=1", "debug.liveness_s=1"]
+
+
+def _sleeper(wmesg: str, chan_field: str, mark: int) -> Any:
+    def run() -> None:
+        from smp.kernel.kern.kern_synch import tsleep
+        from smp.kernel.kern.kern_thread import curthread
+        from smp.kernel.sys.param import PVM
+        t = vs.shared()
+        if mark:
+            t.v_aux = curthread().handle
+        tsleep(t.addr(chan_field), PVM, wmesg, 0)        # no timeout: never returns
+        vs.check(f"{wmesg}_woken_unexpectedly", False)
+    return run
+
+
+def _driver() -> None:
+    """Wait till both sleep, lose vmt-lost's wakeup, let the detector look, end."""
+    from smp.kernel.kern.kern_synch import wakeup
+    from smp.kernel.sys.kstruct import KObj
+    from smp.kernel.sys.proc import struct_thread
+    t = vs.shared()
+    vs.nap_until(lambda: t.v_aux != 0, "vmt-lost to start", 500)
+    td: KObj = struct_thread.at(t.v_aux)
+    vs.nap_until(lambda: td.td_inhibitors & TDI.TDI_SLEEPING, "vmt-lost to sleep", 500)
+    G = kern_globals.G
+    mtx_lock_spin(G.sched_lock)                     # suspended too (as if swapped out)
+    td.td_inhibitors = td.td_inhibitors | TDI.TDI_SUSPENDED
+    mtx_unlock_spin(G.sched_lock)
+    stale = td.td_inhibitors                        # F2: the load, without sched_lock
+    wakeup(t.addr("v_phase"))                       # the wakeup clears TDI_SLEEPING
+    td.td_inhibitors = stale                        # ... and the stale store puts it back
+    vs.check("lost_off_the_queue", True)
+    start = md.pcpu.ticks
+    vs.nap_until(lambda: md.pcpu.ticks - start > 200, "the bound and more", 800)
+    vs.done()
+
+
+@pytest.mark.timeout(120)
+def test_never_woken_and_lost_wakeup_reported(tmp_path: pathlib.Path) -> None:
+    res = helpers.run(QUIET, [
+        vs.publish(),
+        vs.boot_kthread("vmt-never", _sleeper("vmtnever", "v_pid", 0), cpu=0),
+        vs.boot_kthread("vmt-lost", _sleeper("vmtlost", "v_phase", 1), cpu=1),
+        vs.boot_kthread("vmt-driver", _driver, cpu=0),
+        vs.boot_kthread("vmt-coord", vs.coordinator(1, 1500, "the hangs"), cpu=1)],
+        tmp_path)
+    r = res.report
+    assert r["kernel"].get("t_ok_lost_off_the_queue") == 1, r["kernel"]
+    assert not any(k.startswith("t_bad_") for k in r["kernel"]), r["kernel"]
+    assert r["panic"] is None
+    # never woken: listed at the end with its wait message, channel and sleep site
+    asleep = {a["wmesg"]: a for a in r["liveness"]["asleep"]}
+    never = asleep["vmtnever"]
+    assert "vmt-never" in never["thread"] and "v_pid" in never["channel"]
+    # (the site is the kernel's frame that called into the test's code: the kthread's
+    # start, as sites name kernel statements)
+    assert never["site"].startswith("kern/") and never["channel_woken"] == 0
+    assert never["asleep_s"] > 0.5
+    assert "vmtlost" not in asleep               # it is on no sleep queue at all
+    # lost: a finding with both sites, the stale store first, then where it slept
+    lost = [f for f in r["findings"] if f["detector"] == "liveness"
+            and f["summary"].startswith("lost wakeup")]
+    assert len(lost) == 1, r["findings"]
+    f = lost[0]
+    assert "vmt-lost" in f["summary"] and "on no sleep queue" in f["summary"]
+    assert "SLEEPING" in f["summary"] and "SUSPENDED" in f["summary"]
+    assert len(f["sites"]) == 2
+    assert f["sites"][0].startswith("test_hangs_kernel.py:"), f      # the stale store
+    assert f["sites"][1].startswith("kern/"), f                       # where it slept
+    assert "inhibitors last stored @ test_hangs_kernel.py:" in f["summary"]
