@@ -185,7 +185,7 @@ def test_the_readme_commands_from_the_installed_package(venv: pathlib.Path,
     witness = smp("witness", str(rdir))
     assert witness.startswith("Sleep locks:\n0 Giant -- last acquired @ ")
     # sites are named relative to the kernel's tree, smp/kernel/ in site-packages
-    assert re.match(r"Sleep locks:\n0 Giant -- last acquired @ (kern|vm)/\w+\.py:\d+\n",
+    assert re.match(r"Sleep locks:\n0 Giant -- last acquired @ (kern|vm|userland)/\w+\.py:\d+\n",
                     witness), witness
     assert str(rdir / "witness.dot") in smp("witness", str(rdir), "--dot")
     assert (rdir / "witness.dot").read_text().startswith("digraph witness {")
