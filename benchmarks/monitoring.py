@@ -4,7 +4,8 @@ on (its default interval) against off, measured in the same run.
 Usage: ``python benchmarks/monitoring.py [--runs N] [--duration SIM_S] [--phase SIM_S]
 [--set SECTION.KEY=VALUE ...] [--json]``
 
-The stream (smp/observe/monitor.py): every CPU posts a sample every ``run.stats_interval`` wall
+The machine runs in wall time (``machine.time = "wall"``): the stream is paced by the wall
+clock, and so must the phases be. The stream (smp/observe/monitor.py): every CPU posts a sample every ``run.stats_interval`` wall
 seconds, the server republishes it and publishes its own, and the launcher writes them to
 ``stats.jsonl``. To compare with the stream off without comparing two different runs
 (these hosts drift by more than the few percent that matter), each run switches the stream
@@ -252,7 +253,10 @@ def main(argv: list[str] | None = None) -> int:
                     metavar="SECTION.KEY=VALUE", help="config override (repeatable)")
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
     args = ap.parse_args(argv)
-    overrides = [f"run.duration={args.duration}", *args.overrides]
+    # wall time: the stream's samples are paced by the wall clock, and the phases must
+    # be too, so that on and off phases last as long on the host (in virtual time a
+    # simulated phase lasts as long as its work takes)
+    overrides = ["machine.time=wall", f"run.duration={args.duration}", *args.overrides]
     runs = []
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="smp-bench-mon-") as tmp:
