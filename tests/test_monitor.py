@@ -497,20 +497,22 @@ def test_report_again_as_text_json_and_csv(finished: Any) -> None:
 
 
 # -- smp run on a terminal ---------------------------------------------------------------------
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(180)
 def test_run_on_a_terminal_shows_progress_then_the_summary(tmp_path: pathlib.Path) -> None:
     rdir = tmp_path / "rd"
-    term = Pty(cli_cmd("run", "--set", "run.duration=5",
+    term = Pty(cli_cmd("run", "--set", "run.duration=3",
                        "--set", "run.stats_interval=0.2", "--run-dir", str(rdir)), tmp_path)
     try:
-        prog = re.compile(r"sim (\d+\.\d) of 5 s .*\s(\d+)%\s+wall \d+:\d\d\s+ETA \d+:\d\d")
-        first = term.until(prog.search, 30, "the progress line")
+        prog = re.compile(r"sim (\d+\.\d) of 3 s .*\s(\d+)%\s+wall \d+:\d\d\s+ETA \d+:\d\d")
+        # wall-time bounds with room for a loaded host (virtual time: a busy host makes
+        # the run longer, never different)
+        first = term.until(prog.search, 60, "the progress line")
         term.until(lambda s: len(set(re.findall(r"cpu([0-3]) .*?\d+%", s))) == 4 and
                    (lambda m: m and float(m.group(1)) > float(first.group(1)))(prog.search(s)),
-                   15, "per-CPU utilisation and simulated time moving")
-        assert term.wait(30) == 0
+                   60, "per-CPU utilisation and simulated time moving")
+        assert term.wait(90) == 0
         screen = term.text()
-        assert re.search(r"ok: 5\.\d simulated s", screen) and "run directory:" in screen
+        assert re.search(r"ok: 3\.\d simulated s", screen) and "run directory:" in screen
         assert not prog.search(screen), "the progress display outlived the run"
     finally:
         term.close()
