@@ -577,17 +577,27 @@ def _monitors(args: argparse.Namespace, cfg: "Config") -> list[object]:
     return monitors
 
 
+def _run_replay(cmd: str, how: Any, args: argparse.Namespace) -> tuple[int, Any, str] | None:
+    """``smp replay`` and ``smp trace``: replay ``args.run_dir`` with ``how`` (replay or
+    trace); None, said on stderr, for a bad --until or a record that cannot be replayed."""
+    from smp.run.replay import ReplayError
+    if args.until < 0:
+        print(f"smp {cmd}: --until must be a positive operation number", file=sys.stderr)
+        return None
+    try:
+        return how(args.run_dir, args.out, args.until)  # type: ignore[no-any-return]
+    except ReplayError as e:
+        print(f"smp {cmd}: {e}", file=sys.stderr)
+        return None
+
+
 def _replay(args: argparse.Namespace) -> int:
     from smp.observe.report import summary_table
-    from smp.run.replay import ReplayError, replay
-    if args.until < 0:
-        print("smp replay: --until must be a positive operation number", file=sys.stderr)
+    from smp.run.replay import replay
+    done = _run_replay("replay", replay, args)
+    if done is None:
         return 2
-    try:
-        status, rep, out = replay(args.run_dir, args.out, args.until)
-    except ReplayError as e:
-        print(f"smp replay: {e}", file=sys.stderr)
-        return 2
+    status, rep, out = done
     print(summary_table(rep))
     sched = (rep.get("schedule") or {}).get("replay") or {}
     div = sched.get("divergence")
@@ -608,15 +618,11 @@ def _replay(args: argparse.Namespace) -> int:
 
 def _trace(args: argparse.Namespace) -> int:
     from smp.machine.trace import count_events
-    from smp.run.replay import ReplayError, trace
-    if args.until < 0:
-        print("smp trace: --until must be a positive operation number", file=sys.stderr)
+    from smp.run.replay import trace
+    done = _run_replay("trace", trace, args)
+    if done is None:
         return 2
-    try:
-        status, rep, path = trace(args.run_dir, args.out, args.until)
-    except ReplayError as e:
-        print(f"smp trace: {e}", file=sys.stderr)
-        return 2
+    status, rep, path = done
     sched = rep.get("schedule") or {}
     div = (sched.get("replay") or {}).get("divergence")
     if div:
