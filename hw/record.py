@@ -61,7 +61,7 @@ FLUSH_BYTES = 1 << 16        # compressed bytes held back before a flush to the 
 
 # Config keys that change nothing the machine does: a log replays under any value of them.
 NEUTRAL_KEYS = ("run.dir", "run.stats_interval", "run.halt_timeout", "run.record",
-                "debug.watchdog_s", "machine.transport")
+                "debug.watchdog_s", "machine.transport", "machine.server_spin")
 
 
 class LogError(Exception):

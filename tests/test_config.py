@@ -29,7 +29,7 @@ pytestmark = pytest.mark.quick
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 SHIPPED = sorted(CONFIGS.glob("*.toml"))
 MACHINE_KEYS = ("cpus, memory, swap, swap_latency_us, swap_write_latency_us, hz, time, quantum, "
-                "speed, transport, lines, kmem_objects")
+                "speed, transport, lines, server_spin, kmem_objects")
 
 
 Write = Callable[[str], str]
@@ -424,7 +424,7 @@ def test_declarations_are_checked_at_import(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_declarations() -> None:
-    assert len(PARAM_BY_KEY) == len(PARAMS) == 56
+    assert len(PARAM_BY_KEY) == len(PARAMS) == 57
     assert PARAM_BY_KEY["vm.swap_idle_threshold1"].section == "vm"
     assert PARAM_BY_KEY["vm.swap_idle_threshold1"].name == "swap_idle_threshold1"
     for p in PARAMS:

@@ -223,6 +223,11 @@ PARAMS: tuple[Param, ...] = (
     Param("machine.lines", "bool", True, "",
           "a CPU that keeps taking a mutex keeps its lock word's line and takes it again "
           "without a round trip until another CPU asks (false: every acquire asks the server)"),
+    Param("machine.server_spin", "duration", "500us", "wall time",
+          "how long the server keeps looking for the next request before it sleeps: the "
+          "machine is bound by its round trips' latency, and a sleeping server adds a "
+          "wake-up to each (0: sleep at once, for a host shared with other work)",
+          min=0, max=100_000_000),
     Param("machine.kmem_objects", "int", 262144, "objects",
           "kernel memory: the most kernel objects alive at once besides one vm_page per page "
           "frame (struct proc, thread, vm_object, ...); running out panics the machine",

@@ -297,7 +297,8 @@ def run_machine(cfg: Config, run_dir: str | None = None,
                               float(cfg["run.stats_interval"]),
                               detectors_of(flat),
                               listen, hello, bool(cfg["machine.lines"]),
-                              int(cfg["machine.kmem_objects"]), timespec))
+                              int(cfg["machine.kmem_objects"]), timespec,
+                              int(cfg["machine.server_spin"]) / 1e9))
     cpus: dict[int, Any] = {}                 # cpu id -> process: the CPUs started here
     ctl: _Control | None = None
     stats: StatsRecorder | None = None
