@@ -6,11 +6,14 @@ compared is measured side by side).
   off, over every catchable fail point) and clean runs (``configs/default.toml``), each
   replayed with ``smp replay``: how many replayed identically (kernel counters, per-lock
   acquisitions and contested ones, findings, panic message, site and operation).
-* **Host independence**: the default config alone and beside two busy-loop processes:
-  the kernel's work per simulated second (forks, swapouts, vm_waits, msleeps, pageout
-  scans), the two side by side; and detection of two narrow races
-  (``swapout_procs_prs_new``, ``faultin_swappingin``) by ten-run campaigns, loaded and
-  unloaded.
+* **Host independence** (``independence``: its two parts, ``work`` and ``detection``):
+  the default config alone and beside two busy-loop processes: the kernel's work per
+  simulated second (forks, swapouts, vm_waits, msleeps, pageout scans), the two side by
+  side, and beside them the same runs alone once more: a run's work differs from run to
+  run whatever the host does (the CPUs' requests race at the server, as they should), and
+  the second alone measurement shows how much (the noise floor the loaded ratio is to be
+  read against); and detection of two narrow races (``swapout_procs_prs_new``,
+  ``faultin_swappingin``) by ten-run campaigns, loaded and unloaded.
 * **Speed**: simulated seconds per wall second of the default config, virtual time
   against wall time (``machine.time = "wall"``, speed 0.5); campaign runs per minute.
 * **Recording**: wall time with and without ``run.record``, and the record's size per
@@ -22,6 +25,7 @@ loaded and unloaded; virtual at least 2x wall; recording at most 10% more wall t
     python benchmarks/determinism.py             # everything (about an hour on 2 cores)
     python benchmarks/determinism.py --quick     # a few runs of each (minutes)
     python benchmarks/determinism.py --only speed,record
+    python benchmarks/determinism.py --only work --seeds 5
 """
 
 from __future__ import annotations
@@ -195,11 +199,18 @@ def recording(tmp: str, duration: float, rounds: int) -> dict[str, float]:
                                           / statistics.median(sim), 1)}
 
 
+def _ratios(a: dict[str, float], b: dict[str, float]) -> dict[str, float | None]:
+    return {k: round(a[k] / b[k], 3) if b[k] else None for k in WORK}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a few runs of each (minutes)")
     ap.add_argument("--only", default="fidelity,independence,speed,record",
-                    help="comma-separated sections (default: all)")
+                    help="comma-separated sections: fidelity, independence (= work and "
+                    "detection), work, detection, speed, record (default: all)")
+    ap.add_argument("--seeds", type=int, default=None,
+                    help="work: default-config runs per measurement (default 3; 2 --quick)")
     ap.add_argument("--campaigns", type=int, default=None,
                     help="host independence: campaigns per fail point and load (default 5)")
     ap.add_argument("--runs", type=int, default=None,
@@ -207,6 +218,11 @@ def main() -> int:
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     args = ap.parse_args()
     only = set(args.only.split(","))
+    if "independence" in only:
+        only |= {"work", "detection"}
+    unknown = only - {"fidelity", "independence", "work", "detection", "speed", "record"}
+    if unknown:
+        ap.error(f"--only: unknown section(s) {', '.join(sorted(unknown))}")
     q = args.quick
     res: dict[str, Any] = {}
     tmp = tempfile.mkdtemp(prefix="smpdet-")
@@ -214,16 +230,20 @@ def main() -> int:
         if "fidelity" in only:
             print("replay fidelity ...", file=sys.stderr, flush=True)
             res["fidelity"] = fidelity(tmp, 3 if q else 20, 2 if q else 10, 4.0 if q else 8.0)
-        if "independence" in only:
-            print("host independence ...", file=sys.stderr, flush=True)
-            seeds = [1, 2] if q else [1, 2, 3]
+        if "work" in only:
+            print("host independence: work ...", file=sys.stderr, flush=True)
+            seeds = list(range(1, 1 + (args.seeds or (2 if q else 3))))
             dur = 6.0 if q else 20.0
             alone = work(tmp, "alone", seeds, dur)
             with Busy():
                 loaded = work(tmp, "loaded", seeds, dur)
-            res["work_per_sim_s"] = {"alone": alone, "loaded": loaded,
-                                     "ratio": {k: round(loaded[k] / alone[k], 3) if alone[k]
-                                               else None for k in WORK}}
+            again = work(tmp, "again", seeds, dur)
+            res["work_per_sim_s"] = {"seeds": len(seeds), "alone": alone, "loaded": loaded,
+                                     "alone_again": again,
+                                     "ratio": _ratios(loaded, alone),
+                                     "noise": _ratios(again, alone)}
+        if "detection" in only:
+            print("host independence: detection ...", file=sys.stderr, flush=True)
             camps, runs = (1, 3) if q else (5, 10)
             camps = args.campaigns or camps
             runs = args.runs or runs
@@ -255,9 +275,13 @@ def main() -> int:
             print(f"  {d}")
     if "work_per_sim_s" in res:
         w = res["work_per_sim_s"]
-        print("kernel work per simulated second, alone / loaded (two busy loops) / ratio:")
+        print(f"kernel work per simulated second ({w['seeds']} default runs each), alone / "
+              f"loaded (two busy loops) / ratio, and alone again / its ratio (run-to-run "
+              f"spread on the same host):")
         for k in WORK:
-            print(f"  {k:15} {w['alone'][k]:9.2f} {w['loaded'][k]:9.2f} {w['ratio'][k]}")
+            print(f"  {k:15} {w['alone'][k]:9.2f} {w['loaded'][k]:9.2f} {w['ratio'][k]!s:>6}"
+                  f"   {w['alone_again'][k]:9.2f} {w['noise'][k]!s:>6}")
+    if "detection" in res:
         d = res["detection"]
         print(f"detection ({d['campaigns']} campaigns of {d['runs']} runs), alone / loaded:")
         for fp in d["alone"]:
