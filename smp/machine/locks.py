@@ -127,6 +127,7 @@ class LockTable:
         # request being handled (the server sets it: hw/clock.py)
         self.clock: Callable[[], float] = _now_us
         self.locks: dict[int, Lock] = {}
+        self.spins: dict[int, Lock] = {}           # the spin mutexes among them (a few)
         self.names: dict[int, str] = {}            # every lock ever initialised: its name
         self.threads: dict[int, ThreadLocks] = {}
         self.profile = LockProfile()               # LOCK_PROFILING: told, never asks
@@ -161,7 +162,11 @@ class LockTable:
         old = self.locks.get(h)
         if old is not None and (old.owner or old.shared or old.waiters):
             raise LockError(f"lock_init: {old.cls} {old.name} re-initialized while in use")
-        self.locks[h] = Lock(h, kind, cls, name, flags)
+        lk = self.locks[h] = Lock(h, kind, cls, name, flags)
+        if kind == LK_SPIN:
+            self.spins[h] = lk
+        else:
+            self.spins.pop(h, None)
         if len(self.names) < 1 << 20:
             self.names[h] = name
 
@@ -170,6 +175,7 @@ class LockTable:
         if lk.owner or lk.shared or lk.waiters:
             raise LockError(f"lock_destroy: {lk.cls} {lk.name} destroyed while in use")
         del self.locks[h]
+        self.spins.pop(h, None)
 
     def held_spin(self, t: ThreadLocks) -> list[Lock]:
         """The spin mutexes thread ``t`` holds."""
@@ -425,8 +431,8 @@ class LockTable:
         """A spin lock held longer than ``bound_us``, and for how long: by any thread at
         host time (wall time), or by a thread of ``cpu`` at that CPU's ``now_us``."""
         now = self.clock() if now_us is None else now_us
-        for lk in self.locks.values():
-            if lk.kind == LK_SPIN and lk.owner and now - lk.since_us > bound_us:
+        for lk in self.spins.values():             # checked at every request: only these
+            if lk.owner and now - lk.since_us > bound_us:
                 if cpu is not None:
                     owner = self.threads.get(lk.owner)
                     if owner is None or owner.cpu != cpu:

@@ -180,7 +180,7 @@ class Publisher:
             "liveness": hangs,
             "inflight": srv.inflight.statistics() if srv.inflight is not None else None,
             "schedule": srv.seq.report(),
-            "recent": {str(c): list(q) for c, q in sorted(srv.seq.recent.items())},
+            "recent": srv.seq.recent_ops(),
             "locks": locks.profile.lock_report(),
             "lock_profile": locks.profile.profile_report()[:50],
             "memory": vars(srv.mem.statistics()),

@@ -115,6 +115,13 @@ class Sequencer:
         self.recent: dict[int, collections.deque[tuple[Any, ...]]] = \
             collections.defaultdict(lambda: collections.deque(maxlen=32))
 
+    def recent_ops(self) -> dict[str, list[tuple[Any, ...]]]:
+        """Each CPU's last requests, as a dump shows them (formatted only now: the
+        server keeps them at every request)."""
+        return {str(c): [(n, opname(op), site, tid, t, short(args))
+                         for n, op, site, tid, t, args in q]
+                for c, q in sorted(self.recent.items())}
+
     @property
     def replaying(self) -> bool:
         """A replay that still enforces the record's order."""
@@ -175,7 +182,7 @@ class Sequencer:
         if self.replay is not None and self.replay.stopped:
             return                          # a stopped replay's final reports: no number
         self.ops += 1                       # the operation's number (hw/record.py)
-        self.recent[cpu].append((self.ops, opname(op), site, tid, t, short(args)))
+        self.recent[cpu].append((self.ops, op, site, tid, t, args))   # (see recent_ops)
         if self.rec is not None:
             self.rec.request(cpu, op, site, tid)
         if self.tk.enabled:

@@ -34,6 +34,7 @@ class TimeKeeper:
         self.vt = [0] * ncpus                       # each CPU's time at its last request
         self.need: list[int | None] = [None] * ncpus  # what a waiting CPU waits for
         self.gone: set[int] = set()
+        self.alive = list(range(ncpus))             # the CPUs not gone, in order
         self.horizon = min(quantum_ns, self.cap) if enabled else NEVER
         self.min_cpu = 0
         self.ended_at: int | None = None            # the cap the machine reached, once
@@ -83,6 +84,7 @@ class TimeKeeper:
         if not self.enabled or cpu in self.gone:
             return []
         self.gone.add(cpu)
+        self.alive.remove(cpu)
         return self._recompute()
 
     def extend(self, ns: int) -> list[int]:
@@ -94,12 +96,16 @@ class TimeKeeper:
         return self._recompute()
 
     def _recompute(self) -> list[int]:
-        alive = [c for c in range(len(self.vt)) if c not in self.gone]
+        alive = self.alive                           # (at every request: kept lean)
         if not alive:
             return []
-        m = min(alive, key=self.effective)
+        vt, need = self.vt, self.need
+        m, low = alive[0], NEVER + 1
+        for c in alive:
+            e = vt[c] if need[c] is None else need[c]
+            if e < low:                              # type: ignore[operator]
+                m, low = c, e                        # type: ignore[assignment]
         self.min_cpu = m
-        low = self.effective(m)
         h = min(low + self.quantum, self.cap) if low < NEVER else self.cap
         if h == self.horizon:
             self._check_end(alive, low)
