@@ -15,8 +15,9 @@ For every fail point (``smp failpoints``) and for chaos off and on, the script r
 
 Then the hunts (``HUNTS``): for a known finding of the 2002 code, campaigns with no fail
 point on the config that can show it (F1 on ``configs/freebsd-5.0.toml``, the 2002 kernel
-as shipped), and the runs each needs until a run reports that finding, found by its
-detector unaided: the median and how many campaigns found it at all.
+as shipped; F2's lost wakeup on ``configs/hunt-f2.toml``), and the runs each needs until
+a run reports that finding, found by its detector unaided: the median and how many
+campaigns found it at all. A hunt stops its campaign at the first run that reports it.
 
 Then ``--clean-runs`` runs of ``configs/default.toml`` with chaos high and no fail point,
 counting new failures (false positives: the target is none) and known findings apart.
@@ -54,8 +55,9 @@ NOT_DETECTABLE = {"scheduler_recheck": "not detectable under Giant: FINDINGS.md 
 HUNTS: dict[str, tuple[str, str, str]] = {
     "F1": ("F1", "kernel", "configs/freebsd-5.0.toml"),
     # F2's lost wakeup, found by the liveness detector as it happens (not the unlocked
-    # access lockkey reports statically)
-    "F2-hang": ("F2", "liveness", "configs/stress.toml"),
+    # access lockkey reports statically), on the stress kernel with the user land and the
+    # clocks' quantum that open its window most often (configs/hunt-f2.toml says why)
+    "F2-hang": ("F2", "liveness", "configs/hunt-f2.toml"),
 }
 
 
