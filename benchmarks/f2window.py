@@ -37,7 +37,6 @@ from smp.machine import trace as _trace
 
 FIELDS = ("td_inhibitors", "td_state")
 LOG_FILE = "f2window.jsonl"      # the replay's log, kept in the run directory
-_LOG: list[Any] = [None]
 
 
 def _request(self: Any, cpu: int, tid: int, op: int, site: str, t: int, args: list[Any],
@@ -57,20 +56,23 @@ def _request(self: Any, cpu: int, tid: int, op: int, site: str, t: int, args: li
         rec = [self._f2n, cpu, tid, "Z", str(args[3]) if len(args) > 3 and args[3] else site,
                tid, "", int(args[2] or 0), t]
     if rec is not None:
-        if _LOG[0] is None:
-            _LOG[0] = open(os.environ["SMP_F2WINDOW_LOG"], "a")
-        _LOG[0].write(json.dumps(rec) + "\n")
-        _LOG[0].flush()
+        with open(os.environ["SMP_F2WINDOW_LOG"], "a") as f:
+            f.write(json.dumps(rec) + "\n")
 
 
 _orig = _trace.Tracer.request
-_trace.Tracer.request = _request            # type: ignore[method-assign]
+
+
+def hook() -> None:
+    """Log the server's traced operations (the replays' servers are forked from here)."""
+    _trace.Tracer.request = _request            # type: ignore[method-assign]
 
 
 def macro_lines() -> dict[int, str]:
     """The lines of vm_glue.py where swapout and faultin use the unlocked macros."""
     import smp.kernel.vm.vm_glue as vg
-    src = open(vg.__file__).read()
+    with open(vg.__file__) as f:
+        src = f.read()
     out = {}
     for node in ast.walk(ast.parse(src)):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
@@ -137,6 +139,7 @@ def main() -> int:
                     "thread asleep")
     a = ap.parse_args()
     from smp.run.replay import trace
+    hook()
     lines = macro_lines()
     allw: list[dict[str, Any]] = []
     for rd in a.runs:
