@@ -92,6 +92,19 @@ def test_the_2002_config_is_the_2002_kernel_throughout() -> None:
     assert not cfg["debug.fail_points"]
 
 
+def test_the_f2_hunt_config_is_the_stress_kernel_with_another_user_land() -> None:
+    """configs/hunt-f2.toml (benchmarks/detection.py --hunt F2-hang) may change which
+    programs run and the clocks' quantum, never the kernel: every kern., vm. and debug.
+    key, the memory and the CPUs are configs/stress.toml's."""
+    hunt, stress = load_config(CONFIGS / "hunt-f2.toml"), load_config(CONFIGS / "stress.toml")
+    same = [k for k in PARAM_BY_KEY
+            if k.split(".")[0] in ("kern", "vm", "debug", "cost")
+            or k in ("machine.cpus", "machine.memory", "machine.swap",
+                     "machine.swap_latency_us", "machine.hz", "run.duration")]
+    assert {k: hunt[k] for k in same} == {k: stress[k] for k in same}
+    assert hunt["user.debugger"] == 0 and hunt["user.napper"] > stress["user.napper"]
+
+
 def test_default_toml_spells_out_exactly_the_declared_defaults() -> None:
     raw = tomllib.loads(default_config_path().read_text(encoding="utf-8"))
     keys = {f"{section}.{name}" for section, table in raw.items() for name in table}
