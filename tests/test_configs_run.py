@@ -35,6 +35,7 @@ SHORT: dict[str, list[str]] = {
     "idle-swap": ["run.duration=10"],
     "stress": ["run.duration=3"],
     "freebsd-5.0": ["run.duration=3"],
+    "hunt-f2": ["run.duration=3"],
 }
 
 
