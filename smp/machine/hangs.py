@@ -9,9 +9,15 @@ which fields hold a thread's inhibitors and wait channel, which bits mean asleep
 in, swap-in requested, and the swapper's pid): the server names nothing of the kernel.
 
 Every ``CHECK_S`` of simulated time (the time of the request being handled; host time in
-a wall-time run), at a moment when nobody holds the scheduler lock (so that no sleep or
-wakeup is half done: both change the queue and the thread's inhibitors under it), it
-looks for these, each a finding once it has lasted ``debug.liveness_s``:
+a wall-time run) it looks for these, each a finding once it has lasted
+``debug.liveness_s``. A sleep or a wakeup changes the sleep queue and the thread's
+inhibitors in two steps, both under the scheduler lock, and between them the thread looks
+lost. So a look made while someone holds that lock leaves out the threads that may be
+half way: the holder itself (going to sleep: asleep by its inhibitors, not yet queued)
+and every thread taken off a sleep queue since the holder took the lock (woken or timed
+out: queued no more, its sleeping bit not yet cleared); what it cannot judge keeps the
+age it had. (The first version looked only when nobody held the lock, and a busy small
+machine seldom gave it such a moment: three looks in two simulated seconds.)
 
 * **lost**: a thread inhibited as sleeping that is on no sleep queue (nor on a lock's
   queue: an sx or lockmgr waiter sleeps there), or whose wait channel is empty. No wakeup can find it: it will never run again. The report names the
@@ -74,6 +80,7 @@ class Hangs:
         self.slept: dict[int, tuple[str, float, int]] = {}    # tid -> (site, when, timo)
         self.woken: dict[Hashable, int] = {}                  # chan -> wakeups that took some
         self.stored: dict[int, tuple[str, int]] = {}          # thread -> last inhibitors store
+        self.off: dict[int, float] = {}                       # thread -> off its queue at (us)
         self.first: dict[tuple[str, int], float] = {}         # (kind, tid|pid) -> first seen
         self.reported: set[tuple[str, int]] = set()
         self._sched: int = 0                                  # the scheduler lock's handle
@@ -105,28 +112,41 @@ class Hangs:
     def wakeup(self, chan: Hashable, tids: list[int]) -> None:
         if tids:
             self.woken[chan] = self.woken.get(chan, 0) + 1
+            now_us = self.srv.locks.clock()         # the lock table's time: see _halfway
+            for tid in tids:
+                self.off[tid] = now_us
+
+    def unslept(self, tid: int) -> None:
+        """``tid`` was taken off its sleep queue without a wakeup (a timeout)."""
+        self.off[tid] = self.srv.locks.clock()
 
     # -- the looks -----------------------------------------------------------------------
-    def _sched_free(self) -> bool:
+    def _halfway(self) -> set[int] | None:
+        """The threads a sleep or wakeup may have left half done (the module's
+        docstring): empty when nobody holds the scheduler lock; None before the kernel
+        made it."""
         lt, name = self.srv.locks, self.srv.sleepq.sched_lock_name
         lk = lt.locks.get(self._sched)
         if lk is None or lk.name != name:
             lk = next((x for x in lt.locks.values() if x.name == name), None)
             if lk is None:
-                return False
+                return None
             self._sched = lk.handle
-        return not lk.owner
+        if not lk.owner:
+            return set()
+        return {lk.owner} | {t for t, when in self.off.items() if when >= lk.since_us}
 
     def tick(self) -> None:
         """With each request (virtual time) or the loop's clock (wall time)."""
         now = self.now()
         if now < self.next_check or self.reg is None or self.srv.panic is not None:
             return
-        if not self._sched_free():
-            return                      # look again at the next request
+        skip = self._halfway()
+        if skip is None:
+            return
         self.next_check = now + CHECK_S
         self.checks += 1
-        self.look(now, final=False)
+        self.look(now, final=False, skip=skip)
 
     def _procs(self) -> list[tuple[int, dict[str, Any], list[tuple[int, dict[str, Any]]]]]:
         kmem, reg = self.srv.kmem, self.reg
@@ -184,7 +204,8 @@ class Hangs:
             return [str(w.get("site", ""))], f"waiting for lock {w.get('name')} @ {w.get('site')}"
         return [], "neither asleep nor waiting for a lock (running or runnable)"
 
-    def look(self, now: float, final: bool) -> None:
+    def look(self, now: float, final: bool, skip: set[int] | frozenset[int] = frozenset()
+             ) -> None:
         reg = self.reg
         assert reg is not None
         srv = self.srv
@@ -210,6 +231,10 @@ class Hangs:
                 if (lkt is not None and lkt.waiting is not None) or td.get(reg.get("blocked", "")):
                     continue            # asleep on a lock's queue (an sx or lockmgr wait)
                 key = ("lost", tid)
+                if tid in skip:         # perhaps half way through a sleep or a wakeup
+                    if key in self.first:
+                        seen.add(key)   # it keeps its age, undecided
+                    continue
                 seen.add(key)
                 since = self.first.setdefault(key, now)
                 if key in self.reported or (now - since < (CHECK_S if final else bound)):
@@ -293,14 +318,15 @@ class Hangs:
                 del self.first[key]
 
     def at_end(self) -> dict[str, Any]:
-        """The end of the run: a lost thread is a finding whatever the bound (if nobody
-        holds the scheduler lock: otherwise a CPU stopped inside a sleep or a wakeup);
-        every thread still asleep with no timeout is listed."""
+        """The end of the run: a lost thread is a finding whatever the bound (but for
+        those a CPU stopped inside a sleep or a wakeup may have left half way); every
+        thread still asleep with no timeout is listed."""
         if self.reg is None:
             return {"checks": self.checks, "asleep": []}
         now = self.now()
-        if self._sched_free() and self.srv.panic is None:
-            self.look(now, final=True)
+        skip = self._halfway()
+        if skip is not None and self.srv.panic is None:
+            self.look(now, final=True, skip=skip)
         reg = self.reg
         who = {tid: (self._who(tid, td, p), td.get(reg["wmesg"], ""))
                for _, p, tds in self._procs() for tid, td in tds}

@@ -487,7 +487,10 @@ class Operations:
         return tids
 
     def unsleep(self, p: Peer, tid: int, site: str, a: list[Any]) -> bool:
-        return self.sleepq.unsleep(a[1], _chan(a[0]))
+        took = self.sleepq.unsleep(a[1], _chan(a[0]))
+        if took and self.srv.hangs is not None:
+            self.srv.hangs.unslept(int(a[1]))
+        return took
 
     # -- between CPUs ------------------------------------------------------------------
     def ipi(self, p: Peer, tid: int, site: str, a: list[Any]) -> None:
