@@ -57,13 +57,20 @@ def PICKUP_GIANT(n: int) -> None:
         mtx_lock(giant, AF_PICKUP)
 
 
+# Functions that only sleep on their caller's behalf (wait for memory, for a busy page,
+# for a swap transfer, a program's nap): a sleep in one is reported at its caller.
+_WAIT_HELPERS = frozenset({"vm_wait", "vm_page_sleep_busy", "_transfer_wait", "sleep_ticks"})
+
+
 def _sleeper_site() -> str:
-    """PORT: where the thread went to sleep: the innermost kernel frame outside this file
-    (the caller of msleep or tsleep), for the liveness detector's reports."""
-    stack = md.kernel_stack(limit=8)
+    """PORT: where the thread went to sleep, for the liveness detector's reports: the
+    innermost kernel frame outside this file (the caller of msleep or tsleep) and outside
+    the helpers that only wait for their caller (``vm_wait`` names who waits for memory)."""
+    stack = md.kernel_stack(limit=10)
     for frame in reversed(stack):
-        if not frame.startswith("kern/kern_synch.py:"):
-            return frame.split(" ", 1)[0]
+        where, _, func = frame.partition(" ")
+        if not where.startswith("kern/kern_synch.py:") and func not in _WAIT_HELPERS:
+            return where
     return ""
 
 
