@@ -188,6 +188,11 @@ def main() -> int:
                     help="campaigns at a time (default 1; more pays with --cluster)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
+    # A hunt stops its campaign with SIGINT (``_hunt``). Started in the background by a
+    # shell (``nohup ... &``), this script inherits SIGINT ignored, and so would every
+    # campaign it starts: they would run all their runs. A handler here (not inherited:
+    # a caught signal is reset to its default at exec) makes them start interruptible.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if a.quick:
         a.campaigns, a.runs, a.clean_runs = 1, 3, 10
     root = tempfile.mkdtemp(prefix="smp-detection-")
