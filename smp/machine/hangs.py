@@ -80,7 +80,8 @@ class Hangs:
         self.slept: dict[int, tuple[str, float, int]] = {}    # tid -> (site, when, timo)
         self.woken: dict[Hashable, int] = {}                  # chan -> wakeups that took some
         self.stored: dict[int, tuple[str, int]] = {}          # thread -> last inhibitors store
-        self.off: dict[int, float] = {}                       # thread -> off its queue at (us)
+        self.off: dict[int, float] = {}                       # thread -> off its queue at (us),
+                                                              # in the current hold of sched_lock
         self.first: dict[tuple[str, int], float] = {}         # (kind, tid|pid) -> first seen
         self.reported: set[tuple[str, int]] = set()
         self._sched: int = 0                                  # the scheduler lock's handle
@@ -133,6 +134,7 @@ class Hangs:
                 return None
             self._sched = lk.handle
         if not lk.owner:
+            self.off.clear()            # every sleep and wakeup so far is done
             return set()
         return {lk.owner} | {t for t, when in self.off.items() if when >= lk.since_us}
 

@@ -41,10 +41,6 @@ class TimeKeeper:
         self.syncs = 0
         self.raised = 0                             # how often the horizon moved
 
-    def effective(self, cpu: int) -> int:
-        need = self.need[cpu]
-        return self.vt[cpu] if need is None else need
-
     def request(self, cpu: int, t: int) -> list[int]:
         """A request from ``cpu`` made at ``t``: it runs. Returns the CPUs to tell the
         new horizon (those that wait for no more than it)."""
@@ -101,7 +97,7 @@ class TimeKeeper:
             return []
         vt, need = self.vt, self.need
         m, low = alive[0], NEVER + 1
-        for c in alive:
+        for c in alive:          # the earliest time a CPU can still act (module docstring)
             e = vt[c] if need[c] is None else need[c]
             if e < low:                              # type: ignore[operator]
                 m, low = c, e                        # type: ignore[assignment]
