@@ -14,8 +14,14 @@ compared is measured side by side).
   the second alone measurement shows how much (the noise floor the loaded ratio is to be
   read against); and detection of two narrow races (``swapout_procs_prs_new``,
   ``faultin_swappingin``) by ten-run campaigns, loaded and unloaded.
+* **The quantum**: the default config's work per simulated second at quanta of 1 ms, its
+  own 10 ms and 20 ms, and the ratios to 1 ms: what the machine does should not depend on
+  how far apart its CPUs' clocks may drift.
 * **Speed**: simulated seconds per wall second of the default config, virtual time
-  against wall time (``machine.time = "wall"``, speed 0.5); campaign runs per minute.
+  against wall time (``machine.time = "wall"``, speed 0.5); beside them the work each did
+  per wall second (requests to the machine, msleeps): the two machines do different
+  amounts of work per simulated second, so simulated seconds alone do not compare them;
+  campaign runs per minute.
 * **Recording**: wall time with and without ``run.record``, and the record's size per
   simulated second.
 
@@ -140,16 +146,39 @@ def fidelity(tmp: str, failing: int, clean: int, duration: float) -> dict[str, A
 
 
 # -- host independence --------------------------------------------------------------------
-def work(tmp: str, tag: str, seeds: list[int], duration: float) -> dict[str, float]:
-    tot = dict.fromkeys(WORK, 0.0)
+def work(tmp: str, tag: str, seeds: list[int], duration: float,
+         *extra: str) -> dict[str, float]:
+    """The default config's kernel work per simulated second over ``seeds``; with
+    ``requests``, the requests its CPUs made (calls and posts) and ``wall_s``, the wall
+    seconds per simulated second."""
+    tot = dict.fromkeys((*WORK, "requests", "wall_s"), 0.0)
     sim = 0.0
     for s in seeds:
-        rep, _ = run(os.path.join(tmp, f"work-{tag}-{s}"), "--set", f"run.seed={s}",
-                     "--set", f"run.duration={duration}")
+        rep, wall = run(os.path.join(tmp, f"work-{tag}-{s}"), "--set", f"run.seed={s}",
+                        "--set", f"run.duration={duration}", *extra)
         sim += float(rep.get("duration_sim_s") or duration)
         for k in WORK:
             tot[k] += float((rep.get("kernel") or {}).get(k, 0))
+        tot["requests"] += sum(c["bus"]["calls"] + c["bus"]["posts"]
+                               for c in rep.get("cpus") or [] if "bus" in c)
+        tot["wall_s"] += wall
     return {k: round(v / sim, 3) for k, v in tot.items()}
+
+
+# -- the quantum ------------------------------------------------------------------------
+QUANTA = ("1ms", "10ms", "20ms")
+
+
+def quantum(tmp: str, seeds: list[int], duration: float) -> dict[str, Any]:
+    """The default config at quanta of 1 ms, its own 10 ms and 20 ms: the machine's work
+    per simulated second should not depend on how far apart the CPUs' clocks may drift
+    (an idle CPU never jumps ahead of another: hw/clock.py)."""
+    out = {q: work(tmp, f"q{q}", seeds, duration, "--set", f"machine.quantum={q}")
+           for q in QUANTA}
+    return {"seeds": len(seeds), "duration": duration, "by_quantum": out,
+            "ratio_to_1ms": {q: {k: round(v[k] / out[QUANTA[0]][k], 3)
+                                 if out[QUANTA[0]][k] else None for k in (*WORK, "requests")}
+                             for q, v in out.items()}}
 
 
 def detection(tmp: str, tag: str, campaigns: int, runs: int, duration: float) -> dict[str, int]:
@@ -172,12 +201,19 @@ def speed(tmp: str, duration: float) -> dict[str, float]:
                  "--set", "machine.time=wall", "--set", "machine.speed=0.5")
     v = float(rv.get("duration_sim_s") or 0) / wv
     w = float(rw.get("duration_sim_s") or 0) / ww
+
+    def per_wall(rep: dict[str, Any], wall: float) -> dict[str, float]:
+        reqs = sum(c["bus"]["calls"] + c["bus"]["posts"] for c in rep.get("cpus") or []
+                   if "bus" in c)
+        return {"requests": round(reqs / wall), "msleeps": round(
+            float((rep.get("kernel") or {}).get("msleeps", 0)) / wall, 2)}
     t = time.monotonic()
     proc = smp("stress", STRESS, "--runs", "4", "--jobs", "2", "--duration", "5",
                "--out", os.path.join(tmp, "speed-campaign"))
     per_min = 4 / ((time.monotonic() - t) / 60)
     return {"virtual_sim_s_per_wall_s": round(v, 3), "wall_sim_s_per_wall_s": round(w, 3),
             "virtual_vs_wall": round(v / w, 2) if w else 0.0,
+            "virtual_per_wall_s": per_wall(rv, wv), "wall_per_wall_s": per_wall(rw, ww),
             "campaign_runs_per_min": round(per_min, 1), "campaign_status": proc.returncode}
 
 
@@ -206,11 +242,12 @@ def _ratios(a: dict[str, float], b: dict[str, float]) -> dict[str, float | None]
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a few runs of each (minutes)")
-    ap.add_argument("--only", default="fidelity,independence,speed,record",
+    ap.add_argument("--only", default="fidelity,independence,quantum,speed,record",
                     help="comma-separated sections: fidelity, independence (= work and "
-                    "detection), work, detection, speed, record (default: all)")
+                    "detection), work, detection, quantum, speed, record (default: all)")
     ap.add_argument("--seeds", type=int, default=None,
-                    help="work: default-config runs per measurement (default 3; 2 --quick)")
+                    help="work, quantum: default-config runs per measurement (default 3 "
+                    "and 2; --quick 2 and 1)")
     ap.add_argument("--campaigns", type=int, default=None,
                     help="host independence: campaigns per fail point and load (default 5)")
     ap.add_argument("--runs", type=int, default=None,
@@ -220,7 +257,8 @@ def main() -> int:
     only = set(args.only.split(","))
     if "independence" in only:
         only |= {"work", "detection"}
-    unknown = only - {"fidelity", "independence", "work", "detection", "speed", "record"}
+    unknown = only - {"fidelity", "independence", "work", "detection", "quantum", "speed",
+                      "record"}
     if unknown:
         ap.error(f"--only: unknown section(s) {', '.join(sorted(unknown))}")
     q = args.quick
@@ -252,6 +290,10 @@ def main() -> int:
                 d_loaded = detection(tmp, "loaded", camps, runs, 10.0)
             res["detection"] = {"campaigns": camps, "runs": runs, "alone": d_alone,
                                 "loaded": d_loaded}
+        if "quantum" in only:
+            print("the quantum ...", file=sys.stderr, flush=True)
+            res["quantum"] = quantum(tmp, list(range(1, 1 + (args.seeds or (1 if q else 2)))),
+                                     6.0 if q else 10.0)
         if "speed" in only:
             print("speed ...", file=sys.stderr, flush=True)
             res["speed"] = speed(tmp, 6.0 if q else 20.0)
@@ -286,11 +328,23 @@ def main() -> int:
         print(f"detection ({d['campaigns']} campaigns of {d['runs']} runs), alone / loaded:")
         for fp in d["alone"]:
             print(f"  {fp:30} {d['alone'][fp]} / {d['loaded'][fp]}")
+    if "quantum" in res:
+        qr = res["quantum"]
+        print(f"work per simulated second by quantum ({qr['seeds']} default runs of "
+              f"{qr['duration']:g} s each), and its ratio to 1 ms:")
+        print("  " + " " * 15 + "".join(f"{x:>17}" for x in QUANTA))
+        for k in (*WORK, "requests", "wall_s"):
+            print(f"  {k:15}" + "".join(
+                f"{qr['by_quantum'][x][k]:10.2f} {qr['ratio_to_1ms'][x].get(k, '')!s:>6}"
+                for x in QUANTA))
     if "speed" in res:
         s = res["speed"]
         print(f"speed: virtual {s['virtual_sim_s_per_wall_s']} sim s per wall s, wall "
               f"{s['wall_sim_s_per_wall_s']}: {s['virtual_vs_wall']}x; campaign runs per "
               f"minute {s['campaign_runs_per_min']}")
+        vw, ww = s["virtual_per_wall_s"], s["wall_per_wall_s"]
+        print(f"  per wall second, virtual / wall: requests {vw['requests']} / "
+              f"{ww['requests']}, msleeps {vw['msleeps']} / {ww['msleeps']}")
     if "record" in res:
         r = res["record"]
         print(f"recording: {r['wall_s_recorded']} s recorded, {r['wall_s_unrecorded']} s "

@@ -146,10 +146,12 @@ class Bus:
         # on another host, whose START time is mapped onto its own clock (hw.clock)
         self.clock_offset = 0.0
         # simulated time: what requests are stamped with (the CPU sets it), the time the
-        # last reply carried, and the horizon the server last gave (virtual time)
+        # last reply carried, the horizon the server last gave (virtual time) and the
+        # idle limit: how far the CPU may jump while idle (it only grows: a stale one holds)
         self.now_ns: Callable[[], int] = _zero
         self.reply_t = 0
         self.horizon = NEVER
+        self.idle_limit = 0
         # read points: record (a log of [point delta, count]) or replay ({point: count})
         self.point = 0
         self.read_log: list[int] | None = None
@@ -309,7 +311,7 @@ class Bus:
         kind = msg[1]
         if kind in CONTROL_EVENTS:
             if kind == Event.HORIZON:
-                self.horizon = msg[2]
+                self.horizon, self.idle_limit = msg[2], msg[3]
             elif kind == Event.STOP:
                 self.stopped = str(msg[2])
             return msg  # type: ignore[no-any-return]

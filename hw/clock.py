@@ -18,16 +18,24 @@ work and the messages it takes in moves it:
    time), and the receiver's clock moves to at least that time: a grant never arrives
    before the release that caused it (Lamport's rule for clocks).
 3. *Idleness.* A CPU with nothing to run jumps to its next timer event (its next tick)
-   instead of waiting for it; an event that comes first wakes it at the event's time.
+   instead of waiting for it; an event that comes first wakes it at the event's time. It
+   jumps only once no other CPU can still act before that time (the server's *idle
+   limit*), so that no event ever reaches an idle CPU whose clock has already passed the
+   event's time: a thread woken on an idle CPU starts when it was woken, not later.
 4. *The quantum.* CPUs run truly in parallel, each at the speed the host gives it, so their
    clocks drift apart. The server keeps them within a quantum (``machine.quantum``) of each
    other: it publishes a *horizon*, the earliest time any CPU may still act at plus the
    quantum, and a CPU whose clock would pass the horizon waits until the others catch up
    (gem5's quantum-synchronised parallel simulation; Graphite's lax synchronisation). A CPU
    that is idle counts at its next timer event, one that spins for a lock not at all (the
-   release will tell it the time). Inside a quantum the CPUs' requests race at the server
-   in whatever order the host makes: that concurrency is real and is not scripted away;
-   it is recorded (``hw/record.py``) so that any run can be replayed exactly.
+   release will tell it the time). Only CPUs that both run drift apart, by at most the
+   quantum; an event between them may be up to that late. (Idle CPUs once jumped up to
+   the horizon too: each thread woken on one then started up to a quantum late, and at
+   the default quantum the machine did half the work per simulated second it does when
+   the quantum is small; ``benchmarks/determinism.py --only quantum`` measures this.)
+   Inside a quantum the CPUs' requests race at the server in whatever order the host
+   makes: that concurrency is real and is not scripted away; it is recorded
+   (``hw/record.py``) so that any run can be replayed exactly.
 
 So a busy or slow host makes a run take longer in wall time; it does not change what the
 machine does per simulated second. Idle time costs no wall time at all.

@@ -22,8 +22,9 @@ the bus), ``intr`` (an interrupt handler), ``spin`` (waiting for a spin mutex) o
 
 Time (``hw/clock.py``). In virtual time the CPU's clock advances by the cost of what it
 does (:class:`Costs`: a request by kind, a context switch, an interrupt) and by the work it
-is told to do; a CPU with nothing to run jumps to its next tick. Before it lets its clock
-pass the horizon the server gave it, the CPU waits (host time) at a *read point* of its
+is told to do; a CPU with nothing to run jumps to its next tick, once the server's idle
+limit says no other CPU can still act before it. Before it lets its clock pass the horizon
+(or, idle, the idle limit) the server gave it, the CPU waits (host time) at a *read point* of its
 bus, which is where it also takes in what the server sent: every read point is numbered
 and recorded (``hw/bus.py``), so that a replay takes every event at the same place. A read
 point that read something never lets the clock jump: what the CPU does after it depends
@@ -226,6 +227,10 @@ class Cpu:
         if bus.replay is not None:
             return self._read(None)
         bus.flush()
+        if state == SYNC_IDLE:                  # an idle CPU: no one may act before need
+            if need > bus.idle_limit:
+                bus.send_control(Op.SYNC, need, state, bus.received)
+            return self._read(lambda: bus.idle_limit >= need)
         if need > bus.horizon:
             bus.send_control(Op.SYNC, need, state, bus.received)
         return self._read(lambda: bus.horizon >= need)

@@ -45,7 +45,7 @@ from typing import Any
 
 import msgpack
 
-VERSION = b"SMP3"
+VERSION = b"SMP4"
 
 OK = 0
 ERR = 1
@@ -146,7 +146,7 @@ class Event(enum.IntEnum):
     HEARTBEAT = 9      # ()                 server -> CPU: "still here", every HEARTBEAT_S
     RECALL = 10        # (lock)             another CPU wants the lock: give its line back
     FINAL = 11         # ()                 the run ends: check the machine once more
-    HORIZON = 12       # (horizon)          the time up to which this CPU may now run
+    HORIZON = 12       # (horizon, idle)    how far this CPU may now run, and jump idle
     END = 13           # (t)                (to the launcher) every CPU reached the end
     STOP = 14          # (reason)           stop where you are (a replay's --until)
     DONE = 15          # (ok, message)      (to the launcher) the replay ended
@@ -158,7 +158,8 @@ CONTROL_EVENTS = frozenset({Event.HEARTBEAT, Event.HORIZON, Event.STOP})
 
 # SYNC states: why a CPU waits (the server's horizon counts it accordingly)
 SYNC_RUN = 0          # running, at the horizon: counts at its time
-SYNC_IDLE = 1         # idle until its next timer event (need): counts at that time
+SYNC_IDLE = 1         # idle until its next timer event (need): counts at that time, and
+                      # goes only when no other CPU can act before it (the idle limit)
 SYNC_SPIN = 2         # spinning for a grant: counts not at all (the release has the time)
 
 

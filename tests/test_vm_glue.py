@@ -878,7 +878,8 @@ def fp_map_trylock() -> list[Any]:
 
 
 HOLD_LOCKS_ROUNDS = 20
-HOLD_LOCKS_TICKS = 500          # at most 8 sim s of rounds (a loaded host is slow)
+HOLD_LOCKS_TICKS = 1500         # the rounds' budget: 15 sim s
+HOLD_LOCKS_BACK_TICKS = 1100    # after the last: the swapper's timeout is 10 sim s (F3)
 
 
 def fp_hold_locks() -> list[Any]:
@@ -886,10 +887,15 @@ def fp_hold_locks() -> list[Any]:
     candidate) while cpu0 calls swapout_procs again and again: the process wakes in any
     window between swapout_procs' checks and swapout().
 
+    Each round starts once the swapper has brought the napper back in. That may take the
+    swapper's own timeout (10 simulated s): a napper that wakes while it is being swapped
+    out asks for a swap-in that the swapper, which skips a process being swapped out and
+    goes back to sleep, does not see until then (finding F3, FINDINGS.md).
+
     Only the driver's end is awaited: this scenario also races swapout()'s unlocked
     TD_SET_SWAPPED against the napper's wakeups, which is finding F2 (FINDINGS.md): now
     and then the napper's wakeup is lost and it stays swapped out, asleep on no channel.
-    That is the 2002 code's bug, not this guard's, so the napper is not waited for."""
+    That is the 2002 code's bug, not this guard's, so the napper is not waited for then."""
     def napper() -> None:
         from smp.kernel.userland import libc
         t = vs.shared()
@@ -904,27 +910,42 @@ def fp_hold_locks() -> list[Any]:
         t = vs.shared()
         helpers.wait_until(lambda: t.v_pid != 0, "the napper to start")
         p = vs.find_proc(t.v_pid)
-        n = 0
-        start = md.pcpu.ticks
-        for _ in range(HOLD_LOCKS_ROUNDS):
-            n += vs.swapout_procs_now(VM_SWAP_NORMAL)
-            tsleep(t.addr("v_aux"), PWAIT, "pause", 1)      # let the swapper run
-            if md.pcpu.ticks - start > HOLD_LOCKS_TICKS:
-                break
-        vs.value("fp_hold_locks_swapouts", n)
-        # F2 seen? asleep and swapped out, but on no sleep queue: its wakeup was lost
         G = kern_globals.G
         td = FIRST_THREAD_IN_PROC(p)
-        mtx_lock_spin(G.sched_lock)
-        inhib, wchan = td.load("td_inhibitors", "td_wchan")
-        mtx_unlock_spin(G.sched_lock)
-        lost = inhib & TDI.TDI_SLEEPING and inhib & TDI.TDI_SWAPPED and not wchan
-        vs.value("fp_hold_locks_f2_lost_wakeup", int(bool(lost)))
+
+        def lost() -> bool:
+            """F2: asleep and swapped out, but on no sleep queue: its wakeup was lost."""
+            mtx_lock_spin(G.sched_lock)
+            inhib, wchan = td.load("td_inhibitors", "td_wchan")
+            mtx_unlock_spin(G.sched_lock)
+            return bool(inhib & TDI.TDI_SLEEPING and inhib & TDI.TDI_SWAPPED and not wchan)
+
+        def back(until: int) -> bool:
+            """Nap a tick at a time until the napper is in memory (True), F2 lost its
+            wakeup or the tick ``until`` (False)."""
+            while md.pcpu.ticks < until:
+                if vs.sflag(p) & PS.PS_INMEM:
+                    return True
+                if lost():
+                    return False
+                tsleep(t.addr("v_aux"), PWAIT, "back", 1)
+            return False
+
+        n = 0
+        end = md.pcpu.ticks + HOLD_LOCKS_TICKS
+        for _ in range(HOLD_LOCKS_ROUNDS):
+            if not back(end):
+                break
+            n += vs.swapout_procs_now(VM_SWAP_NORMAL)
+            tsleep(t.addr("v_aux"), PWAIT, "pause", 1)      # let the swapper run
+        vs.value("fp_hold_locks_swapouts", n)
+        back(md.pcpu.ticks + HOLD_LOCKS_BACK_TICKS)
+        vs.value("fp_hold_locks_f2_lost_wakeup", int(lost()))
         t.v_phase = 1
         vs.done()
     return [vs.boot_fork("vmt-napper", napper, cpu=1),
             vs.boot_kthread("vmt-fp", driver, cpu=0),
-            vs.boot_kthread("vmt-coord", vs.coordinator(1, 2500, "hold_locks"), cpu=0)]
+            vs.boot_kthread("vmt-coord", vs.coordinator(1, 3500, "hold_locks"), cpu=0)]
 
 
 def fp_swappingin() -> list[Any]:

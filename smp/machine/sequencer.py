@@ -132,9 +132,9 @@ class Sequencer:
         """Tell the CPUs that wait for it how far they may run now; tell the launcher when
         every CPU has reached the run's end."""
         srv = self.srv
-        h = self.tk.horizon
+        tk = self.tk
         for cpu in cpus:
-            srv.event_cpu_control(cpu, Event.HORIZON, h)
+            srv.event_cpu_control(cpu, Event.HORIZON, tk.horizon, tk.limit(cpu))
         if self.tk.ended and self.end_told != self.tk.ended_at:
             self.end_told = self.tk.ended_at
             srv.event_launcher(Event.END, self.tk.ended_at)

@@ -1,4 +1,4 @@
-"""The server's side of virtual time: where each CPU's clock is, and the horizon.
+"""The server's side of virtual time: where each CPU's clock is, and how far each may go.
 
 ``hw/clock.py`` states the model. Each CPU stamps every request with its simulated time;
 when it must wait (its clock would pass the horizon, it is idle until its next tick, it
@@ -10,20 +10,31 @@ the earliest simulated time at which it can still act:
   it, unless an event comes, and an event carries a time no earlier than its sender's);
 * one that spins for a lock: never (the release that ends its spin carries the time).
 
-The *horizon* is the smallest of these plus the quantum: no CPU may act beyond it, so no
-CPU runs more than a quantum ahead of the slowest. It never passes the *cap*, the run's
-end: when every CPU waits beyond the cap, the machine has reached its end (``ended``),
-and the launcher runs the end-of-run check with the cap lifted a little
-(:meth:`extend`), then halts it.
+Two limits follow from these times:
+
+* the *horizon*, the smallest of them plus the quantum: no running CPU acts beyond it, so
+  none runs more than a quantum ahead of the slowest;
+* an idle CPU's *idle limit*, the smallest of the *other* CPUs' times: an idle CPU jumps
+  to its next timer event only once no other CPU can still act before it, so that an
+  event sent to it (a wakeup, an IPI) never finds its clock already past the event's time.
+  Were idle CPUs let jump to the horizon, every thread woken on an idle CPU would start up
+  to a quantum late, and the machine would do half the work per simulated second at the
+  default quantum (``benchmarks/determinism.py``, ``quantum``), a tenth less at a tenth
+  of it: what the machine did would depend on the quantum. With the idle limit it barely
+  does, and the quantum only bounds how far CPUs that both run drift apart.
+
+Neither passes the *cap*, the run's end: when every CPU waits beyond the cap, the machine
+has reached its end (``ended``), and the launcher runs the end-of-run check with the cap
+lifted a little (:meth:`extend`), then halts it.
 
 Dead or departed CPUs no longer count. With ``enabled`` False (wall time, or a replay,
-which follows a record instead) the horizon is infinite.
+which follows a record instead) there are no limits.
 """
 
 from __future__ import annotations
 
 from smp.hw.clock import NEVER
-from smp.hw.protocol import SYNC_SPIN
+from smp.hw.protocol import SYNC_IDLE, SYNC_SPIN
 
 
 class TimeKeeper:
@@ -33,10 +44,13 @@ class TimeKeeper:
         self.cap = end_ns if enabled else NEVER
         self.vt = [0] * ncpus                       # each CPU's time at its last request
         self.need: list[int | None] = [None] * ncpus  # what a waiting CPU waits for
+        self.idle = [False] * ncpus                 # ... and whether it waits idle
         self.gone: set[int] = set()
         self.alive = list(range(ncpus))             # the CPUs not gone, in order
         self.horizon = min(quantum_ns, self.cap) if enabled else NEVER
-        self.min_cpu = 0
+        self.min_cpu = 0                            # the CPU with the earliest time
+        self.low = 0                                # its time, and the next CPU's:
+        self.low2 = 0                               # the idle limits (module docstring)
         self.ended_at: int | None = None            # the cap the machine reached, once
         self.syncs = 0
         self.raised = 0                             # how often the horizon moved
@@ -48,6 +62,7 @@ class TimeKeeper:
             return []
         was_waiting = self.need[cpu] is not None
         self.need[cpu] = None
+        self.idle[cpu] = False
         if t > self.vt[cpu]:
             self.vt[cpu] = t
         if was_waiting or cpu == self.min_cpu:
@@ -55,13 +70,15 @@ class TimeKeeper:
         return []
 
     def sync(self, cpu: int, need: int, state: int) -> list[int]:
-        """``cpu`` waits: for the horizon to reach ``need`` (``state``: hw.protocol's SYNC_*)."""
+        """``cpu`` waits: for its limit to reach ``need`` (``state``: hw.protocol's
+        SYNC_*; an idle CPU's limit is its idle limit, any other's the horizon)."""
         if not self.enabled or cpu in self.gone:
             return []
         self.syncs += 1
         self.need[cpu] = NEVER if state == SYNC_SPIN else max(int(need), self.vt[cpu])
+        self.idle[cpu] = state == SYNC_IDLE
         out = self._recompute()
-        if cpu not in out and self.need[cpu] <= self.horizon:   # type: ignore[operator]
+        if cpu not in out and self.need[cpu] <= self.limit(cpu):   # type: ignore[operator]
             out.append(cpu)                      # it asked for what it may have already
         return out
 
@@ -71,6 +88,7 @@ class TimeKeeper:
         if not self.enabled or cpu in self.gone or self.need[cpu] is None:
             return []
         self.need[cpu] = None
+        self.idle[cpu] = False
         if t > self.vt[cpu]:
             self.vt[cpu] = t
         return self._recompute()
@@ -96,22 +114,32 @@ class TimeKeeper:
         if not alive:
             return []
         vt, need = self.vt, self.need
-        m, low = alive[0], NEVER + 1
+        m, low, low2 = alive[0], NEVER + 1, NEVER + 1
         for c in alive:          # the earliest time a CPU can still act (module docstring)
             e = vt[c] if need[c] is None else need[c]
             if e < low:                              # type: ignore[operator]
-                m, low = c, e                        # type: ignore[assignment]
+                m, low, low2 = c, e, low             # type: ignore[assignment]
+            elif e < low2:                           # type: ignore[operator]
+                low2 = e                             # type: ignore[assignment]
         self.min_cpu = m
         h = min(low + self.quantum, self.cap) if low < NEVER else self.cap
-        if h == self.horizon:
-            self._check_end(alive, low)
-            return []
-        self.horizon = h
-        self.raised += 1
         self._check_end(alive, low)
+        if h == self.horizon and low == self.low and low2 == self.low2:
+            return []
+        if h != self.horizon:
+            self.horizon = h
+            self.raised += 1
+        self.low, self.low2 = low, low2
         return [c for c in alive
-                if self.need[c] is not None and self.need[c] != NEVER
-                and self.need[c] <= h]                       # type: ignore[operator]
+                if need[c] is not None and need[c] != NEVER
+                and need[c] <= self.limit(c)]        # type: ignore[operator]
+
+    def limit(self, cpu: int) -> int:
+        """How far ``cpu`` may go now: the horizon, or if it waits idle its idle limit
+        (the earliest time of the other CPUs; never beyond the horizon)."""
+        if not self.idle[cpu]:
+            return self.horizon
+        return min(self.low2 if cpu == self.min_cpu else self.low, self.horizon)
 
     def _check_end(self, alive: list[int], low: int) -> None:
         if self.ended_at is None and low > self.cap and all(

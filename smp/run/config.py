@@ -212,8 +212,10 @@ PARAMS: tuple[Param, ...] = (
           "the same whatever the host's load; runs can be replayed) or wall (the wall clock, "
           "scaled by machine.speed)", choices=("virtual", "wall")),
     Param("machine.quantum", "duration", "10ms", "sim time",
-          "virtual time: how far a CPU may run ahead of the slowest one before it waits for "
-          "the others (the skew between CPUs' clocks)", min=10_000, max=1_000_000_000),
+          "virtual time: how far a running CPU may run ahead of the slowest one before it "
+          "waits for the others (the skew between CPUs' clocks; an idle CPU jumps to its "
+          "next tick only once no other CPU can act before it)",
+          min=10_000, max=1_000_000_000),
     Param("machine.speed", "float", 0.5, "sim s / wall s",
           "wall time only: simulated seconds that pass per wall-clock second",
           min=0.01, max=100),

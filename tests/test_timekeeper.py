@@ -1,0 +1,128 @@
+"""The server's virtual-time bookkeeping (smp/machine/timekeeper.py), in-process: who may
+go how far. The horizon bounds running CPUs to a quantum past the slowest; an idle CPU
+jumps only once no other CPU can act before its next timer event."""
+
+from __future__ import annotations
+
+import pytest
+
+from smp.hw.clock import NEVER
+from smp.hw.protocol import SYNC_IDLE, SYNC_RUN, SYNC_SPIN
+from smp.machine.timekeeper import TimeKeeper
+
+pytestmark = pytest.mark.quick
+
+MS = 1_000_000
+
+
+def keeper(ncpus: int = 3, quantum: int = 10 * MS, end: int = 1000 * MS) -> TimeKeeper:
+    return TimeKeeper(ncpus, quantum, end, enabled=True)
+
+
+def test_a_running_cpu_may_run_a_quantum_past_the_slowest() -> None:
+    tk = keeper()
+    for c in range(3):
+        tk.request(c, 0)
+    tk.request(0, 5 * MS)
+    tk.request(1, 7 * MS)
+    assert tk.horizon == 10 * MS                 # cpu 2 at 0 holds it back
+    assert tk.sync(0, 12 * MS, SYNC_RUN) == []   # past the horizon: waits
+    assert 0 in tk.request(2, 3 * MS)            # the slowest moves on: cpu 0 may go
+    assert tk.horizon == 13 * MS and tk.limit(0) == 13 * MS
+
+
+def test_an_idle_cpu_jumps_only_once_no_other_cpu_can_act_before_its_tick() -> None:
+    tk = keeper()
+    tk.request(0, 1 * MS)
+    tk.request(1, 2 * MS)
+    tk.request(2, 3 * MS)
+    # cpu 1 idles until its tick at 10 ms: within the horizon (11 ms), but cpus 0 and 2
+    # may still act before 10 ms (a wakeup for one of cpu 1's threads): it waits
+    assert tk.sync(1, 10 * MS, SYNC_IDLE) == []
+    assert tk.limit(1) == 1 * MS
+    assert tk.request(0, 9 * MS) == []           # cpu 2 at 3 ms still may
+    assert tk.limit(1) == 3 * MS
+    assert tk.request(2, 10 * MS) == []          # cpu 0 at 9 ms still may
+    assert tk.request(0, 10 * MS) == [1]         # nobody can act before 10 ms now
+    assert tk.limit(1) == 10 * MS
+
+
+def test_a_running_cpu_waiting_at_the_horizon_is_not_held_to_the_idle_limit() -> None:
+    tk = keeper(quantum=10 * MS)
+    tk.request(0, 0)
+    tk.request(1, 0)
+    tk.request(2, 0)
+    assert tk.sync(1, 5 * MS, SYNC_RUN) == [1]   # within the horizon: at once
+
+
+def test_the_slowest_cpu_idle_jumps_to_the_next_cpus_time() -> None:
+    tk = keeper()
+    tk.request(0, 20 * MS)
+    tk.request(1, 25 * MS)
+    tk.request(2, 15 * MS)
+    out = tk.sync(2, 20 * MS, SYNC_IDLE)         # the others are at 20 and 25 ms
+    assert out == [2] and tk.limit(2) == 20 * MS
+
+
+def test_idle_cpus_with_ticks_due_together_all_go() -> None:
+    tk = keeper()
+    for c in range(3):
+        tk.request(c, 1 * MS)
+    tk.sync(0, 10 * MS, SYNC_IDLE)
+    tk.sync(1, 10 * MS, SYNC_IDLE)
+    out = tk.sync(2, 10 * MS, SYNC_IDLE)
+    assert sorted(out) == [0, 1, 2]
+
+
+def test_a_spinning_cpu_holds_nobody_back() -> None:
+    tk = keeper()
+    tk.request(0, 1 * MS)
+    tk.request(1, 30 * MS)
+    tk.request(2, 1 * MS)
+    tk.sync(0, NEVER, SYNC_SPIN)
+    tk.sync(2, NEVER, SYNC_SPIN)
+    assert tk.horizon == 40 * MS
+    assert tk.sync(1, 35 * MS, SYNC_RUN) == [1]
+
+
+def test_an_event_wakes_an_idle_cpu_at_its_time_and_it_holds_the_others_there() -> None:
+    tk = keeper()
+    tk.request(0, 4 * MS)
+    tk.request(1, 4 * MS)
+    tk.request(2, 4 * MS)
+    tk.sync(1, 10 * MS, SYNC_IDLE)
+    tk.sync(2, 10 * MS, SYNC_IDLE)
+    tk.request(0, 6 * MS)
+    tk.wake(2, 6 * MS)                           # cpu 0 woke a thread of cpu 2 at 6 ms
+    assert tk.limit(1) == 6 * MS                 # cpu 1 still may not jump to 10 ms
+    tk.sync(0, 10 * MS, SYNC_IDLE)
+    assert 1 not in tk.request(2, 8 * MS)
+    assert sorted(tk.sync(2, 10 * MS, SYNC_IDLE)) == [0, 1, 2]
+
+
+def test_the_run_ends_when_every_cpu_waits_past_the_cap_and_not_before() -> None:
+    tk = keeper(end=20 * MS)
+    for c in range(3):
+        tk.request(c, 19 * MS)
+    tk.sync(0, 30 * MS, SYNC_IDLE)
+    tk.sync(1, 30 * MS, SYNC_IDLE)
+    assert not tk.ended
+    assert tk.sync(2, 30 * MS, SYNC_RUN) == [] and tk.ended
+    assert tk.limit(0) <= 20 * MS                # nobody past the cap
+    assert sorted(tk.extend(15 * MS)) == [0, 1, 2]
+
+
+def test_a_departed_cpu_no_longer_holds_the_idle_ones() -> None:
+    tk = keeper()
+    tk.request(0, 1 * MS)
+    tk.request(1, 9 * MS)
+    tk.request(2, 9 * MS)
+    assert tk.sync(1, 10 * MS, SYNC_IDLE) == []
+    tk.sync(2, 10 * MS, SYNC_IDLE)
+    assert sorted(tk.leave(0)) == [1, 2]
+
+
+def test_disabled_keeps_no_limits() -> None:
+    tk = TimeKeeper(2, 10 * MS, 1000 * MS, enabled=False)
+    assert tk.request(0, 5 * MS) == [] and tk.sync(1, 900 * MS, SYNC_IDLE) == []
+    assert tk.horizon == NEVER
