@@ -147,7 +147,7 @@ class Bus:
         self.clock_offset = 0.0
         # simulated time: what requests are stamped with (the CPU sets it), the time the
         # last reply carried, the horizon the server last gave (virtual time) and the
-        # idle limit: how far the CPU may jump while idle (it only grows: a stale one holds)
+        # idle limit: how far the CPU may jump while idle, valid until it sends a request
         self.now_ns: Callable[[], int] = _zero
         self.reply_t = 0
         self.horizon = NEVER
@@ -172,6 +172,7 @@ class Bus:
         """Queue a request that needs no reply; it leaves with the next call, before the
         next wait, or at once with ``now`` (or once POST_BATCH are queued)."""
         self.posts += 1
+        self.idle_limit = 0                     # it may wake a CPU at an earlier time
         self.pending.append(pack([op, 0, tid, site, self.now_ns(), *args]))
         if self.lines and (op == Op.RELEASE or op == Op.SLEEP):
             self._line_release(tid, args[0] if op == Op.RELEASE else args[1])
@@ -267,6 +268,7 @@ class Bus:
         self.calls += 1
         t = time.perf_counter()
         frame = pack([op, seq, tid, site, self.now_ns(), *args])
+        self.idle_limit = 0                    # (as in post; the reply brings a new one)
         if self.pending:                       # the queued posts go first, in one frame
             self.pending.append(frame)
             frame = b"".join(self.pending)
@@ -286,8 +288,8 @@ class Bus:
                     self.wait_s += time.perf_counter() - t
                     if msg[2] == ERR:
                         raise BusError(str(msg[3]))
-                    if len(msg) > 5:
-                        self.reply_t, self.horizon = msg[4], msg[5]
+                    if len(msg) > 6:
+                        self.reply_t, self.horizon, self.idle_limit = msg[4], msg[5], msg[6]
                     return msg[3]
                 if msg[1] == 0 and msg[2] == ERR:
                     raise BusError(str(msg[3]))

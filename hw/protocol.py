@@ -10,7 +10,7 @@ ZeroMQ frame holding a msgpack array (a DEALER adds no empty delimiter, so the s
 ``[identity, payload]``)::
 
     peer -> server   [op, seq, tid, site, t, arg...]
-    server -> peer   [Op.REPLY, seq, status, value, t, horizon]   answer to seq != 0
+    server -> peer   [Op.REPLY, seq, status, value, t, horizon, idle]   answer to seq != 0
                      [Op.EVENT, event, arg..., t]        asynchronous: grants, IPIs, halts
 
 ``op`` is an :class:`Op`; ``seq`` is 0 for a posted request (no reply: releases, stores,
@@ -20,8 +20,8 @@ the kernel source line (``"vm/vm_glue.py:412"``) that made it, ``t`` the CPU's s
 time when it made it (integer ns; 0 from the launcher). ``status`` is :data:`OK` or
 :data:`ERR`, in which case ``value`` is the error text. A reply's and an event's ``t`` is
 the simulated time at which what they report happened (a grant: the release that made
-it; 0: no time), and a reply's ``horizon`` the time up to which the CPU may run
-(``hw/clock.py``: virtual time).
+it; 0: no time), a reply's ``horizon`` the time up to which the CPU may run and its
+``idle`` the time up to which it may jump while idle (``hw/clock.py``: virtual time).
 
 Versioning: the first message of every peer is ``HELLO`` carrying :data:`VERSION`; a
 server refuses any other version with an error reply and ignores the peer until it says

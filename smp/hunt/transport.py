@@ -198,7 +198,7 @@ def _echo_server(endpoint: str, stop: Any) -> None:
                 except zmq.Again:
                     break
                 msg = unpack(frame)
-                sock.send_multipart([ident, pack([Op.REPLY, msg[1], 0, None, 0, 0])])
+                sock.send_multipart([ident, pack([Op.REPLY, msg[1], 0, None, 0, 0, 0])])
     finally:
         sock.close(0)
         ctx.term()

@@ -7,10 +7,11 @@ apart:
 
 * **virtual time** (``smp/machine/timekeeper.py``, ``hw/clock.py``): every request carries
   its CPU's simulated time, and a CPU that would run more than a quantum ahead of the
-  slowest waits for the *horizon*. Each request and each event moves it; the CPUs it lets
-  go are told (``HORIZON``), and the launcher is told when every CPU has reached the run's
-  end (``END``). A CPU's ``SYNC`` says that it waits; one that has not yet read every event
-  sent to it is not waiting, whatever it says.
+  slowest waits for the *horizon*, and an idle CPU for its *idle limit* (no other CPU can
+  act before its next tick). Each request and each event moves them; the CPUs they let
+  go are told (``HORIZON``, with both), and the launcher is told when every CPU has
+  reached the run's end (``END``). A CPU's ``SYNC`` says that it waits; one that has not
+  yet read every event sent to it is not waiting, whatever it says.
 * **the record** (``smp/machine/schedule.py``, ``hw/record.py``): every request the machine
   orders (:func:`ordered`: everything but control traffic and the goodbye), numbered, and
   every *action* the server takes of its own accord between two requests (the end-of-run
@@ -134,7 +135,7 @@ class Sequencer:
         srv = self.srv
         tk = self.tk
         for cpu in cpus:
-            srv.event_cpu_control(cpu, Event.HORIZON, tk.horizon, tk.limit(cpu))
+            srv.event_cpu_control(cpu, Event.HORIZON, tk.horizon, tk.idle_limit(cpu))
         if self.tk.ended and self.end_told != self.tk.ended_at:
             self.end_told = self.tk.ended_at
             srv.event_launcher(Event.END, self.tk.ended_at)

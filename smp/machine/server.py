@@ -203,10 +203,12 @@ class Server:
         except zmq.ZMQError:
             self.unroutable += 1           # peer gone (ROUTER_MANDATORY) or queue full
 
-    def _reply(self, ident: bytes, seq: int, status: int, value: Any) -> None:
+    def _reply(self, ident: bytes, seq: int, status: int, value: Any,
+               cpu: int = -1) -> None:
         if seq:
-            self.send(ident, [Op.REPLY, seq, status, value, self.reply_t,
-                              self.seq.tk.horizon])
+            tk = self.seq.tk
+            self.send(ident, [Op.REPLY, seq, status, value, self.reply_t, tk.horizon,
+                              tk.idle_limit(cpu) if cpu >= 0 else 0])
 
     def event_cpu(self, cpu: int, event: Event, *args: Any) -> None:
         """An event to a CPU; it carries the time of the request that caused it."""
@@ -416,7 +418,7 @@ class Server:
                 self.seq.request(peer.cpu, op, site, tid, t, args)
             self.cur_t, self.reply_t = t, 0
             value = self.optable.call(peer, op, tid, site, args)
-            self._reply(ident, seq, OK, value)
+            self._reply(ident, seq, OK, value, peer.cpu)
             if in_order and self.seq.tracer is not None:
                 self.seq.tracer.request(peer.cpu, tid, op, site, t, args, value)
             if self.virtual and self.live.spin_bound_ns:

@@ -135,10 +135,15 @@ class TimeKeeper:
                 and need[c] <= self.limit(c)]        # type: ignore[operator]
 
     def limit(self, cpu: int) -> int:
-        """How far ``cpu`` may go now: the horizon, or if it waits idle its idle limit
-        (the earliest time of the other CPUs; never beyond the horizon)."""
-        if not self.idle[cpu]:
-            return self.horizon
+        """How far ``cpu`` may go now: the horizon, or if it waits idle its idle limit."""
+        return self.idle_limit(cpu) if self.idle[cpu] else self.horizon
+
+    def idle_limit(self, cpu: int) -> int:
+        """How far ``cpu`` may jump while idle: the earliest time of the other CPUs
+        (never beyond the horizon). It holds until ``cpu`` itself makes another request
+        (which may wake another CPU at an earlier time): the bus forgets it then."""
+        if not self.enabled:
+            return NEVER
         return min(self.low2 if cpu == self.min_cpu else self.low, self.horizon)
 
     def _check_end(self, alive: list[int], low: int) -> None:
