@@ -28,7 +28,7 @@ compared is measured side by side).
 Targets (issue): identical in 30 of 30; work within 10% and detection within one campaign
 loaded and unloaded; virtual at least 2x wall; recording at most 10% more wall time.
 
-    python benchmarks/determinism.py             # everything (about an hour on 2 cores)
+    python benchmarks/determinism.py             # everything (about two hours on 2 cores)
     python benchmarks/determinism.py --quick     # a few runs of each (minutes)
     python benchmarks/determinism.py --only speed,record
     python benchmarks/determinism.py --only work --seeds 5
@@ -195,25 +195,38 @@ def detection(tmp: str, tag: str, campaigns: int, runs: int, duration: float) ->
 
 
 # -- speed and recording ----------------------------------------------------------------
-def speed(tmp: str, duration: float) -> dict[str, float]:
-    rv, wv = run(os.path.join(tmp, "speed-virtual"), "--set", f"run.duration={duration}")
-    rw, ww = run(os.path.join(tmp, "speed-wall"), "--set", f"run.duration={duration}",
-                 "--set", "machine.time=wall", "--set", "machine.speed=0.5")
-    v = float(rv.get("duration_sim_s") or 0) / wv
-    w = float(rw.get("duration_sim_s") or 0) / ww
-
+def speed(tmp: str, duration: float, rounds: int) -> dict[str, Any]:
+    """Virtual and wall time side by side, ``rounds`` times (alternating, so that a host
+    that gets busier or quieter meanwhile weighs on both alike): medians."""
     def per_wall(rep: dict[str, Any], wall: float) -> dict[str, float]:
         reqs = sum(c["bus"]["calls"] + c["bus"]["posts"] for c in rep.get("cpus") or []
                    if "bus" in c)
-        return {"requests": round(reqs / wall), "msleeps": round(
-            float((rep.get("kernel") or {}).get("msleeps", 0)) / wall, 2)}
+        return {"sim_s": float(rep.get("duration_sim_s") or 0) / wall,
+                "requests": reqs / wall,
+                "msleeps": float((rep.get("kernel") or {}).get("msleeps", 0)) / wall}
+
+    virt: list[dict[str, float]] = []
+    wall: list[dict[str, float]] = []
+    for i in range(rounds):
+        virt.append(per_wall(*run(os.path.join(tmp, f"speed-virtual-{i}"), "--set",
+                                  f"run.duration={duration}")))
+        wall.append(per_wall(*run(os.path.join(tmp, f"speed-wall-{i}"), "--set",
+                                  f"run.duration={duration}", "--set", "machine.time=wall",
+                                  "--set", "machine.speed=0.5")))
+
+    def med(xs: list[dict[str, float]]) -> dict[str, float]:
+        return {k: round(statistics.median(x[k] for x in xs), 3) for k in xs[0]}
+    v, w = med(virt), med(wall)
     t = time.monotonic()
     proc = smp("stress", STRESS, "--runs", "4", "--jobs", "2", "--duration", "5",
                "--out", os.path.join(tmp, "speed-campaign"))
     per_min = 4 / ((time.monotonic() - t) / 60)
-    return {"virtual_sim_s_per_wall_s": round(v, 3), "wall_sim_s_per_wall_s": round(w, 3),
-            "virtual_vs_wall": round(v / w, 2) if w else 0.0,
-            "virtual_per_wall_s": per_wall(rv, wv), "wall_per_wall_s": per_wall(rw, ww),
+    return {"rounds": rounds, "virtual_sim_s_per_wall_s": v["sim_s"],
+            "wall_sim_s_per_wall_s": w["sim_s"],
+            "virtual_vs_wall": round(v["sim_s"] / w["sim_s"], 2) if w["sim_s"] else 0.0,
+            "virtual_per_wall_s": v, "wall_per_wall_s": w,
+            "all_virtual_sim_s_per_wall_s": [round(x["sim_s"], 3) for x in virt],
+            "all_wall_sim_s_per_wall_s": [round(x["sim_s"], 3) for x in wall],
             "campaign_runs_per_min": round(per_min, 1), "campaign_status": proc.returncode}
 
 
@@ -252,6 +265,9 @@ def main() -> int:
                     help="host independence: campaigns per fail point and load (default 5)")
     ap.add_argument("--runs", type=int, default=None,
                     help="host independence: runs per campaign (default 10)")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="speed: virtual and wall runs side by side, medians (default 3; "
+                    "1 --quick)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     args = ap.parse_args()
     only = set(args.only.split(","))
@@ -296,7 +312,7 @@ def main() -> int:
                                      6.0 if q else 10.0)
         if "speed" in only:
             print("speed ...", file=sys.stderr, flush=True)
-            res["speed"] = speed(tmp, 6.0 if q else 20.0)
+            res["speed"] = speed(tmp, 6.0 if q else 20.0, args.rounds or (1 if q else 3))
         if "record" in only:
             print("recording ...", file=sys.stderr, flush=True)
             res["record"] = recording(tmp, 6.0 if q else 20.0, 1 if q else 3)
@@ -339,12 +355,15 @@ def main() -> int:
                 for x in QUANTA))
     if "speed" in res:
         s = res["speed"]
-        print(f"speed: virtual {s['virtual_sim_s_per_wall_s']} sim s per wall s, wall "
-              f"{s['wall_sim_s_per_wall_s']}: {s['virtual_vs_wall']}x; campaign runs per "
-              f"minute {s['campaign_runs_per_min']}")
+        print(f"speed ({s['rounds']} rounds, medians): virtual "
+              f"{s['virtual_sim_s_per_wall_s']} sim s per wall s, wall "
+              f"{s['wall_sim_s_per_wall_s']}: {s['virtual_vs_wall']}x (each round: "
+              f"{s['all_virtual_sim_s_per_wall_s']} / {s['all_wall_sim_s_per_wall_s']}); "
+              f"campaign runs per minute {s['campaign_runs_per_min']}")
         vw, ww = s["virtual_per_wall_s"], s["wall_per_wall_s"]
-        print(f"  per wall second, virtual / wall: requests {vw['requests']} / "
-              f"{ww['requests']}, msleeps {vw['msleeps']} / {ww['msleeps']}")
+        print(f"  per wall second, virtual / wall: requests {vw['requests']:.0f} / "
+              f"{ww['requests']:.0f} ({vw['requests'] / ww['requests']:.2f}x), msleeps "
+              f"{vw['msleeps']:.1f} / {ww['msleeps']:.1f}")
     if "record" in res:
         r = res["record"]
         print(f"recording: {r['wall_s_recorded']} s recorded, {r['wall_s_unrecorded']} s "
