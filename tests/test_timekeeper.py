@@ -15,14 +15,16 @@ pytestmark = pytest.mark.quick
 MS = 1_000_000
 
 
-def keeper(ncpus: int = 3, quantum: int = 10 * MS, end: int = 1000 * MS) -> TimeKeeper:
-    return TimeKeeper(ncpus, quantum, end, enabled=True)
+def keeper(*times: int, quantum: int = 10 * MS, end: int = 1000 * MS) -> TimeKeeper:
+    """Three CPUs (or one per time given), each having made a request at its time."""
+    tk = TimeKeeper(len(times) or 3, quantum, end, enabled=True)
+    for cpu, t in enumerate(times):
+        tk.request(cpu, t)
+    return tk
 
 
 def test_a_running_cpu_may_run_a_quantum_past_the_slowest() -> None:
-    tk = keeper()
-    for c in range(3):
-        tk.request(c, 0)
+    tk = keeper(0, 0, 0)
     tk.request(0, 5 * MS)
     tk.request(1, 7 * MS)
     assert tk.horizon == 10 * MS                 # cpu 2 at 0 holds it back
@@ -32,10 +34,7 @@ def test_a_running_cpu_may_run_a_quantum_past_the_slowest() -> None:
 
 
 def test_an_idle_cpu_jumps_only_once_no_other_cpu_can_act_before_its_tick() -> None:
-    tk = keeper()
-    tk.request(0, 1 * MS)
-    tk.request(1, 2 * MS)
-    tk.request(2, 3 * MS)
+    tk = keeper(1 * MS, 2 * MS, 3 * MS)
     # cpu 1 idles until its tick at 10 ms: within the horizon (11 ms), but cpus 0 and 2
     # may still act before 10 ms (a wakeup for one of cpu 1's threads): it waits
     assert tk.sync(1, 10 * MS, SYNC_IDLE) == []
@@ -48,26 +47,18 @@ def test_an_idle_cpu_jumps_only_once_no_other_cpu_can_act_before_its_tick() -> N
 
 
 def test_a_running_cpu_waiting_at_the_horizon_is_not_held_to_the_idle_limit() -> None:
-    tk = keeper(quantum=10 * MS)
-    tk.request(0, 0)
-    tk.request(1, 0)
-    tk.request(2, 0)
+    tk = keeper(0, 0, 0, quantum=10 * MS)
     assert tk.sync(1, 5 * MS, SYNC_RUN) == [1]   # within the horizon: at once
 
 
 def test_the_slowest_cpu_idle_jumps_to_the_next_cpus_time() -> None:
-    tk = keeper()
-    tk.request(0, 20 * MS)
-    tk.request(1, 25 * MS)
-    tk.request(2, 15 * MS)
+    tk = keeper(20 * MS, 25 * MS, 15 * MS)
     out = tk.sync(2, 20 * MS, SYNC_IDLE)         # the others are at 20 and 25 ms
     assert out == [2] and tk.limit(2) == 20 * MS
 
 
 def test_idle_cpus_with_ticks_due_together_all_go() -> None:
-    tk = keeper()
-    for c in range(3):
-        tk.request(c, 1 * MS)
+    tk = keeper(1 * MS, 1 * MS, 1 * MS)
     tk.sync(0, 10 * MS, SYNC_IDLE)
     tk.sync(1, 10 * MS, SYNC_IDLE)
     out = tk.sync(2, 10 * MS, SYNC_IDLE)
@@ -75,10 +66,7 @@ def test_idle_cpus_with_ticks_due_together_all_go() -> None:
 
 
 def test_a_spinning_cpu_holds_nobody_back() -> None:
-    tk = keeper()
-    tk.request(0, 1 * MS)
-    tk.request(1, 30 * MS)
-    tk.request(2, 1 * MS)
+    tk = keeper(1 * MS, 30 * MS, 1 * MS)
     tk.sync(0, NEVER, SYNC_SPIN)
     tk.sync(2, NEVER, SYNC_SPIN)
     assert tk.horizon == 40 * MS
@@ -86,10 +74,7 @@ def test_a_spinning_cpu_holds_nobody_back() -> None:
 
 
 def test_an_event_wakes_an_idle_cpu_at_its_time_and_it_holds_the_others_there() -> None:
-    tk = keeper()
-    tk.request(0, 4 * MS)
-    tk.request(1, 4 * MS)
-    tk.request(2, 4 * MS)
+    tk = keeper(4 * MS, 4 * MS, 4 * MS)
     tk.sync(1, 10 * MS, SYNC_IDLE)
     tk.sync(2, 10 * MS, SYNC_IDLE)
     tk.request(0, 6 * MS)
@@ -101,9 +86,7 @@ def test_an_event_wakes_an_idle_cpu_at_its_time_and_it_holds_the_others_there() 
 
 
 def test_the_run_ends_when_every_cpu_waits_past_the_cap_and_not_before() -> None:
-    tk = keeper(end=20 * MS)
-    for c in range(3):
-        tk.request(c, 19 * MS)
+    tk = keeper(19 * MS, 19 * MS, 19 * MS, end=20 * MS)
     tk.sync(0, 30 * MS, SYNC_IDLE)
     tk.sync(1, 30 * MS, SYNC_IDLE)
     assert not tk.ended
@@ -113,10 +96,7 @@ def test_the_run_ends_when_every_cpu_waits_past_the_cap_and_not_before() -> None
 
 
 def test_a_departed_cpu_no_longer_holds_the_idle_ones() -> None:
-    tk = keeper()
-    tk.request(0, 1 * MS)
-    tk.request(1, 9 * MS)
-    tk.request(2, 9 * MS)
+    tk = keeper(1 * MS, 9 * MS, 9 * MS)
     assert tk.sync(1, 10 * MS, SYNC_IDLE) == []
     tk.sync(2, 10 * MS, SYNC_IDLE)
     assert sorted(tk.leave(0)) == [1, 2]
