@@ -298,7 +298,7 @@ PARAMS: tuple[Param, ...] = (
     Param("user.napper", "int", 0, "",
           "weight of the napper program (naps a tick or three at a time: a process "
           "that is always about to wake; stress)", min=0, max=1000),
-    Param("user.hog_pages", "int", 180, "pages",
+    Param("user.hog_pages", "int", 240, "pages",
           "pages of anonymous memory each memory hog maps and touches", min=1, max=1 << 20),
     Param("user.sleep_s", "float", 9.0, "sim s",
           "how long a sleeper sleeps between wakeups", min=0.01, max=3600),
