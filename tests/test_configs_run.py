@@ -85,7 +85,7 @@ def test_config_runs_clean(tmp_path: pathlib.Path, name: str) -> None:
         assert k["vm_waits"] <= 2, describe(res)
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(600)  # 20 simulated s: a minute quiet, minutes on a loaded host
 def test_default_config_full_length_runs_every_path(tmp_path: pathlib.Path) -> None:
     """configs/default.toml as shipped (20 simulated s): every kernel counter of the report
     but the two that count failures is > 0, swapin_waits (faultin's PS_SWAPPINGIN wait)
