@@ -275,6 +275,7 @@ def run_campaign(c: Campaign, say: Callable[[str], None],
     end, whatever happened."""
     os.makedirs(c.out_dir, exist_ok=True)
     runner = runner or LocalRunner(c)
+    restore_sigint = _take_sigint()
     outcomes: list[RunOutcome] = []
     t0 = time.monotonic()
     running: set[concurrent.futures.Future[RunOutcome | None]] = set()
@@ -328,8 +329,20 @@ def run_campaign(c: Campaign, say: Callable[[str], None],
         raise
     finally:
         runner.close()
+        restore_sigint()
     outcomes.sort(key=lambda o: o.index)
     return outcomes
+
+
+def _take_sigint() -> Callable[[], None]:
+    """Ctrl-C stops a campaign in order (the KeyboardInterrupt above), as ``smp run``
+    stops its machine, also when the campaign was started with SIGINT ignored (a shell's
+    background job: the signal would be lost, and the campaign run on). Returns what puts
+    the old disposition back."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    return lambda: signal.signal(signal.SIGINT, old)
 
 
 def rerun_command(out: RunOutcome) -> str:
