@@ -24,8 +24,8 @@ Time (``hw/clock.py``). In virtual time the CPU's clock advances by the cost of 
 does (:class:`Costs`: a request by kind, a context switch, an interrupt) and by the work it
 is told to do; a CPU with nothing to run jumps to its next tick, once the server's idle
 limit says no other CPU can still act before it. Before it lets its clock pass the horizon
-(or, idle, the idle limit) the server gave it, the CPU waits (host time) at a *read point* of its
-bus, which is where it also takes in what the server sent: every read point is numbered
+(or, idle, the idle limit) the server gave it, the CPU waits (host time) at a *read point*
+of its bus, which is where it also takes in what the server sent: every read point is numbered
 and recorded (``hw/bus.py``), so that a replay takes every event at the same place. A read
 point that read something never lets the clock jump: what the CPU does after it depends
 only on what it read, never on how long it waited, so a replay, which does not wait for
@@ -227,13 +227,16 @@ class Cpu:
         if bus.replay is not None:
             return self._read(None)
         bus.flush()
-        if state == SYNC_IDLE:                  # an idle CPU: no one may act before need
-            if need > bus.idle_limit:
-                bus.send_control(Op.SYNC, need, state, bus.received)
-            return self._read(lambda: bus.idle_limit >= need)
-        if need > bus.horizon:
+        # An idle CPU waits until no other CPU can still act before need; a running one,
+        # until the slowest is less than a quantum behind.
+        idle = state == SYNC_IDLE
+
+        def limit() -> int:
+            return bus.idle_limit if idle else bus.horizon
+
+        if need > limit():
             bus.send_control(Op.SYNC, need, state, bus.received)
-        return self._read(lambda: bus.horizon >= need)
+        return self._read(lambda: limit() >= need)
 
     def _read(self, stop: Callable[[], bool] | None) -> int:
         try:
