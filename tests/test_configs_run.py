@@ -23,19 +23,20 @@ CONFIGS = REPO / "configs"
 
 # config -> overrides of the short run: the runs that must swap keep enough simulated time
 # for their sleepers to age past the thresholds (swap-heavy: threshold1 2 s and 5 s sleeps,
-# and its hogs: 10 swapouts in 6 s; idle-swap: threshold2 3 s and 8 s sleeps). Virtual
-# time: what a run does per simulated second does not depend on how fast the host is.
+# and its hogs: swapouts from 3 s on; idle-swap: threshold2 3 s and 8 s sleeps, a dozen idle
+# swapouts by 5 s); the others need only boot, fork and run a little. Virtual time: what a
+# run does per simulated second does not depend on how fast the host is.
 SHORT: dict[str, list[str]] = {
-    "default": ["run.duration=3"],
+    "default": ["run.duration=2"],
     "1cpu": ["run.duration=3"],
-    "2cpu": ["run.duration=3"],
-    "8cpu": ["run.duration=3"],
-    "32cpu": ["run.duration=3"],
-    "swap-heavy": ["run.duration=6"],
-    "idle-swap": ["run.duration=10"],
-    "stress": ["run.duration=3"],
-    "freebsd-5.0": ["run.duration=3"],
-    "hunt-f2": ["run.duration=3"],
+    "2cpu": ["run.duration=2"],
+    "8cpu": ["run.duration=2"],
+    "32cpu": ["run.duration=2"],
+    "swap-heavy": ["run.duration=5"],
+    "idle-swap": ["run.duration=5"],
+    "stress": ["run.duration=2"],
+    "freebsd-5.0": ["run.duration=2"],
+    "hunt-f2": ["run.duration=2"],
 }
 
 
@@ -104,7 +105,7 @@ def test_default_config_full_length_runs_every_path(tmp_path: pathlib.Path) -> N
 
 @pytest.mark.timeout(90)
 def test_without_lines_every_acquire_asks_the_server(tmp_path: pathlib.Path) -> None:
-    res = run_config("default", ["machine.lines=false", "run.duration=3"], tmp_path)
+    res = run_config("default", ["machine.lines=false", "run.duration=2"], tmp_path)
     assert_clean(res)
     assert res.report["server"]["lines"] == {"granted": 0, "acquires": 0, "recalled": 0,
                                              "held": 0}

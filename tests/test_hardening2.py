@@ -730,7 +730,7 @@ def test_a_flood_from_a_peer_without_hello_neither_grows_nor_stops_the_machine(
     actor = Actor(tmp_path / "run", done, flood)
     actor.start()
     try:
-        res = run(["machine.cpus=2", "run.duration=6"])
+        res = run(["machine.cpus=2", "run.duration=3"])
     finally:
         stop.set()
         actor.join(30)

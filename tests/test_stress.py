@@ -57,14 +57,16 @@ def test_a_switched_off_guard_is_caught_with_rerun_and_replay_commands(tmp_path:
 
 @pytest.mark.timeout(120)
 def test_a_clean_campaign_passes_and_reports_known_findings_apart(tmp_path: pathlib.Path) -> None:
-    r = _stress(tmp_path, STRESS, "--runs", "1", "--chaos", "high", timeout=110)
+    r = _stress(tmp_path, STRESS, "--runs", "1", "--chaos", "high",
+                "--set", "run.duration=3", timeout=110)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "1 runs, 1 without a new failure" in r.stdout
     assert "FAIL" not in r.stdout
-    # the liveness detector is on by default, looked all through the run, found no hang
+    # the liveness detector is on by default, looked all through the run (some ten times a
+    # simulated second), found no hang
     [report] = (tmp_path / "runs").glob("run0000-*/report.json")
     rep = json.loads(report.read_text())
-    assert rep["liveness"]["checks"] > 50, rep["liveness"]
+    assert rep["liveness"]["checks"] > 20, rep["liveness"]
     assert not [f for f in rep["findings"] if f["detector"] == "liveness"]
 
 
