@@ -23,8 +23,9 @@ CONFIGS = REPO / "configs"
 
 # config -> overrides of the short run: the runs that must swap keep enough simulated time
 # for their sleepers to age past the thresholds (swap-heavy: threshold1 2 s and 5 s sleeps,
-# and its hogs: swapouts from 3 s on; idle-swap: threshold2 3 s and 8 s sleeps, a dozen idle
-# swapouts by 5 s); the others need only boot, fork and run a little. Virtual time: what a
+# and its hogs: swapouts from 3 s on; idle-swap: threshold2 3 s and 8 s sleeps, the vm
+# daemon's walks every second or two, the first that finds sleepers asleep 3 s at about
+# 4-5 s); the others need only boot, fork and run a little. Virtual time: what a
 # run does per simulated second does not depend on how fast the host is.
 SHORT: dict[str, list[str]] = {
     "default": ["run.duration=2"],
@@ -33,7 +34,7 @@ SHORT: dict[str, list[str]] = {
     "8cpu": ["run.duration=2"],
     "32cpu": ["run.duration=2"],
     "swap-heavy": ["run.duration=5"],
-    "idle-swap": ["run.duration=5"],
+    "idle-swap": ["run.duration=7"],
     "stress": ["run.duration=2"],
     "freebsd-5.0": ["run.duration=2"],
     "hunt-f2": ["run.duration=2"],
