@@ -171,6 +171,38 @@ def test_a_bus_that_was_not_listening_drains_before_judging(
             bus.close()
 
 
+@pytest.mark.timeout(60)
+def test_a_bus_starved_until_just_before_the_silence_runs_out_looks_once_more(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same, but the bus's clock resumes just short of the moment the server's silence
+    runs out, so it does not notice it late: it must still look once more (a heartbeat
+    comes within HEARTBEAT_S) before it judges the server dead. The old bus looked again
+    only when it noticed the silence late, and in a suite run beside two busy loops a CPU
+    took a live server for dead ("nothing from the server in 1.25 s")."""
+    import smp.hw.bus as busmod
+    from smp.hw.protocol import VERSION, Op
+    from helpers import bare_server
+
+    with bare_server(1) as (endpoint, _):
+        bus = busmod.Bus(endpoint, "cpu0", liveness=10.0)
+        try:
+            bus._call(Op.HELLO, 0, "", (VERSION, "cpu", 0, os.getpid()), 10.0)
+            bus.poll_events(0.6)                # a heartbeat or two: the server talks
+            bus.read_point()                    # take in everything waiting
+            while bus.recv(1.0) is None:        # the next heartbeat, just come: the one
+                pass                            # after it is a heartbeat period away
+            jump = bus.last_rx + bus.silence - 0.002 - time.monotonic()
+
+            class Resumed:                      # 2 ms short of the silence's end
+                monotonic = staticmethod(lambda: time.monotonic() + jump)
+                perf_counter = staticmethod(time.perf_counter)
+            monkeypatch.setattr(busmod, "time", Resumed)
+            bus.poll_events(0.01)
+        finally:
+            monkeypatch.undo()
+            bus.close()
+
+
 # -- 1. the launcher's cleanup: a full disk, samples that cannot be written -----------------
 def _jsonl_whole(path: pathlib.Path) -> int:
     """The number of records of a stats.jsonl; every line must be whole JSON."""
