@@ -23,13 +23,14 @@ in a ``finally`` (and the orphan check of conftest.py looks for survivors).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
 import signal
 import threading
 import time
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import psutil
 import pytest
@@ -139,15 +140,11 @@ def test_a_cpu_paused_shorter_than_the_limit_survives(run: Any, tmp_path: pathli
     assert not res.report["server"].get("unresponsive"), describe(res)
 
 
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("where", ["poll_events", "call"])
-def test_a_bus_that_was_not_listening_drains_before_judging(
-        monkeypatch: pytest.MonkeyPatch, where: str) -> None:
-    """The same fault without the race: a bus (cpu 0 of a real server) takes in everything
-    waiting, then its clock jumps 2 s, as a stopped process's does when it resumes. It was
-    not listening meanwhile, so it must wait for what the server says next (a heartbeat
-    within HEARTBEAT_S) before it judges the server dead: the old bus raised ServerGone at
-    once, in a wait for events and in a call alike."""
+@contextlib.contextmanager
+def _listening_bus(monkeypatch: pytest.MonkeyPatch,
+                   jump: Callable[[Any], float]) -> Iterator[Any]:
+    """A bus (cpu 0 of a real server) that has taken in everything waiting; then its
+    clock jumps ``jump(bus)`` seconds on, as a stopped process's does when it resumes."""
     import smp.hw.bus as busmod
     from smp.hw.protocol import VERSION, Op
     from helpers import bare_server
@@ -158,49 +155,50 @@ def test_a_bus_that_was_not_listening_drains_before_judging(
             bus._call(Op.HELLO, 0, "", (VERSION, "cpu", 0, os.getpid()), 10.0)
             bus.poll_events(0.6)                # a heartbeat or two: the server talks
             bus.read_point()                    # take in everything waiting
-            class Resumed:                      # the bus's clock, 2 s on
-                monotonic = staticmethod(lambda: time.monotonic() + 2.0)
+            by = jump(bus)
+
+            class Resumed:                      # the bus's clock, ``by`` s on
+                monotonic = staticmethod(lambda: time.monotonic() + by)
                 perf_counter = staticmethod(time.perf_counter)
             monkeypatch.setattr(busmod, "time", Resumed)
-            if where == "poll_events":
-                bus.poll_events(0.01)
-            else:
-                assert bus.call(Op.LOOKUP, 0, "", "nothing") == 0
+            yield bus
         finally:
             monkeypatch.undo()
             bus.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("where", ["poll_events", "call"])
+def test_a_bus_that_was_not_listening_drains_before_judging(
+        monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """The same fault without the race: a bus takes in everything waiting, then its clock
+    jumps 2 s, as a stopped process's does when it resumes. It was not listening
+    meanwhile, so it must wait for what the server says next (a heartbeat within
+    HEARTBEAT_S) before it judges the server dead: the old bus raised ServerGone at once,
+    in a wait for events and in a call alike."""
+    from smp.hw.protocol import Op
+    with _listening_bus(monkeypatch, lambda bus: 2.0) as bus:
+        if where == "poll_events":
+            bus.poll_events(0.01)
+        else:
+            assert bus.call(Op.LOOKUP, 0, "", "nothing") == 0
 
 
 @pytest.mark.timeout(60)
 def test_a_bus_starved_until_just_before_the_silence_runs_out_looks_once_more(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """The same, but the bus's clock resumes just short of the moment the server's silence
+    """The same, but the bus's clock resumes 2 ms short of the moment the server's silence
     runs out, so it does not notice it late: it must still look once more (a heartbeat
     comes within HEARTBEAT_S) before it judges the server dead. The old bus looked again
     only when it noticed the silence late, and in a suite run beside two busy loops a CPU
     took a live server for dead ("nothing from the server in 1.25 s")."""
-    import smp.hw.bus as busmod
-    from smp.hw.protocol import VERSION, Op
-    from helpers import bare_server
+    def short_of_the_silence(bus: Any) -> float:
+        while bus.recv(1.0) is None:            # the next heartbeat, just come: the one
+            pass                                # after it is a heartbeat period away
+        return bus.last_rx + bus.silence - 0.002 - time.monotonic()
 
-    with bare_server(1) as (endpoint, _):
-        bus = busmod.Bus(endpoint, "cpu0", liveness=10.0)
-        try:
-            bus._call(Op.HELLO, 0, "", (VERSION, "cpu", 0, os.getpid()), 10.0)
-            bus.poll_events(0.6)                # a heartbeat or two: the server talks
-            bus.read_point()                    # take in everything waiting
-            while bus.recv(1.0) is None:        # the next heartbeat, just come: the one
-                pass                            # after it is a heartbeat period away
-            jump = bus.last_rx + bus.silence - 0.002 - time.monotonic()
-
-            class Resumed:                      # 2 ms short of the silence's end
-                monotonic = staticmethod(lambda: time.monotonic() + jump)
-                perf_counter = staticmethod(time.perf_counter)
-            monkeypatch.setattr(busmod, "time", Resumed)
-            bus.poll_events(0.01)
-        finally:
-            monkeypatch.undo()
-            bus.close()
+    with _listening_bus(monkeypatch, short_of_the_silence) as bus:
+        bus.poll_events(0.01)
 
 
 # -- 1. the launcher's cleanup: a full disk, samples that cannot be written -----------------
