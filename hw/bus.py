@@ -41,7 +41,7 @@ Liveness, both ways (``smp.hw.protocol.HEARTBEAT_S``): the server sends every CP
 either, so a killed server is noticed within 2 s by every CPU, even one on another host.
 The last look is for what ZeroMQ's I/O thread has not handed over yet when this process
 was not listening (stopped with SIGSTOP, or starved by the host: the I/O thread stops
-with it; :meth:`Bus._late_grace`), so a CPU paused for less than the server's PEER_LOST_S
+with it; :meth:`Bus._last_look`), so a CPU paused for less than the server's PEER_LOST_S
 runs on. In the other direction, a bus that has sent nothing for ``HEARTBEAT_S`` posts a
 ``PING`` whenever it waits, so the server can tell a quiet CPU from a dead or stopped one.
 A call also gives up after ``liveness`` seconds without its reply (the server is alive but
@@ -279,7 +279,7 @@ class Bus:
             # silence counts from the server's last message, not from our request
             msg = self.recv(max(self.last_rx + silence - time.monotonic(), 0.0))
             if msg is None:
-                msg = self._late_grace(silence)
+                msg = self._last_look()
             if msg is None:
                 raise ServerGone(f"nothing from the server in {silence:.2f} s")
             if msg[0] == Op.REPLY:
@@ -366,7 +366,7 @@ class Bus:
             msg = self.recv(min(HEARTBEAT_S, max(self.last_rx + self.silence
                                                  - time.monotonic(), 0.0)))
             if msg is None and time.monotonic() - self.last_rx >= self.silence:
-                if self._late_grace(self.silence) is None:
+                if self._last_look() is None:
                     raise ServerGone(f"nothing from the server in {self.silence:.2f} s")
             if self.new < want and time.monotonic() - since > STUCK_S:
                 # the server may know why (a divergence); with how many machine messages
@@ -383,7 +383,7 @@ class Bus:
             msg = self.recv(min(HEARTBEAT_S, max(self.last_rx + self.silence
                                                  - time.monotonic(), 0.0)))
             if msg is None and time.monotonic() - self.last_rx >= self.silence:
-                if self._late_grace(self.silence) is None:
+                if self._last_look() is None:
                     raise ServerGone(f"nothing from the server in {self.silence:.2f} s")
         raise Stopped(self.stopped)
 
@@ -400,7 +400,7 @@ class Bus:
             msg = self.recv(left)
             if msg is None:
                 if (time.monotonic() - self.last_rx >= self.silence
-                        and self._late_grace(self.silence) is None):
+                        and self._last_look() is None):
                     raise ServerGone(f"nothing from the server in "
                                      f"{time.monotonic() - self.last_rx:.2f} s (no heartbeat)")
                 continue
@@ -419,15 +419,16 @@ class Bus:
                 return False
             msg = self.recv(min(left, HEARTBEAT_S))
             if msg is None and time.monotonic() - self.last_rx >= self.silence:
-                if self._late_grace(self.silence) is None:
+                if self._last_look() is None:
                     raise ServerGone(f"nothing from the server in {self.silence:.2f} s")
             if self.stopped:
                 raise Stopped(self.stopped)
         return True
 
-    def _late_grace(self, silence: float) -> list[Any] | None:
-        """The server has said nothing for ``silence`` s by our clock. Before that stands,
-        one more look of LATE_GRACE_S (a live server sends a heartbeat every HEARTBEAT_S):
+    def _last_look(self) -> list[Any] | None:
+        """The server has said nothing for the whole silence by our clock. Before that
+        stands, one more look of LATE_GRACE_S (a live server sends a heartbeat every
+        HEARTBEAT_S):
         if this process was not listening all along (stopped, or starved by a busy host,
         even for a moment before the silence ran out), what the server sent meanwhile may
         still be in ZeroMQ's I/O thread, which was stopped with it. Returns what comes, if
@@ -454,7 +455,7 @@ class Bus:
             if msg is None:
                 now = time.monotonic()
                 if now - self.last_rx >= self.silence:
-                    msg = self._late_grace(self.silence)
+                    msg = self._last_look()
                     if msg is None:
                         raise ServerGone(f"nothing from the server in "
                                          f"{now - self.last_rx:.2f} s (no heartbeat)")
