@@ -193,8 +193,10 @@ def test_a_bus_starved_until_just_before_the_silence_runs_out_looks_once_more(
     only when it noticed the silence late, and in a suite run beside two busy loops a CPU
     took a live server for dead ("nothing from the server in 1.25 s")."""
     def short_of_the_silence(bus: Any) -> float:
-        while bus.recv(1.0) is None:            # the next heartbeat, just come: the one
-            pass                                # after it is a heartbeat period away
+        # wait for the next heartbeat, just come: the one after it is a heartbeat away
+        deadline = time.monotonic() + 10.0
+        while bus.recv(1.0) is None:
+            assert time.monotonic() < deadline, "no heartbeat from the server in 10 s"
         return bus.last_rx + bus.silence - 0.002 - time.monotonic()
 
     with _listening_bus(monkeypatch, short_of_the_silence) as bus:

@@ -398,7 +398,7 @@ def _records(rdir: str) -> list[dict[str, Any]]:
 
 
 @pytest.mark.timeout(120)
-def test_stats_series_has_ten_samples_per_cpu_at_the_default_interval(finished: Any) -> None:
+def test_stats_series_has_a_sample_per_cpu_each_interval(finished: Any) -> None:
     recs = _records(finished.run_dir)
     by_cpu: dict[int, list[dict[str, Any]]] = {}
     for r in recs:
