@@ -12,7 +12,8 @@ compared is measured side by side).
   side, and beside them the same runs alone once more: a run's work differs from run to
   run whatever the host does (the CPUs' requests race at the server, as they should), and
   the second alone measurement shows how much (the noise floor the loaded ratio is to be
-  read against); and detection of two narrow races (``swapout_procs_prs_new``,
+  read against), as does the band of chance that the quiet runs' spread gives each ratio
+  (two standard errors); and detection of two narrow races (``swapout_procs_prs_new``,
   ``faultin_swappingin``) by ten-run campaigns, loaded and unloaded.
 * **The quantum**: the default config's work per simulated second at quanta of 1 ms, its
   own 10 ms and 20 ms, and the ratios to 1 ms: what the machine does should not depend on
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
 import os
 import shutil
@@ -146,19 +148,24 @@ def fidelity(tmp: str, failing: int, clean: int, duration: float) -> dict[str, A
 
 
 # -- host independence --------------------------------------------------------------------
-def work(tmp: str, tag: str, seeds: list[int], duration: float,
-         *extra: str) -> dict[str, float]:
+def work(tmp: str, tag: str, seeds: list[int], duration: float, *extra: str,
+         runs: list[dict[str, float]] | None = None) -> dict[str, float]:
     """The default config's kernel work per simulated second over ``seeds``; with
     ``requests``, the requests its CPUs made (calls and posts) and ``wall_s``, the wall
-    seconds per simulated second."""
+    seconds per simulated second. Each run's own work per simulated second is appended
+    to ``runs``, if given."""
     tot = dict.fromkeys((*WORK, "requests", "wall_s"), 0.0)
     sim = 0.0
     for s in seeds:
         rep, wall = run(os.path.join(tmp, f"work-{tag}-{s}"), "--set", f"run.seed={s}",
                         "--set", f"run.duration={duration}", *extra)
-        sim += float(rep.get("duration_sim_s") or duration)
+        d = float(rep.get("duration_sim_s") or duration)
+        sim += d
+        kernel = rep.get("kernel") or {}
         for k in WORK:
-            tot[k] += float((rep.get("kernel") or {}).get(k, 0))
+            tot[k] += float(kernel.get(k, 0))
+        if runs is not None:
+            runs.append({k: float(kernel.get(k, 0)) / d for k in WORK})
         tot["requests"] += sum(c["bus"]["calls"] + c["bus"]["posts"]
                                for c in rep.get("cpus") or [] if "bus" in c)
         tot["wall_s"] += wall
@@ -252,6 +259,19 @@ def _ratios(a: dict[str, float], b: dict[str, float]) -> dict[str, float | None]
     return {k: round(a[k] / b[k], 3) if b[k] else None for k in WORK}
 
 
+def _chance(runs: list[dict[str, float]], n: int) -> dict[str, float | None]:
+    """How far the ratio of two means of ``n`` runs each may stray from 1 by chance alone
+    (two standard errors of the ratio), from the spread of the single runs ``runs`` on a
+    quiet host: a loaded ratio inside it says nothing of the host."""
+    out: dict[str, float | None] = {}
+    for k in WORK:
+        xs = [r[k] for r in runs]
+        m = statistics.mean(xs) if xs else 0.0
+        out[k] = (round(2 * statistics.stdev(xs) / m * math.sqrt(2 / n), 3)
+                  if m and len(xs) > 1 else None)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a few runs of each (minutes)")
@@ -288,14 +308,16 @@ def main() -> int:
             print("host independence: work ...", file=sys.stderr, flush=True)
             seeds = list(range(1, 1 + (args.seeds or (2 if q else 3))))
             dur = 6.0 if q else 20.0
-            alone = work(tmp, "alone", seeds, dur)
+            quiet: list[dict[str, float]] = []
+            alone = work(tmp, "alone", seeds, dur, runs=quiet)
             with Busy():
                 loaded = work(tmp, "loaded", seeds, dur)
-            again = work(tmp, "again", seeds, dur)
+            again = work(tmp, "again", seeds, dur, runs=quiet)
             res["work_per_sim_s"] = {"seeds": len(seeds), "alone": alone, "loaded": loaded,
                                      "alone_again": again,
                                      "ratio": _ratios(loaded, alone),
-                                     "noise": _ratios(again, alone)}
+                                     "noise": _ratios(again, alone),
+                                     "chance": _chance(quiet, len(seeds))}
         if "detection" in only:
             print("host independence: detection ...", file=sys.stderr, flush=True)
             camps, runs = (1, 3) if q else (5, 10)
@@ -334,11 +356,15 @@ def main() -> int:
     if "work_per_sim_s" in res:
         w = res["work_per_sim_s"]
         print(f"kernel work per simulated second ({w['seeds']} default runs each), alone / "
-              f"loaded (two busy loops) / ratio, and alone again / its ratio (run-to-run "
-              f"spread on the same host):")
+              f"loaded (two busy loops) / ratio, alone again / its ratio (run-to-run "
+              f"spread on the same host), and chance: how far such a ratio strays from 1 "
+              f"by chance alone (two standard errors, from the {2 * w['seeds']} quiet runs' "
+              f"spread):")
         for k in WORK:
+            band = w["chance"][k]
             print(f"  {k:15} {w['alone'][k]:9.2f} {w['loaded'][k]:9.2f} {w['ratio'][k]!s:>6}"
-                  f"   {w['alone_again'][k]:9.2f} {w['noise'][k]!s:>6}")
+                  f"   {w['alone_again'][k]:9.2f} {w['noise'][k]!s:>6}"
+                  f"   {'' if band is None else f'+-{band:.3f}':>8}")
     if "detection" in res:
         d = res["detection"]
         print(f"detection ({d['campaigns']} campaigns of {d['runs']} runs), alone / loaded:")
