@@ -428,8 +428,7 @@ class Bus:
     def _last_look(self) -> list[Any] | None:
         """The server has said nothing for the whole silence by our clock. Before that
         stands, one more look of LATE_GRACE_S (a live server sends a heartbeat every
-        HEARTBEAT_S):
-        if this process was not listening all along (stopped, or starved by a busy host,
+        HEARTBEAT_S): if this process was not listening all along (stopped, or starved by a busy host,
         even for a moment before the silence ran out), what the server sent meanwhile may
         still be in ZeroMQ's I/O thread, which was stopped with it. Returns what comes, if
         anything; None: the silence stands. (Once it looked only when it noticed the
