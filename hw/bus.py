@@ -428,9 +428,10 @@ class Bus:
     def _last_look(self) -> list[Any] | None:
         """The server has said nothing for the whole silence by our clock. Before that
         stands, one more look of LATE_GRACE_S (a live server sends a heartbeat every
-        HEARTBEAT_S): if this process was not listening all along (stopped, or starved by a busy host,
-        even for a moment before the silence ran out), what the server sent meanwhile may
-        still be in ZeroMQ's I/O thread, which was stopped with it. Returns what comes, if
+        HEARTBEAT_S): if this process was not listening all along (stopped, or starved
+        by a busy host, even for a moment before the silence ran out), what the server
+        sent meanwhile may still be in ZeroMQ's I/O thread, which was stopped with it.
+        Returns what comes, if
         anything; None: the silence stands. (Once it looked only when it noticed the
         silence late, and a CPU starved until just before it ran out, on a host with two
         busy loops beside the machine, took a live server for dead.)"""
