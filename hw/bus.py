@@ -277,11 +277,9 @@ class Bus:
         self.last_tx = start = time.monotonic()
         while True:
             # silence counts from the server's last message, not from our request
-            msg = self.recv(max(self.last_rx + silence - time.monotonic(), 0.0))
+            msg = self._hear(silence, silence)
             if msg is None:
-                msg = self._last_look()
-            if msg is None:
-                raise ServerGone(f"nothing from the server in {silence:.2f} s")
+                continue
             if msg[0] == Op.REPLY:
                 if msg[1] == seq:
                     self.wait_s += time.perf_counter() - t
@@ -363,11 +361,7 @@ class Bus:
         while self.new < want:
             if self.stopped:
                 raise Stopped(self.stopped)
-            msg = self.recv(min(HEARTBEAT_S, max(self.last_rx + self.silence
-                                                 - time.monotonic(), 0.0)))
-            if msg is None and time.monotonic() - self.last_rx >= self.silence:
-                if self._last_look() is None:
-                    raise ServerGone(f"nothing from the server in {self.silence:.2f} s")
+            self._hear(HEARTBEAT_S)
             if self.new < want and time.monotonic() - since > STUCK_S:
                 # the server may know why (a divergence); with how many machine messages
                 # this CPU has had, so that it can tell a CPU that waits for nothing it has
@@ -380,11 +374,7 @@ class Bus:
         it cannot go on. Tell the server (a divergence) and wait for its STOP."""
         self.send_control(Op.STUCK, self.point, -1, 0)
         while not self.stopped:
-            msg = self.recv(min(HEARTBEAT_S, max(self.last_rx + self.silence
-                                                 - time.monotonic(), 0.0)))
-            if msg is None and time.monotonic() - self.last_rx >= self.silence:
-                if self._last_look() is None:
-                    raise ServerGone(f"nothing from the server in {self.silence:.2f} s")
+            self._hear(HEARTBEAT_S)
         raise Stopped(self.stopped)
 
     def _wait(self, stop: Callable[[], bool]) -> None:
@@ -396,13 +386,7 @@ class Bus:
                 self.pings += 1
                 self.sock.send(pack([Op.PING, 0, 0, "", self.now_ns()]))
                 self.last_tx = now
-            left = min(HEARTBEAT_S, max(self.last_rx + self.silence - now, 0.0))
-            msg = self.recv(left)
-            if msg is None:
-                if (time.monotonic() - self.last_rx >= self.silence
-                        and self._last_look() is None):
-                    raise ServerGone(f"nothing from the server in "
-                                     f"{time.monotonic() - self.last_rx:.2f} s (no heartbeat)")
+            if self._hear(HEARTBEAT_S) is None:
                 continue
             while self.recv(0.0) is not None:   # take the rest of what came
                 pass
@@ -417,13 +401,25 @@ class Bus:
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
-            msg = self.recv(min(left, HEARTBEAT_S))
-            if msg is None and time.monotonic() - self.last_rx >= self.silence:
-                if self._last_look() is None:
-                    raise ServerGone(f"nothing from the server in {self.silence:.2f} s")
+            self._hear(min(left, HEARTBEAT_S))
             if self.stopped:
                 raise Stopped(self.stopped)
         return True
+
+    def _hear(self, timeout: float, silence: float | None = None) -> list[Any] | None:
+        """:meth:`recv` for up to ``timeout`` s, never past the moment the server's
+        silence (``silence`` s since its last message, :attr:`silence` unless given) would
+        mean it is dead; once it has been silent that long, :meth:`_last_look`, then
+        :class:`ServerGone`. None: nothing came yet, the server may still be alive."""
+        if silence is None:
+            silence = self.silence
+        msg = self.recv(min(timeout, max(self.last_rx + silence - time.monotonic(), 0.0)))
+        if msg is None and time.monotonic() - self.last_rx >= silence:
+            msg = self._last_look()
+            if msg is None:
+                raise ServerGone(f"nothing from the server in "
+                                 f"{time.monotonic() - self.last_rx:.2f} s")
+        return msg
 
     def _last_look(self) -> list[Any] | None:
         """The server has said nothing for the whole silence by our clock. Before that
@@ -449,20 +445,11 @@ class Bus:
             self.last_tx = now
         deadline = now + timeout
         while True:
-            # never sleep past the moment the server's silence would mean it is dead
-            left = min(deadline, self.last_rx + self.silence) - now
-            msg = self.recv(max(left, 0.0))
-            if msg is None:
-                now = time.monotonic()
-                if now - self.last_rx >= self.silence:
-                    msg = self._last_look()
-                    if msg is None:
-                        raise ServerGone(f"nothing from the server in "
-                                         f"{now - self.last_rx:.2f} s (no heartbeat)")
-                elif now >= deadline:
+            if self._hear(max(deadline - now, 0.0)) is None:
+                if time.monotonic() >= deadline:
                     return bool(self.events)
-                else:
-                    continue
+                now = time.monotonic()
+                continue
             while self.recv(0) is not None:
                 pass
             if self.events:
