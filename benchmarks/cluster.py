@@ -60,7 +60,8 @@ def main() -> int:
                     help="N of --jobs N and --cluster local:N, comma-separated (default 2)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="campaigns of each kind, alternated (default 1)")
-    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--json", action="store_true",
+                    help="print the results as JSON instead of tables")
     a = ap.parse_args()
     root = tempfile.mkdtemp(prefix="smp-cluster-bench-")
     rows = []

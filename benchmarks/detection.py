@@ -161,14 +161,21 @@ def campaign(config: str, runs: int, seed: int, chaos: str, fail_point: str | No
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--campaigns", type=int, default=10)
+    ap.add_argument("--campaigns", type=int, default=10,
+                    help="campaigns per fail point (or hunt) and chaos level (default 10)")
     ap.add_argument("--first-campaign", type=int, default=0,
                     help="number of the first campaign (campaign k has seed 1000 + k): "
                          "a long measurement can be taken in parts")
-    ap.add_argument("--runs", type=int, default=10)
-    ap.add_argument("--duration", type=float, default=10.0)
-    ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--clean-runs", type=int, default=200)
+    ap.add_argument("--runs", type=int, default=10,
+                    help="runs per campaign (default 10); a hunt stops its campaign at the "
+                         "first run that reports the finding")
+    ap.add_argument("--duration", type=float, default=10.0,
+                    help="simulated seconds per run (default 10)")
+    ap.add_argument("--jobs", type=int, default=2,
+                    help="runs at a time within a campaign (smp stress --jobs, default 2)")
+    ap.add_argument("--clean-runs", type=int, default=200,
+                    help="runs of configs/default.toml at chaos high with no fail point, "
+                         "for false alarms (default 200; 0: none)")
     ap.add_argument("--fail-point", action="append", default=[],
                     help="only these fail points (default: all)")
     ap.add_argument("--hunt", action="append", choices=sorted(HUNTS), default=[],
@@ -186,7 +193,8 @@ def main() -> int:
                     "tcp://HOST:PORT, a scheduler file, or local:N) instead of --jobs")
     ap.add_argument("--parallel", type=int, default=1, metavar="K",
                     help="campaigns at a time (default 1; more pays with --cluster)")
-    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--json", action="store_true",
+                    help="print the results as JSON instead of tables")
     a = ap.parse_args()
     # A hunt stops its campaign with SIGINT (``_hunt``). Started in the background by a
     # shell (``nohup ... &``), this script inherits SIGINT ignored, and so would every

@@ -134,7 +134,8 @@ def analyse(recs: list[list[Any]], lines: dict[int, str]) -> list[dict[str, Any]
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", help="recorded run directories")
-    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--json", action="store_true",
+                    help="print the results as JSON instead of tables")
     ap.add_argument("--windows", action="store_true", help="list every window of a "
                     "thread asleep")
     a = ap.parse_args()
