@@ -96,6 +96,16 @@ def test_no_floor_imports_the_floor_above_it() -> None:
     assert not bad, "; ".join(bad)
 
 
+def test_the_machine_uses_none_of_the_tools_above_it() -> None:
+    """``smp/machine`` (the server and the CPU processes) is the tools' ground floor: the
+    launcher, the campaigns and the views use it, never the other way round."""
+    tools = ("smp.run", "smp.observe", "smp.hunt", "smp.cli")
+    bad = [f"{p.relative_to(ROOT)}:{line} imports {mod}"
+           for p, tree in _modules("smp/machine")
+           for line, mod in _imports(tree) if mod.startswith(tools)]
+    assert not bad, "; ".join(bad)
+
+
 # -- the kernel's names, from the kernel ---------------------------------------------------
 def _call_strings(tree: ast.Module, funcs: dict[str, int]) -> Iterator[str]:
     """The string arguments at position ``funcs[name]`` of every call to ``name``."""

@@ -4,7 +4,7 @@ A cluster worker starts each machine through this: it asks Linux for a parent-de
 signal (SIGKILL), checks that its parent is still PPID (a parent that died in between
 would never send it) and then becomes COMMAND (``execv``: the signal stays set across it).
 So a Dask worker killed mid-run takes its ``smp run`` with it, and that launcher's own
-server and CPUs follow it (``smp.run.proc_util.die_with_parent``): nothing is orphaned.
+server and CPUs follow it (``smp.machine.proc_util.die_with_parent``): nothing is orphaned.
 SIGINT, which stops a machine in order, is taken again (the worker may ignore it).
 
 PORT: the launcher's children use ``die_with_parent``, which also ignores SIGINT; a
@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 
-from smp.run.proc_util import set_parent_death_signal
+from smp.machine.proc_util import set_parent_death_signal
 
 
 def main(argv: list[str]) -> int:

@@ -66,7 +66,7 @@ import zmq
 from smp.hw.bus import Bus, BusError, ServerGone
 from smp.hw.protocol import (EXCL, GRANTED, LK_SLEEP, QUEUED, VERSION, Event, Op, pack, unpack)
 from smp.machine.server import server_main
-from smp.run.proc_util import die_with_parent
+from smp.machine.proc_util import die_with_parent
 
 SITE = "bench:1"
 MEMORY = 1 << 20                 # the server's physical memory and swap: unused, keep small

@@ -19,7 +19,7 @@ from smp.hw.bus import Bus, BusError, ServerGone, Stopped
 from smp.hw.clock import Clock, VirtualClock
 from smp.hw.cpu import Costs, Cpu
 from smp.hw.protocol import Op
-from smp.run.proc_util import die_with_parent
+from smp.machine.proc_util import die_with_parent
 
 START_TIMEOUT = 60.0
 

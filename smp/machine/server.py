@@ -666,7 +666,7 @@ def server_main(endpoint: str, ncpus: int, memory: int, swap: int,
     ``smp.run.remote.ListenSpec`` when CPUs join from other hosts (it attaches itself to
     the server: the listen endpoint, its keys); ``hello``: what their HELLO replies carry
     (the resolved config)."""
-    from smp.run.proc_util import die_with_parent
+    from smp.machine.proc_util import die_with_parent
     die_with_parent()
     try:
         server = Server(endpoint, ncpus, memory, swap, pub_endpoint, stats_interval,

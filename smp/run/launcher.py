@@ -46,7 +46,7 @@ from smp.hw.protocol import ERR, LIVENESS_S, VERSION, Event, Op, pack, unpack
 from smp import __version__
 from smp.run.config import Config
 from smp.machine.cpuproc import START_TIMEOUT, cpu_main
-from smp.run.proc_util import describe_exit
+from smp.machine.proc_util import describe_exit
 from smp.run.remote import ListenSpec
 from smp.run.rundir import (RunDirError, config_header, launcher_started, make_socket_dir,
                             prepare_run_dir, remove_stale_socket_dirs, write_config)
