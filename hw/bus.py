@@ -277,7 +277,7 @@ class Bus:
         self.last_tx = start = time.monotonic()
         while True:
             # silence counts from the server's last message, not from our request
-            msg = self._hear(silence, silence)
+            msg = self._hear(silence, silence=silence)
             if msg is None:
                 continue
             if msg[0] == Op.REPLY:
