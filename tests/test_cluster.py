@@ -193,7 +193,7 @@ def test_a_failure_found_on_a_worker_comes_back_and_replays_here(
     rdir = pathlib.Path(re.search(r"run dir: (\S+)", out).group(1))  # type: ignore[union-attr]
     assert rdir.parent == tmp_path / "runs"
     assert {"config.toml", "report.json", "crash.txt", "log.txt", "schedule.smpr",
-            "stats.jsonl", "cluster.json"} <= {p.name for p in rdir.iterdir()}
+            "stats.jsonl", "cluster.json"} <= {p.name for p in rdir.iterdir()}, out + err
     where = json.loads((rdir / "cluster.json").read_text())
     assert where["worker"].startswith("tcp://") and where["left_out"] == []
     assert not pathlib.Path(where["worker_run_dir"]).exists()      # the worker kept nothing

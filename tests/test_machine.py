@@ -13,6 +13,7 @@ import pathlib
 import re
 import signal
 import subprocess
+import sys
 import time
 from typing import Any
 
@@ -283,6 +284,36 @@ def test_signal_stops_the_run_within_5s_with_a_partial_report(
     assert [c["pid"] for c in report["cpus"]] == launch.cpus
     assert (launch.rdir / "config.toml").is_file()
     assert_all_gone(launch.all_pids())
+
+
+# smp run, with SIGINT sent to it as it builds its report: after the machine has stopped,
+# as a campaign stops its other runs at the first failure
+LATE_SIGINT = """
+import os, signal, sys
+import smp.run.launcher as launcher
+from smp.cli import main
+build = launcher.build_report
+def late(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)
+    return build(*args, **kwargs)
+launcher.build_report = late
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_signal_after_the_machine_stopped_costs_the_run_no_report(
+        tmp_path: pathlib.Path) -> None:
+    """The signal came after the run's end: the run keeps its report and its own status
+    (it used to die of KeyboardInterrupt with no report.json, a failure without a word)."""
+    rdir = tmp_path / "run"
+    p = subprocess.run([sys.executable, "-c", LATE_SIGINT, "run", "--set", "machine.cpus=2",
+                        "--set", "run.duration=0.5", "--run-dir", str(rdir), "--quiet"],
+                       env=cli_env(), cwd=tmp_path, capture_output=True, text=True,
+                       timeout=50, check=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    report = json.loads((rdir / "report.json").read_text())
+    assert report["ok"] is True and report["reason"] == "end of run"
 
 
 @pytest.mark.timeout(60)

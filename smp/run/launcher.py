@@ -474,7 +474,11 @@ def run_machine(cfg: Config, run_dir: str | None = None,
     finally:
         # Every step runs, whatever the one before it raised: a step skipped here (the
         # reaping above all) would leave processes that multiprocess's exit handler
-        # then waits for forever.
+        # then waits for forever. The signal handlers stay until report.json is written:
+        # a SIGINT now (a campaign that stops its other runs at one's failure) must not
+        # cost the run its report; only a signal before this point stops the run.
+        stopped_by = stop_signal[:1]
+
         def restore_signals() -> None:
             for sig, h in old_handlers.items():
                 signal.signal(sig, h)
@@ -496,63 +500,66 @@ def run_machine(cfg: Config, run_dir: str | None = None,
                                       float(cfg["run.halt_timeout"]), problems,
                                       list(cpus.values()) if unstarted
                                       else _unheard(cpus, server_report))),
-            ("signal handlers", restore_signals),
+            ("signal handlers", lambda: propagating and restore_signals()),
             ("wakeup pipe", close_wakeup),
             ("socket folder", lambda: ipc_dir and shutil.rmtree(ipc_dir, ignore_errors=True)),
         ], problems)
-    if stats is not None:
-        if stats.error and stats.error not in problems:
-            problems.append(stats.error)
-        if stats.bad:
-            problems.append(f"stats.jsonl: {stats.bad} samples could not be written as "
-                            f"JSON and were dropped")
-        problems.extend(f"monitor failed: {m}" for m in stats.monitor_errors)
-    problems.extend(e for e in write_errors if e not in problems)
-    wall = time.monotonic() - t_wall0
-    if virtual:
-        sim = max((float(((f or {}).get("clock") or {}).get("sim_time", 0.0))
-                   for f in (server_report.get("cpus") or {}).values()), default=0.0)
-        # the run's time; the final check's grace after its end is not part of it
-        sim = min(sim, float(cfg["run.duration"]))
-    else:
-        sim = ((t_end or time.monotonic()) - t0) * float(cfg["machine.speed"]) if t0 else 0.0
-    if record_path is not None:
-        size = record.size_of(record_path)
-        sched = server_report.setdefault("schedule", {})
-        rec = sched.setdefault("record", {"path": record_path})
-        rec["bytes"] = size
-        # The server's report is taken while the CPUs still post their last operations
-        # (a panic, a halt): the record goes on after it. The record, closed now, has the
-        # final count, the one a replay replays and compares with.
+    try:
+        if stats is not None:
+            if stats.error and stats.error not in problems:
+                problems.append(stats.error)
+            if stats.bad:
+                problems.append(f"stats.jsonl: {stats.bad} samples could not be written as "
+                                f"JSON and were dropped")
+            problems.extend(f"monitor failed: {m}" for m in stats.monitor_errors)
+        problems.extend(e for e in write_errors if e not in problems)
+        wall = time.monotonic() - t_wall0
+        if virtual:
+            sim = max((float(((f or {}).get("clock") or {}).get("sim_time", 0.0))
+                       for f in (server_report.get("cpus") or {}).values()), default=0.0)
+            # the run's time; the final check's grace after its end is not part of it
+            sim = min(sim, float(cfg["run.duration"]))
+        else:
+            sim = ((t_end or time.monotonic()) - t0) * float(cfg["machine.speed"]) if t0 else 0.0
+        if record_path is not None:
+            size = record.size_of(record_path)
+            sched = server_report.setdefault("schedule", {})
+            rec = sched.setdefault("record", {"path": record_path})
+            rec["bytes"] = size
+            # The server's report is taken while the CPUs still post their last operations
+            # (a panic, a halt): the record goes on after it. The record, closed now, has the
+            # final count, the one a replay replays and compares with.
+            try:
+                final = record.read(record_path)
+                if final.totals is not None:
+                    rec["operations"] = final.requests
+            except record.LogError:
+                pass
+        report = build_report(cfg, server_report, reason=reason, problems=problems, notes=notes,
+                              wall_s=wall, sim_s=sim, interrupted=bool(stopped_by),
+                              version=__version__)
         try:
-            final = record.read(record_path)
-            if final.totals is not None:
-                rec["operations"] = final.requests
-        except record.LogError:
+            write_run_dir(rdir, report)
+        except OSError as e:                       # report.json (or crash.txt): said, not kept
+            err = write_error(e.filename or os.path.join(rdir, "report.json"), e)
+            _unlink(os.path.join(rdir, "report.json.tmp"))
+            report["problems"].append(err)
+            report["ok"] = False
+            write_errors.append(err)
+        for err in write_errors:
+            say(f"smp: {err}")
+        note(f"run {verdict(report)}: {rdir}")
+        try:
+            logf.close()
+        except OSError:
             pass
-    report = build_report(cfg, server_report, reason=reason, problems=problems, notes=notes,
-                          wall_s=wall, sim_s=sim, interrupted=bool(stop_signal),
-                          version=__version__)
-    try:
-        write_run_dir(rdir, report)
-    except OSError as e:                       # report.json (or crash.txt): said, not kept
-        err = write_error(e.filename or os.path.join(rdir, "report.json"), e)
-        _unlink(os.path.join(rdir, "report.json.tmp"))
-        report["problems"].append(err)
-        report["ok"] = False
-        write_errors.append(err)
-    for err in write_errors:
-        say(f"smp: {err}")
-    note(f"run {verdict(report)}: {rdir}")
-    try:
-        logf.close()
-    except OSError:
-        pass
-    if stop_signal:
-        status = 128 + stop_signal[0]
-    else:
-        status = 0 if report["ok"] else 1
-    return RunResult(status, rdir, report)
+        if stopped_by:
+            status = 128 + stopped_by[0]
+        else:
+            status = 0 if report["ok"] else 1
+        return RunResult(status, rdir, report)
+    finally:
+        restore_signals()
 
 
 class RunFileError(Exception):
