@@ -427,10 +427,9 @@ class Bus:
         HEARTBEAT_S): if this process was not listening all along (stopped, or starved
         by a busy host, even for a moment before the silence ran out), what the server
         sent meanwhile may still be in ZeroMQ's I/O thread, which was stopped with it.
-        Returns what comes, if
-        anything; None: the silence stands. (Once it looked only when it noticed the
-        silence late, and a CPU starved until just before it ran out, on a host with two
-        busy loops beside the machine, took a live server for dead.)"""
+        Returns what comes, if anything; None: the silence stands. (Once it looked only
+        when it noticed the silence late, and a CPU starved until just before it ran out,
+        on a host with two busy loops beside the machine, took a live server for dead.)"""
         return self.recv(LATE_GRACE_S)
 
     def poll_events(self, timeout: float) -> bool:
@@ -445,18 +444,13 @@ class Bus:
             self.last_tx = now
         deadline = now + timeout
         while True:
-            if self._hear(max(deadline - now, 0.0)) is None:
-                if time.monotonic() >= deadline:
-                    return bool(self.events)
-                now = time.monotonic()
-                continue
-            while self.recv(0) is not None:
-                pass
-            if self.events:
-                return True
-            now = time.monotonic()
-            if now >= deadline:
-                return False
+            if self._hear(max(deadline - time.monotonic(), 0.0)) is not None:
+                while self.recv(0) is not None:
+                    pass
+                if self.events:
+                    return True
+            if time.monotonic() >= deadline:
+                return bool(self.events)
 
     def start_heartbeat(self) -> None:
         """PING the server every HEARTBEAT_S from a thread with its own socket (identity
