@@ -69,7 +69,7 @@ def fail_points() -> list[str]:
 
 def _reports(target: tuple[str, str], path: str) -> bool:
     """Whether the finished run whose ``report.json`` is *path* reports *target*."""
-    from smp.hunt.findings import classify
+    from smp.observe.findings import classify
     try:
         with open(path) as f:
             report = json.load(f)
@@ -134,7 +134,7 @@ def campaign(config: str, runs: int, seed: int, chaos: str, fail_point: str | No
         if not os.path.exists(path):
             continue
         done += 1
-        from smp.hunt.findings import classify
+        from smp.observe.findings import classify
         with open(path) as f:
             report = json.load(f)
         fails = classify(report)

@@ -96,13 +96,20 @@ def test_no_floor_imports_the_floor_above_it() -> None:
     assert not bad, "; ".join(bad)
 
 
-def test_the_machine_uses_none_of_the_tools_above_it() -> None:
-    """``smp/machine`` (the server and the CPU processes) is the tools' ground floor: the
-    launcher, the campaigns and the views use it, never the other way round."""
-    tools = ("smp.run", "smp.observe", "smp.hunt", "smp.cli")
+# the tools' own floors, top down: a floor may use the ones below it, never one above
+TOOL_FLOORS = ("smp.cli", "smp.hunt", "smp.run", "smp.observe", "smp.machine")
+
+
+@pytest.mark.parametrize("floor", TOOL_FLOORS[1:])
+def test_no_tool_uses_one_above_it(floor: str) -> None:
+    """``smp/machine`` (the server and the CPU processes) is the tools' ground floor;
+    above it ``observe`` (reports, findings, views of a run), ``run`` (config, launcher),
+    ``hunt`` (campaigns) and the command line: each uses the floors below, never the
+    other way round (README, "How it is built")."""
+    above = TOOL_FLOORS[:TOOL_FLOORS.index(floor)]
     bad = [f"{p.relative_to(ROOT)}:{line} imports {mod}"
-           for p, tree in _modules("smp/machine")
-           for line, mod in _imports(tree) if mod.startswith(tools)]
+           for p, tree in _modules(floor.replace(".", "/"))
+           for line, mod in _imports(tree) if mod.startswith(above)]
     assert not bad, "; ".join(bad)
 
 

@@ -368,7 +368,8 @@ def test_a_reused_run_directory_is_refused_unless_force_clears_it(
 def test_force_clears_only_a_finished_run(tmp_path: pathlib.Path) -> None:
     """--force does not empty a directory that holds no run (a slip of the command line
     must not empty a home directory), nor one a machine is running in."""
-    from smp.run.rundir import RunDirError, launcher_started, prepare_run_dir
+    from smp.observe.live import launcher_started
+    from smp.run.rundir import RunDirError, prepare_run_dir
     other = tmp_path / "notes"
     other.mkdir()
     (other / "precious.txt").write_text("keep me")

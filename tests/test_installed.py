@@ -203,7 +203,7 @@ def test_the_readme_commands_from_the_installed_package(venv: pathlib.Path,
 _INSTALLED = """
 import importlib.metadata, json, os, sysconfig
 import smp.hw.bus, smp.kernel.conf
-from smp.hunt.findings import _kernel_file
+from smp.observe.findings import _kernel_file
 from smp.run.config import default_config_path
 dist = importlib.metadata.distribution("smp")
 print(json.dumps({
@@ -257,7 +257,7 @@ def test_the_readme_test_command_from_the_installed_package(venv: pathlib.Path,
         "    for m in (smp, smp.kernel, smp.hw, smp.configs):\n"
         "        assert 'site-packages' in m.__file__, m.__file__\n")
     r = _run(venv, [str(venv / "python"), "-P", "-m", "pytest", "-q", "tests/test_which_smp.py",
-                    "tests/test_architecture.py", "tests/test_hunt_findings.py",
+                    "tests/test_architecture.py", "tests/test_findings.py",
                     "tests/test_cmap.py", "tests/test_config.py"], clone, 300)
     assert r.returncode == 0 and " passed" in r.stdout and "failed" not in r.stdout, \
         r.stdout[-3000:] + r.stderr[-3000:]

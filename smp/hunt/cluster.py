@@ -52,7 +52,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from smp.hunt.findings import load_known
+from smp.observe.findings import load_known
 from smp.hunt.stress import Campaign, CampaignError, RunOutcome, read_outcome
 
 if importlib.util.find_spec("distributed") is None:      # the extra is not installed

@@ -244,7 +244,7 @@ def _failed(rdir: str, strict: bool) -> bool:
     """Does the run show a failure the campaign will report (a new one; any, if strict)?"""
     import json
 
-    from smp.hunt.findings import classify
+    from smp.observe.findings import classify
     try:
         with open(os.path.join(rdir, "report.json")) as f:
             fails = classify(json.load(f))

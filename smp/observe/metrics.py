@@ -31,12 +31,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from smp.observe.counters import kernel_counter_help
-from smp.observe.monitor import MODE_ORDER
+from smp.observe.monitor import MODE_ORDER, MonitorError
 
 DEFAULT_ADDR = "127.0.0.1"
 
 
-class MetricsError(Exception):
+class MetricsError(MonitorError):
     """A bad --metrics address, or one that cannot be listened on."""
 
 
@@ -267,9 +267,8 @@ class MetricsExporter:
             self.httpd, self.thread = start_http_server(self.port, self.addr,
                                                         registry=self.registry)
         except OSError as e:
-            from smp.run.launcher import LaunchError
-            raise LaunchError(f"metrics: cannot listen on {self.addr}:{self.port}: "
-                              f"{e.strerror}") from None
+            raise MetricsError(f"metrics: cannot listen on {self.addr}:{self.port}: "
+                               f"{e.strerror}") from None
         self.port = int(self.httpd.server_address[1])
         self.log(f"metrics: serving {self.url}")
 

@@ -31,6 +31,7 @@ import zmq
 
 from smp.hw.cpu import MODES
 from smp.hw.protocol import unpack
+from smp.observe.live import live_pids_alive, read_live_json
 
 # Order in which modes stack (user work at the bottom, idle on top), as top(1) lists them.
 MODE_ORDER = ("user", "nice", "sys", "intr", "spin", "idle")
@@ -42,6 +43,11 @@ PROFILE_COLUMNS = ("max", "wait_max", "total", "wait_total", "count", "avg", "wa
 assert set(MODE_ORDER) == set(MODES)
 
 
+class MonitorError(Exception):
+    """A monitor of a run cannot start (the message, for people, says why): the run
+    stops with it as its reason."""
+
+
 class NoLiveRun(Exception):
     """No running machine where one was looked for (the message says where)."""
 
@@ -49,8 +55,7 @@ class NoLiveRun(Exception):
 def read_live(run_dir: str) -> dict[str, Any] | None:
     """``run_dir/live.json`` if the run is alive, else None: a launcher killed with
     SIGKILL leaves its live.json behind, so the pids it names are checked (the launcher,
-    the same process as wrote it, and its server: smp.run.rundir.live_pids_alive)."""
-    from smp.run.rundir import live_pids_alive, read_live_json
+    the same process as wrote it, and its server: smp/observe/live.py)."""
     info = read_live_json(run_dir)
     if info is None or not live_pids_alive(info):
         return None

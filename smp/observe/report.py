@@ -24,7 +24,6 @@ from typing import Any
 
 from smp.observe.crash import crash_text
 from smp.observe.summary import summary_table  # noqa: F401 - re-exported
-from smp.run.config import Config
 
 
 def _int_keys(d: dict[Any, Any]) -> dict[int, Any]:
@@ -87,10 +86,12 @@ def _held(server: dict[str, Any], lock: str) -> int:
                 for ref in t.get("held") or [] if ref.get("lock") == lock})
 
 
-def build_report(cfg: Config, server: dict[str, Any], *, reason: str, problems: list[str],
-                 notes: list[str] | None = None,
+def build_report(server: dict[str, Any], *, ncpus: int, seed: int, config: str,
+                 reason: str, problems: list[str], notes: list[str] | None = None,
                  wall_s: float, sim_s: float, interrupted: bool,
                  version: str) -> dict[str, Any]:
+    """report.json's dict for a machine of ``ncpus`` CPUs run with ``seed`` from the
+    config file ``config``, from the server's final report."""
     finals = _int_keys(server.get("cpus") or {})
     pids = _int_keys(server.get("cpu_pids") or {})
     cpus = []
@@ -100,7 +101,7 @@ def build_report(cfg: Config, server: dict[str, Any], *, reason: str, problems: 
     kernel: dict[str, int] = dict.fromkeys(first, 0)
     violations: list[str] = []
     findings: list[dict[str, Any]] = list(server.get("findings") or [])
-    for cpu in range(int(cfg["machine.cpus"])):
+    for cpu in range(ncpus):
         f = finals.get(cpu) or {}
         row = {"id": cpu, "pid": f.get("pid", pids.get(cpu)),
                "ticks": f.get("ticks", {}), "ctxsw": f.get("ctxsw", 0),
@@ -142,8 +143,8 @@ def build_report(cfg: Config, server: dict[str, Any], *, reason: str, problems: 
     ok = (not panic and not invariants and not problems and not interrupted
           and bool(server))
     return {
-        "ok": ok, "seed": int(cfg["run.seed"]), "version": version,
-        "config": cfg.source,
+        "ok": ok, "seed": seed, "version": version,
+        "config": config,
         "duration_sim_s": round(sim_s, 3), "wall_s": round(wall_s, 3),
         "reason": reason, "interrupted": interrupted,
         "cpus": cpus,

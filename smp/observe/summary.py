@@ -33,6 +33,7 @@ from rich.table import Table
 from rich.text import Text
 
 from smp.machine.sites import annotate
+from smp.observe.findings import classify
 
 WIDTH = 80
 CPU_MODES = ("user", "sys", "intr", "spin", "idle")
@@ -170,7 +171,6 @@ def trouble_lines(report: dict[str, Any]) -> list[str]:
         site = annotate(site, (report.get("policy") or {}).get("sources"))
         lines.append(f"cpuid = {p.get('cpu')}{where}{site}; the dump is in crash.txt")
     if report.get("findings"):
-        from smp.hunt.findings import classify
         fails = [f for f in classify(report)
                  if f.detector not in ("panic", "invariant", "machine")]
         new = [f for f in fails if f.known is None]

@@ -48,8 +48,10 @@ from smp.run.config import Config
 from smp.machine.cpuproc import START_TIMEOUT, cpu_main
 from smp.machine.proc_util import describe_exit
 from smp.run.remote import ListenSpec
-from smp.run.rundir import (RunDirError, config_header, launcher_started, make_socket_dir,
-                            prepare_run_dir, remove_stale_socket_dirs, write_config)
+from smp.run.rundir import (RunDirError, config_header, make_socket_dir, prepare_run_dir,
+                            remove_stale_socket_dirs, write_config)
+from smp.observe.live import LIVE_JSON, launcher_started, write_live
+from smp.observe.monitor import MonitorError
 from smp.observe.report import build_report, write_run_dir
 from smp.machine.schedule import Replay
 from smp.machine.publish import held_locks_line
@@ -302,7 +304,7 @@ def run_machine(cfg: Config, run_dir: str | None = None,
     cpus: dict[int, Any] = {}                 # cpu id -> process: the CPUs started here
     ctl: _Control | None = None
     stats: StatsRecorder | None = None
-    live_path = os.path.join(rdir, "live.json")
+    live_path = os.path.join(rdir, LIVE_JSON)
     stop_signal: list[int] = []
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
@@ -459,7 +461,7 @@ def run_machine(cfg: Config, run_dir: str | None = None,
         if not stop_signal:
             problems.append(reason)
     except Exception as e:  # noqa: BLE001 - the run ends with a report, never a hang
-        said = isinstance(e, (RunFileError, LaunchError))      # messages for people
+        said = isinstance(e, (RunFileError, LaunchError, MonitorError))  # for people
         reason = str(e) if said else f"launcher error: {type(e).__name__}: {e}"
         problems.append(reason)
         note(f"stopping: {reason}")
@@ -535,9 +537,9 @@ def run_machine(cfg: Config, run_dir: str | None = None,
                     rec["operations"] = final.requests
             except record.LogError:
                 pass
-        report = build_report(cfg, server_report, reason=reason, problems=problems, notes=notes,
-                              wall_s=wall, sim_s=sim, interrupted=bool(stopped_by),
-                              version=__version__)
+        report = build_report(server_report, ncpus=ncpus, seed=seed, config=cfg.source,
+                              reason=reason, problems=problems, notes=notes, wall_s=wall,
+                              sim_s=sim, interrupted=bool(stopped_by), version=__version__)
         try:
             write_run_dir(rdir, report)
         except OSError as e:                       # report.json (or crash.txt): said, not kept
@@ -567,14 +569,10 @@ class RunFileError(Exception):
 
 
 def _write_live(path: str, live: dict[str, Any]) -> None:
-    """live.json, what `smp top` attaches to: written whole, then renamed, so that a
-    reader never finds it half written."""
+    """live.json, what `smp top` attaches to (smp/observe/live.py)."""
     try:
-        with open(path + ".tmp", "w") as f:
-            json.dump(live, f)
-        os.replace(path + ".tmp", path)
+        write_live(path, live)
     except OSError as e:
-        _unlink(path + ".tmp")
         raise RunFileError(write_error(path, e)) from None
 
 

@@ -169,7 +169,9 @@ class LocalMachine:
         server = self._ctl(Op.CTL_REPORT) or {}
         sim = min((final.get("clock") or {}).get("sim_time", 0.0),
                   float(self.cfg["run.duration"]))
-        return build_report(self.cfg, server, reason=self.reason, problems=self.problems,
+        return build_report(server, ncpus=int(self.cfg["machine.cpus"]),
+                            seed=int(self.cfg["run.seed"]), config=self.cfg.source,
+                            reason=self.reason, problems=self.problems,
                             notes=self.notes, wall_s=time.monotonic() - t0, sim_s=sim,
                             interrupted=False, version=__version__)
 

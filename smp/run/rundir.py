@@ -22,22 +22,20 @@ machine has started.
 Leftovers of a launcher that was killed (SIGKILL: no cleanup ran). Its run directory
 keeps a ``live.json``; readers do not trust it unless the launcher it names is alive and
 is the same process (its start time is in live.json) and its server is alive
-(:func:`live_pids_alive`). Its private socket folder (``$TMPDIR/smp-*``) stays behind too;
+(smp/observe/live.py). Its private socket folder (``$TMPDIR/smp-*``) stays behind too;
 each folder holds ``launcher.pid``, and the next launcher removes the folders whose
 launcher is gone (:func:`remove_stale_socket_dirs`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import shutil
 import tempfile
 import time
-from typing import Any
 
-import psutil
+from smp.observe.live import launcher_started, live_pids_alive, process_alive, read_live_json
 
 SOCKET_DIR_PREFIX = "smp-"
 SOCKET_DIR_OWNER = "launcher.pid"        # in each private socket folder: who made it
@@ -152,41 +150,6 @@ def write_config(rdir: str, text: str) -> None:
 
 
 # -- what a killed launcher leaves ----------------------------------------------------------
-def read_live_json(run_dir: str) -> dict[str, Any] | None:
-    """``run_dir/live.json`` as it is (alive or not), or None."""
-    try:
-        with open(os.path.join(run_dir, "live.json")) as f:
-            info = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return info if isinstance(info, dict) else None
-
-
-def _alive(pid: Any, started: Any = None) -> bool:
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return False
-    try:
-        p = psutil.Process(pid)
-        if p.status() == psutil.STATUS_ZOMBIE:
-            return False
-        # a pid is reused: the process must be the one that wrote live.json
-        return not isinstance(started, (int, float)) or abs(p.create_time() - started) < 1.0
-    except psutil.Error:
-        return False
-
-
-def live_pids_alive(info: dict[str, Any]) -> bool:
-    """Whether the machine a live.json describes still runs: its launcher (the same
-    process: its start time matches, where live.json has it) and its server are alive."""
-    return (_alive(info.get("launcher_pid"), info.get("launcher_started"))
-            and ("server_pid" not in info or _alive(info.get("server_pid"))))
-
-
-def launcher_started() -> float:
-    """This process's start time, as live_pids_alive compares it."""
-    return float(psutil.Process().create_time())
-
-
 def make_socket_dir() -> str:
     """A fresh private (0700) folder for the run's ipc sockets, owned by this launcher."""
     d = tempfile.mkdtemp(prefix=SOCKET_DIR_PREFIX)
@@ -227,7 +190,7 @@ def _stale(d: str, mtime: float) -> bool:
     try:
         with open(os.path.join(d, SOCKET_DIR_OWNER)) as f:
             pid_s, _, started_s = f.read().strip().partition(" ")
-        return not _alive(int(pid_s), float(started_s) if started_s else None)
+        return not process_alive(int(pid_s), float(started_s) if started_s else None)
     except FileNotFoundError:
         pass
     except (OSError, ValueError):

@@ -9,8 +9,8 @@ import importlib.resources
 
 import pytest
 
-from smp.hunt import findings
-from smp.hunt.findings import classify, load_known, statement_at, statements_of
+from smp.observe import findings
+from smp.observe.findings import classify, load_known, statement_at, statements_of
 
 SRC = importlib.resources.files("smp.kernel").joinpath("vm/vm_glue.py").read_text()
 

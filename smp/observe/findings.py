@@ -50,7 +50,7 @@ def _where(text: str) -> tuple[str, str, str]:
 
 
 def load_known() -> list[KnownFinding]:
-    text = importlib.resources.files("smp.hunt").joinpath("known_findings.toml").read_text()
+    text = importlib.resources.files("smp.observe").joinpath("known_findings.toml").read_text()
     out = []
     for e in tomllib.loads(text).get("finding", []):
         out.append(KnownFinding(str(e["id"]), str(e["detector"]), re.compile(str(e["match"])),
