@@ -74,16 +74,17 @@ class ClockStatistics:
     sim_time: float
 
 
-class Clock:
-    """One CPU's view of simulated time in the wall model."""
+class _Ticks:
+    """What both models keep: the start, the ticks taken and those that came late."""
 
+    model = ""
     virtual = False
 
     def __init__(self, hz: int, speed: float) -> None:
         self.hz = hz
         self.speed = speed
-        self.t0: float | None = None
-        self.ticks = 0              # ticks taken so far
+        self.t0: float | None = None  # host time of the start
+        self.ticks = 0                # ticks taken so far
         self.ticks_lost = 0
 
     def start(self, t0: float) -> None:
@@ -92,6 +93,30 @@ class Clock:
     @property
     def started(self) -> bool:
         return self.t0 is not None
+
+    def now(self) -> float:
+        raise NotImplementedError
+
+    def _due(self, elapsed: int) -> int:
+        """Of ``elapsed`` whole ticks since the start, how many are due and not yet taken
+        (more than one: the ones before the last came late)."""
+        n = elapsed - self.ticks
+        if n > 1:
+            self.ticks_lost += n - 1
+        return max(n, 0)
+
+    def take(self, n: int) -> None:
+        self.ticks += n
+
+    def statistics(self) -> ClockStatistics:
+        return ClockStatistics(self.model, self.hz, self.speed, self.ticks, self.ticks_lost,
+                               self.now())
+
+
+class Clock(_Ticks):
+    """One CPU's view of simulated time in the wall model."""
+
+    model = "wall"
 
     def now(self) -> float:
         """Simulated seconds since the machine started (0 before it starts)."""
@@ -106,13 +131,7 @@ class Clock:
         """How many ticks are due and not yet taken; the caller takes them."""
         if self.t0 is None:
             return 0
-        n = int(self.now() * self.hz) - self.ticks
-        if n > 1:
-            self.ticks_lost += n - 1
-        return max(n, 0)
-
-    def take(self, n: int) -> None:
-        self.ticks += n
+        return self._due(int(self.now() * self.hz))
 
     def host_deadline(self, sim_delay: float) -> float:
         """Host time at which ``sim_delay`` simulated seconds from now will have passed."""
@@ -123,37 +142,25 @@ class Clock:
         assert self.t0 is not None
         return self.t0 + (self.ticks + 1) / self.hz / self.speed
 
-    def statistics(self) -> ClockStatistics:
-        return ClockStatistics("wall", self.hz, self.speed, self.ticks, self.ticks_lost,
-                               self.now())
-
     def dumpstate(self) -> str:
         s = self.statistics()
         return (f"clock: {s.hz} Hz at {s.speed}x wall time, sim time {s.sim_time:.3f} s, "
                 f"{s.ticks} ticks ({s.ticks_lost} late)")
 
 
-class VirtualClock:
-    """One CPU's simulated time in the virtual model: integer nanoseconds, moved only by
-    :meth:`advance` (work), :meth:`sync` (a message's time) and :meth:`jump` (idle)."""
+class VirtualClock(_Ticks):
+    """One CPU's simulated time in the virtual model: integer nanoseconds, ``t``, which
+    only the CPU's run loop moves (hw/cpu.py, inline: it is the hot path): forward by the
+    cost of each request and of local work, to a reply's or an event's time where that is
+    later, and, idle, to its next tick (:meth:`next_tick_ns`) once the horizon allows."""
 
+    model = "virtual"
     virtual = True
 
     def __init__(self, hz: int) -> None:
-        self.hz = hz
-        self.speed = 0.0
+        super().__init__(hz, 0.0)
         self.tick_ns = NS // hz
-        self.t = 0                   # simulated ns since the start
-        self.t0: float | None = None  # host time of the start (for host-side rates only)
-        self.ticks = 0
-        self.ticks_lost = 0
-
-    def start(self, t0: float) -> None:
-        self.t0 = t0
-
-    @property
-    def started(self) -> bool:
-        return self.t0 is not None
+        self.t = 0                   # simulated ns since the start (t0: host-side rates only)
 
     def now(self) -> float:
         return self.t / NS
@@ -161,29 +168,11 @@ class VirtualClock:
     def now_ns(self) -> int:
         return self.t
 
-    def advance(self, ns: int) -> None:
-        self.t += ns
-
-    def sync(self, t: int) -> None:
-        """A message that happened at ``t``: this clock is at least there now."""
-        if t > self.t:
-            self.t = t
-
     def next_tick_ns(self) -> int:
         return (self.ticks + 1) * self.tick_ns
 
     def due(self) -> int:
-        n = self.t // self.tick_ns - self.ticks
-        if n > 1:
-            self.ticks_lost += n - 1
-        return max(n, 0)
-
-    def take(self, n: int) -> None:
-        self.ticks += n
-
-    def statistics(self) -> ClockStatistics:
-        return ClockStatistics("virtual", self.hz, 0.0, self.ticks, self.ticks_lost,
-                               self.now())
+        return self._due(self.t // self.tick_ns)
 
     def dumpstate(self) -> str:
         s = self.statistics()
