@@ -362,90 +362,11 @@ def run_machine(cfg: Config, run_dir: str | None = None,
         # wall time ends by the clock; virtual time when the server says every CPU has
         # reached the end (END), a replay when the record is done (DONE)
         deadline = time.monotonic() + duration / speed if not virtual else float("inf")
-        poller = zmq.Poller()
-        poller.register(ctl.sock, zmq.POLLIN)
-        poller.register(stats.sock, zmq.POLLIN)
-        poller.register(wake_r, zmq.POLLIN)
-        sentinels = {server.sentinel: ("server", server)}
-        for i, p in cpus.items():
-            sentinels[p.sentinel] = (f"cpu{i}", p)
-        for fd in sentinels:
-            poller.register(fd, zmq.POLLIN)
-        dead: list[int] = []
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            ready = dict(poller.poll(int(min(left, 1.0) * 1000)))
-            if stats.sock in ready:
-                stats.drain()
-                if stats.error:                # a full disk: what was written stays
-                    problems.append(stats.error)
-                    reason = stats.error
-                    break
-            if wake_r in ready:
-                os.read(wake_r, 512)
-            if stop_signal:
-                reason = f"stopped by {signal.Signals(stop_signal[0]).name}"
-                break
-            # events first: a CPU that exits after a shutdown or a panic is no death
-            events = ctl.drain_events() if ctl.sock in ready or ctl.events else []
-            ended = end_reason(events)
-            if ended:
-                reason = ended
-                if replay is None:       # a replay goes on to the record's end
-                    break
-            done = [e for e in events if e[1] == Event.DONE]
-            if done:                     # a replay's end (or its divergence)
-                replay_end = (bool(done[0][2]), str(done[0][3]))
-                if not ended and not reason.startswith(("panic", "shutdown")):
-                    reason = replay_end[1]
-                if not replay_end[0]:
-                    problems.append(replay_end[1])
-                break
-            if replay is None and any(e[1] == Event.END for e in events):
-                break                    # virtual time: every CPU is at the end
-            gone = [fd for fd in sentinels if fd in ready]
-            if gone and replay is not None:
-                for fd in list(gone):            # a replayed CPU that has reported and
-                    sentinels[fd][1].join(0.1)   # left: the DONE event will follow
-                    if sentinels[fd][1].exitcode == 0 and sentinels[fd][0] != "server":
-                        poller.unregister(fd)
-                        del sentinels[fd]
-                        gone.remove(fd)
-            if gone:
-                for fd in gone:
-                    sentinels[fd][1].join(0.1)
-                if all(sentinels[fd][1].exitcode == 0 for fd in gone):
-                    # a CPU exits with status 0 only after a panic or a shutdown, whose
-                    # event may still be on its way here: wait a moment for it
-                    ended = _await_end(ctl, END_EVENT_GRACE_S)
-                    if ended:
-                        reason = ended
-                        break
-                lost = _server_lost(ctl, server, [sentinels[fd] for fd in gone])
-                if lost:                       # the CPUs left because the server failed
-                    problems.append(lost)
-                    server_lost = True
-                for fd in gone:
-                    name, p = sentinels[fd]
-                    problems.append(f"{name} (pid {p.pid}) died: {describe_exit(p.exitcode)}")
-                    if name.startswith("cpu"):
-                        dead.append(int(name[3:]))
-                reason = lost or problems[0]
-                break
-            stalled = [e for e in events if e[1] == Event.STALLED]
-            if stalled:                  # a stopped or wedged CPU: named, never waited on
-                k = int(stalled[0][2])
-                proc = cpus.get(k)                # None: a CPU on another host
-                where = f"pid {proc.pid}" if proc is not None else "remote"
-                problems.append(f"cpu{k} ({where}) unresponsive: no message for "
-                                f"{stalled[0][3]} s")
-                if proc is not None:
-                    proc.kill()
-                dead.append(k)
-                reason = problems[-1]
-                break
+        poller, sentinels = _watch_list(ctl, stats, wake_r, server, cpus)
+        ending = _watch(ctl, stats, poller, sentinels, wake_r, deadline, stop_signal, cpus,
+                        server, replay is not None, problems)
+        reason, replay_end, dead, server_lost = (ending.reason, ending.replay_end,
+                                                 ending.dead, ending.server_lost)
         t_end = time.monotonic()
         if reason == "end of run" and server.is_alive() and replay is None:
             reason = _final_check(ctl, poller, sentinels,
@@ -517,26 +438,11 @@ def run_machine(cfg: Config, run_dir: str | None = None,
         problems.extend(e for e in write_errors if e not in problems)
         wall = time.monotonic() - t_wall0
         if virtual:
-            sim = max((float(((f or {}).get("clock") or {}).get("sim_time", 0.0))
-                       for f in (server_report.get("cpus") or {}).values()), default=0.0)
-            # the run's time; the final check's grace after its end is not part of it
-            sim = min(sim, float(cfg["run.duration"]))
+            sim = _virtual_seconds(server_report, float(cfg["run.duration"]))
         else:
             sim = ((t_end or time.monotonic()) - t0) * float(cfg["machine.speed"]) if t0 else 0.0
         if record_path is not None:
-            size = record.size_of(record_path)
-            sched = server_report.setdefault("schedule", {})
-            rec = sched.setdefault("record", {"path": record_path})
-            rec["bytes"] = size
-            # The server's report is taken while the CPUs still post their last operations
-            # (a panic, a halt): the record goes on after it. The record, closed now, has the
-            # final count, the one a replay replays and compares with.
-            try:
-                final = record.read(record_path)
-                if final.totals is not None:
-                    rec["operations"] = final.requests
-            except record.LogError:
-                pass
+            _record_totals(record_path, server_report)
         report = build_report(server_report, ncpus=ncpus, seed=seed, config=cfg.source,
                               reason=reason, problems=problems, notes=notes, wall_s=wall,
                               sim_s=sim, interrupted=bool(stopped_by), version=__version__)
@@ -562,6 +468,142 @@ def run_machine(cfg: Config, run_dir: str | None = None,
         return RunResult(status, rdir, report)
     finally:
         restore_signals()
+
+
+@dataclasses.dataclass
+class _Ending:
+    """How a run ended, as the launcher saw it while it watched (:func:`_watch`)."""
+    reason: str = "end of run"
+    replay_end: tuple[bool, str] | None = None    # a replay's DONE: (identical?, message)
+    dead: list[int] = dataclasses.field(default_factory=list)   # CPUs dead or stalled
+    server_lost: bool = False                     # the server stopped answering (SIGSTOP)
+
+
+def _watch_list(ctl: _Control, stats: StatsRecorder, wake_r: int, server: Any,
+                cpus: dict[int, Any]) -> tuple[Any, dict[int, tuple[str, Any]]]:
+    """What the launcher waits on while the machine runs: the server's control connection,
+    the stats stream, the signal wakeup pipe, and each process's sentinel (ready when it
+    exits: the sentinels map them to the process and its name)."""
+    poller = zmq.Poller()
+    for sock in (ctl.sock, stats.sock, wake_r):
+        poller.register(sock, zmq.POLLIN)
+    sentinels = {server.sentinel: ("server", server)}
+    for i, p in cpus.items():
+        sentinels[p.sentinel] = (f"cpu{i}", p)
+    for fd in sentinels:
+        poller.register(fd, zmq.POLLIN)
+    return poller, sentinels
+
+
+def _watch(ctl: _Control, stats: StatsRecorder, poller: Any,
+           sentinels: dict[int, tuple[str, Any]], wake_r: int, deadline: float,
+           stop_signal: list[int], cpus: dict[int, Any], server: Any, replaying: bool,
+           problems: list[str]) -> _Ending:
+    """Watch the running machine, writing its stats stream, until its run ends: the
+    deadline (wall time), every CPU at the end (virtual time: END), a panic or a
+    shutdown (a replay goes on to its record's end: DONE), a signal, a stats file that
+    cannot be written, a process that died, a CPU the server found unresponsive (killed
+    here). What went wrong is appended to ``problems``."""
+    end = _Ending()
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        ready = dict(poller.poll(int(min(left, 1.0) * 1000)))
+        if stats.sock in ready:
+            stats.drain()
+            if stats.error:                # a full disk: what was written stays
+                problems.append(stats.error)
+                end.reason = stats.error
+                break
+        if wake_r in ready:
+            os.read(wake_r, 512)
+        if stop_signal:
+            end.reason = f"stopped by {signal.Signals(stop_signal[0]).name}"
+            break
+        # events first: a CPU that exits after a shutdown or a panic is no death
+        events = ctl.drain_events() if ctl.sock in ready or ctl.events else []
+        ended = end_reason(events)
+        if ended:
+            end.reason = ended
+            if not replaying:        # a replay goes on to the record's end
+                break
+        done = [e for e in events if e[1] == Event.DONE]
+        if done:                     # a replay's end (or its divergence)
+            end.replay_end = (bool(done[0][2]), str(done[0][3]))
+            if not ended and not end.reason.startswith(("panic", "shutdown")):
+                end.reason = end.replay_end[1]
+            if not end.replay_end[0]:
+                problems.append(end.replay_end[1])
+            break
+        if not replaying and any(e[1] == Event.END for e in events):
+            break                    # virtual time: every CPU is at the end
+        gone = [fd for fd in sentinels if fd in ready]
+        if gone and replaying:
+            for fd in list(gone):            # a replayed CPU that has reported and
+                sentinels[fd][1].join(0.1)   # left: the DONE event will follow
+                if sentinels[fd][1].exitcode == 0 and sentinels[fd][0] != "server":
+                    poller.unregister(fd)
+                    del sentinels[fd]
+                    gone.remove(fd)
+        if gone:
+            for fd in gone:
+                sentinels[fd][1].join(0.1)
+            if all(sentinels[fd][1].exitcode == 0 for fd in gone):
+                # a CPU exits with status 0 only after a panic or a shutdown, whose
+                # event may still be on its way here: wait a moment for it
+                ended = _await_end(ctl, END_EVENT_GRACE_S)
+                if ended:
+                    end.reason = ended
+                    break
+            lost = _server_lost(ctl, server, [sentinels[fd] for fd in gone])
+            if lost:                       # the CPUs left because the server failed
+                problems.append(lost)
+                end.server_lost = True
+            for fd in gone:
+                name, p = sentinels[fd]
+                problems.append(f"{name} (pid {p.pid}) died: {describe_exit(p.exitcode)}")
+                if name.startswith("cpu"):
+                    end.dead.append(int(name[3:]))
+            end.reason = lost or problems[0]
+            break
+        stalled = [e for e in events if e[1] == Event.STALLED]
+        if stalled:                  # a stopped or wedged CPU: named, never waited on
+            k = int(stalled[0][2])
+            proc = cpus.get(k)                # None: a CPU on another host
+            where = f"pid {proc.pid}" if proc is not None else "remote"
+            problems.append(f"cpu{k} ({where}) unresponsive: no message for "
+                            f"{stalled[0][3]} s")
+            if proc is not None:
+                proc.kill()
+            end.dead.append(k)
+            end.reason = problems[-1]
+            break
+    return end
+
+
+def _virtual_seconds(server_report: dict[str, Any], duration: float) -> float:
+    """A virtual-time run's simulated seconds: the furthest CPU's clock, at most the run's
+    duration (the final check's grace after its end is not part of the run)."""
+    sim = max((float(((f or {}).get("clock") or {}).get("sim_time", 0.0))
+               for f in (server_report.get("cpus") or {}).values()), default=0.0)
+    return min(sim, duration)
+
+
+def _record_totals(record_path: str, server_report: dict[str, Any]) -> None:
+    """The record's size and operations into the report's ``schedule.record``. The
+    server's report is taken while the CPUs still post their last operations (a panic,
+    a halt): the record goes on after it. The record, closed now, has the final count,
+    the one a replay replays and compares with."""
+    sched = server_report.setdefault("schedule", {})
+    rec = sched.setdefault("record", {"path": record_path})
+    rec["bytes"] = record.size_of(record_path)
+    try:
+        final = record.read(record_path)
+        if final.totals is not None:
+            rec["operations"] = final.requests
+    except record.LogError:
+        pass
 
 
 class RunFileError(Exception):
