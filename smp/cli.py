@@ -498,7 +498,8 @@ def config_doc() -> str:
 def _stress(args: argparse.Namespace, cfg: "Config") -> int:
     import time as _time
 
-    from smp.hunt.stress import Campaign, CampaignError, Runner, describe, run_campaign
+    from smp.hunt.stress import (Campaign, CampaignError, Runner, Terminated, describe,
+                                 run_campaign)
     if args.jobs is not None and args.cluster is not None:
         print("smp: stress: --jobs or --cluster, not both (a cluster's workers say how many "
               "machines each runs)", file=sys.stderr)
@@ -538,8 +539,8 @@ def _stress(args: argparse.Namespace, cfg: "Config") -> int:
         f"campaign seed {args.seed}; runs in {out}")
     try:
         outcomes = run_campaign(camp, say, progress, runner)
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as e:             # its machines are stopped by now
+        return 143 if isinstance(e, Terminated) else 130
     except CampaignError as e:
         print(f"smp: stress: {e}", file=sys.stderr)
         return 2

@@ -14,7 +14,9 @@ import signal
 import subprocess
 import sys
 
+import psutil
 import pytest
+from helpers import cli_cmd, cli_env, wait_for
 
 pytestmark = pytest.mark.long
 
@@ -77,3 +79,33 @@ def test_usage_errors_exit_2(tmp_path: pathlib.Path, args: list[str]) -> None:
     r = _stress(tmp_path, STRESS, *args, timeout=25)
     assert r.returncode == 2, r.stdout + r.stderr
     assert "smp:" in r.stderr
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("sig, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_to_the_campaign_stops_its_machines(tmp_path: pathlib.Path,
+                                                     sig: signal.Signals, status: int) -> None:
+    """`timeout smp stress ...`, `kill PID`: a signal to the campaign's process alone (its
+    machines run in sessions of their own, so it reaches none of them) stops every
+    machine, as Ctrl-C does, then exits 128+N. SIGTERM used to end the campaign at once
+    and leave its machines running without it."""
+    out = tmp_path / "runs"
+    p = subprocess.Popen(cli_cmd("stress", STRESS, "--runs", "4", "--jobs", "2", "--duration",
+                                 "20", "--set", "machine.cpus=2", "--out", str(out)),
+                         cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for(lambda: list(out.glob("run*/live.json")), 100, "a machine to run")
+        machines = psutil.Process(p.pid).children(recursive=True)
+        assert machines
+        os.kill(p.pid, sig)
+        _, err = p.communicate(timeout=40)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.communicate()
+    assert p.returncode == status, err
+    assert "interrupted: stopping the campaign's machines" in err, err
+    assert "Traceback" not in err, err
+    assert not [m for m in machines if m.is_running()
+                and m.status() != psutil.STATUS_ZOMBIE], "machines outlived the campaign"

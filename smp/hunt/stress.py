@@ -29,7 +29,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from smp.observe.findings import Failure, KnownFinding, classify, load_known
 from smp.hw.seeds import derive_int
@@ -275,7 +275,7 @@ def run_campaign(c: Campaign, say: Callable[[str], None],
     end, whatever happened."""
     os.makedirs(c.out_dir, exist_ok=True)
     runner = runner or LocalRunner(c)
-    restore_sigint = _take_sigint()
+    restore_signals = _take_signals()
     outcomes: list[RunOutcome] = []
     t0 = time.monotonic()
     running: set[concurrent.futures.Future[RunOutcome | None]] = set()
@@ -329,20 +329,34 @@ def run_campaign(c: Campaign, say: Callable[[str], None],
         raise
     finally:
         runner.close()
-        restore_sigint()
+        restore_signals()
     outcomes.sort(key=lambda o: o.index)
     return outcomes
 
 
-def _take_sigint() -> Callable[[], None]:
-    """Ctrl-C stops a campaign in order (the KeyboardInterrupt above), as ``smp run``
-    stops its machine, also when the campaign was started with SIGINT ignored (a shell's
-    background job: the signal would be lost, and the campaign run on). Returns what puts
-    the old disposition back."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM to a campaign: it stops its machines as Ctrl-C does; exit status 143."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def _take_signals() -> Callable[[], None]:
+    """Ctrl-C and SIGTERM stop a campaign in order (the KeyboardInterrupt above: its
+    machines are stopped, none is left running), as ``smp run`` stops its machine, also
+    when the campaign was started with SIGINT ignored (a shell's background job: the
+    signal would be lost, and the campaign run on). Returns what puts the old
+    dispositions back."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
-    old = signal.signal(signal.SIGINT, signal.default_int_handler)
-    return lambda: signal.signal(signal.SIGINT, old)
+    old = {signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
+           signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_terminated)}
+
+    def restore() -> None:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    return restore
 
 
 def rerun_command(out: RunOutcome) -> str:
