@@ -26,6 +26,7 @@ usage or a bad config (nothing was started); 128+N stopped by signal N.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -134,15 +135,21 @@ def _parser() -> argparse.ArgumentParser:
         "that differs, with its CPU and site.",
         epilog="exit status: 0 the replay did what the record says (and the recorded run "
         "was ok); 1 a divergence, or the recorded run itself failed (its panic replayed); "
-        "2 no usable record (not a record, another version, another config)",
+        "2 no usable record (not a record, another version, another config) or an "
+        "output that cannot be used; 130/143 stopped by SIGINT/SIGTERM (cut short: not "
+        "compared)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     rp.add_argument("run_dir", metavar="RUN_DIR", help="a run directory with a record")
-    rp.add_argument("--until", type=int, default=0, metavar="N",
+    rp.add_argument("--until", type=int, metavar="N",
                     help="stop the machine after operation N and write dump.txt: every "
                     "thread's stack, the locks it holds and waits for, each CPU's last "
                     "operations")
     rp.add_argument("--run-dir", dest="out", metavar="OUT",
-                    help="write the replay's results into OUT (default: RUN_DIR/replay)")
+                    help="write the replay's results into OUT (default: RUN_DIR/replay, "
+                    "then replay-2, replay-3...); an OUT that is not empty is refused")
+    rp.add_argument("--force", action="store_true",
+                    help="clear an --run-dir OUT that holds an earlier run (never a "
+                    "folder that holds none, nor one a machine is running in)")
 
     tr = sub.add_parser(
         "trace", help="draw a recorded run as a timeline for ui.perfetto.dev",
@@ -156,12 +163,13 @@ def _parser() -> argparse.ArgumentParser:
         "own run directory is temporary: the trace is what the command leaves.",
         epilog="exit status: 0 the trace was written; 1 the replay diverged from the record "
         "(the trace ends at the divergence, marked); 2 no usable record (not a record, "
-        "another version, another config) or the trace cannot be written",
+        "another version, another config) or the trace cannot be written; 130/143 "
+        "stopped by SIGINT/SIGTERM (the trace holds the timeline up to the stop)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     tr.add_argument("run_dir", metavar="RUN_DIR", help="a run directory with a record")
     tr.add_argument("-o", "--output", dest="out", metavar="OUT",
                     help="write the trace to OUT (default: RUN_DIR/trace.json)")
-    tr.add_argument("--until", type=int, default=0, metavar="N",
+    tr.add_argument("--until", type=int, metavar="N",
                     help="stop the timeline after operation N")
 
     cpu = sub.add_parser(
@@ -582,12 +590,14 @@ def _run_replay(cmd: str, how: Any, args: argparse.Namespace) -> tuple[int, Any,
     """``smp replay`` and ``smp trace``: replay ``args.run_dir`` with ``how`` (replay or
     trace); None, said on stderr, for a bad --until or a record that cannot be replayed."""
     from smp.run.replay import ReplayError
-    if args.until < 0:
-        print(f"smp {cmd}: --until must be a positive operation number", file=sys.stderr)
+    from smp.run.rundir import RunDirError
+    if args.until is not None and args.until < 1:
+        print(f"smp {cmd}: --until must be a positive operation number (the first is 1), "
+              f"got {args.until}", file=sys.stderr)
         return None
     try:
-        return how(args.run_dir, args.out, args.until)  # type: ignore[no-any-return]
-    except ReplayError as e:
+        return how(args.run_dir, args.out, args.until or 0)  # type: ignore[no-any-return]
+    except (ReplayError, RunDirError) as e:
         print(f"smp {cmd}: {e}", file=sys.stderr)
         return None
 
@@ -595,14 +605,17 @@ def _run_replay(cmd: str, how: Any, args: argparse.Namespace) -> tuple[int, Any,
 def _replay(args: argparse.Namespace) -> int:
     from smp.observe.report import summary_table
     from smp.run.replay import replay
-    done = _run_replay("replay", replay, args)
+    done = _run_replay("replay", functools.partial(replay, force=args.force), args)
     if done is None:
         return 2
     status, rep, out = done
     print(summary_table(rep))
     sched = (rep.get("schedule") or {}).get("replay") or {}
     div = sched.get("divergence")
-    if div:
+    if status >= 128:
+        print(f"replay {rep.get('reason', 'stopped')}: cut short, not compared with the "
+              f"recorded run")
+    elif div:
         print(f"replay DIVERGED: {div['message']}")
     elif args.until:
         print(f"replay stopped after operation {args.until}: {os.path.join(out, 'dump.txt')}")
@@ -635,7 +648,9 @@ def _trace(args: argparse.Namespace) -> int:
         return 2
     dropped = (sched.get("trace") or {}).get("dropped") or 0
     print(f"{path}: {events} events" + (f" ({dropped} more left out: the trace's limit)"
-                                        if dropped else ""))
+                                        if dropped else "")
+          + (f"; PARTIAL: the replay was {rep.get('reason', 'stopped')}"
+             if status >= 128 else ""))
     print("open it in https://ui.perfetto.dev (Open trace file), or chrome://tracing")
     return status
 

@@ -11,14 +11,16 @@ machines are real server and CPU processes.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import signal
 import subprocess
 import zlib
 from typing import Any
 
 import pytest
 
-from helpers import REPO, cli
+from helpers import REPO, cli, cli_cmd, cli_env, wait_for
 
 pytestmark = pytest.mark.long
 
@@ -116,6 +118,27 @@ def test_what_is_not_a_record_or_is_another_configs_is_refused_before_anything_s
     assert not (other / "replay").exists()            # nothing was started
     proc = _replay(tmp_path / "nowhere")
     assert proc.returncode == 2 and "no such run directory" in proc.stderr
+    (tmp_path / "afile").write_text("")
+    proc = _replay(tmp_path / "afile")
+    assert proc.returncode == 2 and "is not a directory" in proc.stderr, proc.stderr
+
+
+@pytest.mark.timeout(120)
+def test_a_replay_is_refused_an_output_it_cannot_use(recorded: pathlib.Path,
+                                                     tmp_path: pathlib.Path) -> None:
+    """One line and exit 2 before anything starts (it was a traceback), and never an
+    output that would clear the run being replayed, even with --force."""
+    (tmp_path / "afile").write_text("")
+    full = _copy(recorded, tmp_path / "full")
+    for extra, said in [(["--run-dir", str(tmp_path / "afile")], "is not a directory"),
+                        (["--run-dir", str(full)], "is not empty"),
+                        (["--run-dir", str(recorded), "--force"], "is the run being replayed"),
+                        (["--until", "0"], "--until must be a positive operation number")]:
+        proc = _replay(recorded, *extra)
+        assert proc.returncode == 2 and said in proc.stderr, (extra, proc.stderr)
+        assert "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) == 1, \
+            proc.stderr
+    assert (recorded / "schedule.smpr").exists() and (full / "report.json").exists()
 
 
 @pytest.mark.timeout(300)
@@ -158,3 +181,27 @@ def test_trace_writes_a_timeline_perfetto_opens(recorded: pathlib.Path) -> None:
     assert any(e["ph"] == "X" and e["name"].startswith("thread") for e in evs)
     assert any(e["ph"] == "b" and e["name"].startswith("hold ") for e in evs)
     assert "ui.perfetto.dev" in proc.stdout
+
+
+@pytest.mark.timeout(240)
+def test_an_interrupted_replay_is_cut_short_not_a_divergence(tmp_path: pathlib.Path) -> None:
+    """Ctrl-C during a replay: exit 130 and "cut short", the replay not compared with the
+    recorded run (it used to report the missing operations as differences, exit 1). The
+    recorded run is long enough (8 simulated s) that its replay is still running when the
+    signal comes, right after the replay's machine has started."""
+    status, rdir = _run(tmp_path, "--set", "run.duration=8")
+    assert status == 0
+    proc = subprocess.Popen(cli_cmd("replay", str(rdir)), cwd=tmp_path, env=cli_env(),
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        wait_for(lambda: (rdir / "replay" / "live.json").exists(), 60, "the replay to run")
+        os.kill(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 130, out + err
+    assert "replay stopped by SIGINT: cut short, not compared" in out, out
+    assert "DIFFERS" not in out and "DIVERGED" not in out, out

@@ -44,6 +44,9 @@ TRACE_FILE = "trace.json"
 _LOCK_FIELDS = ("name", "acquires", "contested")
 
 
+STOPPED_BY_SIGNAL = 128      # run_machine's exit status 128+N: stopped by signal N
+
+
 class ReplayError(Exception):
     """A replay that cannot start: the message says why (exit status 2)."""
 
@@ -59,7 +62,9 @@ def prepare(run_dir: str) -> Prepared:
     """Read a run directory's record and config and check that they belong together."""
     path = os.path.join(run_dir, RECORD_FILE)
     if not os.path.isdir(run_dir):
-        raise ReplayError(f"{run_dir}: no such run directory")
+        raise ReplayError(f"{run_dir}: " + ("is not a directory (a run directory is)"
+                                            if os.path.exists(run_dir)
+                                            else "no such run directory"))
     if not os.path.exists(path):
         raise ReplayError(f"{path}: no record (the run was made with run.record = false, "
                           f"in wall time, or by a version of smp that did not record)")
@@ -96,13 +101,21 @@ def _config_diff(recorded: dict[str, Any], now: dict[str, Any]) -> str:
 
 
 def replay(run_dir: str, out_dir: str | None, until: int = 0,
-           log: Callable[[str], None] | None = None) -> tuple[int, dict[str, Any], str]:
-    """Replay ``run_dir``'s record into ``out_dir``; returns (exit status, report, out)."""
+           log: Callable[[str], None] | None = None,
+           force: bool = False) -> tuple[int, dict[str, Any], str]:
+    """Replay ``run_dir``'s record into ``out_dir`` (``force``: clear it if it holds an
+    earlier run, as ``smp run --force``); returns (exit status, report, out)."""
     from smp.run.launcher import run_machine
     prep = _prepare_until(run_dir, until)
+    if out_dir is not None and os.path.realpath(out_dir) == os.path.realpath(run_dir):
+        raise ReplayError(f"--run-dir {out_dir}: is the run being replayed; give another "
+                          f"directory (the default is {os.path.join(run_dir, 'replay')})")
     out = out_dir or _fresh(os.path.join(run_dir, "replay"))
-    result = run_machine(prep.config, out, log=log, replay=prep.record, until=until)
+    result = run_machine(prep.config, out, log=log, replay=prep.record, until=until,
+                         force=force)
     rep = result.report
+    if result.exit_status >= STOPPED_BY_SIGNAL:   # cut short: nothing to compare
+        return result.exit_status, rep, out
     sched = rep.get("schedule", {}).get("replay") or {}
     div = sched.get("divergence")
     if until:
@@ -143,6 +156,8 @@ def trace(run_dir: str, out_path: str | None = None, until: int = 0,
     sched = rep.get("schedule") or {}
     if sched.get("trace_error"):
         raise ReplayError(sched["trace_error"])
+    if result.exit_status >= STOPPED_BY_SIGNAL:   # cut short: the timeline up to the stop
+        return result.exit_status, rep, path
     return (1 if (sched.get("replay") or {}).get("divergence") else 0), rep, path
 
 
