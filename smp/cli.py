@@ -256,7 +256,8 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--strict", action="store_true",
                     help="known findings fail the campaign too")
     st.add_argument("--out", default=None, metavar="DIR",
-                    help="where the runs' directories go (default: <run.dir>/stress-<time>)")
+                    help="where the runs' directories go (default: <run.dir>/stress-<time>); "
+                    "a new or empty folder")
 
     bench = sub.add_parser(
         "bench", help="measure the machine's speed against baselines, in one run",
@@ -507,7 +508,7 @@ def _stress(args: argparse.Namespace, cfg: "Config") -> int:
     import time as _time
 
     from smp.hunt.stress import (Campaign, CampaignError, Runner, Terminated, describe,
-                                 run_campaign)
+                                 prepare_out_dir, run_campaign)
     if args.jobs is not None and args.cluster is not None:
         print("smp: stress: --jobs or --cluster, not both (a cluster's workers say how many "
               "machines each runs)", file=sys.stderr)
@@ -516,11 +517,23 @@ def _stress(args: argparse.Namespace, cfg: "Config") -> int:
     if args.runs < 1 or jobs < 1:
         print("smp: stress: --runs and --jobs must be at least 1", file=sys.stderr)
         return 2
-    if args.duration is not None and args.duration <= 0:
-        print("smp: stress: --duration must be positive", file=sys.stderr)
+    if args.time_budget is not None and not args.time_budget > 0:
+        print(f"smp: stress: --time-budget must be a positive number of wall seconds, got "
+              f"{args.time_budget:g}", file=sys.stderr)
+        return 2
+    try:
+        if args.duration is not None:                  # checked as run.duration is
+            cfg.with_values({"run.duration": args.duration}, origin="--duration")
+    except ConfigError as e:
+        print(f"smp: stress: {e}", file=sys.stderr)
         return 2
     out = args.out or os.path.join(str(cfg["run.dir"]),
                                    f"stress-{_time.strftime('%Y%m%d-%H%M%S')}-s{args.seed}")
+    try:
+        prepare_out_dir(out, "--out" if args.out else "run.dir")
+    except CampaignError as e:
+        print(f"smp: stress: {e}", file=sys.stderr)
+        return 2
     camp = Campaign(args.config, args.runs, jobs, args.seed, args.chaos,
                     args.fail_points, args.overrides, args.duration, args.time_budget,
                     args.keep_going, args.strict, out, cluster=args.cluster)

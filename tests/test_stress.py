@@ -74,7 +74,8 @@ def test_a_clean_campaign_passes_and_reports_known_findings_apart(tmp_path: path
 
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("args", [["--runs", "0"], ["--fail-point", "no_such_guard"],
-                                  ["--set", "machine.cpus=zero"]])
+                                  ["--set", "machine.cpus=zero"], ["--duration", "0.05"],
+                                  ["--time-budget", "-5"]])
 def test_usage_errors_exit_2(tmp_path: pathlib.Path, args: list[str]) -> None:
     r = _stress(tmp_path, STRESS, *args, timeout=25)
     assert r.returncode == 2, r.stdout + r.stderr
@@ -109,3 +110,23 @@ def test_a_signal_to_the_campaign_stops_its_machines(tmp_path: pathlib.Path,
     assert "Traceback" not in err, err
     assert not [m for m in machines if m.is_running()
                 and m.status() != psutil.STATUS_ZOMBIE], "machines outlived the campaign"
+
+
+@pytest.mark.timeout(60)
+def test_an_out_folder_that_cannot_be_used_is_refused_before_anything_starts(
+        tmp_path: pathlib.Path) -> None:
+    """A file, a folder that cannot be made, a folder that holds files: one line naming
+    the option, exit 2 (they were tracebacks, or runs mixed into another's folder)."""
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("keep")
+    for out, said in [(tmp_path / "afile", "exists and is not a directory"),
+                      (tmp_path / "afile" / "x", "cannot make it"),
+                      (tmp_path / "full", "is not empty (it holds notes.txt)")]:
+        proc = subprocess.run([sys.executable, "-m", "smp.cli", "stress", STRESS, "--out",
+                               str(out)], cwd=tmp_path, env=cli_env(), text=True,
+                              capture_output=True, timeout=50)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert proc.stderr.startswith(f"smp: stress: --out {out}: {said}"), proc.stderr
+        assert proc.stderr.count("\n") == 1, proc.stderr             # one line
+    assert (tmp_path / "full" / "notes.txt").read_text() == "keep"
