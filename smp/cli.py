@@ -686,13 +686,15 @@ def _plot(args: argparse.Namespace) -> int:
     except PlotError as e:
         print(f"smp plot: {e}", file=sys.stderr)
         return 2
+    except OSError as e:                       # a chart that cannot be written
+        return _write_error("plot", e)
     for p in paths:
         print(p)
     return 0
 
 
-def _read_report(run_dir: str, cmd: str) -> dict[str, Any] | None:
-    """RUN_DIR/report.json, or None after saying why not (on stderr)."""
+def _read_report(run_dir: str, cmd: str, keys: Sequence[str] = ()) -> dict[str, Any] | None:
+    """RUN_DIR/report.json (with ``keys``), or None after saying why not (on stderr)."""
     path = os.path.join(run_dir, "report.json")
     try:
         with open(path) as f:
@@ -701,13 +703,25 @@ def _read_report(run_dir: str, cmd: str) -> dict[str, Any] | None:
         print(f"smp {cmd}: {path}: no such file (is {run_dir} a run directory?)",
               file=sys.stderr)
         return None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         print(f"smp {cmd}: {path}: not valid JSON: {e}", file=sys.stderr)
         return None
-    if not isinstance(report, dict):
-        print(f"smp {cmd}: {path}: not a run's report", file=sys.stderr)
+    except OSError as e:                       # RUN_DIR a file, report.json a folder, ...
+        print(f"smp {cmd}: {path}: cannot read it: {e.strerror}", file=sys.stderr)
+        return None
+    missing = [k for k in keys if not isinstance(report, dict) or k not in report]
+    if not isinstance(report, dict) or missing:
+        print(f"smp {cmd}: {path}: not a report of `smp run`"
+              + (f" (no {', '.join(missing)})" if missing else ""), file=sys.stderr)
         return None
     return report
+
+
+def _write_error(cmd: str, e: OSError) -> int:
+    """An output of ``cmd`` that cannot be written: said in one line; exit status 2."""
+    print(f"smp {cmd}: {e.filename or 'an output'}: cannot write it: {e.strerror or e}",
+          file=sys.stderr)
+    return 2
 
 
 def _witness(args: argparse.Namespace) -> int:
@@ -727,8 +741,11 @@ def _witness(args: argparse.Namespace) -> int:
     path = args.dot or os.path.join(args.run_dir, "witness.dot")
     title = f"lock order: {os.path.basename(str(report.get('config') or '?'))}, seed " \
         f"{report.get('seed')}"
-    with open(path, "w") as f:
-        f.write(to_dot(lo, title))
+    try:
+        with open(path, "w") as f:
+            f.write(to_dot(lo, title))
+    except OSError as e:
+        return _write_error("witness", e)
     print(path)
     import subprocess
     try:
@@ -771,6 +788,8 @@ def _flame(args: argparse.Namespace) -> int:
     except FlameError as e:
         print(f"smp flame: {args.run_dir}: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        return _write_error("flame", e)
     return 0
 
 
@@ -788,25 +807,10 @@ def _check_fail_points(names: Sequence[str], origin: str) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
+    report = _read_report(args.run_dir, "report", _REPORT_KEYS)
+    if report is None:
+        return 2
     path = os.path.join(args.run_dir, "report.json")
-    try:
-        with open(path) as f:
-            report = json.load(f)
-    except FileNotFoundError:
-        print(f"smp: {path}: no such file (is {args.run_dir} a run directory?)",
-              file=sys.stderr)
-        return 2
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        print(f"smp: {path}: not valid JSON: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"smp: {path}: cannot read it: {e.strerror}", file=sys.stderr)
-        return 2
-    missing = [k for k in _REPORT_KEYS if not isinstance(report, dict) or k not in report]
-    if missing:
-        print(f"smp: {path}: not a report of `smp run` (no {', '.join(missing)})",
-              file=sys.stderr)
-        return 2
     try:
         return _print_report(args, report)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:

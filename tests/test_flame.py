@@ -132,3 +132,22 @@ def test_the_report_merges_the_cpus_lock_wait_stacks() -> None:
                          "count": 4, "wait_s": 0.3}
     assert len(merged) == 3 and folded(merged) == [FOLDED[0], FOLDED[1], FOLDED[3]]
     assert _lock_wait_stacks({0: {}, 1: None}, {}) == {}
+
+
+@pytest.mark.parametrize("cmd", ["report", "flame", "witness", "plot"])
+def test_a_run_dir_that_is_a_file_is_one_line_exit_2(tmp_path: pathlib.Path, cmd: str,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "afile").write_text("")
+    assert main([cmd, str(tmp_path / "afile")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"smp {cmd}: {tmp_path / 'afile'}/") and "cannot read it" in err, err
+    assert err.count("\n") == 1, err
+
+
+def test_an_output_that_cannot_be_written_is_one_line_exit_2(
+        tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rdir = _run_dir(tmp_path, lock_wait_stacks=WAITS)
+    (rdir / "lock_waits.folded").mkdir()
+    assert main(["flame", str(rdir)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"smp flame: {rdir / 'lock_waits.folded'}: cannot write it: Is a directory\n"

@@ -86,6 +86,9 @@ def load_series(run_dir: str) -> Series:
                     server.append(rec)
     except FileNotFoundError:
         raise PlotError(f"{path}: no such file (is {run_dir} a run directory?)") from None
+    except (OSError, UnicodeDecodeError) as e:     # RUN_DIR a file, stats.jsonl a folder
+        raise PlotError(f"{path}: cannot read it: "
+                        f"{getattr(e, 'strerror', None) or e}") from None
     for rs in cpus.values():
         rs.sort(key=lambda r: r.get("sim", 0.0))
     if not any(len(rs) >= 2 for rs in cpus.values()):
