@@ -52,3 +52,17 @@ def test_smp_plot_without_matplotlib_says_how_to_get_it(
     assert main(["plot", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "matplotlib is not installed" in err and "pip install 'smp[plot]'" in err
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--ops", "0"], "--ops must be at least 1, got 0"),
+    (["--rounds", "-1"], "--rounds must be at least 1, got -1"),
+    (["--duration", "0"], "--duration: run.duration: must be a number from 0.1"),
+    (["--config", "/nonexistent/x.toml"], "/nonexistent/x.toml: no such config file")])
+def test_smp_bench_refuses_bad_options_before_it_measures(
+        args: list[str], said: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """One line and exit 2 (they were tracebacks after some measuring, or, --duration 0,
+    a silent full-length machine)."""
+    assert main(["bench", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"smp bench: {said}") and err.count("\n") == 1, err

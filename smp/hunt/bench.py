@@ -76,7 +76,7 @@ def _machine(overrides: list[str], config: str | None) -> dict[str, Any]:
 
 
 def machine(duration: float | None, config: str | None) -> dict[str, Any]:
-    r = _machine([f"run.duration={duration}"] if duration else [], config)
+    r = _machine([f"run.duration={duration}"] if duration is not None else [], config)
     k = r["kernel"]
     wall = float(r["wall_s"])
     cycles = min(int(k.get("swapouts", 0)), int(k.get("swapins", 0)))
@@ -150,9 +150,28 @@ def table(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def usage_error(args: Any) -> str | None:
+    """What is wrong with ``smp bench``'s options, or None: counts below 1, a --config
+    that cannot be loaded, a --duration out of run.duration's range."""
+    from smp.run.config import ConfigError, load_config
+    for opt, n in (("--ops", args.ops), ("--rounds", args.rounds)):
+        if n < 1:
+            return f"{opt} must be at least 1, got {n}"
+    try:
+        load_config(args.config, [f"run.duration={args.duration}"]
+                    if args.duration is not None else [])
+    except ConfigError as e:
+        return str(e).replace("--set: run.duration", "--duration: run.duration")
+    return None
+
+
 def main(args: Any) -> int:
     say = (lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr, flush=True))
     parts = tuple(args.only) if args.only else ("transport", "machine", "memory")
+    wrong = usage_error(args)
+    if wrong:
+        print(f"smp bench: {wrong}", file=sys.stderr)
+        return 2
     try:
         res = run(args.ops, args.rounds, args.duration, args.config, say, parts)
     except BenchError as e:
