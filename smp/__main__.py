@@ -2,6 +2,9 @@
 
 import sys
 
-from smp.cli import main
+try:
+    from smp.cli import main
+except KeyboardInterrupt:        # Ctrl-C while smp itself is being imported
+    sys.exit(130)
 
 sys.exit(main())

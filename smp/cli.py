@@ -383,6 +383,13 @@ def _completion(ap: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:    # Ctrl-C before a command took the signal (importing):
+        return 130               # nothing had started; no traceback for it
+
+
+def _main(argv: Sequence[str] | None) -> int:
     import signal
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)        # `smp ... | head` ends quietly
     ap = _parser()

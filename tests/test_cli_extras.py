@@ -66,3 +66,16 @@ def test_smp_bench_refuses_bad_options_before_it_measures(
     assert main(["bench", *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"smp bench: {said}") and err.count("\n") == 1, err
+
+
+def test_ctrl_c_before_a_command_takes_the_signal_is_exit_130_not_a_traceback(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Ctrl-C in smp's first second (a command still importing what it needs, before it
+    handles SIGINT itself) printed a KeyboardInterrupt traceback."""
+    import smp.cli
+
+    def interrupted(args: object) -> int:
+        raise KeyboardInterrupt
+    monkeypatch.setattr(smp.cli, "_report", interrupted)
+    assert main(["report", "anywhere"]) == 130
+    assert "Traceback" not in capsys.readouterr().err
