@@ -340,13 +340,14 @@ def _parser() -> argparse.ArgumentParser:
     plot.add_argument("run_dir", metavar="RUN_DIR")
 
     top = sub.add_parser(
-        "top", help="live per-CPU view of a running machine (q quits, s sorts, p pauses)",
+        "top", help="live per-CPU view of a running machine (q quits, s sorts, p pauses, "
+        "v processes)",
         description="Attach to a running machine's stats stream (RUN_DIR/live.json; the "
         "newest live run under runs/ when RUN_DIR is not given) and show, refreshed every "
         "second: per-CPU tick shares by mode, context switches, lock and memory activity, "
         "wait times, the host process behind each CPU, and the most contended lock sites "
-        "(LOCK_PROFILING columns). Keys: q quits, s cycles the lock sort column, c the "
-        "CPU order, p pauses.")
+        "(LOCK_PROFILING columns), or the process list. Keys: q quits, s cycles the lock "
+        "sort column, c the CPU order, p pauses, v switches locks and processes.")
     top.add_argument("run_dir", nargs="?", metavar="RUN_DIR",
                      help="the run directory of a running machine (default: the newest "
                      "live run under --runs)")

@@ -263,6 +263,12 @@ def test_missing_file(tmp_path: pathlib.Path) -> None:
     path = str(tmp_path / "nope.toml")
     assert str(error_of(path)) == f"{path}: no such config file"
     assert str(error_of(str(tmp_path))).startswith(f"{tmp_path}: is a directory")
+    # a shipped config named by its path in a clone, from outside one: where it ships
+    from smp.run.config import default_config_path
+    shipped = str(default_config_path()).replace("default.toml", "stress.toml")
+    assert str(error_of(str(tmp_path / "configs" / "stress.toml"))) == \
+        f"{tmp_path / 'configs' / 'stress.toml'}: no such config file (smp ships one by " \
+        f"that name: {shipped})"
 
 
 def test_config_error_pickles() -> None:

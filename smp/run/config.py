@@ -547,6 +547,14 @@ class Config:
         return "\n".join(lines) + "\n"
 
 
+def _shipped_hint(path: str) -> str:
+    """For a config path that is not there but names a config smp ships (``configs/
+    stress.toml`` outside a clone): where the shipped one is."""
+    shipped = importlib.resources.files("smp.configs") / os.path.basename(path)
+    return f" (smp ships one by that name: {shipped})" if (
+        path.endswith(".toml") and shipped.is_file()) else ""
+
+
 def default_config_path() -> Traversable:
     """The packaged default config, ``configs/default.toml``."""
     return importlib.resources.files("smp.configs") / "default.toml"
@@ -579,7 +587,7 @@ def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = 
     try:
         data = ref.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(source, None, "no such config file") from None
+        raise ConfigError(source, None, "no such config file" + _shipped_hint(source)) from None
     except IsADirectoryError:
         raise ConfigError(source, None, "is a directory, not a config file") from None
     except OSError as e:
