@@ -366,6 +366,17 @@ def test_top_on_a_directory_without_a_live_run_exits_2(tmp_path: pathlib.Path) -
     assert proc.returncode == 2 and "not a running machine" in proc.stderr, proc.stderr
     proc = cli(tmp_path, "top", "--once")
     assert proc.returncode == 2 and "no running machine under runs/" in proc.stderr
+    # what it is instead, and what to look at: nothing, an ended run, a killed one
+    proc = cli(tmp_path, "top", str(tmp_path / "nowhere"), "--once")
+    assert proc.returncode == 2 and "nowhere: no such directory" in proc.stderr, proc.stderr
+    (tmp_path / "report.json").write_text("{}")
+    proc = cli(tmp_path, "top", str(tmp_path), "--once")
+    assert "the run has ended; `smp report" in proc.stderr, proc.stderr
+    (tmp_path / "report.json").unlink()
+    (tmp_path / "live.json").write_text('{"launcher_pid": 999999999}')
+    proc = cli(tmp_path, "top", str(tmp_path), "--once")
+    assert "its launcher is gone (killed" in proc.stderr, proc.stderr
+    assert "smp report" not in proc.stderr
 
 
 @pytest.mark.timeout(60)

@@ -31,7 +31,7 @@ import zmq
 
 from smp.hw.cpu import MODES
 from smp.hw.protocol import unpack
-from smp.observe.live import live_pids_alive, read_live_json
+from smp.observe.live import LIVE_JSON, live_pids_alive, read_live_json
 
 # Order in which modes stack (user work at the bottom, idle on top), as top(1) lists them.
 MODE_ORDER = ("user", "nice", "sys", "intr", "spin", "idle")
@@ -76,16 +76,26 @@ def run_config(run_dir: str) -> dict[str, Any]:
             "cpus": machine.get("cpus")}
 
 
+def _not_running(run_dir: str) -> str:
+    """Why ``run_dir`` is no running machine, and what to look at instead."""
+    if not os.path.exists(run_dir):
+        return "no such directory"
+    if not os.path.isdir(run_dir):
+        return "is not a directory (a run directory is)"
+    has_live = os.path.exists(os.path.join(run_dir, LIVE_JSON))
+    if os.path.exists(os.path.join(run_dir, "report.json")):
+        return f"the run has ended; `smp report {run_dir}` shows it"
+    if has_live:
+        return "its launcher is gone (killed: the run ended without a report)"
+    return "not a running machine (it has no live.json)"
+
+
 def find_live_run(run_dir: str | None, base: str = "runs") -> tuple[str, dict[str, Any]]:
     """The run to attach to: ``run_dir``, or the newest live run under ``base``."""
     if run_dir is not None:
         info = read_live(run_dir)
         if info is None:
-            why = ("it has no live.json" if not os.path.exists(os.path.join(run_dir,
-                                                                            "live.json"))
-                   else "its launcher is gone")
-            raise NoLiveRun(f"{run_dir}: not a running machine ({why}); "
-                            f"`smp report {run_dir}` shows a finished run")
+            raise NoLiveRun(f"{run_dir}: {_not_running(run_dir)}")
         return run_dir, info
     found = []
     for path in glob.glob(os.path.join(base, "*", "live.json")):
