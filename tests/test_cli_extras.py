@@ -79,3 +79,18 @@ def test_ctrl_c_before_a_command_takes_the_signal_is_exit_130_not_a_traceback(
     monkeypatch.setattr(smp.cli, "_report", interrupted)
     assert main(["report", "anywhere"]) == 130
     assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, said", [
+    (["cpu", "--join", "tcp://127.0.0.1:9", "--id", "1", "--timeout", "0"],
+     "smp cpu: --timeout must be a positive number of seconds, got 0"),
+    (["cpu", "--join", "127.0.0.1:9", "--id", "1"],
+     "smp cpu: --join '127.0.0.1:9': expected tcp://ADDR:PORT"),
+    (["run", "--listen", "0.0.0.0:5555"], "smp: --listen '0.0.0.0:5555': expected tcp://"),
+    (["top", "--once", "--timeout", "-1"],
+     "smp top: --timeout must be a positive number of seconds, got -1")])
+def test_bad_timeouts_and_endpoints_name_their_option(
+        args: list[str], said: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(said) and err.count("\n") == 1, err

@@ -103,6 +103,29 @@ def test_loopback_join_completes(tmp_path: pathlib.Path, procs: Procs) -> None:
     assert joined["pid"] == cpu.pid and sum(joined["ticks"].values()) > 0, joined
 
 
+def test_a_cpu_without_keys_is_told_the_server_wants_them(tmp_path: pathlib.Path,
+                                                          procs: Procs) -> None:
+    """Against a server with CURVE keys, a CPU that gave no --key-dir was asked whether
+    server.key was wrong; it is told to pass --key-dir."""
+    keys = tmp_path / "keys"
+    for extra in ([], ["--cpus", "1"]):
+        r = subprocess.run(cli_cmd("keys", str(keys), *extra), env=cli_env(),
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    run = procs.start(cli_cmd("run", *RUN, "--run-dir", str(tmp_path / "run"), "--listen",
+                              endpoint, "--local-cpus", "1", "--key-dir", str(keys),
+                              "--join-timeout", "20"))
+    cpu = procs.start(cli_cmd("cpu", "--join", endpoint, "--id", "1", "--timeout", "15"))
+    cpu_status, cpu_err = _finish(cpu, 30)
+    assert cpu_status == 1, cpu_err
+    assert "the server wants CURVE keys and this CPU has none: --key-dir DIR" in cpu_err, \
+        cpu_err
+    run.send_signal(signal.SIGINT)                  # no need to wait for cpu 1's hello
+    status, err = _finish(run, 40)
+    assert status == 130, err
+
+
 def test_remote_cpu_death_ends_run(tmp_path: pathlib.Path, procs: Procs) -> None:
     """A joined CPU has no parent-death link to the launcher; when it dies, the server's
     silence check (PEER_LOST_S) still ends the run, naming it."""

@@ -352,6 +352,10 @@ def once_console(group: Group, out: Any = None) -> Console:
 
 def main(run_dir: str | None, once: bool, as_json: bool, base: str = "runs",
          timeout: float = 15.0) -> int:
+    if not timeout > 0:
+        print(f"smp top: --timeout must be a positive number of seconds, got {timeout:g}",
+              file=sys.stderr)
+        return 2
     try:
         rdir, live = find_live_run(run_dir, base)
     except NoLiveRun as e:

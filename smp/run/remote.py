@@ -75,14 +75,15 @@ class ListenSpec:
         attach(server, self, hello)
 
 
-def parse_tcp(endpoint: str) -> tuple[str, int]:
-    """(host, port) of ``tcp://HOST:PORT``; RemoteError otherwise."""
+def parse_tcp(endpoint: str, option: str = "--listen") -> tuple[str, int]:
+    """(host, port) of ``tcp://HOST:PORT``; RemoteError, naming ``option``, otherwise."""
     if not endpoint.startswith("tcp://"):
-        raise RemoteError(f"{endpoint!r}: expected tcp://ADDR:PORT")
+        raise RemoteError(f"{option} {endpoint!r}: expected tcp://ADDR:PORT")
     host, sep, port = endpoint[len("tcp://"):].rpartition(":")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise RemoteError(f"{endpoint!r}: expected tcp://ADDR:PORT with a port 1..65535")
+        raise RemoteError(f"{option} {endpoint!r}: expected tcp://ADDR:PORT with a port "
+                          f"1..65535")
     return host, int(port)
 
 
@@ -225,6 +226,11 @@ def await_handshake(endpoint: str, curve: dict[str, bytes] | None, timeout: floa
             ev = zmq.utils.monitor.recv_monitor_message(mon)["event"]
             if ev == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 return
+            if ev in _FAIL and not curve:
+                raise RemoteError(f"{endpoint}: the handshake failed: the server wants "
+                                  f"CURVE keys and this CPU has none: --key-dir DIR (the "
+                                  f"folder `smp keys` made, with server.key and this "
+                                  f"CPU's key)")
             if ev in _FAIL:
                 raise RemoteError(f"{endpoint}: {_FAIL[ev]}")
     finally:
@@ -242,8 +248,12 @@ def join_main(endpoint: str, cpu_id: int, key_dir: str | None, timeout: float) -
     if cpu_id < 0:
         print("smp cpu: --id must be >= 0", file=sys.stderr)
         return 2
+    if not timeout > 0:
+        print(f"smp cpu: --timeout must be a positive number of seconds, got {timeout:g}",
+              file=sys.stderr)
+        return 2
     try:
-        parse_tcp(endpoint)
+        parse_tcp(endpoint, "--join")
         curve = client_keys(key_dir, cpu_id) if key_dir is not None else None
     except (RemoteError, KeyDirError, OSError, ValueError) as e:
         print(f"smp cpu: {e}", file=sys.stderr)
