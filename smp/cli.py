@@ -100,11 +100,12 @@ def _parser() -> argparse.ArgumentParser:
                      help="switch off the race guard NAME for this run (repeatable; "
                      "see `smp failpoints`); adds to debug.fail_points"
                      ).completer = _fail_point_names  # type: ignore[attr-defined]
-    run.add_argument("--json", action="store_true",
-                     help="print report.json instead of the summary table")
-    run.add_argument("--quiet", action="store_true",
-                     help="print nothing; the run directory has everything (for scripts "
-                     "and stress campaigns)")
+    said = run.add_mutually_exclusive_group()
+    said.add_argument("--json", action="store_true",
+                      help="print report.json instead of the summary table")
+    said.add_argument("--quiet", action="store_true",
+                      help="print nothing; the run directory has everything (for scripts "
+                      "and stress campaigns)")
     run.add_argument("--metrics", metavar="[ADDR:]PORT",
                      help="serve the machine's counters in the Prometheus text format at "
                      "http://ADDR:PORT/metrics while it runs (ADDR defaults to 127.0.0.1; "
@@ -304,7 +305,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="one table: cpus (one row per CPU, the default of csv), locks, "
                      "profile (LOCK_PROFILING rows) or series (every CPU sample of "
                      "stats.jsonl; csv only); as text without --format csv")
-    rep.add_argument("--weight", choices=("wait", "count"), default="wait",
+    rep.add_argument("--weight", choices=("wait", "count"), default=None,
                      help="with --format folded: what a stack's width is, microseconds "
                      "waited (default) or waits")
 
@@ -815,6 +816,13 @@ def _check_fail_points(names: Sequence[str], origin: str) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
+    if args.table is not None and args.format in ("json", "folded"):
+        print(f"smp report: --table is for --format text or csv, not {args.format}",
+              file=sys.stderr)
+        return 2
+    if args.weight is not None and args.format != "folded":
+        print("smp report: --weight is for --format folded", file=sys.stderr)
+        return 2
     report = _read_report(args.run_dir, "report", _REPORT_KEYS)
     if report is None:
         return 2
@@ -838,7 +846,7 @@ def _print_report(args: argparse.Namespace, report: dict[str, object]) -> int:
     elif args.format == "folded":
         from smp.observe.flame import FlameError, folded, stacks
         try:
-            lines = folded(stacks(report), args.weight)
+            lines = folded(stacks(report), args.weight or "wait")
         except FlameError as e:
             print(f"smp report: {args.run_dir}: {e}", file=sys.stderr)
             return 2

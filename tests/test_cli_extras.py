@@ -94,3 +94,25 @@ def test_bad_timeouts_and_endpoints_name_their_option(
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith(said) and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("args, said", [
+    (["report", "anywhere", "--format", "json", "--table", "locks"],
+     "smp report: --table is for --format text or csv, not json"),
+    (["report", "anywhere", "--weight", "count"], "smp report: --weight is for --format folded"),
+    (["keys", "anywhere", "--cpus", "100"], "smp keys: --cpus '100': a machine has at most 64")])
+def test_options_that_would_be_ignored_or_out_of_range_are_refused(
+        tmp_path: pathlib.Path, args: list[str], said: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    args = [str(tmp_path / a) if a == "anywhere" else a for a in args]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(said) and err.count("\n") == 1, err
+    assert not (tmp_path / "anywhere").exists()
+
+
+def test_run_json_and_quiet_are_one_or_the_other(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["run", "--json", "--quiet"])
+    assert e.value.code == 2
+    assert "--quiet: not allowed with argument --json" in capsys.readouterr().err

@@ -36,6 +36,10 @@ import shutil
 import zmq
 import zmq.auth
 
+from smp.run.config import PARAM_BY_KEY
+
+MAX_CPUS = int(PARAM_BY_KEY["machine.cpus"].max)       # the largest machine there is
+
 
 class KeyDirError(Exception):
     """A key directory is missing or lacks a file it needs (the message names it)."""
@@ -49,8 +53,11 @@ def parse_ids(spec: str) -> frozenset[int]:
         if not lo.isdigit() or (dash and not hi.isdigit()):
             raise ValueError(f"{spec!r}: CPU ids are like 2, 2-5 or 1,4-6")
         a, b = int(lo), int(hi) if dash else int(lo)
-        if b < a or b - a > 4096:
+        if b < a:
             raise ValueError(f"{spec!r}: {part} is not a range of CPU ids")
+        if b >= MAX_CPUS:
+            raise ValueError(f"{spec!r}: a machine has at most {MAX_CPUS} CPUs (ids 0.."
+                             f"{MAX_CPUS - 1}: machine.cpus)")
         ids.update(range(a, b + 1))
     return frozenset(ids)
 
