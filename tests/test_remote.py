@@ -126,6 +126,24 @@ def test_a_cpu_without_keys_is_told_the_server_wants_them(tmp_path: pathlib.Path
     assert status == 130, err
 
 
+def test_a_refused_hello_is_counted_when_the_machine_never_starts(
+        tmp_path: pathlib.Path, procs: Procs) -> None:
+    """The report of a machine that never started (a CPU refused, then Ctrl-C) keeps what
+    the server counted meanwhile: the refused HELLO, where the README says."""
+    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    run = procs.start(cli_cmd("run", *RUN, "--run-dir", str(tmp_path / "run"), "--listen",
+                              endpoint, "--local-cpus", "1", "--join-timeout", "60"))
+    cpu = procs.start(cli_cmd("cpu", "--join", endpoint, "--id", "100", "--timeout", "30"))
+    cpu_status, cpu_err = _finish(cpu, 40)
+    assert cpu_status == 1 and "cpu id 100 out of range" in cpu_err, cpu_err
+    run.send_signal(signal.SIGINT)
+    status, err = _finish(run, 40)
+    assert status == 130, err
+    report = _report(tmp_path / "run")
+    assert "before the machine started" in report["reason"], report["reason"]
+    assert report["server"]["rejected"].get("hello") == 1, report["server"]
+
+
 def test_remote_cpu_death_ends_run(tmp_path: pathlib.Path, procs: Procs) -> None:
     """A joined CPU has no parent-death link to the launcher; when it dies, the server's
     silence check (PEER_LOST_S) still ends the run, naming it."""

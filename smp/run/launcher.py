@@ -315,6 +315,7 @@ def run_machine(cfg: Config, run_dir: str | None = None,
 
     t_wall0 = time.monotonic()
     server_report: dict[str, Any] = {}
+    server_waited: dict[str, Any] = {}        # the server's counters, if it never started
     unstarted = False
     reason = "end of run"
     problems: list[str] = []
@@ -381,6 +382,11 @@ def run_machine(cfg: Config, run_dir: str | None = None,
         unstarted = True                # no CPU has anything to report: stop them all
         if not stop_signal:
             problems.append(reason)
+        if ctl is not None and server.is_alive():
+            # what the server saw while it waited (a refused HELLO is counted there);
+            # no CPU ran, so nothing else of its report is the run's
+            waited = _halt_and_report(ctl, reason, [], cfg, problems, halt=False)
+            server_waited = waited.get("server") or {}
     except Exception as e:  # noqa: BLE001 - the run ends with a report, never a hang
         said = isinstance(e, (RunFileError, LaunchError, MonitorError))  # for people
         reason = str(e) if said else f"launcher error: {type(e).__name__}: {e}"
@@ -446,6 +452,7 @@ def run_machine(cfg: Config, run_dir: str | None = None,
         report = build_report(server_report, ncpus=ncpus, seed=seed, config=cfg.source,
                               reason=reason, problems=problems, notes=notes, wall_s=wall,
                               sim_s=sim, interrupted=bool(stopped_by), version=__version__)
+        report["server"].update(server_waited)
         try:
             write_run_dir(rdir, report)
         except OSError as e:                       # report.json (or crash.txt): said, not kept
