@@ -323,6 +323,22 @@ def expect_panic(res: Any, *words: str) -> str:
     return msg
 
 
+@contextlib.contextmanager
+def session(cmd: Sequence[str], cwd: pathlib.Path,
+            env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[str]]:
+    """``cmd`` started in a session of its own, its output piped (text); if it is still
+    running when the block ends (the test failed), its whole process group is killed."""
+    proc = subprocess.Popen(list(cmd), cwd=cwd, env=cli_env() if env is None else env,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+
+
 def cli(cwd: pathlib.Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """``python -m smp.cli ARGS`` in ``cwd``; on timeout its whole process group is killed
     and the test fails."""

@@ -144,21 +144,14 @@ def test_the_readme_commands_from_the_installed_package(venv: pathlib.Path,
         "raise ModuleNotFoundError(\"No module named 'matplotlib'\", name='matplotlib')\n")
     rdir = work / "runs" / "r"
     env = dict(_env(venv), PYTHONPATH=str(noplot.parent))
-    run = subprocess.Popen([str(venv / "smp"), "run", "--set", "run.duration=4",
-                            "--run-dir", str(rdir)], cwd=work, env=env, text=True,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           start_new_session=True)
-    try:
+    with helpers.session([str(venv / "smp"), "run", "--set", "run.duration=4", "--run-dir",
+                          str(rdir)], work, env) as run:
         helpers.wait_for(lambda: (rdir / "live.json").exists() or run.poll() is not None,
                          60, "the run's live.json")
         top = _run(venv, [str(venv / "smp"), "top", str(rdir), "--once"], work, 60)
         assert top.returncode == 0, top.stderr
         assert "mem: free" in top.stdout and " @ " in top.stdout
         out, err = run.communicate(timeout=120)
-    finally:
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
-            run.communicate()
     assert run.returncode == 0, out + err
     assert "Traceback" not in err
     lines = out.split("\nrun directory: ")[0].splitlines()       # the summary, then its path

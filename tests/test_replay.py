@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from helpers import REPO, cli, cli_cmd, cli_env, wait_for
+from helpers import REPO, cli, cli_cmd, session, wait_for
 
 pytestmark = pytest.mark.long
 
@@ -191,17 +191,10 @@ def test_an_interrupted_replay_is_cut_short_not_a_divergence(tmp_path: pathlib.P
     signal comes, right after the replay's machine has started."""
     status, rdir = _run(tmp_path, "--set", "run.duration=8")
     assert status == 0
-    proc = subprocess.Popen(cli_cmd("replay", str(rdir)), cwd=tmp_path, env=cli_env(),
-                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    try:
+    with session(cli_cmd("replay", str(rdir)), tmp_path) as proc:
         wait_for(lambda: (rdir / "replay" / "live.json").exists(), 60, "the replay to run")
         os.kill(proc.pid, signal.SIGINT)
         out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
     assert proc.returncode == 130, out + err
     assert "replay stopped by SIGINT: cut short, not compared" in out, out
     assert "DIFFERS" not in out and "DIVERGED" not in out, out

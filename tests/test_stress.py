@@ -16,7 +16,7 @@ import sys
 
 import psutil
 import pytest
-from helpers import cli_cmd, cli_env, wait_for
+from helpers import cli_cmd, cli_env, session, wait_for
 
 pytestmark = pytest.mark.long
 
@@ -91,20 +91,13 @@ def test_a_signal_to_the_campaign_stops_its_machines(tmp_path: pathlib.Path,
     machine, as Ctrl-C does, then exits 128+N. SIGTERM used to end the campaign at once
     and leave its machines running without it."""
     out = tmp_path / "runs"
-    p = subprocess.Popen(cli_cmd("stress", STRESS, "--runs", "4", "--jobs", "2", "--duration",
-                                 "20", "--set", "machine.cpus=2", "--out", str(out)),
-                         cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
+    with session(cli_cmd("stress", STRESS, "--runs", "4", "--jobs", "2", "--duration", "20",
+                         "--set", "machine.cpus=2", "--out", str(out)), tmp_path) as p:
         wait_for(lambda: list(out.glob("run*/live.json")), 100, "a machine to run")
         machines = psutil.Process(p.pid).children(recursive=True)
         assert machines
         os.kill(p.pid, sig)
         _, err = p.communicate(timeout=40)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.communicate()
     assert p.returncode == status, err
     assert "interrupted: stopping the campaign's machines" in err, err
     assert "Traceback" not in err, err
