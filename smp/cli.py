@@ -31,7 +31,7 @@ import json
 import os
 import sys
 import textwrap
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from smp import __version__
 from smp.run.config import Config, ConfigError, load_config, schema_markdown
@@ -401,51 +401,22 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.command is None:
         ap.print_help()
         return 2
-    if args.command == "report":
-        return _report(args)
-    if args.command == "completion":
-        import argcomplete
-        print(argcomplete.shellcode(["smp"], shell=args.shell), end="")
+    if args.command in _NO_CONFIG:
+        return _NO_CONFIG[args.command](args)
+    cfg = _config(args)
+    if cfg is None:
+        return 2
+    if args.command == "config":
+        print(config_doc() if args.schema else cfg.to_toml(), end="")
         return 0
-    if args.command == "top":
-        from smp.observe.top import main as top_main
-        return top_main(args.run_dir, args.once, args.json, args.runs, args.timeout)
-    if args.command == "bench":
-        from smp.hunt.bench import main as bench_main
-        return bench_main(args)
-    if args.command == "plot":
-        return _plot(args)
-    if args.command == "witness":
-        return _witness(args)
-    if args.command == "flame":
-        return _flame(args)
-    if args.command == "keys":
-        from smp.run.keys import KeyDirError, create_keys
-        try:
-            if args.name and not args.cpus:
-                raise KeyDirError("--name needs --cpus")
-            for path in create_keys(args.dir, args.cpus, args.name):
-                print(path)
-        except (KeyDirError, OSError) as e:
-            print(f"smp keys: {e}", file=sys.stderr)
-            return 2
-        return 0
-    if args.command == "cpu":
-        from smp.run.remote import join_main
-        try:
-            return join_main(args.join, args.id, args.key_dir, args.timeout)
-        except KeyboardInterrupt:
-            print(f"smp: cpu {args.id}: interrupted", file=sys.stderr)
-            return 130
-    if args.command == "replay":
-        return _replay(args)
-    if args.command == "trace":
-        return _trace(args)
-    if args.command == "failpoints":
-        from smp.kernel.conf import kern_fail
-        for fp in kern_fail.fail_points():
-            print(f"{fp.name}\t{fp.description}")
-        return 0
+    if args.command == "stress":
+        return _stress(args, cfg)
+    return _run(args, cfg)
+
+
+def _config(args: argparse.Namespace) -> Config | None:
+    """The command's config (its file, --set, --fail-point), or None after saying what
+    is wrong with it."""
     try:
         cfg = load_config(args.config, args.overrides)
         # each unknown name is blamed on where it came from: the file, --set, --fail-point
@@ -458,12 +429,12 @@ def _main(argv: Sequence[str] | None) -> int:
             cfg = cfg.with_values({"debug.fail_points": merged}, origin="--fail-point")
     except ConfigError as e:
         print(f"smp: {e}", file=sys.stderr)
-        return 2
-    if args.command == "config":
-        print(config_doc() if args.schema else cfg.to_toml(), end="")
-        return 0
-    if args.command == "stress":
-        return _stress(args, cfg)
+        return None
+    return cfg
+
+
+def _run(args: argparse.Namespace, cfg: Config) -> int:
+    """``smp run``: the machine, its summary (or report.json), its exit status."""
     from smp.run.launcher import LaunchError, RunDirError, run_machine
     from smp.observe.report import summary_table
     from smp.run.remote import RemoteError, check_listen
@@ -500,6 +471,51 @@ def _main(argv: Sequence[str] | None) -> int:
         print(summary_table(result.report))
         print(f"run directory: {result.run_dir}")
     return result.exit_status
+
+
+def _completion_code(args: argparse.Namespace) -> int:
+    import argcomplete
+    print(argcomplete.shellcode(["smp"], shell=args.shell), end="")
+    return 0
+
+
+def _top(args: argparse.Namespace) -> int:
+    from smp.observe.top import main as top_main
+    return top_main(args.run_dir, args.once, args.json, args.runs, args.timeout)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from smp.hunt.bench import main as bench_main
+    return bench_main(args)
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from smp.run.keys import KeyDirError, create_keys
+    try:
+        if args.name and not args.cpus:
+            raise KeyDirError("--name needs --cpus")
+        for path in create_keys(args.dir, args.cpus, args.name):
+            print(path)
+    except (KeyDirError, OSError) as e:
+        print(f"smp keys: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _cpu(args: argparse.Namespace) -> int:
+    from smp.run.remote import join_main
+    try:
+        return join_main(args.join, args.id, args.key_dir, args.timeout)
+    except KeyboardInterrupt:
+        print(f"smp: cpu {args.id}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _failpoints(args: argparse.Namespace) -> int:
+    from smp.kernel.conf import kern_fail
+    for fp in kern_fail.fail_points():
+        print(f"{fp.name}\t{fp.description}")
+    return 0
 
 
 def config_doc() -> str:
@@ -872,6 +888,13 @@ def _print_report(args: argparse.Namespace, report: dict[str, object]) -> int:
         print(summary_table(report))
     return 0
 
+
+# the commands that take no config, and what runs each
+_NO_CONFIG: dict[str, Callable[[argparse.Namespace], int]] = {
+    "report": _report, "completion": _completion_code, "top": _top, "bench": _bench,
+    "plot": _plot, "witness": _witness, "flame": _flame, "keys": _keys, "cpu": _cpu,
+    "replay": _replay, "trace": _trace, "failpoints": _failpoints,
+}
 
 if __name__ == "__main__":
     sys.exit(main())

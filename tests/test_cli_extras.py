@@ -76,7 +76,7 @@ def test_ctrl_c_before_a_command_takes_the_signal_is_exit_130_not_a_traceback(
 
     def interrupted(args: object) -> int:
         raise KeyboardInterrupt
-    monkeypatch.setattr(smp.cli, "_report", interrupted)
+    monkeypatch.setitem(smp.cli._NO_CONFIG, "report", interrupted)
     assert main(["report", "anywhere"]) == 130
     assert "Traceback" not in capsys.readouterr().err
 
