@@ -3,10 +3,10 @@
 ``smp stress CONFIG --runs N --jobs J`` runs N machines, J at a time, each a real ``smp
 run`` in its own process group with its own run directory, the seed of run i derived from
 the campaign's seed. After each run it reads ``report.json`` and classifies what went
-wrong (``smp.observe.findings``). It stops at the first run with a new (not known) failure unless
-told to go on, and prints for each failure the seed, the detector, a one-line summary,
-the run directory and one command that reruns exactly that run (the run's own resolved
-``config.toml``: same seed, same chaos seed, same fail points).
+wrong (``smp.observe.findings``). It stops at the first run with a new (not known) failure
+unless told to go on, and prints for each failure the seed, the detector, a one-line
+summary, the run directory and one command that reruns exactly that run (the run's own
+resolved ``config.toml``: same seed, same chaos seed, same fail points).
 
 Where the machines run is a :class:`Runner`'s business: :class:`LocalRunner` starts them
 on this host, ``--jobs`` at a time; ``smp.hunt.cluster.ClusterRunner`` sends each run to a
