@@ -294,7 +294,8 @@ def run_campaign(c: Campaign, say: Callable[[str], None],
     end, whatever happened."""
     os.makedirs(c.out_dir, exist_ok=True)
     runner = runner or LocalRunner(c)
-    restore_signals = _take_signals()
+    caught: list[int] = []
+    restore_signals = _take_signals(caught)
     outcomes: list[RunOutcome] = []
     t0 = time.monotonic()
     running: set[concurrent.futures.Future[RunOutcome | None]] = set()
@@ -308,6 +309,7 @@ def run_campaign(c: Campaign, say: Callable[[str], None],
     try:
         report_progress()
         while True:
+            _stop_if_signalled(caught)
             runner.tick()
             while not stop and started < c.runs and len(running) < runner.slots():
                 if c.time_budget is not None and time.monotonic() - t0 > c.time_budget:
@@ -357,25 +359,31 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM to a campaign: it stops its machines as Ctrl-C does; exit status 143."""
 
 
-def _raise_terminated(signum: int, frame: Any) -> None:
-    raise Terminated()
-
-
-def _take_signals() -> Callable[[], None]:
-    """Ctrl-C and SIGTERM stop a campaign in order (the KeyboardInterrupt above: its
-    machines are stopped, none is left running), as ``smp run`` stops its machine, also
-    when the campaign was started with SIGINT ignored (a shell's background job: the
-    signal would be lost, and the campaign run on). Returns what puts the old
-    dispositions back."""
+def _take_signals(caught: list[int]) -> Callable[[], None]:
+    """Ctrl-C and SIGTERM stop a campaign in order, as ``smp run`` stops its machine: the
+    handler only notes the signal in ``caught``, and the campaign's loop, within
+    PROGRESS_S, stops its machines (:func:`_stop_if_signalled`: the KeyboardInterrupt
+    above), never from inside a runner's call (a Dask client interrupted in the middle
+    of one logs tracebacks and may not stop), and a second signal cannot cut the
+    stopping short. Also when the campaign was started with SIGINT ignored (a shell's
+    background job: the signal would be lost, and the campaign run on). Returns what
+    puts the old dispositions back."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
-    old = {signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
-           signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_terminated)}
+
+    def note(signum: int, frame: Any) -> None:
+        caught.append(signum)
+    old = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def restore() -> None:
         for sig, handler in old.items():
             signal.signal(sig, handler)
     return restore
+
+
+def _stop_if_signalled(caught: list[int]) -> None:
+    if caught:
+        raise Terminated() if caught[0] == signal.SIGTERM else KeyboardInterrupt()
 
 
 def rerun_command(out: RunOutcome) -> str:
