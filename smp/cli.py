@@ -4,7 +4,7 @@
     smp run [CONFIG] [--set SECTION.KEY=VALUE ...] [--fail-point NAME ...] [--run-dir DIR
             [--force]]
             [--listen tcp://ADDR:PORT [--local-cpus N] [--key-dir DIR] [--join-timeout S]]
-    smp replay RUN_DIR [--until N] [--run-dir OUT]
+    smp replay RUN_DIR [--until N] [--run-dir OUT [--force]]
     smp trace RUN_DIR [-o OUT] [--until N]
     smp cpu --join tcp://HOST:PORT --id K [--key-dir DIR] [--timeout S]
     smp keys DIR [--cpus IDS [--name NAME]]
@@ -227,7 +227,8 @@ def _parser() -> argparse.ArgumentParser:
             "counts it. Ctrl-C cancels every run, on every worker. What smp sends over the "
             "network: configs out, run folders back."))),
         epilog="exit status: 0 no new failure; 1 a failure was found; 2 usage error, or "
-        "a cluster that cannot be used\n\n"
+        "a cluster that cannot be used; 130/143 stopped by SIGINT/SIGTERM (the "
+        "campaign's machines stopped first)\n\n"
         "examples:\n"
         "  smp stress configs/stress.toml --runs 200 --jobs 2\n"
         "  smp stress configs/stress.toml --runs 2000 --cluster local:4\n"

@@ -360,7 +360,7 @@ def test_a_real_prometheus_scrapes_the_run(live: LiveRun, tmp_path: pathlib.Path
             prom.wait(5)
 
 
-@pytest.mark.timeout(30)
+@pytest.mark.timeout(90)
 def test_top_on_a_directory_without_a_live_run_exits_2(tmp_path: pathlib.Path) -> None:
     proc = cli(tmp_path, "top", str(tmp_path), "--once")
     assert proc.returncode == 2 and "not a running machine" in proc.stderr, proc.stderr

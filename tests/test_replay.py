@@ -138,7 +138,12 @@ def test_a_replay_is_refused_an_output_it_cannot_use(recorded: pathlib.Path,
         assert proc.returncode == 2 and said in proc.stderr, (extra, proc.stderr)
         assert "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) == 1, \
             proc.stderr
+    proc = cli(recorded.parent, "trace", str(recorded), "-o", str(recorded / "schedule.smpr"),
+               timeout=60)
+    assert proc.returncode == 2 and "is a file of the run being traced" in proc.stderr, \
+        proc.stderr
     assert (recorded / "schedule.smpr").exists() and (full / "report.json").exists()
+    assert (recorded / "schedule.smpr").stat().st_size > 0
 
 
 @pytest.mark.timeout(300)

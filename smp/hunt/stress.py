@@ -15,7 +15,7 @@ The campaign itself (seeds, slots, stopping, the summary) is the same code for b
 output does not depend on where its runs ran.
 
 Exit status: 0 no new failure; 1 a failure (or, with ``--strict``, a known finding); 2
-usage. Ctrl-C stops every machine of the campaign and reports what finished.
+usage; 130/143 Ctrl-C/SIGTERM, which stop every machine of the campaign first.
 """
 
 from __future__ import annotations
@@ -349,8 +349,11 @@ def run_campaign(c: Campaign, say: Callable[[str], None],
         say("interrupted: stopping the campaign's machines")
         raise
     finally:
-        runner.close()
-        restore_signals()
+        try:
+            runner.close()
+        finally:
+            restore_signals()
+    _stop_if_signalled(caught)      # a signal during the last steps stopped it too
     outcomes.sort(key=lambda o: o.index)
     return outcomes
 
@@ -364,15 +367,18 @@ def _take_signals(caught: list[int]) -> Callable[[], None]:
     handler only notes the signal in ``caught``, and the campaign's loop, within
     PROGRESS_S, stops its machines (:func:`_stop_if_signalled`: the KeyboardInterrupt
     above), never from inside a runner's call (a Dask client interrupted in the middle
-    of one logs tracebacks and may not stop), and a second signal cannot cut the
-    stopping short. Also when the campaign was started with SIGINT ignored (a shell's
-    background job: the signal would be lost, and the campaign run on). Returns what
-    puts the old dispositions back."""
+    of one logs tracebacks and may not stop). A second signal stops the waiting for
+    them at once (the machines have their SIGINT by then). Also when the campaign was
+    started with SIGINT ignored (a shell's background job: the signal would be lost,
+    and the campaign run on). Returns what puts the old dispositions back."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
 
     def note(signum: int, frame: Any) -> None:
+        again = bool(caught)
         caught.append(signum)
+        if again:
+            _stop_if_signalled([signum])
     old = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def restore() -> None:

@@ -31,7 +31,7 @@ import zmq
 
 from smp.hw.cpu import MODES
 from smp.hw.protocol import unpack
-from smp.observe.live import LIVE_JSON, live_pids_alive, read_live_json
+from smp.observe.live import live_pids_alive, process_alive, read_live_json
 
 # Order in which modes stack (user work at the bottom, idle on top), as top(1) lists them.
 MODE_ORDER = ("user", "nice", "sys", "intr", "spin", "idle")
@@ -82,12 +82,14 @@ def _not_running(run_dir: str) -> str:
         return "no such directory"
     if not os.path.isdir(run_dir):
         return "is not a directory (a run directory is)"
-    has_live = os.path.exists(os.path.join(run_dir, LIVE_JSON))
+    info = read_live_json(run_dir)
     if os.path.exists(os.path.join(run_dir, "report.json")):
         return f"the run has ended; `smp report {run_dir}` shows it"
-    if has_live:
-        return "its launcher is gone (killed: the run ended without a report)"
-    return "not a running machine (it has no live.json)"
+    if info is None:
+        return "not a running machine (it has no live.json)"
+    if process_alive(info.get("launcher_pid"), info.get("launcher_started")):
+        return "its server is gone: the run is ending (its report will follow)"
+    return "its launcher is gone (killed: the run ended without a report)"
 
 
 def find_live_run(run_dir: str | None, base: str = "runs") -> tuple[str, dict[str, Any]]:

@@ -385,8 +385,11 @@ def run_machine(cfg: Config, run_dir: str | None = None,
         if ctl is not None and server.is_alive():
             # what the server saw while it waited (a refused HELLO is counted there);
             # no CPU ran, so nothing else of its report is the run's
-            waited = _halt_and_report(ctl, reason, [], cfg, problems, halt=False)
-            server_waited = waited.get("server") or {}
+            try:
+                waited = _halt_and_report(ctl, reason, [], cfg, problems, halt=False)
+                server_waited = waited.get("server") or {}
+            except Exception as e2:  # noqa: BLE001 - the run ends with a report
+                problems.append(f"report: {type(e2).__name__}: {e2}")
     except Exception as e:  # noqa: BLE001 - the run ends with a report, never a hang
         said = isinstance(e, (RunFileError, LaunchError, MonitorError))  # for people
         reason = str(e) if said else f"launcher error: {type(e).__name__}: {e}"

@@ -228,9 +228,9 @@ def await_handshake(endpoint: str, curve: dict[str, bytes] | None, timeout: floa
                 return
             if ev in _FAIL and not curve:
                 raise RemoteError(f"{endpoint}: the handshake failed: the server wants "
-                                  f"CURVE keys and this CPU has none: --key-dir DIR (the "
-                                  f"folder `smp keys` made, with server.key and this "
-                                  f"CPU's key)")
+                                  f"CURVE keys, which this CPU has none of (--key-dir DIR: "
+                                  f"the folder `smp keys` made, with server.key and this "
+                                  f"CPU's key), or it is no smp server")
             if ev in _FAIL:
                 raise RemoteError(f"{endpoint}: {_FAIL[ev]}")
     finally:

@@ -144,6 +144,11 @@ def trace(run_dir: str, out_path: str | None = None, until: int = 0,
     from smp.run.launcher import run_machine
     prep = _prepare_until(run_dir, until)
     path = os.path.abspath(out_path or os.path.join(run_dir, TRACE_FILE))
+    kept = [os.path.realpath(os.path.join(run_dir, name))
+            for name in (RECORD_FILE, "config.toml", "report.json")]
+    if os.path.realpath(path) in kept:
+        raise ReplayError(f"-o {out_path}: is a file of the run being traced; give "
+                          f"another (the default is {os.path.join(run_dir, TRACE_FILE)})")
     try:
         with open(path, "w"):                # the server writes it: can it?
             pass
