@@ -651,7 +651,7 @@ def _replay(args: argparse.Namespace) -> int:
     print(summary_table(rep))
     sched = (rep.get("schedule") or {}).get("replay") or {}
     div = sched.get("divergence")
-    if status >= 128:
+    if rep.get("interrupted"):
         print(f"replay {rep.get('reason', 'stopped')}: cut short, not compared with the "
               f"recorded run")
     elif div:
@@ -689,7 +689,7 @@ def _trace(args: argparse.Namespace) -> int:
     print(f"{path}: {events} events" + (f" ({dropped} more left out: the trace's limit)"
                                         if dropped else "")
           + (f"; PARTIAL: the replay was {rep.get('reason', 'stopped')}"
-             if status >= 128 else ""))
+             if rep.get("interrupted") else ""))
     print("open it in https://ui.perfetto.dev (Open trace file), or chrome://tracing")
     return status
 

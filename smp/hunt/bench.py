@@ -158,10 +158,11 @@ def usage_error(args: Any) -> str | None:
         if n < 1:
             return f"{opt} must be at least 1, got {n}"
     try:
-        load_config(args.config, [f"run.duration={args.duration}"]
-                    if args.duration is not None else [])
+        cfg = load_config(args.config)
+        if args.duration is not None:                  # checked as run.duration is
+            cfg.with_values({"run.duration": args.duration}, origin="--duration")
     except ConfigError as e:
-        return str(e).replace("--set: run.duration", "--duration: run.duration")
+        return str(e)
     return None
 
 

@@ -273,9 +273,13 @@ def prepare_out_dir(path: str, option: str = "--out") -> None:
         raise CampaignError(f"{option} {path}: exists and is not a directory")
     try:
         os.makedirs(path, exist_ok=True)
-        held = sorted(os.listdir(path))
     except OSError as e:
         raise CampaignError(f"{option} {path}: cannot make it: "
+                            f"{e.strerror or e}") from None
+    try:
+        held = sorted(os.listdir(path))
+    except OSError as e:
+        raise CampaignError(f"{option} {path}: cannot use it: "
                             f"{e.strerror or e}") from None
     if held:
         shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")

@@ -44,9 +44,6 @@ TRACE_FILE = "trace.json"
 _LOCK_FIELDS = ("name", "acquires", "contested")
 
 
-STOPPED_BY_SIGNAL = 128      # run_machine's exit status 128+N: stopped by signal N
-
-
 class ReplayError(Exception):
     """A replay that cannot start: the message says why (exit status 2)."""
 
@@ -114,7 +111,7 @@ def replay(run_dir: str, out_dir: str | None, until: int = 0,
     result = run_machine(prep.config, out, log=log, replay=prep.record, until=until,
                          force=force)
     rep = result.report
-    if result.exit_status >= STOPPED_BY_SIGNAL:   # cut short: nothing to compare
+    if rep.get("interrupted"):          # stopped by a signal: nothing to compare
         return result.exit_status, rep, out
     sched = rep.get("schedule", {}).get("replay") or {}
     div = sched.get("divergence")
@@ -161,7 +158,7 @@ def trace(run_dir: str, out_path: str | None = None, until: int = 0,
     sched = rep.get("schedule") or {}
     if sched.get("trace_error"):
         raise ReplayError(sched["trace_error"])
-    if result.exit_status >= STOPPED_BY_SIGNAL:   # cut short: the timeline up to the stop
+    if rep.get("interrupted"):          # stopped by a signal: the timeline up to the stop
         return result.exit_status, rep, path
     return (1 if (sched.get("replay") or {}).get("divergence") else 0), rep, path
 
