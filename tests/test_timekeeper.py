@@ -1,13 +1,15 @@
 """The server's virtual-time bookkeeping (smp/machine/timekeeper.py), in-process: who may
 go how far. The horizon bounds running CPUs to a quantum past the slowest; an idle CPU
-jumps only once no other CPU can act before its next timer event."""
+jumps only once no other CPU can act before its next timer event. And the sequencer's
+end of a run: the end-of-run check's grace, given a quantum at a time."""
 
 from __future__ import annotations
 
 import pytest
 
 from smp.hw.clock import NEVER
-from smp.hw.protocol import SYNC_IDLE, SYNC_RUN, SYNC_SPIN
+from smp.hw.protocol import SYNC_IDLE, SYNC_RUN, SYNC_SPIN, Event
+from smp.machine.sequencer import Sequencer, TimeSpec
 from smp.machine.timekeeper import TimeKeeper
 
 pytestmark = pytest.mark.quick
@@ -106,3 +108,73 @@ def test_disabled_keeps_no_limits() -> None:
     tk = TimeKeeper(2, 10 * MS, 1000 * MS, enabled=False)
     assert tk.request(0, 5 * MS) == [] and tk.sync(1, 900 * MS, SYNC_IDLE) == []
     assert tk.horizon == NEVER
+
+
+class _Server:
+    """What the sequencer uses of a server (smp/machine/sequencer.py's _Server), and what
+    it told the launcher."""
+
+    def __init__(self, ncpus: int) -> None:
+        self.ncpus = ncpus
+        self.cpus = dict.fromkeys(range(ncpus))
+        self.checked: set[int] = set()
+        self.told: list[tuple[Event, int]] = []
+
+    def event_cpu_control(self, cpu: int, event: Event, *args: int) -> None:
+        pass
+
+    def event_launcher(self, event: Event, t: int) -> None:
+        self.told.append((event, t))
+
+    def all_checked(self) -> bool:
+        return len(self.checked) >= len(self.cpus)
+
+
+def ended_run(ncpus: int = 3) -> tuple[Sequencer, _Server]:
+    """A machine whose CPUs all wait past its end (100 ms, quantum 10 ms): END told."""
+    srv = _Server(ncpus)
+    spec = TimeSpec(virtual=True, quantum_ns=10 * MS, end_ns=100 * MS)
+    seq = Sequencer(srv, spec)                  # type: ignore[arg-type]
+    wait_past(seq, 100 * MS)
+    assert srv.told == [(Event.END, 100 * MS)]
+    return seq, srv
+
+
+def wait_past(seq: Sequencer, t: int) -> None:
+    """Every CPU runs up to ``t`` and waits for the horizon just past it."""
+    for cpu in range(seq.srv.ncpus):
+        seq.horizon_to(seq.tk.request(cpu, t))
+    for cpu in range(seq.srv.ncpus):
+        seq.horizon_to(seq.tk.sync(cpu, t + 1, SYNC_RUN))
+
+
+def test_the_end_of_run_check_ends_at_the_first_quantum_every_cpu_reaches_checked() -> None:
+    seq, srv = ended_run()
+    seq.extend(500 * MS)                        # the launcher's CTL_FINAL
+    assert seq.tk.horizon == 110 * MS           # a quantum, not the whole grace
+    srv.checked |= {0, 1}
+    wait_past(seq, 110 * MS)                    # cpu 2 has not checked: a quantum more
+    assert srv.told == [(Event.END, 100 * MS)] and seq.tk.horizon == 120 * MS
+    srv.checked.add(2)
+    wait_past(seq, 120 * MS)
+    assert srv.told[-1] == (Event.END, 120 * MS)
+
+
+def test_an_end_of_run_check_that_never_finishes_ends_after_the_whole_grace() -> None:
+    seq, srv = ended_run()
+    seq.extend(45 * MS)
+    for t in (110, 120, 130, 140):
+        wait_past(seq, t * MS)
+        assert len(srv.told) == 1
+    wait_past(seq, 145 * MS)                    # the last step is what is left: 5 ms
+    assert srv.told[-1] == (Event.END, 145 * MS)
+
+
+def test_cpus_idle_past_the_whole_grace_end_it_at_once() -> None:
+    # every CPU idles until a tick far beyond the grace: each step ends at once, and the
+    # steps follow one another in one call (a loop, not a recursion 50 deep)
+    seq, srv = ended_run()
+    seq.extend(500 * MS)
+    for cpu in range(3):
+        seq.horizon_to(seq.tk.sync(cpu, 2000 * MS, SYNC_IDLE))
+    assert srv.told[-1] == (Event.END, 600 * MS)

@@ -82,6 +82,7 @@ class _Server(Protocol):
     def guarded(self, ident: bytes, peer: Peer | None, op: int, seq: int, tid: int,
                 site: str, t: int, args: list[Any]) -> None: ...
     def final_check(self) -> None: ...
+    def all_checked(self) -> bool: ...
     def halt(self, reason: str, dead: list[int]) -> None: ...
 
 
@@ -110,6 +111,7 @@ class Sequencer:
         self.replay = ts.replay
         self.replay_done = False
         self.end_told: int | None = None     # the end the launcher was told of
+        self.grace_left = 0                  # the end-of-run check's grace not yet given
         self.sent = [0] * srv.ncpus          # machine events sent to each CPU
         self.ops = 0                         # the machine's operations handled so far
         # each CPU's last requests: what a dump shows as "touched last"
@@ -134,11 +136,20 @@ class Sequencer:
         every CPU has reached the run's end."""
         srv = self.srv
         tk = self.tk
-        for cpu in cpus:
-            srv.event_cpu_control(cpu, Event.HORIZON, tk.horizon, tk.idle_limit(cpu))
-        if self.tk.ended and self.end_told != self.tk.ended_at:
-            self.end_told = self.tk.ended_at
-            srv.event_launcher(Event.END, self.tk.ended_at)
+        while True:
+            for cpu in cpus:
+                srv.event_cpu_control(cpu, Event.HORIZON, tk.horizon, tk.idle_limit(cpu))
+            if not tk.ended or self.end_told == tk.ended_at:
+                return
+            if self.grace_left > 0 and not srv.all_checked():
+                # the end-of-run check is not done: a quantum more (at most the grace)
+                step = min(tk.quantum, self.grace_left)
+                self.grace_left -= step
+                cpus = tk.extend(step)
+                continue
+            self.end_told = tk.ended_at
+            srv.event_launcher(Event.END, tk.ended_at)
+            return
 
     def event_sent(self, cpu: int, t: int) -> None:
         """A machine event went to ``cpu``, made at simulated time ``t``: a waiting CPU
@@ -150,8 +161,14 @@ class Sequencer:
             self.replay.stuck.pop(cpu, None)
 
     def extend(self, ns: int) -> None:
-        """Lift the run's end by ``ns`` (the end-of-run check's grace)."""
-        self.horizon_to(self.tk.extend(ns))
+        """Give the end-of-run check up to ``ns`` of simulated time past the run's end: the
+        end is lifted a quantum at a time, and the machine ends again at the first of them
+        that every CPU reaches having checked (:meth:`horizon_to`). Where that is depends
+        only on what the CPUs did before it (each says it checked before it waits past
+        the end), not on the host; a replay follows its record instead."""
+        step = min(self.tk.quantum, ns)
+        self.grace_left = ns - step
+        self.horizon_to(self.tk.extend(step))
 
     def leave(self, cpu: int) -> None:
         """A dead CPU no longer holds the others back."""

@@ -490,7 +490,7 @@ class Server:
             self.seq.reads(p.cpu, list(payload[0]), int(payload[1]), int(payload[2]))
         elif kind == "checked":                   # a CPU ran its final invariant check
             self.checked.add(p.cpu)
-            if len(self.checked) >= len(self.cpus):
+            if self.all_checked():
                 self.event_launcher(Event.CHECKED, len(self.checked))
         elif kind == "halt":                      # the kernel asks to stop (shutdown)
             if self.halting is None:
@@ -532,6 +532,10 @@ class Server:
         for cpu in self.cpus:
             self.event_cpu(cpu, Event.FINAL)
         self.seq.extend(self.timespec.final_grace_ns)
+
+    def all_checked(self) -> bool:
+        """Whether every CPU has run the end-of-run check."""
+        return len(self.checked) >= len(self.cpus)
 
     def halt(self, reason: str, dead: list[int]) -> None:
         self.halting = self.halting or reason

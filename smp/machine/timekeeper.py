@@ -25,7 +25,7 @@ Two limits follow from these times:
 
 Neither passes the *cap*, the run's end: when every CPU waits beyond the cap, the machine
 has reached its end (``ended``), and the launcher runs the end-of-run check with the cap
-lifted a little (:meth:`extend`), then halts it.
+lifted a quantum at a time (:meth:`extend`) until every CPU has checked, then halts it.
 
 Dead or departed CPUs no longer count. With ``enabled`` False (wall time, or a replay,
 which follows a record instead) there are no limits.
