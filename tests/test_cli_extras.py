@@ -12,6 +12,8 @@ import pytest
 import helpers
 from smp.cli import main
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
 pytestmark = pytest.mark.quick
 
 
@@ -116,3 +118,25 @@ def test_run_json_and_quiet_are_one_or_the_other(capsys: pytest.CaptureFixture[s
         main(["run", "--json", "--quiet"])
     assert e.value.code == 2
     assert "--quiet: not allowed with argument --json" in capsys.readouterr().err
+
+
+def test_ctrl_c_while_the_smp_script_imports_smp_is_exit_130_not_a_traceback() -> None:
+    """The installed ``smp`` script imports its entry point's module before anything runs:
+    that entry point must take a Ctrl-C during ``import smp.cli`` (it was smp.cli:main,
+    whose import the script does itself, outside any handler)."""
+    import tomllib
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["scripts"]["smp"] == "smp.__main__:entry"
+    script = ("import builtins, sys\n"
+              "real = builtins.__import__\n"
+              "def ctrl_c(name, *args, **kw):\n"
+              "    if name == 'smp.cli':\n"
+              "        raise KeyboardInterrupt\n"
+              "    return real(name, *args, **kw)\n"
+              "builtins.__import__ = ctrl_c\n"
+              # what pip's console script does, with the entry point named in pyproject
+              "from smp.__main__ import entry\n"
+              "sys.exit(entry())\n")
+    r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 130 and "Traceback" not in r.stderr, r.stderr
