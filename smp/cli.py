@@ -535,6 +535,7 @@ def _stress(args: argparse.Namespace, cfg: "Config") -> int:
 
     from smp.hunt.stress import (Campaign, CampaignError, Runner, Terminated, describe,
                                  prepare_out_dir, run_campaign)
+    from smp.run.rundir import RunDirError, new_dir
     if args.jobs is not None and args.cluster is not None:
         print("smp: stress: --jobs or --cluster, not both (a cluster's workers say how many "
               "machines each runs)", file=sys.stderr)
@@ -553,11 +554,15 @@ def _stress(args: argparse.Namespace, cfg: "Config") -> int:
     except ConfigError as e:
         print(f"smp: stress: {e}", file=sys.stderr)
         return 2
-    out = args.out or os.path.join(str(cfg["run.dir"]),
-                                   f"stress-{_time.strftime('%Y%m%d-%H%M%S')}-s{args.seed}")
     try:
-        prepare_out_dir(out, "--out" if args.out else "run.dir")
-    except CampaignError as e:
+        if args.out:
+            out = args.out
+            prepare_out_dir(out)
+        else:                       # a new folder of its own, even beside a twin campaign
+            out = new_dir(str(cfg["run.dir"]),
+                          f"stress-{_time.strftime('%Y%m%d-%H%M%S')}-s{args.seed}",
+                          "a campaign folder")
+    except (CampaignError, RunDirError) as e:
         print(f"smp: stress: {e}", file=sys.stderr)
         return 2
     camp = Campaign(args.config, args.runs, jobs, args.seed, args.chaos,

@@ -387,6 +387,33 @@ def test_force_clears_only_a_finished_run(tmp_path: pathlib.Path) -> None:
     assert (busy / "live.json").exists()
 
 
+@pytest.mark.quick
+def test_twin_runs_and_campaigns_never_share_a_directory(tmp_path: pathlib.Path) -> None:
+    """Two runs (or two campaigns) started in the same second with the same seed are
+    named alike: each gets a new directory of its own, made exclusively (a campaign's
+    default folder was checked empty, then used: a twin passing the same check between
+    the two would have mixed its runs into it)."""
+    from smp.run.rundir import new_dir
+    made = [new_dir(str(tmp_path / "runs"), "stress-20261206-120000-s1") for _ in range(3)]
+    assert [pathlib.Path(m).name for m in made] == [
+        "stress-20261206-120000-s1", "stress-20261206-120000-s1-1",
+        "stress-20261206-120000-s1-2"]
+    assert all(pathlib.Path(m).is_dir() and not any(pathlib.Path(m).iterdir())
+               for m in made)
+
+
+@pytest.mark.parametrize("command", ["run", "stress"])
+def test_a_run_dir_that_is_a_file_is_named_by_run_and_stress(
+        tmp_path: pathlib.Path, command: str) -> None:
+    from helpers import cli
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    r = cli(tmp_path, command, "--set", f"run.dir={afile}", timeout=30)
+    said = "smp: " + ("stress: " if command == "stress" else "")
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert r.stderr == f"{said}run.dir {afile}: exists and is not a directory\n", r.stderr
+
+
 # -- 5. an unusable run directory ----------------------------------------------------------
 @pytest.fixture
 def readonly_dir(tmp_path: pathlib.Path) -> Any:

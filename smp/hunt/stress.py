@@ -264,26 +264,26 @@ class Progress:
 PROGRESS_S = 1.0        # how often ``progress`` is called while runs go on
 
 
-def prepare_out_dir(path: str, option: str = "--out") -> None:
-    """The campaign's folder, made before anything starts: a CampaignError (exit 2)
-    names ``option`` and says why for a path that is a file, cannot be made, or already
+def prepare_out_dir(path: str) -> None:
+    """The campaign's folder given as ``--out``, made before anything starts: a
+    CampaignError (exit 2) says why for a path that is a file, cannot be made, or already
     holds files (a campaign's runs are named by index and seed: another campaign's, or
     anything else, would lie among them)."""
     if os.path.exists(path) and not os.path.isdir(path):
-        raise CampaignError(f"{option} {path}: exists and is not a directory")
+        raise CampaignError(f"--out {path}: exists and is not a directory")
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
-        raise CampaignError(f"{option} {path}: cannot make it: "
+        raise CampaignError(f"--out {path}: cannot make it: "
                             f"{e.strerror or e}") from None
     try:
         held = sorted(os.listdir(path))
     except OSError as e:
-        raise CampaignError(f"{option} {path}: cannot use it: "
+        raise CampaignError(f"--out {path}: cannot use it: "
                             f"{e.strerror or e}") from None
     if held:
         shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
-        raise CampaignError(f"{option} {path}: is not empty (it holds {shown}); give a "
+        raise CampaignError(f"--out {path}: is not empty (it holds {shown}); give a "
                             f"new directory")
 
 

@@ -57,7 +57,10 @@ def _why(e: OSError) -> str:
     return e.strerror or str(e)
 
 
-def _new_run_dir(base: str, seed: int) -> str:
+def new_dir(base: str, name: str, what: str = "a run directory") -> str:
+    """A new, empty directory ``base/name`` (``name-1``, ``name-2``, ... if taken), made
+    exclusively: two runs or campaigns started in the same second with the same seed never
+    share one. ``base`` is the config's run.dir, made if missing; RunDirError names it."""
     try:
         os.makedirs(base, exist_ok=True)
     except FileExistsError:
@@ -66,19 +69,17 @@ def _new_run_dir(base: str, seed: int) -> str:
         raise RunDirError(f"run.dir {base}: cannot create it: {_why(e)}") from None
     if not os.path.isdir(base):
         raise RunDirError(f"run.dir {base}: exists and is not a directory")
-    stamp = time.strftime("%Y%m%d-%H%M%S")
     for n in range(1000):
-        path = os.path.join(base, f"{stamp}-s{seed}" + (f"-{n}" if n else ""))
+        path = os.path.join(base, name + (f"-{n}" if n else ""))
         try:
             os.mkdir(path)
             return path
         except FileExistsError:
             continue
         except OSError as e:
-            raise RunDirError(f"run.dir {base}: cannot create a run directory in it: "
+            raise RunDirError(f"run.dir {base}: cannot create {what} in it: "
                               f"{_why(e)}") from None
-    raise RunDirError(f"run.dir {base}: cannot create a run directory in it "
-                      f"(1000 names taken)")
+    raise RunDirError(f"run.dir {base}: cannot create {what} in it (1000 names taken)")
 
 
 def _is_run(path: str, entries: list[str]) -> bool:
@@ -115,7 +116,7 @@ def prepare_run_dir(run_dir: str | None, base: str, seed: int, force: bool = Fal
     """The directory the run writes into, ready and empty (see the module doc); raises
     RunDirError before anything has started."""
     if run_dir is None:
-        return _new_run_dir(base, seed)
+        return new_dir(base, f"{time.strftime('%Y%m%d-%H%M%S')}-s{seed}")
     path = run_dir
     if os.path.lexists(path) and not os.path.isdir(path):
         raise RunDirError(f"--run-dir {path}: exists and is not a directory")
