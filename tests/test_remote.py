@@ -142,6 +142,8 @@ def test_a_refused_hello_is_counted_when_the_machine_never_starts(
     report = _report(tmp_path / "run")
     assert "before the machine started" in report["reason"], report["reason"]
     assert report["server"]["rejected"].get("hello") == 1, report["server"]
+    # and says nothing of the run it never had (a final report missing from each CPU)
+    assert not report["problems"], report["problems"]
 
 
 def test_remote_cpu_death_ends_run(tmp_path: pathlib.Path, procs: Procs) -> None:

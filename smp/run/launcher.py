@@ -450,7 +450,7 @@ def run_machine(cfg: Config, run_dir: str | None = None,
             sim = _virtual_seconds(server_report, float(cfg["run.duration"]))
         else:
             sim = ((t_end or time.monotonic()) - t0) * float(cfg["machine.speed"]) if t0 else 0.0
-        if record_path is not None:
+        if record_path is not None and server_report:   # (none: the machine never ran)
             _record_totals(record_path, server_report)
         report = build_report(server_report, ncpus=ncpus, seed=seed, config=cfg.source,
                               reason=reason, problems=problems, notes=notes, wall_s=wall,
