@@ -150,6 +150,8 @@ class Event(enum.IntEnum):
     END = 13           # (t)                (to the launcher) every CPU reached the end
     STOP = 14          # (reason)           stop where you are (a replay's --until)
     DONE = 15          # (ok, message)      (to the launcher) the replay ended
+    WRITE_FAILED = 16  # (message)          (to the launcher) the record or a trace could not
+                       #                    be written (a full disk): stop the run
 
 # Control messages change nothing in the machine: they are not recorded or ordered, and
 # a replay does not count them among the events a CPU takes (hw/record.py).

@@ -353,3 +353,35 @@ def cli(cwd: pathlib.Path, *args: str, timeout: float = 60) -> subprocess.Comple
         raise AssertionError(f"smp {' '.join(args)} did not finish in {timeout} s: "
                              f"{out}{err}") from None
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+class FullAfter:
+    """A file whose writes fail with ENOSPC after ``n`` of them (a disk filling up)."""
+
+    def __init__(self, f: Any, n: int) -> None:
+        self.f, self.n = f, n
+
+    def write(self, data: Any) -> int:
+        if self.n <= 0:
+            import errno
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.n -= 1
+        return int(self.f.write(data))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.f, name)
+
+
+def filling_open(suffix: str, writes: int) -> Callable[..., Any]:
+    """An ``open`` for a module under test: a file whose name ends with ``suffix``, opened
+    for writing, takes ``writes`` writes, then fails each with ENOSPC. (A machine's
+    server and CPUs are forked from the test: they inherit the module patched.)"""
+    import builtins
+    real_open = builtins.open
+
+    def fake_open(path: Any, *args: Any, **kw: Any) -> Any:
+        f = real_open(path, *args, **kw)
+        mode = str(args[0] if args else kw.get("mode", "r"))
+        filling = ("w" in mode or "a" in mode) and str(path).endswith(suffix)
+        return FullAfter(f, writes) if filling else f
+    return fake_open

@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterator
 import psutil
 import pytest
 
-from helpers import describe, expect_shutdown, sysinit, wait_until
+from helpers import describe, expect_shutdown, filling_open, sysinit, wait_until
 
 pytestmark = [pytest.mark.long, pytest.mark.timeout(120)]
 
@@ -249,23 +249,9 @@ def test_a_full_disk_ends_the_run_with_a_message(small_fs: pathlib.Path) -> None
     assert (rdir / "config.toml").read_text().startswith("# smp ")
     assert _jsonl_whole(rdir / "stats.jsonl") >= 0
     assert "FAILED" in r.stdout or "cannot write" in r.stdout, r.stdout[-2000:]
-
-
-class _FullAfter:
-    """A file whose writes fail with ENOSPC after ``n`` of them (a disk filling up)."""
-
-    def __init__(self, f: Any, n: int) -> None:
-        self.f, self.n = f, n
-
-    def write(self, data: Any) -> int:
-        if self.n <= 0:
-            import errno
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self.n -= 1
-        return int(self.f.write(data))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.f, name)
+    # whichever file fills first (stats.jsonl, the record), the run stops on it: no
+    # kernel panic (a record's write failing inside a request was a "fatal trap")
+    assert "panic" not in r.stdout + r.stderr, r.stdout[-2000:] + r.stderr[-2000:]
 
 
 def test_a_writer_that_fills_up_ends_the_run_cleanly(run: Any, tmp_path: pathlib.Path,
@@ -274,14 +260,8 @@ def test_a_writer_that_fills_up_ends_the_run_cleanly(run: Any, tmp_path: pathlib
     the fourth on. The run ends at once, naming the file, with report.json and log.txt
     written and no process left; before the fix run_machine raised out of its cleanup
     and left the server and the CPUs running."""
-    import builtins
     from smp.run import launcher
-    real_open = builtins.open
-
-    def fake_open(path: Any, *args: Any, **kw: Any) -> Any:
-        f = real_open(path, *args, **kw)
-        return _FullAfter(f, 3) if str(path).endswith("stats.jsonl") else f
-    monkeypatch.setattr(launcher, "open", fake_open, raising=False)
+    monkeypatch.setattr(launcher, "open", filling_open("stats.jsonl", 3), raising=False)
     t = time.monotonic()
     res = run(["machine.cpus=2", "run.duration=600"])
     r = res.report
@@ -292,6 +272,28 @@ def test_a_writer_that_fills_up_ends_the_run_cleanly(run: Any, tmp_path: pathlib
     assert saved["reason"] == r["reason"] and all(c["reported"] for c in saved["cpus"])
     assert _jsonl_whole(tmp_path / "run" / "stats.jsonl") >= 1
     assert "stopping: cannot write" in (tmp_path / "run" / "log.txt").read_text()
+
+
+@pytest.mark.parametrize("writes", [1, 3])
+def test_a_record_that_fills_up_ends_the_run_cleanly_not_in_a_panic(
+        run: Any, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch,
+        writes: int) -> None:
+    """The record (written by the server, at the requests it orders) fails with ENOSPC
+    after its first writes. It was an internal error of the request being handled: the
+    kernel took it for a fatal trap and the run ended in a panic that never happened.
+    Now the run stops at once, naming the file, as for a launcher's file; a record that
+    cannot even be begun (its header: one write) stops the machine before it starts."""
+    from smp.hw import record
+    monkeypatch.setattr(record, "open", filling_open(".smpr", writes), raising=False)
+    res = run(["machine.cpus=2", "run.duration=600"])
+    r = res.report
+    assert res.exit_status == 1 and not r["ok"], describe(res)
+    path = tmp_path / "run" / "schedule.smpr"
+    said = f"cannot write {path}: No space left on device (the disk is full)"
+    assert r["reason"] == said and r["problems"] == [said], (r["reason"], r["problems"])
+    assert not r.get("panic"), describe(res)
+    assert all(c["reported"] for c in r["cpus"]) == (writes > 1), r["cpus"]
+    assert f"stopping: {said}" in (tmp_path / "run" / "log.txt").read_text()
 
 
 def test_samples_that_json_cannot_hold_are_dropped_and_counted(

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from smp.hw.protocol import EXCL, LK_SPIN, VERSION, Op, field_addr, pack
+from smp.hw.protocol import EXCL, LK_SPIN, OK, VERSION, Event, Op, field_addr, pack, unpack
 from smp.machine.sequencer import TimeSpec
 from smp.machine.server import Server
 from smp.machine.trace import count_events
@@ -98,3 +98,26 @@ def test_a_panic_is_a_mark_across_the_timeline(tmp_path: pathlib.Path) -> None:
     marks = [e for e in _events(srv, path) if e["ph"] == "i"]
     assert [(m["name"], m["pid"], m["s"], m["ts"]) for m in marks] == [("panic: boom", 1, "g",
                                                                          3.0)]
+
+
+def test_a_timeline_that_cannot_be_written_is_given_up_and_the_launcher_told(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trace's writes fail (a full disk) once the machine runs: the requests go on
+    (it was an internal error of the request whose event was being written, a fatal
+    trap for the kernel), the launcher is told once, the report says why."""
+    from helpers import filling_open
+    from smp.machine import trace
+    monkeypatch.setattr(trace, "open", filling_open("trace.json", 12), raising=False)
+    srv, req, path = _machine(tmp_path)          # the header and ten names: 11 writes
+    req(b"A", Op.DEFTYPE, "thing", [["t_mtx", "lock", "", None]], posted=True)
+    for tid in range(1, 4):
+        req(b"A", Op.NEW, "thing", {}, tid=tid, t=tid * 1_000)
+    said = f"cannot write {path}: No space left on device (the disk is full)"
+    sent = srv.sock.sent                          # type: ignore[union-attr]
+    told = [unpack(m) for who, m in zip(sent, sent[1:]) if who == b"L"]
+    failed = [m for m in told if m[:2] == [Op.EVENT, Event.WRITE_FAILED]]
+    assert [m[2] for m in failed] == [said], told
+    replies = [unpack(m) for who, m in zip(sent, sent[1:]) if who == b"A"]
+    assert len([m for m in replies if m[0] == Op.REPLY and m[2] == OK]) == 3 + 1  # hello
+    assert srv.publisher.report()["schedule"]["trace_error"] == said
+    srv.seq.close({})                              # nothing more is written, nothing raised

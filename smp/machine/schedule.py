@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 from smp.hw import record
 from smp.hw.protocol import Op
+from smp.machine.files import write_error
 
 
 def _opname(op: int) -> str:
@@ -42,31 +43,49 @@ class Divergence:
 
 
 class Recording:
-    """A run's schedule, written as the server handles it."""
+    """A run's schedule, written as the server handles it. A write that fails (a full
+    disk) gives the record up: ``error`` says why, nothing more is written, and
+    ``failed`` is told (the sequencer stops the run: a record with a hole is no record)."""
 
-    def __init__(self, path: str, header: dict[str, Any]) -> None:
+    def __init__(self, path: str, header: dict[str, Any],
+                 failed: Callable[[str], None] = lambda error: None) -> None:
         self.path = path
+        self.failed = failed
+        self.error: str | None = None
         self.w = record.Writer(path, header)
 
     @property
     def requests(self) -> int:
         return self.w.n
 
+    def _write(self, write: Callable[..., Any], *args: Any) -> None:
+        if self.error is not None:
+            return
+        try:
+            write(*args)
+        except OSError as e:
+            self.error = write_error(self.path, e)
+            self.failed(self.error)
+
     def request(self, cpu: int, op: int, site: str, tid: int) -> None:
-        self.w.request(cpu, op, site, tid)
+        self._write(self.w.request, cpu, op, site, tid)
 
     def action(self, kind: str, payload: Any) -> None:
-        self.w.action(kind, payload)
+        self._write(self.w.action, kind, payload)
 
     def reads(self, cpu: int, entries: list[int], last: int, upto: int) -> None:
-        self.w.reads(cpu, entries, last, upto)
+        self._write(self.w.reads, cpu, entries, last, upto)
 
     def flush(self) -> None:
-        self.w.flush()
+        self._write(self.w.flush)
 
-    def close(self, totals: dict[str, Any]) -> int:
-        self.w.close(totals)
-        return self.w.bytes
+    def close(self, totals: dict[str, Any]) -> None:
+        self._write(self.w.close, totals)
+        if not self.w.f.closed:              # given up: closed all the same
+            try:
+                self.w.f.close()
+            except OSError:
+                pass
 
 
 class Replay:

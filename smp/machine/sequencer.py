@@ -38,6 +38,7 @@ from typing import Any, Protocol
 
 from smp.hw.clock import NEVER
 from smp.hw.protocol import CONTROL_OPS, Event, Op
+from smp.machine.files import write_error
 from smp.machine.locks import LockTable
 from smp.machine.peers import Peer, opname, short
 from smp.machine.schedule import Divergence, Recording, Replay
@@ -98,16 +99,17 @@ class Sequencer:
         self.record_error: str | None = None
         if ts.record_path and ts.replay is None:
             try:
-                self.rec = Recording(ts.record_path, ts.record_header)
+                self.rec = Recording(ts.record_path, ts.record_header, self._write_failed)
             except OSError as e:
-                self.record_error = f"{ts.record_path}: cannot record: {e.strerror}"
+                self.record_error = write_error(ts.record_path, e)
         self.tracer: Tracer | None = None
         self.trace_error: str | None = None
         if ts.trace_path:
             try:
-                self.tracer = Tracer(ts.trace_path, srv.ncpus, srv.locks.names)
+                self.tracer = Tracer(ts.trace_path, srv.ncpus, srv.locks.names,
+                                     failed=self._write_failed)
             except OSError as e:
-                self.trace_error = f"{ts.trace_path}: cannot trace: {e.strerror}"
+                self.trace_error = write_error(ts.trace_path, e)
         self.replay = ts.replay
         self.replay_done = False
         self.end_told: int | None = None     # the end the launcher was told of
@@ -124,6 +126,18 @@ class Sequencer:
         return {str(c): [(n, opname(op), site, tid, t, short(args))
                          for n, op, site, tid, t, args in q]
                 for c, q in sorted(self.recent.items())}
+
+    @property
+    def write_failed(self) -> str | None:
+        """Why the record or the timeline could not be written, if one could not."""
+        return (self.record_error or (self.rec.error if self.rec else None)
+                or self.trace_error or (self.tracer.error if self.tracer else None))
+
+    def _write_failed(self, error: str) -> None:
+        """The record or the timeline could not be written (a full disk): the launcher
+        stops the run, saying so (it was an internal error of whatever request was being
+        handled, which the kernel took for a fatal trap)."""
+        self.srv.event_launcher(Event.WRITE_FAILED, error)
 
     @property
     def replaying(self) -> bool:
@@ -326,28 +340,20 @@ class Sequencer:
     def close(self, totals: dict[str, Any]) -> None:
         """The end of the run: the record's last totals, the timeline's last slices."""
         if self.rec is not None:
-            try:
-                self.rec.close(totals)
-            except OSError:
-                pass
+            self.rec.close(totals)
         if self.tracer is not None:
-            try:
-                self.tracer.close()
-            except OSError:
-                pass
+            self.tracer.close()
 
     def report(self) -> dict[str, Any]:
         """What was recorded, or how the replay went; what was traced."""
         out: dict[str, Any] = {"time": "virtual" if self.timespec.virtual else "wall",
                                "sync": self.tk.statistics() if self.tk.enabled else {}}
         if self.rec is not None:
-            try:
-                self.rec.flush()
-            except OSError as e:
-                self.record_error = self.record_error or f"cannot record: {e.strerror}"
+            self.rec.flush()
             out["record"] = {"path": self.rec.path, "operations": self.rec.requests}
-        if self.record_error:
-            out["record_error"] = self.record_error
+        record_error = self.record_error or (self.rec.error if self.rec else None)
+        if record_error:
+            out["record_error"] = record_error
         rp = self.replay
         if rp is not None:
             out["replay"] = {"operations": rp.i, "recorded": rp.total,
@@ -356,8 +362,9 @@ class Sequencer:
                              "damage": rp.rec.damage, "after_stop": rp.after_stop}
         if self.tracer is not None:
             out["trace"] = {"path": self.timespec.trace_path, **self.tracer.statistics()}
-        if self.trace_error:
-            out["trace_error"] = self.trace_error
+        trace_error = self.trace_error or (self.tracer.error if self.tracer else None)
+        if trace_error:
+            out["trace_error"] = trace_error
         return out
 
 

@@ -281,9 +281,13 @@ class Server:
             raise Rejected("hello", f"unknown role {short(role)}")
         self.peers[ident] = peer
         self.strangers.pop(ident, None)
+        # the launcher learns here of a record or trace that cannot be written: no run
+        write_failed = self.seq.write_failed if role == "launcher" else None
         self._reply(ident, seq, OK, {"ncpus": self.ncpus, "npages": self.mem.npages,
                                      "swap_blocks": self.swap.nblocks,
-                                     "now": time.monotonic(), **self.hello_info})
+                                     "now": time.monotonic(), **self.hello_info,
+                                     **({"write_failed": write_failed} if write_failed
+                                        else {})})
         if self.started_at is not None and role == "cpu":
             self.event_cpu(cpu, Event.START, self.started_at)
         self._check_started()

@@ -20,16 +20,21 @@ goes; events past ``limit`` are counted and left out.
 from __future__ import annotations
 
 import json
-from typing import IO, Any
+from typing import IO, Any, Callable
 
 from smp.hw.protocol import AF_LINE, GRANTED, GRANTED_LINE, Op
+from smp.machine.files import write_error
 
 THREADS, LOCKS, SLEEPING = 1, 2, 3          # the track ids within a CPU's process
 
 
 class Tracer:
     def __init__(self, path: str, ncpus: int, lock_names: dict[int, str],
-                 limit: int = 2_000_000) -> None:
+                 limit: int = 2_000_000,
+                 failed: Callable[[str], None] = lambda error: None) -> None:
+        self.path = path
+        self.failed = failed                 # told once if a write fails (a full disk)
+        self.error: str | None = None
         self.f: IO[str] = open(path, "w")
         self.f.write('{"displayTimeUnit": "ms", "traceEvents": [\n')
         self.first = True
@@ -55,9 +60,19 @@ class Tracer:
         if self.events >= self.limit:
             self.dropped += 1
             return
-        self.f.write(("" if self.first else ",\n") + json.dumps(ev, separators=(",", ":")))
+        self._write(("" if self.first else ",\n") + json.dumps(ev, separators=(",", ":")))
         self.first = False
         self.events += 1
+
+    def _write(self, text: str) -> None:
+        """Write, or, once a write has failed, give the file up (``error`` says why)."""
+        if self.error is not None:
+            return
+        try:
+            self.f.write(text)
+        except OSError as e:
+            self.error = write_error(self.path, e)
+            self.failed(self.error)
 
     def _meta(self, name: str, pid: int, tid: int, args: dict[str, Any]) -> None:
         self._emit({"ph": "M", "name": name, "pid": pid, "tid": tid, "args": args})
@@ -113,8 +128,13 @@ class Tracer:
     def close(self) -> None:
         for cpu, (tid, since) in sorted(self.running.items()):
             self._slice(cpu, THREADS, f"thread {tid}", since, self.last_us)
-        self.f.write("\n]}\n")
-        self.f.close()
+        self._write("\n]}\n")
+        try:
+            self.f.close()
+        except OSError as e:                 # what was buffered did not fit
+            if self.error is None:
+                self.error = write_error(self.path, e)
+                self.failed(self.error)
 
     # -- helpers ----------------------------------------------------------------------
     def _runs(self, cpu: int, tid: int, us: float) -> None:

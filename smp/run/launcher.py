@@ -26,7 +26,6 @@ or config error (raised before anything starts); 128+N when stopped by signal N.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
 import os
 import shutil
@@ -46,6 +45,7 @@ from smp.hw.protocol import ERR, LIVENESS_S, VERSION, Event, Op, pack, unpack
 from smp import __version__
 from smp.run.config import Config
 from smp.machine.cpuproc import START_TIMEOUT, cpu_main
+from smp.machine.files import write_error
 from smp.machine.proc_util import describe_exit
 from smp.run.remote import ListenSpec
 from smp.run.rundir import (RunDirError, config_header, make_socket_dir, prepare_run_dir,
@@ -142,12 +142,6 @@ def _open_run_file(path: str) -> Any:
     """A run file opened for writing, unbuffered (binary): a write that fails (a full
     disk) fails at once, and what was written before it is on disk. Tests replace it."""
     return open(path, "wb", buffering=0)
-
-
-def write_error(path: str, e: OSError) -> str:
-    """One line for a failed write of a run file: the path and the reason."""
-    full = " (the disk is full)" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
-    return f"cannot write {path}: {e.strerror or e}{full}"
 
 
 class StatsRecorder:
@@ -350,7 +344,9 @@ def run_machine(cfg: Config, run_dir: str | None = None,
                  f"{listen.join_timeout:.0f} s")
         ctl = _Control(endpoint)
         stats = StatsRecorder(stats_endpoint, os.path.join(rdir, "stats.jsonl"), monitors)
-        ctl.call(Op.HELLO, VERSION, "launcher", -1, os.getpid(), timeout=LIVENESS_S)
+        said = ctl.call(Op.HELLO, VERSION, "launcher", -1, os.getpid(), timeout=LIVENESS_S)
+        if said.get("write_failed"):         # the record (or the trace) cannot be written
+            raise _Stopped(str(said["write_failed"]))
         t0 = _start(ctl, server, cpus, start_wait, stop_signal, ncpus, listen)
         live = {"stats": stats_endpoint, "launcher_pid": os.getpid(),
                 "server_pid": server.pid, "cpu_pids": [p.pid for p in cpus.values()],
@@ -380,6 +376,7 @@ def run_machine(cfg: Config, run_dir: str | None = None,
     except _Stopped as e:
         reason = str(e)
         unstarted = True                # no CPU has anything to report: stop them all
+        note(f"stopping: {reason}")
         if not stop_signal:
             problems.append(reason)
         if ctl is not None and server.is_alive():
@@ -451,7 +448,10 @@ def run_machine(cfg: Config, run_dir: str | None = None,
         else:
             sim = ((t_end or time.monotonic()) - t0) * float(cfg["machine.speed"]) if t0 else 0.0
         if record_path is not None and server_report:   # (none: the machine never ran)
-            _record_totals(record_path, server_report)
+            damaged = _record_totals(record_path, server_report)
+            if damaged and not any(p.startswith(f"cannot write {record_path}")
+                                   for p in problems):
+                problems.append(damaged)
         report = build_report(server_report, ncpus=ncpus, seed=seed, config=cfg.source,
                               reason=reason, problems=problems, notes=notes, wall_s=wall,
                               sim_s=sim, interrupted=bool(stopped_by), version=__version__)
@@ -533,6 +533,11 @@ def _watch(ctl: _Control, stats: StatsRecorder, poller: Any,
             break
         # events first: a CPU that exits after a shutdown or a panic is no death
         events = ctl.drain_events() if ctl.sock in ready or ctl.events else []
+        failed = [str(e[2]) for e in events if e[1] == Event.WRITE_FAILED]
+        if failed:                   # the record or the trace: a full disk
+            problems.append(failed[0])
+            end.reason = failed[0]
+            break
         ended = end_reason(events)
         if ended:
             end.reason = ended
@@ -600,20 +605,23 @@ def _virtual_seconds(server_report: dict[str, Any], duration: float) -> float:
     return min(sim, duration)
 
 
-def _record_totals(record_path: str, server_report: dict[str, Any]) -> None:
+def _record_totals(record_path: str, server_report: dict[str, Any]) -> str | None:
     """The record's size and operations into the report's ``schedule.record``. The
     server's report is taken while the CPUs still post their last operations (a panic,
     a halt): the record goes on after it. The record, closed now, has the final count,
-    the one a replay replays and compares with."""
+    the one a replay replays and compares with. Returns what is wrong with it, if it is
+    not whole (its last writes failed, the server died)."""
     sched = server_report.setdefault("schedule", {})
     rec = sched.setdefault("record", {"path": record_path})
     rec["bytes"] = record.size_of(record_path)
     try:
         final = record.read(record_path)
-        if final.totals is not None:
-            rec["operations"] = final.requests
-    except record.LogError:
-        pass
+    except record.LogError as e:
+        return str(e)
+    if final.damage is not None:
+        return f"{record_path}: {final.damage}: a replay stops where it does"
+    rec["operations"] = final.requests
+    return None
 
 
 class RunFileError(Exception):
@@ -669,6 +677,9 @@ def _halt_and_report(ctl: _Control, reason: str, dead: list[int], cfg: Config,
         server_report = ctl.call(Op.CTL_REPORT, timeout=LIVENESS_S)
         problems.extend(held_locks_line(int(c), d) for c, d in
                         server_report.get("dead_cpus", {}).items())
+        lost = (server_report.get("schedule") or {}).get("record_error")
+        if lost and lost not in problems:          # (said at once, if it happened mid-run)
+            problems.append(lost)
     except (TimeoutError, LaunchError) as e:
         problems.append(f"report: {e}")
     return server_report

@@ -156,8 +156,9 @@ def trace(run_dir: str, out_path: str | None = None, until: int = 0,
                              replay=prep.record, until=until, trace=path)
     rep = result.report
     sched = rep.get("schedule") or {}
-    if sched.get("trace_error"):
-        raise ReplayError(sched["trace_error"])
+    failed = [p for p in rep.get("problems") or [] if p.startswith(f"cannot write {path}")]
+    if failed or sched.get("trace_error"):          # a full disk, at its start or midway
+        raise ReplayError(failed[0] if failed else sched["trace_error"])
     if rep.get("interrupted"):          # stopped by a signal: the timeline up to the stop
         return result.exit_status, rep, path
     return (1 if (sched.get("replay") or {}).get("divergence") else 0), rep, path
