@@ -799,6 +799,9 @@ def _flame(args: argparse.Namespace) -> int:
         return 2
     try:
         lines = folded(stacks(report), args.weight)
+        if not lines:                    # said before any file is made
+            raise FlameError("no lock waits with a stack to draw (no thread of the run "
+                             "waited for a lock)")
         fpath = os.path.join(args.run_dir, "lock_waits.folded")
         with open(fpath, "w") as f:
             f.write("".join(line + "\n" for line in lines))

@@ -94,6 +94,22 @@ def test_keep_going_runs_them_all(tmp_path: pathlib.Path) -> None:
     assert status == 1 and lines[-1].startswith("3 runs, 2 without a new failure")
 
 
+def test_strict_counts_known_findings_as_failures_in_the_summary_too() -> None:
+    """With --strict a run with a known finding fails the campaign (FAIL lines, exit 1):
+    the last line said "1 runs, 1 without a new failure" beside them."""
+    from smp.hunt.stress import RunOutcome
+    from smp.observe.findings import Failure
+    known = Failure("witness", "lock order reversal", (), known="F2")
+    outcomes = [RunOutcome(0, 7, "runs/run0000-s7", 0, 1.0, [known]),
+                RunOutcome(1, 8, "runs/run0001-s8", 0, 1.0, [])]
+    lines, status = describe(outcomes, strict=False)
+    assert status == 0 and lines[-1] == "2 runs, 2 without a new failure, known findings: F2 x1"
+    lines, status = describe(outcomes, strict=True)
+    assert status == 1 and lines[0].startswith("FAIL seed 7 [witness] (known F2)")
+    assert lines[-1] == ("2 runs, 1 without a failure (--strict: known findings count), "
+                         "known findings: F2 x1")
+
+
 @pytest.mark.timeout(30)
 def test_the_first_failure_stops_the_machines_still_running(tmp_path: pathlib.Path) -> None:
     """With two at a time, run 1 is still going when run 0 fails: it is interrupted (not

@@ -96,6 +96,18 @@ def test_smp_report_format_folded_and_smp_flame(tmp_path: pathlib.Path,
     assert "<svg" in (rdir / "lock_waits.svg").read_text()
 
 
+def test_smp_flame_with_no_lock_waits_exits_2_and_makes_no_file(
+        tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A run whose threads never waited: one line, exit 2, and no empty
+    lock_waits.folded beside it (it was written, named on stdout, then refused)."""
+    rdir = _run_dir(tmp_path, lock_wait_stacks=[])
+    assert main(["flame", str(rdir)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == (f"smp flame: {rdir}: no lock waits with a stack to draw "
+                                 f"(no thread of the run waited for a lock)\n"), err
+    assert sorted(p.name for p in rdir.iterdir()) == ["report.json"]
+
+
 def test_smp_report_folded_without_stacks_exits_2(tmp_path: pathlib.Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     rdir = _run_dir(tmp_path)

@@ -257,3 +257,14 @@ def test_curve_join_across_namespaces(tmp_path: pathlib.Path, procs: Procs,
     report = _report(tmp_path / "refused")
     assert not report["ok"]
     assert "cpu 1 did not say hello" in report["reason"], report["reason"]
+
+
+@pytest.mark.quick
+@pytest.mark.parametrize("listen, join", [
+    ("tcp://0.0.0.0:5555", "tcp://HOST:5555"), ("tcp://*:5555", "tcp://HOST:5555"),
+    ("tcp://[::]:5555", "tcp://HOST:5555"), ("tcp://10.0.0.7:5555", "tcp://10.0.0.7:5555")])
+def test_the_join_hint_never_names_a_wildcard_address(listen: str, join: str) -> None:
+    """`smp run --listen tcp://0.0.0.0:5555` told the other hosts to join
+    tcp://0.0.0.0:5555, which is no address to reach this host by."""
+    from smp.run.remote import ListenSpec
+    assert ListenSpec(listen, 1, None, 30.0).join_endpoint == join

@@ -60,8 +60,8 @@ COUNTER_HELP: dict[str, str] = {
     "vmspaces_freed": "vmspaces destroyed",
     "vm_objects_allocated": "VM objects created",
     "vm_objects_freed": "VM objects destroyed",
-    "invariant_checks": "runs of the invariant checker (once a simulated second per CPU, "
-                        "and at the end)",
+    "invariant_checks": "runs of the machine's invariant checks (cpu 0's checker thread, "
+                        "a second of simulated sleep between two, and at the end)",
     "invariant_violations": "invariant checks that failed",
     "uarea_reads": "U-areas read by the debugger programs through kernacc",
     "printf": "kernel console messages",

@@ -116,9 +116,9 @@ def package_root() -> str:
 
 def child_env() -> dict[str, str]:
     """The environment of a campaign's machines: they import the same smp (and so the same
-    smp.kernel and smp.hw) as the campaign, wherever they are started from. Together with ``python -P`` (no
-    current directory on sys.path), a clone in the working directory cannot shadow an
-    installed smp, nor another tree the one on PYTHONPATH."""
+    smp.kernel and smp.hw) as the campaign, wherever they are started from. Together with
+    ``python -P`` (no current directory on sys.path), a clone in the working directory
+    cannot shadow an installed smp, nor another tree the one on PYTHONPATH."""
     env = dict(os.environ)
     root = package_root()
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
@@ -433,8 +433,11 @@ def describe(outcomes: list[RunOutcome], strict: bool,
             replay = replay_command(out)
             if replay:
                 lines.append(f"     replay:  {replay}")
-    clean = sum(1 for o in outcomes if not o.new_failures and not o.error)
-    lines.append(f"{len(outcomes)} runs, {clean} without a new failure"
+    # with --strict a known finding fails a run too: the count says so
+    clean = sum(1 for o in outcomes
+                if not o.new_failures and not o.error and not (strict and o.known))
+    lines.append(f"{len(outcomes)} runs, {clean} without a "
+                 + ("failure (--strict: known findings count)" if strict else "new failure")
                  + (", known findings: " + ", ".join(f"{k} x{n}" for k, n
                                                      in sorted(known_count.items()))
                     if known_count else "")

@@ -345,8 +345,10 @@ PARAMS: tuple[Param, ...] = (
           "(PS_SWAPPING with PS_SWAPPINGIN, PS_INMEM without the U-area mapped and wired, "
           "a page reused, mapped or accessed while a mapping from before its free stays): "
           "a finding with both sites"),
-    Param("debug.watchdog_s", "float", 5.0, "wall s",
-          "report a CPU that sends nothing for this long (0: never)", min=0, max=3600),
+    Param("debug.watchdog_s", "float", 5.0, "s",
+          "report a CPU that sends nothing for this many wall seconds, and a thread "
+          "runnable for this many simulated seconds without running (0: never)",
+          min=0, max=3600),
     Param("debug.chaos", "str", "off", "",
           "seeded random stalls at lock operations and shared accesses, and yields at "
           "the kernel's safe points, to widen race windows (a stall: up to 60 us at low, "

@@ -337,11 +337,13 @@ def run_machine(cfg: Config, run_dir: str | None = None,
              f"server pid {server.pid}, cpu pids "
              f"{', '.join(str(p.pid) for p in cpus.values()) or 'none'}; run dir {rdir}")
         if listen is not None:
+            wildcard = "HOST" in listen.join_endpoint
             note(f"listening on {listen.endpoint} "
                  f"({'CURVE, keys in ' + listen.key_dir if listen.key_dir else 'no keys'})"
-                 f" for cpus {local}..{ncpus - 1}: `smp cpu --join {listen.endpoint} "
-                 f"--id K{' --key-dir DIR' if listen.key_dir else ''}`; waiting up to "
-                 f"{listen.join_timeout:.0f} s")
+                 f" for cpus {local}..{ncpus - 1}: `smp cpu --join {listen.join_endpoint} "
+                 f"--id K{' --key-dir DIR' if listen.key_dir else ''}`"
+                 f"{' (HOST: this host as the others reach it)' if wildcard else ''}"
+                 f"; waiting up to {listen.join_timeout:.0f} s")
         ctl = _Control(endpoint)
         stats = StatsRecorder(stats_endpoint, os.path.join(rdir, "stats.jsonl"), monitors)
         said = ctl.call(Op.HELLO, VERSION, "launcher", -1, os.getpid(), timeout=LIVENESS_S)
@@ -740,7 +742,7 @@ def _missing_cpus(ctl: _Control, ncpus: int, local: int, waited: float,
     remote = [c for c in missing if c >= local]
     if listen is not None and remote:
         text += (f" (cpus from {local} on join from other hosts with `smp cpu --join "
-                 f"{listen.endpoint} --id K{' --key-dir DIR' if listen.key_dir else ''}`; "
+                 f"{listen.join_endpoint} --id K{' --key-dir DIR' if listen.key_dir else ''}`; "
                  f"a CPU whose key the server does not accept cannot join)")
     return text
 

@@ -69,6 +69,16 @@ class ListenSpec:
     key_dir: str | None           # CURVE keys (smp.run.keys); None: no authentication
     join_timeout: float           # how long the launcher waits for every CPU's HELLO
 
+    @property
+    def join_endpoint(self) -> str:
+        """What a CPU on another host passes to ``smp cpu --join``: the endpoint, with a
+        wildcard address (0.0.0.0, ``*``, ``::``) as ``HOST``, for this host's address as
+        the others reach it (a wildcard is no address to join)."""
+        host, port = parse_tcp(self.endpoint)
+        if host in ("0.0.0.0", "*", "::"):
+            return f"tcp://HOST:{port}"
+        return self.endpoint
+
     def attach(self, server: Any, hello: dict[str, Any]) -> None:
         """In the server process, before it serves: see :func:`attach` (the server takes
         the spec it is given, and imports nothing of the launcher's floor for it)."""
