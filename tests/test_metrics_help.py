@@ -68,3 +68,19 @@ def test_every_kernel_counter_of_the_report_has_its_own_help() -> None:
     assert kernel_counter_help("programs_hog", DESCRIBED) == \
         "Kernel counter: user programs of this kind started (hog) (events since boot, per CPU)"
     assert "'something_new'" in kernel_counter_help("something_new", DESCRIBED)
+
+
+def test_every_registered_kernel_counter_is_there_from_the_start_at_zero() -> None:
+    """A CPU's sample holds only the counters it has counted: early in a run there was no
+    smp_kernel_swapouts_total at all (not even its help) for a Prometheus to find."""
+    c = MachineCollector()
+    c.record({"type": "cpu", "cpu": 0, "pid": os.getpid(), "sim": 0.5,
+              "ticks": {"idle": 3}, "kernel": {"forks": 2}})
+    c.record({"type": "server", "counters": DESCRIBED})
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(c)
+    fams = {f.name: f for f in text_string_to_metric_families(generate_latest(reg).decode())}
+    for k in KERNEL_COUNTERS:
+        samples = fams[f"smp_kernel_{k}"].samples       # type: ignore[attr-defined]
+        assert [(s.labels, s.value) for s in samples if s.name.endswith("_total")] == \
+            [({"cpu": "0"}, 2.0 if k == "forks" else 0.0)], k

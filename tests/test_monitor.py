@@ -433,6 +433,24 @@ def test_stats_series_has_a_sample_per_cpu_each_interval(finished: Any) -> None:
     assert server[-1]["lock_profile"] and server[-1]["locks"]
 
 
+
+@pytest.mark.timeout(60)
+def test_the_process_table_says_what_each_process_does(finished: Any) -> None:
+    """`smp top`'s process view: the state of the process's thread as top shows it (it
+    said RUN for every live process), and a wait channel only for one that sleeps (a
+    running thread kept its last sleep's)."""
+    tables = [r["procs"] for r in _records(finished.run_dir)
+              if r["type"] == "server" and r.get("procs")]
+    assert tables
+    rows = [p for t in tables for p in t]
+    asleep = [p for p in rows if p["wchan"]]
+    assert asleep and all(p["state"] == p["wchan"][:6] for p in asleep), asleep[:5]
+    awake = [p for p in rows if not p["wchan"]]
+    assert all(p["state"] in ("RUN", "LOCK", "WAIT", "ZOMB", "START", "STOP")
+               or re.fullmatch(r"CPU[0-3]", p["state"]) for p in awake), awake[:5]
+    assert {p["state"] for p in rows if p["comm"] == "sleeper"} & {"nanslp"}
+
+
 @pytest.mark.timeout(120)
 def test_plot_writes_three_labelled_pngs(finished: Any) -> None:
     from PIL import Image

@@ -91,3 +91,27 @@ def test_without_a_published_process_table_top_says_so() -> None:
     assert "<hog>" in out.getvalue()
     assert _view(PROCS).snapshot()["procs"] == PROCS
     assert _view().snapshot()["procs"] is None
+
+
+@pytest.mark.parametrize("row, state", [
+    ({"state": 1, "tdstate": 0x24, "inhibitors": 0, "cpu": 2, "wchan": "lkwait"}, "CPU2"),
+    ({"state": 1, "tdstate": 0x23, "inhibitors": 0, "cpu": -1, "wchan": None}, "RUN"),
+    ({"state": 1, "tdstate": 0x21, "inhibitors": 0x02, "cpu": 0, "wchan": "nanosleep"},
+     "nanosl"),                                                    # top's %.6s
+    ({"state": 1, "tdstate": 0x21, "inhibitors": 0x02 | 0x04, "cpu": 0, "wchan": "swread"},
+     "swread"),                                                    # asleep, swapped out
+    ({"state": 1, "tdstate": 0x21, "inhibitors": 0x08, "cpu": 1, "wchan": None}, "LOCK"),
+    ({"state": 1, "tdstate": 0x21, "inhibitors": 0x04, "cpu": 1, "wchan": None}, "WAIT"),
+    ({"state": 2, "tdstate": 0x21, "inhibitors": 0x02, "cpu": 1, "wchan": "x"}, "ZOMB"),
+    ({"state": 0, "tdstate": 0x20, "inhibitors": 0, "cpu": -1, "wchan": None}, "START")])
+def test_a_process_state_is_its_threads_as_top_shows_it(row: dict[str, Any],
+                                                       state: str) -> None:
+    """The STATE column said RUN for every live process, asleep or not (p_state alone);
+    now it follows the kernel's rules (kern_proc.py PROC_TABLE_STATUS), as FreeBSD's top
+    shows ki_stat: CPUn, RUN, the wait message, LOCK, WAIT, ZOMB, START."""
+    from smp.kernel.kern.kern_proc import PROC_TABLE_STATUS
+    from smp.kernel.sys.proc import TDI, TDS
+    from smp.machine.publish import _status
+    assert (int(TDS.TDS_RUNNING), int(TDS.TDS_INHIBITED), int(TDI.TDI_LOCK)) == \
+        (0x24, 0x21, 0x08)                                          # the values above
+    assert _status(PROC_TABLE_STATUS, row) == state

@@ -27,7 +27,7 @@ from smp.kernel.machine import memory
 from smp.kernel.sys.kernel import SI_ORDER, SI_SUB, SYSINIT
 from smp.kernel.sys.kstruct import (F, HASH_LOOKUP, KObj, KStruct, TAILQ_FIRST, TAILQ_FOREACH,
                                     TAILQ_INSERT_TAIL, TAILQ_REMOVE)
-from smp.kernel.sys.proc import PRS, PS, TDI, struct_ksegrp, struct_proc, struct_thread
+from smp.kernel.sys.proc import PRS, PS, TDI, TDS, struct_ksegrp, struct_proc, struct_thread
 
 PROC_ZONE_CACHE = 16
 
@@ -215,6 +215,17 @@ _register()
 # sysctl_kern_proc): which fields of struct proc and of its first thread mean what.
 PROC_TABLE_STATES = {int(PRS.PRS_NEW): "NEW", int(PRS.PRS_NORMAL): "RUN",
                      int(PRS.PRS_ZOMBIE): "ZOMB"}
+# top's STATE column (usr.bin/top/machine.c, from fill_kinfo_proc's ki_stat): the first
+# rule that holds, over the process and its first thread: [field, test, value, shown]
+PROC_TABLE_STATUS = [
+    ["state", "==", int(PRS.PRS_ZOMBIE), "ZOMB"],
+    ["state", "==", int(PRS.PRS_NEW), "START"],
+    ["tdstate", "==", int(TDS.TDS_RUNNING), "CPU{cpu}"],
+    ["tdstate", "in", [int(TDS.TDS_RUNQ), int(TDS.TDS_CAN_RUN)], "RUN"],
+    ["inhibitors", "&", int(TDI.TDI_SUSPENDED), "STOP"],
+    ["inhibitors", "&", int(TDI.TDI_SLEEPING), "{wchan:.6}"],     # the wait message
+    ["inhibitors", "&", int(TDI.TDI_LOCK), "LOCK"],
+    ["tdstate", "==", int(TDS.TDS_INHIBITED), "WAIT"]]
 
 
 def proc_table_register(allproc: int) -> None:
@@ -223,8 +234,11 @@ def proc_table_register(allproc: int) -> None:
         "list": allproc, "threads": "p_threads",
         "fields": {"pid": "p_pid", "comm": "p_comm", "state": "p_state", "cpu": "p_oncpu",
                    "flags": "p_sflag"},
-        "thread_fields": {"wchan": "td_wmesg"},
+        "thread_fields": {"wchan": "td_wmesg", "tdstate": "td_state",
+                          "inhibitors": "td_inhibitors"},
         "states": {str(k): v for k, v in PROC_TABLE_STATES.items()},
+        "status": PROC_TABLE_STATUS,
+        "wchan_when": ["inhibitors", int(TDI.TDI_SLEEPING)],   # its td_wmesg outlives the sleep
         "resident": ["flags", int(PS.PS_INMEM)]})
     # The liveness detector (smp.machine.hangs): where threads are, and which bits mean
     # asleep (on a sleep queue), in memory, swap-in requested; the swapper's pid.

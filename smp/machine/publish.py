@@ -149,7 +149,11 @@ class Publisher:
                 first = kmem.objs.get(tl.head) if tl is not None and tl.head else None
                 for role, f in tfields.items():
                     row[role] = first.get(f) if first else None
-            row["state"] = states.get(str(row.get("state")), row.get("state"))
+            row["state"] = (_status(reg["status"], row) if reg.get("status") else None) \
+                or states.get(str(row.get("state")), row.get("state"))
+            when = reg.get("wchan_when")          # (a wait message left from a past sleep)
+            if when and not int(row.get(when[0]) or 0) & int(when[1]):
+                row["wchan"] = None
             if res_field:
                 row["swapped"] = not (int(row.get(res_field) or 0) & int(res_bit))
             out.append(row)
@@ -255,6 +259,25 @@ def rss_mb(field: str = "VmRSS") -> float:
     except (OSError, ValueError, IndexError):
         pass
     return 0.0
+
+
+def _status(rules: list[list[Any]], row: dict[str, Any]) -> str | None:
+    """A process's STATE as top shows it, from the rules the kernel registered with its
+    process table (``procs.status``): the first ``[field, test, value, shown]`` that holds
+    of the row (test ``==``, ``in``, or ``&``: a bit of ``value`` set); ``shown`` may name
+    the row's fields (``CPU{cpu}``, ``{wchan:.6}``). None if no rule holds."""
+    shown_row = {k: "-" if v is None else v for k, v in row.items()}
+    for field, test, value, shown in rules:
+        v = row.get(field)
+        if not isinstance(v, int):
+            continue
+        if (v == value if test == "==" else v in value if test == "in"
+                else test == "&" and bool(v & int(value))):
+            try:
+                return str(shown).format(**shown_row)
+            except (KeyError, ValueError, IndexError):
+                return str(shown)
+    return None
 
 
 __all__ = ["Publisher", "held_locks_line", "rss_mb"]

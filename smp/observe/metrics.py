@@ -164,14 +164,16 @@ class MachineCollector(Collector):
 
     def _kernel(self, cpus: dict[int, dict[str, Any]],
                 described: dict[str, Any]) -> Iterator[Metric]:
-        names = sorted({k for r in cpus.values() for k, v in (r.get("kernel") or {}).items()
-                        if isinstance(v, int) and not isinstance(v, bool)})
-        for k in names:
+        # every counter the kernel registered, from the start (0 until it counts: a CPU's
+        # sample holds only what it has counted), and any other it counts
+        seen = {k for r in cpus.values() for k, v in (r.get("kernel") or {}).items()
+                if isinstance(v, int) and not isinstance(v, bool)}
+        for k in sorted(seen | set(described.get("help") or {})):
             f = CounterMetricFamily(f"smp_kernel_{_name(k)}", kernel_counter_help(k, described),
                                     labels=["cpu"])
             for cpu, r in sorted(cpus.items()):
-                v = (r.get("kernel") or {}).get(k)
-                if isinstance(v, int):
+                v = (r.get("kernel") or {}).get(k, 0)
+                if isinstance(v, int) and not isinstance(v, bool):
                     f.add_metric([str(cpu)], v)
             yield f
 
