@@ -20,9 +20,9 @@ age it had. (The first version looked only when nobody held the lock, and a busy
 machine seldom gave it such a moment: three looks in two simulated seconds.)
 
 * **lost**: a thread inhibited as sleeping that is on no sleep queue (nor on a lock's
-  queue: an sx or lockmgr waiter sleeps there), or whose wait channel is empty. No wakeup can find it: it will never run again. The report names the
-  last store of its inhibitors (the store that put the sleeping bit back) and where it
-  went to sleep.
+  queue: an sx or lockmgr waiter sleeps there), or whose wait channel is empty. No
+  wakeup can find it: it will never run again. The report names the last store of its
+  inhibitors (the store that put the sleeping bit back) and where it went to sleep.
 * **swapin**: a process that asked to be swapped in (the swap-in request bit) and is
   still out, while the swapper has been asleep since before the request: the thing it
   waits for has happened and its wakeup was lost. The report names where the swapper
@@ -199,7 +199,8 @@ class Hangs:
             site, txt = self._went_to_sleep(tid, now)
             timo = self.slept.get(tid, ("", 0.0, 0))[2]
             return [site] if site else [], (
-                f"asleep on {self.chan(chan)} ({'timeout ' + str(timo) + ' ticks' if timo else 'no timeout'}, "
+                f"asleep on {self.chan(chan)} "
+                f"({'timeout ' + str(timo) + ' ticks' if timo else 'no timeout'}, "
                 f"channel woken {self.woken.get(chan, 0)} times in the run): {txt}")
         w = srv.locks.waiting_for(tid)
         if w is not None:

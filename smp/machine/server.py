@@ -20,7 +20,8 @@ and that reach back to it through ``srv``:
 * ``smp.machine.publish``: the stats stream, the report, the dump.
 
 The detectors (``smp.machine.witness``, ``smp.machine.lockcheck``, the deadlock check of
-the lock table, ``smp.machine.hangs``, ``smp.machine.inflight``) are told of what the operations do, and report findings here.
+the lock table, ``smp.machine.hangs``, ``smp.machine.inflight``) are told of what the
+operations do, and report findings here.
 
 Loop: wait for the socket to become readable (bounded by ``POLL_MS`` so that the server
 notices a dead launcher), then drain every queued message before sleeping again; more

@@ -159,7 +159,8 @@ class Witness:
 
 
 def find_deadlock(start: int, waiting_for: Callable[[int], tuple[Any, str] | None],
-                  owners: Callable[[Any], list[tuple[int, str]]]) -> list[tuple[int, Any, str, str]] | None:
+                  owners: Callable[[Any], list[tuple[int, str]]]
+                  ) -> list[tuple[int, Any, str, str]] | None:
     """A cycle in the wait-for graph through thread ``start``, as edges
     (thread, lock it waits for, where it asked, where the next thread took it)."""
     def walk(tid: int, path: list[tuple[int, Any, str, str]],

@@ -14,8 +14,9 @@ ticks are). Two figures are in host time because they are the host's: the mean r
 of a memory request (``bus_wait_s / bus_calls``, the transport's latency) and LOCK_PROFILING's
 columns (microseconds of host time, measured by the server).
 
-Consumers: ``smp top`` (smp/observe/top.py), the progress line of ``smp run`` (smp/observe/progress.py),
-the Prometheus exporter (smp/observe/metrics.py) and the charts (smp/observe/plot.py).
+Consumers: ``smp top`` (smp/observe/top.py), the progress line of ``smp run``
+(smp/observe/progress.py), the Prometheus exporter (smp/observe/metrics.py) and the charts
+(smp/observe/plot.py).
 """
 
 from __future__ import annotations
