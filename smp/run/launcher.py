@@ -361,16 +361,14 @@ def run_machine(cfg: Config, run_dir: str | None = None,
         # wall time ends by the clock; virtual time when the server says every CPU has
         # reached the end (END), a replay when the record is done (DONE)
         deadline = time.monotonic() + duration / speed if not virtual else float("inf")
-        poller, sentinels = _watch_list(ctl, stats, wake_r, server, cpus)
-        ending = _watch(ctl, stats, poller, sentinels, wake_r, deadline, stop_signal, cpus,
-                        server, replay is not None, problems)
+        watched = _Watched(ctl, stats, wake_r, server, cpus)
+        ending = _watch(watched, deadline, stop_signal, replay is not None, problems)
         reason, replay_end, dead, server_lost = (ending.reason, ending.replay_end,
                                                  ending.dead, ending.server_lost)
         t_end = time.monotonic()
         if reason == "end of run" and server.is_alive() and replay is None:
-            reason = _final_check(ctl, poller, sentinels,
-                                  3 * float(cfg["run.halt_timeout"]), problems, notes,
-                                  virtual, stop_signal) or reason
+            reason = _final_check(watched, 3 * float(cfg["run.halt_timeout"]), problems,
+                                  notes, virtual, stop_signal) or reason
         note(f"stopping: {reason}")
         if server.is_alive() and not server_lost:
             server_report = _halt_and_report(ctl, reason, dead, cfg, problems,
@@ -491,31 +489,34 @@ class _Ending:
     server_lost: bool = False                     # the server stopped answering (SIGSTOP)
 
 
-def _watch_list(ctl: _Control, stats: StatsRecorder, wake_r: int, server: Any,
-                cpus: dict[int, Any]) -> tuple[Any, dict[int, tuple[str, Any]]]:
-    """What the launcher waits on while the machine runs: the server's control connection,
-    the stats stream, the signal wakeup pipe, and each process's sentinel (ready when it
-    exits: the sentinels map them to the process and its name)."""
-    poller = zmq.Poller()
-    for sock in (ctl.sock, stats.sock, wake_r):
-        poller.register(sock, zmq.POLLIN)
-    sentinels = {server.sentinel: ("server", server)}
-    for i, p in cpus.items():
-        sentinels[p.sentinel] = (f"cpu{i}", p)
-    for fd in sentinels:
-        poller.register(fd, zmq.POLLIN)
-    return poller, sentinels
+class _Watched:
+    """What the launcher waits on while the machine runs, in one poller: the server's
+    control connection, the stats stream, the signal wakeup pipe, and each process's
+    sentinel (ready when it exits: ``sentinels`` maps them to the process and its name)."""
+
+    def __init__(self, ctl: _Control, stats: StatsRecorder, wake_r: int, server: Any,
+                 cpus: dict[int, Any]) -> None:
+        self.ctl, self.stats, self.wake_r, self.server, self.cpus = (ctl, stats, wake_r,
+                                                                    server, cpus)
+        self.poller = zmq.Poller()
+        for sock in (ctl.sock, stats.sock, wake_r):
+            self.poller.register(sock, zmq.POLLIN)
+        self.sentinels: dict[int, tuple[str, Any]] = {server.sentinel: ("server", server)}
+        for i, p in cpus.items():
+            self.sentinels[p.sentinel] = (f"cpu{i}", p)
+        for fd in self.sentinels:
+            self.poller.register(fd, zmq.POLLIN)
 
 
-def _watch(ctl: _Control, stats: StatsRecorder, poller: Any,
-           sentinels: dict[int, tuple[str, Any]], wake_r: int, deadline: float,
-           stop_signal: list[int], cpus: dict[int, Any], server: Any, replaying: bool,
+def _watch(w: _Watched, deadline: float, stop_signal: list[int], replaying: bool,
            problems: list[str]) -> _Ending:
     """Watch the running machine, writing its stats stream, until its run ends: the
     deadline (wall time), every CPU at the end (virtual time: END), a panic or a
     shutdown (a replay goes on to its record's end: DONE), a signal, a stats file that
     cannot be written, a process that died, a CPU the server found unresponsive (killed
     here). What went wrong is appended to ``problems``."""
+    ctl, stats, poller, sentinels, wake_r = w.ctl, w.stats, w.poller, w.sentinels, w.wake_r
+    cpus, server = w.cpus, w.server
     end = _Ending()
     while True:
         left = deadline - time.monotonic()
@@ -769,13 +770,13 @@ def _await_end(ctl: _Control, timeout: float) -> str | None:
             return ended
 
 
-def _final_check(ctl: _Control, poller: Any, sentinels: dict[int, Any], timeout: float,
-                 problems: list[str], notes: list[str], virtual: bool = False,
-                 stop_signal: Sequence[int] = ()) -> str | None:
+def _final_check(w: _Watched, timeout: float, problems: list[str], notes: list[str],
+                 virtual: bool = False, stop_signal: Sequence[int] = ()) -> str | None:
     """Ask every CPU to check the machine's invariants once more, and wait for all of
     them (or a panic, a death, the timeout). Returns a new stop reason, if any. In
     virtual time the machine runs the check within a grace of simulated time after the
     end and stops there (END again): the wall time it takes changes nothing it does."""
+    ctl, poller, sentinels = w.ctl, w.poller, w.sentinels
     ctl.call(Op.CTL_FINAL, timeout=LIVENESS_S)
     deadline = time.monotonic() + timeout if not virtual else float("inf")
     checked = False
