@@ -105,7 +105,8 @@ class Op(enum.IntEnum):
     LIST_NEXT = 54          # (list, elem)                      -> elem or 0
     LIST_ITEMS = 55         # (list)                            -> [elem...]
     LIST_LEN = 56           # (list)                            -> int
-    LIST_SEARCH = 49        # (list, lo, hi, value)             -> first elem with lo <= value < hi, or 0
+    LIST_SEARCH = 49        # (list, lo, hi, value)             -> first elem with
+                            #                                      lo <= value < hi, or 0
     # maps: the kernel's hash tables (vm_page_buckets), key -> handle, in server memory
     MAP_GET = 57            # (map, key)                        -> value or 0
     MAP_SET = 58            # (map, key, value)                 posted
@@ -113,7 +114,8 @@ class Op(enum.IntEnum):
     # locks
     LOCK_INIT = 60     # (lock, kind, class, name, flags)      posted; lock is a field address
     LOCK_DESTROY = 61  # (lock)                                 posted
-    ACQUIRE = 62       # (lock, mode, flags)                    -> GRANTED | GRANTED_LINE | QUEUED | BUSY
+    ACQUIRE = 62       # (lock, mode, flags)                    -> GRANTED | GRANTED_LINE |
+                       #                                           QUEUED | BUSY
     RELEASE = 63       # (lock, mode)                           posted
     HANDOFF = 64       # (lock, to_tid)                         posted: spin lock passes to a thread
     SLEEP = 65         # (chan, interlock[, timo, caller])      posted: queue and drop interlock

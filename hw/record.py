@@ -79,7 +79,11 @@ class Writer:
 
     def __init__(self, path: str, header: dict[str, Any]) -> None:
         self.f: BinaryIO = open(path, "wb")
-        self.f.write(MAGIC)
+        try:
+            self.f.write(MAGIC)
+        except OSError:
+            self.f.close()
+            raise
         self.z = zlib.compressobj(6)
         self.packer = msgpack.Packer(use_bin_type=True)
         self.sites: dict[str, int] = {}

@@ -282,7 +282,8 @@ def test_a_record_that_fills_up_ends_the_run_cleanly_not_in_a_panic(
     after its first writes. It was an internal error of the request being handled: the
     kernel took it for a fatal trap and the run ended in a panic that never happened.
     Now the run stops at once, naming the file, as for a launcher's file; a record that
-    cannot even be begun (its header: one write) stops the machine before it starts."""
+    cannot even be begun (its first write passes, the next, the compressed header's, fails:
+    as a full disk at its opening would) stops the machine before it starts."""
     from smp.hw import record
     monkeypatch.setattr(record, "open", filling_open(".smpr", writes), raising=False)
     res = run(["machine.cpus=2", "run.duration=600"])

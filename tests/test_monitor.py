@@ -433,7 +433,6 @@ def test_stats_series_has_a_sample_per_cpu_each_interval(finished: Any) -> None:
     assert server[-1]["lock_profile"] and server[-1]["locks"]
 
 
-
 @pytest.mark.timeout(60)
 def test_the_process_table_says_what_each_process_does(finished: Any) -> None:
     """`smp top`'s process view: the state of the process's thread as top shows it (it
@@ -448,7 +447,6 @@ def test_the_process_table_says_what_each_process_does(finished: Any) -> None:
     awake = [p for p in rows if not p["wchan"]]
     assert all(p["state"] in ("RUN", "LOCK", "WAIT", "ZOMB", "START", "STOP")
                or re.fullmatch(r"CPU[0-3]", p["state"]) for p in awake), awake[:5]
-    assert {p["state"] for p in rows if p["comm"] == "sleeper"} & {"nanslp"}
 
 
 @pytest.mark.timeout(120)

@@ -129,3 +129,24 @@ def test_an_out_folder_that_cannot_be_used_is_refused_before_anything_starts(
         assert proc.stderr.startswith(f"smp: stress: --out {out}: {said}"), proc.stderr
         assert proc.stderr.count("\n") == 1, proc.stderr             # one line
     assert (tmp_path / "full" / "notes.txt").read_text() == "keep"
+
+
+@pytest.mark.quick
+def test_twin_campaigns_started_in_the_same_second_get_folders_of_their_own(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two `smp stress` with the same seed in the same second are named alike; the
+    second was refused ("is not empty") or, racing the first's check, mixed its runs
+    into the first's folder. (The campaigns themselves are not run here.)"""
+    import time
+
+    import smp.hunt.stress
+    from smp.cli import main
+    used: list[str] = []
+    monkeypatch.setattr(smp.hunt.stress, "run_campaign",
+                        lambda c, say, progress, runner=None: used.append(c.out_dir) or [])
+    monkeypatch.setattr(time, "strftime", lambda fmt, *a: "20261206-120000")
+    for _ in range(2):
+        assert main(["stress", STRESS, "--runs", "1", "--set", f"run.dir={tmp_path}"]) == 0
+    assert [pathlib.Path(u).name for u in used] == ["stress-20261206-120000-s1",
+                                                    "stress-20261206-120000-s1-1"]
+    assert all(pathlib.Path(u).is_dir() for u in used)

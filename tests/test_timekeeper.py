@@ -5,6 +5,8 @@ end of a run: the end-of-run check's grace, given a quantum at a time."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from smp.hw.clock import NEVER
@@ -178,3 +180,51 @@ def test_cpus_idle_past_the_whole_grace_end_it_at_once() -> None:
     for cpu in range(3):
         seq.horizon_to(seq.tk.sync(cpu, 2000 * MS, SYNC_IDLE))
     assert srv.told[-1] == (Event.END, 600 * MS)
+
+
+def test_a_machine_ends_its_end_of_run_check_at_the_first_quantum_all_reach_checked() -> None:
+    """The same through a real (in-process) server: the run's end, the launcher's
+    CTL_FINAL (FINAL wakes every CPU, then the end is lifted a quantum), a CPU that has
+    checked and one that has not yet, then both."""
+    import itertools
+
+    from smp.hw.protocol import VERSION, Op, pack, unpack
+    from smp.machine.server import Server
+
+    class Socket:
+        def __init__(self) -> None:
+            self.sent: list[bytes] = []
+
+        def send(self, data: bytes, flags: int = 0) -> None:
+            self.sent.append(bytes(data))
+
+    srv = Server("inproc://unused", 2, 16 * 4096, 8,
+                 timespec=TimeSpec(virtual=True, quantum_ns=10 * MS, end_ns=100 * MS))
+    sock = srv.sock = Socket()                            # type: ignore[assignment]
+    seqs = itertools.count(1)
+
+    def req(ident: bytes, op: Op, *args: Any, t: int = 0) -> None:
+        srv.handle(ident, pack([int(op), next(seqs), 0, "t.py:1", t, *args]))
+
+    def ends() -> list[int]:
+        told = [unpack(m) for who, m in zip(sock.sent, sock.sent[1:]) if who == b"L"]
+        return [m[2] for m in told if m[:2] == [Op.EVENT, Event.END]]
+
+    def wait_past(ident: bytes, t: int) -> None:
+        req(ident, Op.SYNC, t + 1, SYNC_RUN, 10**6, t=t)   # (every event read)
+
+    req(b"L", Op.HELLO, VERSION, "launcher", -1, 1)
+    req(b"A", Op.HELLO, VERSION, "cpu", 0, 2)
+    req(b"B", Op.HELLO, VERSION, "cpu", 1, 3)
+    wait_past(b"A", 100 * MS)
+    wait_past(b"B", 100 * MS)
+    assert ends() == [100 * MS]
+    req(b"L", Op.CTL_FINAL)
+    req(b"A", Op.REPORT, "checked", None, t=104 * MS)
+    wait_past(b"A", 110 * MS)
+    wait_past(b"B", 110 * MS)                             # cpu 1 has not checked yet
+    assert ends() == [100 * MS] and srv.seq.tk.horizon == 120 * MS
+    req(b"B", Op.REPORT, "checked", None, t=115 * MS)
+    wait_past(b"A", 120 * MS)
+    wait_past(b"B", 120 * MS)
+    assert ends() == [100 * MS, 120 * MS]

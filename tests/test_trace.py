@@ -121,3 +121,14 @@ def test_a_timeline_that_cannot_be_written_is_given_up_and_the_launcher_told(
     assert len([m for m in replies if m[0] == Op.REPLY and m[2] == OK]) == 3 + 1  # hello
     assert srv.publisher.report()["schedule"]["trace_error"] == said
     srv.seq.close({})                              # nothing more is written, nothing raised
+
+
+def test_a_trace_whose_end_is_missing_is_not_taken_for_whole(tmp_path: pathlib.Path) -> None:
+    """The tracer's last writes happen as the server closes it, after the run's report:
+    smp trace looks at the file's end itself (a truncated trace was counted and passed)."""
+    from smp.run.replay import _whole_trace
+    srv, req, path = _machine(tmp_path)
+    srv.seq.close({})
+    assert _whole_trace(str(path)) and json.loads(path.read_text())["traceEvents"]
+    path.write_bytes(path.read_bytes()[:-5])
+    assert not _whole_trace(str(path)) and not _whole_trace(str(tmp_path / "none.json"))

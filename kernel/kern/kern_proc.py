@@ -225,7 +225,7 @@ PROC_TABLE_STATUS = [
     ["inhibitors", "&", int(TDI.TDI_SUSPENDED), "STOP"],
     ["inhibitors", "&", int(TDI.TDI_SLEEPING), "{wchan:.6}"],     # the wait message
     ["inhibitors", "&", int(TDI.TDI_LOCK), "LOCK"],
-    ["tdstate", "==", int(TDS.TDS_INHIBITED), "WAIT"]]
+    ["tdstate", "in", [int(TDS.TDS_INHIBITED), int(TDS.TDS_INACTIVE)], "WAIT"]]
 
 
 def proc_table_register(allproc: int) -> None:
@@ -238,7 +238,6 @@ def proc_table_register(allproc: int) -> None:
                           "inhibitors": "td_inhibitors"},
         "states": {str(k): v for k, v in PROC_TABLE_STATES.items()},
         "status": PROC_TABLE_STATUS,
-        "wchan_when": ["inhibitors", int(TDI.TDI_SLEEPING)],   # its td_wmesg outlives the sleep
         "resident": ["flags", int(PS.PS_INMEM)]})
     # The liveness detector (smp.machine.hangs): where threads are, and which bits mean
     # asleep (on a sleep queue), in memory, swap-in requested; the swapper's pid.

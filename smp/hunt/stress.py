@@ -272,8 +272,13 @@ def prepare_out_dir(path: str) -> None:
     if os.path.exists(path) and not os.path.isdir(path):
         raise CampaignError(f"--out {path}: exists and is not a directory")
     try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        try:
+            os.mkdir(path)              # made here: no other campaign has it
+        except FileExistsError:
+            if not os.path.isdir(path):
+                raise CampaignError(f"--out {path}: exists and is not a directory") from None
+    except OSError as e:                # (one that exists must be empty, below)
         raise CampaignError(f"--out {path}: cannot make it: "
                             f"{e.strerror or e}") from None
     try:

@@ -149,11 +149,13 @@ class Publisher:
                 first = kmem.objs.get(tl.head) if tl is not None and tl.head else None
                 for role, f in tfields.items():
                     row[role] = first.get(f) if first else None
-            row["state"] = (_status(reg["status"], row) if reg.get("status") else None) \
-                or states.get(str(row.get("state")), row.get("state"))
-            when = reg.get("wchan_when")          # (a wait message left from a past sleep)
-            if when and not int(row.get(when[0]) or 0) & int(when[1]):
-                row["wchan"] = None
+            status = _status(reg.get("status"), row)
+            if status is None:
+                row["state"] = states.get(str(row.get("state")), row.get("state"))
+            else:
+                row["state"], asleep = status
+                if not asleep:                    # a wait message left from a past sleep
+                    row["wchan"] = None
             if res_field:
                 row["swapped"] = not (int(row.get(res_field) or 0) & int(res_bit))
             out.append(row)
@@ -261,22 +263,26 @@ def rss_mb(field: str = "VmRSS") -> float:
     return 0.0
 
 
-def _status(rules: list[list[Any]], row: dict[str, Any]) -> str | None:
+def _status(rules: Any, row: dict[str, Any]) -> tuple[str, bool] | None:
     """A process's STATE as top shows it, from the rules the kernel registered with its
     process table (``procs.status``): the first ``[field, test, value, shown]`` that holds
     of the row (test ``==``, ``in``, or ``&``: a bit of ``value`` set); ``shown`` may name
-    the row's fields (``CPU{cpu}``, ``{wchan:.6}``). None if no rule holds."""
-    shown_row = {k: "-" if v is None else v for k, v in row.items()}
-    for field, test, value, shown in rules:
-        v = row.get(field)
-        if not isinstance(v, int):
-            continue
-        if (v == value if test == "==" else v in value if test == "in"
-                else test == "&" and bool(v & int(value))):
-            try:
-                return str(shown).format(**shown_row)
-            except (KeyError, ValueError, IndexError):
-                return str(shown)
+    the row's fields (``CPU{cpu}``, ``{wchan:.6}``). With it, whether the process sleeps
+    (its state is its wait channel's). None if no rule holds, or the rules are not rules
+    (the kernel's registration is checked here, not trusted: the server must go on)."""
+    if not isinstance(rules, list):
+        return None
+    shown_row = {k: "-" if v is None else str(v) for k, v in row.items()}
+    try:
+        for field, test, value, shown in rules:
+            v = row.get(field)
+            if not isinstance(v, int):
+                continue
+            if (v == value if test == "==" else v in value if test == "in"
+                    else test == "&" and bool(v & int(value))):
+                return str(shown).format(**shown_row), "{wchan" in str(shown)
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError):
+        pass
     return None
 
 

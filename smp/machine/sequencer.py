@@ -99,7 +99,7 @@ class Sequencer:
         self.record_error: str | None = None
         if ts.record_path and ts.replay is None:
             try:
-                self.rec = Recording(ts.record_path, ts.record_header, self._write_failed)
+                self.rec = Recording(ts.record_path, ts.record_header, self._give_up)
             except OSError as e:
                 self.record_error = write_error(ts.record_path, e)
         self.tracer: Tracer | None = None
@@ -107,7 +107,7 @@ class Sequencer:
         if ts.trace_path:
             try:
                 self.tracer = Tracer(ts.trace_path, srv.ncpus, srv.locks.names,
-                                     failed=self._write_failed)
+                                     failed=self._give_up)
             except OSError as e:
                 self.trace_error = write_error(ts.trace_path, e)
         self.replay = ts.replay
@@ -133,7 +133,7 @@ class Sequencer:
         return (self.record_error or (self.rec.error if self.rec else None)
                 or self.trace_error or (self.tracer.error if self.tracer else None))
 
-    def _write_failed(self, error: str) -> None:
+    def _give_up(self, error: str) -> None:
         """The record or the timeline could not be written (a full disk): the launcher
         stops the run, saying so (it was an internal error of whatever request was being
         handled, which the kernel took for a fatal trap)."""
@@ -147,7 +147,9 @@ class Sequencer:
     # -- virtual time ------------------------------------------------------------------
     def horizon_to(self, cpus: list[int]) -> None:
         """Tell the CPUs that wait for it how far they may run now; tell the launcher when
-        every CPU has reached the run's end."""
+        every CPU has reached the run's end, unless the end-of-run check has not yet run
+        everywhere and grace is left: the end is then lifted another quantum
+        (:meth:`extend`)."""
         srv = self.srv
         tk = self.tk
         while True:
@@ -362,6 +364,8 @@ class Sequencer:
                              "damage": rp.rec.damage, "after_stop": rp.after_stop}
         if self.tracer is not None:
             out["trace"] = {"path": self.timespec.trace_path, **self.tracer.statistics()}
+        if self.tracer is not None:
+            self.tracer.flush()
         trace_error = self.trace_error or (self.tracer.error if self.tracer else None)
         if trace_error:
             out["trace_error"] = trace_error

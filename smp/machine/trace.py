@@ -36,7 +36,11 @@ class Tracer:
         self.failed = failed                 # told once if a write fails (a full disk)
         self.error: str | None = None
         self.f: IO[str] = open(path, "w")
-        self.f.write('{"displayTimeUnit": "ms", "traceEvents": [\n')
+        try:
+            self.f.write('{"displayTimeUnit": "ms", "traceEvents": [\n')
+        except OSError:
+            self.f.close()
+            raise
         self.first = True
         self.events = 0
         self.dropped = 0
@@ -60,9 +64,21 @@ class Tracer:
         if self.events >= self.limit:
             self.dropped += 1
             return
+        if self.error is not None:           # given up: nothing more is counted either
+            return
         self._write(("" if self.first else ",\n") + json.dumps(ev, separators=(",", ":")))
         self.first = False
         self.events += 1
+
+    def flush(self) -> None:
+        """Write out what is buffered (the server's report: a full disk is found while
+        the launcher still listens, not only at the close)."""
+        if self.error is None:
+            try:
+                self.f.flush()
+            except OSError as e:
+                self.error = write_error(self.path, e)
+                self.failed(self.error)
 
     def _write(self, text: str) -> None:
         """Write, or, once a write has failed, give the file up (``error`` says why)."""

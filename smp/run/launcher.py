@@ -790,15 +790,13 @@ def _final_check(w: _Watched, timeout: float, problems: list[str], notes: list[s
                          f"(the machine was too busy); the periodic checks stand")
             return None
         ready = dict(poller.poll(int(min(left, 1.0) * 1000)) if not ctl.events else [])
-        for sock in list(ready):
-            if isinstance(sock, int) and sock not in sentinels:      # the signal pipe
-                os.read(sock, 512)
-            if isinstance(sock, zmq.Socket) and sock is not ctl.sock:
-                try:
-                    while sock.recv(zmq.NOBLOCK) is not None:
-                        pass
-                except zmq.Again:
-                    pass
+        if w.wake_r in ready:                                        # the signal pipe
+            os.read(w.wake_r, 512)
+        if w.stats.sock in ready:            # the stats stream goes on into stats.jsonl
+            w.stats.drain()
+            if w.stats.error:
+                problems.append(w.stats.error)
+                return w.stats.error
         for fd, (name, p) in sentinels.items():
             if fd in ready:
                 p.join(0.1)
@@ -808,6 +806,9 @@ def _final_check(w: _Watched, timeout: float, problems: list[str], notes: list[s
         for e in ctl.drain_events() if ctl.sock in ready or ctl.events else []:
             if e[1] == Event.PANIC:
                 return f"panic on cpu {e[2]}: {e[3]}"
+            if e[1] == Event.WRITE_FAILED:  # the record or the trace: a full disk
+                problems.append(str(e[2]))
+                return str(e[2])
             if e[1] == Event.CHECKED:
                 if not virtual:
                     return None

@@ -159,9 +159,22 @@ def trace(run_dir: str, out_path: str | None = None, until: int = 0,
     failed = [p for p in rep.get("problems") or [] if p.startswith(f"cannot write {path}")]
     if failed or sched.get("trace_error"):          # a full disk, at its start or midway
         raise ReplayError(failed[0] if failed else sched["trace_error"])
+    if not _whole_trace(path):                      # ... or as the server closed it
+        raise ReplayError(f"cannot write {path}: its end is missing (the disk filled as "
+                          f"it was closed, or the server died)")
     if rep.get("interrupted"):          # stopped by a signal: the timeline up to the stop
         return result.exit_status, rep, path
     return (1 if (sched.get("replay") or {}).get("divergence") else 0), rep, path
+
+
+def _whole_trace(path: str) -> bool:
+    """Whether the trace file ends as the tracer closes it."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(os.path.getsize(path) - 3, 0))
+            return f.read() == b"]}\n"
+    except OSError:
+        return False
 
 
 def _prepare_until(run_dir: str, until: int) -> Prepared:
