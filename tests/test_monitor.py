@@ -445,7 +445,7 @@ def test_the_process_table_says_what_each_process_does(finished: Any) -> None:
     asleep = [p for p in rows if p["wchan"]]
     assert asleep and all(p["state"] == p["wchan"][:6] for p in asleep), asleep[:5]
     awake = [p for p in rows if not p["wchan"]]
-    assert all(p["state"] in ("RUN", "LOCK", "WAIT", "ZOMB", "START", "STOP")
+    assert all(p["state"] in ("RUN", "LOCK", "WAIT", "ZOMB", "START", "STOP", "SLEEP")
                or re.fullmatch(r"CPU[0-3]", p["state"]) for p in awake), awake[:5]
 
 

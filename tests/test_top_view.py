@@ -107,7 +107,9 @@ def test_without_a_published_process_table_top_says_so() -> None:
     ({"state": 1, "tdstate": 0x20, "inhibitors": 0, "cpu": -1, "wchan": None}, "WAIT"),
     # the thread-state macros race as in the C (FINDINGS.md F2): on a run queue, yet
     # marked sleeping: it runs, and its wait message is a past sleep's
-    ({"state": 1, "tdstate": 0x23, "inhibitors": 0x02, "cpu": 0, "wchan": "nanslp"}, "RUN")])
+    ({"state": 1, "tdstate": 0x23, "inhibitors": 0x02, "cpu": 0, "wchan": "nanslp"}, "RUN"),
+    # marked sleeping before it has its wait message (seen beside two busy loops)
+    ({"state": 1, "tdstate": 0x21, "inhibitors": 0x02, "cpu": 0, "wchan": ""}, "SLEEP")])
 def test_a_process_state_is_its_threads_as_top_shows_it(row: dict[str, Any],
                                                        state: str) -> None:
     """The STATE column said RUN for every live process, asleep or not (p_state alone);
@@ -119,7 +121,7 @@ def test_a_process_state_is_its_threads_as_top_shows_it(row: dict[str, Any],
     assert (int(TDS.TDS_RUNNING), int(TDS.TDS_INHIBITED), int(TDI.TDI_LOCK)) == \
         (0x24, 0x21, 0x08)                                          # the values above
     assert _status(PROC_TABLE_STATUS, row) == (state, state not in (
-        "CPU2", "RUN", "LOCK", "WAIT", "ZOMB", "START"))      # asleep: its wait message
+        "CPU2", "RUN", "LOCK", "WAIT", "ZOMB", "START", "SLEEP"))   # asleep: its wait message
 
 
 @pytest.mark.parametrize("rules", [None, "x", [["state", "=="]], [["state", "in", 3, "X"]],

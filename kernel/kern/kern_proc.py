@@ -223,7 +223,8 @@ PROC_TABLE_STATUS = [
     ["tdstate", "==", int(TDS.TDS_RUNNING), "CPU{cpu}"],
     ["tdstate", "in", [int(TDS.TDS_RUNQ), int(TDS.TDS_CAN_RUN)], "RUN"],
     ["inhibitors", "&", int(TDI.TDI_SUSPENDED), "STOP"],
-    ["inhibitors", "&", int(TDI.TDI_SLEEPING), "{wchan:.6}"],     # the wait message
+    ["inhibitors", "&", int(TDI.TDI_SLEEPING), "{wchan:.6}"],     # the wait message,
+    ["inhibitors", "&", int(TDI.TDI_SLEEPING), "SLEEP"],          # if it has one yet
     ["inhibitors", "&", int(TDI.TDI_LOCK), "LOCK"],
     ["tdstate", "in", [int(TDS.TDS_INHIBITED), int(TDS.TDS_INACTIVE)], "WAIT"]]
 

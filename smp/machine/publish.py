@@ -267,12 +267,14 @@ def _status(rules: Any, row: dict[str, Any]) -> tuple[str, bool] | None:
     """A process's STATE as top shows it, from the rules the kernel registered with its
     process table (``procs.status``): the first ``[field, test, value, shown]`` that holds
     of the row (test ``==``, ``in``, or ``&``: a bit of ``value`` set); ``shown`` may name
-    the row's fields (``CPU{cpu}``, ``{wchan:.6}``). With it, whether the process sleeps
-    (its state is its wait channel's). None if no rule holds, or the rules are not rules
-    (the kernel's registration is checked here, not trusted: the server must go on)."""
+    the row's fields (``CPU{cpu}``, ``{wchan:.6}``; a rule that would show nothing, a
+    field empty, is passed over, as top's SSLEEP without a wait message falls through to
+    "SLEEP"). With it, whether the process sleeps (its state is its wait channel's).
+    None if no rule holds, or the rules are not rules (the kernel's registration is
+    checked here, not trusted: the server must go on)."""
     if not isinstance(rules, list):
         return None
-    shown_row = {k: "-" if v is None else str(v) for k, v in row.items()}
+    shown_row = {k: "" if v is None else str(v) for k, v in row.items()}
     try:
         for field, test, value, shown in rules:
             v = row.get(field)
@@ -280,7 +282,9 @@ def _status(rules: Any, row: dict[str, Any]) -> tuple[str, bool] | None:
                 continue
             if (v == value if test == "==" else v in value if test == "in"
                     else test == "&" and bool(v & int(value))):
-                return str(shown).format(**shown_row), "{wchan" in str(shown)
+                text = str(shown).format(**shown_row)
+                if text:
+                    return text, "{wchan" in str(shown)
     except (TypeError, ValueError, KeyError, IndexError, AttributeError):
         pass
     return None
