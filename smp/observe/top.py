@@ -299,8 +299,15 @@ def make_app(run_dir: str, live: dict[str, Any], refresh_s: float = REFRESH_S) -
             self.render_view()
 
         def action_pause(self) -> None:
+            """Pause: what is shown stays as it is (only the title says so; rendering it
+            again would take new host figures, psutil's CPU % of each process); resume:
+            the view catches up at once."""
             self.paused = not self.paused
-            self.render_view()
+            if self.paused:
+                self.query_one("#title", Static).update(
+                    title_line(self.view, run_dir, self.ended, True))
+            else:
+                self.render_view()
 
         async def action_quit(self) -> None:
             self.exit(0)
