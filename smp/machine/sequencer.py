@@ -128,10 +128,19 @@ class Sequencer:
                 for c, q in sorted(self.recent.items())}
 
     @property
+    def _record_failed(self) -> str | None:
+        """Why the record could not be begun, or was given up midway."""
+        return self.record_error or (self.rec.error if self.rec else None)
+
+    @property
+    def _trace_failed(self) -> str | None:
+        """Why the timeline could not be begun, or was given up midway."""
+        return self.trace_error or (self.tracer.error if self.tracer else None)
+
+    @property
     def write_failed(self) -> str | None:
         """Why the record or the timeline could not be written, if one could not."""
-        return (self.record_error or (self.rec.error if self.rec else None)
-                or self.trace_error or (self.tracer.error if self.tracer else None))
+        return self._record_failed or self._trace_failed
 
     def _give_up(self, error: str) -> None:
         """The record or the timeline could not be written (a full disk): the launcher
@@ -353,9 +362,8 @@ class Sequencer:
         if self.rec is not None:
             self.rec.flush()
             out["record"] = {"path": self.rec.path, "operations": self.rec.requests}
-        record_error = self.record_error or (self.rec.error if self.rec else None)
-        if record_error:
-            out["record_error"] = record_error
+        if self._record_failed:
+            out["record_error"] = self._record_failed
         rp = self.replay
         if rp is not None:
             out["replay"] = {"operations": rp.i, "recorded": rp.total,
@@ -363,12 +371,10 @@ class Sequencer:
                              "divergence": rp.divergence.as_dict() if rp.divergence else None,
                              "damage": rp.rec.damage, "after_stop": rp.after_stop}
         if self.tracer is not None:
-            out["trace"] = {"path": self.timespec.trace_path, **self.tracer.statistics()}
-        if self.tracer is not None:
             self.tracer.flush()
-        trace_error = self.trace_error or (self.tracer.error if self.tracer else None)
-        if trace_error:
-            out["trace_error"] = trace_error
+            out["trace"] = {"path": self.timespec.trace_path, **self.tracer.statistics()}
+        if self._trace_failed:
+            out["trace_error"] = self._trace_failed
         return out
 
 
