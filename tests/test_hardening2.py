@@ -297,6 +297,43 @@ def test_a_record_that_fills_up_ends_the_run_cleanly_not_in_a_panic(
     assert f"stopping: {said}" in (tmp_path / "run" / "log.txt").read_text()
 
 
+@pytest.mark.timeout(20)
+def test_a_record_that_fails_while_the_cpus_leave_is_still_the_runs_problem(
+        tmp_path: pathlib.Path) -> None:
+    """When every CPU has left with status 0 the launcher waits a moment for the panic or
+    shutdown that made them leave. A record that failed meanwhile was dropped there with
+    the other events; now it is a problem of the run, and its end if nothing else came.
+    The server's side is a real ZeroMQ ROUTER sending the events the server sends."""
+    import zmq
+    from smp.hw.protocol import Event, Op, pack
+    from smp.run.launcher import _await_end, _Control
+    endpoint = f"ipc://{tmp_path}/ctl"
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.bind(endpoint)
+    ctl = _Control(endpoint)
+    try:
+        said = "cannot write schedule.smpr: No space left on device (the disk is full)"
+        ctl.sock.send(pack([Op.HELLO, 0, 0, "launcher", 0]))    # the router learns us
+        assert router.poll(5000)
+        ident = router.recv_multipart()[0]
+        for event in ([Op.EVENT, Event.WRITE_FAILED, said, 1.0],
+                      [Op.EVENT, Event.HALT, "user requested", 1.0]):
+            router.send_multipart([ident, pack(event)])
+        problems: list[str] = []
+        assert _await_end(ctl, 5.0, problems) == "shutdown: user requested"
+        assert problems == [said]
+        router.send_multipart([ident, pack([Op.EVENT, Event.WRITE_FAILED, said, 2.0])])
+        problems = []
+        assert _await_end(ctl, 0.5, problems) == said and problems == [said]
+    finally:
+        ctl.sock.close()
+        ctl.ctx.term()
+        router.close()
+        ctx.term()
+
+
 def test_samples_that_json_cannot_hold_are_dropped_and_counted(
         run: Any, tmp_path: pathlib.Path) -> None:
     """cpu 1 posts 200 stats samples with mixed key types ({1: 1, "a": 2}, which

@@ -570,7 +570,7 @@ def _watch(w: _Watched, deadline: float, stop_signal: list[int], replaying: bool
             if all(sentinels[fd][1].exitcode == 0 for fd in gone):
                 # a CPU exits with status 0 only after a panic or a shutdown, whose
                 # event may still be on its way here: wait a moment for it
-                ended = _await_end(ctl, END_EVENT_GRACE_S)
+                ended = _await_end(ctl, END_EVENT_GRACE_S, problems)
                 if ended:
                     end.reason = ended
                     break
@@ -757,15 +757,22 @@ def end_reason(events: list[list[Any]]) -> str | None:
     return f"panic on cpu {e[2]}: {e[3]}" if e[1] == Event.PANIC else f"shutdown: {e[2]}"
 
 
-def _await_end(ctl: _Control, timeout: float) -> str | None:
-    """Wait up to ``timeout`` s for a panic or shutdown event (other events are dropped:
-    the run is ending)."""
+def _await_end(ctl: _Control, timeout: float, problems: list[str]) -> str | None:
+    """Wait up to ``timeout`` s for a panic or shutdown event. A record or trace that
+    could not be written is a problem of the run (and its end, if nothing else ended
+    it); other events are dropped: the run is ending."""
     deadline = time.monotonic() + timeout
+    failed = None
     while True:
         left = deadline - time.monotonic()
         if left <= 0 or not ctl.sock.poll(int(left * 1000) + 1):
-            return None
-        ended = end_reason(ctl.drain_events())
+            return failed
+        events = ctl.drain_events()
+        for e in events:
+            if e[1] == Event.WRITE_FAILED and failed is None:
+                failed = str(e[2])
+                problems.append(failed)
+        ended = end_reason(events)
         if ended:
             return ended
 
