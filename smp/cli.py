@@ -214,7 +214,8 @@ def _parser() -> argparse.ArgumentParser:
             "detector, a summary, the run directory, one command that reruns exactly "
             "that run and one that replays it exactly from its recorded schedule. Known "
             "findings of the 2002 code (FINDINGS.md) are reported but do not fail the "
-            "campaign unless --strict."),
+            "campaign unless --strict. The campaign's folder keeps all of it in "
+            "campaign.json, run by run; smp report OUT prints it again."),
             ("--cluster sends the runs to a Dask cluster instead, one task each (pip "
             "install '.[cluster]'): local:N starts a LocalCluster of N worker processes "
             "on this host; tcp://HOST:PORT (tls:// with Dask's TLS configuration) or a "
@@ -293,8 +294,12 @@ def _parser() -> argparse.ArgumentParser:
                    "(FreeBSD fail(9) style). Prints one per line: the name, a tab, and "
                    "what switching it off does.")
 
-    rep = sub.add_parser("report", help="print the summary of a finished run again",
-                         description="Read RUN_DIR/report.json and print its summary.")
+    rep = sub.add_parser("report", help="print the summary of a finished run (or campaign) "
+                         "again",
+                         description="Read RUN_DIR/report.json and print its summary. Given "
+                         "the folder of a campaign of smp stress, print the campaign's "
+                         "record (its campaign.json): the command, how it ended, each "
+                         "failure with its rerun and replay commands.")
     rep.add_argument("run_dir", metavar="RUN_DIR")
     rep.add_argument("--format", choices=("text", "json", "csv", "folded"), default="text",
                      help="text: the summary (default), or one --table as text; json: "
@@ -533,8 +538,8 @@ def config_doc() -> str:
 def _stress(args: argparse.Namespace, cfg: "Config") -> int:
     import time as _time
 
-    from smp.hunt.stress import (Campaign, CampaignError, Runner, Terminated, describe,
-                                 prepare_out_dir, run_campaign)
+    from smp.hunt.stress import (Campaign, CampaignError, CampaignLog, Runner, Terminated,
+                                 describe, prepare_out_dir, run_campaign)
     from smp.run.rundir import RunDirError, new_dir
     if args.jobs is not None and args.cluster is not None:
         print("smp: stress: --jobs or --cluster, not both (a cluster's workers say how many "
@@ -568,6 +573,11 @@ def _stress(args: argparse.Namespace, cfg: "Config") -> int:
     camp = Campaign(args.config, args.runs, jobs, args.seed, args.chaos,
                     args.fail_points, args.overrides, args.duration, args.time_budget,
                     args.keep_going, args.strict, out, cluster=args.cluster)
+    try:
+        log = CampaignLog(out, camp, ["smp", *sys.argv[1:]])
+    except CampaignError as e:
+        print(f"smp: stress: {e}", file=sys.stderr)
+        return 2
     from smp.observe.progress import CampaignProgress
 
     def say(line: str) -> None:
@@ -582,25 +592,33 @@ def _stress(args: argparse.Namespace, cfg: "Config") -> int:
             runner = ClusterRunner(camp, say)
         except CampaignError as e:
             print(f"smp: stress: {e}", file=sys.stderr)
+            log.close("error", 2, [str(e)])
             return 2
         except KeyboardInterrupt:
+            log.close("interrupted", 130)
             return 130
         where = f"on the cluster {runner.address}"
     progress = CampaignProgress(sys.stderr.isatty())
     say(f"stress: {args.runs} runs of {args.config or 'the default config'}, {where}, "
         f"campaign seed {args.seed}; runs in {out}")
     try:
-        outcomes = run_campaign(camp, say, progress, runner)
+        outcomes = run_campaign(camp, say, progress, runner, log)
     except KeyboardInterrupt as e:             # its machines are stopped by now
-        return 143 if isinstance(e, Terminated) else 130
+        status = 143 if isinstance(e, Terminated) else 130
+        log.close("interrupted", status)
+        return status
     except CampaignError as e:
         print(f"smp: stress: {e}", file=sys.stderr)
+        log.close("error", 2, [str(e)])
         return 2
     finally:
         progress.close()
     lines, status = describe(outcomes, args.strict, cluster=args.cluster is not None)
+    log.close("done", status, lines)
     for line in lines:
         print(line)
+    if log.error:
+        print(f"smp: stress: {log.error}", file=sys.stderr)
     return status
 
 
@@ -848,6 +866,10 @@ def _report(args: argparse.Namespace) -> int:
     if args.weight is not None and args.format != "folded":
         print("smp report: --weight is for --format folded", file=sys.stderr)
         return 2
+    from smp.hunt.stress import CAMPAIGN_FILE
+    if (os.path.isfile(os.path.join(args.run_dir, CAMPAIGN_FILE))
+            and not os.path.exists(os.path.join(args.run_dir, "report.json"))):
+        return _report_campaign(args)
     report = _read_report(args.run_dir, "report", _REPORT_KEYS)
     if report is None:
         return 2
@@ -858,6 +880,29 @@ def _report(args: argparse.Namespace) -> int:
         print(f"smp: {path}: a report smp cannot read ({type(e).__name__}: {e}); "
               f"--format json prints it as it is", file=sys.stderr)
         return 2
+
+
+def _report_campaign(args: argparse.Namespace) -> int:
+    """``smp report OUT`` on a campaign's folder: its campaign.json, as text or as is."""
+    from smp.hunt.stress import CAMPAIGN_FILE, campaign_lines, read_campaign
+    path = os.path.join(args.run_dir, CAMPAIGN_FILE)
+    if args.format not in ("text", "json") or args.table is not None:
+        print(f"smp report: {args.run_dir} is a campaign's folder: its summary is text or "
+              f"json; the tables are a run's (smp report {args.run_dir}/RUN)",
+              file=sys.stderr)
+        return 2
+    try:
+        doc = read_campaign(args.run_dir)
+        lines = campaign_lines(doc)
+    except OSError as e:
+        print(f"smp report: {path}: cannot read it: {e.strerror or e}", file=sys.stderr)
+        return 2
+    except (ValueError, KeyError, TypeError) as e:
+        print(f"smp report: {path}: not a campaign record of smp stress ({e})",
+              file=sys.stderr)
+        return 2
+    print(json.dumps(doc, indent=1) if args.format == "json" else "\n".join(lines))
+    return 0
 
 
 # what every report.json of `smp run` has (smp/observe/report.py)

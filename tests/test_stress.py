@@ -55,6 +55,20 @@ def test_a_switched_off_guard_is_caught_with_rerun_and_replay_commands(tmp_path:
     assert replay.split("smp replay ", 1)[1].strip() == os.path.dirname(cfg)
     assert os.path.exists(os.path.join(os.path.dirname(cfg), "schedule.smpr"))
     assert "runs" in r.stderr and "failing" in r.stderr            # progress was shown
+    # nothing printed is lost with the terminal: the campaign's record has it all
+    doc = json.loads((tmp_path / "runs" / "campaign.json").read_text())
+    assert doc["state"] == "done" and doc["exit_status"] == 1, doc
+    assert doc["fail_points"] == ["swapout_procs_p_system"] and doc["runs"] == 2
+    failing = [o for o in doc["outcomes"] if o["failures"]]
+    assert failing and failing[0]["replay"] == replay.split("replay:", 1)[1].strip()
+    assert failing[0]["rerun"] == rerun.split("rerun:", 1)[1].strip()
+    assert doc["summary"] == r.stdout.splitlines()
+    again = subprocess.run([sys.executable, "-m", "smp.cli", "report", str(tmp_path / "runs")],
+                           cwd=tmp_path, env=cli_env(), text=True, capture_output=True,
+                           timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines()[2:] == r.stdout.splitlines(), again.stdout
+    assert again.stdout.startswith("campaign: smp stress "), again.stdout
 
 
 @pytest.mark.timeout(120)
@@ -102,6 +116,8 @@ def test_a_signal_to_the_campaign_stops_its_machines(tmp_path: pathlib.Path,
     assert "interrupted: stopping the campaign's machines" in err, err
     assert "Traceback" not in err, err
     assert not [m for m in machines if _alive(m)], "machines outlived the campaign"
+    doc = json.loads((out / "campaign.json").read_text())
+    assert (doc["state"], doc["exit_status"]) == ("interrupted", status), doc
 
 
 def _alive(p: psutil.Process) -> bool:
@@ -143,10 +159,52 @@ def test_twin_campaigns_started_in_the_same_second_get_folders_of_their_own(
     from smp.cli import main
     used: list[str] = []
     monkeypatch.setattr(smp.hunt.stress, "run_campaign",
-                        lambda c, say, progress, runner=None: used.append(c.out_dir) or [])
+                        lambda c, say, progress, runner=None, log=None:
+                        used.append(c.out_dir) or [])
     monkeypatch.setattr(time, "strftime", lambda fmt, *a: "20261206-120000")
     for _ in range(2):
         assert main(["stress", STRESS, "--runs", "1", "--set", f"run.dir={tmp_path}"]) == 0
     assert [pathlib.Path(u).name for u in used] == ["stress-20261206-120000-s1",
                                                     "stress-20261206-120000-s1-1"]
     assert all(pathlib.Path(u).is_dir() for u in used)
+
+
+@pytest.mark.quick
+def test_an_empty_out_folder_is_claimed_by_one_campaign(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Two campaigns given the same empty --out: the first claims it (its campaign.json,
+    made exclusively before any run), the second is refused, one after the other or at
+    the same moment (both found the folder empty; only one can make the file). The
+    campaigns themselves are not run here."""
+    import smp.hunt.stress
+    from smp.cli import main
+    from smp.hunt.stress import (Campaign, CampaignError, CampaignLog, RunOutcome,
+                                 campaign_lines, read_campaign)
+    from smp.observe.findings import Failure
+    monkeypatch.setattr(smp.hunt.stress, "run_campaign",
+                        lambda c, say, progress, runner=None, log=None: [])
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(["stress", STRESS, "--runs", "1", "--out", str(out)]) == 0
+    assert main(["stress", STRESS, "--runs", "1", "--out", str(out)]) == 2
+    assert (f"--out {out}: is not empty (it holds campaign.json)"
+            in capsys.readouterr().err)
+    twin = tmp_path / "twin"
+    twin.mkdir()                    # both checked it empty; now both make their record
+    log = CampaignLog(str(twin), Campaign(None, 1, out_dir=str(twin)), ["smp", "stress"])
+    with pytest.raises(CampaignError, match="another campaign took it"):
+        CampaignLog(str(twin), Campaign(None, 1, out_dir=str(twin)), ["smp", "stress"])
+    # read while it runs: the failures so far
+    log.add(RunOutcome(0, 7, str(twin / "run0000-s7"), 1, 2.5,
+                       [Failure("panic", "panic: oops", ("vm/vm_glue.py:1",))]))
+    assert campaign_lines(read_campaign(str(twin)))[1:] == [
+        f"started {log.doc['started']}, running", "FAIL seed 7 [panic] panic: oops",
+        f"     run dir: {twin / 'run0000-s7'}",
+        f"     rerun:   smp run {twin / 'run0000-s7' / 'config.toml'}",
+        "1 of 1 runs ended so far"]
+    doc = json.loads((out / "campaign.json").read_text())
+    assert (doc["state"], doc["exit_status"], doc["runs"]) == ("done", 0, 1), doc
+    assert main(["report", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith("campaign: smp ") and "(done, exit status 0)" in shown, shown

@@ -292,15 +292,113 @@ def prepare_out_dir(path: str) -> None:
                             f"new directory")
 
 
+CAMPAIGN_FILE = "campaign.json"     # in the campaign's folder: what ran and what came of it
+
+
+class CampaignLog:
+    """The campaign's own record, ``OUT/campaign.json``, so that nothing it printed is lost
+    with the terminal: the command and its settings, then every run as it ends (seed,
+    exit status, failures, the rerun and replay commands), then how the campaign ended and
+    its closing lines. ``smp report OUT`` prints it again. Made exclusively before the
+    first run: it claims the folder (two campaigns given the same empty ``--out`` at the
+    same moment: the second is refused); rewritten whole (renamed into place) after each
+    run, so a reader never sees half of it."""
+
+    def __init__(self, out_dir: str, c: "Campaign", command: Sequence[str]) -> None:
+        import smp
+        self.path = os.path.join(out_dir, CAMPAIGN_FILE)
+        self.doc: dict[str, Any] = {
+            "smp": smp.__version__, "command": list(command),
+            "config": c.config, "seed": c.seed, "runs": c.runs,
+            "jobs": None if c.cluster else c.jobs, "cluster": c.cluster,
+            "chaos": c.chaos, "fail_points": list(c.fail_points),
+            "overrides": list(c.overrides), "duration": c.duration,
+            "time_budget": c.time_budget, "keep_going": c.keep_going, "strict": c.strict,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ended": None,
+            "state": "running", "exit_status": None, "outcomes": [], "summary": []}
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            raise CampaignError(f"--out {out_dir}: another campaign took it (it holds "
+                                f"{CAMPAIGN_FILE}); give a new directory") from None
+        except OSError as e:
+            raise CampaignError(f"--out {out_dir}: cannot write {CAMPAIGN_FILE} in it: "
+                                f"{e.strerror or e}") from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.doc, f, indent=1)
+        self.error = ""
+
+    def add(self, out: RunOutcome) -> None:
+        """Run ``out`` has ended (or was stopped)."""
+        self.doc["outcomes"].append({
+            "index": out.index, "seed": out.seed, "run_dir": out.run_dir,
+            "exit_status": out.exit_status, "wall_s": round(out.wall_s, 3),
+            "error": out.error, "stopped": out.stopped, "attempts": out.attempts,
+            "failures": [{"detector": f.detector, "summary": f.summary,
+                          "sites": list(f.sites), "known": f.known} for f in out.failures],
+            "rerun": rerun_command(out), "replay": replay_command(out)})
+        self._write()
+
+    def close(self, state: str, status: int, summary: Sequence[str] = ()) -> None:
+        """The campaign has ended: ``state`` is done, interrupted or error."""
+        self.doc["outcomes"].sort(key=lambda o: o["index"])
+        self.doc.update(state=state, exit_status=status, summary=list(summary),
+                        ended=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        self._write()
+
+    def _write(self) -> None:
+        tmp = self.path + ".tmp"
+        try:
+            with open(tmp, "w") as f:
+                json.dump(self.doc, f, indent=1)
+            os.replace(tmp, self.path)
+        except OSError as e:           # said once; the campaign itself goes on
+            if not self.error:
+                self.error = f"cannot write {self.path}: {e.strerror or e}"
+
+
+def read_campaign(out_dir: str) -> dict[str, Any]:
+    """``OUT/campaign.json`` (ValueError or OSError if it is not one)."""
+    with open(os.path.join(out_dir, CAMPAIGN_FILE)) as f:
+        doc = json.load(f)
+    if not isinstance(doc, dict) or not {"command", "outcomes", "state"} <= doc.keys():
+        raise ValueError("not a campaign record of smp stress")
+    return doc
+
+
+def campaign_lines(doc: dict[str, Any]) -> list[str]:
+    """``smp report OUT``: the campaign's command, how it ended, and its closing lines
+    (while it runs, or when it was cut short: the runs ended so far)."""
+    state = str(doc["state"])
+    lines = [f"campaign: {' '.join(str(a) for a in doc['command'])}",
+             f"started {doc.get('started')}"
+             + (f", ended {doc['ended']} ({state}, exit status {doc['exit_status']})"
+                if doc.get("ended") else f", {state}")]
+    if doc.get("summary"):
+        return lines + [str(s) for s in doc["summary"]]
+    for o in doc["outcomes"]:
+        for f in o["failures"]:
+            tag = f" (known {f['known']})" if f.get("known") else ""
+            lines.append(f"FAIL seed {o['seed']} [{f['detector']}]{tag} {f['summary']}")
+            lines.append(f"     run dir: {o['run_dir']}")
+            lines.append(f"     rerun:   {o['rerun']}")
+            if o.get("replay"):
+                lines.append(f"     replay:  {o['replay']}")
+    done = [o for o in doc["outcomes"] if not o["stopped"]]
+    lines.append(f"{len(done)} of {doc['runs']} runs ended so far")
+    return lines
+
+
 def run_campaign(c: Campaign, say: Callable[[str], None],
                  progress: Callable[[Progress], None],
-                 runner: Runner | None = None) -> list[RunOutcome]:
+                 runner: Runner | None = None,
+                 log: CampaignLog | None = None) -> list[RunOutcome]:
     """Run the campaign: at most ``runner.slots()`` machines at a time (``c.jobs`` on this
     host by default), each started only when a slot is free, so that nothing new starts
     once a run has failed (unless ``c.keep_going``); machines still running then are
     stopped (SIGINT) and their outcomes marked ``stopped``. ``progress`` is called at the
-    start, after every run and every PROGRESS_S wall seconds. The runner is closed at the
-    end, whatever happened."""
+    start, after every run and every PROGRESS_S wall seconds; ``log`` is told of every run
+    as it ends. The runner is closed at the end, whatever happened."""
     os.makedirs(c.out_dir, exist_ok=True)
     runner = runner or LocalRunner(c)
     caught: list[int] = []
@@ -343,6 +441,8 @@ def run_campaign(c: Campaign, say: Callable[[str], None],
                 if out is None:
                     continue
                 outcomes.append(out)
+                if log is not None:
+                    log.add(out)
                 if out.error:
                     say(f"run {out.index}: {out.error}")
                     stop = True
@@ -454,6 +554,7 @@ def describe(outcomes: list[RunOutcome], strict: bool,
     return lines, status
 
 
-__all__ = ["Campaign", "CampaignError", "LocalRunner", "Progress", "RunOutcome", "Runner",
-           "child_env", "derive_seed", "describe", "read_outcome", "replay_command",
-           "rerun_command", "run_campaign"]
+__all__ = ["CAMPAIGN_FILE", "Campaign", "CampaignError", "CampaignLog", "LocalRunner",
+           "Progress", "RunOutcome", "Runner",
+           "campaign_lines", "child_env", "derive_seed", "describe", "read_campaign",
+           "read_outcome", "replay_command", "rerun_command", "run_campaign"]
