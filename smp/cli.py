@@ -536,11 +536,9 @@ def config_doc() -> str:
 
 
 def _stress(args: argparse.Namespace, cfg: "Config") -> int:
-    import time as _time
-
     from smp.hunt.stress import (Campaign, CampaignError, CampaignLog, Runner, Terminated,
                                  describe, prepare_out_dir, run_campaign)
-    from smp.run.rundir import RunDirError, new_dir
+    from smp.run.rundir import RunDirError, new_dir, stamp
     if args.jobs is not None and args.cluster is not None:
         print("smp: stress: --jobs or --cluster, not both (a cluster's workers say how many "
               "machines each runs)", file=sys.stderr)
@@ -564,8 +562,7 @@ def _stress(args: argparse.Namespace, cfg: "Config") -> int:
             out = args.out
             prepare_out_dir(out)
         else:                       # a new folder of its own, even beside a twin campaign
-            out = new_dir(str(cfg["run.dir"]),
-                          f"stress-{_time.strftime('%Y%m%d-%H%M%S')}-s{args.seed}",
+            out = new_dir(str(cfg["run.dir"]), f"stress-{stamp()}-s{args.seed}",
                           "a campaign folder")
     except (CampaignError, RunDirError) as e:
         print(f"smp: stress: {e}", file=sys.stderr)

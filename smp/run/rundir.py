@@ -53,6 +53,11 @@ def config_header(rdir: str, version: str, seed: int) -> str:
             f"# rerun: smp run {shlex.quote(os.path.join(rdir, 'config.toml'))}\n")
 
 
+def stamp() -> str:
+    """The local time in a folder's name: ``20261126-101500`` (runs, campaigns)."""
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
 def _why(e: OSError) -> str:
     return e.strerror or str(e)
 
@@ -116,7 +121,7 @@ def prepare_run_dir(run_dir: str | None, base: str, seed: int, force: bool = Fal
     """The directory the run writes into, ready and empty (see the module doc); raises
     RunDirError before anything has started."""
     if run_dir is None:
-        return new_dir(base, f"{time.strftime('%Y%m%d-%H%M%S')}-s{seed}")
+        return new_dir(base, f"{stamp()}-s{seed}")
     path = run_dir
     if os.path.lexists(path) and not os.path.isdir(path):
         raise RunDirError(f"--run-dir {path}: exists and is not a directory")
