@@ -337,12 +337,11 @@ def run_machine(cfg: Config, run_dir: str | None = None,
              f"server pid {server.pid}, cpu pids "
              f"{', '.join(str(p.pid) for p in cpus.values()) or 'none'}; run dir {rdir}")
         if listen is not None:
-            wildcard = "HOST" in listen.join_endpoint
             note(f"listening on {listen.endpoint} "
                  f"({'CURVE, keys in ' + listen.key_dir if listen.key_dir else 'no keys'})"
                  f" for cpus {local}..{ncpus - 1}: `smp cpu --join {listen.join_endpoint} "
                  f"--id K{' --key-dir DIR' if listen.key_dir else ''}`"
-                 f"{' (HOST: this host as the others reach it)' if wildcard else ''}"
+                 f"{' (HOST: this host as the others reach it)' if listen.wildcard else ''}"
                  f"; waiting up to {listen.join_timeout:.0f} s")
         ctl = _Control(endpoint)
         stats = StatsRecorder(stats_endpoint, os.path.join(rdir, "stats.jsonl"), monitors)

@@ -70,13 +70,17 @@ class ListenSpec:
     join_timeout: float           # how long the launcher waits for every CPU's HELLO
 
     @property
+    def wildcard(self) -> bool:
+        """Whether it listens on every address of this host (0.0.0.0, ``*``, ``::``)."""
+        return parse_tcp(self.endpoint)[0] in ("0.0.0.0", "*", "::")
+
+    @property
     def join_endpoint(self) -> str:
         """What a CPU on another host passes to ``smp cpu --join``: the endpoint, with a
-        wildcard address (0.0.0.0, ``*``, ``::``) as ``HOST``, for this host's address as
-        the others reach it (a wildcard is no address to join)."""
-        host, port = parse_tcp(self.endpoint)
-        if host in ("0.0.0.0", "*", "::"):
-            return f"tcp://HOST:{port}"
+        wildcard address as ``HOST``, for this host's address as the others reach it (a
+        wildcard is no address to join)."""
+        if self.wildcard:
+            return f"tcp://HOST:{parse_tcp(self.endpoint)[1]}"
         return self.endpoint
 
     def attach(self, server: Any, hello: dict[str, Any]) -> None:
