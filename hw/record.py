@@ -149,6 +149,14 @@ class Writer:
         self.bytes += len(data)
         self.f.close()
 
+    def abandon(self) -> None:
+        """Close the file as it is, without an end (a record given up after a failed
+        write: a reader finds it cut short)."""
+        try:
+            self.f.close()
+        except OSError:
+            pass
+
 
 class Record:
     """A run's record, read whole: what a replay enforces."""

@@ -81,11 +81,8 @@ class Recording:
 
     def close(self, totals: dict[str, Any]) -> None:
         self._write(self.w.close, totals)
-        if not self.w.f.closed:              # given up: closed all the same
-            try:
-                self.w.f.close()
-            except OSError:
-                pass
+        if self.error is not None:           # given up: closed all the same
+            self.w.abandon()
 
 
 class Replay:
