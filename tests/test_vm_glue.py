@@ -678,6 +678,55 @@ def test_illegal_rw_panics(tmp_path: pathlib.Path, fn: str) -> None:
 
 
 # =============================================================================================
+# cpu_switch's fatal trap: a thread put on a run queue with its kernel stack unmapped (what a
+# wakeup that misses a swap-out in progress does) traps when it is chosen, and the trap's
+# message reads the thread's state after sched_lock went to it: no lockkey finding.
+# =============================================================================================
+def unmapped_sleeper() -> None:
+    from smp.kernel.kern.kern_thread import curproc
+    from smp.kernel.userland import libc
+    vs.shared().v_pid = curproc().p_pid
+    libc.sleep_ticks(100000, "vmtdeep")       # woken by the kernel thread, never by time
+    vs.check("unmapped_sleeper_ran", False)    # its stack is gone: it cannot run
+    libc.exit(0)
+
+
+def unmap_and_wake() -> None:
+    from smp.kernel.machine.pmap import pmap_swapout_thread
+    t = vs.shared()
+    vs.nap_until(lambda: t.v_pid, "the sleeper's pid")
+    td = FIRST_THREAD_IN_PROC(vs.find_proc(t.v_pid))
+
+    def asleep() -> bool:                     # (read as the kernel does: sched_lock held)
+        mtx_lock_spin(kern_globals.G.sched_lock)
+        inhibitors = td.td_inhibitors
+        mtx_unlock_spin(kern_globals.G.sched_lock)
+        return bool(inhibitors & TDI.TDI_SLEEPING)
+    vs.nap_until(asleep, "the sleeper asleep")
+    mtx_lock(vs.giant())
+    pmap_swapout_thread(td)                   # its stack's pages unmapped, PS_INMEM kept
+    mtx_unlock(vs.giant())
+    wakeup(td.addr("td_wmesg"))               # setrunnable: PS_INMEM, so a run queue
+    vs.nap_until(lambda: False, "the trap", max_ticks=200)
+
+
+@pytest.mark.timeout(60)
+def test_a_thread_chosen_with_its_stack_unmapped_traps_without_lockkey_findings(
+        tmp_path: pathlib.Path) -> None:
+    """The trap's message read td_state, td_inhibitors and p_sflag with sched_lock already
+    handed to the next thread: four "unlocked load" lockkey findings in mi_switch at
+    every such panic, each a false lead (found by planting a race and hunting it)."""
+    res = boot(tmp_path, quiet(duration=20),
+               [vs.boot_fork("vmt-sleeper", unmapped_sleeper, cpu=1),
+                vs.boot_kthread("vmt-unmap", unmap_and_wake, cpu=1)])
+    msg = expect_panic(res, "fatal trap 12 in cpu_switch: the kernel stack of thread "
+                            "vmt-sleeper")
+    assert "td_inhibitors 0x0" in msg and "p_sflag 0x1" in msg, msg
+    lockkey = [f["summary"] for f in res.report["findings"] if f["detector"] == "lockkey"]
+    assert not lockkey, lockkey
+
+
+# =============================================================================================
 # Fail points: each race guard of vm_glue, in force (the default) and switched off.
 #
 # Each scenario puts the machine in the situation its guard is for, deterministically

@@ -32,8 +32,11 @@ def cpu_throw(nxt: Any) -> None:
 
 def _pcb_check(lt: Any) -> None:
     """What cpu_switch reads of the next thread: its pcb, at the base of its kernel
-    stack (sched_lock held). A swapped-out stack is a fatal trap, which names the
-    thread; a corrupted one panics."""
+    stack (sched_lock held, already handed over to it). A swapped-out stack is a
+    fatal trap, which names the thread; a corrupted one panics. The trap message reads
+    the thread's state without the lock's owner check (load_racy): the running thread
+    no longer owns sched_lock, and a diagnostic's reads are no locking of the kernel's
+    (they were reported as unlocked loads at every such panic)."""
     ks = lt.kstack
     if not ks:
         return
@@ -41,8 +44,8 @@ def _pcb_check(lt: Any) -> None:
     if pcb is None:
         td = lt.td
         p = td.td_proc
-        state, inhib = td.load("td_state", "td_inhibitors")
-        pid, sflag, pstate = p.load("p_pid", "p_sflag", "p_state")
+        state, inhib = td.load_racy("td_state", "td_inhibitors")
+        pid, sflag, pstate = p.load_racy("p_pid", "p_sflag", "p_state")
         md.panic(f"fatal trap 12 in cpu_switch: the kernel stack of thread {lt.name} "
                  f"(tid {lt.tid}, pid {pid}) is not mapped at {ks:#x}: td_state {state}, "
                  f"td_inhibitors {inhib:#x}, p_sflag {sflag:#x}, p_state {pstate}")
