@@ -68,6 +68,9 @@ def test_a_fail_point_panic_replays_at_the_same_operation(tmp_path: pathlib.Path
                         "run.duration=4", "--fail-point", "swapout_procs_p_system")
     rec = json.loads((rdir / "report.json").read_text())
     assert status == 1 and rec["panic"], rec["reason"]
+    crash = (rdir / "crash.txt").read_text()      # how the CPUs got there, for people
+    assert "\ndb> ps\n" in crash and "the last operations of each CPU" in crash, crash
+    assert f"      {rec['panic']['op']}  REPORT" in crash, crash      # the panic's own
     proc = _replay(rdir)
     assert "replay identical" in proc.stdout, proc.stdout + proc.stderr
     assert proc.returncode == 1                      # the recorded run's own verdict
@@ -93,6 +96,13 @@ def test_until_stops_the_machine_and_dumps_every_thread(recorded: pathlib.Path,
     last = [int(line.split()[0]) for line in dump.splitlines()
             if line.startswith("      ") and line.split()[0].isdigit()]
     assert last and max(last) == 500                  # nothing after operation 500
+    assert "  cpu 0 (its last 32):" in dump           # all the server keeps of a CPU
+    # what each load was answered with, and every process as ddb's ps shows it
+    assert any(" LOAD" in line and " -> " in line for line in dump.splitlines()), dump
+    ps = dump.split("db> ps\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert ps[0].split() == ["pid", "cpu", "state", "wchan", "p_sflag", "td_state",
+                             "td_inhibitors", "comm"], ps
+    assert any("TDS_RUNNING" in row for row in ps[1:]), ps
 
 
 def _copy(src: pathlib.Path, dst: pathlib.Path) -> pathlib.Path:

@@ -122,6 +122,18 @@ REPORT: dict[str, Any] = {
         {"cpu": 1, "tid": 330, "name": "idle: cpu1", "stack": [], "held": [],
          "waiting": None},
     ],
+    # the process table as the kernel registered it, and each CPU's last operations
+    "policy": {"liveness": {"inhibitor_bits": {"SUSPENDED": 1, "SLEEPING": 2, "SWAPPED": 4,
+                                               "LOCK": 8}},
+               "procs": {"thread_states": {"33": "TDS_INHIBITED", "36": "TDS_RUNNING"}}},
+    "procs": [{"pid": 12, "comm": "vmdaemon", "state": "CPU0", "cpu": 0, "flags": 1,
+               "wchan": None, "tdstate": 36, "inhibitors": 0, "swapped": False},
+              {"pid": 3, "comm": "napper", "state": "LOCK", "cpu": 1, "flags": 0,
+               "wchan": None, "tdstate": 33, "inhibitors": 12, "swapped": True}],
+    "recent": {"0": [[4410, "LOADN", "vm/vm_glue.py:639", 306, 1511300000,
+                      "[352, ['p_vmspace']]", "[None]"]],
+               "1": [[4409, "STORE", "kern/kern_proc.py:43", 422, 1511280000,
+                      "[349, 'p_lock', 1]", ""]]},
 }
 
 
@@ -265,6 +277,18 @@ Tracing tid 422 (napper) on cpu 1:
 fork_exit() at kern/kern_thread.py:96
 Tracing tid 330 (idle: cpu1) on cpu 1:
 (no kernel frames)
+
+db> ps
+  pid  cpu  state    wchan     p_sflag  td_state      td_inhibitors        comm
+    3    1  LOCK     -         0x0      TDS_INHIBITED 0xc (SWAPPED|LOCK)   <napper>
+   12    0  CPU0     -         0x1      TDS_RUNNING   0x0                  vmdaemon
+
+the last operations of each CPU, oldest first (operation number, op, site, thread, \
+simulated time, arguments -> the value answered):
+  cpu 0 (its last 1):
+      4410  LOADN      vm/vm_glue.py:639  tid 306  1.511300 s  [352, ['p_vmspace']] -> [None]
+  cpu 1 (its last 1):
+      4409  STORE      kern/kern_proc.py:43  tid 422  1.511280 s  [349, 'p_lock', 1]
 
 Python trace of the panicking thread (simulator frames included):
   File "/opt/smp/hw/cpu.py", line 164, in trampoline

@@ -238,6 +238,7 @@ def proc_table_register(allproc: int) -> None:
         "thread_fields": {"wchan": "td_wmesg", "tdstate": "td_state",
                           "inhibitors": "td_inhibitors"},
         "states": {str(k): v for k, v in PROC_TABLE_STATES.items()},
+        "thread_states": {str(int(m)): m.name for m in TDS},      # (a dump's ps)
         "status": PROC_TABLE_STATUS,
         "resident": ["flags", int(PS.PS_INMEM)]})
     # The liveness detector (smp.machine.hangs): where threads are, and which bits mean

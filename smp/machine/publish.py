@@ -187,6 +187,7 @@ class Publisher:
             "inflight": srv.inflight.statistics() if srv.inflight is not None else None,
             "schedule": srv.seq.report(),
             "recent": srv.seq.recent_ops(),
+            "procs": self._procs(),
             "locks": locks.profile.lock_report(),
             "lock_profile": locks.profile.profile_report()[:50],
             "memory": vars(srv.mem.statistics()),

@@ -45,6 +45,8 @@ from smp.machine.schedule import Divergence, Recording, Replay
 from smp.machine.timekeeper import TimeKeeper
 from smp.machine.trace import Tracer
 
+RECENT_OPS = 32          # each CPU's last operations kept for a dump (report.json "recent")
+
 
 @dataclasses.dataclass
 class TimeSpec:
@@ -117,14 +119,16 @@ class Sequencer:
         self.sent = [0] * srv.ncpus          # machine events sent to each CPU
         self.ops = 0                         # the machine's operations handled so far
         # each CPU's last requests: what a dump shows as "touched last"
-        self.recent: dict[int, collections.deque[tuple[Any, ...]]] = \
-            collections.defaultdict(lambda: collections.deque(maxlen=32))
+        self.recent: dict[int, collections.deque[list[Any]]] = \
+            collections.defaultdict(lambda: collections.deque(maxlen=RECENT_OPS))
 
     def recent_ops(self) -> dict[str, list[tuple[Any, ...]]]:
         """Each CPU's last requests, as a dump shows them (formatted only now: the
-        server keeps them at every request)."""
-        return {str(c): [(n, opname(op), site, tid, t, short(args))
-                         for n, op, site, tid, t, args in q]
+        server keeps them at every request): number, operation, site, thread, simulated
+        ns, arguments, and the value it was answered with ("" for none: a post)."""
+        return {str(c): [(n, opname(op), site, tid, t, short(args),
+                          "" if value is None else short(value))
+                         for n, op, site, tid, t, args, value in q]
                 for c, q in sorted(self.recent.items())}
 
     @property
@@ -219,17 +223,20 @@ class Sequencer:
 
     # -- the order -----------------------------------------------------------------------
     def request(self, cpu: int, op: int, site: str, tid: int, t: int,
-                args: list[Any]) -> None:
+                args: list[Any]) -> list[Any] | None:
         """An ordered request of ``cpu`` is about to be applied: it gets its number, is
-        remembered and recorded, and moves its CPU's time."""
+        remembered and recorded, and moves its CPU's time. Returns what is remembered
+        of it, whose last item the server sets to the value it answers with."""
         if self.replay is not None and self.replay.stopped:
-            return                          # a stopped replay's final reports: no number
+            return None                     # a stopped replay's final reports: no number
         self.ops += 1                       # the operation's number (hw/record.py)
-        self.recent[cpu].append((self.ops, op, site, tid, t, args))   # (see recent_ops)
+        seen = [self.ops, op, site, tid, t, args, None]
+        self.recent[cpu].append(seen)       # (see recent_ops)
         if self.rec is not None:
             self.rec.request(cpu, op, site, tid)
         if self.tk.enabled:
             self.horizon_to(self.tk.request(cpu, t))
+        return seen
 
     def reads(self, cpu: int, entries: list[int], last: int, upto: int) -> None:
         """A CPU's read log (hw/record.py): recorded with the order."""

@@ -419,10 +419,11 @@ class Server:
                 self._reply(ident, seq, OK, None)        # (control is posted; a call
                 return                                   # of it still gets its answer)
             in_order = ordered(peer, op, args)
-            if in_order:
-                self.seq.request(peer.cpu, op, site, tid, t, args)
+            seen = self.seq.request(peer.cpu, op, site, tid, t, args) if in_order else None
             self.cur_t, self.reply_t = t, 0
             value = self.optable.call(peer, op, tid, site, args)
+            if seen is not None:
+                seen[6] = value                      # what a dump shows it answered
             self._reply(ident, seq, OK, value, peer.cpu)
             if in_order and self.seq.tracer is not None:
                 self.seq.tracer.request(peer.cpu, tid, op, site, t, args, value)

@@ -15,7 +15,11 @@ In order, each part as FreeBSD prints its own:
    owner is blocked on in turn (a cycle is a deadlock), and the waiting threads, as ddb's
    lock chains (grouped by lock);
 4. ``db> alltrace``: every thread's kernel trace, as ``Tracing tid N``;
-5. the panicking thread's full Python trace, simulator frames included.
+5. ``db> ps``: every process, its state, wait message, p_sflag, and its thread's td_state
+   and td_inhibitors (named);
+6. each CPU's last operations on the machine (the server keeps 32 a CPU), with the value
+   each load or call was answered with: how the CPUs got here, for a race;
+7. the panicking thread's full Python trace, simulator frames included.
 
 The input is report.json's ``panic`` (message, cpu, tid, thread, site, stack, sim_time)
 and ``threads`` (each thread's cpu, tid, name, stack and the locks it ``held`` and was
@@ -164,6 +168,54 @@ def alltrace(threads: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _bits(v: Any, names: dict[str, int]) -> str:
+    if not isinstance(v, int) or isinstance(v, bool):
+        return "-" if v is None else str(v)
+    shown = "|".join(n for n, b in names.items() if v & b)
+    return f"{v:#x}" + (f" ({shown})" if shown else "")
+
+
+def _named(v: Any, names: dict[str, str]) -> str:
+    return "-" if v is None else names.get(str(v), str(v))
+
+
+def show_ps(procs: list[dict[str, Any]] | None, policy: dict[str, Any]) -> list[str]:
+    """``db> ps``: every process on allproc, as the kernel registered its table (smp
+    top's): pid, the CPU it is on or last ran on, its state as top shows it, its wait
+    message, p_sflag, its first thread's td_state and td_inhibitors (named), the command
+    (``<comm>``: swapped out)."""
+    if procs is None:
+        return ["(no process table: the kernel published none)"]
+    bits = (policy.get("liveness") or {}).get("inhibitor_bits") or {}
+    tds = (policy.get("procs") or {}).get("thread_states") or {}
+    lines = ["  pid  cpu  state    wchan     p_sflag  td_state      td_inhibitors        comm"]
+    for p in sorted(procs, key=lambda p: int(p.get("pid") or 0)):
+        cpu = p.get("cpu")
+        comm = str(p.get("comm") or "?")
+        sflag = p.get("flags")
+        lines.append(f"{p.get('pid', '?'):>5}  "
+                     f"{'-' if not isinstance(cpu, int) or cpu < 0 else cpu:>3}  "
+                     f"{str(p.get('state') or '-'):<8} {str(p.get('wchan') or '-'):<9} "
+                     f"{_bits(sflag, {}):<7}  {_named(p.get('tdstate'), tds):<13} "
+                     f"{_bits(p.get('inhibitors'), bits):<20} "
+                     + (f"<{comm}>" if p.get("swapped") else comm))
+    return lines
+
+
+def recent_lines(recent: dict[str, list[Any]]) -> list[str]:
+    """Each CPU's last operations (report.json ``recent``), oldest first: number,
+    operation, site, thread, simulated time, arguments and, for a request that waited
+    for one, the value it was answered with."""
+    lines: list[str] = []
+    for cpu, ops in sorted(recent.items(), key=lambda kv: int(kv[0])):
+        lines.append(f"  cpu {cpu} (its last {len(ops)}):")
+        for n, op, site, tid, t, args, *value in ops:
+            got = f" -> {value[0]}" if value and value[0] != "" else ""
+            lines.append(f"      {n}  {op:<10} {site}  tid {tid}  {int(t) / 1e9:.6f} s  "
+                         f"{args}{got}")
+    return lines
+
+
 def crash_text(report: dict[str, Any]) -> str:
     """crash.txt of a report with a ``panic``."""
     p = report["panic"]
@@ -185,6 +237,11 @@ def crash_text(report: dict[str, Any]) -> str:
     lines += ["", "db> show alllocks", *show_alllocks(threads)]
     lines += ["", "db> show allchains", *show_allchains(threads)]
     lines += ["", "db> alltrace", *alltrace(threads)]
+    lines += ["", "db> ps", *show_ps(report.get("procs"), report.get("policy") or {})]
+    if report.get("recent"):
+        lines += ["", "the last operations of each CPU, oldest first (operation number, op, "
+                  "site, thread, simulated time, arguments -> the value answered):",
+                  *recent_lines(report["recent"])]
     # the sites of a port name their C line too (what the kernel registered)
     lines = annotate_all(lines, (report.get("policy") or {}).get("sources"))
     lines += ["", "Python trace of the panicking thread (simulator frames included):"]
@@ -194,4 +251,5 @@ def crash_text(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["crash_text", "backtrace", "kernel_frames", "show_alllocks", "lock_line"]
+__all__ = ["crash_text", "backtrace", "kernel_frames", "show_alllocks", "lock_line",
+           "recent_lines", "show_ps"]

@@ -33,7 +33,8 @@ from typing import Any, Callable
 
 from smp.hw import record
 from smp.hw.protocol import VERSION
-from smp.observe.crash import backtrace
+from smp.machine.sites import annotate_all
+from smp.observe.crash import backtrace, recent_lines, show_ps
 from smp.run.config import Config, ConfigError, load_config
 
 RECORD_FILE = "schedule.smpr"
@@ -255,16 +256,15 @@ def write_dump(out: str, report: dict[str, Any], until: int) -> str:
         w = t.get("waiting")
         if w:
             lines.append(f"      waits for {w['lock']} ({w['mode']}) asked @ {w['site']}")
-        for fr in backtrace(t.get("stack") or [])[:10]:     # ddb's trace, innermost first
+        for fr in backtrace(t.get("stack") or []):          # ddb's trace, innermost first
             lines.append(f"      {fr}")
+    lines += ["", "db> ps", *show_ps(report.get("procs"), report.get("policy") or {})]
     recent = report.get("recent") or {}
     if recent:
-        lines += ["", "the last operations of each CPU (number, op, site, thread, sim ns, "
-                  "arguments):"]
-        for cpu, ops in sorted(recent.items(), key=lambda kv: int(kv[0])):
-            lines.append(f"  cpu {cpu}:")
-            for op in ops[-12:]:
-                lines.append("      " + "  ".join(str(x) for x in op))
+        lines += ["", "the last operations of each CPU, oldest first (operation number, op, "
+                  "site, thread, simulated time, arguments -> the value answered; an "
+                  "earlier --until shows what came before):", *recent_lines(recent)]
+    lines = annotate_all(lines, (report.get("policy") or {}).get("sources"))
     path = os.path.join(out, "dump.txt")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
