@@ -87,11 +87,15 @@ def test_nothing_starts_after_the_first_failure(tmp_path: pathlib.Path) -> None:
 def test_keep_going_runs_them_all(tmp_path: pathlib.Path) -> None:
     out = tmp_path / "runs"
     c = FakeCampaign(None, runs=3, jobs=2, out_dir=str(out), keep_going=True)
-    outcomes = run_campaign(c, lambda s: None, lambda p: None)
+    said: list[str] = []
+    outcomes = run_campaign(c, said.append, lambda p: None)
     assert _started(out) == [0, 1, 2]
     assert [bool(o.new_failures) for o in outcomes] == [True, False, False]
     lines, status = describe(outcomes, strict=False)
     assert status == 1 and lines[-1].startswith("3 runs, 2 without a new failure")
+    # the failure was told as it came (it can be replayed while the others run), as the
+    # summary tells it again
+    assert said == lines[:-1], said
 
 
 def test_strict_counts_known_findings_as_failures_in_the_summary_too() -> None:
@@ -106,6 +110,7 @@ def test_strict_counts_known_findings_as_failures_in_the_summary_too() -> None:
     assert status == 0 and lines[-1] == "2 runs, 2 without a new failure, known findings: F2 x1"
     lines, status = describe(outcomes, strict=True)
     assert status == 1 and lines[0].startswith("FAIL seed 7 [witness] (known F2)")
+    assert describe(outcomes[1:], strict=False)[0] == ["1 run, 1 without a new failure"]
     assert lines[-1] == ("2 runs, 1 without a failure (--strict: known findings count), "
                          "known findings: F2 x1")
 
@@ -151,3 +156,20 @@ def test_machines_import_the_campaigns_smp_not_the_working_directorys(
                        cwd=decoy.parent, env=child_env(), capture_output=True, text=True,
                        timeout=20)
     assert r.stdout.strip() == os.path.abspath(smp.__file__)
+
+
+def test_a_run_with_several_failures_names_its_folder_and_commands_once() -> None:
+    """Each failure of a run is a FAIL line; its run dir, rerun and replay follow once
+    (they were repeated after each failure: five blocks for one panicking run)."""
+    from smp.hunt.stress import RunOutcome
+    from smp.observe.findings import Failure
+    out = RunOutcome(0, 7, "runs/run0000-s7", 1, 1.0,
+                     [Failure("panic", "panic: fatal trap 12", ()),
+                      Failure("lockkey", "unlocked load of proc.p_sflag", ())])
+    lines, status = describe([out], strict=False)
+    assert status == 1
+    assert lines == ["FAIL seed 7 [panic] panic: fatal trap 12",
+                     "FAIL seed 7 [lockkey] unlocked load of proc.p_sflag",
+                     "     run dir: runs/run0000-s7",
+                     "     rerun:   smp run runs/run0000-s7/config.toml",
+                     "1 run, 0 without a new failure"]

@@ -125,7 +125,7 @@ def test_stress_inside_a_clone_runs_the_installed_smp(venv: pathlib.Path,
     r = _smp(venv, "stress", "--runs", "1", "--duration", "0.5", "--out",
              str(tmp_path / "campaign"), cwd=clone, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "1 runs, 1 without a new failure" in r.stdout
+    assert "1 run, 1 without a new failure" in r.stdout
     assert "stress: 0/1 runs" in r.stderr                    # progress from the start
 
 

@@ -76,7 +76,7 @@ def test_a_clean_campaign_passes_and_reports_known_findings_apart(tmp_path: path
     r = _stress(tmp_path, STRESS, "--runs", "1", "--chaos", "high",
                 "--set", "run.duration=3", timeout=110)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "1 runs, 1 without a new failure" in r.stdout
+    assert "1 run, 1 without a new failure" in r.stdout
     assert "FAIL" not in r.stdout
     # the liveness detector is on by default, looked all through the run (some ten times a
     # simulated second), found no hang

@@ -377,13 +377,11 @@ def campaign_lines(doc: dict[str, Any]) -> list[str]:
     if doc.get("summary"):
         return lines + [str(s) for s in doc["summary"]]
     for o in doc["outcomes"]:
-        for f in o["failures"]:
-            tag = f" (known {f['known']})" if f.get("known") else ""
-            lines.append(f"FAIL seed {o['seed']} [{f['detector']}]{tag} {f['summary']}")
-            lines.append(f"     run dir: {o['run_dir']}")
-            lines.append(f"     rerun:   {o['rerun']}")
-            if o.get("replay"):
-                lines.append(f"     replay:  {o['replay']}")
+        failures = [(f["detector"], f.get("known"), f["summary"]) for f in o["failures"]
+                    if doc.get("strict") or not f.get("known")]
+        if failures:
+            lines += _fail_block(o["seed"], failures, o["run_dir"], o["rerun"],
+                                 o.get("replay"))
     done = [o for o in doc["outcomes"] if not o["stopped"]]
     lines.append(f"{len(done)} of {doc['runs']} runs ended so far")
     return lines
@@ -449,6 +447,9 @@ def run_campaign(c: Campaign, say: Callable[[str], None],
                     runner.stop()
                 if out.new_failures or (c.strict and out.known):
                     failing += 1
+                    if c.keep_going:           # at once: it can be looked at meanwhile
+                        for line in failure_lines(out, c.strict):
+                            say(line)
                     if not c.keep_going and not stop:
                         stop = True
                         runner.stop()          # the first failure ends the campaign
@@ -514,6 +515,26 @@ def replay_command(out: RunOutcome) -> str | None:
     return f"smp replay {out.run_dir}"
 
 
+def failure_lines(out: RunOutcome, strict: bool) -> list[str]:
+    """A failing run's lines: one FAIL line per failure (the seed, the detector, a
+    summary), then its directory and the commands that rerun and replay it, once."""
+    shown = out.new_failures + (out.known if strict else [])
+    if not shown:
+        return []
+    return _fail_block(out.seed, [(f.detector, f.known, f.summary) for f in shown],
+                       out.run_dir, rerun_command(out), replay_command(out))
+
+
+def _fail_block(seed: int, failures: list[tuple[str, str | None, str]], run_dir: str,
+                rerun: str, replay: str | None) -> list[str]:
+    lines = [f"FAIL seed {seed} [{detector}]" + (f" (known {known})" if known else "")
+             + f" {summary}" for detector, known, summary in failures]
+    lines += [f"     run dir: {run_dir}", f"     rerun:   {rerun}"]
+    if replay:
+        lines.append(f"     replay:  {replay}")
+    return lines
+
+
 def describe(outcomes: list[RunOutcome], strict: bool,
              cluster: bool = False) -> tuple[list[str], int]:
     """The campaign's closing lines and exit status; ``cluster``: the campaign ran on a
@@ -526,22 +547,17 @@ def describe(outcomes: list[RunOutcome], strict: bool,
     for out in outcomes:
         for f in out.known:
             known_count[f.known or "?"] = known_count.get(f.known or "?", 0) + 1
-        shown = out.new_failures + (out.known if strict else [])
         if out.error:
             status = 2
-        for f in shown:
+        failed = failure_lines(out, strict)
+        if failed:
             status = max(status, 1)
-            tag = f" (known {f.known})" if f.known else ""
-            lines.append(f"FAIL seed {out.seed} [{f.detector}]{tag} {f.summary}")
-            lines.append(f"     run dir: {out.run_dir}")
-            lines.append(f"     rerun:   {rerun_command(out)}")
-            replay = replay_command(out)
-            if replay:
-                lines.append(f"     replay:  {replay}")
+            lines += failed
     # with --strict a known finding fails a run too: the count says so
     clean = sum(1 for o in outcomes
                 if not o.new_failures and not o.error and not (strict and o.known))
-    lines.append(f"{len(outcomes)} runs, {clean} without a "
+    runs = f"{len(outcomes)} run" + ("" if len(outcomes) == 1 else "s")
+    lines.append(f"{runs}, {clean} without a "
                  + ("failure (--strict: known findings count)" if strict else "new failure")
                  + (", known findings: " + ", ".join(f"{k} x{n}" for k, n
                                                      in sorted(known_count.items()))
@@ -556,5 +572,6 @@ def describe(outcomes: list[RunOutcome], strict: bool,
 
 __all__ = ["CAMPAIGN_FILE", "Campaign", "CampaignError", "CampaignLog", "LocalRunner",
            "Progress", "RunOutcome", "Runner",
-           "campaign_lines", "child_env", "derive_seed", "describe", "read_campaign",
+           "campaign_lines", "child_env", "derive_seed", "describe", "failure_lines",
+           "read_campaign",
            "read_outcome", "replay_command", "rerun_command", "run_campaign"]
