@@ -692,7 +692,13 @@ def _replay(args: argparse.Namespace) -> int:
 def _trace(args: argparse.Namespace) -> int:
     from smp.machine.trace import count_events
     from smp.run.replay import trace
-    done = _run_replay("trace", trace, args)
+
+    def log(line: str) -> None:
+        """The replay's own lines, said as the trace's: its folder is a temporary one,
+        and its verdict ("run FAILED") is the recorded run's, not the trace's."""
+        if not line.startswith(("machine:", "run ")):
+            print(f"smp trace: replaying: {line.strip()}", file=sys.stderr, flush=True)
+    done = _run_replay("trace", functools.partial(trace, log=log), args)
     if done is None:
         return 2
     status, rep, path = done

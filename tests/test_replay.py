@@ -11,6 +11,7 @@ machines are real server and CPU processes.
 from __future__ import annotations
 
 import json
+import re
 import os
 import pathlib
 import signal
@@ -58,6 +59,12 @@ def test_a_clean_run_replays_identically(recorded: pathlib.Path) -> None:
     assert again["kernel"] == rec["kernel"]
     assert [(r["name"], r["acquires"], r["contested"]) for r in again["locks"]] == \
         [(r["name"], r["acquires"], r["contested"]) for r in rec["locks"]]
+    # the replay's own folder records nothing: the message says which folder to replay
+    proc = _replay(recorded / "replay")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr == (f"smp replay: {recorded / 'replay'}: is a replay's run directory, "
+                           f"which records nothing; replay the recorded run: smp replay "
+                           f"{recorded}\n"), proc.stderr
 
 
 @pytest.mark.timeout(300)
@@ -193,9 +200,14 @@ def test_trace_writes_a_timeline_perfetto_opens(recorded: pathlib.Path) -> None:
         assert e["ph"] in "MXbeisf" and isinstance(e.get("pid"), int)
         if e["ph"] != "M":
             assert isinstance(e["ts"], (int, float)) and e["ts"] >= 0
-    assert any(e["ph"] == "X" and e["name"].startswith("thread") for e in evs)
+    # threads by name, sleeps on channels as the kernel prints them
+    ran = [e["name"] for e in evs if e["ph"] == "X" and e["tid"] == 1]
+    assert any(re.fullmatch(r"init\d \(tid \d+\)", n) for n in ran), ran[:20]
+    assert any(re.fullmatch(r".+ \(tid \d+\) asleep on &\w+#\d+\.\w+", e["name"])
+               for e in evs if e["ph"] == "X" and e["tid"] == 3)
     assert any(e["ph"] == "b" and e["name"].startswith("hold ") for e in evs)
     assert "ui.perfetto.dev" in proc.stdout
+    assert "run ok" not in proc.stderr and "run FAILED" not in proc.stderr   # the replay's
 
 
 @pytest.mark.timeout(240)

@@ -91,9 +91,11 @@ def test_a_spin_lock_handed_to_a_waiter_ends_its_wait_and_begins_its_hold(
     assert {(0, "thread 1"), (0, "thread 2"), (1, "thread 5")} <= ran
 
 
-def test_a_panic_is_a_mark_across_the_timeline(tmp_path: pathlib.Path) -> None:
+@pytest.mark.parametrize("message", ["boom", "panic: boom"])
+def test_a_panic_is_a_mark_across_the_timeline(tmp_path: pathlib.Path, message: str) -> None:
+    """(A kernel's panic message begins "panic: " already: it was said twice.)"""
     srv, req, path = _machine(tmp_path)
-    req(b"B", Op.REPORT, "panic", {"message": "boom", "cpu": 1, "tid": 5},
+    req(b"B", Op.REPORT, "panic", {"message": message, "cpu": 1, "tid": 5},
         tid=5, t=3_000, posted=True)
     marks = [e for e in _events(srv, path) if e["ph"] == "i"]
     assert [(m["name"], m["pid"], m["s"], m["ts"]) for m in marks] == [("panic: boom", 1, "g",

@@ -40,6 +40,7 @@ from smp.hw.clock import NEVER
 from smp.hw.protocol import CONTROL_OPS, Event, Op
 from smp.machine.files import write_error
 from smp.machine.locks import LockTable
+from smp.machine.objects import ObjectStore
 from smp.machine.peers import Peer, opname, short
 from smp.machine.schedule import Divergence, Recording, Replay
 from smp.machine.timekeeper import TimeKeeper
@@ -79,6 +80,8 @@ class _Server(Protocol):
     peers: dict[bytes, Peer]
     cpus: dict[int, Peer]
     dead: set[int]
+    kmem: ObjectStore                  # (a trace's names of threads and channels)
+    policy: dict[str, Any]
 
     def event_cpu_control(self, cpu: int, event: Event, *args: Any) -> None: ...
     def event_launcher(self, event: Event, *args: Any) -> None: ...
@@ -109,7 +112,8 @@ class Sequencer:
         if ts.trace_path:
             try:
                 self.tracer = Tracer(ts.trace_path, srv.ncpus, srv.locks.names,
-                                     failed=self._give_up)
+                                     failed=self._give_up, thread_name=self._thread_name,
+                                     channel=self._channel)
             except OSError as e:
                 self.trace_error = write_error(ts.trace_path, e)
         self.replay = ts.replay
@@ -121,6 +125,16 @@ class Sequencer:
         # each CPU's last requests: what a dump shows as "touched last"
         self.recent: dict[int, collections.deque[list[Any]]] = \
             collections.defaultdict(lambda: collections.deque(maxlen=RECENT_OPS))
+
+    def _thread_name(self, tid: int) -> str:
+        """A thread's name, from the field the kernel registered for it (a thread's id
+        is its object's handle); "" while it has none."""
+        field = (self.srv.policy.get("liveness") or {}).get("name")
+        obj = self.srv.kmem.objs.get(tid) if field else None
+        return str(obj.get(field) or "") if obj is not None else ""
+
+    def _channel(self, chan: Any) -> str:
+        return self.srv.kmem.describe(chan) if isinstance(chan, int) else repr(chan)
 
     def recent_ops(self) -> dict[str, list[tuple[Any, ...]]]:
         """Each CPU's last requests, as a dump shows them (formatted only now: the

@@ -6,8 +6,9 @@ was made at, so a tracer attached to it can draw the run (``smp trace`` attaches
 replay of the recorded run: the timeline is that of the run itself):
 
 * one process per CPU (``cpu K``), with a track ``threads`` whose slices are the threads
-  that CPU ran (a thread runs from its first operation after another thread's until the
-  next thread's), and a track ``sleeping`` with each sleep on a channel;
+  that CPU ran, by name (``napper (tid 354)``: a thread runs from its first operation
+  after another thread's until the next thread's), and a track ``sleeping`` with each
+  sleep on a channel, named as the kernel would print it (``&proc#349.p_sflag``);
 * lock holds and lock waits as asynchronous slices (``hold <lock>``, ``wait <lock>``), so
   that holds that overlap without nesting still show;
 * each wakeup as a flow arrow from the waker's CPU to the sleeper's;
@@ -31,8 +32,13 @@ THREADS, LOCKS, SLEEPING = 1, 2, 3          # the track ids within a CPU's proce
 class Tracer:
     def __init__(self, path: str, ncpus: int, lock_names: dict[int, str],
                  limit: int = 2_000_000,
-                 failed: Callable[[str], None] = lambda error: None) -> None:
+                 failed: Callable[[str], None] = lambda error: None,
+                 thread_name: Callable[[int], str] = lambda tid: "",
+                 channel: Callable[[Any], str] = str) -> None:
         self.path = path
+        self.thread_name = thread_name       # a thread's name now ("" if not known yet)
+        self.channel = channel               # a sleep channel as the kernel prints it
+        self.who: dict[int, str] = {}        # tid -> "name (tid N)", once it has a name
         self.failed = failed                 # told once if a write fails (a full disk)
         self.error: str | None = None
         self.f: IO[str] = open(path, "w")
@@ -96,6 +102,15 @@ class Tracer:
     def _name(self, lock: int) -> str:
         return self.names.get(lock, f"lock {lock:#x}")
 
+    def _thread(self, tid: int) -> str:
+        who = self.who.get(tid)
+        if who is None:
+            name = self.thread_name(tid)
+            if not name:
+                return f"thread {tid}"
+            who = self.who[tid] = f"{name} (tid {tid})"
+        return who
+
     # -- what the server tells it ------------------------------------------------------
     def request(self, cpu: int, tid: int, op: int, site: str, t: int, args: list[Any],
                 value: Any) -> None:
@@ -143,7 +158,7 @@ class Tracer:
 
     def close(self) -> None:
         for cpu, (tid, since) in sorted(self.running.items()):
-            self._slice(cpu, THREADS, f"thread {tid}", since, self.last_us)
+            self._slice(cpu, THREADS, self._thread(tid), since, self.last_us)
         self._write("\n]}\n")
         try:
             self.f.close()
@@ -158,7 +173,7 @@ class Tracer:
         if cur is not None and cur[0] == tid:
             return
         if cur is not None:
-            self._slice(cpu, THREADS, f"thread {cur[0]}", cur[1], us)
+            self._slice(cpu, THREADS, self._thread(cur[0]), cur[1], us)
         self.running[cpu] = (tid, us)
 
     def _granted(self, cpu: int, tid: int, lock: int, us: float) -> None:
@@ -175,7 +190,8 @@ class Tracer:
         if s is None:
             return
         scpu, since, chan = s
-        self._slice(scpu, SLEEPING, f"thread {woken} asleep on {chan}", since, us)
+        self._slice(scpu, SLEEPING, f"{self._thread(woken)} asleep on {self.channel(chan)}",
+                    since, us)
         if flow:
             self.flows += 1
             common = {"name": "wakeup", "cat": "wakeup", "id": self.flows}
