@@ -125,7 +125,10 @@ REPORT: dict[str, Any] = {
     # the process table as the kernel registered it, and each CPU's last operations
     "policy": {"liveness": {"inhibitor_bits": {"SUSPENDED": 1, "SLEEPING": 2, "SWAPPED": 4,
                                                "LOCK": 8}},
-               "procs": {"thread_states": {"33": "TDS_INHIBITED", "36": "TDS_RUNNING"}}},
+               "procs": {"thread_states": {"33": "TDS_INHIBITED", "36": "TDS_RUNNING"},
+                         "fields": {"pid": "p_pid", "flags": "p_sflag"},
+                         "thread_fields": {"tdstate": "td_state",
+                                           "inhibitors": "td_inhibitors"}}},
     "procs": [{"pid": 12, "comm": "vmdaemon", "state": "CPU0", "cpu": 0, "flags": 1,
                "wchan": None, "tdstate": 36, "inhibitors": 0, "swapped": False},
               {"pid": 3, "comm": "napper", "state": "LOCK", "cpu": 1, "flags": 0,

@@ -15,8 +15,8 @@ In order, each part as FreeBSD prints its own:
    owner is blocked on in turn (a cycle is a deadlock), and the waiting threads, as ddb's
    lock chains (grouped by lock);
 4. ``db> alltrace``: every thread's kernel trace, as ``Tracing tid N``;
-5. ``db> ps``: every process, its state, wait message, p_sflag, and its thread's td_state
-   and td_inhibitors (named);
+5. ``db> ps``: every process, its state, wait message and flags, and its thread's state and
+   inhibitors (named), under the field names the kernel registered;
 6. each CPU's last operations on the machine (the server keeps 32 a CPU), with the value
    each load or call was answered with: how the CPUs got here, for a race;
 7. the panicking thread's full Python trace, simulator frames included.
@@ -180,15 +180,19 @@ def _named(v: Any, names: dict[str, str]) -> str:
 
 
 def show_ps(procs: list[dict[str, Any]] | None, policy: dict[str, Any]) -> list[str]:
-    """``db> ps``: every process on allproc, as the kernel registered its table (smp
+    """``db> ps``: every process on the list the kernel registered for its table (smp
     top's): pid, the CPU it is on or last ran on, its state as top shows it, its wait
-    message, p_sflag, its first thread's td_state and td_inhibitors (named), the command
-    (``<comm>``: swapped out)."""
+    message, its flags, its first thread's state and inhibitors (named), the command
+    (``<comm>``: swapped out). The columns are titled with the kernel's field names."""
     if procs is None:
         return ["(no process table: the kernel published none)"]
+    reg = policy.get("procs") or {}
     bits = (policy.get("liveness") or {}).get("inhibitor_bits") or {}
-    tds = (policy.get("procs") or {}).get("thread_states") or {}
-    lines = ["  pid  cpu  state    wchan     p_sflag  td_state      td_inhibitors        comm"]
+    tds = reg.get("thread_states") or {}
+    field = {**(reg.get("fields") or {}), **(reg.get("thread_fields") or {})}
+    lines = [f"  pid  cpu  state    wchan     {field.get('flags', 'flags'):<7}  "
+             f"{field.get('tdstate', 'state'):<13} {field.get('inhibitors', 'inhibitors'):<20} "
+             f"comm"]
     for p in sorted(procs, key=lambda p: int(p.get("pid") or 0)):
         cpu = p.get("cpu")
         comm = str(p.get("comm") or "?")
