@@ -124,6 +124,35 @@ def test_a_lost_wakeup_is_reported_with_the_store_that_made_it() -> None:
     assert len(s.liveness()) == 1                            # once
 
 
+def test_a_wakeup_that_leaves_the_sleeping_bit_is_named_not_the_store_before_it() -> None:
+    """A wakeup takes a swapped-out sleeper off its queue and does not clear its sleeping
+    bit (a planted bug): the last store of its inhibitors was swapout's TD_SET_SWAPPED,
+    made while it still slept on its queue. That store was named as the cause, and the
+    known F2 (whose stale store comes after the wakeup) matched it: a new bug passed as
+    known. Now the wakeup's site and thread are named, the store is not a site."""
+    s = Server()
+    _, td = s.proc(12, "napper")
+    s.msleep(td, "userland/libc.py:40")
+    s.kmem.store(td, "td_inhibitors", SLEEPING | SWAPPED)    # swapout, under sched_lock
+    s.hangs.store(3, "vm/vm_glue.py:812", td, ["td_inhibitors"])
+    s.locks.acquire(99, 0, "kern_synch.py:10", s.sched, EXCL, 0)
+    tids = s.sleepq.wakeup(99, 0, "kern_synch.py:11", s.chan, False)
+    s.hangs.wakeup(s.chan, tids, "kern/kern_synch.py:140", 99)     # ... and no store
+    s.locks.release(99, 0, "kern_synch.py:13", s.sched, EXCL)
+    s.run_for(1.5)
+    [f] = s.liveness()
+    assert f.summary.endswith("on no sleep queue; taken off its sleep queue @ "
+                              "kern/kern_synch.py:140 and left so"), f.summary
+    assert f.sites == ["kern/kern_synch.py:140", "userland/libc.py:40"]
+    assert ("taken off its sleep queue @ kern/kern_synch.py:140 by thread 99, which left it "
+            "inhibited as sleeping (its inhibitors were last stored @ vm/vm_glue.py:812 by "
+            "thread 3, before that)") in f.detail
+    from smp.observe.findings import classify
+    [failure] = classify({"findings": [{"detector": f.detector, "summary": f.summary,
+                                        "sites": f.sites}]})
+    assert failure.known is None                             # not F2: a new failure
+
+
 def test_a_lost_wakeup_at_the_end_of_a_run_is_reported_whatever_the_bound() -> None:
     s = Server(bound_s=100.0)
     _, td = s.proc(5, "sleeper")

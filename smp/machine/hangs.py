@@ -21,8 +21,12 @@ machine seldom gave it such a moment: three looks in two simulated seconds.)
 
 * **lost**: a thread inhibited as sleeping that is on no sleep queue (nor on a lock's
   queue: an sx or lockmgr waiter sleeps there), or whose wait channel is empty. No
-  wakeup can find it: it will never run again. The report names the last store of its
-  inhibitors (the store that put the sleeping bit back) and where it went to sleep.
+  wakeup can find it: it will never run again. Which of two ways it got there decides
+  what the report names: if its inhibitors were stored after it was taken off its sleep
+  queue, that store put the sleeping bit back (a stale read-modify-write: F2), and the
+  report names it; if nothing stored them since, whoever took it off the queue (a
+  wakeup, a timeout) left it inhibited, and the report names that site and thread.
+  Either way, also where it went to sleep.
 * **swapin**: a process that asked to be swapped in (the swap-in request bit) and is
   still out, while the swapper has been asleep since before the request: the thing it
   waits for has happened and its wakeup was lost. The report names where the swapper
@@ -79,7 +83,11 @@ class Hangs:
         self.checks = 0
         self.slept: dict[int, tuple[str, float, int]] = {}    # tid -> (site, when, timo)
         self.woken: dict[Hashable, int] = {}                  # chan -> wakeups that took some
-        self.stored: dict[int, tuple[str, int]] = {}          # thread -> last inhibitors store
+        self.stored: dict[int, tuple[str, int, int]] = {}     # thread -> last inhibitors
+                                                              # store: site, by, when (n)
+        self.dequeued: dict[int, tuple[str, int, int]] = {}   # thread -> taken off its sleep
+                                                              # queue: site, by, when (n)
+        self.n = 0                                            # the two's order
         self.off: dict[int, float] = {}                       # thread -> off its queue at (us),
                                                               # in the current hold of sched_lock
         self.first: dict[tuple[str, int], float] = {}         # (kind, tid|pid) -> first seen
@@ -105,21 +113,28 @@ class Hangs:
     def store(self, tid: int, site: str, h: int, fields: list[str]) -> None:
         reg = self.reg
         if reg is not None and reg["inhibitors"] in fields:
-            self.stored[h] = (site, tid)
+            self.n += 1
+            self.stored[h] = (site, tid, self.n)
 
     def sleep(self, tid: int, site: str, timo: int) -> None:
         self.slept[tid] = (site, self.now(), timo)
 
-    def wakeup(self, chan: Hashable, tids: list[int]) -> None:
+    def wakeup(self, chan: Hashable, tids: list[int], site: str = "", by: int = 0) -> None:
+        """Thread ``by`` woke ``tids`` (taken off their sleep queue on ``chan``) @ ``site``."""
         if tids:
             self.woken[chan] = self.woken.get(chan, 0) + 1
             now_us = self.srv.locks.clock()         # the lock table's time: see _halfway
             for tid in tids:
                 self.off[tid] = now_us
+                self.n += 1
+                self.dequeued[tid] = (site, by, self.n)
 
-    def unslept(self, tid: int) -> None:
-        """``tid`` was taken off its sleep queue without a wakeup (a timeout)."""
+    def unslept(self, tid: int, site: str = "", by: int = 0) -> None:
+        """``tid`` was taken off its sleep queue without a wakeup (a timeout), by thread
+        ``by`` @ ``site``."""
         self.off[tid] = self.srv.locks.clock()
+        self.n += 1
+        self.dequeued[tid] = (site, by, self.n)
 
     # -- the looks -----------------------------------------------------------------------
     def _halfway(self) -> set[int] | None:
@@ -247,20 +262,33 @@ class Hangs:
                        f"on {self.chan(chan)} with an empty wait channel")
                 sleep_site, slept = self._went_to_sleep(tid, now)
                 last = self.stored.get(tid)
-                sites = [s for s in ([last[0]] if last else []) + [sleep_site] if s]
+                deq = self.dequeued.get(tid) if chan is None else None
+                stored = (f"its inhibitors were last stored @ {last[0]} by thread {last[1]}"
+                          if last else "no store of its inhibitors seen")
+                if deq is not None and (last is None or last[2] < deq[2]):
+                    # nothing stored them since it left its queue: the bit was never
+                    # cleared, by whoever took it off (not put back by a stale store)
+                    cause, head = deq[0], (f"; taken off its sleep queue @ {deq[0]} and "
+                                           f"left so")
+                    how = (f"it was taken off its sleep queue @ {deq[0]} by thread "
+                           f"{deq[1]}, which left it inhibited as sleeping ({stored}, "
+                           f"before that)")
+                else:
+                    cause = last[0] if last else ""
+                    head = f"; inhibitors last stored @ {last[0]}" if last else ""
+                    how = stored + (" after it was taken off its sleep queue"
+                                    if last and deq is not None else "")
+                sites = [s for s in [cause, sleep_site] if s]
                 srv.finding(Finding(
                     "liveness",
                     f"lost wakeup: {self._who(tid, td, p)} inhibited as sleeping "
-                    f"({reg['inhibitors']} {self._inhib(inhib)}) {why}"
-                    + (f"; inhibitors last stored @ {last[0]}" if last else ""),
+                    f"({reg['inhibitors']} {self._inhib(inhib)}) {why}{head}",
                     sites,
                     f"{self._who(tid, td, p)}: inhibitors {self._inhib(inhib)}, wait channel "
                     f"{wchan or 0:#x} ({td.get(reg['wmesg'], '')!r}), {why}, for "
                     f"{now - since:.1f} s{' (at the end of the run)' if final else ''}: no "
-                    f"wakeup can reach it, it will never run again; {slept}; "
-                    + (f"its inhibitors were last stored @ {last[0]} by thread {last[1]}"
-                       if last else "no store of its inhibitors seen"),
-                    f"liveness|lost|{last[0] if last else sleep_site}"))
+                    f"wakeup can reach it, it will never run again; {slept}; {how}",
+                    f"liveness|lost|{cause or sleep_site}"))
             flags = int(p.get(reg["sflag"]) or 0)
             pid = int(p.get(reg["pid"]) or 0)
             if flags & int(reg["swapinreq"]) and not flags & int(reg["inmem"]) and not final:

@@ -483,13 +483,13 @@ class Operations:
         chan = _chan(a[0])
         tids = self.sleepq.wakeup(tid, p.cpu, site, chan, a[1])
         if self.srv.hangs is not None:
-            self.srv.hangs.wakeup(chan, tids)
+            self.srv.hangs.wakeup(chan, tids, site, tid)
         return tids
 
     def unsleep(self, p: Peer, tid: int, site: str, a: list[Any]) -> bool:
         took = self.sleepq.unsleep(a[1], _chan(a[0]))
         if took and self.srv.hangs is not None:
-            self.srv.hangs.unslept(int(a[1]))
+            self.srv.hangs.unslept(int(a[1]), site, tid)
         return took
 
     # -- between CPUs ------------------------------------------------------------------
