@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from smp.hw.protocol import EXCL, LK_SLEEP, LK_SPIN, field_addr
+from smp.hw.protocol import EXCL, LK_RW, LK_SLEEP, LK_SPIN, SHARED, field_addr
 from smp.machine.hangs import CHECK_S, Hangs
 from smp.machine.locks import LockTable
 from smp.machine.objects import ObjectStore
@@ -278,6 +278,40 @@ def test_a_lock_waited_for_longer_than_the_bound_is_starvation() -> None:
     assert f.summary.startswith("lock starvation: thread 2 waiting for Giant for 1.")
     assert f.sites == ["vm/vm_glue.py:700", "vm/vm_glue.py:600"]
     assert "owner thread 1 took it @ vm/vm_glue.py:600" in f.detail
+
+
+def test_a_lock_held_shared_all_along_starves_a_writer() -> None:
+    """A walk of allproc that gives up without its sx_sunlock (a planted bug), then walks
+    again, taking it shared once more: exits wait for allproc exclusive for ever. A lock
+    held only shared has no owner, and this was taken for a lock changing hands
+    (contention). Readers relaying each other (each lets go, but never all at once) are
+    still contention."""
+    s = Server(bound_s=1.0)
+    sx = 0x8100
+    s.locks.init(sx, LK_RW, "sx", "allproc", 0)
+    s.locks.acquire(5, 0, "vm/vm_glue.py:590", sx, SHARED, 0)      # leaked
+    s.locks.acquire(7, 1, "kern/kern_exit.py:120", sx, EXCL, 0)    # queued
+    for _ in range(4):
+        s.run_for(0.4)
+        s.locks.acquire(5, 0, "vm/vm_glue.py:590", sx, SHARED, 0)  # the next walk
+        s.locks.release(5, 0, "vm/vm_glue.py:700", sx, SHARED)
+    [f] = s.liveness()
+    assert f.summary.startswith("lock starvation: thread 7 waiting for allproc for 1.")
+    assert f.sites == ["kern/kern_exit.py:120", "vm/vm_glue.py:590"]
+    assert "shared holder thread 5 took it @ vm/vm_glue.py:590 before that" in f.detail
+
+    s = Server(bound_s=1.0)
+    s.locks.init(sx, LK_RW, "sx", "allproc", 0)
+    s.locks.acquire(5, 0, "a.py:1", sx, SHARED, 0)
+    s.locks.acquire(7, 1, "b.py:1", sx, EXCL, 0)
+    reader = 5
+    for nxt in (6, 5, 6, 5, 6, 5):                          # a relay of readers
+        s.run_for(0.4)
+        s.locks.acquire(nxt, 0, "a.py:1", sx, SHARED, 0)
+        s.locks.release(reader, 0, "a.py:2", sx, SHARED)
+        reader = nxt
+    assert s.liveness() == []
+    assert s.hangs.at_end()["contended"]["allproc"]["wait_s"] >= 2.0
 
 
 def test_lock_waits_shorter_than_the_bound_are_silent() -> None:

@@ -34,8 +34,9 @@ machine seldom gave it such a moment: three looks in two simulated seconds.)
   waiting for memory or a lock) is not a hang: the longest is in the report
   (``liveness.slow_swapin_s``).
 * **starved**: a thread waiting for a lock longer than the bound with no cycle (a cycle
-  is the deadlock detector's panic) while one owner held it all along, naming the owner
-  and where it took the lock. A wait past the bound during which the lock changed hands
+  is the deadlock detector's panic) while one thread held it all along (its owner, or a
+  shared holder that never let go: an sx_slock without its sx_sunlock), naming it and
+  where it took the lock. A wait past the bound during which the lock changed hands
   is contention (a sleep mutex wakes one waiter, who must win it again, as in 5.0): not a
   finding; the longest such wait of each lock is in the report (``liveness.contended``).
 
@@ -222,6 +223,19 @@ class Hangs:
             return [str(w.get("site", ""))], f"waiting for lock {w.get('name')} @ {w.get('site')}"
         return [], "neither asleep nor waiting for a lock (running or runnable)"
 
+    @staticmethod
+    def _held_all_along(lk: Any, since_us: float) -> tuple[int, str, str] | None:
+        """Who has held ``lk`` since before ``since_us`` without letting it go: (thread,
+        "owner" or "shared holder", where it took it), or None when it changed hands
+        (shared holders relaying each other count as changing hands)."""
+        if lk.owner:
+            return (lk.owner, "owner", lk.site) if lk.since_us <= since_us else None
+        held = [(t0, o, s) for o, (t0, s) in lk.shared_since.items() if t0 <= since_us]
+        if not held:
+            return None
+        _, owner, site = min(held)
+        return owner, "shared holder", site
+
     def look(self, now: float, final: bool, skip: set[int] | frozenset[int] = frozenset()
              ) -> None:
         reg = self.reg
@@ -326,7 +340,8 @@ class Hangs:
                 seen.add(key)
                 if key in self.reported or now_us - since_us < bound * 1e6:
                     continue
-                if not lk.owner or lk.since_us > since_us:
+                holder = self._held_all_along(lk, since_us)
+                if holder is None:
                     # the lock changed hands while this thread waited: contention, not a
                     # hang (a sleep mutex wakes one waiter, who must win it again, as in
                     # 5.0); the longest such waits are listed in the report, not findings
@@ -335,14 +350,16 @@ class Hangs:
                         self.contended[lk.name] = (w, t.waiting[2])
                     continue
                 self.reported.add(key)
+                owner, how, site = holder
                 srv.finding(Finding(
                     "liveness",
                     f"lock starvation: thread {tid} waiting for {lk.name} for "
                     f"{(now_us - since_us) / 1e6:.1f} s @ {t.waiting[2]} (no wait-for cycle)",
-                    [t.waiting[2], lk.site],
+                    [t.waiting[2], site],
                     f"thread {tid} waits for {lk.cls} {lk.name} @ {t.waiting[2]} since "
-                    f"{(now_us - since_us) / 1e6:.1f} s; owner thread {lk.owner or '-'} took "
-                    f"it @ {lk.site or '?'}; {len(lk.waiters)} waiters",
+                    f"{(now_us - since_us) / 1e6:.1f} s; {how} thread {owner} took it @ "
+                    f"{site or '?'} before that and holds it still; {len(lk.waiters)} "
+                    f"waiters",
                     f"liveness|starved|{lk.name}|{t.waiting[2]}"))
         for key in list(self.first):
             if key not in seen:

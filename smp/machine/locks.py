@@ -96,6 +96,9 @@ class Lock:
     owner: int = 0                   # exclusive owner tid
     recurse: int = 0
     shared: dict[int, int] = dataclasses.field(default_factory=dict)
+    # each shared holder's first acquire of its hold: when (us) and where (the liveness
+    # detector's "held all along", which since_us, the latest acquire, cannot say)
+    shared_since: dict[int, tuple[float, str]] = dataclasses.field(default_factory=dict)
     waiters: collections.deque[Waiter] = dataclasses.field(default_factory=collections.deque)
     since_us: float = 0.0
     site: str = ""
@@ -189,6 +192,8 @@ class LockTable:
             lk.owner = tid
             lk.recurse = 0
         else:
+            if tid not in lk.shared:
+                lk.shared_since[tid] = (now, site)
             lk.shared[tid] = lk.shared.get(tid, 0) + 1
         lk.since_us = now
         lk.site = site
@@ -322,6 +327,7 @@ class LockTable:
             self._drop(lk, tid, t, SHARED)
             if n == 1:
                 del lk.shared[tid]
+                lk.shared_since.pop(tid, None)
             else:
                 lk.shared[tid] = n - 1
         if not lk.owner:
