@@ -20,7 +20,7 @@ from smp.machine.witness import Finding
 pytestmark = pytest.mark.quick
 
 SLEEPING, SWAPPED = 0x2, 0x4
-INMEM, SWAPINREQ = 0x1, 0x100
+INMEM, SWAPINREQ, SWAPPINGIN = 0x1, 0x100, 0x4000
 SCHED = "sched lock"
 
 
@@ -56,7 +56,9 @@ class Server:
             "state": "p_state", "zombie": 3, "sflag": "p_sflag", "inmem": INMEM,
             "swapinreq": SWAPINREQ, "swapper_pid": 0, "inhibitors": "td_inhibitors",
             "sleeping": SLEEPING, "inhibitor_bits": {"SLEEPING": SLEEPING, "SWAPPED": SWAPPED},
-            "wchan": "td_wchan", "wmesg": "td_wmesg", "name": "td_name"})
+            "wchan": "td_wchan", "wmesg": "td_wmesg", "name": "td_name",
+            "waits": {"faultin": {"field": "p_sflag", "mask": SWAPPINGIN,
+                                  "bits": "PS_SWAPPINGIN"}}})
 
     def finding(self, f: Finding) -> None:
         self.findings.append(f)
@@ -68,13 +70,15 @@ class Server:
         self.kmem.listhead(field_addr(p, 4)).insert_tail(td)
         return p, td
 
-    def msleep(self, td: int, site: str, timo: int = 0) -> None:
+    def msleep(self, td: int, site: str, timo: int = 0, chan: int = 0,
+               wmesg: str = "nap") -> None:
         """msleep as the kernel does it: under sched_lock, the inhibitor and the queue."""
+        chan = chan or self.chan
         self.locks.acquire(td, 0, "kern_synch.py:1", self.sched, EXCL, 0)
-        self.kmem.storen(td, {"td_wchan": self.chan, "td_wmesg": "nap"})
+        self.kmem.storen(td, {"td_wchan": chan, "td_wmesg": wmesg})
         self.kmem.store(td, "td_inhibitors", self.kmem.load(td, "td_inhibitors") | SLEEPING)
         self.hangs.store(td, "kern_synch.py:2", td, ["td_inhibitors"])
-        self.sleepq.sleep(td, 0, "kern_synch.py:3", self.chan, 0)
+        self.sleepq.sleep(td, 0, "kern_synch.py:3", chan, 0)
         self.hangs.sleep(td, site, timo)
         self.locks.release(td, 0, "kern_synch.py:4", self.sched, EXCL)
 
@@ -151,6 +155,31 @@ def test_a_wakeup_that_leaves_the_sleeping_bit_is_named_not_the_store_before_it(
     [failure] = classify({"findings": [{"detector": f.detector, "summary": f.summary,
                                         "sites": f.sites}]})
     assert failure.known is None                             # not F2: a new failure
+
+
+def test_a_sleep_for_a_swapin_that_has_ended_is_a_lost_wakeup() -> None:
+    """faultin waits on &p->p_sflag while another thread swaps the process in; the swap-in
+    ends (PS_SWAPPINGIN cleared) and its wakeup is skipped (a planted bug): the sleeper is
+    on its queue, with no timeout, for ever. It passed: it is on a queue. While the bit is
+    set it waits as it should; once clear for the bound, it is a lost wakeup."""
+    s = Server(bound_s=1.0)
+    p, td = s.proc(40, "debugger")
+    s.kmem.store(p, "p_sflag", SWAPPINGIN)
+    s.msleep(td, "vm/vm_glue.py:434", chan=field_addr(p, 3), wmesg="faultin")  # &p_sflag
+    s.run_for(3.0)
+    assert s.liveness() == []                                 # the swap-in goes on
+    s.kmem.store(p, "p_sflag", INMEM)                         # it ends; no wakeup
+    s.hangs.store(7, "vm/vm_glue.py:451", p, ["p_sflag"])
+    s.run_for(0.5)
+    assert s.liveness() == []                                 # not yet the bound
+    s.run_for(1.0)
+    [f] = s.liveness()
+    assert f.summary == (f"lost wakeup: thread {td} (debugger) of pid 40 (debugger) asleep "
+                         f"on &proc#{p}.p_sflag ('faultin') waits for PS_SWAPPINGIN to "
+                         f"clear, which it is (p_sflag last stored @ vm/vm_glue.py:451): "
+                         f"never woken"), f.summary
+    assert f.sites == ["vm/vm_glue.py:451", "vm/vm_glue.py:434"]
+    assert "the channel was woken 0 times in the run" in f.detail
 
 
 def test_a_lost_wakeup_at_the_end_of_a_run_is_reported_whatever_the_bound() -> None:

@@ -250,4 +250,9 @@ def proc_table_register(allproc: int) -> None:
         "inhibitors": "td_inhibitors", "sleeping": int(TDI.TDI_SLEEPING),
         "inhibitor_bits": {m.name.removeprefix("TDI_"): int(m) for m in TDI},
         "wchan": "td_wchan", "wmesg": "td_wmesg", "name": "td_name",
-        "blocked": "td_blocked"})
+        "blocked": "td_blocked",
+        # what a sleep waits for, by its wait message: the bits of the field its channel
+        # is the address of, cleared by the one who then wakes it (faultin: the swap-in
+        # in progress ends, "p->p_sflag &= ~PS_SWAPPINGIN ... wakeup(&p->p_sflag)")
+        "waits": {"faultin": {"field": "p_sflag", "mask": int(PS.PS_SWAPPINGIN),
+                              "bits": "PS_SWAPPINGIN"}}})

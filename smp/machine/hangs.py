@@ -27,6 +27,12 @@ machine seldom gave it such a moment: three looks in two simulated seconds.)
   report names it; if nothing stored them since, whoever took it off the queue (a
   wakeup, a timeout) left it inhibited, and the report names that site and thread.
   Either way, also where it went to sleep.
+* **done**: a thread asleep on its queue, with no timeout, longer than the bound, for a
+  thing that has happened: the kernel registers, by wait message, what such a sleep
+  waits for (``waits``: the bits of the field its channel is the address of, which it
+  waits to see cleared: faultin's sleep on ``&p->p_sflag`` until ``PS_SWAPPINGIN`` goes),
+  and a sleeper whose bits are clear was never woken: the wakeup was skipped. The report
+  names the field's last store (where the bits went) and where it went to sleep.
 * **swapin**: a process that asked to be swapped in (the swap-in request bit) and is
   still out, while the swapper has been asleep since before the request: the thing it
   waits for has happened and its wakeup was lost. The report names where the swapper
@@ -80,6 +86,8 @@ class Hangs:
         self.srv = srv
         self.bound_s = bound_s
         self.reg: dict[str, Any] | None = None
+        self.waits: dict[str, dict[str, Any]] = {}   # wait message -> what it waits for
+        self.wait_fields: set[str] = set()
         self.next_check = 0.0
         self.checks = 0
         self.slept: dict[int, tuple[str, float, int]] = {}    # tid -> (site, when, timo)
@@ -89,6 +97,8 @@ class Hangs:
         self.dequeued: dict[int, tuple[str, int, int]] = {}   # thread -> taken off its sleep
                                                               # queue: site, by, when (n)
         self.n = 0                                            # the two's order
+        self.cleared: dict[tuple[int, str], tuple[str, int]] = {}   # (object, field) of a
+                                                              # registered wait: last store
         self.off: dict[int, float] = {}                       # thread -> off its queue at (us),
                                                               # in the current hold of sched_lock
         self.first: dict[tuple[str, int], float] = {}         # (kind, tid|pid) -> first seen
@@ -102,7 +112,15 @@ class Hangs:
     def policy(self, payload: Any) -> None:
         if not isinstance(payload, dict):
             raise TypeError("POLICY liveness: a map")
+        waits = payload.get("waits") or {}
+        if not isinstance(waits, dict) or not all(
+                isinstance(w, dict) and isinstance(w.get("mask"), int)
+                and isinstance(w.get("field"), str) for w in waits.values()):
+            raise TypeError("POLICY liveness: waits is a map of wait message to "
+                            "{field, mask, bits}")
         self.reg = payload
+        self.waits = waits
+        self.wait_fields = {str(w["field"]) for w in waits.values()}
 
     def now(self) -> float:
         srv = self.srv
@@ -113,9 +131,13 @@ class Hangs:
 
     def store(self, tid: int, site: str, h: int, fields: list[str]) -> None:
         reg = self.reg
-        if reg is not None and reg["inhibitors"] in fields:
+        if reg is None:
+            return
+        if reg["inhibitors"] in fields:
             self.n += 1
             self.stored[h] = (site, tid, self.n)
+        for f in self.wait_fields.intersection(fields):
+            self.cleared[(h, f)] = (site, tid)
 
     def sleep(self, tid: int, site: str, timo: int) -> None:
         self.slept[tid] = (site, self.now(), timo)
@@ -223,6 +245,47 @@ class Hangs:
             return [str(w.get("site", ""))], f"waiting for lock {w.get('name')} @ {w.get('site')}"
         return [], "neither asleep nor waiting for a lock (running or runnable)"
 
+    def _waits_for_nothing(self, tid: int, td: dict[str, Any], p: dict[str, Any],
+                           chan: Hashable, wait: dict[str, Any], now: float,
+                           seen: set[tuple[str, int]]) -> None:
+        """A registered wait (the module's **done**): asleep for bits that are clear."""
+        slept = self.slept.get(tid)
+        if not isinstance(chan, int) or slept is None or slept[2]:
+            return                          # a timeout ends it anyway
+        try:
+            h, field, _ = self.srv.kmem.resolve(chan)
+        except ObjectError:
+            return
+        value = self.srv.kmem.objs[h].get(field)
+        if field != wait["field"] or not isinstance(value, int) or value & wait["mask"]:
+            return
+        key = ("done", tid)
+        seen.add(key)
+        since = self.first.setdefault(key, now)
+        if key in self.reported or now - since < self.bound_s:
+            return
+        self.reported.add(key)
+        reg = self.reg
+        assert reg is not None
+        bits = wait.get("bits") or f"{wait['mask']:#x}"
+        wmesg = td.get(reg["wmesg"], "")
+        clear = self.cleared.get((h, field))
+        sites = [s for s in [clear[0] if clear else "", slept[0]] if s]
+        self.srv.finding(Finding(
+            "liveness",
+            f"lost wakeup: {self._who(tid, td, p)} asleep on {self.chan(chan)} ({wmesg!r}) "
+            f"waits for {bits} to clear, which it is"
+            + (f" ({field} last stored @ {clear[0]})" if clear else "") + ": never woken",
+            sites,
+            f"{self._who(tid, td, p)} went to sleep @ {slept[0]} {now - slept[1]:.1f} s ago "
+            f"with no timeout, waiting for {bits} of {self.chan(chan)} to clear; it is "
+            f"{value:#x} and has been for {now - since:.1f} s; "
+            + (f"{field} was last stored @ {clear[0]} by thread {clear[1]}; " if clear
+               else "")
+            + f"the channel was woken {self.woken.get(chan, 0)} times in the run: the "
+            f"wakeup that should follow is missing",
+            f"liveness|done|{clear[0] if clear else slept[0]}"))
+
     @staticmethod
     def _held_all_along(lk: Any, since_us: float) -> tuple[int, str, str] | None:
         """Who has held ``lk`` since before ``since_us`` without letting it go: (thread,
@@ -258,6 +321,9 @@ class Hangs:
                 chan = srv.sleepq.sleeping.get(tid)
                 wchan = td.get(reg["wchan"])
                 if chan is not None and wchan:
+                    wait = self.waits.get(td.get(reg["wmesg"]))
+                    if wait is not None and tid not in skip:
+                        self._waits_for_nothing(tid, td, p, chan, wait, now, seen)
                     continue
                 lkt = srv.locks.threads.get(tid)
                 if (lkt is not None and lkt.waiting is not None) or td.get(reg.get("blocked", "")):
