@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from smp.hw.protocol import EXCL, LK_SPIN, OK, VERSION, Event, Op, field_addr, pack, unpack
+from smp.hw.protocol import (EXCL, LK_SLEEP, LK_SPIN, OK, VERSION, Event, Op, field_addr, pack,
+                              unpack)
 from smp.machine.sequencer import TimeSpec
 from smp.machine.server import Server
 from smp.machine.trace import count_events
@@ -82,13 +83,43 @@ def test_a_spin_lock_handed_to_a_waiter_ends_its_wait_and_begins_its_hold(
     holds = sorted((e["ts"], e["ph"], e["pid"], e["id"]) for e in evs
                    if e["name"] == "hold a spin")
     assert holds == [(1.0, "b", 0, f"{lock:#x}:1"), (9.0, "b", 1, f"{lock:#x}:5"),
-                     (9.0, "e", 0, f"{lock:#x}:1")]
+                     (9.0, "e", 0, f"{lock:#x}:1"),
+                     (12.0, "e", 1, f"{lock:#x}:5")]            # held to the end
     asleep = [e for e in evs if e["ph"] == "X" and "asleep on" in e["name"]]
     assert [(e["pid"], e["ts"], e["dur"]) for e in asleep] == [(0, 10.0, 2.0)]
     flow = sorted((e["ph"], e["pid"]) for e in evs if e.get("cat") == "wakeup")
     assert flow == [("f", 0), ("s", 1)]                     # from the waker to the sleeper
     ran = {(e["pid"], e["name"]) for e in evs if e["ph"] == "X" and e["tid"] == 1}
     assert {(0, "thread 1"), (0, "thread 2"), (1, "thread 5")} <= ran
+
+
+def test_what_never_ends_is_on_the_timeline_and_msleep_lets_its_interlock_go(
+        tmp_path: pathlib.Path) -> None:
+    """A hang is a sleep or a wait that never ends: its slice was written only at its end,
+    so the hung thread was the one thing the timeline left out. And msleep releases its
+    interlock (the server does, in SLEEP): the hold went on to the end of the trace."""
+    srv, req, path = _machine(tmp_path)
+    req(b"A", Op.DEFTYPE, "thing", [["t_mtx", "lock", "", None]], posted=True)
+    req(b"A", Op.NEW, "thing", {}, tid=1)
+    req(b"A", Op.NEW, "thing", {}, tid=1)
+    mtx, spin = field_addr(1, 0), field_addr(2, 0)
+    req(b"A", Op.LOCK_INIT, mtx, LK_SLEEP, "sleep mutex", "proc lock", 0, posted=True)
+    req(b"A", Op.LOCK_INIT, spin, LK_SPIN, "spin mutex", "sched lock", 0, posted=True)
+    req(b"A", Op.ACQUIRE, mtx, EXCL, 0, tid=2, t=1_000)
+    req(b"A", Op.SLEEP, "chan", mtx, tid=2, t=3_000, posted=True)      # for ever
+    req(b"B", Op.ACQUIRE, mtx, EXCL, 0, tid=5, t=4_000)                # the interlock: free
+    req(b"B", Op.ACQUIRE, spin, EXCL, 0, tid=5, t=5_000)
+    req(b"A", Op.ACQUIRE, spin, EXCL, 0, tid=3, t=6_000)               # waits for ever
+    req(b"B", Op.WAKEUP, "other", False, tid=5, t=20_000)
+    evs = _events(srv, path)
+    held = sorted((e["ts"], e["ph"]) for e in evs if e["name"] == "hold proc lock"
+                  and e["id"].endswith(":2"))
+    assert held == [(1.0, "b"), (3.0, "e")], held
+    asleep = [(e["name"], e["ts"], e["dur"]) for e in evs if e["ph"] == "X"
+              and "asleep on" in e["name"]]
+    assert asleep == [("thread 2 asleep on 'chan' (still at the end)", 3.0, 17.0)], asleep
+    waits = [(e["name"], e["ts"], e["dur"]) for e in evs if e["ph"] == "X" and e["tid"] == 2]
+    assert waits == [("wait sched lock (still at the end)", 6.0, 14.0)], waits
 
 
 @pytest.mark.parametrize("message", ["boom", "panic: boom"])

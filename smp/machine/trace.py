@@ -128,18 +128,14 @@ class Tracer:
             elif value == 1:                                    # QUEUED
                 self.waits.setdefault((lock, tid), (cpu, us))
         elif op == Op.RELEASE and args:
-            lock = args[0]
-            since = self.holds.pop((lock, tid), None)
-            if since is not None:
-                self._async("e", cpu, f"hold {self._name(lock)}", lock, tid, us)
+            self._released(cpu, tid, args[0], us)
         elif op == Op.HANDOFF and len(args) >= 2:
-            lock, to = args[0], args[1]
-            since = self.holds.pop((lock, tid), None)
-            if since is not None:
-                self._async("e", cpu, f"hold {self._name(lock)}", lock, tid, us)
-            self._granted(cpu, to, lock, us)
+            self._released(cpu, tid, args[0], us)
+            self._granted(cpu, args[1], args[0], us)
         elif op == Op.SLEEP and args:
             self.asleep[tid] = (cpu, us, args[0])
+            if len(args) > 1 and args[1]:              # msleep's interlock, released
+                self._released(cpu, tid, args[1], us)
         elif op == Op.WAKEUP and isinstance(value, list):
             for woken in value:
                 self._woken(cpu, tid, woken, us)
@@ -157,8 +153,20 @@ class Tracer:
                     "tid": THREADS, "ts": us})
 
     def close(self) -> None:
+        """The end: what is still going on ends with the timeline (a thread asleep or
+        waiting for ever is what a hang looks like: its slice must be there)."""
+        end = self.last_us
         for cpu, (tid, since) in sorted(self.running.items()):
-            self._slice(cpu, THREADS, self._thread(tid), since, self.last_us)
+            self._slice(cpu, THREADS, self._thread(tid), since, end)
+        for tid, (cpu, since, chan) in sorted(self.asleep.items()):
+            self._slice(cpu, SLEEPING, f"{self._thread(tid)} asleep on {self.channel(chan)} "
+                        f"(still at the end)", since, end)
+        for (lock, tid), (cpu, since) in sorted(self.waits.items()):
+            self._slice(cpu, LOCKS, f"wait {self._name(lock)} (still at the end)", since,
+                        end)
+        for (lock, tid) in sorted(self.holds):
+            self._async("e", self.thread_cpu.get(tid, 0), f"hold {self._name(lock)}", lock,
+                        tid, end)
         self._write("\n]}\n")
         try:
             self.f.close()
@@ -175,6 +183,10 @@ class Tracer:
         if cur is not None:
             self._slice(cpu, THREADS, self._thread(cur[0]), cur[1], us)
         self.running[cpu] = (tid, us)
+
+    def _released(self, cpu: int, tid: int, lock: int, us: float) -> None:
+        if self.holds.pop((lock, tid), None) is not None:
+            self._async("e", cpu, f"hold {self._name(lock)}", lock, tid, us)
 
     def _granted(self, cpu: int, tid: int, lock: int, us: float) -> None:
         w = self.waits.pop((lock, tid), None)
