@@ -393,4 +393,4 @@ def test_an_sx_waiter_asleep_on_the_lock_and_a_busy_swapper_are_silent() -> None
     end = s.hangs.at_end()
     # (thread b waited for a lock one owner held all along: that is starvation, apart)
     assert [f.summary for f in s.liveness() if not f.summary.startswith("lock starv")] == []
-    assert end["slow_swapin_s"] >= 1.0
+    assert end["slow_swapin_s"] >= 1.0 and end["slow_swapin_of"] == "pid 21 (hog)"

@@ -38,7 +38,7 @@ machine seldom gave it such a moment: three looks in two simulated seconds.)
   waits for has happened and its wakeup was lost. The report names where the swapper
   sleeps. A swap-in slower than the bound while the swapper is busy (swapping others in,
   waiting for memory or a lock) is not a hang: the longest is in the report
-  (``liveness.slow_swapin_s``).
+  (``liveness.slow_swapin_s``, and whose: ``slow_swapin_of``).
 * **starved**: a thread waiting for a lock longer than the bound with no cycle (a cycle
   is the deadlock detector's panic) while one thread held it all along (its owner, or a
   shared holder that never let go: an sx_slock without its sx_sunlock), naming it and
@@ -107,6 +107,7 @@ class Hangs:
         self.latest = 0.0                                     # the latest simulated time seen
         self.contended: dict[str, tuple[float, str]] = {}     # lock -> longest wait, site
         self.slow_swapin = 0.0                                # longest swap-in, swapper busy
+        self.slow_swapin_of = ""                              # ... of which process
 
     # -- what the kernel registers, and what the server tells -------------------------
     def policy(self, payload: Any) -> None:
@@ -381,7 +382,9 @@ class Hangs:
                 if key not in self.reported and now - since >= bound and not asleep:
                     # the swapper busy (swapping others in, waiting for memory or a lock):
                     # a slow swap-in, not a hang; the longest is in the report
-                    self.slow_swapin = max(self.slow_swapin, now - since)
+                    if now - since > self.slow_swapin:
+                        self.slow_swapin = now - since
+                        self.slow_swapin_of = f"pid {pid} ({p.get(reg['comm'], '')})"
                 elif key not in self.reported and now - since >= bound:
                     self.reported.add(key)
                     sites, where = self._where_is(swapper_tid, now)
@@ -455,6 +458,7 @@ class Hangs:
                            "channel_woken": self.woken.get(chan, 0)})
         return {"checks": self.checks, "bound_s": self.bound_s, "asleep": asleep,
                 "slow_swapin_s": round(self.slow_swapin, 3),
+                "slow_swapin_of": self.slow_swapin_of,
                 "contended": {n: {"wait_s": round(w, 3), "site": site}
                               for n, (w, site) in sorted(self.contended.items())}}
 
