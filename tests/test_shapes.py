@@ -224,6 +224,18 @@ def test_known_findings_are_one_line_per_id_with_a_count() -> None:
     assert lines == ["known: F2 x6 (bugs of the 2002 code: FINDINGS.md)"]
 
 
+def test_a_new_finding_says_the_operation_it_was_found_at() -> None:
+    """What `smp replay RUN_DIR --until N` needs to stop the machine there: a finding of
+    the liveness detector has a simulated time, and an operation was a guess."""
+    from smp.observe.summary import trouble_lines
+    r = copy.deepcopy(REPORT)
+    r["findings"] = [{"detector": "liveness", "summary": "lost wakeup: thread 7", "sites": [],
+                      "op": 145210}, {"detector": "test", "summary": "no op", "sites": []}]
+    assert [line for line in trouble_lines(r) if line.startswith("new")] == [
+        "new [liveness] lost wakeup: thread 7 (found at operation 145210)",
+        "new [test] no op"]
+
+
 # -- crash.txt --------------------------------------------------------------------------------
 # FreeBSD, kern_shutdown.c vpanic():          printf("panic: %s\n", buf);
 #                                             printf("cpuid = %d\n", PCPU_GET(cpuid));

@@ -335,7 +335,8 @@ class CampaignLog:
             "exit_status": out.exit_status, "wall_s": round(out.wall_s, 3),
             "error": out.error, "stopped": out.stopped, "attempts": out.attempts,
             "failures": [{"detector": f.detector, "summary": f.summary,
-                          "sites": list(f.sites), "known": f.known} for f in out.failures],
+                          "sites": list(f.sites), "known": f.known, "op": f.op}
+                         for f in out.failures],
             "rerun": rerun_command(out), "replay": replay_command(out)})
         self._write()
 

@@ -240,6 +240,7 @@ class Server:
     def finding(self, f: Finding) -> None:
         if len(self.findings) < 1000:
             d = f.as_dict()
+            d["op"] = self.seq.ops           # the machine's operations so far: --until N
             sources = self.policy.get("sources")
             if sources:                  # the sites of a port also name their C line
                 for k in ("summary", "detail"):

@@ -37,6 +37,7 @@ class Failure:
     summary: str
     sites: tuple[str, ...]
     known: str | None = None          # the id of the known finding it matches
+    op: int | None = None             # the machine's operation it was found at (--until)
 
 
 def _where(text: str) -> tuple[str, str, str]:
@@ -147,7 +148,9 @@ def classify(report: dict[str, Any], known: list[KnownFinding] | None = None) ->
         det = str(f.get("detector", "?"))
         summary = str(f.get("summary", ""))
         sites = tuple(f.get("sites") or ())
-        out.append(Failure(det, summary, sites, _match(known, det, summary, sites)))
+        op = f.get("op")
+        out.append(Failure(det, summary, sites, _match(known, det, summary, sites),
+                           op if isinstance(op, int) and op > 0 else None))
     for p in report.get("problems") or []:
         out.append(Failure("machine", str(p), ()))
     return out

@@ -175,7 +175,8 @@ def trouble_lines(report: dict[str, Any]) -> list[str]:
                  if f.detector not in ("panic", "invariant", "machine")]
         new = [f for f in fails if f.known is None]
         for f in new[:NEW_FINDINGS_SHOWN]:
-            lines.append(f"new [{f.detector}] {f.summary}")
+            lines.append(f"new [{f.detector}] {f.summary}"
+                         + (f" (found at operation {f.op})" if f.op else ""))
         if len(new) > NEW_FINDINGS_SHOWN:
             lines.append(f"new: {len(new) - NEW_FINDINGS_SHOWN} more in report.json")
         known: dict[str, int] = {}
