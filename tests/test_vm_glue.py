@@ -678,6 +678,29 @@ def test_illegal_rw_panics(tmp_path: pathlib.Path, fn: str) -> None:
 
 
 # =============================================================================================
+# A map lock's site is its caller's, as FreeBSD's vm_map_lock macro passes LOCK_FILE/LOCK_LINE:
+# every user map lock read "locked @ vm/vm_map.py:87", whoever took it.
+# =============================================================================================
+def map_locked_twice() -> None:
+    from smp.kernel.kern.kern_thread import curproc
+    from smp.kernel.vm.vm_map import vm_map_lock
+    vm_map = curproc().p_vmspace.vm_map
+    vm_map_lock(vm_map)
+    vm_map_lock(vm_map)                        # a second time: recursed
+
+
+@pytest.mark.timeout(60)
+def test_a_map_lock_is_named_by_the_code_that_took_it(tmp_path: pathlib.Path) -> None:
+    res = boot(tmp_path, quiet(duration=20),
+               [vs.boot_fork("vmt-maplock", map_locked_twice, cpu=1)])
+    first = map_locked_twice.__code__.co_firstlineno
+    msg = expect_panic(res, f"user map: recursed on non-recursive lockmgr @ "
+                            f"test_vm_glue.py:{first + 5} (first acquired @ "
+                            f"test_vm_glue.py:{first + 4})")
+    assert "vm_map.py" not in msg, msg
+
+
+# =============================================================================================
 # cpu_switch's fatal trap: a thread put on a run queue with its kernel stack unmapped (what a
 # wakeup that misses a swap-out in progress does) traps when it is chosen, and the trap's
 # message reads the thread's state after sched_lock went to it: no lockkey finding.

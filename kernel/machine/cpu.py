@@ -22,7 +22,8 @@ machine time and recorded (``smp.hw.cpu``, ``smp.hw.bus``).
 decision 5): the first frame, walking out from the request, that is neither in this
 package nor in a module that declares itself plumbing with ``__site_transparent__ = True``
 (the lock and struct code whose requests belong to their caller, as FreeBSD's lock macros
-pass ``__FILE__``/``__LINE__`` of theirs). Sites are named relative to ``kernel/``
+pass ``__FILE__``/``__LINE__`` of theirs), nor a function marked so with
+:func:`site_transparent` (a lock wrapper among other code: ``vm_map_lock``). Sites are named relative to ``kernel/``
 (``vm/vm_glue.py:412``).
 
 ``pcpu`` is this CPU's private data (FreeBSD's ``struct pcpu``): it lives in the CPU
@@ -36,7 +37,7 @@ import random
 import sys
 import traceback
 from types import CodeType, FrameType
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from smp.hw.protocol import Op
 from smp.hw.seeds import derive
@@ -47,6 +48,18 @@ if TYPE_CHECKING:
 _KERNEL_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 _MACHINE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _names: dict[CodeType, str | None] = {}
+_transparent: set[CodeType] = set()     # functions whose requests are their caller's
+
+
+_Fn = TypeVar("_Fn", bound=Callable[..., Any])
+
+
+def site_transparent(fn: _Fn) -> _Fn:
+    """Mark one function as plumbing (its requests carry its caller's site): a lock
+    wrapper in a module that is not plumbing as a whole, as ``vm_map_lock`` is FreeBSD's
+    macro passing ``LOCK_FILE``/``LOCK_LINE`` of its caller."""
+    _transparent.add(fn.__code__)
+    return fn
 
 
 def _short(frame: FrameType) -> str | None:
@@ -55,7 +68,8 @@ def _short(frame: FrameType) -> str | None:
     name = _names.get(code, "")
     if name == "":
         fn = os.path.abspath(code.co_filename)
-        if fn.startswith(_MACHINE_DIR) or frame.f_globals.get("__site_transparent__"):
+        if (fn.startswith(_MACHINE_DIR) or frame.f_globals.get("__site_transparent__")
+                or code in _transparent):
             name = None
         else:
             name = fn[len(_KERNEL_DIR):] if fn.startswith(_KERNEL_DIR) else os.path.basename(fn)

@@ -73,24 +73,29 @@ struct_vmspace = KStruct("vmspace", [
 
 
 # -- map locks -------------------------------------------------------------------------------
+@md.site_transparent
 def vm_map_lock(map_: KObj) -> None:
     lockmgr(map_.lock, LK_EXCLUSIVE)
     map_.timestamp += 1
 
 
+@md.site_transparent
 def vm_map_unlock(map_: KObj) -> None:
     lockmgr(map_.lock, LK_RELEASE)
 
 
+@md.site_transparent
 def vm_map_lock_read(map_: KObj) -> None:
     # In late 2002 the "read" lock of a user map was exclusive (FREEBSD.md).
     lockmgr(map_.lock, LK_EXCLUSIVE)
 
 
+@md.site_transparent
 def vm_map_unlock_read(map_: KObj) -> None:
     lockmgr(map_.lock, LK_RELEASE)
 
 
+@md.site_transparent
 def vm_map_trylock(map_: KObj) -> int:
     """Try to lock ``map_`` exclusively without sleeping: TRUE or FALSE (never
     order-checked, never part of a deadlock)."""
