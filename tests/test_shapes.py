@@ -234,6 +234,9 @@ def test_a_new_finding_says_the_operation_it_was_found_at() -> None:
     assert [line for line in trouble_lines(r) if line.startswith("new")] == [
         "new [liveness] lost wakeup: thread 7 (found at operation 145210)",
         "new [test] no op"]
+    r.update(ok=True, panic=None, reason="end of run")       # findings do not fail a run:
+    assert summary_table(r, 200).splitlines()[-1].endswith(  # the last line counts them
+        "(end of run); 2 new findings above, which a stress campaign counts as failures")
 
 
 # -- crash.txt --------------------------------------------------------------------------------

@@ -211,9 +211,14 @@ def summary_table(report: dict[str, Any], width: int = WIDTH) -> str:
         reason = reason.split(":", 1)[0]            # the message is just above
     v = verdict(report)
     why = "partial" if v == reason else reason
+    new = len([f for f in classify(report) if f.known is None and f.detector not in
+               ("panic", "invariant", "machine")]) if report.get("findings") else 0
+    # the machine ran to its end and its kernel held: "ok", with what the detectors saw
+    said = (f"; {new} new finding{'s' if new != 1 else ''} above, which a stress campaign "
+            f"counts as failures" if v == "ok" and new else "")
     parts.append(Text(f"{v}: {float(report.get('duration_sim_s') or 0):.1f} "
                       f"simulated s in {float(report.get('wall_s') or 0):.1f} wall s, seed "
-                      f"{report.get('seed')} ({why})", overflow="fold"))
+                      f"{report.get('seed')} ({why}){said}", overflow="fold"))
     return render(parts, width)
 
 
