@@ -6,6 +6,7 @@ benchmark show it at work on the real kernel."""
 
 from __future__ import annotations
 
+import pathlib
 from typing import Any
 
 import pytest
@@ -126,6 +127,28 @@ def test_a_lost_wakeup_is_reported_with_the_store_that_made_it() -> None:
     assert "last stored @ vm/vm_glue.py:812 by thread 3" in f.detail
     s.run_for(3.0)
     assert len(s.liveness()) == 1                            # once
+
+
+def test_f2s_lost_wakeup_is_known_as_f2() -> None:
+    """The same race with swapout's real statement: the finding is F2's (known), as a
+    campaign must see it; the store came after the wakeup took the thread off."""
+    from smp.observe.findings import classify
+    lines = (pathlib.Path(__file__).parent.parent / "kernel/vm/vm_glue.py").read_text()
+    line = next(n for n, text in enumerate(lines.splitlines(), 1)
+                if text.strip() == "TD_SET_SWAPPED(td)")
+    s = Server()
+    _, td = s.proc(12, "napper")
+    s.msleep(td, "userland/libc.py:40")
+    stale = s.kmem.load(td, "td_inhibitors")
+    s.wakeup(99)
+    s.kmem.store(td, "td_inhibitors", stale | SWAPPED)
+    s.hangs.store(3, f"vm/vm_glue.py:{line}", td, ["td_inhibitors"])
+    s.run_for(1.5)
+    [f] = s.liveness()
+    assert "after it was taken off its sleep queue" in f.detail, f.detail
+    [failure] = classify({"findings": [{"detector": f.detector, "summary": f.summary,
+                                        "sites": f.sites}]})
+    assert failure.known == "F2", f
 
 
 def test_a_wakeup_that_leaves_the_sleeping_bit_is_named_not_the_store_before_it() -> None:
