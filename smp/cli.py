@@ -31,10 +31,13 @@ import json
 import os
 import sys
 import textwrap
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from smp import __version__
 from smp.run.config import Config, ConfigError, load_config, schema_markdown
+
+if TYPE_CHECKING:                  # (imported when a command needs them: start-up time)
+    from smp.hunt.stress import Campaign, CampaignLog
 
 EPILOG = """\
 examples:
@@ -416,7 +419,7 @@ def _main(argv: Sequence[str] | None) -> int:
         print(config_doc() if args.schema else cfg.to_toml(), end="")
         return 0
     if args.command == "stress":
-        return _stress(args, cfg)
+        return _stress(args, cfg, list(sys.argv[1:] if argv is None else argv))
     return _run(args, cfg)
 
 
@@ -535,9 +538,8 @@ def config_doc() -> str:
             "file and the key.\n\n" + schema_markdown())
 
 
-def _stress(args: argparse.Namespace, cfg: "Config") -> int:
-    from smp.hunt.stress import (Campaign, CampaignError, CampaignLog, Runner, Terminated,
-                                 describe, prepare_out_dir, run_campaign)
+def _stress(args: argparse.Namespace, cfg: "Config", argv: list[str]) -> int:
+    from smp.hunt.stress import Campaign, CampaignError, CampaignLog, prepare_out_dir
     from smp.run.rundir import RunDirError, new_dir, stamp
     if args.jobs is not None and args.cluster is not None:
         print("smp: stress: --jobs or --cluster, not both (a cluster's workers say how many "
@@ -571,14 +573,33 @@ def _stress(args: argparse.Namespace, cfg: "Config") -> int:
                     args.fail_points, args.overrides, args.duration, args.time_budget,
                     args.keep_going, args.strict, out, cluster=args.cluster)
     try:
-        log = CampaignLog(out, camp, ["smp", *sys.argv[1:]])
+        log = CampaignLog(out, camp, ["smp", *argv])
     except CampaignError as e:
         print(f"smp: stress: {e}", file=sys.stderr)
         return 2
+    # what the campaign's record says at the end, whatever ends it (an internal error too)
+    ending: list[Any] = ["error", 2, []]
+    try:
+        return _campaign(args, camp, log, out, jobs, ending)
+    finally:
+        log.close(*ending)
+        if log.error:
+            print(f"smp: stress: {log.error}", file=sys.stderr)
+
+
+def _campaign(args: argparse.Namespace, camp: Campaign, log: CampaignLog, out: str,
+              jobs: int, ending: list[Any]) -> int:
+    """The campaign itself, once its folder and record are made; ``ending`` is set to
+    its record's last word: state, exit status, closing lines."""
+    from smp.hunt.stress import CampaignError, Runner, Terminated, describe, run_campaign
     from smp.observe.progress import CampaignProgress
 
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
+
+    def end(state: str, status: int, lines: Sequence[str] = ()) -> int:
+        ending[:] = [state, status, list(lines)]
+        return status
 
     runner: Runner | None = None
     where = f"{jobs} at a time"
@@ -589,11 +610,9 @@ def _stress(args: argparse.Namespace, cfg: "Config") -> int:
             runner = ClusterRunner(camp, say)
         except CampaignError as e:
             print(f"smp: stress: {e}", file=sys.stderr)
-            log.close("error", 2, [str(e)])
-            return 2
+            return end("error", 2, [str(e)])
         except KeyboardInterrupt:
-            log.close("interrupted", 130)
-            return 130
+            return end("interrupted", 130)
         where = f"on the cluster {runner.address}"
     progress = CampaignProgress(sys.stderr.isatty())
     say(f"stress: {args.runs} runs of {args.config or 'the default config'}, {where}, "
@@ -601,22 +620,16 @@ def _stress(args: argparse.Namespace, cfg: "Config") -> int:
     try:
         outcomes = run_campaign(camp, say, progress, runner, log)
     except KeyboardInterrupt as e:             # its machines are stopped by now
-        status = 143 if isinstance(e, Terminated) else 130
-        log.close("interrupted", status)
-        return status
+        return end("interrupted", 143 if isinstance(e, Terminated) else 130)
     except CampaignError as e:
         print(f"smp: stress: {e}", file=sys.stderr)
-        log.close("error", 2, [str(e)])
-        return 2
+        return end("error", 2, [str(e)])
     finally:
         progress.close()
     lines, status = describe(outcomes, args.strict, cluster=args.cluster is not None)
-    log.close("done", status, lines)
     for line in lines:
         print(line)
-    if log.error:
-        print(f"smp: stress: {log.error}", file=sys.stderr)
-    return status
+    return end("done", status, lines)
 
 
 def _monitors(args: argparse.Namespace, cfg: "Config") -> list[object]:

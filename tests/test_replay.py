@@ -11,9 +11,9 @@ machines are real server and CPU processes.
 from __future__ import annotations
 
 import json
-import re
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import zlib

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shlex
 import signal
 import subprocess
 import sys
@@ -68,7 +69,7 @@ def test_a_switched_off_guard_is_caught_with_rerun_and_replay_commands(tmp_path:
                            timeout=60)
     assert again.returncode == 0, again.stderr
     assert again.stdout.splitlines()[2:] == r.stdout.splitlines(), again.stdout
-    assert again.stdout.startswith("campaign: smp stress "), again.stdout
+    assert again.stdout.splitlines()[0] == "campaign: " + shlex.join(["smp", *r.args[3:]])
 
 
 @pytest.mark.timeout(120)
@@ -203,8 +204,13 @@ def test_an_empty_out_folder_is_claimed_by_one_campaign(
         f"     run dir: {twin / 'run0000-s7'}",
         f"     rerun:   smp run {twin / 'run0000-s7' / 'config.toml'}",
         "1 of 1 runs ended so far"]
+    log.close("error", 2, ["cluster gone"])               # ended by an error: the runs
+    lines = campaign_lines(read_campaign(str(twin)))       # that ended are still shown
+    assert lines[1].endswith("(error, exit status 2)") and lines[2] == "cluster gone", lines
+    assert "FAIL seed 7 [panic] panic: oops" in lines and lines[-1] == "1 of 1 runs ended so far"
     doc = json.loads((out / "campaign.json").read_text())
     assert (doc["state"], doc["exit_status"], doc["runs"]) == ("done", 0, 1), doc
+    assert doc["command"] == ["smp", "stress", STRESS, "--runs", "1", "--out", str(out)]
     assert main(["report", str(out)]) == 0
     shown = capsys.readouterr().out
     assert shown.startswith("campaign: smp ") and "(done, exit status 0)" in shown, shown

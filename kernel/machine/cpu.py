@@ -20,11 +20,11 @@ machine time and recorded (``smp.hw.cpu``, ``smp.hw.bus``).
 
 **Sites.** Every shared access carries the *kernel* source site that made it (DESIGN.md
 decision 5): the first frame, walking out from the request, that is neither in this
-package nor in a module that declares itself plumbing with ``__site_transparent__ = True``
-(the lock and struct code whose requests belong to their caller, as FreeBSD's lock macros
-pass ``__FILE__``/``__LINE__`` of theirs), nor a function marked so with
-:func:`site_transparent` (a lock wrapper among other code: ``vm_map_lock``). Sites are named relative to ``kernel/``
-(``vm/vm_glue.py:412``).
+package nor in a module that declares itself plumbing with ``__site_transparent__ =
+True`` (the lock and struct code whose requests belong to their caller, as FreeBSD's
+lock macros pass ``__FILE__``/``__LINE__`` of theirs), nor a function marked so with
+:func:`site_transparent` (a lock wrapper among other code: ``vm_map_lock``). Sites are
+named relative to ``kernel/`` (``vm/vm_glue.py:412``).
 
 ``pcpu`` is this CPU's private data (FreeBSD's ``struct pcpu``): it lives in the CPU
 process, not in the server, because no other CPU may touch it (DESIGN.md decision 1).

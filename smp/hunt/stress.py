@@ -24,6 +24,7 @@ import concurrent.futures
 import dataclasses
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -301,8 +302,12 @@ class CampaignLog:
     exit status, failures, the rerun and replay commands), then how the campaign ended and
     its closing lines. ``smp report OUT`` prints it again. Made exclusively before the
     first run: it claims the folder (two campaigns given the same empty ``--out`` at the
-    same moment: the second is refused); rewritten whole (renamed into place) after each
-    run, so a reader never sees half of it."""
+    same moment: the second is refused); rewritten whole (renamed into place), so a
+    reader never sees half of it: at once after a failing run, at most every
+    ``WRITE_EVERY_S`` after clean ones (a campaign of thousands of runs rewrites a file of
+    megabytes), and at the end."""
+
+    WRITE_EVERY_S = 2.0
 
     def __init__(self, out_dir: str, c: "Campaign", command: Sequence[str]) -> None:
         import smp
@@ -314,7 +319,7 @@ class CampaignLog:
             "chaos": c.chaos, "fail_points": list(c.fail_points),
             "overrides": list(c.overrides), "duration": c.duration,
             "time_budget": c.time_budget, "keep_going": c.keep_going, "strict": c.strict,
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ended": None,
+            "started": _now(), "ended": None,
             "state": "running", "exit_status": None, "outcomes": [], "summary": []}
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -325,8 +330,9 @@ class CampaignLog:
             raise CampaignError(f"--out {out_dir}: cannot write {CAMPAIGN_FILE} in it: "
                                 f"{e.strerror or e}") from None
         with os.fdopen(fd, "w") as f:
-            json.dump(self.doc, f, indent=1)
+            f.write(_campaign_json(self.doc))
         self.error = ""
+        self.written = time.monotonic()
 
     def add(self, out: RunOutcome) -> None:
         """Run ``out`` has ended (or was stopped)."""
@@ -338,24 +344,37 @@ class CampaignLog:
                           "sites": list(f.sites), "known": f.known, "op": f.op}
                          for f in out.failures],
             "rerun": rerun_command(out), "replay": replay_command(out)})
-        self._write()
+        if out.failures or out.error or time.monotonic() - self.written >= self.WRITE_EVERY_S:
+            self._write()
 
     def close(self, state: str, status: int, summary: Sequence[str] = ()) -> None:
         """The campaign has ended: ``state`` is done, interrupted or error."""
         self.doc["outcomes"].sort(key=lambda o: o["index"])
         self.doc.update(state=state, exit_status=status, summary=list(summary),
-                        ended=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                        ended=_now())
         self._write()
 
     def _write(self) -> None:
         tmp = self.path + ".tmp"
+        self.written = time.monotonic()
         try:
-            with open(tmp, "w") as f:
-                json.dump(self.doc, f, indent=1)
+            with open(tmp, "w") as f:       # one outcome a line: readable, and the C
+                f.write(_campaign_json(self.doc))    # encoder (indent= is the slow one)
             os.replace(tmp, self.path)
         except OSError as e:           # said once; the campaign itself goes on
             if not self.error:
                 self.error = f"cannot write {self.path}: {e.strerror or e}"
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _campaign_json(doc: dict[str, Any]) -> str:
+    head = {k: v for k, v in doc.items() if k != "outcomes"}
+    runs = ",\n  ".join(json.dumps(o) for o in doc["outcomes"])
+    return (json.dumps(head)[:-1] + ', "outcomes": [' + (f"\n  {runs}\n" if runs else "")
+            + "]}\n")
 
 
 def read_campaign(out_dir: str) -> dict[str, Any]:
@@ -371,12 +390,13 @@ def campaign_lines(doc: dict[str, Any]) -> list[str]:
     """``smp report OUT``: the campaign's command, how it ended, and its closing lines
     (while it runs, or when it was cut short: the runs ended so far)."""
     state = str(doc["state"])
-    lines = [f"campaign: {' '.join(str(a) for a in doc['command'])}",
+    lines = [f"campaign: {shlex.join(str(a) for a in doc['command'])}",
              f"started {doc.get('started')}"
              + (f", ended {doc['ended']} ({state}, exit status {doc['exit_status']})"
                 if doc.get("ended") else f", {state}")]
-    if doc.get("summary"):
+    if state == "done" and doc.get("summary"):
         return lines + [str(s) for s in doc["summary"]]
+    lines += [str(s) for s in doc.get("summary") or []]          # an error's message
     for o in doc["outcomes"]:
         failures = [(f["detector"], f.get("known"), f["summary"]) for f in o["failures"]
                     if doc.get("strict") or not f.get("known")]
@@ -572,7 +592,6 @@ def describe(outcomes: list[RunOutcome], strict: bool,
 
 
 __all__ = ["CAMPAIGN_FILE", "Campaign", "CampaignError", "CampaignLog", "LocalRunner",
-           "Progress", "RunOutcome", "Runner",
-           "campaign_lines", "child_env", "derive_seed", "describe", "failure_lines",
-           "read_campaign",
-           "read_outcome", "replay_command", "rerun_command", "run_campaign"]
+           "Progress", "RunOutcome", "Runner", "campaign_lines", "child_env", "derive_seed",
+           "describe", "failure_lines", "read_campaign", "read_outcome", "replay_command",
+           "rerun_command", "run_campaign"]

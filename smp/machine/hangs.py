@@ -211,7 +211,7 @@ class Hangs:
 
     def chan(self, chan: Hashable) -> str:
         """A channel as the kernel would print it: the field it is the address of."""
-        return self.srv.kmem.describe(chan) if isinstance(chan, int) else repr(chan)
+        return self.srv.kmem.channel(chan)
 
     def _who(self, tid: int, td: dict[str, Any], p: dict[str, Any]) -> str:
         reg = self.reg
@@ -323,8 +323,13 @@ class Hangs:
                 wchan = td.get(reg["wchan"])
                 if chan is not None and wchan:
                     wait = self.waits.get(td.get(reg["wmesg"]))
-                    if wait is not None and tid not in skip:
-                        self._waits_for_nothing(tid, td, p, chan, wait, now, seen)
+                    if wait is None:
+                        continue
+                    if tid in skip:     # perhaps half way: it keeps its age, undecided
+                        if ("done", tid) in self.first:
+                            seen.add(("done", tid))
+                        continue
+                    self._waits_for_nothing(tid, td, p, chan, wait, now, seen)
                     continue
                 lkt = srv.locks.threads.get(tid)
                 if (lkt is not None and lkt.waiting is not None) or td.get(reg.get("blocked", "")):

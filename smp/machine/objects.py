@@ -207,6 +207,11 @@ class ObjectStore:
         except ObjectError:
             return f"{addr:#x}"
 
+    def channel(self, chan: Any) -> str:
+        """A sleep channel as the kernel would print it: the field it is the address
+        of (``&proc#349.p_sflag``), or the channel itself."""
+        return self.describe(chan) if isinstance(chan, int) else repr(chan)
+
     def type_of(self, h: int) -> str:
         self._obj(h)
         return self.otype[h]

@@ -113,7 +113,7 @@ class Sequencer:
             try:
                 self.tracer = Tracer(ts.trace_path, srv.ncpus, srv.locks.names,
                                      failed=self._give_up, thread_name=self._thread_name,
-                                     channel=self._channel)
+                                     channel=srv.kmem.channel)
             except OSError as e:
                 self.trace_error = write_error(ts.trace_path, e)
         self.replay = ts.replay
@@ -133,16 +133,14 @@ class Sequencer:
         obj = self.srv.kmem.objs.get(tid) if field else None
         return str(obj.get(field) or "") if obj is not None else ""
 
-    def _channel(self, chan: Any) -> str:
-        return self.srv.kmem.describe(chan) if isinstance(chan, int) else repr(chan)
-
     def recent_ops(self) -> dict[str, list[tuple[Any, ...]]]:
         """Each CPU's last requests, as a dump shows them (formatted only now: the
         server keeps them at every request): number, operation, site, thread, simulated
-        ns, arguments, and the value it was answered with ("" for none: a post)."""
+        ns, arguments, and the value a call was answered with ("" for a post, which
+        waits for none)."""
         return {str(c): [(n, opname(op), site, tid, t, short(args),
-                          "" if value is None else short(value))
-                         for n, op, site, tid, t, args, value in q]
+                          "" if answer is None else short(answer[0]))
+                         for n, op, site, tid, t, args, answer in q]
                 for c, q in sorted(self.recent.items())}
 
     @property
@@ -240,7 +238,7 @@ class Sequencer:
                 args: list[Any]) -> list[Any] | None:
         """An ordered request of ``cpu`` is about to be applied: it gets its number, is
         remembered and recorded, and moves its CPU's time. Returns what is remembered
-        of it, whose last item the server sets to the value it answers with."""
+        of it, whose last item the server sets to ``(value,)`` when it answers a call."""
         if self.replay is not None and self.replay.stopped:
             return None                     # a stopped replay's final reports: no number
         self.ops += 1                       # the operation's number (hw/record.py)

@@ -423,8 +423,8 @@ class Server:
             seen = self.seq.request(peer.cpu, op, site, tid, t, args) if in_order else None
             self.cur_t, self.reply_t = t, 0
             value = self.optable.call(peer, op, tid, site, args)
-            if seen is not None:
-                seen[6] = value                      # what a dump shows it answered
+            if seen is not None and seq:
+                seen[6] = (value,)                   # what a dump shows a call answered
             self._reply(ident, seq, OK, value, peer.cpu)
             if in_order and self.seq.tracer is not None:
                 self.seq.tracer.request(peer.cpu, tid, op, site, t, args, value)

@@ -190,7 +190,8 @@ def show_ps(procs: list[dict[str, Any]] | None, policy: dict[str, Any]) -> list[
     bits = (policy.get("liveness") or {}).get("inhibitor_bits") or {}
     tds = reg.get("thread_states") or {}
     field = {**(reg.get("fields") or {}), **(reg.get("thread_fields") or {})}
-    lines = [f"  pid  cpu  state    wchan     {field.get('flags', 'flags'):<7}  "
+    lines = [f"  pid  cpu  state    {field.get('wchan', 'wchan'):<9} "
+             f"{field.get('flags', 'flags'):<7}  "
              f"{field.get('tdstate', 'state'):<13} {field.get('inhibitors', 'inhibitors'):<20} "
              f"comm"]
     for p in sorted(procs, key=lambda p: int(p.get("pid") or 0)):

@@ -33,7 +33,7 @@ from rich.table import Table
 from rich.text import Text
 
 from smp.machine.sites import annotate
-from smp.observe.findings import classify
+from smp.observe.findings import Failure, classify
 
 WIDTH = 80
 CPU_MODES = ("user", "sys", "intr", "spin", "idle")
@@ -159,6 +159,14 @@ def lock_table(rows: list[dict[str, Any]]) -> Table:
     return t
 
 
+def detector_findings(report: dict[str, Any]) -> list[Failure]:
+    """What the detectors found (not the panic, invariants or the machine's problems),
+    known findings marked."""
+    if not report.get("findings"):
+        return []
+    return [f for f in classify(report) if f.detector not in ("panic", "invariant", "machine")]
+
+
 def trouble_lines(report: dict[str, Any]) -> list[str]:
     """The panic, new findings one line each, known findings one line in all, failed
     invariants, problems of the machine."""
@@ -171,8 +179,7 @@ def trouble_lines(report: dict[str, Any]) -> list[str]:
         site = annotate(site, (report.get("policy") or {}).get("sources"))
         lines.append(f"cpuid = {p.get('cpu')}{where}{site}; the dump is in crash.txt")
     if report.get("findings"):
-        fails = [f for f in classify(report)
-                 if f.detector not in ("panic", "invariant", "machine")]
+        fails = detector_findings(report)
         new = [f for f in fails if f.known is None]
         for f in new[:NEW_FINDINGS_SHOWN]:
             lines.append(f"new [{f.detector}] {f.summary}"
@@ -211,8 +218,7 @@ def summary_table(report: dict[str, Any], width: int = WIDTH) -> str:
         reason = reason.split(":", 1)[0]            # the message is just above
     v = verdict(report)
     why = "partial" if v == reason else reason
-    new = len([f for f in classify(report) if f.known is None and f.detector not in
-               ("panic", "invariant", "machine")]) if report.get("findings") else 0
+    new = len([f for f in detector_findings(report) if f.known is None])
     # the machine ran to its end and its kernel held: "ok", with what the detectors saw
     said = (f"; {new} new finding{'s' if new != 1 else ''} above, which a stress campaign "
             f"counts as failures" if v == "ok" and new else "")

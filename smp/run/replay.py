@@ -68,8 +68,7 @@ def prepare(run_dir: str) -> Prepared:
         if os.path.exists(os.path.join(parent, RECORD_FILE)) and os.path.exists(
                 os.path.join(run_dir, "report.json")):
             raise ReplayError(f"{run_dir}: is a replay's run directory, which records "
-                              f"nothing; replay the recorded run: smp replay "
-                              f"{os.path.dirname(os.path.normpath(run_dir))}")
+                              f"nothing; replay the recorded run: smp replay {parent}")
         raise ReplayError(f"{path}: no record (the run was made with run.record = false, "
                           f"in wall time, or by a version of smp that did not record)")
     try:
