@@ -109,7 +109,7 @@ def test_until_stops_the_machine_and_dumps_every_thread(recorded: pathlib.Path,
     ps = dump.split("db> ps\n", 1)[1].split("\n\n", 1)[0].splitlines()
     assert ps[0].split() == ["pid", "cpu", "state", "wchan", "p_sflag", "td_state",
                              "td_inhibitors", "comm"], ps
-    assert any("TDS_RUNNING" in row for row in ps[1:]), ps
+    assert len(ps) > 3 and any(" TDS_" in row for row in ps[1:]), ps   # states named
 
 
 def _copy(src: pathlib.Path, dst: pathlib.Path) -> pathlib.Path:
