@@ -107,7 +107,7 @@ def test_until_stops_the_machine_and_dumps_every_thread(recorded: pathlib.Path,
     # what each load was answered with, and every process as ddb's ps shows it
     assert any(" LOAD" in line and " -> " in line for line in dump.splitlines()), dump
     ps = dump.split("db> ps\n", 1)[1].split("\n\n", 1)[0].splitlines()
-    assert ps[0].split() == ["pid", "cpu", "state", "wchan", "p_sflag", "td_state",
+    assert ps[0].split() == ["pid", "cpu", "state", "td_wmesg", "p_sflag", "td_state",
                              "td_inhibitors", "comm"], ps
     assert len(ps) > 3 and any(" TDS_" in row for row in ps[1:]), ps   # states named
 
