@@ -578,9 +578,10 @@ def _stress(args: argparse.Namespace, cfg: "Config", argv: list[str]) -> int:
         print(f"smp: stress: {e}", file=sys.stderr)
         return 2
     # what the campaign's record says at the end, whatever ends it (an internal error too)
-    ending: list[Any] = ["error", 2, []]
+    ending: tuple[str, int, list[str]] = ("error", 2, [])
     try:
-        return _campaign(args, camp, log, out, jobs, ending)
+        ending = _campaign(args, camp, log, out, jobs)
+        return ending[1]
     finally:
         log.close(*ending)
         if log.error:
@@ -588,18 +589,14 @@ def _stress(args: argparse.Namespace, cfg: "Config", argv: list[str]) -> int:
 
 
 def _campaign(args: argparse.Namespace, camp: Campaign, log: CampaignLog, out: str,
-              jobs: int, ending: list[Any]) -> int:
-    """The campaign itself, once its folder and record are made; ``ending`` is set to
-    its record's last word: state, exit status, closing lines."""
+              jobs: int) -> tuple[str, int, list[str]]:
+    """The campaign itself, once its folder and record are made: how it ended (its
+    record's last word), its exit status and closing lines."""
     from smp.hunt.stress import CampaignError, Runner, Terminated, describe, run_campaign
     from smp.observe.progress import CampaignProgress
 
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
-
-    def end(state: str, status: int, lines: Sequence[str] = ()) -> int:
-        ending[:] = [state, status, list(lines)]
-        return status
 
     runner: Runner | None = None
     where = f"{jobs} at a time"
@@ -610,9 +607,9 @@ def _campaign(args: argparse.Namespace, camp: Campaign, log: CampaignLog, out: s
             runner = ClusterRunner(camp, say)
         except CampaignError as e:
             print(f"smp: stress: {e}", file=sys.stderr)
-            return end("error", 2, [str(e)])
+            return "error", 2, [str(e)]
         except KeyboardInterrupt:
-            return end("interrupted", 130)
+            return "interrupted", 130, []
         where = f"on the cluster {runner.address}"
     progress = CampaignProgress(sys.stderr.isatty())
     say(f"stress: {args.runs} runs of {args.config or 'the default config'}, {where}, "
@@ -620,16 +617,16 @@ def _campaign(args: argparse.Namespace, camp: Campaign, log: CampaignLog, out: s
     try:
         outcomes = run_campaign(camp, say, progress, runner, log)
     except KeyboardInterrupt as e:             # its machines are stopped by now
-        return end("interrupted", 143 if isinstance(e, Terminated) else 130)
+        return "interrupted", 143 if isinstance(e, Terminated) else 130, []
     except CampaignError as e:
         print(f"smp: stress: {e}", file=sys.stderr)
-        return end("error", 2, [str(e)])
+        return "error", 2, [str(e)]
     finally:
         progress.close()
     lines, status = describe(outcomes, args.strict, cluster=args.cluster is not None)
     for line in lines:
         print(line)
-    return end("done", status, lines)
+    return "done", status, lines
 
 
 def _monitors(args: argparse.Namespace, cfg: "Config") -> list[object]:

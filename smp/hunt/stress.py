@@ -32,6 +32,7 @@ import threading
 import time
 from typing import Any, Callable, Protocol, Sequence
 
+from smp.machine.files import write_error
 from smp.observe.findings import Failure, KnownFinding, classify, load_known
 from smp.hw.seeds import derive_int
 
@@ -363,7 +364,7 @@ class CampaignLog:
             os.replace(tmp, self.path)
         except OSError as e:           # said once; the campaign itself goes on
             if not self.error:
-                self.error = f"cannot write {self.path}: {e.strerror or e}"
+                self.error = write_error(self.path, e)
 
 
 def _now() -> str:

@@ -97,8 +97,8 @@ class Hangs:
         self.dequeued: dict[int, tuple[str, int, int]] = {}   # thread -> taken off its sleep
                                                               # queue: site, by, when (n)
         self.n = 0                                            # the two's order
-        self.cleared: dict[tuple[int, str], tuple[str, int]] = {}   # (object, field) of a
-                                                              # registered wait: last store
+        self.field_stored: dict[tuple[int, str], tuple[str, int]] = {}  # a registered
+                                                          # wait's (object, field): last store
         self.off: dict[int, float] = {}                       # thread -> off its queue at (us),
                                                               # in the current hold of sched_lock
         self.first: dict[tuple[str, int], float] = {}         # (kind, tid|pid) -> first seen
@@ -138,7 +138,7 @@ class Hangs:
             self.n += 1
             self.stored[h] = (site, tid, self.n)
         for f in self.wait_fields.intersection(fields):
-            self.cleared[(h, f)] = (site, tid)
+            self.field_stored[(h, f)] = (site, tid)
 
     def sleep(self, tid: int, site: str, timo: int) -> None:
         self.slept[tid] = (site, self.now(), timo)
@@ -270,7 +270,7 @@ class Hangs:
         assert reg is not None
         bits = wait.get("bits") or f"{wait['mask']:#x}"
         wmesg = td.get(reg["wmesg"], "")
-        clear = self.cleared.get((h, field))
+        clear = self.field_stored.get((h, field))
         sites = [s for s in [clear[0] if clear else "", slept[0]] if s]
         self.srv.finding(Finding(
             "liveness",

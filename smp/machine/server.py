@@ -515,9 +515,8 @@ class Server:
         # posted request the server refused): where a replay's --until looks from
         self.panic = report = dict(report, op=self.seq.ops)
         if self.seq.tracer is not None:
-            msg = str(report.get("message", ""))
-            self.seq.tracer.instant(report.get("cpu", -1),
-                                    msg if msg.startswith("panic") else f"panic: {msg}",
+            msg = str(report.get("message", "")).removeprefix("panic: ")   # (a CPU's has it)
+            self.seq.tracer.instant(report.get("cpu", -1), f"panic: {msg}",
                                     self.cur_t or None)
         for cpu in self.cpus:
             # a CPU that panicked itself knows; one whose posted request failed here

@@ -221,6 +221,17 @@ def recent_lines(recent: dict[str, list[Any]]) -> list[str]:
     return lines
 
 
+def how_they_got_here(report: dict[str, Any], more: str = "") -> list[str]:
+    """``db> ps`` and each CPU's last operations: the end of crash.txt and of a replay's
+    dump.txt (``more``: what the heading adds)."""
+    lines = ["", "db> ps", *show_ps(report.get("procs"), report.get("policy") or {})]
+    if report.get("recent"):
+        lines += ["", "the last operations of each CPU, oldest first (operation number, op, "
+                  f"site, thread, simulated time, arguments -> the value answered{more}):",
+                  *recent_lines(report["recent"])]
+    return lines
+
+
 def crash_text(report: dict[str, Any]) -> str:
     """crash.txt of a report with a ``panic``."""
     p = report["panic"]
@@ -242,11 +253,7 @@ def crash_text(report: dict[str, Any]) -> str:
     lines += ["", "db> show alllocks", *show_alllocks(threads)]
     lines += ["", "db> show allchains", *show_allchains(threads)]
     lines += ["", "db> alltrace", *alltrace(threads)]
-    lines += ["", "db> ps", *show_ps(report.get("procs"), report.get("policy") or {})]
-    if report.get("recent"):
-        lines += ["", "the last operations of each CPU, oldest first (operation number, op, "
-                  "site, thread, simulated time, arguments -> the value answered):",
-                  *recent_lines(report["recent"])]
+    lines += how_they_got_here(report)
     # the sites of a port name their C line too (what the kernel registered)
     lines = annotate_all(lines, (report.get("policy") or {}).get("sources"))
     lines += ["", "Python trace of the panicking thread (simulator frames included):"]
@@ -256,5 +263,5 @@ def crash_text(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["crash_text", "backtrace", "kernel_frames", "show_alllocks", "lock_line",
-           "recent_lines", "show_ps"]
+__all__ = ["crash_text", "backtrace", "how_they_got_here", "kernel_frames", "show_alllocks",
+           "lock_line", "recent_lines", "show_ps"]

@@ -535,10 +535,10 @@ def _watch(w: _Watched, deadline: float, stop_signal: list[int], replaying: bool
             break
         # events first: a CPU that exits after a shutdown or a panic is no death
         events = ctl.drain_events() if ctl.sock in ready or ctl.events else []
-        failed = [str(e[2]) for e in events if e[1] == Event.WRITE_FAILED]
+        failed = write_failure(events)
         if failed:                   # the record or the trace: a full disk
-            problems.append(failed[0])
-            end.reason = failed[0]
+            problems.append(failed)
+            end.reason = failed
             break
         ended = end_reason(events)
         if ended:
@@ -756,6 +756,12 @@ def end_reason(events: list[list[Any]]) -> str | None:
     return f"panic on cpu {e[2]}: {e[3]}" if e[1] == Event.PANIC else f"shutdown: {e[2]}"
 
 
+def write_failure(events: list[list[Any]]) -> str | None:
+    """Why the record or the trace could not be written (a full disk), if ``events`` say
+    so (``Event.WRITE_FAILED``), else None."""
+    return next((str(e[2]) for e in events if e[1] == Event.WRITE_FAILED), None)
+
+
 def _await_end(ctl: _Control, timeout: float, problems: list[str]) -> str | None:
     """Wait up to ``timeout`` s for a panic or shutdown event. A record or trace that
     could not be written is a problem of the run (and its end, if nothing else ended
@@ -767,9 +773,9 @@ def _await_end(ctl: _Control, timeout: float, problems: list[str]) -> str | None
         if left <= 0 or not ctl.sock.poll(int(left * 1000) + 1):
             return failed
         events = ctl.drain_events()
-        for e in events:
-            if e[1] == Event.WRITE_FAILED and failed is None:
-                failed = str(e[2])
+        if failed is None:
+            failed = write_failure(events)
+            if failed:
                 problems.append(failed)
         ended = end_reason(events)
         if ended:
@@ -812,9 +818,10 @@ def _final_check(w: _Watched, timeout: float, problems: list[str], notes: list[s
         for e in ctl.drain_events() if ctl.sock in ready or ctl.events else []:
             if e[1] == Event.PANIC:
                 return f"panic on cpu {e[2]}: {e[3]}"
-            if e[1] == Event.WRITE_FAILED:  # the record or the trace: a full disk
-                problems.append(str(e[2]))
-                return str(e[2])
+            failed = write_failure([e])
+            if failed:                      # the record or the trace: a full disk
+                problems.append(failed)
+                return failed
             if e[1] == Event.CHECKED:
                 if not virtual:
                     return None

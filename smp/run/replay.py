@@ -34,7 +34,7 @@ from typing import Any, Callable
 from smp.hw import record
 from smp.hw.protocol import VERSION
 from smp.machine.sites import annotate_all
-from smp.observe.crash import backtrace, recent_lines, show_ps
+from smp.observe.crash import backtrace, how_they_got_here
 from smp.run.config import Config, ConfigError, load_config
 
 RECORD_FILE = "schedule.smpr"
@@ -263,12 +263,7 @@ def write_dump(out: str, report: dict[str, Any], until: int) -> str:
             lines.append(f"      waits for {w['lock']} ({w['mode']}) asked @ {w['site']}")
         for fr in backtrace(t.get("stack") or []):          # ddb's trace, innermost first
             lines.append(f"      {fr}")
-    lines += ["", "db> ps", *show_ps(report.get("procs"), report.get("policy") or {})]
-    recent = report.get("recent") or {}
-    if recent:
-        lines += ["", "the last operations of each CPU, oldest first (operation number, op, "
-                  "site, thread, simulated time, arguments -> the value answered; an "
-                  "earlier --until shows what came before):", *recent_lines(recent)]
+    lines += how_they_got_here(report, "; an earlier --until shows what came before")
     lines = annotate_all(lines, (report.get("policy") or {}).get("sources"))
     path = os.path.join(out, "dump.txt")
     with open(path, "w") as f:
