@@ -42,6 +42,7 @@ import dataclasses
 import os
 import time
 import traceback
+from types import FrameType
 from typing import Any, Callable
 
 import greenlet
@@ -100,6 +101,13 @@ class Counters:
         return d
 
 
+def _hides(frame: FrameType) -> bool:
+    if frame.f_globals.get("__tracebackhide__"):
+        return True
+    return ("__tracebackhide__" in frame.f_code.co_varnames
+            and bool(frame.f_locals.get("__tracebackhide__")))
+
+
 class Context:
     """A simulated thread's stack and what the CPU keeps for it across switches."""
 
@@ -113,10 +121,18 @@ class Context:
         self.kdata: Any = None           # the kernel's per-thread handle (struct thread)
 
     def stack(self) -> list[str]:
+        """The thread's Python stack as a traceback prints it, outermost first, without
+        the frames that hide themselves from tracebacks (``__tracebackhide__``, pytest's
+        convention, in the module or the function): a kernel's memory access is one
+        instruction, not a frame of its trace."""
         frame = self.glet.gr_frame
         if frame is None:
             return []
-        return [line.rstrip("\n") for line in traceback.format_stack(frame)]
+        shown = traceback.StackSummary.extract(
+            (f, line) for f, line in traceback.walk_stack(frame) if not _hides(f))
+        shown.reverse()
+        return [line.rstrip("\n") for line in shown.format()]
+
 
 
 class Cpu:

@@ -110,6 +110,13 @@ def test_until_stops_the_machine_and_dumps_every_thread(recorded: pathlib.Path,
     assert ps[0].split() == ["pid", "cpu", "state", "td_wmesg", "p_sflag", "td_state",
                              "td_inhibitors", "comm"], ps
     assert len(ps) > 3 and any(" TDS_" in row for row in ps[1:]), ps   # states named
+    # a thread stopped in a memory access shows the function making it, as ddb does:
+    # the door's and a struct field's frames are one instruction, not frames of a trace
+    frames = [line.strip() for line in dump.splitlines() if line.strip().endswith(
+        tuple("0123456789")) and "() at " in line]
+    assert frames and not [f for f in frames if f.startswith(("_call()", "__getattr__()",
+                                                              "__setattr__()", "load()"))], \
+        frames
 
 
 def _copy(src: pathlib.Path, dst: pathlib.Path) -> pathlib.Path:

@@ -145,6 +145,7 @@ class KObj:
         object.__setattr__(self, "struct", struct)
 
     def __getattr__(self, name: str) -> Any:
+        __tracebackhide__ = True   # a field access: an instruction, not a frame
         f = self.struct.fields.get(name)
         if f is None:
             raise AttributeError(f"struct {self.struct.name} has no field {name}")
@@ -163,6 +164,7 @@ class KObj:
         return v
 
     def __setattr__(self, name: str, value: Any) -> None:
+        __tracebackhide__ = True   # a field access: an instruction, not a frame
         f = self.struct.fields.get(name)
         if f is None or f.kind in EMBEDDED:
             raise AttributeError(f"struct {self.struct.name}: cannot store {name}")
@@ -170,25 +172,30 @@ class KObj:
 
     def load(self, *names: str) -> list[Any]:
         """Several plain fields in one request (no pointer wrapping)."""
+        __tracebackhide__ = True   # a field access: an instruction, not a frame
         return memory.loadn(self.handle, list(names))
 
     def load_racy(self, *names: str) -> list[Any]:
         """Loads the code makes without the fields' lock *on purpose* (FreeBSD later
         marked such reads as atomic loads); exempt from the lock-key check. Each use
         says why next to it."""
+        __tracebackhide__ = True   # a field access: an instruction, not a frame
         return memory.load_racy(self.handle, list(names))
 
     def update_racy(self, **values: Any) -> None:
         """Stores made without the fields' lock on purpose (see load_racy)."""
+        __tracebackhide__ = True   # a field access: an instruction, not a frame
         memory.store_racy(self.handle, {k: _raw(v) for k, v in values.items()})
 
     def update(self, **values: Any) -> None:
         """Several stores in one posted request."""
+        __tracebackhide__ = True   # a field access: an instruction, not a frame
         memory.storen(self.handle, {k: _raw(v) for k, v in values.items()})
 
     def inc(self, name: str, delta: int = 1) -> None:
         """``obj->name += delta`` under the field's lock, with nobody waiting for the
         result: one posted request instead of a load and a store."""
+        __tracebackhide__ = True   # a field access: an instruction, not a frame
         memory.add_posted(self.handle, name, delta)
 
     def addr(self, name: str) -> int:
