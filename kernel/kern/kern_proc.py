@@ -41,19 +41,24 @@ struct_proc_zone = KStruct("proc_zone", [
 
 
 # -- the proc lock (sys/proc.h) ------------------------------------------------------------
+# These are sys/proc.h's macros: their requests carry their caller's site.
+@md.site_transparent
 def PROC_LOCK(p: KObj) -> None:
     mtx_lock(p.p_mtx)
 
 
+@md.site_transparent
 def PROC_UNLOCK(p: KObj) -> None:
     mtx_unlock(p.p_mtx)
 
 
+@md.site_transparent
 def PROC_LOCK_ASSERT(p: KObj, what: int) -> None:
     mtx_assert(p.p_mtx, what, "process lock")
 
 
 # -- holds: keep a process in memory --------------------------------------------------------
+@md.site_transparent
 def _PHOLD(p: KObj) -> None:
     """Hold ``p`` in memory (proc lock held, and Giant, which faultin requires).
 
@@ -87,18 +92,21 @@ def _PHOLD(p: KObj) -> None:
     mtx_unlock_spin(G.sched_lock)
 
 
+@md.site_transparent
 def PHOLD(p: KObj) -> None:
     PROC_LOCK(p)
     _PHOLD(p)
     PROC_UNLOCK(p)
 
 
+@md.site_transparent
 def _PRELE(p: KObj) -> None:
     """2002: ``(--(p)->p_lock)``, and nothing else (exit1 polls for holds to go)."""
     PROC_LOCK_ASSERT(p, MA_OWNED)
     p.p_lock -= 1
 
 
+@md.site_transparent
 def PRELE(p: KObj) -> None:
     PROC_LOCK(p)
     _PRELE(p)

@@ -19,12 +19,14 @@ the one place where the kernel meets the machine: where every request is counted
 machine time and recorded (``smp.hw.cpu``, ``smp.hw.bus``).
 
 **Sites.** Every shared access carries the *kernel* source site that made it (DESIGN.md
-decision 5): the first frame, walking out from the request, that is neither in this
-package nor in a module that declares itself plumbing with ``__site_transparent__ =
-True`` (the lock and struct code whose requests belong to their caller, as FreeBSD's
-lock macros pass ``__FILE__``/``__LINE__`` of theirs), nor a function marked so with
-:func:`site_transparent` (a lock wrapper among other code: ``vm_map_lock``). Sites are
-named relative to ``kernel/`` (``vm/vm_glue.py:412``).
+decision 5): the first frame, walking out from the request, that is neither in a module
+that declares itself plumbing with ``__site_transparent__ = True`` (the door: this
+module, ``memory``, ``lock``; the lock and struct code whose requests belong to their
+caller, as FreeBSD's lock macros pass ``__FILE__``/``__LINE__`` of theirs) nor a function
+marked so with :func:`site_transparent` (a macro among other code: ``vm_map_lock``,
+``PROC_LOCK``). The machine-dependent kernel code of this package (``pmap``, ``swtch``,
+``vm_machdep``) names its own sites, as i386's does. Sites are named relative to
+``kernel/`` (``vm/vm_glue.py:412``).
 
 ``pcpu`` is this CPU's private data (FreeBSD's ``struct pcpu``): it lives in the CPU
 process, not in the server, because no other CPU may touch it (DESIGN.md decision 1).
@@ -46,8 +48,8 @@ if TYPE_CHECKING:
     from smp.hw.cpu import Context, Cpu
 
 _KERNEL_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
-_MACHINE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _names: dict[CodeType, str | None] = {}
+__site_transparent__ = True             # the door: its requests are their caller's
 _transparent: set[CodeType] = set()     # functions whose requests are their caller's
 
 
@@ -68,8 +70,7 @@ def _short(frame: FrameType) -> str | None:
     name = _names.get(code, "")
     if name == "":
         fn = os.path.abspath(code.co_filename)
-        if (fn.startswith(_MACHINE_DIR) or frame.f_globals.get("__site_transparent__")
-                or code in _transparent):
+        if frame.f_globals.get("__site_transparent__") or code in _transparent:
             name = None
         else:
             name = fn[len(_KERNEL_DIR):] if fn.startswith(_KERNEL_DIR) else os.path.basename(fn)

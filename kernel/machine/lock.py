@@ -26,6 +26,8 @@ from smp.hw.protocol import (AF_PICKUP, AF_TRY, BUSY, EXCL, GRANTED, LF_DUPOK, L
                              Op)
 from smp.kernel.machine.cpu import pcpu_hw, site
 
+__site_transparent__ = True    # the door: its requests are their caller's
+
 __all__ = ["AF_PICKUP", "AF_TRY", "BUSY", "EXCL", "GRANTED", "LF_DUPOK", "LF_NOSHREC",
            "LF_NOWITNESS", "LF_RECURSE", "LK_RW", "LK_SLEEP", "LK_SPIN", "QUEUED", "SHARED",
            "lock_init", "lock_destroy", "lock_acquire", "lock_try", "lock_release",

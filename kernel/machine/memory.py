@@ -20,7 +20,8 @@ from smp.hw.protocol import F_LIST, F_LOCK, F_MAP, FIELD_BITS  # noqa: F401
 from smp.hw.protocol import Op
 from smp.kernel.machine.cpu import pcpu_hw, site
 
-__tracebackhide__ = True    # each function here is one access, not a frame of a kernel trace
+__site_transparent__ = True    # the door: its requests are their caller's
+__tracebackhide__ = True       # each function here is one access, not a frame of a trace
 
 
 def _call(op: int, *args: Any) -> Any:

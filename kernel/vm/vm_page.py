@@ -176,10 +176,12 @@ def vm_paging_target() -> int:
 
 
 # -- locks ---------------------------------------------------------------------------------
+@md.site_transparent                # a macro of vm_page.h: its caller's site
 def vm_page_lock_queues() -> None:
     mtx_lock(cnt.vm_page_queue_mtx)
 
 
+@md.site_transparent                # a macro of vm_page.h: its caller's site
 def vm_page_unlock_queues() -> None:
     mtx_unlock(cnt.vm_page_queue_mtx)
 
