@@ -41,7 +41,8 @@ class Machine:
         g = self.kmem.new("globals", None)
         self.allproc, self.zombproc = field_addr(g, 0), field_addr(g, 1)
         self.pages = [self.kmem.new("vm_page", {"phys_addr": f}) for f in range(16)]
-        self.chk = Inflight(self.kmem, self.mem, self.findings.append)
+        self.op = 0                      # the machine's operations so far
+        self.chk = Inflight(self.kmem, self.mem, self.findings.append, lambda: self.op)
         self.chk.policy({
             "live": [self.allproc, self.zombproc],
             "exclusive": [{"type": "proc", "field": "p_sflag",
@@ -54,14 +55,17 @@ class Machine:
                       "free": PQ_FREE, "wire": "wire_count"}})
 
     def store(self, site: str, h: int, **values: Any) -> None:
+        self.op += 1
         self.kmem.storen(h, values)
         self.chk.stored(1, site, h, list(values))
 
     def kenter(self, site: str, va: int, frames: list[int]) -> None:
+        self.op += 1
         self.chk.kenter(1, site, va, frames)
         self.mem.kenter(va, frames)
 
     def kremove(self, site: str, va: int, n: int) -> None:
+        self.op += 1
         self.chk.kremove(1, site, va, n)
         self.mem.kremove(va, n)
 
@@ -223,10 +227,15 @@ def test_use_after_free_through_a_stale_mapping() -> None:
     m.kenter("pmap.py:kstack_map", va, [5])
     m.chk.kaccess(1, "swtch.py:pcb", va + 8, "load")          # fine: mapped, in use
     m.free("vm_page.py:vm_page_free", 5)
+    freed_at = m.op                                           # the store that freed it
+    m.store("elsewhere", m.pages[7], wire_count=1)
     m.chk.kaccess(1, "swtch.py:pcb", va + 8, "load")
     [f] = m.findings
     assert f.summary.startswith("load through a stale kernel mapping")
     assert f.sites == ["swtch.py:pcb", "vm_page.py:vm_page_free"]
+    # when the free happened, for `smp replay --until`, and by whom; when it was mapped
+    assert f"freed @ vm_page.py:vm_page_free (operation {freed_at}, thread 1)" in f.summary
+    assert "entered @ pmap.py:kstack_map (operation 2, thread 1)" in f.detail, f.detail
     # a fresh mapping of the reallocated page is not stale
     m.kremove("u", va, 1)
     m.alloc("b", 5)

@@ -155,7 +155,7 @@ class Server:
         self.hangs = Hangs(self, float(det["liveness_s"])) if det["liveness_s"] else None
         # invariants in flight (smp.machine.inflight): states that must never coexist,
         # checked at the store that makes them
-        self.inflight = (Inflight(self.kmem, self.mem, self.finding)
+        self.inflight = (Inflight(self.kmem, self.mem, self.finding, lambda: self.seq.ops)
                          if det["inflight"] else None)
         # the peers and the session
         self.peers: dict[bytes, Peer] = {}
