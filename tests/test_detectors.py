@@ -178,6 +178,34 @@ def test_a_two_thread_deadlock_panics_naming_every_edge(m: Machine) -> None:
     assert len(e.value.cycle) == 2
 
 
+def test_a_reversal_that_deadlocks_at_once_is_reported_before_the_deadlock(m: Machine) -> None:
+    """The order is checked when a thread must wait, not only at the grant: the first
+    reversal of the static order Giant -> process lock deadlocks before anyone is granted
+    anything, and the reversal is still named, with both sites."""
+    giant, proc = m.lock("Giant", flags=LF_RECURSE), m.lock("process lock")
+    m.take(1, giant, "debugger.py:1")
+    m.take(2, proc, "exit.py:1")
+    assert m.take(2, giant, "exit.py:2") == QUEUED    # process lock -> Giant: reversed
+    assert m.summaries() == ["lock order reversal: process lock -> Giant "
+                             "(established: Giant -> proctree -> allproc -> process lock): "
+                             "1st @ exit.py:1, 2nd @ exit.py:2"]
+    assert m.findings[0].sites[:2] == ["exit.py:1", "exit.py:2"]
+    with pytest.raises(Deadlock):
+        m.take(1, proc, "debugger.py:2")              # the cycle closes
+    assert len(m.findings) == 1                       # the right order is no second one
+
+
+def test_an_order_is_learned_by_a_thread_that_waits(m: Machine) -> None:
+    a, b = m.lock("lock A"), m.lock("lock B")
+    m.take(1, a, "t1.py:1")
+    m.take(2, b, "t2.py:1")
+    assert m.take(1, b, "t1.py:2") == QUEUED          # A -> B, learned while it waits
+    with pytest.raises(Deadlock):
+        m.take(2, a, "t2.py:2")                       # B -> A: a reversal, and a cycle
+    assert m.summaries() == ["lock order reversal: lock B -> lock A "
+                             "(established: lock A -> lock B): 1st @ t2.py:1, 2nd @ t2.py:2"]
+
+
 def test_waiting_without_a_cycle_is_no_deadlock(m: Machine) -> None:
     a, b, c = m.lock("A"), m.lock("B"), m.lock("C")
     m.take(1, a, "1")

@@ -107,7 +107,7 @@ REPORT: dict[str, Any] = {
     "problems": [],
     "panic": {"message": "panic: swapout_procs: a process has no address space", "cpu": 0,
               "tid": 306, "thread": "vmdaemon", "site": "vm/vm_glue.py:640",
-              "stack": PANIC_STACK, "source": "cpu", "sim_time": 1.5114},
+              "stack": PANIC_STACK, "source": "cpu", "sim_time": 1.5114, "op": 4411},
     "threads": [
         {"cpu": 0, "tid": 306, "name": "vmdaemon", "stack": PANIC_STACK + [
             _frame(HW, 380, "panic", "self._check_halt()")],
@@ -163,7 +163,8 @@ vm page queue free mutex      323         0    2         9.4   0.00
 (wait: host s summed over waiting threads, costliest first)
 
 panic: swapout_procs: a process has no address space
-cpuid = 0; vmdaemon (tid 306) at vm/vm_glue.py:640; the dump is in crash.txt
+cpuid = 0; vmdaemon (tid 306) at vm/vm_glue.py:640, operation 4411; the dump is
+in crash.txt
 new [witness] lock order reversal: process lock -> allproc (established: allproc
 -> process lock)
 known: F2 x2 (bugs of the 2002 code: FINDINGS.md)

@@ -261,7 +261,7 @@ class LockTable:
                 return BUSY
             # waiting for the line of a free lock is a cache miss, not contention: it
             # is not counted as a contested acquisition (LOCK_PROFILING)
-            return self._queue(lk, tid, cpu, t, h, mode, site,
+            return self._queue(lk, tid, cpu, t, h, mode, site, bool(flags & AF_PICKUP),
                                contended=bool(lk.owner or lk.shared))
         if mode == EXCL:
             free = lk.owner == 0 and not lk.shared      # a sleep lock may be barged
@@ -270,15 +270,14 @@ class LockTable:
         if free:
             since = t.wait_since.pop(h, None)
             if self.witness is not None:
-                self.witness.acquired(lk, site, [(self.locks[a], s) for a, _, s in t.held
-                                                 if a in self.locks],
-                                      trylock, bool(flags & AF_PICKUP))
+                self.witness.checkorder(lk, site, self._held(t), trylock,
+                                        bool(flags & AF_PICKUP))
             self._take(lk, tid, t, mode, site,
                        max(self.clock() - since, 0.001) if since is not None else 0.0)
             return self._maybe_line(lk, cpu, trylock, line)
         if trylock:
             return BUSY
-        return self._queue(lk, tid, cpu, t, h, mode, site)
+        return self._queue(lk, tid, cpu, t, h, mode, site, bool(flags & AF_PICKUP))
 
     def _maybe_line(self, lk: Lock, cpu: int, trylock: bool, line: int | None) -> int:
         """GRANTED, or GRANTED_LINE when this CPU has now taken the mutex LINE_STREAK
@@ -294,8 +293,13 @@ class LockTable:
             return GRANTED_LINE
         return GRANTED
 
+    def _held(self, t: ThreadLocks) -> list[tuple[Lock, str]]:
+        return [(self.locks[a], s) for a, _, s in t.held if a in self.locks]
+
     def _queue(self, lk: Lock, tid: int, cpu: int, t: ThreadLocks, h: int, mode: int,
-               site: str, contended: bool = True) -> int:
+               site: str, pickup: bool, contended: bool = True) -> int:
+        if self.witness is not None:        # before it blocks: a deadlock may follow
+            self.witness.checkorder(lk, site, self._held(t), False, pickup)
         now = self.clock()
         if contended:
             t.wait_since.setdefault(h, now)
@@ -375,6 +379,8 @@ class LockTable:
             t = self.thread(w.tid, w.cpu)
             t.waiting = None
             since = t.wait_since.pop(lk.handle, None)
+            if self.witness is not None:              # a spin waiter is granted here
+                self.witness.checkorder(lk, w.site, self._held(t), False, False)
             self._take(lk, w.tid, t, w.mode, w.site,
                        max(self.clock() - since, 0.001) if since is not None else 0.0)
             grants.append((w.cpu, w.tid, lk.handle, True))

@@ -112,7 +112,7 @@ class Sequencer:
         if ts.trace_path:
             try:
                 self.tracer = Tracer(ts.trace_path, srv.ncpus, srv.locks.names,
-                                     failed=self._give_up, thread_name=self._thread_name,
+                                     failed=self._give_up, thread_name=self.thread_name,
                                      channel=srv.kmem.channel)
             except OSError as e:
                 self.trace_error = write_error(ts.trace_path, e)
@@ -126,7 +126,7 @@ class Sequencer:
         self.recent: dict[int, collections.deque[list[Any]]] = \
             collections.defaultdict(lambda: collections.deque(maxlen=RECENT_OPS))
 
-    def _thread_name(self, tid: int) -> str:
+    def thread_name(self, tid: int) -> str:
         """A thread's name, from the field the kernel registered for it (a thread's id
         is its object's handle); "" while it has none."""
         field = (self.srv.policy.get("liveness") or {}).get("name")

@@ -514,6 +514,9 @@ class Server:
         # the machine's operation at which it panicked (the panicking CPU's REPORT, or the
         # posted request the server refused): where a replay's --until looks from
         self.panic = report = dict(report, op=self.seq.ops)
+        if report.get("source") == "server":     # raised here: the thread and time as a
+            report.setdefault("thread", self.seq.thread_name(int(report.get("tid") or 0)))
+            report.setdefault("sim_time", round(self.cur_t / 1e9, 6))   # CPU's panic has
         if self.seq.tracer is not None:
             msg = str(report.get("message", "")).removeprefix("panic: ")   # (a CPU's has it)
             self.seq.tracer.instant(report.get("cpu", -1), f"panic: {msg}",

@@ -6,7 +6,9 @@ names: all proc locks are "process lock") are taken, starting from the static or
 the time, and report a **lock order reversal** the first time a thread takes two classes
 in the order opposite to one already seen. It reports each reversal once, in WITNESS's
 words: the 1st and 2nd lock with their types and where each was taken, and where the
-established order was learned.
+established order was learned. The order is checked, and learned, when a thread is granted
+a lock and already when it must wait for one (so a reversal that deadlocks at once is
+reported too).
 
 The static order it starts from, and the locks its rules make exceptions for, are the
 kernel's: it registers them at boot (``register_order``), by lock name, as
@@ -100,10 +102,13 @@ class Witness:
                     q.append(y)
         return None
 
-    def acquired(self, new: Any, new_site: str, held: list[tuple[Any, str]],
-                 trylock: bool, pickup: bool) -> None:
-        """``new`` (a Lock) was just taken at ``new_site`` by a thread that already held
-        ``held`` [(Lock, site)...]."""
+    def checkorder(self, new: Any, new_site: str, held: list[tuple[Any, str]],
+                   trylock: bool, pickup: bool) -> None:
+        """A thread that holds ``held`` [(Lock, site)...] takes ``new`` (a Lock) at
+        ``new_site``: the checks, and the order learned. Called at the grant, and
+        before that when the thread must wait for the lock (as FreeBSD's
+        ``witness_checkorder`` later did: a reversal that deadlocks at once is still
+        reported); each finding once."""
         if new.flags & LF_NOWITNESS or trylock or pickup:
             return
         for old, old_site in held:
@@ -128,7 +133,8 @@ class Witness:
                 est = self.edges[a][b]
                 self._once(("lor",) + tuple(sorted((old.name, new.name))), Finding(
                     "witness", f"lock order reversal: {old.name} -> {new.name} "
-                    f"(established: {' -> '.join(back)})", [old_site, new_site, *est],
+                    f"(established: {' -> '.join(back)}): 1st @ {old_site}, "
+                    f"2nd @ {new_site}", [old_site, new_site, *est],
                     f"lock order reversal\n"
                     f" 1st {old.name} ({old.cls}) @ {old_site}\n"
                     f" 2nd {new.name} ({new.cls}) @ {new_site}\n"

@@ -137,16 +137,22 @@ def classify(report: dict[str, Any], known: list[KnownFinding] | None = None) ->
     known = load_known() if known is None else known
     out: list[Failure] = []
     panic = report.get("panic")
+    said = ("", "")                   # a detector's panic: its finding is the same report
     if panic:
         detector = panic.get("detector") or "panic"
         msg = str(panic.get("message", ""))
         sites = tuple(s for s in [panic.get("site")] if s)
-        out.append(Failure(detector, msg, sites, _match(known, detector, msg, sites)))
+        op = panic.get("op")
+        out.append(Failure(detector, msg, sites, _match(known, detector, msg, sites),
+                           op if isinstance(op, int) and op > 0 else None))
+        said = (detector, msg)
     for line in report.get("invariants") or []:
         out.append(Failure("invariant", str(line), (), _match(known, "invariant", str(line))))
     for f in report.get("findings") or []:
         det = str(f.get("detector", "?"))
         summary = str(f.get("summary", ""))
+        if (det, summary) == said:
+            continue
         sites = tuple(f.get("sites") or ())
         op = f.get("op")
         out.append(Failure(det, summary, sites, _match(known, det, summary, sites),

@@ -164,7 +164,10 @@ def detector_findings(report: dict[str, Any]) -> list[Failure]:
     known findings marked."""
     if not report.get("findings"):
         return []
-    return [f for f in classify(report) if f.detector not in ("panic", "invariant", "machine")]
+    p = report.get("panic") or {}
+    said = (p.get("detector"), str(p.get("message", "")))     # the panic, said already
+    return [f for f in classify(report) if f.detector not in ("panic", "invariant", "machine")
+            and (f.detector, f.summary) != said]
 
 
 def trouble_lines(report: dict[str, Any]) -> list[str]:
@@ -177,7 +180,8 @@ def trouble_lines(report: dict[str, Any]) -> list[str]:
         where = f"; {p.get('thread') or '?'} (tid {p.get('tid')})" if p.get("tid") else ""
         site = f" at {p['site']}" if p.get("site") else ""
         site = annotate(site, (report.get("policy") or {}).get("sources"))
-        lines.append(f"cpuid = {p.get('cpu')}{where}{site}; the dump is in crash.txt")
+        op = f", operation {p['op']}" if p.get("op") else ""
+        lines.append(f"cpuid = {p.get('cpu')}{where}{site}{op}; the dump is in crash.txt")
     if report.get("findings"):
         fails = detector_findings(report)
         new = [f for f in fails if f.known is None]
