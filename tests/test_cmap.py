@@ -39,3 +39,12 @@ def test_a_statement_names_its_own_line_of_the_c() -> None:
         assert m.group(1)[:20] in cline, (n, line, cline)
         checked += 1
     assert checked >= 3
+
+
+def test_the_table_knows_whether_the_port_changed_since(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel registers the table only for the file it was made from: a port edited
+    since (a developer's experiment) would have its C lines named wrong."""
+    from smp.kernel.vm import vm_glue_lines
+    assert vm_glue_lines.fresh()
+    monkeypatch.setattr(vm_glue_lines, "DIGEST", "0" * 64)
+    assert not vm_glue_lines.fresh()

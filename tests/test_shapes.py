@@ -175,6 +175,17 @@ def test_summary_golden() -> None:
     assert summary_table(REPORT) == SUMMARY
 
 
+def test_the_summary_shows_the_kernel_console() -> None:
+    """What the kernel printed (vm_glue.c's "NULL sigacts" printf, a stale line table)
+    is in the summary, with its CPU; a long console is counted, not flooded."""
+    cpus = [dict(REPORT["cpus"][0], console=["PID:7 NULL sigacts with refcnt not 1!"]),
+            dict(REPORT["cpus"][1], console=[f"line {i}" for i in range(7)])]
+    text = summary_table(dict(REPORT, cpus=cpus))
+    assert "console: cpu 0: PID:7 NULL sigacts with refcnt not 1!" in text
+    assert "console: cpu 1: line 4" in text and "line 5" not in text
+    assert "console: 2 more lines in report.json (cpus[].console)" in text
+
+
 def test_summary_fits_80_columns_however_long_the_names_and_counts() -> None:
     """Issue 16: a lock name longer than 16 characters shifted its row, and the per-CPU
     table was 83 columns wide."""

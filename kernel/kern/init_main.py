@@ -273,8 +273,14 @@ def _run_sysinits(percpu_only: bool) -> None:
 def bsp_boot() -> None:
     """cpu 0: mi_startup. Never returns (the last SYSINIT is the swapper)."""
     register_all()
-    # the C line each line of vm_glue.py ports, for reports that name both
-    md.register("sources", {vm_glue_lines.PORT: [vm_glue_lines.C_FILE, vm_glue_lines.LINES]})
+    # the C line each line of vm_glue.py ports, for reports that name both; not once
+    # vm_glue.py was edited after the table was made (its lines would be named wrong)
+    if vm_glue_lines.fresh():
+        md.register("sources", {vm_glue_lines.PORT: [vm_glue_lines.C_FILE,
+                                                      vm_glue_lines.LINES]})
+    else:
+        md.printf(f"{vm_glue_lines.PORT} changed since its line table was made: no "
+                  f"{vm_glue_lines.C_FILE} lines named (python -m smp.hunt.cmap makes it anew)")
     subr_witness.witness_register()
     vm_meter.vmmeter_register()
     subr_counter.counters_register()

@@ -4,8 +4,21 @@ The line of ``vm_glue.c`` that each line of ``kernel/vm/vm_glue.py`` ports:
 ``LINES[n - 1]`` for line ``n`` (smp.hunt.cmap says how).
 """
 
+import hashlib
+import pathlib
+
 PORT = "vm/vm_glue.py"
 C_FILE = "vm_glue.c"
+# the SHA-256 of the port this table was made from
+DIGEST = "82c51d3f0e847fa0c4683d191f514e870ef47949b131b33c46ba9054fbc07ee2"
+
+
+def fresh() -> bool:
+    """Whether the port is still the file this table was made from."""
+    port = pathlib.Path(__file__).resolve().parent.parent / PORT
+    return hashlib.sha256(port.read_bytes()).hexdigest() == DIGEST
+
+
 LINES: list[int] = [
     1, 2, 3, 3, 5, 6, 6, 8, 9, 10, 11, 12,
     13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 22, 24,

@@ -39,6 +39,7 @@ WIDTH = 80
 CPU_MODES = ("user", "sys", "intr", "spin", "idle")
 TOP_LOCKS = 8
 NEW_FINDINGS_SHOWN = 6
+CONSOLE_SHOWN = 6          # kernel console lines in the summary
 
 
 def render(parts: Iterable[Any], width: int = WIDTH) -> str:
@@ -204,6 +205,17 @@ def trouble_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def console_lines(report: dict[str, Any]) -> list[str]:
+    """What the kernel printed on its console (dmesg), each line with its CPU; the first
+    CONSOLE_SHOWN, the rest counted."""
+    said = [f"console: cpu {c.get('id')}: {line}" for c in report.get("cpus") or []
+            for line in c.get("console") or []]
+    if len(said) > CONSOLE_SHOWN:
+        said[CONSOLE_SHOWN:] = [f"console: {len(said) - CONSOLE_SHOWN} more lines in "
+                                f"report.json (cpus[].console)"]
+    return said
+
+
 def summary_table(report: dict[str, Any], width: int = WIDTH) -> str:
     """The summary of a finished run, ``width`` columns wide."""
     parts: list[Any] = [cpu_table(report),
@@ -216,7 +228,8 @@ def summary_table(report: dict[str, Any], width: int = WIDTH) -> str:
             if len(rows) > TOP_LOCKS else ""
         parts += [Text(f"(wait: host s summed over waiting threads, costliest first{more})"),
                   ""]
-    parts += [Text(line, overflow="fold") for line in trouble_lines(report)]
+    parts += [Text(line, overflow="fold") for line in console_lines(report)
+              + trouble_lines(report)]
     reason = str(report.get("reason"))
     if report.get("panic") and reason.startswith("panic on cpu"):
         reason = reason.split(":", 1)[0]            # the message is just above
