@@ -64,6 +64,10 @@ def test_machine_boots_runs_and_stops(run: Any, ncpus: int) -> None:
     assert r["reason"] == "end of run"
     assert r["panic"] is None and r["problems"] == [] and r["invariants"] == []
     assert r["kernel"]["invariant_violations"] == 0
+    # every counter the kernel registered is there, zero if never counted: a path the
+    # run never took shows as 0, not absent
+    registered = r["policy"]["counters"]["help"]
+    assert set(registered) <= set(r["kernel"]), set(registered) - set(r["kernel"])
 
     assert "cpus" in seen, "the launcher never logged the machine's pids"
     assert len(seen["cpus"]) == ncpus

@@ -95,10 +95,12 @@ def build_report(server: dict[str, Any], *, ncpus: int, seed: int, config: str,
     finals = _int_keys(server.get("cpus") or {})
     pids = _int_keys(server.get("cpu_pids") or {})
     cpus = []
-    # the kernel's work counters first, in the order it registered them (zero if unseen)
-    first = [str(c) for c in
-             ((server.get("policy") or {}).get("counters") or {}).get("summary", [])]
+    # the kernel's work counters first, in the order it registered them; every counter
+    # it registered is there, zero if unseen (a path never taken shows as 0, not absent)
+    registered = (server.get("policy") or {}).get("counters") or {}
+    first = [str(c) for c in registered.get("summary", [])]
     kernel: dict[str, int] = dict.fromkeys(first, 0)
+    kernel.update({str(c): 0 for c in registered.get("help") or {} if str(c) not in kernel})
     violations: list[str] = []
     findings: list[dict[str, Any]] = list(server.get("findings") or [])
     for cpu in range(ncpus):
