@@ -175,6 +175,18 @@ def test_summary_golden() -> None:
     assert summary_table(REPORT) == SUMMARY
 
 
+def test_an_invariant_said_again_and_again_is_shown_once_with_a_count() -> None:
+    said = ["cpu1: U-area of pid 35 reads pid 0: lost or corrupted across swap"] * 20 + [
+        "cpu0: U-area of pid 35 reads pid 0: lost or corrupted across swap"] * 3 + [
+        "cpu0: swap accounting off by 2 pages", "allproc holds 3 zombies"]
+    text = summary_table(dict(REPORT, invariants=said), width=200)
+    assert [line for line in text.splitlines() if line.startswith("invariant:")] == [
+        "invariant: U-area of pid 35 reads pid 0: lost or corrupted across swap (cpu0, "
+        "cpu1; 23 times)",
+        "invariant: cpu0: swap accounting off by 2 pages",
+        "invariant: allproc holds 3 zombies"]
+
+
 def test_the_summary_shows_the_kernel_console() -> None:
     """What the kernel printed (vm_glue.c's "NULL sigacts" printf, a stale line table)
     is in the summary, with its CPU; a long console is counted, not flooded."""

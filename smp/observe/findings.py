@@ -132,6 +132,24 @@ def _match(known: list[KnownFinding], detector: str, summary: str,
     return None
 
 
+def grouped(lines: list[str]) -> list[str]:
+    """Lines said again and again (by each CPU at each check: ``cpu1: U-area of pid 35
+    reads pid 0``) once each, in the order first said, with who said them how often."""
+    said: dict[str, list[str]] = {}
+    for line in map(str, lines):
+        m = re.match(r"(cpu\d+): (.*)", line, re.S)
+        who, text = m.groups() if m else ("", line)
+        said.setdefault(text, []).append(who)
+    out = []
+    for text, who in said.items():
+        cpus = sorted({w for w in who if w}, key=lambda w: int(w[3:]))
+        if len(who) == 1:
+            out.append(f"{who[0]}: {text}" if who[0] else text)
+        else:
+            out.append(f"{text} ({', '.join(cpus) + '; ' if cpus else ''}{len(who)} times)")
+    return out
+
+
 def classify(report: dict[str, Any], known: list[KnownFinding] | None = None) -> list[Failure]:
     """Everything wrong with a run, known findings marked."""
     known = load_known() if known is None else known
@@ -146,8 +164,8 @@ def classify(report: dict[str, Any], known: list[KnownFinding] | None = None) ->
         out.append(Failure(detector, msg, sites, _match(known, detector, msg, sites),
                            op if isinstance(op, int) and op > 0 else None))
         said = (detector, msg)
-    for line in report.get("invariants") or []:
-        out.append(Failure("invariant", str(line), (), _match(known, "invariant", str(line))))
+    for line in grouped(report.get("invariants") or []):
+        out.append(Failure("invariant", line, (), _match(known, "invariant", line)))
     for f in report.get("findings") or []:
         det = str(f.get("detector", "?"))
         summary = str(f.get("summary", ""))

@@ -33,7 +33,7 @@ from rich.table import Table
 from rich.text import Text
 
 from smp.machine.sites import annotate
-from smp.observe.findings import Failure, classify
+from smp.observe.findings import Failure, classify, grouped
 
 WIDTH = 80
 CPU_MODES = ("user", "sys", "intr", "spin", "idle")
@@ -198,8 +198,7 @@ def trouble_lines(report: dict[str, Any]) -> list[str]:
         if known:
             lines.append("known: " + ", ".join(f"{k} x{v}" for k, v in sorted(known.items()))
                          + " (bugs of the 2002 code: FINDINGS.md)")
-    for line in report.get("invariants") or []:
-        lines.append(f"invariant: {line}")
+    lines += [f"invariant: {line}" for line in grouped(report.get("invariants") or [])]
     for line in report.get("problems") or []:
         lines.append(f"problem: {line}")
     return lines
