@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from smp.hw.protocol import EXCL, LK_RW, LK_SLEEP, LK_SPIN, SHARED, field_addr
+from smp.kernel.kern.kern_proc import LIVENESS_WAITS
 from smp.machine.hangs import CHECK_S, Hangs
 from smp.machine.locks import LockTable
 from smp.machine.objects import ObjectStore
@@ -41,7 +42,12 @@ class Server:
         self.findings: list[Finding] = []
         self.kmem.deftype("proc", [["p_pid", "int", "b", 0], ["p_comm", "str", "b", ""],
                                    ["p_state", "int", "j", 1], ["p_sflag", "int", "j", INMEM],
-                                   ["p_threads", "list", "j", None]])
+                                   ["p_threads", "list", "j", None], ["p_lock", "int", "c", 0],
+                                   ["p_children", "list", "e", None]])
+        self.kmem.deftype("vmmeter", [["v_free_count", "int", "n", 0],
+                                      ["v_cache_count", "int", "n", 0],
+                                      ["v_free_min", "int", "", 0],
+                                      ["vm_pages_needed", "int", "m", 0]])
         self.kmem.deftype("thread", [["td_inhibitors", "int", "j", 0],
                                      ["td_wchan", "int", "j", 0], ["td_wmesg", "str", "j", ""],
                                      ["td_name", "str", "b", ""]])
@@ -58,8 +64,7 @@ class Server:
             "swapinreq": SWAPINREQ, "swapper_pid": 0, "inhibitors": "td_inhibitors",
             "sleeping": SLEEPING, "inhibitor_bits": {"SLEEPING": SLEEPING, "SWAPPED": SWAPPED},
             "wchan": "td_wchan", "wmesg": "td_wmesg", "name": "td_name",
-            "waits": {"faultin": {"field": "p_sflag", "mask": SWAPPINGIN,
-                                  "bits": "PS_SWAPPINGIN"}}})
+            "waits": LIVENESS_WAITS})                  # the kernel's own
 
     def finding(self, f: Finding) -> None:
         self.findings.append(f)
@@ -83,16 +88,25 @@ class Server:
         self.hangs.sleep(td, site, timo)
         self.locks.release(td, 0, "kern_synch.py:4", self.sched, EXCL)
 
-    def wakeup(self, waker: int) -> None:
+    def wakeup(self, waker: int, chan: int = 0) -> None:
+        chan = chan or self.chan
         self.locks.acquire(waker, 0, "kern_synch.py:10", self.sched, EXCL, 0)
-        tids = self.sleepq.wakeup(waker, 0, "kern_synch.py:11", self.chan, False)
-        self.hangs.wakeup(self.chan, tids)
+        tids = self.sleepq.wakeup(waker, 0, "kern_synch.py:11", chan, False)
+        self.hangs.wakeup(chan, tids)
         for td in tids:
             self.kmem.store(td, "td_wchan", 0)
             self.kmem.store(td, "td_inhibitors",
                             self.kmem.load(td, "td_inhibitors") & ~SLEEPING)
             self.hangs.store(waker, "kern_synch.py:12", td, ["td_inhibitors"])
         self.locks.release(waker, 0, "kern_synch.py:13", self.sched, EXCL)
+
+    def wakeup_timeout(self, td: int) -> None:
+        """The sleep's timeout (endtsleep): off its queue, the sleeping bit cleared."""
+        self.locks.acquire(td, 0, "kern_synch.py:20", self.sched, EXCL, 0)
+        self.sleepq.unsleep(td, self.sleepq.sleeping[td])
+        self.hangs.unslept(td)
+        self.kmem.store(td, "td_inhibitors", self.kmem.load(td, "td_inhibitors") & ~SLEEPING)
+        self.locks.release(td, 0, "kern_synch.py:21", self.sched, EXCL)
 
     def run_for(self, seconds: float) -> None:
         """Simulated time passes; the detector looks with each request, as in the server."""
@@ -203,6 +217,128 @@ def test_a_sleep_for_a_swapin_that_has_ended_is_a_lost_wakeup() -> None:
                          f"never woken"), f.summary
     assert f.sites == ["vm/vm_glue.py:451", "vm/vm_glue.py:434"]
     assert "the channel was woken 0 times in the run" in f.detail
+
+
+def _vm_wait(s: Server, n: int) -> tuple[int, list[int]]:
+    """``n`` threads in vm_wait: memory short, the flag set, asleep on &cnt.v_free_count."""
+    cnt = s.kmem.new("vmmeter", {"v_free_count": 10, "v_free_min": 40})
+    tds = []
+    for i in range(n):
+        _, td = s.proc(20 + i, f"hog{i}")
+        s.kmem.store(cnt, "vm_pages_needed", 1)
+        s.hangs.store(td, "vm/vm_page.py:458", cnt, ["vm_pages_needed"])
+        s.msleep(td, "vm/vm_page.py:461", chan=field_addr(cnt, 0), wmesg="vmwait")
+        tds.append(td)
+    return cnt, tds
+
+
+def test_vm_wait_sleepers_never_woken_after_memory_came_back() -> None:
+    """vm_page_free_wakeup clears vm_pages_needed and skips the wakeup (a planted bug):
+    memory is back above v_free_min, the sleepers stay. One report for the channel,
+    naming the flag's last store; while memory is short they wait as they should."""
+    s = Server(bound_s=1.0)
+    cnt, tds = _vm_wait(s, 3)
+    s.run_for(3.0)
+    assert s.liveness() == []                                 # memory still short
+    s.kmem.storen(cnt, {"v_free_count": 30, "v_cache_count": 12, "vm_pages_needed": 0})
+    s.hangs.store(9, "vm/vm_page.py:331", cnt, ["v_free_count", "vm_pages_needed"])
+    s.run_for(0.5)
+    assert s.liveness() == []                                 # not yet the bound
+    s.run_for(1.0)
+    [f] = s.liveness()
+    assert f.summary == (
+        f"lost wakeup: thread {tds[0]} (hog0) of pid 20 (hog0) (and 2 more threads) "
+        f"asleep on &vmmeter#{cnt}.v_free_count ('vmwait') waits for free pages above "
+        f"v_free_min, which it is (vm_pages_needed last stored @ vm/vm_page.py:331): "
+        f"never woken"), f.summary
+    assert f.sites == ["vm/vm_page.py:331", "vm/vm_page.py:461"]
+    assert "v_free_count + v_cache_count = 42, v_free_min 40" in f.detail, f.detail
+
+
+def test_vm_wait_sleepers_woken_when_memory_comes_back_are_silent() -> None:
+    s = Server(bound_s=1.0)
+    cnt, tds = _vm_wait(s, 2)
+    s.run_for(2.0)
+    s.kmem.storen(cnt, {"v_free_count": 50, "vm_pages_needed": 0})
+    s.run_for(0.5)                                            # within the bound
+    s.wakeup(9, field_addr(cnt, 0))
+    s.run_for(3.0)
+    assert s.liveness() == []
+
+
+def test_a_parent_never_woken_by_its_zombie_child() -> None:
+    """exit1 makes the child a zombie and skips wakeup(pp) (a planted bug): the parent
+    asleep in wait, with no timeout, has a zombie child for good."""
+    s = Server(bound_s=1.0)
+    parent, td = s.proc(3, "init0")
+    child, _ = s.proc(17, "napper")
+    s.kmem.listhead(field_addr(parent, 6)).insert_tail(child)          # p_children
+    s.msleep(td, "kern/kern_exit.py:158", chan=field_addr(parent, 0), wmesg="wait")
+    s.run_for(3.0)
+    assert s.liveness() == []                                 # the child lives
+    s.kmem.store(child, "p_state", 2)                         # PRS_ZOMBIE, no wakeup
+    s.hangs.store(50, "kern/kern_exit.py:102", child, ["p_state"])
+    s.run_for(1.5)
+    [f] = s.liveness()
+    assert f.summary.startswith(f"lost wakeup: thread {td} (init0) of pid 3 (init0) asleep "
+                                f"on &proc#{parent}.p_pid ('wait') waits for a child to "
+                                f"become a zombie, which it is (p_state last stored @ "
+                                f"kern/kern_exit.py:102)"), f.summary
+    assert "1 of 1 on p_children with p_state 2" in f.detail
+
+
+def test_an_exit_polling_for_a_hold_never_released() -> None:
+    """A PHOLD without its PRELE: exit1 sleeps a tick at a time until p_lock is 0, for
+    ever. Polls that end within the bound are silent."""
+    s = Server(bound_s=1.0)
+    p, td = s.proc(30, "napper")
+    _, dbg = s.proc(41, "debugger")
+
+    def hold(by: int, site: str, delta: int) -> None:        # PHOLD / PRELE's store
+        s.hangs.store(by, site, p, ["p_lock"])
+        s.kmem.store(p, "p_lock", s.kmem.load(p, "p_lock") + delta)
+        s.hangs.counted(by, site, p, ["p_lock"])
+
+    hold(dbg, "userland/libc.py:163", 1)                      # the debugger's PHOLD
+    hold(7, "vm/vm_glue.py:436", 1)                           # faultin's hold ...
+    hold(dbg, "userland/libc.py:163", 1)                      # a second PHOLD ...
+    hold(dbg, "userland/libc.py:181", -1)                     # ... and its PRELE
+    hold(7, "vm/vm_glue.py:455", -1)                          # ... given back
+    lock = field_addr(p, 5)                                   # &p->p_lock
+    for _ in range(5):                                        # 0.5 s of polling: fine
+        s.msleep(td, "kern/kern_exit.py:55", timo=1, chan=lock, wmesg="exithold")
+        s.run_for(0.05)
+        s.wakeup_timeout(td)
+        s.run_for(0.05)
+    assert s.liveness() == []
+    for _ in range(10):
+        s.msleep(td, "kern/kern_exit.py:55", timo=1, chan=lock, wmesg="exithold")
+        s.run_for(0.05)
+        s.wakeup_timeout(td)
+        s.run_for(0.05)
+    s.msleep(td, "kern/kern_exit.py:55", timo=1, chan=lock, wmesg="exithold")
+    s.run_for(0.2)
+    [f] = s.liveness()
+    assert f.summary.startswith(f"never given: thread {td} (napper) of pid 30 (napper) "
+                                f"polls on &proc#{p}.p_lock ('exithold') for its holds to "
+                                f"go (p_lock 0) for "), f.summary
+    assert f.summary.endswith("p_lock 1 (held @ userland/libc.py:163)"), f.summary
+    assert f.sites == ["userland/libc.py:163", "kern/kern_exit.py:55"]
+    assert (f"raised @ userland/libc.py:163 by thread {dbg} (debugger), never lowered"
+            in f.detail), f.detail
+    # the hold released: the next poll ends it; a new exit polls a new while
+    s2 = Server(bound_s=1.0)
+    p2, td2 = s2.proc(31, "napper")
+    s2.kmem.store(p2, "p_lock", 1)
+    for i in range(30):
+        if i == 8:
+            s2.kmem.store(p2, "p_lock", 0)
+        s2.msleep(td2, "kern/kern_exit.py:55", timo=1, chan=field_addr(p2, 5),
+                  wmesg="exithold")
+        s2.run_for(0.05)
+        s2.wakeup_timeout(td2)
+        s2.run_for(0.05)
+    assert s2.liveness() == []
 
 
 def test_a_lost_wakeup_at_the_end_of_a_run_is_reported_whatever_the_bound() -> None:

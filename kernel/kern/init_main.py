@@ -54,7 +54,7 @@ def mutexinit(_: Any) -> None:
     mtx_init(g.sched_lock, "sched lock", None, MTX_SPIN | MTX_RECURSE)
     sx_init(g.allproc_lock, "allproc")
     sx_init(g.proctree_lock, "proctree")
-    kern_proc.proc_table_register(g.allproc)
+    kern_proc.proc_table_register(g.allproc, g.zombproc)
 
 
 SYSINIT("mutexinit", SI_SUB.SI_SUB_LOCK, SI_ORDER.SI_ORDER_FIRST, mutexinit)

@@ -237,12 +237,39 @@ PROC_TABLE_STATUS = [
     ["tdstate", "in", [int(TDS.TDS_INHIBITED), int(TDS.TDS_INACTIVE)], "WAIT"]]
 
 
-def proc_table_register(allproc: int) -> None:
-    """BSP, at boot: the machine may publish the process table (``procs``) from allproc."""
+# What a sleep waits for, by its wait message (the liveness detector's ``waits``): a test
+# over the object whose field its channel is the address of, made true by the one who then
+# wakes it; a sleeper whose test holds past the bound was never woken; a poll whose test
+# never holds waits for what is never given back.
+LIVENESS_WAITS: dict[str, dict[str, Any]] = {
+    # faultin: the swap-in in progress ends, "p->p_sflag &= ~PS_SWAPPINGIN ...
+    # wakeup(&p->p_sflag)"
+    "faultin": {"field": "p_sflag", "clear": int(PS.PS_SWAPPINGIN),
+                "what": "PS_SWAPPINGIN to clear"},
+    # vm_wait: memory back above v_free_min (not vm_page_count_min()), which
+    # vm_page_free_wakeup and the pagedaemon tell by clearing the flag they check
+    "vmwait": {"sum": ["v_free_count", "v_cache_count"], "at_least": "v_free_min",
+               "name": ["vm_pages_needed"], "what": "free pages above v_free_min"},
+    "VMWait": {"sum": ["v_free_count", "v_cache_count"], "at_least": "v_free_min",
+               "name": ["vm_pageout_pages_needed"],
+               "what": "free pages above v_free_min"},
+    # wait1: a child become a zombie (exit1: p_state = PRS_ZOMBIE, wakeup(pp))
+    "wait": {"list": "p_children", "field": "p_state",
+             "equals": int(PRS.PRS_ZOMBIE), "what": "a child to become a zombie"},
+    # exit1 polls until every PHOLD is PRELEd: a hold never released (p_lock counts the
+    # holds: the report names each raise not undone)
+    "exithold": {"field": "p_lock", "equals": 0, "poll": True, "count": True,
+                 "what": "its holds to go (p_lock 0)"},
+}
+
+
+def proc_table_register(allproc: int, zombproc: int) -> None:
+    """BSP, at boot: the machine may publish the process table (``procs``) from allproc,
+    and zombproc after it (a dump's ps shows the zombies too)."""
     md.register("procs", {
-        "list": allproc, "threads": "p_threads",
+        "list": allproc, "also": [zombproc], "threads": "p_threads", "parent": "p_pptr",
         "fields": {"pid": "p_pid", "comm": "p_comm", "state": "p_state", "cpu": "p_oncpu",
-                   "flags": "p_sflag"},
+                   "flags": "p_sflag", "holds": "p_lock"},
         "thread_fields": {"wchan": "td_wmesg", "tdstate": "td_state",
                           "inhibitors": "td_inhibitors"},
         "states": {str(k): v for k, v in PROC_TABLE_STATES.items()},
@@ -259,8 +286,4 @@ def proc_table_register(allproc: int) -> None:
         "inhibitor_bits": {m.name.removeprefix("TDI_"): int(m) for m in TDI},
         "wchan": "td_wchan", "wmesg": "td_wmesg", "name": "td_name",
         "blocked": "td_blocked",
-        # what a sleep waits for, by its wait message: the bits of the field its channel
-        # is the address of, cleared by the one who then wakes it (faultin: the swap-in
-        # in progress ends, "p->p_sflag &= ~PS_SWAPPINGIN ... wakeup(&p->p_sflag)")
-        "waits": {"faultin": {"field": "p_sflag", "mask": int(PS.PS_SWAPPINGIN),
-                              "bits": "PS_SWAPPINGIN"}}})
+        "waits": LIVENESS_WAITS})

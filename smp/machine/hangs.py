@@ -29,10 +29,21 @@ machine seldom gave it such a moment: three looks in two simulated seconds.)
   Either way, also where it went to sleep.
 * **done**: a thread asleep on its queue, with no timeout, longer than the bound, for a
   thing that has happened: the kernel registers, by wait message, what such a sleep
-  waits for (``waits``: the bits of the field its channel is the address of, which it
-  waits to see cleared: faultin's sleep on ``&p->p_sflag`` until ``PS_SWAPPINGIN`` goes),
-  and a sleeper whose bits are clear was never woken: the wakeup was skipped. The report
-  names the field's last store (where the bits went) and where it went to sleep.
+  waits for (``waits``: a test over the object whose field the channel is the address
+  of: bits of a field clear (faultin's sleep on ``&p->p_sflag`` until ``PS_SWAPPINGIN``
+  goes), a field equal to a value, a sum of fields at least another (vm_wait's free
+  pages back above ``v_free_min``), a member of a list with a field equal to a value (a
+  parent's wait: a child become a zombie)), and a sleeper whose test holds was never
+  woken: the wakeup was skipped. One report for a channel, however many sleep on it;
+  it names the last store of the fields the kernel registered as telling (``name``:
+  the flag a waker checks, ``vm_pages_needed``) or of those tested, and where it went to
+  sleep.
+* **never**: a thread that polls (sleeps with a timeout, again and again at one place)
+  for a registered test (``poll``: exit1's wait for its holds to go, ``p_lock`` back to
+  0) that has not held for the bound: whatever it waits for is never given back (a
+  PHOLD without its PRELE). For a field the kernel registered as a count of holds
+  (``count``), the report names every raise not undone since (each PHOLD without its
+  PRELE: site and thread); else the tested field's last store.
 * **swapin**: a process that asked to be swapped in (the swap-in request bit) and is
   still out, while the swapper has been asleep since before the request: the thing it
   waits for has happened and its wakeup was lost. The report names where the swapper
@@ -79,6 +90,26 @@ class _Server(Protocol):
     def finding(self, f: Finding) -> None: ...
 
 
+_TESTS = ({"field", "clear"}, {"field", "equals"}, {"sum", "at_least"},
+          {"list", "field", "equals"})
+
+
+def _test_ok(w: Any) -> bool:
+    """A registered wait's test is one of the four shapes, with names where names go."""
+    if not isinstance(w, dict) or not any(t <= w.keys() for t in _TESTS):
+        return False
+    names = ([w["field"]] if "field" in w else []) + list(w.get("sum", [])) + (
+        [w["at_least"]] if "at_least" in w else []) + list(w.get("name", []))
+    return (all(isinstance(n, str) for n in names)
+            and isinstance(w.get("clear", 0), int) and isinstance(w.get("what", ""), str))
+
+
+def _tested(w: dict[str, Any]) -> list[str]:
+    """The fields whose stores a wait's report may name."""
+    return [str(f) for f in ([w["field"]] if "field" in w else []) + list(w.get("sum", []))
+            + list(w.get("name", []))]
+
+
 class Hangs:
     """The liveness detector of one machine."""
 
@@ -99,6 +130,12 @@ class Hangs:
         self.n = 0                                            # the two's order
         self.field_stored: dict[tuple[int, str], tuple[str, int]] = {}  # a registered
                                                           # wait's (object, field): last store
+        self.polling: dict[int, float] = {}                   # thread -> sleeping with a
+                                                              # timeout at one site since
+        self.counts: set[str] = set()                         # fields that count holds
+        self.values: dict[tuple[int, str], int] = {}          # ... their last value
+        self.raised: dict[tuple[int, str], list[tuple[str, int, str]]] = {}  # ... the
+                                                  # raises not yet undone: site, by, its name
         self.off: dict[int, float] = {}                       # thread -> off its queue at (us),
                                                               # in the current hold of sched_lock
         self.first: dict[tuple[str, int], float] = {}         # (kind, tid|pid) -> first seen
@@ -114,14 +151,15 @@ class Hangs:
         if not isinstance(payload, dict):
             raise TypeError("POLICY liveness: a map")
         waits = payload.get("waits") or {}
-        if not isinstance(waits, dict) or not all(
-                isinstance(w, dict) and isinstance(w.get("mask"), int)
-                and isinstance(w.get("field"), str) for w in waits.values()):
-            raise TypeError("POLICY liveness: waits is a map of wait message to "
-                            "{field, mask, bits}")
+        if not isinstance(waits, dict) or not all(_test_ok(w) for w in waits.values()):
+            raise TypeError("POLICY liveness: waits is a map of wait message to a test: "
+                            "{field, clear}, {field, equals}, {sum, at_least} or {list, "
+                            "field, equals}, with what (the words for it), poll and name "
+                            "(fields whose last store tells) optional")
         self.reg = payload
         self.waits = waits
-        self.wait_fields = {str(w["field"]) for w in waits.values()}
+        self.wait_fields = {f for w in waits.values() for f in _tested(w)}
+        self.counts = {str(w["field"]) for w in waits.values() if w.get("count")}
 
     def now(self) -> float:
         srv = self.srv
@@ -140,8 +178,29 @@ class Hangs:
         for f in self.wait_fields.intersection(fields):
             self.field_stored[(h, f)] = (site, tid)
 
+    def counted(self, tid: int, site: str, h: int, fields: list[str]) -> None:
+        """After a store of ``fields`` of ``h``: a field the kernel registered as a count
+        of holds (``count``: PHOLD's p_lock) keeps who raised it and has not lowered it
+        since (a lowering undoes the same thread's latest raise, or else the latest)."""
+        for f in self.counts.intersection(fields):
+            new = self.srv.kmem.objs.get(h, {}).get(f)
+            if not isinstance(new, int):
+                continue
+            old = self.values.get((h, f), 0)
+            self.values[(h, f)] = new
+            raised = self.raised.setdefault((h, f), [])
+            if new > old:
+                raised.extend([(site, tid, self._tname(tid))] * (new - old))
+            for _ in range(min(old - new, len(raised))):
+                mine = [i for i, (_, by, _) in enumerate(raised) if by == tid]
+                raised.pop(mine[-1] if mine else -1)
+
     def sleep(self, tid: int, site: str, timo: int) -> None:
-        self.slept[tid] = (site, self.now(), timo)
+        now = self.now()
+        before = self.slept.get(tid)
+        if not (timo and before is not None and before[2] and before[0] == site):
+            self.polling[tid] = now             # not the same poll as before
+        self.slept[tid] = (site, now, timo)
 
     def wakeup(self, chan: Hashable, tids: list[int], site: str = "", by: int = 0) -> None:
         """Thread ``by`` woke ``tids`` (taken off their sleep queue on ``chan``) @ ``site``."""
@@ -219,6 +278,10 @@ class Hangs:
         return (f"thread {tid} ({td.get(reg['name'], '')}) of pid {p.get(reg['pid'])} "
                 f"({p.get(reg['comm'], '')})")
 
+    def _tname(self, tid: int) -> str:
+        reg = self.reg or {}
+        return str((self.srv.kmem.objs.get(tid) or {}).get(reg.get("name", ""), "") or "?")
+
     def _inhib(self, v: int) -> str:
         names = [n for n, b in (self.reg or {}).get("inhibitor_bits", {}).items() if v & b]
         return f"{v:#x}" + (f" ({'|'.join(names)})" if names else "")
@@ -246,46 +309,120 @@ class Hangs:
             return [str(w.get("site", ""))], f"waiting for lock {w.get('name')} @ {w.get('site')}"
         return [], "neither asleep nor waiting for a lock (running or runnable)"
 
-    def _waits_for_nothing(self, tid: int, td: dict[str, Any], p: dict[str, Any],
-                           chan: Hashable, wait: dict[str, Any], now: float,
-                           seen: set[tuple[str, int]]) -> None:
-        """A registered wait (the module's **done**): asleep for bits that are clear."""
+    def _test(self, wait: dict[str, Any], h: int) -> tuple[bool, str, list[tuple[int, str]]]:
+        """A registered wait's test over object ``h`` (the channel's): whether it holds,
+        the values it read (as a report shows them), and the (object, field) pairs whose
+        last store a report names."""
+        objs = self.srv.kmem.objs
+        obj = objs.get(h) or {}
+        named = [(h, str(f)) for f in wait.get("name", [])]
+        if "sum" in wait:
+            fields = [str(f) for f in wait["sum"]]
+            total = sum(int(obj.get(f) or 0) for f in fields)
+            floor = int(obj.get(wait["at_least"]) or 0)
+            return (total >= floor, f"{' + '.join(fields)} = {total}, {wait['at_least']} "
+                    f"{floor}", named or [(h, f) for f in fields])
+        field = str(wait["field"])
+        if "list" in wait:
+            decl = self.srv.kmem.types.get(self.srv.kmem.otype.get(h, ""))
+            idx = decl.order.index(wait["list"]) if decl and wait["list"] in decl.order else -1
+            lst = self.srv.kmem.lists.get(field_addr(h, idx)) if idx >= 0 else None
+            members = [m for m in (lst.items() if lst is not None else []) if m in objs]
+            hits = [m for m in members if objs[m].get(field) == wait["equals"]]
+            return (bool(hits), f"{len(hits)} of {len(members)} on {wait['list']} with "
+                    f"{field} {wait['equals']}", named or [(m, field) for m in hits[:1]])
+        value = obj.get(field)
+        if "clear" in wait:
+            met = isinstance(value, int) and not value & int(wait["clear"])
+            shown = f"{field} {value:#x}" if isinstance(value, int) else f"{field} {value}"
+        else:
+            met = value == wait["equals"]
+            shown = f"{field} {value}"
+        return met, shown, named or [(h, field)]
+
+    def _last_store(self, pairs: list[tuple[int, str]]) -> tuple[str, str, int] | None:
+        """The first of ``pairs`` with a store seen: (field, site, thread)."""
+        for h, f in pairs:
+            st = self.field_stored.get((h, f))
+            if st is not None:
+                return f, st[0], st[1]
+        return None
+
+    def _registered_wait(self, tid: int, td: dict[str, Any], p: dict[str, Any],
+                         chan: Hashable, wait: dict[str, Any], now: float,
+                         seen: set[tuple[str, int]]) -> None:
+        """A registered wait: asleep with no timeout for a test that holds (the module's
+        **done**), or polling for one that never does (**never**)."""
         slept = self.slept.get(tid)
-        if not isinstance(chan, int) or slept is None or slept[2]:
-            return                          # a timeout ends it anyway
+        if not isinstance(chan, int) or slept is None:
+            return
         try:
-            h, field, _ = self.srv.kmem.resolve(chan)
+            h, _, _ = self.srv.kmem.resolve(chan)
         except ObjectError:
             return
-        value = self.srv.kmem.objs[h].get(field)
-        if field != wait["field"] or not isinstance(value, int) or value & wait["mask"]:
+        met, shown, pairs = self._test(wait, h)
+        reg = self.reg
+        assert reg is not None
+        what = str(wait.get("what") or "its test")
+        wmesg = td.get(reg["wmesg"], "")
+        if slept[2]:                            # a timeout: only a poll is judged
+            since = self.polling.get(tid, now)
+            if met or not wait.get("poll") or now - since < self.bound_s:
+                return
+            key = ("never", tid)
+            if key in self.reported:
+                return
+            self.reported.add(key)
+            last = self._last_store(pairs)
+            held = [x for pair in pairs for x in self.raised.get(pair, [])]
+            if held:                            # a count: who holds, not the last store
+                cause = held[0][0]
+                why = f" (held @ {', '.join(sorted({site for site, _, _ in held}))})"
+                how = ("; ".join(f"raised @ {site} by thread {by} ({name})"
+                                 for site, by, name in held) + ", never lowered: never released")
+            else:
+                cause = last[1] if last else ""
+                why = f" ({last[0]} last stored @ {last[1]})" if last else ""
+                how = (f"{last[0]} was last stored @ {last[1]} by thread {last[2]}: what "
+                       f"that took is never given back" if last else "no store of it seen")
+            self.srv.finding(Finding(
+                "liveness",
+                f"never given: {self._who(tid, td, p)} polls on {self.chan(chan)} "
+                f"({wmesg!r}) for {what} for {now - since:.1f} s; {shown}{why}",
+                [s for s in [cause, slept[0]] if s],
+                f"{self._who(tid, td, p)} has slept again and again @ {slept[0]} (timeout "
+                f"{slept[2]} ticks) for {now - since:.1f} s, waiting for {what}; it has "
+                f"not come: {shown}; {how}",
+                f"liveness|never|{cause or slept[0]}"))
+            return
+        if not met:
             return
         key = ("done", tid)
         seen.add(key)
         since = self.first.setdefault(key, now)
-        if key in self.reported or now - since < self.bound_s:
+        if now - since < self.bound_s or key in self.reported or ("chan", chan) in self.reported:
             return
         self.reported.add(key)
-        reg = self.reg
-        assert reg is not None
-        bits = wait.get("bits") or f"{wait['mask']:#x}"
-        wmesg = td.get(reg["wmesg"], "")
-        clear = self.field_stored.get((h, field))
-        sites = [s for s in [clear[0] if clear else "", slept[0]] if s]
+        self.reported.add(("chan", chan))       # one report for a channel
+        others = [t for t, c in self.srv.sleepq.sleeping.items() if c == chan and t != tid]
+        last = self._last_store(pairs)
+        sites = [s for s in [last[1] if last else "", slept[0]] if s]
+        also = f" (and {len(others)} more threads)" if others else ""
         self.srv.finding(Finding(
             "liveness",
-            f"lost wakeup: {self._who(tid, td, p)} asleep on {self.chan(chan)} ({wmesg!r}) "
-            f"waits for {bits} to clear, which it is"
-            + (f" ({field} last stored @ {clear[0]})" if clear else "") + ": never woken",
+            f"lost wakeup: {self._who(tid, td, p)}{also} asleep on {self.chan(chan)} "
+            f"({wmesg!r}) waits for {what}, which it is"
+            + (f" ({last[0]} last stored @ {last[1]})" if last else "") + ": never woken",
             sites,
             f"{self._who(tid, td, p)} went to sleep @ {slept[0]} {now - slept[1]:.1f} s ago "
-            f"with no timeout, waiting for {bits} of {self.chan(chan)} to clear; it is "
-            f"{value:#x} and has been for {now - since:.1f} s; "
-            + (f"{field} was last stored @ {clear[0]} by thread {clear[1]}; " if clear
+            f"with no timeout, waiting for {what}; it is so ({shown}) and has been for "
+            f"{now - since:.1f} s; "
+            + (f"{len(others)} more threads sleep on the channel; " if others else "")
+            + (f"{last[0]} was last stored @ {last[1]} by thread {last[2]}; " if last
                else "")
             + f"the channel was woken {self.woken.get(chan, 0)} times in the run: the "
             f"wakeup that should follow is missing",
-            f"liveness|done|{clear[0] if clear else slept[0]}"))
+            f"liveness|done|{last[1] if last else slept[0]}"))
 
     @staticmethod
     def _held_all_along(lk: Any, since_us: float) -> tuple[int, str, str] | None:
@@ -329,7 +466,7 @@ class Hangs:
                         if ("done", tid) in self.first:
                             seen.add(("done", tid))
                         continue
-                    self._waits_for_nothing(tid, td, p, chan, wait, now, seen)
+                    self._registered_wait(tid, td, p, chan, wait, now, seen)
                     continue
                 lkt = srv.locks.threads.get(tid)
                 if (lkt is not None and lkt.waiting is not None) or td.get(reg.get("blocked", "")):

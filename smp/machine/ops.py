@@ -285,14 +285,19 @@ class Operations:
     def store(self, p: Peer, tid: int, site: str, a: list[Any]) -> None:
         self._access(tid, site, a[0], [a[1]], "store")
         self.kmem.store(a[0], a[1], a[2])
-        if self.inflight is not None:
-            self.inflight.stored(tid, site, a[0], [a[1]])
+        self._after_store(tid, site, a[0], [a[1]])
 
     def storen(self, p: Peer, tid: int, site: str, a: list[Any]) -> None:
         self._access(tid, site, a[0], list(a[1]), "store")
         self.kmem.storen(a[0], a[1])
+        self._after_store(tid, site, a[0], list(a[1]))
+
+    def _after_store(self, tid: int, site: str, h: int, fields: list[str]) -> None:
         if self.inflight is not None:
-            self.inflight.stored(tid, site, a[0], list(a[1]))
+            self.inflight.stored(tid, site, h, fields)
+        hangs = self.srv.hangs
+        if hangs is not None and hangs.counts:
+            hangs.counted(tid, site, h, fields)
 
     def loadr(self, p: Peer, tid: int, site: str, a: list[Any]) -> list[Any]:
         """An intended race: not checked under the lock keys."""

@@ -128,7 +128,8 @@ class Publisher:
         if not isinstance(reg, dict):
             return None
         try:
-            handles = kmem.listhead(int(reg["list"])).items()[:most]
+            handles = [h for lst in [reg["list"], *(reg.get("also") or [])]
+                       for h in kmem.listhead(int(lst)).items()][:most]
         except (ObjectError, KeyError, TypeError, ValueError):
             return None
         fields = reg.get("fields") or {}
@@ -142,6 +143,9 @@ class Publisher:
             if obj is None:
                 continue
             row = {role: obj.get(f) for role, f in fields.items()}
+            if reg.get("parent") and "pid" in fields:      # the parent's pid
+                parent = kmem.objs.get(obj.get(reg["parent"]) or 0)
+                row["ppid"] = parent.get(fields["pid"]) if parent else None
             if tfields and reg.get("threads"):
                 decl = decl or kmem.types.get(kmem.otype[h])
                 idx = decl.order.index(reg["threads"]) if decl else -1

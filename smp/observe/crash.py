@@ -15,8 +15,9 @@ In order, each part as FreeBSD prints its own:
    owner is blocked on in turn (a cycle is a deadlock), and the waiting threads, as ddb's
    lock chains (grouped by lock);
 4. ``db> alltrace``: every thread's kernel trace, as ``Tracing tid N``;
-5. ``db> ps``: every process, its state, wait message and flags, and its thread's state and
-   inhibitors (named), under the field names the kernel registered;
+5. ``db> ps``: every process (zombies too), its parent, state, wait message, flags and
+   holds, and its thread's state and inhibitors (named), under the field names the
+   kernel registered;
 6. each CPU's last operations on the machine (the server keeps 32 a CPU), with the value
    each load or call was answered with: how the CPUs got here, for a race;
 7. the panicking thread's full Python trace, simulator frames included.
@@ -180,28 +181,31 @@ def _named(v: Any, names: dict[str, str]) -> str:
 
 
 def show_ps(procs: list[dict[str, Any]] | None, policy: dict[str, Any]) -> list[str]:
-    """``db> ps``: every process on the list the kernel registered for its table (smp
-    top's): pid, the CPU it is on or last ran on, its state as top shows it, its wait
-    message, its flags, its first thread's state and inhibitors (named), the command
-    (``<comm>``: swapped out). The columns are titled with the kernel's field names."""
+    """``db> ps``: every process on the lists the kernel registered for its table (smp
+    top's; the zombies too): pid, its parent's, the CPU it is on or last ran on, its state
+    as top shows it, its wait message, its flags, its hold count, its first thread's state
+    and inhibitors (named), the command (``<comm>``: swapped out). The columns are titled
+    with the kernel's field names."""
     if procs is None:
         return ["(no process table: the kernel published none)"]
     reg = policy.get("procs") or {}
     bits = (policy.get("liveness") or {}).get("inhibitor_bits") or {}
     tds = reg.get("thread_states") or {}
     field = {**(reg.get("fields") or {}), **(reg.get("thread_fields") or {})}
-    lines = [f"  pid  cpu  state    {field.get('wchan', 'wchan'):<9} "
-             f"{field.get('flags', 'flags'):<7}  "
+    lines = [f"  pid  ppid  cpu  state    {field.get('wchan', 'wchan'):<9} "
+             f"{field.get('flags', 'flags'):<7}  {field.get('holds', 'holds'):<6} "
              f"{field.get('tdstate', 'state'):<13} {field.get('inhibitors', 'inhibitors'):<20} "
              f"comm"]
     for p in sorted(procs, key=lambda p: int(p.get("pid") or 0)):
         cpu = p.get("cpu")
         comm = str(p.get("comm") or "?")
         sflag = p.get("flags")
-        lines.append(f"{p.get('pid', '?'):>5}  "
+        ppid = p.get("ppid")
+        lines.append(f"{p.get('pid', '?'):>5}  {'-' if ppid is None else ppid:>4}  "
                      f"{'-' if not isinstance(cpu, int) or cpu < 0 else cpu:>3}  "
                      f"{str(p.get('state') or '-'):<8} {str(p.get('wchan') or '-'):<9} "
-                     f"{_bits(sflag, {}):<7}  {_named(p.get('tdstate'), tds):<13} "
+                     f"{_bits(sflag, {}):<7}  {_named(p.get('holds'), {}):<6} "
+                     f"{_named(p.get('tdstate'), tds):<13} "
                      f"{_bits(p.get('inhibitors'), bits):<20} "
                      + (f"<{comm}>" if p.get("swapped") else comm))
     return lines
