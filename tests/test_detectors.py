@@ -178,6 +178,22 @@ def test_a_two_thread_deadlock_panics_naming_every_edge(m: Machine) -> None:
     assert len(e.value.cycle) == 2
 
 
+def test_a_deadlock_names_each_holder() -> None:
+    m = Machine()
+    m.locks.thread_name = {1: "debugger", 2: "syscaller"}.get      # the server's names
+    a, b = m.lock("lock A"), m.lock("lock B")
+    m.take(1, a, "t1.py:1")
+    m.take(2, b, "t2.py:1")
+    m.take(1, b, "t1.py:2")
+    with pytest.raises(Deadlock) as e:
+        m.take(2, a, "t2.py:2")
+    assert str(e.value) == (
+        'deadlock: thread 2 (syscaller) waits for sleep mutex "lock A" (asked @ t2.py:2), '
+        'held by thread 1 (debugger) (taken @ t1.py:1); thread 1 (debugger) waits for '
+        'sleep mutex "lock B" (asked @ t1.py:2), held by thread 2 (syscaller) (taken @ '
+        't2.py:1)'), str(e.value)
+
+
 def test_a_reversal_that_deadlocks_at_once_is_reported_before_the_deadlock(m: Machine) -> None:
     """The order is checked when a thread must wait, not only at the grant: the first
     reversal of the static order Giant -> process lock deadlocks before anyone is granted

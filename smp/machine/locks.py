@@ -129,6 +129,7 @@ class LockTable:
         # what "now" is, in us: host time, or in virtual time the simulated time of the
         # request being handled (the server sets it: hw/clock.py)
         self.clock: Callable[[], float] = _now_us
+        self.thread_name: Callable[[int], str] = lambda tid: ""     # for reports
         self.locks: dict[int, Lock] = {}
         self.spins: dict[int, Lock] = {}           # the spin mutexes among them (a few)
         self.names: dict[int, str] = {}            # every lock ever initialised: its name
@@ -434,8 +435,12 @@ class LockTable:
 
         cycle = find_deadlock(tid, waiting_for, owners)
         if cycle:
-            lines = [f"thread {t} waits for {lk.cls} \"{lk.name}\" (asked @ {ws}), held by "
-                     f"the next (taken @ {os_})" for t, lk, ws, os_ in cycle]
+            def who(t: int) -> str:
+                name = self.thread_name(t)
+                return f"thread {t}" + (f" ({name})" if name else "")
+            lines = [f"{who(t)} waits for {lk.cls} \"{lk.name}\" (asked @ {ws}), held by "
+                     f"{who(cycle[(i + 1) % len(cycle)][0])} (taken @ {os_})"
+                     for i, (t, lk, ws, os_) in enumerate(cycle)]
             raise Deadlock("deadlock: " + "; ".join(lines), cycle)
 
     def spin_held_too_long(self, bound_us: float, cpu: int | None = None,

@@ -190,6 +190,7 @@ class Server:
         self.sock: zmq.Socket[Any] | None = None
         # the parts (module docstring)
         self.seq = Sequencer(self, ts)
+        self.locks.thread_name = self.seq.thread_name     # reports name threads
         self.live = Liveness(self, float(det["spin_max_s"]), float(det["watchdog_s"]),
                              replay=ts.replay is not None)
         self.publisher = Publisher(self, pub_endpoint, stats_interval)
