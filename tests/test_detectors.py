@@ -143,8 +143,11 @@ def test_sleeping_with_a_mutex_held_warns_and_with_sched_lock_alone_does_not(m: 
     m.locks.release(1, 0, "s.py:4", sched, EXCL)    # (the switch would hand it on)
     m.take(4, other, "s.py:5")
     m.take(4, sched, "s.py:6")
-    m.sleepq.sleep(4, 0, "s.py:7", "chan2", 0)
-    assert m.summaries() == ['sleeping with "held mutex" locked']
+    m.sleepq.sleep(4, 0, "s.py:7", "chan2", 0, "libc.py:77")   # msleep called there
+    assert m.summaries() == ['sleeping with "held mutex" locked @ libc.py:77']
+    f = m.findings[0]
+    assert f.sites == ["s.py:5", "s.py:7", "libc.py:77"]
+    assert f.detail.endswith("sleep @ s.py:7 (thread 4, msleep called @ libc.py:77)")
 
 
 def test_sleeping_with_a_spin_mutex_other_than_sched_lock_panics(m: Machine) -> None:

@@ -479,7 +479,8 @@ class Operations:
         self.locks.handoff(tid, p.cpu, a[0], a[1])
 
     def sleep(self, p: Peer, tid: int, site: str, a: list[Any]) -> None:
-        self.srv.send_grants(self.sleepq.sleep(tid, p.cpu, site, _chan(a[0]), a[1]))
+        self.srv.send_grants(self.sleepq.sleep(tid, p.cpu, site, _chan(a[0]), a[1],
+                                               str(a[3]) if len(a) > 3 and a[3] else ""))
         if self.srv.hangs is not None:      # a[2], a[3]: the timeout (ticks), the caller
             self.srv.hangs.sleep(tid, str(a[3]) if len(a) > 3 and a[3] else site,
                                  int(a[2]) if len(a) > 2 else 0)

@@ -54,9 +54,10 @@ class SleepQueues:
         raise LockError(f"{what} @ {site} without the {name} held")
 
     def sleep(self, tid: int, cpu: int, site: str, chan: Hashable,
-              interlock: int) -> list[Grant]:
+              interlock: int, caller: str = "") -> list[Grant]:
         """msleep: queue ``tid`` on ``chan`` and release ``interlock`` (0: none); returns
-        the grants that release makes."""
+        the grants that release makes. ``caller``: the site that called msleep, for
+        reports."""
         lt = self.locks
         t = lt.thread(tid, cpu)
         self._require_sched_lock("msleep", t, site)
@@ -73,7 +74,7 @@ class SleepQueues:
             lt.witness.sleeping([(lt.locks[a], s) for a, _, s in t.held
                                  if a in lt.locks
                                  and lt.locks[a].name != self.sched_lock_name],
-                                site)
+                                site, tid, caller)
         self.channels.setdefault(chan, collections.deque()).append((tid, cpu))
         self.sleeping[tid] = chan
         self.sleeps += 1

@@ -145,14 +145,20 @@ class Witness:
                 self.edges[old.name][new.name] = (old_site, new_site)
                 self.paths.clear()
 
-    def sleeping(self, held: list[tuple[Any, str]], site: str) -> None:
-        """A thread goes to sleep (msleep) still holding ``held`` (its interlock and Giant
-        are already dropped; sched_lock is the sleep queue's own)."""
+    def sleeping(self, held: list[tuple[Any, str]], site: str, tid: int = 0,
+                 caller: str = "") -> None:
+        """Thread ``tid`` goes to sleep (msleep @ ``site``, called @ ``caller``) still
+        holding ``held`` (its interlock and Giant are already dropped; sched_lock is the
+        sleep queue's own)."""
         for lk, lsite in held:
             if lk.kind == LK_SLEEP and lk.name not in self.exempt:
                 self._once(("sleeping", lk.name, site), Finding(
-                    "witness", f"sleeping with \"{lk.name}\" locked", [lsite, site],
-                    f"sleeping with \"{lk.name}\" locked from {lsite}, sleep @ {site}"))
+                    "witness", f"sleeping with \"{lk.name}\" locked"
+                    + (f" @ {caller}" if caller else ""),
+                    [lsite, site] + ([caller] if caller else []),
+                    f"sleeping with \"{lk.name}\" locked from {lsite}, sleep @ {site}"
+                    + (f" (thread {tid}" + (f", msleep called @ {caller})" if caller
+                                            else ")") if tid else "")))
 
     def _once(self, key: Any, f: Finding) -> None:
         if key not in self.reported:
