@@ -165,3 +165,24 @@ def test_a_trace_whose_end_is_missing_is_not_taken_for_whole(tmp_path: pathlib.P
     assert _whole_trace(str(path)) and json.loads(path.read_text())["traceEvents"]
     path.write_bytes(path.read_bytes()[:-5])
     assert not _whole_trace(str(path)) and not _whole_trace(str(tmp_path / "none.json"))
+
+
+def test_a_finding_is_a_mark_where_it_was_found(tmp_path: pathlib.Path) -> None:
+    """A lock order reversal (or any detector's finding) is marked on the timeline at the
+    request that found it, on that CPU, with its detector and summary."""
+    srv, req, path = _machine(tmp_path)
+    req(b"A", Op.DEFTYPE, "thing", [["t_mtx", "lock", "", None]], posted=True)
+    req(b"A", Op.NEW, "thing", {}, tid=1)
+    req(b"A", Op.NEW, "thing", {}, tid=1)
+    a, b = field_addr(1, 0), field_addr(2, 0)
+    req(b"A", Op.LOCK_INIT, a, LK_SLEEP, "sleep mutex", "lock A", 0, posted=True)
+    req(b"A", Op.LOCK_INIT, b, LK_SLEEP, "sleep mutex", "lock B", 0, posted=True)
+    req(b"A", Op.ACQUIRE, a, EXCL, 0, tid=2, t=1_000)
+    req(b"A", Op.ACQUIRE, b, EXCL, 0, tid=2, t=2_000)                 # A -> B
+    req(b"A", Op.RELEASE, b, EXCL, tid=2, t=3_000, posted=True)
+    req(b"A", Op.RELEASE, a, EXCL, tid=2, t=4_000, posted=True)
+    req(b"B", Op.ACQUIRE, b, EXCL, 0, tid=3, t=5_000)
+    req(b"B", Op.ACQUIRE, a, EXCL, 0, tid=3, t=6_000)                 # B -> A: reversed
+    marks = [(m["name"], m["pid"], m["ts"]) for m in _events(srv, path) if m["ph"] == "i"]
+    assert marks == [("[witness] lock order reversal: lock B -> lock A (established: lock A "
+                      "-> lock B): 1st @ t.py:1, 2nd @ t.py:1", 1, 6.0)], marks

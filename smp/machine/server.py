@@ -128,6 +128,7 @@ class Server:
         self.endpoint = endpoint
         self.ncpus = ncpus
         self.cur_t = 0                  # the simulated time of the request being handled
+        self.cur_cpu = -1               # ... and its CPU
         self.reply_t = 0                # what its reply says happened when (0: nothing)
         # the devices: physical memory, the swap device, kernel memory
         self.mem = PhysMem(memory)
@@ -248,6 +249,9 @@ class Server:
                     if isinstance(d.get(k), str):
                         d[k] = annotate(d[k], sources)
             self.findings.append(d)
+            if self.seq.tracer is not None:      # smp trace: a mark where it was found
+                self.seq.tracer.instant(self.cur_cpu, f"[{d['detector']}] {d['summary']}",
+                                        self.cur_t or None)
 
     # -- the session -------------------------------------------------------------------
     def _hello(self, ident: bytes, seq: int, args: list[Any]) -> None:
@@ -422,7 +426,7 @@ class Server:
                 return                                   # of it still gets its answer)
             in_order = ordered(peer, op, args)
             seen = self.seq.request(peer.cpu, op, site, tid, t, args) if in_order else None
-            self.cur_t, self.reply_t = t, 0
+            self.cur_t, self.reply_t, self.cur_cpu = t, 0, peer.cpu
             value = self.optable.call(peer, op, tid, site, args)
             if seen is not None and seq:
                 seen[6] = (value,)                   # what a dump shows a call answered
