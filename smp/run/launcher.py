@@ -48,6 +48,7 @@ from smp.machine.cpuproc import START_TIMEOUT, cpu_main
 from smp.machine.files import write_error
 from smp.machine.proc_util import describe_exit
 from smp.run.remote import ListenSpec
+from smp.run.replay import kernel_sources
 from smp.run.rundir import (RunDirError, config_header, make_socket_dir, prepare_run_dir,
                             remove_stale_socket_dirs, write_config)
 from smp.observe.live import LIVE_JSON, launcher_started, write_live
@@ -281,7 +282,8 @@ def run_machine(cfg: Config, run_dir: str | None = None,
         record_path=record_path,
         record_header={"format": record.FORMAT, "protocol": VERSION.decode(),
                        "smp": __version__, "config_hash": record.config_hash(flat),
-                       "config": flat, "seed": seed},
+                       "config": flat, "seed": seed,
+                       "sources": kernel_sources() if record_path else {}},
         replay=Replay(replay, until) if replay is not None else None,
         trace_path=os.path.abspath(trace) if trace else None)
     cpu_reads = ({c: replay.cpu_reads(c) for c in range(ncpus)}

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import tempfile
 from typing import Any, Callable
 
@@ -94,6 +95,34 @@ def prepare(run_dir: str) -> Prepared:
     return Prepared(rec, cfg.with_values({"run.record": False}), cpath)
 
 
+def kernel_sources() -> dict[str, str]:
+    """Every source file of the kernel (relative to ``kernel/``) and its SHA-256's first
+    12 hex digits, as a record's header keeps them: a replay can say before it starts
+    that the kernel changed since the recording (a divergence will follow where it
+    matters)."""
+    import hashlib
+    root = os.path.realpath(os.path.join(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))), "kernel"))           # smp/kernel, an install's too
+    out: dict[str, str] = {}
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(("_", ".")))
+        for name in sorted(files):
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                with open(path, "rb") as f:
+                    digest = hashlib.sha256(f.read()).hexdigest()[:12]
+                out[os.path.relpath(path, root).replace(os.sep, "/")] = digest
+    return out
+
+
+def source_changes(recorded: dict[str, str] | None, now: dict[str, str]) -> list[str]:
+    """The kernel's files that differ from the recording's (changed, new, gone), or []
+    (also for a record that kept none)."""
+    if not recorded:
+        return []
+    return sorted(f for f in set(recorded) | set(now) if recorded.get(f) != now.get(f))
+
+
 def _config_diff(recorded: dict[str, Any], now: dict[str, Any]) -> str:
     keys = sorted(k for k in set(recorded) | set(now)
                   if k not in record.NEUTRAL_KEYS
@@ -101,6 +130,16 @@ def _config_diff(recorded: dict[str, Any], now: dict[str, Any]) -> str:
                                                                              default=str))
     return ", ".join(f"{k}: recorded {recorded.get(k)!r}, now {now.get(k)!r}"
                      for k in keys[:3])
+
+
+def _say_source_changes(rec: record.Record, log: Callable[[str], None] | None) -> None:
+    changed = source_changes(rec.header.get("sources"), kernel_sources())
+    if changed:
+        shown = ", ".join(changed[:4]) + (f" and {len(changed) - 4} more"
+                                           if len(changed) > 4 else "")
+        (log or (lambda line: print(line, file=sys.stderr, flush=True)))(
+            f"the kernel changed since the recording ({shown}): the replay will diverge "
+            f"where the change matters")
 
 
 def replay(run_dir: str, out_dir: str | None, until: int = 0,
@@ -114,6 +153,7 @@ def replay(run_dir: str, out_dir: str | None, until: int = 0,
         raise ReplayError(f"--run-dir {out_dir}: is the run being replayed; give another "
                           f"directory (the default is {os.path.join(run_dir, 'replay')})")
     out = out_dir or _fresh(os.path.join(run_dir, "replay"))
+    _say_source_changes(prep.record, log)
     result = run_machine(prep.config, out, log=log, replay=prep.record, until=until,
                          force=force)
     rep = result.report
@@ -157,6 +197,7 @@ def trace(run_dir: str, out_path: str | None = None, until: int = 0,
             pass
     except OSError as e:
         raise ReplayError(f"{path}: cannot write the trace: {e.strerror}") from None
+    _say_source_changes(prep.record, log)
     with tempfile.TemporaryDirectory(prefix="smp-trace-") as tmp:
         result = run_machine(prep.config, os.path.join(tmp, "replay"), log=log,
                              replay=prep.record, until=until, trace=path)
