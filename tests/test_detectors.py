@@ -181,6 +181,25 @@ def test_a_two_thread_deadlock_panics_naming_every_edge(m: Machine) -> None:
     assert len(e.value.cycle) == 2
 
 
+def test_each_held_lock_says_the_operation_it_was_taken_at(m: Machine) -> None:
+    """``show alllocks`` says when each lock was taken (smp replay --until goes there):
+    a recursed lock's first acquire, forgotten once let go."""
+    op = iter(range(100, 200))
+    m.locks.ops = lambda: next(op)
+    giant, sx = m.lock("Giant", flags=LF_RECURSE), m.lock("allproc", LC_SX)
+    m.take(1, giant, "a.py:1")                        # operation 100
+    m.take(1, giant, "a.py:2")                        # recursed: still taken at 100
+    m.take(1, sx, "a.py:3", SHARED)                   # 101
+    assert [(h["lock"], h["op"]) for h in m.locks.held_by(1)] == [
+        ("Giant", 100), ("allproc", 101)]
+    m.locks.release(1, 0, "a.py:4", sx, SHARED)
+    m.locks.release(1, 0, "a.py:5", giant, EXCL)      # the recursion let go: still held
+    assert [(h["lock"], h["op"]) for h in m.locks.held_by(1)] == [("Giant", 100)]
+    m.locks.release(1, 0, "a.py:6", giant, EXCL)
+    m.take(1, giant, "a.py:7")
+    assert [(h["lock"], h["op"]) for h in m.locks.held_by(1)] == [("Giant", 102)]
+
+
 def test_a_deadlock_names_each_holder() -> None:
     m = Machine()
     m.locks.thread_name = {1: "debugger", 2: "syscaller"}.get      # the server's names

@@ -512,3 +512,11 @@ def test_witness_svg_and_png_come_from_graphviz_when_it_is_installed(
     assert all(os.path.exists(p) for p in paths)
     assert log.read_text().splitlines() == [f"-Tsvg {src} -o {paths[0]}",
                                             f"-Tpng {src} -o {paths[1]}"]
+
+
+def test_a_held_lock_says_the_operation_it_was_taken_at() -> None:
+    from smp.observe.crash import lock_line
+    assert lock_line(dict(GIANT, op=4400)) == (
+        "exclusive sleep mutex Giant r = 1 (0x10400) locked @ kern/kern_synch.py:56 "
+        "(operation 4400)")
+    assert lock_line(GIANT).endswith("locked @ kern/kern_synch.py:56")   # none known

@@ -114,6 +114,8 @@ class ThreadLocks:
     held: list[tuple[int, int, str]] = dataclasses.field(default_factory=list)  # (lock, mode, site)
     waiting: tuple[int, int, str] | None = None
     wait_since: dict[int, float] = dataclasses.field(default_factory=dict)  # lock -> us
+    taken: dict[tuple[int, int], int] = dataclasses.field(default_factory=dict)  # (lock,
+    #   mode) -> the machine's operation it was first taken at, while held (--until)
 
 
 Grant = tuple[int, int, int, bool]    # (cpu, tid, lock, owned): owned = GRANT, else WAKE
@@ -130,6 +132,7 @@ class LockTable:
         # request being handled (the server sets it: hw/clock.py)
         self.clock: Callable[[], float] = _now_us
         self.thread_name: Callable[[int], str] = lambda tid: ""     # for reports
+        self.ops: Callable[[], int] = lambda: 0     # the machine's operation count
         self.locks: dict[int, Lock] = {}
         self.spins: dict[int, Lock] = {}           # the spin mutexes among them (a few)
         self.names: dict[int, str] = {}            # every lock ever initialised: its name
@@ -199,6 +202,7 @@ class LockTable:
         lk.since_us = now
         lk.site = site
         t.held.append((lk.handle, mode, site))
+        t.taken.setdefault((lk.handle, mode), self.ops())
         self.profile.obtained(lk.name, lk.cls, t.cpu, site, waited_us)
 
     def _drop(self, lk: Lock, tid: int, t: ThreadLocks, mode: int) -> None:
@@ -208,6 +212,8 @@ class LockTable:
                 break
         else:
             site = lk.site
+        if not any(a == lk.handle and m == mode for a, m, _ in t.held):
+            t.taken.pop((lk.handle, mode), None)
         self.profile.released(lk.name, site, self.clock() - lk.since_us, bool(lk.waiters))
 
     # -- acquire, release, hand-off --------------------------------------------------
@@ -477,7 +483,8 @@ class LockTable:
         t = self.threads.get(tid)
         if t is None:
             return []
-        return [self._lock_ref(tid, h, m, s) for h, m, s in t.held]
+        return [dict(self._lock_ref(tid, h, m, s), op=t.taken.get((h, m), 0))
+                for h, m, s in t.held]
 
     def waiting_for(self, tid: int) -> dict[str, Any] | None:
         t = self.threads.get(tid)

@@ -78,12 +78,14 @@ def thread_title(t: dict[str, Any]) -> str:
 
 def lock_line(h: dict[str, Any]) -> str:
     """One lock as ``witness_list_lock()`` prints it: ``%s %s %s r = %d (%p) locked @
-    %s:%d`` (exclusive/shared, class, name, recursion, address, file:line)."""
+    %s:%d`` (exclusive/shared, class, name, recursion, address, file:line), and the
+    machine's operation it was taken at (``smp replay --until`` goes there)."""
     mode = "shared" if h.get("mode") == "shared" else "exclusive"
     cls = f" {h['class']}" if h.get("class") else ""
     addr = f" ({h['addr']:#x})" if isinstance(h.get("addr"), int) else ""
+    op = f" (operation {h['op']})" if h.get("op") else ""
     return (f"{mode}{cls} {h.get('lock')} r = {int(h.get('recurse') or 0)}{addr} "
-            f"locked @ {h.get('site')}")
+            f"locked @ {h.get('site')}{op}")
 
 
 def show_alllocks(threads: list[dict[str, Any]]) -> list[str]:

@@ -298,7 +298,8 @@ def write_dump(out: str, report: dict[str, Any], until: int) -> str:
     for t in report.get("threads", []):
         lines.append(f"  cpu {t.get('cpu')} thread {t.get('tid')} {t.get('name')!r}")
         for h in t.get("held", []):
-            lines.append(f"      holds {h['lock']} ({h['mode']}) taken @ {h['site']}")
+            lines.append(f"      holds {h['lock']} ({h['mode']}) taken @ {h['site']}"
+                         + (f" (operation {h['op']})" if h.get("op") else ""))
         w = t.get("waiting")
         if w:
             lines.append(f"      waits for {w['lock']} ({w['mode']}) asked @ {w['site']}")
