@@ -119,7 +119,7 @@ class Op(enum.IntEnum):
     RELEASE = 63       # (lock, mode)                           posted
     HANDOFF = 64       # (lock, to_tid)                         posted: spin lock passes to a thread
     SLEEP = 65         # (chan, interlock[, timo, caller])      posted: queue and drop interlock
-    WAKEUP = 66        # (chan, one)                            -> [tid...] taken off the channel
+    WAKEUP = 66        # (chan, one[, caller])                  -> [tid...] taken off the channel
     UNSLEEP = 67       # (chan, tid)                            -> bool: tid was still asleep
     IPI = 68           # (cpu, kind, args)                      posted: routed to that CPU
     RELINQUISH = 69    # (lock)                                 posted: give a lock's line back

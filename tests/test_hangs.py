@@ -553,3 +553,18 @@ def test_an_sx_waiter_asleep_on_the_lock_and_a_busy_swapper_are_silent() -> None
     # (thread b waited for a lock one owner held all along: that is starvation, apart)
     assert [f.summary for f in s.liveness() if not f.summary.startswith("lock starv")] == []
     assert end["slow_swapin_s"] >= 1.0 and end["slow_swapin_of"] == "pid 21 (hog)"
+
+
+def test_the_end_says_who_last_woke_each_live_thread() -> None:
+    """For a dump: each thread alive at the end, who last took it off a sleep queue
+    (where, by whom, at which operation of the machine)."""
+    s = Server(bound_s=5.0)
+    s.seq = type("Seq", (), {"ops": 4400})()                 # the server's sequencer
+    _, td = s.proc(7, "sleeper")
+    s.msleep(td, "userland/libc.py:40")
+    s.locks.acquire(9, 0, "kern_synch.py:10", s.sched, EXCL, 0)
+    s.hangs.wakeup(s.chan, s.sleepq.wakeup(9, 0, "kern_synch.py:11", s.chan, False),
+                   "kern/kern_exit.py:103", 9)
+    s.locks.release(9, 0, "kern_synch.py:13", s.sched, EXCL)
+    assert s.hangs.at_end()["woken"] == {
+        str(td): {"site": "kern/kern_exit.py:103", "by": 9, "op": 4400, "how": "woken"}}

@@ -514,6 +514,16 @@ def test_witness_svg_and_png_come_from_graphviz_when_it_is_installed(
                                             f"-Tpng {src} -o {paths[1]}"]
 
 
+def test_a_threads_trace_says_who_last_woke_it() -> None:
+    from smp.observe.crash import alltrace
+    lines = alltrace([{"tid": 422, "name": "napper", "cpu": 1, "stack": SLEEP_STACK[:2]}],
+                     {"422": {"site": "kern/kern_exit.py:103", "by": 306, "op": 4400}})
+    assert lines[0] == "Tracing tid 422 (napper) on cpu 1:"
+    assert lines[-1] == "(last woken @ kern/kern_exit.py:103 by thread 306, operation 4400)"
+    assert alltrace([{"tid": 9, "name": "x", "cpu": 0, "stack": []}], {}) == [
+        "Tracing tid 9 (x) on cpu 0:", "(no kernel frames)"]
+
+
 def test_a_held_lock_says_the_operation_it_was_taken_at() -> None:
     from smp.observe.crash import lock_line
     assert lock_line(dict(GIANT, op=4400)) == (

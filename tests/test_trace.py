@@ -72,7 +72,7 @@ def test_a_spin_lock_handed_to_a_waiter_ends_its_wait_and_begins_its_hold(
     req(b"B", Op.ACQUIRE, lock, EXCL, 0, tid=5, t=2_000)          # queued: spins
     req(b"A", Op.RELEASE, lock, EXCL, tid=1, t=9_000, posted=True)   # handed to 5
     req(b"A", Op.SLEEP, "chan", 0, tid=2, t=10_000, posted=True)
-    req(b"B", Op.WAKEUP, "chan", False, tid=5, t=12_000)
+    req(b"B", Op.WAKEUP, "chan", False, "vm/vm_page.py:333", tid=5, t=12_000)
     stats = srv.publisher.report()["schedule"]["trace"]
     evs = _events(srv, path)
     assert stats["path"] == str(path) and stats["events"] > 0 and stats["dropped"] == 0
@@ -89,6 +89,9 @@ def test_a_spin_lock_handed_to_a_waiter_ends_its_wait_and_begins_its_hold(
     assert [(e["pid"], e["ts"], e["dur"]) for e in asleep] == [(0, 10.0, 2.0)]
     flow = sorted((e["ph"], e["pid"]) for e in evs if e.get("cat") == "wakeup")
     assert flow == [("f", 0), ("s", 1)]                     # from the waker to the sleeper
+    [start] = [e for e in evs if e.get("cat") == "wakeup" and e["ph"] == "s"]
+    assert start["args"] == {"channel": "'chan'", "woken": "thread 2", "by": "thread 5",
+                             "site": "vm/vm_page.py:333"}, start    # who called wakeup
     ran = {(e["pid"], e["name"]) for e in evs if e["ph"] == "X" and e["tid"] == 1}
     assert {(0, "thread 1"), (0, "thread 2"), (1, "thread 5")} <= ran
 

@@ -63,9 +63,10 @@ _WAIT_HELPERS = frozenset({"vm_wait", "vm_page_sleep_busy", "_transfer_wait", "s
 
 
 def _sleeper_site() -> str:
-    """PORT: where the thread went to sleep, for the liveness detector's reports: the
-    innermost kernel frame outside this file (the caller of msleep or tsleep) and outside
-    the helpers that only wait for their caller (``vm_wait`` names who waits for memory)."""
+    """PORT: where the thread went to sleep or woke others, for the reports: the
+    innermost kernel frame outside this file (the caller of msleep, tsleep or wakeup) and
+    outside the helpers that only wait for their caller (``vm_wait`` names who waits for
+    memory)."""
     stack = md.kernel_stack(limit=10)
     for frame in reversed(stack):
         where, _, func = frame.partition(" ")
@@ -137,7 +138,7 @@ def endtsleep(lt: Any) -> None:
 def _wakeup(ident: int, one: bool) -> int:
     G = _G()
     mtx_lock_spin(G.sched_lock)
-    tids = sleepq_wakeup(ident, one)
+    tids = sleepq_wakeup(ident, one, _sleeper_site())
     for tid in tids:
         td = struct_thread.at(tid)
         td.td_wchan = 0

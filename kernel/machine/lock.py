@@ -81,9 +81,10 @@ def sleepq_add(chan: Any, interlock: int, timo: int = 0, caller: str = "") -> No
     pcpu_hw().post(Op.SLEEP, site(), chan, interlock, timo, caller)
 
 
-def sleepq_wakeup(chan: Any, one: bool) -> list[int]:
-    """Take every sleeper (or the first) off ``chan``; returns their thread ids."""
-    return pcpu_hw().call(Op.WAKEUP, site(), chan, one)  # type: ignore[no-any-return]
+def sleepq_wakeup(chan: Any, one: bool, caller: str = "") -> list[int]:
+    """Take every sleeper (or the first) off ``chan``; returns their thread ids. For the
+    reports: ``caller``, the site that called wakeup."""
+    return pcpu_hw().call(Op.WAKEUP, site(), chan, one, caller)  # type: ignore[no-any-return]
 
 
 def sleepq_remove(chan: Any, tid: int) -> bool:

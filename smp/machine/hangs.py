@@ -125,8 +125,8 @@ class Hangs:
         self.woken: dict[Hashable, int] = {}                  # chan -> wakeups that took some
         self.stored: dict[int, tuple[str, int, int]] = {}     # thread -> last inhibitors
                                                               # store: site, by, when (n)
-        self.dequeued: dict[int, tuple[str, int, int]] = {}   # thread -> taken off its sleep
-                                                              # queue: site, by, when (n)
+        self.dequeued: dict[int, tuple[str, int, int, int, str]] = {}  # thread -> taken
+                            # off its sleep queue: site, by, when (n), operation, how
         self.n = 0                                            # the two's order
         self.field_stored: dict[tuple[int, str], tuple[str, int]] = {}  # a registered
                                                           # wait's (object, field): last store
@@ -160,6 +160,11 @@ class Hangs:
         self.waits = waits
         self.wait_fields = {f for w in waits.values() for f in _tested(w)}
         self.counts = {str(w["field"]) for w in waits.values() if w.get("count")}
+
+    def _op(self) -> int:
+        """The machine's operation being handled (0 where there is no sequencer)."""
+        seq = getattr(self.srv, "seq", None)
+        return int(seq.ops) if seq is not None else 0
 
     def now(self) -> float:
         srv = self.srv
@@ -210,14 +215,14 @@ class Hangs:
             for tid in tids:
                 self.off[tid] = now_us
                 self.n += 1
-                self.dequeued[tid] = (site, by, self.n)
+                self.dequeued[tid] = (site, by, self.n, self._op(), "woken")
 
     def unslept(self, tid: int, site: str = "", by: int = 0) -> None:
         """``tid`` was taken off its sleep queue without a wakeup (a timeout), by thread
         ``by`` @ ``site``."""
         self.off[tid] = self.srv.locks.clock()
         self.n += 1
-        self.dequeued[tid] = (site, by, self.n)
+        self.dequeued[tid] = (site, by, self.n, self._op(), "timed out")
 
     # -- the looks -----------------------------------------------------------------------
     def _halfway(self) -> set[int] | None:
@@ -494,8 +499,9 @@ class Hangs:
                     cause, head = deq[0], (f"; taken off its sleep queue @ {deq[0]} and "
                                            f"left so")
                     how = (f"it was taken off its sleep queue @ {deq[0]} by thread "
-                           f"{deq[1]}, which left it inhibited as sleeping ({stored}, "
-                           f"before that)")
+                           f"{deq[1]}" + (f" (operation {deq[3]})" if deq[3] else "")
+                           + f", which left it inhibited as sleeping ({stored}, before "
+                           f"that)")
                 else:
                     cause = last[0] if last else ""
                     head = f"; inhibitors last stored @ {last[0]}" if last else ""
@@ -579,7 +585,9 @@ class Hangs:
     def at_end(self) -> dict[str, Any]:
         """The end of the run: a lost thread is a finding whatever the bound (but for
         those a CPU stopped inside a sleep or a wakeup may have left half way); every
-        thread still asleep with no timeout is listed."""
+        thread still asleep with no timeout is listed; and, for each thread alive, who
+        last took it off a sleep queue (``woken``: where, by whom, at which operation),
+        for a dump's trace of it."""
         if self.reg is None:
             return {"checks": self.checks, "asleep": []}
         now = self.now()
@@ -598,7 +606,10 @@ class Hangs:
             asleep.append({"thread": name, "wmesg": wmesg, "channel": self.chan(chan),
                            "site": site, "asleep_s": round(now - when, 3),
                            "channel_woken": self.woken.get(chan, 0)})
+        woken = {str(tid): {"site": d[0], "by": d[1], "op": d[3], "how": d[4]}
+                 for tid in sorted(who) if (d := self.dequeued.get(tid)) is not None}
         return {"checks": self.checks, "bound_s": self.bound_s, "asleep": asleep,
+                "woken": woken,
                 "slow_swapin_s": round(self.slow_swapin, 3),
                 "slow_swapin_of": self.slow_swapin_of,
                 "contended": {n: {"wait_s": round(w, 3), "site": site}

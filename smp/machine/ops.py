@@ -488,8 +488,9 @@ class Operations:
     def wakeup(self, p: Peer, tid: int, site: str, a: list[Any]) -> list[int]:
         chan = _chan(a[0])
         tids = self.sleepq.wakeup(tid, p.cpu, site, chan, a[1])
-        if self.srv.hangs is not None:
-            self.srv.hangs.wakeup(chan, tids, site, tid)
+        if self.srv.hangs is not None:      # a[2]: the site that called wakeup
+            self.srv.hangs.wakeup(chan, tids, str(a[2]) if len(a) > 2 and a[2] else site,
+                                  tid)
         return tids
 
     def unsleep(self, p: Peer, tid: int, site: str, a: list[Any]) -> bool:

@@ -137,8 +137,9 @@ class Tracer:
             if len(args) > 1 and args[1]:              # msleep's interlock, released
                 self._released(cpu, tid, args[1], us)
         elif op == Op.WAKEUP and isinstance(value, list):
-            for woken in value:
-                self._woken(cpu, tid, woken, us)
+            for woken in value:          # args[2]: the site that called wakeup
+                self._woken(cpu, tid, woken, us,
+                            by=str(args[2]) if len(args) > 2 and args[2] else site)
         elif op == Op.UNSLEEP and value:
             self._woken(cpu, tid, args[1] if len(args) > 1 else tid, us, flow=False)
 
@@ -197,7 +198,8 @@ class Tracer:
             self._async("b", self.thread_cpu.get(tid, cpu), f"hold {self._name(lock)}",
                         lock, tid, us)
 
-    def _woken(self, cpu: int, waker: int, woken: int, us: float, flow: bool = True) -> None:
+    def _woken(self, cpu: int, waker: int, woken: int, us: float, flow: bool = True,
+               by: str = "") -> None:
         s = self.asleep.pop(woken, None)
         if s is None:
             return
@@ -207,7 +209,9 @@ class Tracer:
         if flow:
             self.flows += 1
             common = {"name": "wakeup", "cat": "wakeup", "id": self.flows}
-            self._emit({"ph": "s", "pid": cpu, "tid": THREADS, "ts": us, **common})
+            self._emit({"ph": "s", "pid": cpu, "tid": THREADS, "ts": us, **common,
+                        "args": {"channel": self.channel(chan), "woken": self._thread(woken),
+                                 "by": self._thread(waker), "site": by}})
             self._emit({"ph": "f", "bp": "e", "pid": scpu, "tid": SLEEPING, "ts": us,
                         **common})
 

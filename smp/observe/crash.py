@@ -162,12 +162,22 @@ def show_allchains(threads: list[dict[str, Any]]) -> list[str]:
     return lines or ["(no thread is blocked on a lock)"]
 
 
-def alltrace(threads: list[dict[str, Any]]) -> list[str]:
+def alltrace(threads: list[dict[str, Any]],
+             woken: dict[str, dict[str, Any]] | None = None) -> list[str]:
+    """``db> alltrace``: every thread's kernel trace; and, where the liveness detector
+    knows it (``woken``), who last took the thread off a sleep queue: where, by whom, at
+    which operation (a thread run when it should not have been was made runnable
+    there)."""
     lines = []
     for t in threads:
         lines.append(f"Tracing tid {t.get('tid')} ({t.get('name') or '?'}) on cpu "
                      f"{t.get('cpu')}:")
         lines += backtrace(t.get("stack") or []) or ["(no kernel frames)"]
+        w = (woken or {}).get(str(t.get("tid")))
+        if w:
+            lines.append(f"(last {w.get('how') or 'woken'} @ {w.get('site')} by thread "
+                         f"{w.get('by')}" + (f", operation {w['op']}" if w.get("op") else "")
+                         + ")")
     return lines
 
 
@@ -258,7 +268,8 @@ def crash_text(report: dict[str, Any]) -> str:
     lines.append(f"[ thread {who} on cpu {p.get('cpu')}{site}{source} ]")
     lines += ["", "db> show alllocks", *show_alllocks(threads)]
     lines += ["", "db> show allchains", *show_allchains(threads)]
-    lines += ["", "db> alltrace", *alltrace(threads)]
+    lines += ["", "db> alltrace",
+              *alltrace(threads, (report.get("liveness") or {}).get("woken"))]
     lines += how_they_got_here(report)
     # the sites of a port name their C line too (what the kernel registered)
     lines = annotate_all(lines, (report.get("policy") or {}).get("sources"))
