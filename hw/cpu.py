@@ -134,7 +134,6 @@ class Context:
         return [line.rstrip("\n") for line in shown.format()]
 
 
-
 class Cpu:
     """The hardware of one CPU process."""
 

@@ -95,3 +95,21 @@ def test_a_lost_wakeup_made_by_swapout_is_f2_and_one_made_elsewhere_is_new() -> 
     assert classify({"findings": [f]})[0].known == "F2"
     f["sites"] = ["kern/kern_synch.py:120", "userland/libc.py:40"]
     assert classify({"findings": [f]})[0].known is None
+
+
+def test_a_detectors_panic_is_one_failure_even_with_its_c_lines_named() -> None:
+    """A deadlock panics the machine and is a finding too: the same report, once, also
+    when the finding's sites were annotated with their C lines and the panic's not."""
+    from smp.observe.summary import detector_findings
+    msg = ('deadlock: thread 2 waits for sleep mutex "Giant" (asked @ vm/vm_glue.py:600), '
+           'held by thread 1 (taken @ kern/kern_exit.py:47)')
+    sources = {"vm/vm_glue.py": ["vm_glue.c", list(range(1, 900))]}
+    report = {"panic": {"message": msg, "detector": "deadlock", "site": "vm/vm_glue.py:600",
+                        "op": 77},
+              "findings": [{"detector": "deadlock", "summary": msg.replace(
+                  "vm/vm_glue.py:600", "vm/vm_glue.py:600 (vm_glue.c:600)"), "op": 77},
+                  {"detector": "witness", "summary": "lock order reversal: a -> b"}],
+              "policy": {"sources": sources}}
+    fails = classify(report, [])
+    assert [(f.detector, f.op) for f in fails] == [("deadlock", 77), ("witness", None)]
+    assert [f.detector for f in detector_findings(report)] == ["witness"]

@@ -13,6 +13,7 @@ import pytest
 
 from smp.hw.protocol import EXCL, LK_RW, LK_SLEEP, LK_SPIN, SHARED, field_addr
 from smp.kernel.kern.kern_proc import LIVENESS_WAITS
+from smp.kernel.vm.vm_page import VM_WAITS
 from smp.machine.hangs import CHECK_S, Hangs
 from smp.machine.locks import LockTable
 from smp.machine.objects import ObjectStore
@@ -64,7 +65,8 @@ class Server:
             "swapinreq": SWAPINREQ, "swapper_pid": 0, "inhibitors": "td_inhibitors",
             "sleeping": SLEEPING, "inhibitor_bits": {"SLEEPING": SLEEPING, "SWAPPED": SWAPPED},
             "wchan": "td_wchan", "wmesg": "td_wmesg", "name": "td_name",
-            "waits": LIVENESS_WAITS})                  # the kernel's own
+            "waits": LIVENESS_WAITS})                  # the kernel's own, and
+        self.hangs.add_waits(VM_WAITS)                  # vm's
 
     def finding(self, f: Finding) -> None:
         self.findings.append(f)
@@ -178,15 +180,16 @@ def test_a_wakeup_that_leaves_the_sleeping_bit_is_named_not_the_store_before_it(
     s.hangs.store(3, "vm/vm_glue.py:812", td, ["td_inhibitors"])
     s.locks.acquire(99, 0, "kern_synch.py:10", s.sched, EXCL, 0)
     tids = s.sleepq.wakeup(99, 0, "kern_synch.py:11", s.chan, False)
-    s.hangs.wakeup(s.chan, tids, "kern/kern_synch.py:140", 99)     # ... and no store
+    s.hangs.wakeup(s.chan, tids, "kern/kern_synch.py:140", 99,     # ... and no store
+                   "vm/vm_glue.py:501")                          # (wakeup's caller)
     s.locks.release(99, 0, "kern_synch.py:13", s.sched, EXCL)
     s.run_for(1.5)
     [f] = s.liveness()
     assert f.summary.endswith("on no sleep queue; taken off its sleep queue @ "
                               "kern/kern_synch.py:140 and left so"), f.summary
     assert f.sites == ["kern/kern_synch.py:140", "userland/libc.py:40"]
-    assert ("taken off its sleep queue @ kern/kern_synch.py:140 by thread 99, which left it "
-            "inhibited as sleeping (its inhibitors were last stored @ vm/vm_glue.py:812 by "
+    assert ("taken off its sleep queue @ kern/kern_synch.py:140 (wakeup called @ "
+            "vm/vm_glue.py:501) by thread 99, which left it inhibited as sleeping (its inhibitors were last stored @ vm/vm_glue.py:812 by "
             "thread 3, before that)") in f.detail
     from smp.observe.findings import classify
     [failure] = classify({"findings": [{"detector": f.detector, "summary": f.summary,
@@ -568,3 +571,39 @@ def test_the_end_says_who_last_woke_each_live_thread() -> None:
     s.locks.release(9, 0, "kern_synch.py:13", s.sched, EXCL)
     assert s.hangs.at_end()["woken"] == {
         str(td): {"site": "kern/kern_exit.py:103", "by": 9, "op": 4400, "how": "woken"}}
+
+
+def test_a_registered_wait_judges_only_its_own_channel_and_bad_tests_are_refused() -> None:
+    """vmwait's test is about &cnt.v_free_count: the same wait message on another
+    channel is not judged by it (a sum of missing fields would read 0 >= 0)."""
+    s = Server(bound_s=1.0)
+    cnt = s.kmem.new("vmmeter", {"v_free_count": 50, "v_free_min": 40})
+    _, td = s.proc(20, "hog")
+    s.msleep(td, "vm/vm_page.py:461", chan=field_addr(cnt, 3), wmesg="vmwait")  # not its
+    s.run_for(3.0)
+    assert s.liveness() == []
+    for bad in [{"sum": "v_free_count", "at_least": "v_free_min"},     # not a list
+                {"field": "p_lock"},                                   # no test
+                {"field": "p_lock", "equals": 0, "name": "p_lock"},    # name not a list
+                {"list": "p_children", "field": 3, "equals": 2}]:      # field not a name
+        with pytest.raises(TypeError):
+            s.hangs.add_waits({"x": bad})
+
+
+def test_what_freed_threads_and_objects_leave_behind_is_forgotten() -> None:
+    """A long run forks and reaps without end: the detector keeps only the live ones."""
+    s = Server(bound_s=5.0)
+    for i in range(50):
+        p, td = s.proc(100 + i, "short")
+        s.msleep(td, "userland/libc.py:40", timo=1)
+        s.wakeup(99)
+        s.hangs.store(td, "x.py:1", p, ["p_lock"])
+        s.kmem.listhead(s.allproc).remove(p)
+        s.kmem.free(td)
+        s.kmem.free(p)
+    _, alive = s.proc(7, "alive")
+    s.msleep(alive, "userland/libc.py:40")
+    assert len(s.hangs.slept) == 51 and len(s.hangs.field_stored) == 50
+    s.hangs.prune()
+    assert list(s.hangs.slept) == [alive] and list(s.hangs.dequeued) == []
+    assert s.hangs.field_stored == {} and list(s.hangs.polling) == [alive]

@@ -520,8 +520,10 @@ def test_a_threads_trace_says_who_last_woke_it() -> None:
                      {"422": {"site": "kern/kern_exit.py:103", "by": 306, "op": 4400}})
     assert lines[0] == "Tracing tid 422 (napper) on cpu 1:"
     assert lines[-1] == "(last woken @ kern/kern_exit.py:103 by thread 306, operation 4400)"
-    assert alltrace([{"tid": 9, "name": "x", "cpu": 0, "stack": []}], {}) == [
-        "Tracing tid 9 (x) on cpu 0:", "(no kernel frames)"]
+    assert alltrace([{"tid": 9, "name": "x", "cpu": 0, "stack": []}], {"9": {
+        "site": "kern/kern_synch.py:131", "by": 5, "op": 8, "how": "timed out"}}) == [
+        "Tracing tid 9 (x) on cpu 0:", "(no kernel frames)",
+        "(last timed out @ kern/kern_synch.py:131, operation 8)"]     # nobody's doing
 
 
 def test_a_held_lock_says_the_operation_it_was_taken_at() -> None:

@@ -240,25 +240,20 @@ PROC_TABLE_STATUS = [
 # What a sleep waits for, by its wait message (the liveness detector's ``waits``): a test
 # over the object whose field its channel is the address of, made true by the one who then
 # wakes it; a sleeper whose test holds past the bound was never woken; a poll whose test
-# never holds waits for what is never given back.
+# never holds waits for what is never given back. (vm_page.py registers vm_wait's.)
 LIVENESS_WAITS: dict[str, dict[str, Any]] = {
     # faultin: the swap-in in progress ends, "p->p_sflag &= ~PS_SWAPPINGIN ...
     # wakeup(&p->p_sflag)"
-    "faultin": {"field": "p_sflag", "clear": int(PS.PS_SWAPPINGIN),
+    "faultin": {"chan": "p_sflag", "field": "p_sflag", "clear": int(PS.PS_SWAPPINGIN),
                 "what": "PS_SWAPPINGIN to clear"},
-    # vm_wait: memory back above v_free_min (not vm_page_count_min()), which
-    # vm_page_free_wakeup and the pagedaemon tell by clearing the flag they check
-    "vmwait": {"sum": ["v_free_count", "v_cache_count"], "at_least": "v_free_min",
-               "name": ["vm_pages_needed"], "what": "free pages above v_free_min"},
-    "VMWait": {"sum": ["v_free_count", "v_cache_count"], "at_least": "v_free_min",
-               "name": ["vm_pageout_pages_needed"],
-               "what": "free pages above v_free_min"},
-    # wait1: a child become a zombie (exit1: p_state = PRS_ZOMBIE, wakeup(pp))
+    # wait1: a child become a zombie (exit1: p_state = PRS_ZOMBIE, wakeup(pp)); any
+    # child, as wait1(-1) waits (a wait1 for one pid would need the pid in the test)
     "wait": {"list": "p_children", "field": "p_state",
              "equals": int(PRS.PRS_ZOMBIE), "what": "a child to become a zombie"},
     # exit1 polls until every PHOLD is PRELEd: a hold never released (p_lock counts the
     # holds: the report names each raise not undone)
-    "exithold": {"field": "p_lock", "equals": 0, "poll": True, "count": True,
+    "exithold": {"chan": "p_lock", "field": "p_lock", "equals": 0, "poll": True,
+                 "count": True,
                  "what": "its holds to go (p_lock 0)"},
 }
 

@@ -143,6 +143,26 @@ def vm_pageout_free_page_calc(count: int) -> None:
 
 SYSINIT("vm_mem", SI_SUB.SI_SUB_VM, SI_ORDER.SI_ORDER_FIRST, vm_page_startup)
 
+# vm_wait's sleeps, for the liveness detector (kern_proc.py's LIVENESS_WAITS says how):
+# memory back above v_free_min (not vm_page_count_min()), which vm_page_free_wakeup and
+# the pagedaemon tell by clearing the flag they check, then waking the sleepers
+VM_WAITS: dict[str, dict[str, Any]] = {
+    "vmwait": {"chan": "v_free_count", "sum": ["v_free_count", "v_cache_count"],
+               "at_least": "v_free_min", "name": ["vm_pages_needed"],
+               "what": "free pages above v_free_min"},
+    "VMWait": {"chan": "vm_pageout_pages_needed", "sum": ["v_free_count", "v_cache_count"],
+               "at_least": "v_free_min", "name": ["vm_pageout_pages_needed"],
+               "what": "free pages above v_free_min"},
+}
+
+
+def vm_waits_register(_: Any) -> None:
+    """BSP, at boot: vm_wait's sleeps, as the liveness detector's waits."""
+    md.register("waits", VM_WAITS)
+
+
+SYSINIT("vm_waits", SI_SUB.SI_SUB_VM, SI_ORDER.SI_ORDER_ANY, vm_waits_register)
+
 
 # -- the counters' predicates (vm/vm_page.h inlines) ---------------------------------------
 def _free_and_cache() -> tuple[int, ...]:

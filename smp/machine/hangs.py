@@ -76,6 +76,7 @@ from smp.machine.sleepq import SleepQueues
 from smp.machine.witness import Finding
 
 CHECK_S = 0.1           # simulated seconds between two looks
+PRUNE_EVERY = 100       # looks between two prunings of what freed objects left behind
 
 
 class _Server(Protocol):
@@ -95,11 +96,14 @@ _TESTS = ({"field", "clear"}, {"field", "equals"}, {"sum", "at_least"},
 
 
 def _test_ok(w: Any) -> bool:
-    """A registered wait's test is one of the four shapes, with names where names go."""
+    """A registered wait's test is one of the four shapes, with names where names go
+    (``chan``, if given: the field its channel must be the address of)."""
     if not isinstance(w, dict) or not any(t <= w.keys() for t in _TESTS):
         return False
-    names = ([w["field"]] if "field" in w else []) + list(w.get("sum", [])) + (
-        [w["at_least"]] if "at_least" in w else []) + list(w.get("name", []))
+    if not all(isinstance(w.get(k, []), list) for k in ("sum", "name")):
+        return False
+    names = [w[k] for k in ("field", "at_least", "list", "chan") if k in w] + list(
+        w.get("sum", [])) + list(w.get("name", []))
     return (all(isinstance(n, str) for n in names)
             and isinstance(w.get("clear", 0), int) and isinstance(w.get("what", ""), str))
 
@@ -125,8 +129,8 @@ class Hangs:
         self.woken: dict[Hashable, int] = {}                  # chan -> wakeups that took some
         self.stored: dict[int, tuple[str, int, int]] = {}     # thread -> last inhibitors
                                                               # store: site, by, when (n)
-        self.dequeued: dict[int, tuple[str, int, int, int, str]] = {}  # thread -> taken
-                            # off its sleep queue: site, by, when (n), operation, how
+        self.dequeued: dict[int, tuple[str, int, int, int, str, str]] = {}  # thread ->
+                # taken off its sleep queue: site, by, when (n), operation, how, caller
         self.n = 0                                            # the two's order
         self.field_stored: dict[tuple[int, str], tuple[str, int]] = {}  # a registered
                                                           # wait's (object, field): last store
@@ -150,16 +154,21 @@ class Hangs:
     def policy(self, payload: Any) -> None:
         if not isinstance(payload, dict):
             raise TypeError("POLICY liveness: a map")
-        waits = payload.get("waits") or {}
-        if not isinstance(waits, dict) or not all(_test_ok(w) for w in waits.values()):
-            raise TypeError("POLICY liveness: waits is a map of wait message to a test: "
-                            "{field, clear}, {field, equals}, {sum, at_least} or {list, "
-                            "field, equals}, with what (the words for it), poll and name "
-                            "(fields whose last store tells) optional")
+        self.add_waits(payload.get("waits") or {})
         self.reg = payload
-        self.waits = waits
-        self.wait_fields = {f for w in waits.values() for f in _tested(w)}
-        self.counts = {str(w["field"]) for w in waits.values() if w.get("count")}
+
+    def add_waits(self, waits: Any) -> None:
+        """What sleeps wait for, by wait message (``POLICY waits``, or the liveness
+        registration's ``waits``): each subsystem registers its own."""
+        if not isinstance(waits, dict) or not all(_test_ok(w) for w in waits.values()):
+            raise TypeError("POLICY waits: a map of wait message to a test: {field, "
+                            "clear}, {field, equals}, {sum, at_least} or {list, field, "
+                            "equals}, with chan (the channel's field), what (the words "
+                            "for it), poll, count and name (fields whose last store "
+                            "tells) optional")
+        self.waits = {**self.waits, **waits}
+        self.wait_fields = {f for w in self.waits.values() for f in _tested(w)}
+        self.counts = {str(w["field"]) for w in self.waits.values() if w.get("count")}
 
     def _op(self) -> int:
         """The machine's operation being handled (0 where there is no sequencer)."""
@@ -207,22 +216,24 @@ class Hangs:
             self.polling[tid] = now             # not the same poll as before
         self.slept[tid] = (site, now, timo)
 
-    def wakeup(self, chan: Hashable, tids: list[int], site: str = "", by: int = 0) -> None:
-        """Thread ``by`` woke ``tids`` (taken off their sleep queue on ``chan``) @ ``site``."""
+    def wakeup(self, chan: Hashable, tids: list[int], site: str = "", by: int = 0,
+               caller: str = "") -> None:
+        """Thread ``by`` woke ``tids`` (taken off their sleep queue on ``chan``) @ ``site``,
+        in a wakeup called @ ``caller``."""
         if tids:
             self.woken[chan] = self.woken.get(chan, 0) + 1
             now_us = self.srv.locks.clock()         # the lock table's time: see _halfway
             for tid in tids:
                 self.off[tid] = now_us
                 self.n += 1
-                self.dequeued[tid] = (site, by, self.n, self._op(), "woken")
+                self.dequeued[tid] = (site, by, self.n, self._op(), "woken", caller)
 
     def unslept(self, tid: int, site: str = "", by: int = 0) -> None:
         """``tid`` was taken off its sleep queue without a wakeup (a timeout), by thread
         ``by`` @ ``site``."""
         self.off[tid] = self.srv.locks.clock()
         self.n += 1
-        self.dequeued[tid] = (site, by, self.n, self._op(), "timed out")
+        self.dequeued[tid] = (site, by, self.n, self._op(), "timed out", "")
 
     # -- the looks -----------------------------------------------------------------------
     def _halfway(self) -> set[int] | None:
@@ -252,6 +263,19 @@ class Hangs:
         self.next_check = now + CHECK_S
         self.checks += 1
         self.look(now, final=False, skip=skip)
+        if self.checks % PRUNE_EVERY == 0:
+            self.prune()
+
+    def prune(self) -> None:
+        """Forget the threads and objects the kernel has freed (handles are never used
+        again): what the detector keeps stays the size of the live machine."""
+        live = self.srv.kmem.objs
+        for d in (self.slept, self.stored, self.dequeued, self.polling, self.off):
+            for tid in [t for t in d if t not in live]:
+                del d[tid]
+        for pairs in (self.field_stored, self.values, self.raised):
+            for key in [k for k in pairs if k[0] not in live]:
+                del pairs[key]
 
     def _procs(self) -> list[tuple[int, dict[str, Any], list[tuple[int, dict[str, Any]]]]]:
         kmem, reg = self.srv.kmem, self.reg
@@ -362,10 +386,15 @@ class Hangs:
         if not isinstance(chan, int) or slept is None:
             return
         try:
-            h, _, _ = self.srv.kmem.resolve(chan)
+            h, field, _ = self.srv.kmem.resolve(chan)
         except ObjectError:
             return
-        met, shown, pairs = self._test(wait, h)
+        if "chan" in wait and field != wait["chan"]:
+            return                          # the message used on another channel
+        try:
+            met, shown, pairs = self._test(wait, h)
+        except (TypeError, ValueError):
+            return                          # fields that hold no numbers: no judgement
         reg = self.reg
         assert reg is not None
         what = str(wait.get("what") or "its test")
@@ -498,8 +527,10 @@ class Hangs:
                     # cleared, by whoever took it off (not put back by a stale store)
                     cause, head = deq[0], (f"; taken off its sleep queue @ {deq[0]} and "
                                            f"left so")
-                    how = (f"it was taken off its sleep queue @ {deq[0]} by thread "
-                           f"{deq[1]}" + (f" (operation {deq[3]})" if deq[3] else "")
+                    how = (f"it was taken off its sleep queue @ {deq[0]}"
+                           + (f" (wakeup called @ {deq[5]})" if deq[5] else "")
+                           + f" by thread {deq[1]}"
+                           + (f" (operation {deq[3]})" if deq[3] else "")
                            + f", which left it inhibited as sleeping ({stored}, before "
                            f"that)")
                 else:
@@ -606,7 +637,7 @@ class Hangs:
             asleep.append({"thread": name, "wmesg": wmesg, "channel": self.chan(chan),
                            "site": site, "asleep_s": round(now - when, 3),
                            "channel_woken": self.woken.get(chan, 0)})
-        woken = {str(tid): {"site": d[0], "by": d[1], "op": d[3], "how": d[4]}
+        woken = {str(tid): {"site": d[5] or d[0], "by": d[1], "op": d[3], "how": d[4]}
                  for tid in sorted(who) if (d := self.dequeued.get(tid)) is not None}
         return {"checks": self.checks, "bound_s": self.bound_s, "asleep": asleep,
                 "woken": woken,

@@ -386,8 +386,6 @@ class LockTable:
             t = self.thread(w.tid, w.cpu)
             t.waiting = None
             since = t.wait_since.pop(lk.handle, None)
-            if self.witness is not None:              # a spin waiter is granted here
-                self.witness.checkorder(lk, w.site, self._held(t), False, False)
             self._take(lk, w.tid, t, w.mode, w.site,
                        max(self.clock() - since, 0.001) if since is not None else 0.0)
             grants.append((w.cpu, w.tid, lk.handle, True))
@@ -420,7 +418,11 @@ class LockTable:
         else:
             raise LockError(f"handoff: {lk.name} not on thread {tid}'s held list")
         lk.owner = to_tid
-        self.thread(to_tid, cpu).held.append(entry)
+        to = self.thread(to_tid, cpu)
+        to.held.append(entry)
+        op = t.taken.pop((h, entry[1]), 0)             # when it was taken goes with it
+        if op:
+            to.taken.setdefault((h, entry[1]), op)
 
     # -- deadlock ----------------------------------------------------------------------
     def _check_deadlock(self, tid: int) -> None:

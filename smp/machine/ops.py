@@ -269,9 +269,8 @@ class Operations:
             self.srv.hangs.store(tid, site, h, fields)
 
     def _stored(self, tid: int, site: str, h: int, field: str, value: Any) -> Any:
-        """After an atomic store or read-modify-write: the in-flight check; ``value``."""
-        if self.inflight is not None:
-            self.inflight.stored(tid, site, h, [field])
+        """After an atomic store or read-modify-write: what follows a store; ``value``."""
+        self._after_store(tid, site, h, [field])
         return value
 
     def load(self, p: Peer, tid: int, site: str, a: list[Any]) -> Any:
@@ -293,6 +292,7 @@ class Operations:
         self._after_store(tid, site, a[0], list(a[1]))
 
     def _after_store(self, tid: int, site: str, h: int, fields: list[str]) -> None:
+        """After any store: the in-flight check, and the hold counts' ledger."""
         if self.inflight is not None:
             self.inflight.stored(tid, site, h, fields)
         hangs = self.srv.hangs
@@ -306,8 +306,7 @@ class Operations:
     def storer(self, p: Peer, tid: int, site: str, a: list[Any]) -> None:
         """An intended race: not checked under the lock keys."""
         self.kmem.storen(a[0], a[1])
-        if self.inflight is not None:
-            self.inflight.stored(tid, site, a[0], list(a[1]))
+        self._after_store(tid, site, a[0], list(a[1]))
 
     def add(self, p: Peer, tid: int, site: str, a: list[Any]) -> int:
         """atomic_fetchadd: atomic, so not checked under the lock keys."""
@@ -372,6 +371,12 @@ class Operations:
                 raise Rejected("args", "POLICY liveness: a map")
             if srv.hangs is not None:
                 srv.hangs.policy(payload)
+        elif kind == "waits":
+            if srv.hangs is not None:
+                try:
+                    srv.hangs.add_waits(payload)
+                except TypeError as e:
+                    raise Rejected("args", str(e)) from None
         elif kind == "inflight":
             if not isinstance(payload, dict):
                 raise Rejected("args", "POLICY inflight: a map")
@@ -489,8 +494,8 @@ class Operations:
         chan = _chan(a[0])
         tids = self.sleepq.wakeup(tid, p.cpu, site, chan, a[1])
         if self.srv.hangs is not None:      # a[2]: the site that called wakeup
-            self.srv.hangs.wakeup(chan, tids, str(a[2]) if len(a) > 2 and a[2] else site,
-                                  tid)
+            self.srv.hangs.wakeup(chan, tids, site, tid,
+                                  str(a[2]) if len(a) > 2 and a[2] else "")
         return tids
 
     def unsleep(self, p: Peer, tid: int, site: str, a: list[Any]) -> bool:

@@ -152,7 +152,7 @@ class Witness:
         sleep queue's own)."""
         for lk, lsite in held:
             if lk.kind == LK_SLEEP and lk.name not in self.exempt:
-                self._once(("sleeping", lk.name, site), Finding(
+                self._once(("sleeping", lk.name, site, caller), Finding(
                     "witness", f"sleeping with \"{lk.name}\" locked"
                     + (f" @ {caller}" if caller else ""),
                     [lsite, site] + ([caller] if caller else []),

@@ -175,10 +175,17 @@ def alltrace(threads: list[dict[str, Any]],
         lines += backtrace(t.get("stack") or []) or ["(no kernel frames)"]
         w = (woken or {}).get(str(t.get("tid")))
         if w:
-            lines.append(f"(last {w.get('how') or 'woken'} @ {w.get('site')} by thread "
-                         f"{w.get('by')}" + (f", operation {w['op']}" if w.get("op") else "")
-                         + ")")
+            lines.append(woken_line(w))
     return lines
+
+
+def woken_line(w: dict[str, Any]) -> str:
+    """``(last woken @ site by thread T, operation N)``, or ``(last timed out @ site,
+    operation N)``: the thread the timeout's callout ran on is nobody's doing."""
+    how = w.get("how") or "woken"
+    by = f" by thread {w.get('by')}" if how == "woken" else ""
+    op = f", operation {w['op']}" if w.get("op") else ""
+    return f"(last {how} @ {w.get('site')}{by}{op})"
 
 
 def _bits(v: Any, names: dict[str, int]) -> str:
@@ -280,5 +287,5 @@ def crash_text(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["crash_text", "backtrace", "how_they_got_here", "kernel_frames", "show_alllocks",
-           "lock_line", "recent_lines", "show_ps"]
+__all__ = ["crash_text", "backtrace", "woken_line", "how_they_got_here", "kernel_frames",
+           "show_alllocks", "lock_line", "recent_lines", "show_ps"]

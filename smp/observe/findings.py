@@ -21,6 +21,8 @@ import re
 import tomllib
 from typing import Any
 
+from smp.machine.sites import annotate
+
 
 @dataclasses.dataclass(frozen=True)
 class KnownFinding:
@@ -155,21 +157,22 @@ def classify(report: dict[str, Any], known: list[KnownFinding] | None = None) ->
     known = load_known() if known is None else known
     out: list[Failure] = []
     panic = report.get("panic")
-    said = ("", "")                   # a detector's panic: its finding is the same report
-    if panic:
+    said: set[tuple[str, str]] = set()    # a detector's panic: its finding is the same
+    if panic:                             # report (whose sites name their C lines too)
         detector = panic.get("detector") or "panic"
         msg = str(panic.get("message", ""))
         sites = tuple(s for s in [panic.get("site")] if s)
         op = panic.get("op")
         out.append(Failure(detector, msg, sites, _match(known, detector, msg, sites),
                            op if isinstance(op, int) and op > 0 else None))
-        said = (detector, msg)
+        said = {(detector, msg),
+                (detector, annotate(msg, (report.get("policy") or {}).get("sources")))}
     for line in grouped(report.get("invariants") or []):
         out.append(Failure("invariant", line, (), _match(known, "invariant", line)))
     for f in report.get("findings") or []:
         det = str(f.get("detector", "?"))
         summary = str(f.get("summary", ""))
-        if (det, summary) == said:
+        if (det, summary) in said:
             continue
         sites = tuple(f.get("sites") or ())
         op = f.get("op")

@@ -35,7 +35,7 @@ from typing import Any, Callable
 from smp.hw import record
 from smp.hw.protocol import VERSION
 from smp.machine.sites import annotate_all
-from smp.observe.crash import backtrace, how_they_got_here
+from smp.observe.crash import backtrace, how_they_got_here, woken_line
 from smp.run.config import Config, ConfigError, load_config
 
 RECORD_FILE = "schedule.smpr"
@@ -307,9 +307,7 @@ def write_dump(out: str, report: dict[str, Any], until: int) -> str:
             lines.append(f"      {fr}")
         w = ((report.get("liveness") or {}).get("woken") or {}).get(str(t.get("tid")))
         if w:
-            lines.append(f"      (last {w.get('how') or 'woken'} @ {w.get('site')} by "
-                         f"thread {w.get('by')}"
-                         + (f", operation {w['op']}" if w.get("op") else "") + ")")
+            lines.append(f"      {woken_line(w)}")
     lines += how_they_got_here(report, "; an earlier --until shows what came before")
     lines = annotate_all(lines, (report.get("policy") or {}).get("sources"))
     path = os.path.join(out, "dump.txt")
