@@ -54,6 +54,18 @@ def _machine(tmp_path: pathlib.Path) -> tuple[Server, Any, pathlib.Path]:
     return srv, req, path
 
 
+def _two_locks(req: Any, first: tuple[int, str, str], second: tuple[int, str, str]
+               ) -> tuple[int, int]:
+    """Two lock objects made by cpu 0, each a (kind, class, name) lock: their addresses."""
+    req(b"A", Op.DEFTYPE, "thing", [["t_mtx", "lock", "", None]], posted=True)
+    req(b"A", Op.NEW, "thing", {}, tid=1)
+    req(b"A", Op.NEW, "thing", {}, tid=1)
+    a, b = field_addr(1, 0), field_addr(2, 0)
+    req(b"A", Op.LOCK_INIT, a, *first, 0, posted=True)
+    req(b"A", Op.LOCK_INIT, b, *second, 0, posted=True)
+    return a, b
+
+
 def _events(srv: Server, path: pathlib.Path) -> list[dict[str, Any]]:
     srv.seq.close({})
     doc = json.loads(path.read_text())
@@ -102,12 +114,8 @@ def test_what_never_ends_is_on_the_timeline_and_msleep_lets_its_interlock_go(
     so the hung thread was the one thing the timeline left out. And msleep releases its
     interlock (the server does, in SLEEP): the hold went on to the end of the trace."""
     srv, req, path = _machine(tmp_path)
-    req(b"A", Op.DEFTYPE, "thing", [["t_mtx", "lock", "", None]], posted=True)
-    req(b"A", Op.NEW, "thing", {}, tid=1)
-    req(b"A", Op.NEW, "thing", {}, tid=1)
-    mtx, spin = field_addr(1, 0), field_addr(2, 0)
-    req(b"A", Op.LOCK_INIT, mtx, LK_SLEEP, "sleep mutex", "proc lock", 0, posted=True)
-    req(b"A", Op.LOCK_INIT, spin, LK_SPIN, "spin mutex", "sched lock", 0, posted=True)
+    mtx, spin = _two_locks(req, (LK_SLEEP, "sleep mutex", "proc lock"),
+                           (LK_SPIN, "spin mutex", "sched lock"))
     req(b"A", Op.ACQUIRE, mtx, EXCL, 0, tid=2, t=1_000)
     req(b"A", Op.SLEEP, "chan", mtx, tid=2, t=3_000, posted=True)      # for ever
     req(b"B", Op.ACQUIRE, mtx, EXCL, 0, tid=5, t=4_000)                # the interlock: free
@@ -174,12 +182,8 @@ def test_a_finding_is_a_mark_where_it_was_found(tmp_path: pathlib.Path) -> None:
     """A lock order reversal (or any detector's finding) is marked on the timeline at the
     request that found it, on that CPU, with its detector and summary."""
     srv, req, path = _machine(tmp_path)
-    req(b"A", Op.DEFTYPE, "thing", [["t_mtx", "lock", "", None]], posted=True)
-    req(b"A", Op.NEW, "thing", {}, tid=1)
-    req(b"A", Op.NEW, "thing", {}, tid=1)
-    a, b = field_addr(1, 0), field_addr(2, 0)
-    req(b"A", Op.LOCK_INIT, a, LK_SLEEP, "sleep mutex", "lock A", 0, posted=True)
-    req(b"A", Op.LOCK_INIT, b, LK_SLEEP, "sleep mutex", "lock B", 0, posted=True)
+    a, b = _two_locks(req, (LK_SLEEP, "sleep mutex", "lock A"),
+                      (LK_SLEEP, "sleep mutex", "lock B"))
     req(b"A", Op.ACQUIRE, a, EXCL, 0, tid=2, t=1_000)
     req(b"A", Op.ACQUIRE, b, EXCL, 0, tid=2, t=2_000)                 # A -> B
     req(b"A", Op.RELEASE, b, EXCL, tid=2, t=3_000, posted=True)
