@@ -27,6 +27,7 @@ import contextlib
 import json
 import os
 import pathlib
+import re
 import signal
 import threading
 import time
@@ -729,6 +730,22 @@ def test_a_release_of_a_free_lock_by_tid_0_is_refused(machine: _Machine) -> None
     assert machine.ask(Op.RELEASE, 7, machine.lock, EXCL) == (True, None)
     rep = machine.report()
     assert rep["server"]["errors"] >= 4 and rep["panic"] is None, rep["server"]
+
+
+@pytest.mark.timeout(60)
+def test_a_use_after_free_and_a_double_free_name_who_freed(machine: _Machine) -> None:
+    """A use after free named the object and not its free; a second free was called a
+    use after free. Both name the first free: site, thread, operation (memguard's way)."""
+    from smp.hw.protocol import Op
+    ok, h = machine.ask(Op.NEW, 7, "hobj", {})
+    assert ok
+    assert machine.ask(Op.FREE, 7, h) == (True, None)
+    ok, why = machine.ask(Op.LOAD, 8, h, "x")
+    assert not ok and re.search(rf"use after free: object {h} \(hobj\) was freed @ t:9 by "
+                                rf"thread 7, operation \d+", why), why
+    ok, why = machine.ask(Op.FREE, 8, h)
+    assert not ok and re.search(rf"double free: object {h} \(hobj\) freed again; first "
+                                rf"freed @ t:9 by thread 7, operation \d+", why), why
 
 
 @pytest.mark.timeout(60)

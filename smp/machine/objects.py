@@ -36,6 +36,7 @@ class KmemExhausted(ObjectError):
 
 
 COUNT_OPS = ("eq", "clear")
+FREED_KEPT = 100_000        # frees remembered, for "use after free ... freed @" (the latest)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +130,7 @@ class ObjectStore:
         self.symbols: dict[str, int] = {}
         self.next_handle = 1
         self.freed = 0
+        self.freed_by: dict[int, str] = {}     # handle -> who freed it (the latest FREED_KEPT)
         self.loads = self.stores = self.atomics = 0
         self.limit: int | None = None          # most live objects (None: no bound)
 
@@ -171,12 +173,22 @@ class ObjectStore:
         self.objs[h] = obj
         return h
 
-    def free(self, h: int) -> list[int]:
-        """Free an object; returns the addresses of its embedded locks (to destroy)."""
+    def free(self, h: int, by: str = "") -> list[int]:
+        """Free an object (``by``: where, who, when, as a report says it); returns the
+        addresses of its embedded locks (to destroy). Freeing it again is a double free,
+        which names the first free, as memguard does."""
+        if isinstance(h, int) and h not in self.objs and 0 < h < self.next_handle:
+            first = self.freed_by.get(h)
+            raise ObjectError(f"double free: object {h} ({self.otype.get(h, '?')}) freed "
+                              f"again; first freed" + (f" @ {first}" if first else ""))
         self._obj(h)
         decl = self.types[self.otype[h]]
         del self.objs[h]
         self.freed += 1
+        if by:
+            self.freed_by[h] = by
+            if len(self.freed_by) > FREED_KEPT:
+                del self.freed_by[next(iter(self.freed_by))]
         locks = []
         for i, f in enumerate(decl.order):
             kind = decl.fields[f][0]
@@ -224,8 +236,9 @@ class ObjectStore:
             return self.objs[h]
         except (KeyError, TypeError):
             if isinstance(h, int) and 0 < h < self.next_handle:
-                raise ObjectError(f"use after free: object {h} "
-                                  f"({self.otype.get(h, '?')}) was freed") from None
+                by = self.freed_by.get(h)
+                raise ObjectError(f"use after free: object {h} ({self.otype.get(h, '?')}) "
+                                  f"was freed" + (f" @ {by}" if by else "")) from None
             raise ObjectError(f"bad handle {h!r}") from None
 
     def _field(self, h: int, field: str) -> dict[str, Any]:

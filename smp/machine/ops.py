@@ -258,7 +258,8 @@ class Operations:
         return out
 
     def free(self, p: Peer, tid: int, site: str, a: list[Any]) -> None:
-        for addr in self.kmem.free(a[0]):
+        by = f"{site} by thread {tid}, operation {self.srv.seq.ops}"
+        for addr in self.kmem.free(a[0], by):
             if addr in self.locks.locks:
                 self.locks.destroy(addr)
 
