@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
 import traceback
 from types import FrameType
@@ -101,6 +102,15 @@ class Counters:
         return d
 
 
+def _visible_stack(frame: FrameType) -> list[str]:
+    """The stack from ``frame`` out, as ``traceback.format_stack`` gives it, without the
+    frames that hide themselves (``__tracebackhide__``)."""
+    shown = traceback.StackSummary.extract(
+        (f, line) for f, line in traceback.walk_stack(frame) if not _hides(f))
+    shown.reverse()
+    return [line.rstrip("\n") for line in shown.format()]
+
+
 def _hides(frame: FrameType) -> bool:
     if frame.f_globals.get("__tracebackhide__"):
         return True
@@ -126,12 +136,7 @@ class Context:
         convention, in the module or the function): a kernel's memory access is one
         instruction, not a frame of its trace."""
         frame = self.glet.gr_frame
-        if frame is None:
-            return []
-        shown = traceback.StackSummary.extract(
-            (f, line) for f, line in traceback.walk_stack(frame) if not _hides(f))
-        shown.reverse()
-        return [line.rstrip("\n") for line in shown.format()]
+        return [] if frame is None else _visible_stack(frame)
 
 
 class Cpu:
@@ -542,8 +547,8 @@ class Cpu:
         function``, outermost first), as a kernel debugger shows them."""
         if not self.panicked:
             self.panicked = True
-            if stack is None:
-                stack = [line.rstrip("\n") for line in traceback.format_stack()[:-1]]
+            if stack is None:       # (a fatal trap in a load: the load's frames hidden)
+                stack = _visible_stack(sys._getframe(1))
             cur = self.cur
             report = {"message": message, "cpu": self.id, "site": site,
                       "tid": cur.tid if cur else 0, "thread": cur.name if cur else "",

@@ -532,3 +532,24 @@ def test_a_held_lock_says_the_operation_it_was_taken_at() -> None:
         "exclusive sleep mutex Giant r = 1 (0x10400) locked @ kern/kern_synch.py:56 "
         "(operation 4400)")
     assert lock_line(GIANT).endswith("locked @ kern/kern_synch.py:56")   # none known
+
+
+def test_frames_that_hide_themselves_are_left_out_of_a_stack() -> None:
+    """A thread's stack and a panic's leave out the frames marked ``__tracebackhide__``
+    (the memory door, a struct field's access: one instruction, not a kernel frame)."""
+    import sys
+
+    from smp.hw.cpu import _visible_stack
+
+    def inner() -> list[str]:
+        return _visible_stack(sys._getframe())
+
+    def door() -> list[str]:
+        __tracebackhide__ = True  # noqa: F841 - read by the stack's walk
+        return inner()
+
+    def kernel() -> list[str]:
+        return door()
+
+    text = "\n".join(kernel())
+    assert ", in kernel" in text and ", in inner" in text and ", in door" not in text
