@@ -189,8 +189,9 @@ def test_a_wakeup_that_leaves_the_sleeping_bit_is_named_not_the_store_before_it(
                               "kern/kern_synch.py:140 and left so"), f.summary
     assert f.sites == ["kern/kern_synch.py:140", "userland/libc.py:40"]
     assert ("taken off its sleep queue @ kern/kern_synch.py:140 (wakeup called @ "
-            "vm/vm_glue.py:501) by thread 99, which left it inhibited as sleeping (its inhibitors were last stored @ vm/vm_glue.py:812 by "
-            "thread 3, before that)") in f.detail
+            "vm/vm_glue.py:501) by thread 99, which left it inhibited as sleeping (its "
+            "inhibitors were last stored @ vm/vm_glue.py:812 by thread 3, before that)"
+            ) in f.detail
     from smp.observe.findings import classify
     [failure] = classify({"findings": [{"detector": f.detector, "summary": f.summary,
                                         "sites": f.sites}]})

@@ -107,8 +107,8 @@ def test_until_stops_the_machine_and_dumps_every_thread(recorded: pathlib.Path,
     # what each load was answered with, and every process as ddb's ps shows it
     assert any(" LOAD" in line and " -> " in line for line in dump.splitlines()), dump
     ps = dump.split("db> ps\n", 1)[1].split("\n\n", 1)[0].splitlines()
-    assert ps[0].split() == ["pid", "ppid", "cpu", "state", "td_wmesg", "p_sflag", "p_lock",
-                             "td_state", "td_inhibitors", "comm"], ps
+    assert ps[0].split() == ["pid", "ppid", "proc", "cpu", "state", "td_wmesg", "p_flag",
+                             "p_sflag", "p_lock", "td_state", "td_inhibitors", "comm"], ps
     assert len(ps) > 3 and any(" TDS_" in row for row in ps[1:]), ps   # states named
     # a thread stopped in a memory access shows the function making it, as ddb does:
     # the door's and a struct field's frames are one instruction, not frames of a trace

@@ -126,15 +126,16 @@ REPORT: dict[str, Any] = {
     "policy": {"liveness": {"inhibitor_bits": {"SUSPENDED": 1, "SLEEPING": 2, "SWAPPED": 4,
                                                "LOCK": 8}},
                "procs": {"thread_states": {"33": "TDS_INHIBITED", "36": "TDS_RUNNING"},
-                         "fields": {"pid": "p_pid", "flags": "p_sflag", "holds": "p_lock"},
+                         "fields": {"pid": "p_pid", "flags": "p_sflag", "pflag": "p_flag",
+                                    "holds": "p_lock"},
                          "thread_fields": {"tdstate": "td_state",
                                            "inhibitors": "td_inhibitors"}}},
-    "procs": [{"pid": 12, "ppid": 0, "comm": "vmdaemon", "state": "CPU0", "cpu": 0,
-               "flags": 1, "holds": 0, "wchan": None, "tdstate": 36, "inhibitors": 0,
-               "swapped": False},
-              {"pid": 3, "ppid": 1, "comm": "napper", "state": "LOCK", "cpu": 1, "flags": 0,
-               "holds": 1, "wchan": None, "tdstate": 33, "inhibitors": 12,
-               "swapped": True}],
+    "procs": [{"pid": 12, "ppid": 0, "addr": "proc#352", "comm": "vmdaemon",
+               "state": "CPU0", "cpu": 0, "flags": 1, "pflag": 0x204, "holds": 0,
+               "wchan": None, "tdstate": 36, "inhibitors": 0, "swapped": False},
+              {"pid": 3, "ppid": 1, "addr": "proc#349", "comm": "napper",
+               "state": "LOCK", "cpu": 1, "flags": 0, "pflag": 0x4000, "holds": 1,
+               "wchan": None, "tdstate": 33, "inhibitors": 12, "swapped": True}],
     "recent": {"0": [[4410, "LOADN", "vm/vm_glue.py:639", 306, 1511300000,
                       "[352, ['p_vmspace']]", "[None]"]],
                "1": [[4409, "STORE", "kern/kern_proc.py:43", 422, 1511280000,
@@ -323,9 +324,12 @@ Tracing tid 330 (idle: cpu1) on cpu 1:
 (no kernel frames)
 
 db> ps
-  pid  ppid  cpu  state    wchan     p_sflag  p_lock td_state      td_inhibitors        comm
-    3     1    1  LOCK     -         0x0      1      TDS_INHIBITED 0xc (SWAPPED|LOCK)   <napper>
-   12     0    0  CPU0     -         0x1      0      TDS_RUNNING   0x0                  vmdaemon
+  pid  ppid  proc       cpu  state    wchan     p_flag   p_sflag  p_lock \
+td_state      td_inhibitors        comm
+    3     1  proc#349     1  LOCK     -         0x4000   0x0      1      \
+TDS_INHIBITED 0xc (SWAPPED|LOCK)   <napper>
+   12     0  proc#352     0  CPU0     -         0x204    0x1      0      \
+TDS_RUNNING   0x0                  vmdaemon
 
 the last operations of each CPU, oldest first (operation number, op, site, thread, \
 simulated time, arguments -> the value answered):

@@ -264,7 +264,7 @@ def proc_table_register(allproc: int, zombproc: int) -> None:
     md.register("procs", {
         "list": allproc, "also": [zombproc], "threads": "p_threads", "parent": "p_pptr",
         "fields": {"pid": "p_pid", "comm": "p_comm", "state": "p_state", "cpu": "p_oncpu",
-                   "flags": "p_sflag", "holds": "p_lock"},
+                   "flags": "p_sflag", "pflag": "p_flag", "holds": "p_lock"},
         "thread_fields": {"wchan": "td_wmesg", "tdstate": "td_state",
                           "inhibitors": "td_inhibitors"},
         "states": {str(k): v for k, v in PROC_TABLE_STATES.items()},

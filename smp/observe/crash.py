@@ -201,9 +201,10 @@ def _named(v: Any, names: dict[str, str]) -> str:
 
 def show_ps(procs: list[dict[str, Any]] | None, policy: dict[str, Any]) -> list[str]:
     """``db> ps``: every process on the lists the kernel registered for its table (smp
-    top's; the zombies too): pid, its parent's, the CPU it is on or last ran on, its state
-    as top shows it, its wait message, its flags, its hold count, its first thread's state
-    and inhibitors (named), the command (``<comm>``: swapped out). The columns are titled
+    top's; the zombies too): pid, its parent's, the object (``proc#369``, as findings
+    name it; ddb's paddr), the CPU it is on or last ran on, its state as top shows it,
+    its wait message, its two flag words, its hold count, its first thread's state and
+    inhibitors (named), the command (``<comm>``: swapped out). The columns are titled
     with the kernel's field names."""
     if procs is None:
         return ["(no process table: the kernel published none)"]
@@ -211,8 +212,9 @@ def show_ps(procs: list[dict[str, Any]] | None, policy: dict[str, Any]) -> list[
     bits = (policy.get("liveness") or {}).get("inhibitor_bits") or {}
     tds = reg.get("thread_states") or {}
     field = {**(reg.get("fields") or {}), **(reg.get("thread_fields") or {})}
-    lines = [f"  pid  ppid  cpu  state    {field.get('wchan', 'wchan'):<9} "
-             f"{field.get('flags', 'flags'):<7}  {field.get('holds', 'holds'):<6} "
+    lines = [f"  pid  ppid  {'proc':<10} cpu  state    {field.get('wchan', 'wchan'):<9} "
+             f"{field.get('pflag', 'flag'):<7}  {field.get('flags', 'flags'):<7}  "
+             f"{field.get('holds', 'holds'):<6} "
              f"{field.get('tdstate', 'state'):<13} {field.get('inhibitors', 'inhibitors'):<20} "
              f"comm"]
     for p in sorted(procs, key=lambda p: int(p.get("pid") or 0)):
@@ -221,8 +223,10 @@ def show_ps(procs: list[dict[str, Any]] | None, policy: dict[str, Any]) -> list[
         sflag = p.get("flags")
         ppid = p.get("ppid")
         lines.append(f"{p.get('pid', '?'):>5}  {'-' if ppid is None else ppid:>4}  "
+                     f"{str(p.get('addr') or '-'):<10} "
                      f"{'-' if not isinstance(cpu, int) or cpu < 0 else cpu:>3}  "
                      f"{str(p.get('state') or '-'):<8} {str(p.get('wchan') or '-'):<9} "
+                     f"{_bits(p.get('pflag'), {}):<7}  "
                      f"{_bits(sflag, {}):<7}  {_named(p.get('holds'), {}):<6} "
                      f"{_named(p.get('tdstate'), tds):<13} "
                      f"{_bits(p.get('inhibitors'), bits):<20} "
