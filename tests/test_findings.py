@@ -113,3 +113,13 @@ def test_a_detectors_panic_is_one_failure_even_with_its_c_lines_named() -> None:
     fails = classify(report, [])
     assert [(f.detector, f.op) for f in fails] == [("deadlock", 77), ("witness", None)]
     assert [f.detector for f in detector_findings(report)] == ["witness"]
+
+
+def test_report_json_says_which_findings_are_known() -> None:
+    """report.json's findings carry the known finding's id, so that a script reading it
+    tells the known from the new without the campaign's classification."""
+    known = _lockkey("td_inhibitors", "load", _line("swapout", "TD_SET_SWAPPED(td)"))
+    new = _lockkey("td_state", "load", _line("faultin", "td.td_state == TDS.TDS_CAN_RUN"))
+    found = known["findings"] + new["findings"]
+    findings.tag_known(found)
+    assert [f.get("known") for f in found] == ["F2", None]

@@ -152,6 +152,18 @@ def grouped(lines: list[str]) -> list[str]:
     return out
 
 
+def tag_known(findings: list[dict[str, Any]],
+              known: list[KnownFinding] | None = None) -> None:
+    """Each finding of a report that is a known finding gets its id (``known: "F2"``), so
+    that whoever reads report.json can tell the known from the new."""
+    known = load_known() if known is None else known
+    for f in findings:
+        kid = _match(known, str(f.get("detector", "?")), str(f.get("summary", "")),
+                     tuple(f.get("sites") or ()))
+        if kid is not None:
+            f["known"] = kid
+
+
 def classify(report: dict[str, Any], known: list[KnownFinding] | None = None) -> list[Failure]:
     """Everything wrong with a run, known findings marked."""
     known = load_known() if known is None else known

@@ -23,6 +23,7 @@ import os
 from typing import Any
 
 from smp.observe.crash import crash_text
+from smp.observe.findings import tag_known
 from smp.observe.summary import summary_table  # noqa: F401 - re-exported
 
 
@@ -131,6 +132,7 @@ def build_report(server: dict[str, Any], *, ncpus: int, seed: int, config: str,
             findings.remove(x)
         else:
             seen[k] = x
+    tag_known(findings)                  # known: "F2", for whoever reads report.json
     missing = [c["id"] for c in cpus if not c["reported"]]
     unchecked: list[str] = []
     invariants = violations + (check_invariants(server, kernel, missing, unchecked)
