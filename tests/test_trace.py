@@ -193,3 +193,24 @@ def test_a_finding_is_a_mark_where_it_was_found(tmp_path: pathlib.Path) -> None:
     marks = [(m["name"], m["pid"], m["ts"]) for m in _events(srv, path) if m["ph"] == "i"]
     assert marks == [("[witness] lock order reversal: lock B -> lock A (established: lock A "
                       "-> lock B): 1st @ t.py:1, 2nd @ t.py:1", 1, 6.0)], marks
+
+
+def test_a_dumps_operations_name_objects_and_addresses(tmp_path: pathlib.Path) -> None:
+    """Each CPU's last operations (dump.txt, crash.txt) name the objects, field addresses
+    and list elements they touched (``[thing#1, 't_x']``, ``[&thing#1.t_list]``), not
+    raw numbers; a freed object keeps its name."""
+    srv, req, path = _machine(tmp_path)
+    req(b"A", Op.DEFTYPE, "thing", [["t_list", "list", "", None], ["t_x", "int", "", 0]],
+        posted=True)
+    req(b"A", Op.NEW, "thing", {}, tid=1, t=1_000)
+    req(b"A", Op.NEW, "thing", {}, tid=1, t=2_000)
+    req(b"A", Op.LIST_INSERT_TAIL, field_addr(1, 0), 2, tid=1, t=3_000, posted=True)
+    req(b"A", Op.LIST_FIRST, field_addr(1, 0), tid=1, t=4_000)
+    req(b"A", Op.STORE, 2, "t_x", 7, tid=1, t=5_000, posted=True)
+    req(b"A", Op.FREE, 2, tid=1, t=6_000, posted=True)
+    ops = [(name, args, answer) for _, name, _, _, _, args, answer
+           in srv.seq.recent_ops()["0"]]
+    assert ops[-4:] == [("LIST_INSERT_TAIL", "[&thing#1.t_list, thing#2]", ""),
+                        ("LIST_FIRST", "[&thing#1.t_list]", "thing#2"),
+                        ("STORE", "[thing#2, 't_x', 7]", ""),
+                        ("FREE", "[thing#2]", "")], ops

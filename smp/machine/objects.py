@@ -213,11 +213,19 @@ class ObjectStore:
         return h, f, decl.fields[f][0]
 
     def describe(self, addr: int) -> str:
-        try:
-            h, f, _ = self.resolve(addr)
-            return f"&{self.otype[h]}#{h}.{f}"
-        except ObjectError:
-            return f"{addr:#x}"
+        """A field address as reports name it (``&proc#349.p_sflag``; a freed object's
+        too), or the number in hex."""
+        if isinstance(addr, int) and not isinstance(addr, bool) and addr > 0:
+            h, i = addr >> FIELD_BITS, addr & ((1 << FIELD_BITS) - 1)
+            decl = self.types.get(self.otype.get(h, ""))
+            if decl is not None and i < len(decl.order):
+                return f"&{self.otype[h]}#{h}.{decl.order[i]}"
+        return f"{addr:#x}" if isinstance(addr, int) else repr(addr)
+
+    def name(self, h: Any) -> str:
+        """An object as reports name it (``proc#349``; a freed one's too), or ``h``."""
+        t = self.otype.get(h) if isinstance(h, int) and not isinstance(h, bool) else None
+        return f"{t}#{h}" if t is not None else repr(h)
 
     def channel(self, chan: Any) -> str:
         """A sleep channel as the kernel would print it: the field it is the address

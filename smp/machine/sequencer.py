@@ -73,6 +73,43 @@ def ordered(peer: Peer, op: int, args: list[Any]) -> bool:
     return not (op == Op.REPORT and args and args[0] in ("stats", "reads"))
 
 
+class _Name(str):
+    """A name in a dump's arguments, shown as it is (``proc#460``, not ``'proc#460'``)."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+# what a dump names in an operation's arguments: the object (first argument a handle),
+# the field address (a list, a lock, a channel), the element of a list; the answer that
+# is an object
+_ON_OBJECT = frozenset({Op.FREE, Op.LOAD, Op.LOADN, Op.STORE, Op.STOREN, Op.ADD, Op.CAS,
+                        Op.SETBITS, Op.CLRBITS, Op.ADDP, Op.LOADR, Op.STORER})
+_ON_ADDRESS = frozenset({Op.LIST_INSERT_HEAD, Op.LIST_INSERT_TAIL, Op.LIST_REMOVE,
+                         Op.LIST_FIRST, Op.LIST_NEXT, Op.LIST_ITEMS, Op.LIST_LEN,
+                         Op.LIST_SEARCH, Op.MAP_GET, Op.MAP_SET, Op.MAP_DEL, Op.LOCK_INIT,
+                         Op.LOCK_DESTROY, Op.ACQUIRE, Op.RELEASE, Op.HANDOFF, Op.SLEEP,
+                         Op.WAKEUP, Op.UNSLEEP, Op.RELINQUISH})
+_ELEMENT = frozenset({Op.LIST_INSERT_HEAD, Op.LIST_INSERT_TAIL, Op.LIST_REMOVE,
+                      Op.LIST_NEXT})
+_GIVE_OBJECT = frozenset({Op.NEW, Op.LOOKUP, Op.LIST_FIRST, Op.LIST_NEXT})
+
+
+def _named(kmem: ObjectStore, op: int, args: list[Any]) -> list[Any]:
+    """An operation's arguments as a dump shows them: objects and field addresses by
+    name (``[proc#460, 'p_flag']``, ``[&proc#609.p_threads]``), the rest as they are."""
+    if not args or not isinstance(args[0], int) or isinstance(args[0], bool):
+        return args
+    out = list(args)
+    if op in _ON_OBJECT:
+        out[0] = _Name(kmem.name(args[0]))
+    elif op in _ON_ADDRESS:
+        out[0] = _Name(kmem.describe(args[0]))
+        if op in _ELEMENT and len(args) > 1 and isinstance(args[1], int):
+            out[1] = _Name(kmem.name(args[1]))
+    return out
+
+
 class _Server(Protocol):
     """What the sequencer uses of the server (``smp.machine.server.Server``)."""
     ncpus: int
@@ -138,8 +175,11 @@ class Sequencer:
         server keeps them at every request): number, operation, site, thread, simulated
         ns, arguments, and the value a call was answered with ("" for a post, which
         waits for none)."""
-        return {str(c): [(n, opname(op), site, tid, t, short(args),
-                          "" if answer is None else short(answer[0]))
+        kmem = self.srv.kmem
+        return {str(c): [(n, opname(op), site, tid, t, short(_named(kmem, op, args)),
+                          "" if answer is None else
+                          short(_Name(kmem.name(answer[0])) if op in _GIVE_OBJECT
+                                and answer[0] else answer[0]))
                          for n, op, site, tid, t, args, answer in q]
                 for c, q in sorted(self.recent.items())}
 
