@@ -600,6 +600,7 @@ def test_what_freed_threads_and_objects_leave_behind_is_forgotten() -> None:
         s.wakeup(99)
         s.hangs.store(td, "x.py:1", p, ["p_lock"])
         s.kmem.listhead(s.allproc).remove(p)
+        s.kmem.listhead(field_addr(p, 4)).remove(td)          # off p_threads, then freed
         s.kmem.free(td)
         s.kmem.free(p)
     _, alive = s.proc(7, "alive")

@@ -749,6 +749,25 @@ def test_a_use_after_free_and_a_double_free_name_who_freed(machine: _Machine) ->
 
 
 @pytest.mark.timeout(60)
+def test_a_free_of_an_object_still_on_a_list_is_refused(machine: _Machine) -> None:
+    """A thread freed before it was taken off its process's list passed unseen (the list
+    kept a freed element); so did putting a freed object on a list."""
+    from smp.hw.protocol import Op, field_addr
+    machine.cpu.post(Op.DEFTYPE, 0, "", "lobj", [["l", "list", "", None]])
+    ok, head = machine.ask(Op.NEW, 7, "lobj", {})
+    ok, elem = machine.ask(Op.NEW, 7, "hobj", {})
+    lst = field_addr(head, 0)
+    assert machine.ask(Op.LIST_INSERT_TAIL, 7, lst, elem) == (True, None)
+    ok, why = machine.ask(Op.FREE, 7, elem)
+    assert not ok and why.endswith(f"free of hobj#{elem} still on &lobj#{head}.l: the list "
+                                   f"keeps a freed element"), why
+    assert machine.ask(Op.LIST_REMOVE, 7, lst, elem) == (True, None)
+    assert machine.ask(Op.FREE, 7, elem) == (True, None)          # off the list: fine
+    ok, why = machine.ask(Op.LIST_INSERT_HEAD, 7, lst, elem)
+    assert not ok and f"use after free: object {elem} (hobj)" in why, why
+
+
+@pytest.mark.timeout(60)
 def test_count_with_an_unknown_operator_is_refused(machine: _Machine) -> None:
     """COUNT matched every object when the operator was unknown."""
     from smp.hw.protocol import Op

@@ -183,6 +183,11 @@ class ObjectStore:
                               f"again; first freed" + (f" @ {first}" if first else ""))
         self._obj(h)
         decl = self.types[self.otype[h]]
+        on = [a for a, lst in self.lists.items() if h in lst.next]   # (frees are rare)
+        if on:
+            raise ObjectError(f"free of {self.name(h)} still on "
+                              + ", ".join(self.describe(a) for a in on[:3])
+                              + ": the list keeps a freed element")
         del self.objs[h]
         self.freed += 1
         if by:
@@ -319,6 +324,16 @@ class ObjectStore:
                 raise ObjectError(f"{self.otype[h]}#{h}.{f} is not a list head")
             lst = self.lists[addr] = _List()
         return lst
+
+    def list_insert(self, addr: int, h: int, head: bool = False) -> None:
+        """Put ``h`` on the list at ``addr`` (first, or last); a freed object is refused."""
+        lst = self.listhead(addr)
+        if h not in self.objs:
+            self._obj(h)                           # names a use after free, or a bad handle
+        if head:
+            lst.insert_head(h)
+        else:
+            lst.insert_tail(h)
 
     def list_search(self, addr: int, lo: str, hi: str, value: Any) -> int:
         """The first element whose ``lo`` field <= ``value`` < its ``hi`` field: a walk of

@@ -403,11 +403,11 @@ class Operations:
 
     def list_insert_head(self, p: Peer, tid: int, site: str, a: list[Any]) -> None:
         self._head(tid, site, a[0], "store")
-        self.kmem.listhead(a[0]).insert_head(a[1])
+        self.kmem.list_insert(a[0], a[1], head=True)
 
     def list_insert_tail(self, p: Peer, tid: int, site: str, a: list[Any]) -> None:
         self._head(tid, site, a[0], "store")
-        self.kmem.listhead(a[0]).insert_tail(a[1])
+        self.kmem.list_insert(a[0], a[1])
 
     def list_remove(self, p: Peer, tid: int, site: str, a: list[Any]) -> None:
         self._head(tid, site, a[0], "store")
