@@ -370,14 +370,14 @@ def test_sleeps_and_wakeups_done_right_are_silent() -> None:
         s.run_for(0.3)
         s.wakeup(99)
         s.run_for(0.1)
-    s.msleep(b, "vm/vm_pageout.py:185")
+    s.msleep(b, "vm/vm_pageout.py:185", wmesg="psleep")   # registered idle: for work
     s.run_for(3.0)
     end = s.hangs.at_end()
     assert s.liveness() == []
     [row] = end["asleep"]
     assert row["thread"].startswith(f"thread {b} (daemon) of pid 8")
     assert row["site"] == "vm/vm_pageout.py:185" and row["asleep_s"] >= 3.0
-    assert row["wmesg"] == "nap" and row["channel"].endswith(".x")
+    assert row["wmesg"] == "psleep" and row["channel"].endswith(".x")
 
 
 def test_a_half_done_sleep_under_the_sched_lock_is_not_judged() -> None:
@@ -436,7 +436,7 @@ def test_a_swapin_request_not_served_names_where_the_swapper_sleeps() -> None:
     s.run_for(0.8)                                          # its wakeup(&proc0) lost
     assert s.liveness() == []
     s.run_for(0.5)
-    [f] = s.liveness()
+    [f] = [f for f in s.liveness() if f.summary.startswith("swap-in")]
     assert f.summary.startswith("swap-in request of pid 21 (hog) not served for 1.")
     assert "the swapper is asleep on" in f.summary and "no timeout" in f.detail
     assert f.sites == ["vm/vm_glue.py:545"] and "channel woken 0 times" in f.detail
@@ -609,3 +609,43 @@ def test_what_freed_threads_and_objects_leave_behind_is_forgotten() -> None:
     s.hangs.prune()
     assert list(s.hangs.slept) == [alive] and list(s.hangs.dequeued) == []
     assert s.hangs.field_stored == {} and list(s.hangs.polling) == [alive]
+
+
+def test_a_sleep_no_test_is_registered_for_never_woken_is_a_hang() -> None:
+    """A swap transfer's waiter whose completion never wakes it (a planted bug): asleep
+    with no timeout on a wait the kernel registered nothing for. Past the bound it is a
+    hang; wakeups that woke nobody on another field of the same object are named."""
+    s = Server(bound_s=1.0)
+    cnt = s.kmem.new("vmmeter", {})
+    _, td = s.proc(29, "vmdaemon")
+    s.msleep(td, "vm/vm_pageout.py:185", chan=field_addr(cnt, 0), wmesg="swread")
+    for _ in range(3):                      # the waker wakes the field next door
+        s.hangs.wakeup(field_addr(cnt, 3), [], "kern_synch.py:11", 9, "vm/vm_pageout.py:63")
+    s.run_for(0.8)
+    assert s.liveness() == []                                 # not yet the bound
+    s.run_for(0.5)
+    [f] = s.liveness()
+    assert f.summary == (
+        f"never woken: thread {td} (vmdaemon) of pid 29 (vmdaemon) asleep on "
+        f"&vmmeter#{cnt}.v_free_count ('swread') for 1.1 s with no timeout (channel woken "
+        f"0 times in the run); 3 wakeups went to &vmmeter#{cnt}.vm_pages_needed instead, "
+        f"where nobody ever sleeps (last @ vm/vm_pageout.py:63): the wrong channel?"), \
+        f.summary
+    assert f.sites == ["vm/vm_pageout.py:185", "vm/vm_pageout.py:63"]
+
+
+def test_an_idle_daemon_is_a_hang_only_when_its_wakeups_went_elsewhere() -> None:
+    """vm_daemon sleeps for work for as long as nobody asks (idle: silent); its waker
+    waking the field next door, where nobody ever sleeps (a planted typo), is a hang."""
+    s = Server(bound_s=1.0)
+    cnt = s.kmem.new("vmmeter", {})
+    _, td = s.proc(24, "vmdaemon")
+    s.msleep(td, "vm/vm_pageout.py:185", chan=field_addr(cnt, 1), wmesg="psleep")
+    s.run_for(3.0)
+    assert s.liveness() == []                                 # idle: no work, no hang
+    s.hangs.wakeup(field_addr(cnt, 0), [], "kern_synch.py:11", 9, "vm/vm_pageout.py:63")
+    s.run_for(0.2)
+    [f] = s.liveness()
+    assert f.summary.startswith(f"never woken: thread {td} (vmdaemon) of pid 24 (vmdaemon) "
+                                f"asleep on &vmmeter#{cnt}.v_cache_count ('psleep')")
+    assert "1 wakeups went to &vmmeter" in f.summary and "registered as idle" in f.detail

@@ -153,6 +153,9 @@ VM_WAITS: dict[str, dict[str, Any]] = {
     "VMWait": {"chan": "vm_pageout_pages_needed", "sum": ["v_free_count", "v_cache_count"],
                "at_least": "v_free_min", "name": ["vm_pageout_pages_needed"],
                "what": "free pages above v_free_min"},
+    # vm_daemon (vm_pageout.c) sleeps for work, with no timeout, for as long as nobody
+    # asks it to swap out: idle by design, not a hang
+    "psleep": {"idle": True},
 }
 
 

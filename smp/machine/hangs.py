@@ -38,6 +38,12 @@ machine seldom gave it such a moment: three looks in two simulated seconds.)
   it names the last store of the fields the kernel registered as telling (``name``:
   the flag a waker checks, ``vm_pages_needed``) or of those tested, and where it went to
   sleep.
+* **unwoken**: a thread asleep on its queue, with no timeout, longer than the bound, on a
+  wait the kernel registered nothing for (no test, and not ``idle``: a daemon that sleeps
+  for work): nothing has woken it, and no test says it waits for something not yet
+  there. Wakeups that woke nobody on another field of the same object, where nobody
+  ever sleeps, are named: the wrong channel? (A wakeup of ``&cnt.vm_pageout_req_swapout``
+  for a sleeper on ``&cnt.v_swapout``.) An idle sleep is a hang only with such wakeups.
 * **never**: a thread that polls (sleeps with a timeout, again and again at one place)
   for a registered test (``poll``: exit1's wait for its holds to go, ``p_lock`` back to
   0) that has not held for the bound: whatever it waits for is never given back (a
@@ -71,6 +77,7 @@ from collections.abc import Hashable
 from typing import Any, Protocol
 
 from smp.machine.locks import LockTable
+from smp.hw.protocol import FIELD_BITS
 from smp.machine.objects import ObjectError, ObjectStore, field_addr
 from smp.machine.sleepq import SleepQueues
 from smp.machine.witness import Finding
@@ -92,7 +99,7 @@ class _Server(Protocol):
 
 
 _TESTS = ({"field", "clear"}, {"field", "equals"}, {"sum", "at_least"},
-          {"list", "field", "equals"})
+          {"list", "field", "equals"}, {"idle"})
 
 
 def _test_ok(w: Any) -> bool:
@@ -134,6 +141,9 @@ class Hangs:
         self.n = 0                                            # the two's order
         self.field_stored: dict[tuple[int, str], tuple[str, int]] = {}  # a registered
                                                           # wait's (object, field): last store
+        self.unheard: dict[Hashable, tuple[int, str]] = {}    # channel -> wakeups that woke
+                                                              # nobody, the last's site
+        self.slept_on: set[Hashable] = set()                  # every channel slept on
         self.polling: dict[int, float] = {}                   # thread -> sleeping with a
                                                               # timeout at one site since
         self.counts: set[str] = set()                         # fields that count holds
@@ -215,11 +225,17 @@ class Hangs:
         if not (timo and before is not None and before[2] and before[0] == site):
             self.polling[tid] = now             # not the same poll as before
         self.slept[tid] = (site, now, timo)
+        chan = self.srv.sleepq.sleeping.get(tid)
+        if chan is not None:
+            self.slept_on.add(chan)
 
     def wakeup(self, chan: Hashable, tids: list[int], site: str = "", by: int = 0,
                caller: str = "") -> None:
         """Thread ``by`` woke ``tids`` (taken off their sleep queue on ``chan``) @ ``site``,
         in a wakeup called @ ``caller``."""
+        if not tids:                            # nobody asleep there (the wrong channel?)
+            n = self.unheard.get(chan, (0, ""))[0]
+            self.unheard[chan] = (n + 1, caller or site)
         if tids:
             self.woken[chan] = self.woken.get(chan, 0) + 1
             now_us = self.srv.locks.clock()         # the lock table's time: see _halfway
@@ -276,6 +292,11 @@ class Hangs:
         for pairs in (self.field_stored, self.values, self.raised):
             for key in [k for k in pairs if k[0] not in live]:
                 del pairs[key]
+        for chans in (self.unheard, self.woken):
+            for c in [c for c in chans if isinstance(c, int) and c >> FIELD_BITS not in live]:
+                del chans[c]
+        self.slept_on = {c for c in self.slept_on
+                         if not isinstance(c, int) or c >> FIELD_BITS in live}
 
     def _procs(self) -> list[tuple[int, dict[str, Any], list[tuple[int, dict[str, Any]]]]]:
         kmem, reg = self.srv.kmem, self.reg
@@ -377,14 +398,63 @@ class Hangs:
                 return f, st[0], st[1]
         return None
 
+    def _unwatched(self, tid: int, td: dict[str, Any], p: dict[str, Any], chan: Hashable,
+                   now: float, idle: bool) -> None:
+        """A sleep with no timeout, on its queue, that the kernel registered no test for
+        (the module's **unwoken**): past the bound it is a hang. Wakeups that woke nobody
+        on another field of the same object, where nobody ever sleeps, are named (the
+        wrong channel?); an idle sleep (a daemon's, for work) is a hang only with them."""
+        slept = self.slept.get(tid)
+        if slept is None or slept[2] or now - slept[1] < self.bound_s:
+            return                              # a timeout ends it; not yet the bound
+        near = self._wrong_channels(chan)
+        if idle and not near:
+            return
+        key = ("unwoken", tid)
+        if key in self.reported:
+            return
+        self.reported.add(key)
+        reg = self.reg
+        assert reg is not None
+        wmesg = td.get(reg["wmesg"], "")
+        woken = self.woken.get(chan, 0)
+        hint = ""
+        if near:
+            other, (n, site) = near[0]
+            hint = (f"; {n} wakeups went to {self.chan(other)} instead, where nobody "
+                    f"ever sleeps (last @ {site}): the wrong channel?")
+        self.srv.finding(Finding(
+            "liveness",
+            f"never woken: {self._who(tid, td, p)} asleep on {self.chan(chan)} ({wmesg!r}) "
+            f"for {now - slept[1]:.1f} s with no timeout (channel woken {woken} times in "
+            f"the run){hint}",
+            [s for s in [slept[0], near[0][1][1] if near else ""] if s],
+            f"{self._who(tid, td, p)} went to sleep @ {slept[0]} {now - slept[1]:.1f} s ago "
+            f"with no timeout, on {self.chan(chan)} ({wmesg!r}), which the kernel registered "
+            + ("as idle (a sleep for work)" if idle else "no test for (kernel/kern/"
+               "kern_proc.py's LIVENESS_WAITS says how)")
+            + f"; nothing has woken it since: the wakeup is missing or goes elsewhere{hint}",
+            f"liveness|unwoken|{slept[0]}"))
+
+    def _wrong_channels(self, chan: Hashable) -> list[tuple[int, tuple[int, str]]]:
+        """Channels of the same object as ``chan`` that were woken with nobody asleep
+        there, and that nobody ever slept on: (channel, (wakeups, last site)), most
+        first."""
+        if not isinstance(chan, int):
+            return []
+        h = chan >> FIELD_BITS
+        near = [(c, v) for c, v in self.unheard.items() if isinstance(c, int)
+                and c >> FIELD_BITS == h and c != chan and c not in self.slept_on]
+        return sorted(near, key=lambda cv: -cv[1][0])
+
     def _registered_wait(self, tid: int, td: dict[str, Any], p: dict[str, Any],
                          chan: Hashable, wait: dict[str, Any], now: float,
                          seen: set[tuple[str, int]]) -> None:
         """A registered wait: asleep with no timeout for a test that holds (the module's
         **done**), or polling for one that never does (**never**)."""
         slept = self.slept.get(tid)
-        if not isinstance(chan, int) or slept is None:
-            return
+        if not isinstance(chan, int) or slept is None or wait.get("idle"):
+            return                              # (idle: a daemon waiting for work)
         try:
             h, field, _ = self.srv.kmem.resolve(chan)
         except ObjectError:
@@ -494,7 +564,8 @@ class Hangs:
                 wchan = td.get(reg["wchan"])
                 if chan is not None and wchan:
                     wait = self.waits.get(td.get(reg["wmesg"]))
-                    if wait is None:
+                    if wait is None or wait.get("idle"):
+                        self._unwatched(tid, td, p, chan, now, bool(wait))
                         continue
                     if tid in skip:     # perhaps half way: it keeps its age, undecided
                         if ("done", tid) in self.first:
