@@ -433,13 +433,16 @@ def test_a_swapin_request_not_served_names_where_the_swapper_sleeps() -> None:
     p, _ = s.proc(21, "hog")
     s.msleep(swapper, "vm/vm_glue.py:545")
     s.kmem.store(p, "p_sflag", SWAPINREQ)                   # setrunnable's request, and
+    s.hangs.store(3, "kern/kern_synch.py:206", p, ["p_sflag"])
     s.run_for(0.8)                                          # its wakeup(&proc0) lost
     assert s.liveness() == []
     s.run_for(0.5)
     [f] = [f for f in s.liveness() if f.summary.startswith("swap-in")]
     assert f.summary.startswith("swap-in request of pid 21 (hog) not served for 1.")
     assert "the swapper is asleep on" in f.summary and "no timeout" in f.detail
-    assert f.sites == ["vm/vm_glue.py:545"] and "channel woken 0 times" in f.detail
+    assert f.sites == ["vm/vm_glue.py:545", "kern/kern_synch.py:206"]
+    assert "channel woken 0 times" in f.detail
+    assert "(p_sflag last stored @ kern/kern_synch.py:206 by thread 3)" in f.detail
 
 
 def test_a_swapin_served_within_the_bound_is_silent() -> None:
@@ -570,6 +573,7 @@ def test_the_end_says_who_last_woke_each_live_thread() -> None:
     s.hangs.wakeup(s.chan, s.sleepq.wakeup(9, 0, "kern_synch.py:11", s.chan, False),
                    "kern/kern_exit.py:103", 9)
     s.locks.release(9, 0, "kern_synch.py:13", s.sched, EXCL)
+    assert s.hangs.at_end()["sleeps"] == {"nap": 1}           # each wait, how often slept
     assert s.hangs.at_end()["woken"] == {
         str(td): {"site": "kern/kern_exit.py:103", "by": 9, "op": 4400, "how": "woken"}}
 

@@ -126,6 +126,7 @@ REPORT: dict[str, Any] = {
     "policy": {"liveness": {"inhibitor_bits": {"SUSPENDED": 1, "SLEEPING": 2, "SWAPPED": 4,
                                                "LOCK": 8}},
                "procs": {"thread_states": {"33": "TDS_INHIBITED", "36": "TDS_RUNNING"},
+                         "flag_bits": {"INMEM": 1, "SWAPINREQ": 0x100},
                          "fields": {"pid": "p_pid", "flags": "p_sflag", "pflag": "p_flag",
                                     "holds": "p_lock"},
                          "thread_fields": {"tdstate": "td_state",
@@ -324,12 +325,12 @@ Tracing tid 330 (idle: cpu1) on cpu 1:
 (no kernel frames)
 
 db> ps
-  pid  ppid  proc       cpu  state    wchan     p_flag   p_sflag  p_lock \
-td_state      td_inhibitors        comm
-    3     1  proc#349     1  LOCK     -         0x4000   0x0      1      \
-TDS_INHIBITED 0xc (SWAPPED|LOCK)   <napper>
-   12     0  proc#352     0  CPU0     -         0x204    0x1      0      \
-TDS_RUNNING   0x0                  vmdaemon
+  pid  ppid  proc       cpu  state    wchan     p_flag   p_sflag                  \
+p_lock td_state      td_inhibitors        comm
+    3     1  proc#349     1  LOCK     -         0x4000   0x0                      \
+1      TDS_INHIBITED 0xc (SWAPPED|LOCK)   <napper>
+   12     0  proc#352     0  CPU0     -         0x204    0x1 (INMEM)              \
+0      TDS_RUNNING   0x0                  vmdaemon
 
 the last operations of each CPU, oldest first (operation number, op, site, thread, \
 simulated time, arguments -> the value answered):
@@ -528,6 +529,16 @@ def test_a_threads_trace_says_who_last_woke_it() -> None:
         "site": "kern/kern_synch.py:131", "by": 5, "op": 8, "how": "timed out"}}) == [
         "Tracing tid 9 (x) on cpu 0:", "(no kernel frames)",
         "(last timed out @ kern/kern_synch.py:131, operation 8)"]     # nobody's doing
+    # asleep now: this sleep first (its timeout, how long), then the last wakeup
+    asleep = {"site": "vm/swap_pager.py:135", "s": 9.7, "timeout": 0}
+    assert alltrace([{"tid": 9, "name": "x", "cpu": 0, "stack": []}], {"9": {
+        "site": "kern/kern_synch.py:131", "by": 5, "op": 8, "how": "timed out",
+        "asleep": asleep}})[-1] == (
+        "(asleep @ vm/swap_pager.py:135 for 9.7 s, no timeout; before that, last timed out "
+        "@ kern/kern_synch.py:131, operation 8)")
+    assert alltrace([{"tid": 9, "name": "x", "cpu": 0, "stack": []}], {"9": {
+        "asleep": dict(asleep, timeout=100)}})[-1] == (
+        "(asleep @ vm/swap_pager.py:135 for 9.7 s, timeout 100 ticks)")
 
 
 def test_a_held_lock_says_the_operation_it_was_taken_at() -> None:

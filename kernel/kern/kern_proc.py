@@ -269,6 +269,7 @@ def proc_table_register(allproc: int, zombproc: int) -> None:
                           "inhibitors": "td_inhibitors"},
         "states": {str(k): v for k, v in PROC_TABLE_STATES.items()},
         "thread_states": {str(int(m)): m.name for m in TDS},      # (a dump's ps)
+        "flag_bits": {m.name.removeprefix("PS_"): int(m) for m in PS},   # p_sflag's
         "status": PROC_TABLE_STATUS,
         "resident": ["flags", int(PS.PS_INMEM)]})
     # The liveness detector (smp.machine.hangs): where threads are, and which bits mean

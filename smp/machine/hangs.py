@@ -144,6 +144,7 @@ class Hangs:
         self.unheard: dict[Hashable, tuple[int, str]] = {}    # channel -> wakeups that woke
                                                               # nobody, the last's site
         self.slept_on: set[Hashable] = set()                  # every channel slept on
+        self.sleeps_by: dict[str, int] = {}                   # wait message -> sleeps
         self.polling: dict[int, float] = {}                   # thread -> sleeping with a
                                                               # timeout at one site since
         self.counts: set[str] = set()                         # fields that count holds
@@ -164,20 +165,22 @@ class Hangs:
     def policy(self, payload: Any) -> None:
         if not isinstance(payload, dict):
             raise TypeError("POLICY liveness: a map")
-        self.add_waits(payload.get("waits") or {})
         self.reg = payload
+        self.add_waits(payload.get("waits") or {})
 
     def add_waits(self, waits: Any) -> None:
         """What sleeps wait for, by wait message (``POLICY waits``, or the liveness
         registration's ``waits``): each subsystem registers its own."""
         if not isinstance(waits, dict) or not all(_test_ok(w) for w in waits.values()):
             raise TypeError("POLICY waits: a map of wait message to a test: {field, "
-                            "clear}, {field, equals}, {sum, at_least} or {list, field, "
-                            "equals}, with chan (the channel's field), what (the words "
-                            "for it), poll, count and name (fields whose last store "
+                            "clear}, {field, equals}, {sum, at_least}, {list, field, "
+                            "equals} or {idle}, with chan (the channel's field), what (the "
+                            "words for it), poll, count and name (fields whose last store "
                             "tells) optional")
         self.waits = {**self.waits, **waits}
         self.wait_fields = {f for w in self.waits.values() for f in _tested(w)}
+        if self.reg is not None:            # (a swap-in request's store, for its report)
+            self.wait_fields.add(str(self.reg["sflag"]))
         self.counts = {str(w["field"]) for w in self.waits.values() if w.get("count")}
 
     def _op(self) -> int:
@@ -228,6 +231,9 @@ class Hangs:
         chan = self.srv.sleepq.sleeping.get(tid)
         if chan is not None:
             self.slept_on.add(chan)
+        if self.reg is not None:                # how often each wait was slept: coverage
+            wmesg = str((self.srv.kmem.objs.get(tid) or {}).get(self.reg["wmesg"]) or "?")
+            self.sleeps_by[wmesg] = self.sleeps_by.get(wmesg, 0) + 1
 
     def wakeup(self, chan: Hashable, tids: list[int], site: str = "", by: int = 0,
                caller: str = "") -> None:
@@ -553,7 +559,7 @@ class Hangs:
         for _, p, tds in procs:
             if p.get(reg["pid"]) == reg.get("swapper_pid", 0) and tds:
                 swapper_tid = tds[0][0]
-        for _, p, tds in procs:
+        for ph, p, tds in procs:
             if p.get(reg["state"]) == reg.get("zombie"):
                 continue
             for tid, td in tds:
@@ -638,12 +644,17 @@ class Hangs:
                 elif key not in self.reported and now - since >= bound:
                     self.reported.add(key)
                     sites, where = self._where_is(swapper_tid, now)
+                    asked = self.field_stored.get((ph, reg["sflag"]))
                     srv.finding(Finding(
                         "liveness",
                         f"swap-in request of pid {pid} ({p.get(reg['comm'], '')}) not served "
                         f"for {now - since:.1f} s; the swapper is {where.split(':')[0]}",
-                        sites, f"pid {pid} asked to be swapped in and is still out after "
-                        f"{now - since:.1f} s; the swapper (thread {swapper_tid}) is {where}",
+                        sites + ([asked[0]] if asked else []),
+                        f"pid {pid} asked to be swapped in and is still out after "
+                        f"{now - since:.1f} s"
+                        + (f" ({reg['sflag']} last stored @ {asked[0]} by thread {asked[1]})"
+                           if asked else "")
+                        + f"; the swapper (thread {swapper_tid}) is {where}",
                         f"liveness|swapin|{sites[0] if sites else ''}"))
         if not final:
             now_us = srv.locks.clock()
@@ -708,10 +719,15 @@ class Hangs:
             asleep.append({"thread": name, "wmesg": wmesg, "channel": self.chan(chan),
                            "site": site, "asleep_s": round(now - when, 3),
                            "channel_woken": self.woken.get(chan, 0)})
-        woken = {str(tid): {"site": d[5] or d[0], "by": d[1], "op": d[3], "how": d[4]}
-                 for tid in sorted(who) if (d := self.dequeued.get(tid)) is not None}
+        woken: dict[str, dict[str, Any]] = {
+            str(tid): {"site": d[5] or d[0], "by": d[1], "op": d[3], "how": d[4]}
+            for tid in sorted(who) if (d := self.dequeued.get(tid)) is not None}
+        for tid in self.srv.sleepq.sleeping:        # asleep now: this sleep, first
+            if tid in who and (sl := self.slept.get(tid)) is not None:
+                woken.setdefault(str(tid), {})["asleep"] = {
+                    "site": sl[0], "s": round(now - sl[1], 3), "timeout": sl[2]}
         return {"checks": self.checks, "bound_s": self.bound_s, "asleep": asleep,
-                "woken": woken,
+                "woken": woken, "sleeps": dict(sorted(self.sleeps_by.items())),
                 "slow_swapin_s": round(self.slow_swapin, 3),
                 "slow_swapin_of": self.slow_swapin_of,
                 "contended": {n: {"wait_s": round(w, 3), "site": site}

@@ -173,19 +173,28 @@ def alltrace(threads: list[dict[str, Any]],
         lines.append(f"Tracing tid {t.get('tid')} ({t.get('name') or '?'}) on cpu "
                      f"{t.get('cpu')}:")
         lines += backtrace(t.get("stack") or []) or ["(no kernel frames)"]
-        w = (woken or {}).get(str(t.get("tid")))
+        w = woken_line((woken or {}).get(str(t.get("tid"))) or {})
         if w:
-            lines.append(woken_line(w))
+            lines.append(w)
     return lines
 
 
 def woken_line(w: dict[str, Any]) -> str:
     """``(last woken @ site by thread T, operation N)``, or ``(last timed out @ site,
-    operation N)``: the thread the timeout's callout ran on is nobody's doing."""
+    operation N)``: the thread the timeout's callout ran on is nobody's doing. A thread
+    asleep now says this sleep first: ``(asleep @ site for 9.7 s, no timeout; before
+    that, last woken ...)``."""
+    now = ""
+    a = w.get("asleep")
+    if a:
+        timo = f"timeout {a['timeout']} ticks" if a.get("timeout") else "no timeout"
+        now = f"asleep @ {a.get('site')} for {a.get('s')} s, {timo}"
+    if not w.get("site"):
+        return f"({now})" if now else ""
     how = w.get("how") or "woken"
     by = f" by thread {w.get('by')}" if how == "woken" else ""
     op = f", operation {w['op']}" if w.get("op") else ""
-    return f"(last {how} @ {w.get('site')}{by}{op})"
+    return f"({now + '; before that, ' if now else ''}last {how} @ {w.get('site')}{by}{op})"
 
 
 def _bits(v: Any, names: dict[str, int]) -> str:
@@ -212,8 +221,9 @@ def show_ps(procs: list[dict[str, Any]] | None, policy: dict[str, Any]) -> list[
     bits = (policy.get("liveness") or {}).get("inhibitor_bits") or {}
     tds = reg.get("thread_states") or {}
     field = {**(reg.get("fields") or {}), **(reg.get("thread_fields") or {})}
+    sbits = reg.get("flag_bits") or {}
     lines = [f"  pid  ppid  {'proc':<10} cpu  state    {field.get('wchan', 'wchan'):<9} "
-             f"{field.get('pflag', 'flag'):<7}  {field.get('flags', 'flags'):<7}  "
+             f"{field.get('pflag', 'flag'):<7}  {field.get('flags', 'flags'):<24} "
              f"{field.get('holds', 'holds'):<6} "
              f"{field.get('tdstate', 'state'):<13} {field.get('inhibitors', 'inhibitors'):<20} "
              f"comm"]
@@ -227,7 +237,7 @@ def show_ps(procs: list[dict[str, Any]] | None, policy: dict[str, Any]) -> list[
                      f"{'-' if not isinstance(cpu, int) or cpu < 0 else cpu:>3}  "
                      f"{str(p.get('state') or '-'):<8} {str(p.get('wchan') or '-'):<9} "
                      f"{_bits(p.get('pflag'), {}):<7}  "
-                     f"{_bits(sflag, {}):<7}  {_named(p.get('holds'), {}):<6} "
+                     f"{_bits(sflag, sbits):<24} {_named(p.get('holds'), {}):<6} "
                      f"{_named(p.get('tdstate'), tds):<13} "
                      f"{_bits(p.get('inhibitors'), bits):<20} "
                      + (f"<{comm}>" if p.get("swapped") else comm))

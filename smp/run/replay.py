@@ -305,9 +305,10 @@ def write_dump(out: str, report: dict[str, Any], until: int) -> str:
             lines.append(f"      waits for {w['lock']} ({w['mode']}) asked @ {w['site']}")
         for fr in backtrace(t.get("stack") or []):          # ddb's trace, innermost first
             lines.append(f"      {fr}")
-        w = ((report.get("liveness") or {}).get("woken") or {}).get(str(t.get("tid")))
+        w = woken_line(((report.get("liveness") or {}).get("woken") or {}).get(
+            str(t.get("tid"))) or {})
         if w:
-            lines.append(f"      {woken_line(w)}")
+            lines.append(f"      {w}")
     lines += how_they_got_here(report, "; an earlier --until shows what came before")
     lines = annotate_all(lines, (report.get("policy") or {}).get("sources"))
     path = os.path.join(out, "dump.txt")
