@@ -45,7 +45,8 @@ class Server:
                                    ["p_state", "int", "j", 1], ["p_sflag", "int", "j", INMEM],
                                    ["p_threads", "list", "j", None], ["p_lock", "int", "c", 0],
                                    ["p_children", "list", "e", None]])
-        self.kmem.deftype("vmmeter", [["v_free_count", "int", "n", 0],
+        self.kmem.deftype("vmmeter", [["v_page_count", "int", "", 0],
+                                      ["v_free_count", "int", "n", 0],
                                       ["v_cache_count", "int", "n", 0],
                                       ["v_free_min", "int", "", 0],
                                       ["vm_pages_needed", "int", "m", 0]])
@@ -231,7 +232,7 @@ def _vm_wait(s: Server, n: int) -> tuple[int, list[int]]:
         _, td = s.proc(20 + i, f"hog{i}")
         s.kmem.store(cnt, "vm_pages_needed", 1)
         s.hangs.store(td, "vm/vm_page.py:458", cnt, ["vm_pages_needed"])
-        s.msleep(td, "vm/vm_page.py:461", chan=field_addr(cnt, 0), wmesg="vmwait")
+        s.msleep(td, "vm/vm_page.py:461", chan=field_addr(cnt, 1), wmesg="vmwait")
         tds.append(td)
     return cnt, tds
 
@@ -265,7 +266,7 @@ def test_vm_wait_sleepers_woken_when_memory_comes_back_are_silent() -> None:
     s.run_for(2.0)
     s.kmem.storen(cnt, {"v_free_count": 50, "vm_pages_needed": 0})
     s.run_for(0.5)                                            # within the bound
-    s.wakeup(9, field_addr(cnt, 0))
+    s.wakeup(9, field_addr(cnt, 1))
     s.run_for(3.0)
     assert s.liveness() == []
 
@@ -285,7 +286,7 @@ def test_a_parent_never_woken_by_its_zombie_child() -> None:
     s.run_for(1.5)
     [f] = s.liveness()
     assert f.summary.startswith(f"lost wakeup: thread {td} (init0) of pid 3 (init0) asleep "
-                                f"on &proc#{parent}.p_pid ('wait') waits for a child to "
+                                f"on &proc#{parent} ('wait') waits for a child to "
                                 f"become a zombie, which it is (p_state last stored @ "
                                 f"kern/kern_exit.py:102)"), f.summary
     assert "1 of 1 on p_children with p_state 2" in f.detail
@@ -622,9 +623,9 @@ def test_a_sleep_no_test_is_registered_for_never_woken_is_a_hang() -> None:
     s = Server(bound_s=1.0)
     cnt = s.kmem.new("vmmeter", {})
     _, td = s.proc(29, "vmdaemon")
-    s.msleep(td, "vm/vm_pageout.py:185", chan=field_addr(cnt, 0), wmesg="swread")
+    s.msleep(td, "vm/vm_pageout.py:185", chan=field_addr(cnt, 1), wmesg="swread")
     for _ in range(3):                      # the waker wakes the field next door
-        s.hangs.wakeup(field_addr(cnt, 3), [], "kern_synch.py:11", 9, "vm/vm_pageout.py:63")
+        s.hangs.wakeup(field_addr(cnt, 4), [], "kern_synch.py:11", 9, "vm/vm_pageout.py:63")
     s.run_for(0.8)
     assert s.liveness() == []                                 # not yet the bound
     s.run_for(0.5)
@@ -644,10 +645,10 @@ def test_an_idle_daemon_is_a_hang_only_when_its_wakeups_went_elsewhere() -> None
     s = Server(bound_s=1.0)
     cnt = s.kmem.new("vmmeter", {})
     _, td = s.proc(24, "vmdaemon")
-    s.msleep(td, "vm/vm_pageout.py:185", chan=field_addr(cnt, 1), wmesg="psleep")
+    s.msleep(td, "vm/vm_pageout.py:185", chan=field_addr(cnt, 2), wmesg="psleep")
     s.run_for(3.0)
     assert s.liveness() == []                                 # idle: no work, no hang
-    s.hangs.wakeup(field_addr(cnt, 0), [], "kern_synch.py:11", 9, "vm/vm_pageout.py:63")
+    s.hangs.wakeup(field_addr(cnt, 4), [], "kern_synch.py:11", 9, "vm/vm_pageout.py:63")
     s.run_for(0.2)
     [f] = s.liveness()
     assert f.summary.startswith(f"never woken: thread {td} (vmdaemon) of pid 24 (vmdaemon) "

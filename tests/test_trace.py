@@ -214,3 +214,6 @@ def test_a_dumps_operations_name_objects_and_addresses(tmp_path: pathlib.Path) -
                         ("LIST_FIRST", "[&thing#1.t_list]", "thing#2"),
                         ("STORE", "[thing#2, 't_x', 7]", ""),
                         ("FREE", "[thing#2]", "")], ops
+    # a sleep channel at an object's first field is the object (wakeup(&proc0))
+    assert srv.kmem.channel(field_addr(1, 0)) == "&thing#1"
+    assert srv.kmem.channel(field_addr(1, 1)) == "&thing#1.t_x"

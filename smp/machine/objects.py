@@ -234,7 +234,11 @@ class ObjectStore:
 
     def channel(self, chan: Any) -> str:
         """A sleep channel as the kernel would print it: the field it is the address
-        of (``&proc#349.p_sflag``), or the channel itself."""
+        of (``&proc#349.p_sflag``), the object itself at its first field's address
+        (``&proc#1``: ``wakeup(&proc0)``), or the channel itself."""
+        if isinstance(chan, int) and not isinstance(chan, bool) and chan > 0 \
+                and chan & ((1 << FIELD_BITS) - 1) == 0 and chan >> FIELD_BITS in self.otype:
+            return f"&{self.name(chan >> FIELD_BITS)}"
         return self.describe(chan) if isinstance(chan, int) else repr(chan)
 
     def type_of(self, h: int) -> str:
