@@ -707,7 +707,8 @@ def _trace(args: argparse.Namespace) -> int:
         """The replay's own lines, said as the trace's: its folder is a temporary one,
         and its verdict ("run FAILED") is the recorded run's, not the trace's."""
         if not line.startswith(("machine:", "run ")):
-            print(f"smp trace: replaying: {line.strip()}", file=sys.stderr, flush=True)
+            print(f"smp trace: replaying: {line.strip().removeprefix('stopping: ')}",
+                  file=sys.stderr, flush=True)
     done = _run_replay("trace", functools.partial(trace, log=log), args)
     if done is None:
         return 2
