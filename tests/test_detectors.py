@@ -300,6 +300,33 @@ def test_an_unlocked_store_to_a_keyed_field_is_reported_once() -> None:
     assert "its own t_mtx" in f.summary
 
 
+def test_a_lost_update_is_reported_with_the_three_accesses() -> None:
+    """Thread 2 loads t_own without its lock, thread 3 stores it (locked), thread 2
+    stores back what it computed: thread 3's store is lost. The race happened: reported
+    with the three sites and operations. A read-modify-write nobody came between is only
+    the unlocked access (reported as such)."""
+    kmem, locks, chk, found, h = _keyed()
+    op = iter(range(10, 100))
+    chk.ops = lambda: next(op)
+    chk.access(3, "x.py:0", h, ["t_own"], "load")         # (now shared; op 10)
+    chk.access(2, "prele.py:1", h, ["t_own"], "load")     # unlocked load     (op 11)
+    locks.acquire(3, 0, "a.py:1", field_addr(h, 0), EXCL, 0)
+    chk.access(3, "phold.py:5", h, ["t_own"], "store")    # a locked store    (op 12)
+    locks.release(3, 0, "a.py:2", field_addr(h, 0), EXCL)
+    chk.access(2, "prele.py:1", h, ["t_own"], "store")    # the stale store   (op 13)
+    lost = [f for f in found if f.summary.startswith("lost update")]
+    assert [f.summary for f in lost] == [
+        "lost update of thing.t_own (loaded unlocked @ prele.py:1, stored @ prele.py:1; "
+        "thread 3's store @ phold.py:5 between them is lost)"]
+    assert lost[0].sites == ["prele.py:1", "prele.py:1", "phold.py:5"]
+    assert ("prele.py:1 (operation 11), thread 3 stored it @ phold.py:5 (operation 12), "
+            "then thread 2 stored it @ prele.py:1 (operation 13)") in lost[0].detail
+    found.clear()
+    chk.access(2, "prele.py:1", h, ["t_own"], "load")     # nobody in between: no loss
+    chk.access(2, "prele.py:1", h, ["t_own"], "store")
+    assert [f for f in found if f.summary.startswith("lost update")] == []
+
+
 def test_accesses_with_the_right_lock_or_to_unkeyed_fields_are_silent() -> None:
     kmem, locks, chk, found, h = _keyed()
     chk.access(2, "a.py:1", h, ["t_free"], "load")

@@ -123,3 +123,14 @@ def test_report_json_says_which_findings_are_known() -> None:
     found = known["findings"] + new["findings"]
     findings.tag_known(found)
     assert [f.get("known") for f in found] == ["F2", None]
+
+
+def test_f2s_lost_update_itself_is_known() -> None:
+    """When F2's race happens (a wakeup's store between swapout's unlocked load and its
+    store), the lost update is reported; at swapout's statement it is F2, known."""
+    site = f"vm/vm_glue.py:{_line('swapout', 'TD_SET_SWAPPED(td)')}"
+    summary = (f"lost update of thread.td_inhibitors (loaded unlocked @ {site}, stored @ "
+               f"{site}; thread 9's store @ kern/kern_synch.py:143 between them is lost)")
+    [f] = classify({"findings": [{"detector": "lockkey", "summary": summary,
+                                  "sites": [site, site, "kern/kern_synch.py:143"]}]})
+    assert f.known == "F2"

@@ -16,11 +16,16 @@ reads with atomic loads); FINDINGS.md lists the ones the seed makes and why.
 Initialisation: as in Eraser (Savage et al., 1997), an object is private to the thread
 that created it until another thread touches it; accesses before that are not checked,
 so a constructor filling in a new object needs no locks.
+
+**Lost updates.** An unlocked load is remembered until the same thread stores the field:
+if another thread stored it in between, that store is lost (the read-modify-write wrote
+back a value computed from the old one), and the report says so, with the three
+accesses and their operations: the race happened, it is not only possible.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 from smp.machine.locks import LockTable
 from smp.hw.protocol import F_LOCK, field_addr
@@ -39,6 +44,10 @@ class LockKeyChecker:
         self.self_lock: dict[str, int] = {}        # type -> index of its first lock field
         self.reported: set[tuple[str, str, str, str]] = set()
         self.checked = 0
+        self.ops: Callable[[], int] = lambda: 0     # the machine's operation count
+        # (object, field) -> thread -> its unlocked load not yet followed by its store:
+        # (site, operation, the store of another thread since: site, thread, operation)
+        self.pending: dict[tuple[int, str], dict[int, list[Any]]] = {}
 
     def define_keys(self, table: dict[str, list[str]]) -> None:
         self.keys = {k: (v[0], v[1]) for k, v in table.items()}
@@ -74,6 +83,8 @@ class LockKeyChecker:
             spec = decl.fields.get(f)
             if spec is None:
                 continue
+            if kind == "store" and (h, f) in self.pending:
+                self._stored(tid, site, h, f, tname)
             key = spec[1]
             need = self.keys.get(key)
             if need is None:
@@ -92,6 +103,8 @@ class LockKeyChecker:
                 what = need[1]
             if ok:
                 continue
+            if kind == "load":
+                self._loaded(tid, site, h, f)
             rkey = (tname, f, site, kind)
             if rkey in self.reported:
                 continue
@@ -102,6 +115,45 @@ class LockKeyChecker:
                 "lockkey", f"unlocked {kind} of {tname}.{f} ({key}: needs {what}) @ {site}",
                 [site], f"{kind} of {tname}#{h}.{f} by thread {tid} @ {site} without {what}; "
                 f"held: {', '.join(names) or 'nothing'}", f"lockkey|{tname}.{f}|{site}|{kind}"))
+
+
+    def _loaded(self, tid: int, site: str, h: int, f: str) -> None:
+        """An unlocked load: remembered until this thread stores the field."""
+        if len(self.pending) > PENDING_KEPT:        # loads never stored back: forget
+            del self.pending[next(iter(self.pending))]
+        self.pending.setdefault((h, f), {})[tid] = [site, self.ops(), None]
+
+    def _stored(self, tid: int, site: str, h: int, f: str, tname: str) -> None:
+        """A store of a field some thread loaded unlocked: the other loaders' values
+        are stale now; this thread's own read-modify-write lost a store if one came
+        between its load and this store."""
+        waiting = self.pending[(h, f)]
+        mine = waiting.pop(tid, None)
+        op = self.ops()
+        for other in waiting.values():
+            if other[2] is None:
+                other[2] = (site, tid, op)
+        if not waiting:
+            del self.pending[(h, f)]
+        if mine is None or mine[2] is None:
+            return
+        lsite, lop, (osite, otid, oop) = mine
+        rkey = (tname, f, f"{lsite}|{osite}|{site}", "lost")
+        if rkey in self.reported:
+            return
+        self.reported.add(rkey)
+        self.report(Finding(
+            "lockkey", f"lost update of {tname}.{f} (loaded unlocked @ {lsite}, stored @ "
+            f"{site}; thread {otid}'s store @ {osite} between them is lost)",
+            [lsite, site, osite],
+            f"thread {tid} loaded {tname}#{h}.{f} without its lock @ {lsite} (operation "
+            f"{lop}), thread {otid} stored it @ {osite} (operation {oop}), then thread "
+            f"{tid} stored it @ {site} (operation {op}): its value came from before "
+            f"thread {otid}'s store, which is lost",
+            f"lockkey|{tname}.{f}|lost|{lsite}|{osite}"))
+
+
+PENDING_KEPT = 50_000       # fields loaded unlocked and not yet stored back, remembered
 
 
 __all__ = ["LockKeyChecker"]

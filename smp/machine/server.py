@@ -193,6 +193,8 @@ class Server:
         self.seq = Sequencer(self, ts)
         self.locks.thread_name = self.seq.thread_name     # reports name threads
         self.locks.ops = lambda: self.seq.ops             # ... and when a lock was taken
+        if self.lockkeys is not None:                     # ... and a lost update
+            self.lockkeys.ops = self.locks.ops
         self.live = Liveness(self, float(det["spin_max_s"]), float(det["watchdog_s"]),
                              replay=ts.replay is not None)
         self.publisher = Publisher(self, pub_endpoint, stats_interval)
