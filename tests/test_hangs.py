@@ -224,6 +224,15 @@ def test_a_sleep_for_a_swapin_that_has_ended_is_a_lost_wakeup() -> None:
     assert "the channel was woken 0 times in the run" in f.detail
 
 
+def _reported_after_the_bound(s: Server, before: float, after: float) -> Finding:
+    """Silent for ``before`` simulated seconds (not yet the bound), then one report."""
+    s.run_for(before)
+    assert s.liveness() == []                                 # not yet the bound
+    s.run_for(after)
+    [f] = s.liveness()
+    return f
+
+
 def _vm_wait(s: Server, n: int) -> tuple[int, list[int]]:
     """``n`` threads in vm_wait: memory short, the flag set, asleep on &cnt.v_free_count."""
     cnt = s.kmem.new("vmmeter", {"v_free_count": 10, "v_free_min": 40})
@@ -247,10 +256,7 @@ def test_vm_wait_sleepers_never_woken_after_memory_came_back() -> None:
     assert s.liveness() == []                                 # memory still short
     s.kmem.storen(cnt, {"v_free_count": 30, "v_cache_count": 12, "vm_pages_needed": 0})
     s.hangs.store(9, "vm/vm_page.py:331", cnt, ["v_free_count", "vm_pages_needed"])
-    s.run_for(0.5)
-    assert s.liveness() == []                                 # not yet the bound
-    s.run_for(1.0)
-    [f] = s.liveness()
+    f = _reported_after_the_bound(s, 0.5, 1.0)
     assert f.summary == (
         f"lost wakeup: thread {tds[0]} (hog0) of pid 20 (hog0) (and 2 more threads) "
         f"asleep on &vmmeter#{cnt}.v_free_count ('vmwait') waits for free pages above "
@@ -626,10 +632,7 @@ def test_a_sleep_no_test_is_registered_for_never_woken_is_a_hang() -> None:
     s.msleep(td, "vm/vm_pageout.py:185", chan=field_addr(cnt, 1), wmesg="swread")
     for _ in range(3):                      # the waker wakes the field next door
         s.hangs.wakeup(field_addr(cnt, 4), [], "kern_synch.py:11", 9, "vm/vm_pageout.py:63")
-    s.run_for(0.8)
-    assert s.liveness() == []                                 # not yet the bound
-    s.run_for(0.5)
-    [f] = s.liveness()
+    f = _reported_after_the_bound(s, 0.8, 0.5)
     assert f.summary == (
         f"never woken: thread {td} (vmdaemon) of pid 29 (vmdaemon) asleep on "
         f"&vmmeter#{cnt}.v_free_count ('swread') for 1.1 s with no timeout (channel woken "
