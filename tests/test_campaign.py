@@ -173,3 +173,17 @@ def test_a_run_with_several_failures_names_its_folder_and_commands_once() -> Non
                      "     run dir: runs/run0000-s7",
                      "     rerun:   smp run runs/run0000-s7/config.toml",
                      "1 run, 0 without a new failure"]
+
+
+def test_a_runs_failures_come_in_the_order_the_machine_found_them() -> None:
+    """The deadlock was printed before the lock order reversal that led to it; the
+    machine's operation orders them (what has none comes last)."""
+    from smp.hunt.stress import RunOutcome
+    from smp.observe.findings import Failure
+    out = RunOutcome(0, 7, "runs/run0000-s7", 1, 1.0,
+                     [Failure("deadlock", "deadlock: ...", (), op=36921),
+                      Failure("invariant", "U-area lost", ()),
+                      Failure("witness", "lock order reversal: ...", (), op=2867)])
+    lines, _ = describe([out], strict=False)
+    assert [line.split("]")[0] for line in lines[:3]] == [
+        "FAIL seed 7 [witness", "FAIL seed 7 [deadlock", "FAIL seed 7 [invariant"]

@@ -539,8 +539,11 @@ def replay_command(out: RunOutcome) -> str | None:
 
 def failure_lines(out: RunOutcome, strict: bool) -> list[str]:
     """A failing run's lines: one FAIL line per failure (the seed, the detector, a
-    summary), then its directory and the commands that rerun and replay it, once."""
-    shown = out.new_failures + (out.known if strict else [])
+    summary), in the order the machine found them (the first is likeliest the cause: a
+    lock order reversal before the deadlock it led to), then its directory and the
+    commands that rerun and replay it, once."""
+    shown = sorted(out.new_failures + (out.known if strict else []),
+                   key=lambda f: (f.op is None, f.op or 0))
     if not shown:
         return []
     return _fail_block(out.seed, [(f.detector, f.known, f.summary) for f in shown],
