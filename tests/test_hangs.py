@@ -657,3 +657,38 @@ def test_an_idle_daemon_is_a_hang_only_when_its_wakeups_went_elsewhere() -> None
     assert f.summary.startswith(f"never woken: thread {td} (vmdaemon) of pid 24 (vmdaemon) "
                                 f"asleep on &vmmeter#{cnt}.v_cache_count ('psleep')")
     assert "1 wakeups went to &vmmeter" in f.summary and "registered as idle" in f.detail
+
+
+def test_a_hold_forgotten_by_a_holder_that_went_on_is_never_released() -> None:
+    """A PHOLD without its PRELE on one branch, of a process that never exits (no
+    exithold to poll): the holder took and released other holds since, so it forgot
+    this one. A long hold by a holder that did nothing else since is left alone."""
+    s = Server(bound_s=1.0)
+    p, _ = s.proc(17, "sleeper")
+    q, _ = s.proc(18, "napper")
+    _, dbg = s.proc(41, "debugger")
+    _, swapper = s.proc(0, "swapper")
+
+    def hold(obj: int, by: int, site: str, delta: int) -> None:
+        s.kmem.store(obj, "p_lock", s.kmem.load(obj, "p_lock") + delta)
+        s.hangs.counted(by, site, obj, ["p_lock"])
+
+    _, dbg2 = s.proc(42, "debugger")
+    hold(q, swapper, "vm/vm_glue.py:436", 1)                  # faultin, long (swap-in)
+    hold(p, dbg, "userland/libc.py:163", 1)                   # the forgotten PHOLD
+    hold(q, dbg2, "userland/libc.py:163", 1)                  # a PHOLD whose faultin,
+    hold(q, dbg2, "vm/vm_glue.py:436", 1)                     # nested, ends: the PHOLD
+    hold(q, dbg2, "vm/vm_glue.py:455", -1)                    # is not forgotten
+    s.run_for(0.5)
+    hold(q, dbg, "userland/libc.py:163", 1)                   # later: another process,
+    hold(q, dbg, "userland/libc.py:181", -1)                  # held and released
+    s.run_for(0.4)
+    assert s.liveness() == []                                 # not yet the bound
+    s.run_for(0.3)
+    [f] = s.liveness()
+    assert f.summary.startswith(f"hold never released: proc#{p} (pid 17) p_lock 1: raised "
+                                f"@ userland/libc.py:163 by thread {dbg} (debugger) 1."), \
+        f.summary
+    assert f.summary.endswith("which has taken and released other holds since")
+    s.run_for(3.0)
+    assert len(s.liveness()) == 1                             # the swapper's: left alone

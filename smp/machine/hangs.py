@@ -50,6 +50,10 @@ machine seldom gave it such a moment: three looks in two simulated seconds.)
   PHOLD without its PRELE). For a field the kernel registered as a count of holds
   (``count``), the report names every raise not undone since (each PHOLD without its
   PRELE: site and thread); else the tested field's last store.
+* **kept**: a hold (a raise of a count the kernel registered: ``p_lock``) older than the
+  bound whose holder has exited, sleeps for work (an idle wait), or has taken and
+  released holds of other objects since: it forgot this one (a PHOLD without its PRELE
+  on one branch), whether or not the held process ever exits to poll for it.
 * **swapin**: a process that asked to be swapped in (the swap-in request bit) and is
   still out, while the swapper has been asleep since before the request: the thing it
   waits for has happened and its wakeup was lost. The report names where the swapper
@@ -149,8 +153,10 @@ class Hangs:
                                                               # timeout at one site since
         self.counts: set[str] = set()                         # fields that count holds
         self.values: dict[tuple[int, str], int] = {}          # ... their last value
-        self.raised: dict[tuple[int, str], list[tuple[str, int, str]]] = {}  # ... the
-                                                  # raises not yet undone: site, by, its name
+        self.raised: dict[tuple[int, str], list[tuple[str, int, str, float]]] = {}  # the
+                                  # raises not yet undone: site, by, its name, when
+        self.lowered: dict[int, tuple[float, int]] = {}       # thread -> its last lowering:
+                                                              # when, of which object
         self.off: dict[int, float] = {}                       # thread -> off its queue at (us),
                                                               # in the current hold of sched_lock
         self.first: dict[tuple[str, int], float] = {}         # (kind, tid|pid) -> first seen
@@ -217,10 +223,13 @@ class Hangs:
             self.values[(h, f)] = new
             raised = self.raised.setdefault((h, f), [])
             if new > old:
-                raised.extend([(site, tid, self._tname(tid))] * (new - old))
+                raised.extend([(site, tid, self._tname(tid), self.now())] * (new - old))
             for _ in range(min(old - new, len(raised))):
-                mine = [i for i, (_, by, _) in enumerate(raised) if by == tid]
+                mine = [i for i, (_, by, _, _) in enumerate(raised) if by == tid]
                 raised.pop(mine[-1] if mine else -1)
+                self.lowered[tid] = (self.now(), h)
+            if not raised:
+                del self.raised[(h, f)]
 
     def sleep(self, tid: int, site: str, timo: int) -> None:
         now = self.now()
@@ -292,7 +301,8 @@ class Hangs:
         """Forget the threads and objects the kernel has freed (handles are never used
         again): what the detector keeps stays the size of the live machine."""
         live = self.srv.kmem.objs
-        for d in (self.slept, self.stored, self.dequeued, self.polling, self.off):
+        for d in (self.slept, self.stored, self.dequeued, self.polling, self.off,
+                  self.lowered):
             for tid in [t for t in d if t not in live]:
                 del d[tid]
         for pairs in (self.field_stored, self.values, self.raised):
@@ -487,9 +497,10 @@ class Hangs:
             held = [x for pair in pairs for x in self.raised.get(pair, [])]
             if held:                            # a count: who holds, not the last store
                 cause = held[0][0]
-                why = f" (held @ {', '.join(sorted({site for site, _, _ in held}))})"
+                why = f" (held @ {', '.join(sorted({site for site, _, _, _ in held}))})"
                 how = ("; ".join(f"raised @ {site} by thread {by} ({name})"
-                                 for site, by, name in held) + ", never lowered: never released")
+                                 for site, by, name, _ in held)
+                       + ", never lowered: never released")
             else:
                 cause = last[1] if last else ""
                 why = f" ({last[0]} last stored @ {last[1]})" if last else ""
@@ -691,9 +702,51 @@ class Hangs:
                     f"{site or '?'} before that and holds it still; {len(lk.waiters)} "
                     f"waiters",
                     f"liveness|starved|{lk.name}|{t.waiting[2]}"))
+        self._held_for_nothing(now)
         for key in list(self.first):
             if key not in seen:
                 del self.first[key]
+
+    def _held_for_nothing(self, now: float) -> None:
+        """A hold (a raise of a registered count) older than the bound whose holder has
+        exited, sleeps for work, or has since taken and released holds of its own: it
+        forgot this one (a PHOLD without its PRELE on one branch), whether or not the
+        held process ever exits (the module's **kept**)."""
+        reg = self.reg
+        assert reg is not None
+        objs = self.srv.kmem.objs
+        for (h, f), raised in list(self.raised.items()):
+            for site, by, name, when in raised:
+                if now - when < self.bound_s or ("kept", h) in self.reported:
+                    continue
+                td = objs.get(by)
+                wait = self.waits.get(str((td or {}).get(reg["wmesg"]))) \
+                    if by in self.srv.sleepq.sleeping else None
+                if td is None:
+                    why = "which has exited"
+                elif wait is not None and wait.get("idle"):
+                    why = "which sleeps for work since"
+                elif (lw := self.lowered.get(by)) is not None and lw[0] > when and lw[1] != h:
+                    # (of another object: not a nested one, faultin's inside a PHOLD)
+                    why = "which has taken and released other holds since"
+                else:
+                    continue
+                self.reported.add(("kept", h))
+                obj = objs.get(h) or {}
+                pid = obj.get(reg["pid"])
+                self.srv.finding(Finding(
+                    "liveness",
+                    f"hold never released: {self.srv.kmem.name(h)}"
+                    + (f" (pid {pid})" if pid is not None else "")
+                    + f" {f} {obj.get(f)}: raised @ {site} by thread {by} ({name}) "
+                    f"{now - when:.1f} s ago, {why}",
+                    [site],
+                    f"thread {by} ({name}) raised {f} of {self.srv.kmem.name(h)} @ {site} "
+                    f"{now - when:.1f} s ago and has not lowered it, {why}: the hold is "
+                    f"never released (a PHOLD without its PRELE on one branch); "
+                    f"{len(raised)} raise(s) of it outstanding",
+                    f"liveness|kept|{site}"))
+                break
 
     def at_end(self) -> dict[str, Any]:
         """The end of the run: a lost thread is a finding whatever the bound (but for
