@@ -210,6 +210,7 @@ def test_a_dumps_operations_name_objects_and_addresses(tmp_path: pathlib.Path) -
     req(b"A", Op.FREE, 2, tid=1, t=6_000, posted=True)
     ops = [(name, args, answer) for _, name, _, _, _, args, answer
            in srv.seq.recent_ops()["0"]]
+    _events(srv, path)                                        # (the timeline closed)
     assert ops[-4:] == [("LIST_INSERT_TAIL", "[&thing#1.t_list, thing#2]", ""),
                         ("LIST_FIRST", "[&thing#1.t_list]", "thing#2"),
                         ("STORE", "[thing#2, 't_x', 7]", ""),
