@@ -152,7 +152,6 @@ class Hangs:
         self.polling: dict[int, float] = {}                   # thread -> sleeping with a
                                                               # timeout at one site since
         self.counts: set[str] = set()                         # fields that count holds
-        self.values: dict[tuple[int, str], int] = {}          # ... their last value
         self.raised: dict[tuple[int, str], list[tuple[str, int, str, float]]] = {}  # the
                                   # raises not yet undone: site, by, its name, when
         self.lowered: dict[int, tuple[float, int]] = {}       # thread -> its last lowering:
@@ -214,17 +213,17 @@ class Hangs:
     def counted(self, tid: int, site: str, h: int, fields: list[str]) -> None:
         """After a store of ``fields`` of ``h``: a field the kernel registered as a count
         of holds (``count``: PHOLD's p_lock) keeps who raised it and has not lowered it
-        since (a lowering undoes the same thread's latest raise, or else the latest)."""
+        since (a lowering undoes the same thread's latest raise, or else the latest); the
+        raises not undone are the count as this ledger last saw it."""
         for f in self.counts.intersection(fields):
             new = self.srv.kmem.objs.get(h, {}).get(f)
             if not isinstance(new, int):
                 continue
-            old = self.values.get((h, f), 0)
-            self.values[(h, f)] = new
             raised = self.raised.setdefault((h, f), [])
+            old = len(raised)
             if new > old:
                 raised.extend([(site, tid, self._tname(tid), self.now())] * (new - old))
-            for _ in range(min(old - new, len(raised))):
+            for _ in range(min(old - new, old)):     # (a count gone below 0: all undone)
                 mine = [i for i, (_, by, _, _) in enumerate(raised) if by == tid]
                 raised.pop(mine[-1] if mine else -1)
                 self.lowered[tid] = (self.now(), h)
@@ -251,7 +250,7 @@ class Hangs:
         if not tids:                            # nobody asleep there (the wrong channel?)
             n = self.unheard.get(chan, (0, ""))[0]
             self.unheard[chan] = (n + 1, caller or site)
-        if tids:
+        else:
             self.woken[chan] = self.woken.get(chan, 0) + 1
             now_us = self.srv.locks.clock()         # the lock table's time: see _halfway
             for tid in tids:
@@ -305,7 +304,7 @@ class Hangs:
                   self.lowered):
             for tid in [t for t in d if t not in live]:
                 del d[tid]
-        for pairs in (self.field_stored, self.values, self.raised):
+        for pairs in (self.field_stored, self.raised):
             for key in [k for k in pairs if k[0] not in live]:
                 del pairs[key]
         for chans in (self.unheard, self.woken):

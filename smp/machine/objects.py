@@ -224,7 +224,7 @@ class ObjectStore:
             h, i = addr >> FIELD_BITS, addr & ((1 << FIELD_BITS) - 1)
             decl = self.types.get(self.otype.get(h, ""))
             if decl is not None and i < len(decl.order):
-                return f"&{self.otype[h]}#{h}.{decl.order[i]}"
+                return f"&{self.name(h)}.{decl.order[i]}"
         return f"{addr:#x}" if isinstance(addr, int) else repr(addr)
 
     def name(self, h: Any) -> str:

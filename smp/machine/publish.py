@@ -143,7 +143,7 @@ class Publisher:
             if obj is None:
                 continue
             row = {role: obj.get(f) for role, f in fields.items()}
-            row["addr"] = f"{kmem.otype.get(h, '?')}#{h}"       # as reports name it
+            row["addr"] = kmem.name(h)                          # as reports name it
             if reg.get("parent") and "pid" in fields:      # the parent's pid
                 parent = kmem.objs.get(obj.get(reg["parent"]) or 0)
                 row["ppid"] = parent.get(fields["pid"]) if parent else None
