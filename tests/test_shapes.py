@@ -62,7 +62,7 @@ def _cpu(i: int, pid: int, ticks: tuple[int, ...], lost: int, **kw: int) -> dict
                                                     "spin"), ticks)),
             "ctxsw": kw.get("ctxsw", 0), "lock_acquires": kw.get("locks", 0),
             "lock_contested": kw.get("contested", 0), "mem_ops": kw.get("mem", 0),
-            "clock": {"ticks_lost": lost}}
+            "clock": {"ticks_lost": lost, "model": "virtual"}}
 
 
 def _held(lock: str, mode: str, cls: str, addr: int, site: str, r: int = 0) -> dict[str, Any]:
@@ -164,7 +164,7 @@ lock                     acquires contested cpus max hold ms wait s
 Giant                         355       121    2       224.1  26.23
 sched lock                   1971      1022    2        56.3   1.62
 vm page queue free mutex      323         0    2         9.4   0.00
-(wait: host s summed over waiting threads, costliest first)
+(wait: simulated s summed over waiting threads, costliest first)
 
 panic: swapout_procs: a process has no address space
 cpuid = 0; vmdaemon (tid 306) at vm/vm_glue.py:640, operation 4411; the dump is
@@ -177,6 +177,15 @@ FAILED: 1.5 simulated s in 3.3 wall s, seed 1649436113 (panic on cpu 0)"""
 
 def test_summary_golden() -> None:
     assert summary_table(REPORT) == SUMMARY
+
+
+def test_lock_waits_are_in_the_time_the_lock_table_kept() -> None:
+    # virtual time: the server times waits by the requests' simulated times; wall time:
+    # by the host's clock
+    wall = dict(REPORT, cpus=[dict(c, clock=dict(c["clock"], model="wall"))
+                              for c in REPORT["cpus"]])
+    assert "(wait: host s summed" in summary_table(wall)
+    assert "(wait: simulated s summed" in summary_table(REPORT)
 
 
 def test_an_invariant_said_again_and_again_is_shown_once_with_a_count() -> None:

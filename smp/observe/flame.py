@@ -3,7 +3,8 @@
 The input is report.json's ``lock_wait_stacks``: one record per (lock, stack) with the
 stack of the waiting thread at a contested acquisition (outermost frame first, as the
 kernel's CPU side captures it), how many waits came from there (``count``) and the time
-they waited (``wait_s``, host seconds summed over the waits):
+they waited (``wait_s``, simulated seconds by the waiting CPU's clock, summed over the
+waits):
 
     {"lock": "Giant", "stack": ["fork_exit", "prog_hog", "mtx_lock"], "count": 3,
      "wait_s": 0.25}

@@ -208,9 +208,10 @@ class MachineCollector(Collector):
             ("contested", "Acquisitions of the lock that found it held and waited "
              "(acquisitions)"),
             ("wait_seconds", "Time threads waited for the lock, summed over the waiting "
-             "threads; counted when a wait ends (host seconds)"))}
+             "threads; counted when a wait ends (simulated seconds; host seconds in "
+             "wall time)"))}
         hold = GaugeMetricFamily("smp_lock_hold_max_seconds", "Longest hold of the lock "
-                                 "(host seconds)", labels=["lock"])
+                                 "(simulated seconds; host seconds in wall time)", labels=["lock"])
         for row in s.get("locks") or []:
             name = str(row.get("name"))
             fams["acquisitions"].add_metric([name], int(row.get("acquires", 0)))

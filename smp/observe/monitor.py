@@ -10,9 +10,10 @@ While a run is alive its directory holds ``live.json`` with the PUB endpoint and
 
 Samples are cumulative, so every rate here is the difference of two samples of the same
 CPU divided by the *simulated* time between them (the machine's own time, as ``cp_time``
-ticks are). Two figures are in host time because they are the host's: the mean round trip
-of a memory request (``bus_wait_s / bus_calls``, the transport's latency) and LOCK_PROFILING's
-columns (microseconds of host time, measured by the server).
+ticks are). One figure is in host time because it is the host's: the mean round trip of a
+memory request (``bus_wait_s / bus_calls``, the transport's latency). LOCK_PROFILING's
+columns are microseconds of the lock table's clock: simulated time in virtual time (the
+times of the requests that took and released the locks), host time in wall time.
 
 Consumers: ``smp top`` (smp/observe/top.py), the progress line of ``smp run``
 (smp/observe/progress.py), the Prometheus exporter (smp/observe/metrics.py) and the charts

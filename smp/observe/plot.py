@@ -7,10 +7,10 @@ the run directory, for people to look at.
   idle) above the machine's mean share of each mode, stacked;
 * ``lock_contention.png``: for the locks with the most contested acquisitions, contested
   acquisitions per simulated second, and milliseconds waited for each per simulated second
-  (ms per simulated s, as ``smp top``'s wait columns; the waits are host time measured by
-  the server, summed over the waiting threads, so 2000 means two threads waiting all the
-  time; a wait is counted when it ends, as LOCK_PROFILING counts it, so long waits make
-  spikes);
+  (ms per simulated s, as ``smp top``'s wait columns; the waits are the lock table's time:
+  simulated in virtual time, host time in wall time; summed over the waiting threads, so
+  2000 means two threads waiting all the time; a wait is counted when it ends, as
+  LOCK_PROFILING counts it, so long waits make spikes);
 * ``swap.png``: processes swapped out and in, pages swapped out and in (cumulative, summed
   over CPUs), and free pages against the pageout daemon's thresholds.
 
@@ -242,7 +242,7 @@ def lock_figure(s: Series) -> Figure:
                  transform=ax1.transAxes)
     ax1.set_ylabel("contested acquisitions\nper simulated s")
     ax2.set_ylabel("ms waited\nper simulated s")
-    ax2.set_xlabel("simulated time (s)\nms waited: host time the lock's waiters spent "
+    ax2.set_xlabel("simulated time (s)\nms waited: time the lock's waiters spent "
                    "waiting, summed over the waiting threads (2000 ms per s: two threads "
                    "waiting all the time)", fontsize=9)
     for ax in (ax1, ax2):

@@ -8,14 +8,15 @@ widens its column instead of shifting its row, and the whole fits an 80-column t
 * **per CPU**: the share of its clock ticks in user, sys, intr, spin and idle (as ``top -P``
   and ``cp_time``), context switches, lock acquisitions and the contested ones, requests
   to shared memory, and the clock ticks it lost (a tick is lost when the CPU could not take
-  it in time: the host was busy);
+  it in time: interrupts masked or a long request; in wall time also a busy host);
 * **the kernel's work**: forks, exits and waits; PHOLDs and vm_waits; processes swapped
   out and in, pages written to swap and read back (and how many of those reads were page
   faults); the invariant checks and how many failed;
 * **locks**, the one that cost the most first (sorted by wait, then contested
-  acquisitions), with the unit of the wait said once: host seconds, summed over the
+  acquisitions), with the unit of the wait said once: the machine's seconds (simulated
+  in virtual time, host seconds in wall time: the lock table's clock), summed over the
   waiting threads (several threads waiting at once all count, so it can exceed the run's
-  wall time; LOCK_PROFILING's ``wait_total``);
+  length; LOCK_PROFILING's ``wait_total``);
 * **what went wrong**: the panic (``panic: <message>``, ``cpuid = N``, as FreeBSD prints it),
   new findings one line each, known findings of the 2002 code one line in all (``known:
   F2 x6``), failed invariants and problems of the machine;
@@ -78,9 +79,16 @@ def _table(*cols: tuple[str, str]) -> Table:
 
 
 def seconds(us: Any) -> str:
-    """Host microseconds as seconds: 2 decimals, none from 10000 s."""
+    """Microseconds as seconds: 2 decimals, none from 10000 s."""
     v = float(us or 0) / 1e6
     return f"{v:.2f}" if v < 1e4 else f"{v:.0f}"
+
+
+def time_unit(report: dict[str, Any]) -> str:
+    """What the lock table's times are in: ``simulated`` (virtual time, the machine's own
+    clock) or ``host`` (wall time, where the server timed them by the host's clock)."""
+    models = {(c.get("clock") or {}).get("model") for c in report.get("cpus") or []}
+    return "host" if "wall" in models else "simulated"
 
 
 def verdict(report: dict[str, Any]) -> str:
@@ -225,7 +233,8 @@ def summary_table(report: dict[str, Any], width: int = WIDTH) -> str:
         parts.append(lock_table(rows[:TOP_LOCKS]))
         more = f"; +{len(rows) - TOP_LOCKS} in report.json" \
             if len(rows) > TOP_LOCKS else ""
-        parts += [Text(f"(wait: host s summed over waiting threads, costliest first{more})"),
+        parts += [Text(f"(wait: {time_unit(report)} s summed over waiting threads, costliest "
+                       f"first{more})"),
                   ""]
     parts += [Text(line, overflow="fold") for line in console_lines(report)
               + trouble_lines(report)]

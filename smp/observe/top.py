@@ -11,8 +11,9 @@ nothing beyond the stream it publishes anyway. Three tables:
   spin and sleep-lock wait per simulated s, memory requests per simulated s and their
   mean host round trip (us), and the host process behind the CPU (pid, its real CPU %,
   RSS in MiB, from psutil);
-* **locks**: the most contended acquisition sites with LOCK_PROFILING's columns (host
-  microseconds, cumulative since boot, as ``debug.lock.prof.stats``);
+* **locks**: the most contended acquisition sites with LOCK_PROFILING's columns
+  (microseconds of the lock table's clock: simulated in virtual time, host in wall time;
+  cumulative since boot, as ``debug.lock.prof.stats``);
 * **processes** (``v`` switches the lock table for it): pid, state, the CPU, wchan, flags
   and the command, in angle brackets for a process swapped out (``<hog>``, as FreeBSD's
   top shows it), from the ``procs`` record of the server's sample (published by the
