@@ -78,6 +78,12 @@ def test_a_fail_point_panic_replays_at_the_same_operation(tmp_path: pathlib.Path
     crash = (rdir / "crash.txt").read_text()      # how the CPUs got there, for people
     assert "\ndb> ps\n" in crash and "the last operations of each CPU" in crash, crash
     assert f"      {rec['panic']['op']}  REPORT" in crash, crash      # the panic's own
+    # the vm daemon holds Giant as its tsleep took it back: the hold is msleep's, and
+    # names the sleep's caller (every sleeper's Giant read "locked @ kern/kern_synch.py:56")
+    giant = [line for line in crash.split("db> show alllocks\n", 1)[1].split("\n\n", 1)[0]
+             .splitlines() if " Giant " in line]
+    assert giant and re.search(r"locked @ kern/kern_synch\.py:\d+ \(msleep, called from "
+                               r"vm/vm_pageout\.py:\d+\) \(operation \d+\)$", giant[0]), giant
     proc = _replay(rdir)
     assert "replay identical" in proc.stdout, proc.stdout + proc.stderr
     assert proc.returncode == 1                      # the recorded run's own verdict

@@ -70,10 +70,12 @@ def curlocal():  # type: ignore[no-untyped-def]
     return md.curctx().kdata
 
 
-def mtx_lock(m: int, _flags: int = 0) -> None:
-    """Acquire sleep mutex ``m``; may block (never call with a spin mutex held)."""
+def mtx_lock(m: int, _flags: int = 0, where: str | None = None) -> None:
+    """Acquire sleep mutex ``m``; may block (never call with a spin mutex held).
+    ``where``: the site to record, if not the caller's (``_mtx_lock_flags``' file and line:
+    PICKUP_GIANT names the sleep it takes Giant back for)."""
     lt = curlocal()
-    where = md.site()
+    where = where or md.site()
     if lock_acquire(m, EXCL, _flags, where) == QUEUED:
         # cycle: blocking needs the scheduler (kern_synch), which needs mutexes
         from smp.kernel.kern.subr_lock import lock_block

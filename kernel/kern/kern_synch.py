@@ -50,11 +50,25 @@ def DROP_GIANT(lt: Any) -> int:
     return n
 
 
-def PICKUP_GIANT(n: int) -> None:
-    """Take Giant back (``n`` deep) after a sleep; WITNESS learns no order from it."""
+def PICKUP_GIANT(n: int, caller: str = "", sleep: str = "msleep") -> None:
+    """Take Giant back (``n`` deep) after a sleep; WITNESS learns no order from it.
+
+    The hold is taken here, so it is recorded here (FreeBSD's WITNESS, too, shows Giant
+    "locked @ kern/kern_synch.c" after a sleep: PICKUP_GIANT expands in msleep), and every
+    report that shows the hold (``show alllocks``, deadlocks, ``sleeping with``, ps) would
+    read the same for every sleeper. So the site also names the sleep's caller, as the
+    sleep record does: ``kern/kern_synch.py:63 (msleep, called from vm/vm_pageout.py:185)``
+    (``sleep``: the sleep that dropped Giant; ``cv_wait`` for a thread that waited for an
+    sx lock, named with where it asked for the lock).
+    """
+    if not n:
+        return
     giant = _G().Giant
+    where = md.site()
+    if caller:
+        where = f"{where} ({sleep}, called from {caller})"
     for _ in range(n):
-        mtx_lock(giant, AF_PICKUP)
+        mtx_lock(giant, AF_PICKUP, where)
 
 
 # Functions that only sleep on their caller's behalf (wait for memory, for a busy page,
@@ -97,7 +111,8 @@ def msleep(ident: int, mtx: int | None, priority: int, wmesg: str, timo: int) ->
     if mtx is not None:
         n = lt.owned.pop(mtx)
         assert n == 1
-    sleepq_add(ident, mtx or 0, timo, _sleeper_site())
+    caller = _sleeper_site()
+    sleepq_add(ident, mtx or 0, timo, caller)
     if timo:
         if lt.sleep_callout is None:
             lt.sleep_callout = Callout()
@@ -112,7 +127,7 @@ def msleep(ident: int, mtx: int | None, priority: int, wmesg: str, timo: int) ->
     elif timo:
         md.pcpu.callouts.stop(lt.sleep_callout)
     mtx_unlock_spin(G.sched_lock)
-    PICKUP_GIANT(giant)
+    PICKUP_GIANT(giant, caller)
     if mtx is not None and not priority & PDROP:
         mtx_lock(mtx)
     return rval

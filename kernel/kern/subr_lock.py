@@ -29,7 +29,8 @@ def lock_block(lt: Any, lock: int, kind: str, mode: int, where: str) -> None:
 
     A thread blocked on a mutex keeps Giant, as on a turnstile. One that waits for an sx or
     lockmgr lock *sleeps* (cv_wait, msleep), so it drops Giant while it waits and takes it
-    back before it tries again, as those sleeps do.
+    back before it tries again, as those sleeps do (its hold of Giant then names the lock
+    request it waited for: ``... (cv_wait, called from vm/vm_glue.py:590)``).
     """
     t0 = md.sim_now()
     giant = 0
@@ -38,7 +39,7 @@ def lock_block(lt: Any, lock: int, kind: str, mode: int, where: str) -> None:
     try:
         while True:
             _wait_wakeup(lt, lock, kind)
-            PICKUP_GIANT(giant)
+            PICKUP_GIANT(giant, where, "cv_wait" if kind == "sx" else "msleep")
             if lock_retry(lock, mode, where) != QUEUED:
                 return
             giant = DROP_GIANT(lt) if giant else 0
