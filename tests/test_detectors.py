@@ -79,6 +79,36 @@ def test_a_reversed_order_is_reported_once_with_both_sites(m: Machine) -> None:
     assert "x.py:1" in f.sites and "x.py:2" in f.sites       # where the order was learned
 
 
+def test_a_three_lock_cycle_with_no_pairwise_reversal_is_reported_naming_every_edge(
+        m: Machine) -> None:
+    """A -> B (thread 1), B -> C (thread 2), then C -> A (thread 3): no two threads take
+    the same two locks, but the order is transitive (subr_witness.c's isitmydescendant
+    walks the tree), so the third is a reversal of A -> B -> C, named with the site that
+    established each step."""
+    a, b, c = m.lock("lock A"), m.lock("lock B"), m.lock("lock C")
+    for tid, (x, y), site in ((1, (a, b), "t1.py"), (2, (b, c), "t2.py")):
+        m.take(tid, x, f"{site}:1")
+        m.take(tid, y, f"{site}:2")
+        m.locks.release(tid, 0, f"{site}:3", y, EXCL)
+        m.locks.release(tid, 0, f"{site}:4", x, EXCL)
+    assert m.findings == []
+    m.take(3, c, "t3.py:1")
+    m.take(3, a, "t3.py:2")                           # C -> A closes A -> B -> C -> A
+    assert m.summaries() == ["lock order reversal: lock C -> lock A (established: lock A -> "
+                             "lock B -> lock C): 1st @ t3.py:1, 2nd @ t3.py:2"]
+    f = m.findings[0]
+    assert f.detail == ("lock order reversal\n"
+                        " 1st lock C (sleep mutex) @ t3.py:1\n"
+                        " 2nd lock A (sleep mutex) @ t3.py:2\n"
+                        "established order: lock A -> lock B -> lock C, each step first seen\n"
+                        " lock A -> lock B: 1st lock A @ t1.py:1, 2nd lock B @ t1.py:2\n"
+                        " lock B -> lock C: 1st lock B @ t2.py:1, 2nd lock C @ t2.py:2"), f.detail
+    assert f.sites == ["t3.py:1", "t3.py:2", "t1.py:1", "t1.py:2", "t2.py:1", "t2.py:2"]
+    m.locks.release(3, 0, "t3.py:3", a, EXCL)
+    m.take(3, a, "t3.py:4")                           # the same reversal: once only
+    assert len(m.findings) == 1
+
+
 def test_the_static_order_of_2002_is_known_from_the_start(m: Machine) -> None:
     giant, allproc = m.lock("Giant", flags=LF_RECURSE), m.lock("allproc", LC_SX)
     m.take(1, allproc, "a.py:1", SHARED)

@@ -18,6 +18,7 @@ import pytest
 
 import helpers
 from helpers import describe, expect_shutdown, result
+from smp.kernel.sys.kstruct import F, KStruct
 
 QUIET = ["workload.kthreads=0", "user.procs_per_cpu=0", "run.duration=30"]
 
@@ -180,6 +181,50 @@ def test_the_config_reaches_the_kernel(tmp_path: pathlib.Path) -> None:
                              "kern.phold=first_hold", "machine.cpus=4"],
                             [scenario("config", config_in_kernel)], tmp_path)
     checks(res, "hz", "memory", "swap", "thresholds", "phold", "pages_counted", "one_cpu")
+
+
+struct_lor = KStruct("lortest", [F("l_a", "mtx"), F("l_b", "mtx"), F("l_c", "mtx"),
+                                 F("l_done", "int")], doc="three locks taken in a cycle")
+
+
+def three_lock_cycle() -> None:
+    """Three kernel threads, each taking two of three mutexes: A then B, B then C, C then
+    A. No two take the same two locks, one after the other: nothing waits, nothing
+    deadlocks; the third closes a cycle of the order the first two established."""
+    from smp.kernel.kern.kern_mutex import MTX_DEF, mtx_init, mtx_lock, mtx_unlock
+    t = struct_lor.new()
+    for f, name in (("l_a", "lor A"), ("l_b", "lor B"), ("l_c", "lor C")):
+        mtx_init(t.addr(f), name, None, MTX_DEF)
+
+    def pair(first: str, second: str) -> Callable[[], None]:
+        def run() -> None:
+            mtx_lock(t.addr(first))
+            mtx_lock(t.addr(second))
+            mtx_unlock(t.addr(second))
+            mtx_unlock(t.addr(first))
+            t.l_done = t.l_done + 1
+        return run
+    for n, (first, second) in enumerate((("l_a", "l_b"), ("l_b", "l_c"), ("l_c", "l_a"))):
+        helpers.kthread(pair(first, second), f"lor{n}")
+        helpers.wait_until(lambda: t.l_done > n, f"lor{n} to take its two locks")
+    check("all_three", t.l_done == 3)
+
+
+@pytest.mark.timeout(60)
+def test_witness_finds_a_three_lock_cycle_taken_by_three_threads(
+        tmp_path: pathlib.Path) -> None:
+    res = helpers.run_local(QUIET, [scenario("lor", three_lock_cycle)], tmp_path)
+    lors = [f for f in res.report["findings"] if f["detector"] == "witness"]
+    assert [f["summary"].split(": 1st @")[0] for f in lors] == [
+        "lock order reversal: lor C -> lor A (established: lor A -> lor B -> lor C)"], lors
+    detail = lors[0]["detail"].splitlines()
+    assert detail[3] == "established order: lor A -> lor B -> lor C, each step first seen"
+    assert detail[4].startswith(" lor A -> lor B: 1st lor A @ test_local.py:"), detail
+    assert detail[5].startswith(" lor B -> lor C: 1st lor B @ test_local.py:"), detail
+    # the sites: the reversal's two, then the two of each step
+    assert len(lors[0]["sites"]) == 6 and all(
+        s.startswith("test_local.py:") for s in lors[0]["sites"]), lors[0]
+    assert res.report["kernel"].get("t_ok_all_three") == 1, describe(res)
 
 
 def test_a_local_machine_waiting_for_nothing_is_stuck_not_hung() -> None:

@@ -6,7 +6,10 @@ names: all proc locks are "process lock") are taken, starting from the static or
 the time, and report a **lock order reversal** the first time a thread takes two classes
 in the order opposite to one already seen. It reports each reversal once, in WITNESS's
 words: the 1st and 2nd lock with their types and where each was taken, and where the
-established order was learned. The order is checked, and learned, when a thread is granted
+established order was learned. The order is transitive, as ``isitmydescendant()`` walks
+WITNESS's tree: after A -> B and B -> C (by any threads), C -> A is a reversal of
+A -> B -> C though no two threads took the same two locks, and the report names where
+each step of that order was first seen. The order is checked, and learned, when a thread is granted
 a lock and already when it must wait for one (so a reversal that deadlocks at once is
 reported too).
 
@@ -129,17 +132,24 @@ class Witness:
                     f" 2nd {new.name} ({new.cls}) @ {new_site}"))
             back = self._path(new.name, old.name)
             if back is not None:
-                a, b = back[0], back[1]
-                est = self.edges[a][b]
+                steps = [(a, b, self.edges[a][b]) for a, b in zip(back, back[1:])]
+                if len(steps) == 1:
+                    a, b, est = steps[0]
+                    learned = f", first seen\n 1st {a} @ {est[0]}\n 2nd {b} @ {est[1]}"
+                else:       # a cycle through other locks: where each step was learned
+                    learned = ", each step first seen" + "".join(
+                        f"\n {a} -> {b}: " + ("static order" if est[0] == "static order"
+                                               else f"1st {a} @ {est[0]}, 2nd {b} @ {est[1]}")
+                        for a, b, est in steps)
                 self._once(("lor",) + tuple(sorted((old.name, new.name))), Finding(
                     "witness", f"lock order reversal: {old.name} -> {new.name} "
                     f"(established: {' -> '.join(back)}): 1st @ {old_site}, "
-                    f"2nd @ {new_site}", [old_site, new_site, *est],
+                    f"2nd @ {new_site}",
+                    [old_site, new_site, *(s for _, _, est in steps for s in est)],
                     f"lock order reversal\n"
                     f" 1st {old.name} ({old.cls}) @ {old_site}\n"
                     f" 2nd {new.name} ({new.cls}) @ {new_site}\n"
-                    f"established order: {' -> '.join(back)}, first seen\n"
-                    f" 1st {a} @ {est[0]}\n 2nd {b} @ {est[1]}"))
+                    f"established order: {' -> '.join(back)}{learned}"))
                 continue
             if new.name not in self.edges[old.name]:
                 self.edges[old.name][new.name] = (old_site, new_site)
