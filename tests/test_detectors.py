@@ -152,6 +152,31 @@ def test_an_sx_taken_while_holding_a_mutex_other_than_giant_is_a_reversal(m: Mac
     assert any("sleepable proctree" in s for s in m.summaries())
 
 
+def test_an_sx_taken_shared_twice_by_one_thread_is_allowed_silently_as_in_5_0(
+        m: Machine) -> None:
+    """FreeBSD 5.0's sx_init gave every sx LO_RECURSABLE, and witness_lock() only counts a
+    recursion of a recursable lock (``lock1->li_flags++``); _sx_slock checked only that the
+    thread was not the exclusive holder. Readers wait only while a writer holds the lock,
+    so a writer queued between the two shared acquires does not deadlock the reader.
+    Exclusive recursion and mixing modes still panic (_sx_xlock's KASSERT "xlock already
+    held", "slock while xlock is held")."""
+    sx = m.lock("allproc", LC_SX)
+    assert m.take(1, sx, "r.py:1", SHARED) == GRANTED
+    assert m.take(2, sx, "w.py:1", EXCL) == QUEUED           # a writer waits ...
+    assert m.take(1, sx, "r.py:2", SHARED) == GRANTED        # ... and the reader recurses
+    assert m.findings == []
+    assert [h["site"] for h in m.locks.held_by(1)] == ["r.py:1", "r.py:2"]
+    assert m.locks.release(1, 0, "r.py:3", sx, SHARED) == []     # still held once
+    assert m.locks.release(1, 0, "r.py:4", sx, SHARED) == [(0, 2, sx, False)]
+    assert m.locks.held_by(1) == [] and m.findings == []
+    x = m.lock("proctree", LC_SX)
+    m.take(3, x, "x.py:1", EXCL)
+    with pytest.raises(LockError, match="recursed on non-recursive sx"):
+        m.take(3, x, "x.py:2", EXCL)
+    with pytest.raises(LockError, match="excl->share"):
+        m.take(3, x, "x.py:3", SHARED)
+
+
 def test_lockmgr_locks_are_not_tracked(m: Machine) -> None:
     a, mapl = m.lock("lock A"), m.lock("user map", LC_LOCKMGR)
     m.take(1, mapl, "m.py:1")

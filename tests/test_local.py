@@ -227,6 +227,28 @@ def test_witness_finds_a_three_lock_cycle_taken_by_three_threads(
     assert res.report["kernel"].get("t_ok_all_three") == 1, describe(res)
 
 
+def sx_shared_twice() -> None:
+    """The kernel's own sx (allproc) taken shared twice by one thread, as 5.0 allowed: its
+    sx_init made every sx LO_RECURSABLE, so WITNESS counted the recursion and said
+    nothing (kern_sx.py)."""
+    from smp.kernel.kern import kern_globals
+    from smp.kernel.kern.kern_sx import SX_SLOCKED, sx_assert, sx_slock, sx_sunlock
+    G = kern_globals.G
+    sx_slock(G.allproc_lock)
+    sx_slock(G.allproc_lock)
+    sx_sunlock(G.allproc_lock)
+    sx_assert(G.allproc_lock, SX_SLOCKED)           # still held, once
+    sx_sunlock(G.allproc_lock)
+    check("sx_shared_twice", True)
+
+
+@pytest.mark.timeout(60)
+def test_the_kernel_s_sx_may_be_taken_shared_twice_silently(tmp_path: pathlib.Path) -> None:
+    res = helpers.run_local(QUIET, [scenario("sxrec", sx_shared_twice)], tmp_path)
+    checks(res, "sx_shared_twice")
+    assert [f for f in res.report["findings"] if f["detector"] == "witness"] == []
+
+
 def test_a_local_machine_waiting_for_nothing_is_stuck_not_hung() -> None:
     """A CPU that would wait for a message nothing in the machine can send any more: the
     channel says so at once (in a one-CPU machine that is a lost wakeup or a deadlock)."""

@@ -2,9 +2,21 @@
 
 The 2002 sx lock was a mutex and two condition variables: readers wait only while a writer
 holds the lock (no writer preference) and a waiting thread *sleeps* on a condition
-variable, so it shows ``TDI_SLEEPING``, not ``TDI_LOCK``. Not recursive; the server panics on
-a recursion and on mixing shared and exclusive holds ("share->excl"). May be held across a
-sleep.
+variable, so it shows ``TDI_SLEEPING``, not ``TDI_LOCK``. May be held across a sleep.
+
+Recursion, as in 5.0: **shared recursion is allowed, silently**. 5.0's ``sx_init`` set
+``lo_flags = LO_WITNESS | LO_RECURSABLE | LO_SLEEPABLE | LO_UPGRADABLE`` (and
+``lock_class_sx`` is ``LC_RECURSABLE``); ``_sx_slock`` asserted only that the thread was not
+the exclusive holder ("slock while xlock is held") and counted ``sx_cnt++``; and
+``witness_lock()``, finding the lock on the thread's list already, panicked only on
+"share->excl"/"excl->share" or when the lock was not ``LO_RECURSABLE``, so a second shared
+hold was counted (``li_flags++``) and nothing was said. (freebsd-src: kern_sx.c of 2001
+and of 6.x, either side of 5.0, set those flags alike; subr_witness.c of late 2002, whose
+order_lists subr_witness.py follows: the recursion check in ``witness_lock``.) It cannot deadlock on its own: readers wait only while a
+writer *holds* the lock, never for a waiting one. So the lock is initialised without
+``LF_NOSHREC`` (lockmgr has it), and a thread's shared holds are counted
+(``owned_sx``). Exclusive recursion panics ("xlock already held": _sx_xlock's KASSERT,
+and assertions are always on here), as does mixing shared and exclusive holds.
 """
 
 from __future__ import annotations
@@ -24,7 +36,7 @@ SX_UNLOCKED = 0x08
 
 
 def sx_init(sx: int, description: str) -> None:
-    lock_init(sx, LK_RW, "sx", description, 0)
+    lock_init(sx, LK_RW, "sx", description, 0)     # LO_RECURSABLE: shared recursion allowed
 
 
 def sx_destroy(sx: int) -> None:

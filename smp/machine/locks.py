@@ -15,7 +15,9 @@ Semantics, after FreeBSD 5.0:
   the first sleeper (a ``WAKE`` event), which then tries again, and may find that a
   running thread took the lock first. This is 5.0's ``MTX_CONTESTED`` protocol; handing the
   lock to a thread that is not running would build convoys the real kernel did not have.
-* ``sx``: shared or exclusive, not recursive. Readers wait only while a writer holds the
+* ``sx``: shared or exclusive; a thread may take it shared again (5.0's sx was
+  ``LO_RECURSABLE``: kernel/kern/kern_sx.py), not exclusive again (``LF_NOSHREC`` forbids
+  the shared recursion too: lockmgr). Readers wait only while a writer holds the
   lock (no writer preference, as the 2002 sx built from two condition variables). A
   release that leaves the lock free wakes every waiting reader, or if there are none the
   first writer, as the condition variables did; they try again.

@@ -21,7 +21,9 @@ The 2002 rules (docs/FREEBSD.md, section B):
 
 1. a blocking sleep lock taken with a spin lock held panics (the lock table does that);
 2. try-locks are never order-checked and add no edge;
-3. recursion and share->excl panic (the lock table);
+3. recursion on a lock that is not recursable and share->excl panic (the lock table);
+   a second shared hold of an sx is not a recursion it reports (5.0's sx was
+   LO_RECURSABLE: kernel/kern/kern_sx.py);
 4. a second lock of the same name warns "acquiring duplicate lock of same type" unless
    the lock is DUPOK;
 5. a reversal is reported, not a panic;
