@@ -14,10 +14,10 @@ hold was counted (``li_flags++``) and nothing was said. (freebsd-src: kern_sx.c 
 and of 6.x, either side of 5.0, set those flags alike; subr_witness.c of late 2002, whose
 order_lists subr_witness.py follows: the recursion check in ``witness_lock``.) It cannot
 deadlock on its own: readers wait only while a writer *holds* the lock, never for a
-waiting one. So the lock is initialised without
-``LF_NOSHREC`` (lockmgr has it), and a thread's shared holds are counted
-(``owned_sx``). Exclusive recursion panics ("xlock already held": _sx_xlock's KASSERT,
-and assertions are always on here), as does mixing shared and exclusive holds.
+waiting one. So the lock is initialised without ``LF_NOSHREC`` (lockmgr has it), and a
+thread's shared holds are counted (``owned_sx``). Exclusive recursion panics ("xlock
+already held": _sx_xlock's KASSERT, and assertions are always on here), as does mixing
+shared and exclusive holds.
 """
 
 from __future__ import annotations
