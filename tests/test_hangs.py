@@ -13,6 +13,7 @@ import pytest
 
 from smp.hw.protocol import EXCL, LK_RW, LK_SLEEP, LK_SPIN, SHARED, field_addr
 from smp.kernel.kern.kern_proc import LIVENESS_WAITS
+from smp.kernel.vm.vm_map import VM_REFS
 from smp.kernel.vm.vm_page import VM_WAITS
 from smp.machine.hangs import CHECK_S, Hangs
 from smp.machine.locks import LockTable
@@ -44,7 +45,9 @@ class Server:
         self.kmem.deftype("proc", [["p_pid", "int", "b", 0], ["p_comm", "str", "b", ""],
                                    ["p_state", "int", "j", 1], ["p_sflag", "int", "j", INMEM],
                                    ["p_threads", "list", "j", None], ["p_lock", "int", "c", 0],
-                                   ["p_children", "list", "e", None]])
+                                   ["p_children", "list", "e", None],
+                                   ["p_vmspace", "int", "b", 0]])
+        self.kmem.deftype("vmspace", [["vm_refcnt", "int", "m", 0]])
         self.kmem.deftype("vmmeter", [["v_page_count", "int", "", 0],
                                       ["v_free_count", "int", "n", 0],
                                       ["v_cache_count", "int", "n", 0],
@@ -52,11 +55,13 @@ class Server:
                                       ["vm_pages_needed", "int", "m", 0]])
         self.kmem.deftype("thread", [["td_inhibitors", "int", "j", 0],
                                      ["td_wchan", "int", "j", 0], ["td_wmesg", "str", "j", ""],
-                                     ["td_name", "str", "b", ""]])
-        self.kmem.deftype("globals", [["allproc", "list", "a", None], ["x", "int", "a", 0]])
+                                     ["td_name", "str", "b", ""], ["td_proc", "int", "b", 0]])
+        self.kmem.deftype("globals", [["allproc", "list", "a", None], ["x", "int", "a", 0],
+                                      ["zombproc", "list", "a", None]])
         g = self.kmem.new("globals", None)
         self.allproc = field_addr(g, 0)
         self.chan = field_addr(g, 1)
+        self.zombproc = field_addr(g, 2)
         self.sched = 0x9000
         self.locks.init(self.sched, LK_SPIN, "spin mutex", SCHED, 0)
         self.hangs = Hangs(self, bound_s)
@@ -65,9 +70,10 @@ class Server:
             "state": "p_state", "zombie": 3, "sflag": "p_sflag", "inmem": INMEM,
             "swapinreq": SWAPINREQ, "swapper_pid": 0, "inhibitors": "td_inhibitors",
             "sleeping": SLEEPING, "inhibitor_bits": {"SLEEPING": SLEEPING, "SWAPPED": SWAPPED},
-            "wchan": "td_wchan", "wmesg": "td_wmesg", "name": "td_name",
-            "waits": LIVENESS_WAITS})                  # the kernel's own, and
+            "wchan": "td_wchan", "wmesg": "td_wmesg", "name": "td_name", "proc": "td_proc",
+            "zombies": self.zombproc, "waits": LIVENESS_WAITS})    # the kernel's own, and
         self.hangs.add_waits(VM_WAITS)                  # vm's
+        self.hangs.add_refs(VM_REFS)
 
     def finding(self, f: Finding) -> None:
         self.findings.append(f)
@@ -75,7 +81,7 @@ class Server:
     def proc(self, pid: int, comm: str) -> tuple[int, int]:
         p = self.kmem.new("proc", {"p_pid": pid, "p_comm": comm})
         self.kmem.listhead(self.allproc).insert_tail(p)
-        td = self.kmem.new("thread", {"td_name": comm})
+        td = self.kmem.new("thread", {"td_name": comm, "td_proc": p})
         self.kmem.listhead(field_addr(p, 4)).insert_tail(td)
         return p, td
 
@@ -692,3 +698,99 @@ def test_a_hold_forgotten_by_a_holder_that_went_on_is_never_released() -> None:
     assert f.summary.endswith("which has taken and released other holds since")
     s.run_for(3.0)
     assert len(s.liveness()) == 1                             # the swapper's: left alone
+
+
+class Vm:
+    """A vmspace's life as the kernel lives it, store by store (each as the server
+    handles it: the ledger told before and after), in ``s``."""
+
+    def __init__(self, s: Server, maker: int, proc: int) -> None:
+        self.s = s                                            # vmspace_fork's alloc,
+        self.h = s.kmem.new("vmspace", {"vm_refcnt": 1})      # then p2->p_vmspace = vm2
+        s.hangs.created(maker, "vm/vm_map.py:307", self.h, {"vm_refcnt": 1})
+        self.point(maker, "vm/vm_glue.py:349", proc)
+
+    def point(self, by: int, site: str, proc: int, to: int | None = None) -> None:
+        self.s.kmem.store(proc, "p_vmspace", self.h if to is None else to)
+        self.s.hangs.counted(by, site, proc, ["p_vmspace"])
+
+    def ref(self, by: int, site: str, delta: int) -> None:
+        s = self.s
+        s.hangs.store(by, site, self.h, ["vm_refcnt"])
+        s.kmem.store(self.h, "vm_refcnt", s.kmem.load(self.h, "vm_refcnt") + delta)
+        s.hangs.counted(by, site, self.h, ["vm_refcnt"])
+
+    def share(self, by: int, child: int) -> None:             # vm_forkproc's RFMEM
+        self.point(by, "vm/vm_glue.py:342", child)
+        self.ref(by, "vm/vm_glue.py:343", 1)
+
+    def exit_and_reap(self, p: int, td: int, reaper: int) -> None:
+        s = self.s
+        self.ref(td, "kern/kern_exit.py:69", -1)              # exit1's drop
+        s.kmem.listhead(s.allproc).remove(p)                  # allproc -> zombproc
+        s.kmem.listhead(s.zombproc).insert_tail(p)
+        s.run_for(0.3)                                        # a zombie for a while
+        s.kmem.listhead(s.zombproc).remove(p)                 # wait1: vmspace_exitfree
+        self.point(reaper, "vm/vm_map.py:351", p, 0)
+        s.kmem.listhead(field_addr(p, 4)).remove(td)
+        s.kmem.free(td)
+
+
+def _vm_life(leak: bool) -> tuple[Server, Vm, int]:
+    """init forks a sharer, whose RFMEM child shares its vmspace; the vm daemon holds it
+    for a while, over the child's exit; both exit and init reaps them. ``leak``: the
+    sharer raises vm_refcnt once more after its fork (a planted bug), never dropped."""
+    s = Server(bound_s=1.0)
+    _, init = s.proc(1, "init")
+    _, vmd = s.proc(3, "vmdaemon")
+    p1, t1 = s.proc(20, "sharer")
+    vm = Vm(s, init, p1)
+    p2, t2 = s.proc(21, "sharee")
+    vm.share(t1, p2)
+    if leak:
+        vm.ref(t1, "kern/kern_fork.py:111", 1)                # the planted raise
+    vm.ref(vmd, "vm/vm_glue.py:642", 1)                       # swapout_procs' hold ...
+    vm.exit_and_reap(p2, t2, init)
+    vm.exit_and_reap(p1, t1, init)
+    s.run_for(1.5)                                            # (its thread at work)
+    assert s.liveness() == []
+    vm.ref(vmd, "vm/vm_map.py:339", -1)                       # ... and its vmspace_free
+    return s, vm, t1
+
+
+def test_a_vmspace_reference_never_dropped_is_reported_with_its_raise() -> None:
+    """A vm_refcnt raise without its vmspace_free (a planted bug): once its processes
+    have exited and been reaped, the vmspace keeps a count nobody holds. The report
+    names it, its count, the raise not undone and that no live process holds it; not the
+    raises the processes' exits undid, whatever their order; the vm daemon's hold, over
+    the exit, is silent while its thread is at it."""
+    s, vm, t1 = _vm_life(leak=True)
+    f = _reported_after_the_bound(s, 0.8, 0.4)
+    assert f.summary == (f"reference never dropped: vmspace#{vm.h} vm_refcnt 1, and no live "
+                         f"process holds it (p_vmspace): raised @ kern/kern_fork.py:111 by "
+                         f"thread {t1} (sharer), never dropped"), f.summary
+    assert f.sites == ["kern/kern_fork.py:111"]
+    assert (f"the raises not undone: raised @ kern/kern_fork.py:111 by thread {t1} "
+            f"(sharer) at operation 0, " in f.detail), f.detail
+    assert f.detail.endswith("a hold of its own, which has exited"), f.detail
+    s.run_for(3.0)
+    assert len(s.liveness()) == 1                             # once
+
+
+def test_vmspace_references_all_dropped_are_silent() -> None:
+    """The same life with no leak: every raise undone, the count 0 (vmspace_exitfree then
+    frees it); and a vmspace_unshare (a private copy, the shared one dropped)."""
+    s, vm, _ = _vm_life(leak=False)
+    assert s.kmem.load(vm.h, "vm_refcnt") == 0 and (vm.h, "vm_refcnt") not in s.hangs.raised
+    p3, t3 = s.proc(22, "sharer")
+    _, init = s.proc(1, "init")
+    old = Vm(s, init, p3)
+    p4, t4 = s.proc(23, "sharee")
+    old.share(t3, p4)
+    new = Vm(s, t4, p4)                                       # rfork(RFFDG): unshare
+    old.ref(t4, "vm/vm_map.py:339", -1)
+    s.run_for(3.0)
+    new.exit_and_reap(p4, t4, t3)
+    old.exit_and_reap(p3, t3, init)
+    s.run_for(3.0)
+    assert s.liveness() == [] and s.hangs.raised.get((old.h, "vm_refcnt")) is None

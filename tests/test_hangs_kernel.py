@@ -10,6 +10,10 @@ machine in which two kernel threads hang, each the way the detector is for.
   suspended, as swapout's ``TDI_SWAPPED`` leaves it) and the stale value is stored back.
   The thread is inhibited as sleeping on no sleep queue: a ``liveness`` finding, a lost
   wakeup, naming both sites (the store that put the bit back and where it slept).
+* ``vmt-sharer``, a user process, rforks a child sharing its vmspace (RFMEM) and then
+  raises its ``vm_refcnt`` once more, never dropped (a planted leak); the child exits and
+  is reaped, then the sharer exits. Its vmspace keeps a count that no live process
+  holds: a ``liveness`` finding, a reference never dropped, naming the planted raise.
 
 The driver ends the run two simulated seconds later, past the bound (``debug.liveness_s``
 = 1 here); the machine is the quiet one of test_vm_glue.py (2 CPUs, no user processes).
@@ -25,7 +29,7 @@ import pytest
 import vmscenarios as vs
 
 from smp.kernel.kern import kern_globals
-from smp.kernel.kern.kern_mutex import mtx_lock_spin, mtx_unlock_spin
+from smp.kernel.kern.kern_mutex import mtx_lock, mtx_lock_spin, mtx_unlock, mtx_unlock_spin
 from smp.kernel.machine import cpu as md
 from smp.kernel.sys.proc import TDI
 
@@ -48,6 +52,20 @@ def _sleeper(wmesg: str, chan_field: str, mark: int) -> Any:
     return run
 
 
+def _sharer() -> None:
+    from smp.kernel.kern.kern_thread import curproc
+    from smp.kernel.userland import libc
+    from smp.kernel.vm.vm import RFFDG, RFMEM, RFPROC
+    libc.fork(lambda: libc.exit(0), "vmt-sharee", RFFDG | RFPROC | RFMEM)
+    mtx_lock(kern_globals.G.Giant)
+    vm = curproc().p_vmspace
+    vm.vm_refcnt += 1                               # the leak: no vmspace_free follows
+    mtx_unlock(kern_globals.G.Giant)
+    vs.check("sharee_reaped", libc.wait()[0] == 0)
+    vs.shared().v_pid = libc.getpid()
+    libc.exit(0)
+
+
 def _driver() -> None:
     """Wait till both sleep, lose vmt-lost's wakeup, let the detector look, end."""
     from smp.kernel.kern.kern_synch import wakeup
@@ -65,6 +83,7 @@ def _driver() -> None:
     wakeup(t.addr("v_phase"))                       # the wakeup clears TDI_SLEEPING
     td.td_inhibitors = stale                        # ... and the stale store puts it back
     vs.check("lost_off_the_queue", True)
+    vs.nap_until(lambda: t.v_pid != 0, "vmt-sharer to exit", 800)
     start = md.pcpu.ticks
     vs.nap_until(lambda: md.pcpu.ticks - start > 200, "the bound and more", 800)
     vs.done()
@@ -77,6 +96,7 @@ def test_never_woken_and_lost_wakeup_reported(tmp_path: pathlib.Path) -> None:
         vs.boot_kthread("vmt-never", _sleeper("vmtnever", "v_pid", 0), cpu=0),
         vs.boot_kthread("vmt-lost", _sleeper("vmtlost", "v_phase", 1), cpu=1),
         vs.boot_kthread("vmt-driver", _driver, cpu=0),
+        vs.boot_fork("vmt-sharer", _sharer, cpu=0),
         vs.boot_kthread("vmt-coord", vs.coordinator(1, 1500, "the hangs"), cpu=1)],
         tmp_path)
     r = res.report
@@ -103,3 +123,15 @@ def test_never_woken_and_lost_wakeup_reported(tmp_path: pathlib.Path) -> None:
     assert f["sites"][0].startswith("test_hangs_kernel.py:"), f      # the stale store
     assert f["sites"][1].startswith("kern/"), f                       # where it slept
     assert "inhibitors last stored @ test_hangs_kernel.py:" in f["summary"]
+    # the leaked vmspace reference: the planted raise, by the sharer, and nothing else
+    assert r["kernel"].get("t_ok_sharee_reaped") == 1 and r["kernel"]["forks_rfmem"] == 1
+    orphans = [f for f in r["findings"] if f["detector"] == "liveness"
+               and f["summary"].startswith("reference never dropped")]
+    assert len(orphans) == 1, r["findings"]
+    f = orphans[0]
+    assert f["summary"].startswith("reference never dropped: vmspace#"), f
+    assert " vm_refcnt 1, and no live process holds it (p_vmspace): raised @ " \
+        "test_hangs_kernel.py:" in f["summary"], f
+    assert "(vmt-sharer), never dropped" in f["summary"], f
+    assert len(f["sites"]) == 1 and f["sites"][0].startswith("test_hangs_kernel.py:"), f
+    assert "a hold of its own, which has exited" in f["detail"], f

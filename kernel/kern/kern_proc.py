@@ -281,5 +281,5 @@ def proc_table_register(allproc: int, zombproc: int) -> None:
         "inhibitors": "td_inhibitors", "sleeping": int(TDI.TDI_SLEEPING),
         "inhibitor_bits": {m.name.removeprefix("TDI_"): int(m) for m in TDI},
         "wchan": "td_wchan", "wmesg": "td_wmesg", "name": "td_name",
-        "blocked": "td_blocked",
+        "blocked": "td_blocked", "proc": "td_proc", "zombies": zombproc,
         "waits": LIVENESS_WAITS})

@@ -26,6 +26,7 @@ from smp.kernel.kern.kern_lock import LK_EXCLUSIVE, LK_NOWAIT, LK_RELEASE, locki
 from smp.kernel.kern.kern_mutex import KASSERT
 from smp.kernel.machine import cpu as md
 from smp.kernel.machine import memory
+from smp.kernel.sys.kernel import SI_ORDER, SI_SUB, SYSINIT
 from smp.kernel.sys.kstruct import F, KObj, KStruct, TAILQ_FOREACH, TAILQ_INSERT_TAIL, TAILQ_REMOVE
 from smp.kernel.sys.param import PVM
 from smp.kernel.vm.vm import (FALSE, KERN_INVALID_ADDRESS, KERN_NO_SPACE, KERN_SUCCESS,
@@ -70,6 +71,25 @@ struct_vmspace = KStruct("vmspace", [
     F("vm_shm", "int", "m"),
     F("vm_freed", "int", "m"),              # PORT: set when destroyed, for the checks
 ], doc="a process address space (vm/vm_map.h)")
+
+# vm_refcnt, for the liveness detector (smp.machine.hangs): a count of references, each
+# held by a process's p_vmspace (vmspace_alloc's 1, vm_forkproc's RFMEM share; dropped by
+# exit1 and vmspace_unshare's vmspace_free) or for a while by a thread of its own (the vm
+# daemon's, in swapout_procs, dropped by vmspace_free). A vmspace whose count stays above
+# 0 with no process on allproc pointing to it is a reference never dropped: it is never
+# freed. (vm_exitingcnt, the zombies' count, goes with the reaping: not registered.)
+VM_REFS: dict[str, dict[str, str]] = {
+    "vm_refcnt": {"holder": "p_vmspace",
+                  "what": "a vm_refcnt raise without its vmspace_free or exit"},
+}
+
+
+def vm_refs_register(_: Any) -> None:
+    """BSP, at boot: vm_refcnt, as the liveness detector's count of references."""
+    md.register("refs", VM_REFS)
+
+
+SYSINIT("vm_refs", SI_SUB.SI_SUB_VM, SI_ORDER.SI_ORDER_ANY, vm_refs_register)
 
 
 # -- map locks -------------------------------------------------------------------------------

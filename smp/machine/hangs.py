@@ -78,7 +78,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Hashable
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from smp.machine.locks import LockTable
 from smp.hw.protocol import FIELD_BITS
@@ -104,6 +104,18 @@ class _Server(Protocol):
 
 _TESTS = ({"field", "clear"}, {"field", "equals"}, {"sum", "at_least"},
           {"list", "field", "equals"}, {"idle"})
+
+
+class _Raise(NamedTuple):
+    """One raise of a registered count not yet undone: where, by which thread (and its
+    name), when (simulated s), at which operation of the machine, and for a count of
+    references (``refs``) the object that holds it (0: nobody yet; a transient hold)."""
+    site: str
+    by: int
+    name: str
+    when: float
+    op: int
+    holder: int = 0
 
 
 def _test_ok(w: Any) -> bool:
@@ -151,11 +163,17 @@ class Hangs:
         self.sleeps_by: dict[str, int] = {}                   # wait message -> sleeps
         self.polling: dict[int, float] = {}                   # thread -> sleeping with a
                                                               # timeout at one site since
-        self.counts: set[str] = set()                         # fields that count holds
-        self.raised: dict[tuple[int, str], list[tuple[str, int, str, float]]] = {}  # the
-                                  # raises not yet undone: site, by, its name, when
-        self.lowered: dict[int, tuple[float, int]] = {}       # thread -> its last lowering:
-                                                              # when, of which object
+        self.counts: set[str] = set()                         # fields that count holds:
+        self.wait_counts: set[str] = set()                    # a wait's (p_lock), and
+        self.refs: dict[str, dict[str, str]] = {}             # counts of references
+                                                  # (vm_refcnt) -> {holder, what}
+        self.holders: dict[str, str] = {}                     # a pointer field that holds
+                                                              # a reference -> its count
+        self.raised: dict[tuple[int, str], list[_Raise]] = {}  # the raises not yet undone
+        self.lowered: dict[tuple[int, str], tuple[float, int]] = {}  # (thread, count) ->
+                                                  # its last lowering: when, of which object
+        self.pending: dict[int, tuple[int, int]] = {}         # thread -> (holder, object):
+                                                  # a holder's pointer stored before its raise
         self.off: dict[int, float] = {}                       # thread -> off its queue at (us),
                                                               # in the current hold of sched_lock
         self.first: dict[tuple[str, int], float] = {}         # (kind, tid|pid) -> first seen
@@ -186,7 +204,26 @@ class Hangs:
         self.wait_fields = {f for w in self.waits.values() for f in _tested(w)}
         if self.reg is not None:            # (a swap-in request's store, for its report)
             self.wait_fields.add(str(self.reg["sflag"]))
-        self.counts = {str(w["field"]) for w in self.waits.values() if w.get("count")}
+        self.wait_counts = {str(w["field"]) for w in self.waits.values() if w.get("count")}
+        self.counts = self.wait_counts | set(self.refs)
+
+    def add_refs(self, refs: Any) -> None:
+        """Counts of references (``POLICY refs``: vm_refcnt), each with the pointer field
+        by which a process holds one (``holder``: p_vmspace) and the words for a
+        reference never dropped (``what``): the hold ledger keeps their raises, each
+        given to the holder whose pointer the raiser stores next to it (or a transient
+        hold of the raiser's own), and an object whose count stays above 0 while no live
+        process points to it is reported (the module's **orphan**)."""
+        if not isinstance(refs, dict) or not all(
+                isinstance(f, str) and isinstance(r, dict) and isinstance(r.get("holder"), str)
+                and isinstance(r.get("what", ""), str) for f, r in refs.items()):
+            raise TypeError("POLICY refs: a map of count field to {holder (the pointer "
+                            "field that holds a reference), what (optional)}")
+        self.refs = {**self.refs, **{str(f): {"holder": str(r["holder"]),
+                                              "what": str(r.get("what", ""))}
+                                     for f, r in refs.items()}}
+        self.holders = {r["holder"]: f for f, r in self.refs.items()}
+        self.counts = self.wait_counts | set(self.refs)
 
     def _op(self) -> int:
         """The machine's operation being handled (0 where there is no sequencer)."""
@@ -201,6 +238,9 @@ class Hangs:
         return time.monotonic() - (srv.started_at or time.monotonic())
 
     def store(self, tid: int, site: str, h: int, fields: list[str]) -> None:
+        if self.refs:                           # (before the store: what it replaces)
+            for f in self.refs.keys() & set(fields):
+                self._begin(h, f)
         reg = self.reg
         if reg is None:
             return
@@ -210,25 +250,84 @@ class Hangs:
         for f in self.wait_fields.intersection(fields):
             self.field_stored[(h, f)] = (site, tid)
 
+    def _begin(self, h: int, f: str) -> None:
+        """A count of references the ledger has not seen yet (an object made before the
+        kernel registered it: vmspace0): what it holds, raised before the ledger began."""
+        if (h, f) in self.raised:
+            return
+        value = self.srv.kmem.objs.get(h, {}).get(f)
+        if isinstance(value, int) and value > 0:
+            self.raised[(h, f)] = [_Raise("", 0, "?", self.now(), 0)] * value
+
+    def created(self, tid: int, site: str, h: int, init: dict[str, Any]) -> None:
+        """A new object whose count of references starts above 0 (vmspace_alloc's
+        ``vm_refcnt = 1``): raises by its maker @ ``site``, for the holder it points to
+        it next."""
+        for f in self.refs.keys() & set(init):
+            value = init[f]
+            if isinstance(value, int) and value > 0:
+                self.raised[(h, f)] = [_Raise(site, tid, self._tname(tid), self.now(),
+                                              self._op())] * value
+
     def counted(self, tid: int, site: str, h: int, fields: list[str]) -> None:
         """After a store of ``fields`` of ``h``: a field the kernel registered as a count
-        of holds (``count``: PHOLD's p_lock) keeps who raised it and has not lowered it
-        since (a lowering undoes the same thread's latest raise, or else the latest); the
-        raises not undone are the count as this ledger last saw it."""
+        of holds (``count``: PHOLD's p_lock; ``refs``: vm_refcnt) keeps who raised it and
+        has not lowered it since (a lowering undoes the same thread's latest raise, or
+        else the latest; for a count of references, :meth:`_undone`); the raises not
+        undone are the count as this ledger last saw it. A store of a holder's pointer
+        (p_vmspace) gives it its maker's raise, or the raise its thread makes next."""
+        objs = self.srv.kmem.objs
         for f in self.counts.intersection(fields):
-            new = self.srv.kmem.objs.get(h, {}).get(f)
+            new = objs.get(h, {}).get(f)
             if not isinstance(new, int):
                 continue
+            ref = f in self.refs
             raised = self.raised.setdefault((h, f), [])
             old = len(raised)
             if new > old:
-                raised.extend([(site, tid, self._tname(tid), self.now())] * (new - old))
+                holder = 0
+                if ref and self.pending.get(tid, (0, 0))[1] == h:
+                    holder = self.pending.pop(tid)[0]
+                r = _Raise(site, tid, self._tname(tid), self.now(), self._op())
+                raised.append(r._replace(holder=holder))
+                raised.extend([r] * (new - old - 1))
             for _ in range(min(old - new, old)):     # (a count gone below 0: all undone)
-                mine = [i for i, (_, by, _, _) in enumerate(raised) if by == tid]
-                raised.pop(mine[-1] if mine else -1)
-                self.lowered[tid] = (self.now(), h)
+                raised.pop(self._undone(raised, tid, ref))
+                self.lowered[(tid, f)] = (self.now(), h)
             if not raised:
                 del self.raised[(h, f)]
+        for pf in self.holders.keys() & set(fields):
+            obj = objs.get(h, {}).get(pf)
+            if not isinstance(obj, int) or isinstance(obj, bool) or not obj:
+                continue
+            raised = self.raised.get((obj, self.holders[pf]), [])
+            mine = [i for i, r in enumerate(raised) if r.by == tid and not r.holder]
+            if mine:                            # vmspace_fork's, then p2->p_vmspace = vm2
+                raised[mine[-1]] = raised[mine[-1]]._replace(holder=h)
+            else:                               # p2->p_vmspace = vm, then vm_refcnt++
+                self.pending[tid] = (h, obj)
+
+    def _undone(self, raised: list[_Raise], tid: int, ref: bool) -> int:
+        """Which raise a lowering by ``tid`` undoes. A count of holds (p_lock): the
+        thread's own latest, else the latest. A count of references: the one its process
+        holds (exit1's drop, vmspace_unshare's), else its own transient hold (the vm
+        daemon's), else the latest transient one, else as for holds."""
+        if ref:
+            p = self._proc_of(tid)
+            for pick in (lambda r: bool(p) and r.holder == p,
+                         lambda r: r.by == tid and not r.holder,
+                         lambda r: not r.holder):
+                hits = [i for i, r in enumerate(raised) if pick(r)]
+                if hits:
+                    return hits[-1]
+        mine = [i for i, r in enumerate(raised) if r.by == tid]
+        return mine[-1] if mine else -1
+
+    def _proc_of(self, tid: int) -> int:
+        """The process of thread ``tid`` (0: unknown)."""
+        field = (self.reg or {}).get("proc")
+        p = (self.srv.kmem.objs.get(tid) or {}).get(field) if field else None
+        return p if isinstance(p, int) else 0
 
     def sleep(self, tid: int, site: str, timo: int) -> None:
         now = self.now()
@@ -301,10 +400,10 @@ class Hangs:
         again): what the detector keeps stays the size of the live machine."""
         live = self.srv.kmem.objs
         for d in (self.slept, self.stored, self.dequeued, self.polling, self.off,
-                  self.lowered):
+                  self.pending):
             for tid in [t for t in d if t not in live]:
                 del d[tid]
-        for pairs in (self.field_stored, self.raised):
+        for pairs in (self.field_stored, self.raised, self.lowered):
             for key in [k for k in pairs if k[0] not in live]:
                 del pairs[key]
         for chans in (self.unheard, self.woken):
@@ -496,9 +595,9 @@ class Hangs:
             held = [x for pair in pairs for x in self.raised.get(pair, [])]
             if held:                            # a count: who holds, not the last store
                 cause = held[0][0]
-                why = f" (held @ {', '.join(sorted({site for site, _, _, _ in held}))})"
-                how = ("; ".join(f"raised @ {site} by thread {by} ({name})"
-                                 for site, by, name, _ in held)
+                why = f" (held @ {', '.join(sorted({r.site for r in held}))})"
+                how = ("; ".join(f"raised @ {r.site} by thread {r.by} ({r.name})"
+                                 for r in held)
                        + ", never lowered: never released")
             else:
                 cause = last[1] if last else ""
@@ -702,6 +801,7 @@ class Hangs:
                     f"waiters",
                     f"liveness|starved|{lk.name}|{t.waiting[2]}"))
         self._held_for_nothing(now)
+        self._orphans(now, final, seen)
         for key in list(self.first):
             if key not in seen:
                 del self.first[key]
@@ -715,7 +815,9 @@ class Hangs:
         assert reg is not None
         objs = self.srv.kmem.objs
         for (h, f), raised in list(self.raised.items()):
-            for site, by, name, when in raised:
+            if f in self.refs:                  # held by processes: see _orphans
+                continue
+            for site, by, name, when, _, _ in raised:
                 if now - when < self.bound_s or ("kept", h) in self.reported:
                     continue
                 td = objs.get(by)
@@ -725,7 +827,8 @@ class Hangs:
                     why = "which has exited"
                 elif wait is not None and wait.get("idle"):
                     why = "which sleeps for work since"
-                elif (lw := self.lowered.get(by)) is not None and lw[0] > when and lw[1] != h:
+                elif ((lw := self.lowered.get((by, f))) is not None and lw[0] > when
+                      and lw[1] != h):
                     # (of another object: not a nested one, faultin's inside a PHOLD)
                     why = "which has taken and released other holds since"
                 else:
@@ -746,6 +849,109 @@ class Hangs:
                     f"{len(raised)} raise(s) of it outstanding",
                     f"liveness|kept|{site}"))
                 break
+
+    def _pointing(self, field: str, lst: Any) -> dict[int, list[int]]:
+        """Object -> the processes on the list at ``lst`` whose ``field`` points to it."""
+        kmem = self.srv.kmem
+        out: dict[int, list[int]] = {}
+        try:
+            handles = kmem.listhead(int(lst)).items()
+        except (ObjectError, KeyError, TypeError, ValueError):
+            return out
+        for p in handles:
+            v = (kmem.objs.get(p) or {}).get(field)
+            if isinstance(v, int) and v:
+                out.setdefault(v, []).append(p)
+        return out
+
+    def _gone(self, r: _Raise, h: int, f: str) -> str:
+        """Why a transient hold (a raise no process holds) is forgotten, as
+        :meth:`_held_for_nothing` says it: its thread has exited, sleeps for work, or has
+        since dropped a reference of another object; "" while it is still at work."""
+        reg = self.reg
+        assert reg is not None
+        objs = self.srv.kmem.objs
+        td = objs.get(r.by)
+        p = objs.get(self._proc_of(r.by)) or {}
+        if td is None or (p and p.get(reg["state"]) == reg.get("zombie")):
+            return "which has exited"
+        if r.by in self.srv.sleepq.sleeping and (self.waits.get(
+                str(td.get(reg["wmesg"]))) or {}).get("idle"):
+            return "which sleeps for work since"
+        lw = self.lowered.get((r.by, f))
+        if lw is not None and lw[0] > r.when and lw[1] != h:
+            return "which has dropped references of others since"
+        return ""
+
+    def _orphans(self, now: float, final: bool, seen: set[tuple[str, int]]) -> None:
+        """An object whose count of references (``refs``: vm_refcnt) stays above 0 while
+        no process on the process list points to it (p_vmspace), for the bound, and no
+        thread holding one of its transient references is still at work: nobody will
+        drop what is left, it is never freed (the module's **orphan**). The report names
+        every raise not undone (site, thread, operation)."""
+        if not self.refs:
+            return
+        reg = self.reg
+        assert reg is not None
+        kmem = self.srv.kmem
+        live: dict[str, dict[int, list[int]]] = {}
+        for (h, f), raised in list(self.raised.items()):
+            ref = self.refs.get(f)
+            value = (kmem.objs.get(h) or {}).get(f)
+            if ref is None or not isinstance(value, int) or value <= 0:
+                continue
+            holder = ref["holder"]
+            if holder not in live:
+                live[holder] = self._pointing(holder, reg["list"])
+            if h in live[holder]:
+                continue
+            gone = [(r, self._gone(r, h, f) if not r.holder else "") for r in raised]
+            if any(not r.holder and not why for r, why in gone):
+                continue                        # a transient hold, its thread at work
+            key = ("orphan", h)
+            seen.add(key)
+            since = self.first.setdefault(key, now)
+            if key in self.reported or now - since < (CHECK_S if final else self.bound_s):
+                continue
+            self.reported.add(key)
+            zombies = (self._pointing(holder, reg["zombies"]).get(h, [])
+                       if reg.get("zombies") else [])
+            name = kmem.name(h)
+
+            def one(r: _Raise, why: str) -> str:
+                if not r.site:
+                    return "raised before the ledger began"
+                held = ""
+                if r.holder:
+                    pid = (kmem.objs.get(r.holder) or {}).get(reg["pid"])
+                    held = (f" for {kmem.name(r.holder)}"
+                            + (f" (pid {pid}), which points to it no more"
+                               if pid is not None else ", since freed"))
+                return (f"raised @ {r.site} by thread {r.by} ({r.name}) at operation "
+                        f"{r.op}, {now - r.when:.1f} s ago"
+                        + (held or f", a hold of its own, {why}"))
+            sites = list(dict.fromkeys(r.site for r in raised if r.site))
+            what = ref.get("what") or "a raise without its drop"
+            zs = [f"pid {(kmem.objs.get(z) or {}).get(reg['pid'])}" for z in zombies]
+            first = raised[0]
+            self.srv.finding(Finding(
+                "liveness",
+                f"reference never dropped: {name} {f} {value}, and no live process holds "
+                f"it ({holder}): "
+                + (f"raised @ {first.site} by thread {first.by} ({first.name})"
+                   if first.site else "raised before the ledger began")
+                + (f" and {len(raised) - 1} more" if len(raised) > 1 else "")
+                + ", never dropped",
+                sites,
+                f"{name} has {f} {value} but no process on the process list points to it "
+                f"by {holder}"
+                + (f" ({', '.join(zs)}, exited, still do{'es' if len(zs) == 1 else ''}: "
+                   f"an exiting process holds no reference)" if zs else "")
+                + f", for {now - since:.1f} s"
+                + (" (at the end of the run)" if final else "")
+                + f": nobody will drop what is left and it is never freed ({what}); the "
+                f"raises not undone: " + "; ".join(one(r, why) for r, why in gone),
+                f"liveness|orphan|{sites[0] if sites else name}"))
 
     def at_end(self) -> dict[str, Any]:
         """The end of the run: a lost thread is a finding whatever the bound (but for

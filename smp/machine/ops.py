@@ -224,6 +224,9 @@ class Operations:
         h = self.kmem.new(a[0], a[1])
         if self.lockkeys is not None:
             self.lockkeys.created(h, tid)
+        hangs = self.srv.hangs
+        if hangs is not None and hangs.refs and a[1]:     # a count of references made
+            hangs.created(tid, site, h, a[1])             # above 0 (vmspace_alloc's)
         return h
 
     def _newn(self, p: Peer, tid: int, site: str, a: list[Any]) -> list[int]:
@@ -376,6 +379,12 @@ class Operations:
             if srv.hangs is not None:
                 try:
                     srv.hangs.add_waits(payload)
+                except TypeError as e:
+                    raise Rejected("args", str(e)) from None
+        elif kind == "refs":
+            if srv.hangs is not None:
+                try:
+                    srv.hangs.add_refs(payload)
                 except TypeError as e:
                     raise Rejected("args", str(e)) from None
         elif kind == "inflight":
