@@ -54,6 +54,20 @@ machine seldom gave it such a moment: three looks in two simulated seconds.)
   bound whose holder has exited, sleeps for work (an idle wait), or has taken and
   released holds of other objects since: it forgot this one (a PHOLD without its PRELE
   on one branch), whether or not the held process ever exits to poll for it.
+* **orphan**: an object whose count of references (``refs``: ``vm_refcnt``, each
+  reference held by a process's pointer to it, ``p_vmspace``) stays above 0 for the bound
+  while no process on the process list points to it, and no thread holding a transient
+  reference of it is still at work: nobody will drop what is left, it is never freed (a
+  ``vm_refcnt += 1`` without its ``vmspace_free``). The ledger gives each raise of such a
+  count to the process whose pointer its thread stores next to it (vmspace_fork's
+  ``vm_refcnt = 1`` then ``p2->p_vmspace = vm2``; the RFMEM share's ``p2->p_vmspace =
+  vm`` then ``vm_refcnt++``), or keeps it as the thread's own transient hold (the vm
+  daemon's); a drop undoes the raise its thread's process holds (exit1's,
+  vmspace_unshare's), else the thread's own transient one, else the latest transient
+  one. So the report names the raises nobody undid (site, thread, operation), not those
+  the exits undid, in whatever order they came; a transient hold counts as forgotten
+  as for **kept** (its thread has exited, sleeps for work, or has since dropped a
+  reference of another object).
 * **swapin**: a process that asked to be swapped in (the swap-in request bit) and is
   still out, while the swapper has been asleep since before the request: the thing it
   waits for has happened and its wakeup was lost. The report names where the swapper
