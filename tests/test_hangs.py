@@ -606,6 +606,10 @@ def test_a_registered_wait_judges_only_its_own_channel_and_bad_tests_are_refused
                 {"list": "p_children", "field": 3, "equals": 2}]:      # field not a name
         with pytest.raises(TypeError):
             s.hangs.add_waits({"x": bad})
+    for refs in [["vm_refcnt"], {"vm_refcnt": {}},                      # no holder
+                 {"vm_refcnt": {"holder": "p_vmspace", "what": 1}}]:      # what not words
+        with pytest.raises(TypeError):
+            s.hangs.add_refs(refs)
 
 
 def test_what_freed_threads_and_objects_leave_behind_is_forgotten() -> None:
