@@ -376,10 +376,16 @@ def test_a_lost_update_is_reported_with_the_three_accesses() -> None:
     assert lost[0].sites == ["prele.py:1", "prele.py:1", "phold.py:5"]
     assert ("prele.py:1 (operation 11), thread 3 stored it @ phold.py:5 (operation 12), "
             "then thread 2 stored it @ prele.py:1 (operation 13)") in lost[0].detail
+    # handed over for the hold ledger (the server takes it after the store): what thread
+    # 2 loaded and where, and the store it lost
+    assert chk.stale == {(2, h): {"t_own": (kmem.load(h, "t_own"), "prele.py:1", 3,
+                                            "phold.py:5", 12)}}
+    chk.stale.clear()
     found.clear()
     chk.access(2, "prele.py:1", h, ["t_own"], "load")     # nobody in between: no loss
     chk.access(2, "prele.py:1", h, ["t_own"], "store")
     assert [f for f in found if f.summary.startswith("lost update")] == []
+    assert chk.stale == {}
 
 
 def test_accesses_with_the_right_lock_or_to_unkeyed_fields_are_silent() -> None:

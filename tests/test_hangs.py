@@ -798,3 +798,49 @@ def test_vmspace_references_all_dropped_are_silent() -> None:
     old.exit_and_reap(p3, t3, init)
     s.run_for(3.0)
     assert s.liveness() == [] and s.hangs.raised.get((old.h, "vm_refcnt")) is None
+
+
+def test_a_decrement_lost_is_not_blamed_on_a_raise_whose_prele_ran() -> None:
+    """Two PRELEs without the proc lock load p_lock 2 and both store 1 (a lost update,
+    which lockkey reports and hands over with the stale store): each PRELE undid its own
+    PHOLD, so no raise is left to blame, even once its holder went on; the count is one
+    higher than its raises, and exit1's poll says a decrement was lost, and where."""
+    s = Server(bound_s=1.0)
+    p, td = s.proc(30, "napper")
+    q, _ = s.proc(31, "other")
+    _, a = s.proc(41, "debugger")
+    _, b = s.proc(42, "top")
+
+    def hold(obj: int, by: int, site: str, delta: int, stale: Any = None) -> None:
+        s.kmem.store(obj, "p_lock", s.kmem.load(obj, "p_lock") + delta)
+        s.hangs.counted(by, site, obj, ["p_lock"], stale)
+
+    hold(p, a, "userland/libc.py:163", 1)                     # two PHOLDs: p_lock 2
+    hold(p, b, "userland/libc.py:163", 1)
+    hold(p, a, "kern/kern_proc.py:106", -1)                   # both PRELEs loaded 2:
+    hold(p, b, "kern/kern_proc.py:106", 0,                    # b's store of 1 loses a's
+         {"p_lock": (2, "kern/kern_proc.py:106", a, "kern/kern_proc.py:106", 17)})
+    assert s.kmem.load(p, "p_lock") == 1 and (p, "p_lock") not in s.hangs.raised
+    s.run_for(0.2)
+    hold(q, b, "userland/libc.py:163", 1)                     # b goes on: not "kept"
+    hold(q, b, "userland/libc.py:181", -1)
+    s.run_for(1.5)
+    assert s.liveness() == []
+    lock = field_addr(p, 5)
+    for _ in range(12):                                       # exit1 polls for p_lock 0
+        s.msleep(td, "kern/kern_exit.py:55", timo=1, chan=lock, wmesg="exithold")
+        s.run_for(0.05)
+        s.wakeup_timeout(td)
+        s.run_for(0.05)
+    s.msleep(td, "kern/kern_exit.py:55", timo=1, chan=lock, wmesg="exithold")
+    s.run_for(0.2)
+    [f] = s.liveness()
+    assert f.summary.endswith("p_lock 1 (a decrement lost @ kern/kern_proc.py:106: 1 more "
+                              "than its raises not undone)"), f.summary
+    assert f.sites == ["kern/kern_proc.py:106", "kern/kern_exit.py:55"]
+    assert "raised @" not in f.detail, f.detail
+    assert (f"p_lock is 1 higher than its raises not undone (0): a decrement lost, not a "
+            f"hold never released: thread {b} (top) stored p_lock 1 @ kern/kern_proc.py:106 "
+            f"from its load of 2 @ kern/kern_proc.py:106, losing thread {a}'s store @ "
+            f"kern/kern_proc.py:106 (operation 17): lockkey's lost update") in f.detail, \
+        f.detail

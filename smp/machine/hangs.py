@@ -188,6 +188,9 @@ class Hangs:
                                                   # its last lowering: when, of which object
         self.pending: dict[int, tuple[int, int]] = {}         # thread -> (holder, object):
                                                   # a holder's pointer stored before its raise
+        self.lost: dict[tuple[int, str], tuple[int, str, str]] = {}  # a count's (object,
+                # field) -> how much higher it is than its raises not undone (a decrement
+                # lost; below 0: an increment), the last lost update's site and words
         self.off: dict[int, float] = {}                       # thread -> off its queue at (us),
                                                               # in the current hold of sched_lock
         self.first: dict[tuple[str, int], float] = {}         # (kind, tid|pid) -> first seen
@@ -252,7 +255,7 @@ class Hangs:
         return time.monotonic() - (srv.started_at or time.monotonic())
 
     def store(self, tid: int, site: str, h: int, fields: list[str]) -> None:
-        if self.refs:                           # (before the store: what it replaces)
+        if not self.refs.keys().isdisjoint(fields):   # (before the store: what it replaces)
             for f in self.refs.keys() & set(fields):
                 self._begin(h, f)
         reg = self.reg
@@ -283,13 +286,19 @@ class Hangs:
                 self.raised[(h, f)] = [_Raise(site, tid, self._tname(tid), self.now(),
                                               self._op())] * value
 
-    def counted(self, tid: int, site: str, h: int, fields: list[str]) -> None:
+    def counted(self, tid: int, site: str, h: int, fields: list[str],
+                stale: dict[str, tuple[int, str, int, str, int]] | None = None) -> None:
         """After a store of ``fields`` of ``h``: a field the kernel registered as a count
         of holds (``count``: PHOLD's p_lock; ``refs``: vm_refcnt) keeps who raised it and
         has not lowered it since (a lowering undoes the same thread's latest raise, or
         else the latest; for a count of references, :meth:`_undone`); the raises not
-        undone are the count as this ledger last saw it. A store of a holder's pointer
-        (p_vmspace) gives it its maker's raise, or the raise its thread makes next."""
+        undone are the count as this ledger last saw it, but for what lost updates made
+        of it. ``stale``: the lost update this store makes, by field, as lockkey saw it
+        (the value this thread loaded, where, and the other thread's store it loses):
+        the ledger does what this thread meant (a PRELE undoes its own raise, not
+        nothing) and keeps the difference (``lost``: the count higher than its raises, a
+        decrement lost). A store of a holder's pointer (p_vmspace) gives it its maker's
+        raise, or the raise its thread makes next."""
         objs = self.srv.kmem.objs
         for f in self.counts.intersection(fields):
             new = objs.get(h, {}).get(f)
@@ -297,19 +306,35 @@ class Hangs:
                 continue
             ref = f in self.refs
             raised = self.raised.setdefault((h, f), [])
-            old = len(raised)
-            if new > old:
+            gap = self.lost.get((h, f), (0, "", ""))[0]
+            change = new - (len(raised) + gap)
+            st = (stale or {}).get(f)
+            if st is not None and new - st[0] != change:    # from a stale load: what it
+                meant = new - st[0]                         # meant, and what it lost
+                gap += change - meant
+                change = meant
+                words = (f"thread {tid} ({self._tname(tid)}) stored {f} {new} @ {site} "
+                         f"from its load of {st[0]} @ {st[1]}, losing thread {st[2]}'s "
+                         f"store @ {st[3]} (operation {st[4]}): lockkey's lost update")
+                self.lost[(h, f)] = (gap, site, words)
+            if new <= 0 or gap == 0:            # (a count at 0 or below: all undone)
+                self.lost.pop((h, f), None)
+            if change > 0:
                 holder = 0
                 if ref and self.pending.get(tid, (0, 0))[1] == h:
                     holder = self.pending.pop(tid)[0]
                 r = _Raise(site, tid, self._tname(tid), self.now(), self._op())
                 raised.append(r._replace(holder=holder))
-                raised.extend([r] * (new - old - 1))
-            for _ in range(min(old - new, old)):     # (a count gone below 0: all undone)
+                raised.extend([r] * (change - 1))
+            for _ in range(min(-change, len(raised))):
                 raised.pop(self._undone(raised, tid, ref))
                 self.lowered[(tid, f)] = (self.now(), h)
+            if new <= 0:
+                raised.clear()
             if not raised:
                 del self.raised[(h, f)]
+        if self.holders.keys().isdisjoint(fields):
+            return
         for pf in self.holders.keys() & set(fields):
             obj = objs.get(h, {}).get(pf)
             if not isinstance(obj, int) or isinstance(obj, bool) or not obj:
@@ -417,7 +442,7 @@ class Hangs:
                   self.pending):
             for tid in [t for t in d if t not in live]:
                 del d[tid]
-        for pairs in (self.field_stored, self.raised, self.lowered):
+        for pairs in (self.field_stored, self.raised, self.lowered, self.lost):
             for key in [k for k in pairs if k[0] not in live]:
                 del pairs[key]
         for chans in (self.unheard, self.woken):
@@ -607,12 +632,22 @@ class Hangs:
             self.reported.add(key)
             last = self._last_store(pairs)
             held = [x for pair in pairs for x in self.raised.get(pair, [])]
-            if held:                            # a count: who holds, not the last store
-                cause = held[0][0]
-                why = f" (held @ {', '.join(sorted({r.site for r in held}))})"
-                how = ("; ".join(f"raised @ {r.site} by thread {r.by} ({r.name})"
-                                 for r in held)
-                       + ", never lowered: never released")
+            lost = [(pair[1], *self.lost[pair]) for pair in pairs
+                    if self.lost.get(pair, (0, "", ""))[0] > 0]
+            if held or lost:                    # a count: who holds, not the last store
+                cause = held[0].site if held else lost[0][2]
+                parts = [f"held @ {', '.join(sorted({r.site for r in held}))}"] if held \
+                    else []
+                parts += [f"a decrement lost @ {lsite}: {gap} more than its raises not "
+                          f"undone" for _, gap, lsite, _ in lost]
+                why = f" ({'; '.join(parts)})"
+                how = "; ".join(
+                    ([("; ".join(f"raised @ {r.site} by thread {r.by} ({r.name})"
+                                 for r in held) + ", never lowered: never released")]
+                     if held else [])
+                    + [f"{f} is {gap} higher than its raises not undone ({len(held)}): a "
+                       f"decrement lost, not a hold never released: {words}"
+                       for f, gap, _, words in lost])
             else:
                 cause = last[1] if last else ""
                 why = f" ({last[0]} last stored @ {last[1]})" if last else ""
@@ -909,7 +944,8 @@ class Hangs:
         assert reg is not None
         kmem = self.srv.kmem
         live: dict[str, dict[int, list[int]]] = {}
-        for (h, f), raised in list(self.raised.items()):
+        for h, f in list(self.raised.keys() | self.lost.keys()):
+            raised = self.raised.get((h, f), [])
             ref = self.refs.get(f)
             value = (kmem.objs.get(h) or {}).get(f)
             if ref is None or not isinstance(value, int) or value <= 0:
@@ -944,18 +980,23 @@ class Hangs:
                 return (f"raised @ {r.site} by thread {r.by} ({r.name}) at operation "
                         f"{r.op}, {now - r.when:.1f} s ago"
                         + (held or f", a hold of its own, {why}"))
-            sites = list(dict.fromkeys(r.site for r in raised if r.site))
+            gap, lsite, words = self.lost.get((h, f), (0, "", ""))
+            sites = list(dict.fromkeys([r.site for r in raised if r.site]
+                                       + ([lsite] if gap > 0 else [])))
             what = ref.get("what") or "a raise without its drop"
             zs = [f"pid {(kmem.objs.get(z) or {}).get(reg['pid'])}" for z in zombies]
-            first = raised[0]
+            first = raised[0] if raised else None
             self.srv.finding(Finding(
                 "liveness",
                 f"reference never dropped: {name} {f} {value}, and no live process holds "
                 f"it ({holder}): "
-                + (f"raised @ {first.site} by thread {first.by} ({first.name})"
-                   if first.site else "raised before the ledger began")
-                + (f" and {len(raised) - 1} more" if len(raised) > 1 else "")
-                + ", never dropped",
+                + ("" if first is None else
+                   (f"raised @ {first.site} by thread {first.by} ({first.name})"
+                    if first.site else "raised before the ledger began")
+                   + (f" and {len(raised) - 1} more" if len(raised) > 1 else "")
+                   + ", never dropped")
+                + ("; " if first is not None and gap > 0 else "")
+                + (f"a decrement lost @ {lsite}" if gap > 0 else ""),
                 sites,
                 f"{name} has {f} {value} but no process on the process list points to it "
                 f"by {holder}"
@@ -964,7 +1005,9 @@ class Hangs:
                 + f", for {now - since:.1f} s"
                 + (" (at the end of the run)" if final else "")
                 + f": nobody will drop what is left and it is never freed ({what}); the "
-                f"raises not undone: " + "; ".join(one(r, why) for r, why in gone),
+                f"raises not undone: " + ("; ".join(one(r, why) for r, why in gone) or "none")
+                + (f"; {f} is {gap} higher than its raises not undone: a decrement lost, "
+                   f"not a raise never dropped: {words}" if gap > 0 else ""),
                 f"liveness|orphan|{sites[0] if sites else name}"))
 
     def at_end(self) -> dict[str, Any]:

@@ -46,8 +46,14 @@ class LockKeyChecker:
         self.checked = 0
         self.ops: Callable[[], int] = lambda: 0     # the machine's operation count
         # (object, field) -> thread -> its unlocked load not yet followed by its store:
-        # (site, operation, the store of another thread since: site, thread, operation)
+        # (site, operation, the store of another thread since: site, thread, operation,
+        # the value it loaded)
         self.pending: dict[tuple[int, str], dict[int, list[Any]]] = {}
+        # (thread, object) -> field -> the lost update its store being handled makes: the
+        # value it loaded, where, and the other thread's store it loses (thread, site,
+        # operation); taken by the server after the store (the hold ledger's: a count
+        # that a lost update left higher or lower than its raises)
+        self.stale: dict[tuple[int, int], dict[str, tuple[int, str, int, str, int]]] = {}
 
     def define_keys(self, table: dict[str, list[str]]) -> None:
         self.keys = {k: (v[0], v[1]) for k, v in table.items()}
@@ -121,7 +127,8 @@ class LockKeyChecker:
         """An unlocked load: remembered until this thread stores the field."""
         if len(self.pending) > PENDING_KEPT:        # loads never stored back: forget
             del self.pending[next(iter(self.pending))]
-        self.pending.setdefault((h, f), {})[tid] = [site, self.ops(), None]
+        self.pending.setdefault((h, f), {})[tid] = [site, self.ops(), None,
+                                                    self.kmem.objs.get(h, {}).get(f)]
 
     def _stored(self, tid: int, site: str, h: int, f: str, tname: str) -> None:
         """A store of a field some thread loaded unlocked: the other loaders' values
@@ -137,7 +144,11 @@ class LockKeyChecker:
             del self.pending[(h, f)]
         if mine is None or mine[2] is None:
             return
-        lsite, lop, (osite, otid, oop) = mine
+        lsite, lop, (osite, otid, oop), value = mine
+        if isinstance(value, int) and not isinstance(value, bool):
+            if len(self.stale) > PENDING_KEPT:      # (a list head's, never taken)
+                self.stale.clear()
+            self.stale.setdefault((tid, h), {})[f] = (value, lsite, otid, osite, oop)
         rkey = (tname, f, f"{lsite}|{osite}|{site}", "lost")
         if rkey in self.reported:
             return

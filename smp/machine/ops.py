@@ -299,9 +299,12 @@ class Operations:
         """After any store: the in-flight check, and the hold counts' ledger."""
         if self.inflight is not None:
             self.inflight.stored(tid, site, h, fields)
+        stale = None                    # a lost update this store made, as lockkey saw it
+        if self.lockkeys is not None and self.lockkeys.stale:
+            stale = self.lockkeys.stale.pop((tid, h), None)
         hangs = self.srv.hangs
         if hangs is not None and hangs.counts:
-            hangs.counted(tid, site, h, fields)
+            hangs.counted(tid, site, h, fields, stale)
 
     def loadr(self, p: Peer, tid: int, site: str, a: list[Any]) -> list[Any]:
         """An intended race: not checked under the lock keys."""
