@@ -49,7 +49,11 @@ machine seldom gave it such a moment: three looks in two simulated seconds.)
   0) that has not held for the bound: whatever it waits for is never given back (a
   PHOLD without its PRELE). For a field the kernel registered as a count of holds
   (``count``), the report names every raise not undone since (each PHOLD without its
-  PRELE: site and thread); else the tested field's last store.
+  PRELE: site and thread); else the tested field's last store. A store that lockkey
+  found to lose another thread's store (two PRELEs without the proc lock, both from
+  ``p_lock`` 2 to 1) undoes, in the ledger, what its thread meant (its own PHOLD), and the
+  count is then higher than its raises not undone: the report says a decrement was lost,
+  and names the lost update, instead of blaming a raise whose PRELE ran.
 * **kept**: a hold (a raise of a count the kernel registered: ``p_lock``) older than the
   bound whose holder has exited, sleeps for work (an idle wait), or has taken and
   released holds of other objects since: it forgot this one (a PHOLD without its PRELE
