@@ -781,6 +781,30 @@ def test_a_vmspace_reference_never_dropped_is_reported_with_its_raise() -> None:
     assert len(s.liveness()) == 1                             # once
 
 
+def test_a_vmspace_hold_the_vm_daemon_forgot_is_reported_once_it_went_on() -> None:
+    """swapout_procs holds the vmspace of each process it looks at and drops it at
+    nextproc; a branch that skips the vmspace_free (a planted bug) leaves a hold no
+    process holds once the process has exited, while the daemon has gone on (it dropped
+    the next process's since)."""
+    s = Server(bound_s=1.0)
+    _, init = s.proc(1, "init")
+    _, vmd = s.proc(3, "vmdaemon")
+    p1, t1 = s.proc(20, "sleeper")
+    p2, _ = s.proc(21, "sleeper")
+    vm1, vm2 = Vm(s, init, p1), Vm(s, init, p2)
+    vm1.ref(vmd, "vm/vm_glue.py:642", 1)                      # its free skipped
+    s.run_for(0.1)
+    vm2.ref(vmd, "vm/vm_glue.py:642", 1)                      # the next process's,
+    vm2.ref(vmd, "vm/vm_map.py:339", -1)                      # dropped
+    vm1.exit_and_reap(p1, t1, init)
+    f = _reported_after_the_bound(s, 0.5, 0.4)
+    assert f.summary == (f"reference never dropped: vmspace#{vm1.h} vm_refcnt 1, and no "
+                         f"live process holds it (p_vmspace): raised @ vm/vm_glue.py:642 by "
+                         f"thread {vmd} (vmdaemon), never dropped"), f.summary
+    assert f.detail.endswith("a hold of its own, which has dropped references of others "
+                             "since"), f.detail
+
+
 def test_vmspace_references_all_dropped_are_silent() -> None:
     """The same life with no leak: every raise undone, the count 0 (vmspace_exitfree then
     frees it); and a vmspace_unshare (a private copy, the shared one dropped)."""

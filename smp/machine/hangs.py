@@ -1004,8 +1004,8 @@ class Hangs:
                 sites,
                 f"{name} has {f} {value} but no process on the process list points to it "
                 f"by {holder}"
-                + (f" ({', '.join(zs)}, exited, still do{'es' if len(zs) == 1 else ''}: "
-                   f"an exiting process holds no reference)" if zs else "")
+                + (f" (only the exited {', '.join(zs)}, which hold"
+                   f"{'s' if len(zs) == 1 else ''} no reference)" if zs else "")
                 + f", for {now - since:.1f} s"
                 + (" (at the end of the run)" if final else "")
                 + f": nobody will drop what is left and it is never freed ({what}); the "
