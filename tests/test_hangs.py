@@ -841,12 +841,18 @@ def test_a_decrement_lost_is_not_blamed_on_a_raise_whose_prele_ran() -> None:
 
     hold(p, a, "userland/libc.py:163", 1)                     # two PHOLDs: p_lock 2
     hold(p, b, "userland/libc.py:163", 1)
-    hold(p, a, "kern/kern_proc.py:106", -1)                   # both PRELEs loaded 2:
+    s.hangs.loaded(a, p, ["p_lock"])                          # both PRELEs load 2,
+    s.hangs.loaded(b, p, ["p_lock"])
+    hold(p, a, "kern/kern_proc.py:106", -1)                   # a stores 1,
     hold(p, b, "kern/kern_proc.py:106", 0,                    # b's store of 1 loses a's
          {"p_lock": (2, "kern/kern_proc.py:106", a, "kern/kern_proc.py:106", 17)})
     assert s.kmem.load(p, "p_lock") == 1 and (p, "p_lock") not in s.hangs.raised
     s.run_for(0.2)
-    hold(q, b, "userland/libc.py:163", 1)                     # b goes on: not "kept"
+    s.hangs.loaded(b, q, ["p_lock"])                          # b goes on: not "kept";
+    hold(q, b, "userland/libc.py:163", 1,                     # a stale load lockkey saw
+         {"p_lock": (5, "x.py:1", a, "x.py:2", 3)})           # is not what its locked
+    assert (q, "p_lock") not in s.hangs.lost                  # load, the latest, read
+    assert len(s.hangs.raised[(q, "p_lock")]) == 1
     hold(q, b, "userland/libc.py:181", -1)
     s.run_for(1.5)
     assert s.liveness() == []

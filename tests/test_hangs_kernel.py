@@ -14,6 +14,10 @@ machine in which two kernel threads hang, each the way the detector is for.
   raises its ``vm_refcnt`` once more, never dropped (a planted leak); the child exits and
   is reaped, then the sharer exits. Its vmspace keeps a count that no live process
   holds: a ``liveness`` finding, a reference never dropped, naming the planted raise.
+* ``vmt-held``, a user process, is PHOLDed by two kernel threads whose PRELEs then race
+  without the proc lock (both load ``p_lock`` 2, both store 1: a lost update, lockkey's
+  finding); it exits and polls for its holds to go for ever. The report says a
+  decrement was lost, not that either PHOLD, whose PRELE ran, was never released.
 
 The driver ends the run two simulated seconds later, past the bound (``debug.liveness_s``
 = 1 here); the machine is the quiet one of test_vm_glue.py (2 CPUs, no user processes).
@@ -22,7 +26,7 @@ The driver ends the run two simulated seconds later, past the bound (``debug.liv
 from __future__ import annotations
 
 import pathlib
-from typing import Any
+from typing import Any, Callable
 
 import helpers
 import pytest
@@ -66,6 +70,48 @@ def _sharer() -> None:
     libc.exit(0)
 
 
+def _find(comm: str) -> Any:
+    from smp.kernel.kern.kern_proc import FOREACH_PROC_IN_SYSTEM
+    from smp.kernel.kern.kern_sx import sx_slock, sx_sunlock
+    G = kern_globals.G
+    found = None
+    sx_slock(G.allproc_lock)
+    for p in FOREACH_PROC_IN_SYSTEM():
+        if p.p_comm == comm:
+            found = p
+    sx_sunlock(G.allproc_lock)
+    return found
+
+
+def _held() -> None:
+    from smp.kernel.userland import libc
+    t = vs.shared()
+    while t.v_phase < 4:
+        libc.sleep_ticks(2)
+    t.v_phase = 5
+    libc.exit(0)                # exit1 polls for p_lock 0: 1 is left, a decrement lost
+
+
+def _preler(me: int) -> Callable[[], None]:
+    """PHOLD vmt-held, then PRELE it without its proc lock in step with the other
+    (v_phase): 0 loads, 1 loads, 0 stores, 1 stores (losing 0's decrement)."""
+    def run() -> None:
+        from smp.kernel.kern.kern_proc import PHOLD
+        t = vs.shared()
+        vs.nap_until(lambda: _find("vmt-held") is not None, "vmt-held to start", 500)
+        p = _find("vmt-held")
+        mtx_lock(kern_globals.G.Giant)
+        PHOLD(p)
+        mtx_unlock(kern_globals.G.Giant)
+        vs.nap_until(lambda: p.p_lock == 2 and t.v_phase == me, "its turn to load", 500)
+        v = p.p_lock                                # the PRELE's load, unlocked
+        t.v_phase = me + 1
+        vs.nap_until(lambda: t.v_phase == me + 2, "its turn to store", 500)
+        p.p_lock = v - 1                            # ... and its store
+        t.v_phase = me + 3
+    return run
+
+
 def _driver() -> None:
     """Wait till both sleep, lose vmt-lost's wakeup, let the detector look, end."""
     from smp.kernel.kern.kern_synch import wakeup
@@ -84,6 +130,7 @@ def _driver() -> None:
     td.td_inhibitors = stale                        # ... and the stale store puts it back
     vs.check("lost_off_the_queue", True)
     vs.nap_until(lambda: t.v_pid != 0, "vmt-sharer to exit", 800)
+    vs.nap_until(lambda: t.v_phase == 5, "vmt-held to exit", 800)
     start = md.pcpu.ticks
     vs.nap_until(lambda: md.pcpu.ticks - start > 200, "the bound and more", 800)
     vs.done()
@@ -97,6 +144,9 @@ def test_never_woken_and_lost_wakeup_reported(tmp_path: pathlib.Path) -> None:
         vs.boot_kthread("vmt-lost", _sleeper("vmtlost", "v_phase", 1), cpu=1),
         vs.boot_kthread("vmt-driver", _driver, cpu=0),
         vs.boot_fork("vmt-sharer", _sharer, cpu=0),
+        vs.boot_fork("vmt-held", _held, cpu=0),
+        vs.boot_kthread("vmt-prele0", _preler(0), cpu=0),
+        vs.boot_kthread("vmt-prele1", _preler(1), cpu=1),
         vs.boot_kthread("vmt-coord", vs.coordinator(1, 1500, "the hangs"), cpu=1)],
         tmp_path)
     r = res.report
@@ -135,3 +185,12 @@ def test_never_woken_and_lost_wakeup_reported(tmp_path: pathlib.Path) -> None:
     assert "(vmt-sharer), never dropped" in f["summary"], f
     assert len(f["sites"]) == 1 and f["sites"][0].startswith("test_hangs_kernel.py:"), f
     assert "a hold of its own, which has exited" in f["detail"], f
+    # the decrement lost: the count one higher than its raises, no PHOLD blamed
+    assert any(f["summary"].startswith("lost update of proc.p_lock")
+               for f in r["findings"]), r["findings"]
+    assert not [f for f in r["findings"] if f["summary"].startswith("hold never released")]
+    [f] = [f for f in r["findings"] if f["summary"].startswith("never given")]
+    assert "(vmt-held) polls on &proc#" in f["summary"], f
+    assert "p_lock 1 (a decrement lost @ test_hangs_kernel.py:" in f["summary"], f
+    assert f["summary"].endswith(": 1 more than its raises not undone)"), f
+    assert "raised @" not in f["detail"] and "lockkey's lost update" in f["detail"], f

@@ -192,6 +192,8 @@ class Hangs:
                                                   # its last lowering: when, of which object
         self.pending: dict[int, tuple[int, int]] = {}         # thread -> (holder, object):
                                                   # a holder's pointer stored before its raise
+        self.read: dict[tuple[int, int, str], int] = {}       # (thread, object, count) ->
+                                                  # the value its latest load of it read
         self.lost: dict[tuple[int, str], tuple[int, str, str]] = {}  # a count's (object,
                 # field) -> how much higher it is than its raises not undone (a decrement
                 # lost; below 0: an increment), the last lost update's site and words
@@ -271,6 +273,15 @@ class Hangs:
         for f in self.wait_fields.intersection(fields):
             self.field_stored[(h, f)] = (site, tid)
 
+    def loaded(self, tid: int, h: int, fields: list[str]) -> None:
+        """Before a load of ``fields`` of ``h`` that counts holds: what ``tid`` reads,
+        which its store of it (a read-modify-write) is made from."""
+        obj = self.srv.kmem.objs.get(h) or {}
+        for f in self.counts.intersection(fields):
+            value = obj.get(f)
+            if isinstance(value, int):
+                self.read[(tid, h, f)] = value
+
     def _begin(self, h: int, f: str) -> None:
         """A count of references the ledger has not seen yet (an object made before the
         kernel registered it: vmspace0): what it holds, raised before the ledger began."""
@@ -298,10 +309,10 @@ class Hangs:
         else the latest; for a count of references, :meth:`_undone`); the raises not
         undone are the count as this ledger last saw it, but for what lost updates made
         of it. ``stale``: the lost update this store makes, by field, as lockkey saw it
-        (the value this thread loaded, where, and the other thread's store it loses):
-        the ledger does what this thread meant (a PRELE undoes its own raise, not
-        nothing) and keeps the difference (``lost``: the count higher than its raises, a
-        decrement lost). A store of a holder's pointer (p_vmspace) gives it its maker's
+        (where this thread loaded it, and the other thread's store it loses): from what
+        the thread's latest load read (:meth:`loaded`), the ledger does what it meant (a
+        PRELE undoes its own raise, not nothing) and keeps the difference (``lost``: the
+        count higher than its raises, a decrement lost). A store of a holder's pointer (p_vmspace) gives it its maker's
         raise, or the raise its thread makes next."""
         objs = self.srv.kmem.objs
         for f in self.counts.intersection(fields):
@@ -313,12 +324,13 @@ class Hangs:
             gap = self.lost.get((h, f), (0, "", ""))[0]
             change = new - (len(raised) + gap)
             st = (stale or {}).get(f)
-            if st is not None and new - st[0] != change:    # from a stale load: what it
-                meant = new - st[0]                         # meant, and what it lost
-                gap += change - meant
+            rd = self.read.pop((tid, h, f), None)           # (its latest load: a locked
+            if st is not None and rd is not None and new - rd != change:  # one is fresh)
+                meant = new - rd                            # from a stale load: what it
+                gap += change - meant                       # meant, and what it lost
                 change = meant
                 words = (f"thread {tid} ({self._tname(tid)}) stored {f} {new} @ {site} "
-                         f"from its load of {st[0]} @ {st[1]}, losing thread {st[2]}'s "
+                         f"from its load of {rd} @ {st[1]}, losing thread {st[2]}'s "
                          f"store @ {st[3]} (operation {st[4]}): lockkey's lost update")
                 self.lost[(h, f)] = (gap, site, words)
             if new <= 0 or gap == 0:            # (a count at 0 or below: all undone)
@@ -449,6 +461,8 @@ class Hangs:
         for pairs in (self.field_stored, self.raised, self.lowered, self.lost):
             for key in [k for k in pairs if k[0] not in live]:
                 del pairs[key]
+        for key in [k for k in self.read if k[0] not in live or k[1] not in live]:
+            del self.read[key]
         for chans in (self.unheard, self.woken):
             for c in [c for c in chans if isinstance(c, int) and c >> FIELD_BITS not in live]:
                 del chans[c]

@@ -269,8 +269,13 @@ class Operations:
     def _access(self, tid: int, site: str, h: int, fields: list[str], kind: str) -> None:
         if self.lockkeys is not None:
             self.lockkeys.access(tid, site, h, fields, kind)
-        if kind == "store" and self.srv.hangs is not None:
-            self.srv.hangs.store(tid, site, h, fields)
+        hangs = self.srv.hangs
+        if hangs is None:
+            return
+        if kind == "store":
+            hangs.store(tid, site, h, fields)
+        elif not hangs.counts.isdisjoint(fields):   # what a count's read-modify-write read
+            hangs.loaded(tid, h, fields)
 
     def _stored(self, tid: int, site: str, h: int, field: str, value: Any) -> Any:
         """After an atomic store or read-modify-write: what follows a store; ``value``."""
