@@ -807,7 +807,9 @@ def test_a_vmspace_hold_the_vm_daemon_forgot_is_reported_once_it_went_on() -> No
 
 def test_vmspace_references_all_dropped_are_silent() -> None:
     """The same life with no leak: every raise undone, the count 0 (vmspace_exitfree then
-    frees it); and a vmspace_unshare (a private copy, the shared one dropped)."""
+    frees it); and a vmspace_unshare (a private copy, the shared one dropped), whose
+    process, between the two, points to the copy and holds the shared one, which nobody
+    points to any more (the sharer has exited)."""
     s, vm, _ = _vm_life(leak=False)
     assert s.kmem.load(vm.h, "vm_refcnt") == 0 and (vm.h, "vm_refcnt") not in s.hangs.raised
     p3, t3 = s.proc(22, "sharer")
@@ -815,13 +817,14 @@ def test_vmspace_references_all_dropped_are_silent() -> None:
     old = Vm(s, init, p3)
     p4, t4 = s.proc(23, "sharee")
     old.share(t3, p4)
-    new = Vm(s, t4, p4)                                       # rfork(RFFDG): unshare
-    old.ref(t4, "vm/vm_map.py:339", -1)
-    s.run_for(3.0)
-    new.exit_and_reap(p4, t4, t3)
-    old.exit_and_reap(p3, t3, init)
+    old.exit_and_reap(p3, t3, init)                           # the sharer goes first
+    new = Vm(s, t4, p4)                                       # rfork(RFFDG): unshare,
+    s.run_for(3.0)                                            # a long while before
+    old.ref(t4, "vm/vm_map.py:339", -1)                       # its vmspace_free
+    new.exit_and_reap(p4, t4, init)
     s.run_for(3.0)
     assert s.liveness() == [] and s.hangs.raised.get((old.h, "vm_refcnt")) is None
+    assert s.hangs.raised.get((new.h, "vm_refcnt")) is None
 
 
 def test_a_decrement_lost_is_not_blamed_on_a_raise_whose_prele_ran() -> None:

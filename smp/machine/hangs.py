@@ -127,13 +127,15 @@ _TESTS = ({"field", "clear"}, {"field", "equals"}, {"sum", "at_least"},
 class _Raise(NamedTuple):
     """One raise of a registered count not yet undone: where, by which thread (and its
     name), when (simulated s), at which operation of the machine, and for a count of
-    references (``refs``) the object that holds it (0: nobody yet; a transient hold)."""
+    references (``refs``) the process that holds it (0: nobody yet; a transient hold)
+    and its pid (a reaped proc's record is used again)."""
     site: str
     by: int
     name: str
     when: float
     op: int
     holder: int = 0
+    holder_pid: int = -1
 
 
 def _test_ok(w: Any) -> bool:
@@ -312,8 +314,8 @@ class Hangs:
         (where this thread loaded it, and the other thread's store it loses): from what
         the thread's latest load read (:meth:`loaded`), the ledger does what it meant (a
         PRELE undoes its own raise, not nothing) and keeps the difference (``lost``: the
-        count higher than its raises, a decrement lost). A store of a holder's pointer (p_vmspace) gives it its maker's
-        raise, or the raise its thread makes next."""
+        count higher than its raises, a decrement lost). A store of a holder's pointer
+        (p_vmspace) gives it its maker's raise, or the raise its thread makes next."""
         objs = self.srv.kmem.objs
         for f in self.counts.intersection(fields):
             new = objs.get(h, {}).get(f)
@@ -340,7 +342,7 @@ class Hangs:
                 if ref and self.pending.get(tid, (0, 0))[1] == h:
                     holder = self.pending.pop(tid)[0]
                 r = _Raise(site, tid, self._tname(tid), self.now(), self._op())
-                raised.append(r._replace(holder=holder))
+                raised.append(r._replace(holder=holder, holder_pid=self._pid(holder)))
                 raised.extend([r] * (change - 1))
             for _ in range(min(-change, len(raised))):
                 raised.pop(self._undone(raised, tid, ref))
@@ -358,7 +360,7 @@ class Hangs:
             raised = self.raised.get((obj, self.holders[pf]), [])
             mine = [i for i, r in enumerate(raised) if r.by == tid and not r.holder]
             if mine:                            # vmspace_fork's, then p2->p_vmspace = vm2
-                raised[mine[-1]] = raised[mine[-1]]._replace(holder=h)
+                raised[mine[-1]] = raised[mine[-1]]._replace(holder=h, holder_pid=self._pid(h))
             else:                               # p2->p_vmspace = vm, then vm_refcnt++
                 self.pending[tid] = (h, obj)
 
@@ -369,7 +371,8 @@ class Hangs:
         daemon's), else the latest transient one, else as for holds."""
         if ref:
             p = self._proc_of(tid)
-            for pick in (lambda r: bool(p) and r.holder == p,
+            pid = self._pid(p)
+            for pick in (lambda r: bool(p) and r.holder == p and r.holder_pid == pid,
                          lambda r: r.by == tid and not r.holder,
                          lambda r: not r.holder):
                 hits = [i for i, r in enumerate(raised) if pick(r)]
@@ -377,6 +380,11 @@ class Hangs:
                     return hits[-1]
         mine = [i for i, r in enumerate(raised) if r.by == tid]
         return mine[-1] if mine else -1
+
+    def _pid(self, p: int) -> int:
+        """The pid of process ``p`` (-1: none)."""
+        pid = (self.srv.kmem.objs.get(p) or {}).get((self.reg or {}).get("pid", ""))
+        return pid if isinstance(pid, int) else -1
 
     def _proc_of(self, tid: int) -> int:
         """The process of thread ``tid`` (0: unknown)."""
@@ -884,7 +892,7 @@ class Hangs:
         for (h, f), raised in list(self.raised.items()):
             if f in self.refs:                  # held by processes: see _orphans
                 continue
-            for site, by, name, when, _, _ in raised:
+            for site, by, name, when, *_ in raised:
                 if now - when < self.bound_s or ("kept", h) in self.reported:
                     continue
                 td = objs.get(by)
@@ -962,6 +970,7 @@ class Hangs:
         assert reg is not None
         kmem = self.srv.kmem
         live: dict[str, dict[int, list[int]]] = {}
+        alive: set[int] | None = None           # the processes on the list that point
         for h, f in list(self.raised.keys() | self.lost.keys()):
             raised = self.raised.get((h, f), [])
             ref = self.refs.get(f)
@@ -973,6 +982,11 @@ class Hangs:
                 live[holder] = self._pointing(holder, reg["list"])
             if h in live[holder]:
                 continue
+            if alive is None:
+                alive = {(p, self._pid(p)) for ps in live[holder].values() for p in ps}
+            if any((r.holder, r.holder_pid) in alive for r in raised):
+                continue                        # its holder alive, pointing elsewhere
+                                                # (vmspace_unshare, before its free)
             gone = [(r, self._gone(r, h, f) if not r.holder else "") for r in raised]
             if any(not r.holder and not why for r, why in gone):
                 continue                        # a transient hold, its thread at work
@@ -991,10 +1005,8 @@ class Hangs:
                     return "raised before the ledger began"
                 held = ""
                 if r.holder:
-                    pid = (kmem.objs.get(r.holder) or {}).get(reg["pid"])
-                    held = (f" for {kmem.name(r.holder)}"
-                            + (f" (pid {pid}), which points to it no more"
-                               if pid is not None else ", since freed"))
+                    held = (f" for {kmem.name(r.holder)} (pid {r.holder_pid}), which "
+                            f"has exited")
                 return (f"raised @ {r.site} by thread {r.by} ({r.name}) at operation "
                         f"{r.op}, {now - r.when:.1f} s ago"
                         + (held or f", a hold of its own, {why}"))
