@@ -60,10 +60,12 @@ machine seldom gave it such a moment: three looks in two simulated seconds.)
   on one branch), whether or not the held process ever exits to poll for it.
 * **orphan**: an object whose count of references (``refs``: ``vm_refcnt``, each
   reference held by a process's pointer to it, ``p_vmspace``) stays above 0 for the bound
-  while no process on the process list points to it, and no thread holding a transient
-  reference of it is still at work: nobody will drop what is left, it is never freed (a
-  ``vm_refcnt += 1`` without its ``vmspace_free``). The ledger gives each raise of such a
-  count to the process whose pointer its thread stores next to it (vmspace_fork's
+  while no process on the process list points to it, no process still on it holds one
+  of its references while pointing elsewhere (vmspace_unshare, between its copy and its
+  vmspace_free), and no thread holding a transient reference of it is still at work:
+  nobody will drop what is left, it is never freed (a ``vm_refcnt += 1`` without its
+  ``vmspace_free``). The ledger gives each raise of such a count to the process whose
+  pointer its thread stores next to it (vmspace_fork's
   ``vm_refcnt = 1`` then ``p2->p_vmspace = vm2``; the RFMEM share's ``p2->p_vmspace =
   vm`` then ``vm_refcnt++``), or keeps it as the thread's own transient hold (the vm
   daemon's); a drop undoes the raise its thread's process holds (exit1's,
