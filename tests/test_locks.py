@@ -236,9 +236,31 @@ def test_unlock_of_a_mutex_not_owned_panics(run: Any) -> None:
     def per_cpu(t: Any, cpuid: int) -> None:
         kthread(lambda: (holder if cpuid == 0 else intruder)(t), f"own{cpuid}")
     res = run(cfg(2), machine("notowned", per_cpu))
-    expect_panic(res, "not owned")
+    # the lock by its name (WITNESS's "lock (sleep mutex) test mtx not locked"), not by
+    # its address, and who owns it
+    msg = expect_panic(res, "not owned", "sleep mutex test mtx", "owned by thread")
     assert res.report["panic"]["cpu"] == 1
     assert "t_unlocked_anyway" not in res.report["kernel"]
+    assert "0x" not in msg, msg
+
+
+def test_a_second_unlock_names_the_first(run: Any) -> None:
+    """A mutex unlocked twice (an error path that drops the lock, then goes to a label
+    that drops it again): the panic is at the second unlock, and names the first, where
+    the bug is."""
+    def body(t: Any) -> None:
+        mtx_lock(t.t_mtx)
+        mtx_unlock(t.t_mtx)
+        mtx_unlock(t.t_mtx)
+        result("t_unlocked_twice")
+    res = run(cfg(2), _single("twice", body))
+    msg = expect_panic(res, "not owned", "sleep mutex test mtx", "owned by nobody",
+                       "last released @ test_locks.py:", "(twice)")
+    assert "t_unlocked_twice" not in res.report["kernel"]
+    site = res.report["panic"]["site"]
+    assert site.startswith("test_locks.py:") and f"@ {site} " in msg, (site, msg)
+    first = msg.split("last released @ ")[1].split()[0]
+    assert first != site and first.startswith("test_locks.py:"), msg
 
 
 # -- sx: shared holders together, exclusive alone --------------------------------------------

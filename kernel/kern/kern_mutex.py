@@ -22,7 +22,7 @@ from smp.kernel.kern import kern_globals
 from smp.kernel.machine import cpu as md
 from smp.kernel.machine.lock import (EXCL, LF_DUPOK, LF_NOWITNESS, LF_RECURSE, LK_SLEEP, LK_SPIN,
                                      QUEUED, lock_acquire, lock_destroy, lock_init, lock_release,
-                                     lock_try)
+                                     lock_release_checked, lock_try)
 
 # lock requests made here are their caller's (as __FILE__/__LINE__ in the C macros)
 __site_transparent__ = True
@@ -94,8 +94,21 @@ def mtx_trylock(m: int) -> bool:
     return True
 
 
+def _unlock_not_owned(lt, m: int, fn: str) -> None:  # type: ignore[no-untyped-def]
+    """This thread unlocks ``m``, which its record says it does not hold: panic, naming the
+    lock, as WITNESS's "lock (sleep mutex) process lock not locked @ file:line" did. The
+    machine is asked (the release, answered): it knows the lock's name, who owns it and
+    where it was last released (a second unlock names the first)."""
+    why = lock_release_checked(m, EXCL)
+    md.panic(f"{fn}: {why}" if why else
+             f"{fn}: unlock of lock {m:#x} not owned by thread {lt.name} (the machine "
+             f"let it go: its record and the thread's differ)")
+
+
 def mtx_unlock(m: int) -> None:
     lt = curlocal()
+    if not lt.owned.get(m):
+        _unlock_not_owned(lt, m, "mtx_unlock")
     drop_hold(lt.owned, m, f"unlock of lock {m:#x} not owned by thread {lt.name}")
     lock_release(m, EXCL)
     if md.chaos_on():
@@ -114,6 +127,8 @@ def mtx_lock_spin(m: int) -> None:
 
 def mtx_unlock_spin(m: int) -> None:
     lt = curlocal()
+    if not lt.owned.get(m):
+        _unlock_not_owned(lt, m, "mtx_unlock_spin")
     drop_hold(lt.owned, m, f"unlock of lock {m:#x} not owned by thread {lt.name}")
     lock_release(m, EXCL)
     md.critical_exit()

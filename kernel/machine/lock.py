@@ -31,6 +31,7 @@ __site_transparent__ = True    # the door: its requests are their caller's
 __all__ = ["AF_PICKUP", "AF_TRY", "BUSY", "EXCL", "GRANTED", "LF_DUPOK", "LF_NOSHREC",
            "LF_NOWITNESS", "LF_RECURSE", "LK_RW", "LK_SLEEP", "LK_SPIN", "QUEUED", "SHARED",
            "lock_init", "lock_destroy", "lock_acquire", "lock_try", "lock_release",
+           "lock_release_checked",
            "lock_handoff", "sleepq_add", "sleepq_wakeup", "sleepq_remove"]
 
 
@@ -67,6 +68,16 @@ def lock_try(addr: int, mode: int) -> bool:
 
 def lock_release(addr: int, mode: int) -> None:
     pcpu_hw().post(Op.RELEASE, site(), addr, mode)
+
+
+def lock_release_checked(addr: int, mode: int) -> str:
+    """A release the machine answers (not posted): "" if it let the lock go, else its
+    words for the refusal (the lock's class and name, the site, who owns it, where it was
+    last released). Only for a release the kernel's own record already says is wrong: the
+    panic that follows names the lock as WITNESS's "lock (sleep mutex) ... not locked" did,
+    not by its address."""
+    ok, why = pcpu_hw().probe(Op.RELEASE, site(), addr, mode)
+    return "" if ok else str(why)
 
 
 def lock_handoff(addr: int, to_tid: int) -> None:

@@ -107,6 +107,9 @@ class Lock:
     free_us: float = 0.0             # when it was last left free (for the acquirer's clock)
     last_cpu: int = -1               # who took it last, and how many times running
     streak: int = 0
+    # the last exclusive release: (site, tid, the machine's operation), for the refusal
+    # of an unlock of a lock not owned (a second PROC_UNLOCK names the first)
+    released: tuple[str, int, int] | None = None
 
 
 @dataclasses.dataclass
@@ -325,13 +328,20 @@ class LockTable:
         if mode == EXCL:
             if not lk.owner or lk.owner != tid:     # owner 0: nobody holds it
                 who = f"thread {lk.owner}" if lk.owner else "nobody"
+                last = ""
+                if lk.released is not None:
+                    r_site, r_tid, r_op = lk.released
+                    name = self.thread_name(r_tid)
+                    last = (f"; last released @ {r_site} by thread {r_tid}"
+                            f"{f' ({name})' if name else ''}, operation {r_op}")
                 raise LockError(f"{lk.cls} {lk.name}: unlock of a lock not owned "
-                                f"@ {site} (owned by {who})")
+                                f"@ {site} (owned by {who}{last})")
             if lk.recurse:
                 lk.recurse -= 1
                 return []
             self._drop(lk, tid, t, EXCL)
             lk.owner = 0
+            lk.released = (site, tid, self.ops())
         else:
             n = lk.shared.get(tid, 0)
             if n == 0:
