@@ -250,20 +250,20 @@ def test_each_held_lock_says_the_operation_it_was_taken_at(m: Machine) -> None:
     m.locks.release(1, 0, "a.py:4", sx, SHARED)
     m.locks.release(1, 0, "a.py:5", giant, EXCL)      # the recursion let go: still held
     assert [(h["lock"], h["op"]) for h in m.locks.held_by(1)] == [("Giant", 100)]
-    m.locks.release(1, 0, "a.py:6", giant, EXCL)
-    m.take(1, giant, "a.py:7")
-    assert [(h["lock"], h["op"]) for h in m.locks.held_by(1)] == [("Giant", 102)]
+    m.locks.release(1, 0, "a.py:6", giant, EXCL)      # 102 (where it was let go)
+    m.take(1, giant, "a.py:7")                        # 103
+    assert [(h["lock"], h["op"]) for h in m.locks.held_by(1)] == [("Giant", 103)]
     # sched_lock handed over at a context switch: when it was taken goes with it
     sched = m.lock("sched lock", LC_SPIN)
-    m.take(1, sched, "s.py:1")                        # 103
+    m.take(1, sched, "s.py:1")                        # 104
     m.locks.handoff(1, 0, sched, 3)
-    assert [h["op"] for h in m.locks.held_by(3)] == [103]
+    assert [h["op"] for h in m.locks.held_by(3)] == [104]
     assert [h["lock"] for h in m.locks.held_by(1)] == ["Giant"]
-    m.locks.release(3, 0, "s.py:2", sched, EXCL)
-    m.take(3, sched, "s.py:3")                        # 104
+    m.locks.release(3, 0, "s.py:2", sched, EXCL)      # 105
+    m.take(3, sched, "s.py:3")                        # 106
     m.locks.handoff(3, 0, sched, 1)
-    assert [(h["lock"], h["op"]) for h in m.locks.held_by(1)] == [("Giant", 102),
-                                                                  ("sched lock", 104)]
+    assert [(h["lock"], h["op"]) for h in m.locks.held_by(1)] == [("Giant", 103),
+                                                                  ("sched lock", 106)]
 
 
 def test_a_deadlock_names_each_holder() -> None:
