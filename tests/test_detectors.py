@@ -331,7 +331,8 @@ def test_a_spin_owner_on_its_way_to_sleep_closes_no_cycle(m: Machine) -> None:
 def _keyed() -> tuple[ObjectStore, LockTable, LockKeyChecker, list[Finding], int]:
     kmem = ObjectStore()
     kmem.deftype("thing", [["t_mtx", "lock", "", None], ["t_own", "int", "c", 0],
-                           ["t_sched", "int", "j", 0], ["t_free", "int", "n", 0]])
+                           ["t_sched", "int", "j", 0], ["t_free", "int", "n", 0],
+                           ["t_count", "int", "F", 0]])
     locks = LockTable()
     found: list[Finding] = []
     chk = LockKeyChecker(kmem, locks, found.append)
@@ -386,6 +387,24 @@ def test_a_lost_update_is_reported_with_the_three_accesses() -> None:
     chk.access(2, "prele.py:1", h, ["t_own"], "store")
     assert [f for f in found if f.summary.startswith("lost update")] == []
     assert chk.stale == {}
+
+
+def test_a_counter_read_lazily_is_checked_at_its_stores() -> None:
+    """A statistic read without locks everywhere (vm_page_count_min) but changed under a
+    lock (cnt.v_free_count under the free queue's mutex): a key that names the lock for
+    stores only. Its loads are silent; a store or a posted add without the lock is
+    reported (a planted ``cnt.v_free_count = f - 1`` after the unlock passed unseen)."""
+    kmem, locks, chk, found, h = _keyed()
+    chk.define_keys({"c": ["self", ""], "j": ["name", "sched lock"],
+                     "F": ["store", "sched lock"]})
+    chk.access(2, "count_min.py:1", h, ["t_count"], "load")      # lazy: fine
+    locks.acquire(2, 0, "a.py:1", 0x99, EXCL, 0)
+    chk.access(2, "alloc.py:2", h, ["t_count"], "store")         # under its lock: fine
+    locks.release(2, 0, "a.py:3", 0x99, EXCL)
+    assert found == []
+    chk.access(2, "alloc.py:4", h, ["t_count"], "store")         # after the unlock
+    assert [f.summary for f in found] == \
+        ["unlocked store of thing.t_count (F: needs sched lock) @ alloc.py:4"]
 
 
 def test_accesses_with_the_right_lock_or_to_unkeyed_fields_are_silent() -> None:

@@ -98,9 +98,10 @@ class KStruct:
 
 
 # What each lock key letter means, for the server's unprotected-access check: a lock
-# name (any lock of that name held will do), or "self" (the object's own embedded lock).
-# Keys not listed are not checked: (a) touched only by curproc or parent at fork/wait,
-# (b) set at creation, (k) curthread only, (n) lazy, unlocked; and none.
+# name (any lock of that name held will do), "self" (the object's own embedded lock), or
+# "store": a lock name that stores need and loads do not (statistics read lazily, changed
+# under a lock). Keys not listed are not checked: (a) touched only by curproc or parent
+# at fork/wait, (b) set at creation, (k) curthread only, (n) lazy, unlocked; and none.
 LOCK_KEYS: dict[str, tuple[str, str]] = {
     "c": ("self", ""),                          # the proc lock, p_mtx
     "l": ("self", ""),                          # a map's own lock
@@ -112,6 +113,8 @@ LOCK_KEYS: dict[str, tuple[str, str]] = {
     "m": ("name", "Giant"),
     "q": ("name", "vm page queue mutex"),
     "f": ("name", "vm page queue free mutex"),
+    "Q": ("store", "vm page queue mutex"),      # read lazily, changed under the lock
+    "F": ("store", "vm page queue free mutex"),
 }
 
 

@@ -56,15 +56,15 @@ struct_vm_page = KStruct("vm_page", [
 ], doc="a physical page (vm/vm_page.h)")
 
 # The statistics are read without locks everywhere in FreeBSD (vm_page_count_min() is an
-# unlocked inline) and changed under the queue locks: key (n). The queues themselves are
-# (q) and (f).
+# unlocked inline) and changed under the queue locks: keys (F) and (Q), checked at the
+# stores only. The queues themselves are (q) and (f).
 struct_vmmeter = KStruct("vmmeter", [
     F("v_page_count", "int", ""),
-    F("v_free_count", "int", "n"),
+    F("v_free_count", "int", "F"),
     F("v_wire_count", "int", ""),           # atomic
-    F("v_active_count", "int", "n"),
-    F("v_inactive_count", "int", "n"),
-    F("v_cache_count", "int", "n"),
+    F("v_active_count", "int", "Q"),
+    F("v_inactive_count", "int", "Q"),
+    F("v_cache_count", "int", "Q"),
     F("v_free_reserved", "int", ""),
     F("v_free_min", "int", ""),
     F("v_free_target", "int", ""),
