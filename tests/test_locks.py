@@ -16,6 +16,7 @@ process.
 
 from __future__ import annotations
 
+import pathlib
 from typing import Any
 
 import pytest
@@ -261,6 +262,29 @@ def test_a_second_unlock_names_the_first(run: Any) -> None:
     assert site.startswith("test_locks.py:") and f"@ {site} " in msg, (site, msg)
     first = msg.split("last released @ ")[1].split()[0]
     assert first != site and first.startswith("test_locks.py:"), msg
+
+
+def test_a_thread_that_exits_holding_a_mutex_panics(run: Any) -> None:
+    """A kernel thread returns from its function holding a mutex (a process exiting with
+    its proc lock held, as a planted exit1 without its last PROC_UNLOCK did): the panic
+    is at the exit, naming the thread, with the lock in show alllocks, instead of a
+    machine that waits for the lock for ever and a violation that names it by number."""
+    def leaver(t: Any) -> None:
+        mtx_lock(t.t_mtx)
+        t.t_state = 1                                  # and returns: thread_exit
+
+    def per_cpu(t: Any, cpuid: int) -> None:
+        if cpuid == 0:
+            kthread(lambda: leaver(t), "leaver")
+            def ender() -> None:
+                wait_until(lambda: t.t_state == 1, "the leaver")
+                wait_until(lambda: False, "the panic")
+            kthread(ender, "ender")
+    res = run(cfg(2), machine("leaver", per_cpu))
+    msg = expect_panic(res, "thread_exit", "leaver", "exits with 1 lock held")
+    assert res.report["panic"]["cpu"] == 0
+    crash = (pathlib.Path(res.run_dir) / "crash.txt").read_text()
+    assert "sleep mutex test mtx" in crash and "show alllocks" in crash, msg
 
 
 # -- sx: shared holders together, exclusive alone --------------------------------------------

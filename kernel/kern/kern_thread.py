@@ -106,8 +106,19 @@ def thread_exit(sched_locked: bool = False) -> None:
     if not sched_locked:
         mtx_lock_spin(sl)
     if lt.owned != {sl: 1} or lt.owned_sx:
-        md.pcpu.note_violation(f"thread_exit: thread {lt.name} exits holding locks "
-                               f"{sorted(lt.owned)} {sorted(lt.owned_sx)}")
+        # A lock held by a thread that is gone is held for ever: every thread that asks
+        # for it waits for good, and nothing said where it was left. Panic here (as
+        # 5.0's WITNESS_WARN(WARN_PANIC, NULL, "System call %s returning") did at the
+        # way out of every syscall), where crash.txt's show alllocks names each lock and
+        # where it was taken.
+        held = [f"{m:#x}" + (f" (x{n})" if n > 1 else "")
+                for m, n in sorted(lt.owned.items()) if m != sl]
+        if lt.owned.get(sl, 0) != 1:
+            held.append(f"sched lock x{lt.owned.get(sl, 0)}")
+        held += [f"{h:#x}" for h, _ in sorted(lt.owned_sx)]
+        md.panic(f"thread_exit: thread {lt.name} (tid {lt.tid}) exits with {len(held)} "
+                 f"lock{'s' if len(held) != 1 else ''} held: {', '.join(held)} "
+                 f"(show alllocks names them)")
     lt.td.update(td_state=int(TDS.TDS_INACTIVE))
     nxt = choosethread()
     del lt.owned[sl]
