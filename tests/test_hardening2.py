@@ -768,6 +768,26 @@ def test_a_free_of_an_object_still_on_a_list_is_refused(machine: _Machine) -> No
 
 
 @pytest.mark.timeout(60)
+def test_a_second_insert_and_a_remove_of_an_absent_element_name_both(machine: _Machine) -> None:
+    """A swap block released twice (put on the free list a second time) panicked with
+    "list insert: element 968 is already on the list": neither the element's type nor
+    the list was named. Now both are, as a free of an element still on a list is."""
+    from smp.hw.protocol import Op, field_addr
+    machine.cpu.post(Op.DEFTYPE, 0, "", "lobj", [["l", "list", "", None]])
+    ok, head = machine.ask(Op.NEW, 7, "lobj", {})
+    ok, elem = machine.ask(Op.NEW, 7, "hobj", {})
+    lst = field_addr(head, 0)
+    assert machine.ask(Op.LIST_INSERT_TAIL, 7, lst, elem) == (True, None)
+    for op in (Op.LIST_INSERT_TAIL, Op.LIST_INSERT_HEAD):
+        ok, why = machine.ask(op, 7, lst, elem)
+        assert not ok and why.endswith(f"list insert: hobj#{elem} is already on "
+                                       f"&lobj#{head}.l"), why
+    assert machine.ask(Op.LIST_REMOVE, 7, lst, elem) == (True, None)
+    ok, why = machine.ask(Op.LIST_REMOVE, 7, lst, elem)
+    assert not ok and why.endswith(f"list remove: hobj#{elem} is not on &lobj#{head}.l"), why
+
+
+@pytest.mark.timeout(60)
 def test_count_with_an_unknown_operator_is_refused(machine: _Machine) -> None:
     """COUNT matched every object when the operator was unknown."""
     from smp.hw.protocol import Op

@@ -334,10 +334,20 @@ class ObjectStore:
         lst = self.listhead(addr)
         if h not in self.objs:
             self._obj(h)                           # names a use after free, or a bad handle
+        if h in lst.next:                          # (a swap block released twice)
+            raise ObjectError(f"list insert: {self.name(h)} is already on "
+                              f"{self.describe(addr)}")
         if head:
             lst.insert_head(h)
         else:
             lst.insert_tail(h)
+
+    def list_remove(self, addr: int, h: int) -> None:
+        """Take ``h`` off the list at ``addr``; one not on it is refused, both named."""
+        lst = self.listhead(addr)
+        if h not in lst.next:
+            raise ObjectError(f"list remove: {self.name(h)} is not on {self.describe(addr)}")
+        lst.remove(h)
 
     def list_search(self, addr: int, lo: str, hi: str, value: Any) -> int:
         """The first element whose ``lo`` field <= ``value`` < its ``hi`` field: a walk of

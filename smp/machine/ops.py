@@ -428,7 +428,7 @@ class Operations:
 
     def list_remove(self, p: Peer, tid: int, site: str, a: list[Any]) -> None:
         self._head(tid, site, a[0], "store")
-        self.kmem.listhead(a[0]).remove(a[1])
+        self.kmem.list_remove(a[0], a[1])
 
     def list_first(self, p: Peer, tid: int, site: str, a: list[Any]) -> int:
         self._head(tid, site, a[0], "load")
