@@ -575,6 +575,24 @@ def test_an_sx_waiter_asleep_on_the_lock_and_a_busy_swapper_are_silent() -> None
     assert end["slow_swapin_s"] >= 1.0 and end["slow_swapin_of"] == "pid 21 (hog)"
 
 
+def test_a_timeout_of_a_sleep_with_no_timeout_is_reported() -> None:
+    """A thread asleep with no timeout taken off its queue by a timeout: a callout of an
+    earlier, timed sleep that was not stopped when a wakeup ended it (a planted msleep
+    without its callout_stop passed unseen: the spurious wakeup was tolerated). A timed
+    sleep that times out is silent."""
+    s = Server(bound_s=5.0)
+    _, td = s.proc(7, "napper")
+    s.msleep(td, "userland/libc.py:77", timo=3)
+    s.wakeup_timeout(td)                                   # its own timeout: fine
+    assert s.liveness() == []
+    s.msleep(td, "kern/kern_exit.py:158", timo=0, wmesg="wait")
+    s.wakeup_timeout(td)                                   # the stale callout
+    [f] = s.liveness()
+    assert f.summary.startswith("timeout of a sleep with none: thread ")
+    assert "(napper)" in f.summary and "@ kern/kern_exit.py:158" in f.summary, f.summary
+    assert "callout" in f.summary and f.sites[0] == "kern/kern_exit.py:158"
+
+
 def test_the_end_says_who_last_woke_each_live_thread() -> None:
     """For a dump: each thread alive at the end, who last took it off a sleep queue
     (where, by whom, at which operation of the machine)."""

@@ -422,12 +422,36 @@ class Hangs:
                 self.n += 1
                 self.dequeued[tid] = (site, by, self.n, self._op(), "woken", caller)
 
-    def unslept(self, tid: int, site: str = "", by: int = 0) -> None:
-        """``tid`` was taken off its sleep queue without a wakeup (a timeout), by thread
-        ``by`` @ ``site``."""
+    def unslept(self, tid: int, site: str = "", by: int = 0,
+                chan: Hashable | None = None) -> None:
+        """``tid`` was taken off its sleep queue ``chan`` without a wakeup (a timeout), by
+        thread ``by`` @ ``site``. A sleep that had no timeout cannot time out: a callout
+        of an earlier, timed sleep was left armed (not stopped when a wakeup ended that
+        sleep) and has fired into this one, a spurious wakeup: reported."""
         self.off[tid] = self.srv.locks.clock()
         self.n += 1
         self.dequeued[tid] = (site, by, self.n, self._op(), "timed out", "")
+        slept = self.slept.get(tid)
+        if slept is None or slept[2]:
+            return
+        key = ("notimo", slept[0], site)
+        if key in self.reported:
+            return
+        self.reported.add(key)
+        on = f" on {self.chan(chan)}" if chan is not None else ""
+        self.srv.finding(Finding(
+            "liveness",
+            f"timeout of a sleep with none: thread {tid} ({self._tname(tid)}) asleep{on} "
+            f"@ {slept[0]} with no timeout was timed out"
+            + (f" @ {site}" if site else "")
+            + ": a callout of an earlier sleep not stopped?",
+            [s for s in (slept[0], site) if s],
+            f"thread {tid} ({self._tname(tid)}) went to sleep{on} @ {slept[0]} with no "
+            f"timeout; thread {by} took it off its sleep queue as a timeout"
+            + (f" @ {site}" if site else "") + f" (operation {self._op()}): only an armed "
+            "callout does that, so one of an earlier timed sleep was never stopped, and "
+            "this sleep ended in a wakeup nobody made",
+            f"liveness|notimo|{slept[0]}|{site}"))
 
     # -- the looks -----------------------------------------------------------------------
     def _halfway(self) -> set[int] | None:

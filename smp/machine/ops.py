@@ -519,7 +519,7 @@ class Operations:
     def unsleep(self, p: Peer, tid: int, site: str, a: list[Any]) -> bool:
         took = self.sleepq.unsleep(a[1], _chan(a[0]))
         if took and self.srv.hangs is not None:
-            self.srv.hangs.unslept(int(a[1]), site, tid)
+            self.srv.hangs.unslept(int(a[1]), site, tid, _chan(a[0]))
         return took
 
     # -- between CPUs ------------------------------------------------------------------
