@@ -332,7 +332,7 @@ def _keyed() -> tuple[ObjectStore, LockTable, LockKeyChecker, list[Finding], int
     kmem = ObjectStore()
     kmem.deftype("thing", [["t_mtx", "lock", "", None], ["t_own", "int", "c", 0],
                            ["t_sched", "int", "j", 0], ["t_free", "int", "n", 0],
-                           ["t_count", "int", "F", 0]])
+                           ["t_count", "int", "F", 0], ["t_list", "int", "d", 0]])
     locks = LockTable()
     found: list[Finding] = []
     chk = LockKeyChecker(kmem, locks, found.append)
@@ -405,6 +405,26 @@ def test_a_counter_read_lazily_is_checked_at_its_stores() -> None:
     chk.access(2, "alloc.py:4", h, ["t_count"], "store")         # after the unlock
     assert [f.summary for f in found] == \
         ["unlocked store of thing.t_count (F: needs sched lock) @ alloc.py:4"]
+
+
+def test_a_store_under_an_sx_held_shared_is_reported() -> None:
+    """A field an sx lock protects is read under the lock held shared and changed under it
+    held exclusive: a LIST_REMOVE from allproc under sx_slock (a planted exit1 that took
+    allproc_lock shared) passed unseen, since any hold of the named lock did."""
+    kmem, locks, chk, found, h = _keyed()
+    chk.define_keys({"c": ["self", ""], "j": ["name", "sched lock"],
+                     "d": ["name", "allproc"]})
+    locks.init(0x77, LK_RW, "sx", "allproc", 0)
+    locks.acquire(2, 0, "a.py:1", 0x77, SHARED, 0)
+    chk.access(2, "walk.py:1", h, ["t_list"], "load")            # a reader: fine
+    assert found == []
+    chk.access(2, "exit.py:2", h, ["t_list"], "store")           # a writer, shared
+    assert [f.summary for f in found] == \
+        ["unlocked store of thing.t_list (d: needs allproc exclusive, held shared) @ exit.py:2"]
+    locks.release(2, 0, "a.py:3", 0x77, SHARED)
+    locks.acquire(2, 0, "a.py:4", 0x77, EXCL, 0)
+    chk.access(2, "exit.py:5", h, ["t_list"], "store")           # exclusive: fine
+    assert len(found) == 1
 
 
 def test_accesses_with_the_right_lock_or_to_unkeyed_fields_are_silent() -> None:

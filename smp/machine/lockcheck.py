@@ -6,7 +6,8 @@ kernel tells the server at boot what each key letter means (``DEFKEYS``): a lock
 ("sched lock": any lock of that name held by the thread will do), or ``self``: the
 object's own embedded lock (a proc's ``p_mtx``, a map's ``lock``), or ``store``: a lock
 name that only stores need (a statistic read lazily everywhere but changed under a lock,
-as ``cnt.v_free_count``). Keys with no meaning (``b`` set at creation, ``n`` lazily
+as ``cnt.v_free_count``). A store needs its lock exclusive (a field an sx lock protects
+is read under it shared, changed under it exclusive). Keys with no meaning (``b`` set at creation, ``n`` lazily
 unlocked, none) are not checked.
 
 An access by a thread that does not hold the required lock is reported once per
@@ -30,7 +31,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from smp.machine.locks import LockTable
-from smp.hw.protocol import F_LOCK, field_addr
+from smp.hw.protocol import EXCL, F_LOCK, field_addr
 from smp.machine.objects import ObjectStore
 from smp.machine.witness import Finding
 
@@ -106,9 +107,12 @@ class LockKeyChecker:
                 ok = any(a == want for a, _, _ in held)
                 what = f"its own {decl.order[idx]}"
             else:
-                ok = any(a in self.locks.locks and self.locks.locks[a].name == need[1]
-                         for a, _, _ in held)
-                what = need[1]
+                # a store needs the lock exclusive: a field an sx protects is read under
+                # it shared and changed under it exclusive (allproc's LIST_REMOVE)
+                modes = [m for a, m, _ in held
+                         if a in self.locks.locks and self.locks.locks[a].name == need[1]]
+                ok = bool(modes) and (kind == "load" or EXCL in modes)
+                what = need[1] if ok or not modes else f"{need[1]} exclusive, held shared"
             if ok:
                 continue
             if kind == "load":
