@@ -590,7 +590,7 @@ def test_a_timeout_of_a_sleep_with_no_timeout_is_reported() -> None:
     [f] = s.liveness()
     assert f.summary.startswith("timeout of a sleep with none: thread ")
     assert "(napper)" in f.summary and "@ kern/kern_exit.py:158" in f.summary, f.summary
-    assert "callout" in f.summary and f.sites[0] == "kern/kern_exit.py:158"
+    assert "timer" in f.summary and f.sites[0] == "kern/kern_exit.py:158"
 
 
 def test_the_end_says_who_last_woke_each_live_thread() -> None:

@@ -444,12 +444,12 @@ class Hangs:
             f"timeout of a sleep with none: thread {tid} ({self._tname(tid)}) asleep{on} "
             f"@ {slept[0]} with no timeout was timed out"
             + (f" @ {site}" if site else "")
-            + ": a callout of an earlier sleep not stopped?",
+            + ": the timer of an earlier sleep left armed?",
             [s for s in (slept[0], site) if s],
             f"thread {tid} ({self._tname(tid)}) went to sleep{on} @ {slept[0]} with no "
             f"timeout; thread {by} took it off its sleep queue as a timeout"
             + (f" @ {site}" if site else "") + f" (operation {self._op()}): only an armed "
-            "callout does that, so one of an earlier timed sleep was never stopped, and "
+            "timer does that, so that of an earlier timed sleep was never stopped, and "
             "this sleep ended in a wakeup nobody made",
             f"liveness|notimo|{slept[0]}|{site}"))
 
