@@ -287,6 +287,26 @@ def test_a_thread_that_exits_holding_a_mutex_panics(run: Any) -> None:
     assert "sleep mutex test mtx" in crash and "show alllocks" in crash, msg
 
 
+def test_unwiring_a_page_without_the_page_queues_lock_panics(run: Any) -> None:
+    """vm_page_unwire moves the page to a paging queue: 5.0 asserted the page queues'
+    mutex (mtx_assert(&vm_page_queue_mtx, MA_OWNED)). A planted vm_proc_swapout without
+    vm_page_lock_queues was found by lockkey at vm_page.py's lines, not at its caller;
+    the assertion's panic has the caller in its backtrace."""
+    def body(t: Any) -> None:
+        from smp.kernel.vm.vm import VM_ALLOC_WIRED
+        from smp.kernel.vm.vm_page import vm_page_alloc, vm_page_unwire
+        m = vm_page_alloc(None, 0, VM_ALLOC_WIRED)
+        result("t_allocated", int(m is not None))
+        vm_page_unwire(m, 0)
+        result("t_unwired_unlocked")
+    res = run(cfg(2), _single("unwire", body))
+    expect_panic(res, "vm page queue mutex", "not owned")
+    assert res.report["kernel"].get("t_allocated") == 1
+    assert "t_unwired_unlocked" not in res.report["kernel"]
+    stack = "".join(res.report["panic"]["stack"])
+    assert "in vm_page_unwire" in stack and "in body" in stack, stack        # the caller
+
+
 # -- sx: shared holders together, exclusive alone --------------------------------------------
 SX_READS = 30
 SX_WRITES = 10

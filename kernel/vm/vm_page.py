@@ -26,8 +26,9 @@ from __future__ import annotations
 from typing import Any
 
 from smp.kernel import param
-from smp.kernel.kern.kern_mutex import (KASSERT, MTX_DEF, MTX_SPIN, mtx_init, mtx_lock,
-                                        mtx_lock_spin, mtx_unlock, mtx_unlock_spin)
+from smp.kernel.kern.kern_mutex import (KASSERT, MA_OWNED, MTX_DEF, MTX_SPIN, mtx_assert,
+                                        mtx_init, mtx_lock, mtx_lock_spin, mtx_unlock,
+                                        mtx_unlock_spin)
 from smp.kernel.kern.kern_synch import tsleep, wakeup
 from smp.kernel.kern.kern_thread import curproc
 from smp.kernel.machine import cpu as md
@@ -359,6 +360,7 @@ def vm_page_free_wakeup() -> None:
 
 def vm_page_wire(m: KObj) -> None:
     """Wire ``m``: off the paging queues, never paged out (page queues locked)."""
+    mtx_assert(cnt.vm_page_queue_mtx, MA_OWNED, "vm page queue mutex")     # as 5.0 did
     w = m.wire_count
     if w == 0:
         vm_pageq_remove(m)
@@ -368,7 +370,9 @@ def vm_page_wire(m: KObj) -> None:
 
 
 def vm_page_unwire(m: KObj, activate: int) -> None:
-    """Drop one wiring; at zero the page goes to the active or inactive queue."""
+    """Drop one wiring; at zero the page goes to the active or inactive queue (page
+    queues locked)."""
+    mtx_assert(cnt.vm_page_queue_mtx, MA_OWNED, "vm page queue mutex")     # as 5.0 did
     w = m.wire_count
     if w <= 0:
         md.panic(f"vm_page_unwire: invalid wire count: {w} (page {m.handle})")
