@@ -272,6 +272,26 @@ def test_vm_wait_sleepers_never_woken_after_memory_came_back() -> None:
     assert "v_free_count + v_cache_count = 42, v_free_min 40" in f.detail, f.detail
 
 
+def test_the_end_says_which_sleepers_wait_for_what_has_come_true() -> None:
+    """A run that ends before the bound: two debuggers asleep on 'faultin' for 2.7 s
+    after the swap-in they waited for had ended (a planted PROC_UNLOCK-then-tsleep lost
+    their wakeup) were listed under liveness.asleep like any sleeper. Now each says how
+    long its wait has been true: a lost wakeup under the bound, for a reader to see."""
+    s = Server(bound_s=1.0)
+    cnt, tds = _vm_wait(s, 2)
+    s.run_for(0.3)
+    s.kmem.storen(cnt, {"v_free_count": 30, "v_cache_count": 12, "vm_pages_needed": 0})
+    s.run_for(0.5)
+    assert s.liveness() == []                                 # under the bound
+    asleep = s.hangs.at_end()["asleep"]
+    assert [a["wmesg"] for a in asleep] == ["vmwait", "vmwait"]
+    assert all(0.4 <= a["came_true_s"] <= 0.6 for a in asleep), asleep
+    s2 = Server(bound_s=1.0)                                  # memory still short
+    _vm_wait(s2, 1)
+    s2.run_for(0.5)
+    assert "came_true_s" not in s2.hangs.at_end()["asleep"][0]
+
+
 def test_vm_wait_sleepers_woken_when_memory_comes_back_are_silent() -> None:
     s = Server(bound_s=1.0)
     cnt, tds = _vm_wait(s, 2)

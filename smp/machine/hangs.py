@@ -1069,7 +1069,9 @@ class Hangs:
     def at_end(self) -> dict[str, Any]:
         """The end of the run: a lost thread is a finding whatever the bound (but for
         those a CPU stopped inside a sleep or a wakeup may have left half way); every
-        thread still asleep with no timeout is listed; and, for each thread alive, who
+        thread still asleep with no timeout is listed (with ``came_true_s``, how long
+        its registered wait has held, when it does: a lost wakeup the run ended too soon
+        to report); and, for each thread alive, who
         last took it off a sleep queue (``woken``: where, by whom, at which operation),
         for a dump's trace of it."""
         if self.reg is None:
@@ -1087,9 +1089,13 @@ class Hangs:
             if timo:
                 continue
             name, wmesg = who.get(tid, (f"thread {tid}", ""))
-            asleep.append({"thread": name, "wmesg": wmesg, "channel": self.chan(chan),
-                           "site": site, "asleep_s": round(now - when, 3),
-                           "channel_woken": self.woken.get(chan, 0)})
+            entry = {"thread": name, "wmesg": wmesg, "channel": self.chan(chan),
+                     "site": site, "asleep_s": round(now - when, 3),
+                     "channel_woken": self.woken.get(chan, 0)}
+            true_since = self.first.get(("done", tid))
+            if true_since is not None:      # its registered wait holds: a lost wakeup
+                entry["came_true_s"] = round(now - true_since, 3)   # under the bound
+            asleep.append(entry)
         woken: dict[str, dict[str, Any]] = {
             str(tid): {"site": d[5] or d[0], "by": d[1], "op": d[3], "how": d[4]}
             for tid in sorted(who) if (d := self.dequeued.get(tid)) is not None}
