@@ -230,6 +230,45 @@ def test_a_sleep_for_a_swapin_that_has_ended_is_a_lost_wakeup() -> None:
     assert "the channel was woken 0 times in the run" in f.detail
 
 
+def test_a_wakeup_that_came_before_the_sleep_is_named() -> None:
+    """faultin's waiter drops the proc lock by hand and then tsleeps (a planted
+    PROC_UNLOCK-then-tsleep): the swap-in ends and wakes the channel in between, finding
+    nobody; the waiter then sleeps for good. The report named the store and the sleep;
+    now also that wakeup, which came before the sleep: the window it fell in."""
+    s = Server(bound_s=1.0)
+    s.seq = type("Seq", (), {"ops": 500})()                  # the server's sequencer
+    p, td = s.proc(40, "debugger")
+    _, swapper = s.proc(0, "swapper")
+    s.kmem.store(p, "p_sflag", INMEM)                         # the swap-in has ended
+    s.hangs.store(7, "vm/vm_glue.py:451", p, ["p_sflag"])     # (operation 500)
+    s.locks.acquire(swapper, 0, "kern_synch.py:10", s.sched, EXCL, 0)
+    s.hangs.wakeup(field_addr(p, 3), s.sleepq.wakeup(swapper, 0, "kern_synch.py:11",
+                                                    field_addr(p, 3), False),
+                   "kern/kern_synch.py:140", swapper, "vm/vm_glue.py:458")
+    s.locks.release(swapper, 0, "kern_synch.py:13", s.sched, EXCL)
+    s.seq.ops = 512
+    s.msleep(td, "vm/vm_glue.py:436", chan=field_addr(p, 3), wmesg="faultin")
+    s.run_for(1.5)
+    [f] = s.liveness()
+    assert ("a wakeup of the channel @ vm/vm_glue.py:458 (operation 500) found nobody "
+            "asleep 12 operations before this thread slept (operation 512): it fell "
+            "between the sleeper's test and its sleep") in f.detail, f.detail
+    # the same sleep with that wakeup before the store that made the test true: it is
+    # not the one the sleeper missed, and is not named
+    s = Server(bound_s=1.0)
+    s.seq = type("Seq", (), {"ops": 400})()
+    p, td = s.proc(40, "debugger")
+    s.hangs.wakeup(field_addr(p, 3), [], "kern/kern_synch.py:140", 9, "vm/vm_glue.py:458")
+    s.seq.ops = 500
+    s.kmem.store(p, "p_sflag", INMEM)
+    s.hangs.store(7, "vm/vm_glue.py:451", p, ["p_sflag"])
+    s.seq.ops = 512
+    s.msleep(td, "vm/vm_glue.py:436", chan=field_addr(p, 3), wmesg="faultin")
+    s.run_for(1.5)
+    [f] = s.liveness()
+    assert "found nobody asleep" not in f.detail, f.detail
+
+
 def _reported_after_the_bound(s: Server, before: float, after: float) -> Finding:
     """Silent for ``before`` simulated seconds (not yet the bound), then one report."""
     s.run_for(before)

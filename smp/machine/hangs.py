@@ -181,6 +181,9 @@ class Hangs:
                                                           # wait's (object, field): last store
         self.unheard: dict[Hashable, tuple[int, str]] = {}    # channel -> wakeups that woke
                                                               # nobody, the last's site
+        self.unheard_op: dict[Hashable, int] = {}  # channel -> the last such's operation
+        self.slept_op: dict[int, int] = {}         # thread -> the operation it slept at
+        self.field_stored_op: dict[tuple[int, str], int] = {}   # ... and their operations
         self.slept_on: set[Hashable] = set()                  # every channel slept on
         self.sleeps_by: dict[str, int] = {}                   # wait message -> sleeps
         self.polling: dict[int, float] = {}                   # thread -> sleeping with a
@@ -276,6 +279,7 @@ class Hangs:
             self.stored[h] = (site, tid, self.n)
         for f in self.wait_fields.intersection(fields):
             self.field_stored[(h, f)] = (site, tid)
+            self.field_stored_op[(h, f)] = self._op()
 
     def loaded(self, tid: int, h: int, fields: list[str]) -> None:
         """Before a load of ``fields`` of ``h`` that counts holds: what ``tid`` reads,
@@ -400,6 +404,7 @@ class Hangs:
         if not (timo and before is not None and before[2] and before[0] == site):
             self.polling[tid] = now             # not the same poll as before
         self.slept[tid] = (site, now, timo)
+        self.slept_op[tid] = self._op()
         chan = self.srv.sleepq.sleeping.get(tid)
         if chan is not None:
             self.slept_on.add(chan)
@@ -414,6 +419,7 @@ class Hangs:
         if not tids:                            # nobody asleep there (the wrong channel?)
             n = self.unheard.get(chan, (0, ""))[0]
             self.unheard[chan] = (n + 1, caller or site)
+            self.unheard_op[chan] = self._op()
         else:
             self.woken[chan] = self.woken.get(chan, 0) + 1
             now_us = self.srv.locks.clock()         # the lock table's time: see _halfway
@@ -489,15 +495,16 @@ class Hangs:
         again): what the detector keeps stays the size of the live machine."""
         live = self.srv.kmem.objs
         for d in (self.slept, self.stored, self.dequeued, self.polling, self.off,
-                  self.pending):
+                  self.pending, self.slept_op):
             for tid in [t for t in d if t not in live]:
                 del d[tid]
-        for pairs in (self.field_stored, self.raised, self.lowered, self.lost):
+        for pairs in (self.field_stored, self.raised, self.lowered, self.lost,
+                      self.field_stored_op):
             for key in [k for k in pairs if k[0] not in live]:
                 del pairs[key]
         for key in [k for k in self.read if k[0] not in live or k[1] not in live]:
             del self.read[key]
-        for chans in (self.unheard, self.woken):
+        for chans in (self.unheard, self.woken, self.unheard_op):
             for c in [c for c in chans if isinstance(c, int) and c >> FIELD_BITS not in live]:
                 del chans[c]
         self.slept_on = {c for c in self.slept_on
@@ -741,8 +748,21 @@ class Hangs:
             + (f"{last[0]} was last stored @ {last[1]} by thread {last[2]}; " if last
                else "")
             + f"the channel was woken {self.woken.get(chan, 0)} times in the run: the "
-            f"wakeup that should follow is missing",
+            f"wakeup that should follow is missing" + self._woken_before(tid, chan, pairs),
             f"liveness|done|{last[1] if last else slept[0]}"))
+
+    def _woken_before(self, tid: int, chan: Hashable, pairs: list[tuple[int, str]]) -> str:
+        """A wakeup of ``chan`` that found nobody, made after the last store of the fields
+        the wait tests and before ``tid`` slept there: the wakeup it missed, fallen in a
+        window between its test and its sleep (an interlock dropped by hand before a
+        tsleep)."""
+        w_op, s_op = self.unheard_op.get(chan), self.slept_op.get(tid)
+        stores = [self.field_stored_op[pr] for pr in pairs if pr in self.field_stored_op]
+        if w_op is None or s_op is None or not stores or not max(stores) <= w_op <= s_op:
+            return ""
+        return (f"; a wakeup of the channel @ {self.unheard[chan][1]} (operation {w_op}) "
+                f"found nobody asleep {s_op - w_op} operations before this thread slept "
+                f"(operation {s_op}): it fell between the sleeper's test and its sleep")
 
     @staticmethod
     def _held_all_along(lk: Any, since_us: float) -> tuple[int, str, str] | None:
