@@ -4,8 +4,8 @@
     smp run [CONFIG] [--set SECTION.KEY=VALUE ...] [--fail-point NAME ...] [--run-dir DIR
             [--force]]
             [--listen tcp://ADDR:PORT [--local-cpus N] [--key-dir DIR] [--join-timeout S]]
-    smp replay RUN_DIR [--until N] [--run-dir OUT [--force]]
-    smp trace RUN_DIR [-o OUT] [--until N]
+    smp replay RUN_DIR [--until N] [--watch WHAT ...] [--run-dir OUT [--force]]
+    smp trace RUN_DIR [-o OUT] [--until N] [--watch WHAT ...]
     smp cpu --join tcp://HOST:PORT --id K [--key-dir DIR] [--timeout S]
     smp keys DIR [--cpus IDS [--name NAME]]
     smp report RUN_DIR [--format text|json|csv|folded] [--table cpus|locks|profile|series]
@@ -47,6 +47,7 @@ examples:
   smp report runs/20261126-101500-s1       the summary of a finished run again
   smp replay runs/20261126-101500-s1       run it again, exactly (the recorded schedule)
   smp replay runs/X --until 81234          stop after operation 81234; dump every thread
+  smp replay runs/X --watch proc#12.p_lock who loaded and stored that field, when, where
   smp trace runs/X                         its timeline for ui.perfetto.dev (runs/X/trace.json)
   smp config --schema                      every config key, its type, default and meaning
   smp failpoints                           the race guards of vm_glue that can be switched off
@@ -148,6 +149,15 @@ def _parser() -> argparse.ArgumentParser:
                     help="stop the machine after operation N and write dump.txt: every "
                     "thread's stack, the locks it holds and waits for, each CPU's last "
                     "operations")
+    rp.add_argument("--watch", action="append", default=[], metavar="WHAT",
+                    help="print every access of WHAT in the run, in the machine's order: "
+                    "its operation number (for --until), CPU, thread, what it did (a "
+                    "store's old -> new value) and kernel site; into OUT/watch.txt too. "
+                    "WHAT: an object as reports name it (proc#12: every field, its "
+                    "allocation, free and moves on and off lists), one field "
+                    "(proc#12.p_lock, &vmspace#40.vm_map) or every lock of a name "
+                    "(lock:Giant: acquires, contested waits, grants, releases). "
+                    "Repeatable; a WHAT that matches nothing is said at the end")
     rp.add_argument("--run-dir", dest="out", metavar="OUT",
                     help="write the replay's results into OUT (default: RUN_DIR/replay, "
                     "then replay-2, replay-3...); an OUT that is not empty is refused")
@@ -175,6 +185,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="write the trace to OUT (default: RUN_DIR/trace.json)")
     tr.add_argument("--until", type=int, metavar="N",
                     help="stop the timeline after operation N")
+    tr.add_argument("--watch", action="append", default=[], metavar="WHAT",
+                    help="mark every access of WHAT on the timeline (as smp replay --watch "
+                    "finds them: an object, a field or lock:NAME), and print them")
 
     cpu = sub.add_parser(
         "cpu", help="be one CPU of a machine whose server runs on another host",
@@ -674,11 +687,14 @@ def _run_replay(cmd: str, how: Any, args: argparse.Namespace) -> tuple[int, Any,
 def _replay(args: argparse.Namespace) -> int:
     from smp.observe.report import summary_table
     from smp.run.replay import replay
-    done = _run_replay("replay", functools.partial(replay, force=args.force), args)
+    done = _run_replay("replay", functools.partial(replay, force=args.force,
+                                                   watch=args.watch), args)
     if done is None:
         return 2
     status, rep, out = done
     print(summary_table(rep))
+    if args.watch:
+        _print_watch(os.path.join(out, "watch.txt"), rep)
     sched = (rep.get("schedule") or {}).get("replay") or {}
     div = sched.get("divergence")
     if rep.get("interrupted"):
@@ -699,6 +715,25 @@ def _replay(args: argparse.Namespace) -> int:
     return status
 
 
+def _print_watch(path: str, rep: dict[str, Any],
+                 shown: tuple[list[str], int] | None = None) -> None:
+    """``--watch``: the watched accesses (the first and last of many), and what each WHAT
+    matched or why it matched nothing."""
+    from smp.machine.watch import watch_lines
+    if shown is None:
+        try:
+            shown = watch_lines(path)
+        except OSError as e:
+            err = ((rep.get("schedule") or {}).get("watch_error")
+                   or f"{path}: {e.strerror}")
+            print(f"watch: none written: {err}")
+            return
+    lines, n = shown
+    print(f"watch: {n} accesses" + (f" ({path})" if path else ""))
+    for line in lines:
+        print(f"  {line}")
+
+
 def _trace(args: argparse.Namespace) -> int:
     from smp.machine.trace import count_events
     from smp.run.replay import trace
@@ -709,10 +744,12 @@ def _trace(args: argparse.Namespace) -> int:
         if not line.startswith(("machine:", "run ")):
             print(f"smp trace: replaying: {line.strip().removeprefix('stopping: ')}",
                   file=sys.stderr, flush=True)
-    done = _run_replay("trace", functools.partial(trace, log=log), args)
+    done = _run_replay("trace", functools.partial(trace, log=log, watch=args.watch), args)
     if done is None:
         return 2
     status, rep, path = done
+    if args.watch:
+        _print_watch("", rep, rep.get("watch_lines") or ([], 0))
     sched = rep.get("schedule") or {}
     div = (sched.get("replay") or {}).get("divergence")
     if div:

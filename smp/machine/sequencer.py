@@ -45,6 +45,7 @@ from smp.machine.peers import Peer, opname, short
 from smp.machine.schedule import Divergence, Recording, Replay
 from smp.machine.timekeeper import TimeKeeper
 from smp.machine.trace import Tracer
+from smp.machine.watch import Watch
 
 RECENT_OPS = 32          # each CPU's last operations kept for a dump (report.json "recent")
 
@@ -61,6 +62,8 @@ class TimeSpec:
     record_header: dict[str, Any] = dataclasses.field(default_factory=dict)
     replay: Replay | None = None
     trace_path: str | None = None       # a timeline of the run (smp/machine/trace.py)
+    watch: tuple[str, ...] = ()         # what to watch (smp/machine/watch.py) ...
+    watch_path: str | None = None       # ... into this file
 
 
 def ordered(peer: Peer, op: int, args: list[Any]) -> bool:
@@ -153,6 +156,18 @@ class Sequencer:
                                      channel=srv.kmem.channel)
             except OSError as e:
                 self.trace_error = write_error(ts.trace_path, e)
+        self.watch: Watch | None = None
+        self.watch_error: str | None = None
+        if ts.watch and ts.watch_path:
+            tracer = self.tracer
+            try:
+                self.watch = Watch(ts.watch_path, list(ts.watch), srv.kmem, srv.locks.names,
+                                   lambda: self.ops, thread_name=self.thread_name,
+                                   sources=lambda: srv.policy.get("sources"),
+                                   mark=tracer.mark if tracer is not None else None,
+                                   failed=self._give_up)
+            except OSError as e:
+                self.watch_error = write_error(ts.watch_path, e)
         self.replay = ts.replay
         self.replay_done = False
         self.end_told: int | None = None     # the end the launcher was told of
@@ -194,9 +209,15 @@ class Sequencer:
         return self.trace_error or (self.tracer.error if self.tracer else None)
 
     @property
+    def _watch_failed(self) -> str | None:
+        """Why the watch's file could not be begun, or was given up midway."""
+        return self.watch_error or (self.watch.error if self.watch else None)
+
+    @property
     def write_failed(self) -> str | None:
-        """Why the record or the timeline could not be written, if one could not."""
-        return self._record_failed or self._trace_failed
+        """Why the record, the timeline or the watch could not be written, if one could
+        not."""
+        return self._record_failed or self._trace_failed or self._watch_failed
 
     def _give_up(self, error: str) -> None:
         """The record or the timeline could not be written (a full disk): the launcher
@@ -413,6 +434,8 @@ class Sequencer:
             self.rec.close(totals)
         if self.tracer is not None:
             self.tracer.close()
+        if self.watch is not None:
+            self.watch.close()
 
     def report(self) -> dict[str, Any]:
         """What was recorded, or how the replay went; what was traced."""
@@ -434,6 +457,11 @@ class Sequencer:
             out["trace"] = {"path": self.timespec.trace_path, **self.tracer.statistics()}
         if self._trace_failed:
             out["trace_error"] = self._trace_failed
+        if self.watch is not None:
+            self.watch.flush()
+            out["watch"] = self.watch.statistics()
+        if self._watch_failed:
+            out["watch_error"] = self._watch_failed
         return out
 
 

@@ -153,6 +153,11 @@ class Tracer:
         self._emit({"ph": "i", "s": "g", "name": name[:200], "pid": max(cpu, 0),
                     "tid": THREADS, "ts": us})
 
+    def mark(self, cpu: int, name: str, t: int) -> None:
+        """A mark on one CPU's threads track (``smp trace --watch``: a watched access)."""
+        self._emit({"ph": "i", "s": "t", "name": name[:200], "pid": max(cpu, 0),
+                    "tid": THREADS, "ts": t / 1000})
+
     def close(self) -> None:
         """The end: what is still going on ends with the timeline (a thread asleep or
         waiting for ever is what a hang looks like: its slice must be there)."""

@@ -58,6 +58,7 @@ from smp.machine.schedule import Replay
 from smp.machine.publish import held_locks_line
 from smp.machine.sequencer import TimeSpec
 from smp.machine.server import detectors_of, server_main
+from smp.machine.watch import WATCH_FILE
 from smp.observe.summary import verdict
 
 RECORD_FILE = "schedule.smpr"  # the run's record, in its run directory (hw/record.py)
@@ -216,7 +217,8 @@ def run_machine(cfg: Config, run_dir: str | None = None,
                 log: Callable[[str], None] | None = None,
                 sysinits: Sequence[Any] = (), monitors: Sequence[Any] = (),
                 listen: ListenSpec | None = None, force: bool = False, replay: Any = None,
-                until: int = 0, trace: str | None = None) -> RunResult:
+                until: int = 0, trace: str | None = None,
+                watch: Sequence[str] = ()) -> RunResult:
     """Boot, run and stop one machine; write its run directory. Never leaves a process.
 
     ``monitors`` watch the run from the launcher process (the progress display, the
@@ -237,7 +239,9 @@ def run_machine(cfg: Config, run_dir: str | None = None,
     ``replay``: a record (``smp.hw.record.Record``) to replay instead of running freely: the
     server enforces its order and each CPU takes its events where the record says;
     ``until``: stop after that operation (``smp replay --until``). ``trace``: draw the
-    run's timeline into that file (``smp.machine.trace``; ``smp trace``)."""
+    run's timeline into that file (``smp.machine.trace``; ``smp trace``). ``watch``: watch
+    these objects, fields or locks (``smp.machine.watch``; ``smp replay --watch``) into
+    ``RUN_DIR/watch.txt``."""
     say = log or (lambda s: print(s, file=sys.stderr, flush=True))
     ncpus = int(cfg["machine.cpus"])
     seed = int(cfg["run.seed"])
@@ -285,7 +289,8 @@ def run_machine(cfg: Config, run_dir: str | None = None,
                        "config": flat, "seed": seed,
                        "sources": kernel_sources() if record_path else {}},
         replay=Replay(replay, until) if replay is not None else None,
-        trace_path=os.path.abspath(trace) if trace else None)
+        trace_path=os.path.abspath(trace) if trace else None,
+        watch=tuple(watch), watch_path=os.path.join(rdir, WATCH_FILE) if watch else None)
     cpu_reads = ({c: replay.cpu_reads(c) for c in range(ncpus)}
                  if replay is not None else {})
     mp = multiprocess.get_context("fork")

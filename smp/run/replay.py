@@ -30,11 +30,12 @@ import json
 import os
 import sys
 import tempfile
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from smp.hw import record
 from smp.hw.protocol import VERSION
 from smp.machine.sites import annotate_all
+from smp.machine.watch import WATCH_FILE, parse, watch_lines
 from smp.observe.crash import backtrace, how_they_got_here, woken_line
 from smp.run.config import Config, ConfigError, load_config
 
@@ -48,6 +49,10 @@ _LOCK_FIELDS = ("name", "acquires", "contested")
 
 class ReplayError(Exception):
     """A replay that cannot start: the message says why (exit status 2)."""
+
+
+class WatchError(ReplayError):
+    """A --watch that names no object, field or lock (exit status 2)."""
 
 
 @dataclasses.dataclass
@@ -144,10 +149,12 @@ def _say_source_changes(rec: record.Record, log: Callable[[str], None] | None) -
 
 def replay(run_dir: str, out_dir: str | None, until: int = 0,
            log: Callable[[str], None] | None = None,
-           force: bool = False) -> tuple[int, dict[str, Any], str]:
+           force: bool = False, watch: Sequence[str] = ()) -> tuple[int, dict[str, Any], str]:
     """Replay ``run_dir``'s record into ``out_dir`` (``force``: clear it if it holds an
-    earlier run, as ``smp run --force``); returns (exit status, report, out)."""
+    earlier run, as ``smp run --force``; ``watch``: what to watch, into OUT/watch.txt);
+    returns (exit status, report, out)."""
     from smp.run.launcher import run_machine
+    _check_watch(watch)
     prep = _prepare_until(run_dir, until)
     if out_dir is not None and os.path.realpath(out_dir) == os.path.realpath(run_dir):
         raise ReplayError(f"--run-dir {out_dir}: is the run being replayed; give another "
@@ -155,7 +162,7 @@ def replay(run_dir: str, out_dir: str | None, until: int = 0,
     out = out_dir or _fresh(os.path.join(run_dir, "replay"))
     _say_source_changes(prep.record, log)
     result = run_machine(prep.config, out, log=log, replay=prep.record, until=until,
-                         force=force)
+                         force=force, watch=watch)
     rep = result.report
     if rep.get("interrupted"):          # stopped by a signal: nothing to compare
         return result.exit_status, rep, out
@@ -179,12 +186,16 @@ def replay(run_dir: str, out_dir: str | None, until: int = 0,
 
 
 def trace(run_dir: str, out_path: str | None = None, until: int = 0,
-          log: Callable[[str], None] | None = None) -> tuple[int, dict[str, Any], str]:
+          log: Callable[[str], None] | None = None,
+          watch: Sequence[str] = ()) -> tuple[int, dict[str, Any], str]:
     """Replay ``run_dir``'s record with the server's tracer on, into ``out_path`` (default
     ``RUN_DIR/trace.json``); returns (exit status, the replay's report, the trace's path).
     Status 0: the timeline of the whole record (or up to ``until``); 1: the replay
-    diverged, and the timeline ends there, marked."""
+    diverged, and the timeline ends there, marked. ``watch``: what to watch, each access
+    marked on the timeline (the report's ``watch_lines`` has what ``smp replay --watch``
+    would print)."""
     from smp.run.launcher import run_machine
+    _check_watch(watch)
     prep = _prepare_until(run_dir, until)
     path = os.path.abspath(out_path or os.path.join(run_dir, TRACE_FILE))
     kept = [os.path.realpath(os.path.join(run_dir, name))
@@ -200,8 +211,11 @@ def trace(run_dir: str, out_path: str | None = None, until: int = 0,
     _say_source_changes(prep.record, log)
     with tempfile.TemporaryDirectory(prefix="smp-trace-") as tmp:
         result = run_machine(prep.config, os.path.join(tmp, "replay"), log=log,
-                             replay=prep.record, until=until, trace=path)
-    rep = result.report
+                             replay=prep.record, until=until, trace=path, watch=watch)
+        wpath = os.path.join(tmp, "replay", WATCH_FILE)
+        rep = result.report
+        if watch and os.path.exists(wpath):     # (the folder goes: keep what it said)
+            rep["watch_lines"] = watch_lines(wpath)
     sched = rep.get("schedule") or {}
     failed = [p for p in rep.get("problems") or [] if p.startswith(f"cannot write {path}")]
     if failed or sched.get("trace_error"):          # a full disk, at its start or midway
@@ -212,6 +226,15 @@ def trace(run_dir: str, out_path: str | None = None, until: int = 0,
     if rep.get("interrupted"):          # stopped by a signal: the timeline up to the stop
         return result.exit_status, rep, path
     return (1 if (sched.get("replay") or {}).get("divergence") else 0), rep, path
+
+
+def _check_watch(watch: Sequence[str]) -> None:
+    """A malformed --watch is refused before anything starts (WatchError: status 2)."""
+    for w in watch:
+        try:
+            parse(w)
+        except ValueError as e:
+            raise WatchError(str(e)) from None
 
 
 def _whole_trace(path: str) -> bool:
