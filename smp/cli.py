@@ -47,7 +47,7 @@ examples:
   smp report runs/20261126-101500-s1       the summary of a finished run again
   smp replay runs/20261126-101500-s1       run it again, exactly (the recorded schedule)
   smp replay runs/X --until 81234          stop after operation 81234; dump every thread
-  smp replay runs/X --watch proc#12.p_lock who loaded and stored that field, when, where
+  smp replay runs/X --watch proc#12        every access of that object: who, when, where
   smp trace runs/X                         its timeline for ui.perfetto.dev (runs/X/trace.json)
   smp config --schema                      every config key, its type, default and meaning
   smp failpoints                           the race guards of vm_glue that can be switched off
@@ -140,9 +140,9 @@ def _parser() -> argparse.ArgumentParser:
         "that differs, with its CPU and site.",
         epilog="exit status: 0 the replay did what the record says (and the recorded run "
         "was ok); 1 a divergence, or the recorded run itself failed (its panic replayed); "
-        "2 no usable record (not a record, another version, another config) or an "
-        "output that cannot be used; 130/143 stopped by SIGINT/SIGTERM (cut short: not "
-        "compared)",
+        "2 no usable record (not a record, another version, another config), a --watch "
+        "that is not an object, a field or lock:NAME, or an output that cannot be used; "
+        "130/143 stopped by SIGINT/SIGTERM (cut short: not compared)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     rp.add_argument("run_dir", metavar="RUN_DIR", help="a run directory with a record")
     rp.add_argument("--until", type=int, metavar="N",
@@ -155,8 +155,8 @@ def _parser() -> argparse.ArgumentParser:
                     "store's old -> new value) and kernel site; into OUT/watch.txt too. "
                     "WHAT: an object as reports name it (proc#12: every field, its "
                     "allocation, free and moves on and off lists), one field "
-                    "(proc#12.p_lock, &vmspace#40.vm_map) or every lock of a name "
-                    "(lock:Giant: acquires, contested waits, grants, releases). "
+                    "(proc#12.FIELD or &proc#12.FIELD) or every lock of a name "
+                    "(lock:NAME: acquires, contested waits, grants, releases). "
                     "Repeatable; a WHAT that matches nothing is said at the end")
     rp.add_argument("--run-dir", dest="out", metavar="OUT",
                     help="write the replay's results into OUT (default: RUN_DIR/replay, "

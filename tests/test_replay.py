@@ -125,6 +125,72 @@ def test_until_stops_the_machine_and_dumps_every_thread(recorded: pathlib.Path,
         frames
 
 
+# a line of watch.txt: operation, cpu, thread, what it did to what, site
+_WATCHED = re.compile(r"op +(\d+)  cpu (\d+)  thread (\d+)(?: \([^)]*\))? +"
+                      r"(alloc|store \(racy\)|store|load \(racy\)|load|atomic add|add|cas|"
+                      r"setbits|clrbits|acquire|release|granted|free|[a-z]+(?: [a-z]+)*) +"
+                      r"(.*) @ (\S+\.py:\d+)(?: \(\w+\.c:\d+\))?")
+
+
+@pytest.mark.timeout(300)
+def test_watch_names_every_access_of_an_object_in_order_and_the_replay_still_matches(
+        recorded: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    """--watch: a proc of the recorded run's report (named as the report named it: the
+    replay allocates in the recorded order), one of its fields, Giant by name; every
+    access in operation order, each store's old value the value before it; a WHAT that
+    matches nothing says why; the replay is still the recorded run."""
+    rec = json.loads((recorded / "report.json").read_text())
+    proc0 = rec["procs"][0]
+    obj, h = proc0["addr"], int(proc0["addr"].split("#")[1])
+    out = tmp_path / "watched"
+    proc = _replay(recorded, "--run-dir", str(out), "--watch", obj, "--watch",
+                   f"&{obj}.p_pid", "--watch", "lock:Giant", "--watch", "proc#99999",
+                   "--watch", f"thread#{h}", "--watch", f"{obj}.p_nosuch")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "replay identical" in proc.stdout
+    text = (out / "watch.txt").read_text()
+    lines = [ln for ln in text.splitlines() if ln.startswith("op ")]
+    parsed = [_WATCHED.fullmatch(ln) for ln in lines]
+    assert lines and all(parsed), [ln for ln, m in zip(lines, parsed) if not m][:5]
+    ops = [int(m.group(1)) for m in parsed if m]
+    assert ops == sorted(ops) and ops[-1] <= rec["schedule"]["record"]["operations"]
+    # the proc's life: allocated, then its pid stored as the report says; every store's
+    # old value is the value the last store, or the allocation, left
+    mine = [m for m in parsed if m and m.group(5).split()[0].startswith((obj, f"&{obj}"))]
+    assert mine[0].group(4) == "alloc" and mine[0].group(5) == obj, mine[0].group(0)
+    pids = [m.group(5) for m in mine if m.group(4).startswith("store")
+            and m.group(5).startswith(f"{obj}.p_pid ")]
+    assert pids and pids[-1].endswith(f" -> {proc0['pid']}"), (pids, proc0)
+    now: dict[str, str] = {}
+    stores = 0
+    for m in mine:
+        what, _, rest = m.group(5).partition(" ")
+        if m.group(4) == "alloc" or m.group(4).startswith("load"):
+            if rest.startswith("= "):
+                if m.group(4).startswith("load") and what in now:
+                    assert now[what] == rest[2:], m.group(0)
+                now[what] = rest[2:]
+        elif m.group(4) in ("store", "store (racy)", "atomic add", "add", "setbits",
+                            "clrbits") or (m.group(4) == "cas" and " -> " in rest):
+            old, new = rest.split(" -> ")
+            assert now.get(what, old) == old, (m.group(0), now.get(what))
+            now[what] = new
+            stores += 1
+    assert stores > 5
+    giant = [m for m in parsed if m and '"Giant"' in m.group(5)]
+    assert {m.group(4) for m in giant} >= {"acquire", "release"}
+    assert any("granted" in m.group(5) for m in giant)
+    # the console: the count, the first and last accesses, and the verdicts
+    assert f"watch: {len(lines)} accesses ({out / 'watch.txt'})" in proc.stdout
+    assert "proc#99999: NOTHING MATCHED: no object #99999 was allocated in this run" \
+        in proc.stdout
+    assert f"thread#{h}: NOTHING MATCHED: object #{h} is a proc ({obj}), not a thread" \
+        in proc.stdout
+    assert f"{obj}.p_nosuch: NOTHING MATCHED: a proc has no field 'p_nosuch'" in proc.stdout
+    assert re.search(rf"^  {re.escape(obj)}: \d+ accesses$", proc.stdout, re.M)
+    assert "# proc#99999: NOTHING MATCHED" in text        # the file says it too
+
+
 def _copy(src: pathlib.Path, dst: pathlib.Path) -> pathlib.Path:
     dst.mkdir()
     for name in ("config.toml", "schedule.smpr", "report.json"):
@@ -201,7 +267,10 @@ def test_a_truncated_or_damaged_record_diverges_at_an_operation(recorded: pathli
 
 @pytest.mark.timeout(300)
 def test_trace_writes_a_timeline_perfetto_opens(recorded: pathlib.Path) -> None:
-    proc = cli(recorded.parent, "trace", str(recorded), timeout=180)
+    # (with a watch: its accesses are marks on their CPUs' thread tracks)
+    obj = json.loads((recorded / "report.json").read_text())["procs"][0]["addr"]
+    proc = cli(recorded.parent, "trace", str(recorded), "--watch", f"{obj}.p_pid",
+               timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     path = recorded / "trace.json"
     doc: dict[str, Any] = json.loads(path.read_text())
@@ -219,6 +288,10 @@ def test_trace_writes_a_timeline_perfetto_opens(recorded: pathlib.Path) -> None:
     assert any(re.fullmatch(r".+ \(tid \d+\) asleep on &\w+#\d+\.\w+", e["name"])
                for e in evs if e["ph"] == "X" and e["tid"] == 3)
     assert any(e["ph"] == "b" and e["name"].startswith("hold ") for e in evs)
+    marks = [e for e in evs if e["ph"] == "i" and e.get("s") == "t"]
+    assert marks and all(e["name"].startswith(f"watch: ") and f"{obj}.p_pid" in e["name"]
+                         and e["tid"] == 1 for e in marks), marks[:5]
+    assert re.search(rf"^watch: {len(marks)} accesses$", proc.stdout, re.M)
     assert "ui.perfetto.dev" in proc.stdout
     assert "run ok" not in proc.stderr and "run FAILED" not in proc.stderr   # the replay's
 

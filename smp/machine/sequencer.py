@@ -25,6 +25,9 @@ apart:
 * **a timeline** (``smp/machine/trace.py``): with ``TimeSpec.trace_path``, every ordered
   request as it is applied, every lock handed to a waiter, and the moments a panic, a
   divergence or a replay's stop happened (``smp trace``).
+* **a watch** (``smp/machine/watch.py``): with ``TimeSpec.watch``, every ordered request
+  and every lock handed to a waiter that touches a watched object, field or lock, into
+  ``watch.txt`` (``smp replay --watch``); like the timeline, called only when attached.
 
 Control traffic (``SYNC``, ``STUCK``, pings, stats samples, read logs) is neither recorded
 nor ordered: it changes nothing in the machine.

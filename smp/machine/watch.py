@@ -45,8 +45,8 @@ from smp.machine.sites import annotate
 WATCH_FILE = "watch.txt"
 USAGE = ("a watch is TYPE#N (an object: every access of it, its allocation and free, its "
          "moves on and off lists), TYPE#N.FIELD or &TYPE#N.FIELD (one field), or "
-         "lock:NAME (every lock of that name: acquires, waits, releases), as reports "
-         "name them: proc#12, proc#12.p_lock, &vmspace#40.vm_map, lock:Giant")
+         "lock:NAME (every lock of that name: acquires, waits, releases), objects and "
+         "fields as reports name them (proc#12, &proc#12.FIELD)")
 
 _OBJ = re.compile(r"&?([A-Za-z_]\w*)#([1-9]\d*)(?:\.([A-Za-z_]\w*))?")
 _MASK = (1 << FIELD_BITS) - 1
@@ -67,6 +67,8 @@ _ON_FIELD = {Op.LIST_INSERT_HEAD: "list insert head", Op.LIST_INSERT_TAIL: "list
 _INSERTS = {Op.LIST_INSERT_HEAD: "put on list", Op.LIST_INSERT_TAIL: "put on list",
             Op.LIST_REMOVE: "taken off list"}
 _ON_CHANNEL = frozenset({Op.SLEEP, Op.WAKEUP, Op.UNSLEEP})
+_ON_LOCK = frozenset({Op.LOCK_INIT, Op.LOCK_DESTROY})
+_HELD = frozenset({Op.ACQUIRE, Op.RELEASE, Op.HANDOFF})
 _LOCK_OPS = frozenset({Op.ACQUIRE, Op.RELEASE, Op.HANDOFF, Op.SLEEP})
 
 
@@ -94,7 +96,7 @@ def parse(what: str) -> Spec:
     if w.startswith("&") and m.group(3) is None:
         raise ValueError(f"--watch {what!r}: &TYPE#N is the address of a field: name it "
                          f"(&{m.group(1)}#{m.group(2)}.FIELD), or watch the object "
-                         f"({m.group(1)}#{m.group(2)})")
+                         f"({m.group(1)}#{m.group(2)}); {USAGE}")
     return Spec(w.lstrip("&"), m.group(1), int(m.group(2)), m.group(3))
 
 
@@ -143,7 +145,7 @@ class Watch:
         """An ordered operation was handled (``value``: its reply, if any)."""
         if self.objects:
             self._objects(cpu, tid, op, site, t, args, value)
-        if self.lock_specs and op in _LOCK_OPS:
+        if op in _LOCK_OPS:
             self._locks(cpu, tid, op, site, t, args, value)
         if self.pending:
             for line in self.pending:
@@ -152,8 +154,6 @@ class Watch:
 
     def granted(self, cpu: int, tid: int, lock: int, t: int) -> None:
         """A queued acquire was handed the lock (written after the operation that did)."""
-        if not self.lock_specs and not self.objects:
-            return
         hits = self._lock_hits(lock)
         if hits:
             self.pending.append(self._fmt(self.ops(), cpu, tid, "granted",
@@ -180,7 +180,7 @@ class Watch:
                 self.failed(self.error)
 
     def flush(self) -> None:
-        if self.error is None:
+        if self.error is None and not self.f.closed:
             try:
                 self.f.flush()
             except OSError as e:
@@ -217,7 +217,7 @@ class Watch:
                 self._on_object(cpu, tid, op, site, t, a0, args, value, watched)
             return
         kind = _ON_FIELD.get(op)
-        if kind is None:
+        if kind is None or op in _HELD:         # (acquires, releases: see _locks)
             return
         watched = self._watched(a0 >> FIELD_BITS) if a0 >> FIELD_BITS in objects else None
         if watched is not None:
@@ -225,7 +225,7 @@ class Watch:
             hits = [i for i, f in watched if f is None or f == field]
             if hits:
                 where = (self.kmem.channel(a0) if op in _ON_CHANNEL
-                         else self.kmem.describe(a0))
+                         else self._lock(a0) if op in _ON_LOCK else self.kmem.describe(a0))
                 self._emit(cpu, tid, site, t, kind, where, self._field_op(op, args, value),
                            hits)
         if op in _INSERTS and len(args) > 1 and type(args[1]) is int and args[1] in objects:
@@ -293,7 +293,7 @@ class Watch:
         if hits:
             self._emit(cpu, tid, site, t, "alloc", self.kmem.name(h), "", hits)
         for i, f in watched:                 # a field's first value: set by whom, where
-            if f is not None and f in obj:
+            if f is not None and obj.get(f) is not None:     # (a lock, a list: none)
                 self._emit(cpu, tid, site, t, "alloc", f"{self.kmem.name(h)}.{f}",
                            f"= {short(obj[f])}", [i])
 
@@ -328,7 +328,9 @@ class Watch:
 
     # -- locks by name -----------------------------------------------------------------
     def _lock_hits(self, lock: Any) -> list[int]:
-        hits = list(self.lock_specs.get(self.names.get(lock, ""), ()))
+        """The watches of a lock: by its name, or as a field of a watched object."""
+        hits = list(self.lock_specs.get(self.names.get(lock, ""), ())) \
+            if self.lock_specs else []
         if type(lock) is int and lock >> FIELD_BITS in self.objects:
             watched = self._watched(lock >> FIELD_BITS)
             if watched:
@@ -338,26 +340,28 @@ class Watch:
 
     def _locks(self, cpu: int, tid: int, op: int, site: str, t: int, args: list[Any],
                value: Any) -> None:
+        """Acquires, releases and handoffs of a lock watched by name or as a field, and
+        msleep's release of its interlock."""
         if not args:
             return
         if op == Op.SLEEP:                   # msleep drops its interlock
             lock = args[1] if len(args) > 1 else 0
-            hits = self.lock_specs.get(self.names.get(lock, ""))
-            if lock and hits:
+            hits = self._lock_hits(lock) if lock else []
+            if hits:
                 self._emit(cpu, tid, site, t, "release", self._lock(lock),
-                           f"(msleep on {self.kmem.channel(args[0])})", list(hits))
+                           f"(msleep on {self.kmem.channel(args[0])})", hits)
             return
-        hits = self.lock_specs.get(self.names.get(args[0], ""))
+        hits = self._lock_hits(args[0])
         if not hits:
             return
         if op == Op.ACQUIRE:
             self._emit(cpu, tid, site, t, "acquire", self._lock(args[0]),
-                       _acquired(args, value), list(hits))
+                       _acquired(args, value), hits)
         elif op == Op.RELEASE:
-            self._emit(cpu, tid, site, t, "release", self._lock(args[0]), "", list(hits))
+            self._emit(cpu, tid, site, t, "release", self._lock(args[0]), "", hits)
         elif op == Op.HANDOFF:
             self._emit(cpu, tid, site, t, "handoff", self._lock(args[0]),
-                       f"to {self._who(args[1])}" if len(args) > 1 else "", list(hits))
+                       f"to {self._who(args[1])}" if len(args) > 1 else "", hits)
 
     def _lock(self, lock: Any) -> str:
         name = self.names.get(lock)
@@ -407,7 +411,8 @@ class Watch:
             names = sorted(set(self.names.values()))
             if s.lock not in names:
                 return (f"no lock is named {s.lock!r} in this run (its locks: "
-                        f"{', '.join(names[:20])}{', ...' if len(names) > 20 else ''})")
+                        f"{', '.join(names[:20])}{', ...' if len(names) > 20 else ''})"
+                        if names else f"no lock is named {s.lock!r}: this run made none")
             return f"the locks named {s.lock!r} were never taken or released"
         t = kmem.otype.get(s.handle)
         if t is None:
