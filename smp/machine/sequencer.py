@@ -171,6 +171,10 @@ class Sequencer:
                                    failed=self._give_up)
             except OSError as e:
                 self.watch_error = write_error(ts.watch_path, e)
+        # what the server tells of every ordered request and every lock handed to a
+        # waiter: none, in a run without a timeline or a watch (one test per request)
+        self.observers: tuple[Tracer | Watch, ...] = tuple(
+            o for o in (self.tracer, self.watch) if o is not None)
         self.replay = ts.replay
         self.replay_done = False
         self.end_told: int | None = None     # the end the launcher was told of

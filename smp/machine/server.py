@@ -236,13 +236,12 @@ class Server:
     def send_grants(self, grants: list[Grant]) -> None:
         """The lock operations that hand a lock on (GRANT) or wake a waiter to try again
         (WAKE) notify the waiters' CPUs."""
-        tracer, watch = self.seq.tracer, self.seq.watch
+        observers = self.seq.observers
         for cpu, tid, lock, owned in grants:
             self.event_cpu(cpu, Event.GRANT if owned else Event.WAKE, tid, lock)
-            if owned and tracer is not None:
-                tracer.granted(cpu, tid, lock, self.cur_t)
-            if owned and watch is not None:
-                watch.granted(cpu, tid, lock, self.cur_t)
+            if owned and observers:
+                for o in observers:
+                    o.granted(cpu, tid, lock, self.cur_t)
 
     def finding(self, f: Finding) -> None:
         if len(self.findings) < 1000:
@@ -436,10 +435,9 @@ class Server:
             if seen is not None and seq:
                 seen[6] = (value,)                   # what a dump shows a call answered
             self._reply(ident, seq, OK, value, peer.cpu)
-            if in_order and self.seq.tracer is not None:
-                self.seq.tracer.request(peer.cpu, tid, op, site, t, args, value)
-            if in_order and self.seq.watch is not None:      # smp replay --watch
-                self.seq.watch.request(peer.cpu, tid, op, site, t, args, value)
+            if in_order and self.seq.observers:     # smp trace, smp replay --watch
+                for o in self.seq.observers:
+                    o.request(peer.cpu, tid, op, site, t, args, value)
             if self.virtual and self.live.spin_bound_ns:
                 self.live.check_spin(peer.cpu, t)
             if self.virtual and self.hangs is not None and t:
