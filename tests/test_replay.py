@@ -129,7 +129,7 @@ def test_until_stops_the_machine_and_dumps_every_thread(recorded: pathlib.Path,
 _WATCHED = re.compile(r"op +(\d+)  cpu (\d+)  thread (\d+)(?: \([^)]*\))? +"
                       r"(alloc|store \(racy\)|store|load \(racy\)|load|atomic add|add|cas|"
                       r"setbits|clrbits|acquire|release|granted|free|[a-z]+(?: [a-z]+)*) +"
-                      r"(.*) @ (\S+\.py:\d+)(?: \(\w+\.c:\d+\))?")
+                      r"(.*?) @ (\S+\.py:\d+)(?: \(.*\))?")
 
 
 @pytest.mark.timeout(300)
