@@ -32,6 +32,7 @@ def _complete(tmp_path: pathlib.Path, line: str) -> list[str]:
 def test_tab_completes_commands_options_and_fail_point_names(tmp_path: pathlib.Path) -> None:
     assert _complete(tmp_path, "smp wit") == ["witness"]
     assert "--fail-point" in _complete(tmp_path, "smp run --f")
+    assert _complete(tmp_path, "smp replay --w") == ["--watch"]
     assert _complete(tmp_path, "smp stress --fail-point swapout_procs_p") == \
         ["swapout_procs_p_system", "swapout_procs_prs_new"]
 

@@ -144,8 +144,8 @@ def test_a_watch_that_matches_nothing_says_why(tmp_path: pathlib.Path) -> None:
         "thread#2: NOTHING MATCHED: object #2 is a proc (proc#2), not a thread",
         "proc#2.p_nosuch: NOTHING MATCHED: a proc has no field 'p_nosuch' (its fields: "
         "p_mtx, p_lock, p_flag, p_list)",
-        "proc#99: NOTHING MATCHED: no object #99 was allocated in this run (it allocated "
-        "#1 to #2)",
+        "proc#99: NOTHING MATCHED: no object #99 was allocated in the 5 operations "
+        "replayed (they allocated #1 to #2)",
         "lock:Nope: NOTHING MATCHED: no lock is named 'Nope': this run made none",
         "proc#2.p_flag: 1 accesses",                      # its allocation
     ], verdicts

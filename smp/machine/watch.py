@@ -416,8 +416,8 @@ class Watch:
             return f"the locks named {s.lock!r} were never taken or released"
         t = kmem.otype.get(s.handle)
         if t is None:
-            return (f"no object #{s.handle} was allocated in this run (it allocated "
-                    f"#1 to #{kmem.next_handle - 1})")
+            return (f"no object #{s.handle} was allocated in the {self.ops()} operations "
+                    f"replayed (they allocated #1 to #{kmem.next_handle - 1})")
         if t != s.tname:
             return f"object #{s.handle} is a {t} ({t}#{s.handle}), not a {s.tname}"
         decl = kmem.types.get(t)
