@@ -417,6 +417,24 @@ def test_an_exit_polling_for_a_hold_never_released() -> None:
     assert s2.liveness() == []
 
 
+def test_a_poller_no_look_finds_asleep_is_judged_as_it_sleeps_again() -> None:
+    """On a quiet machine the detector looks with the requests of the clock tick that
+    wakes a poller of one tick: every look finds it awake. Its poll is judged when it
+    sleeps again."""
+    s = Server(bound_s=1.0)
+    p, td = s.proc(30, "napper")
+    s.kmem.store(p, "p_lock", 1)                              # a hold never released
+    lock = field_addr(p, 5)
+    for _ in range(150):                                      # 1.5 s of polls of a tick
+        s.msleep(td, "kern/kern_exit.py:55", timo=1, chan=lock, wmesg="exithold")
+        s.cur_t += 10_000_000                                 # asleep: nobody looks
+        s.wakeup_timeout(td)
+        s.hangs.tick()                                        # awake: the look
+    [f] = s.liveness()
+    assert f.summary.startswith(f"never given: thread {td} (napper) of pid 30 (napper) "
+                                f"polls on &proc#{p}.p_lock ('exithold')"), f.summary
+
+
 def test_a_lost_wakeup_at_the_end_of_a_run_is_reported_whatever_the_bound() -> None:
     s = Server(bound_s=100.0)
     _, td = s.proc(5, "sleeper")

@@ -189,7 +189,9 @@ def test_never_woken_and_lost_wakeup_reported(tmp_path: pathlib.Path) -> None:
     assert any(f["summary"].startswith("lost update of proc.p_lock")
                for f in r["findings"]), r["findings"]
     assert not [f for f in r["findings"] if f["summary"].startswith("hold never released")]
-    [f] = [f for f in r["findings"] if f["summary"].startswith("never given")]
+    given = [f for f in r["findings"] if f["summary"].startswith("never given")]
+    assert len(given) == 1, "\n".join(f["summary"] for f in r["findings"])
+    f = given[0]
     assert "(vmt-held) polls on &proc#" in f["summary"], f
     assert "p_lock 1 (a decrement lost @ test_hangs_kernel.py:" in f["summary"], f
     assert f["summary"].endswith(": 1 more than its raises not undone)"), f
