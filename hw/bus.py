@@ -45,7 +45,10 @@ with it; :meth:`Bus._last_look`), so a CPU paused for less than the server's PEE
 runs on. In the other direction, a bus that has sent nothing for ``HEARTBEAT_S`` posts a
 ``PING`` whenever it waits, so the server can tell a quiet CPU from a dead or stopped one.
 A call also gives up after ``liveness`` seconds without its reply (the server is alive but
-does not answer: a server bug).
+does not answer: a server bug); in a replay, after ``liveness`` seconds without its reply in
+which the machine handled no operation (the heartbeats say how many it has handled): a
+replayed request waits its turn, and on a busy host the other CPUs may take longer than
+that to make the operations before it.
 
 Every request carries the simulated thread (``tid``) and the kernel source site.
 """
@@ -275,6 +278,7 @@ class Bus:
         self.sock.send(frame)
         self.frames += 1
         self.last_tx = start = time.monotonic()
+        ops = -1                               # the machine's operations, at a heartbeat
         while True:
             # silence counts from the server's last message, not from our request
             msg = self._hear(silence, silence=silence)
@@ -293,9 +297,17 @@ class Bus:
                 continue                           # a stale reply: ignore
             if self.stopped and not final:
                 raise Stopped(self.stopped)
-            if msg[1] == Event.HEARTBEAT and self.last_rx - start > self.liveness:
+            if msg[1] != Event.HEARTBEAT:
+                continue
+            if self.replay is not None and len(msg) > 2 and msg[2] != ops:
+                # a replayed request waits its turn: as long as the machine handles
+                # operations, its reply is on the way (the other CPUs may take long)
+                ops, start = msg[2], self.last_rx
+            elif self.last_rx - start > self.liveness:
                 raise ServerGone(f"no reply to {Op(op).name} in {self.liveness:.0f} s "
-                                 f"(the server is alive but does not answer)")
+                                 f"(the server is alive but does not answer"
+                                 + (", and handles no operation)" if self.replay is not None
+                                    else ")"))
 
     def recv(self, timeout: float) -> list[Any] | None:
         """One message from the server, or None after ``timeout`` seconds of silence.

@@ -145,7 +145,8 @@ class Event(enum.IntEnum):
     CHECKED = 6        # (ncpus)            (to the launcher) every CPU ran its final check
     WAKE = 7           # (tid, lock)        a sleep lock was released: try again
     STALLED = 8        # (cpu, seconds)     (to the launcher) a CPU has gone silent
-    HEARTBEAT = 9      # ()                 server -> CPU: "still here", every HEARTBEAT_S
+    HEARTBEAT = 9      # (ops)              server -> CPU: "still here", every HEARTBEAT_S,
+                       #                    with the operations handled so far
     RECALL = 10        # (lock)             another CPU wants the lock: give its line back
     FINAL = 11         # ()                 the run ends: check the machine once more
     HORIZON = 12       # (horizon, idle)    how far this CPU may now run, and jump idle
@@ -172,7 +173,9 @@ SYNC_SPIN = 2         # spinning for a grant: counts not at all (the release has
 # nothing at all from the server for SERVER_SILENCE_S takes the server for dead and exits;
 # the server reports a CPU silent for PEER_LOST_S to the launcher (Event.STALLED), which
 # ends the run naming it as unresponsive. A request gives up after LIVENESS_S without its
-# reply although the server is heard from (alive, but it does not answer: a server bug).
+# reply although the server is heard from (alive, but it does not answer: a server bug);
+# in a replay, LIVENESS_S without its reply while the machine handled no operation (a
+# replayed request waits its turn, which may take the other CPUs long on a busy host).
 HEARTBEAT_S = 0.25
 SERVER_SILENCE_S = 1.25
 PEER_LOST_S = 3.0

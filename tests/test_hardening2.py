@@ -204,6 +204,62 @@ def test_a_bus_starved_until_just_before_the_silence_runs_out_looks_once_more(
         bus.poll_events(0.01)
 
 
+def _call_answered_after(heartbeats: int, moving: bool, replay: bool) -> Any:
+    """A bus's call to a real ROUTER that sends ``heartbeats`` heartbeats 0.1 s apart
+    (their operation count moving on, or not) before it answers: the call's value, or
+    the ServerGone it raised. The bus's patience is 0.5 s."""
+    import zmq
+    from smp.hw.bus import Bus, ServerGone
+    from smp.hw.protocol import OK, Event, Op, pack, unpack_all
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    stop = threading.Event()
+
+    def serve() -> None:
+        if not router.poll(10_000):
+            return
+        ident, frame = router.recv_multipart()
+        seq = unpack_all(frame)[-1][1]
+        for n in range(heartbeats):
+            if stop.wait(0.1):
+                return
+            router.send_multipart([ident, pack([Op.EVENT, Event.HEARTBEAT,
+                                                n if moving else 0])])
+        router.send_multipart([ident, pack([Op.REPLY, seq, OK, 42])])
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    bus = Bus(f"tcp://127.0.0.1:{port}", "cpu0", liveness=0.5)
+    if replay:
+        bus.replay = {}
+    try:
+        return bus.call(Op.LOOKUP, 0, "", "x")
+    except ServerGone as e:
+        return e
+    finally:
+        stop.set()
+        server.join(10)
+        bus.close()
+        router.close()
+        ctx.term()
+
+
+@pytest.mark.timeout(60)
+def test_a_replayed_call_waits_its_turn_while_the_machine_moves_on() -> None:
+    """In a replay a request waits in the server until the record says it comes next,
+    which on a busy host may take the other CPUs longer than the bus's patience (a replay
+    beside ten busy loops died with 'no reply to ACQUIRE in 10 s'). The heartbeats say how
+    many operations the machine has handled: while that moves, the reply is on its way."""
+    assert _call_answered_after(15, moving=True, replay=True) == 42
+    gone = _call_answered_after(15, moving=False, replay=True)
+    assert "no reply to LOOKUP in 0 s (the server is alive but does not answer, and " \
+        "handles no operation)" in str(gone), gone
+    gone = _call_answered_after(15, moving=True, replay=False)   # a run answers at once
+    assert "(the server is alive but does not answer)" in str(gone), gone
+
+
 # -- 1. the launcher's cleanup: a full disk, samples that cannot be written -----------------
 def _jsonl_whole(path: pathlib.Path) -> int:
     """The number of records of a stats.jsonl; every line must be whole JSON."""

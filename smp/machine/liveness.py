@@ -41,6 +41,7 @@ class _Server(Protocol):
     started_at: float | None
     halting: str | None
     panic: dict[str, Any] | None
+    seq: Any                            # the Sequencer: ``ops``, the operations handled
 
     def send(self, ident: bytes, msg: list[Any]) -> None: ...
     def event_launcher(self, event: Event, *args: Any) -> None: ...
@@ -101,7 +102,7 @@ class Liveness:
         for cpu, peer in srv.cpus.items():
             if peer.gone or peer.final is not None or cpu in srv.dead:
                 continue
-            srv.send(peer.ident, [Op.EVENT, Event.HEARTBEAT])
+            srv.send(peer.ident, [Op.EVENT, Event.HEARTBEAT, srv.seq.ops])
             self.heartbeats += 1
             quiet = now - max(self.last_heard.get(cpu, now), self.alive_at.get(cpu, 0.0))
             if check_lost and quiet > PEER_LOST_S and cpu not in self.lost:
