@@ -42,8 +42,12 @@ either, so a killed server is noticed within 2 s by every CPU, even one on anoth
 The last look is for what ZeroMQ's I/O thread has not handed over yet when this process
 was not listening (stopped with SIGSTOP, or starved by the host: the I/O thread stops
 with it; :meth:`Bus._last_look`), so a CPU paused for less than the server's PEER_LOST_S
-runs on. In the other direction, a bus that has sent nothing for ``HEARTBEAT_S`` posts a
-``PING`` whenever it waits, so the server can tell a quiet CPU from a dead or stopped one.
+runs on. Nor does the silence count while this process did not run: a wait that ends
+``STALL_S`` or more later than asked (a process starved or stopped, or a whole host that
+stalled, server and all: two machines on a host at load 14 lost their servers in the same
+second, "nothing from the server in 2.29 s") moves the silence's start on by as much.
+In the other direction, a bus that has sent nothing for ``HEARTBEAT_S`` posts a ``PING``
+whenever it waits, so the server can tell a quiet CPU from a dead or stopped one.
 A call also gives up after ``liveness`` seconds without its reply (the server is alive but
 does not answer: a server bug); in a replay, after ``liveness`` seconds without its reply in
 which the machine handled no operation (the heartbeats say how many it has handled): a
@@ -73,6 +77,10 @@ STUCK_S = 1.0          # a replay read waiting this long tells the server (it ma
 # Before a bus takes the silent server for dead it looks once more, this long, for what
 # may still be on its way (its own process stopped or starved, ZeroMQ's I/O thread with it).
 LATE_GRACE_S = 2 * HEARTBEAT_S
+# A wait for the server that ends this much later than asked was not a wait: this process
+# did not run meanwhile (starved by the host, stopped, or the whole host stalled, the
+# server with it), and the server's silence is not counted over that time.
+STALL_S = HEARTBEAT_S
 
 
 class Channel(Protocol):
@@ -165,6 +173,7 @@ class Bus:
         self.new = 0                           # machine messages read at the last read point
         self.received = 0                      # machine messages read in all
         self.point_wait_s = 0.0                # host s spent waiting at read points
+        self.stalls = 0                        # waits that ended STALL_S late or more
 
     def hello(self, role: str, cpu: int, pid: int) -> Any:
         # the server may still be starting: the first answer gets the longer bound
@@ -419,13 +428,22 @@ class Bus:
         return True
 
     def _hear(self, timeout: float, silence: float | None = None) -> list[Any] | None:
-        """:meth:`recv` for up to ``timeout`` s, never past the moment the server's
-        silence (``silence`` s since its last message, :attr:`silence` unless given) would
-        mean it is dead; once it has been silent that long, :meth:`_last_look`, then
-        :class:`ServerGone`. None: nothing came yet, the server may still be alive."""
+        """:meth:`recv` for up to ``timeout`` s (and a heartbeat's time at most), never past
+        the moment the server's silence (``silence`` s since its last message, not
+        counting the time this process did not run: ``STALL_S``; :attr:`silence` unless
+        given) would mean it is dead; once it has been silent that long,
+        :meth:`_last_look`, then :class:`ServerGone`. None: nothing came yet, the server
+        may still be alive."""
         if silence is None:
             silence = self.silence
-        msg = self.recv(min(timeout, max(self.last_rx + silence - time.monotonic(), 0.0)))
+        t0 = time.monotonic()
+        # (a heartbeat's time at most: a stall inside a longer wait would count as silence)
+        wait = min(timeout, HEARTBEAT_S, max(self.last_rx + silence - t0, 0.0))
+        msg = self.recv(wait)
+        late = time.monotonic() - t0 - wait
+        if msg is None and late > STALL_S:      # not listening: no silence of the server's
+            self.last_rx += late
+            self.stalls += 1
         if msg is None and time.monotonic() - self.last_rx >= silence:
             msg = self._last_look()
             if msg is None:

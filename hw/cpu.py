@@ -589,7 +589,8 @@ class Cpu:
                   "bus": {"calls": self.bus.calls, "posts": self.bus.posts,
                           "wait_s": round(self.bus.wait_s, 4),
                           "read_points": self.bus.point,
-                          "point_wait_s": round(self.bus.point_wait_s, 4)},
+                          "point_wait_s": round(self.bus.point_wait_s, 4),
+                          "stalls": self.bus.stalls},
                   "chaos": self.chaos.statistics() if self.chaos is not None else None,
                   "threads": threads}
         try:

@@ -260,6 +260,84 @@ def test_a_replayed_call_waits_its_turn_while_the_machine_moves_on() -> None:
     assert "(the server is alive but does not answer)" in str(gone), gone
 
 
+@pytest.mark.timeout(60)
+def test_a_wait_the_whole_host_stalled_in_is_no_silence_of_the_server(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The host stalls 3 s (as a loaded one, or a virtual machine's, may), the server with
+    it: the bus's wait ends 3 s late with nothing, and the server, stalled too, answers
+    0.8 s later. The old bus counted the 3 s as the server's silence, looked 0.5 s more
+    and gave up: two machines on a host at load 14 lost their servers in the same second
+    ("nothing from the server in 2.29 s"). The silence counts only time it listened."""
+    import zmq
+    import smp.hw.bus as busmod
+    from smp.hw.protocol import OK, Op, pack, unpack_all
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    resumed = threading.Event()
+
+    def serve() -> None:                        # silent until 0.8 s after the stall
+        if not router.poll(10_000):
+            return
+        ident, frame = router.recv_multipart()
+        if resumed.wait(10):
+            time.sleep(0.8)                     # (the scenario: slow to come back)
+            router.send_multipart([ident, pack([Op.REPLY, unpack_all(frame)[-1][1], OK,
+                                                42])])
+
+    class Clock:                                # the bus's clock: 3 s pass in one wait
+        off = 0.0
+        monotonic = staticmethod(lambda: time.monotonic() + Clock.off)
+        perf_counter = staticmethod(time.perf_counter)
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    bus = busmod.Bus(f"tcp://127.0.0.1:{port}", "cpu0")
+    real_recv = bus.recv
+
+    def recv(timeout: float) -> Any:
+        if timeout > 0 and not resumed.is_set():
+            Clock.off += 3.0                    # the stall: nothing heard, 3 s gone
+            resumed.set()
+            return None
+        return real_recv(timeout)
+
+    monkeypatch.setattr(busmod, "time", Clock)
+    monkeypatch.setattr(bus, "recv", recv)
+    try:
+        assert bus.call(Op.LOOKUP, 0, "", "x") == 42
+        assert bus.stalls == 1
+    finally:
+        monkeypatch.undo()
+        server.join(10)
+        bus.close()
+        router.close()
+        ctx.term()
+
+
+def test_the_server_counts_no_silence_while_its_own_loop_did_not_run() -> None:
+    """The server's side of the same stall: its loop looks at the clock 4 s after the
+    last look (it did not run meanwhile), and a CPU it heard just before is not
+    unresponsive for it, though one silent for 3 s while the loop ran is."""
+    from types import SimpleNamespace
+    from smp.machine.liveness import Liveness
+    sent: list[Any] = []
+    peer = SimpleNamespace(gone=False, final=None, ident=b"cpu0")
+    srv = SimpleNamespace(cpus={0: peer}, dead=set(), seq=SimpleNamespace(ops=0),
+                          send=lambda ident, msg: None,
+                          event_launcher=lambda *a: sent.append(a))
+    live = Liveness(srv, 0.0, 0.0)     # type: ignore[arg-type]
+    t = time.monotonic()
+    live.last_heard[0] = t
+    live.tick(t + 0.1, True)
+    live.tick(t + 4.1, True)                    # the loop did not run for 4 s
+    assert sent == [] and live.stalls == 1
+    for k in range(1, 40):                      # the loop runs; the CPU stays silent
+        live.tick(t + 4.1 + k * 0.1, True)
+    assert [a[1] for a in sent] == [0]          # STALLED: cpu 0
+
+
 # -- 1. the launcher's cleanup: a full disk, samples that cannot be written -----------------
 def _jsonl_whole(path: pathlib.Path) -> int:
     """The number of records of a stats.jsonl; every line must be whole JSON."""

@@ -30,6 +30,7 @@ from smp.machine.peers import Peer
 from smp.machine.witness import Finding
 
 LIVENESS_CHECK_S = 0.05        # spin locks held too long, silent CPUs: looked for this often
+STALL_S = 1.0                  # the loop's looks this far apart: it did not run meanwhile
 
 
 class _Server(Protocol):
@@ -68,6 +69,8 @@ class Liveness:
         self.next_heartbeat = 0.0
         self.next_check = 0.0
         self.heartbeats = 0
+        self.last_tick = 0.0                       # when the server's loop last looked
+        self.stalls = 0                            # looks STALL_S or more apart
 
     # -- what the server hears ---------------------------------------------------------
     def hello(self, cpu: int) -> None:
@@ -85,6 +88,15 @@ class Liveness:
 
     # -- the watches -------------------------------------------------------------------
     def tick(self, now: float, drained: bool) -> None:
+        gap = now - self.last_tick if self.last_tick else 0.0
+        self.last_tick = now
+        if gap > STALL_S:
+            # the loop did not run for that long (the server starved or stopped, or the
+            # whole host stalled): what it did not hear meanwhile is no CPU's silence
+            for heard in (self.last_heard, self.alive_at):
+                for cpu in heard:
+                    heard[cpu] = min(heard[cpu] + gap, now)
+            self.stalls += 1
         self.send_heartbeats(now, check_lost=drained)
         if now >= self.next_check:          # it walks every lock: not per message
             self.next_check = now + LIVENESS_CHECK_S

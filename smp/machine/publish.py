@@ -205,7 +205,7 @@ class Publisher:
                        "rejected": dict(sorted(srv.rejected.items())),
                        "errors": srv.errors, "unroutable": srv.unroutable,
                        "silenced": srv.silenced,
-                       "heartbeats": live.heartbeats,
+                       "heartbeats": live.heartbeats, "stalls": live.stalls,
                        "lines": locks.line_report(),
                        "unresponsive": {str(c): s for c, s in sorted(live.lost.items())},
                        "rss_mb": rss_mb(), "rss_peak_mb": rss_mb("VmHWM")},
