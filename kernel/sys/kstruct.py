@@ -219,6 +219,11 @@ class KObj:
     def __repr__(self) -> str:
         return f"<struct {self.struct.name} #{self.handle}>"
 
+    def __str__(self) -> str:
+        """As the machine's reports name objects: ``vm_map_entry#1411`` (a panic message
+        that says ``{entry}`` names what ``smp replay --watch`` takes)."""
+        return f"{self.struct.name}#{self.handle}"
+
     def free(self) -> None:
         memory.obj_free(self.handle)
 

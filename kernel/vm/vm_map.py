@@ -290,7 +290,7 @@ def vm_map_unwire(map_: KObj, start: int, end: int, user_wire: int) -> int:
         if en <= start or s >= end:
             continue
         if w <= 0:
-            md.panic(f"vm_map_unwire: entry {e.handle} is not wired")
+            md.panic(f"vm_map_unwire: entry {e} is not wired")
         e.wired_count = w - 1
     vm_fault_unwire(map_, start, end)
     vm_map_unlock(map_)

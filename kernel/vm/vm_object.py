@@ -52,7 +52,7 @@ def vm_object_deallocate(obj: Any) -> None:
     if obj is None:
         return
     n = obj.ref_count
-    KASSERT(n > 0, f"vm_object_deallocate: object {obj.handle} has no references")
+    KASSERT(n > 0, f"vm_object_deallocate: object {obj} has no references")
     if n > 1:
         obj.ref_count = n - 1
         return
@@ -70,8 +70,8 @@ def vm_object_terminate(obj: Any) -> None:
         vm_page_lock_queues()
         vm_page_busy(m)
         if m.wire_count:
-            md.panic(f"vm_object_terminate: freeing wired page {m.handle} "
-                     f"(object {obj.handle} pindex {m.pindex})")
+            md.panic(f"vm_object_terminate: freeing wired page {m} "
+                     f"(object {obj} pindex {m.pindex})")
         vm_page_free(m)
         vm_page_unlock_queues()
     swap_pager_freespace(obj)

@@ -217,7 +217,7 @@ def vm_pageq_remove(m: KObj) -> None:
     if q == PQ_NONE:
         return
     if q == PQ_FREE:
-        md.panic(f"vm_pageq_remove: page {m.handle} is on the free queue")
+        md.panic(f"vm_pageq_remove: page {m} is on the free queue")
     head, counter = _QUEUE[q]
     TAILQ_REMOVE(cnt.addr(head), m)
     cnt.inc(counter, -1)
@@ -236,7 +236,7 @@ def _vm_page_requeue(m: KObj, q: int) -> None:
     if cur != q:
         if cur != PQ_NONE:
             if cur == PQ_FREE:
-                md.panic(f"vm_pageq_remove: page {m.handle} is on the free queue")
+                md.panic(f"vm_pageq_remove: page {m} is on the free queue")
             head, counter = _QUEUE[cur]
             TAILQ_REMOVE(cnt.addr(head), m)
             cnt.inc(counter, -1)
@@ -329,14 +329,14 @@ def vm_page_free(m: KObj) -> None:
     """Return ``m`` to the free queue (page queues locked, page busy, not wired)."""
     flags, wire, hold, busy = m.load("flags", "wire_count", "hold_count", "busy")
     if busy or not flags & PG_BUSY:
-        md.panic(f"vm_page_free: freeing page {m.handle} that is not busy "
+        md.panic(f"vm_page_free: freeing page {m} that is not busy "
                  f"(flags {flags:#x}, busy {busy})")
     if wire:
-        md.panic(f"vm_page_free: freeing wired page {m.handle} (wire_count {wire})")
+        md.panic(f"vm_page_free: freeing wired page {m} (wire_count {wire})")
     vm_pageq_remove(m)
     vm_page_remove(m)
     if hold:
-        md.panic(f"vm_page_free: freeing held page {m.handle}")
+        md.panic(f"vm_page_free: freeing held page {m}")
     if flags & PG_WANTED:
         wakeup(m.chan)                  # whoever waited for the busy page looks again
     m.update(flags=0, valid=0, dirty=0, queue=PQ_FREE)
@@ -375,7 +375,7 @@ def vm_page_unwire(m: KObj, activate: int) -> None:
     mtx_assert(cnt.vm_page_queue_mtx, MA_OWNED, "vm page queue mutex")     # as 5.0 did
     w = m.wire_count
     if w <= 0:
-        md.panic(f"vm_page_unwire: invalid wire count: {w} (page {m.handle})")
+        md.panic(f"vm_page_unwire: invalid wire count: {w} (page {m})")
     m.wire_count = w - 1
     if w == 1:
         cnt.inc("v_wire_count", -1)
@@ -388,7 +388,7 @@ def vm_page_hold(m: KObj) -> None:
 
 def vm_page_unhold(m: KObj) -> None:
     h = m.hold_count - 1
-    KASSERT(h >= 0, f"vm_page_unhold: hold count < 0 (page {m.handle})")
+    KASSERT(h >= 0, f"vm_page_unhold: hold count < 0 (page {m})")
     m.hold_count = h
 
 
@@ -406,7 +406,7 @@ def vm_page_flag_clear(m: KObj, bits: int) -> None:
 
 def vm_page_busy(m: KObj) -> None:
     flags = m.flags
-    KASSERT(not flags & PG_BUSY, f"vm_page_busy: page {m.handle} already busy")
+    KASSERT(not flags & PG_BUSY, f"vm_page_busy: page {m} already busy")
     m.flags = flags | PG_BUSY
 
 
@@ -420,7 +420,7 @@ def vm_page_flash(m: KObj) -> None:
 def vm_page_wakeup(m: KObj) -> None:
     """Clear PG_BUSY and wake whoever waits for the page."""
     flags = m.flags
-    KASSERT(flags & PG_BUSY, f"vm_page_wakeup: page {m.handle} not busy!!!")
+    KASSERT(flags & PG_BUSY, f"vm_page_wakeup: page {m} not busy!!!")
     m.flags = flags & ~PG_BUSY
     vm_page_flash(m)
 
