@@ -385,3 +385,34 @@ def filling_open(suffix: str, writes: int) -> Callable[..., Any]:
         filling = ("w" in mode or "a" in mode) and str(path).endswith(suffix)
         return FullAfter(f, writes) if filling else f
     return fake_open
+
+
+class SentSocket:
+    """An in-process server's socket: what it sends is kept, never answered."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def send(self, data: bytes, flags: int = 0) -> None:
+        self.sent.append(bytes(data))
+
+
+def inproc_server(timespec: Any, **kw: Any) -> tuple[Any, Callable[..., None]]:
+    """A two-CPU server handled in this process (the server's logic, no ZeroMQ), the
+    launcher (``L``) and both CPUs (``A``, ``B``) said hello; and ``req(ident, op, *args,
+    tid=, t=, posted=, site=)``, which hands it a request."""
+    import itertools
+    from smp.hw.protocol import VERSION, Op, pack
+    from smp.machine.server import Server
+    srv = Server("inproc://unused", 2, 16 * 4096, 8, timespec=timespec, **kw)
+    srv.sock = SentSocket()
+    seqs = itertools.count(1)
+
+    def req(ident: bytes, op: Op, *args: Any, tid: int = 0, t: int = 0,
+            posted: bool = False, site: str = "t.py:1") -> None:
+        srv.handle(ident, pack([int(op), 0 if posted else next(seqs), tid, site, t, *args]))
+
+    req(b"L", Op.HELLO, VERSION, "launcher", -1, 1)
+    req(b"A", Op.HELLO, VERSION, "cpu", 0, 2)
+    req(b"B", Op.HELLO, VERSION, "cpu", 1, 3)
+    return srv, req

@@ -117,6 +117,17 @@ class Server:
         self.kmem.store(td, "td_inhibitors", self.kmem.load(td, "td_inhibitors") & ~SLEEPING)
         self.locks.release(td, 0, "kern_synch.py:21", self.sched, EXCL)
 
+    def exit_polls(self, td: int, chan: int, n: int) -> None:
+        """exit1's poll for p_lock 0: ``n`` sleeps of a tick that time out, then asleep
+        again, and 0.2 s pass."""
+        for _ in range(n):
+            self.msleep(td, "kern/kern_exit.py:55", timo=1, chan=chan, wmesg="exithold")
+            self.run_for(0.05)
+            self.wakeup_timeout(td)
+            self.run_for(0.05)
+        self.msleep(td, "kern/kern_exit.py:55", timo=1, chan=chan, wmesg="exithold")
+        self.run_for(0.2)
+
     def run_for(self, seconds: float) -> None:
         """Simulated time passes; the detector looks with each request, as in the server."""
         end = self.cur_t + int(seconds * 1e9)
@@ -387,13 +398,7 @@ def test_an_exit_polling_for_a_hold_never_released() -> None:
         s.wakeup_timeout(td)
         s.run_for(0.05)
     assert s.liveness() == []
-    for _ in range(10):
-        s.msleep(td, "kern/kern_exit.py:55", timo=1, chan=lock, wmesg="exithold")
-        s.run_for(0.05)
-        s.wakeup_timeout(td)
-        s.run_for(0.05)
-    s.msleep(td, "kern/kern_exit.py:55", timo=1, chan=lock, wmesg="exithold")
-    s.run_for(0.2)
+    s.exit_polls(td, lock, 10)
     [f] = s.liveness()
     assert f.summary.startswith(f"never given: thread {td} (napper) of pid 30 (napper) "
                                 f"polls on &proc#{p}.p_lock ('exithold') for its holds to "
@@ -955,13 +960,7 @@ def test_a_decrement_lost_is_not_blamed_on_a_raise_whose_prele_ran() -> None:
     s.run_for(1.5)
     assert s.liveness() == []
     lock = field_addr(p, 5)
-    for _ in range(12):                                       # exit1 polls for p_lock 0
-        s.msleep(td, "kern/kern_exit.py:55", timo=1, chan=lock, wmesg="exithold")
-        s.run_for(0.05)
-        s.wakeup_timeout(td)
-        s.run_for(0.05)
-    s.msleep(td, "kern/kern_exit.py:55", timo=1, chan=lock, wmesg="exithold")
-    s.run_for(0.2)
+    s.exit_polls(td, lock, 12)                                # exit1 polls for p_lock 0
     [f] = s.liveness()
     assert f.summary.endswith("p_lock 1 (a decrement lost @ kern/kern_proc.py:106: 1 more "
                               "than its raises not undone)"), f.summary

@@ -70,18 +70,6 @@ def _sharer() -> None:
     libc.exit(0)
 
 
-def _find(comm: str) -> Any:
-    from smp.kernel.kern.kern_proc import FOREACH_PROC_IN_SYSTEM
-    from smp.kernel.kern.kern_sx import sx_slock, sx_sunlock
-    G = kern_globals.G
-    found = None
-    sx_slock(G.allproc_lock)
-    for p in FOREACH_PROC_IN_SYSTEM():
-        if p.p_comm == comm:
-            found = p
-    sx_sunlock(G.allproc_lock)
-    return found
-
 
 def _held() -> None:
     from smp.kernel.userland import libc
@@ -98,8 +86,9 @@ def _preler(me: int) -> Callable[[], None]:
     def run() -> None:
         from smp.kernel.kern.kern_proc import PHOLD
         t = vs.shared()
-        vs.nap_until(lambda: _find("vmt-held") is not None, "vmt-held to start", 500)
-        p = _find("vmt-held")
+        vs.nap_until(lambda: vs.find_proc(comm="vmt-held") is not None, "vmt-held to start",
+                     500)
+        p = vs.find_proc(comm="vmt-held")
         mtx_lock(kern_globals.G.Giant)
         PHOLD(p)
         mtx_unlock(kern_globals.G.Giant)

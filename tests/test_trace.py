@@ -10,15 +10,14 @@ trace`` end to end (a recorded run replayed with the tracer) is in test_replay.p
 
 from __future__ import annotations
 
-import itertools
 import json
 import pathlib
 from typing import Any
 
 import pytest
 
-from smp.hw.protocol import (EXCL, LK_SLEEP, LK_SPIN, OK, VERSION, Event, Op, field_addr, pack,
-                              unpack)
+from helpers import inproc_server
+from smp.hw.protocol import EXCL, LK_SLEEP, LK_SPIN, OK, Event, Op, field_addr, unpack
 from smp.machine.sequencer import TimeSpec
 from smp.machine.server import Server
 from smp.machine.trace import count_events
@@ -26,31 +25,9 @@ from smp.machine.trace import count_events
 pytestmark = pytest.mark.quick
 
 
-class _Socket:
-    """What the server sends, unanswered."""
-
-    def __init__(self) -> None:
-        self.sent: list[bytes] = []
-
-    def send(self, data: bytes, flags: int = 0) -> None:
-        self.sent.append(bytes(data))
-
-
 def _machine(tmp_path: pathlib.Path) -> tuple[Server, Any, pathlib.Path]:
     path = tmp_path / "trace.json"
-    srv = Server("inproc://unused", 2, 16 * 4096, 8,
-                 timespec=TimeSpec(virtual=True, trace_path=str(path)))
-    srv.sock = _Socket()  # type: ignore[assignment]
-    seqs = itertools.count(1)
-
-    def req(ident: bytes, op: Op, *args: Any, tid: int = 0, t: int = 0,
-            posted: bool = False) -> None:
-        srv.handle(ident, pack([int(op), 0 if posted else next(seqs), tid, "t.py:1", t,
-                                *args]))
-
-    req(b"L", Op.HELLO, VERSION, "launcher", -1, 1)
-    req(b"A", Op.HELLO, VERSION, "cpu", 0, 2)
-    req(b"B", Op.HELLO, VERSION, "cpu", 1, 3)
+    srv, req = inproc_server(TimeSpec(virtual=True, trace_path=str(path)))
     return srv, req, path
 
 
@@ -150,8 +127,8 @@ def test_a_timeline_that_cannot_be_written_is_given_up_and_the_launcher_told(
     (it was an internal error of the request whose event was being written, a fatal
     trap for the kernel), the launcher is told once, the report says why."""
     from helpers import filling_open
-    from smp.machine import trace
-    monkeypatch.setattr(trace, "open", filling_open("trace.json", 12), raising=False)
+    from smp.machine import files                # (the tracer's RunFile opens it)
+    monkeypatch.setattr(files, "open", filling_open("trace.json", 12), raising=False)
     srv, req, path = _machine(tmp_path)          # the header and ten names: 11 writes
     req(b"A", Op.DEFTYPE, "thing", [["t_mtx", "lock", "", None]], posted=True)
     for tid in range(1, 4):

@@ -13,7 +13,6 @@ test_replay.py.
 
 from __future__ import annotations
 
-import itertools
 import pathlib
 import re
 from typing import Any
@@ -21,7 +20,8 @@ from typing import Any
 import pytest
 
 from smp.cli import main
-from smp.hw.protocol import EXCL, LK_SPIN, VERSION, Op, field_addr, pack
+from helpers import inproc_server
+from smp.hw.protocol import EXCL, LK_SPIN, Op, field_addr
 from smp.machine.sequencer import TimeSpec
 from smp.machine.server import Server
 from smp.machine.watch import parse
@@ -29,29 +29,10 @@ from smp.machine.watch import parse
 pytestmark = pytest.mark.quick
 
 
-class _Socket:
-    def __init__(self) -> None:
-        self.sent: list[bytes] = []
-
-    def send(self, data: bytes, flags: int = 0) -> None:
-        self.sent.append(bytes(data))
-
-
 def _machine(tmp_path: pathlib.Path, *whats: str) -> tuple[Server, Any, pathlib.Path]:
     path = tmp_path / "watch.txt"
-    srv = Server("inproc://unused", 2, 16 * 4096, 8,
-                 detectors={"liveness_s": 0},       # (its registration is the kernel's)
-                 timespec=TimeSpec(virtual=True, watch=whats, watch_path=str(path)))
-    srv.sock = _Socket()  # type: ignore[assignment]
-    seqs = itertools.count(1)
-
-    def req(ident: bytes, op: Op, *args: Any, tid: int = 0, t: int = 0,
-            posted: bool = False, site: str = "t.py:1") -> None:
-        srv.handle(ident, pack([int(op), 0 if posted else next(seqs), tid, site, t, *args]))
-
-    req(b"L", Op.HELLO, VERSION, "launcher", -1, 1)
-    req(b"A", Op.HELLO, VERSION, "cpu", 0, 2)
-    req(b"B", Op.HELLO, VERSION, "cpu", 1, 3)
+    srv, req = inproc_server(TimeSpec(virtual=True, watch=whats, watch_path=str(path)),
+                             detectors={"liveness_s": 0})   # (registered by the kernel)
     req(b"A", Op.DEFTYPE, "proc", [["p_mtx", "lock", "", None], ["p_lock", "int", "", 0],
                                    ["p_flag", "int", "", 0], ["p_list", "list", "", None]],
         posted=True)

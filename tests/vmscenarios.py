@@ -106,13 +106,13 @@ def giant() -> Any:
     return kern_globals.G.Giant
 
 
-def find_proc(pid: int) -> Any:
-    """The proc with ``pid`` on allproc (not locked), or None."""
+def find_proc(pid: int = -1, comm: str = "") -> Any:
+    """The proc with ``pid`` (or named ``comm``) on allproc (not locked), or None."""
     G = kern_globals.G
     found = None
     sx_slock(G.allproc_lock)
     for p in FOREACH_PROC_IN_SYSTEM():
-        if p.p_pid == pid:
+        if p.p_pid == pid or (comm and p.p_comm == comm):
             found = p
             break
     sx_sunlock(G.allproc_lock)

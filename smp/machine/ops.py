@@ -383,16 +383,10 @@ class Operations:
                 raise Rejected("args", "POLICY liveness: a map")
             if srv.hangs is not None:
                 srv.hangs.policy(payload)
-        elif kind == "waits":
+        elif kind in ("waits", "refs"):     # what sleeps wait for; counts of references
             if srv.hangs is not None:
                 try:
-                    srv.hangs.add_waits(payload)
-                except TypeError as e:
-                    raise Rejected("args", str(e)) from None
-        elif kind == "refs":
-            if srv.hangs is not None:
-                try:
-                    srv.hangs.add_refs(payload)
+                    (srv.hangs.add_waits if kind == "waits" else srv.hangs.add_refs)(payload)
                 except TypeError as e:
                     raise Rejected("args", str(e)) from None
         elif kind == "inflight":

@@ -21,10 +21,10 @@ goes; events past ``limit`` are counted and left out.
 from __future__ import annotations
 
 import json
-from typing import IO, Any, Callable
+from typing import Any, Callable
 
 from smp.hw.protocol import AF_LINE, GRANTED, GRANTED_LINE, Op
-from smp.machine.files import write_error
+from smp.machine.files import RunFile
 
 THREADS, LOCKS, SLEEPING = 1, 2, 3          # the track ids within a CPU's process
 
@@ -39,13 +39,12 @@ class Tracer:
         self.thread_name = thread_name       # a thread's name now ("" if not known yet)
         self.channel = channel               # a sleep channel as the kernel prints it
         self.who: dict[int, str] = {}        # tid -> "name (tid N)", once it has a name
-        self.failed = failed                 # told once if a write fails (a full disk)
-        self.error: str | None = None
-        self.f: IO[str] = open(path, "w")
+        # given up, once a write fails (a full disk): ``failed`` is told, once
+        self.out = RunFile(path, failed)
         try:
-            self.f.write('{"displayTimeUnit": "ms", "traceEvents": [\n')
+            self.out.f.write('{"displayTimeUnit": "ms", "traceEvents": [\n')
         except OSError:
-            self.f.close()
+            self.out.f.close()
             raise
         self.first = True
         self.events = 0
@@ -70,31 +69,23 @@ class Tracer:
         if self.events >= self.limit:
             self.dropped += 1
             return
-        if self.error is not None:           # given up: nothing more is counted either
+        if self.out.error is not None:       # given up: nothing more is counted either
             return
         self._write(("" if self.first else ",\n") + json.dumps(ev, separators=(",", ":")))
         self.first = False
         self.events += 1
 
+    @property
+    def error(self) -> str | None:
+        """Why the timeline was given up (a write failed), if it was."""
+        return self.out.error
+
     def flush(self) -> None:
-        """Write out what is buffered (the server's report: a full disk is found while
-        the launcher still listens, not only at the close)."""
-        if self.error is None:
-            try:
-                self.f.flush()
-            except OSError as e:
-                self.error = write_error(self.path, e)
-                self.failed(self.error)
+        """Write out what is buffered (the server's report)."""
+        self.out.flush()
 
     def _write(self, text: str) -> None:
-        """Write, or, once a write has failed, give the file up (``error`` says why)."""
-        if self.error is not None:
-            return
-        try:
-            self.f.write(text)
-        except OSError as e:
-            self.error = write_error(self.path, e)
-            self.failed(self.error)
+        self.out.write(text)
 
     def _meta(self, name: str, pid: int, tid: int, args: dict[str, Any]) -> None:
         self._emit({"ph": "M", "name": name, "pid": pid, "tid": tid, "args": args})
@@ -174,12 +165,7 @@ class Tracer:
             self._async("e", self.thread_cpu.get(tid, 0), f"hold {self._name(lock)}", lock,
                         tid, end)
         self._write("\n]}\n")
-        try:
-            self.f.close()
-        except OSError as e:                 # what was buffered did not fit
-            if self.error is None:
-                self.error = write_error(self.path, e)
-                self.failed(self.error)
+        self.out.close()
 
     # -- helpers ----------------------------------------------------------------------
     def _runs(self, cpu: int, tid: int, us: float) -> None:

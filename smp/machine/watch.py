@@ -34,10 +34,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import IO, Any, Callable
+from typing import Any, Callable
 
 from smp.hw.protocol import AF_LINE, BUSY, FIELD_BITS, GRANTED, GRANTED_LINE, QUEUED, Op
-from smp.machine.files import write_error
+from smp.machine.files import RunFile
 from smp.machine.objects import ObjectStore
 from smp.machine.peers import short
 from smp.machine.sites import annotate
@@ -118,9 +118,7 @@ class Watch:
         self.thread_name = thread_name
         self.sources = sources               # the kernel's C lines of its sites, once known
         self.mark = mark                     # smp trace --watch: a mark on the timeline
-        self.failed = failed
         self.limit = limit
-        self.error: str | None = None
         self.events = 0
         self.dropped = 0
         self.matched = [0] * len(self.specs)
@@ -135,7 +133,7 @@ class Watch:
         self.typed: set[int] = set()         # handles whose watches' types are checked
         self.shadow: dict[int, dict[str, Any]] = {}    # handle -> field -> value now
         self.pending: list[str] = []         # grants made while an operation was handled
-        self.f: IO[str] = open(path, "w")
+        self.out = RunFile(path, failed)     # given up once a write fails
         self._write(f"# smp watch: {', '.join(s.text for s in self.specs)}\n"
                     f"# operation, cpu, thread, what it did, @ kernel site\n")
 
@@ -172,20 +170,15 @@ class Watch:
         for s, note in zip(self.specs, self.verdicts()):
             lines.append(f"# {s.text}: {note}")
         self._write("\n".join(lines) + "\n")
-        try:
-            self.f.close()
-        except OSError as e:
-            if self.error is None:
-                self.error = write_error(self.path, e)
-                self.failed(self.error)
+        self.out.close()
+
+    @property
+    def error(self) -> str | None:
+        """Why the file was given up (a write failed), if it was."""
+        return self.out.error
 
     def flush(self) -> None:
-        if self.error is None and not self.f.closed:
-            try:
-                self.f.flush()
-            except OSError as e:
-                self.error = write_error(self.path, e)
-                self.failed(self.error)
+        self.out.flush()
 
     def verdicts(self) -> list[str]:
         """For each WHAT: how many accesses it matched, or why it matched none."""
@@ -396,13 +389,7 @@ class Watch:
         self._write(text + "\n")
 
     def _write(self, text: str) -> None:
-        if self.error is not None:
-            return
-        try:
-            self.f.write(text)
-        except OSError as e:
-            self.error = write_error(self.path, e)
-            self.failed(self.error)
+        self.out.write(text)
 
     def _why_not(self, s: Spec) -> str:
         """Why a WHAT matched nothing in the run (so far as it went)."""
