@@ -208,10 +208,11 @@ class MachineCollector(Collector):
             ("contested", "Acquisitions of the lock that found it held and waited "
              "(acquisitions)"),
             ("wait_seconds", "Time threads waited for the lock, summed over the waiting "
-             "threads; counted when a wait ends (simulated seconds; host seconds in "
-             "wall time)"))}
-        hold = GaugeMetricFamily("smp_lock_hold_max_seconds", "Longest hold of the lock "
-                                 "(simulated seconds; host seconds in wall time)", labels=["lock"])
+             "threads; counted when a wait ends; in host seconds in wall time "
+             "(simulated seconds)"))}
+        hold = GaugeMetricFamily("smp_lock_hold_max_seconds", "Longest hold of the lock; "
+                                 "in host seconds in wall time (simulated seconds)",
+                                 labels=["lock"])
         for row in s.get("locks") or []:
             name = str(row.get("name"))
             fams["acquisitions"].add_metric([name], int(row.get("acquires", 0)))
