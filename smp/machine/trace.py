@@ -35,7 +35,6 @@ class Tracer:
                  failed: Callable[[str], None] = lambda error: None,
                  thread_name: Callable[[int], str] = lambda tid: "",
                  channel: Callable[[Any], str] = str) -> None:
-        self.path = path
         self.thread_name = thread_name       # a thread's name now ("" if not known yet)
         self.channel = channel               # a sleep channel as the kernel prints it
         self.who: dict[int, str] = {}        # tid -> "name (tid N)", once it has a name

@@ -110,7 +110,6 @@ class Watch:
                  mark: Callable[[int, str, int], None] | None = None,
                  failed: Callable[[str], None] = lambda error: None,
                  limit: int = 1_000_000) -> None:
-        self.path = path
         self.specs = [parse(w) for w in whats]
         self.kmem = kmem
         self.names = lock_names              # the lock table's: address -> name, live
@@ -186,7 +185,7 @@ class Watch:
                 for s, n in zip(self.specs, self.matched)]
 
     def statistics(self) -> dict[str, Any]:
-        return {"path": self.path, "events": self.events, "dropped": self.dropped,
+        return {"path": self.out.path, "events": self.events, "dropped": self.dropped,
                 "watches": [{"what": s.text, "matched": n, "note": note}
                             for s, n, note in zip(self.specs, self.matched,
                                                   self.verdicts())]}
