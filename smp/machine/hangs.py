@@ -170,20 +170,19 @@ class Hangs:
         self.wait_fields: set[str] = set()
         self.next_check = 0.0
         self.checks = 0
-        self.slept: dict[int, tuple[str, float, int]] = {}    # tid -> (site, when, timo)
+        self.slept: dict[int, tuple[str, float, int, int]] = {}   # tid -> (site, when,
+                                                              # timo, operation)
         self.woken: dict[Hashable, int] = {}                  # chan -> wakeups that took some
         self.stored: dict[int, tuple[str, int, int]] = {}     # thread -> last inhibitors
                                                               # store: site, by, when (n)
         self.dequeued: dict[int, tuple[str, int, int, int, str, str]] = {}  # thread ->
                 # taken off its sleep queue: site, by, when (n), operation, how, caller
         self.n = 0                                            # the two's order
-        self.field_stored: dict[tuple[int, str], tuple[str, int]] = {}  # a registered
-                                                          # wait's (object, field): last store
-        self.unheard: dict[Hashable, tuple[int, str]] = {}    # channel -> wakeups that woke
-                                                              # nobody, the last's site
-        self.unheard_op: dict[Hashable, int] = {}  # channel -> the last such's operation
-        self.slept_op: dict[int, int] = {}         # thread -> the operation it slept at
-        self.field_stored_op: dict[tuple[int, str], int] = {}   # ... and their operations
+        self.field_stored: dict[tuple[int, str], tuple[str, int, int]] = {}  # a registered
+                                          # wait's (object, field): last store's site, thread
+                                          # and operation
+        self.unheard: dict[Hashable, tuple[int, str, int]] = {}   # channel -> wakeups that
+                                          # woke nobody, the last's site and operation
         self.slept_on: set[Hashable] = set()                  # every channel slept on
         self.sleeps_by: dict[str, int] = {}                   # wait message -> sleeps
         self.polling: dict[int, float] = {}                   # thread -> sleeping with a
@@ -278,8 +277,7 @@ class Hangs:
             self.n += 1
             self.stored[h] = (site, tid, self.n)
         for f in self.wait_fields.intersection(fields):
-            self.field_stored[(h, f)] = (site, tid)
-            self.field_stored_op[(h, f)] = self._op()
+            self.field_stored[(h, f)] = (site, tid, self._op())
 
     def loaded(self, tid: int, h: int, fields: list[str]) -> None:
         """Before a load of ``fields`` of ``h`` that counts holds: what ``tid`` reads,
@@ -403,8 +401,7 @@ class Hangs:
         before = self.slept.get(tid)
         if not (timo and before is not None and before[2] and before[0] == site):
             self.polling[tid] = now             # not the same poll as before
-        self.slept[tid] = (site, now, timo)
-        self.slept_op[tid] = self._op()
+        self.slept[tid] = (site, now, timo, self._op())
         chan = self.srv.sleepq.sleeping.get(tid)
         if chan is not None:
             self.slept_on.add(chan)
@@ -434,9 +431,8 @@ class Hangs:
         """Thread ``by`` woke ``tids`` (taken off their sleep queue on ``chan``) @ ``site``,
         in a wakeup called @ ``caller``."""
         if not tids:                            # nobody asleep there (the wrong channel?)
-            n = self.unheard.get(chan, (0, ""))[0]
-            self.unheard[chan] = (n + 1, caller or site)
-            self.unheard_op[chan] = self._op()
+            n = self.unheard.get(chan, (0, "", 0))[0]
+            self.unheard[chan] = (n + 1, caller or site, self._op())
         else:
             self.woken[chan] = self.woken.get(chan, 0) + 1
             now_us = self.srv.locks.clock()         # the lock table's time: see _halfway
@@ -512,16 +508,15 @@ class Hangs:
         again): what the detector keeps stays the size of the live machine."""
         live = self.srv.kmem.objs
         for d in (self.slept, self.stored, self.dequeued, self.polling, self.off,
-                  self.pending, self.slept_op):
+                  self.pending):
             for tid in [t for t in d if t not in live]:
                 del d[tid]
-        for pairs in (self.field_stored, self.raised, self.lowered, self.lost,
-                      self.field_stored_op):
+        for pairs in (self.field_stored, self.raised, self.lowered, self.lost):
             for key in [k for k in pairs if k[0] not in live]:
                 del pairs[key]
         for key in [k for k in self.read if k[0] not in live or k[1] not in live]:
             del self.read[key]
-        for chans in (self.unheard, self.woken, self.unheard_op):
+        for chans in (self.unheard, self.woken):
             for c in [c for c in chans if isinstance(c, int) and c >> FIELD_BITS not in live]:
                 del chans[c]
         self.slept_on = {c for c in self.slept_on
@@ -578,7 +573,7 @@ class Hangs:
         chan = srv.sleepq.sleeping.get(tid)
         if chan is not None:
             site, txt = self._went_to_sleep(tid, now)
-            timo = self.slept.get(tid, ("", 0.0, 0))[2]
+            timo = self.slept.get(tid, ("", 0.0, 0, 0))[2]
             return [site] if site else [], (
                 f"asleep on {self.chan(chan)} "
                 f"({'timeout ' + str(timo) + ' ticks' if timo else 'no timeout'}, "
@@ -649,7 +644,7 @@ class Hangs:
         woken = self.woken.get(chan, 0)
         hint = ""
         if near:
-            other, (n, site) = near[0]
+            other, (n, site, _) = near[0]
             hint = (f"; {n} wakeups went to {self.chan(other)} instead, where nobody "
                     f"ever sleeps (last @ {site}): the wrong channel?")
         self.srv.finding(Finding(
@@ -773,11 +768,14 @@ class Hangs:
         the wait tests and before ``tid`` slept there: the wakeup it missed, fallen in a
         window between its test and its sleep (an interlock dropped by hand before a
         tsleep)."""
-        w_op, s_op = self.unheard_op.get(chan), self.slept_op.get(tid)
-        stores = [self.field_stored_op[pr] for pr in pairs if pr in self.field_stored_op]
-        if w_op is None or s_op is None or not stores or not max(stores) <= w_op <= s_op:
+        unheard, slept = self.unheard.get(chan), self.slept.get(tid)
+        stores = [self.field_stored[pr][2] for pr in pairs if pr in self.field_stored]
+        if unheard is None or slept is None or not stores:
             return ""
-        return (f"; a wakeup of the channel @ {self.unheard[chan][1]} (operation {w_op}) "
+        (_, w_site, w_op), s_op = unheard, slept[3]
+        if not max(stores) <= w_op <= s_op:
+            return ""
+        return (f"; a wakeup of the channel @ {w_site} (operation {w_op}) "
                 f"found nobody asleep {s_op - w_op} operations before this thread slept "
                 f"(operation {s_op}): it fell between the sleeper's test and its sleep")
 
@@ -1122,7 +1120,7 @@ class Hangs:
                for _, p, tds in self._procs() for tid, td in tds}
         asleep = []
         for tid, chan in sorted(self.srv.sleepq.sleeping.items()):
-            site, when, timo = self.slept.get(tid, ("", now, 0))
+            site, when, timo, _ = self.slept.get(tid, ("", now, 0, 0))
             if timo:
                 continue
             name, wmesg = who.get(tid, (f"thread {tid}", ""))
