@@ -114,13 +114,17 @@ def _local_cluster(n: int) -> Any:
     campaign's to handle: it cancels the runs and closes the cluster in order, where
     workers interrupted on their own would die with tracebacks mid-way. (A Ctrl-C in the
     second or two the cluster takes to start is lost; a worker Dask restarts later does
-    not ignore it. The machines do not inherit it: ``smp.hunt.tether``.)"""
+    not ignore it. The machines do not inherit it: ``smp.hunt.tether``.) Its processes log
+    only what is critical: what goes wrong with a run comes back with its future, and the
+    campaign says it; a worker's heartbeat that meets the scheduler closed under it (a
+    Ctrl-C: the campaign closes the cluster while the workers still beat) logged an error
+    with a traceback."""
     from distributed import LocalCluster
     old = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                                resources={MACHINES: 1}, dashboard_address=":0",
-                               silence_logs=logging.ERROR)
+                               silence_logs=logging.CRITICAL)
     finally:
         signal.signal(signal.SIGINT, old)
     return cluster
