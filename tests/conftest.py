@@ -12,10 +12,15 @@
 * ``run``: ``run(cfg_overrides, sysinits=())`` boots a machine in ``tmp_path`` and returns
   its ``RunResult``; it is ``helpers.run(cfg_overrides, sysinits=(), tmp_path)`` with the
   test's ``tmp_path``, which code outside a fixture can call directly.
+
+Timeouts (pytest-timeout) bound a test that has the host to itself; the suite runs in
+xdist workers (pyproject's addopts: ``-n 2``), which share the host, so each test's bound
+is multiplied by their number (:func:`pytest_collection_modifyitems`).
 """
 
 from __future__ import annotations
 
+import os
 import pathlib
 import signal
 from typing import Any, Callable, Sequence
@@ -26,6 +31,27 @@ import pytest
 import helpers
 
 GRACE_S = 3.0
+
+
+def timeout_factor() -> int:
+    """How many xdist workers share the host (1 without xdist): a test's timeout is for a
+    host of its own."""
+    try:
+        return max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    except ValueError:
+        return 1
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    factor = timeout_factor()
+    if factor == 1:
+        return
+    default = float(config.getini("timeout") or 0)
+    for item in items:
+        marker = item.get_closest_marker("timeout")
+        bound = float(marker.args[0]) if marker is not None and marker.args else default
+        if bound > 0:
+            item.add_marker(pytest.mark.timeout(bound * factor), append=False)
 
 
 @pytest.fixture

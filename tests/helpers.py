@@ -111,6 +111,8 @@ def cli_env() -> dict[str, str]:
                                      if env.get("PYTHONPATH") else "")
     env[TOKEN_VAR] = TOKEN
     env.pop("PYTHONSTARTUP", None)
+    for var in [v for v in env if v.startswith("PYTEST_XDIST_")]:
+        del env[var]                # an xdist worker's own, not what a user's shell has
     return env
 
 
