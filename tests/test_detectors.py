@@ -12,6 +12,7 @@ import pytest
 from smp.hw.protocol import (AF_PICKUP, AF_TRY, EXCL, GRANTED, LF_DUPOK, LF_NOSHREC, LF_NOWITNESS,
                              LF_RECURSE, LK_RW, LK_SLEEP, LK_SPIN, QUEUED, SHARED)
 from smp.kernel.kern import subr_witness
+from smp.machine.liveness import spin_held_text
 from smp.machine.lockcheck import LockKeyChecker
 from smp.machine.locks import Deadlock, LockError, LockTable
 from smp.machine.objects import ObjectStore, field_addr
@@ -264,6 +265,35 @@ def test_each_held_lock_says_the_operation_it_was_taken_at(m: Machine) -> None:
     m.locks.handoff(3, 0, sched, 1)
     assert [(h["lock"], h["op"]) for h in m.locks.held_by(1)] == [("Giant", 103),
                                                                   ("sched lock", 106)]
+
+
+def test_a_spin_lock_held_too_long_names_its_holder_and_who_took_it(m: Machine) -> None:
+    """A spin lock held past the bound, in its holder's CPU's time; sched_lock handed on
+    at context switches is one hold from the acquire that took it free, and says so."""
+    now = [0.0]
+    m.locks.clock = lambda: now[0]
+    spin, sched = m.lock("a spin", LC_SPIN), m.lock("sched lock", LC_SPIN, LF_RECURSE)
+    m.take(1, spin, "a.py:1")                         # at 0 us, by thread 1 of cpu 0
+    assert m.locks.spin_held_too_long(1e6, cpu=0, now_us=1e6) is None     # at the bound
+    lk, us = m.locks.spin_held_too_long(1e6, cpu=0, now_us=2.5e6)
+    assert (lk.name, us) == ("a spin", 2.5e6)
+    assert m.locks.spin_held_too_long(1e6, cpu=1, now_us=2.5e6) is None   # not cpu 1's
+    assert spin_held_text(lk, us) == ("spin lock a spin held too long: 2.5 s by thread 1 "
+                                      "(taken @ a.py:1)")
+    m.locks.release(1, 0, "a.py:2", spin, EXCL)
+    now[0] = 3e6
+    m.take(1, sched, "kern/kern_synch.py:100")        # msleep's, at 3 s
+    m.locks.handoff(1, 0, sched, 2)                   # mi_switch to thread 2 ...
+    m.locks.handoff(2, 0, sched, 5)                   # ... which switched to thread 5
+    lk, us = m.locks.spin_held_too_long(1e6, cpu=0, now_us=5.5e6)
+    assert spin_held_text(lk, us) == (
+        "spin lock sched lock held too long: 2.5 s by thread 5 (taken @ "
+        "kern/kern_synch.py:100 by thread 1, handed on at 2 context switches since)")
+    m.locks.release(5, 0, "kern/kern_synch.py:127", sched, EXCL)
+    now[0] = 6e6
+    m.take(5, sched, "b.py:1")                        # taken anew: no handoff since
+    lk, us = m.locks.spin_held_too_long(1e6, cpu=0, now_us=8e6)
+    assert spin_held_text(lk, us).endswith("by thread 5 (taken @ b.py:1)")
 
 
 def test_a_deadlock_names_each_holder() -> None:

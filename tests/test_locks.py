@@ -506,6 +506,28 @@ def test_sleeping_with_a_spin_mutex_held_panics(run: Any) -> None:
     assert "t_slept" not in res.report["kernel"]
 
 
+def test_a_spin_mutex_held_too_long_panics_naming_its_holder(run: Any) -> None:
+    """debug.spin_max_s, in the holder's simulated time: a thread that keeps a spin mutex
+    for 1.2 simulated s (working, and loading a field every 0.1 s: the server checks the
+    hold at each of its CPU's requests) panics past the 0.5 s bound, naming the lock, the
+    thread and where it was taken; a hold under the bound is clean."""
+    def body(t: Any) -> None:
+        for hold_s in (0.3, 1.2):
+            mtx_lock_spin(t.t_spin)
+            for _ in range(round(hold_s * 10)):
+                md.cpu_work(100_000)
+                if t.t_state < 0:
+                    break
+            mtx_unlock_spin(t.t_spin)
+            result(f"t_held_{round(hold_s * 10)}")
+    res = run(cfg(2, "debug.spin_max_s=0.5"), _single("spinlong", body))
+    msg = expect_panic(res, "spin lock test spin held too long: 0.", " s by thread ",
+                       "(taken @ ")
+    assert "test_locks.py:" in msg and "handed on" not in msg, msg
+    k = res.report["kernel"]
+    assert k.get("t_held_3") == 1 and "t_held_12" not in k, k
+
+
 def test_blocking_on_a_sleep_mutex_with_a_spin_mutex_held_panics(run: Any) -> None:
     def body(t: Any) -> None:
         mtx_lock_spin(t.t_spin)

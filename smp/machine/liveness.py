@@ -14,7 +14,8 @@ to run while the server drains a flood (the server's loop calls :meth:`Liveness.
 * **The watchdog** (``debug.watchdog_s``): a CPU that made no request for that long is a
   finding, and the launcher is told (``STALLED``).
 * **Spin locks held too long** (``debug.spin_max_s``): a panic naming the lock, the holder
-  and where it took it. In wall time the lock table is walked every ``LIVENESS_CHECK_S``;
+  and where the lock was taken, and by whom when context switches handed it on since
+  (:func:`spin_held_text`). In wall time the lock table is walked every ``LIVENESS_CHECK_S``;
   in virtual time the check runs with each request, in the holder's simulated time
   (:meth:`Liveness.check_spin`), as the wall-time watchdog does in wall time.
 """
@@ -154,8 +155,7 @@ class Liveness:
     def _spin_panic(self, lk: Any, us: float) -> None:
         srv = self.srv
         self.spin_reported = True
-        msg = (f"spin lock {lk.name} held too long: {us / 1e6:.1f} s by thread "
-               f"{lk.owner} (taken @ {lk.site})")
+        msg = spin_held_text(lk, us)
         srv.finding(Finding("spin", msg, [lk.site]))
         owner = srv.locks.threads.get(lk.owner)
         srv.panic_machine({"message": msg, "cpu": owner.cpu if owner else -1,
@@ -163,4 +163,16 @@ class Liveness:
                            "detector": "spin", "stack": []})
 
 
-__all__ = ["LIVENESS_CHECK_S", "Liveness"]
+def spin_held_text(lk: Any, us: float) -> str:
+    """What a spin lock held ``us`` microseconds too long says: its owner, and where it was
+    taken from free; by whom, if context switches have handed it on since (mi_switch
+    hands sched_lock to the next thread, which drops it: a chain of handoffs without a
+    release is one hold)."""
+    taken = f"taken @ {lk.site}"
+    if lk.handoffs:
+        taken += (f" by thread {lk.taker}, handed on at {lk.handoffs} context "
+                  f"switch{'es' if lk.handoffs > 1 else ''} since")
+    return f"spin lock {lk.name} held too long: {us / 1e6:.1f} s by thread {lk.owner} ({taken})"
+
+
+__all__ = ["LIVENESS_CHECK_S", "Liveness", "spin_held_text"]

@@ -104,6 +104,11 @@ class Lock:
     waiters: collections.deque[Waiter] = dataclasses.field(default_factory=collections.deque)
     since_us: float = 0.0
     site: str = ""
+    # who took it from free (at since_us, @ site): a spin lock is handed on at a context
+    # switch (mi_switch) and keeps when and where it was taken, so its owner may be
+    # another thread
+    taker: int = 0
+    handoffs: int = 0
     free_us: float = 0.0             # when it was last left free (for the acquirer's clock)
     last_cpu: int = -1               # who took it last, and how many times running
     streak: int = 0
@@ -198,8 +203,9 @@ class LockTable:
               waited_us: float) -> None:
         now = self.clock()
         if mode == EXCL:
-            lk.owner = tid
+            lk.owner = lk.taker = tid
             lk.recurse = 0
+            lk.handoffs = 0
         else:
             if tid not in lk.shared:
                 lk.shared_since[tid] = (now, site)
@@ -430,6 +436,7 @@ class LockTable:
         else:
             raise LockError(f"handoff: {lk.name} not on thread {tid}'s held list")
         lk.owner = to_tid
+        lk.handoffs += 1
         to = self.thread(to_tid, cpu)
         to.held.append(entry)
         op = t.taken.pop((h, entry[1]), 0)             # when it was taken goes with it
