@@ -296,6 +296,24 @@ def test_a_spin_lock_held_too_long_names_its_holder_and_who_took_it(m: Machine) 
     assert spin_held_text(lk, us).endswith("by thread 5 (taken @ b.py:1)")
 
 
+def test_a_lock_left_free_later_than_asked_is_held_from_then(m: Machine) -> None:
+    """In virtual time an acquire may come from a CPU whose clock is behind the release
+    that left the lock free: the acquirer's clock moves to the release (the reply's time),
+    and the hold starts there. (Counted from the request, a spin lock taken by a CPU far
+    behind was "held too long" from its first request after the reply.)"""
+    now = [9e6]
+    m.locks.clock = lambda: now[0]
+    spin = m.lock("a spin", LC_SPIN)
+    m.take(1, spin, "a.py:1")
+    m.locks.release(1, 0, "a.py:2", spin, EXCL)       # left free at 9 s
+    now[0] = 2e6                                      # a CPU at 2 s asks for it
+    assert m.locks.acquire(2, 1, "b.py:1", spin, EXCL, 0) == GRANTED
+    assert m.locks.free_at(spin) == 9e9               # (the reply's time, ns)
+    assert m.locks.spin_held_too_long(1e6, cpu=1, now_us=9.5e6) is None
+    lk, us = m.locks.spin_held_too_long(1e6, cpu=1, now_us=10.5e6)
+    assert us == 1.5e6
+
+
 def test_a_deadlock_names_each_holder() -> None:
     m = Machine()
     m.locks.thread_name = {1: "debugger", 2: "syscaller"}.get      # the server's names

@@ -201,7 +201,10 @@ class LockTable:
 
     def _take(self, lk: Lock, tid: int, t: ThreadLocks, mode: int, site: str,
               waited_us: float) -> None:
-        now = self.clock()
+        # a lock left free later in simulated time than it is asked for (its releaser's
+        # clock was ahead) is taken then: the acquirer's clock moves there with the reply
+        # (ops.acquire's reply_t), and the hold starts there, not at the request
+        now = max(self.clock(), lk.free_us)
         if mode == EXCL:
             lk.owner = lk.taker = tid
             lk.recurse = 0
