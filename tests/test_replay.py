@@ -266,6 +266,39 @@ def test_a_truncated_or_damaged_record_diverges_at_an_operation(recorded: pathli
             or "not a recorded run" in proc.stderr), proc.stdout + proc.stderr
 
 
+def _retold(src: pathlib.Path, dst: pathlib.Path, cpu: int) -> int:
+    """A copy of the recorded run whose read log says that ``cpu`` read one machine
+    message more at its first read point that read any than it did; that point."""
+    import msgpack
+    from smp.hw import record
+    _copy(src, dst)
+    data = (dst / "schedule.smpr").read_bytes()
+    items = list(record._records(zlib.decompress(data[len(record.MAGIC):])))
+    first = next(it for it in items if it[0] == "r" and it[1] == cpu)
+    first[2][1] += 1                                  # [delta, count, ...]: the count
+    body = b"".join(msgpack.packb(it, use_bin_type=True) for it in items)
+    (dst / "schedule.smpr").write_bytes(record.MAGIC + zlib.compress(body))
+    return int(first[2][0])
+
+
+@pytest.mark.timeout(300)
+def test_a_cpu_that_waits_for_an_event_never_sent_diverges_naming_what_it_was_sent(
+        recorded: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    """A record whose read log wants one event more at a read point of cpu 1 than the
+    server will ever have sent it by then: once cpu 1's request is the next, the replay
+    diverges there (exit 1), naming the read point, the count and what cpu 1 was sent."""
+    point = _retold(recorded, tmp_path / "retold", cpu=1)
+    proc = _replay(tmp_path / "retold")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    m = re.search(r"replay diverged at operation (\d+): the record has cpu 1's \w+ @ \S+ "
+                  r"\(thread \d+\) next, but cpu 1 waits at its read point (\d+) for 1 more "
+                  r"event\(s\) that would come only later; it has had every one of the "
+                  r"(\d+) machine events sent to it, the last ([A-Z]+ at operation \d+"
+                  r"(, [A-Z]+ at operation \d+)*)", proc.stdout)
+    assert m is not None, proc.stdout
+    assert int(m.group(2)) == point and int(m.group(3)) >= 1, proc.stdout
+
+
 @pytest.mark.timeout(300)
 def test_trace_writes_a_timeline_perfetto_opens(recorded: pathlib.Path) -> None:
     # (with a watch: its accesses are marks on their CPUs' thread tracks)

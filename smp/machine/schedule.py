@@ -130,9 +130,10 @@ class Replay:
                               f"{self.describe(self.i)}")
         return None
 
-    def stalled(self) -> Divergence | None:
+    def stalled(self, sent: Callable[[int], str] = lambda cpu: "") -> Divergence | None:
         """A divergence if the CPU whose request comes next waits for events (STUCK) and
-        cannot send it: only later requests could bring what it waits for."""
+        cannot send it: only later requests could bring what it waits for. ``sent(cpu)``
+        says what the server sent that CPU."""
         exp = self.expected()
         if exp is None:
             return None
@@ -142,7 +143,8 @@ class Replay:
             return Divergence(self.i + 1, cpu, f"replay diverged at operation {self.i + 1}: "
                               f"the record has {self.describe(self.i)} next, but cpu {cpu} "
                               f"waits at its read point {point} for {want - got} more "
-                              f"event(s) that would come only later" + self._damage())
+                              f"event(s) that would come only later" + sent(cpu)
+                              + self._damage())
         return None
 
     def reads_end(self, cpu: int, point: int) -> Divergence:

@@ -51,6 +51,14 @@ from smp.machine.trace import Tracer
 from smp.machine.watch import Watch
 
 RECENT_OPS = 32          # each CPU's last operations kept for a dump (report.json "recent")
+SENT_LAST = 3            # each CPU's last machine events named when a replay stalls
+
+
+def _eventname(event: int) -> str:
+    try:
+        return Event(event).name
+    except ValueError:
+        return f"event {event}"
 
 
 @dataclasses.dataclass
@@ -180,6 +188,9 @@ class Sequencer:
         self.end_told: int | None = None     # the end the launcher was told of
         self.grace_left = 0                  # the end-of-run check's grace not yet given
         self.sent = [0] * srv.ncpus          # machine events sent to each CPU
+        # ... the last few: (event, the operation that sent it), for a replay that stalls
+        self.sent_last: dict[int, collections.deque[tuple[int, int]]] = \
+            collections.defaultdict(lambda: collections.deque(maxlen=SENT_LAST))
         self.ops = 0                         # the machine's operations handled so far
         # each CPU's last requests: what a dump shows as "touched last"
         self.recent: dict[int, collections.deque[list[Any]]] = \
@@ -260,10 +271,11 @@ class Sequencer:
             srv.event_launcher(Event.END, tk.ended_at)
             return
 
-    def event_sent(self, cpu: int, t: int) -> None:
+    def event_sent(self, cpu: int, t: int, event: int) -> None:
         """A machine event went to ``cpu``, made at simulated time ``t``: a waiting CPU
         runs again at that time; in a replay, what it waited for may be this."""
         self.sent[cpu] += 1
+        self.sent_last[cpu].append((event, self.ops))
         if self.tk.enabled:
             self.horizon_to(self.tk.wake(cpu, t))
         if self.replay is not None:
@@ -365,7 +377,7 @@ class Sequencer:
                 break
             q = rp.queues.get(exp[0])
             if not q:
-                div = rp.stalled()
+                div = rp.stalled(self.sent_note)
                 if div is not None:
                     self._diverge(div)
                 break
@@ -382,6 +394,14 @@ class Sequencer:
                 self.stop(None)
                 break
         self.check_done()
+
+    def sent_note(self, cpu: int) -> str:
+        """What the server sent ``cpu``, for a replay that stalls: a CPU that waits for an
+        event more than it was sent at a read point has had all it was sent."""
+        last = ", ".join(f"{_eventname(e)} at operation {op}"
+                         for e, op in self.sent_last.get(cpu, ()))
+        return (f"; it has had every one of the {self.sent[cpu]} machine events sent to it"
+                + (f", the last {last}" if last else ""))
 
     def _diverge(self, div: Divergence | None) -> None:
         if div is not None and self.replaying:

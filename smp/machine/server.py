@@ -221,7 +221,7 @@ class Server:
         peer = self.cpus.get(cpu)
         if peer is not None and not peer.gone:
             self.send(peer.ident, [Op.EVENT, event, *args, self.cur_t])
-            self.seq.event_sent(cpu, self.cur_t)
+            self.seq.event_sent(cpu, self.cur_t, event)
 
     def event_cpu_control(self, cpu: int, event: Event, *args: Any) -> None:
         """A control event to a CPU (the horizon, a replay's stop): of no time."""
