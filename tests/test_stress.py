@@ -28,7 +28,7 @@ STRESS = str(ROOT / "configs" / "stress.toml")
 def _stress(tmp_path: pathlib.Path, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "smp.cli", "stress", *args, "--out", str(tmp_path / "runs")]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True, cwd=tmp_path)
+                         start_new_session=True, cwd=tmp_path, env=cli_env())
     try:
         out, err = p.communicate(timeout=timeout)
     finally:
