@@ -21,15 +21,8 @@ import dataclasses
 from typing import Any, Callable
 
 from smp.hw import record
-from smp.hw.protocol import Op
 from smp.machine.files import write_error
-
-
-def _opname(op: int) -> str:
-    try:
-        return Op(op).name
-    except ValueError:
-        return f"op {op}"
+from smp.machine.peers import opname
 
 
 @dataclasses.dataclass
@@ -113,12 +106,12 @@ class Replay:
 
     def describe(self, i: int) -> str:
         cpu, op, site, tid = self.rec.entry(i)
-        return f"cpu {cpu}'s {_opname(op)} @ {site or '?'} (thread {tid})"
+        return f"cpu {cpu}'s {opname(op)} @ {site or '?'} (thread {tid})"
 
     def check(self, cpu: int, msg: list[Any]) -> Divergence | None:
         """Compare the request about to be handled with the record's next one."""
         exp = self.expected()
-        got = f"{_opname(msg[0])} @ {msg[3] or '?'} (thread {msg[2]})"
+        got = f"{opname(msg[0])} @ {msg[3] or '?'} (thread {msg[2]})"
         if exp is None:
             return Divergence(self.i + 1, cpu, f"replay diverged at operation {self.i + 1}: "
                               f"the record ends after {self.total} operations, but cpu "
@@ -130,7 +123,7 @@ class Replay:
                               f"{self.describe(self.i)}")
         return None
 
-    def stalled(self, sent: Callable[[int], str] = lambda cpu: "") -> Divergence | None:
+    def stalled(self, sent: Callable[[int], str]) -> Divergence | None:
         """A divergence if the CPU whose request comes next waits for events (STUCK) and
         cannot send it: only later requests could bring what it waits for. ``sent(cpu)``
         says what the server sent that CPU."""

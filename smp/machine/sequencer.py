@@ -54,13 +54,6 @@ RECENT_OPS = 32          # each CPU's last operations kept for a dump (report.js
 SENT_LAST = 3            # each CPU's last machine events named when a replay stalls
 
 
-def _eventname(event: int) -> str:
-    try:
-        return Event(event).name
-    except ValueError:
-        return f"event {event}"
-
-
 @dataclasses.dataclass
 class TimeSpec:
     """How the machine's time runs (``hw/clock.py``), and what of the run is recorded,
@@ -189,7 +182,7 @@ class Sequencer:
         self.grace_left = 0                  # the end-of-run check's grace not yet given
         self.sent = [0] * srv.ncpus          # machine events sent to each CPU
         # ... the last few: (event, the operation that sent it), for a replay that stalls
-        self.sent_last: dict[int, collections.deque[tuple[int, int]]] = \
+        self.sent_last: dict[int, collections.deque[tuple[Event, int]]] = \
             collections.defaultdict(lambda: collections.deque(maxlen=SENT_LAST))
         self.ops = 0                         # the machine's operations handled so far
         # each CPU's last requests: what a dump shows as "touched last"
@@ -271,7 +264,7 @@ class Sequencer:
             srv.event_launcher(Event.END, tk.ended_at)
             return
 
-    def event_sent(self, cpu: int, t: int, event: int) -> None:
+    def event_sent(self, cpu: int, t: int, event: Event) -> None:
         """A machine event went to ``cpu``, made at simulated time ``t``: a waiting CPU
         runs again at that time; in a replay, what it waited for may be this."""
         self.sent[cpu] += 1
@@ -398,7 +391,7 @@ class Sequencer:
     def sent_note(self, cpu: int) -> str:
         """What the server sent ``cpu``, for a replay that stalls: a CPU that waits for an
         event more than it was sent at a read point has had all it was sent."""
-        last = ", ".join(f"{_eventname(e)} at operation {op}"
+        last = ", ".join(f"{e.name} at operation {op}"
                          for e, op in self.sent_last.get(cpu, ()))
         return (f"; it has had every one of the {self.sent[cpu]} machine events sent to it"
                 + (f", the last {last}" if last else ""))
