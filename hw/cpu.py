@@ -155,6 +155,7 @@ class Cpu:
         self.costs = costs or Costs()
         bus.now_ns = clock.now_ns
         self.counters = Counters()
+        self.waited_ns = 0          # how far the last call's reply moved the clock (virtual)
         self.main = greenlet.getcurrent()
         self.cur: Context | None = None
         self.mode = "sys"
@@ -202,8 +203,10 @@ class Cpu:
         if self.virtual:
             clock = self.clock
             clock.t += self.costs.page_ns if op in PAGE_OPS else self.costs.call_ns
-            if self.bus.reply_t > clock.t:
-                clock.t = self.bus.reply_t
+            # a reply that happened later than this CPU's time (a lock left free by a
+            # CPU ahead of it): the CPU waited for it
+            self.waited_ns = max(self.bus.reply_t - clock.t, 0)
+            clock.t += self.waited_ns
         self._absorb()
         return True, value
 

@@ -296,10 +296,10 @@ def test_a_spin_lock_held_too_long_names_its_holder_and_who_took_it(m: Machine) 
     assert spin_held_text(lk, us).endswith("by thread 5 (taken @ b.py:1)")
 
 
-def test_a_lock_left_free_later_than_asked_is_held_from_then(m: Machine) -> None:
+def test_a_lock_left_free_later_than_asked_is_waited_for_and_held_from_then(m: Machine) -> None:
     """In virtual time an acquire may come from a CPU whose clock is behind the release
     that left the lock free: the acquirer's clock moves to the release (the reply's time),
-    and the hold starts there. (Counted from the request, a spin lock taken by a CPU far
+    the lock profile counts the move as a wait, and the hold starts there. (Counted from the request, a spin lock taken by a CPU far
     behind was "held too long" from its first request after the reply.)"""
     now = [9e6]
     m.locks.clock = lambda: now[0]
@@ -312,6 +312,18 @@ def test_a_lock_left_free_later_than_asked_is_held_from_then(m: Machine) -> None
     assert m.locks.spin_held_too_long(1e6, cpu=1, now_us=9.5e6) is None
     lk, us = m.locks.spin_held_too_long(1e6, cpu=1, now_us=10.5e6)
     assert us == 1.5e6
+    # ... and the 7 s its clock moved to get the lock are a wait, as a spin on a lock
+    # still held would be (LOCK_PROFILING: contested, wait_total)
+    row, = [r for r in m.locks.profile.lock_report() if r["name"] == "a spin"]
+    assert (row["acquires"], row["contested"], row["wait_us_total"]) == (2, 1, 7e6)
+    site, = [r for r in m.locks.profile.profile_report() if r["site"] == "b.py:1"]
+    assert (site["cnt_lock"], site["wait_max"]) == (1, 7e6)
+    now[0] = 10.5e6
+    m.locks.release(2, 1, "b.py:2", spin, EXCL)       # cpu 1 leaves it free at 10.5 s
+    now[0] = 11e6                                     # asked for after that: no wait
+    assert m.locks.acquire(3, 0, "c.py:1", spin, EXCL, 0) == GRANTED
+    row, = [r for r in m.locks.profile.lock_report() if r["name"] == "a spin"]
+    assert (row["acquires"], row["contested"]) == (3, 1)
 
 
 def test_a_deadlock_names_each_holder() -> None:

@@ -411,6 +411,47 @@ def test_trylocks_fail_while_held_elsewhere_and_succeed_when_free(run: Any) -> N
         assert k.get(name) == 1, (name, k)
 
 
+def test_a_mutex_left_free_later_in_simulated_time_is_waited_for(run: Any) -> None:
+    """Virtual time: cpu 1 holds the mutex for 300 simulated ms and lets it go; cpu 0,
+    which spun meanwhile and so is far behind in simulated time, then takes it at once in
+    the server's order, but its clock moves to the release: a wait, counted as contested
+    by the lock profile and by the CPU, and as long as the clock's move. (A quantum of a
+    second lets cpu 1 run that far ahead; cpu 0's clock, some 40 us a look, stays behind
+    unless it looks some 7,000 times while cpu 1 makes its three requests.)"""
+    hold_us = 300_000
+
+    def holder(t: Any) -> None:
+        spin_until(lambda: t.t_state == 1, "the taker")
+        mtx_lock(t.t_mtx)
+        md.cpu_work(hold_us)
+        mtx_unlock(t.t_mtx)
+        t.t_state = 2
+        thread_done(t)
+
+    def taker(t: Any) -> None:
+        t.t_state = 1
+        spin_until(lambda: t.t_state == 2, "the holder to let go", step_us=1)
+        before, counters = md.sim_now(), md.pcpu.hw.counters
+        contested = counters.lock_contested
+        mtx_lock(t.t_mtx)
+        result("t_clock_moved_us", round((md.sim_now() - before) * 1e6))
+        result("t_cpu_contested", counters.lock_contested - contested)
+        mtx_unlock(t.t_mtx)
+        wait_until(lambda: t.t_done >= 1, "the holder to finish")
+        finish()
+
+    def per_cpu(t: Any, cpuid: int) -> None:
+        kthread(lambda: (taker if cpuid == 0 else holder)(t), f"skew{cpuid}")
+    res = run(cfg(2, "machine.quantum=1s"), machine("skew", per_cpu))
+    k = expect_shutdown(res)
+    moved = k["t_clock_moved_us"]
+    assert moved > hold_us / 2, k          # it was behind by most of the hold
+    assert k["t_cpu_contested"] == 1, k
+    mtx = {lk["name"]: lk for lk in res.report["locks"]}["test mtx"]
+    assert (mtx["acquires"], mtx["contested"]) == (2, 1), mtx
+    assert moved - 100 < mtx["wait_us_total"] <= moved, (moved, mtx)
+
+
 # -- msleep / wakeup --------------------------------------------------------------------------
 PINGPONG = 60
 

@@ -46,11 +46,12 @@ def lock_destroy(addr: int) -> None:
 
 def lock_acquire(addr: int, mode: int, flags: int = 0, where: str | None = None) -> int:
     """Ask for the lock: GRANTED, or QUEUED (the grant comes as an interrupt). Counted on
-    this CPU (acquisitions, and contested ones)."""
+    this CPU (acquisitions, and contested ones: queued, or granted when the release that
+    left it free came, later in simulated time than this CPU asked)."""
     hw = pcpu_hw()
     hw.counters.lock_acquires += 1
     r: int = hw.call(Op.ACQUIRE, where or site(), addr, mode, flags)
-    if r == QUEUED:
+    if r == QUEUED or hw.waited_ns:
         hw.counters.lock_contested += 1
     return r
 

@@ -293,8 +293,12 @@ class LockTable:
             if self.witness is not None:
                 self.witness.checkorder(lk, site, self._held(t), trylock,
                                         bool(flags & AF_PICKUP))
+            # a lock left free later in simulated time than asked for was still held when
+            # asked for: the acquirer's clock moves to the release, a wait like any other
+            now = self.clock()
+            waited = max(now, lk.free_us) - (now if since is None else since)
             self._take(lk, tid, t, mode, site,
-                       max(self.clock() - since, 0.001) if since is not None else 0.0)
+                       max(waited, 0.001) if since is not None else waited)
             return self._maybe_line(lk, cpu, trylock, line)
         if trylock:
             return BUSY
