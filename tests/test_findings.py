@@ -111,7 +111,8 @@ def test_a_detectors_panic_is_one_failure_even_with_its_c_lines_named() -> None:
                   {"detector": "witness", "summary": "lock order reversal: a -> b"}],
               "policy": {"sources": sources}}
     fails = classify(report, [])
-    assert [(f.detector, f.op) for f in fails] == [("deadlock", 77), ("witness", None)]
+    assert [(f.detector, f.op, f.panic) for f in fails] == [("deadlock", 77, True),
+                                                            ("witness", None, False)]
     assert [f.detector for f in detector_findings(report)] == ["witness"]
 
 

@@ -40,6 +40,7 @@ class Failure:
     sites: tuple[str, ...]
     known: str | None = None          # the id of the known finding it matches
     op: int | None = None             # the machine's operation it was found at (--until)
+    panic: bool = False               # the run's panic (a detector's, or the kernel's)
 
 
 def _where(text: str) -> tuple[str, str, str]:
@@ -176,7 +177,7 @@ def classify(report: dict[str, Any], known: list[KnownFinding] | None = None) ->
         sites = tuple(s for s in [panic.get("site")] if s)
         op = panic.get("op")
         out.append(Failure(detector, msg, sites, _match(known, detector, msg, sites),
-                           op if isinstance(op, int) and op > 0 else None))
+                           op if isinstance(op, int) and op > 0 else None, panic=True))
         said = {(detector, msg),
                 (detector, annotate(msg, (report.get("policy") or {}).get("sources")))}
     for line in grouped(report.get("invariants") or []):

@@ -173,10 +173,8 @@ def detector_findings(report: dict[str, Any]) -> list[Failure]:
     known findings marked."""
     if not report.get("findings"):
         return []
-    p = report.get("panic") or {}
-    said = (p.get("detector"), str(p.get("message", "")))     # the panic, said already
-    return [f for f in classify(report) if f.detector not in ("panic", "invariant", "machine")
-            and (f.detector, f.summary) != said]
+    return [f for f in classify(report)
+            if not f.panic and f.detector not in ("invariant", "machine")]
 
 
 def trouble_lines(report: dict[str, Any]) -> list[str]:
