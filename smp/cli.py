@@ -492,7 +492,24 @@ def _run(args: argparse.Namespace, cfg: Config) -> int:
     else:
         print(summary_table(result.report))
         print(f"run directory: {result.run_dir}")
+        for line in _replay_lines(result.run_dir, result.report):
+            print(line)
     return result.exit_status
+
+
+def _replay_lines(run_dir: str, report: dict[str, Any]) -> list[str]:
+    """After a run that panicked or found something new, and was recorded: the replay
+    that goes over it again, and the watch of the objects its failures name."""
+    from smp.hunt.stress import watch_command
+    from smp.observe.findings import classify
+    if not os.path.exists(os.path.join(run_dir, "schedule.smpr")):
+        return []
+    fails = [f for f in classify(report) if f.panic or f.known is None]
+    if not fails:
+        return []
+    replay = f"smp replay {run_dir}"
+    watch = watch_command(replay, [f.summary for f in fails])
+    return [f"replay: {replay}"] + ([f"watch:  {watch}"] if watch else [])
 
 
 def _completion_code(args: argparse.Namespace) -> int:
@@ -991,6 +1008,8 @@ def _print_report(args: argparse.Namespace, report: dict[str, object]) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     else:
         print(summary_table(report))
+        for line in _replay_lines(args.run_dir, report):
+            print(line)
     return 0
 
 

@@ -175,6 +175,28 @@ def test_a_run_with_several_failures_names_its_folder_and_commands_once() -> Non
                      "1 run, 0 without a new failure"]
 
 
+def test_a_failure_that_names_objects_offers_to_watch_them(tmp_path: pathlib.Path) -> None:
+    """The objects a recorded run's failures name (a panic's ``vm_page#812``, a field's
+    ``&proc#12.p_lock``) come with the replay that prints their whole history, each
+    once; a run without a record offers no replay and no watch."""
+    from smp.hunt.stress import RunOutcome
+    from smp.observe.findings import Failure
+    rdir = tmp_path / "run0000-s7"
+    rdir.mkdir()
+    (rdir / "schedule.smpr").write_bytes(b"")
+    failures = [Failure("panic", "vm_object_terminate: freeing wired page vm_page#812 "
+                        "(object vm_object#640 pindex 3)", ()),
+                Failure("hangs", "a hold of &proc#12.p_lock never dropped; vm_page#812", ())]
+    lines, _ = describe([RunOutcome(0, 7, str(rdir), 1, 1.0, failures)], strict=False)
+    assert lines[-3:-1] == [
+        f"     replay:  smp replay {rdir}",
+        f"     watch:   smp replay {rdir} --watch vm_page#812 --watch vm_object#640 "
+        f"--watch proc#12.p_lock"], lines
+    (rdir / "schedule.smpr").unlink()
+    lines, _ = describe([RunOutcome(0, 7, str(rdir), 1, 1.0, failures)], strict=False)
+    assert not [line for line in lines if "replay" in line], lines
+
+
 def test_a_runs_failures_come_in_the_order_the_machine_found_them() -> None:
     """The deadlock was printed before the lock order reversal that led to it; the
     machine's operation orders them (what has none comes last)."""

@@ -84,6 +84,9 @@ def test_a_fail_point_panic_replays_at_the_same_operation(tmp_path: pathlib.Path
              .splitlines() if " Giant " in line]
     assert giant and re.search(r"locked @ kern/kern_synch\.py:\d+ \(msleep, called from "
                                r"vm/vm_pageout\.py:\d+\) \(operation \d+\)$", giant[0]), giant
+    # its summary ends with the command that replays it
+    shown = cli(tmp_path, "report", str(rdir), timeout=60)
+    assert shown.stdout.endswith(f"\nreplay: smp replay {rdir}\n"), shown.stdout
     proc = _replay(rdir)
     assert "replay identical" in proc.stdout, proc.stdout + proc.stderr
     assert proc.returncode == 1                      # the recorded run's own verdict

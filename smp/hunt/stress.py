@@ -33,6 +33,7 @@ import time
 from typing import Any, Callable, Protocol, Sequence
 
 from smp.machine.files import write_error
+from smp.machine.watch import named
 from smp.observe.findings import Failure, KnownFinding, classify, load_known
 from smp.hw.seeds import derive_int
 
@@ -264,6 +265,7 @@ class Progress:
 
 
 PROGRESS_S = 1.0        # how often ``progress`` is called while runs go on
+WATCH_SHOWN = 4         # a failure's objects offered to ``smp replay --watch``, at most
 
 
 def prepare_out_dir(path: str) -> None:
@@ -557,7 +559,17 @@ def _fail_block(seed: int, failures: list[tuple[str, str | None, str]], run_dir:
     lines += [f"     run dir: {run_dir}", f"     rerun:   {rerun}"]
     if replay:
         lines.append(f"     replay:  {replay}")
+        watch = watch_command(replay, [summary for _, _, summary in failures])
+        if watch:
+            lines.append(f"     watch:   {watch}")
     return lines
+
+
+def watch_command(replay: str, texts: Sequence[str]) -> str | None:
+    """``smp replay DIR --watch ...`` of the objects and fields ``texts`` name (the first
+    WATCH_SHOWN): their history, access by access. None if they name none."""
+    objs = list(dict.fromkeys(w for text in texts for w in named(text)))[:WATCH_SHOWN]
+    return f"{replay} " + " ".join(f"--watch {w}" for w in objs) if objs else None
 
 
 def describe(outcomes: list[RunOutcome], strict: bool,
@@ -598,4 +610,4 @@ def describe(outcomes: list[RunOutcome], strict: bool,
 __all__ = ["CAMPAIGN_FILE", "Campaign", "CampaignError", "CampaignLog", "LocalRunner",
            "Progress", "RunOutcome", "Runner", "campaign_lines", "child_env", "derive_seed",
            "describe", "failure_lines", "read_campaign", "read_outcome", "replay_command",
-           "rerun_command", "run_campaign"]
+           "rerun_command", "run_campaign", "watch_command"]

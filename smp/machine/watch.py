@@ -100,6 +100,17 @@ def parse(what: str) -> Spec:
     return Spec(w.lstrip("&"), m.group(1), int(m.group(2)), m.group(3))
 
 
+def named(text: str) -> list[str]:
+    """The objects and fields a report's text names as reports name them (``vm_page#812``,
+    ``&proc#12.p_lock``), each once, in order, as ``--watch`` takes them."""
+    out: list[str] = []
+    for m in _OBJ.finditer(text):
+        w = m.group(0).lstrip("&")
+        if w not in out:
+            out.append(w)
+    return out
+
+
 class Watch:
     """The watched accesses of one replay, written to ``path`` as they happen."""
 
@@ -447,4 +458,4 @@ def watch_lines(path: str, head: int = 40, tail: int = 10) -> tuple[list[str], i
     return body + verdicts, sum(1 for ln in lines if ln.startswith("op "))
 
 
-__all__ = ["USAGE", "WATCH_FILE", "Spec", "Watch", "parse", "watch_lines"]
+__all__ = ["USAGE", "WATCH_FILE", "Spec", "Watch", "named", "parse", "watch_lines"]
