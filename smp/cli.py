@@ -728,6 +728,9 @@ def _replay(args: argparse.Namespace) -> int:
     else:
         print(f"replay identical: {sched.get('operations')} operations, the same kernel "
               f"counters, lock counts, findings and panic as the recorded run")
+        if sched.get("recorded_stop"):
+            print(f"(the recorded run was {sched['recorded_stop']}: the replay ends where "
+                  f"it stopped)")
     print(f"run directory: {out}")
     return status
 

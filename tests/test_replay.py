@@ -350,6 +350,26 @@ def test_an_interrupted_replay_is_cut_short_not_a_divergence(tmp_path: pathlib.P
     assert "DIFFERS" not in out and "DIVERGED" not in out, out
 
 
+@pytest.mark.timeout(240)
+def test_a_run_stopped_by_a_signal_replays_to_where_it_stopped(tmp_path: pathlib.Path) -> None:
+    """A run stopped by SIGTERM (exit 143) is recorded up to its stop; its replay is
+    identical, says the recorded run was stopped there, and exits 0: the stop was not a
+    failure of the machine's (it exited 1, "ok" and "identical" above it)."""
+    rdir = tmp_path / "stopped"
+    with session(cli_cmd("run", *SMALL, "--set", "run.duration=30", "--run-dir", str(rdir),
+                         "--quiet"), tmp_path) as proc:
+        wait_for(lambda: (rdir / "live.json").exists(), 60, "the run to start")
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.communicate(timeout=60)
+    assert proc.returncode == 143
+    assert json.loads((rdir / "report.json").read_text())["reason"] == "stopped by SIGTERM"
+    again = _replay(rdir)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "replay identical: " in again.stdout, again.stdout
+    assert ("(the recorded run was stopped by SIGTERM: the replay ends where it stopped)"
+            in again.stdout), again.stdout
+
+
 @pytest.mark.timeout(60)
 def test_a_record_keeps_the_kernel_it_ran_and_a_replay_says_what_changed(
         recorded: pathlib.Path) -> None:

@@ -180,8 +180,15 @@ def replay(run_dir: str, out_dir: str | None, until: int = 0,
             rep["replay_differences"] = diffs
             if diffs:
                 return 1, rep, out
-            # the replay reproduced the recorded run: its verdict is the recorded one
+            # the replay reproduced the recorded run: its verdict is the recorded one. A run
+            # stopped by a signal (exit 130/143) replays to where it stopped: the stop was
+            # not the machine's, so only what went wrong before it fails the replay
             status = 0 if orig.get("ok") else 1
+            if orig.get("interrupted"):
+                rep.setdefault("schedule", {}).setdefault("replay", {})["recorded_stop"] = \
+                    orig.get("reason")
+                failed = orig.get("panic") or orig.get("invariants") or orig.get("problems")
+                status = 1 if failed else 0
     return status, rep, out
 
 
