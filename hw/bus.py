@@ -74,6 +74,7 @@ from smp.hw.protocol import (AF_LINE, CONTROL_EVENTS, ERR, EXCL, GRANTED, GRANTE
 # Posted requests queue up to this many before they are sent without waiting for a call.
 POST_BATCH = min(64, MAX_BATCH - 1)
 STUCK_S = 1.0          # a replay read waiting this long tells the server (it may diverge)
+READ_LOG_S = 1.0       # a recording CPU sends its read log at least this often (wall s)
 # Before a bus takes the silent server for dead it looks once more, this long, for what
 # may still be on its way (its own process stopped or starved, ZeroMQ's I/O thread with it).
 LATE_GRACE_S = 2 * HEARTBEAT_S
@@ -166,6 +167,7 @@ class Bus:
         self.point = 0
         self.read_log: list[int] | None = None
         self._logged_point = 0
+        self._ship_at = 0.0                    # when the read log next goes out at the latest
         self.replay: dict[int, int] | None = None
         self.replay_limit: int | None = None   # the record's reads end here (cut short)
         self.on_read_log: Callable[[list[int]], None] = lambda log: None
@@ -369,12 +371,16 @@ class Bus:
             t0 = time.perf_counter()
             self._wait(stop)
             self.point_wait_s += time.perf_counter() - t0
-        if self.new and self.read_log is not None:
-            self.read_log += (self.point - self._logged_point, self.new)
-            self._logged_point = self.point
-            if len(self.read_log) >= 4096:      # to the recorder as it grows
+        if self.read_log is not None:
+            if self.new:
+                self.read_log += (self.point - self._logged_point, self.new)
+                self._logged_point = self.point
+            # to the recorder as it grows, and every READ_LOG_S at least: a run that dies
+            # leaves a record whose reads are known up to about then
+            if len(self.read_log) >= 4096 or time.monotonic() >= self._ship_at:
                 self.on_read_log(self.read_log)
                 self.read_log = []
+                self._ship_at = time.monotonic() + READ_LOG_S
         return self.new
 
     def _replay_read(self, want: int) -> None:

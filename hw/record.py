@@ -31,7 +31,8 @@ end-of-run check, halting the machine, with its reason). The op, site and thread
 so that a replay can say exactly where it diverged.
 
 **The file** (``RUN_DIR/schedule.smpr``): a magic line, then one zlib stream of msgpack
-records, flushed as it grows so that a run that dies leaves a readable prefix:
+records, flushed as it grows and at least once a second (and each CPU sends its read log
+as often), so that a run that dies leaves a readable prefix of all but its last second:
 
 * ``["h", header]``: version, protocol, smp version, the config's hash and the config;
 * ``["s", {id: site}]``: new source sites, before their first use;

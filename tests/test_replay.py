@@ -277,7 +277,7 @@ def _retold(src: pathlib.Path, dst: pathlib.Path, cpu: int) -> int:
     _copy(src, dst)
     data = (dst / "schedule.smpr").read_bytes()
     items = list(record._records(zlib.decompress(data[len(record.MAGIC):])))
-    first = next(it for it in items if it[0] == "r" and it[1] == cpu)
+    first = next(it for it in items if it[0] == "r" and it[1] == cpu and it[2])
     first[2][1] += 1                                  # [delta, count, ...]: the count
     body = b"".join(msgpack.packb(it, use_bin_type=True) for it in items)
     (dst / "schedule.smpr").write_bytes(record.MAGIC + zlib.compress(body))
@@ -368,6 +368,46 @@ def test_a_run_stopped_by_a_signal_replays_to_where_it_stopped(tmp_path: pathlib
     assert "replay identical: " in again.stdout, again.stdout
     assert ("(the recorded run was stopped by SIGTERM: the replay ends where it stopped)"
             in again.stdout), again.stdout
+
+
+@pytest.mark.timeout(240)
+def test_a_run_that_dies_leaves_a_record_that_replays_to_near_its_end(
+        tmp_path: pathlib.Path) -> None:
+    """A run killed outright (every process of it, as the host's OOM killer or a power cut
+    would) leaves its record cut short. Every CPU sends its read log at least once a
+    second and the server flushes the record as often, so the file knows every CPU's
+    reads long before its first 64 KiB (until then it held everything back, and the
+    record of a run killed in its first seconds replayed nothing: "the record ends for
+    cpu 1, whose reads it has only up to read point 0", at operation 1). The replay stops
+    where the first CPU's known reads end and says how to look at the machine there."""
+    from smp.hw import record
+
+    def known(path: pathlib.Path) -> bool:
+        if not path.exists() or path.stat().st_size >= record.FLUSH_BYTES:
+            return path.exists()
+        try:
+            rec = record.read(str(path))
+        except record.LogError:                 # not even its header yet
+            return False
+        return all(rec.covered.get(cpu, 0) > 0 for cpu in (0, 1))
+
+    rdir = tmp_path / "killed"
+    path = rdir / "schedule.smpr"
+    with session(cli_cmd("run", *SMALL, "--set", "run.duration=60", "--run-dir", str(rdir),
+                         "--quiet"), tmp_path) as proc:
+        wait_for(lambda: known(path), 120, "every CPU's reads in the record")
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=60)
+    assert path.stat().st_size < record.FLUSH_BYTES, "the reads came only with a full buffer"
+    rec = record.read(str(path))
+    assert rec.damage and rec.requests > 0
+    again = _replay(rdir)
+    assert again.returncode == 1, again.stdout + again.stderr
+    m = re.search(r"replay diverged at operation (\d+): the record ends for cpu \d, whose "
+                  r"reads it has only up to read point \d+; the record is cut short "
+                  r"\(truncated\); --until (\d+) stops the machine before it and dumps it",
+                  again.stdout)
+    assert m and int(m[1]) > 1 and int(m[2]) == int(m[1]) - 1, again.stdout
 
 
 @pytest.mark.timeout(60)

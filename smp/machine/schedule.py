@@ -142,9 +142,11 @@ class Replay:
 
     def reads_end(self, cpu: int, point: int) -> Divergence:
         """``cpu`` reached a read point past the last one a record cut short knows."""
+        until = (f"; --until {self.i} stops the machine before it and dumps it"
+                 if self.i else "")
         return Divergence(self.i + 1, cpu, f"replay diverged at operation {self.i + 1}: the "
                           f"record ends for cpu {cpu}, whose reads it has only up to read "
-                          f"point {point - 1}" + self._damage())
+                          f"point {point - 1}" + self._damage() + until)
 
     def _damage(self) -> str:
-        return f" ({self.rec.damage})" if self.rec.damage else ""
+        return f"; {self.rec.damage}" if self.rec.damage else ""

@@ -52,6 +52,8 @@ from smp.machine.watch import Watch
 
 RECENT_OPS = 32          # each CPU's last operations kept for a dump (report.json "recent")
 SENT_LAST = 3            # each CPU's last machine events named when a replay stalls
+RECORD_FLUSH_S = 1.0     # the record goes to its file at least this often (wall s): a run
+#                          that dies leaves a record of all but about its last second
 
 
 @dataclasses.dataclass
@@ -146,6 +148,7 @@ class Sequencer:
                              ts.virtual and ts.replay is None)
         self.rec: Recording | None = None
         self.record_error: str | None = None
+        self.flush_at = 0.0                 # when the record next goes to its file
         if ts.record_path and ts.replay is None:
             try:
                 self.rec = Recording(ts.record_path, ts.record_header, self._give_up)
@@ -448,6 +451,12 @@ class Sequencer:
             srv.event_launcher(Event.DONE, True, f"replayed {rp.i} operations")
 
     # -- what was written down -----------------------------------------------------------
+    def tick(self, now: float) -> None:
+        """The server's clock: the record is flushed every RECORD_FLUSH_S."""
+        if self.rec is not None and now >= self.flush_at:
+            self.flush_at = now + RECORD_FLUSH_S
+            self.rec.flush()
+
     def close(self, totals: dict[str, Any]) -> None:
         """The end of the run: the record's last totals, the timeline's last slices."""
         if self.rec is not None:

@@ -588,10 +588,11 @@ class Server:
 
     # -- the loop ----------------------------------------------------------------------
     def _tick(self, drained: bool = True) -> None:
-        """The loop's clock: heartbeats and watches (smp.machine.liveness), the server's
-        stats sample (smp.machine.publish)."""
+        """The loop's clock: heartbeats and watches (smp.machine.liveness), the record's
+        flush (smp.machine.sequencer), the server's stats sample (smp.machine.publish)."""
         now = time.monotonic()
         self.live.tick(now, drained)
+        self.seq.tick(now)
         if not self.virtual and self.hangs is not None and self.started_at is not None:
             self.hangs.tick()
         self.publisher.tick(now)
