@@ -245,7 +245,7 @@ def _parser() -> argparse.ArgumentParser:
             "network: configs out, run folders back."))),
         epilog="exit status: 0 no new failure; 1 a failure was found; 2 usage error, or "
         "a cluster that cannot be used; 130/143 stopped by SIGINT/SIGTERM (the "
-        "campaign's machines stopped first)\n\n"
+        "campaign's machines stopped first, then its closing lines printed)\n\n"
         "examples:\n"
         "  smp stress configs/stress.toml --runs 200 --jobs 2\n"
         "  smp stress configs/stress.toml --runs 2000 --cluster local:4\n"
@@ -622,7 +622,8 @@ def _campaign(args: argparse.Namespace, camp: Campaign, log: CampaignLog, out: s
               jobs: int) -> tuple[str, int, list[str]]:
     """The campaign itself, once its folder and record are made: how it ended (its
     record's last word), its exit status and closing lines."""
-    from smp.hunt.stress import CampaignError, Runner, Terminated, describe, run_campaign
+    from smp.hunt.stress import (CampaignError, Interrupted, Runner, Terminated, describe,
+                                 run_campaign)
     from smp.observe.progress import CampaignProgress
 
     def say(line: str) -> None:
@@ -644,9 +645,12 @@ def _campaign(args: argparse.Namespace, camp: Campaign, log: CampaignLog, out: s
     progress = CampaignProgress(sys.stderr.isatty())
     say(f"stress: {args.runs} runs of {args.config or 'the default config'}, {where}, "
         f"campaign seed {args.seed}; runs in {out}")
+    stopped: Interrupted | None = None
     try:
         outcomes = run_campaign(camp, say, progress, runner, log)
-    except KeyboardInterrupt as e:             # its machines are stopped by now
+    except Interrupted as e:                   # its machines are stopped by now
+        stopped, outcomes = e, e.outcomes
+    except KeyboardInterrupt as e:             # a second signal cut that short too
         return "interrupted", 143 if isinstance(e, Terminated) else 130, []
     except CampaignError as e:
         print(f"smp: stress: {e}", file=sys.stderr)
@@ -654,8 +658,12 @@ def _campaign(args: argparse.Namespace, camp: Campaign, log: CampaignLog, out: s
     finally:
         progress.close()
     lines, status = describe(outcomes, args.strict, cluster=args.cluster is not None)
+    if stopped is not None:                    # the tally so far, and that it was cut short
+        lines.append(stopped.line(args.runs))
     for line in lines:
         print(line)
+    if stopped is not None:
+        return "interrupted", stopped.status, lines
     return "done", status, lines
 
 

@@ -209,3 +209,26 @@ def test_a_runs_failures_come_in_the_order_the_machine_found_them() -> None:
     lines, _ = describe([out], strict=False)
     assert [line.split("]")[0] for line in lines[:3]] == [
         "FAIL seed 7 [witness", "FAIL seed 7 [deadlock", "FAIL seed 7 [invariant"]
+
+
+def test_an_interrupted_campaign_counts_its_runs(tmp_path: pathlib.Path) -> None:
+    """The closing line of a campaign cut short by a signal: the runs that ended, those
+    stopped, those a second signal left unwaited for, those never started; and its record,
+    when it has no closing lines (a signal before the first run), says so, not "so far"."""
+    import signal
+
+    from smp.hunt.stress import (CampaignLog, Interrupted, RunOutcome, campaign_lines,
+                                 read_campaign)
+    outcomes = [RunOutcome(0, 7, "runs/run0000-s7", 0, 1.0, []),
+                RunOutcome(2, 9, "runs/run0002-s9", 130, 1.0, [], stopped=True)]
+    e = Interrupted(signal.SIGTERM, outcomes, 1)
+    assert e.status == 143
+    assert e.line(6) == ("interrupted by SIGTERM: 1 of 6 runs ended, 1 stopped, 1 not "
+                         "waited for, 3 never started")
+    assert Interrupted(signal.SIGINT, [], 0).line(2) == (
+        "interrupted by SIGINT: 0 of 2 runs ended, 0 stopped, 2 never started")
+    log = CampaignLog(str(tmp_path), Campaign(None, 2, out_dir=str(tmp_path)),
+                      ["smp", "stress"])
+    log.close("interrupted", 130)
+    lines = campaign_lines(read_campaign(str(tmp_path)))
+    assert lines[-1] == "0 of 2 runs ended before the campaign was interrupted", lines

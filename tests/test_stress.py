@@ -17,7 +17,7 @@ import sys
 
 import psutil
 import pytest
-from helpers import cli_cmd, cli_env, session, wait_for
+from helpers import cli, cli_cmd, cli_env, session, wait_for
 
 pytestmark = pytest.mark.long
 
@@ -119,6 +119,47 @@ def test_a_signal_to_the_campaign_stops_its_machines(tmp_path: pathlib.Path,
     assert not [m for m in machines if _alive(m)], "machines outlived the campaign"
     doc = json.loads((out / "campaign.json").read_text())
     assert (doc["state"], doc["exit_status"]) == ("interrupted", status), doc
+
+
+@pytest.mark.timeout(150)
+def test_an_interrupted_campaign_still_says_what_came_of_its_runs(tmp_path: pathlib.Path) -> None:
+    """Ctrl-C while a run goes on: the campaign stops its machine, records the run as
+    stopped and prints its closing lines (on stdout and in campaign.json's summary), as a
+    finished campaign does, and still exits 130. It printed nothing, left the stopped run
+    out of campaign.json (summary []), and smp report OUT said "0 of 3 runs ended so far"
+    as if the campaign still ran."""
+    out = tmp_path / "runs"
+    machines: list[psutil.Process] = []
+    try:
+        with session(cli_cmd("stress", STRESS, "--runs", "3", "--duration", "20",
+                             "--set", "machine.cpus=2", "--out", str(out)), tmp_path) as p:
+            [live] = wait_for(lambda: list(out.glob("run*/live.json")), 100,
+                              "a machine to run")
+            machines = psutil.Process(p.pid).children(recursive=True)
+            p.send_signal(signal.SIGINT)
+            stdout, err = p.communicate(timeout=60)
+    finally:                        # the machines have sessions of their own
+        for m in machines:
+            if _alive(m):
+                m.kill()
+    run = live.parent.name
+    assert p.returncode == 130, stdout + err
+    assert "Traceback" not in err, err
+    lines = stdout.splitlines()
+    assert lines == [f"0 runs, 0 without a new failure; 1 stopped when the campaign "
+                     f"stopped ({run})",
+                     "interrupted by SIGINT: 0 of 3 runs ended, 1 stopped, 2 never "
+                     "started"], stdout + err
+    doc = json.loads((out / "campaign.json").read_text())
+    assert (doc["state"], doc["exit_status"]) == ("interrupted", 130), doc
+    assert doc["summary"] == lines, doc
+    assert [(pathlib.Path(o["run_dir"]).name, o["stopped"], o["exit_status"])
+            for o in doc["outcomes"]] == [(run, True, 130)], doc
+    again = cli(tmp_path, "report", str(out))
+    assert again.returncode == 0, again.stderr
+    shown = again.stdout.splitlines()
+    assert shown[1].endswith("(interrupted, exit status 130)"), again.stdout
+    assert shown[2:] == lines and "so far" not in again.stdout, again.stdout
 
 
 def _alive(p: psutil.Process) -> bool:

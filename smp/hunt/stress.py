@@ -15,7 +15,9 @@ The campaign itself (seeds, slots, stopping, the summary) is the same code for b
 output does not depend on where its runs ran.
 
 Exit status: 0 no new failure; 1 a failure (or, with ``--strict``, a known finding); 2
-usage; 130/143 Ctrl-C/SIGTERM, which stop every machine of the campaign first.
+usage; 130/143 Ctrl-C/SIGTERM, which stop every machine of the campaign first; the runs
+they stopped are outcomes marked stopped, and the closing lines say how many runs ended,
+were stopped and never started (:class:`Interrupted`).
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ class RunOutcome:
     wall_s: float
     failures: list[Failure]
     error: str = ""
-    stopped: bool = False             # stopped by the campaign (at an earlier failure)
+    stopped: bool = False             # stopped by the campaign (a failure, a signal)
     attempts: int = 1                 # > 1: lost with a cluster worker, run again
 
     @property
@@ -190,7 +192,8 @@ class Runner(Protocol):
     stopped before the run started), calls ``tick`` every PROGRESS_S (``idle`` instead
     when it has not one slot: it waits, at most that long, for one), ``stop`` at the
     first failure (machines still running are stopped, and come back ``stopped``),
-    ``interrupt`` on Ctrl-C and ``close`` at the end, whatever happened."""
+    ``interrupt`` on Ctrl-C or SIGTERM (the same: the campaign waits for them to come
+    back) and ``close`` at the end, whatever happened."""
 
     def slots(self) -> int: ...
     def start(self, i: int, seed: int, run_dir: str) -> concurrent.futures.Future[
@@ -391,13 +394,13 @@ def read_campaign(out_dir: str) -> dict[str, Any]:
 
 def campaign_lines(doc: dict[str, Any]) -> list[str]:
     """``smp report OUT``: the campaign's command, how it ended, and its closing lines
-    (while it runs, or when it was cut short: the runs ended so far)."""
+    (while it runs, or when it was cut short without them: the runs ended so far)."""
     state = str(doc["state"])
     lines = [f"campaign: {shlex.join(str(a) for a in doc['command'])}",
              f"started {doc.get('started')}"
              + (f", ended {doc['ended']} ({state}, exit status {doc['exit_status']})"
                 if doc.get("ended") else f", {state}")]
-    if state == "done" and doc.get("summary"):
+    if state in ("done", "interrupted") and doc.get("summary"):
         return lines + [str(s) for s in doc["summary"]]
     lines += [str(s) for s in doc.get("summary") or []]          # an error's message
     for o in doc["outcomes"]:
@@ -407,7 +410,9 @@ def campaign_lines(doc: dict[str, Any]) -> list[str]:
             lines += _fail_block(o["seed"], failures, o["run_dir"], o["rerun"],
                                  o.get("replay"))
     done = [o for o in doc["outcomes"] if not o["stopped"]]
-    lines.append(f"{len(done)} of {doc['runs']} runs ended so far")
+    lines.append(f"{len(done)} of {doc['runs']} runs ended "
+                 + ("before the campaign was interrupted" if state == "interrupted"
+                    else "so far"))
     return lines
 
 
@@ -420,7 +425,11 @@ def run_campaign(c: Campaign, say: Callable[[str], None],
     once a run has failed (unless ``c.keep_going``); machines still running then are
     stopped (SIGINT) and their outcomes marked ``stopped``. ``progress`` is called at the
     start, after every run and every PROGRESS_S wall seconds; ``log`` is told of every run
-    as it ends. The runner is closed at the end, whatever happened."""
+    as it ends. The runner is closed at the end, whatever happened.
+
+    SIGINT or SIGTERM stops the machines the same way, waits for them (a second signal:
+    no longer) and raises :class:`Interrupted` with every outcome so far, the stopped runs
+    among them."""
     os.makedirs(c.out_dir, exist_ok=True)
     runner = runner or LocalRunner(c)
     caught: list[int] = []
@@ -434,6 +443,11 @@ def run_campaign(c: Campaign, say: Callable[[str], None],
     def report_progress() -> None:
         done = sum(1 for o in outcomes if not o.stopped)
         progress(Progress(done, c.runs, failing, len(running), time.monotonic() - t0))
+
+    def ended(out: RunOutcome) -> None:
+        outcomes.append(out)
+        if log is not None:
+            log.add(out)
 
     try:
         report_progress()
@@ -462,9 +476,7 @@ def run_campaign(c: Campaign, say: Callable[[str], None],
                 out = fut.result()
                 if out is None:
                     continue
-                outcomes.append(out)
-                if log is not None:
-                    log.add(out)
+                ended(out)
                 if out.error:
                     say(f"run {out.index}: {out.error}")
                     stop = True
@@ -478,22 +490,69 @@ def run_campaign(c: Campaign, say: Callable[[str], None],
                         stop = True
                         runner.stop()          # the first failure ends the campaign
             report_progress()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         runner.interrupt()
         say("interrupted: stopping the campaign's machines")
-        raise
+        try:                        # they come back stopped: outcomes, as at a failure
+            while running:
+                done, running = concurrent.futures.wait(
+                    running, timeout=PROGRESS_S,
+                    return_when=concurrent.futures.FIRST_COMPLETED)
+                for fut in done:
+                    try:
+                        out = fut.result()
+                    except Exception:            # noqa: BLE001  (stopping anyway)
+                        out = None
+                    if out is not None:
+                        ended(out)
+                report_progress()
+        except KeyboardInterrupt:   # a second signal: not waited for
+            pass
+        outcomes.sort(key=lambda o: o.index)
+        raise Interrupted(signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT,
+                          outcomes, len(running)) from None
     finally:
         try:
             runner.close()
+        except KeyboardInterrupt:   # a second signal: not waited for (the first is
+            pass                    # in ``caught``, raised below if nothing else is)
         finally:
             restore_signals()
-    _stop_if_signalled(caught)      # a signal during the last steps stopped it too
     outcomes.sort(key=lambda o: o.index)
+    if caught:                      # a signal during the last steps stopped it too
+        raise Interrupted(signal.Signals(caught[0]), outcomes, 0)
     return outcomes
 
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM to a campaign: it stops its machines as Ctrl-C does; exit status 143."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A campaign stopped by ``signum`` (SIGINT or SIGTERM), its machines stopped first:
+    ``outcomes`` are its runs that ended or were stopped (``stopped``), by index;
+    ``unended`` runs had started but were not waited for (a second signal); the others
+    never started. Exit status 128 + signum."""
+
+    def __init__(self, signum: signal.Signals, outcomes: list[RunOutcome],
+                 unended: int) -> None:
+        super().__init__(signum.name)
+        self.signum = signum
+        self.outcomes = outcomes
+        self.unended = unended
+
+    @property
+    def status(self) -> int:
+        return 128 + self.signum
+
+    def line(self, runs: int) -> str:
+        """The closing line that says so, after :func:`describe`'s, of ``runs`` asked for."""
+        stopped = sum(1 for o in self.outcomes if o.stopped)
+        done = len(self.outcomes) - stopped
+        return (f"interrupted by {self.signum.name}: {done} of {runs} runs ended, "
+                f"{stopped} stopped, "
+                + (f"{self.unended} not waited for, " if self.unended else "")
+                + f"{runs - len(self.outcomes) - self.unended} never started")
 
 
 def _take_signals(caught: list[int]) -> Callable[[], None]:
@@ -607,7 +666,7 @@ def describe(outcomes: list[RunOutcome], strict: bool,
     return lines, status
 
 
-__all__ = ["CAMPAIGN_FILE", "Campaign", "CampaignError", "CampaignLog", "LocalRunner",
-           "Progress", "RunOutcome", "Runner", "campaign_lines", "child_env", "derive_seed",
-           "describe", "failure_lines", "read_campaign", "read_outcome", "replay_command",
-           "rerun_command", "run_campaign", "watch_command"]
+__all__ = ["CAMPAIGN_FILE", "Campaign", "CampaignError", "CampaignLog", "Interrupted",
+           "LocalRunner", "Progress", "RunOutcome", "Runner", "campaign_lines", "child_env",
+           "derive_seed", "describe", "failure_lines", "read_campaign", "read_outcome",
+           "replay_command", "rerun_command", "run_campaign", "watch_command"]
