@@ -326,6 +326,10 @@ def test_ctrl_c_cancels_every_run_and_leaves_nothing_running(
     assert exited == status, out + err
     assert "interrupted: stopping the campaign's machines" in err
     assert "Traceback" not in err, err
+    # the closing lines, as on one host: a run cancelled on its worker was stopped
+    sig = "SIGINT" if how == "ctrl-c" else "SIGTERM"
+    assert re.search(rf"^interrupted by {sig}: 0 of 4 runs ended, [1-4] stopped, ", out,
+                     re.M), out + err
     wait_for(lambda: not survivors(), 30, "every process of the campaign to end")
 
 

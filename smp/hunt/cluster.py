@@ -27,8 +27,9 @@ depend on where its runs ran. The workers' side is ``smp.hunt.worker``.
   finding. A worker's machines die with it (``smp.hunt.tether``).
 * The first failure stops the campaign's machines on every worker (they come back
   stopped, as local ones do); Ctrl-C cancels every future, and each worker stops the
-  machine of a cancelled task (``smp.hunt.worker.Machines``). A LocalCluster this
-  campaign started is closed at its end.
+  machine of a cancelled task (``smp.hunt.worker.Machines``): a run that had started
+  (its start event came) comes back stopped, without its folder (it stays on the
+  worker). A LocalCluster this campaign started is closed at its end.
 
 Security: the address is whatever the user gives; Dask's own TLS configuration
 (``distributed.comm.tls.*``, or ``tls://`` addresses) applies, see the README.
@@ -282,7 +283,7 @@ class ClusterRunner:
         """A task ended (in Dask's callback thread): its outcome, its folder brought back."""
         try:
             if fut.status == "cancelled":
-                done.set_result(None)
+                done.set_result(self._cancelled(i, seed, rdir))
             elif fut.status == "error":
                 done.set_result(self._lost_or_broken(i, seed, rdir, fut.exception()))
             else:
@@ -294,6 +295,15 @@ class ClusterRunner:
             with self.lock:
                 self.futures.pop(fut.key, None)
             fut.release()
+
+    def _cancelled(self, i: int, seed: int, rdir: str) -> RunOutcome | None:
+        """Ctrl-C cancelled the task: stopped if it started on a worker (exit status
+        unknown: -1), None (not an outcome) if it never started."""
+        with self.lock:
+            starts = len(self.starts.get(i, []))
+        if not starts:
+            return None
+        return RunOutcome(i, seed, rdir, -1, 0.0, [], stopped=True, attempts=starts)
 
     def _lost_or_broken(self, i: int, seed: int, rdir: str, exc: BaseException) -> RunOutcome:
         from distributed import KilledWorker
