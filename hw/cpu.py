@@ -578,6 +578,9 @@ class Cpu:
 
     def finish(self) -> dict[str, Any]:
         self._charge()
+        if self.stats_interval and self.clock.started:   # the last sample: the series
+            self.next_stats = 0.0                         # ends where the CPU stopped
+            self._publish()
         threads = []
         for ctx in list(self.contexts.values()):
             info = {"tid": ctx.tid, "name": ctx.name, "stack": ctx.stack()[-12:]}

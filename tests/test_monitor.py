@@ -425,6 +425,11 @@ def test_stats_series_has_a_sample_per_cpu_each_interval(finished: Any) -> None:
         assert 0.4 < gaps[len(gaps) // 2] < 0.7, f"median interval {gaps[len(gaps) // 2]}"
         sims = [r["sim"] for r in rs]
         assert sims == sorted(sims) and sims[-1] > 3
+        # the last sample is the CPU's state where it stopped (a panic's last moments were
+        # missing from the series: the last sample was the last interval's)
+        final = finished.report["cpus"][cpu]
+        assert (sims[-1], rs[-1]["lock_acquires"]) == \
+            (round(final["clock"]["sim_time"], 4), final["lock_acquires"]), (cpu, rs[-1])
         assert {"spin_wait_s", "sleep_wait_s", "bus_wait_s", "kernel"} <= set(rs[-1])
     assert sum(rs[-1]["spin_wait_s"] for rs in by_cpu.values()) > 0
     server = [r for r in recs if r["type"] == "server"]
