@@ -816,6 +816,9 @@ def _plot(args: argparse.Namespace) -> int:
         return 2
     except OSError as e:                       # a chart that cannot be written
         return _write_error("plot", e)
+    except _UNREADABLE as e:                   # (report.json's own are caught where read)
+        return _unreadable("plot", os.path.join(args.run_dir, "stats.jsonl"), e,
+                           "a time series")
     for p in paths:
         print(p)
     return 0
@@ -845,6 +848,18 @@ def _read_report(run_dir: str, cmd: str, keys: Sequence[str] = ()) -> dict[str, 
     return report
 
 
+# what the code that reads a report.json (or stats.jsonl) raises for JSON of another shape
+# than smp writes: `smp report`, witness, flame and plot say so in one line, not a traceback
+_UNREADABLE = (KeyError, TypeError, ValueError, AttributeError, IndexError)
+
+
+def _unreadable(cmd: str, path: str, e: Exception, what: str = "a report") -> int:
+    """A file of ``cmd``'s run that is not of the shape smp writes: one line; exit 2."""
+    print(f"smp {cmd}: {path}: {what} smp cannot read ({type(e).__name__}: {e})",
+          file=sys.stderr)
+    return 2
+
+
 def _write_error(cmd: str, e: OSError) -> int:
     """An output of ``cmd`` that cannot be written: said in one line; exit status 2."""
     print(f"smp {cmd}: {e.filename or 'an output'}: cannot write it: {e.strerror or e}",
@@ -859,19 +874,23 @@ def _witness(args: argparse.Namespace) -> int:
         return 2
     try:
         lo = lock_order(report)
+        if args.dot is None:
+            from smp.machine.sites import annotate
+            print(annotate(show_witness(lo), (report.get("policy") or {}).get("sources")),
+                  end="")
+            return 0
+        title = f"lock order: {os.path.basename(str(report.get('config') or '?'))}, " \
+            f"seed {report.get('seed')}"
+        dot = to_dot(lo, title)
     except WitnessError as e:
         print(f"smp witness: {args.run_dir}: {e}", file=sys.stderr)
         return 2
-    if args.dot is None:
-        from smp.machine.sites import annotate
-        print(annotate(show_witness(lo), (report.get("policy") or {}).get("sources")), end="")
-        return 0
+    except _UNREADABLE as e:
+        return _unreadable("witness", os.path.join(args.run_dir, "report.json"), e)
     path = args.dot or os.path.join(args.run_dir, "witness.dot")
-    title = f"lock order: {os.path.basename(str(report.get('config') or '?'))}, seed " \
-        f"{report.get('seed')}"
     try:
         with open(path, "w") as f:
-            f.write(to_dot(lo, title))
+            f.write(dot)
     except OSError as e:
         return _write_error("witness", e)
     print(path)
@@ -896,6 +915,12 @@ def _flame(args: argparse.Namespace) -> int:
         return 2
     try:
         lines = folded(stacks(report), args.weight)
+    except FlameError as e:
+        print(f"smp flame: {args.run_dir}: {e}", file=sys.stderr)
+        return 2
+    except _UNREADABLE as e:
+        return _unreadable("flame", os.path.join(args.run_dir, "report.json"), e)
+    try:
         if not lines:                    # said before any file is made
             raise FlameError("no lock waits with a stack to draw (no thread of the run "
                              "waited for a lock)")
@@ -955,7 +980,7 @@ def _report(args: argparse.Namespace) -> int:
     path = os.path.join(args.run_dir, "report.json")
     try:
         return _print_report(args, report)
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+    except _UNREADABLE as e:
         print(f"smp: {path}: a report smp cannot read ({type(e).__name__}: {e}); "
               f"--format json prints it as it is", file=sys.stderr)
         return 2

@@ -163,3 +163,23 @@ def test_an_output_that_cannot_be_written_is_one_line_exit_2(
     assert main(["flame", str(rdir)]) == 2
     err = capsys.readouterr().err
     assert err == f"smp flame: {rdir / 'lock_waits.folded'}: cannot write it: Is a directory\n"
+
+
+@pytest.mark.parametrize("cmd,bad", [
+    ("witness", {"witness_order": {}, "locks": [1]}),
+    ("witness", {"witness_order": {}, "policy": [1]}),
+    ("flame", {"lock_wait_stacks": [1]}),
+    ("flame", {"lock_wait_stacks": [{"lock": "Giant", "wait_s": "x"}]}),
+    ("plot", {})])
+def test_a_report_of_another_shape_is_one_line_exit_2(
+        tmp_path: pathlib.Path, cmd: str, bad: dict[str, Any],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A report.json (or stats.jsonl) that is JSON but not of the shape smp writes is
+    said as `smp report` says it, not with a traceback."""
+    rdir = _run_dir(tmp_path, **bad)
+    (rdir / "stats.jsonl").write_text("[1]\n")
+    assert main([cmd, str(rdir)]) == 2
+    err = capsys.readouterr().err
+    name = "stats.jsonl" if cmd == "plot" else "report.json"
+    assert err.startswith(f"smp {cmd}: {rdir / name}: ") and "smp cannot read (" in err, err
+    assert err.count("\n") == 1, err

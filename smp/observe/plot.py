@@ -108,7 +108,8 @@ def load_series(run_dir: str) -> Series:
             at = p.get("sim_time")
             panic_at = float(at) if isinstance(at, (int, float)) else \
                 max(float(rs[-1].get("sim", 0.0)) for rs in cpus.values())
-    except (OSError, json.JSONDecodeError, AttributeError):
+    except (OSError, ValueError, AttributeError, TypeError, KeyError, IndexError):
+        # none, not JSON (a ValueError) or of another shape: the charts go without it
         rc = run_config(run_dir)
         seed = rc.get("seed", "?")
     return Series(cpus, server, os.path.basename(str(config)), seed, panic_at, panic)
