@@ -696,11 +696,21 @@ def _monitors(args: argparse.Namespace, cfg: "Config") -> list[object]:
 def _run_replay(cmd: str, how: Any, args: argparse.Namespace) -> tuple[int, Any, str] | None:
     """``smp replay`` and ``smp trace``: replay ``args.run_dir`` with ``how`` (replay or
     trace); None, said on stderr, for a bad --until or a record that cannot be replayed."""
-    from smp.run.replay import ReplayError
+    from smp.hunt.stress import CAMPAIGN_FILE
+    from smp.run.replay import RECORD_FILE, ReplayError
     from smp.run.rundir import RunDirError
     if args.until is not None and args.until < 1:
         print(f"smp {cmd}: --until must be a positive operation number (the first is 1), "
               f"got {args.until}", file=sys.stderr)
+        return None
+    d = args.run_dir
+    if (os.path.isfile(os.path.join(d, CAMPAIGN_FILE))
+            and not os.path.exists(os.path.join(d, "report.json"))):
+        runs = sorted(e.path for e in os.scandir(d)
+                      if os.path.isfile(os.path.join(e.path, RECORD_FILE)))
+        print(f"smp {cmd}: {d}: a campaign's folder: {cmd} one of its runs: smp {cmd} "
+              f"{os.path.join(d, 'RUN')}" + (f", e.g. smp {cmd} {runs[0]}" if runs else ""),
+              file=sys.stderr)
         return None
     try:
         return how(args.run_dir, args.out, args.until or 0)  # type: ignore[no-any-return]

@@ -431,3 +431,32 @@ def test_a_record_keeps_the_kernel_it_ran_and_a_replay_says_what_changed(
     assert said == ["the kernel changed since the recording (kern/kern_exit.py, kern/new.py, "
                     "vm/vm_glue.py): the replay will diverge where the change matters"]
     assert replay.source_changes(None, now) == []          # a record that kept none
+
+
+@pytest.mark.parametrize("cmd", ["replay", "trace"])
+def test_a_folder_that_is_no_run_directory_is_said_so(
+        tmp_path: pathlib.Path, cmd: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A campaign's folder names one of its runs to replay; any other folder without a
+    run is not a run directory (not a run made without a record)."""
+    from smp.cli import main
+    camp = tmp_path / "stress"
+    camp.mkdir()
+    (camp / "campaign.json").write_text("{}")
+    assert main([cmd, str(camp)]) == 2
+    assert capsys.readouterr().err == (
+        f"smp {cmd}: {camp}: a campaign's folder: {cmd} one of its runs: smp {cmd} "
+        f"{camp / 'RUN'}\n")
+    for name in ("run0002-s9", "run0001-s5"):
+        (camp / name).mkdir()
+    (camp / "run0002-s9" / "schedule.smpr").write_bytes(b"")
+    assert main([cmd, str(camp)]) == 2
+    assert capsys.readouterr().err == (
+        f"smp {cmd}: {camp}: a campaign's folder: {cmd} one of its runs: smp {cmd} "
+        f"{camp / 'RUN'}, e.g. smp {cmd} {camp / 'run0002-s9'}\n")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("")
+    assert main([cmd, str(other)]) == 2
+    assert capsys.readouterr().err == (
+        f"smp {cmd}: {other}: not a run directory (no schedule.smpr, report.json or "
+        f"config.toml in it)\n")

@@ -7,11 +7,12 @@ processes: the server lets each request through in the recorded order
 same counters, the same findings, the same panic at the same operation. :func:`compare`
 says whether it did, naming what differs.
 
-What stops a replay before it starts (exit status 2): no record, a file that is not one, a
-record of another format or protocol, or a record made with another config than the run
-directory's (``config.toml`` edited, or another run's record). What it reports as a
-*divergence* (exit status 1): the first operation at which the machine did something else
-than the record says (code changed, a record cut short or damaged).
+What stops a replay before it starts (exit status 2): a folder that is no run directory, no
+record, a file that is not one, a record of another format or protocol, or a record made
+with another config than the run directory's (``config.toml`` edited, or another run's
+record). What it reports as a *divergence* (exit status 1): the first operation at which
+the machine did something else than the record says (code changed, a record cut short or
+damaged).
 
 ``--until N`` stops the machine after operation N and writes ``dump.txt``: every thread's
 stack, the locks each holds and waits for, and the last operations each CPU made, the
@@ -75,6 +76,10 @@ def prepare(run_dir: str) -> Prepared:
                 os.path.join(run_dir, "report.json")):
             raise ReplayError(f"{run_dir}: is a replay's run directory, which records "
                               f"nothing; replay the recorded run: smp replay {parent}")
+        if not any(os.path.exists(os.path.join(run_dir, name))
+                   for name in ("report.json", "config.toml")):
+            raise ReplayError(f"{run_dir}: not a run directory (no {RECORD_FILE}, "
+                              f"report.json or config.toml in it)")
         raise ReplayError(f"{path}: no record (the run was made with run.record = false, "
                           f"in wall time, or by a version of smp that did not record)")
     try:
