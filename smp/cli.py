@@ -461,6 +461,10 @@ def _run(args: argparse.Namespace, cfg: Config) -> int:
     from smp.observe.report import summary_table
     from smp.run.remote import RemoteError, check_listen
     listen = None
+    if args.force and args.run_dir is None:     # a new directory has nothing to clear
+        print("smp: --force needs --run-dir (it clears that directory's earlier run; "
+              "without --run-dir a run gets a new directory)", file=sys.stderr)
+        return 2
     try:
         if args.listen is not None:
             listen = check_listen(args.listen, args.key_dir, int(cfg["machine.cpus"]),
@@ -722,6 +726,10 @@ def _run_replay(cmd: str, how: Any, args: argparse.Namespace) -> tuple[int, Any,
 def _replay(args: argparse.Namespace) -> int:
     from smp.observe.report import summary_table
     from smp.run.replay import replay
+    if args.force and args.out is None:         # RUN_DIR/replay-N is a new directory
+        print("smp replay: --force needs --run-dir (it clears that directory's earlier "
+              "run; without --run-dir a replay gets a new directory)", file=sys.stderr)
+        return 2
     done = _run_replay("replay", functools.partial(replay, force=args.force,
                                                    watch=args.watch), args)
     if done is None:

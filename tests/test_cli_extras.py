@@ -103,11 +103,14 @@ def test_bad_timeouts_and_endpoints_name_their_option(
     (["report", "anywhere", "--format", "json", "--table", "locks"],
      "smp report: --table is for --format text or csv, not json"),
     (["report", "anywhere", "--weight", "count"], "smp report: --weight is for --format folded"),
-    (["keys", "anywhere", "--cpus", "100"], "smp keys: --cpus '100': a machine has at most 64")])
+    (["keys", "anywhere", "--cpus", "100"], "smp keys: --cpus '100': a machine has at most 64"),
+    (["run", "--force", "--set", "run.dir=anywhere", "--set", "run.duration=0.1"],
+     "smp: --force needs --run-dir"),
+    (["replay", "anywhere", "--force"], "smp replay: --force needs --run-dir")])
 def test_options_that_would_be_ignored_or_out_of_range_are_refused(
         tmp_path: pathlib.Path, args: list[str], said: str,
         capsys: pytest.CaptureFixture[str]) -> None:
-    args = [str(tmp_path / a) if a == "anywhere" else a for a in args]
+    args = [a.replace("anywhere", str(tmp_path / "anywhere")) for a in args]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith(said) and err.count("\n") == 1, err
