@@ -590,6 +590,8 @@ def _stress(args: argparse.Namespace, cfg: "Config", argv: list[str]) -> int:
     try:
         if args.duration is not None:                  # checked as run.duration is
             cfg.with_values({"run.duration": args.duration}, origin="--duration")
+        # the campaign's seed: in run.seed's range, as every seed smp takes
+        cfg.with_values({"run.seed": args.seed}, origin="--seed")
     except ConfigError as e:
         print(f"smp: stress: {e}", file=sys.stderr)
         return 2

@@ -106,7 +106,10 @@ def test_bad_timeouts_and_endpoints_name_their_option(
     (["keys", "anywhere", "--cpus", "100"], "smp keys: --cpus '100': a machine has at most 64"),
     (["run", "--force", "--set", "run.dir=anywhere", "--set", "run.duration=0.1"],
      "smp: --force needs --run-dir"),
-    (["replay", "anywhere", "--force"], "smp replay: --force needs --run-dir")])
+    (["replay", "anywhere", "--force"], "smp replay: --force needs --run-dir"),
+    (["stress", "--seed", "-1", "--runs", "1", "--duration", "0.1", "--out", "anywhere"],
+     "smp: stress: --seed: run.seed: must be an integer from 0 to 9223372036854775807, "
+     "got -1")])
 def test_options_that_would_be_ignored_or_out_of_range_are_refused(
         tmp_path: pathlib.Path, args: list[str], said: str,
         capsys: pytest.CaptureFixture[str]) -> None:
