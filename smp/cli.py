@@ -727,7 +727,7 @@ def _run_replay(cmd: str, how: Any, args: argparse.Namespace) -> tuple[int, Any,
 
 def _replay(args: argparse.Namespace) -> int:
     from smp.observe.report import summary_table
-    from smp.run.replay import replay
+    from smp.run.replay import panicked_before, replay
     if args.force and args.out is None:         # RUN_DIR/replay-N is a new directory
         print("smp replay: --force needs --run-dir (it clears that directory's earlier "
               "run; without --run-dir a replay gets a new directory)", file=sys.stderr)
@@ -747,6 +747,10 @@ def _replay(args: argparse.Namespace) -> int:
               f"recorded run")
     elif div:
         print(f"replay DIVERGED: {div['message']}")
+    elif args.until and panicked_before(rep, args.until) is not None:
+        print(f"replay panicked at operation {panicked_before(rep, args.until)}, before "
+              f"reaching operation {args.until}: {os.path.join(out, 'crash.txt')}, "
+              f"{os.path.join(out, 'dump.txt')}")
     elif args.until:
         print(f"replay stopped after operation {args.until}: {os.path.join(out, 'dump.txt')}")
     elif rep.get("replay_differences"):

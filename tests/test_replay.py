@@ -97,6 +97,16 @@ def test_a_fail_point_panic_replays_at_the_same_operation(tmp_path: pathlib.Path
     assert 0 < rec["panic"]["op"] <= rec["schedule"]["record"]["operations"]
     assert again["panic"]["op"] == rec["panic"]["op"]
     assert again["schedule"]["replay"]["operations"] == rec["schedule"]["record"]["operations"]
+    # --until past the panic (the other CPUs' last operations as the machine halts): the
+    # replay says where the machine panicked, not that it ran to the --until
+    last, op = rec["schedule"]["record"]["operations"], rec["panic"]["op"]
+    assert last > op
+    proc = _replay(rdir, "--until", str(last), "--run-dir", str(tmp_path / "past"))
+    said = f"replay panicked at operation {op}, before reaching operation {last}"
+    assert said in proc.stdout and "stopped after" not in proc.stdout, proc.stdout
+    assert (tmp_path / "past" / "dump.txt").read_text().startswith(
+        f"smp replay: the machine panicked at operation {op}, before reaching operation "
+        f"{last}"), proc.stdout
 
 
 @pytest.mark.timeout(300)
