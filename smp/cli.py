@@ -934,7 +934,7 @@ def _witness(args: argparse.Namespace) -> int:
 
 def _flame(args: argparse.Namespace) -> int:
     from smp.observe.flame import FlameError, folded, stacks, svg
-    report = _read_report(args.run_dir, "flame")
+    report = _read_report(args.run_dir, "flame", _REPORT_KEYS)
     if report is None:
         return 2
     try:

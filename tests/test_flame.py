@@ -183,3 +183,19 @@ def test_a_report_of_another_shape_is_one_line_exit_2(
     name = "stats.jsonl" if cmd == "plot" else "report.json"
     assert err.startswith(f"smp {cmd}: {rdir / name}: ") and "smp cannot read (" in err, err
     assert err.count("\n") == 1, err
+
+
+def test_smp_flame_on_what_is_not_a_runs_report_says_so(
+        tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Not a run's report.json: said as such (not as a kernel that records no stacks,
+    which is what a real report without them gets)."""
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "report.json").write_text("{}")
+    assert main(["flame", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"smp flame: {other / 'report.json'}: not a report of `smp run` "
+                          f"(no ok, seed, "), err
+    rdir = _run_dir(tmp_path)
+    assert main(["flame", str(rdir)]) == 2
+    assert "does not record the stacks of lock waits" in capsys.readouterr().err
