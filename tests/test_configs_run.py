@@ -72,7 +72,10 @@ def test_config_runs_clean(tmp_path: pathlib.Path, name: str) -> None:
     res = run_config(name, SHORT[name], tmp_path)
     k = assert_clean(res)
     cfg = load_config(CONFIGS / f"{name}.toml", SHORT[name])
-    assert len(res.report["cpus"]) == int(cfg["machine.cpus"])
+    n = int(cfg["machine.cpus"])
+    assert len(res.report["cpus"]) == n
+    assert f"machine: {n} CPU{'s' if n != 1 else ''}, " in (tmp_path / "run" / "log.txt"
+                                                           ).read_text()
     # the in-flight invariants (smp.machine.inflight): on, and nothing from them
     assert res.report["inflight"]["checks"] > 0, describe(res)
     assert [f for f in res.report["findings"] if f["detector"] == "inflight"] == []

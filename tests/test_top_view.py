@@ -131,3 +131,13 @@ def test_a_malformed_status_rule_is_no_state_not_a_dead_server(rules: Any) -> No
     sample, and one that is not a rule must not raise there."""
     from smp.machine.publish import _status
     assert _status(rules, {"state": 1, "tdstate": 0x24, "cpu": 0, "wchan": None}) is None
+
+
+def test_the_title_counts_one_cpu_as_one_cpu() -> None:
+    from smp.observe.top import title_line
+    view = MachineView({"cpu_pids": [os.getpid()], "config": "x/1cpu.toml", "seed": 1})
+    for sim in (1.0, 2.0):
+        view.feed("cpu", _cpu(0, sim, 99.0 + sim))
+    view.mark()
+    assert "  1 CPU  1cpu.toml " in title_line(view, "runs/x", False, False).plain
+    assert "  2 CPUs  default.toml " in title_line(_view(), "runs/x", False, False).plain

@@ -190,7 +190,9 @@ def title_line(view: MachineView, run_dir: str, ended: bool, paused: bool) -> Te
                                    ("waiting" if not view.rates else "live"))
     cfg = str(live.get("config") or "?").rsplit("/", 1)[-1]
     total = f"/{live['duration']:g}" if isinstance(live.get("duration"), (int, float)) else ""
-    return Text(f"[{state}] sim {view.sim_time():.1f}{total} s  {view.ncpus()} CPUs  {cfg} "
+    n = view.ncpus()
+    return Text(f"[{state}] sim {view.sim_time():.1f}{total} s  {n} CPU{'s' if n != 1 else ''}"
+                f"  {cfg} "
                 f"seed {live.get('seed')}  rates per sim s  "
                 f"{run_dir.rstrip('/').rsplit('/', 1)[-1]}", no_wrap=True, overflow="ellipsis")
 

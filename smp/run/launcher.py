@@ -340,8 +340,9 @@ def run_machine(cfg: Config, run_dir: str | None = None,
                                                     else None)})
             p.start()
             cpus[i] = p
-        note(f"machine: {ncpus} CPUs, {cfg['machine.memory'] // 1024 // 1024} MiB, "
-             f"server pid {server.pid}, cpu pids "
+        note(f"machine: {ncpus} CPU{'s' if ncpus != 1 else ''}, "
+             f"{cfg['machine.memory'] // 1024 // 1024} MiB, server pid {server.pid}, "
+             f"cpu pid{'s' if len(cpus) != 1 else ''} "
              f"{', '.join(str(p.pid) for p in cpus.values()) or 'none'}; run dir {rdir}")
         if listen is not None:
             note(f"listening on {listen.endpoint} "
