@@ -84,6 +84,24 @@ def test_nothing_starts_after_the_first_failure(tmp_path: pathlib.Path) -> None:
 
 
 @pytest.mark.timeout(30)
+def test_a_time_budget_ends_the_campaign_with_no_eta(tmp_path: pathlib.Path) -> None:
+    """The budget spent, no run starts: the last progress is of a campaign that is over
+    (no ETA for the runs that will never start)."""
+    from smp.observe.progress import campaign_line
+    c = FakeCampaign(None, runs=1000, jobs=1, out_dir=str(tmp_path / "runs"),
+                     time_budget=0.5)
+    c.fail_index = -1
+    seen: list[Progress] = []
+    said: list[str] = []
+    outcomes = run_campaign(c, said.append, seen.append)
+    assert 0 < len(outcomes) < 1000 and said == ["time budget of 0.5 s spent: no new runs"]
+    last = seen[-1]
+    assert (last.done, last.running, last.over) == (len(outcomes), 0, True), last
+    assert last.eta is None and "ETA" not in campaign_line(last)
+    assert not [p for p in seen[:-1] if p.over]
+
+
+@pytest.mark.timeout(30)
 def test_keep_going_runs_them_all(tmp_path: pathlib.Path) -> None:
     out = tmp_path / "runs"
     c = FakeCampaign(None, runs=3, jobs=2, out_dir=str(out), keep_going=True)

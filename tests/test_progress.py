@@ -68,3 +68,21 @@ def test_campaign_progress_on_a_terminal_is_a_bar() -> None:
     text = buf.getvalue()
     assert "3/10" in text and "1 failing" in text and "2 running" in text
     assert "3.0 runs/min" in text and "ETA 2:20" in text
+
+
+def test_a_campaign_that_is_over_shows_no_eta() -> None:
+    """A campaign ended by --time-budget (or its first failure) before its last run: its
+    last line showed the ETA of runs that will never start."""
+    over = Progress(3, 10, 1, 0, 61.0, over=True)
+    assert over.eta is None
+    assert campaign_line(over) == \
+        "stress: 3/10 runs, 1 failing, 0 running, 3.0 runs/min, wall 1:01"
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=True, width=100, color_system=None)
+    cp = CampaignProgress(tty=True, console=console)
+    cp(Progress(3, 10, 1, 2, 60.0))
+    cp(over)
+    cp.close()
+    frames = buf.getvalue().split("\r")
+    assert "ETA 2:20" in frames[1] and "3/10 runs" in frames[-1], frames
+    assert "ETA" not in frames[-1], frames

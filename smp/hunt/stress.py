@@ -253,6 +253,7 @@ class Progress:
     failing: int               # finished runs with a new failure (or known, with --strict)
     running: int               # machines running now
     elapsed: float             # wall seconds since the campaign started
+    over: bool = False         # the campaign has ended: no run is running or will start
 
     @property
     def rate(self) -> float:
@@ -261,8 +262,9 @@ class Progress:
 
     @property
     def eta(self) -> float | None:
-        """Wall seconds left at the pace so far (None before the first run ends)."""
-        if self.done == 0:
+        """Wall seconds left at the pace so far (None before the first run ends, and once
+        the campaign is over: a time budget or a failure ends it short of its runs)."""
+        if self.done == 0 or self.over:
             return None
         return (self.total - self.done) * self.elapsed / self.done
 
@@ -440,9 +442,10 @@ def run_campaign(c: Campaign, say: Callable[[str], None],
     started = failing = 0
     stop = False
 
-    def report_progress() -> None:
+    def report_progress(over: bool = False) -> None:
         done = sum(1 for o in outcomes if not o.stopped)
-        progress(Progress(done, c.runs, failing, len(running), time.monotonic() - t0))
+        progress(Progress(done, c.runs, failing, len(running), time.monotonic() - t0,
+                          over))
 
     def ended(out: RunOutcome) -> None:
         outcomes.append(out)
@@ -490,6 +493,7 @@ def run_campaign(c: Campaign, say: Callable[[str], None],
                         stop = True
                         runner.stop()          # the first failure ends the campaign
             report_progress()
+        report_progress(over=True)             # the last line: where it ended, no ETA
     except KeyboardInterrupt as e:
         runner.interrupt()
         say("interrupted: stopping the campaign's machines")
@@ -506,6 +510,7 @@ def run_campaign(c: Campaign, say: Callable[[str], None],
                     if out is not None:
                         ended(out)
                 report_progress()
+            report_progress(over=True)
         except KeyboardInterrupt:   # a second signal: not waited for
             pass
         outcomes.sort(key=lambda o: o.index)

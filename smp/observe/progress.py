@@ -204,7 +204,7 @@ class CampaignProgress:
                 TextColumn("stress"), BarColumn(bar_width=24), MofNCompleteColumn(),
                 TextColumn("runs  [bold]{task.fields[failing]}[/] failing  "
                            "{task.fields[running]} running  {task.fields[rate]}"),
-                TimeElapsedColumn(), TextColumn("ETA {task.fields[eta]}"),
+                TimeElapsedColumn(), TextColumn("{task.fields[eta]}"),
                 console=console or Console(stderr=True), transient=False,
                 auto_refresh=True, refresh_per_second=4)
 
@@ -213,7 +213,8 @@ class CampaignProgress:
         if self.bar is not None:
             fields = {"failing": p.failing, "running": p.running,
                       "rate": f"{p.rate:.1f} runs/min",
-                      "eta": _clock(p.eta) if p.eta is not None else "?"}
+                      "eta": f"ETA {_clock(p.eta)}" if p.eta is not None
+                      else "" if p.over else "ETA ?"}
             if self.task is None:
                 self.bar.start()
                 self.task = self.bar.add_task("stress", total=p.total, completed=p.done,
