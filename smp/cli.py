@@ -9,10 +9,11 @@
     smp cpu --join tcp://HOST:PORT --id K [--key-dir DIR] [--timeout S]
     smp keys DIR [--cpus IDS [--name NAME]]
     smp report RUN_DIR [--format text|json|csv|folded] [--table cpus|locks|profile|series]
+               [--weight wait|count]
     smp top [RUN_DIR] [--once [--json]]
     smp plot RUN_DIR
     smp witness RUN_DIR [--dot [FILE]]
-    smp flame RUN_DIR; smp report RUN_DIR --format folded
+    smp flame RUN_DIR [--weight wait|count]; smp report RUN_DIR --format folded
     smp config [CONFIG] [--set ...] [--schema]
     smp failpoints
     smp stress [CONFIG] --runs N [--jobs J | --cluster local:N|ADDRESS] [--seed S] [--chaos LEVEL]

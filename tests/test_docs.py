@@ -38,3 +38,32 @@ def test_the_docs_index_lists_every_copy_with_where_it_came_from() -> None:
     for name in ("DESIGN.md", "FREEBSD.md", "TRANSPORT.md"):
         first = (helpers.REPO / "docs" / name).read_text().splitlines()[0]
         assert first.startswith("<!-- A copy of the project's shared "), name
+
+
+def _readme_block(after: str) -> list[str]:
+    """The lines of the README's first code block after the line ``after``."""
+    text = (helpers.REPO / "README.md").read_text().split(after, 1)[1]
+    return text.split("```\n", 2)[1].splitlines()
+
+
+def test_the_readme_sample_summary_is_as_wide_as_smp_prints_it() -> None:
+    """smp run's summary is WIDTH columns: a longer line in the README's sample is one
+    the tool wraps (its wait note was 83 characters, the tool's two lines)."""
+    from smp.observe.summary import WIDTH
+    sample = _readme_block("(`smp report RUN_DIR` prints this again):")
+    assert sample[0].startswith("cpu pid user") and sample[-1].startswith("ok: ")
+    assert [line for line in sample if len(line) > WIDTH] == []
+
+
+@pytest.mark.parametrize("cmd", ["report", "flame"])
+def test_the_synopses_name_every_option_of_report_and_flame(cmd: str) -> None:
+    """The README's synopsis and smp/cli.py's docstring (the other commands' are
+    abridged there, and say where the rest is)."""
+    import smp.cli
+    sub = smp.cli._parser()._subparsers._group_actions[0].choices[cmd]  # type: ignore
+    opts = [o for a in sub._actions for o in a.option_strings if o not in ("-h", "--help")]
+    readme = (helpers.REPO / "README.md").read_text().split("## Running machines", 1)[1]
+    for where, text in (("README.md", readme), ("smp/cli.py", smp.cli.__doc__ or "")):
+        line = re.search(rf"^    smp {cmd} RUN_DIR.*(?:\n {{8,}}\S.*)*", text, re.M)
+        assert line, f"{where}: no synopsis of smp {cmd}"
+        assert [o for o in opts if o not in line.group(0)] == [], f"{where}: {line.group(0)}"
