@@ -449,24 +449,22 @@ def test_a_folder_that_is_no_run_directory_is_said_so(
     """A campaign's folder names one of its runs to replay; any other folder without a
     run is not a run directory (not a run made without a record)."""
     from smp.cli import main
+
+    def said(folder: pathlib.Path) -> str:
+        assert main([cmd, str(folder)]) == 2
+        return capsys.readouterr().err
+
     camp = tmp_path / "stress"
     camp.mkdir()
     (camp / "campaign.json").write_text("{}")
-    assert main([cmd, str(camp)]) == 2
-    assert capsys.readouterr().err == (
-        f"smp {cmd}: {camp}: a campaign's folder: {cmd} one of its runs: smp {cmd} "
-        f"{camp / 'RUN'}\n")
+    head = f"smp {cmd}: {camp}: a campaign's folder: {cmd} one of its runs: smp {cmd} "
+    assert said(camp) == f"{head}{camp / 'RUN'}\n"
     for name in ("run0002-s9", "run0001-s5"):
         (camp / name).mkdir()
     (camp / "run0002-s9" / "schedule.smpr").write_bytes(b"")
-    assert main([cmd, str(camp)]) == 2
-    assert capsys.readouterr().err == (
-        f"smp {cmd}: {camp}: a campaign's folder: {cmd} one of its runs: smp {cmd} "
-        f"{camp / 'RUN'}, e.g. smp {cmd} {camp / 'run0002-s9'}\n")
+    assert said(camp) == f"{head}{camp / 'RUN'}, e.g. smp {cmd} {camp / 'run0002-s9'}\n"
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("")
-    assert main([cmd, str(other)]) == 2
-    assert capsys.readouterr().err == (
-        f"smp {cmd}: {other}: not a run directory (no schedule.smpr, report.json or "
-        f"config.toml in it)\n")
+    assert said(other) == (f"smp {cmd}: {other}: not a run directory (no schedule.smpr, "
+                           f"report.json or config.toml in it)\n")
