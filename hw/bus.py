@@ -383,6 +383,13 @@ class Bus:
                 self._ship_at = time.monotonic() + READ_LOG_S
         return self.new
 
+    def log_reads(self, send: Callable[[list[int]], None]) -> None:
+        """Record the reads (a run being recorded): ``send`` gets the log as it grows,
+        every 4096 entries and every READ_LOG_S at least."""
+        self.read_log = []
+        self.on_read_log = send
+        self._ship_at = time.monotonic() + READ_LOG_S
+
     def _replay_read(self, want: int) -> None:
         since = time.monotonic()
         while self.new < want:

@@ -701,13 +701,18 @@ def test_what_a_killed_launcher_leaves_is_cleaned_at_the_next_start(
         tmp_path: pathlib.Path) -> None:
     """SIGKILL of `smp run` leaves live.json and the private socket folder; the machine's
     processes die with it. live.json is not taken for a live run, and the next run
-    removes the stale socket folder (before the fix it stayed forever)."""
+    removes the stale socket folder (before the fix it stayed forever). The runs have a
+    $TMPDIR of their own: any run's start cleans the stale folders of $TMPDIR, and the
+    other worker's runs cleaned this one's before it was looked at."""
     import subprocess
-    from helpers import cli, cli_cmd, cli_env
+    import tempfile
+    from helpers import cli_cmd, cli_env
     rdir = tmp_path / "run"
+    tmpdir = tempfile.mkdtemp(prefix="smpt")        # short: socket paths stay < 108
+    env = dict(cli_env(), TMPDIR=tmpdir)
     p = subprocess.Popen(cli_cmd("run", "--quiet", "--set", "machine.cpus=1",
                                  "--set", "run.duration=600", "--run-dir", str(rdir)),
-                         env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                          start_new_session=True)
     try:
         info = _live(rdir)
@@ -723,11 +728,15 @@ def test_what_a_killed_launcher_leaves_is_cleaned_at_the_next_start(
             os.killpg(p.pid, signal.SIGKILL)
         p.communicate(timeout=10)
     assert (rdir / "live.json").exists() and folder.is_dir()   # what SIGKILL leaves
+    assert folder.parent == pathlib.Path(tmpdir)
     from smp.observe.monitor import read_live
     assert read_live(str(rdir)) is None
-    r = cli(tmp_path, "run", *SHORT, "--run-dir", str(tmp_path / "next"))
+    r = subprocess.run(cli_cmd("run", *SHORT, "--run-dir", str(tmp_path / "next")),
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert not folder.exists(), f"{folder} left behind"
+    assert not os.listdir(tmpdir)                   # the next run left nothing either
+    os.rmdir(tmpdir)
 
 
 def test_a_stopped_server_is_named(run: Any, tmp_path: pathlib.Path) -> None:

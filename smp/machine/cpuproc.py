@@ -113,9 +113,8 @@ def make_cpu(cpu_id: int, bus: Bus, config: dict[str, Any],
         else:
             bus.horizon = 0                     # until the server says how far to run
         if replay is None and config["run.record"]:
-            bus.read_log = []
-            bus.on_read_log = lambda log: bus.send_control(Op.REPORT, "reads",
-                                                            [log, -1, bus.point])
+            bus.log_reads(lambda log: bus.send_control(Op.REPORT, "reads",
+                                                       [log, -1, bus.point]))
     else:
         clock = Clock(int(config["machine.hz"]), float(config["machine.speed"]))
     hw = Cpu(cpu_id, bus, clock, float(config["run.stats_interval"]), costs_of(config))
