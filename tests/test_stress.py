@@ -248,7 +248,8 @@ def test_an_empty_out_folder_is_claimed_by_one_campaign(
     log.close("error", 2, ["cluster gone"])               # ended by an error: the runs
     lines = campaign_lines(read_campaign(str(twin)))       # that ended are still shown
     assert lines[1].endswith("(error, exit status 2)") and lines[2] == "cluster gone", lines
-    assert "FAIL seed 7 [panic] panic: oops" in lines and lines[-1] == "1 of 1 runs ended so far"
+    assert "FAIL seed 7 [panic] panic: oops" in lines
+    assert lines[-1] == "1 of 1 runs ended before the campaign's error", lines
     doc = json.loads((out / "campaign.json").read_text())
     assert (doc["state"], doc["exit_status"], doc["runs"]) == ("done", 0, 1), doc
     assert doc["command"] == ["smp", "stress", STRESS, "--runs", "1", "--out", str(out)]

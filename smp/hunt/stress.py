@@ -396,7 +396,7 @@ def read_campaign(out_dir: str) -> dict[str, Any]:
 
 def campaign_lines(doc: dict[str, Any]) -> list[str]:
     """``smp report OUT``: the campaign's command, how it ended, and its closing lines
-    (while it runs, or when it was cut short without them: the runs ended so far)."""
+    (while it runs, or when it was cut short without them: the runs ended by then)."""
     state = str(doc["state"])
     lines = [f"campaign: {shlex.join(str(a) for a in doc['command'])}",
              f"started {doc.get('started')}"
@@ -412,9 +412,9 @@ def campaign_lines(doc: dict[str, Any]) -> list[str]:
             lines += _fail_block(o["seed"], failures, o["run_dir"], o["rerun"],
                                  o.get("replay"))
     done = [o for o in doc["outcomes"] if not o["stopped"]]
-    lines.append(f"{len(done)} of {doc['runs']} runs ended "
-                 + ("before the campaign was interrupted" if state == "interrupted"
-                    else "so far"))
+    until = {"interrupted": "before the campaign was interrupted",
+             "error": "before the campaign's error"}
+    lines.append(f"{len(done)} of {doc['runs']} runs ended {until.get(state, 'so far')}")
     return lines
 
 
