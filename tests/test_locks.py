@@ -452,6 +452,28 @@ def test_a_mutex_left_free_later_in_simulated_time_is_waited_for(run: Any) -> No
     assert moved - 100 < mtx["wait_us_total"] <= moved, (moved, mtx)
 
 
+def test_the_idle_thread_is_not_running_once_it_switched_away(run: Any) -> None:
+    """kern_idle.c's idle_proc sets its thread TDS_CAN_RUN before mi_switch (it is never on
+    a run queue): a thread woken on an idle CPU runs there alone. (Left TDS_RUNNING, ps,
+    smp top and a crash dump's `db> ps` showed two threads on the CPU at once.)"""
+    from smp.kernel.sys.proc import TDS
+
+    def sleeper(t: Any) -> None:
+        for _ in range(3):                  # asleep: the CPU idles, then idle switches here
+            tsleep(t.handle, PWAIT, "tidle", 1)
+            idle = md.pcpu.idlethread
+            result("t_idle_running", int(idle.td.td_state == TDS.TDS_RUNNING))
+            result("t_idle_looked")
+        finish()
+
+    def per_cpu(t: Any, cpuid: int) -> None:
+        if cpuid == 0:
+            kthread(lambda: sleeper(t), "idler")
+    k = expect_shutdown(run(cfg(1), machine("idle", per_cpu)))
+    assert k["t_idle_looked"] == 3, k
+    assert k.get("t_idle_running", 0) == 0, k
+
+
 # -- msleep / wakeup --------------------------------------------------------------------------
 PINGPONG = 60
 
