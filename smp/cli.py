@@ -505,14 +505,12 @@ def _run(args: argparse.Namespace, cfg: Config) -> int:
 def _replay_lines(run_dir: str, report: dict[str, Any]) -> list[str]:
     """After a run that panicked or found something new, and was recorded: the replay
     that goes over it again, and the watch of the objects its failures name."""
-    from smp.hunt.stress import watch_command
+    from smp.hunt.stress import replay_of, watch_command
     from smp.observe.findings import classify
-    if not os.path.exists(os.path.join(run_dir, "schedule.smpr")):
+    replay = replay_of(run_dir)
+    fails = [f for f in classify(report) if f.panic or f.known is None] if replay else []
+    if replay is None or not fails:
         return []
-    fails = [f for f in classify(report) if f.panic or f.known is None]
-    if not fails:
-        return []
-    replay = f"smp replay {run_dir}"
     watch = watch_command(replay, [f.summary for f in fails])
     return [f"replay: {replay}"] + ([f"watch:  {watch}"] if watch else [])
 
@@ -700,10 +698,16 @@ def _monitors(args: argparse.Namespace, cfg: "Config") -> list[object]:
     return monitors
 
 
+def _campaign_folder(d: str) -> bool:
+    """``d`` is a campaign's folder (``smp stress --out``), not a run directory."""
+    from smp.hunt.stress import CAMPAIGN_FILE
+    return (os.path.isfile(os.path.join(d, CAMPAIGN_FILE))
+            and not os.path.exists(os.path.join(d, "report.json")))
+
+
 def _run_replay(cmd: str, how: Any, args: argparse.Namespace) -> tuple[int, Any, str] | None:
     """``smp replay`` and ``smp trace``: replay ``args.run_dir`` with ``how`` (replay or
     trace); None, said on stderr, for a bad --until or a record that cannot be replayed."""
-    from smp.hunt.stress import CAMPAIGN_FILE
     from smp.run.replay import RECORD_FILE, ReplayError
     from smp.run.rundir import RunDirError
     if args.until is not None and args.until < 1:
@@ -711,8 +715,7 @@ def _run_replay(cmd: str, how: Any, args: argparse.Namespace) -> tuple[int, Any,
               f"got {args.until}", file=sys.stderr)
         return None
     d = args.run_dir
-    if (os.path.isfile(os.path.join(d, CAMPAIGN_FILE))
-            and not os.path.exists(os.path.join(d, "report.json"))):
+    if _campaign_folder(d):
         runs = sorted(e.path for e in os.scandir(d)
                       if os.path.isfile(os.path.join(e.path, RECORD_FILE)))
         print(f"smp {cmd}: {d}: a campaign's folder: {cmd} one of its runs: smp {cmd} "
@@ -995,9 +998,7 @@ def _report(args: argparse.Namespace) -> int:
     if args.weight is not None and args.format != "folded":
         print("smp report: --weight is for --format folded", file=sys.stderr)
         return 2
-    from smp.hunt.stress import CAMPAIGN_FILE
-    if (os.path.isfile(os.path.join(args.run_dir, CAMPAIGN_FILE))
-            and not os.path.exists(os.path.join(args.run_dir, "report.json"))):
+    if _campaign_folder(args.run_dir):
         return _report_campaign(args)
     report = _read_report(args.run_dir, "report", _REPORT_KEYS)
     if report is None:

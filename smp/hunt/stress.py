@@ -598,9 +598,14 @@ def replay_command(out: RunOutcome) -> str | None:
     """``smp replay DIR``: the run again, exactly, from its recorded schedule (None when
     it has none: ``run.record = false``, or a record too big to bring back from a
     cluster worker)."""
-    if not os.path.exists(os.path.join(out.run_dir, "schedule.smpr")):
-        return None
-    return f"smp replay {out.run_dir}"
+    return replay_of(out.run_dir)
+
+
+def replay_of(run_dir: str) -> str | None:
+    """``smp replay RUN_DIR``, if the run directory holds a record; else None."""
+    from smp.run.replay import RECORD_FILE
+    return f"smp replay {run_dir}" if os.path.exists(os.path.join(run_dir, RECORD_FILE)) \
+        else None
 
 
 def failure_lines(out: RunOutcome, strict: bool) -> list[str]:
@@ -674,4 +679,5 @@ def describe(outcomes: list[RunOutcome], strict: bool,
 __all__ = ["CAMPAIGN_FILE", "Campaign", "CampaignError", "CampaignLog", "Interrupted",
            "LocalRunner", "Progress", "RunOutcome", "Runner", "campaign_lines", "child_env",
            "derive_seed", "describe", "failure_lines", "read_campaign", "read_outcome",
-           "replay_command", "rerun_command", "run_campaign", "watch_command"]
+           "replay_command", "replay_of", "rerun_command", "run_campaign",
+           "watch_command"]

@@ -48,7 +48,7 @@ from smp.machine.cpuproc import START_TIMEOUT, cpu_main
 from smp.machine.files import write_error
 from smp.machine.proc_util import describe_exit
 from smp.run.remote import ListenSpec
-from smp.run.replay import kernel_sources
+from smp.run.replay import RECORD_FILE, kernel_sources
 from smp.run.rundir import (RunDirError, config_header, make_socket_dir, prepare_run_dir,
                             remove_stale_socket_dirs, write_config)
 from smp.observe.live import LIVE_JSON, launcher_started, write_live
@@ -61,7 +61,6 @@ from smp.machine.server import detectors_of, server_main
 from smp.machine.watch import WATCH_FILE
 from smp.observe.summary import verdict
 
-RECORD_FILE = "schedule.smpr"  # the run's record, in its run directory (hw/record.py)
 END_EVENT_GRACE_S = 1.0        # how long a CPU that exited 0 gets for its panic/halt event
 
 

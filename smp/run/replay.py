@@ -38,9 +38,10 @@ from smp.hw.protocol import VERSION
 from smp.machine.sites import annotate_all
 from smp.machine.watch import WATCH_FILE, parse, watch_lines
 from smp.observe.crash import backtrace, how_they_got_here, woken_line
+from smp.observe.summary import verdict
 from smp.run.config import Config, ConfigError, load_config
 
-RECORD_FILE = "schedule.smpr"
+RECORD_FILE = "schedule.smpr"   # the run's record, in its run directory (hw/record.py)
 TRACE_FILE = "trace.json"
 
 # What a replay must reproduce, by report section: the kernel's counters, the lock table's
@@ -188,12 +189,10 @@ def replay(run_dir: str, out_dir: str | None, until: int = 0,
             # the replay reproduced the recorded run: its verdict is the recorded one. A run
             # stopped by a signal (exit 130/143) replays to where it stopped: the stop was
             # not the machine's, so only what went wrong before it fails the replay
-            status = 0 if orig.get("ok") else 1
+            status = 1 if verdict(orig) == "FAILED" else 0
             if orig.get("interrupted"):
                 rep.setdefault("schedule", {}).setdefault("replay", {})["recorded_stop"] = \
                     orig.get("reason")
-                failed = orig.get("panic") or orig.get("invariants") or orig.get("problems")
-                status = 1 if failed else 0
     return status, rep, out
 
 
