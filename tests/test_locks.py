@@ -474,6 +474,27 @@ def test_the_idle_thread_is_not_running_once_it_switched_away(run: Any) -> None:
     assert k.get("t_idle_running", 0) == 0, k
 
 
+def test_each_cpu_idles_in_a_process_of_its_own(run: Any) -> None:
+    """kern_idle.c's idle_setup makes a kernel process per CPU, `idle: cpuN`, P_SYSTEM |
+    P_KTHREAD | P_NOLOAD, on allproc with a pid of its own. (The APs' idle threads were
+    threads of proc0: `db> ps`, smp top and the report's process table showed cpu 0's
+    alone.)"""
+    from smp.kernel.sys.proc import P
+
+    def per_cpu(t: Any, cpuid: int) -> None:
+        thread_done(t)                      # after this CPU's idle_setup (SI_SUB_SCHED_IDLE)
+        if cpuid == 0:
+            kthread(lambda: coordinator(t, 3, lambda _: None), "coordinator")
+    res = run(cfg(3), machine("idleprocs", per_cpu))
+    expect_shutdown(res)
+    idle = {p["comm"]: p for p in res.report["procs"] if p["comm"].startswith("idle")}
+    assert sorted(idle) == ["idle: cpu0", "idle: cpu1", "idle: cpu2"], idle
+    assert len({p["pid"] for p in idle.values()}) == 3, idle
+    flags = int(P.P_SYSTEM | P.P_KTHREAD | P.P_NOLOAD)
+    assert all(p["pflag"] & flags == flags for p in idle.values()), idle
+    assert all(p["ppid"] == 0 for p in idle.values()), idle
+
+
 # -- msleep / wakeup --------------------------------------------------------------------------
 PINGPONG = 60
 

@@ -24,13 +24,13 @@ from smp.kernel.kern import (kern_fail, kern_globals, kern_idle, kern_proc, subr
                              subr_witness)
 from smp.kernel.kern.kern_clock import hardclock
 from smp.kernel.kern.kern_globals import struct_kernel
-from smp.kernel.kern.kern_kthread import kthread_create, kthread_create_on, kthread_cpu
+from smp.kernel.kern.kern_kthread import kthread_create, kthread_create_on, kthread_cpu, proc_link
 from smp.kernel.kern.kern_mutex import (MTX_DEF, MTX_RECURSE, MTX_SPIN, mtx_init, mtx_lock,
                                         mtx_lock_spin, mtx_unlock, mtx_unlock_spin)
 from smp.kernel.kern.kern_switch import RunQueue, ipi_setrunqueue, runq_add
 from smp.kernel.kern.kern_sx import sx_init
 from smp.kernel.kern.kern_synch import schedcpu, tsleep
-from smp.kernel.kern.kern_thread import LocalThread, thread_attach, thread_exit, thread_new
+from smp.kernel.kern.kern_thread import LocalThread, thread_attach, thread_exit
 from smp.kernel.kern.kern_timeout import CalloutWheel
 from smp.kernel.kern.subr_lock import lock_granted
 from smp.kernel.machine import cpu as md
@@ -127,11 +127,18 @@ SYSINIT("machine_attach", SI_SUB.SI_SUB_VM_CONF, SI_ORDER.SI_ORDER_SECOND, machi
 
 # -- SI_SUB_SCHED_IDLE (per CPU): the idle thread -------------------------------------------
 def idle_setup(_: Any) -> None:
+    """kern_idle.c: each CPU's idle process, ``idle: cpuN``, ``P_NOLOAD``, never on a run
+    queue. An AP made its own before it took any lock (ap_boot) and links it here."""
     pc = md.pcpu
     if pc.idlethread is None:
-        pc.idlethread = kthread_create(kern_idle.idle_proc, f"idle: cpu{pc.cpuid}",
-                                       PRI_MAX, run=False)
-    # an AP makes its idle thread before it takes any lock (ap_boot)
+        pc.idlethread = _idle_proc_new(link=True)
+    else:
+        proc_link(pc.idlethread.proc)
+
+
+def _idle_proc_new(link: bool) -> LocalThread:
+    return kthread_create(kern_idle.idle_proc, f"idle: cpu{md.pcpu.cpuid}", PRI_MAX,
+                          run=False, link=link, flags=int(P.P_NOLOAD))
 
 
 SYSINIT("idle_setup", SI_SUB.SI_SUB_SCHED_IDLE, SI_ORDER.SI_ORDER_FIRST, idle_setup,
@@ -298,8 +305,9 @@ def ap_boot() -> None:
     G = kern_globals.G
     p0 = G.proc0
     # The idle thread exists before the boot stack takes any lock, so that a contended
-    # lock during start-up has somewhere to switch to.
-    pc.idlethread = thread_new(p0, None, f"idle: cpu{pc.cpuid}", PRI_MAX, kern_idle.idle_proc)
+    # lock during start-up has somewhere to switch to; its process goes on allproc (which
+    # takes allproc_lock) in idle_setup.
+    pc.idlethread = _idle_proc_new(link=False)
     # in proc0's ksegrp, as thread0: the per-CPU SYSINITs fork, and a fork may sleep
     # (VM_WAIT when memory is short already at boot)
     td = struct_thread.new(td_proc=p0, td_ksegrp=G.thread0.td_ksegrp, td_oncpu=pc.cpuid,

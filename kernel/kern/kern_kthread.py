@@ -64,11 +64,13 @@ def proc_link(p: Any) -> int:
 
 
 def kthread_create(func: Callable[[], None], name: str, pri: int = PWAIT,
-                   run: bool = True) -> LocalThread:
-    """A new kernel process on this CPU running ``func``; queued to run unless ``run`` is
-    False (RFSTOPPED)."""
+                   run: bool = True, link: bool = True, flags: int = 0) -> LocalThread:
+    """A new kernel process on this CPU running ``func``, its ``p_flag`` ``P_SYSTEM |
+    P_KTHREAD | flags``; queued to run unless ``run`` is False (RFSTOPPED). Without
+    ``link`` it takes no lock and is on no list: the caller gives it its pid and puts it
+    on allproc later (``proc_link``)."""
     G = kern_globals.G
-    p = struct_proc.new(p_flag=int(P.P_SYSTEM | P.P_KTHREAD), p_sflag=int(PS.PS_INMEM),
+    p = struct_proc.new(p_flag=int(P.P_SYSTEM | P.P_KTHREAD) | flags, p_sflag=int(PS.PS_INMEM),
                         p_state=int(PRS.PRS_NORMAL), p_comm=name, p_oncpu=md.pcpu.cpuid,
                         p_numthreads=1, p_numksegrps=1, p_pptr=G.proc0)
     mtx_init(p.p_mtx, "process lock", None, MTX_DEF | MTX_DUPOK)
@@ -78,7 +80,8 @@ def kthread_create(func: Callable[[], None], name: str, pri: int = PWAIT,
     lt.proc = p
     TAILQ_INSERT_TAIL(p.p_threads, lt.td)
     TAILQ_INSERT_TAIL(kg.kg_threads, lt.td)
-    proc_link(p)
+    if link:
+        proc_link(p)
     if run:
         mtx_lock_spin(G.sched_lock)
         setrunqueue(lt.td)
