@@ -37,3 +37,36 @@ def test_a_long_record_reads_back_every_request_once_in_order(tmp_path: pathlib.
     assert rec.damage is None and rec.requests == len(want)
     assert [rec.entry(i) for i in range(len(want))] == want
     assert sorted(rec.actions) == [1, 10_001, 20_001, 30_001, 40_001, 50_001]
+
+
+def test_a_record_cut_short_says_where_to_stop_whichever_stream_ends_first(
+        tmp_path: pathlib.Path) -> None:
+    """A record cut short (a killed run's) ends its order or a CPU's reads first, as the
+    kill fell between their flushes; either way the divergence offers `--until N`, N the
+    last operation the record has (the order's end once had no such hint)."""
+    from smp.hw.protocol import Op
+    from smp.machine.schedule import Replay
+    acq = int(Op.ACQUIRE)
+    path = str(tmp_path / "schedule.smpr")
+    w = record.Writer(path, {"format": record.FORMAT})
+    for i in range(5):
+        w.request(i % 2, acq, "kern/kern_mutex.py:80", 100 + i % 2)
+    w.reads(0, [3, 1], -1, 4)                    # cpu 0's reads known to its point 4
+    w.flush()
+    w.abandon()                                   # no end: cut short
+    rec = record.read(path)
+    assert rec.damage and rec.requests == 5
+    r = Replay(rec)
+    for i in range(5):
+        assert r.check(i % 2, [acq, None, 100 + i % 2, "kern/kern_mutex.py:80"]) is None
+        r.i += 1
+    d = r.check(1, [acq, None, 101, "kern/kern_mutex.py:80"])
+    assert d is not None and d.op == 6, d
+    assert d.message.endswith("the record ends after 5 operations, but cpu 1 went on with "
+                              "ACQUIRE @ kern/kern_mutex.py:80 (thread 101); the record is "
+                              "cut short (truncated); --until 5 stops the machine before it "
+                              "and dumps it"), d.message
+    d = r.reads_end(0, 5)
+    assert d.message.endswith("the record ends for cpu 0, whose reads it has only up to "
+                              "read point 4; the record is cut short (truncated); --until 5 "
+                              "stops the machine before it and dumps it"), d.message

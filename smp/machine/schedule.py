@@ -115,7 +115,8 @@ class Replay:
         if exp is None:
             return Divergence(self.i + 1, cpu, f"replay diverged at operation {self.i + 1}: "
                               f"the record ends after {self.total} operations, but cpu "
-                              f"{cpu} went on with {got}" + self._damage())
+                              f"{cpu} went on with {got}" + self._damage()
+                              + (self._until() if self.rec.damage else ""))
         ecpu, eop, esite, etid = exp
         if (ecpu, eop, esite, etid) != (cpu, msg[0], msg[3], msg[2]):
             return Divergence(self.i + 1, cpu, f"replay diverged at operation {self.i + 1}: "
@@ -142,11 +143,14 @@ class Replay:
 
     def reads_end(self, cpu: int, point: int) -> Divergence:
         """``cpu`` reached a read point past the last one a record cut short knows."""
-        until = (f"; --until {self.i} stops the machine before it and dumps it"
-                 if self.i else "")
         return Divergence(self.i + 1, cpu, f"replay diverged at operation {self.i + 1}: the "
                           f"record ends for cpu {cpu}, whose reads it has only up to read "
-                          f"point {point - 1}" + self._damage() + until)
+                          f"point {point - 1}" + self._damage() + self._until())
 
     def _damage(self) -> str:
         return f"; {self.rec.damage}" if self.rec.damage else ""
+
+    def _until(self) -> str:
+        """Where a record cut short ends: how to look at the machine just before."""
+        return (f"; --until {self.i} stops the machine before it and dumps it"
+                if self.i else "")
