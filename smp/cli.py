@@ -731,7 +731,7 @@ def _run_replay(cmd: str, how: Any, args: argparse.Namespace) -> tuple[int, Any,
 
 def _replay(args: argparse.Namespace) -> int:
     from smp.observe.report import summary_table
-    from smp.run.replay import panicked_before, replay
+    from smp.run.replay import panicked_by, replay, until_outcome
     if args.force and args.out is None:         # RUN_DIR/replay-N is a new directory
         print("smp replay: --force needs --run-dir (it clears that directory's earlier "
               "run; without --run-dir a replay gets a new directory)", file=sys.stderr)
@@ -751,12 +751,11 @@ def _replay(args: argparse.Namespace) -> int:
               f"recorded run")
     elif div:
         print(f"replay DIVERGED: {div['message']}")
-    elif args.until and panicked_before(rep, args.until) is not None:
-        print(f"replay panicked at operation {panicked_before(rep, args.until)}, before "
-              f"reaching operation {args.until}: {os.path.join(out, 'crash.txt')}, "
-              f"{os.path.join(out, 'dump.txt')}")
     elif args.until:
-        print(f"replay stopped after operation {args.until}: {os.path.join(out, 'dump.txt')}")
+        files = (["crash.txt"] if panicked_by(rep, args.until) is not None else []) \
+            + ["dump.txt"]
+        print(f"replay {until_outcome(rep, args.until)}: "
+              + ", ".join(os.path.join(out, f) for f in files))
     elif rep.get("replay_differences"):
         print("replay DIFFERS from the recorded run:")
         for d in rep["replay_differences"]:

@@ -105,8 +105,15 @@ def test_a_fail_point_panic_replays_at_the_same_operation(tmp_path: pathlib.Path
     said = f"replay panicked at operation {op}, before reaching operation {last}"
     assert said in proc.stdout and "stopped after" not in proc.stdout, proc.stdout
     assert (tmp_path / "past" / "dump.txt").read_text().startswith(
-        f"smp replay: the machine panicked at operation {op}, before reaching operation "
-        f"{last}"), proc.stdout
+        f"smp replay: panicked at operation {op}, before reaching operation {last}"), \
+        proc.stdout
+    # --until at the panic's own operation: reached, and the panic said (it said only
+    # "stopped after", as if the machine had been running)
+    proc = _replay(rdir, "--until", str(op), "--run-dir", str(tmp_path / "at"))
+    said = f"replay stopped after operation {op}, at which the machine panicked: "
+    assert said in proc.stdout and "crash.txt" in proc.stdout, proc.stdout
+    assert (tmp_path / "at" / "dump.txt").read_text().startswith(f"smp replay: {said[7:-2]} "
+                                                                  "(its panic: crash.txt)")
 
 
 @pytest.mark.timeout(300)

@@ -321,21 +321,30 @@ def compare(orig: dict[str, Any], rep: dict[str, Any]) -> list[str]:
     return out
 
 
-def panicked_before(report: dict[str, Any], until: int) -> int | None:
-    """The operation the replayed machine panicked at, if before ``until`` (the other
-    CPUs' operations as it halts come after it: an --until among them is reached by a
-    machine that had stopped running), else None."""
+def panicked_by(report: dict[str, Any], until: int) -> int | None:
+    """The operation the replayed machine panicked at, if at or before ``until`` (the
+    other CPUs' operations as it halts come after it: an --until among them is reached by
+    a machine that had stopped running), else None."""
     op = (report.get("panic") or {}).get("op")
-    return op if isinstance(op, int) and op < until else None
+    return op if isinstance(op, int) and op <= until else None
+
+
+def until_outcome(report: dict[str, Any], until: int) -> str:
+    """What became of a replay run ``--until``, as smp replay and dump.txt say it."""
+    p = panicked_by(report, until)
+    if p is None:
+        return f"stopped after operation {until}"
+    if p == until:
+        return f"stopped after operation {until}, at which the machine panicked"
+    return f"panicked at operation {p}, before reaching operation {until}"
 
 
 def write_dump(out: str, report: dict[str, Any], until: int) -> str:
     """``dump.txt``: the machine the moment after operation ``until`` (or as it halted
-    after a panic before it)."""
-    p = panicked_before(report, until)
-    head = (f"smp replay: the machine panicked at operation {p}, before reaching operation "
-            f"{until} (its panic: crash.txt); below, the machine as it halted"
-            if p is not None else f"smp replay: stopped after operation {until}")
+    after a panic at or before it)."""
+    head = f"smp replay: {until_outcome(report, until)}"
+    if panicked_by(report, until) is not None:
+        head += " (its panic: crash.txt); below, the machine as it halted"
     lines = [head, ""]
     sched = (report.get("schedule") or {}).get("replay") or {}
     if sched.get("divergence"):
