@@ -25,6 +25,20 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 STRESS = str(ROOT / "configs" / "stress.toml")
 
 
+def _runs_told(out: pathlib.Path) -> str:
+    """What each run of a campaign found and where its threads were, for a failing
+    test's message (a CI log keeps nothing else of them)."""
+    told = []
+    for rep in sorted(out.glob("run*/report.json")):
+        doc = json.loads(rep.read_text())
+        told.append(f"\n{rep.parent.name}: {doc.get('reason')}")
+        told += [f"  [{f['detector']}] {f['summary']}\n    {f.get('detail', '')}"
+                 for f in doc.get("findings", [])]
+        told += [f"  pid {p['pid']} {p['comm']} cpu {p['cpu']} {p['state']} "
+                 f"wchan {p.get('wchan')}" for p in doc.get("procs") or []]
+    return "\n".join(told)
+
+
 def _stress(tmp_path: pathlib.Path, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "smp.cli", "stress", *args, "--out", str(tmp_path / "runs")]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -44,9 +58,10 @@ def test_a_switched_off_guard_is_caught_with_rerun_and_replay_commands(tmp_path:
     no address space: the seed's own KASSERT fires."""
     r = _stress(tmp_path, STRESS, "--runs", "2", "--fail-point", "swapout_procs_p_system",
                 timeout=140)
-    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.returncode == 1, r.stdout + r.stderr + _runs_told(tmp_path / "runs")
     assert "FAIL seed" in r.stdout
-    assert "[panic] panic: swapout_procs: a process has no address space" in r.stdout
+    assert "[panic] panic: swapout_procs: a process has no address space" in r.stdout, \
+        r.stdout + _runs_told(tmp_path / "runs")
     rerun = [line for line in r.stdout.splitlines() if "rerun:" in line][0]
     cfg = rerun.split("smp run ", 1)[1].strip()
     assert os.path.exists(cfg)
