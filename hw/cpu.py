@@ -382,9 +382,10 @@ class Cpu:
                 "bus_calls": self.bus.calls, "bus_posts": self.bus.posts,
                 "bus_wait_s": round(self.bus.wait_s, 6), "kernel": self.kernel_sample()}
 
-    def _publish(self) -> None:
+    def _publish(self, last: bool = False) -> None:
+        """Send a stats sample if one is due (``last``: the CPU stops, send it now)."""
         now = time.monotonic()
-        if now >= self.next_stats:
+        if last or now >= self.next_stats:
             self.next_stats = now + self.stats_interval
             self.bus.send_control(Op.REPORT, "stats", self.sample())
 
@@ -578,9 +579,8 @@ class Cpu:
 
     def finish(self) -> dict[str, Any]:
         self._charge()
-        if self.stats_interval and self.clock.started:   # the last sample: the series
-            self.next_stats = 0.0                         # ends where the CPU stopped
-            self._publish()
+        if self.stats_interval and self.clock.started:   # the series ends where the
+            self._publish(last=True)                      # CPU stopped
         threads = []
         for ctx in list(self.contexts.values()):
             info = {"tid": ctx.tid, "name": ctx.name, "stack": ctx.stack()[-12:]}
