@@ -897,6 +897,78 @@ def test_an_sx_waiter_swapped_out_is_brought_in_when_granted(tmp_path: pathlib.P
     assert res.report["invariants"] == [] and k["faultins_swapper"] >= 1, k
 
 
+def copy_across_a_page_freed_meanwhile() -> list[Any]:
+    """vm_object_copy_pages (fork of a COPY entry) waits for memory (VM_WAIT, Giant let
+    go) after it found the source page; meanwhile the page goes to swap and is freed, and
+    its frame gets another process's memory. The copy must come from swap, not from the
+    frame it had found (it did: a sharer's child in a stress campaign read another
+    process's page, 'user page 0x8048000 of pid 27 lost its contents')."""
+    from smp.kernel.vm import vm_page as vp
+    from smp.kernel.vm.swap_pager import swap_pager_haspage, vm_pager_get_pages, vm_pager_put_page
+    from smp.kernel.vm.vm import OBJT_DEFAULT, VM_ALLOC_NORMAL, VM_PAGER_OK
+    from smp.kernel.vm.vm_fault import vm_object_copy_pages
+    from smp.kernel.vm.vm_object import vm_object_allocate
+
+    mine, other = b"source page" * 8, b"other process" * 8
+
+    def copier() -> None:
+        t = vs.shared()
+        mtx_lock(vs.giant())
+        src = vm_object_allocate(OBJT_DEFAULT, 1)
+        m = vp.vm_page_alloc(src, 0, VM_ALLOC_NORMAL)
+        memory.phys_write(m.phys_addr * PAGE, mine)
+        m.update(valid=VM_PAGE_BITS_ALL, dirty=VM_PAGE_BITS_ALL)
+        vp.vm_page_wakeup(m)
+        dst = vm_object_allocate(OBJT_DEFAULT, 1)
+        taken = []                                  # memory short: the copy must wait
+        while (p := vp.vm_page_alloc(None, 0, VM_ALLOC_NORMAL)) is not None:
+            taken.append(p)
+        t.v_pid, t.v_aux = src.handle, m.handle
+        t.v_phase = 1
+        vm_object_copy_pages(src, dst)
+        nm = vp.vm_page_lookup(dst, 0)
+        if nm is None and swap_pager_haspage(dst, 0):
+            nm = vp.vm_page_alloc(dst, 0, VM_ALLOC_NORMAL)
+            vs.check("copy_read_back", vm_pager_get_pages(dst, [nm], 1, 0) == VM_PAGER_OK)
+        got = memory.phys_read(nm.phys_addr * PAGE, len(mine)) if nm is not None else b""
+        vs.check("copy_is_the_source_page", got == mine, f"the copy holds {got[:26]!r}")
+        vp.vm_page_lock_queues()
+        for p in taken:
+            vp.vm_page_free(p)
+        vp.vm_page_unlock_queues()
+        mtx_unlock(vs.giant())
+        vs.done()
+
+    def pageout() -> None:
+        from smp.kernel.kern.kern_synch import wakeup
+        from smp.kernel.vm.vm_object import struct_vm_object
+        t = vs.shared()
+        vs.nap_until(lambda: t.v_phase >= 1, "the copier to find its page")
+        p = vs.find_proc(comm="vmt-copier")
+        vs.nap_until(lambda: FIRST_THREAD_IN_PROC(p).td_wmesg == "vmwait",
+                     "the copier to wait for memory")
+        mtx_lock(vs.giant())
+        src, m = struct_vm_object.at(t.v_pid), vp.struct_vm_page.at(t.v_aux)
+        vp.vm_page_busy(m)                          # as the pageout daemon: to swap ...
+        vs.check("paged_out", vm_pager_put_page(src, m) == VM_PAGER_OK)
+        vp.vm_page_lock_queues()
+        vp.vm_page_free(m)                          # ... freed ...
+        vp.vm_page_unlock_queues()
+        memory.phys_write(m.phys_addr * PAGE, other)  # ... and the frame reused
+        wakeup(vp.cnt.addr("v_free_count"))
+        mtx_unlock(vs.giant())
+        vs.done()
+    return [vs.boot_kthread("vmt-copier", copier, cpu=0),
+            vs.boot_kthread("vmt-pageout", pageout, cpu=1),
+            vs.boot_kthread("vmt-coord", vs.coordinator(2, 1500, "copy_pages"), cpu=0)]
+
+
+def test_a_fork_copy_that_waited_for_memory_copies_the_page_it_had_not_lost(
+        tmp_path: pathlib.Path) -> None:
+    res = boot(tmp_path, quiet(duration=40), copy_across_a_page_freed_meanwhile())
+    assert_checks(res, "paged_out", "copy_read_back", "copy_is_the_source_page")
+
+
 MAP_TRYLOCK_ROUNDS = 30
 
 

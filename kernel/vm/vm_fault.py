@@ -113,31 +113,31 @@ def vm_fault_unwire(map_: KObj, start: int, end: int) -> None:
 
 def vm_object_copy_pages(src: KObj, dst: KObj) -> None:
     """Copy every page of ``src`` into the new object ``dst`` (fork of a COPY entry):
-    resident pages frame to frame, pages on swap block to block."""
+    resident pages frame to frame, pages on swap block to block. After any sleep (a busy
+    page, VM_WAIT) the page is looked up again: while this thread slept, without Giant,
+    the pageout daemon could write the page it had found to swap, free it, and the frame
+    go to another process (a copy from it gave the child that process's memory: the
+    sharer's 'user page lost its contents' in a stress campaign)."""
     size = src.size
     for pindex in range(size):
-        m = vm_page_lookup(src, pindex)
-        if m is None:
-            swap_pager_copy(src, dst, pindex)
-            continue
-        while vm_page_sleep_busy(m, True, "vmcopy"):
+        while True:
             m = vm_page_lookup(src, pindex)
             if m is None:
+                swap_pager_copy(src, dst, pindex)
                 break
-        if m is None:
-            swap_pager_copy(src, dst, pindex)
-            continue
-        while True:
+            if vm_page_sleep_busy(m, True, "vmcopy"):
+                continue
             nm = vm_page_alloc(dst, pindex, VM_ALLOC_NORMAL)
-            if nm is not None:
-                break
-            VM_WAIT()
-        memory.page_copy(m.phys_addr, nm.phys_addr)
-        nm.update(valid=VM_PAGE_BITS_ALL, dirty=VM_PAGE_BITS_ALL)
-        vm_page_lock_queues()
-        vm_page_activate(nm)
-        vm_page_unlock_queues()
-        vm_page_wakeup(nm)
+            if nm is None:
+                VM_WAIT()
+                continue
+            memory.page_copy(m.phys_addr, nm.phys_addr)
+            nm.update(valid=VM_PAGE_BITS_ALL, dirty=VM_PAGE_BITS_ALL)
+            vm_page_lock_queues()
+            vm_page_activate(nm)
+            vm_page_unlock_queues()
+            vm_page_wakeup(nm)
+            break
 
 
 def vm_page_release(m: KObj) -> None:
