@@ -93,6 +93,44 @@ def test_machine_boots_runs_and_stops(run: Any, ncpus: int) -> None:
     assert not (rdir / "crash.txt").exists()
 
 
+@pytest.mark.timeout(90)
+def test_user_land_starts_once_every_cpu_has_booted(run: Any) -> None:
+    """As in FreeBSD, where init runs only after every SYSINIT: no program runs while an AP
+    still boots. (Each CPU's init started its programs at once; an AP slow to boot found
+    memory gone to them, waited for memory in its own init's fork and never made the
+    pageout daemon placed on it: a stress campaign's run with no pagedaemon, every fork
+    in vmwait.) cpu 2's boot sleeps half a simulated second; meanwhile no process runs a
+    program; afterwards programs run."""
+    from helpers import result, sysinit
+    from smp.kernel import param
+    from smp.kernel.kern import kern_globals
+    from smp.kernel.kern.kern_proc import FOREACH_PROC_IN_SYSTEM
+    from smp.kernel.kern.kern_sx import sx_slock, sx_sunlock
+    from smp.kernel.kern.kern_synch import tsleep
+    from smp.kernel.kern.kern_thread import curthread
+    from smp.kernel.machine import cpu as md
+    from smp.kernel.sys.param import PWAIT
+    from smp.kernel.userland.programs import PROGRAMS
+
+    def slow_boot(_: Any) -> None:
+        if md.pcpu.cpuid != 2:
+            return
+        tsleep(curthread().addr("td_wmesg"), PWAIT, "tslow", param.hz // 2)
+        G = kern_globals.G
+        sx_slock(G.allproc_lock)
+        running = sum(1 for p in FOREACH_PROC_IN_SYSTEM() if p.p_comm in PROGRAMS)
+        sx_sunlock(G.allproc_lock)
+        result("t_programs_while_booting", running)
+        result("t_looked")
+    res = run(["machine.cpus=4", "run.duration=2", "user.procs_per_cpu=2"],
+              [sysinit("test-slow-boot", slow_boot, percpu=True)])
+    assert res.exit_status == 0 and res.report["ok"], describe(res)
+    k = res.report["kernel"]
+    assert k["t_looked"] == 1, k
+    assert k.get("t_programs_while_booting", 0) == 0, k
+    assert any(p["comm"] in PROGRAMS for p in res.report["procs"]), res.report["procs"]
+
+
 @pytest.mark.timeout(60)
 def test_a_run_shorter_than_the_boot_still_ends_cleanly(run: Any) -> None:
     res = run(["machine.cpus=4", "run.duration=0.1"])

@@ -69,6 +69,12 @@ def wait() -> tuple[int, int, int]:
     return r
 
 
+def kernel_booted() -> bool:
+    """PORT: whether every CPU has run its per-CPU SYSINITs (its kernel threads exist):
+    what init waits for before it starts user land (programs.prog_init)."""
+    return int(kern_globals.G.booted_cpus) >= md.pcpu.ncpus - 1
+
+
 def sleep_ticks(ticks: int, wmesg: str = "nanslp") -> int:
     """nanosleep: sleep ``ticks`` clock ticks at PWAIT (long enough and the process
     becomes a candidate for swapout)."""

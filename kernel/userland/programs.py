@@ -1,8 +1,8 @@
 """The synthetic user programs and each CPU's init, which together drive every path of
 vm_glue in a default run.
 
-Each CPU starts one ``init`` process (forked from proc0 by the CPU's boot thread). init
-keeps ``user.procs_per_cpu`` children running, choosing each new child's program by the
+Each CPU starts one ``init`` process (forked from proc0 by the CPU's boot thread). Once
+every CPU has booted, init keeps ``user.procs_per_cpu`` children running, choosing each new child's program by the
 ``user.*`` weights with a random source derived from the run's seed, and reaps them with
 wait(2) as they exit. The programs:
 
@@ -209,6 +209,15 @@ def program_mix(weights: list[int], rng: random.Random) -> Iterator[str]:
 
 def prog_init() -> None:
     """Keep the configured number of children running; reap them as they exit."""
+    # PORT: FreeBSD's init first runs once mi_startup has run every SYSINIT, the APs'
+    # start among them: user land never ran before the pageout daemon existed. Here each
+    # CPU forks its init as it boots, so init starts nothing until every CPU has booted;
+    # else an AP slow to boot (its locks contended) could find memory gone to the
+    # programs, wait for memory in its own init's fork, and never make the pageout daemon
+    # placed on it, the one thread that frees memory: a deadlock of the boot (a stress
+    # campaign's run: no pagedaemon in ps, every fork in vmwait, the vm daemon unwoken).
+    while not libc.kernel_booted():
+        libc.sleep_ticks(1, "boot")
     rng = md.random_source("init", md.pcpu.cpuid)
     weights = [int(_cfg(f"user.{name}")) for name in PROGRAMS]
     want = int(_cfg("user.procs_per_cpu"))
