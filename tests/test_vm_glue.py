@@ -969,6 +969,69 @@ def test_a_fork_copy_that_waited_for_memory_copies_the_page_it_had_not_lost(
     assert_checks(res, "paged_out", "copy_read_back", "copy_is_the_source_page")
 
 
+def wait_meets_exit_between_its_last_locks() -> list[Any]:
+    """A parent calls wait just as its child, in exit1, has let go of proctree_lock and
+    Giant and holds its own and its parent's proc locks, not yet a zombie. (wait1 tested the child's
+    state under sched_lock alone: it saw no zombie, blocked on its own proc lock, and the
+    child's wakeup came before its sleep: it slept forever. A swap-heavy campaign's run:
+    'lost wakeup: ... (forker) asleep on &proc ('wait') waits for a child to become a
+    zombie, which it is'.) cpu 0's exit1 stops in that window (proctree_lock and Giant let
+    go, the proc locks held) until the parent has asked, and gives it the CPU."""
+    from smp.kernel.kern import kern_exit
+    from smp.kernel.kern.kern_synch import maybe_yield
+    from smp.kernel.kern.kern_thread import curlocal, curproc
+    from smp.kernel.userland import libc
+
+    def child() -> None:
+        libc.exit(0)
+
+    def parent() -> None:
+        t = vs.shared()
+        pid = libc.fork(child, "vmt-child")
+        vs.nap_until(lambda: t.v_phase >= 1, "the child in exit1's window")
+        t.v_phase = 2
+        err, cpid, _ = libc.wait()
+        vs.check("reaped_the_child", err == 0 and cpid == pid, f"wait: {err}, {cpid}")
+        vs.done()
+
+    def window(_: Any) -> None:
+        if md.pcpu.cpuid != 0:
+            return
+        real_sx_xunlock, real_mtx_unlock = kern_exit.sx_xunlock, kern_exit.mtx_unlock
+        left_proctree = [False]
+
+        def sx_xunlock(lock: int) -> None:
+            real_sx_xunlock(lock)
+            if lock == kern_globals.G.proctree_lock and curproc().p_comm == "vmt-child":
+                left_proctree[0] = True
+
+        def mtx_unlock(lock: int) -> None:          # exit1's Giant, after proctree_lock
+            real_mtx_unlock(lock)
+            if not left_proctree[0] or curproc().p_comm != "vmt-child":
+                return
+            left_proctree[0] = False
+            t = vs.shared()
+            t.v_phase = 1
+            while t.v_phase < 2:                        # the parent asks ...
+                md.cpu_work(500)
+                curlocal().need_resched = True
+                maybe_yield()
+            for _ in range(5):                          # ... and gets as far as it can
+                md.cpu_work(500)
+                curlocal().need_resched = True
+                maybe_yield()
+        kern_exit.sx_xunlock, kern_exit.mtx_unlock = sx_xunlock, mtx_unlock
+    return [helpers.sysinit("vmt-exit-window", window, percpu=True),
+            vs.boot_fork("vmt-parent", parent, cpu=0),
+            vs.boot_kthread("vmt-coord", vs.coordinator(1, 500, "wait_exit"), cpu=1)]
+
+
+def test_wait_meets_an_exit_between_its_last_locks_and_reaps_it(
+        tmp_path: pathlib.Path) -> None:
+    res = boot(tmp_path, quiet(duration=20), wait_meets_exit_between_its_last_locks())
+    assert_checks(res, "reaped_the_child")
+
+
 MAP_TRYLOCK_ROUNDS = 30
 
 

@@ -118,12 +118,17 @@ def wait1(pid: int = -1) -> tuple[int, int, int]:
             if pid != -1 and p.p_pid != pid:
                 continue
             nfound += 1
+            # The child's state is tested under its proc lock, as 5.0's wait1 did: exit1
+            # holds it from before it lets go of proctree_lock until it has made itself a
+            # zombie and woken us. (Tested under sched_lock alone, the test could come
+            # between the two; then the wakeup came before our sleep and was lost.)
+            PROC_LOCK(p)
             mtx_lock_spin(G.sched_lock)
             zombie = p.p_state == PRS.PRS_ZOMBIE
             mtx_unlock_spin(G.sched_lock)
             if not zombie:
+                PROC_UNLOCK(p)
                 continue
-            PROC_LOCK(p)
             cpid, status = p.p_pid, p.p_xstat
             PROC_UNLOCK(p)
             LIST_REMOVE(q.p_children, p)
