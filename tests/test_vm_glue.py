@@ -1012,11 +1012,8 @@ def wait_meets_exit_between_its_last_locks() -> list[Any]:
             left_proctree[0] = False
             t = vs.shared()
             t.v_phase = 1
-            while t.v_phase < 2:                        # the parent asks ...
-                md.cpu_work(500)
-                curlocal().need_resched = True
-                maybe_yield()
-            for _ in range(5):                          # ... and gets as far as it can
+            helpers.wait_until(lambda: t.v_phase >= 2, "the parent to ask")
+            for _ in range(5):                          # it gets as far as it can
                 md.cpu_work(500)
                 curlocal().need_resched = True
                 maybe_yield()
