@@ -2,9 +2,9 @@
 vm_glue in a default run.
 
 Each CPU starts one ``init`` process (forked from proc0 by the CPU's boot thread). Once
-every CPU has booted, init keeps ``user.procs_per_cpu`` children running, choosing each new child's program by the
-``user.*`` weights with a random source derived from the run's seed, and reaps them with
-wait(2) as they exit. The programs:
+every CPU has booted, init keeps ``user.procs_per_cpu`` children running, choosing each
+new child's program by the ``user.*`` weights with a random source derived from the run's
+seed, and reaps them with wait(2) as they exit. The programs:
 
 * **forker**: forks children that compute briefly and exit, and waits for each
   (fork1 -> vm_forkproc, exit1, wait1 -> vm_waitproc); sometimes with RFMEM.
