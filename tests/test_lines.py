@@ -70,6 +70,25 @@ def test_a_spin_waiter_gets_the_lock_handed_over_on_relinquish() -> None:
     assert t.locks[L].owner == 2
 
 
+def test_a_cpu_leaving_a_halted_machine_hands_its_lines_to_nobody() -> None:
+    """A CPU that leaves a running machine gives its lines back and the waiters get the
+    lock; one that leaves a halted machine gives them back to nobody: a spin waiter on
+    another CPU, stopped mid-spin by the halt, took the lock after the run's end (an
+    acquisition a replay of a panicked run did not count)."""
+    for halted in (False, True):
+        t = _table(LK_SPIN)
+        _cycles(t, 1, 0, LINE_STREAK)
+        assert t.acquire(2, 1, "b:1", L, EXCL, 0) == QUEUED
+        acquires = t.profile.lock_report()[0]["acquires"]
+        grants = t.drop_lines(0, hand_on=not halted)
+        assert t.lines == {}
+        if halted:
+            assert grants == [] and t.locks[L].owner == 0
+            assert t.profile.lock_report()[0]["acquires"] == acquires
+        else:
+            assert grants == [(1, 2, L, True)] and t.locks[L].owner == 2
+
+
 def test_no_line_while_others_wait_and_line_misuse_panics() -> None:
     t = _table()
     _cycles(t, 1, 0, LINE_STREAK - 1)

@@ -370,8 +370,9 @@ class LockTable:
             lk.free_us = self.clock()
         return self._grant_waiters(lk)
 
-    def relinquish(self, cpu: int, h: int) -> list[Grant]:
-        """The CPU gives ``h``'s line back: the waiters get their turn."""
+    def relinquish(self, cpu: int, h: int, hand_on: bool = True) -> list[Grant]:
+        """The CPU gives ``h``'s line back: the waiters get their turn (unless not
+        ``hand_on``)."""
         if self.lines.get(h) != cpu:
             raise LockError(f"RELINQUISH of lock {h} by cpu {cpu}, which has not its line")
         del self.lines[h]
@@ -380,16 +381,20 @@ class LockTable:
         if lk is None:
             return []
         lk.last_cpu, lk.streak = -1, 0
-        return self._grant_waiters(lk)
+        return self._grant_waiters(lk) if hand_on else []
 
-    def drop_lines(self, cpu: int) -> list[Grant]:
-        """A CPU leaves: the lines it keeps on locks none of its threads holds come back."""
+    def drop_lines(self, cpu: int, hand_on: bool = True) -> list[Grant]:
+        """A CPU leaves: the lines it keeps on locks none of its threads holds come back.
+        Without ``hand_on`` (the machine has halted) no waiter gets the lock: a CPU that
+        waited for it as the machine stopped would otherwise take it after the run's
+        end, in an order no record has (a replay of a panicked run counted one sched
+        lock acquisition fewer than the recorded run, every operation the same)."""
         grants: list[Grant] = []
         for h in [h for h, c in self.lines.items() if c == cpu]:
             lk = self.locks.get(h)
             owner = self.threads.get(lk.owner) if lk is not None and lk.owner else None
             if owner is None or owner.cpu != cpu:
-                grants += self.relinquish(cpu, h)
+                grants += self.relinquish(cpu, h, hand_on)
         return grants
 
     def line_report(self) -> dict[str, int]:

@@ -415,7 +415,8 @@ class Server:
             if op == Op.BYE:
                 peer.gone = True
                 if peer.cpu >= 0:
-                    self.send_grants(self.locks.drop_lines(peer.cpu))
+                    self.send_grants(self.locks.drop_lines(peer.cpu,
+                                                           hand_on=not self.halting))
                 if peer.role == "launcher":
                     self.running = False
                 return
