@@ -351,7 +351,7 @@ class CampaignLog:
             "failures": [{"detector": f.detector, "summary": f.summary,
                           "sites": list(f.sites), "known": f.known, "op": f.op}
                          for f in out.failures],
-            "rerun": rerun_command(out), "replay": replay_command(out)})
+            "rerun": rerun_command(out), "replay": replay_of(out.run_dir)})
         if out.failures or out.error or time.monotonic() - self.written >= self.WRITE_EVERY_S:
             self._write()
 
@@ -594,15 +594,10 @@ def rerun_command(out: RunOutcome) -> str:
     return f"smp run {os.path.join(out.run_dir, 'config.toml')}"
 
 
-def replay_command(out: RunOutcome) -> str | None:
-    """``smp replay DIR``: the run again, exactly, from its recorded schedule (None when
-    it has none: ``run.record = false``, or a record too big to bring back from a
-    cluster worker)."""
-    return replay_of(out.run_dir)
-
-
 def replay_of(run_dir: str) -> str | None:
-    """``smp replay RUN_DIR``, if the run directory holds a record; else None."""
+    """``smp replay RUN_DIR``: the run again, exactly, from its recorded schedule (None
+    when it has none: ``run.record = false``, or a record too big to bring back from a
+    cluster worker)."""
     from smp.run.replay import RECORD_FILE
     return f"smp replay {run_dir}" if os.path.exists(os.path.join(run_dir, RECORD_FILE)) \
         else None
@@ -618,7 +613,7 @@ def failure_lines(out: RunOutcome, strict: bool) -> list[str]:
     if not shown:
         return []
     return _fail_block(out.seed, [(f.detector, f.known, f.summary) for f in shown],
-                       out.run_dir, rerun_command(out), replay_command(out))
+                       out.run_dir, rerun_command(out), replay_of(out.run_dir))
 
 
 def _fail_block(seed: int, failures: list[tuple[str, str | None, str]], run_dir: str,
@@ -679,5 +674,4 @@ def describe(outcomes: list[RunOutcome], strict: bool,
 __all__ = ["CAMPAIGN_FILE", "Campaign", "CampaignError", "CampaignLog", "Interrupted",
            "LocalRunner", "Progress", "RunOutcome", "Runner", "campaign_lines", "child_env",
            "derive_seed", "describe", "failure_lines", "read_campaign", "read_outcome",
-           "replay_command", "replay_of", "rerun_command", "run_campaign",
-           "watch_command"]
+           "replay_of", "rerun_command", "run_campaign", "watch_command"]
