@@ -57,6 +57,7 @@ import msgpack
 
 MAGIC = b"SMPREC1\n"
 FORMAT = 1
+RECORD_FILE = "schedule.smpr"   # the record, in its run directory
 CHUNK = 4096                 # order entries (x4 ints) per "o" record
 FLUSH_BYTES = 1 << 16        # compressed bytes held back before a flush to the file
 

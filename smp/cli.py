@@ -708,7 +708,8 @@ def _campaign_folder(d: str) -> bool:
 def _run_replay(cmd: str, how: Any, args: argparse.Namespace) -> tuple[int, Any, str] | None:
     """``smp replay`` and ``smp trace``: replay ``args.run_dir`` with ``how`` (replay or
     trace); None, said on stderr, for a bad --until or a record that cannot be replayed."""
-    from smp.run.replay import RECORD_FILE, ReplayError
+    from smp.hw.record import RECORD_FILE
+    from smp.run.replay import ReplayError
     from smp.run.rundir import RunDirError
     if args.until is not None and args.until < 1:
         print(f"smp {cmd}: --until must be a positive operation number (the first is 1), "

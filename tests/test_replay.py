@@ -440,21 +440,21 @@ def test_a_record_keeps_the_kernel_it_ran_and_a_replay_says_what_changed(
     """The header keeps every kernel file's digest; a replay of a kernel edited since
     says so before it starts, naming the files (it will diverge where that matters)."""
     from smp.hw import record
-    from smp.run import replay
+    from smp.run import replay, sources
     rec = record.read(str(recorded / "schedule.smpr"))
-    now = replay.kernel_sources()
+    now = sources.kernel_sources()
     assert rec.header["sources"] == now and "vm/vm_glue.py" in now
-    assert replay.source_changes(rec.header["sources"], now) == []
+    assert sources.source_changes(rec.header["sources"], now) == []
     edited = dict(now, **{"vm/vm_glue.py": "0" * 12, "kern/new.py": "1" * 12})
     del edited["kern/kern_exit.py"]
-    assert replay.source_changes(edited, now) == ["kern/kern_exit.py", "kern/new.py",
+    assert sources.source_changes(edited, now) == ["kern/kern_exit.py", "kern/new.py",
                                                   "vm/vm_glue.py"]
     said: list[str] = []
     rec.header["sources"] = edited
     replay._say_source_changes(rec, said.append)
     assert said == ["the kernel changed since the recording (kern/kern_exit.py, kern/new.py, "
                     "vm/vm_glue.py): the replay will diverge where the change matters"]
-    assert replay.source_changes(None, now) == []          # a record that kept none
+    assert sources.source_changes(None, now) == []          # a record that kept none
 
 
 @pytest.mark.parametrize("cmd", ["replay", "trace"])

@@ -598,7 +598,7 @@ def replay_of(run_dir: str) -> str | None:
     """``smp replay RUN_DIR``: the run again, exactly, from its recorded schedule (None
     when it has none: ``run.record = false``, or a record too big to bring back from a
     cluster worker)."""
-    from smp.run.replay import RECORD_FILE
+    from smp.hw.record import RECORD_FILE
     return f"smp replay {run_dir}" if os.path.exists(os.path.join(run_dir, RECORD_FILE)) \
         else None
 

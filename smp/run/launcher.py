@@ -48,7 +48,7 @@ from smp.machine.cpuproc import START_TIMEOUT, cpu_main
 from smp.machine.files import write_error
 from smp.machine.proc_util import describe_exit
 from smp.run.remote import ListenSpec
-from smp.run.replay import RECORD_FILE, kernel_sources
+from smp.run.sources import kernel_sources
 from smp.run.rundir import (RunDirError, config_header, make_socket_dir, prepare_run_dir,
                             remove_stale_socket_dirs, write_config)
 from smp.observe.live import LIVE_JSON, launcher_started, write_live
@@ -277,7 +277,7 @@ def run_machine(cfg: Config, run_dir: str | None = None,
     hello = ({"config": flat, "version": __version__, "start_timeout": cpu_start_timeout}
              if listen is not None else None)
     virtual = cfg["machine.time"] == "virtual"
-    record_path = (os.path.join(rdir, RECORD_FILE)
+    record_path = (os.path.join(rdir, record.RECORD_FILE)
                    if virtual and cfg["run.record"] and replay is None else None)
     timespec = TimeSpec(
         virtual=virtual, quantum_ns=int(cfg["machine.quantum"]),

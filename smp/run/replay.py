@@ -40,8 +40,9 @@ from smp.machine.watch import WATCH_FILE, parse, watch_lines
 from smp.observe.crash import backtrace, how_they_got_here, woken_line
 from smp.observe.summary import verdict
 from smp.run.config import Config, ConfigError, load_config
+from smp.run.launcher import run_machine
+from smp.run.sources import kernel_sources, source_changes
 
-RECORD_FILE = "schedule.smpr"   # the run's record, in its run directory (hw/record.py)
 TRACE_FILE = "trace.json"
 
 # What a replay must reproduce, by report section: the kernel's counters, the lock table's
@@ -66,20 +67,20 @@ class Prepared:
 
 def prepare(run_dir: str) -> Prepared:
     """Read a run directory's record and config and check that they belong together."""
-    path = os.path.join(run_dir, RECORD_FILE)
+    path = os.path.join(run_dir, record.RECORD_FILE)
     if not os.path.isdir(run_dir):
         raise ReplayError(f"{run_dir}: " + ("is not a directory (a run directory is)"
                                             if os.path.exists(run_dir)
                                             else "no such run directory"))
     if not os.path.exists(path):
         parent = os.path.dirname(os.path.abspath(run_dir))
-        if os.path.exists(os.path.join(parent, RECORD_FILE)) and os.path.exists(
+        if os.path.exists(os.path.join(parent, record.RECORD_FILE)) and os.path.exists(
                 os.path.join(run_dir, "report.json")):
             raise ReplayError(f"{run_dir}: is a replay's run directory, which records "
                               f"nothing; replay the recorded run: smp replay {parent}")
         if not any(os.path.exists(os.path.join(run_dir, name))
                    for name in ("report.json", "config.toml")):
-            raise ReplayError(f"{run_dir}: not a run directory (no {RECORD_FILE}, "
+            raise ReplayError(f"{run_dir}: not a run directory (no {record.RECORD_FILE}, "
                               f"report.json or config.toml in it)")
         raise ReplayError(f"{path}: no record (the run was made with run.record = false, "
                           f"in wall time, or by a version of smp that did not record)")
@@ -104,34 +105,6 @@ def prepare(run_dir: str) -> Prepared:
     if cfg["machine.time"] != "virtual":
         raise ReplayError(f"{cpath}: a wall-time run cannot be replayed")
     return Prepared(rec, cfg.with_values({"run.record": False}), cpath)
-
-
-def kernel_sources() -> dict[str, str]:
-    """Every source file of the kernel (relative to ``kernel/``) and its SHA-256's first
-    12 hex digits, as a record's header keeps them: a replay can say before it starts
-    that the kernel changed since the recording (a divergence will follow where it
-    matters)."""
-    import hashlib
-    root = os.path.realpath(os.path.join(os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__))), "kernel"))           # smp/kernel, an install's too
-    out: dict[str, str] = {}
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(("_", ".")))
-        for name in sorted(files):
-            if name.endswith(".py"):
-                path = os.path.join(folder, name)
-                with open(path, "rb") as f:
-                    digest = hashlib.sha256(f.read()).hexdigest()[:12]
-                out[os.path.relpath(path, root).replace(os.sep, "/")] = digest
-    return out
-
-
-def source_changes(recorded: dict[str, str] | None, now: dict[str, str]) -> list[str]:
-    """The kernel's files that differ from the recording's (changed, new, gone), or []
-    (also for a record that kept none)."""
-    if not recorded:
-        return []
-    return sorted(f for f in set(recorded) | set(now) if recorded.get(f) != now.get(f))
 
 
 def _config_diff(recorded: dict[str, Any], now: dict[str, Any]) -> str:
@@ -159,7 +132,6 @@ def replay(run_dir: str, out_dir: str | None, until: int = 0,
     """Replay ``run_dir``'s record into ``out_dir`` (``force``: clear it if it holds an
     earlier run, as ``smp run --force``; ``watch``: what to watch, into OUT/watch.txt);
     returns (exit status, report, out)."""
-    from smp.run.launcher import run_machine
     _check_watch(watch)
     prep = _prepare_until(run_dir, until)
     if out_dir is not None and os.path.realpath(out_dir) == os.path.realpath(run_dir):
@@ -205,12 +177,11 @@ def trace(run_dir: str, out_path: str | None = None, until: int = 0,
     diverged, and the timeline ends there, marked. ``watch``: what to watch, each access
     marked on the timeline (the report's ``watch_lines`` has what ``smp replay --watch``
     would print)."""
-    from smp.run.launcher import run_machine
     _check_watch(watch)
     prep = _prepare_until(run_dir, until)
     path = os.path.abspath(out_path or os.path.join(run_dir, TRACE_FILE))
     kept = [os.path.realpath(os.path.join(run_dir, name))
-            for name in (RECORD_FILE, "config.toml", "report.json")]
+            for name in (record.RECORD_FILE, "config.toml", "report.json")]
     if os.path.realpath(path) in kept:
         raise ReplayError(f"-o {out_path}: is a file of the run being traced; give "
                           f"another (the default is {os.path.join(run_dir, TRACE_FILE)})")
