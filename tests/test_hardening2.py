@@ -338,6 +338,28 @@ def test_the_server_counts_no_silence_while_its_own_loop_did_not_run() -> None:
     assert [a[1] for a in sent] == [0]          # STALLED: cpu 0
 
 
+def test_the_watchdog_counts_from_the_start_not_from_hello() -> None:
+    """cpu 0 said hello 3 s before the machine started (a CPU on another host joined
+    late) and sends nothing until it runs: the watchdog (2 s) says nothing at the start;
+    silent for 2 s after it, it does. Before, the first look after the start found cpu 0
+    silent since its hello (tests/test_remote.py: the same, end to end)."""
+    from types import SimpleNamespace
+    from smp.machine.liveness import Liveness
+    found: list[Any] = []
+    srv = SimpleNamespace(cpus={}, dead=set(), started_at=None, halting=None, panic=None,
+                          virtual=True, finding=found.append,
+                          event_launcher=lambda *a: None)
+    live = Liveness(srv, 0.0, 2.0)     # type: ignore[arg-type]
+    t = time.monotonic()
+    live.hello(0)
+    srv.started_at = t + 3.0
+    live.started(t + 3.0)
+    live.check(t + 3.05)
+    assert found == []
+    live.check(t + 5.1)
+    assert [f.detector for f in found] == ["watchdog"], found
+
+
 # -- 1. the launcher's cleanup: a full disk, samples that cannot be written -----------------
 def _jsonl_whole(path: pathlib.Path) -> int:
     """The number of records of a stats.jsonl; every line must be whole JSON."""

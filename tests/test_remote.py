@@ -146,6 +146,39 @@ def test_a_refused_hello_is_counted_when_the_machine_never_starts(
     assert not report["problems"], report["problems"]
 
 
+def test_cpus_that_waited_long_for_a_late_join_are_not_silent(tmp_path: pathlib.Path,
+                                                               procs: Procs) -> None:
+    """cpu 1 joins; cpu 2 joins WAIT_S later, more than the watchdog's bound. cpu 1 sent
+    nothing meanwhile (it waits for the start), which is no lack of progress: the run
+    ends ok. Before, the watchdog's first look after the start found cpu 1 (or cpu 0)
+    silent since its hello, and the launcher killed it ("cpu1 (remote) unresponsive")."""
+    watchdog_s, wait_s = 2.0, 3.0
+    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    rdir = tmp_path / "run"
+    run = procs.start(cli_cmd("run", *RUN, "--set", "machine.cpus=3", "--set",
+                              f"debug.watchdog_s={watchdog_s}", "--run-dir", str(rdir),
+                              "--listen", endpoint, "--local-cpus", "1",
+                              "--join-timeout", "60"))
+
+    def join(cpu: int) -> subprocess.Popen[str]:
+        return procs.start(cli_cmd("cpu", "--join", endpoint, "--id", str(cpu),
+                                   "--timeout", "60"))
+
+    cpu1 = join(1)
+    assert cpu1.stderr is not None
+    line = cpu1.stderr.readline()                 # said once its HELLO was taken
+    assert "cpu1" in line and "joined" in line, line
+    time.sleep(wait_s)                            # the late join itself, not a hope
+    cpu2 = join(2)
+    status, err = _finish(run, 60)
+    report = _report(rdir)
+    assert status == 0, f"run: exit {status}: {report['reason']} {err}"
+    for p in (cpu1, cpu2):
+        assert _finish(p, 15)[0] == 0
+    assert report["ok"] and not [f for f in report["findings"] if f["detector"] == "watchdog"], \
+        report["reason"]
+
+
 def test_remote_cpu_death_ends_run(tmp_path: pathlib.Path, procs: Procs) -> None:
     """A joined CPU has no parent-death link to the launcher; when it dies, the server's
     silence check (PEER_LOST_S) still ends the run, naming it."""

@@ -77,6 +77,15 @@ class Liveness:
     def hello(self, cpu: int) -> None:
         self.last_heard[cpu] = time.monotonic()
 
+    def started(self, now: float) -> None:
+        """The machine starts: the watchdog counts each CPU's silence from now. A CPU that
+        said hello sends nothing while it waits for the others (its heartbeat thread
+        says it lives); before, the first look after a start that a CPU on another host
+        had made wait longer than ``debug.watchdog_s`` called the CPUs that waited for
+        it silent, and the launcher killed one: the run failed for a late join."""
+        for cpu in self.last_heard:
+            self.last_heard[cpu] = max(self.last_heard[cpu], now)
+
     def heard(self, cpu: int) -> None:
         """A request from ``cpu``: it makes progress."""
         self.last_heard[cpu] = time.monotonic()

@@ -581,6 +581,7 @@ class Server:
             return
         t0 = time.monotonic()
         self.started_at = t0
+        self.live.started(t0)
         for cpu in self.cpus:
             self.event_cpu(cpu, Event.START, t0)
         for ident, seq in self.pending_start:
