@@ -131,6 +131,38 @@ def test_user_land_starts_once_every_cpu_has_booted(run: Any) -> None:
     assert any(p["comm"] in PROGRAMS for p in res.report["procs"]), res.report["procs"]
 
 
+@pytest.mark.timeout(90)
+def test_a_boot_that_never_ends_is_named_by_the_inits_that_wait_for_it(run: Any) -> None:
+    """cpu 2's boot sleeps past the run's end. The inits of the other CPUs poll for every
+    AP to finish its boot; the liveness detector says so, once for them all, where it
+    shows first: before, the only signs were elsewhere (no pagedaemon in ps, a daemon
+    never woken)."""
+    from helpers import sysinit
+    from smp.kernel import param
+    from smp.kernel.kern.kern_synch import tsleep
+    from smp.kernel.kern.kern_thread import curthread
+    from smp.kernel.machine import cpu as md
+    from smp.kernel.sys.param import PWAIT
+
+    def stuck_boot(_: Any) -> None:
+        if md.pcpu.cpuid == 2:
+            tsleep(curthread().addr("td_wmesg"), PWAIT, "tstuck", 60 * param.hz)
+
+    res = run(["machine.cpus=4", "run.duration=2.5", "user.procs_per_cpu=1",
+               "debug.liveness_s=1"],
+              [sysinit("test-stuck-boot", stuck_boot, percpu=True)])
+    boot = [f for f in res.report["findings"] if "('boot')" in f["summary"]]
+    assert len(boot) == 1, describe(res)
+    f = boot[0]
+    assert f["summary"].startswith("never given: thread "), f
+    # once for every init that polls (the three, unless one was kept from its tick)
+    assert re.search(r"\(init\d\) \(and [12] more threads?\) polls on &kernel#",
+                     f["summary"]), f
+    assert ".booted_cpus ('boot') for every AP to finish its boot for " in f["summary"], f
+    assert "; booted_cpus = 2, mp_naps 3 (booted_cpus last stored @ kern/init_main.py:" \
+        in f["summary"], f
+
+
 @pytest.mark.timeout(60)
 def test_a_run_shorter_than_the_boot_still_ends_cleanly(run: Any) -> None:
     res = run(["machine.cpus=4", "run.duration=0.1"])

@@ -47,7 +47,7 @@ from smp.kernel.vm.vm_map import vmspace_alloc
 
 # -- SI_SUB_LOCK: the global locks ----------------------------------------------------------
 def mutexinit(_: Any) -> None:
-    g = struct_kernel.new()
+    g = struct_kernel.new(mp_naps=md.pcpu.ncpus - 1)
     kern_globals.set_globals(g)
     memory.symbol("kernel_globals", g.handle)
     mtx_init(g.Giant, "Giant", None, MTX_DEF | MTX_RECURSE)
@@ -58,6 +58,21 @@ def mutexinit(_: Any) -> None:
 
 
 SYSINIT("mutexinit", SI_SUB.SI_SUB_LOCK, SI_ORDER.SI_ORDER_FIRST, mutexinit)
+
+# init's wait for the APs (libc.wait_for_boot), for the liveness detector: a poll on
+# &booted_cpus until every AP has booted. An AP whose boot never ends is then named where
+# it shows first, before its absence shows elsewhere (a pageout daemon never made, say).
+BOOT_WAITS: dict[str, dict[str, Any]] = {
+    "boot": {"chan": "booted_cpus", "sum": ["booted_cpus"], "at_least": "mp_naps",
+             "poll": True, "what": "every AP to finish its boot"},
+}
+
+
+def boot_waits_register(_: Any) -> None:
+    md.register("waits", BOOT_WAITS)
+
+
+SYSINIT("boot_waits", SI_SUB.SI_SUB_LOCK, SI_ORDER.SI_ORDER_ANY, boot_waits_register)
 
 
 # -- SI_SUB_INTRINSIC: proc0 and thread0 ---------------------------------------------------

@@ -26,7 +26,8 @@ struct_kernel = KStruct("kernel", [
     F("proc0", "ptr:proc", "b"),
     F("thread0", "ptr:thread", "b"),
     F("ticks", "int", "n"),             # the BSP's tick count, for readers of "time"
-    F("booted_cpus", "int", "n"),
+    F("booted_cpus", "int", "n"),      # APs done with their per-CPU SYSINITs
+    F("mp_naps", "int", "b", const=True),   # the APs (mp_machdep.c's mp_naps)
 ], doc="the kernel's global variables")
 
 G: KObj = None  # type: ignore[assignment]   # set at boot in every CPU process

@@ -69,10 +69,13 @@ def wait() -> tuple[int, int, int]:
     return r
 
 
-def kernel_booted() -> bool:
-    """PORT: whether every CPU has run its per-CPU SYSINITs (its kernel threads exist):
-    what init waits for before it starts user land (programs.prog_init)."""
-    return int(kern_globals.G.booted_cpus) >= md.pcpu.ncpus - 1
+def wait_for_boot() -> None:
+    """PORT: wait until every AP has run its per-CPU SYSINITs (its kernel threads exist):
+    init, before it starts user land (programs.prog_init). A poll, a tick at a time, on
+    &booted_cpus: the liveness detector's ``boot`` wait (init_main.BOOT_WAITS)."""
+    G = kern_globals.G
+    while int(G.booted_cpus) < int(G.mp_naps):
+        tsleep(G.addr("booted_cpus"), PWAIT, "boot", 1)
 
 
 def sleep_ticks(ticks: int, wmesg: str = "nanslp") -> int:

@@ -216,8 +216,7 @@ def prog_init() -> None:
     # programs, wait for memory in its own init's fork, and never make the pageout daemon
     # placed on it, the one thread that frees memory: a deadlock of the boot (a stress
     # campaign's run: no pagedaemon in ps, every fork in vmwait, the vm daemon unwoken).
-    while not libc.kernel_booted():
-        libc.sleep_ticks(1, "boot")
+    libc.wait_for_boot()
     rng = md.random_source("init", md.pcpu.cpuid)
     weights = [int(_cfg(f"user.{name}")) for name in PROGRAMS]
     want = int(_cfg("user.procs_per_cpu"))

@@ -47,7 +47,8 @@ machine seldom gave it such a moment: three looks in two simulated seconds.)
 * **never**: a thread that polls (sleeps with a timeout, again and again at one place)
   for a registered test (``poll``: exit1's wait for its holds to go, ``p_lock`` back to
   0) that has not held for the bound: whatever it waits for is never given back (a
-  PHOLD without its PRELE). For a field the kernel registered as a count of holds
+  PHOLD without its PRELE; init's wait for every AP to finish its boot, an AP whose boot
+  never ends). One report for the threads that poll on one channel at one place. For a field the kernel registered as a count of holds
   (``count``), the report names every raise not undone since (each PHOLD without its
   PRELE: site and thread); else the tested field's last store. A store that lockkey
   found to lose another thread's store (two PRELEs without the proc lock, both from
@@ -159,6 +160,13 @@ def _tested(w: dict[str, Any]) -> list[str]:
             + list(w.get("name", []))]
 
 
+def _more(others: list[int]) -> str:
+    """The words for the others a report stands for too: " (and 2 more threads)", or
+    nothing."""
+    n = len(others)
+    return f" (and {n} more thread{'s' if n > 1 else ''})" if n else ""
+
+
 class Hangs:
     """The liveness detector of one machine."""
 
@@ -187,6 +195,7 @@ class Hangs:
         self.sleeps_by: dict[str, int] = {}                   # wait message -> sleeps
         self.polling: dict[int, float] = {}                   # thread -> sleeping with a
                                                               # timeout at one site since
+        self.poll_chan: dict[int, Hashable] = {}              # ... on which channel
         self.counts: set[str] = set()                         # fields that count holds:
         self.wait_counts: set[str] = set()                    # a wait's (p_lock), and
         self.refs: dict[str, dict[str, str]] = {}             # counts of references
@@ -206,7 +215,7 @@ class Hangs:
         self.off: dict[int, float] = {}                       # thread -> off its queue at (us),
                                                               # in the current hold of sched_lock
         self.first: dict[tuple[str, int], float] = {}         # (kind, tid|pid) -> first seen
-        self.reported: set[tuple[str, int]] = set()
+        self.reported: set[tuple[Any, ...]] = set()
         self._sched: int = 0                                  # the scheduler lock's handle
         self.latest = 0.0                                     # the latest simulated time seen
         self.contended: dict[str, tuple[float, str]] = {}     # lock -> longest wait, site
@@ -270,6 +279,11 @@ class Hangs:
         if not self.refs.keys().isdisjoint(fields):   # (before the store: what it replaces)
             for f in self.refs.keys() & set(fields):
                 self._begin(h, f)
+        self.stored_by(tid, site, h, fields)
+
+    def stored_by(self, tid: int, site: str, h: int, fields: list[str]) -> None:
+        """Who stored ``fields`` of ``h`` last (a plain store, or an atomic one: an AP's
+        ``atomic_add`` of ``booted_cpus``), as the reports name it."""
         reg = self.reg
         if reg is None:
             return
@@ -403,6 +417,10 @@ class Hangs:
             self.polling[tid] = now             # not the same poll as before
         self.slept[tid] = (site, now, timo, self._op())
         chan = self.srv.sleepq.sleeping.get(tid)
+        if timo and chan is not None:
+            self.poll_chan[tid] = chan
+        else:
+            self.poll_chan.pop(tid, None)
         if chan is not None:
             self.slept_on.add(chan)
         if self.reg is not None:                # how often each wait was slept: coverage
@@ -507,8 +525,8 @@ class Hangs:
         """Forget the threads and objects the kernel has freed (handles are never used
         again): what the detector keeps stays the size of the live machine."""
         live = self.srv.kmem.objs
-        for d in (self.slept, self.stored, self.dequeued, self.polling, self.off,
-                  self.pending):
+        for d in (self.slept, self.stored, self.dequeued, self.polling, self.poll_chan,
+                  self.off, self.pending):
             for tid in [t for t in d if t not in live]:
                 del d[tid]
         for pairs in (self.field_stored, self.raised, self.lowered, self.lost):
@@ -698,9 +716,14 @@ class Hangs:
             if met or not wait.get("poll") or now - since < self.bound_s:
                 return
             key = ("never", tid)
-            if key in self.reported:
+            if key in self.reported or ("never", chan, slept[0]) in self.reported:
                 return
             self.reported.add(key)
+            self.reported.add(("never", chan, slept[0]))   # one report for a channel's
+            others = [t for t, c in self.poll_chan.items()  # pollers of it, there, now
+                      if t != tid and c == chan and self.slept[t][0] == slept[0]
+                      and now - self.slept[t][1] <= CHECK_S]
+            also = _more(others)
             last = self._last_store(pairs)
             held = [x for pair in pairs for x in self.raised.get(pair, [])]
             lost = [(pair[1], *self.lost[pair]) for pair in pairs
@@ -726,7 +749,7 @@ class Hangs:
                        f"that took is never given back" if last else "no store of it seen")
             self.srv.finding(Finding(
                 "liveness",
-                f"never given: {self._who(tid, td, p)} polls on {self.chan(chan)} "
+                f"never given: {self._who(tid, td, p)}{also} polls on {self.chan(chan)} "
                 f"({wmesg!r}) for {what} for {now - since:.1f} s; {shown}{why}",
                 [s for s in [cause, slept[0]] if s],
                 f"{self._who(tid, td, p)} has slept again and again @ {slept[0]} (timeout "
@@ -746,7 +769,7 @@ class Hangs:
         others = [t for t, c in self.srv.sleepq.sleeping.items() if c == chan and t != tid]
         last = self._last_store(pairs)
         sites = [s for s in [last[1] if last else "", slept[0]] if s]
-        also = f" (and {len(others)} more threads)" if others else ""
+        also = _more(others)
         self.srv.finding(Finding(
             "liveness",
             f"lost wakeup: {self._who(tid, td, p)}{also} asleep on {self.chan(chan)} "
@@ -756,7 +779,8 @@ class Hangs:
             f"{self._who(tid, td, p)} went to sleep @ {slept[0]} {now - slept[1]:.1f} s ago "
             f"with no timeout, waiting for {what}; it is so ({shown}) and has been for "
             f"{now - since:.1f} s; "
-            + (f"{len(others)} more threads sleep on the channel; " if others else "")
+            + (f"{len(others)} more thread{'s' if len(others) > 1 else ''} sleep"
+               f"{'' if len(others) > 1 else 's'} on the channel; " if others else "")
             + (f"{last[0]} was last stored @ {last[1]} by thread {last[2]}; " if last
                else "")
             + f"the channel was woken {self.woken.get(chan, 0)} times in the run: the "

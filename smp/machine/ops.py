@@ -279,6 +279,8 @@ class Operations:
 
     def _stored(self, tid: int, site: str, h: int, field: str, value: Any) -> Any:
         """After an atomic store or read-modify-write: what follows a store; ``value``."""
+        if self.srv.hangs is not None:
+            self.srv.hangs.stored_by(tid, site, h, [field])
         self._after_store(tid, site, h, [field])
         return value
 
