@@ -48,9 +48,10 @@ machine seldom gave it such a moment: three looks in two simulated seconds.)
   for a registered test (``poll``: exit1's wait for its holds to go, ``p_lock`` back to
   0) that has not held for the bound: whatever it waits for is never given back (a
   PHOLD without its PRELE; init's wait for every AP to finish its boot, an AP whose boot
-  never ends). One report for the threads that poll on one channel at one place. For a field the kernel registered as a count of holds
-  (``count``), the report names every raise not undone since (each PHOLD without its
-  PRELE: site and thread); else the tested field's last store. A store that lockkey
+  never ends), one report for the threads that poll on one channel at one place. For a
+  field the kernel registered as a count of holds (``count``), the report names every
+  raise not undone since (each PHOLD without its PRELE: site and thread); else the
+  tested field's last store. A store that lockkey
   found to lose another thread's store (two PRELEs without the proc lock, both from
   ``p_lock`` 2 to 1) undoes, in the ledger, what its thread meant (its own PHOLD), and the
   count is then higher than its raises not undone: the report says a decrement was lost,
