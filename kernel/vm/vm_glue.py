@@ -62,7 +62,7 @@
 # $FreeBSD$
 #
 """A port of FreeBSD's ``sys/vm/vm_glue.c`` as of late 2002 (FreeBSD 5.0; the file in
-``../shared/seed/vm_glue.c`` is the pinned revision).
+``vm_glue.c`` beside this file is the pinned revision).
 
 Same functions, same order, same control flow and the same locking as the C, so that the
 two can be read side by side. Departures are marked ``# PORT:`` with the reason.

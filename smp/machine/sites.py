@@ -14,6 +14,8 @@ import re
 from typing import Any, Iterable
 
 # a site of a port: "dir/file.py:N", not already followed by its C line
+# the first line of a C function's definition: its name at the start of the line
+C_FUNC = re.compile(r"^([a-z_][a-z0-9_]*)\(")
 _SITE = re.compile(r"(?<![\w/.])([\w/]+\.py):(\d+)(?!\d)(?! \([\w.]+\.c:)")
 
 
@@ -61,4 +63,30 @@ def c_site(site: str, sources: dict[str, Any] | None) -> str | None:
     return f"{src[0]}:{src[1][n - 1]}" if src and 1 <= n <= len(src[1]) else None
 
 
-__all__ = ["annotate", "annotate_all", "c_site", "check_sources"]
+def c_functions(lines: list[str]) -> dict[str, tuple[int, int]]:
+    """C function name -> (first, last) line (1-based, inclusive): from its header
+    comment (the comment block right above its return type) to its closing brace."""
+    out: dict[str, tuple[int, int]] = {}
+    name = None
+    start = 1
+    for i, line in enumerate(lines, 1):
+        m = C_FUNC.match(line)
+        if m and name is None:
+            name = m.group(1)
+            start = i
+            j = i - 1                                   # the return type line(s)
+            while j >= 1 and lines[j - 1].strip() and not lines[j - 1].rstrip().endswith(
+                    ("*/", ";", "}")) and not lines[j - 1].startswith("#"):
+                j -= 1
+            start = j + 1
+            if j >= 1 and lines[j - 1].rstrip().endswith("*/"):   # the header comment
+                while j >= 1 and not lines[j - 1].lstrip().startswith("/*"):
+                    j -= 1
+                start = j
+        if line.startswith("}") and name is not None:
+            out[name] = (start, i)
+            name = None
+    return out
+
+
+__all__ = ["annotate", "annotate_all", "c_functions", "c_site", "check_sources"]
