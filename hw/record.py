@@ -63,7 +63,8 @@ FLUSH_BYTES = 1 << 16        # compressed bytes held back before a flush to the 
 
 # Config keys that change nothing the machine does: a log replays under any value of them.
 NEUTRAL_KEYS = ("run.dir", "run.stats_interval", "run.halt_timeout", "run.record",
-                "debug.watchdog_s", "machine.transport", "machine.server_spin")
+                "debug.watchdog_s", "debug.coverage", "machine.transport",
+                "machine.server_spin")
 
 
 class LogError(Exception):

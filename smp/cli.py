@@ -53,6 +53,7 @@ examples:
   smp config --schema                      every config key, its type, default and meaning
   smp failpoints                           the race guards of vm_glue that can be switched off
   smp run --fail-point swapout_procs_prs_new   a run without that guard
+  smp stress configs/stress.toml --coverage   which lines of vm_glue.c its runs ran (gcov)
   smp top                                  live per-CPU view of the newest running machine
   smp top runs/X --once --json             one sample, for scripts
   smp plot runs/20261126-101500-s1         PNG charts into the run directory
@@ -100,6 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true",
                      help="clear --run-dir first if it holds an earlier run (refused if "
                      "it holds anything else, or a machine is running in it)")
+    _coverage_arg(run)
     run.add_argument("--fail-point", dest="fail_points", action="append", default=[],
                      metavar="NAME",
                      help="switch off the race guard NAME for this run (repeatable; "
@@ -159,6 +161,9 @@ def _parser() -> argparse.ArgumentParser:
                     "(proc#12.FIELD or &proc#12.FIELD) or every lock of a name "
                     "(lock:NAME: acquires, contested waits, grants, releases). "
                     "Repeatable; a WHAT that matches nothing is said at the end")
+    rp.add_argument("--coverage", action="store_true",
+                    help="count the kernel's lines the replay runs (debug.coverage), even "
+                    "if the recorded run did not: vm_glue.c.gcov and coverage.info in OUT")
     rp.add_argument("--run-dir", dest="out", metavar="OUT",
                     help="write the replay's results into OUT (default: RUN_DIR/replay, "
                     "then replay-2, replay-3...); an OUT that is not empty is refused")
@@ -264,6 +269,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="the campaign's seed; run i gets a seed derived from it (default 1)")
     st.add_argument("--chaos", choices=("off", "low", "high"), default=None,
                     help="chaos level for every run (default: the config's debug.chaos)")
+    _coverage_arg(st)
     st.add_argument("--fail-point", dest="fail_points", action="append", default=[],
                     metavar="NAME", help="switch off this race guard in every run (repeatable)"
                     ).completer = _fail_point_names  # type: ignore[attr-defined]
@@ -399,6 +405,13 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="SECTION.KEY=VALUE",
                    help="override one config key, e.g. --set machine.cpus=8 (repeatable)")
+
+
+def _coverage_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--coverage", dest="overrides", action="append_const",
+                   const="debug.coverage=true",
+                   help="count the kernel's lines run (debug.coverage): vm_glue.c.gcov and "
+                   "coverage.info in the run directory (a campaign's: summed over its runs)")
 
 
 def _completion(ap: argparse.ArgumentParser) -> None:
@@ -627,8 +640,8 @@ def _campaign(args: argparse.Namespace, camp: Campaign, log: CampaignLog, out: s
               jobs: int) -> tuple[str, int, list[str]]:
     """The campaign itself, once its folder and record are made: how it ended (its
     record's last word), its exit status and closing lines."""
-    from smp.hunt.stress import (CampaignError, Interrupted, Runner, Terminated, describe,
-                                 run_campaign)
+    from smp.hunt.stress import (CampaignError, Interrupted, Runner, Terminated,
+                                 campaign_coverage, describe, run_campaign)
     from smp.observe.progress import CampaignProgress
 
     def say(line: str) -> None:
@@ -663,6 +676,7 @@ def _campaign(args: argparse.Namespace, camp: Campaign, log: CampaignLog, out: s
     finally:
         progress.close()
     lines, status = describe(outcomes, args.strict, cluster=args.cluster is not None)
+    lines[-1:-1] = campaign_coverage(outcomes, out)
     if stopped is not None:                    # the tally so far, and that it was cut short
         lines.append(stopped.line(args.runs))
     for line in lines:
@@ -738,7 +752,8 @@ def _replay(args: argparse.Namespace) -> int:
               "run; without --run-dir a replay gets a new directory)", file=sys.stderr)
         return 2
     done = _run_replay("replay", functools.partial(replay, force=args.force,
-                                                   watch=args.watch), args)
+                                                   watch=args.watch,
+                                                   coverage=args.coverage), args)
     if done is None:
         return 2
     status, rep, out = done
@@ -762,8 +777,9 @@ def _replay(args: argparse.Namespace) -> int:
         for d in rep["replay_differences"]:
             print(f"  {d}")
     else:
+        lines = ", lines run" if (rep.get("coverage") or {}).get("counts") else ""
         print(f"replay identical: {sched.get('operations')} operations, the same kernel "
-              f"counters, lock counts, findings and panic as the recorded run")
+              f"counters, lock counts, findings{lines} and panic as the recorded run")
         if sched.get("recorded_stop"):
             print(f"(the recorded run was {sched['recorded_stop']}: the replay ends where "
                   f"it stopped)")

@@ -443,7 +443,7 @@ def test_declarations_are_checked_at_import(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_declarations() -> None:
-    assert len(PARAM_BY_KEY) == len(PARAMS) == 57
+    assert len(PARAM_BY_KEY) == len(PARAMS) == 58
     assert PARAM_BY_KEY["vm.swap_idle_threshold1"].section == "vm"
     assert PARAM_BY_KEY["vm.swap_idle_threshold1"].name == "swap_idle_threshold1"
     for p in PARAMS:

@@ -36,6 +36,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 from smp.machine.files import write_error
 from smp.machine.watch import named
+from smp.observe.coverage import Coverage, merge, unpacked
 from smp.observe.findings import Failure, KnownFinding, classify, load_known
 from smp.hw.seeds import derive_int
 
@@ -62,6 +63,7 @@ class RunOutcome:
     error: str = ""
     stopped: bool = False             # stopped by the campaign (a failure, a signal)
     attempts: int = 1                 # > 1: lost with a cluster worker, run again
+    coverage: dict[str, Any] | None = None     # debug.coverage: report.json's, and sources
 
     @property
     def new_failures(self) -> list[Failure]:
@@ -173,6 +175,7 @@ def read_outcome(i: int, seed: int, rdir: str, status: int, wall: float, stoppin
     (wherever the machine ran: the directory is here by now)."""
     if stopping and status == 130:             # SIGINTed by the campaign, not failed
         return RunOutcome(i, seed, rdir, status, wall, [], stopped=True)
+    report: dict[str, Any] = {}
     try:
         with open(os.path.join(rdir, "report.json")) as f:
             report = json.load(f)
@@ -183,7 +186,28 @@ def read_outcome(i: int, seed: int, rdir: str, status: int, wall: float, stoppin
         failures = [Failure("machine", f"no report (exit status {status}): {e}", ())]
     if status not in (0, 1) and not failures:
         failures = [Failure("machine", f"exit status {status}", ())]
-    return RunOutcome(i, seed, rdir, status, wall, failures)
+    counts = (report.get("coverage") or {}).get("counts")
+    coverage = {"counts": counts, "sources": (report.get("policy") or {}).get("sources")} \
+        if counts else None
+    return RunOutcome(i, seed, rdir, status, wall, failures, coverage=coverage)
+
+
+def campaign_coverage(outcomes: Sequence[RunOutcome], out_dir: str) -> list[str]:
+    """With debug.coverage: the lines its runs ran, summed over them, written into the
+    campaign's folder (``vm_glue.c.gcov``, ``coverage.info``); what the closing lines say
+    of them (nothing when no run counted)."""
+    counted = [o.coverage for o in outcomes if o.coverage is not None]
+    if not counted:
+        return []
+    cov = Coverage(merge(unpacked(c["counts"]) for c in counted),
+                   next((c["sources"] for c in counted if c.get("sources")), None),
+                   runs=len(counted))
+    try:
+        cov.write(out_dir)
+    except OSError as e:
+        return [f"coverage not written: {write_error(e.filename or out_dir, e)}"]
+    return [line.replace("coverage: ", f"coverage over {len(counted)} runs: ", 1)
+            for line in cov.lines()]
 
 
 class Runner(Protocol):
@@ -672,6 +696,7 @@ def describe(outcomes: list[RunOutcome], strict: bool,
 
 
 __all__ = ["CAMPAIGN_FILE", "Campaign", "CampaignError", "CampaignLog", "Interrupted",
-           "LocalRunner", "Progress", "RunOutcome", "Runner", "campaign_lines", "child_env",
-           "derive_seed", "describe", "failure_lines", "read_campaign", "read_outcome",
-           "replay_of", "rerun_command", "run_campaign", "watch_command"]
+           "LocalRunner", "Progress", "RunOutcome", "Runner", "campaign_coverage",
+           "campaign_lines", "child_env", "derive_seed", "describe", "failure_lines",
+           "read_campaign", "read_outcome", "replay_of", "rerun_command", "run_campaign",
+           "watch_command"]

@@ -20,6 +20,7 @@ from smp.hw.clock import Clock, VirtualClock
 from smp.hw.cpu import Costs, Cpu
 from smp.hw.protocol import Op
 from smp.machine.proc_util import die_with_parent
+from smp.machine.linecount import LineCounter, kernel_root, packed
 
 START_TIMEOUT = 60.0
 
@@ -140,7 +141,15 @@ def run_cpu(hw: Cpu, config: dict[str, Any], start_timeout: float) -> dict[str, 
         else:
             bus.poll_events(0.5)
         hw._absorb()
+    counter = LineCounter(kernel_root()) if config["debug.coverage"] else None
+    if counter is not None:
+        # stats samples are taken every run.stats_interval of host time: the kernel
+        # lines they run are not counted, so that a replay counts what the run did
+        hw.sample = counter.uncounted(hw.sample)          # type: ignore[method-assign]
+        counter.start()
     report = hw.run(boot(hw, config)) if not hw.halted else hw.finish()
+    if counter is not None:
+        report["coverage"] = packed(counter.stop())
     bus.stopped = None                          # a replay's STOP: stopped, now report
     if bus.read_log is not None:
         bus.send_control(Op.REPORT, "reads", [bus.read_log, bus.point, bus.point])

@@ -22,6 +22,7 @@ import json
 import os
 from typing import Any
 
+from smp.observe.coverage import Coverage, merge, packed, unpacked
 from smp.observe.crash import crash_text
 from smp.observe.findings import tag_known
 from smp.observe.summary import summary_table  # noqa: F401 - re-exported
@@ -173,7 +174,19 @@ def build_report(server: dict[str, Any], *, ncpus: int, seed: int, config: str,
                    "objects_by_type": server.get("objects_by_type", {})},
         "threads": _threads(finals, server),
         **_lock_wait_stacks(finals, server),
+        **_coverage(finals, server),
     }
+
+
+def _coverage(finals: dict[int, Any], server: dict[str, Any]) -> dict[str, Any]:
+    """``coverage`` (smp/observe/coverage.py): the CPUs' line counts summed, and what the
+    summary says of them. Absent when no CPU counted."""
+    counts = [unpacked(f["coverage"]) for f in finals.values() if f and "coverage" in f]
+    if not counts:
+        return {}
+    merged = merge(counts)
+    cov = Coverage(merged, (server.get("policy") or {}).get("sources"))
+    return {"coverage": {"counts": packed(merged), "summary": cov.lines()}}
 
 
 def _lock_wait_stacks(finals: dict[int, Any], server: dict[str, Any]) -> dict[str, Any]:
@@ -235,6 +248,9 @@ def write_run_dir(rdir: str, report: dict[str, Any]) -> None:
         json.dump(report, f, indent=1, sort_keys=False)
         f.write("\n")
     os.replace(tmp, os.path.join(rdir, "report.json"))
+    if report.get("coverage"):
+        Coverage(unpacked(report["coverage"].get("counts")),
+                 (report.get("policy") or {}).get("sources")).write(rdir)
     if report.get("panic"):
         with open(os.path.join(rdir, "crash.txt"), "w") as f:
             f.write(crash_text(report))

@@ -235,6 +235,7 @@ def summary_table(report: dict[str, Any], width: int = WIDTH) -> str:
                        f"first{more})"),
                   ""]
     parts += [Text(line, overflow="fold") for line in console_lines(report)
+              + list((report.get("coverage") or {}).get("summary") or [])
               + trouble_lines(report)]
     reason = str(report.get("reason"))
     if report.get("panic") and reason.startswith("panic on cpu"):

@@ -358,6 +358,10 @@ PARAMS: tuple[Param, ...] = (
           "the chaos random seed (0: derived from run.seed)", min=0, max=2**63 - 1),
     Param("debug.fail_points", "list[str]", [], "",
           "race guards of the seed to switch off (names from `smp failpoints`)"),
+    Param("debug.coverage", "bool", False, "",
+          "count the lines of the kernel each CPU runs: the run directory gets "
+          "vm_glue.c.gcov (the C, each line with how often it ran) and coverage.info "
+          "(lcov, every kernel file); costs wall time, not simulated time"),
 )
 
 PARAM_BY_KEY: dict[str, Param] = {p.key: p for p in PARAMS}

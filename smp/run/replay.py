@@ -37,6 +37,7 @@ from smp.hw import record
 from smp.hw.protocol import VERSION
 from smp.machine.sites import annotate_all
 from smp.machine.watch import WATCH_FILE, parse, watch_lines
+from smp.observe.coverage import unpacked
 from smp.observe.crash import backtrace, how_they_got_here, woken_line
 from smp.observe.summary import verdict
 from smp.run.config import Config, ConfigError, load_config
@@ -128,12 +129,16 @@ def _say_source_changes(rec: record.Record, log: Callable[[str], None] | None) -
 
 def replay(run_dir: str, out_dir: str | None, until: int = 0,
            log: Callable[[str], None] | None = None,
-           force: bool = False, watch: Sequence[str] = ()) -> tuple[int, dict[str, Any], str]:
+           force: bool = False, watch: Sequence[str] = (),
+           coverage: bool = False) -> tuple[int, dict[str, Any], str]:
     """Replay ``run_dir``'s record into ``out_dir`` (``force``: clear it if it holds an
-    earlier run, as ``smp run --force``; ``watch``: what to watch, into OUT/watch.txt);
-    returns (exit status, report, out)."""
+    earlier run, as ``smp run --force``; ``watch``: what to watch, into OUT/watch.txt;
+    ``coverage``: count the kernel's lines run, whether the run did or not); returns
+    (exit status, report, out)."""
     _check_watch(watch)
     prep = _prepare_until(run_dir, until)
+    if coverage:
+        prep.config = prep.config.with_values({"debug.coverage": True}, origin="--coverage")
     if out_dir is not None and os.path.realpath(out_dir) == os.path.realpath(run_dir):
         raise ReplayError(f"--run-dir {out_dir}: is the run being replayed; give another "
                           f"directory (the default is {os.path.join(run_dir, 'replay')})")
@@ -270,6 +275,8 @@ def fingerprint(report: dict[str, Any]) -> dict[str, Any]:
                   if panic else None),
         "invariants": report.get("invariants", []),
         "operations": ops,
+        # with debug.coverage: how often each line of the kernel ran
+        "coverage": (report.get("coverage") or {}).get("counts"),
     }
 
 
@@ -279,9 +286,15 @@ def compare(orig: dict[str, Any], rep: dict[str, Any]) -> list[str]:
     if a["panic"] and b["panic"] and None in (a["panic"]["op"], b["panic"]["op"]):
         a["panic"].pop("op")                  # a report from before panics named their
         b["panic"].pop("op")                  # operation: compare the rest
+    if a["coverage"] is None or b["coverage"] is None:    # one run did not count lines
+        a.pop("coverage")
+        b.pop("coverage")
     out = []
     for key in a:
         if a[key] == b[key]:
+            continue
+        if key == "coverage":
+            out.append(f"coverage: {_line_counts_diff(a[key], b[key])}")
             continue
         if isinstance(a[key], dict) and isinstance(b[key], dict):
             ks = sorted(k for k in set(a[key]) | set(b[key]) if a[key].get(k) != b[key].get(k))
@@ -290,6 +303,16 @@ def compare(orig: dict[str, Any], rep: dict[str, Any]) -> list[str]:
         else:
             out.append(f"{key}: {str(a[key])[:120]} -> {str(b[key])[:120]}")
     return out
+
+
+def _line_counts_diff(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """The first lines of the kernel whose counts differ: ``vm/vm_glue.py:431 12 -> 13``."""
+    ca, cb = unpacked(a), unpacked(b)
+    diffs = [f"{f}:{n} {ca.get(f, {}).get(n, 0)} -> {cb.get(f, {}).get(n, 0)}"
+             for f in sorted(set(ca) | set(cb))
+             for n in sorted(set(ca.get(f, {})) | set(cb.get(f, {})))
+             if ca.get(f, {}).get(n, 0) != cb.get(f, {}).get(n, 0)]
+    return ", ".join(diffs[:5]) + (f" (+{len(diffs) - 5} more lines)" if len(diffs) > 5 else "")
 
 
 def panicked_by(report: dict[str, Any], until: int) -> int | None:
