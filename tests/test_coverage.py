@@ -161,7 +161,9 @@ def test_each_run_and_the_campaign_write_gcov_and_lcov(campaign: pathlib.Path) -
         assert [line[16:] for line in gc[2:]] == c          # the C itself, each line
         per_run.append({int(line[10:15]): line[:9].strip() for line in gc[2:]})
         info = (rdir / "coverage.info").read_text()
-        assert f"SF:{pathlib.Path(kernel_root()) / PORT}\n" in info
+        # (the machines' smp may be another copy than the one this test imports: a
+        # clone's, beside an installed one)
+        assert re.search(rf"^SF:/.*/kernel/{re.escape(PORT)}$", info, re.M), info[:300]
         assert info.count("end_of_record") == len(list(pathlib.Path(kernel_root())
                                                        .rglob("*.py")))
     # the campaign's gcov: the two runs' counts summed, line by line
