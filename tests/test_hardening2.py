@@ -338,6 +338,29 @@ def test_the_server_counts_no_silence_while_its_own_loop_did_not_run() -> None:
     assert [a[1] for a in sent] == [0]          # STALLED: cpu 0
 
 
+def test_a_start_asked_for_again_starts_nothing_again() -> None:
+    """The launcher asks for the start every 0.5 s until the server answers; on a busy
+    host the answer can come later than that, and the second CTL_START sent every CPU a
+    second START: an event more, read at some read point, so that a replay whose launcher
+    asked once (or twice where the run asked once) read an event less (or more) there
+    and diverged ("... waits at its read point 42 for 1 more event(s) ...; the last START
+    at operation 0, START at operation 0, IPI at operation 435")."""
+    from helpers import inproc_server
+    from smp.hw.protocol import Event, Op, unpack
+    from smp.machine.sequencer import TimeSpec
+    srv, req = inproc_server(TimeSpec(virtual=True))
+    req(b"L", Op.CTL_START)
+    started = srv.started_at
+    req(b"L", Op.CTL_START)
+    sent = srv.sock.sent
+    msgs = [(ident, unpack(data)) for ident, data in zip(sent[::2], sent[1::2])]
+    starts = [ident for ident, m in msgs if m[0] == Op.EVENT and m[1] == Event.START]
+    assert sorted(starts) == [b"A", b"B"]
+    replies = [m for ident, m in msgs if ident == b"L" and m[0] == Op.REPLY]
+    assert [m[3] for m in replies[-2:]] == [started, started]
+    assert srv.started_at == started
+
+
 def test_the_watchdog_counts_from_the_start_not_from_hello() -> None:
     """cpu 0 said hello 3 s before the machine started (a CPU on another host joined
     late) and sends nothing until it runs: the watchdog (2 s) says nothing at the start;

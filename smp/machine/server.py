@@ -465,6 +465,11 @@ class Server:
     def _control(self, peer: Peer, op: int, seq: int, args: list[Any]) -> None:
         """The launcher's requests: start, halt, report, dump, the end-of-run check."""
         if op == Op.CTL_START:
+            if self.started_at is not None:
+                # asked again (the launcher asks every 0.5 s until answered, and a busy
+                # host can make the answer later than that): started once, not again
+                self._reply(peer.ident, seq, OK, self.started_at)
+                return
             self.pending_start.append((peer.ident, seq))
             self._check_started()
         elif op == Op.CTL_HALT:
