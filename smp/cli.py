@@ -777,7 +777,7 @@ def _replay(args: argparse.Namespace) -> int:
         for d in rep["replay_differences"]:
             print(f"  {d}")
     else:
-        lines = ", lines run" if (rep.get("coverage") or {}).get("counts") else ""
+        lines = ", lines run" if sched.get("lines_compared") else ""
         print(f"replay identical: {sched.get('operations')} operations, the same kernel "
               f"counters, lock counts, findings{lines} and panic as the recorded run")
         if sched.get("recorded_stop"):

@@ -47,6 +47,7 @@ FAKE_RUN = textwrap.dedent("""
                 os.path.join(os.path.dirname(rdir), f"blocking-{block}")):
             time.sleep(0.01)
         report(ok=False, panic={"message": "panic: fake: a guard was off", "site": "x.py:1"})
+        sys.stderr.write("cpu1: the machine server is gone (fake); stopping\\n")
         sys.exit(1)
     report()
 """)
@@ -81,6 +82,29 @@ def test_nothing_starts_after_the_first_failure(tmp_path: pathlib.Path) -> None:
     assert lines[0].startswith("FAIL seed ") and "[panic] panic: fake" in lines[0]
     assert seen[0] == Progress(0, 4, 0, 0, seen[0].elapsed)      # shown from the start
     assert (seen[-1].done, seen[-1].failing, seen[-1].running) == (1, 1, 0)
+
+
+@pytest.mark.timeout(30)
+def test_what_a_machine_said_on_stderr_is_kept_in_its_run_directory(
+        tmp_path: pathlib.Path) -> None:
+    """A campaign's machines run with their standard error in a file, which ends up in
+    the run directory (``stderr.txt``) when they said something, and its last line is
+    shown with the failure: a CPU that exits says why only there ("cpu0 died: exit
+    status 3" was all a campaign knew)."""
+    out = tmp_path / "runs"
+    c = FakeCampaign(None, runs=3, jobs=1, out_dir=str(out), keep_going=True)
+    c.fail_index = 1
+    outcomes = run_campaign(c, lambda s: None, lambda p: None)
+    [failed] = [o for o in outcomes if o.new_failures]
+    rdir = pathlib.Path(failed.run_dir)
+    assert (rdir / "stderr.txt").read_text() == \
+        "cpu1: the machine server is gone (fake); stopping\n"
+    lines, _ = describe(outcomes, strict=False)
+    assert f"     stderr:  cpu1: the machine server is gone (fake); stopping " \
+        f"({rdir / 'stderr.txt'})" in lines
+    # the runs that said nothing keep no file, here or beside their folders
+    assert sorted(p.name for p in out.glob("**/stderr.txt")) == ["stderr.txt"]
+    assert not list(out.glob("*.stderr"))
 
 
 @pytest.mark.timeout(30)

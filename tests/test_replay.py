@@ -57,6 +57,7 @@ def test_a_clean_run_replays_identically(recorded: pathlib.Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"replay identical: {ops} operations" in proc.stdout
     assert "coverage: vm_glue.c: " in proc.stdout
+    assert "findings and panic as the recorded run" in proc.stdout   # (lines: not counted)
     assert (recorded / "replay" / "vm_glue.c.gcov").is_file()
     again = json.loads((recorded / "replay" / "report.json").read_text())
     assert again["kernel"] == rec["kernel"]

@@ -41,6 +41,11 @@ from smp.observe.findings import Failure, KnownFinding, classify, load_known
 from smp.hw.seeds import derive_int
 
 
+# in a campaign's run directory: what its machine said on standard error (smp run's own
+# and its CPUs' messages: a CPU that exits says why there), when it said anything
+STDERR_FILE = "stderr.txt"
+
+
 class CampaignError(Exception):
     """A campaign that cannot start or go on (a cluster that cannot be used): the message
     says why; exit status 2."""
@@ -142,12 +147,13 @@ class _Procs:
         self.stopping = False
         self.env = child_env()
 
-    def run(self, cmd: list[str], timeout: float) -> int:
+    def run(self, cmd: list[str], timeout: float, run_dir: str) -> int:
         with self.lock:
             if self.stopping:
                 return -1
-            p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                 start_new_session=True, env=self.env)
+            with open(stderr_file(run_dir), "wb") as err:
+                p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err,
+                                     start_new_session=True, env=self.env)
             self.procs.add(p)
         try:
             return p.wait(timeout)
@@ -158,6 +164,7 @@ class _Procs:
         finally:
             with self.lock:
                 self.procs.discard(p)
+            keep_stderr(run_dir)
 
     def stop(self) -> None:
         with self.lock:
@@ -167,6 +174,26 @@ class _Procs:
                     os.killpg(p.pid, signal.SIGINT)
                 except ProcessLookupError:
                     pass
+
+
+def stderr_file(run_dir: str) -> str:
+    """Where a campaign's machine writes its standard error while it runs: beside its run
+    directory, which the machine makes itself (``keep_stderr`` moves it in)."""
+    return os.path.normpath(run_dir) + ".stderr"
+
+
+def keep_stderr(run_dir: str) -> None:
+    """What the machine said on standard error (a CPU that lost its server says why
+    there, before it exits), into its run directory as ``stderr.txt``; nothing if it
+    said nothing. Left beside the directory if the machine made none."""
+    path = stderr_file(run_dir)
+    try:
+        if os.path.getsize(path) == 0:
+            os.unlink(path)
+        elif os.path.isdir(run_dir):
+            os.replace(path, os.path.join(run_dir, STDERR_FILE))
+    except OSError:
+        pass
 
 
 def read_outcome(i: int, seed: int, rdir: str, status: int, wall: float, stopping: bool,
@@ -247,7 +274,7 @@ class LocalRunner:
 
     def _one(self, i: int, seed: int, rdir: str) -> RunOutcome | None:
         t = time.monotonic()
-        status = self.procs.run(self.c.command(seed, rdir), self.c.run_timeout)
+        status = self.procs.run(self.c.command(seed, rdir), self.c.run_timeout, rdir)
         if status == -1:                       # the campaign stopped before it started
             return None
         return read_outcome(i, seed, rdir, status, time.monotonic() - t,
@@ -644,13 +671,31 @@ def _fail_block(seed: int, failures: list[tuple[str, str | None, str]], run_dir:
                 rerun: str, replay: str | None) -> list[str]:
     lines = [f"FAIL seed {seed} [{detector}]" + (f" (known {known})" if known else "")
              + f" {summary}" for detector, known, summary in failures]
-    lines += [f"     run dir: {run_dir}", f"     rerun:   {rerun}"]
+    lines += [f"     run dir: {run_dir}"]
+    said = _last_said(run_dir)
+    if said:
+        lines.append(f"     stderr:  {said} ({os.path.join(run_dir, STDERR_FILE)})")
+    lines.append(f"     rerun:   {rerun}")
     if replay:
         lines.append(f"     replay:  {replay}")
         watch = watch_command(replay, [summary for _, _, summary in failures])
         if watch:
             lines.append(f"     watch:   {watch}")
     return lines
+
+
+def _last_said(run_dir: str) -> str | None:
+    """The last line the run's machine said on standard error (a CPU that exited says
+    why), if it said anything."""
+    try:
+        with open(os.path.join(run_dir, STDERR_FILE), "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(f.tell() - 4096, 0))
+            tail = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return None
+    said = [line.strip() for line in tail if line.strip()]
+    return said[-1][:200] if said else None
 
 
 def watch_command(replay: str, texts: Sequence[str]) -> str | None:
@@ -695,7 +740,7 @@ def describe(outcomes: list[RunOutcome], strict: bool,
     return lines, status
 
 
-__all__ = ["CAMPAIGN_FILE", "Campaign", "CampaignError", "CampaignLog", "Interrupted",
+__all__ = ["CAMPAIGN_FILE", "STDERR_FILE", "Campaign", "CampaignError", "CampaignLog", "Interrupted",
            "LocalRunner", "Progress", "RunOutcome", "Runner", "campaign_coverage",
            "campaign_lines", "child_env", "derive_seed", "describe", "failure_lines",
            "read_campaign", "read_outcome", "replay_of", "rerun_command", "run_campaign",

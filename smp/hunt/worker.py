@@ -125,18 +125,20 @@ class Machines(WorkerPlugin):
         self.stopped: set[str] = set()           # campaigns that stopped
 
     def run(self, key: str, campaign: str, argv: list[str], timeout: float,
-            started: Callable[[int], None]) -> int | None:
+            started: Callable[[int], None], run_dir: str) -> int | None:
         """Run ``argv`` (``smp run ...``) for task ``key`` to its end; its exit status, or
         None when the campaign has stopped and it was not started. ``started(pid)`` is
-        called once the machine's launcher runs."""
-        from smp.hunt.stress import child_env
+        called once the machine's launcher runs; what it says on standard error ends up
+        in ``run_dir`` (``stderr.txt``)."""
+        from smp.hunt.stress import child_env, keep_stderr, stderr_file
         cmd = [sys.executable, "-P", "-m", "smp.hunt.tether", str(os.getpid()), "--", *argv]
         with self.lock:
             if campaign in self.stopped:
                 return None
-            p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL, start_new_session=True,
-                                 env=machine_env(child_env()))
+            with open(stderr_file(run_dir), "wb") as err:
+                p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=err, start_new_session=True,
+                                     env=machine_env(child_env()))
             self.running[key] = _Machine(p, campaign)
         started(p.pid)
         try:
@@ -148,6 +150,7 @@ class Machines(WorkerPlugin):
         finally:
             with self.lock:
                 self.running.pop(key, None)
+            keep_stderr(run_dir)
 
     def stop(self, campaign: str) -> int:
         """The campaign stopped: stop its machines, start none of its runs any more."""
@@ -226,7 +229,7 @@ def run_task(spec: dict[str, Any]) -> dict[str, Any]:
         status = plugin.run(spec["key"], spec["campaign"], argv, spec["timeout"],
                             lambda pid: worker.log_event(spec["topic"], {
                                 "index": spec["index"], "worker": worker.address,
-                                "pid": pid}))
+                                "pid": pid}), rdir)
         wall = time.monotonic() - t
         out: dict[str, Any] = {"status": status, "wall_s": wall, "worker": worker.address,
                                "host": socket.gethostname(), "run_dir": rdir}

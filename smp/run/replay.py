@@ -161,6 +161,9 @@ def replay(run_dir: str, out_dir: str | None, until: int = 0,
         if orig is not None:
             diffs = compare(orig, rep)
             rep["replay_differences"] = diffs
+            if (orig.get("coverage") or {}).get("counts") and \
+                    (rep.get("coverage") or {}).get("counts"):
+                rep.setdefault("schedule", {}).setdefault("replay", {})["lines_compared"] = True
             if diffs:
                 return 1, rep, out
             # the replay reproduced the recorded run: its verdict is the recorded one. A run
