@@ -14,7 +14,9 @@
    numbered *read point*; the CPU records how many machine messages it read at each read
    point that read any, and on replay reads exactly that many there, waiting for them if
    they are late and reading no more if more are waiting. Messages read while waiting for
-   a reply need no record: they are exactly those the server sent before the reply.
+   a reply need no record: they are exactly those the server sent before the reply. The
+   one event no request causes, START, goes to each CPU once, however often the launcher
+   asks for the start (it asks again when the answer is late).
 3. *Time.* In virtual time (``hw/clock.py``) a CPU's clock is moved only by its own work and
    by the times that replies and events carry, so it is a function of 1 and 2. The horizon
    (the quantum's bound) only decides how long a CPU waits in host time, never what it
