@@ -740,8 +740,8 @@ def describe(outcomes: list[RunOutcome], strict: bool,
     return lines, status
 
 
-__all__ = ["CAMPAIGN_FILE", "STDERR_FILE", "Campaign", "CampaignError", "CampaignLog", "Interrupted",
-           "LocalRunner", "Progress", "RunOutcome", "Runner", "campaign_coverage",
-           "campaign_lines", "child_env", "derive_seed", "describe", "failure_lines",
-           "read_campaign", "read_outcome", "replay_of", "rerun_command", "run_campaign",
-           "watch_command"]
+__all__ = ["CAMPAIGN_FILE", "STDERR_FILE", "Campaign", "CampaignError", "CampaignLog",
+           "Interrupted", "LocalRunner", "Progress", "RunOutcome", "Runner",
+           "campaign_coverage", "campaign_lines", "child_env", "derive_seed", "describe",
+           "failure_lines", "keep_stderr", "read_campaign", "read_outcome", "replay_of",
+           "rerun_command", "run_campaign", "stderr_file", "watch_command"]
