@@ -95,11 +95,14 @@ def test_a_clean_campaign_passes_and_reports_known_findings_apart(tmp_path: path
     assert "1 run, 1 without a new failure" in r.stdout
     assert "FAIL" not in r.stdout
     # the liveness detector is on by default, looked all through the run (some ten times a
-    # simulated second), found no hang
+    # simulated second), found no hang but the 2002 code's own: F2's lost wakeup, rare
+    # here, is known (it came in one run of the suite beside two busy loops: a napper
+    # "taken off its sleep queue" by swapout's unlocked TD_SET_SWAPPED)
     [report] = (tmp_path / "runs").glob("run0000-*/report.json")
     rep = json.loads(report.read_text())
     assert rep["liveness"]["checks"] > 20, rep["liveness"]
-    assert not [f for f in rep["findings"] if f["detector"] == "liveness"]
+    assert not [f for f in rep["findings"]
+                if f["detector"] == "liveness" and not f.get("known")]
 
 
 @pytest.mark.timeout(30)
