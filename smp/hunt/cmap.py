@@ -31,6 +31,7 @@ import pathlib
 import re
 import sys
 
+from smp.machine.linecount import statements
 from smp.machine.sites import C_FUNC, c_functions
 
 # the source tree this module is in (an installed smp is another: pass a clone's root)
@@ -65,24 +66,6 @@ def _py_functions(tree: ast.Module) -> dict[str, tuple[int, int]]:
         if isinstance(node, ast.FunctionDef):
             first = min([node.lineno] + [d.lineno for d in node.decorator_list])
             out[node.name] = (first, node.end_lineno or node.lineno)
-    return out
-
-
-def _statement_starts(tree: ast.Module) -> dict[int, int]:
-    """line -> the first line of the innermost simple statement that spans it."""
-    out: dict[int, int] = {}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.stmt) and not isinstance(
-                node, (ast.FunctionDef, ast.ClassDef, ast.If, ast.For, ast.While, ast.With,
-                       ast.Try)):
-            for ln in range(node.lineno, (node.end_lineno or node.lineno) + 1):
-                if ln not in out or out[ln] < node.lineno:
-                    out[ln] = node.lineno
-        elif isinstance(node, (ast.If, ast.While, ast.For)):
-            # the header (the test) spans from the keyword to the body's first line
-            end = node.body[0].lineno - 1 if node.body else node.lineno
-            for ln in range(node.lineno, end + 1):
-                out.setdefault(ln, node.lineno)
     return out
 
 
@@ -153,7 +136,7 @@ def build(port: str, c_path: str, root: pathlib.Path = ROOT) -> dict[int, int]:
     tree = ast.parse(py_text)
     pyf = _py_functions(tree)
     cf = c_functions(c_lines)
-    starts = _statement_starts(tree)
+    starts = statements(py_text)
     table: dict[int, int] = {}
 
     def run(lines: list[str], first: int, last: int) -> list[tuple[int, list[str]]]:
