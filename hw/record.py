@@ -18,7 +18,8 @@
    one event no request causes, START, goes to each CPU once, however often the launcher
    asks for the start (it asks again when the answer is late).
 3. *Time.* In virtual time (``hw/clock.py``) a CPU's clock is moved only by its own work and
-   by the times that replies and events carry, so it is a function of 1 and 2. The horizon
+   by the times that replies and events carry, so it is a function of 1 and 2 (the events
+   of the server's own actions carry no time: they are of no request). The horizon
    (the quantum's bound) only decides how long a CPU waits in host time, never what it
    does; a replay ignores it. Wall time cannot be replayed and is not recorded.
 4. *Randomness* comes from the run's seed (``hw/seeds.py``): workload choices and chaos.

@@ -70,3 +70,39 @@ def test_a_record_cut_short_says_where_to_stop_whichever_stream_ends_first(
     assert d.message.endswith("the record ends for cpu 0, whose reads it has only up to "
                               "read point 4; the record is cut short (truncated); --until 5 "
                               "stops the machine before it and dumps it"), d.message
+
+
+def test_an_action_s_events_carry_the_same_time_replayed_as_recorded(
+        tmp_path: pathlib.Path) -> None:
+    """The server's own actions (the end-of-run check, the halt) come between two requests;
+    their events carry no request's time. Replayed, the record's "final" action was taken
+    just after a request, and FINAL carried that request's time: each CPU's clock jumped
+    to it when it took FINAL, where the recorded run's had not, and the run's last
+    operations came at other read points (found by a replay of a stress.toml run that
+    diverged at its very end: "cpu 3 made RELEASE @ userland/lockload.py:102; the record
+    has cpu 3's REPORT")."""
+    from smp.hw.protocol import Event, Op, unpack
+    from smp.machine.schedule import Replay
+    from smp.machine.sequencer import TimeSpec
+    from tests.helpers import inproc_server
+
+    ms = 1_000_000
+    path = str(tmp_path / record.RECORD_FILE)
+
+    def machine(**kw: object) -> tuple[list[int], object]:
+        ts = TimeSpec(virtual=True, quantum_ns=10 * ms, end_ns=100 * ms, **kw)
+        srv, req = inproc_server(ts)
+        req(b"A", Op.REPORT, "checked", None, t=97 * ms)      # an ordered request ...
+        if ts.replay is None:
+            req(b"L", Op.CTL_FINAL)                           # ... then the check begins
+        sent = srv.sock.sent
+        told = [unpack(m) for who, m in zip(sent, sent[1:]) if who in (b"A", b"B")]
+        finals = [m[-1] for m in told if m[:2] == [Op.EVENT, Event.FINAL]]
+        return finals, srv
+
+    recorded, srv = machine(record_path=path, record_header={"format": record.FORMAT})
+    srv.seq.close({"panic": False})                           # type: ignore[attr-defined]
+    rec = record.read(path)
+    assert rec.actions == {1: [("final", None)]}
+    replayed, _ = machine(replay=Replay(rec))
+    assert len(recorded) == 2 and replayed == recorded, (recorded, replayed)

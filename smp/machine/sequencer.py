@@ -128,6 +128,7 @@ class _Server(Protocol):
     dead: set[int]
     kmem: ObjectStore                  # (a trace's names of threads and channels)
     policy: dict[str, Any]
+    cur_t: int                         # the time of the request being handled (0: none)
 
     def event_cpu_control(self, cpu: int, event: Event, *args: Any) -> None: ...
     def event_launcher(self, event: Event, *args: Any) -> None: ...
@@ -333,7 +334,10 @@ class Sequencer:
 
     def act(self, kind: str, payload: Any) -> None:
         """Something the server does of its own accord, between two requests: recorded,
-        and replayed from the record."""
+        and replayed from the record. Its events carry no request's time (the CPUs' clocks
+        stay where they are): a replay takes it just after a request, whose time the
+        server still holds, and the CPUs' clocks would jump to it."""
+        self.srv.cur_t = 0
         if self.rec is not None:
             self.rec.action(kind, payload)
         if kind == "final":
