@@ -779,7 +779,8 @@ def _replay(args: argparse.Namespace) -> int:
     else:
         lines = ", lines run" if sched.get("lines_compared") else ""
         print(f"replay identical: {sched.get('operations')} operations, the same kernel "
-              f"counters, lock counts, findings{lines} and panic as the recorded run")
+              f"counters, lock counts, clocks, findings{lines} and panic as the recorded "
+              f"run")
         if sched.get("recorded_stop"):
             print(f"(the recorded run was {sched['recorded_stop']}: the replay ends where "
                   f"it stopped)")

@@ -191,7 +191,7 @@ def test_a_replay_runs_every_line_as_often_as_the_run(campaign: pathlib.Path) ->
     rdir = sorted(campaign.glob("run*/"))[0]
     proc = helpers.cli(campaign, "replay", str(rdir), timeout=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "findings, lines run and panic as the recorded run" in proc.stdout, proc.stdout
+    assert "clocks, findings, lines run and panic as the recorded run" in proc.stdout, proc.stdout
     again = json.loads((rdir / "replay" / "report.json").read_text())
     assert again["coverage"]["counts"] == json.loads(
         (rdir / "report.json").read_text())["coverage"]["counts"]

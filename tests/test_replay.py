@@ -57,12 +57,16 @@ def test_a_clean_run_replays_identically(recorded: pathlib.Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"replay identical: {ops} operations" in proc.stdout
     assert "coverage: vm_glue.c: " in proc.stdout
-    assert "findings and panic as the recorded run" in proc.stdout   # (lines: not counted)
+    assert "clocks, findings and panic as the recorded run" in proc.stdout   # (no lines)
     assert (recorded / "replay" / "vm_glue.c.gcov").is_file()
     again = json.loads((recorded / "replay" / "report.json").read_text())
     assert again["kernel"] == rec["kernel"]
     assert [(r["name"], r["acquires"], r["contested"]) for r in again["locks"]] == \
         [(r["name"], r["acquires"], r["contested"]) for r in rec["locks"]]
+    # each CPU stopped at the same simulated time, read point and ticks
+    assert [(c["clock"]["sim_time"], c["ticks"], c["bus"]["read_points"])
+            for c in again["cpus"]] == \
+        [(c["clock"]["sim_time"], c["ticks"], c["bus"]["read_points"]) for c in rec["cpus"]]
     # the replay's own folder records nothing: the message says which folder to replay
     proc = _replay(recorded / "replay")
     assert proc.returncode == 2, proc.stdout + proc.stderr
@@ -459,6 +463,27 @@ def test_a_record_keeps_the_kernel_it_ran_and_a_replay_says_what_changed(
     assert said == ["the kernel changed since the recording (kern/kern_exit.py, kern/new.py, "
                     "vm/vm_glue.py): the replay will diverge where the change matters"]
     assert sources.source_changes(None, now) == []          # a record that kept none
+
+
+@pytest.mark.quick
+def test_a_replay_whose_cpu_stopped_at_another_time_differs_naming_the_cpu() -> None:
+    """Every operation and counter the same, but a CPU's clock went otherwise (as when a
+    replayed event moved a clock the recorded one had not): the replay differs."""
+    from smp.run.replay import compare
+
+    def report(sim: float, idle: int, points: int) -> dict[str, Any]:
+        cpu = {"id": 1, "clock": {"sim_time": sim}, "ticks": {"sys": 3, "idle": idle},
+               "bus": {"read_points": points}}
+        cpu0 = {"id": 0, "clock": {"sim_time": 4.0}, "ticks": {"sys": 9, "idle": 391},
+                "bus": {"read_points": 31000}}
+        return {"kernel": {"forks": 3}, "cpus": [cpu0, cpu]}
+
+    assert compare(report(4.05001, 402, 27222), report(4.05001, 402, 27222)) == []
+    assert compare(report(4.05001, 402, 27222), report(4.050055, 402, 27222)) == [
+        "clocks: cpu 1 {'sim_s': 4.05001, 'ticks': {'sys': 3, 'idle': 402}, 'read_points': "
+        "27222} -> {'sim_s': 4.050055, 'ticks': {'sys': 3, 'idle': 402}, 'read_points': "
+        "27222}"]
+    assert compare(report(4.0, 402, 9), report(4.0, 401, 9))[0].startswith("clocks: cpu 1 ")
 
 
 @pytest.mark.parametrize("cmd", ["replay", "trace"])

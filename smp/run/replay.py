@@ -278,6 +278,14 @@ def fingerprint(report: dict[str, Any]) -> dict[str, Any]:
                   if panic else None),
         "invariants": report.get("invariants", []),
         "operations": ops,
+        # each CPU's clock where it stopped, its ticks by what it was doing and the read
+        # points it passed: the same, or a CPU's time went otherwise though every
+        # operation and counter came out the same (a replayed event that moved a clock)
+        "clocks": {f"cpu {c.get('id')}": {"sim_s": (c.get("clock") or {}).get("sim_time"),
+                                          "ticks": c.get("ticks"),
+                                          "read_points": (c.get("bus") or {}).get(
+                                              "read_points")}
+                   for c in report.get("cpus", [])},
         # with debug.coverage: how often each line of the kernel ran
         "coverage": (report.get("coverage") or {}).get("counts"),
     }
