@@ -84,7 +84,7 @@ def test_an_action_s_events_carry_the_same_time_replayed_as_recorded(
     from smp.hw.protocol import Event, Op, unpack
     from smp.machine.schedule import Replay
     from smp.machine.sequencer import TimeSpec
-    from tests.helpers import inproc_server
+    from helpers import inproc_server
 
     ms = 1_000_000
     path = str(tmp_path / record.RECORD_FILE)
