@@ -39,6 +39,10 @@ Liveness, both ways (``smp.hw.protocol.HEARTBEAT_S``): the server sends every CP
 :class:`ServerGone` after ``silence`` seconds (``SERVER_SILENCE_S``, 1.25 s) in which
 *nothing* came from the server and one more look of LATE_GRACE_S (0.5 s) found nothing
 either, so a killed server is noticed within 2 s by every CPU, even one on another host.
+A CPU on the server's host (``server_pid``: the launcher's CPUs) then looks at the server's
+process: one that lives and is not stopped is starved by the host or busy, not dead, and is
+waited for up to ``SERVER_STARVED_S`` of silence (:meth:`Bus._server_starved`); a killed
+server (a zombie until the launcher reaps it, or gone) or a stopped one is still noticed in 2 s.
 The last look is for what ZeroMQ's I/O thread has not handed over yet when this process
 was not listening (stopped with SIGSTOP, or starved by the host: the I/O thread stops
 with it; :meth:`Bus._last_look`), so a CPU paused for less than the server's PEER_LOST_S
@@ -64,12 +68,13 @@ import threading
 import time
 from typing import Any, Callable, Protocol
 
+import psutil
 import zmq
 
 from smp.hw.clock import NEVER
 from smp.hw.protocol import (AF_LINE, CONTROL_EVENTS, ERR, EXCL, GRANTED, GRANTED_LINE,
-                             HEARTBEAT_S, LIVENESS_S, MAX_BATCH, SERVER_SILENCE_S, VERSION, Event,
-                             Op, pack, unpack)
+                             HEARTBEAT_S, LIVENESS_S, MAX_BATCH, SERVER_SILENCE_S,
+                             SERVER_STARVED_S, VERSION, Event, Op, pack, unpack)
 
 # Posted requests queue up to this many before they are sent without waiting for a call.
 POST_BATCH = min(64, MAX_BATCH - 1)
@@ -113,7 +118,8 @@ def _zero() -> int:
 class Bus:
     def __init__(self, endpoint: str, identity: str, liveness: float = LIVENESS_S,
                  silence: float = SERVER_SILENCE_S, curve: dict[str, bytes] | None = None,
-                 lines: bool = True, channel: Channel | None = None) -> None:
+                 lines: bool = True, channel: Channel | None = None,
+                 server_pid: int | None = None) -> None:
         self.ctx: zmq.Context[Any] | None = None
         self.sock: Any
         self.poller: Any
@@ -176,6 +182,15 @@ class Bus:
         self.received = 0                      # machine messages read in all
         self.point_wait_s = 0.0                # host s spent waiting at read points
         self.stalls = 0                        # waits that ended STALL_S late or more
+        # the server's process, if it runs on this host: a silent one that lives is waited for
+        self.server: psutil.Process | None = None
+        if server_pid is not None:
+            try:
+                self.server = psutil.Process(server_pid)
+            except psutil.Error:
+                pass                           # gone already: its silence will say so
+        self.server_waits = 0                  # silences of a live server waited out
+        self._waited_at = 0.0                  # (the last message before the one counted)
 
     def hello(self, role: str, cpu: int, pid: int) -> Any:
         # the server may still be starting: the first answer gets the longer bound
@@ -459,7 +474,7 @@ class Bus:
             self.stalls += 1
         if msg is None and time.monotonic() - self.last_rx >= silence:
             msg = self._last_look()
-            if msg is None:
+            if msg is None and not self._server_starved(silence):
                 raise ServerGone(f"nothing from the server in "
                                  f"{time.monotonic() - self.last_rx:.2f} s")
         return msg
@@ -474,6 +489,29 @@ class Bus:
         when it noticed the silence late, and a CPU starved until just before it ran out,
         on a host with two busy loops beside the machine, took a live server for dead.)"""
         return self.recv(LATE_GRACE_S)
+
+    def _server_starved(self, silence: float) -> bool:
+        """The server has been silent for ``silence`` s and more: whether it is only
+        starved. A server on this host whose process lives and is not stopped is (the host
+        did not run it, or it is busy) until its silence reaches SERVER_STARVED_S; each
+        wait (the caller's look, LATE_GRACE_S, every time) counts in :attr:`server_waits`
+        once. A zombie, a process gone or another in its pid, a stopped or traced one,
+        or a server on another host: False, it is taken for dead."""
+        proc = self.server
+        quiet = time.monotonic() - self.last_rx
+        if proc is None or quiet >= max(silence, SERVER_STARVED_S):
+            return False
+        try:
+            status = proc.status() if proc.is_running() else psutil.STATUS_DEAD
+        except psutil.Error:
+            return False
+        if status in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD, psutil.STATUS_STOPPED,
+                      psutil.STATUS_TRACING_STOP):
+            return False
+        if self._waited_at != self.last_rx:
+            self._waited_at = self.last_rx
+            self.server_waits += 1
+        return True
 
     def poll_events(self, timeout: float) -> bool:
         """Wall time: wait up to ``timeout`` s for an event (heartbeats do not count);

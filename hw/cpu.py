@@ -596,7 +596,7 @@ class Cpu:
                           "wait_s": round(self.bus.wait_s, 4),
                           "read_points": self.bus.point,
                           "point_wait_s": round(self.bus.point_wait_s, 4),
-                          "stalls": self.bus.stalls},
+                          "stalls": self.bus.stalls, "server_waits": self.bus.server_waits},
                   "chaos": self.chaos.statistics() if self.chaos is not None else None,
                   "threads": threads}
         try:

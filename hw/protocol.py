@@ -176,8 +176,13 @@ SYNC_SPIN = 2         # spinning for a grant: counts not at all (the release has
 # reply although the server is heard from (alive, but it does not answer: a server bug);
 # in a replay, LIVENESS_S without its reply while the machine handled no operation (a
 # replayed request waits its turn, which may take the other CPUs long on a busy host).
+# A CPU started on the server's own host knows the server's process: once the server has
+# been silent for SERVER_SILENCE_S it looks at that process, and one that lives and is not
+# stopped (the host did not run it: two busy loops and two machines on two cores once held
+# a server's loop back for over 2 s) is waited for, up to SERVER_STARVED_S of silence.
 HEARTBEAT_S = 0.25
 SERVER_SILENCE_S = 1.25
+SERVER_STARVED_S = 10.0
 PEER_LOST_S = 3.0
 LIVENESS_S = 10.0
 

@@ -15,7 +15,8 @@ running machine. One regression test (or a few) per item of the issue:
    NEWN beyond kernel memory's bound, COUNT with an unknown operator;
 9. the small ones: --fail-point names the command line, hog_pages against the machine's
    size, the rerun line quoted, stale live.json and socket folders, `smp report` on a
-   foreign JSON file, a stopped server named as such.
+   foreign JSON file, a stopped server named as such, a server the host does not run
+   (frozen) waited for.
 
 Machine tests use the real server and CPU processes; every process they start is reaped
 in a ``finally`` (and the orphan check of conftest.py looks for survivors).
@@ -808,6 +809,74 @@ def test_a_stopped_server_is_named(run: Any, tmp_path: pathlib.Path) -> None:
     assert r["reason"].startswith(f"server (pid {pid}) unresponsive (stopped)"), r["reason"]
     assert time.monotonic() - t < 60
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+@contextlib.contextmanager
+def _freezer() -> Iterator[pathlib.Path]:
+    """A freezer cgroup (v1) of the test's own: a process put in it and FROZEN does not run
+    at all, as on a host that does not schedule it, and is neither stopped nor dead (its
+    state is D). Thawed and removed however the test ends; skipped where none can be made."""
+    root = pathlib.Path("/sys/fs/cgroup/freezer")
+    group = root / f"smp-test-{os.getpid()}"
+    try:
+        group.mkdir()
+    except OSError as e:
+        pytest.skip(f"no freezer cgroup can be made here: {e}")
+    try:
+        yield group
+    finally:
+        (group / "freezer.state").write_text("THAWED")
+        for pid in (group / "cgroup.procs").read_text().split():
+            with contextlib.suppress(OSError):          # (it may have exited meanwhile)
+                (root / "cgroup.procs").write_text(pid)
+        group.rmdir()
+
+
+def test_a_server_the_host_does_not_run_is_waited_for(run: Any, tmp_path: pathlib.Path) -> None:
+    """The server's process frozen for 3 s (it does not run at all, as on a host that does
+    not schedule it), well over the 1.75 s of silence after which a CPU takes the server
+    for dead, then thawed: each CPU sees the server's process alive, waits for it and runs
+    on, and the run ends as the test ends it. Before the fix every CPU left ("the machine
+    server is gone (nothing from the server in 1.75 s)"), as the four of a test campaign's
+    machine did beside the suite's other worker and two busy loops."""
+    from smp.observe.monitor import Stream
+
+    def freeze(live: dict[str, Any]) -> float:
+        pids = live["cpu_pids"]
+        with Stream(live["stats"]) as stream:
+            deadline = time.monotonic() + 30
+            while not any(topic == "cpu" for topic, _ in stream.poll(0.2)):
+                assert time.monotonic() < deadline, "no cpu sample in 30 s"
+            (group / "cgroup.procs").write_text(str(live["server_pid"]))
+            (group / "freezer.state").write_text("FROZEN")
+            while (group / "freezer.state").read_text().strip() != "FROZEN":
+                assert time.monotonic() < deadline, "the server was not frozen"
+                time.sleep(0.01)
+            frozen = time.monotonic()
+            time.sleep(3.0)                         # the freeze itself
+            (group / "freezer.state").write_text("THAWED")
+            took = time.monotonic() - frozen
+            resumed = time.time()
+            waiting = set(range(len(pids)))
+            deadline = time.monotonic() + 30
+            while waiting and time.monotonic() < deadline:
+                for topic, rec in stream.poll(0.2):
+                    if topic == "cpu" and rec.get("wall", 0) > resumed:
+                        waiting.discard(rec.get("cpu"))
+                for cpu in waiting:
+                    if psutil.Process(pids[cpu]).status() == psutil.STATUS_ZOMBIE:
+                        raise AssertionError(f"cpu{cpu} exited while the server was frozen")
+            assert not waiting, f"cpus {waiting} silent for 30 s after the thaw"
+        return took
+
+    with _freezer() as group:
+        res, actor = _run_with_actor(run, tmp_path, ["machine.cpus=4", "run.duration=600"],
+                                     freeze, "a frozen server waited for")
+    assert actor.result >= 3.0
+    expect_shutdown(res)
+    waits = [c["bus"].get("server_waits") for c in res.report["cpus"]]
+    assert all(w and w >= 1 for w in waits), waits
+    assert res.report["server"]["stalls"] >= 1, describe(res)     # it did not run: it knows
 
 
 # -- 6. an invariant that cannot be checked is not violated --------------------------------

@@ -36,7 +36,7 @@ def cpu_main(cpu_id: int, endpoint: str, config: dict[str, Any] | None, liveness
              sysinits: tuple[Any, ...] = (), curve: dict[str, bytes] | None = None,
              pdeathsig: bool = True, start_timeout: float = START_TIMEOUT,
              replay: dict[int, int] | None = None, replay_limit: int | None = None,
-             on_hello: Any = None) -> None:
+             on_hello: Any = None, server_pid: int | None = None) -> None:
     """``curve``: the CURVE client keys for a server on another host (``smp cpu --join``);
     ``pdeathsig`` False for a CPU that is the top process of its host (nothing to die
     with: the server's silence ends it). ``config`` None: a CPU that joins from another
@@ -45,7 +45,9 @@ def cpu_main(cpu_id: int, endpoint: str, config: dict[str, Any] | None, liveness
     start after HELLO (longer when other CPUs are still to join). ``replay``: this CPU's
     read log from a record (read point -> messages read there): a replay;
     ``replay_limit``: the last read point the record knows, if it was cut short. ``on_hello``:
-    called once the server has taken this CPU's HELLO.
+    called once the server has taken this CPU's HELLO. ``server_pid``: the server's process,
+    on this host (the launcher's CPUs): a silent server that still lives is waited for
+    longer (``smp.hw.bus``).
 
     Exit status: 0 halted cleanly; 1 the server refused this CPU's HELLO (the reason is
     printed); 3 the server went away; 4 a crash."""
@@ -66,7 +68,7 @@ def cpu_main(cpu_id: int, endpoint: str, config: dict[str, Any] | None, liveness
         # second one for the same id reaches the server (and is refused there, saying
         # why) instead of being dropped by ZeroMQ as a duplicate identity
         ident = f"cpu{cpu_id}" if config is not None else f"cpu{cpu_id}.{os.getpid()}"
-        bus = Bus(endpoint, ident, liveness=liveness, curve=curve)
+        bus = Bus(endpoint, ident, liveness=liveness, curve=curve, server_pid=server_pid)
         t_send = time.monotonic()
         try:
             info = bus.hello("cpu", cpu_id, os.getpid())

@@ -333,7 +333,7 @@ def run_machine(cfg: Config, run_dir: str | None = None,
         for i in range(local):
             p = mp.Process(target=cpu_main, name=f"smp-cpu{i}",
                            args=(i, endpoint, flat, LIVENESS_S, tuple(sysinits)),
-                           kwargs={"start_timeout": cpu_start_timeout,
+                           kwargs={"start_timeout": cpu_start_timeout, "server_pid": server.pid,
                                    "replay": cpu_reads.get(i) if replay is not None else None,
                                    "replay_limit": (replay.read_limit(i) if replay is not None
                                                     else None)})
