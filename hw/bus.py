@@ -115,6 +115,18 @@ def _zero() -> int:
     return 0
 
 
+def lives_unstopped(proc: psutil.Process) -> bool:
+    """Whether a process of this host (the server, for a CPU; a CPU, for the server) lives
+    and is not stopped: silent, it is starved by the host or busy, not dead. A zombie,
+    a process gone (or another in its pid), a stopped or traced one: False."""
+    try:
+        return proc.is_running() and proc.status() not in (
+            psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD, psutil.STATUS_STOPPED,
+            psutil.STATUS_TRACING_STOP)
+    except psutil.Error:
+        return False
+
+
 class Bus:
     def __init__(self, endpoint: str, identity: str, liveness: float = LIVENESS_S,
                  silence: float = SERVER_SILENCE_S, curve: dict[str, bytes] | None = None,
@@ -493,20 +505,13 @@ class Bus:
     def _server_starved(self, silence: float) -> bool:
         """The server has been silent for ``silence`` s and more: whether it is only
         starved. A server on this host whose process lives and is not stopped is (the host
-        did not run it, or it is busy) until its silence reaches SERVER_STARVED_S; each
-        wait (the caller's look, LATE_GRACE_S, every time) counts in :attr:`server_waits`
-        once. A zombie, a process gone or another in its pid, a stopped or traced one,
-        or a server on another host: False, it is taken for dead."""
+        did not run it, or it is busy) until its silence reaches SERVER_STARVED_S; the
+        caller then looks again (a last look, LATE_GRACE_S, each time), and each silence
+        so waited out counts once in :attr:`server_waits`. A server on another host, or
+        one that is not :func:`lives_unstopped`: False, it is taken for dead."""
         proc = self.server
         quiet = time.monotonic() - self.last_rx
-        if proc is None or quiet >= max(silence, SERVER_STARVED_S):
-            return False
-        try:
-            status = proc.status() if proc.is_running() else psutil.STATUS_DEAD
-        except psutil.Error:
-            return False
-        if status in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD, psutil.STATUS_STOPPED,
-                      psutil.STATUS_TRACING_STOP):
+        if proc is None or quiet >= max(silence, SERVER_STARVED_S) or not lives_unstopped(proc):
             return False
         if self._waited_at != self.last_rx:
             self._waited_at = self.last_rx

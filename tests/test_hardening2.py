@@ -15,8 +15,8 @@ running machine. One regression test (or a few) per item of the issue:
    NEWN beyond kernel memory's bound, COUNT with an unknown operator;
 9. the small ones: --fail-point names the command line, hog_pages against the machine's
    size, the rerun line quoted, stale live.json and socket folders, `smp report` on a
-   foreign JSON file, a stopped server named as such, a server the host does not run
-   (frozen) waited for.
+   foreign JSON file, a stopped server named as such, a server or a CPU the host does
+   not run (frozen) waited for, up to a bound.
 
 Machine tests use the real server and CPU processes; every process they start is reaped
 in a ``finally`` (and the orphan check of conftest.py looks for survivors).
@@ -30,6 +30,8 @@ import os
 import pathlib
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from typing import Any, Callable, Iterator
@@ -324,7 +326,8 @@ def test_the_server_counts_no_silence_while_its_own_loop_did_not_run() -> None:
     from types import SimpleNamespace
     from smp.machine.liveness import Liveness
     sent: list[Any] = []
-    peer = SimpleNamespace(gone=False, final=None, ident=b"cpu0")
+    # (pid 1: a process that is not the launcher's, as a CPU of another host's is)
+    peer = SimpleNamespace(gone=False, final=None, ident=b"cpu0", cpu=0, pid=1)
     srv = SimpleNamespace(cpus={0: peer}, dead=set(), seq=SimpleNamespace(ops=0),
                           send=lambda ident, msg: None,
                           event_launcher=lambda *a: sent.append(a))
@@ -832,6 +835,45 @@ def _freezer() -> Iterator[pathlib.Path]:
         group.rmdir()
 
 
+def _freeze(group: pathlib.Path, live: dict[str, Any], who: str, seconds: float) -> float:
+    """Once the machine of ``live`` runs, freeze ``who`` ("server", or "cpuN") in the
+    freezer cgroup ``group`` for ``seconds``, thaw it and wait until every CPU publishes a
+    stats sample again (a CPU that exited meanwhile fails the test); how long it was frozen."""
+    from smp.observe.monitor import Stream
+
+    pids = live["cpu_pids"]
+    pid = live["server_pid"] if who == "server" else pids[int(who[3:])]
+    with Stream(live["stats"]) as stream:
+        deadline = time.monotonic() + 30
+        while not any(topic == "cpu" for topic, _ in stream.poll(0.2)):
+            assert time.monotonic() < deadline, "no cpu sample in 30 s"
+        (group / "cgroup.procs").write_text(str(pid))
+        (group / "freezer.state").write_text("FROZEN")
+        while (group / "freezer.state").read_text().strip() != "FROZEN":
+            assert time.monotonic() < deadline, f"{who} was not frozen"
+            time.sleep(0.01)
+        frozen = time.monotonic()
+        time.sleep(seconds)                         # the freeze itself
+        (group / "freezer.state").write_text("THAWED")
+        took = time.monotonic() - frozen
+        resumed = time.time()
+        waiting = set(range(len(pids)))
+        deadline = time.monotonic() + 30
+        while waiting and time.monotonic() < deadline:
+            for topic, rec in stream.poll(0.2):
+                if topic == "cpu" and rec.get("wall", 0) > resumed:
+                    waiting.discard(rec.get("cpu"))
+            for cpu in waiting:
+                try:
+                    gone = psutil.Process(pids[cpu]).status() == psutil.STATUS_ZOMBIE
+                except psutil.NoSuchProcess:
+                    gone = True
+                if gone:
+                    raise AssertionError(f"cpu{cpu} exited while {who} was frozen")
+        assert not waiting, f"cpus {waiting} silent for 30 s after the thaw"
+    return took
+
+
 def test_a_server_the_host_does_not_run_is_waited_for(run: Any, tmp_path: pathlib.Path) -> None:
     """The server's process frozen for 3 s (it does not run at all, as on a host that does
     not schedule it), well over the 1.75 s of silence after which a CPU takes the server
@@ -839,44 +881,72 @@ def test_a_server_the_host_does_not_run_is_waited_for(run: Any, tmp_path: pathli
     on, and the run ends as the test ends it. Before the fix every CPU left ("the machine
     server is gone (nothing from the server in 1.75 s)"), as the four of a test campaign's
     machine did beside the suite's other worker and two busy loops."""
-    from smp.observe.monitor import Stream
-
-    def freeze(live: dict[str, Any]) -> float:
-        pids = live["cpu_pids"]
-        with Stream(live["stats"]) as stream:
-            deadline = time.monotonic() + 30
-            while not any(topic == "cpu" for topic, _ in stream.poll(0.2)):
-                assert time.monotonic() < deadline, "no cpu sample in 30 s"
-            (group / "cgroup.procs").write_text(str(live["server_pid"]))
-            (group / "freezer.state").write_text("FROZEN")
-            while (group / "freezer.state").read_text().strip() != "FROZEN":
-                assert time.monotonic() < deadline, "the server was not frozen"
-                time.sleep(0.01)
-            frozen = time.monotonic()
-            time.sleep(3.0)                         # the freeze itself
-            (group / "freezer.state").write_text("THAWED")
-            took = time.monotonic() - frozen
-            resumed = time.time()
-            waiting = set(range(len(pids)))
-            deadline = time.monotonic() + 30
-            while waiting and time.monotonic() < deadline:
-                for topic, rec in stream.poll(0.2):
-                    if topic == "cpu" and rec.get("wall", 0) > resumed:
-                        waiting.discard(rec.get("cpu"))
-                for cpu in waiting:
-                    if psutil.Process(pids[cpu]).status() == psutil.STATUS_ZOMBIE:
-                        raise AssertionError(f"cpu{cpu} exited while the server was frozen")
-            assert not waiting, f"cpus {waiting} silent for 30 s after the thaw"
-        return took
-
     with _freezer() as group:
         res, actor = _run_with_actor(run, tmp_path, ["machine.cpus=4", "run.duration=600"],
-                                     freeze, "a frozen server waited for")
+                                     lambda live: _freeze(group, live, "server", 3.0),
+                                     "a frozen server waited for")
     assert actor.result >= 3.0
     expect_shutdown(res)
     waits = [c["bus"].get("server_waits") for c in res.report["cpus"]]
     assert all(w and w >= 1 for w in waits), waits
     assert res.report["server"]["stalls"] >= 1, describe(res)     # it did not run: it knows
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("state", ["sleeping", "stopped", "zombie"])
+def test_a_silent_server_is_waited_for_only_while_its_process_lives(
+        monkeypatch: pytest.MonkeyPatch, state: str) -> None:
+    """The bound of that wait, and what is not waited for: a bus whose server never
+    answers (its endpoint has no server; its "server process" is a child of the test's)
+    waits for a process that lives, up to SERVER_STARVED_S of silence (3 s here), then
+    says the server is gone; a stopped one, or a zombie (killed, not yet reaped), it
+    takes for dead after the ordinary 1.75 s without waiting for it."""
+    import smp.hw.bus as busmod
+
+    monkeypatch.setattr(busmod, "SERVER_STARVED_S", 3.0)
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    bus = None
+    try:
+        if state == "stopped":
+            os.kill(proc.pid, signal.SIGSTOP)
+        elif state == "zombie":
+            os.kill(proc.pid, signal.SIGKILL)
+        want = {"sleeping": psutil.STATUS_SLEEPING, "stopped": psutil.STATUS_STOPPED,
+                "zombie": psutil.STATUS_ZOMBIE}[state]
+        deadline = time.monotonic() + 30
+        while psutil.Process(proc.pid).status() != want:
+            assert time.monotonic() < deadline, f"the process did not become {state}"
+            time.sleep(0.01)
+        bus = busmod.Bus("tcp://127.0.0.1:9", "cpu0", server_pid=proc.pid)
+        t = time.monotonic()
+        with pytest.raises(busmod.ServerGone, match="nothing from the server in"):
+            while True:
+                bus.poll_events(0.5)
+        waited = time.monotonic() - t
+        if state == "sleeping":
+            assert waited >= 3.0 and bus.server_waits == 1, (waited, bus.server_waits)
+        else:
+            assert bus.server_waits == 0, bus.server_waits
+    finally:
+        if bus is not None:
+            bus.close()
+        proc.kill()
+        proc.wait()
+
+
+def test_a_cpu_the_host_does_not_run_is_waited_for(run: Any, tmp_path: pathlib.Path) -> None:
+    """The same for a CPU: cpu 1 frozen for 4 s, over the 3 s after which the server
+    reports a silent CPU unresponsive (and the launcher ends the run): the server sees
+    its process alive and waits for it; the run ends as the test ends it. Before the fix
+    the run ended "cpu1 (pid N) unresponsive"."""
+    with _freezer() as group:
+        res, actor = _run_with_actor(run, tmp_path, ["machine.cpus=3", "run.duration=600"],
+                                     lambda live: _freeze(group, live, "cpu1", 4.0),
+                                     "a frozen cpu waited for")
+    assert actor.result >= 4.0
+    expect_shutdown(res)
+    server = res.report["server"]
+    assert not server["unresponsive"] and server["starved"] == {"1": 1}, describe(res)
 
 
 # -- 6. an invariant that cannot be checked is not violated --------------------------------

@@ -10,7 +10,9 @@ to run while the server drains a flood (the server's loop calls :meth:`Liveness.
   sends nothing at all for ``PEER_LOST_S`` (its bus PINGs when idle, its heartbeat thread
   PINGs from ``<identity>/hb``) is reported to the launcher as ``STALLED``. Silence is
   judged only when the receive queue has just been drained: while the server itself is
-  busy, a CPU's messages wait in the queue unread.
+  busy, a CPU's messages wait in the queue unread; and a CPU of this host (the launcher's
+  child, as the server is) whose process lives and is not stopped is not lost but starved
+  by the host, until it has been silent for ``PEER_STARVED_S``.
 * **The watchdog** (``debug.watchdog_s``): a CPU that made no request for that long is a
   finding, and the launcher is told (``STALLED``).
 * **Spin locks held too long** (``debug.spin_max_s``): a panic naming the lock, the holder
@@ -22,16 +24,21 @@ to run while the server drains a flood (the server's loop calls :meth:`Liveness.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Protocol
 
-from smp.hw.protocol import HEARTBEAT_S, PEER_LOST_S, Event, Op
+import psutil
+
+from smp.hw.bus import lives_unstopped
+from smp.hw.protocol import HEARTBEAT_S, PEER_LOST_S, SERVER_STARVED_S, Event, Op
 from smp.machine.locks import LockTable
 from smp.machine.peers import Peer
 from smp.machine.witness import Finding
 
 LIVENESS_CHECK_S = 0.05        # spin locks held too long, silent CPUs: looked for this often
 STALL_S = 1.0                  # the loop's looks this far apart: it did not run meanwhile
+PEER_STARVED_S = SERVER_STARVED_S   # a silent CPU of this host that lives: lost after this
 
 
 class _Server(Protocol):
@@ -72,6 +79,9 @@ class Liveness:
         self.heartbeats = 0
         self.last_tick = 0.0                       # when the server's loop last looked
         self.stalls = 0                            # looks STALL_S or more apart
+        self.procs: dict[int, psutil.Process | None] = {}   # cpu -> its process, if ours
+        self.starved: dict[int, int] = {}          # cpu -> its silences past PEER_LOST_S
+        self.starving: set[int] = set()            # (silent now, counted)
 
     # -- what the server hears ---------------------------------------------------------
     def hello(self, cpu: int) -> None:
@@ -127,9 +137,34 @@ class Liveness:
             srv.send(peer.ident, [Op.EVENT, Event.HEARTBEAT, srv.seq.ops])
             self.heartbeats += 1
             quiet = now - max(self.last_heard.get(cpu, now), self.alive_at.get(cpu, 0.0))
-            if check_lost and quiet > PEER_LOST_S and cpu not in self.lost:
+            if quiet <= PEER_LOST_S:
+                self.starving.discard(cpu)
+            elif (check_lost and cpu not in self.lost and not self._starved(peer, quiet)):
                 self.lost[cpu] = round(quiet, 2)
                 srv.event_launcher(Event.STALLED, cpu, round(quiet, 1))
+
+    def _starved(self, peer: Peer, quiet: float) -> bool:
+        """A CPU silent for ``quiet`` s (over PEER_LOST_S): whether it is only starved by
+        the host. It is if its process is one of this host's, a child of the launcher
+        (whose children the server and its CPUs are), and lives and is not stopped, until
+        its silence reaches PEER_STARVED_S; each silence so waited out counts once in
+        :attr:`starved`. A CPU joined from another host: False."""
+        cpu = peer.cpu
+        if cpu not in self.procs:
+            try:
+                proc: psutil.Process | None = psutil.Process(peer.pid)
+                if proc is not None and proc.ppid() != os.getppid():
+                    proc = None                    # not the launcher's: another host's pid
+            except psutil.Error:
+                proc = None
+            self.procs[cpu] = proc
+        proc = self.procs[cpu]
+        if proc is None or quiet >= PEER_STARVED_S or not lives_unstopped(proc):
+            return False
+        if cpu not in self.starving:
+            self.starving.add(cpu)
+            self.starved[cpu] = self.starved.get(cpu, 0) + 1
+        return True
 
     def check(self, now: float) -> None:
         """Spin locks held too long panic (in wall time; in virtual time the check runs

@@ -208,6 +208,7 @@ class Publisher:
                        "heartbeats": live.heartbeats, "stalls": live.stalls,
                        "lines": locks.line_report(),
                        "unresponsive": {str(c): s for c, s in sorted(live.lost.items())},
+                       "starved": {str(c): n for c, n in sorted(live.starved.items())},
                        "rss_mb": rss_mb(), "rss_peak_mb": rss_mb("VmHWM")},
             "dead_cpus": self.dead_cpus(),
             "cpus": {c: p.final for c, p in sorted(srv.cpus.items())},
