@@ -202,7 +202,7 @@ class Bus:
             except psutil.Error:
                 pass                           # gone already: its silence will say so
         self.server_waits = 0                  # silences of a live server waited out
-        self._waited_at = 0.0                  # (the last message before the one counted)
+        self._waited_at = 0.0                  # (last_rx when the last one was counted)
 
     def hello(self, role: str, cpu: int, pid: int) -> Any:
         # the server may still be starting: the first answer gets the longer bound

@@ -179,7 +179,8 @@ SYNC_SPIN = 2         # spinning for a grant: counts not at all (the release has
 # A CPU started on the server's own host knows the server's process: once the server has
 # been silent for SERVER_SILENCE_S it looks at that process, and one that lives and is not
 # stopped (the host did not run it: two busy loops and two machines on two cores once held
-# a server's loop back for over 2 s) is waited for, up to SERVER_STARVED_S of silence.
+# a server's loop back for over 2 s) is waited for, up to SERVER_STARVED_S of silence;
+# the server waits as long for a silent CPU of its host (smp.machine.liveness).
 HEARTBEAT_S = 0.25
 SERVER_SILENCE_S = 1.25
 SERVER_STARVED_S = 10.0
