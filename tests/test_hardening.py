@@ -3,7 +3,9 @@
 * a CPU killed with SIGKILL ends the run within 2 s with a report that names it and lists
   the locks its threads held (the victim holds the test's mutex when it is killed);
 * a CPU stopped with SIGSTOP is reported as unresponsive (the server hears nothing from it,
-  not even its bus's PINGs) and the run ends instead of waiting for it;
+  not even its bus's PINGs) and the run ends instead of waiting for it; so is one wedged
+  with Python's lock held (it runs, but neither its kernel nor its heartbeat thread says
+  anything), though one that the host does not run is waited for (test_hardening2);
 * a killed server is noticed by every CPU within 2 s (no HEARTBEAT), and each exits.
 
 Each test runs the machine in this process (``run_machine``, its processes are our
@@ -48,8 +50,10 @@ def _make() -> Any:
     return t
 
 
-def _holder_sysinits(flag: pathlib.Path) -> list[Any]:
-    """cpu VICTIM takes the mutex, says so (its pid into ``flag``), then computes forever."""
+def _holder_sysinits(flag: pathlib.Path, wedge_s: float = 0.0) -> list[Any]:
+    """cpu VICTIM takes the mutex, says so (its pid into ``flag``), then computes forever;
+    ``wedge_s``: first holds Python's lock for that long (wall s) in a loop of C calls,
+    which never gives it up: nothing else in its process runs meanwhile."""
     def start(cpu: int) -> None:
         if cpu != VICTIM:
             return
@@ -60,6 +64,14 @@ def _holder_sysinits(flag: pathlib.Path) -> list[Any]:
             tmp = flag.with_suffix(".tmp")
             tmp.write_text(str(os.getpid()))
             tmp.rename(flag)
+            if wedge_s:
+                import collections
+                import functools
+                import itertools
+                import operator
+                until = time.monotonic() + wedge_s
+                collections.deque(itertools.takewhile(functools.partial(operator.gt, until),
+                                                      iter(time.monotonic, None)), maxlen=0)
             spin_until(lambda: False, "the end of the world")
         kthread(body, "holder")
     return [bsp_init(SYM, _make), on_each_cpu("holder", start)]
@@ -132,6 +144,24 @@ def test_a_stopped_cpu_is_reported_unresponsive_not_waited_for(
     assert held and "hardening mtx" in held[0], r["problems"]
     assert r["cpus"][0]["reported"] and r["cpus"][1]["reported"], describe(res)
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_wedged_cpu_is_reported_unresponsive_not_waited_for(
+        run: Any, tmp_path: pathlib.Path) -> None:
+    """cpu VICTIM holds Python's lock for 8 s (a loop of C calls): its process lives, is
+    not stopped and runs, but says nothing at all, not even from its heartbeat thread.
+    The server waits only for a CPU that the host does not run (one that has used next to
+    no processor time since it fell silent); this one used it, so it is reported at the
+    silence's 3 s as before, not excused until it comes back."""
+    flag = tmp_path / "holding"
+    w = Watcher(flag, int)
+    res, noticed = _run_with(run, ["machine.cpus=3", *BASE], _holder_sysinits(flag, 8.0), w)
+    r = res.report
+    pid = w.result
+    assert res.exit_status == 1 and not r["ok"], describe(res)
+    assert f"cpu{VICTIM} (pid {pid}) unresponsive" in r["reason"], describe(res)
+    assert str(VICTIM) in r["server"].get("unresponsive", {}), r["server"]
+    assert str(VICTIM) not in r["server"].get("starved", {}), r["server"]
 
 
 def test_a_killed_server_is_noticed_by_every_cpu_within_2s(

@@ -935,18 +935,21 @@ def test_a_silent_server_is_waited_for_only_while_its_process_lives(
 
 
 def test_a_cpu_the_host_does_not_run_is_waited_for(run: Any, tmp_path: pathlib.Path) -> None:
-    """The same for a CPU: cpu 1 frozen for 4 s, over the 3 s after which the server
-    reports a silent CPU unresponsive (and the launcher ends the run): the server sees
-    its process alive and waits for it; the run ends as the test ends it. Before the fix
-    the run ended "cpu1 (pid N) unresponsive"."""
+    """The same for a CPU: cpu 1 frozen for 6 s, over the 3 s after which the server
+    reports a silent CPU unresponsive (and the launcher ends the run) and the watchdog's
+    5 s (a finding): the server sees that its process lives and has not run since it fell
+    silent, and waits for it; the run ends as the test ends it, without a finding. Before
+    the fix the run ended "cpu1 (pid N) unresponsive", and without the processor time the
+    watchdog's "cpu 1 made no progress for 5.1 s"."""
     with _freezer() as group:
         res, actor = _run_with_actor(run, tmp_path, ["machine.cpus=3", "run.duration=600"],
-                                     lambda live: _freeze(group, live, "cpu1", 4.0),
+                                     lambda live: _freeze(group, live, "cpu1", 6.0),
                                      "a frozen cpu waited for")
-    assert actor.result >= 4.0
+    assert actor.result >= 6.0
     expect_shutdown(res)
     server = res.report["server"]
     assert not server["unresponsive"] and server["starved"] == {"1": 1}, describe(res)
+    assert not [f for f in res.report["findings"] if f["detector"] == "watchdog"], describe(res)
 
 
 # -- 6. an invariant that cannot be checked is not violated --------------------------------

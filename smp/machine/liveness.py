@@ -11,10 +11,12 @@ to run while the server drains a flood (the server's loop calls :meth:`Liveness.
   PINGs from ``<identity>/hb``) is reported to the launcher as ``STALLED``. Silence is
   judged only when the receive queue has just been drained: while the server itself is
   busy, a CPU's messages wait in the queue unread; and a CPU of this host (the launcher's
-  child, as the server is) whose process lives and is not stopped is not lost but starved
-  by the host, until it has been silent for ``PEER_STARVED_S``.
+  child, as the server is) whose process lives, is not stopped and has not used the
+  processor since it fell silent is not lost: the host did not run it (until it has been
+  silent for ``PEER_STARVED_S``).
 * **The watchdog** (``debug.watchdog_s``): a CPU that made no request for that long is a
-  finding, and the launcher is told (``STALLED``).
+  finding, and the launcher is told (``STALLED``); not one that the host did not run, as
+  above.
 * **Spin locks held too long** (``debug.spin_max_s``): a panic naming the lock, the holder
   and where the lock was taken, and by whom when context switches handed it on since
   (:func:`spin_held_text`). In wall time the lock table is walked every ``LIVENESS_CHECK_S``;
@@ -38,7 +40,9 @@ from smp.machine.witness import Finding
 
 LIVENESS_CHECK_S = 0.05        # spin locks held too long, silent CPUs: looked for this often
 STALL_S = 1.0                  # the loop's looks this far apart: it did not run meanwhile
-PEER_STARVED_S = SERVER_STARVED_S   # a silent CPU of this host that lives: lost after this
+PEER_STARVED_S = SERVER_STARVED_S   # a silent CPU of this host not run: lost after this
+SAMPLE_AFTER_S = 1.0           # a CPU silent this long: what processor time it has used
+NOT_RUN_SHARE = 0.05           # used less of the processor than this share: it did not run
 
 
 class _Server(Protocol):
@@ -79,8 +83,12 @@ class Liveness:
         self.heartbeats = 0
         self.last_tick = 0.0                       # when the server's loop last looked
         self.stalls = 0                            # looks STALL_S or more apart
-        self.procs: dict[int, psutil.Process | None] = {}   # cpu -> its process, if ours
-        self.starved: dict[int, int] = {}          # cpu -> its silences past PEER_LOST_S
+        # a CPU the host does not run (``_starved``): its process, if of this host; what
+        # it had used of the processor when it fell silent; its silence on both channels
+        self.procs: dict[int, psutil.Process | None] = {}
+        self.sampled: dict[int, tuple[float, float]] = {}   # cpu -> (when, processor s)
+        self.quiet: dict[int, float] = {}
+        self.starved: dict[int, int] = {}          # cpu -> its silences excused
         self.starving: set[int] = set()            # (silent now, counted)
 
     # -- what the server hears ---------------------------------------------------------
@@ -137,19 +145,47 @@ class Liveness:
             srv.send(peer.ident, [Op.EVENT, Event.HEARTBEAT, srv.seq.ops])
             self.heartbeats += 1
             quiet = now - max(self.last_heard.get(cpu, now), self.alive_at.get(cpu, 0.0))
-            if quiet <= PEER_LOST_S:
-                self.starving.discard(cpu)
-            elif (check_lost and cpu not in self.lost and not self._starved(peer, quiet)):
+            self.quiet[cpu] = quiet
+            self._sample(peer, now, quiet)
+            if (check_lost and quiet > PEER_LOST_S and cpu not in self.lost
+                    and not self._starved(cpu, now, quiet)):
                 self.lost[cpu] = round(quiet, 2)
                 srv.event_launcher(Event.STALLED, cpu, round(quiet, 1))
 
-    def _starved(self, peer: Peer, quiet: float) -> bool:
-        """A CPU silent for ``quiet`` s (over PEER_LOST_S): whether it is only starved by
-        the host. It is if its process is one of this host's, a child of the launcher
-        (whose children the server and its CPUs are), and lives and is not stopped, until
-        its silence reaches PEER_STARVED_S; each silence so waited out counts once in
+    def _starved(self, cpu: int, now: float, quiet: float) -> bool:
+        """``cpu`` has sent nothing on either channel (requests, its heartbeat thread) for
+        ``quiet`` s: whether the host only did not run it. It did not if the CPU is of this
+        host (its process a child of the launcher, whose children the server and its CPUs
+        are), lives, is not stopped, and has used next to no processor time (under
+        NOT_RUN_SHARE of the time) since it fell silent (:meth:`_sample`); up to
+        PEER_STARVED_S of silence. A CPU that used the processor meanwhile and said nothing
+        is wedged (its GIL held, say), not starved. Each silence so excused counts once in
         :attr:`starved`. A CPU joined from another host: False."""
+        proc, seen = self.procs.get(cpu), self.sampled.get(cpu)
+        if proc is None or seen is None or quiet >= PEER_STARVED_S or not lives_unstopped(proc):
+            return False
+        try:
+            used = sum(proc.cpu_times()[:2]) - seen[1]
+        except psutil.Error:
+            return False
+        if used >= NOT_RUN_SHARE * max(now - seen[0], HEARTBEAT_S):
+            return False
+        if cpu not in self.starving:
+            self.starving.add(cpu)
+            self.starved[cpu] = self.starved.get(cpu, 0) + 1
+        return True
+
+    def _sample(self, peer: Peer, now: float, quiet: float) -> None:
+        """Once a CPU has been silent for SAMPLE_AFTER_S, the processor time its process
+        had used then (a CPU of this host only), for :meth:`_starved`; forgotten when it
+        speaks again."""
         cpu = peer.cpu
+        if quiet <= SAMPLE_AFTER_S:
+            self.sampled.pop(cpu, None)
+            self.starving.discard(cpu)
+            return
+        if cpu in self.sampled:
+            return
         if cpu not in self.procs:
             try:
                 proc: psutil.Process | None = psutil.Process(peer.pid)
@@ -159,12 +195,11 @@ class Liveness:
                 proc = None
             self.procs[cpu] = proc
         proc = self.procs[cpu]
-        if proc is None or quiet >= PEER_STARVED_S or not lives_unstopped(proc):
-            return False
-        if cpu not in self.starving:
-            self.starving.add(cpu)
-            self.starved[cpu] = self.starved.get(cpu, 0) + 1
-        return True
+        if proc is not None:
+            try:
+                self.sampled[cpu] = (now, sum(proc.cpu_times()[:2]))
+            except psutil.Error:
+                pass
 
     def check(self, now: float) -> None:
         """Spin locks held too long panic (in wall time; in virtual time the check runs
@@ -179,7 +214,8 @@ class Liveness:
         limit = self.watchdog_s
         if limit > 0 and srv.started_at is not None and srv.halting is None:
             for cpu, last in self.last_heard.items():
-                if now - last > limit and cpu not in self.silent and cpu not in srv.dead:
+                if (now - last > limit and cpu not in self.silent and cpu not in srv.dead
+                        and not self._starved(cpu, now, self.quiet.get(cpu, 0.0))):
                     self.silent.add(cpu)
                     srv.finding(Finding("watchdog", f"watchdog: cpu {cpu} made no progress "
                                         f"for {now - last:.1f} s (no message)", []))
