@@ -874,6 +874,19 @@ def _freeze(group: pathlib.Path, live: dict[str, Any], who: str, seconds: float)
     return took
 
 
+def _run_frozen(run: Any, tmp_path: pathlib.Path, cpus: int, who: str,
+                seconds: float) -> Any:
+    """A machine of ``cpus`` CPUs in which ``who`` is frozen for ``seconds`` once it runs
+    (:func:`_freeze`), then shut down by the test: its result, once it ended so."""
+    with _freezer() as group:
+        res, actor = _run_with_actor(run, tmp_path, [f"machine.cpus={cpus}", "run.duration=600"],
+                                     lambda live: _freeze(group, live, who, seconds),
+                                     f"{who} frozen and waited for")
+    assert actor.result >= seconds
+    expect_shutdown(res)
+    return res
+
+
 def test_a_server_the_host_does_not_run_is_waited_for(run: Any, tmp_path: pathlib.Path) -> None:
     """The server's process frozen for 3 s (it does not run at all, as on a host that does
     not schedule it), well over the 1.75 s of silence after which a CPU takes the server
@@ -881,12 +894,7 @@ def test_a_server_the_host_does_not_run_is_waited_for(run: Any, tmp_path: pathli
     on, and the run ends as the test ends it. Before the fix every CPU left ("the machine
     server is gone (nothing from the server in 1.75 s)"), as the four of a test campaign's
     machine did beside the suite's other worker and two busy loops."""
-    with _freezer() as group:
-        res, actor = _run_with_actor(run, tmp_path, ["machine.cpus=4", "run.duration=600"],
-                                     lambda live: _freeze(group, live, "server", 3.0),
-                                     "a frozen server waited for")
-    assert actor.result >= 3.0
-    expect_shutdown(res)
+    res = _run_frozen(run, tmp_path, 4, "server", 3.0)
     waits = [c["bus"].get("server_waits") for c in res.report["cpus"]]
     assert all(w and w >= 1 for w in waits), waits
     assert res.report["server"]["stalls"] >= 1, describe(res)     # it did not run: it knows
@@ -941,12 +949,7 @@ def test_a_cpu_the_host_does_not_run_is_waited_for(run: Any, tmp_path: pathlib.P
     silent, and waits for it; the run ends as the test ends it, without a finding. Before
     the fix the run ended "cpu1 (pid N) unresponsive", and without the processor time the
     watchdog's "cpu 1 made no progress for 5.1 s"."""
-    with _freezer() as group:
-        res, actor = _run_with_actor(run, tmp_path, ["machine.cpus=3", "run.duration=600"],
-                                     lambda live: _freeze(group, live, "cpu1", 6.0),
-                                     "a frozen cpu waited for")
-    assert actor.result >= 6.0
-    expect_shutdown(res)
+    res = _run_frozen(run, tmp_path, 3, "cpu1", 6.0)
     server = res.report["server"]
     assert not server["unresponsive"] and server["starved"] == {"1": 1}, describe(res)
     assert not [f for f in res.report["findings"] if f["detector"] == "watchdog"], describe(res)
