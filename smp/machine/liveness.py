@@ -189,7 +189,7 @@ class Liveness:
         if cpu not in self.procs:
             try:
                 proc: psutil.Process | None = psutil.Process(peer.pid)
-                if proc is not None and proc.ppid() != os.getppid():
+                if proc.ppid() != os.getppid():
                     proc = None                    # not the launcher's: another host's pid
             except psutil.Error:
                 proc = None

@@ -346,7 +346,8 @@ PARAMS: tuple[Param, ...] = (
           "a page reused, mapped or accessed while a mapping from before its free stays): "
           "a finding with both sites"),
     Param("debug.watchdog_s", "float", 5.0, "s",
-          "report a CPU that sends nothing for this many wall seconds, and a thread "
+          "report a CPU that sends nothing for this many wall seconds (not one that the "
+          "host did not run, its process using no processor time, up to 10 s), and a thread "
           "runnable for this many simulated seconds without running (0: never)",
           min=0, max=3600),
     Param("debug.chaos", "str", "off", "",
