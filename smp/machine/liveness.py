@@ -83,11 +83,10 @@ class Liveness:
         self.heartbeats = 0
         self.last_tick = 0.0                       # when the server's loop last looked
         self.stalls = 0                            # looks STALL_S or more apart
-        # a CPU the host does not run (``_starved``): its process, if of this host; what
-        # it had used of the processor when it fell silent; its silence on both channels
+        # a CPU the host does not run (``_starved``): its process, if of this host, and
+        # what it had used of the processor when it fell silent
         self.procs: dict[int, psutil.Process | None] = {}
         self.sampled: dict[int, tuple[float, float]] = {}   # cpu -> (when, processor s)
-        self.quiet: dict[int, float] = {}
         self.starved: dict[int, int] = {}          # cpu -> its silences excused
         self.starving: set[int] = set()            # (silent now, counted)
 
@@ -145,7 +144,6 @@ class Liveness:
             srv.send(peer.ident, [Op.EVENT, Event.HEARTBEAT, srv.seq.ops])
             self.heartbeats += 1
             quiet = now - max(self.last_heard.get(cpu, now), self.alive_at.get(cpu, 0.0))
-            self.quiet[cpu] = quiet
             self._sample(peer, now, quiet)
             if (check_lost and quiet > PEER_LOST_S and cpu not in self.lost
                     and not self._starved(cpu, now, quiet)):
@@ -214,8 +212,9 @@ class Liveness:
         limit = self.watchdog_s
         if limit > 0 and srv.started_at is not None and srv.halting is None:
             for cpu, last in self.last_heard.items():
+                quiet = now - max(last, self.alive_at.get(cpu, 0.0))   # both channels
                 if (now - last > limit and cpu not in self.silent and cpu not in srv.dead
-                        and not self._starved(cpu, now, self.quiet.get(cpu, 0.0))):
+                        and not self._starved(cpu, now, quiet)):
                     self.silent.add(cpu)
                     srv.finding(Finding("watchdog", f"watchdog: cpu {cpu} made no progress "
                                         f"for {now - last:.1f} s (no message)", []))
