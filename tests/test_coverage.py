@@ -110,10 +110,7 @@ def test_a_replay_that_ran_a_line_a_different_number_of_times_differs_naming_it(
 @pytest.fixture(scope="module")
 def campaign(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     tmp = tmp_path_factory.mktemp("coverage")
-    # one machine at a time: two, beside the suite's other worker and two busy loops, once
-    # starved a server for 3.3 s, and its CPUs took it for dead (the silence bound's wall
-    # time, not a machine fault)
-    proc = helpers.cli(tmp, "stress", STRESS, "--runs", "2", "--jobs", "1", "--duration",
+    proc = helpers.cli(tmp, "stress", STRESS, "--runs", "2", "--jobs", "2", "--duration",
                        "1.5", "--keep-going", "--coverage", "--out",
                        str(tmp / "camp"), timeout=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
